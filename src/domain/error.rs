@@ -1,0 +1,181 @@
+//! Every refusal the domain can give, each naming what was wrong.
+//!
+//! These are *rejections*: the command was understood and refused, nothing was
+//! written. Infrastructure failures live in the other layers' error types.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{AgentId, CommandId, MandateId, TenantId, TreeId};
+use super::status::Status;
+
+/// A refused command or invalid input. `Clone + PartialEq` so tests can
+/// compare them; each has a stable [`DomainError::code`] for the wire.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum DomainError {
+    /// An id is not acceptable (bad characters, empty, too long, not a UUID).
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidId {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A scope pattern does not follow the grammar.
+    #[error("invalid scope pattern {pattern:?}: {reason}")]
+    InvalidScope { pattern: String, reason: String },
+    /// Some other field is out of bounds.
+    #[error("invalid {field}: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    /// The mandate is not in this tree (or not visible to this tenant).
+    #[error("mandate {mandate} not found")]
+    MandateNotFound { mandate: MandateId },
+    /// The tree does not exist (yet).
+    #[error("tree {tree} not found")]
+    TreeNotFound { tree: TreeId },
+    /// A root issue for a tree that already exists.
+    #[error("tree {tree} already exists")]
+    TreeExists { tree: TreeId },
+    /// The command names a tenant other than the tree's.
+    #[error("tenant {command_tenant} may not act on a tree of another tenant")]
+    CrossTenant { command_tenant: TenantId },
+    /// A delegation from a parent that is not effectively active.
+    #[error("parent mandate {parent} is {status}, not active")]
+    ParentNotActive { parent: MandateId, status: Status },
+    /// A delegation whose scope asks for more than the parent holds.
+    #[error("delegated grant {grant:?} is not covered by the scope of parent {parent}")]
+    ScopeWidens { parent: MandateId, grant: String },
+    /// A narrowing that is not a narrowing.
+    #[error("new grant {grant:?} is not covered by the current scope of mandate {mandate}")]
+    NarrowWidens { mandate: MandateId, grant: String },
+    /// A `not_after` later than the parent's.
+    #[error("not_after {requested} is later than parent {parent}'s not_after {parent_not_after}")]
+    NotAfterWidens {
+        parent: MandateId,
+        requested: DateTime<Utc>,
+        parent_not_after: DateTime<Utc>,
+    },
+    /// A `not_after` that is already past.
+    #[error("not_after {requested} is not in the future (now {now})")]
+    NotAfterInPast {
+        requested: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    /// The parent has no delegation depth left.
+    #[error("parent mandate {parent} may not be delegated further (depth exhausted)")]
+    DepthExhausted { parent: MandateId },
+    /// The requested depth is not strictly below the parent's.
+    #[error("requested delegation depth {requested} must be below parent {parent}'s remaining depth {parent_depth}")]
+    DepthWidens {
+        parent: MandateId,
+        requested: u32,
+        parent_depth: u32,
+    },
+    /// Only the parent's grantee may delegate it.
+    #[error("{actor} is not the grantee of mandate {mandate} (held by agent {grantee})")]
+    NotGrantee {
+        mandate: MandateId,
+        actor: String,
+        grantee: AgentId,
+    },
+    /// The actor holds no authority over this mandate for this command.
+    #[error("{actor} may not {verb} mandate {mandate}: only authority above it may")]
+    NotAuthorized {
+        mandate: MandateId,
+        actor: String,
+        verb: &'static str,
+    },
+    /// Terminal is absorbing: nothing changes a revoked, expired or completed mandate.
+    #[error("mandate {mandate} is already {status}{}", cause_suffix(*mandate, *cause))]
+    Terminal {
+        mandate: MandateId,
+        status: Status,
+        /// The ancestor whose end made this one terminal, when not itself.
+        cause: Option<MandateId>,
+    },
+    /// Pause of a mandate that is already paused.
+    #[error("mandate {mandate} is already paused")]
+    AlreadyPaused { mandate: MandateId },
+    /// Resume of a mandate that is not paused on its own.
+    #[error("mandate {mandate} is not paused (its own status is {status})")]
+    NotPaused { mandate: MandateId, status: Status },
+    /// Expiry before `not_after`.
+    #[error("mandate {mandate} does not expire before {not_after}")]
+    NotYetExpired {
+        mandate: MandateId,
+        not_after: DateTime<Utc>,
+    },
+    /// A mission-complete for a tree of another mission.
+    #[error("tree {tree} does not serve mission {mission_ref:?}")]
+    MissionMismatch { tree: TreeId, mission_ref: String },
+    /// Issuing for a mission that was already completed.
+    #[error("mission {mission_ref:?} is already completed")]
+    MissionCompleted { mission_ref: String },
+    /// An event or command of a schema version this build does not know.
+    #[error("unknown schema version {actual} of {what} (this build reads {supported})")]
+    UnknownVersion {
+        what: &'static str,
+        actual: u64,
+        supported: u32,
+    },
+    /// An event or command type this build does not know.
+    #[error("unknown {what} type {actual:?}")]
+    UnknownType { what: &'static str, actual: String },
+    /// A document that does not parse.
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    /// A command id this tree has seen, with different content.
+    #[error("command id {command_id} was already used for another command")]
+    CommandIdReused { command_id: CommandId },
+}
+
+fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
+    match cause {
+        Some(c) if c != mandate => format!(" (because ancestor {c} ended)"),
+        _ => String::new(),
+    }
+}
+
+/// The wire code of an error: stable, snake_case, one per variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidInput,
+    NotFound,
+    Conflict,
+    Forbidden,
+    Terminal,
+    InvalidState,
+    Unavailable,
+    Internal,
+}
+
+impl DomainError {
+    /// The stable code for this error on the wire.
+    pub fn code(&self) -> ErrorCode {
+        use DomainError::*;
+        match self {
+            InvalidId { .. }
+            | InvalidScope { .. }
+            | InvalidField { .. }
+            | ScopeWidens { .. }
+            | NarrowWidens { .. }
+            | NotAfterWidens { .. }
+            | NotAfterInPast { .. }
+            | DepthWidens { .. }
+            | UnknownVersion { .. }
+            | UnknownType { .. }
+            | Malformed { .. } => ErrorCode::InvalidInput,
+            MandateNotFound { .. } | TreeNotFound { .. } => ErrorCode::NotFound,
+            TreeExists { .. } | CommandIdReused { .. } => ErrorCode::Conflict,
+            CrossTenant { .. } | NotGrantee { .. } | NotAuthorized { .. } => ErrorCode::Forbidden,
+            Terminal { .. } => ErrorCode::Terminal,
+            ParentNotActive { .. }
+            | DepthExhausted { .. }
+            | AlreadyPaused { .. }
+            | NotPaused { .. }
+            | NotYetExpired { .. }
+            | MissionMismatch { .. }
+            | MissionCompleted { .. } => ErrorCode::InvalidState,
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Mandate: an event-sourced engine that holds the authority of AI agents.
+#![deny(unreachable_pub)]
+
+pub mod domain;
