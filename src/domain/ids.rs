@@ -193,7 +193,10 @@ impl EventId {
     /// The id of the `index`th event written by a command: deterministic, so a
     /// retried command produces byte-identical events.
     pub fn for_command(command: CommandId, index: usize) -> Self {
-        Self(Uuid::new_v5(&command.0, format!("event/{index}").as_bytes()))
+        Self(Uuid::new_v5(
+            &command.0,
+            format!("event/{index}").as_bytes(),
+        ))
     }
 }
 

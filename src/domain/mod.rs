@@ -1,11 +1,33 @@
 //! The pure domain: ids, scopes, the mandate tree aggregate, the status
 //! machine, effective status and `authorize`. No I/O, no async, no NATS, no
 //! sled: everything here is a function of its inputs.
+//!
+//! The aggregate follows decide/apply: [`decide`] holds every business rule
+//! and returns events or a typed refusal; [`apply`] folds an event into the
+//! [`Tree`] and can't fail.
 
+mod amend;
+pub mod authorize;
+pub mod command;
+mod decide;
+pub mod effective;
 pub mod error;
+pub mod event;
 pub mod ids;
+mod issue;
+mod lifecycle;
+pub mod model;
+pub mod scope;
 pub mod status;
 
+pub use authorize::{authorize, ChainLink, Decision, DenyReason, Outcome};
+pub use command::{Command, CommandEnvelope};
+pub use decide::decide;
+pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
+pub use event::{apply, replay, verify_chain, Event, EventBody, SCHEMA_VERSION};
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
+pub use issue::delegated_id;
+pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Tree};
+pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;

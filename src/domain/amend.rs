@@ -1,0 +1,64 @@
+//! Narrowing a scope and renewing a `not_after`: changes that keep invariant 1.
+
+use chrono::{DateTime, Utc};
+
+use super::command::{Narrow, Renew};
+use super::decide::{refuse_terminal, require_authority, target};
+use super::error::DomainError;
+use super::event::{EventBody, MandateRenewed, ScopeNarrowed};
+use super::model::{Actor, Tree};
+
+/// The new scope must lie within the current one. Children keep their own
+/// scope, but every check under them also needs this mandate's scope, so
+/// they are narrowed effectively.
+pub(crate) fn narrow(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Narrow,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "narrow", false)?;
+    refuse_terminal(tree, m, now)?;
+    if let Some(g) = m.scope.first_uncovered(&c.scope) {
+        return Err(DomainError::NarrowWidens {
+            mandate: m.id,
+            grant: g.to_string(),
+        });
+    }
+    Ok(vec![EventBody::ScopeNarrowed(ScopeNarrowed {
+        mandate: m.id,
+        scope: c.scope.clone(),
+    })])
+}
+
+/// A new `not_after`: in the future, never past the parent's.
+pub(crate) fn renew(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Renew,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "renew", false)?;
+    refuse_terminal(tree, m, now)?;
+    if c.not_after <= now {
+        return Err(DomainError::NotAfterInPast {
+            requested: c.not_after,
+            now,
+        });
+    }
+    if let Some(parent) = m.parent.and_then(|p| tree.mandates.get(&p)) {
+        if c.not_after > parent.not_after {
+            return Err(DomainError::NotAfterWidens {
+                parent: parent.id,
+                requested: c.not_after,
+                parent_not_after: parent.not_after,
+            });
+        }
+    }
+    Ok(vec![EventBody::MandateRenewed(MandateRenewed {
+        mandate: m.id,
+        not_after: c.not_after,
+    })])
+}

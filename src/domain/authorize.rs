@@ -1,0 +1,180 @@
+//! `authorize`: may this agent do this action on this resource now, under
+//! this mandate? Denies by default; every denial carries its reason, and every
+//! decision carries the authority chain back to the human grant.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::effective::{Cause, Effective};
+use super::ids::{AgentId, MandateId, PrincipalId, TenantId, TreeId};
+use super::model::{Grantor, Mandate, Tree};
+use super::scope::{ActionPattern, ResourcePattern, Scope};
+use super::status::Status;
+
+/// The answer to a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// In scope, but the action needs step-up approval first. Not an allow.
+    NeedsApproval,
+}
+
+/// Why a check was denied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DenyReason {
+    /// No such mandate (in this tenant).
+    UnknownMandate,
+    /// The mandate is not effectively active (paused or terminal); the cause
+    /// names which mandate on the chain and how.
+    NotActive {
+        status: Status,
+        cause: Option<Cause>,
+    },
+    /// Some link of the chain does not allow this action on this resource.
+    OutOfScope { mandate: MandateId },
+    /// The request itself is not a concrete action and resource.
+    InvalidRequest { reason: String },
+}
+
+/// One link of the authority chain, root first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChainLink {
+    pub mandate: MandateId,
+    pub grantor: Grantor,
+    pub grantee: AgentId,
+    pub on_behalf_of: PrincipalId,
+    pub scope: Scope,
+    pub not_after: DateTime<Utc>,
+    /// The link's own status.
+    pub status: Status,
+}
+
+impl From<&Mandate> for ChainLink {
+    fn from(m: &Mandate) -> Self {
+        Self {
+            mandate: m.id,
+            grantor: m.grantor.clone(),
+            grantee: m.grantee.clone(),
+            on_behalf_of: m.principal.clone(),
+            scope: m.scope.clone(),
+            not_after: m.not_after,
+            status: m.status,
+        }
+    }
+}
+
+/// A check's decision with everything an auditor needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Decision {
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    /// Step-up patterns that matched, for `needs_approval`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval: Vec<ActionPattern>,
+    pub tenant: TenantId,
+    pub tree: TreeId,
+    pub mandate: MandateId,
+    pub action: String,
+    pub resource: String,
+    /// The moment the decision is for.
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<Effective>,
+    /// Root → mandate; empty when the mandate is unknown.
+    pub chain: Vec<ChainLink>,
+}
+
+impl Decision {
+    /// True only for a plain allow.
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+}
+
+/// Parses a concrete request (no wildcards).
+pub fn parse_request(
+    action: &str,
+    resource: &str,
+) -> Result<(ActionPattern, ResourcePattern), String> {
+    let a = ActionPattern::parse(action).map_err(|e| e.to_string())?;
+    let r = ResourcePattern::parse(resource).map_err(|e| e.to_string())?;
+    if !a.is_concrete() || !r.is_concrete() {
+        return Err(format!(
+            "a checked request must be concrete: action {action:?} on resource {resource:?} contains a wildcard"
+        ));
+    }
+    Ok((a, r))
+}
+
+/// Decides whether `action` on `resource` is allowed under `mandate` at `now`.
+///
+/// Allowed only if the mandate is effectively active at `now` (no link
+/// terminal, paused or past its `not_after`) and *every* link of the chain
+/// allows the request, so a narrowed ancestor narrows every descendant. If a
+/// step-up pattern on any link matches the action, the answer is
+/// `needs_approval`, never `allow`.
+pub fn authorize(
+    tree: &Tree,
+    mandate: MandateId,
+    action: &str,
+    resource: &str,
+    now: DateTime<Utc>,
+) -> Decision {
+    let chain = tree.chain(mandate);
+    let mut d = Decision {
+        outcome: Outcome::Deny,
+        reason: None,
+        approval: Vec::new(),
+        tenant: tree.tenant.clone(),
+        tree: tree.id,
+        mandate,
+        action: action.to_string(),
+        resource: resource.to_string(),
+        at: now,
+        effective: None,
+        chain: chain.iter().map(|m| ChainLink::from(*m)).collect(),
+    };
+    let effective = match tree.effective(mandate, now) {
+        Ok(e) => e,
+        Err(_) => {
+            d.reason = Some(DenyReason::UnknownMandate);
+            return d;
+        }
+    };
+    d.effective = Some(effective.clone());
+    let (a, r) = match parse_request(action, resource) {
+        Ok(x) => x,
+        Err(reason) => {
+            d.reason = Some(DenyReason::InvalidRequest { reason });
+            return d;
+        }
+    };
+    if !effective.is_active() {
+        d.reason = Some(DenyReason::NotActive {
+            status: effective.status,
+            cause: effective.cause,
+        });
+        return d;
+    }
+    if let Some(link) = chain.iter().find(|m| !m.scope.allows(&a, &r)) {
+        d.reason = Some(DenyReason::OutOfScope { mandate: link.id });
+        return d;
+    }
+    d.approval = chain
+        .iter()
+        .flat_map(|m| m.step_up.iter())
+        .filter(|p| p.covers(&a))
+        .cloned()
+        .collect();
+    d.outcome = if d.approval.is_empty() {
+        Outcome::Allow
+    } else {
+        Outcome::NeedsApproval
+    };
+    d
+}

@@ -1,0 +1,281 @@
+//! Commands: what callers ask the tree to do. Decoding validates every field,
+//! so a command that decodes is well-formed; `decide` checks it against state.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::error::DomainError;
+use super::event::{check_version, SCHEMA_VERSION};
+use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
+use super::model::{check_text, Actor, Mission, MissionRef, MAX_LIST_LEN};
+use super::scope::{ActionPattern, Scope};
+
+fn default_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+fn default_depth() -> u32 {
+    3
+}
+
+/// A command with its envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandEnvelope {
+    /// Idempotency key: a command id is applied at most once, and a retry
+    /// with the same id returns the original result.
+    pub command_id: CommandId,
+    pub tenant: TenantId,
+    /// Who asks. Taken from the authenticated connection where the tenant
+    /// requires it.
+    pub actor: Actor,
+    /// Free correlation id carried into the events, for tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub correlation_id: Option<String>,
+    /// Version of this document's schema; this build reads 1.
+    #[serde(default = "default_version")]
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// Every command the tree aggregate handles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// A principal grants a root mandate to an agent for a mission.
+    Issue(Issue),
+    /// The holder of a mandate grants a narrower one to another agent.
+    Delegate(Delegate),
+    /// Suspend a mandate and, effectively, everything below it.
+    Pause(Change),
+    /// Lift a pause on a mandate.
+    Resume(Change),
+    /// End a mandate for good; its grantee may relinquish it this way.
+    Revoke(Change),
+    /// End a mandate whose `not_after` has passed.
+    Expire(Target),
+    /// Mark a mandate's task done: ends it like a revoke, as `completed`.
+    Complete(Change),
+    /// A mission is complete: its root (and so the tree) is completed.
+    CompleteMission(CompleteMission),
+    /// Replace a mandate's scope by a narrower one.
+    Narrow(Narrow),
+    /// Set a new `not_after`, never past the parent's.
+    Renew(Renew),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Issue {
+    pub principal: PrincipalId,
+    pub grantee: AgentId,
+    pub mission: Mission,
+    pub scope: Scope,
+    pub not_after: DateTime<Utc>,
+    /// How many levels below this mandate may still be delegated (default 3).
+    #[serde(default = "default_depth")]
+    pub depth: u32,
+    /// Actions that need step-up approval.
+    #[serde(default)]
+    pub step_up: Vec<ActionPattern>,
+    /// Agents that may pause, resume or revoke anything in this tree.
+    #[serde(default)]
+    pub supervisors: Vec<AgentId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Delegate {
+    pub parent: MandateId,
+    pub grantee: AgentId,
+    pub scope: Scope,
+    /// Defaults to the parent's `not_after`.
+    #[serde(default)]
+    pub not_after: Option<DateTime<Utc>>,
+    /// Defaults to one less than the parent's remaining depth.
+    #[serde(default)]
+    pub depth: Option<u32>,
+    #[serde(default)]
+    pub step_up: Vec<ActionPattern>,
+    #[serde(default)]
+    pub supervisors: Vec<AgentId>,
+}
+
+/// A status change on one mandate, with an optional reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub mandate: MandateId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub mandate: MandateId,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteMission {
+    pub mission_ref: MissionRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Narrow {
+    pub mandate: MandateId,
+    pub scope: Scope,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    pub mandate: MandateId,
+    pub not_after: DateTime<Utc>,
+}
+
+/// The names of command types this build knows, as on the wire.
+pub const COMMAND_TYPES: &[&str] = &[
+    "issue",
+    "delegate",
+    "pause",
+    "resume",
+    "revoke",
+    "expire",
+    "complete",
+    "complete_mission",
+    "narrow",
+    "renew",
+];
+
+impl Command {
+    /// The wire name of this command (also the `<verb>` of its subject).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Issue(_) => "issue",
+            Command::Delegate(_) => "delegate",
+            Command::Pause(_) => "pause",
+            Command::Resume(_) => "resume",
+            Command::Revoke(_) => "revoke",
+            Command::Expire(_) => "expire",
+            Command::Complete(_) => "complete",
+            Command::CompleteMission(_) => "complete_mission",
+            Command::Narrow(_) => "narrow",
+            Command::Renew(_) => "renew",
+        }
+    }
+
+    /// The mandate this command acts on, if it names one (the parent for a
+    /// delegation).
+    pub fn target(&self) -> Option<MandateId> {
+        match self {
+            Command::Issue(_) | Command::CompleteMission(_) => None,
+            Command::Delegate(d) => Some(d.parent),
+            Command::Pause(c) | Command::Resume(c) | Command::Revoke(c) | Command::Complete(c) => {
+                Some(c.mandate)
+            }
+            Command::Expire(t) => Some(t.mandate),
+            Command::Narrow(n) => Some(n.mandate),
+            Command::Renew(r) => Some(r.mandate),
+        }
+    }
+}
+
+fn check_list<T>(field: &'static str, list: &[T]) -> Result<(), DomainError> {
+    if list.len() > MAX_LIST_LEN {
+        return Err(DomainError::InvalidField {
+            field,
+            reason: format!(
+                "holds {} entries, at most {MAX_LIST_LEN} allowed",
+                list.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl CommandEnvelope {
+    /// Decodes a command from JSON, refusing unknown versions and types with
+    /// their own errors, and anything malformed with a message naming it.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DomainError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| DomainError::Malformed {
+                what: "command",
+                reason: e.to_string(),
+            })?;
+        let obj = value.as_object().ok_or_else(|| DomainError::Malformed {
+            what: "command",
+            reason: "expected a JSON object".into(),
+        })?;
+        if let Some(v) = obj.get("schema_version") {
+            check_version("command", v)?;
+        }
+        match obj.get("type").and_then(|t| t.as_str()) {
+            Some(t) if COMMAND_TYPES.contains(&t) => {}
+            Some(t) => {
+                return Err(DomainError::UnknownType {
+                    what: "command",
+                    actual: super::ids::truncate_for_error(t),
+                })
+            }
+            None => {
+                return Err(DomainError::Malformed {
+                    what: "command",
+                    reason: "missing string field `type`".into(),
+                })
+            }
+        }
+        let cmd: CommandEnvelope =
+            serde_json::from_value(value).map_err(|e| DomainError::Malformed {
+                what: "command",
+                reason: e.to_string(),
+            })?;
+        cmd.validate()?;
+        Ok(cmd)
+    }
+
+    /// Checks bounds that serde does not: text lengths and list sizes.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(DomainError::UnknownVersion {
+                what: "command",
+                actual: u64::from(self.schema_version),
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if let Some(c) = &self.correlation_id {
+            if c.len() > 128 {
+                return Err(DomainError::InvalidField {
+                    field: "correlation_id",
+                    reason: "longer than 128 bytes".into(),
+                });
+            }
+        }
+        match &self.command {
+            Command::Issue(i) => {
+                check_text("mission.purpose", &i.mission.purpose, true)?;
+                check_list("step_up", &i.step_up)?;
+                check_list("supervisors", &i.supervisors)?;
+            }
+            Command::Delegate(d) => {
+                check_list("step_up", &d.step_up)?;
+                check_list("supervisors", &d.supervisors)?;
+            }
+            Command::Pause(c) | Command::Resume(c) | Command::Revoke(c) | Command::Complete(c) => {
+                if let Some(r) = &c.reason {
+                    check_text("reason", r, false)?;
+                }
+            }
+            Command::Expire(_)
+            | Command::CompleteMission(_)
+            | Command::Narrow(_)
+            | Command::Renew(_) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! `decide`: the only place business rules live. Given a tree's state, a
+//! command and the time, it returns the events to append or a refusal. Pure.
+
+use chrono::{DateTime, Utc};
+
+use super::command::{Command, CommandEnvelope};
+use super::error::DomainError;
+use super::event::{apply, Event, EventBody, SCHEMA_VERSION};
+use super::ids::EventId;
+use super::model::{Actor, Mandate, Tree};
+use super::{amend, issue, lifecycle};
+
+/// Decides what `cmd` means for `tree` at `now`.
+///
+/// - A command of another tenant is refused with `CrossTenant`.
+/// - A command id the tree has already applied yields no events (idempotent:
+///   the caller answers with the original result).
+/// - Otherwise the events returned, applied in order, take the tree to the
+///   new state; every refusal is a typed [`DomainError`] and nothing changes.
+///
+/// Each command currently yields exactly one event; the log appends a
+/// command's events as one commit either way.
+pub fn decide(
+    tree: &Tree,
+    cmd: &CommandEnvelope,
+    now: DateTime<Utc>,
+) -> Result<Vec<Event>, DomainError> {
+    if cmd.tenant != tree.tenant {
+        return Err(DomainError::CrossTenant {
+            command_tenant: cmd.tenant.clone(),
+        });
+    }
+    if tree.commands.contains_key(&cmd.command_id) {
+        return Ok(Vec::new());
+    }
+    cmd.validate()?;
+    let bodies = match &cmd.command {
+        Command::Issue(c) => issue::issue(tree, &cmd.actor, c, now)?,
+        Command::Delegate(c) => issue::delegate(tree, &cmd.actor, cmd.command_id, c, now)?,
+        Command::Pause(c) => lifecycle::pause(tree, &cmd.actor, c, now)?,
+        Command::Resume(c) => lifecycle::resume(tree, &cmd.actor, c, now)?,
+        Command::Revoke(c) => lifecycle::revoke(tree, &cmd.actor, c, now)?,
+        Command::Complete(c) => lifecycle::complete(tree, &cmd.actor, c, now)?,
+        Command::Expire(c) => lifecycle::expire(tree, c, now)?,
+        Command::CompleteMission(c) => lifecycle::complete_mission(tree, &cmd.actor, c, now)?,
+        Command::Narrow(c) => amend::narrow(tree, &cmd.actor, c, now)?,
+        Command::Renew(c) => amend::renew(tree, &cmd.actor, c, now)?,
+    };
+    Ok(envelop(tree, cmd, now, bodies))
+}
+
+/// Wraps bodies in envelopes: sequence numbers and the hash chain continue
+/// from the tree's head.
+fn envelop(
+    tree: &Tree,
+    cmd: &CommandEnvelope,
+    now: DateTime<Utc>,
+    bodies: Vec<EventBody>,
+) -> Vec<Event> {
+    let mut scratch = tree.clone();
+    let mut events = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.into_iter().enumerate() {
+        let on_behalf_of = match (&scratch.principal, &body) {
+            (Some(p), _) => p.clone(),
+            (None, EventBody::MandateIssued(e)) => e.principal.clone(),
+            // Every command but `issue` needs an existing tree (checked above).
+            (None, _) => unreachable_principal(),
+        };
+        let event = Event {
+            event_id: EventId::for_command(cmd.command_id, i),
+            tenant: tree.tenant.clone(),
+            tree: tree.id,
+            seq: scratch.version + 1,
+            schema_version: SCHEMA_VERSION,
+            time: now,
+            actor: cmd.actor.clone(),
+            on_behalf_of,
+            command_id: cmd.command_id,
+            correlation_id: cmd.correlation_id.clone(),
+            prev_hash: scratch.head_hash.clone(),
+            body,
+        };
+        apply(&mut scratch, &event);
+        events.push(event);
+    }
+    events
+}
+
+#[cold]
+fn unreachable_principal() -> ! {
+    // The per-command functions refuse every command on a tree without a root
+    // (`TreeNotFound`) before any body is produced.
+    unreachable!("an event for a tree without a principal")
+}
+
+/// The mandate a command targets, refusing commands on an absent tree.
+pub(crate) fn target(tree: &Tree, mandate: super::ids::MandateId) -> Result<&Mandate, DomainError> {
+    if !tree.exists() {
+        return Err(DomainError::MandateNotFound { mandate });
+    }
+    tree.get(mandate)
+}
+
+/// Terminal is absorbing: refuses any change to a mandate that is effectively
+/// terminal, naming the ancestor that ended it.
+pub(crate) fn refuse_terminal(
+    tree: &Tree,
+    m: &Mandate,
+    now: DateTime<Utc>,
+) -> Result<(), DomainError> {
+    let eff = tree.effective(m.id, now)?;
+    if eff.status.is_terminal() {
+        return Err(DomainError::Terminal {
+            mandate: m.id,
+            status: eff.status,
+            cause: eff.cause.map(|c| c.mandate),
+        });
+    }
+    Ok(())
+}
+
+/// Invariant 9: only authority above a mandate changes it — its grantor, the
+/// holders of its ancestors, the principal, a supervisor named on its chain,
+/// or a tenant administrator. Its own grantee is *not* above it.
+pub(crate) fn has_authority_above(tree: &Tree, m: &Mandate, actor: &Actor) -> bool {
+    match actor {
+        Actor::Admin(_) => true,
+        Actor::Principal(p) => tree.principal.as_ref() == Some(p),
+        Actor::Agent(a) => {
+            let chain = tree.chain(m.id);
+            let above = &chain[..chain.len().saturating_sub(1)];
+            above.iter().any(|link| &link.grantee == a)
+                || chain.iter().any(|link| link.supervisors.contains(a))
+        }
+        Actor::System(_) => false,
+    }
+}
+
+/// Refuses an actor without authority above `m` for `verb`.
+pub(crate) fn require_authority(
+    tree: &Tree,
+    m: &Mandate,
+    actor: &Actor,
+    verb: &'static str,
+    grantee_may: bool,
+) -> Result<(), DomainError> {
+    let own_grantee = matches!(actor, Actor::Agent(a) if *a == m.grantee);
+    if has_authority_above(tree, m, actor) || (grantee_may && own_grantee) {
+        Ok(())
+    } else {
+        Err(DomainError::NotAuthorized {
+            mandate: m.id,
+            actor: actor.to_string(),
+            verb,
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! Events: immutable, versioned facts about one tree, in one envelope, hash
+//! chained. `apply` folds them into a [`Tree`]; it cannot fail and holds no
+//! logic, because `decide` already checked everything.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::DomainError;
+use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
+use super::model::{Actor, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
+use super::scope::{ActionPattern, Scope};
+use super::status::Status;
+
+/// The schema version of every document this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) fn check_version(what: &'static str, v: &serde_json::Value) -> Result<(), DomainError> {
+    match v.as_u64() {
+        Some(n) if n == u64::from(SCHEMA_VERSION) => Ok(()),
+        Some(n) => Err(DomainError::UnknownVersion {
+            what,
+            actual: n,
+            supported: SCHEMA_VERSION,
+        }),
+        None => Err(DomainError::Malformed {
+            what,
+            reason: "schema_version must be a non-negative integer".into(),
+        }),
+    }
+}
+
+/// One event with its envelope.
+///
+/// `prev_hash` is the SHA-256 of the previous event of the same tree over its
+/// canonical encoding ([`Event::canonical_bytes`]: JSON with object keys sorted
+/// and no whitespace), so a tree's history is a hash chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub event_id: EventId,
+    pub tenant: TenantId,
+    pub tree: TreeId,
+    /// Per-tree sequence, from 1.
+    pub seq: u64,
+    pub schema_version: u32,
+    pub time: DateTime<Utc>,
+    /// Who did it.
+    pub actor: Actor,
+    /// On whose authority: the principal of the tree's root.
+    pub on_behalf_of: PrincipalId,
+    pub command_id: CommandId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Hex SHA-256 of the previous event's canonical encoding; `None` for the first.
+    pub prev_hash: Option<String>,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened. Names are past tense and stable on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A mandate was granted: a root (no parent, with the mission) or a delegation.
+    MandateIssued(Box<MandateIssued>),
+    MandatePaused(Changed),
+    MandateResumed(Changed),
+    MandateRevoked(Changed),
+    MandateExpired(Changed),
+    MandateCompleted(Changed),
+    /// The tree's mission was completed: the root is completed.
+    MissionCompleted(MissionCompleted),
+    ScopeNarrowed(ScopeNarrowed),
+    MandateRenewed(MandateRenewed),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MandateIssued {
+    pub mandate: MandateId,
+    #[serde(default)]
+    pub parent: Option<MandateId>,
+    pub grantor: Grantor,
+    pub grantee: AgentId,
+    pub principal: PrincipalId,
+    /// Present on the root only: delegations serve the root's mission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mission: Option<Mission>,
+    pub scope: Scope,
+    pub not_after: DateTime<Utc>,
+    pub depth: u32,
+    #[serde(default)]
+    pub step_up: Vec<ActionPattern>,
+    #[serde(default)]
+    pub supervisors: Vec<AgentId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Changed {
+    pub mandate: MandateId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MissionCompleted {
+    /// The root mandate.
+    pub mandate: MandateId,
+    pub mission_ref: MissionRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScopeNarrowed {
+    pub mandate: MandateId,
+    pub scope: Scope,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MandateRenewed {
+    pub mandate: MandateId,
+    pub not_after: DateTime<Utc>,
+}
+
+/// The names of event types this build knows, as on the wire.
+pub const EVENT_TYPES: &[&str] = &[
+    "mandate_issued",
+    "mandate_paused",
+    "mandate_resumed",
+    "mandate_revoked",
+    "mandate_expired",
+    "mandate_completed",
+    "mission_completed",
+    "scope_narrowed",
+    "mandate_renewed",
+];
+
+impl EventBody {
+    /// The mandate the event is about.
+    pub fn mandate(&self) -> MandateId {
+        match self {
+            EventBody::MandateIssued(e) => e.mandate,
+            EventBody::MandatePaused(c)
+            | EventBody::MandateResumed(c)
+            | EventBody::MandateRevoked(c)
+            | EventBody::MandateExpired(c)
+            | EventBody::MandateCompleted(c) => c.mandate,
+            EventBody::MissionCompleted(m) => m.mandate,
+            EventBody::ScopeNarrowed(n) => n.mandate,
+            EventBody::MandateRenewed(r) => r.mandate,
+        }
+    }
+
+    /// The wire name of the event type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventBody::MandateIssued(_) => "mandate_issued",
+            EventBody::MandatePaused(_) => "mandate_paused",
+            EventBody::MandateResumed(_) => "mandate_resumed",
+            EventBody::MandateRevoked(_) => "mandate_revoked",
+            EventBody::MandateExpired(_) => "mandate_expired",
+            EventBody::MandateCompleted(_) => "mandate_completed",
+            EventBody::MissionCompleted(_) => "mission_completed",
+            EventBody::ScopeNarrowed(_) => "scope_narrowed",
+            EventBody::MandateRenewed(_) => "mandate_renewed",
+        }
+    }
+}
+
+impl Event {
+    /// The canonical encoding the hash chain covers: JSON, object keys sorted,
+    /// no insignificant whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Going through `Value` sorts keys (serde_json's map is a BTreeMap).
+        let value = serde_json::to_value(self).expect("events always serialize");
+        serde_json::to_vec(&value).expect("values always serialize")
+    }
+
+    /// Hex SHA-256 of [`Event::canonical_bytes`].
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.canonical_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Decodes one event, refusing unknown versions and types with their own errors.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, DomainError> {
+        let obj = value.as_object().ok_or_else(|| DomainError::Malformed {
+            what: "event",
+            reason: "expected a JSON object".into(),
+        })?;
+        check_version(
+            "event",
+            obj.get("schema_version")
+                .unwrap_or(&serde_json::Value::Null),
+        )?;
+        match obj.get("type").and_then(|t| t.as_str()) {
+            Some(t) if EVENT_TYPES.contains(&t) => {}
+            Some(t) => {
+                return Err(DomainError::UnknownType {
+                    what: "event",
+                    actual: super::ids::truncate_for_error(t),
+                })
+            }
+            None => {
+                return Err(DomainError::Malformed {
+                    what: "event",
+                    reason: "missing string field `type`".into(),
+                })
+            }
+        }
+        serde_json::from_value(value).map_err(|e| DomainError::Malformed {
+            what: "event",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Decodes a commit: the JSON array of events one command wrote.
+    pub fn decode_commit(bytes: &[u8]) -> Result<Vec<Event>, DomainError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| DomainError::Malformed {
+                what: "commit",
+                reason: e.to_string(),
+            })?;
+        match value {
+            serde_json::Value::Array(items) => items.into_iter().map(Event::from_value).collect(),
+            _ => Err(DomainError::Malformed {
+                what: "commit",
+                reason: "expected a JSON array of events".into(),
+            }),
+        }
+    }
+
+    /// Encodes a commit (see [`Event::decode_commit`]).
+    pub fn encode_commit(events: &[Event]) -> Vec<u8> {
+        serde_json::to_vec(events).expect("events always serialize")
+    }
+}
+
+/// A break in a tree's hash chain or sequence, at the first bad event.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tree {tree}: event seq {seq} breaks the chain: {reason}")]
+pub struct ChainError {
+    pub tree: TreeId,
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Verifies that `events` (a tree's history from its first event) are
+/// numbered 1, 2, … and that each names the hash of the one before.
+pub fn verify_chain(events: &[Event]) -> Result<(), ChainError> {
+    let mut prev: Option<String> = None;
+    for (i, e) in events.iter().enumerate() {
+        let expected_seq = i as u64 + 1;
+        let fail = |reason: String| ChainError {
+            tree: e.tree,
+            seq: e.seq,
+            reason,
+        };
+        if e.seq != expected_seq {
+            return Err(fail(format!("expected seq {expected_seq}")));
+        }
+        if e.prev_hash != prev {
+            return Err(fail(format!(
+                "prev_hash {:?} does not match the previous event's hash {:?}",
+                e.prev_hash, prev
+            )));
+        }
+        prev = Some(e.hash());
+    }
+    Ok(())
+}
+
+/// Folds one event into the tree. Never fails and decides nothing: an event
+/// naming a mandate the tree lacks (only possible in a corrupt stream, which
+/// the log reports) changes only the version.
+pub fn apply(tree: &mut Tree, event: &Event) {
+    let transition = |status: Status, reason: &Option<String>| Transition {
+        status,
+        seq: event.seq,
+        at: event.time,
+        by: event.actor.clone(),
+        reason: reason.clone(),
+    };
+    match &event.body {
+        EventBody::MandateIssued(e) => {
+            let mandate = Mandate {
+                id: e.mandate,
+                tree: event.tree,
+                tenant: event.tenant.clone(),
+                parent: e.parent,
+                grantor: e.grantor.clone(),
+                grantee: e.grantee.clone(),
+                principal: e.principal.clone(),
+                scope: e.scope.clone(),
+                not_after: e.not_after,
+                depth: e.depth,
+                step_up: e.step_up.clone(),
+                supervisors: e.supervisors.clone(),
+                status: Status::Active,
+                issued_at: event.time,
+                transition: None,
+                children: Vec::new(),
+            };
+            match e.parent {
+                Some(p) => {
+                    if let Some(parent) = tree.mandates.get_mut(&p) {
+                        parent.children.push(e.mandate);
+                    }
+                }
+                None => {
+                    tree.root = Some(e.mandate);
+                    tree.mission = e.mission.clone();
+                    tree.principal = Some(e.principal.clone());
+                }
+            }
+            tree.mandates.insert(e.mandate, mandate);
+        }
+        EventBody::MandatePaused(c) => set(tree, c.mandate, transition(Status::Paused, &c.reason)),
+        EventBody::MandateResumed(c) => {
+            if let Some(m) = tree.mandates.get_mut(&c.mandate) {
+                m.status = Status::Active;
+                m.transition = None;
+            }
+        }
+        EventBody::MandateRevoked(c) => {
+            set(tree, c.mandate, transition(Status::Revoked, &c.reason))
+        }
+        EventBody::MandateExpired(c) => {
+            set(tree, c.mandate, transition(Status::Expired, &c.reason))
+        }
+        EventBody::MandateCompleted(c) => {
+            set(tree, c.mandate, transition(Status::Completed, &c.reason))
+        }
+        EventBody::MissionCompleted(m) => set(
+            tree,
+            m.mandate,
+            transition(
+                Status::Completed,
+                &Some(format!("mission {} completed", m.mission_ref)),
+            ),
+        ),
+        EventBody::ScopeNarrowed(n) => {
+            if let Some(m) = tree.mandates.get_mut(&n.mandate) {
+                m.scope = n.scope.clone();
+            }
+        }
+        EventBody::MandateRenewed(r) => {
+            if let Some(m) = tree.mandates.get_mut(&r.mandate) {
+                m.not_after = r.not_after;
+            }
+        }
+    }
+    tree.version = event.seq;
+    tree.head_hash = Some(event.hash());
+    tree.commands.entry(event.command_id).or_insert(event.seq);
+}
+
+fn set(tree: &mut Tree, mandate: MandateId, t: Transition) {
+    if let Some(m) = tree.mandates.get_mut(&mandate) {
+        m.status = t.status;
+        m.transition = Some(t);
+    }
+}
+
+/// Folds a whole history from scratch.
+pub fn replay<'a>(
+    tenant: TenantId,
+    id: TreeId,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Tree {
+    let mut tree = Tree::empty(tenant, id);
+    for e in events {
+        apply(&mut tree, e);
+    }
+    tree
+}

@@ -1,0 +1,135 @@
+//! Issuing root mandates and delegating narrower ones (invariant 1).
+
+use chrono::{DateTime, Utc};
+
+use super::command::{Delegate, Issue};
+use super::decide::target;
+use super::error::DomainError;
+use super::event::{EventBody, MandateIssued};
+use super::ids::MandateId;
+use super::model::{Actor, Grantor, Tree};
+
+/// A root mandate: principal → agent, for a mission. The root's id is the
+/// tree's id, so a retried issue lands on the same tree.
+pub(crate) fn issue(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Issue,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let mandate = MandateId(tree.id.0);
+    if tree.exists() {
+        return Err(DomainError::TreeExists { tree: tree.id });
+    }
+    let allowed = match actor {
+        Actor::Principal(p) => *p == c.principal,
+        Actor::Admin(_) => true,
+        Actor::Agent(_) | Actor::System(_) => false,
+    };
+    if !allowed {
+        return Err(DomainError::NotAuthorized {
+            mandate,
+            actor: actor.to_string(),
+            verb: "issue",
+        });
+    }
+    if c.not_after <= now {
+        return Err(DomainError::NotAfterInPast {
+            requested: c.not_after,
+            now,
+        });
+    }
+    Ok(vec![EventBody::MandateIssued(Box::new(MandateIssued {
+        mandate,
+        parent: None,
+        grantor: Grantor::Principal(c.principal.clone()),
+        grantee: c.grantee.clone(),
+        principal: c.principal.clone(),
+        mission: Some(c.mission.clone()),
+        scope: c.scope.clone(),
+        not_after: c.not_after,
+        depth: c.depth,
+        step_up: c.step_up.clone(),
+        supervisors: c.supervisors.clone(),
+    }))])
+}
+
+/// The id a delegation gets: derived from the command id, so a retry lands on
+/// the same mandate.
+pub fn delegated_id(command: super::ids::CommandId) -> MandateId {
+    MandateId(uuid::Uuid::new_v5(&command.0, b"delegated-mandate"))
+}
+
+/// A delegation never widens: scope ⊆ parent's, `not_after` ≤ parent's,
+/// depth strictly below, same tenant and mission (it lives in the parent's
+/// tree), parent effectively active, delegator the parent's grantee.
+pub(crate) fn delegate(
+    tree: &Tree,
+    actor: &Actor,
+    command: super::ids::CommandId,
+    c: &Delegate,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let parent = target(tree, c.parent)?;
+    match actor {
+        Actor::Agent(a) if *a == parent.grantee => {}
+        _ => {
+            return Err(DomainError::NotGrantee {
+                mandate: parent.id,
+                actor: actor.to_string(),
+                grantee: parent.grantee.clone(),
+            })
+        }
+    }
+    let eff = tree.effective(parent.id, now)?;
+    if !eff.is_active() {
+        return Err(DomainError::ParentNotActive {
+            parent: parent.id,
+            status: eff.status,
+        });
+    }
+    if parent.depth == 0 {
+        return Err(DomainError::DepthExhausted { parent: parent.id });
+    }
+    let depth = c.depth.unwrap_or(parent.depth - 1);
+    if depth >= parent.depth {
+        return Err(DomainError::DepthWidens {
+            parent: parent.id,
+            requested: depth,
+            parent_depth: parent.depth,
+        });
+    }
+    if let Some(g) = parent.scope.first_uncovered(&c.scope) {
+        return Err(DomainError::ScopeWidens {
+            parent: parent.id,
+            grant: g.to_string(),
+        });
+    }
+    let not_after = c.not_after.unwrap_or(parent.not_after);
+    if not_after > parent.not_after {
+        return Err(DomainError::NotAfterWidens {
+            parent: parent.id,
+            requested: not_after,
+            parent_not_after: parent.not_after,
+        });
+    }
+    if not_after <= now {
+        return Err(DomainError::NotAfterInPast {
+            requested: not_after,
+            now,
+        });
+    }
+    Ok(vec![EventBody::MandateIssued(Box::new(MandateIssued {
+        mandate: delegated_id(command),
+        parent: Some(parent.id),
+        grantor: Grantor::Agent(parent.grantee.clone()),
+        grantee: c.grantee.clone(),
+        principal: parent.principal.clone(),
+        mission: None,
+        scope: c.scope.clone(),
+        not_after,
+        depth,
+        step_up: c.step_up.clone(),
+        supervisors: c.supervisors.clone(),
+    }))])
+}

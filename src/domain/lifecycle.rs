@@ -1,0 +1,160 @@
+//! Pause, resume, revoke, expire, complete: moves through the status machine.
+//! Terminal is absorbing (invariant 2): every command here refuses a mandate
+//! that is effectively terminal.
+
+use chrono::{DateTime, Utc};
+
+use super::command::{Change, CompleteMission, Target};
+use super::decide::{refuse_terminal, require_authority, target};
+use super::error::DomainError;
+use super::event::{Changed, EventBody, MissionCompleted};
+use super::model::{Actor, Tree};
+use super::status::Status;
+
+fn changed(c: &Change) -> Changed {
+    Changed {
+        mandate: c.mandate,
+        reason: c.reason.clone(),
+    }
+}
+
+pub(crate) fn pause(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Change,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "pause", false)?;
+    refuse_terminal(tree, m, now)?;
+    if m.status == Status::Paused {
+        return Err(DomainError::AlreadyPaused { mandate: m.id });
+    }
+    Ok(vec![EventBody::MandatePaused(changed(c))])
+}
+
+pub(crate) fn resume(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Change,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "resume", false)?;
+    refuse_terminal(tree, m, now)?;
+    if m.status != Status::Paused {
+        return Err(DomainError::NotPaused {
+            mandate: m.id,
+            status: m.status,
+        });
+    }
+    Ok(vec![EventBody::MandateResumed(changed(c))])
+}
+
+/// Revoke: by authority above, or by the grantee relinquishing it.
+pub(crate) fn revoke(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Change,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "revoke", true)?;
+    refuse_terminal(tree, m, now)?;
+    Ok(vec![EventBody::MandateRevoked(changed(c))])
+}
+
+/// Complete one mandate's task: by authority above, or by its grantee.
+pub(crate) fn complete(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Change,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    require_authority(tree, m, actor, "complete", true)?;
+    refuse_terminal(tree, m, now)?;
+    Ok(vec![EventBody::MandateCompleted(changed(c))])
+}
+
+/// Expire: gated by the clock, not by the actor, so any engine instance's
+/// scheduler may write it (and the log keeps one, by command id).
+pub(crate) fn expire(
+    tree: &Tree,
+    c: &Target,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let m = target(tree, c.mandate)?;
+    if m.status.is_terminal() {
+        return Err(DomainError::Terminal {
+            mandate: m.id,
+            status: m.status,
+            cause: None,
+        });
+    }
+    if now < m.not_after {
+        return Err(DomainError::NotYetExpired {
+            mandate: m.id,
+            not_after: m.not_after,
+        });
+    }
+    // An ancestor ended by an event already ends this one by cascade.
+    let eff = tree.effective(m.id, now)?;
+    if let Some(cause) = eff
+        .cause
+        .filter(|c| c.status.is_terminal() && c.by.is_some())
+    {
+        return Err(DomainError::Terminal {
+            mandate: m.id,
+            status: cause.status,
+            cause: Some(cause.mandate),
+        });
+    }
+    Ok(vec![EventBody::MandateExpired(super::event::Changed {
+        mandate: m.id,
+        reason: Some(format!("not_after {} passed", m.not_after.to_rfc3339())),
+    })])
+}
+
+/// The mission is complete: the root is completed, and the whole tree with it.
+/// By the mission intake, the tree's principal or an administrator.
+pub(crate) fn complete_mission(
+    tree: &Tree,
+    actor: &Actor,
+    c: &CompleteMission,
+    now: DateTime<Utc>,
+) -> Result<Vec<EventBody>, DomainError> {
+    let root = match tree.root {
+        Some(r) => target(tree, r)?,
+        None => return Err(DomainError::TreeNotFound { tree: tree.id }),
+    };
+    let serves = tree
+        .mission
+        .as_ref()
+        .and_then(|m| m.mission_ref.as_ref())
+        .is_some_and(|r| *r == c.mission_ref);
+    if !serves {
+        return Err(DomainError::MissionMismatch {
+            tree: tree.id,
+            mission_ref: c.mission_ref.to_string(),
+        });
+    }
+    let allowed = match actor {
+        Actor::System(_) => *actor == Actor::mission_intake(),
+        Actor::Principal(p) => tree.principal.as_ref() == Some(p),
+        Actor::Admin(_) => true,
+        Actor::Agent(_) => false,
+    };
+    if !allowed {
+        return Err(DomainError::NotAuthorized {
+            mandate: root.id,
+            actor: actor.to_string(),
+            verb: "complete the mission of",
+        });
+    }
+    refuse_terminal(tree, root, now)?;
+    Ok(vec![EventBody::MissionCompleted(MissionCompleted {
+        mandate: root.id,
+        mission_ref: c.mission_ref.clone(),
+    })])
+}
