@@ -38,6 +38,9 @@ pub enum DenyReason {
     OutOfScope { mandate: MandateId },
     /// The request itself is not a concrete action and resource.
     InvalidRequest { reason: String },
+    /// A guard could not confirm the state (it has not heard the engine
+    /// within its lease): it fails closed.
+    Unverified { reason: String },
 }
 
 /// One link of the authority chain, root first.

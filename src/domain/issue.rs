@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Delegate, Issue};
-use super::decide::target;
+use super::decide::{refuse_terminal, target};
 use super::error::DomainError;
 use super::event::{EventBody, MandateIssued};
 use super::ids::MandateId;
@@ -54,6 +54,12 @@ pub(crate) fn issue(
     }))])
 }
 
+/// The tree (and root mandate) id an issue gets: derived from the command
+/// id, so a retried issue lands on the same tree and the log deduplicates it.
+pub fn root_tree_id(command: super::ids::CommandId) -> super::ids::TreeId {
+    super::ids::TreeId(uuid::Uuid::new_v5(&command.0, b"root-mandate"))
+}
+
 /// The id a delegation gets: derived from the command id, so a retry lands on
 /// the same mandate.
 pub fn delegated_id(command: super::ids::CommandId) -> MandateId {
@@ -81,6 +87,10 @@ pub(crate) fn delegate(
             })
         }
     }
+    // Terminal is absorbing (invariant 2): a delegation from an ended parent
+    // is refused as `Terminal`, naming the ancestor that ended it, like every
+    // other command on that parent; `ParentNotActive` is left for a pause.
+    refuse_terminal(tree, parent, now)?;
     let eff = tree.effective(parent.id, now)?;
     if !eff.is_active() {
         return Err(DomainError::ParentNotActive {

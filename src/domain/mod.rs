@@ -27,7 +27,7 @@ pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
 pub use event::{apply, replay, verify_chain, Event, EventBody, SCHEMA_VERSION};
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
-pub use issue::delegated_id;
+pub use issue::{delegated_id, root_tree_id};
 pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Tree};
 pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;
