@@ -1,1 +1,28 @@
-fn main() {}
+//! The `mandate` binary; see [`mandate::cli`].
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = mandate::cli::Cli::parse();
+    let default = if matches!(cli.command, mandate::cli::Cmd::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(6);
+        }
+    };
+    let code = runtime.block_on(mandate::cli::run(cli));
+    std::process::exit(code);
+}

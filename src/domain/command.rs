@@ -35,6 +35,7 @@ pub struct CommandEnvelope {
     pub correlation_id: Option<String>,
     /// Version of this document's schema; this build reads 1.
     #[serde(default = "default_version")]
+    #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     #[serde(flatten)]
     pub command: Command,

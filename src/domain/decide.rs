@@ -113,7 +113,9 @@ pub(crate) fn refuse_terminal(
         return Err(DomainError::Terminal {
             mandate: m.id,
             status: eff.status,
-            cause: eff.cause.map(|c| c.mandate),
+            // `cause` names an *ancestor* (see `DomainError::Terminal`): `None`
+            // when the mandate ended on its own, as `expire` already reports.
+            cause: eff.cause.map(|c| c.mandate).filter(|c| *c != m.id),
         });
     }
     Ok(())

@@ -43,6 +43,7 @@ pub struct Event {
     pub tree: TreeId,
     /// Per-tree sequence, from 1.
     pub seq: u64,
+    #[schemars(range(min = 1, max = 1))]
     pub schema_version: u32,
     pub time: DateTime<Utc>,
     /// Who did it.

@@ -124,7 +124,12 @@ macro_rules! uuid_id {
             Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
         )]
         #[serde(transparent)]
-        pub struct $name(pub Uuid);
+        pub struct $name(
+            #[schemars(regex(
+                pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+            ))]
+            pub Uuid,
+        );
 
         impl $name {
             /// A fresh, time-ordered (v7) id.

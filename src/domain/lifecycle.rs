@@ -92,13 +92,10 @@ pub(crate) fn expire(
             cause: None,
         });
     }
-    if now < m.not_after {
-        return Err(DomainError::NotYetExpired {
-            mandate: m.id,
-            not_after: m.not_after,
-        });
-    }
-    // An ancestor ended by an event already ends this one by cascade.
+    // An ancestor ended by an event already ends this one by cascade. Checked
+    // before the clock so that an expiry on a mandate under a revoked ancestor
+    // is refused as `Terminal` naming that ancestor (invariant 2), whether or
+    // not its own `not_after` has passed yet.
     let eff = tree.effective(m.id, now)?;
     if let Some(cause) = eff
         .cause
@@ -108,6 +105,12 @@ pub(crate) fn expire(
             mandate: m.id,
             status: cause.status,
             cause: Some(cause.mandate),
+        });
+    }
+    if now < m.not_after {
+        return Err(DomainError::NotYetExpired {
+            mandate: m.id,
+            not_after: m.not_after,
         });
     }
     Ok(vec![EventBody::MandateExpired(super::event::Changed {

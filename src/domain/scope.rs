@@ -217,7 +217,7 @@ impl fmt::Display for ResourcePattern {
 }
 
 macro_rules! string_serde {
-    ($t:ty, $desc:literal) => {
+    ($t:ty, $desc:literal, $pattern:literal) => {
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_str(self)
@@ -244,6 +244,7 @@ macro_rules! string_serde {
                     "type": "string",
                     "minLength": 1,
                     "maxLength": MAX_PATTERN_LEN,
+                    "pattern": $pattern,
                     "description": $desc,
                 })
             }
@@ -253,11 +254,13 @@ macro_rules! string_serde {
 
 string_serde!(
     ActionPattern,
-    "':'-separated action segments, optionally ending in '*' (one or more further segments): 'finance:read', 'finance:*', '*'"
+    "':'-separated action segments, optionally ending in '*' (one or more further segments): 'finance:read', 'finance:*', '*'",
+    r"^(\*|[A-Za-z0-9._@+=-]+(:[A-Za-z0-9._@+=-]+)*(:\*)?)$"
 );
 string_serde!(
     ResourcePattern,
-    "'/'-separated resource path; '*' matches one segment, a trailing '**' any suffix: 'reports/q3/*', 'tickets/**'"
+    "'/'-separated resource path; '*' matches one segment, a trailing '**' any suffix: 'reports/q3/*', 'tickets/**'",
+    r"^(\*\*|([A-Za-z0-9._@+=-]+|\*)(/([A-Za-z0-9._@+=-]+|\*))*(/\*\*)?)$"
 );
 
 /// One grant: an action pattern on a resource pattern.

@@ -1,0 +1,881 @@
+//! The `mandate` binary: serve, issue, delegate, pause, resume, revoke,
+//! complete, status, tree, history, check, watch, rebuild, demo.
+//!
+//! Without `--nats` every command runs on the embedded engine in `--data`
+//! (one process at a time); with `--nats` they talk to `mandate serve`.
+//! Exit codes: 0 ok, 1 denied, 2 invalid input, 3 not found, 4 unavailable,
+//! 5 refused (forbidden, terminal, wrong state, conflict), 6 internal.
+
+pub mod demo;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Local, Utc};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+
+use crate::client::{Client, ClientError, MissionPublisher};
+use crate::domain::command::{Delegate, Issue};
+use crate::domain::{
+    Actor, AgentId, Decision, ErrorCode, MandateId, Mission, MissionRef, Outcome, PrincipalId,
+    Scope, TenantId, Tree,
+};
+use crate::engine::{Engine, EngineConfig};
+use crate::protocol::{ListQuery, TreeQuery};
+
+/// Mandate: the authority of AI agents, held as event streams.
+#[derive(Parser, Debug)]
+#[command(name = "mandate", version, about)]
+pub struct Cli {
+    /// NATS server URL. Without it, the embedded engine in --data is used.
+    #[arg(long, global = true, env = "MANDATE_NATS")]
+    pub nats: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "MANDATE_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Data directory (embedded log and projection, or the serving
+    /// instance's projection).
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_DATA",
+        default_value = "mandate-data"
+    )]
+    pub data: PathBuf,
+    /// Tenant to act in.
+    #[arg(long, global = true, env = "MANDATE_TENANT", default_value = "default")]
+    pub tenant: String,
+    /// Who acts: principal:<id>, agent:<id> or admin:<id>.
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_ACTOR",
+        default_value = "admin:operator"
+    )]
+    pub actor: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the engine service on NATS (request-reply, queue group).
+    Serve,
+    /// The ghost-execution story on the real engine, with a timeline.
+    Demo,
+    /// Issue a root mandate: principal → agent for a mission.
+    Issue {
+        #[arg(long)]
+        principal: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        purpose: String,
+        /// External mission reference whose completion ends it (e.g. jira:FIN-42).
+        #[arg(long)]
+        mission_ref: Option<String>,
+        /// A grant, 'ACTION on RESOURCE' (repeat).
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// Lifetime, e.g. 30m, 8h, 2d.
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        #[arg(long, default_value_t = 3)]
+        depth: u32,
+        /// Actions needing step-up approval (repeat).
+        #[arg(long)]
+        step_up: Vec<String>,
+    },
+    /// Delegate a narrower mandate (act as the parent's grantee: --actor agent:<id>).
+    Delegate {
+        parent: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        depth: Option<u32>,
+    },
+    /// Pause a mandate (and, effectively, everything below it).
+    Pause {
+        mandate: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused mandate.
+    Resume {
+        mandate: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke a mandate for good.
+    Revoke {
+        mandate: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Complete a mandate, or with --mission every tree serving a mission.
+    Complete {
+        mandate: Option<String>,
+        #[arg(long)]
+        mission: Option<String>,
+    },
+    /// Revoke everything an agent holds (deprovisioning).
+    RevokeAgent {
+        agent: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Revoke everything a principal granted (offboarding).
+    RevokePrincipal {
+        principal: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A mandate's own and effective status.
+    Status {
+        mandate: String,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The tree a mandate belongs to, drawn as a tree.
+    Tree {
+        mandate: String,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// A tree's events (actor and on-behalf-of apart).
+    History { mandate: String },
+    /// Mandates held by an agent, granted by a principal, or serving a mission.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        mission: Option<String>,
+    },
+    /// May the holder do ACTION on RESOURCE under MANDATE (now or --at)?
+    Check {
+        mandate: String,
+        action: String,
+        resource: String,
+        #[arg(long)]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Live signals of a mandate's subtree (Ctrl-C to stop).
+    Watch { mandate: String },
+    /// Rebuild the projection from the log and compare it with the live one.
+    Rebuild,
+    /// Engine health.
+    Health,
+}
+
+/// A CLI failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 6,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn client_failure(e: ClientError) -> Failure {
+    let code = match &e {
+        ClientError::Engine(b) => match b.code {
+            ErrorCode::InvalidInput => 2,
+            ErrorCode::NotFound => 3,
+            ErrorCode::Unavailable => 4,
+            ErrorCode::Forbidden
+            | ErrorCode::Terminal
+            | ErrorCode::InvalidState
+            | ErrorCode::Conflict => 5,
+            ErrorCode::Internal => 6,
+        },
+        ClientError::NoEngine(_) | ClientError::TimedOut(_) | ClientError::Nats(_) => 4,
+        ClientError::Decode(_) => 6,
+    };
+    Failure {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Parses `principal:<id>`, `agent:<id>` or `admin:<id>`.
+pub fn parse_actor(s: &str) -> Result<Actor, Failure> {
+    let bad = || {
+        invalid(format!(
+            "actor {s:?} must be principal:<id>, agent:<id> or admin:<id>"
+        ))
+    };
+    let (kind, id) = s.split_once(':').ok_or_else(bad)?;
+    let e = |e: crate::domain::DomainError| invalid(format!("actor {s:?}: {e}"));
+    match kind {
+        "principal" => Ok(Actor::Principal(PrincipalId::new(id).map_err(e)?)),
+        "agent" => Ok(Actor::Agent(AgentId::new(id).map_err(e)?)),
+        "admin" => Ok(Actor::Admin(PrincipalId::new(id).map_err(e)?)),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses a duration like `90s`, `30m`, `8h`, `2d`.
+pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
+    let bad = || {
+        invalid(format!(
+            "duration {s:?} must be a number followed by s, m, h or d (e.g. 8h)"
+        ))
+    };
+    let (num, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    match unit {
+        "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        _ => Err(bad()),
+    }
+}
+
+fn mandate_id(s: &str) -> Result<MandateId, Failure> {
+    MandateId::parse(s).map_err(|e| invalid(e.to_string()))
+}
+
+fn scope(grants: &[String]) -> Result<Scope, Failure> {
+    Scope::parse(grants.iter().map(String::as_str)).map_err(|e| {
+        invalid(format!(
+            "{e} (write a grant as 'ACTION on RESOURCE', e.g. 'finance:read on reports/q3/*')"
+        ))
+    })
+}
+
+fn local_and_utc(t: DateTime<Utc>) -> String {
+    format!(
+        "{} ({} UTC)",
+        t.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S %Z"),
+        t.format("%H:%M:%S")
+    )
+}
+
+async fn connect(cli: &Cli) -> Result<Option<async_nats::Client>, Failure> {
+    let Some(url) = &cli.nats else {
+        return Ok(None);
+    };
+    let mut opts = async_nats::ConnectOptions::new().name("mandate");
+    if let Some(creds) = &cli.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| invalid(format!("cannot read credentials {}: {e}", creds.display())))?;
+    }
+    let client = opts.connect(url.as_str()).await.map_err(|e| Failure {
+        code: 4,
+        message: format!("cannot connect to NATS at {url}: {e}"),
+    })?;
+    Ok(Some(client))
+}
+
+/// Runs the CLI; returns the exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match run_inner(cli).await {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            f.code
+        }
+    }
+}
+
+async fn run_inner(cli: Cli) -> Result<i32, Failure> {
+    let tenant = TenantId::new(&cli.tenant).map_err(|e| invalid(e.to_string()))?;
+    let actor = parse_actor(&cli.actor)?;
+    let nats = connect(&cli).await?;
+    let mut background = None;
+    let mut demo_dir = None;
+    let (client, missions) = match &nats {
+        Some(nc) => {
+            if let Cmd::Serve = cli.command {
+                let engine = Engine::nats(
+                    nc.clone(),
+                    &cli.data,
+                    Default::default(),
+                    EngineConfig::default(),
+                )
+                .await?;
+                tracing::info!(data = %cli.data.display(), "engine starting");
+                engine.serve(shutdown_signal()).await?;
+                return Ok(0);
+            }
+            if let Cmd::Rebuild = cli.command {
+                let engine = Engine::nats(
+                    nc.clone(),
+                    &cli.data,
+                    Default::default(),
+                    EngineConfig::default(),
+                )
+                .await?;
+                return rebuild(&engine, cli.json).await;
+            }
+            (
+                Client::nats(nc.clone(), tenant.clone(), actor.clone()),
+                MissionPublisher::Nats(Box::new(async_nats::jetstream::new(nc.clone()))),
+            )
+        }
+        None => {
+            if let Cmd::Serve = cli.command {
+                return Err(invalid("serve needs --nats URL (or MANDATE_NATS); without NATS, use the engine in-process (e.g. `mandate demo`)"));
+            }
+            let dir = if let Cmd::Demo = cli.command {
+                // The demo keeps its own throwaway data.
+                let d = std::env::temp_dir()
+                    .join(format!("mandate-demo-{}", uuid::Uuid::new_v4().simple()));
+                demo_dir = Some(d.clone());
+                d
+            } else {
+                cli.data.clone()
+            };
+            let engine = Engine::embedded(&dir, EngineConfig::default()).await?;
+            if let Cmd::Rebuild = cli.command {
+                return rebuild(&engine, cli.json).await;
+            }
+            background = Some(engine.start());
+            (
+                Client::local(engine.clone(), tenant.clone(), actor.clone()),
+                MissionPublisher::Local(engine),
+            )
+        }
+    };
+    let code = command(&cli, &tenant, client, missions).await;
+    if let Some(bg) = background {
+        bg.stop().await?;
+    }
+    if let (Cmd::Demo, None) = (&cli.command, &nats) {
+        if let Some(dir) = demo_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    code
+}
+
+async fn command(
+    cli: &Cli,
+    tenant: &TenantId,
+    client: Client,
+    missions: MissionPublisher,
+) -> Result<i32, Failure> {
+    let json = cli.json;
+    let out = |v: &dyn erased::Show| v.show(json);
+    match &cli.command {
+        Cmd::Serve | Cmd::Rebuild => unreachable!("handled before"),
+        Cmd::Demo => {
+            demo::run(client, missions).await.map_err(|e| Failure {
+                code: 6,
+                message: e.to_string(),
+            })?;
+        }
+        Cmd::Issue {
+            principal,
+            agent,
+            purpose,
+            mission_ref,
+            grants,
+            ttl,
+            depth,
+            step_up,
+        } => {
+            let issue = Issue {
+                principal: PrincipalId::new(principal).map_err(|e| invalid(e.to_string()))?,
+                grantee: AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
+                mission: Mission {
+                    purpose: purpose.clone(),
+                    mission_ref: mission_ref
+                        .as_deref()
+                        .map(MissionRef::new)
+                        .transpose()
+                        .map_err(|e| invalid(e.to_string()))?,
+                },
+                scope: scope(grants)?,
+                not_after: Utc::now() + parse_ttl(ttl)?,
+                depth: *depth,
+                step_up: step_up
+                    .iter()
+                    .map(|s| s.parse())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e: crate::domain::DomainError| invalid(e.to_string()))?,
+                supervisors: vec![],
+            };
+            out(&client.issue(issue).await.map_err(client_failure)?);
+        }
+        Cmd::Delegate {
+            parent,
+            agent,
+            grants,
+            ttl,
+            depth,
+        } => {
+            let d = Delegate {
+                parent: mandate_id(parent)?,
+                grantee: AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
+                scope: scope(grants)?,
+                not_after: ttl
+                    .as_deref()
+                    .map(parse_ttl)
+                    .transpose()?
+                    .map(|d| Utc::now() + d),
+                depth: *depth,
+                step_up: vec![],
+                supervisors: vec![],
+            };
+            out(&client.delegate(d).await.map_err(client_failure)?);
+        }
+        Cmd::Pause { mandate, reason } => out(&client
+            .pause(mandate_id(mandate)?, reason.clone())
+            .await
+            .map_err(client_failure)?),
+        Cmd::Resume { mandate, reason } => out(&client
+            .resume(mandate_id(mandate)?, reason.clone())
+            .await
+            .map_err(client_failure)?),
+        Cmd::Revoke { mandate, reason } => out(&client
+            .revoke(mandate_id(mandate)?, reason.clone())
+            .await
+            .map_err(client_failure)?),
+        Cmd::Complete { mandate, mission } => match (mandate, mission) {
+            (Some(m), None) => out(&client
+                .complete(mandate_id(m)?, None)
+                .await
+                .map_err(client_failure)?),
+            (None, Some(r)) => {
+                let r = MissionRef::new(r.as_str()).map_err(|e| invalid(e.to_string()))?;
+                out(&client.complete_mission(r).await.map_err(client_failure)?)
+            }
+            _ => return Err(invalid("give a mandate id or --mission REF (not both)")),
+        },
+        Cmd::RevokeAgent { agent, reason } => out(&client
+            .revoke_agent(
+                AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
+        Cmd::RevokePrincipal { principal, reason } => out(&client
+            .revoke_principal(
+                PrincipalId::new(principal).map_err(|e| invalid(e.to_string()))?,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
+        Cmd::Status { mandate, at } => {
+            let s = client
+                .status(mandate_id(mandate)?, *at)
+                .await
+                .map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("mandate   {}", s.mandate.id);
+                println!(
+                    "grantee   agent {} (granted by {}, on behalf of {})",
+                    s.mandate.grantee, s.mandate.grantor, s.mandate.principal
+                );
+                println!("own       {}", s.mandate.status);
+                println!("effective {}", s.effective.status);
+                if let Some(c) = &s.effective.cause {
+                    println!(
+                        "cause     {} {} at {}{}",
+                        if c.mandate == s.mandate.id {
+                            "itself".to_string()
+                        } else {
+                            format!("ancestor {}", c.mandate)
+                        },
+                        c.status,
+                        local_and_utc(c.at),
+                        c.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    );
+                }
+                println!("not after {}", local_and_utc(s.mandate.not_after));
+                println!(
+                    "scope     {}",
+                    s.mandate
+                        .scope
+                        .grants()
+                        .iter()
+                        .map(|g| g.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        Cmd::Tree { mandate, at } => {
+            let t = client
+                .tree(TreeQuery {
+                    tree: None,
+                    mandate: Some(mandate_id(mandate)?),
+                    at: *at,
+                })
+                .await
+                .map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                draw_tree(&t.tree, &t.effective);
+            }
+        }
+        Cmd::History { mandate } => {
+            let h = client
+                .history(TreeQuery {
+                    tree: None,
+                    mandate: Some(mandate_id(mandate)?),
+                    at: None,
+                })
+                .await
+                .map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                for e in &h.events {
+                    println!(
+                        "#{:<3} {}  {:<18} mandate {}  by {} on behalf of principal {}",
+                        e.seq,
+                        local_and_utc(e.time),
+                        e.body.type_name(),
+                        e.body.mandate(),
+                        e.actor,
+                        e.on_behalf_of
+                    );
+                }
+            }
+        }
+        Cmd::List {
+            agent,
+            principal,
+            mission,
+        } => {
+            let q = ListQuery {
+                agent: agent
+                    .as_deref()
+                    .map(AgentId::new)
+                    .transpose()
+                    .map_err(|e| invalid(e.to_string()))?,
+                principal: principal
+                    .as_deref()
+                    .map(PrincipalId::new)
+                    .transpose()
+                    .map_err(|e| invalid(e.to_string()))?,
+                mission_ref: mission
+                    .as_deref()
+                    .map(MissionRef::new)
+                    .transpose()
+                    .map_err(|e| invalid(e.to_string()))?,
+            };
+            let l = client.list(q).await.map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&l)?);
+            } else {
+                for m in &l.mandates {
+                    println!(
+                        "{}  agent {:<16} {:<9} (own {})  until {}",
+                        m.mandate,
+                        m.grantee,
+                        m.effective.status,
+                        m.status,
+                        local_and_utc(m.not_after)
+                    );
+                }
+            }
+        }
+        Cmd::Check {
+            mandate,
+            action,
+            resource,
+            at,
+        } => {
+            let d = client
+                .check(mandate_id(mandate)?, action, resource, *at)
+                .await
+                .map_err(client_failure)?;
+            print_decision(&d, json)?;
+            return Ok(if d.is_allowed() { 0 } else { 1 });
+        }
+        Cmd::Watch { mandate } => watch(&client, tenant, mandate_id(mandate)?, json).await?,
+        Cmd::Health => {
+            let h = client.health().await.map_err(client_failure)?;
+            println!("{}", serde_json::to_string_pretty(&h)?);
+        }
+    }
+    Ok(0)
+}
+
+fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(d)?);
+        return Ok(());
+    }
+    let verdict = match d.outcome {
+        Outcome::Allow => "ALLOW",
+        Outcome::Deny => "DENY",
+        Outcome::NeedsApproval => "NEEDS APPROVAL",
+    };
+    println!(
+        "{verdict}: {} on {} under mandate {} at {}",
+        d.action,
+        d.resource,
+        d.mandate,
+        local_and_utc(d.at)
+    );
+    if let Some(r) = &d.reason {
+        println!("reason: {}", serde_json::to_string(r)?);
+    }
+    for (i, l) in d.chain.iter().enumerate() {
+        println!(
+            "{:indent$}{} → agent {} (on behalf of {}; own status {})",
+            "",
+            l.grantor,
+            l.grantee,
+            l.on_behalf_of,
+            l.status,
+            indent = 2 + 2 * i
+        );
+    }
+    Ok(())
+}
+
+fn draw_tree(tree: &Tree, eff: &[crate::protocol::MandateSummary]) {
+    if let Some(m) = &tree.mission {
+        println!(
+            "mission: {}{}",
+            m.purpose,
+            m.mission_ref
+                .as_ref()
+                .map(|r| format!(" [{r}]"))
+                .unwrap_or_default()
+        );
+    }
+    fn walk(
+        tree: &Tree,
+        eff: &[crate::protocol::MandateSummary],
+        id: MandateId,
+        prefix: &str,
+        last: bool,
+        root: bool,
+    ) {
+        let Some(m) = tree.mandates.get(&id) else {
+            return;
+        };
+        let status = eff
+            .iter()
+            .find(|s| s.mandate == id)
+            .map(|s| s.effective.status.to_string())
+            .unwrap_or_default();
+        let branch = if root {
+            ""
+        } else if last {
+            "└─ "
+        } else {
+            "├─ "
+        };
+        println!(
+            "{prefix}{branch}{} agent {} [{status}] {}",
+            m.id,
+            m.grantee,
+            m.scope
+                .grants()
+                .iter()
+                .map(|g| g.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let child_prefix = if root {
+            String::new()
+        } else {
+            format!("{prefix}{}", if last { "   " } else { "│  " })
+        };
+        for (i, c) in m.children.iter().enumerate() {
+            walk(
+                tree,
+                eff,
+                *c,
+                &child_prefix,
+                i + 1 == m.children.len(),
+                false,
+            );
+        }
+    }
+    if let Some(root) = tree.root {
+        walk(tree, eff, root, "", true, true);
+    }
+}
+
+async fn watch(
+    client: &Client,
+    tenant: &TenantId,
+    mandate: MandateId,
+    json: bool,
+) -> Result<(), Failure> {
+    let tree = client
+        .tree(TreeQuery {
+            tree: None,
+            mandate: Some(mandate),
+            at: None,
+        })
+        .await
+        .map_err(client_failure)?
+        .tree;
+    let mut ids = vec![mandate];
+    ids.extend(tree.descendants(mandate));
+    // Also the chain above: an ancestor's end reaches this subtree.
+    ids.extend(
+        tree.chain(mandate)
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != mandate),
+    );
+    let mut streams = Vec::new();
+    for id in ids {
+        let s = match client.engine() {
+            Some(e) => e.bus().subscribe(tenant, id).await.map_err(|e| Failure {
+                code: 4,
+                message: e.to_string(),
+            })?,
+            None => {
+                let nc = client
+                    .nats_client()
+                    .ok_or_else(|| invalid("no transport"))?;
+                nc.subscribe(crate::protocol::signal_subject(tenant, id))
+                    .await
+                    .map_err(|e| Failure {
+                        code: 4,
+                        message: e.to_string(),
+                    })?
+                    .filter_map(|m| async move { serde_json::from_slice(&m.payload).ok() })
+                    .boxed()
+            }
+        };
+        streams.push(s);
+    }
+    eprintln!("watching {} mandates; Ctrl-C to stop", streams.len());
+    let mut all = futures::stream::select_all(streams);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            s = all.next() => match s {
+                Some(s) => {
+                    if json { println!("{}", serde_json::to_string(&s)?); }
+                    else { println!("{}  {:?} mandate {} → {} ({}) by {}{}", local_and_utc(s.time), s.kind, s.mandate, s.status, s.event_type, s.actor, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()); }
+                }
+                None => return Ok(()),
+            },
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+async fn rebuild(engine: &Engine, json: bool) -> Result<i32, Failure> {
+    let started = std::time::Instant::now();
+    let report = engine.rebuild_check().await?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"records": report.records, "equal": report.equal, "seconds": secs})
+        );
+    } else {
+        println!(
+            "rebuilt {} log records in {secs:.3}s; projection {}",
+            report.records,
+            if report.equal {
+                "matches the rebuild"
+            } else {
+                "DIFFERS from the rebuild"
+            }
+        );
+    }
+    Ok(if report.equal { 0 } else { 6 })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+mod erased {
+    use crate::protocol::CommandResult;
+
+    /// Prints a command result as text or JSON.
+    pub(super) trait Show {
+        fn show(&self, json: bool);
+    }
+
+    impl Show for CommandResult {
+        fn show(&self, json: bool) {
+            if json {
+                println!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
+                return;
+            }
+            if let Some(m) = self.mandate {
+                println!("mandate {m}");
+            }
+            for c in &self.commits {
+                for e in &c.events {
+                    println!(
+                        "  {} #{} {} (position {}){}",
+                        e.body.type_name(),
+                        e.seq,
+                        e.body.mandate(),
+                        c.position,
+                        if self.duplicate {
+                            " [already applied]"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            if self.commits.is_empty() {
+                println!("nothing to do");
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The SDK: an orchestrator [`Client`] with a typed method for every command
+//! and query, a [`MissionPublisher`] for ticketing systems, and the agent
+//! [`Guard`].
+//!
+//! The client speaks the wire contract of [`crate::protocol`] either over NATS
+//! request-reply or, for single-process use, straight to an in-process
+//! [`Engine`] through the very same encoding.
+
+pub mod guard;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::domain::{
+    command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew},
+    Actor, AgentId, Command, CommandEnvelope, CommandId, Decision, ErrorCode, MandateId,
+    MissionRef, PrincipalId, TenantId, SCHEMA_VERSION,
+};
+use crate::engine::Engine;
+use crate::protocol::{
+    command_subject, mission_subject, query_subject, AuditQuery, AuditReply, Bulk, BulkEnvelope,
+    ChainReply, CheckQuery, CommandResult, ErrorBody, Health, HistoryReply, ListQuery, ListReply,
+    MandateQuery, MissionCompletedNotice, Reply, StatusReply, TreeQuery, TreeReply,
+};
+
+pub use guard::{Guard, GuardConfig, GuardState};
+
+/// Client failures. "Engine down" and "engine slow" are told apart.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The engine answered with an error (code and message from the wire).
+    #[error("{}", .0.message)]
+    Engine(ErrorBody),
+    /// No engine is listening (no responders).
+    #[error("no engine is serving {0}: is `mandate serve` running?")]
+    NoEngine(String),
+    /// The engine did not answer in time; the command may have been applied —
+    /// retry with the same command id.
+    #[error("the engine did not answer {0} in time; retry with the same command id")]
+    TimedOut(String),
+    /// NATS itself failed.
+    #[error("nats: {0}")]
+    Nats(String),
+    /// The reply did not decode.
+    #[error("undecodable reply: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The engine's error code, when the engine answered.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Engine(b) => Some(b.code),
+            _ => None,
+        }
+    }
+}
+
+/// How the client reaches the engine.
+#[derive(Clone)]
+enum Transport {
+    Nats(async_nats::Client),
+    Local(Engine),
+}
+
+/// The orchestrator client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    transport: Transport,
+    tenant: TenantId,
+    actor: Actor,
+    timeout: Duration,
+    retries: u32,
+}
+
+impl Client {
+    /// A client over NATS, acting as `actor` in `tenant`.
+    pub fn nats(client: async_nats::Client, tenant: TenantId, actor: Actor) -> Self {
+        Self {
+            transport: Transport::Nats(client),
+            tenant,
+            actor,
+            timeout: Duration::from_secs(5),
+            retries: 2,
+        }
+    }
+
+    /// A client of an in-process engine.
+    pub fn local(engine: Engine, tenant: TenantId, actor: Actor) -> Self {
+        Self {
+            transport: Transport::Local(engine),
+            tenant,
+            actor,
+            timeout: Duration::from_secs(5),
+            retries: 0,
+        }
+    }
+
+    /// The same client acting as someone else.
+    pub fn as_actor(&self, actor: Actor) -> Self {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Sets the per-request timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The tenant this client acts in.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// The underlying NATS connection, if any.
+    pub fn nats_client(&self) -> Option<&async_nats::Client> {
+        match &self.transport {
+            Transport::Nats(c) => Some(c),
+            Transport::Local(_) => None,
+        }
+    }
+
+    /// The in-process engine, if any.
+    pub fn engine(&self) -> Option<&Engine> {
+        match &self.transport {
+            Transport::Local(e) => Some(e),
+            Transport::Nats(_) => None,
+        }
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        subject: String,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let reply = match &self.transport {
+            Transport::Local(engine) => engine.handle(&subject, &payload).await,
+            Transport::Nats(client) => {
+                let mut attempt = 0;
+                loop {
+                    let r = tokio::time::timeout(
+                        self.timeout,
+                        client.request(subject.clone(), payload.clone().into()),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(msg)) => break msg.payload.to_vec(),
+                        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                            return Err(ClientError::NoEngine(subject))
+                        }
+                        Ok(Err(e)) if e.kind() != async_nats::RequestErrorKind::TimedOut => {
+                            return Err(ClientError::Nats(e.to_string()))
+                        }
+                        // Timed out: the same body (same command id) is safe to resend.
+                        _ if attempt < self.retries => attempt += 1,
+                        _ => return Err(ClientError::TimedOut(subject)),
+                    }
+                }
+            }
+        };
+        let reply: Reply<T> =
+            serde_json::from_slice(&reply).map_err(|e| ClientError::Decode(e.to_string()))?;
+        reply.into_result().map_err(ClientError::Engine)
+    }
+
+    fn envelope(&self, command: Command) -> CommandEnvelope {
+        CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: self.tenant.clone(),
+            actor: self.actor.clone(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command,
+        }
+    }
+
+    /// Sends a prepared command (keep its id to retry it safely).
+    pub async fn send(&self, cmd: &CommandEnvelope) -> Result<CommandResult, ClientError> {
+        self.request(command_subject(&self.tenant, cmd.command.verb()), cmd)
+            .await
+    }
+
+    async fn command(&self, command: Command) -> Result<CommandResult, ClientError> {
+        self.send(&self.envelope(command)).await
+    }
+
+    /// Issues a root mandate.
+    pub async fn issue(&self, issue: Issue) -> Result<CommandResult, ClientError> {
+        self.command(Command::Issue(issue)).await
+    }
+    /// Delegates a narrower mandate (the client's actor must hold the parent).
+    pub async fn delegate(&self, delegate: Delegate) -> Result<CommandResult, ClientError> {
+        self.command(Command::Delegate(delegate)).await
+    }
+    pub async fn pause(
+        &self,
+        mandate: MandateId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Pause(Change { mandate, reason }))
+            .await
+    }
+    pub async fn resume(
+        &self,
+        mandate: MandateId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Resume(Change { mandate, reason }))
+            .await
+    }
+    pub async fn revoke(
+        &self,
+        mandate: MandateId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Revoke(Change { mandate, reason }))
+            .await
+    }
+    pub async fn complete(
+        &self,
+        mandate: MandateId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Complete(Change { mandate, reason }))
+            .await
+    }
+    pub async fn complete_mission(
+        &self,
+        mission_ref: MissionRef,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::CompleteMission(CompleteMission { mission_ref }))
+            .await
+    }
+    pub async fn narrow(
+        &self,
+        mandate: MandateId,
+        scope: crate::domain::Scope,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Narrow(Narrow { mandate, scope }))
+            .await
+    }
+    pub async fn renew(
+        &self,
+        mandate: MandateId,
+        not_after: DateTime<Utc>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Renew(Renew { mandate, not_after }))
+            .await
+    }
+
+    async fn bulk(&self, bulk: Bulk, verb: &str) -> Result<CommandResult, ClientError> {
+        let env = BulkEnvelope {
+            command_id: CommandId::generate(),
+            tenant: self.tenant.clone(),
+            actor: self.actor.clone(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            bulk,
+        };
+        self.request(command_subject(&self.tenant, verb), &env)
+            .await
+    }
+    /// Deprovisioning: revoke everything an agent holds.
+    pub async fn revoke_agent(
+        &self,
+        agent: AgentId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.bulk(Bulk::RevokeAgent { agent, reason }, "revoke_agent")
+            .await
+    }
+    /// Offboarding: revoke everything a principal granted.
+    pub async fn revoke_principal(
+        &self,
+        principal: PrincipalId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.bulk(
+            Bulk::RevokePrincipal { principal, reason },
+            "revoke_principal",
+        )
+        .await
+    }
+
+    async fn query<B: Serialize, T: DeserializeOwned>(
+        &self,
+        verb: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.request(query_subject(&self.tenant, verb), body).await
+    }
+    pub async fn status(
+        &self,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<StatusReply, ClientError> {
+        self.query("status", &MandateQuery { mandate, at }).await
+    }
+    pub async fn chain(
+        &self,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<ChainReply, ClientError> {
+        self.query("chain", &MandateQuery { mandate, at }).await
+    }
+    pub async fn tree(&self, q: TreeQuery) -> Result<TreeReply, ClientError> {
+        self.query("tree", &q).await
+    }
+    pub async fn history(&self, q: TreeQuery) -> Result<HistoryReply, ClientError> {
+        self.query("history", &q).await
+    }
+    pub async fn list(&self, q: ListQuery) -> Result<ListReply, ClientError> {
+        self.query("list", &q).await
+    }
+    /// Asks the engine (recorded in the audit). Agents normally ask their
+    /// [`Guard`] instead, without a round trip.
+    pub async fn check(
+        &self,
+        mandate: MandateId,
+        action: &str,
+        resource: &str,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Decision, ClientError> {
+        let q = CheckQuery {
+            mandate,
+            action: action.into(),
+            resource: resource.into(),
+            at,
+            actor: Some(self.actor.clone()),
+        };
+        self.query("check", &q).await
+    }
+    pub async fn audit(&self, mandate: MandateId, limit: usize) -> Result<AuditReply, ClientError> {
+        self.query("audit", &AuditQuery { mandate, limit }).await
+    }
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.query("health", &serde_json::json!({})).await
+    }
+}
+
+/// What a ticketing or workflow system uses to say a mission is complete.
+#[derive(Clone)]
+pub enum MissionPublisher {
+    /// Publishes to the mission stream (durable: applied even if the engine
+    /// is down right now).
+    Nats(Box<async_nats::jetstream::Context>),
+    /// Completes the mission on an in-process engine.
+    Local(Engine),
+}
+
+impl MissionPublisher {
+    /// Says mission `mission` of `tenant` is complete. Over NATS this returns
+    /// once JetStream stored the message.
+    pub async fn completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        notice: &MissionCompletedNotice,
+    ) -> Result<(), ClientError> {
+        match self {
+            MissionPublisher::Nats(js) => {
+                let body =
+                    serde_json::to_vec(notice).map_err(|e| ClientError::Decode(e.to_string()))?;
+                js.publish(mission_subject(tenant, mission), body.into())
+                    .await
+                    .map_err(|e| ClientError::Nats(e.to_string()))?
+                    .await
+                    .map_err(|e| ClientError::Nats(e.to_string()))?;
+                Ok(())
+            }
+            MissionPublisher::Local(engine) => engine
+                .complete_mission(tenant, mission, Actor::mission_intake(), None)
+                .await
+                .map(|_| ())
+                .map_err(|e| ClientError::Engine(e.to_body())),
+        }
+    }
+}

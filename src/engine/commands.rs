@@ -1,0 +1,356 @@
+//! Command handling: find the tree, decide on its snapshot, append with the
+//! head we decided on, and on a conflict catch the tree up and decide again.
+
+use chrono::Utc;
+
+use crate::domain::{
+    decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
+    Event, MandateId, MissionRef, TenantId, Tree, TreeId,
+};
+use crate::log::{EventLog, LogError};
+use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
+use crate::store::{Applied, DueExpiry, TreeSnapshot};
+
+use super::{signal_for, Engine, EngineError};
+
+impl Engine {
+    /// Handles one command. Idempotent by command id: a retry returns the
+    /// original result with `duplicate: true` and writes nothing.
+    #[tracing::instrument(skip_all, fields(tenant = %cmd.tenant, command_id = %cmd.command_id, verb = cmd.command.verb()))]
+    pub async fn execute(&self, cmd: CommandEnvelope) -> Result<CommandResult, EngineError> {
+        cmd.validate()?;
+        match &cmd.command {
+            Command::CompleteMission(c) => {
+                let mission = c.mission_ref.clone();
+                return self
+                    .complete_mission(
+                        &cmd.tenant,
+                        &mission,
+                        cmd.actor.clone(),
+                        Some(cmd.command_id),
+                    )
+                    .await;
+            }
+            Command::Issue(i) => {
+                if let Some(r) = &i.mission.mission_ref {
+                    if self.inner.store.mission_completed(&cmd.tenant, r)? {
+                        return Err(DomainError::MissionCompleted {
+                            mission_ref: r.to_string(),
+                        }
+                        .into());
+                    }
+                }
+            }
+            _ => {}
+        }
+        let tree = self.tree_for(&cmd)?;
+        let commit = self.execute_on(tree, &cmd).await?;
+        let mandate = match &cmd.command {
+            Command::Issue(_) => Some(MandateId(tree.0)),
+            Command::Delegate(_) => Some(delegated_id(cmd.command_id)),
+            other => other.target(),
+        };
+        Ok(CommandResult {
+            command_id: cmd.command_id,
+            duplicate: commit.1,
+            mandate,
+            commits: vec![commit.0],
+        })
+    }
+
+    /// The tree a command acts on. Another tenant's mandate is simply not found.
+    fn tree_for(&self, cmd: &CommandEnvelope) -> Result<TreeId, EngineError> {
+        if let Command::Issue(_) = cmd.command {
+            // The root's id is derived from the command id, so a retried issue
+            // lands on the same tree and the log deduplicates it.
+            return Ok(root_tree_id(cmd.command_id));
+        }
+        let mandate = cmd.command.target().ok_or_else(|| {
+            EngineError::Invalid(format!("command {} names no mandate", cmd.command.verb()))
+        })?;
+        self.inner
+            .store
+            .tree_of(&cmd.tenant, mandate)?
+            .ok_or(EngineError::Rejected(DomainError::MandateNotFound {
+                mandate,
+            }))
+    }
+
+    fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<TreeSnapshot, EngineError> {
+        if let Some(reason) = self.inner.store.quarantined(tenant, tree)? {
+            return Err(EngineError::Quarantined(reason));
+        }
+        Ok(self
+            .inner
+            .store
+            .tree(tenant, tree)?
+            .unwrap_or_else(|| TreeSnapshot {
+                position: 0,
+                tree: Tree::empty(tenant.clone(), tree),
+            }))
+    }
+
+    /// Applies to the projection every commit of the tree past our snapshot.
+    async fn catch_up_tree(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<(), EngineError> {
+        for r in self.inner.log.read_tree(tenant, tree, after).await? {
+            if let Applied::Quarantined(reason) = self.apply_record(&r, false)? {
+                return Err(EngineError::Quarantined(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decide-append-apply on one tree, retrying conflicts from fresh state.
+    /// Returns the commit and whether it was a duplicate.
+    pub(crate) async fn execute_on(
+        &self,
+        tree: TreeId,
+        cmd: &CommandEnvelope,
+    ) -> Result<(CommitInfo, bool), EngineError> {
+        let tenant = &cmd.tenant;
+        for _attempt in 0..self.inner.config.max_attempts {
+            let snap = self.snapshot(tenant, tree)?;
+            let now = Utc::now();
+            let events = decide(&snap.tree, cmd, now)?;
+            if events.is_empty() {
+                return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
+            }
+            let payload = Event::encode_commit(&events);
+            match self
+                .inner
+                .log
+                .append(
+                    tenant,
+                    tree,
+                    snap.position,
+                    cmd.command_id,
+                    payload.clone().into(),
+                )
+                .await
+            {
+                Ok(appended) if appended.duplicate => {
+                    // Written before (a retry after a lost ack): reply with the original.
+                    self.catch_up_tree(tenant, tree, snap.position).await?;
+                    let snap = self.snapshot(tenant, tree)?;
+                    return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
+                }
+                Ok(appended) => {
+                    let applied = self.apply_record(
+                        &crate::log::Record {
+                            tenant: tenant.clone(),
+                            tree,
+                            position: appended.position,
+                            command_id: cmd.command_id,
+                            payload: payload.into(),
+                        },
+                        false,
+                    )?;
+                    if let Applied::Applied(_) = applied {
+                        self.publish_signals(tenant, tree, &events).await;
+                    }
+                    return Ok((
+                        CommitInfo {
+                            tree,
+                            position: appended.position,
+                            events,
+                        },
+                        false,
+                    ));
+                }
+                Err(LogError::Conflict { .. }) => {
+                    tracing::debug!(%tree, "append conflict; catching up and deciding again");
+                    self.catch_up_tree(tenant, tree, snap.position).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Contended(self.inner.config.max_attempts))
+    }
+
+    /// The commit a command id wrote earlier, from the tree's history.
+    fn original(
+        &self,
+        tenant: &TenantId,
+        snap: &TreeSnapshot,
+        command: CommandId,
+    ) -> Result<CommitInfo, EngineError> {
+        let events: Vec<Event> = self
+            .inner
+            .store
+            .history(tenant, snap.tree.id)?
+            .into_iter()
+            .filter(|e| e.command_id == command)
+            .collect();
+        Ok(CommitInfo {
+            tree: snap.tree.id,
+            // The position is not kept per event; the tree's head is reported.
+            position: snap.position,
+            events,
+        })
+    }
+
+    /// One publish per event on the subject of the mandate it is about.
+    async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
+        let Ok(Some(snap)) = self.inner.store.tree(tenant, tree) else {
+            return;
+        };
+        for e in events {
+            if let Some(signal) = signal_for(e, &snap.tree) {
+                if let Err(err) = self.inner.bus.publish(&signal).await {
+                    // The event is stored; guards re-read state within their
+                    // lease, so a lost signal delays, never cancels, a stop.
+                    tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
+                }
+            }
+        }
+    }
+
+    /// Completes every tree serving `mission`; remembers the mission as
+    /// completed so later issues for it are refused.
+    #[tracing::instrument(skip(self, actor, command), fields(tenant = %tenant, mission = %mission))]
+    pub async fn complete_mission(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        actor: Actor,
+        command: Option<CommandId>,
+    ) -> Result<CommandResult, EngineError> {
+        self.inner.store.mark_mission_completed(tenant, mission)?;
+        let base = command.unwrap_or_else(|| {
+            CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
+        });
+        let mut commits = Vec::new();
+        let mut duplicate = true;
+        for tree in self.inner.store.trees_for_mission(tenant, mission)? {
+            let cmd = CommandEnvelope {
+                command_id: CommandId::derived(&base.to_string(), &tree.to_string()),
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                correlation_id: Some(base.to_string()),
+                schema_version: crate::domain::SCHEMA_VERSION,
+                command: Command::CompleteMission(crate::domain::command::CompleteMission {
+                    mission_ref: mission.clone(),
+                }),
+            };
+            match self.execute_on(tree, &cmd).await {
+                Ok((commit, dup)) => {
+                    duplicate &= dup;
+                    commits.push(commit);
+                }
+                // Already ended another way: nothing to complete there.
+                Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(CommandResult {
+            command_id: base,
+            duplicate: duplicate && !commits.is_empty(),
+            mandate: None,
+            commits,
+        })
+    }
+
+    /// Writes the `expired` event of a due mandate (command id derived from
+    /// the mandate and its `not_after`, so instances racing write one event).
+    pub(crate) async fn expire(
+        &self,
+        due: &DueExpiry,
+        _now: chrono::DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let cmd = CommandEnvelope {
+            command_id: CommandId::derived(
+                "expire",
+                &format!("{}/{}", due.mandate, due.not_after.timestamp_millis()),
+            ),
+            tenant: due.tenant.clone(),
+            actor: Actor::expiry(),
+            correlation_id: None,
+            schema_version: crate::domain::SCHEMA_VERSION,
+            command: Command::Expire(crate::domain::command::Target {
+                mandate: due.mandate,
+            }),
+        };
+        match self.execute_on(due.tree, &cmd).await {
+            Ok(_) => Ok(()),
+            // Ended otherwise (itself, or an ancestor by an event), or renewed:
+            // the queue entry is stale.
+            Err(EngineError::Rejected(
+                DomainError::Terminal { .. } | DomainError::NotYetExpired { .. },
+            )) => {
+                self.inner.store.remove_expiry(due)?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Revokes every live mandate an agent holds (deprovisioning), or every
+    /// live root a principal granted (offboarding), each as an ordinary
+    /// revoke with a command id derived from the bulk one.
+    #[tracing::instrument(skip_all, fields(tenant = %bulk.tenant, command_id = %bulk.command_id))]
+    pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
+        let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
+            Bulk::RevokeAgent { agent, reason } => (
+                self.inner.store.mandates_held_by(&bulk.tenant, agent)?,
+                reason.clone(),
+            ),
+            Bulk::RevokePrincipal { principal, reason } => (
+                self.inner
+                    .store
+                    .trees_granted_by(&bulk.tenant, principal)?
+                    .into_iter()
+                    .map(|t| (t, MandateId(t.0)))
+                    .collect(),
+                reason.clone(),
+            ),
+        };
+        if let Some(r) = &reason {
+            crate::domain::model::check_text("reason", r, false)?;
+        }
+        let now = Utc::now();
+        let mut commits = Vec::new();
+        let mut duplicate = true;
+        for (tree, mandate) in targets {
+            // Skip what is already effectively ended (e.g. below another target).
+            if let Some(s) = self.inner.store.tree(&bulk.tenant, tree)? {
+                if s.tree
+                    .effective(mandate, now)
+                    .map(|e| e.status.is_terminal())
+                    .unwrap_or(true)
+                {
+                    continue;
+                }
+            }
+            let cmd = CommandEnvelope {
+                command_id: CommandId::derived(&bulk.command_id.to_string(), &mandate.to_string()),
+                tenant: bulk.tenant.clone(),
+                actor: bulk.actor.clone(),
+                correlation_id: Some(bulk.command_id.to_string()),
+                schema_version: crate::domain::SCHEMA_VERSION,
+                command: Command::Revoke(crate::domain::command::Change {
+                    mandate,
+                    reason: reason.clone(),
+                }),
+            };
+            match self.execute_on(tree, &cmd).await {
+                Ok((commit, dup)) => {
+                    duplicate &= dup;
+                    commits.push(commit);
+                }
+                Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(CommandResult {
+            command_id: bulk.command_id,
+            duplicate: duplicate && !commits.is_empty(),
+            mandate: None,
+            commits,
+        })
+    }
+}

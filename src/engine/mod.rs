@@ -1,0 +1,467 @@
+//! The engine: command handling, projection, cascade signals, expiry,
+//! mission-complete intake, queries and audit.
+//!
+//! One [`Engine`] value is one instance. It runs over NATS (JetStream log,
+//! NATS signals, [`service`] answering request-reply) or in-process (embedded
+//! log, in-process signal hub) with the same API, so single-process users and
+//! the quickstart get real behaviour.
+//!
+//! Consistency: each tree is one stream; an append names the head it decided
+//! on (optimistic concurrency), so several instances serve one tenant without
+//! a leader. A conflict is retried from fresh state; the caller sees one
+//! answer. The instance that wrote a commit applies it to its projection at
+//! once (read-your-writes) and publishes its signals; the follower applies
+//! everyone's commits in log order and moves the checkpoint.
+
+mod commands;
+pub mod missions;
+mod queries;
+pub mod service;
+pub mod signals;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use crate::domain::{DomainError, ErrorCode, TenantId};
+use crate::log::{AnyLog, EventLog, LogError};
+use crate::protocol::{ErrorBody, Health};
+use crate::store::{Applied, Store, StoreError};
+
+pub use signals::{signal_for, SignalBus};
+
+/// Engine failures. Rejections ([`EngineError::Rejected`]) are the caller's
+/// to fix; the others are the infrastructure's.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The command or query was understood and refused.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Not found in this tenant (another tenant's ids are not found either).
+    #[error("{0}")]
+    NotFound(String),
+    /// Invalid request outside the domain's own checks (subject, body size).
+    #[error("{0}")]
+    Invalid(String),
+    /// Too many concurrent writers on one tree; retry.
+    #[error("gave up after {0} conflicting attempts on one tree; retry")]
+    Contended(u32),
+    /// The log, NATS or storage cannot be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The tree's stream is corrupt; it is quarantined.
+    #[error("{0}")]
+    Quarantined(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Log(LogError),
+}
+
+impl From<LogError> for EngineError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Unavailable(m) => EngineError::Unavailable(m),
+            LogError::TimedOut => {
+                EngineError::Unavailable("event log did not acknowledge in time".into())
+            }
+            other => EngineError::Log(other),
+        }
+    }
+}
+
+impl EngineError {
+    /// The wire form.
+    pub fn to_body(&self) -> ErrorBody {
+        let code = match self {
+            EngineError::Rejected(d) => d.code(),
+            EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::Invalid(_) => ErrorCode::InvalidInput,
+            EngineError::Contended(_) => ErrorCode::Conflict,
+            EngineError::Unavailable(_) => ErrorCode::Unavailable,
+            EngineError::Log(LogError::TooLarge { .. }) => ErrorCode::InvalidInput,
+            EngineError::Quarantined(_) | EngineError::Store(_) | EngineError::Log(_) => {
+                ErrorCode::Internal
+            }
+        };
+        ErrorBody {
+            code,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// Engine settings. Every field has a default.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This instance's id (reported by `health`, recorded in audits).
+    pub instance: String,
+    /// Attempts at a command when other writers keep winning the tree.
+    pub max_attempts: u32,
+    /// How long signals stay in the catch-up stream (NATS).
+    pub signal_retention: Duration,
+    /// How long recorded check decisions stay in the audit stream (NATS).
+    pub audit_retention: Duration,
+    /// Record every check answered by the engine.
+    pub audit: bool,
+    /// Longest sleep of the expiry scheduler between looks at the queue.
+    pub expiry_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            instance: format!("engine-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            max_attempts: 32,
+            signal_retention: Duration::from_secs(24 * 3600),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            audit: true,
+            expiry_tick: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) log: AnyLog,
+    pub(crate) store: Store,
+    pub(crate) bus: SignalBus,
+    pub(crate) config: EngineConfig,
+    /// Woken whenever the projection changes, for the expiry scheduler.
+    pub(crate) changed: Notify,
+    pub(crate) nats: Option<async_nats::Client>,
+}
+
+/// One engine instance. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine over a log, a projection and a signal bus. Call
+    /// [`Engine::start`] to run its background tasks.
+    pub async fn new(
+        log: AnyLog,
+        store: Store,
+        bus: SignalBus,
+        nats: Option<async_nats::Client>,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        bus.setup(config.signal_retention).await?;
+        if let Some(client) = &nats {
+            missions::setup_streams(client, &config).await?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                store,
+                bus,
+                config,
+                changed: Notify::new(),
+                nats,
+            }),
+        })
+    }
+
+    /// The embedded engine: sled log and projection under `dir`, in-process
+    /// signals.
+    pub async fn embedded(
+        dir: &std::path::Path,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            EngineError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let log = crate::log::EmbeddedLog::open(dir.join("log"))?;
+        let store = Store::open(dir.join("projection"))?;
+        Self::new(
+            AnyLog::Embedded(log),
+            store,
+            SignalBus::local(),
+            None,
+            config,
+        )
+        .await
+    }
+
+    /// The engine over NATS: JetStream log and signals; projection under `dir`.
+    pub async fn nats(
+        client: async_nats::Client,
+        dir: &std::path::Path,
+        log_config: crate::log::JetStreamConfig,
+        config: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        let js = async_nats::jetstream::new(client.clone());
+        let log = crate::log::JetStreamLog::open(client.clone(), log_config).await?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            EngineError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+        let store = Store::open(dir.join("projection"))?;
+        let bus = SignalBus::Nats {
+            client: client.clone(),
+            js: Box::new(js),
+        };
+        Self::new(AnyLog::Nats(log), store, bus, Some(client), config).await
+    }
+
+    /// The projection this instance reads.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The log this instance writes.
+    pub fn log(&self) -> &AnyLog {
+        &self.inner.log
+    }
+
+    /// The signal bus (guards subscribe through it in-process).
+    pub fn bus(&self) -> &SignalBus {
+        &self.inner.bus
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> &str {
+        &self.inner.config.instance
+    }
+
+    /// Catches the projection up with the log once (used at start and by
+    /// tests). Returns the new checkpoint.
+    pub async fn catch_up(&self) -> Result<u64, EngineError> {
+        loop {
+            let after = self.inner.store.checkpoint()?;
+            let records = self.inner.log.read_all(None, after, 1024).await?;
+            if records.is_empty() {
+                return Ok(after);
+            }
+            for r in records {
+                self.apply_record(&r, true)?;
+            }
+        }
+    }
+
+    pub(crate) fn apply_record(
+        &self,
+        r: &crate::log::Record,
+        advance: bool,
+    ) -> Result<Applied, EngineError> {
+        let applied = self
+            .inner
+            .store
+            .apply_commit(&r.tenant, r.tree, r.position, &r.payload, advance)?;
+        self.inner.changed.notify_waiters();
+        Ok(applied)
+    }
+
+    /// Runs the background tasks — the in-order projector, the expiry
+    /// scheduler and (over NATS) the mission-complete intake — until
+    /// `shutdown` resolves.
+    pub async fn run_background(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), EngineError> {
+        self.catch_up().await?;
+        let projector = self.projector();
+        let expiry = self.expiry_scheduler();
+        let intake = missions::intake(self.clone());
+        tokio::select! {
+            r = projector => r,
+            r = expiry => r,
+            r = intake => r,
+            _ = shutdown => {
+                self.inner.store.flush().await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the background tasks on the runtime; they stop with the
+    /// returned guard's `stop` (or when it is dropped).
+    pub fn start(&self) -> BackgroundGuard {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let me = self.clone();
+        let handle = tokio::spawn(async move {
+            let res = me
+                .run_background(async move {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "engine background task failed");
+            }
+            res
+        });
+        BackgroundGuard {
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    async fn projector(&self) -> Result<(), EngineError> {
+        loop {
+            let after = self.inner.store.checkpoint()?;
+            let mut stream = match self.inner.log.follow(None, after).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the log; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(r) => {
+                        if let Applied::Quarantined(reason) = self.apply_record(&r, true)? {
+                            tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
+                        }
+                    }
+                    Err(LogError::Corrupt {
+                        position,
+                        subject_or_key,
+                        reason,
+                    }) => {
+                        // It cannot be attributed to a tree: report it and go on,
+                        // so no other tree is held up by it.
+                        tracing::error!(position, subject = %subject_or_key, %reason, "corrupt record in the log");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "log follow interrupted; it recovers"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn expiry_scheduler(&self) -> Result<(), EngineError> {
+        loop {
+            let now = Utc::now();
+            let due = self.inner.store.due_expiries(now, 256)?;
+            for e in &due {
+                if let Err(err) = self.expire(e, now).await {
+                    tracing::warn!(tenant = %e.tenant, mandate = %e.mandate, error = %err, "expiry failed; will retry");
+                }
+            }
+            if due.len() == 256 {
+                continue;
+            }
+            let wait = match self.inner.store.next_expiry()? {
+                Some(t) => (t - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(self.inner.config.expiry_tick),
+                None => self.inner.config.expiry_tick,
+            };
+            let changed = self.inner.changed.notified();
+            tokio::select! {
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+                _ = changed => {}
+            }
+        }
+    }
+
+    /// Rebuilds a fresh projection from the whole log and compares it with
+    /// this instance's (after catching up). If they differ, the live
+    /// projection is replaced by the rebuild.
+    pub async fn rebuild_check(&self) -> Result<RebuildReport, EngineError> {
+        self.catch_up().await?;
+        let fresh = Store::temporary()?;
+        let records = replay_log(&self.inner.log, &fresh).await?;
+        let equal = fresh.dump()? == self.inner.store.dump()?;
+        if !equal {
+            tracing::warn!("projection differs from a rebuild; rebuilding in place");
+            self.inner.store.clear()?;
+            replay_log(&self.inner.log, &self.inner.store).await?;
+            self.inner.store.flush().await?;
+        }
+        Ok(RebuildReport { records, equal })
+    }
+
+    /// The instance's health.
+    pub async fn health(&self) -> Result<Health, EngineError> {
+        let position = self.inner.store.checkpoint()?;
+        let log_position = self.inner.log.last_position().await?;
+        Ok(Health {
+            instance: self.inner.config.instance.clone(),
+            backend: match self.inner.log {
+                AnyLog::Nats(_) => "nats".into(),
+                AnyLog::Embedded(_) => "embedded".into(),
+            },
+            position,
+            log_position,
+            lag: log_position.saturating_sub(position),
+            time: Utc::now(),
+        })
+    }
+}
+
+/// What a rebuild found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Log records replayed.
+    pub records: u64,
+    /// Whether the live projection equalled the rebuild.
+    pub equal: bool,
+}
+
+/// Applies every record of `log` to `store`, in order; returns how many.
+pub async fn replay_log(log: &AnyLog, store: &Store) -> Result<u64, EngineError> {
+    let mut after = store.checkpoint()?;
+    let mut n = 0;
+    loop {
+        let records = log.read_all(None, after, 4096).await?;
+        if records.is_empty() {
+            return Ok(n);
+        }
+        for r in records {
+            store.apply_commit(&r.tenant, r.tree, r.position, &r.payload, true)?;
+            after = r.position;
+            n += 1;
+        }
+    }
+}
+
+/// Stops the background tasks when told to or dropped.
+pub struct BackgroundGuard {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+}
+
+impl BackgroundGuard {
+    /// Stops the tasks and waits for them (the projection is flushed).
+    pub async fn stop(mut self) -> Result<(), EngineError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.handle.take() {
+            Some(h) => h
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("background task panicked: {e}")))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The time used for a query: `at` if given, else now.
+pub(crate) fn moment(at: Option<DateTime<Utc>>) -> DateTime<Utc> {
+    at.unwrap_or_else(Utc::now)
+}
+
+/// Refuses a tenant mismatch between a subject and a body.
+pub(crate) fn same_tenant(subject: &TenantId, body: &TenantId) -> Result<(), EngineError> {
+    if subject != body {
+        return Err(DomainError::CrossTenant {
+            command_tenant: body.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}

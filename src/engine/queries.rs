@@ -1,0 +1,276 @@
+//! Queries and checks. Each takes an optional `at`: the answer is then
+//! computed on the tree as it was at that moment, by replaying its events up
+//! to it (the auditor's "at 14:05, was this agent still allowed?").
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    authorize, replay, ChainLink, Decision, DomainError, MandateId, TenantId, Tree, TreeId,
+    SCHEMA_VERSION,
+};
+use crate::protocol::{
+    audit_subject, AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery,
+    ListReply, MandateSummary, StatusReply, TreeQuery, TreeReply,
+};
+
+use super::{moment, Engine, EngineError};
+
+impl Engine {
+    fn tree_id_of(&self, tenant: &TenantId, mandate: MandateId) -> Result<TreeId, EngineError> {
+        self.inner
+            .store
+            .tree_of(tenant, mandate)?
+            .ok_or(EngineError::Rejected(DomainError::MandateNotFound {
+                mandate,
+            }))
+    }
+
+    /// The tree as it is now, or as it was at `at`.
+    pub fn tree_at(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Tree, EngineError> {
+        let not_found = || EngineError::Rejected(DomainError::TreeNotFound { tree });
+        match at {
+            None => Ok(self
+                .inner
+                .store
+                .tree(tenant, tree)?
+                .ok_or_else(not_found)?
+                .tree),
+            Some(at) => {
+                let history = self.inner.store.history(tenant, tree)?;
+                if history.is_empty() {
+                    return Err(not_found());
+                }
+                let past: Vec<_> = history.iter().take_while(|e| e.time <= at).collect();
+                Ok(replay(tenant.clone(), tree, past))
+            }
+        }
+    }
+
+    fn mandate_tree(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Tree, EngineError> {
+        let tree = self.tree_at(tenant, self.tree_id_of(tenant, mandate)?, at)?;
+        // As of `at` the mandate may not have been issued yet.
+        tree.get(mandate)?;
+        Ok(tree)
+    }
+
+    /// Own status, effective status and its cause.
+    pub fn status(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<StatusReply, EngineError> {
+        let now = moment(at);
+        let tree = self.mandate_tree(tenant, mandate, at)?;
+        Ok(StatusReply {
+            mandate: tree.get(mandate)?.clone(),
+            effective: tree.effective(mandate, now)?,
+            at: now,
+        })
+    }
+
+    /// The chain root → mandate.
+    pub fn chain(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<ChainReply, EngineError> {
+        let now = moment(at);
+        let tree = self.mandate_tree(tenant, mandate, at)?;
+        Ok(ChainReply {
+            chain: tree
+                .chain(mandate)
+                .into_iter()
+                .map(ChainLink::from)
+                .collect(),
+            effective: tree.effective(mandate, now)?,
+            at: now,
+        })
+    }
+
+    fn resolve_tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeId, EngineError> {
+        match (q.tree, q.mandate) {
+            (Some(t), _) => Ok(t),
+            (None, Some(m)) => self.tree_id_of(tenant, m),
+            (None, None) => Err(EngineError::Invalid("name a tree or a mandate".into())),
+        }
+    }
+
+    /// The whole tree with every mandate's effective status.
+    pub fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
+        let now = moment(q.at);
+        let tree = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
+        let effective = tree
+            .mandates
+            .keys()
+            .map(|m| summary(&tree, *m, now))
+            .collect::<Result<_, _>>()?;
+        Ok(TreeReply {
+            tree,
+            at: now,
+            effective,
+        })
+    }
+
+    /// A tree's events.
+    pub fn history(&self, tenant: &TenantId, q: &TreeQuery) -> Result<HistoryReply, EngineError> {
+        let tree = self.resolve_tree(tenant, q)?;
+        let mut events = self.inner.store.history(tenant, tree)?;
+        if events.is_empty() {
+            return Err(DomainError::TreeNotFound { tree }.into());
+        }
+        if let Some(m) = q.mandate {
+            events.retain(|e| e.body.mandate() == m);
+        }
+        if let Some(at) = q.at {
+            events.retain(|e| e.time <= at);
+        }
+        Ok(HistoryReply { tree, events })
+    }
+
+    /// Mandates by agent, principal or mission.
+    pub fn list(&self, tenant: &TenantId, q: &ListQuery) -> Result<ListReply, EngineError> {
+        let store = &self.inner.store;
+        let pairs: Vec<(TreeId, Option<MandateId>)> = match (&q.agent, &q.principal, &q.mission_ref)
+        {
+            (Some(a), None, None) => store
+                .mandates_held_by(tenant, a)?
+                .into_iter()
+                .map(|(t, m)| (t, Some(m)))
+                .collect(),
+            (None, Some(p), None) => store
+                .trees_granted_by(tenant, p)?
+                .into_iter()
+                .map(|t| (t, None))
+                .collect(),
+            (None, None, Some(r)) => store
+                .trees_for_mission(tenant, r)?
+                .into_iter()
+                .map(|t| (t, None))
+                .collect(),
+            _ => {
+                return Err(EngineError::Invalid(
+                    "list takes exactly one of agent, principal, mission_ref".into(),
+                ))
+            }
+        };
+        let now = Utc::now();
+        let mut mandates = Vec::new();
+        for (tree_id, mandate) in pairs {
+            let Some(snap) = store.tree(tenant, tree_id)? else {
+                continue;
+            };
+            let m = mandate.or(snap.tree.root);
+            if let Some(m) = m {
+                mandates.push(summary(&snap.tree, m, now)?);
+            }
+        }
+        Ok(ListReply { mandates })
+    }
+
+    /// Answers a check and records it in the audit.
+    #[tracing::instrument(skip_all, fields(tenant = %tenant, mandate = %q.mandate))]
+    pub async fn check(&self, tenant: &TenantId, q: &CheckQuery) -> Result<Decision, EngineError> {
+        let now = moment(q.at);
+        let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
+            Some(tree_id) => {
+                let tree = self.tree_at(tenant, tree_id, q.at)?;
+                authorize(&tree, q.mandate, &q.action, &q.resource, now)
+            }
+            None => authorize(
+                &Tree::empty(tenant.clone(), TreeId(q.mandate.0)),
+                q.mandate,
+                &q.action,
+                &q.resource,
+                now,
+            ),
+        };
+        if self.inner.config.audit {
+            self.record_audit(tenant, &decision, q.actor.clone()).await;
+        }
+        Ok(decision)
+    }
+
+    async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        decision: &Decision,
+        actor: Option<crate::domain::Actor>,
+    ) {
+        let record = AuditRecord {
+            schema_version: SCHEMA_VERSION,
+            principal: decision.chain.first().map(|l| l.on_behalf_of.clone()),
+            decision: decision.clone(),
+            actor,
+            recorded_at: Utc::now(),
+            instance: self.inner.config.instance.clone(),
+        };
+        let result = match &self.inner.nats {
+            Some(client) => {
+                let js = async_nats::jetstream::new(client.clone());
+                let payload = serde_json::to_vec(&record).expect("audit records serialize");
+                match js
+                    .publish(audit_subject(tenant, decision.mandate), payload.into())
+                    .await
+                {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            None => self
+                .inner
+                .store
+                .record_audit(tenant, decision.mandate, &record)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "audit record not stored");
+        }
+    }
+
+    /// Recorded decisions for a mandate, oldest first (at most `limit`, newest kept).
+    pub async fn audit(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        limit: usize,
+    ) -> Result<AuditReply, EngineError> {
+        let mut records = match &self.inner.nats {
+            Some(client) => super::missions::read_audit(client, tenant, mandate).await?,
+            None => self.inner.store.audit_records(tenant, mandate)?,
+        };
+        if records.len() > limit {
+            records.drain(..records.len() - limit);
+        }
+        Ok(AuditReply { records })
+    }
+}
+
+fn summary(
+    tree: &Tree,
+    mandate: MandateId,
+    now: DateTime<Utc>,
+) -> Result<MandateSummary, EngineError> {
+    let m = tree.get(mandate)?;
+    Ok(MandateSummary {
+        mandate,
+        tree: tree.id,
+        parent: m.parent,
+        grantee: m.grantee.clone(),
+        principal: m.principal.clone(),
+        status: m.status,
+        effective: tree.effective(mandate, now)?,
+        not_after: m.not_after,
+    })
+}

@@ -1,0 +1,235 @@
+//! The engine on NATS request-reply: `mandate.cmd.<tenant>.<verb>` and
+//! `mandate.q.<tenant>.<verb>` in one queue group, so any number of
+//! instances share the load. Requests are decoded with the wire types of
+//! [`crate::protocol`]; every failure becomes a typed error reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::domain::{Actor, CommandEnvelope, DomainError, TenantId};
+use crate::protocol::{
+    AuditQuery, BulkEnvelope, CheckQuery, ListQuery, MandateQuery, Reply, TreeQuery, BULK_VERBS,
+    MAX_REQUEST_BYTES, QUERY_VERBS,
+};
+
+use super::{same_tenant, Engine, EngineError};
+
+/// The queue group every engine instance joins.
+pub const QUEUE_GROUP: &str = "mandate-engine";
+
+/// Requests handled at once by one instance.
+const MAX_IN_FLIGHT: usize = 256;
+
+fn encode<T: Serialize>(r: Result<T, EngineError>) -> Vec<u8> {
+    let reply = match r {
+        Ok(v) => Reply::ok(v),
+        Err(e) => Reply::err(e.to_body()),
+    };
+    serde_json::to_vec(&reply).expect("replies serialize")
+}
+
+fn parse<T: for<'de> serde::Deserialize<'de>>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, EngineError> {
+    let body = if body.is_empty() {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|e| {
+        EngineError::Rejected(DomainError::Malformed {
+            what,
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Refuses actors only the engine itself may use.
+fn wire_actor(actor: &Actor) -> Result<(), EngineError> {
+    if let Actor::System(_) = actor {
+        return Err(EngineError::Invalid(format!(
+            "actor {actor} is reserved for the engine itself and is not accepted on the wire"
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Handles one request given its subject and body; returns the reply body.
+    /// Never panics on any input.
+    pub async fn handle(&self, subject: &str, body: &[u8]) -> Vec<u8> {
+        let parts: Vec<&str> = subject.split('.').collect();
+        let (kind, tenant, verb) = match parts.as_slice() {
+            ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
+            _ => {
+                return encode::<()>(Err(EngineError::Invalid(format!(
+                    "subject {subject:?} is not mandate.cmd.<tenant>.<verb> or mandate.q.<tenant>.<verb>"
+                ))))
+            }
+        };
+        let tenant = match TenantId::new(tenant) {
+            Ok(t) => t,
+            Err(e) => return encode::<()>(Err(e.into())),
+        };
+        if body.len() > MAX_REQUEST_BYTES {
+            return encode::<()>(Err(EngineError::Invalid(format!(
+                "request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
+                body.len()
+            ))));
+        }
+        if kind == "cmd" {
+            self.handle_command(&tenant, verb, body).await
+        } else {
+            self.handle_query(&tenant, verb, body).await
+        }
+    }
+
+    async fn handle_command(&self, tenant: &TenantId, verb: &str, body: &[u8]) -> Vec<u8> {
+        if BULK_VERBS.contains(&verb) {
+            let r = async {
+                let bulk: BulkEnvelope = parse("bulk command", body)?;
+                same_tenant(tenant, &bulk.tenant)?;
+                wire_actor(&bulk.actor)?;
+                let body_verb = match bulk.bulk {
+                    crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
+                    crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
+                };
+                if body_verb != verb {
+                    return Err(EngineError::Invalid(format!(
+                        "subject verb {verb:?} does not match the body's type {body_verb:?}"
+                    )));
+                }
+                self.execute_bulk(bulk).await
+            }
+            .await;
+            return encode(r);
+        }
+        let r = async {
+            let cmd = CommandEnvelope::from_json(body)?;
+            same_tenant(tenant, &cmd.tenant)?;
+            wire_actor(&cmd.actor)?;
+            if cmd.command.verb() != verb {
+                return Err(EngineError::Invalid(format!(
+                    "subject verb {verb:?} does not match the body's type {:?}",
+                    cmd.command.verb()
+                )));
+            }
+            self.execute(cmd).await
+        }
+        .await;
+        encode(r)
+    }
+
+    async fn handle_query(&self, tenant: &TenantId, verb: &str, body: &[u8]) -> Vec<u8> {
+        match verb {
+            "status" => encode(
+                parse::<MandateQuery>("status query", body)
+                    .and_then(|q| self.status(tenant, q.mandate, q.at)),
+            ),
+            "chain" => encode(
+                parse::<MandateQuery>("chain query", body)
+                    .and_then(|q| self.chain(tenant, q.mandate, q.at)),
+            ),
+            "tree" => {
+                encode(parse::<TreeQuery>("tree query", body).and_then(|q| self.tree(tenant, &q)))
+            }
+            "history" => encode(
+                parse::<TreeQuery>("history query", body).and_then(|q| self.history(tenant, &q)),
+            ),
+            "list" => {
+                encode(parse::<ListQuery>("list query", body).and_then(|q| self.list(tenant, &q)))
+            }
+            "check" => {
+                let r = match parse::<CheckQuery>("check query", body) {
+                    Ok(q) => self.check(tenant, &q).await,
+                    Err(e) => Err(e),
+                };
+                encode(r)
+            }
+            "audit" => {
+                let r = match parse::<AuditQuery>("audit query", body) {
+                    Ok(q) => self.audit(tenant, q.mandate, q.limit).await,
+                    Err(e) => Err(e),
+                };
+                encode(r)
+            }
+            "health" => encode(self.health().await),
+            other => encode::<()>(Err(EngineError::Invalid(format!(
+                "unknown query verb {:?}; known: {}",
+                crate::domain::ids::truncate_for_error(other),
+                QUERY_VERBS.join(", ")
+            )))),
+        }
+    }
+
+    /// Serves requests over NATS until `shutdown` resolves, then stops taking
+    /// new ones and waits for those in flight. Runs the background tasks too.
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), EngineError> {
+        let client = self.inner.nats.clone().ok_or_else(|| {
+            EngineError::Invalid(
+                "serve needs a NATS connection; the embedded engine is used in-process".into(),
+            )
+        })?;
+        let background = self.start();
+        let mut commands = client
+            .queue_subscribe("mandate.cmd.*.*", QUEUE_GROUP.into())
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+        let mut queries = client
+            .queue_subscribe("mandate.q.*.*", QUEUE_GROUP.into())
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+        // A round trip, so the subscriptions are registered before we say so.
+        client
+            .flush()
+            .await
+            .map_err(|e| EngineError::Unavailable(format!("cannot reach NATS: {e}")))?;
+        tracing::info!(instance = %self.instance(), "serving");
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        tokio::pin!(shutdown);
+        loop {
+            let msg = tokio::select! {
+                m = commands.next() => m,
+                m = queries.next() => m,
+                _ = &mut shutdown => break,
+            };
+            let Some(msg) = msg else { break };
+            let Some(reply_to) = msg.reply.clone() else {
+                tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
+                continue;
+            };
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| EngineError::Unavailable("request slots closed".into()))?;
+            let me = self.clone();
+            let client = client.clone();
+            tokio::spawn(async move {
+                let body = me.handle(msg.subject.as_str(), &msg.payload).await;
+                if let Err(e) = client.publish(reply_to, body.into()).await {
+                    tracing::warn!(error = %e, "reply not sent");
+                }
+                drop(permit);
+            });
+        }
+        tracing::info!("draining in-flight requests");
+        let _ = commands.unsubscribe().await;
+        let _ = queries.unsubscribe().await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            slots.acquire_many(MAX_IN_FLIGHT as u32),
+        )
+        .await;
+        let _ = client.flush().await;
+        background.stop().await
+    }
+}

@@ -1,0 +1,173 @@
+//! The signal bus: one publish on a mandate's subject reaches every guard
+//! below it, because each guard listens on the subjects of its whole chain.
+//! The engine never loops over a subtree to notify.
+//!
+//! Over NATS the publish goes through JetStream (stream `MANDATE_SIGNALS` on
+//! `mandate.sig.>`) with the event id as `Nats-Msg-Id`: core subscribers get
+//! it at once, and a guard that was cut off catches up from the stream.
+//! In-process, a map of broadcast channels keyed by subject does the same.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::broadcast;
+
+use crate::domain::{Event, EventBody, MandateId, TenantId, Tree, SCHEMA_VERSION};
+use crate::protocol::{signal_subject, Signal, SignalKind};
+
+use super::EngineError;
+
+/// The signal for an event, if the event changes what holders may do.
+pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
+    let (kind, reason) = match &event.body {
+        EventBody::MandateIssued(_) => return None,
+        EventBody::MandatePaused(c) => (SignalKind::Suspended, c.reason.clone()),
+        EventBody::MandateResumed(c) => (SignalKind::Resumed, c.reason.clone()),
+        EventBody::MandateRevoked(c)
+        | EventBody::MandateExpired(c)
+        | EventBody::MandateCompleted(c) => (SignalKind::Terminated, c.reason.clone()),
+        EventBody::MissionCompleted(m) => (
+            SignalKind::Terminated,
+            Some(format!("mission {} completed", m.mission_ref)),
+        ),
+        EventBody::ScopeNarrowed(_) | EventBody::MandateRenewed(_) => (SignalKind::Narrowed, None),
+    };
+    let mandate = event.body.mandate();
+    let status = tree_after.mandates.get(&mandate)?.status;
+    Some(Signal {
+        schema_version: SCHEMA_VERSION,
+        kind,
+        tenant: event.tenant.clone(),
+        tree: event.tree,
+        mandate,
+        status,
+        event_id: event.event_id,
+        event_type: event.body.type_name().to_string(),
+        seq: event.seq,
+        time: event.time,
+        actor: event.actor.clone(),
+        reason,
+    })
+}
+
+/// Name of the JetStream stream that keeps signals for catch-up.
+pub const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
+
+/// Where signals go.
+#[derive(Clone)]
+pub enum SignalBus {
+    /// Over NATS (JetStream publish, delivered to core subscribers too).
+    Nats {
+        client: async_nats::Client,
+        js: Box<async_nats::jetstream::Context>,
+    },
+    /// In-process hub for the embedded engine.
+    Local(Arc<LocalHub>),
+}
+
+/// In-process fan-out by subject.
+#[derive(Default)]
+pub struct LocalHub {
+    subjects: Mutex<HashMap<String, broadcast::Sender<Signal>>>,
+}
+
+impl LocalHub {
+    fn sender(&self, subject: &str) -> broadcast::Sender<Signal> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // map itself is still valid.
+        let mut map = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(subject.to_string())
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .clone()
+    }
+}
+
+impl SignalBus {
+    /// A fresh in-process bus.
+    pub fn local() -> Self {
+        SignalBus::Local(Arc::new(LocalHub::default()))
+    }
+
+    /// Ensures the signal stream exists (NATS only).
+    pub async fn setup(&self, max_age: std::time::Duration) -> Result<(), EngineError> {
+        if let SignalBus::Nats { js, .. } = self {
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: SIGNAL_STREAM.into(),
+                subjects: vec!["mandate.sig.>".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                EngineError::Unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Publishes one signal on its mandate's subject.
+    pub async fn publish(&self, signal: &Signal) -> Result<(), EngineError> {
+        let subject = signal_subject(&signal.tenant, signal.mandate);
+        match self {
+            SignalBus::Nats { js, .. } => {
+                let payload = serde_json::to_vec(signal).expect("signals serialize");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                let ack = js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|e| EngineError::Unavailable(format!("signal publish failed: {e}")))?;
+                ack.await
+                    .map_err(|e| EngineError::Unavailable(format!("signal not stored: {e}")))?;
+            }
+            SignalBus::Local(hub) => {
+                // No receiver is fine: nobody listens on this subject.
+                let _ = hub.sender(&subject).send(signal.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Live signals of one mandate. Subscribe *before* reading state.
+    pub async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Result<BoxStream<'static, Signal>, EngineError> {
+        let subject = signal_subject(tenant, mandate);
+        match self {
+            SignalBus::Nats { client, .. } => {
+                let sub = client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|e| EngineError::Unavailable(format!("subscribe failed: {e}")))?;
+                Ok(sub
+                    .filter_map(
+                        |m| async move { serde_json::from_slice::<Signal>(&m.payload).ok() },
+                    )
+                    .boxed())
+            }
+            SignalBus::Local(hub) => {
+                let rx = hub.sender(&subject).subscribe();
+                Ok(tokio_stream_from(rx))
+            }
+        }
+    }
+}
+
+fn tokio_stream_from(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(s) => return Some((s, rx)),
+                // A lagging receiver skips what it missed; holders re-read
+                // state on every signal, so the latest one is enough.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}

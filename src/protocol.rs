@@ -1,0 +1,395 @@
+//! The wire contract: subjects, request and reply bodies, signals. Every type
+//! here has a JSON Schema in `schemas/`; a client in any language needs only
+//! those files and a NATS library.
+//!
+//! - `mandate.cmd.<tenant>.<verb>`: a [`CommandEnvelope`] (its `type` equals
+//!   the verb) or a [`BulkEnvelope`]; reply [`Reply`] of [`CommandResult`].
+//! - `mandate.q.<tenant>.<verb>`: a query body; reply [`Reply`] of its result.
+//! - `mandate.sig.<tenant>.<mandate>`: [`Signal`]s about one mandate.
+//! - `mission.<tenant>.<ref>.completed`: a [`MissionCompletedNotice`] (any body).
+//! - `mandate.audit.<tenant>.<mandate>`: [`AuditRecord`]s of answered checks.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Actor, AgentId, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode, Event,
+    Mandate, MandateId, MissionRef, PrincipalId, Status, TenantId, Tree, TreeId, SCHEMA_VERSION,
+};
+
+/// Subject of a command verb.
+pub fn command_subject(tenant: &TenantId, verb: &str) -> String {
+    format!("mandate.cmd.{tenant}.{verb}")
+}
+/// Subject of a query verb.
+pub fn query_subject(tenant: &TenantId, verb: &str) -> String {
+    format!("mandate.q.{tenant}.{verb}")
+}
+/// Subject of one mandate's signals.
+pub fn signal_subject(tenant: &TenantId, mandate: MandateId) -> String {
+    format!("mandate.sig.{tenant}.{mandate}")
+}
+/// Subject a ticketing system publishes a mission's completion on.
+pub fn mission_subject(tenant: &TenantId, mission: &MissionRef) -> String {
+    format!("mission.{tenant}.{mission}.completed")
+}
+/// Subject of a mandate's recorded check decisions.
+pub fn audit_subject(tenant: &TenantId, mandate: MandateId) -> String {
+    format!("mandate.audit.{tenant}.{mandate}")
+}
+
+/// Largest request body the engine reads.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Query verbs.
+pub const QUERY_VERBS: &[&str] = &[
+    "status", "tree", "chain", "history", "list", "check", "audit", "health",
+];
+/// Bulk command verbs.
+pub const BULK_VERBS: &[&str] = &["revoke_agent", "revoke_principal"];
+
+/// Every reply: `ok` with a `result`, or not `ok` with an `error`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+pub struct Reply<T> {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl<T> Reply<T> {
+    pub fn ok(result: T) -> Self {
+        Self {
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+    pub fn err(error: ErrorBody) -> Self {
+        Self {
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
+    }
+    /// The result, or the error.
+    pub fn into_result(self) -> Result<T, ErrorBody> {
+        match (self.ok, self.result, self.error) {
+            (true, Some(r), _) => Ok(r),
+            (_, _, Some(e)) => Err(e),
+            _ => Err(ErrorBody {
+                code: ErrorCode::Internal,
+                message: "reply has neither result nor error".into(),
+            }),
+        }
+    }
+}
+
+/// An error on the wire: a stable code and a message naming what was wrong.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<&DomainError> for ErrorBody {
+    fn from(e: &DomainError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One commit the command wrote (or, for a duplicate, had written).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommitInfo {
+    pub tree: TreeId,
+    /// Log position of the commit.
+    pub position: u64,
+    pub events: Vec<Event>,
+}
+
+/// The result of a command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandResult {
+    pub command_id: CommandId,
+    /// True when this command id had already been applied: the commits are
+    /// the original ones and nothing new was written.
+    pub duplicate: bool,
+    /// The mandate issued or delegated, or the one acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mandate: Option<MandateId>,
+    pub commits: Vec<CommitInfo>,
+}
+
+/// A bulk command with its envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BulkEnvelope {
+    pub command_id: CommandId,
+    pub tenant: TenantId,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default = "schema_version")]
+    #[schemars(range(min = 1, max = 1))]
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub bulk: Bulk,
+}
+
+fn schema_version() -> u32 {
+    SCHEMA_VERSION
+}
+
+/// Operations over many trees, expressed as ordinary revoke events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Bulk {
+    /// Deprovisioning: revoke every live mandate an agent holds.
+    RevokeAgent {
+        agent: AgentId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Offboarding: revoke every live root a principal granted.
+    RevokePrincipal {
+        principal: PrincipalId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// `status`, `chain`: one mandate, optionally as of a past moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MandateQuery {
+    pub mandate: MandateId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// `tree`, `history`: a tree named by its id or by any of its mandates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TreeQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mandate: Option<MandateId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// `list`: exactly one of agent, principal, mission_ref.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<PrincipalId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mission_ref: Option<MissionRef>,
+}
+
+/// `check`: may the holder do `action` on `resource` under `mandate`?
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuery {
+    pub mandate: MandateId,
+    pub action: String,
+    pub resource: String,
+    /// Answer as of this moment (replaying the tree's events up to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// Who asks (recorded in the audit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+}
+
+/// `audit`: recorded decisions for a mandate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub mandate: MandateId,
+    #[serde(default = "default_audit_limit")]
+    pub limit: usize,
+}
+
+fn default_audit_limit() -> usize {
+    100
+}
+
+/// Reply to `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatusReply {
+    pub mandate: Mandate,
+    pub effective: Effective,
+    pub at: DateTime<Utc>,
+}
+
+/// Reply to `tree`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TreeReply {
+    pub tree: Tree,
+    pub at: DateTime<Utc>,
+    /// Effective status of every mandate at `at`.
+    pub effective: Vec<MandateSummary>,
+}
+
+/// Reply to `chain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChainReply {
+    pub chain: Vec<ChainLink>,
+    pub effective: Effective,
+    pub at: DateTime<Utc>,
+}
+
+/// Reply to `history`: events in order; `actor` (who did it) and
+/// `on_behalf_of` (whose authority) are kept apart in each.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryReply {
+    pub tree: TreeId,
+    pub events: Vec<Event>,
+}
+
+/// One mandate in a list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MandateSummary {
+    pub mandate: MandateId,
+    pub tree: TreeId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<MandateId>,
+    pub grantee: AgentId,
+    pub principal: PrincipalId,
+    pub status: Status,
+    pub effective: Effective,
+    pub not_after: DateTime<Utc>,
+}
+
+/// Reply to `list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ListReply {
+    pub mandates: Vec<MandateSummary>,
+}
+
+/// Reply to `health`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Health {
+    /// This engine instance.
+    pub instance: String,
+    /// `nats` or `embedded`.
+    pub backend: String,
+    /// Last log position applied in order by this instance's projection.
+    pub position: u64,
+    /// Last position of the log.
+    pub log_position: u64,
+    /// `log_position - position`.
+    pub lag: u64,
+    pub time: DateTime<Utc>,
+}
+
+/// A recorded check decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditRecord {
+    pub schema_version: u32,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// On whose authority the mandate was held (the root's principal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<PrincipalId>,
+    /// When the check was answered (the decision's `at` may be in the past).
+    pub recorded_at: DateTime<Utc>,
+    /// The engine instance that answered.
+    pub instance: String,
+}
+
+/// Reply to `audit`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditReply {
+    pub records: Vec<AuditRecord>,
+}
+
+/// What a signal tells holders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    /// Revoked, expired or completed: stop for good.
+    Terminated,
+    /// Paused: stop until resumed.
+    Suspended,
+    /// Resumed: re-read state (a descendant paused on its own stays paused).
+    Resumed,
+    /// Scope narrowed or `not_after` changed: re-read state.
+    Narrowed,
+}
+
+/// A notice that authority changed, published once on the subject of the
+/// mandate it is about; NATS fans it out to every guard below.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Signal {
+    pub schema_version: u32,
+    pub kind: SignalKind,
+    pub tenant: TenantId,
+    pub tree: TreeId,
+    pub mandate: MandateId,
+    /// The mandate's own status after the event.
+    pub status: Status,
+    /// The event behind the signal.
+    pub event_id: crate::domain::EventId,
+    pub event_type: String,
+    pub seq: u64,
+    pub time: DateTime<Utc>,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The optional body of a mission-complete message; the subject alone is enough.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MissionCompletedNotice {
+    /// Where the completion came from (e.g. the ticket URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Every wire document's JSON Schema, by file name (without `.json`). The
+/// files in `schemas/` are these, committed; a test keeps them in step.
+pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
+    use crate::domain::CommandEnvelope;
+    use schemars::schema_for;
+    vec![
+        ("command", schema_for!(CommandEnvelope)),
+        ("bulk-command", schema_for!(BulkEnvelope)),
+        ("event", schema_for!(Event)),
+        ("commit", schema_for!(Vec<Event>)),
+        ("signal", schema_for!(Signal)),
+        ("decision", schema_for!(Decision)),
+        ("mission-completed", schema_for!(MissionCompletedNotice)),
+        ("audit-record", schema_for!(AuditRecord)),
+        ("query-status", schema_for!(MandateQuery)),
+        ("query-chain", schema_for!(MandateQuery)),
+        ("query-tree", schema_for!(TreeQuery)),
+        ("query-history", schema_for!(TreeQuery)),
+        ("query-list", schema_for!(ListQuery)),
+        ("query-check", schema_for!(CheckQuery)),
+        ("query-audit", schema_for!(AuditQuery)),
+        ("reply-command", schema_for!(Reply<CommandResult>)),
+        ("reply-status", schema_for!(Reply<StatusReply>)),
+        ("reply-chain", schema_for!(Reply<ChainReply>)),
+        ("reply-tree", schema_for!(Reply<TreeReply>)),
+        ("reply-history", schema_for!(Reply<HistoryReply>)),
+        ("reply-list", schema_for!(Reply<ListReply>)),
+        ("reply-check", schema_for!(Reply<Decision>)),
+        ("reply-audit", schema_for!(Reply<AuditReply>)),
+        ("reply-health", schema_for!(Reply<Health>)),
+    ]
+}

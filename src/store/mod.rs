@@ -1,0 +1,649 @@
+//! The projection in sled: every tree's current state (its snapshot), the
+//! indexes queries read, each tree's history, and a checkpoint — the last log
+//! position applied in order — written atomically with the state it covers.
+//!
+//! Everything here can be rebuilt from the log: the stream is the source of
+//! truth. One sled tree holds all keys, prefixed by kind, so that one
+//! `apply_batch` (atomic across crashes) covers a commit's whole effect.
+//!
+//! Key layout (`/` stands for a 0 byte; ids are subject-safe, so never contain it):
+//! - `t/<tenant>/<tree>` → [`TreeSnapshot`] JSON
+//! - `e/<tenant>/<tree>/<seq be64>` → event JSON (history)
+//! - `m/<tenant>/<mandate>` → tree id
+//! - `a/<tenant>/<agent>/<mandate>` → tree id (mandates held by an agent)
+//! - `p/<tenant>/<principal>/<tree>` → () (roots granted by a principal)
+//! - `r/<tenant>/<mission_ref>/<tree>` → () (trees serving a mission)
+//! - `c/<tenant>/<mission_ref>` → () (missions completed)
+//! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue)
+//! - `z/<tenant>/<tree>` → reason (a tree whose stream is corrupt)
+//! - `k` → checkpoint (be64)
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    apply, AgentId, Event, EventBody, MandateId, MissionRef, PrincipalId, TenantId, Tree, TreeId,
+};
+
+/// Failures of the projection.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption of the database file).
+    #[error("projection storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    /// A record of the log cannot be decoded or breaks its tree's chain. The
+    /// tree is quarantined; other trees go on.
+    #[error("tree {tree} of tenant {tenant} is corrupt at log position {position}: {reason}")]
+    Corrupt {
+        tenant: TenantId,
+        tree: TreeId,
+        position: u64,
+        reason: String,
+    },
+    /// A stored value does not decode (written by an incompatible build).
+    #[error("projection value under {key} does not decode: {reason}")]
+    Decode { key: String, reason: String },
+}
+
+/// A tree's state with the log position of its last commit (its head).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TreeSnapshot {
+    pub position: u64,
+    pub tree: Tree,
+}
+
+/// What applying one commit did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Applied {
+    /// The events were new and are now in the projection.
+    Applied(Vec<Event>),
+    /// The tree was already at or past this position.
+    AlreadyApplied,
+    /// The commit was corrupt; the tree is quarantined.
+    Quarantined(String),
+}
+
+const SEP: u8 = 0;
+
+fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![kind];
+    for p in parts {
+        k.push(SEP);
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn prefix(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = key(kind, parts);
+    k.push(SEP);
+    k
+}
+
+fn ms(t: DateTime<Utc>) -> [u8; 8] {
+    // Times before 1970 sort first; not_after is always in the future anyway.
+    (t.timestamp_millis().max(0) as u64).to_be_bytes()
+}
+
+/// A due expiry: the mandate whose `not_after` has passed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueExpiry {
+    pub tenant: TenantId,
+    pub tree: TreeId,
+    pub mandate: MandateId,
+    pub not_after: DateTime<Utc>,
+}
+
+/// The sled projection.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    kv: sled::Tree,
+    /// Missions completed by the intake, whether or not a tree serves them
+    /// (kept apart from the projection: nothing in the log records them).
+    missions: sled::Tree,
+    /// Recorded check decisions of the embedded engine (not a projection:
+    /// decisions are not events, so this is kept as it is written).
+    audit: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the projection at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::with_db(sled::open(path)?)
+    }
+
+    /// A projection that lives only as long as the process (tests, rebuild checks).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::with_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<Self, StoreError> {
+        let kv = db.open_tree("projection")?;
+        let audit = db.open_tree("audit")?;
+        let missions = db.open_tree("missions")?;
+        Ok(Self {
+            db,
+            kv,
+            missions,
+            audit,
+        })
+    }
+
+    /// Empties the projection (not the audit or intake records), for a rebuild.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.kv.clear()?;
+        Ok(())
+    }
+
+    /// Records a check decision (embedded engine).
+    pub fn record_audit<T: Serialize>(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let id = self.db.generate_id()?;
+        let k = key(
+            b'u',
+            &[
+                tenant.as_str().as_bytes(),
+                mandate.to_string().as_bytes(),
+                &id.to_be_bytes(),
+            ],
+        );
+        self.audit.insert(
+            k,
+            serde_json::to_vec(record).expect("audit records serialize"),
+        )?;
+        Ok(())
+    }
+
+    /// Recorded decisions of a mandate, oldest first.
+    pub fn audit_records<T: for<'de> Deserialize<'de>>(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Result<Vec<T>, StoreError> {
+        let p = prefix(
+            b'u',
+            &[tenant.as_str().as_bytes(), mandate.to_string().as_bytes()],
+        );
+        self.audit
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// The last log position applied in order.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        Ok(self.kv.get(b"k")?.map(|v| be64(&v)).unwrap_or(0))
+    }
+
+    /// Durably writes everything applied so far.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A tree's snapshot.
+    pub fn tree(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<TreeSnapshot>, StoreError> {
+        let k = key(
+            b't',
+            &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
+        );
+        self.kv.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The tree a mandate lives in, within one tenant.
+    pub fn tree_of(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Result<Option<TreeId>, StoreError> {
+        let k = key(
+            b'm',
+            &[tenant.as_str().as_bytes(), mandate.to_string().as_bytes()],
+        );
+        self.kv.get(&k)?.map(|v| decode_tree_id(&k, &v)).transpose()
+    }
+
+    /// Why a tree is quarantined, if it is.
+    pub fn quarantined(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<String>, StoreError> {
+        let k = key(
+            b'z',
+            &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
+        );
+        Ok(self
+            .kv
+            .get(k)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// A tree's events in order.
+    pub fn history(&self, tenant: &TenantId, tree: TreeId) -> Result<Vec<Event>, StoreError> {
+        let p = prefix(
+            b'e',
+            &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
+        );
+        self.kv
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    /// Trees serving a mission.
+    pub fn trees_for_mission(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+    ) -> Result<Vec<TreeId>, StoreError> {
+        self.last_parts(prefix(
+            b'r',
+            &[tenant.as_str().as_bytes(), mission.as_str().as_bytes()],
+        ))
+    }
+
+    /// Whether a mission was completed.
+    pub fn mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+    ) -> Result<bool, StoreError> {
+        let k = key(
+            b'c',
+            &[tenant.as_str().as_bytes(), mission.as_str().as_bytes()],
+        );
+        Ok(self.kv.contains_key(&k)? || self.missions.contains_key(&k)?)
+    }
+
+    /// Records a mission as completed even where no tree serves it yet, so a
+    /// later issue for it is refused.
+    pub fn mark_mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+    ) -> Result<(), StoreError> {
+        self.missions.insert(
+            key(
+                b'c',
+                &[tenant.as_str().as_bytes(), mission.as_str().as_bytes()],
+            ),
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// Trees whose root a principal granted.
+    pub fn trees_granted_by(
+        &self,
+        tenant: &TenantId,
+        principal: &PrincipalId,
+    ) -> Result<Vec<TreeId>, StoreError> {
+        self.last_parts(prefix(
+            b'p',
+            &[tenant.as_str().as_bytes(), principal.as_str().as_bytes()],
+        ))
+    }
+
+    /// Mandates an agent holds (any status), with their trees.
+    pub fn mandates_held_by(
+        &self,
+        tenant: &TenantId,
+        agent: &AgentId,
+    ) -> Result<Vec<(TreeId, MandateId)>, StoreError> {
+        let p = prefix(
+            b'a',
+            &[tenant.as_str().as_bytes(), agent.as_str().as_bytes()],
+        );
+        self.kv
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let mandate = parse_last(&k)?;
+                Ok((decode_tree_id(&k, &v)?, MandateId(mandate)))
+            })
+            .collect()
+    }
+
+    /// All trees of a tenant.
+    pub fn trees_of_tenant(&self, tenant: &TenantId) -> Result<Vec<TreeId>, StoreError> {
+        self.last_parts(prefix(b't', &[tenant.as_str().as_bytes()]))
+    }
+
+    /// Expiries due at `now`, oldest first, at most `limit`.
+    pub fn due_expiries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DueExpiry>, StoreError> {
+        let end = {
+            let mut k = vec![b'x', SEP];
+            k.extend_from_slice(&ms(now));
+            k.push(0xff);
+            k
+        };
+        let mut out = Vec::new();
+        for kv in self.kv.range(vec![b'x', SEP]..end).take(limit) {
+            let (k, v) = kv?;
+            out.push(self.decode_expiry(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The earliest pending expiry, if any.
+    pub fn next_expiry(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.kv.scan_prefix([b'x', SEP]).next() {
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some(self.decode_expiry(&k, &v)?.not_after))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Drops a pending expiry (one that no longer needs its own event).
+    pub fn remove_expiry(&self, e: &DueExpiry) -> Result<(), StoreError> {
+        self.kv
+            .remove(expiry_key(e.not_after, &e.tenant, e.mandate))?;
+        Ok(())
+    }
+
+    fn decode_expiry(&self, k: &[u8], v: &[u8]) -> Result<DueExpiry, StoreError> {
+        let bad = |reason: &str| StoreError::Decode {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: reason.into(),
+        };
+        // `x` SEP <8 bytes of millis> SEP <tenant> SEP <mandate>; the millis may
+        // contain SEP bytes, so they are read by position.
+        if k.len() < 12 || k[1] != SEP || k[10] != SEP {
+            return Err(bad("malformed expiry key"));
+        }
+        let millis = be64(&k[2..10]) as i64;
+        let rest = &k[11..];
+        let tenant_end = rest
+            .iter()
+            .position(|b| *b == SEP)
+            .ok_or_else(|| bad("no tenant"))?;
+        let tenant_s =
+            std::str::from_utf8(&rest[..tenant_end]).map_err(|_| bad("tenant not utf-8"))?;
+        let tenant = TenantId::new(tenant_s).map_err(|e| bad(&e.to_string()))?;
+        let mandate = MandateId(parse_last(k)?);
+        Ok(DueExpiry {
+            tenant,
+            tree: decode_tree_id(k, v)?,
+            mandate,
+            not_after: Utc
+                .timestamp_millis_opt(millis)
+                .single()
+                .ok_or_else(|| bad("time out of range"))?,
+        })
+    }
+
+    fn last_parts(&self, p: Vec<u8>) -> Result<Vec<TreeId>, StoreError> {
+        self.kv
+            .scan_prefix(&p)
+            .map(|kv| {
+                let (k, _) = kv?;
+                Ok(TreeId(parse_last(&k)?))
+            })
+            .collect()
+    }
+
+    /// Applies one commit of the log: the events one command wrote to a tree,
+    /// at log `position`. Idempotent per tree (a commit at or below the tree's
+    /// head is skipped). With `advance_checkpoint`, the checkpoint moves to
+    /// `position` in the same atomic batch: only the in-order follower does
+    /// that; the writer applies its own commits early for read-your-writes.
+    ///
+    /// A commit that does not decode, belongs to another tree, or breaks the
+    /// tree's sequence or hash chain quarantines that tree (never skipped
+    /// silently) and leaves all other trees untouched.
+    pub fn apply_commit(
+        &self,
+        tenant: &TenantId,
+        tree_id: TreeId,
+        position: u64,
+        payload: &[u8],
+        advance_checkpoint: bool,
+    ) -> Result<Applied, StoreError> {
+        let mut batch = sled::Batch::default();
+        if advance_checkpoint {
+            batch.insert(b"k".to_vec(), position.to_be_bytes().to_vec());
+        }
+        if self.quarantined(tenant, tree_id)?.is_some() {
+            self.kv.apply_batch(batch)?;
+            return Ok(Applied::AlreadyApplied);
+        }
+        let snapshot = self.tree(tenant, tree_id)?;
+        if snapshot.as_ref().is_some_and(|s| s.position >= position) {
+            self.kv.apply_batch(batch)?;
+            return Ok(Applied::AlreadyApplied);
+        }
+        let mut tree = snapshot
+            .map(|s| s.tree)
+            .unwrap_or_else(|| Tree::empty(tenant.clone(), tree_id));
+        let events = match Event::decode_commit(payload)
+            .map_err(|e| e.to_string())
+            .and_then(|evs| check_commit(&tree, tenant, tree_id, &evs).map(|()| evs))
+        {
+            Ok(evs) => evs,
+            Err(reason) => {
+                let err = StoreError::Corrupt {
+                    tenant: tenant.clone(),
+                    tree: tree_id,
+                    position,
+                    reason,
+                };
+                tracing::error!(%tenant, tree = %tree_id, position, error = %err, "quarantining tree");
+                batch.insert(
+                    key(
+                        b'z',
+                        &[tenant.as_str().as_bytes(), tree_id.to_string().as_bytes()],
+                    ),
+                    err.to_string().into_bytes(),
+                );
+                self.kv.apply_batch(batch)?;
+                return Ok(Applied::Quarantined(err.to_string()));
+            }
+        };
+        let before = tree.clone();
+        for e in &events {
+            apply(&mut tree, e);
+            let ek = key(
+                b'e',
+                &[
+                    tenant.as_str().as_bytes(),
+                    tree_id.to_string().as_bytes(),
+                    &e.seq.to_be_bytes(),
+                ],
+            );
+            batch.insert(ek, serde_json::to_vec(e).expect("events serialize"));
+        }
+        index_changes(&mut batch, &before, &tree, &events);
+        let snap = TreeSnapshot { position, tree };
+        batch.insert(
+            key(
+                b't',
+                &[tenant.as_str().as_bytes(), tree_id.to_string().as_bytes()],
+            ),
+            serde_json::to_vec(&snap).expect("snapshots serialize"),
+        );
+        self.kv.apply_batch(batch)?;
+        Ok(Applied::Applied(events))
+    }
+
+    /// Every key and value, for comparing a live projection with a rebuild.
+    /// The checkpoint is left out: a writer-applied projection and a rebuild
+    /// agree on state, not on how far their follower has read.
+    pub fn dump(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        self.kv
+            .iter()
+            .filter(|kv| !matches!(kv, Ok((k, _)) if k.as_ref() == b"k"))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
+/// The checks a commit must pass before it touches a tree.
+fn check_commit(
+    tree: &Tree,
+    tenant: &TenantId,
+    tree_id: TreeId,
+    events: &[Event],
+) -> Result<(), String> {
+    if events.is_empty() {
+        return Err("empty commit".into());
+    }
+    let mut scratch = tree.clone();
+    for e in events {
+        if &e.tenant != tenant || e.tree != tree_id {
+            return Err(format!(
+                "event {} names tenant {} tree {}, but is stored under tenant {tenant} tree {tree_id}",
+                e.event_id, e.tenant, e.tree
+            ));
+        }
+        if e.seq != scratch.version + 1 {
+            return Err(format!(
+                "event seq {} where {} was expected",
+                e.seq,
+                scratch.version + 1
+            ));
+        }
+        if e.prev_hash != scratch.head_hash {
+            return Err(format!(
+                "event seq {} does not chain to the previous event's hash",
+                e.seq
+            ));
+        }
+        apply(&mut scratch, e);
+    }
+    Ok(())
+}
+
+fn expiry_key(not_after: DateTime<Utc>, tenant: &TenantId, mandate: MandateId) -> Vec<u8> {
+    key(
+        b'x',
+        &[
+            &ms(not_after),
+            tenant.as_str().as_bytes(),
+            mandate.to_string().as_bytes(),
+        ],
+    )
+}
+
+/// Index updates for a tree going from `before` to `after`.
+fn index_changes(batch: &mut sled::Batch, before: &Tree, after: &Tree, events: &[Event]) {
+    let t = after.tenant.as_str().as_bytes();
+    let tree_s = after.id.to_string();
+    for e in events {
+        let id = e.body.mandate();
+        let id_s = id.to_string();
+        let (Some(old), Some(new)) = (
+            before.mandates.get(&id).or(after.mandates.get(&id)),
+            after.mandates.get(&id),
+        ) else {
+            continue;
+        };
+        match &e.body {
+            EventBody::MandateIssued(m) => {
+                batch.insert(key(b'm', &[t, id_s.as_bytes()]), tree_s.as_bytes());
+                batch.insert(
+                    key(b'a', &[t, m.grantee.as_str().as_bytes(), id_s.as_bytes()]),
+                    tree_s.as_bytes(),
+                );
+                if m.parent.is_none() {
+                    batch.insert(
+                        key(
+                            b'p',
+                            &[t, m.principal.as_str().as_bytes(), tree_s.as_bytes()],
+                        ),
+                        &[],
+                    );
+                    if let Some(r) = m.mission.as_ref().and_then(|m| m.mission_ref.as_ref()) {
+                        batch.insert(
+                            key(b'r', &[t, r.as_str().as_bytes(), tree_s.as_bytes()]),
+                            &[],
+                        );
+                    }
+                }
+                batch.insert(
+                    expiry_key(m.not_after, &after.tenant, id),
+                    tree_s.as_bytes(),
+                );
+            }
+            EventBody::MandateRenewed(_) => {
+                batch.remove(expiry_key(old.not_after, &after.tenant, id));
+                if !new.status.is_terminal() {
+                    batch.insert(
+                        expiry_key(new.not_after, &after.tenant, id),
+                        tree_s.as_bytes(),
+                    );
+                }
+            }
+            EventBody::MissionCompleted(m) => {
+                batch.insert(key(b'c', &[t, m.mission_ref.as_str().as_bytes()]), &[]);
+                batch.remove(expiry_key(new.not_after, &after.tenant, id));
+            }
+            _ if new.status.is_terminal() => {
+                batch.remove(expiry_key(new.not_after, &after.tenant, id));
+            }
+            _ => {}
+        }
+    }
+}
+
+fn be64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[8 - n..].copy_from_slice(&v[v.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Decode {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn decode_tree_id(k: &[u8], v: &[u8]) -> Result<TreeId, StoreError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| TreeId::parse(s).ok())
+        .ok_or_else(|| StoreError::Decode {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "not a tree id".into(),
+        })
+}
+
+fn parse_last(k: &[u8]) -> Result<uuid::Uuid, StoreError> {
+    let last = k.rsplit(|b| *b == SEP).next().unwrap_or_default();
+    std::str::from_utf8(last)
+        .ok()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| StoreError::Decode {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "last key part is not a UUID".into(),
+        })
+}

@@ -1,0 +1,130 @@
+//! The wire contract: the committed files in `schemas/` must equal the
+//! schemas generated from the Rust types, and documents must validate (or
+//! fail) as the engine would accept (or refuse) them.
+//!
+//! After changing a wire type, regenerate with
+//! `UPDATE_SCHEMAS=1 cargo test --test schemas` and commit the result.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{TimeZone, Utc};
+use mandate::domain::{
+    authorize, decide, root_tree_id, CommandEnvelope, CommandId, TenantId, Tree,
+};
+use mandate::protocol::{schemas, Reply};
+use serde_json::Value;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
+}
+
+fn schema(name: &str) -> Value {
+    let path = dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn validator(name: &str) -> jsonschema::Validator {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema(name))
+        .unwrap_or_else(|e| panic!("schema {name} is not a valid JSON Schema: {e}"))
+}
+
+#[test]
+fn committed_schemas_match_the_types() {
+    let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
+    std::fs::create_dir_all(dir()).unwrap();
+    let mut stale = Vec::new();
+    for (name, schema) in schemas() {
+        let path = dir().join(format!("{name}.json"));
+        let generated = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        if update {
+            std::fs::write(&path, &generated).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(committed) if committed == generated => {}
+            _ => stale.push(name),
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "schemas out of date with the types: {stale:?}; run UPDATE_SCHEMAS=1 cargo test --test schemas and commit"
+    );
+}
+
+/// Every `schemas/examples/<schema>.<label>.valid.json` validates and decodes;
+/// every `….invalid.json` fails validation and, for commands, decoding too.
+#[test]
+fn example_documents_validate_as_the_engine_decodes() {
+    let mut seen = (0, 0);
+    for entry in std::fs::read_dir(dir().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let schema_name = file.split('.').next().unwrap().to_string();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let valid = validator(&schema_name).is_valid(&doc);
+        let decodes = match schema_name.as_str() {
+            "command" => CommandEnvelope::from_json(doc.to_string().as_bytes()).is_ok(),
+            _ => valid,
+        };
+        if file.ends_with(".valid.json") {
+            seen.0 += 1;
+            assert!(valid, "{file} should validate against {schema_name}.json");
+            assert!(decodes, "{file} should decode");
+        } else if file.ends_with(".invalid.json") {
+            seen.1 += 1;
+            assert!(
+                !valid,
+                "{file} should NOT validate against {schema_name}.json"
+            );
+            assert!(!decodes, "{file} should be refused by the decoder");
+        } else {
+            panic!("{file}: examples end in .valid.json or .invalid.json");
+        }
+    }
+    assert!(seen.0 >= 3 && seen.1 >= 5, "too few examples: {seen:?}");
+}
+
+/// Documents produced by the real code validate against their schemas.
+#[test]
+fn real_documents_validate() {
+    let tenant = TenantId::new("acme").unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+    let cmd_id = CommandId::generate();
+    let cmd: CommandEnvelope = serde_json::from_value(serde_json::json!({
+        "command_id": cmd_id, "tenant": "acme", "actor": {"kind": "principal", "id": "cfo"},
+        "type": "issue", "principal": "cfo", "grantee": "research-lead",
+        "mission": {"purpose": "evaluate", "mission_ref": "jira:FIN-42"},
+        "scope": [{"action": "finance:read", "resource": "reports/**"}],
+        "not_after": "2026-01-01T20:00:00Z", "step_up": ["deals:sign"]
+    }))
+    .unwrap();
+    assert!(validator("command").is_valid(&serde_json::to_value(&cmd).unwrap()));
+    let tree = Tree::empty(tenant.clone(), root_tree_id(cmd_id));
+    let events = decide(&tree, &cmd, now).unwrap();
+    let commit = serde_json::to_value(&events).unwrap();
+    assert!(
+        validator("commit").is_valid(&commit),
+        "{:?}",
+        validator("commit")
+            .iter_errors(&commit)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+    );
+    for e in &events {
+        assert!(validator("event").is_valid(&serde_json::to_value(e).unwrap()));
+    }
+    let state = mandate::domain::replay(tenant.clone(), tree.id, &events);
+    let root = state.root.unwrap();
+    let d = authorize(&state, root, "finance:read", "reports/q3", now);
+    assert!(d.is_allowed());
+    let reply = serde_json::to_value(Reply::ok(d.clone())).unwrap();
+    assert!(validator("reply-check").is_valid(&reply));
+    assert!(validator("decision").is_valid(&serde_json::to_value(&d).unwrap()));
+    // A decision missing its outcome is not a decision.
+    let mut broken = serde_json::to_value(&d).unwrap();
+    broken.as_object_mut().unwrap().remove("outcome");
+    assert!(!validator("decision").is_valid(&broken));
+}
