@@ -1,0 +1,376 @@
+//! The agent guard against a real nats-server and a real engine.
+//!
+//! - cancellation fires on a revoke three levels up;
+//! - local expiry denies at `not_after` with no signal at all;
+//! - a guard cut off from NATS denies after its lease, and once it can reach
+//!   NATS again it reflects a revoke made while it was cut off;
+//! - with the server itself stopped, the guard fails closed, and recovers.
+//!
+//! To cut off one guard without stopping the engine, the guard's connection
+//! goes through a small TCP relay the test can sever.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::NatsServer;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Client, Guard, GuardConfig, GuardState};
+use mandate::domain::command::{Delegate, Issue};
+use mandate::domain::{
+    Actor, AgentId, DenyReason, MandateId, Mission, Outcome, PrincipalId, Scope, Status, TenantId,
+};
+use mandate::engine::{Engine, EngineConfig};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Served {
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Served {
+    async fn start(url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nc = async_nats::connect(url).await.unwrap();
+        let engine = Engine::nats(nc, dir.path(), Default::default(), EngineConfig::default())
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            engine
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            _dir: dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
+        }
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+async fn client(url: &str, actor: Actor) -> Client {
+    let nc = async_nats::connect(url).await.unwrap();
+    Client::nats(nc, tenant(), actor).with_timeout(Duration::from_millis(700))
+}
+
+fn agent(s: &str) -> Actor {
+    Actor::Agent(AgentId::new(s).unwrap())
+}
+
+/// Issues root (a0) → a1 → a2 → a3; returns the four mandate ids.
+async fn chain_of_four(url: &str, ttl: chrono::Duration) -> Vec<MandateId> {
+    let cfo = client(url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let root = cfo
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("a0").unwrap(),
+            mission: Mission {
+                purpose: "guard test".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: Utc::now() + ttl,
+            depth: 5,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let mut ids = vec![root];
+    for i in 1..4 {
+        let from = client(url, agent(&format!("a{}", i - 1))).await;
+        let m = from
+            .delegate(Delegate {
+                parent: *ids.last().unwrap(),
+                grantee: AgentId::new(format!("a{i}")).unwrap(),
+                scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+                not_after: None,
+                depth: None,
+                step_up: vec![],
+                supervisors: vec![],
+            })
+            .await
+            .unwrap()
+            .mandate
+            .unwrap();
+        ids.push(m);
+    }
+    ids
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_fires_on_a_revoke_three_levels_up() {
+    let server = NatsServer::start();
+    let engine = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let leaf = ids[3];
+    // A long lease and heartbeat: only the signal can stop it quickly.
+    let config = GuardConfig {
+        lease: Duration::from_secs(60),
+        heartbeat: Duration::from_secs(30),
+    };
+    let guard = Guard::start(
+        client(&server.url(), agent("a3")).await,
+        &GuardHub::new(),
+        leaf,
+        config,
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    let cancel = guard.cancellation();
+    // In-flight work that must be cancelled.
+    let work = tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => "cancelled",
+            _ = tokio::time::sleep(Duration::from_secs(20)) => "ran to the end",
+        }
+    });
+    let cfo = client(
+        &server.url(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    cfo.revoke(ids[0], Some("deal closed".into()))
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let d = guard.check("finance:read", "reports/q3");
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_expiry_denies_at_not_after_without_any_signal() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::milliseconds(1500)).await;
+    let guard = Guard::start(
+        client(&server.url(), agent("a3")).await,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(30),
+        },
+    )
+    .await
+    .unwrap();
+    // Stop the engine: no expiry event and no signal can come now.
+    served.stop().await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    let cancel = guard.cancellation();
+    tokio::time::timeout(Duration::from_secs(5), cancel.cancelled())
+        .await
+        .expect("cancellation fires when the chain's not_after passes");
+    let d = guard.check("finance:read", "reports/q3");
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Expired,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+}
+
+/// A TCP relay to the server that the test can sever and restore.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (o, g) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn sever(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let relay = Relay::start(server.port()).await;
+    let lease = Duration::from_millis(1200);
+    let guard = Guard::start(
+        client(&relay.url(), agent("a3")).await,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease,
+            heartbeat: Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+
+    relay.sever();
+    let cut_at = std::time::Instant::now();
+    // While cut off, the mandate two levels up is revoked: the guard cannot hear it.
+    let cfo = client(
+        &server.url(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .await;
+    cfo.revoke(ids[1], Some("while cut off".into()))
+        .await
+        .unwrap();
+
+    // Fails closed once the lease has run out.
+    eventually("guard goes stale", || guard.state() == GuardState::Stale).await;
+    assert!(cut_at.elapsed() >= lease, "stale before the lease ran out");
+    let d = guard.check("finance:read", "reports/q3");
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(
+        matches!(d.reason, Some(DenyReason::Unverified { .. })),
+        "{:?}",
+        d.reason
+    );
+
+    relay.restore();
+    // After it reconnects, the re-read shows the revoke it missed.
+    eventually("guard reflects the missed revoke", || {
+        guard.state() == GuardState::Terminated(Status::Revoked)
+    })
+    .await;
+    assert!(guard.cancellation().is_cancelled());
+    let d = guard.check("finance:read", "reports/q3");
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns() {
+    let mut server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let guard = Guard::start(
+        client(&server.url(), agent("a3")).await,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(250),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    server.stop();
+    eventually("guard goes stale with the server down", || {
+        guard.state() == GuardState::Stale
+    })
+    .await;
+    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
+    server.restart();
+    eventually("guard recovers after the server returns", || {
+        guard.state() == GuardState::Active
+    })
+    .await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    served.stop().await;
+}
