@@ -245,7 +245,11 @@ pub struct TreeReply {
 /// Reply to `chain`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChainReply {
+    pub tree: TreeId,
     pub chain: Vec<ChainLink>,
+    /// The full records of the chain's mandates, root first: enough to decide
+    /// any check under the mandate (a guard holds exactly this).
+    pub mandates: Vec<Mandate>,
     pub effective: Effective,
     pub at: DateTime<Utc>,
 }

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{authorize, Decision, DenyReason, MandateId, Outcome, Status, TenantId, Tree};
-use crate::protocol::{signal_subject, Signal, SignalKind, TreeQuery};
+use crate::protocol::{signal_subject, Signal, SignalKind};
 
 use super::{Client, ClientError};
 
@@ -178,10 +178,10 @@ impl Guard {
         let tenant = client.tenant().clone();
         // The chain never changes (parents are fixed at issue), so reading it
         // first only tells us what to subscribe to; the state read comes after.
-        let chain = client.chain(mandate, None).await?;
+        let chain = read_tree(&client, mandate).await?;
         let mut streams = Vec::new();
-        for link in &chain.chain {
-            streams.push(hub.subscribe(&client, &tenant, link.mandate).await?);
+        for id in chain.mandates.keys() {
+            streams.push(hub.subscribe(&client, &tenant, *id).await?);
         }
         let tree = read_tree(&client, mandate).await?;
         let inner = Arc::new(Inner {
@@ -272,15 +272,21 @@ impl Guard {
     }
 }
 
+/// Reads the mandate's chain and holds it as a tree of just that chain:
+/// effective status and `authorize` only ever look at the chain, so a guard
+/// never reads (or keeps) its siblings.
 async fn read_tree(client: &Client, mandate: MandateId) -> Result<Tree, ClientError> {
-    Ok(client
-        .tree(TreeQuery {
-            tree: None,
-            mandate: Some(mandate),
-            at: None,
-        })
-        .await?
-        .tree)
+    let reply = client.chain(mandate, None).await?;
+    let mut tree = Tree::empty(client.tenant().clone(), reply.tree);
+    if let Some(root) = reply.mandates.first() {
+        tree.root = Some(root.id);
+        tree.principal = Some(root.principal.clone());
+    }
+    for mut m in reply.mandates {
+        m.children.clear();
+        tree.mandates.insert(m.id, m);
+    }
+    Ok(tree)
 }
 
 impl Inner {

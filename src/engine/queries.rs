@@ -88,12 +88,11 @@ impl Engine {
     ) -> Result<ChainReply, EngineError> {
         let now = moment(at);
         let tree = self.mandate_tree(tenant, mandate, at)?;
+        let links = tree.chain(mandate);
         Ok(ChainReply {
-            chain: tree
-                .chain(mandate)
-                .into_iter()
-                .map(ChainLink::from)
-                .collect(),
+            tree: tree.id,
+            chain: links.iter().map(|m| ChainLink::from(*m)).collect(),
+            mandates: links.into_iter().cloned().collect(),
             effective: tree.effective(mandate, now)?,
             at: now,
         })
