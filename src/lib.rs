@@ -2,3 +2,4 @@
 #![deny(unreachable_pub)]
 
 pub mod domain;
+pub mod log;

@@ -1,0 +1,542 @@
+//! The embedded event log on sled, for a single process.
+//!
+//! # On-disk layout
+//! One sled tree, `mandate-log`, with one key family per prefix byte. All
+//! numbers are big-endian so that keys sort by position.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `r` position | the record: version 1, tenant length, tenant, tree (16 bytes), command id (16 bytes), payload |
+//! | `h` tenant length, tenant, tree (16 bytes), position | empty: per-tree index, scanned by `read_tree` |
+//! | `n` tenant length, tenant, position | empty: per-tenant index, scanned by `read_all` |
+//! | `c` command id (16 bytes) | position: idempotency, kept forever |
+//!
+//! The last position is the last `r` key, so no separate counter can drift
+//! from the records.
+//!
+//! # Writes
+//! Appends are serialized under one async mutex: check the command id, check
+//! the head, write all four keys in one atomic batch, flush, and only then
+//! acknowledge and wake the followers. One flush per append keeps the code
+//! obviously durable; group commit can come later if the quickstart needs it.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
+
+use super::{Appended, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::domain::{CommandId, TenantId, TreeId};
+
+const TREE_NAME: &str = "mandate-log";
+const RECORD: u8 = b'r';
+const TREE_INDEX: u8 = b'h';
+const TENANT_INDEX: u8 = b'n';
+const COMMAND: u8 = b'c';
+const FORMAT_VERSION: u8 = 1;
+/// How many records `follow` reads from sled at a time.
+const FOLLOW_BATCH: usize = 256;
+/// How long `open` waits for the database's file lock (see `open_db`).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Settings of the embedded log.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// Largest commit payload accepted, in bytes; larger appends fail with
+    /// [`LogError::TooLarge`]. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+/// The event log in a sled database of its own. Cloning is cheap and shares
+/// the database.
+#[derive(Clone)]
+pub struct EmbeddedLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    tree: sled::Tree,
+    config: EmbeddedConfig,
+    /// Held for the whole of an append; holds the last position. A tokio
+    /// mutex because it is held across the flush.
+    writer: Mutex<u64>,
+    /// The last durable position, for followers.
+    last: watch::Sender<u64>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log at `path` with default settings. Blocks
+    /// for up to two seconds while a handle dropped in this process still
+    /// holds the database's lock.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LogError> {
+        Self::open_with(path, EmbeddedConfig::default())
+    }
+
+    /// Opens (or creates) the log at `path`.
+    pub fn open_with(path: impl AsRef<Path>, config: EmbeddedConfig) -> Result<Self, LogError> {
+        let path = path.as_ref();
+        let db = open_db(path)?;
+        let tree = db.open_tree(TREE_NAME).map_err(sled_error)?;
+        let last = match tree.scan_prefix([RECORD]).next_back() {
+            None => 0,
+            Some(entry) => {
+                let (key, _) = entry.map_err(sled_error)?;
+                position_from_key(&key)?
+            }
+        };
+        let (tx, _) = watch::channel(last);
+        Ok(EmbeddedLog {
+            inner: Arc::new(Inner {
+                db,
+                tree,
+                config,
+                writer: Mutex::new(last),
+                last: tx,
+            }),
+        })
+    }
+}
+
+impl EventLog for EmbeddedLog {
+    #[tracing::instrument(level = "debug", skip(self, payload), fields(%tenant, %tree))]
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        expected: u64,
+        command_id: CommandId,
+        payload: Bytes,
+    ) -> Result<Appended, LogError> {
+        let inner = &self.inner;
+        let max = inner.config.max_message_size;
+        if payload.len() > max {
+            return Err(LogError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let mut last = inner.writer.lock().await;
+
+        // The command id comes first: a retry whose expected head went stale
+        // (because its first attempt was written) is a duplicate, not a conflict.
+        let command_key = command_key(command_id);
+        if let Some(original) = inner.tree.get(command_key).map_err(sled_error)? {
+            let position = u64_from_slice(&original).ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                subject_or_key: format!("c/{command_id}"),
+                reason: "command index entry is not an 8-byte position".to_string(),
+            })?;
+            return Ok(Appended {
+                position,
+                duplicate: true,
+            });
+        }
+
+        let head = inner.head(tenant, tree)?;
+        if head != expected {
+            return Err(LogError::Conflict {
+                tenant: tenant.clone(),
+                tree,
+                expected,
+                actual: Some(head),
+            });
+        }
+
+        let position = *last + 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            record_key(position).as_slice(),
+            encode_record(tenant, tree, command_id, &payload),
+        );
+        batch.insert(tree_index_key(tenant, tree, position), &[] as &[u8]);
+        batch.insert(tenant_index_key(tenant, position), &[] as &[u8]);
+        batch.insert(command_key.as_slice(), &position.to_be_bytes());
+        inner.tree.apply_batch(batch).map_err(sled_error)?;
+        // The batch is applied: even if the flush below fails, this position
+        // is taken (a retry of the command finds it through its id).
+        *last = position;
+        // Durable before acknowledged, and before followers hear of it.
+        inner.db.flush_async().await.map_err(sled_error)?;
+        inner.last.send_replace(position);
+        Ok(Appended {
+            position,
+            duplicate: false,
+        })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
+    async fn read_tree(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Record>, LogError> {
+        let inner = &self.inner;
+        let prefix = tree_prefix(tenant, tree);
+        let mut records = Vec::new();
+        for entry in inner.tree.range(index_range(&prefix, after)) {
+            let (key, _) = entry.map_err(sled_error)?;
+            let position = index_position(&key)?;
+            records.push(inner.record(position)?);
+        }
+        Ok(records)
+    }
+
+    async fn read_all(
+        &self,
+        tenant: Option<&TenantId>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        self.inner.read_all(tenant, after, limit)
+    }
+
+    async fn follow(
+        &self,
+        tenant: Option<&TenantId>,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
+        let follow = Follow {
+            inner: self.inner.clone(),
+            // Subscribed before the first read: every append from here on
+            // marks the receiver changed, so none can fall between the backlog
+            // and the live part.
+            changes: self.inner.last.subscribe(),
+            tenant: tenant.cloned(),
+            cursor: after,
+            buffer: VecDeque::new(),
+        };
+        Ok(futures::stream::unfold(follow, |mut follow| async move {
+            let item = follow.next().await;
+            Some((item, follow))
+        })
+        .boxed())
+    }
+
+    async fn last_position(&self) -> Result<u64, LogError> {
+        Ok(*self.inner.last.borrow())
+    }
+
+    async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
+        self.inner.head(tenant, tree)
+    }
+}
+
+impl Inner {
+    fn head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
+        match self.tree.scan_prefix(tree_prefix(tenant, tree)).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, _) = entry.map_err(sled_error)?;
+                index_position(&key)
+            }
+        }
+    }
+
+    fn record(&self, position: u64) -> Result<Record, LogError> {
+        let key = record_key(position);
+        let corrupt = |reason: &str| LogError::Corrupt {
+            position,
+            subject_or_key: format!("r/{position}"),
+            reason: reason.to_string(),
+        };
+        let value = self
+            .tree
+            .get(key)
+            .map_err(sled_error)?
+            .ok_or_else(|| corrupt("indexed, but the record is missing"))?;
+        decode_record(position, &value).map_err(|reason| corrupt(&reason))
+    }
+
+    fn read_all(
+        &self,
+        tenant: Option<&TenantId>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::new();
+        let positions: Box<dyn Iterator<Item = Result<u64, LogError>>> = match tenant {
+            None => Box::new(
+                self.tree
+                    .range(index_range(&[RECORD], after))
+                    .map(|entry| position_from_key(&entry.map_err(sled_error)?.0)),
+            ),
+            Some(tenant) => Box::new(
+                self.tree
+                    .range(index_range(&tenant_prefix(tenant), after))
+                    .map(|entry| index_position(&entry.map_err(sled_error)?.0)),
+            ),
+        };
+        for position in positions.take(limit) {
+            match self.record(position?) {
+                Ok(record) => records.push(record),
+                // Stop in front of it: the caller gets what came before, and
+                // the next read (starting here) names it.
+                Err(corrupt @ LogError::Corrupt { .. }) if records.is_empty() => {
+                    return Err(corrupt)
+                }
+                Err(LogError::Corrupt { .. }) => break,
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// The state of one `follow` stream.
+struct Follow {
+    inner: Arc<Inner>,
+    changes: watch::Receiver<u64>,
+    tenant: Option<TenantId>,
+    /// Position of the last record (or corrupt record) handed out.
+    cursor: u64,
+    buffer: VecDeque<Record>,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Result<Record, LogError> {
+        loop {
+            if let Some(record) = self.buffer.pop_front() {
+                self.cursor = record.position;
+                return Ok(record);
+            }
+            // Mark the current value seen *before* reading, so an append that
+            // lands after the read still wakes us below.
+            self.changes.borrow_and_update();
+            match self
+                .inner
+                .read_all(self.tenant.as_ref(), self.cursor, FOLLOW_BATCH)
+            {
+                Ok(records) if records.is_empty() => {
+                    if self.changes.changed().await.is_err() {
+                        // The log was dropped while we wait; nothing more can
+                        // come, but the stream is documented never to end.
+                        std::future::pending::<()>().await;
+                    }
+                }
+                Ok(records) => self.buffer.extend(records),
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) => {
+                    self.cursor = position;
+                    return Err(LogError::Corrupt {
+                        position,
+                        subject_or_key,
+                        reason,
+                    });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+}
+
+/// Opens the database, waiting a little for its file lock. sled releases the
+/// lock only when its background threads let go of a dropped database, a
+/// moment after the last handle is gone, so a process that closes and reopens
+/// the log would otherwise fail at random.
+fn open_db(path: &Path) -> Result<sled::Db, LogError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                let hint = if is_lock_error(&e) {
+                    " (is another process using it?)"
+                } else {
+                    ""
+                };
+                return Err(LogError::Unavailable(format!(
+                    "cannot open embedded log at {}{hint}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+}
+
+/// sled 0.34 reports a held lock only as an `Other` I/O error with this text.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+fn sled_error(e: sled::Error) -> LogError {
+    LogError::Backend(format!("sled: {e}"))
+}
+
+fn record_key(position: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = RECORD;
+    key[1..].copy_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn command_key(command_id: CommandId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = COMMAND;
+    key[1..].copy_from_slice(command_id.0.as_bytes());
+    key
+}
+
+fn tenant_prefix(tenant: &TenantId) -> Vec<u8> {
+    let name = tenant.as_str().as_bytes();
+    let mut key = Vec::with_capacity(2 + name.len() + 8);
+    key.push(TENANT_INDEX);
+    // Tenant ids are at most 64 bytes (validated by `TenantId`), so the
+    // length fits a byte; the length keeps "ab" from being a prefix of "abc".
+    key.push(name.len() as u8);
+    key.extend_from_slice(name);
+    key
+}
+
+fn tree_prefix(tenant: &TenantId, tree: TreeId) -> Vec<u8> {
+    let name = tenant.as_str().as_bytes();
+    let mut key = Vec::with_capacity(2 + name.len() + 16 + 8);
+    key.push(TREE_INDEX);
+    key.push(name.len() as u8);
+    key.extend_from_slice(name);
+    key.extend_from_slice(tree.0.as_bytes());
+    key
+}
+
+fn tree_index_key(tenant: &TenantId, tree: TreeId, position: u64) -> Vec<u8> {
+    let mut key = tree_prefix(tenant, tree);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+fn tenant_index_key(tenant: &TenantId, position: u64) -> Vec<u8> {
+    let mut key = tenant_prefix(tenant);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// Keys of `prefix` followed by a position > `after`.
+fn index_range(prefix: &[u8], after: u64) -> std::ops::RangeInclusive<Vec<u8>> {
+    let mut start = prefix.to_vec();
+    start.extend_from_slice(&after.saturating_add(1).to_be_bytes());
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&u64::MAX.to_be_bytes());
+    start..=end
+}
+
+fn u64_from_slice(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+/// The position at the end of an index or record key.
+fn index_position(key: &[u8]) -> Result<u64, LogError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| u64_from_slice(&key[start..]))
+        .ok_or_else(|| LogError::Backend(format!("malformed index key {key:?}")))
+}
+
+fn position_from_key(key: &[u8]) -> Result<u64, LogError> {
+    match key {
+        [RECORD, rest @ ..] if rest.len() == 8 => index_position(key),
+        _ => Err(LogError::Backend(format!("malformed record key {key:?}"))),
+    }
+}
+
+fn encode_record(
+    tenant: &TenantId,
+    tree: TreeId,
+    command_id: CommandId,
+    payload: &[u8],
+) -> Vec<u8> {
+    let name = tenant.as_str().as_bytes();
+    let mut value = Vec::with_capacity(2 + name.len() + 32 + payload.len());
+    value.push(FORMAT_VERSION);
+    value.push(name.len() as u8);
+    value.extend_from_slice(name);
+    value.extend_from_slice(tree.0.as_bytes());
+    value.extend_from_slice(command_id.0.as_bytes());
+    value.extend_from_slice(payload);
+    value
+}
+
+fn decode_record(position: u64, value: &[u8]) -> Result<Record, String> {
+    let (&version, rest) = value.split_first().ok_or("empty record")?;
+    if version != FORMAT_VERSION {
+        return Err(format!("unknown record format version {version}"));
+    }
+    let (&len, rest) = rest.split_first().ok_or("record ends before the tenant")?;
+    let len = usize::from(len);
+    if rest.len() < len + 32 {
+        return Err(format!("record of {} bytes is truncated", value.len()));
+    }
+    let (name, rest) = rest.split_at(len);
+    let name = std::str::from_utf8(name).map_err(|_| "tenant is not UTF-8".to_string())?;
+    let tenant = TenantId::new(name).map_err(|e| e.to_string())?;
+    let (tree, rest) = rest.split_at(16);
+    let (command, payload) = rest.split_at(16);
+    // Both slices are exactly 16 bytes by construction above.
+    let uuid = |bytes: &[u8]| Uuid::from_slice(bytes).map_err(|e| e.to_string());
+    Ok(Record {
+        tenant,
+        tree: TreeId(uuid(tree)?),
+        position,
+        command_id: CommandId(uuid(command)?),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let tenant = TenantId::new("acme").unwrap();
+        let (tree, command) = (TreeId::generate(), CommandId::generate());
+        let value = encode_record(&tenant, tree, command, b"[1,2]");
+        let record = decode_record(7, &value).unwrap();
+        assert_eq!(record.tenant, tenant);
+        assert_eq!(record.tree, tree);
+        assert_eq!(record.command_id, command);
+        assert_eq!(record.position, 7);
+        assert_eq!(&record.payload[..], b"[1,2]");
+    }
+
+    #[test]
+    fn truncated_or_foreign_records_are_refused_with_a_reason() {
+        let tenant = TenantId::new("acme").unwrap();
+        let value = encode_record(&tenant, TreeId::generate(), CommandId::generate(), b"");
+        for bad in [
+            &[][..],
+            &[9u8][..],
+            &value[..10],
+            &[1, 4, b'a', b'.', b'c', b'd'][..],
+        ] {
+            assert!(decode_record(1, bad).is_err(), "{bad:?} decoded");
+        }
+    }
+
+    #[test]
+    fn tenant_prefixes_do_not_overlap() {
+        let ab = tenant_prefix(&TenantId::new("ab").unwrap());
+        let abc = tenant_prefix(&TenantId::new("abc").unwrap());
+        assert!(!abc.starts_with(&ab));
+    }
+}

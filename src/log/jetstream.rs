@@ -1,0 +1,820 @@
+//! The event log on NATS JetStream.
+//!
+//! One stream (default `MANDATE_EVENTS`, file storage) holds every tree; each
+//! tree has its own subject, `mandate.evt.<tenant>.<tree>`, and a record's
+//! position is its stream sequence.
+//!
+//! # Appends
+//! A publish on the tree's subject with two headers:
+//! `Nats-Expected-Last-Subject-Sequence` = the expected head (optimistic
+//! concurrency), and `Nats-Msg-Id` = the command id (deduplication). What the
+//! servers do with them, measured on 2.9.10 and 2.15.1 (the conformance suite
+//! checks it on every run):
+//! - expected `0` means "no message on this subject yet", on both: a second
+//!   create is refused with error 10071, "wrong last sequence: N", where N is
+//!   the actual head.
+//! - The order of the two checks differs. 2.9.10 deduplicates first, so a
+//!   retry carrying a now-stale expected head gets a duplicate ack. 2.15.1
+//!   checks the expected head first and answers 10071. Either server also
+//!   forgets message ids after the duplicate window (2 minutes by default).
+//!
+//! So a conflict is not trusted as is: before reporting it, the tree's records
+//! after the expected head are scanned for the command id, and if it is there
+//! the append is reported as a duplicate at the original position. That makes
+//! a retry with a stale head idempotent on every server version and past the
+//! duplicate window. What it cannot catch is a retry past the window whose
+//! expected head happens to be current; the engine guards against that by
+//! checking command ids in the tree it folded.
+//!
+//! Message ids are deduplicated stream-wide, so a command id is global to the
+//! log, as in the embedded backend.
+//!
+//! Appends are pipelined: each caller publishes and waits for its own ack, and
+//! only a semaphore (`max_in_flight`) bounds how many are outstanding. A
+//! publish whose ack times out may still have been stored; it is retried with
+//! the same message id, which the checks above turn into a duplicate.
+//!
+//! # Reads
+//! Server 2.9 has no cheap read by subject, so reads create an ephemeral pull
+//! consumer filtered on the subject(s) from `after + 1`, take the number of
+//! pending messages at creation as the end, and fetch until they have it.
+//! `follow` keeps such a consumer open, checks that consumer sequences are
+//! contiguous, and recreates it from the last position it handed out whenever
+//! anything goes wrong (a missed heartbeat, a server restart), so nothing is
+//! lost or repeated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::{
+    ContextBuilder, CreateStreamErrorKind, PublishError, PublishErrorKind,
+};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{
+    self, ConsumerErrorKind, LastRawMessageErrorKind, StorageType,
+};
+use async_nats::jetstream::{self, ErrorCode};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use super::{Appended, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::domain::{CommandId, TenantId, TreeId};
+
+/// The subjects of the event stream; a tree's subject adds tenant and tree.
+const SUBJECT_PREFIX: &str = "mandate.evt";
+/// Room for the headers Mandate adds (message id, expected sequence) on top of
+/// the payload, when sizing the stream's and the server's message limits.
+const HEADER_ROOM: usize = 1024;
+/// Messages asked for in one fetch while reading.
+const READ_BATCH: usize = 1000;
+/// Messages asked for in one pull while following.
+const FOLLOW_BATCH: usize = 500;
+/// Idle heartbeat of a follow's pull requests: two missed ones (a dead server
+/// or a consumer lost in a restart) make the follow recreate its consumer.
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Lifetime of one pull request of a follow.
+const FOLLOW_EXPIRES: Duration = Duration::from_secs(10);
+/// Longest pause between attempts to recreate a follow's consumer.
+const FOLLOW_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long the server keeps a read's consumer if the client vanishes
+/// without deleting it.
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
+
+/// Settings of the JetStream log.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// Name of the stream that holds every tree. Created on first use.
+    /// Default `MANDATE_EVENTS`.
+    pub stream_name: String,
+    /// Replicas of the stream when this log creates it: 1 on a single server,
+    /// usually 3 in a cluster. An existing stream is left as it is. Default 1.
+    pub replicas: usize,
+    /// How long the server remembers a command id to deduplicate retries.
+    /// Default 2 minutes (the server's own default).
+    pub duplicate_window: Duration,
+    /// Largest commit payload accepted, in bytes; larger appends fail with
+    /// [`LogError::TooLarge`] before anything is sent. Must leave room for
+    /// headers under the server's `max_payload`. Default
+    /// [`DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: usize,
+    /// How long to wait for any answer from the server: the ack of one
+    /// publish, an API request, one batch of a read. Default 5 seconds.
+    pub ack_timeout: Duration,
+    /// Most appends waiting for their ack at once; more wait for a slot. The
+    /// client itself holds at most ~5,000. Default 4,096.
+    pub max_in_flight: usize,
+    /// How many times one append is sent when its ack times out (same
+    /// message id each time) before it fails with [`LogError::TimedOut`].
+    /// Default 3.
+    pub publish_attempts: u32,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            stream_name: "MANDATE_EVENTS".to_string(),
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            ack_timeout: Duration::from_secs(5),
+            max_in_flight: 4096,
+            publish_attempts: 3,
+        }
+    }
+}
+
+/// The event log on a JetStream stream. Cloning is cheap and shares the
+/// connection.
+#[derive(Clone)]
+pub struct JetStreamLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    config: JetStreamConfig,
+    in_flight: Semaphore,
+}
+
+impl JetStreamLog {
+    /// Opens the log over a connected client, creating the stream if it is
+    /// missing and checking what the server stored.
+    pub async fn open(
+        client: async_nats::Client,
+        config: JetStreamConfig,
+    ) -> Result<Self, LogError> {
+        validate(&config, client.server_info().max_payload)?;
+        let js = ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            .max_ack_inflight(config.max_in_flight)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let wanted = stream::Config {
+            name: config.stream_name.clone(),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            storage: StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: config.duplicate_window,
+            max_message_size: stream_message_limit(config.max_message_size)?,
+            ..Default::default()
+        };
+        let stream = match js.get_or_create_stream(wanted.clone()).await {
+            Ok(stream) => stream,
+            // Another instance created it between our lookup and our create.
+            Err(e)
+                if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+            {
+                js.get_stream(&config.stream_name).await.map_err(|e| {
+                    LogError::Unavailable(format!("stream {}: {e}", config.stream_name))
+                })?
+            }
+            Err(e) => {
+                let message = format!("cannot get or create stream {}: {e}", config.stream_name);
+                return Err(match e.kind() {
+                    CreateStreamErrorKind::TimedOut
+                    | CreateStreamErrorKind::JetStreamUnavailable => LogError::Unavailable(message),
+                    _ => LogError::Backend(message),
+                });
+            }
+        };
+        check_stored(&wanted, &stream.cached_info().config)?;
+        Ok(JetStreamLog {
+            inner: Arc::new(Inner {
+                js,
+                stream,
+                in_flight: Semaphore::new(config.max_in_flight),
+                config,
+            }),
+        })
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.config.stream_name
+    }
+}
+
+/// Refuses settings that could never work, before touching the server.
+fn validate(config: &JetStreamConfig, server_max_payload: usize) -> Result<(), LogError> {
+    let bad = |reason: String| {
+        Err(LogError::Backend(format!(
+            "invalid JetStream config: {reason}"
+        )))
+    };
+    let name = &config.stream_name;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return bad(format!(
+            "stream_name {name:?} may contain only ASCII letters, digits, '-' and '_'"
+        ));
+    }
+    if config.max_in_flight == 0 {
+        return bad("max_in_flight must be at least 1".to_string());
+    }
+    if config.publish_attempts == 0 {
+        return bad("publish_attempts must be at least 1".to_string());
+    }
+    if config.max_message_size.saturating_add(HEADER_ROOM) > server_max_payload {
+        return bad(format!(
+            "max_message_size {} plus {HEADER_ROOM} bytes for headers exceeds the server's max_payload {server_max_payload}",
+            config.max_message_size
+        ));
+    }
+    Ok(())
+}
+
+fn stream_message_limit(max_message_size: usize) -> Result<i32, LogError> {
+    let limit = max_message_size.saturating_add(HEADER_ROOM);
+    i32::try_from(limit).map_err(|_| {
+        LogError::Backend(format!(
+            "invalid JetStream config: max_message_size {max_message_size} does not fit a stream limit"
+        ))
+    })
+}
+
+/// Servers silently ignore options they do not know (2.9 does), and an
+/// existing stream keeps its own settings: compare what matters for
+/// correctness and refuse, or warn where it only matters for tuning.
+fn check_stored(wanted: &stream::Config, stored: &stream::Config) -> Result<(), LogError> {
+    let name = &wanted.name;
+    let subject = format!("{SUBJECT_PREFIX}.>");
+    if !stored.subjects.contains(&subject) {
+        return Err(LogError::Backend(format!(
+            "stream {name} stores subjects {:?}, not {subject}",
+            stored.subjects
+        )));
+    }
+    if stored.storage != StorageType::File {
+        return Err(LogError::Backend(format!(
+            "stream {name} uses {:?} storage: acknowledged events would not survive a restart",
+            stored.storage
+        )));
+    }
+    // -1 (or 0 from old servers) means no limit of the stream's own.
+    if stored.max_message_size > 0 && stored.max_message_size < wanted.max_message_size {
+        return Err(LogError::Backend(format!(
+            "stream {name} accepts messages of at most {} bytes, {} are needed",
+            stored.max_message_size, wanted.max_message_size
+        )));
+    }
+    if stored.duplicate_window != wanted.duplicate_window {
+        tracing::warn!(
+            stream = %name,
+            stored = ?stored.duplicate_window,
+            wanted = ?wanted.duplicate_window,
+            "stream keeps a different duplicate window than configured"
+        );
+    }
+    if stored.num_replicas != wanted.num_replicas {
+        tracing::warn!(
+            stream = %name,
+            stored = stored.num_replicas,
+            wanted = wanted.num_replicas,
+            "stream has a different number of replicas than configured"
+        );
+    }
+    Ok(())
+}
+
+impl EventLog for JetStreamLog {
+    #[tracing::instrument(level = "debug", skip(self, payload), fields(%tenant, %tree))]
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        expected: u64,
+        command_id: CommandId,
+        payload: Bytes,
+    ) -> Result<Appended, LogError> {
+        let inner = &self.inner;
+        let max = inner.config.max_message_size;
+        if payload.len() > max {
+            return Err(LogError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        let subject = tree_subject(tenant, tree);
+        let conflict = {
+            // Held only while this publish is outstanding, so that many
+            // appends are in flight at once up to the bound.
+            let _slot = inner
+                .in_flight
+                .acquire()
+                .await
+                .map_err(|e| LogError::Backend(format!("append slots closed: {e}")))?;
+            let mut attempt = 1;
+            loop {
+                let publish = PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(command_id.to_string())
+                    .expected_last_subject_sequence(expected);
+                let acked = match inner.js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                match acked {
+                    Ok(ack) => {
+                        return Ok(Appended {
+                            position: ack.sequence,
+                            duplicate: ack.duplicate,
+                        })
+                    }
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                        break actual_head(&e);
+                    }
+                    Err(e) if e.kind() == PublishErrorKind::TimedOut => {
+                        if attempt >= inner.config.publish_attempts {
+                            return Err(LogError::TimedOut);
+                        }
+                        tracing::debug!(attempt, %command_id, "publish ack timed out, sending again");
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(publish_error(&subject, e, payload.len(), max)),
+                }
+            }
+        };
+        // See the module docs: a stale retry may be refused on the expected
+        // head although its first attempt was stored.
+        let records = inner.scan(&subject, expected, usize::MAX).await?;
+        let original = records
+            .iter()
+            .flatten()
+            .find(|r| r.command_id == command_id);
+        match original {
+            Some(record) => Ok(Appended {
+                position: record.position,
+                duplicate: true,
+            }),
+            None => Err(LogError::Conflict {
+                tenant: tenant.clone(),
+                tree,
+                expected,
+                actual: conflict,
+            }),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
+    async fn read_tree(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Record>, LogError> {
+        let items = self
+            .inner
+            .scan(&tree_subject(tenant, tree), after, usize::MAX)
+            .await?;
+        items.into_iter().collect()
+    }
+
+    async fn read_all(
+        &self,
+        tenant: Option<&TenantId>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let items = self.inner.scan(&filter(tenant), after, limit).await?;
+        let mut records = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Ok(record) => records.push(record),
+                // Stop in front of it; a read starting here names it.
+                Err(corrupt) if records.is_empty() => return Err(corrupt),
+                Err(_) => break,
+            }
+        }
+        Ok(records)
+    }
+
+    async fn follow(
+        &self,
+        tenant: Option<&TenantId>,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
+        let mut follow = Follow {
+            inner: self.inner.clone(),
+            filter: filter(tenant),
+            last: after,
+            messages: None,
+            consumer_sequence: 0,
+            failures: 0,
+        };
+        // The first consumer is made here, so that a log that cannot be read
+        // at all says so to the caller instead of as a stream item.
+        follow.messages = Some(follow.open().await?);
+        Ok(futures::stream::unfold(follow, |mut follow| async move {
+            let item = follow.next().await;
+            Some((item, follow))
+        })
+        .boxed())
+    }
+
+    async fn last_position(&self) -> Result<u64, LogError> {
+        let info = self.inner.stream.get_info().await.map_err(|e| {
+            LogError::Unavailable(format!("stream {}: {e}", self.inner.config.stream_name))
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
+    async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
+        let subject = tree_subject(tenant, tree);
+        match self
+            .inner
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => Ok(message.sequence),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(0),
+                LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
+                    Err(LogError::Backend(format!("head of {subject}: {e}")))
+                }
+                LastRawMessageErrorKind::Other => {
+                    Err(LogError::Unavailable(format!("head of {subject}: {e}")))
+                }
+            },
+        }
+    }
+}
+
+impl Inner {
+    /// Everything on `filter` after `after`, up to `max` messages, decoded
+    /// one by one: a message that cannot be decoded is an `Err` item in place.
+    async fn scan(
+        &self,
+        filter: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = self.consumer(filter, after, CONSUMER_INACTIVE).await?;
+        let pending = consumer.cached_info().num_pending;
+        let result = if pending == 0 {
+            Ok(Vec::new())
+        } else {
+            let target = usize::try_from(pending).unwrap_or(usize::MAX).min(max);
+            self.drain(&consumer, filter, target).await
+        };
+        // Not awaited: the reader should not pay a round trip for cleanup,
+        // and a consumer left behind expires after `CONSUMER_INACTIVE`.
+        let js = self.js.clone();
+        let (stream, name) = (
+            self.config.stream_name.clone(),
+            consumer.cached_info().name.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = js.delete_consumer_from_stream(&name, &stream).await {
+                tracing::debug!(consumer = %name, "could not delete read consumer: {e}");
+            }
+        });
+        result
+    }
+
+    async fn drain(
+        &self,
+        consumer: &PullConsumer,
+        filter: &str,
+        target: usize,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        let unavailable = |what: String| LogError::Unavailable(format!("reading {filter}: {what}"));
+        let mut items = Vec::with_capacity(target.min(READ_BATCH));
+        'batches: while items.len() < target {
+            let want = (target - items.len()).min(READ_BATCH);
+            let timeout = self.config.ack_timeout;
+            let mut batch =
+                tokio::time::timeout(timeout, consumer.fetch().max_messages(want).messages())
+                    .await
+                    .map_err(|_| unavailable("timed out asking for records".to_string()))?
+                    .map_err(|e| unavailable(e.to_string()))?;
+            let mut received = 0;
+            loop {
+                let next = tokio::time::timeout(timeout, batch.next())
+                    .await
+                    .map_err(|_| unavailable("timed out waiting for records".to_string()))?;
+                let Some(message) = next else { break };
+                let message = message.map_err(|e| unavailable(e.to_string()))?;
+                received += 1;
+                let info = message
+                    .info()
+                    .map_err(|e| LogError::Backend(format!("reading {filter}: {e}")))?;
+                let last = info.pending == 0;
+                items.push(decode(
+                    info.stream_sequence,
+                    message.subject.as_str(),
+                    message.headers.as_ref(),
+                    message.payload.clone(),
+                ));
+                if last {
+                    break 'batches;
+                }
+            }
+            // Fewer messages than counted at creation (some were deleted):
+            // what is there has been read.
+            if received == 0 {
+                break;
+            }
+        }
+        Ok(items)
+    }
+
+    /// An ephemeral consumer delivering `filter` from `after + 1`, without
+    /// acks, on one replica in memory: it only exists for one reader.
+    async fn consumer(
+        &self,
+        filter: &str,
+        after: u64,
+        inactive: Duration,
+    ) -> Result<PullConsumer, LogError> {
+        let config = pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after.saturating_add(1),
+            },
+            filter_subject: filter.to_string(),
+            ack_policy: AckPolicy::None,
+            inactive_threshold: inactive,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        self.js
+            .create_consumer_on_stream(config, &self.config.stream_name)
+            .await
+            .map_err(|e| {
+                let message = format!("cannot read {filter}: {e}");
+                match e.kind() {
+                    ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+                        LogError::Unavailable(message)
+                    }
+                    _ => LogError::Backend(message),
+                }
+            })
+    }
+}
+
+/// The state of one `follow` stream.
+struct Follow {
+    inner: Arc<Inner>,
+    filter: String,
+    /// Position of the last record (or corrupt record) handed out.
+    last: u64,
+    messages: Option<pull::Stream>,
+    /// Consumer sequence of the last message of the current consumer; a jump
+    /// means the client dropped something, so the consumer is recreated.
+    consumer_sequence: u64,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Result<Record, LogError> {
+        loop {
+            let messages = match self.messages.as_mut() {
+                Some(messages) => messages,
+                None => {
+                    self.backoff().await;
+                    match self.open().await {
+                        Ok(messages) => {
+                            self.consumer_sequence = 0;
+                            self.messages.insert(messages)
+                        }
+                        Err(e) => {
+                            self.failures += 1;
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    let info = match message.info() {
+                        Ok(info) => info,
+                        Err(e) => {
+                            tracing::warn!(filter = %self.filter, "follow got a message without JetStream info: {e}");
+                            self.reset();
+                            continue;
+                        }
+                    };
+                    if info.consumer_sequence != self.consumer_sequence + 1 {
+                        tracing::debug!(
+                            filter = %self.filter,
+                            expected = self.consumer_sequence + 1,
+                            got = info.consumer_sequence,
+                            "follow saw a gap, recreating its consumer"
+                        );
+                        self.reset();
+                        continue;
+                    }
+                    self.consumer_sequence = info.consumer_sequence;
+                    self.failures = 0;
+                    let position = info.stream_sequence;
+                    if position <= self.last {
+                        continue;
+                    }
+                    self.last = position;
+                    return decode(
+                        position,
+                        message.subject.as_str(),
+                        message.headers.as_ref(),
+                        message.payload.clone(),
+                    );
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(filter = %self.filter, "follow recreates its consumer after: {e}");
+                    self.reset();
+                    self.failures += 1;
+                }
+                None => {
+                    self.reset();
+                    self.failures += 1;
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.messages = None;
+    }
+
+    async fn backoff(&self) {
+        if self.failures == 0 {
+            return;
+        }
+        let exponent = self.failures.min(6);
+        let pause = Duration::from_millis(50 * 2u64.pow(exponent)).min(FOLLOW_MAX_BACKOFF);
+        tokio::time::sleep(pause).await;
+    }
+
+    async fn open(&self) -> Result<pull::Stream, LogError> {
+        // Shorter-lived than a read's: a dead follower's consumer should not
+        // linger, and a live one is recreated after a restart anyway.
+        let consumer = self
+            .inner
+            .consumer(&self.filter, self.last, FOLLOW_EXPIRES * 3)
+            .await?;
+        consumer
+            .stream()
+            .max_messages_per_batch(FOLLOW_BATCH)
+            .heartbeat(FOLLOW_HEARTBEAT)
+            .expires(FOLLOW_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| LogError::Unavailable(format!("cannot follow {}: {e}", self.filter)))
+    }
+}
+
+fn tree_subject(tenant: &TenantId, tree: TreeId) -> String {
+    // TenantId is a validated subject token and TreeId displays as a
+    // hyphenated lowercase UUID, so this is always one valid subject.
+    format!("{SUBJECT_PREFIX}.{tenant}.{tree}")
+}
+
+fn filter(tenant: Option<&TenantId>) -> String {
+    match tenant {
+        Some(tenant) => format!("{SUBJECT_PREFIX}.{tenant}.>"),
+        None => format!("{SUBJECT_PREFIX}.>"),
+    }
+}
+
+/// Tenant and tree of a record's subject. The tree must be spelled exactly as
+/// Mandate spells it: another spelling of the same UUID would be a subject
+/// that `read_tree` never reads.
+fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
+    let mut tokens = subject.split('.');
+    let (Some("mandate"), Some("evt"), Some(tenant), Some(tree), None) = (
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+        tokens.next(),
+    ) else {
+        return Err("subject is not mandate.evt.<tenant>.<tree>".to_string());
+    };
+    let tenant = TenantId::new(tenant).map_err(|e| e.to_string())?;
+    let parsed = TreeId::parse(tree).map_err(|e| e.to_string())?;
+    if parsed.to_string() != tree {
+        return Err(format!("tree {tree:?} is not a lowercase hyphenated UUID"));
+    }
+    Ok((tenant, parsed))
+}
+
+fn decode(
+    position: u64,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<Record, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt {
+        position,
+        subject_or_key: subject.to_string(),
+        reason,
+    };
+    let (tenant, tree) = parse_subject(subject).map_err(corrupt)?;
+    let id = headers
+        .and_then(|h| h.get(NATS_MESSAGE_ID))
+        .ok_or_else(|| corrupt("no Nats-Msg-Id header".to_string()))?;
+    let command_id = CommandId::parse(id.as_str())
+        .map_err(|_| corrupt(format!("Nats-Msg-Id {:?} is not a command id", id.as_str())))?;
+    Ok(Record {
+        tenant,
+        tree,
+        position,
+        command_id,
+        payload,
+    })
+}
+
+/// The head the server reported in a "wrong last sequence: N" refusal.
+fn actual_head(error: &PublishError) -> Option<u64> {
+    let source = std::error::Error::source(error)?.to_string();
+    let rest = source.split("wrong last sequence: ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) -> LogError {
+    let server_code = std::error::Error::source(&error)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    match error.kind() {
+        PublishErrorKind::MaxPayloadExceeded => LogError::TooLarge { size, max },
+        _ if server_code == Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => {
+            LogError::TooLarge { size, max }
+        }
+        PublishErrorKind::StreamNotFound => {
+            LogError::Unavailable(format!("no stream answers for {subject}: {error}"))
+        }
+        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+            LogError::Unavailable(format!("publishing on {subject}: {error}"))
+        }
+        _ => LogError::Backend(format!("publishing on {subject}: {error}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip() {
+        let tenant = TenantId::new("acme").unwrap();
+        let tree = TreeId::generate();
+        let (t, r) = parse_subject(&tree_subject(&tenant, tree)).unwrap();
+        assert_eq!((t, r), (tenant, tree));
+    }
+
+    #[test]
+    fn foreign_subjects_are_refused_with_a_reason() {
+        let tree = TreeId::generate().to_string();
+        for bad in [
+            "mandate.evt.acme.not-a-uuid".to_string(),
+            "mandate.evt.acme".to_string(),
+            format!("mandate.evt.acme.{tree}.extra"),
+            format!("mandate.evt.acme.{}", tree.to_uppercase()),
+            format!("other.evt.acme.{tree}"),
+        ] {
+            assert!(parse_subject(&bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn messages_without_id_are_corrupt_and_named() {
+        let subject = tree_subject(&TenantId::new("acme").unwrap(), TreeId::generate());
+        let err = decode(9, &subject, None, Bytes::new()).unwrap_err();
+        assert!(
+            matches!(err, LogError::Corrupt { position: 9, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&subject), "{err}");
+    }
+
+    #[test]
+    fn config_that_cannot_work_is_refused() {
+        let too_big = JetStreamConfig {
+            max_message_size: 1024 * 1024,
+            ..Default::default()
+        };
+        let err = validate(&too_big, 1024 * 1024).unwrap_err();
+        assert!(err.to_string().contains("max_payload"), "{err}");
+        let bad_name = JetStreamConfig {
+            stream_name: "a.b".to_string(),
+            ..Default::default()
+        };
+        let err = validate(&bad_name, 1024 * 1024).unwrap_err();
+        assert!(err.to_string().contains("\"a.b\""), "{err}");
+        assert!(validate(&JetStreamConfig::default(), 1024 * 1024).is_ok());
+    }
+}
