@@ -60,7 +60,17 @@ impl Embedded {
     /// Writes raw entries next to a closed log, in the documented layout.
     fn write_raw(&mut self, entries: impl FnOnce(u64) -> Vec<(Vec<u8>, Vec<u8>)>) -> u64 {
         drop(self.log.take());
-        let db = sled::open(self.dir.path()).expect("open the sled log directly");
+        // sled lets go of its lock a moment after the last handle is dropped.
+        let deadline = Instant::now() + PATIENCE;
+        let db = loop {
+            match sled::open(self.dir.path()) {
+                Ok(db) => break db,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("open the sled log directly: {e}"),
+            }
+        };
         let tree = db.open_tree("mandate-log").unwrap();
         let last = tree
             .scan_prefix(b"r")
@@ -1160,4 +1170,40 @@ async fn nats_open_checks_the_stored_stream() {
         Err(e) => e,
     };
     assert!(err.to_string().contains("max_payload"), "{err}");
+}
+
+/// An append whose ack never comes fails as retryable; retried with the same
+/// command id once the server is back, it is stored exactly once, whether or
+/// not the first attempt reached the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_an_unacknowledged_append_is_retried_with_the_same_id() {
+    let mut fixture = JetStream::with_config(JetStreamConfig {
+        ack_timeout: Duration::from_millis(300),
+        publish_attempts: 2,
+        ..Default::default()
+    })
+    .await;
+    let log = fixture.log();
+    let acme = tenant("acme");
+    let tree = TreeId::generate();
+    let first = write(&log, &acme, tree, "first").await;
+
+    tokio::task::block_in_place(|| fixture.server.stop());
+    let command_id = CommandId::generate();
+    let payload = Bytes::from("[\"while down\"]");
+    let err = log
+        .append(&acme, tree, first.position, command_id, payload.clone())
+        .await
+        .expect_err("no server, no ack");
+    assert!(err.is_retryable(), "{err:?}");
+
+    tokio::task::block_in_place(|| fixture.server.restart());
+    let appended = eventually("retry after restart", || {
+        log.append(&acme, tree, first.position, command_id, payload.clone())
+    })
+    .await;
+    let records = log.read_tree(&acme, tree, 0).await.unwrap();
+    let ids: Vec<CommandId> = records.iter().map(|r| r.command_id).collect();
+    assert_eq!(ids, [first.command_id, command_id], "written exactly once");
+    assert_eq!(records[1].position, appended.position);
 }
