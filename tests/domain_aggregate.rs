@@ -1,0 +1,1416 @@
+//! Given/when/then tests of the mandate tree aggregate: `decide`, `apply`,
+//! effective status, `authorize`, decoding and the hash chain.
+//!
+//! Every test builds its history from commands (`given`), decides one more
+//! command (`when`) and checks either the events it yields (`then_events`) or
+//! the refusal (`then_error`). One behaviour per test.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use uuid::Uuid;
+
+use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew, Target};
+use mandate::domain::{
+    apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, AgentId, Command,
+    CommandEnvelope, CommandId, DenyReason, DomainError, Event, EventBody, Grantor, MandateId,
+    Mission, MissionRef, Outcome, PrincipalId, Scope, Status, TenantId, Tree, TreeId,
+    SCHEMA_VERSION,
+};
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// A tree built by accepting commands in order, and the clock for the next one.
+struct Given {
+    tree: Tree,
+    history: Vec<Event>,
+    now: DateTime<Utc>,
+}
+
+/// Accepts every command at `t0()`; panics if one is refused (a broken fixture).
+fn given(commands: impl IntoIterator<Item = CommandEnvelope>) -> Given {
+    let mut g = Given {
+        tree: Tree::empty(tenant(), tree_id()),
+        history: Vec::new(),
+        now: t0(),
+    };
+    for cmd in commands {
+        g = g.and(cmd);
+    }
+    g
+}
+
+impl Given {
+    /// Accepts one more command at the current clock.
+    fn and(mut self, cmd: CommandEnvelope) -> Self {
+        let events = decide(&self.tree, &cmd, self.now)
+            .unwrap_or_else(|e| panic!("given command {} was refused: {e}", cmd.command.verb()));
+        for e in &events {
+            apply(&mut self.tree, e);
+        }
+        self.history.extend(events);
+        self
+    }
+
+    /// Moves the clock for the commands and queries that follow.
+    fn at(mut self, now: DateTime<Utc>) -> Self {
+        self.now = now;
+        self
+    }
+
+    fn when(self, cmd: CommandEnvelope) -> Then {
+        let result = decide(&self.tree, &cmd, self.now);
+        Then {
+            before: self.tree,
+            result,
+        }
+    }
+}
+
+struct Then {
+    before: Tree,
+    result: Result<Vec<Event>, DomainError>,
+}
+
+impl Then {
+    /// The command was accepted; `check` sees its events and the state after them.
+    fn then_events(self, check: impl FnOnce(&[Event], &Tree)) {
+        let events = match self.result {
+            Ok(events) => events,
+            Err(e) => panic!("expected events, the command was refused: {e}"),
+        };
+        let mut after = self.before;
+        for e in &events {
+            apply(&mut after, e);
+        }
+        check(&events, &after);
+    }
+
+    /// The command was refused with exactly `expected`.
+    fn then_error(self, expected: DomainError) {
+        assert_eq!(self.result, Err(expected));
+    }
+
+    /// The command was accepted and yields nothing (already applied).
+    fn then_no_events(self) {
+        assert_eq!(self.result, Ok(Vec::new()));
+    }
+}
+
+/// The one event of a single-event command.
+fn only(events: &[Event]) -> &Event {
+    assert_eq!(events.len(), 1, "expected exactly one event: {events:?}");
+    &events[0]
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures: alice issues a root to the orchestrator, which delegates to the
+// researcher, which delegates to the summarizer. The watchdog supervises the
+// whole tree; mallory has nothing to do with it.
+// ---------------------------------------------------------------------------
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap()
+}
+fn hours(h: i64) -> Duration {
+    Duration::hours(h)
+}
+fn root_not_after() -> DateTime<Utc> {
+    t0() + hours(8)
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+fn tree_id() -> TreeId {
+    TreeId(Uuid::from_u128(0x7ee))
+}
+/// A root's mandate id is its tree's id.
+fn root() -> MandateId {
+    MandateId(tree_id().0)
+}
+fn child_cmd() -> CommandId {
+    CommandId(Uuid::from_u128(0xc1))
+}
+fn child() -> MandateId {
+    delegated_id(child_cmd())
+}
+fn grandchild_cmd() -> CommandId {
+    CommandId(Uuid::from_u128(0xc2))
+}
+fn grandchild() -> MandateId {
+    delegated_id(grandchild_cmd())
+}
+
+fn agent_id(name: &str) -> AgentId {
+    AgentId::new(name).unwrap()
+}
+fn alice_id() -> PrincipalId {
+    PrincipalId::new("alice").unwrap()
+}
+fn alice() -> Actor {
+    Actor::Principal(alice_id())
+}
+fn admin() -> Actor {
+    Actor::Admin(PrincipalId::new("ops-admin").unwrap())
+}
+fn agent(name: &str) -> Actor {
+    Actor::Agent(agent_id(name))
+}
+fn orchestrator() -> Actor {
+    agent("orchestrator")
+}
+fn researcher() -> Actor {
+    agent("researcher")
+}
+fn summarizer() -> Actor {
+    agent("summarizer")
+}
+fn watchdog() -> Actor {
+    agent("watchdog")
+}
+fn mallory() -> Actor {
+    agent("mallory")
+}
+
+fn scope(grants: &[&str]) -> Scope {
+    Scope::parse(grants.iter().copied()).unwrap()
+}
+fn action(s: &str) -> ActionPattern {
+    ActionPattern::parse(s).unwrap()
+}
+fn mission_ref(s: &str) -> MissionRef {
+    MissionRef::new(s).unwrap()
+}
+
+/// A command by `actor` with a fresh id.
+fn by(actor: Actor, command: Command) -> CommandEnvelope {
+    CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor,
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command,
+    }
+}
+/// A command with a chosen id (so its delegated mandate id is known).
+fn with_id(id: CommandId, mut cmd: CommandEnvelope) -> CommandEnvelope {
+    cmd.command_id = id;
+    cmd
+}
+
+fn root_issue() -> Issue {
+    Issue {
+        principal: alice_id(),
+        grantee: agent_id("orchestrator"),
+        mission: Mission {
+            purpose: "close the Q3 books".into(),
+            mission_ref: Some(mission_ref("jira:FIN-42")),
+        },
+        scope: scope(&["finance:* on reports/**", "tickets:* on tickets/**"]),
+        not_after: root_not_after(),
+        depth: 2,
+        step_up: vec![action("finance:pay")],
+        supervisors: vec![agent_id("watchdog")],
+    }
+}
+fn issue_root() -> CommandEnvelope {
+    by(alice(), Command::Issue(root_issue()))
+}
+
+fn delegation(parent: MandateId, grantee: &str, grants: &[&str]) -> Delegate {
+    Delegate {
+        parent,
+        grantee: agent_id(grantee),
+        scope: scope(grants),
+        not_after: None,
+        depth: None,
+        step_up: Vec::new(),
+        supervisors: Vec::new(),
+    }
+}
+fn delegate(actor: Actor, d: Delegate) -> CommandEnvelope {
+    by(actor, Command::Delegate(d))
+}
+/// orchestrator → researcher: read Q3 reports (depth 1, root's not_after).
+fn delegate_child() -> CommandEnvelope {
+    with_id(
+        child_cmd(),
+        delegate(
+            orchestrator(),
+            delegation(root(), "researcher", &["finance:read on reports/q3/*"]),
+        ),
+    )
+}
+/// researcher → summarizer: read the Q3 summary (depth 0).
+fn delegate_grandchild() -> CommandEnvelope {
+    with_id(
+        grandchild_cmd(),
+        delegate(
+            researcher(),
+            delegation(
+                child(),
+                "summarizer",
+                &["finance:read on reports/q3/summary"],
+            ),
+        ),
+    )
+}
+
+fn change(mandate: MandateId) -> Change {
+    Change {
+        mandate,
+        reason: None,
+    }
+}
+fn pause(actor: Actor, m: MandateId) -> CommandEnvelope {
+    by(actor, Command::Pause(change(m)))
+}
+fn resume(actor: Actor, m: MandateId) -> CommandEnvelope {
+    by(actor, Command::Resume(change(m)))
+}
+fn revoke(actor: Actor, m: MandateId) -> CommandEnvelope {
+    by(actor, Command::Revoke(change(m)))
+}
+fn complete(actor: Actor, m: MandateId) -> CommandEnvelope {
+    by(actor, Command::Complete(change(m)))
+}
+fn expire(m: MandateId) -> CommandEnvelope {
+    by(Actor::expiry(), Command::Expire(Target { mandate: m }))
+}
+fn complete_mission(actor: Actor, r: &str) -> CommandEnvelope {
+    by(
+        actor,
+        Command::CompleteMission(CompleteMission {
+            mission_ref: mission_ref(r),
+        }),
+    )
+}
+fn narrow(actor: Actor, m: MandateId, grants: &[&str]) -> CommandEnvelope {
+    by(
+        actor,
+        Command::Narrow(Narrow {
+            mandate: m,
+            scope: scope(grants),
+        }),
+    )
+}
+fn renew(actor: Actor, m: MandateId, not_after: DateTime<Utc>) -> CommandEnvelope {
+    by(
+        actor,
+        Command::Renew(Renew {
+            mandate: m,
+            not_after,
+        }),
+    )
+}
+
+/// A tree with root, child and grandchild.
+fn three_levels() -> Given {
+    given([issue_root(), delegate_child(), delegate_grandchild()])
+}
+
+fn status_of(tree: &Tree, m: MandateId) -> Status {
+    tree.get(m).unwrap().status
+}
+
+// ---------------------------------------------------------------------------
+// issue
+// ---------------------------------------------------------------------------
+
+#[test]
+fn issue_by_the_named_principal_grants_the_root_mandate() {
+    let cmd = issue_root();
+    let command_id = cmd.command_id;
+    given([]).when(cmd).then_events(|events, after| {
+        let e = only(events);
+        assert_eq!((e.seq, e.prev_hash.clone()), (1, None));
+        assert_eq!(e.on_behalf_of, alice_id());
+        assert_eq!(e.actor, alice());
+        assert_eq!(e.command_id, command_id);
+        let EventBody::MandateIssued(issued) = &e.body else {
+            panic!("expected mandate_issued, got {:?}", e.body);
+        };
+        assert_eq!(issued.mandate, root());
+        assert_eq!(issued.parent, None);
+        assert_eq!(issued.grantor, Grantor::Principal(alice_id()));
+        assert_eq!(issued.grantee, agent_id("orchestrator"));
+        assert_eq!(after.root, Some(root()));
+        assert_eq!(status_of(after, root()), Status::Active);
+    });
+}
+
+#[test]
+fn issue_by_a_tenant_admin_is_accepted() {
+    given([])
+        .when(by(admin(), Command::Issue(root_issue())))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateIssued(_)));
+            assert_eq!(after.principal, Some(alice_id()));
+        });
+}
+
+#[test]
+fn issue_on_an_existing_tree_is_refused() {
+    given([issue_root()])
+        .when(issue_root())
+        .then_error(DomainError::TreeExists { tree: tree_id() });
+}
+
+#[test]
+fn issue_by_an_agent_is_not_authorized() {
+    given([])
+        .when(by(orchestrator(), Command::Issue(root_issue())))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent orchestrator".into(),
+            verb: "issue",
+        });
+}
+
+#[test]
+fn issue_on_behalf_of_another_principal_is_not_authorized() {
+    let bob = Actor::Principal(PrincipalId::new("bob").unwrap());
+    given([])
+        .when(by(bob, Command::Issue(root_issue())))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "principal bob".into(),
+            verb: "issue",
+        });
+}
+
+#[test]
+fn issue_with_not_after_in_the_past_is_refused() {
+    let past = t0() - hours(1);
+    given([])
+        .when(by(
+            alice(),
+            Command::Issue(Issue {
+                not_after: past,
+                ..root_issue()
+            }),
+        ))
+        .then_error(DomainError::NotAfterInPast {
+            requested: past,
+            now: t0(),
+        });
+}
+
+#[test]
+fn command_of_another_tenant_is_refused() {
+    let mut cmd = pause(admin(), root());
+    cmd.tenant = TenantId::new("globex").unwrap();
+    given([issue_root()])
+        .when(cmd)
+        .then_error(DomainError::CrossTenant {
+            command_tenant: TenantId::new("globex").unwrap(),
+        });
+}
+
+// ---------------------------------------------------------------------------
+// delegate
+// ---------------------------------------------------------------------------
+
+#[test]
+fn delegate_by_the_parent_grantee_grants_a_narrower_mandate() {
+    given([issue_root()])
+        .when(delegate_child())
+        .then_events(|events, after| {
+            let e = only(events);
+            assert_eq!(e.seq, 2);
+            assert_eq!(e.on_behalf_of, alice_id());
+            let EventBody::MandateIssued(issued) = &e.body else {
+                panic!("expected mandate_issued, got {:?}", e.body);
+            };
+            assert_eq!(issued.mandate, child());
+            assert_eq!(issued.parent, Some(root()));
+            assert_eq!(issued.grantor, Grantor::Agent(agent_id("orchestrator")));
+            assert_eq!(issued.principal, alice_id());
+            // Defaults: the parent's not_after, one level less depth.
+            assert_eq!(issued.not_after, root_not_after());
+            assert_eq!(issued.depth, 1);
+            assert_eq!(after.get(root()).unwrap().children, vec![child()]);
+        });
+}
+
+#[test]
+fn delegate_by_someone_other_than_the_parent_grantee_is_refused() {
+    given([issue_root()])
+        .when(delegate(
+            mallory(),
+            delegation(root(), "mallory", &["finance:read on reports/q3/*"]),
+        ))
+        .then_error(DomainError::NotGrantee {
+            mandate: root(),
+            actor: "agent mallory".into(),
+            grantee: agent_id("orchestrator"),
+        });
+}
+
+#[test]
+fn delegate_from_a_paused_parent_is_refused() {
+    given([issue_root(), pause(alice(), root())])
+        .when(delegate_child())
+        .then_error(DomainError::ParentNotActive {
+            parent: root(),
+            status: Status::Paused,
+        });
+}
+
+#[test]
+fn delegate_from_a_parent_under_a_paused_ancestor_is_refused() {
+    given([issue_root(), delegate_child(), pause(alice(), root())])
+        .when(delegate_grandchild())
+        .then_error(DomainError::ParentNotActive {
+            parent: child(),
+            status: Status::Paused,
+        });
+}
+
+#[test]
+fn delegate_from_a_revoked_parent_is_refused_as_terminal() {
+    given([issue_root(), revoke(alice(), root())])
+        .when(delegate_child())
+        .then_error(DomainError::Terminal {
+            mandate: root(),
+            status: Status::Revoked,
+            cause: None,
+        });
+}
+
+#[test]
+fn delegate_of_a_wider_scope_is_refused_naming_the_grant() {
+    given([issue_root()])
+        .when(delegate(
+            orchestrator(),
+            delegation(
+                root(),
+                "researcher",
+                &["finance:read on reports/q3/*", "finance:* on **"],
+            ),
+        ))
+        .then_error(DomainError::ScopeWidens {
+            parent: root(),
+            grant: "finance:* on **".into(),
+        });
+}
+
+#[test]
+fn delegate_with_a_later_not_after_than_the_parent_is_refused() {
+    let later = root_not_after() + hours(1);
+    given([issue_root()])
+        .when(delegate(
+            orchestrator(),
+            Delegate {
+                not_after: Some(later),
+                ..delegation(root(), "researcher", &["finance:read on reports/q3/*"])
+            },
+        ))
+        .then_error(DomainError::NotAfterWidens {
+            parent: root(),
+            requested: later,
+            parent_not_after: root_not_after(),
+        });
+}
+
+#[test]
+fn delegate_with_not_after_in_the_past_is_refused() {
+    let now = t0() + hours(2);
+    let past = t0() + hours(1);
+    given([issue_root()])
+        .at(now)
+        .when(delegate(
+            orchestrator(),
+            Delegate {
+                not_after: Some(past),
+                ..delegation(root(), "researcher", &["finance:read on reports/q3/*"])
+            },
+        ))
+        .then_error(DomainError::NotAfterInPast {
+            requested: past,
+            now,
+        });
+}
+
+#[test]
+fn delegate_from_a_parent_with_no_depth_left_is_refused() {
+    // The grandchild was delegated with depth 0.
+    three_levels()
+        .when(delegate(
+            summarizer(),
+            delegation(
+                grandchild(),
+                "helper",
+                &["finance:read on reports/q3/summary"],
+            ),
+        ))
+        .then_error(DomainError::DepthExhausted {
+            parent: grandchild(),
+        });
+}
+
+#[test]
+fn delegate_asking_for_as_much_depth_as_the_parent_is_refused() {
+    given([issue_root()])
+        .when(delegate(
+            orchestrator(),
+            Delegate {
+                depth: Some(2),
+                ..delegation(root(), "researcher", &["finance:read on reports/q3/*"])
+            },
+        ))
+        .then_error(DomainError::DepthWidens {
+            parent: root(),
+            requested: 2,
+            parent_depth: 2,
+        });
+}
+
+// ---------------------------------------------------------------------------
+// pause, and who may change a mandate
+// ---------------------------------------------------------------------------
+
+#[test]
+fn pause_by_the_principal_pauses_the_mandate() {
+    given([issue_root(), delegate_child()])
+        .when(pause(alice(), child()))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandatePaused(_)));
+            assert_eq!(status_of(after, child()), Status::Paused);
+        });
+}
+
+#[test]
+fn pause_by_a_tenant_admin_is_accepted() {
+    given([issue_root(), delegate_child()])
+        .when(pause(admin(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Paused));
+}
+
+#[test]
+fn pause_by_a_supervisor_named_on_the_chain_is_accepted() {
+    // The watchdog is named on the root, and so supervises the child.
+    given([issue_root(), delegate_child()])
+        .when(pause(watchdog(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Paused));
+}
+
+#[test]
+fn pause_by_the_grantor_is_accepted() {
+    given([issue_root(), delegate_child()])
+        .when(pause(orchestrator(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Paused));
+}
+
+#[test]
+fn pause_by_a_holder_further_up_the_chain_is_accepted() {
+    three_levels()
+        .when(pause(orchestrator(), grandchild()))
+        .then_events(|_, after| assert_eq!(status_of(after, grandchild()), Status::Paused));
+}
+
+#[test]
+fn grantee_may_not_pause_its_own_mandate() {
+    given([issue_root(), delegate_child()])
+        .when(pause(researcher(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent researcher".into(),
+            verb: "pause",
+        });
+}
+
+#[test]
+fn an_unrelated_agent_may_not_pause() {
+    given([issue_root()])
+        .when(pause(mallory(), root()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent mallory".into(),
+            verb: "pause",
+        });
+}
+
+#[test]
+fn a_holder_below_may_not_pause_its_ancestor() {
+    three_levels()
+        .when(pause(summarizer(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent summarizer".into(),
+            verb: "pause",
+        });
+}
+
+#[test]
+fn pause_of_a_paused_mandate_is_refused() {
+    given([issue_root(), pause(alice(), root())])
+        .when(pause(alice(), root()))
+        .then_error(DomainError::AlreadyPaused { mandate: root() });
+}
+
+#[test]
+fn pause_of_an_unknown_mandate_is_refused() {
+    let unknown = MandateId(Uuid::from_u128(0xdead));
+    given([issue_root()])
+        .when(pause(admin(), unknown))
+        .then_error(DomainError::MandateNotFound { mandate: unknown });
+}
+
+#[test]
+fn command_on_a_tree_without_root_is_refused_as_not_found() {
+    given([])
+        .when(pause(admin(), root()))
+        .then_error(DomainError::MandateNotFound { mandate: root() });
+}
+
+// ---------------------------------------------------------------------------
+// resume
+// ---------------------------------------------------------------------------
+
+#[test]
+fn resume_of_a_paused_mandate_makes_it_active() {
+    given([issue_root(), pause(alice(), root())])
+        .when(resume(alice(), root()))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateResumed(_)));
+            assert_eq!(status_of(after, root()), Status::Active);
+            assert_eq!(after.get(root()).unwrap().transition, None);
+        });
+}
+
+#[test]
+fn resume_of_an_active_mandate_is_refused() {
+    given([issue_root()])
+        .when(resume(alice(), root()))
+        .then_error(DomainError::NotPaused {
+            mandate: root(),
+            status: Status::Active,
+        });
+}
+
+#[test]
+fn resume_of_a_child_paused_only_through_its_ancestor_is_refused() {
+    given([issue_root(), delegate_child(), pause(alice(), root())])
+        .when(resume(alice(), child()))
+        .then_error(DomainError::NotPaused {
+            mandate: child(),
+            status: Status::Active,
+        });
+}
+
+#[test]
+fn grantee_may_not_resume_its_own_mandate() {
+    given([issue_root(), delegate_child(), pause(alice(), child())])
+        .when(resume(researcher(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent researcher".into(),
+            verb: "resume",
+        });
+}
+
+// ---------------------------------------------------------------------------
+// revoke, complete, terminal
+// ---------------------------------------------------------------------------
+
+#[test]
+fn revoke_by_the_principal_revokes_the_mandate() {
+    given([issue_root(), delegate_child()])
+        .when(revoke(alice(), child()))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateRevoked(_)));
+            let m = after.get(child()).unwrap();
+            assert_eq!(m.status, Status::Revoked);
+            assert_eq!(m.transition.as_ref().map(|t| &t.by), Some(&alice()));
+        });
+}
+
+#[test]
+fn grantee_may_relinquish_its_mandate_by_revoking_it() {
+    given([issue_root(), delegate_child()])
+        .when(revoke(researcher(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Revoked));
+}
+
+#[test]
+fn an_unrelated_agent_may_not_revoke() {
+    given([issue_root(), delegate_child()])
+        .when(revoke(mallory(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent mallory".into(),
+            verb: "revoke",
+        });
+}
+
+#[test]
+fn revoke_of_a_revoked_mandate_is_refused_as_terminal() {
+    given([issue_root(), delegate_child(), revoke(alice(), child())])
+        .when(revoke(alice(), child()))
+        .then_error(DomainError::Terminal {
+            mandate: child(),
+            status: Status::Revoked,
+            cause: None,
+        });
+}
+
+#[test]
+fn command_on_a_descendant_of_a_revoked_mandate_names_the_ancestor_as_cause() {
+    three_levels()
+        .and(revoke(orchestrator(), child()))
+        .when(pause(admin(), grandchild()))
+        .then_error(DomainError::Terminal {
+            mandate: grandchild(),
+            status: Status::Revoked,
+            cause: Some(child()),
+        });
+}
+
+#[test]
+fn complete_by_the_grantee_completes_the_mandate() {
+    given([issue_root(), delegate_child()])
+        .when(complete(researcher(), child()))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateCompleted(_)));
+            assert_eq!(status_of(after, child()), Status::Completed);
+        });
+}
+
+#[test]
+fn complete_of_a_completed_mandate_is_refused_as_terminal() {
+    given([
+        issue_root(),
+        delegate_child(),
+        complete(researcher(), child()),
+    ])
+    .when(complete(alice(), child()))
+    .then_error(DomainError::Terminal {
+        mandate: child(),
+        status: Status::Completed,
+        cause: None,
+    });
+}
+
+// ---------------------------------------------------------------------------
+// expire
+// ---------------------------------------------------------------------------
+
+#[test]
+fn expire_after_not_after_expires_the_mandate() {
+    given([issue_root()])
+        .at(root_not_after())
+        .when(expire(root()))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateExpired(_)));
+            assert_eq!(status_of(after, root()), Status::Expired);
+        });
+}
+
+#[test]
+fn expire_before_not_after_is_refused() {
+    given([issue_root()])
+        .at(root_not_after() - Duration::seconds(1))
+        .when(expire(root()))
+        .then_error(DomainError::NotYetExpired {
+            mandate: root(),
+            not_after: root_not_after(),
+        });
+}
+
+#[test]
+fn expire_of_an_expired_mandate_is_refused_as_terminal() {
+    given([issue_root()])
+        .at(root_not_after())
+        .and(expire(root()))
+        .when(expire(root()))
+        .then_error(DomainError::Terminal {
+            mandate: root(),
+            status: Status::Expired,
+            cause: None,
+        });
+}
+
+#[test]
+fn expire_under_a_revoked_ancestor_is_refused_naming_the_ancestor() {
+    given([issue_root(), delegate_child(), revoke(alice(), root())])
+        .at(t0() + hours(1))
+        .when(expire(child()))
+        .then_error(DomainError::Terminal {
+            mandate: child(),
+            status: Status::Revoked,
+            cause: Some(root()),
+        });
+}
+
+// ---------------------------------------------------------------------------
+// complete_mission
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mission_complete_from_the_intake_completes_the_root() {
+    given([issue_root(), delegate_child()])
+        .when(complete_mission(Actor::mission_intake(), "jira:FIN-42"))
+        .then_events(|events, after| {
+            let EventBody::MissionCompleted(done) = &only(events).body else {
+                panic!("expected mission_completed");
+            };
+            assert_eq!(done.mandate, root());
+            assert_eq!(status_of(after, root()), Status::Completed);
+        });
+}
+
+#[test]
+fn mission_complete_for_another_mission_is_refused() {
+    given([issue_root()])
+        .when(complete_mission(Actor::mission_intake(), "jira:FIN-43"))
+        .then_error(DomainError::MissionMismatch {
+            tree: tree_id(),
+            mission_ref: "jira:FIN-43".into(),
+        });
+}
+
+#[test]
+fn mission_complete_by_an_agent_is_not_authorized() {
+    given([issue_root()])
+        .when(complete_mission(orchestrator(), "jira:FIN-42"))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent orchestrator".into(),
+            verb: "complete the mission of",
+        });
+}
+
+// ---------------------------------------------------------------------------
+// narrow, renew
+// ---------------------------------------------------------------------------
+
+#[test]
+fn narrow_by_the_grantor_replaces_the_scope() {
+    given([issue_root(), delegate_child()])
+        .when(narrow(
+            orchestrator(),
+            child(),
+            &["finance:read on reports/q3/summary"],
+        ))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::ScopeNarrowed(_)));
+            assert_eq!(
+                after.get(child()).unwrap().scope,
+                scope(&["finance:read on reports/q3/summary"])
+            );
+        });
+}
+
+#[test]
+fn narrow_to_a_wider_scope_is_refused_naming_the_grant() {
+    given([issue_root(), delegate_child()])
+        .when(narrow(
+            orchestrator(),
+            child(),
+            &["finance:* on reports/q3/*"],
+        ))
+        .then_error(DomainError::NarrowWidens {
+            mandate: child(),
+            grant: "finance:* on reports/q3/*".into(),
+        });
+}
+
+#[test]
+fn renew_by_the_grantor_sets_a_new_not_after() {
+    let new = t0() + hours(4);
+    given([issue_root(), delegate_child()])
+        .when(renew(orchestrator(), child(), new))
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateRenewed(_)));
+            assert_eq!(after.get(child()).unwrap().not_after, new);
+        });
+}
+
+#[test]
+fn renew_past_the_parent_not_after_is_refused() {
+    let later = root_not_after() + hours(1);
+    given([issue_root(), delegate_child()])
+        .when(renew(orchestrator(), child(), later))
+        .then_error(DomainError::NotAfterWidens {
+            parent: root(),
+            requested: later,
+            parent_not_after: root_not_after(),
+        });
+}
+
+#[test]
+fn renew_to_a_time_already_past_is_refused() {
+    let now = t0() + hours(2);
+    let past = t0() + hours(1);
+    given([issue_root(), delegate_child()])
+        .at(now)
+        .when(renew(orchestrator(), child(), past))
+        .then_error(DomainError::NotAfterInPast {
+            requested: past,
+            now,
+        });
+}
+
+// ---------------------------------------------------------------------------
+// idempotency
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_repeated_command_id_yields_no_events() {
+    let pause_root = pause(alice(), root());
+    given([issue_root(), pause_root.clone()])
+        .when(pause_root)
+        .then_no_events();
+}
+
+// ---------------------------------------------------------------------------
+// effective status
+// ---------------------------------------------------------------------------
+
+#[test]
+fn pausing_the_root_pauses_the_child_effectively() {
+    let g = given([issue_root(), delegate_child(), pause(alice(), root())]);
+
+    let eff = g.tree.effective(child(), g.now).unwrap();
+
+    assert_eq!(eff.status, Status::Paused);
+    assert_eq!(eff.cause.map(|c| c.mandate), Some(root()));
+    assert_eq!(status_of(&g.tree, child()), Status::Active, "own status");
+}
+
+#[test]
+fn resuming_the_root_keeps_a_child_paused_on_its_own() {
+    let g = given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+        pause(alice(), root()),
+        resume(alice(), root()),
+    ]);
+
+    let eff = g.tree.effective(child(), g.now).unwrap();
+
+    assert_eq!(eff.status, Status::Paused);
+    assert_eq!(eff.cause.map(|c| c.mandate), Some(child()));
+}
+
+#[test]
+fn revoking_a_mandate_ends_every_descendant_effectively() {
+    let g = three_levels().and(revoke(alice(), root()));
+
+    let eff = g.tree.effective(grandchild(), g.now).unwrap();
+
+    assert_eq!(eff.status, Status::Revoked);
+    assert_eq!(eff.cause.map(|c| c.mandate), Some(root()));
+}
+
+#[test]
+fn the_clock_expires_a_mandate_without_any_event() {
+    let g = given([issue_root(), delegate_child()]).at(root_not_after());
+
+    let eff = g.tree.effective(child(), g.now).unwrap();
+
+    assert_eq!(eff.status, Status::Expired);
+    let cause = eff.cause.expect("an expired mandate names its cause");
+    assert_eq!(cause.by, None, "only the clock ended it");
+    assert_eq!(
+        status_of(&g.tree, child()),
+        Status::Active,
+        "no event written"
+    );
+}
+
+#[test]
+fn a_mandate_is_active_until_its_not_after() {
+    let g = given([issue_root()]).at(root_not_after() - Duration::seconds(1));
+
+    let eff = g.tree.effective(root(), g.now).unwrap();
+
+    assert_eq!(eff.status, Status::Active);
+}
+
+// ---------------------------------------------------------------------------
+// authorize
+// ---------------------------------------------------------------------------
+
+#[test]
+fn authorize_allows_a_request_within_every_link() {
+    let g = given([issue_root(), delegate_child()]);
+
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.reason, None);
+}
+
+#[test]
+fn authorize_denies_out_of_scope_naming_the_link() {
+    // The root allows finance:* on reports/**; the child only reads.
+    let g = given([issue_root(), delegate_child()]);
+
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:write",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.reason, Some(DenyReason::OutOfScope { mandate: child() }));
+}
+
+#[test]
+fn authorize_asks_for_approval_for_a_step_up_action() {
+    let g = given([issue_root()]);
+
+    let d = authorize(&g.tree, root(), "finance:pay", "reports/q3/invoice", g.now);
+
+    assert_eq!(d.outcome, Outcome::NeedsApproval);
+    assert_eq!(d.approval, vec![action("finance:pay")]);
+    assert!(!d.is_allowed());
+}
+
+#[test]
+fn authorize_denies_a_wildcard_request() {
+    let g = given([issue_root()]);
+
+    let d = authorize(&g.tree, root(), "finance:*", "reports/q3/summary", g.now);
+
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(
+        matches!(d.reason, Some(DenyReason::InvalidRequest { .. })),
+        "{:?}",
+        d.reason
+    );
+}
+
+#[test]
+fn authorize_denies_after_not_after_without_any_event() {
+    let g = given([issue_root(), delegate_child()]).at(root_not_after());
+
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Expired,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+}
+
+#[test]
+fn authorize_denies_under_a_paused_ancestor() {
+    let g = given([issue_root(), delegate_child(), pause(alice(), root())]);
+
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Paused,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+}
+
+#[test]
+fn authorize_denies_an_unknown_mandate() {
+    let g = given([issue_root()]);
+
+    let d = authorize(
+        &g.tree,
+        MandateId(Uuid::from_u128(0xdead)),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.reason, Some(DenyReason::UnknownMandate));
+}
+
+#[test]
+fn decision_carries_the_chain_from_root_to_mandate() {
+    let g = three_levels();
+
+    let d = authorize(
+        &g.tree,
+        grandchild(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+
+    let links: Vec<_> = d
+        .chain
+        .iter()
+        .map(|l| (l.mandate, l.grantor.clone(), l.grantee.clone()))
+        .collect();
+    assert_eq!(
+        links,
+        vec![
+            (
+                root(),
+                Grantor::Principal(alice_id()),
+                agent_id("orchestrator")
+            ),
+            (
+                child(),
+                Grantor::Agent(agent_id("orchestrator")),
+                agent_id("researcher")
+            ),
+            (
+                grandchild(),
+                Grantor::Agent(agent_id("researcher")),
+                agent_id("summarizer")
+            ),
+        ]
+    );
+    assert!(d.chain.iter().all(|l| l.on_behalf_of == alice_id()));
+}
+
+// ---------------------------------------------------------------------------
+// decoding events
+// ---------------------------------------------------------------------------
+
+/// A real event, as JSON.
+fn event_json() -> serde_json::Value {
+    let g = given([issue_root()]);
+    serde_json::to_value(&g.history[0]).unwrap()
+}
+
+#[test]
+fn an_event_round_trips_through_json() {
+    let g = given([issue_root()]);
+    let value = serde_json::to_value(&g.history[0]).unwrap();
+
+    let decoded = Event::from_value(value).unwrap();
+
+    assert_eq!(decoded, g.history[0]);
+}
+
+#[test]
+fn an_event_of_an_unknown_schema_version_is_refused() {
+    let mut value = event_json();
+    value["schema_version"] = json!(2);
+
+    let err = Event::from_value(value).unwrap_err();
+
+    assert_eq!(
+        err,
+        DomainError::UnknownVersion {
+            what: "event",
+            actual: 2,
+            supported: SCHEMA_VERSION,
+        }
+    );
+}
+
+#[test]
+fn an_event_of_an_unknown_type_is_refused() {
+    let mut value = event_json();
+    value["type"] = json!("mandate_teleported");
+
+    let err = Event::from_value(value).unwrap_err();
+
+    assert_eq!(
+        err,
+        DomainError::UnknownType {
+            what: "event",
+            actual: "mandate_teleported".into(),
+        }
+    );
+}
+
+#[test]
+fn a_garbage_commit_is_malformed() {
+    let err = Event::decode_commit(b"{\"not\": json").unwrap_err();
+
+    assert!(
+        matches!(err, DomainError::Malformed { what: "commit", .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_event_missing_a_field_is_malformed() {
+    let mut value = event_json();
+    value.as_object_mut().unwrap().remove("tree");
+
+    let err = Event::from_value(value).unwrap_err();
+
+    assert!(
+        matches!(err, DomainError::Malformed { what: "event", .. }),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// decoding commands
+// ---------------------------------------------------------------------------
+
+fn command_json(cmd: &CommandEnvelope) -> serde_json::Value {
+    serde_json::to_value(cmd).unwrap()
+}
+
+#[test]
+fn a_command_round_trips_through_json() {
+    let cmd = issue_root();
+    let bytes = serde_json::to_vec(&cmd).unwrap();
+
+    let decoded = CommandEnvelope::from_json(&bytes).unwrap();
+
+    assert_eq!(decoded, cmd);
+}
+
+#[test]
+fn a_command_of_an_unknown_schema_version_is_refused() {
+    let mut value = command_json(&pause(alice(), root()));
+    value["schema_version"] = json!(7);
+
+    let err = CommandEnvelope::from_json(value.to_string().as_bytes()).unwrap_err();
+
+    assert_eq!(
+        err,
+        DomainError::UnknownVersion {
+            what: "command",
+            actual: 7,
+            supported: SCHEMA_VERSION,
+        }
+    );
+}
+
+#[test]
+fn a_command_of_an_unknown_type_is_refused() {
+    let mut value = command_json(&pause(alice(), root()));
+    value["type"] = json!("obliterate");
+
+    let err = CommandEnvelope::from_json(value.to_string().as_bytes()).unwrap_err();
+
+    assert_eq!(
+        err,
+        DomainError::UnknownType {
+            what: "command",
+            actual: "obliterate".into(),
+        }
+    );
+}
+
+#[test]
+fn a_garbage_command_is_malformed() {
+    let err = CommandEnvelope::from_json(b"\x00\xffpause please").unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            DomainError::Malformed {
+                what: "command",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_command_with_an_oversized_reason_is_refused() {
+    let cmd = by(
+        alice(),
+        Command::Revoke(Change {
+            mandate: root(),
+            reason: Some("x".repeat(1025)),
+        }),
+    );
+
+    let err = CommandEnvelope::from_json(&serde_json::to_vec(&cmd).unwrap()).unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            DomainError::InvalidField {
+                field: "reason",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// hash chain
+// ---------------------------------------------------------------------------
+
+fn real_history() -> Vec<Event> {
+    three_levels()
+        .and(pause(orchestrator(), child()))
+        .and(resume(orchestrator(), child()))
+        .history
+}
+
+#[test]
+fn verify_chain_accepts_a_real_history() {
+    let history = real_history();
+
+    assert_eq!(history.len(), 5);
+    assert_eq!(verify_chain(&history), Ok(()));
+}
+
+#[test]
+fn verify_chain_catches_an_edited_event_at_the_next_seq() {
+    let mut history = real_history();
+    // Rewrite who the child was granted to (event seq 2).
+    let EventBody::MandateIssued(issued) = &mut history[1].body else {
+        panic!("seq 2 is the child's mandate_issued");
+    };
+    issued.grantee = agent_id("mallory");
+
+    let err = verify_chain(&history).unwrap_err();
+
+    // Event 3 records the hash of the original event 2.
+    assert_eq!(err.seq, 3);
+    assert_eq!(err.tree, tree_id());
+}
+
+#[test]
+fn verify_chain_catches_a_renumbered_event() {
+    let mut history = real_history();
+    history[3].seq = 9;
+
+    let err = verify_chain(&history).unwrap_err();
+
+    assert_eq!(err.seq, 9);
+}
