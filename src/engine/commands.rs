@@ -140,7 +140,7 @@ impl Engine {
                     return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
                 }
                 Ok(appended) => {
-                    let applied = self.apply_record(
+                    let _ = self.apply_record(
                         &crate::log::Record {
                             tenant: tenant.clone(),
                             tree,
@@ -150,9 +150,10 @@ impl Engine {
                         },
                         false,
                     )?;
-                    if let Applied::Applied(_) = applied {
-                        self.publish_signals(tenant, tree, &events).await;
-                    }
+                    // Whoever applied it (this call, or the follower that saw the
+                    // commit first), the writer publishes its signals: only it
+                    // knows the commit is new.
+                    self.publish_signals(tenant, tree, &events).await;
                     return Ok((
                         CommitInfo {
                             tree,
@@ -220,7 +221,28 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
+        // Marked before the trees are looked up, so that an issue racing this
+        // completion is refused; but a completion that is refused (e.g. an
+        // actor without authority over the mission's trees) or fails must not
+        // leave the mark behind, or it would close the mission for good.
+        let was_completed = self.inner.store.mission_completed(tenant, mission)?;
         self.inner.store.mark_mission_completed(tenant, mission)?;
+        let result = self
+            .complete_mission_trees(tenant, mission, actor, command)
+            .await;
+        if result.is_err() && !was_completed {
+            self.inner.store.unmark_mission_completed(tenant, mission)?;
+        }
+        result
+    }
+
+    async fn complete_mission_trees(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        actor: Actor,
+        command: Option<CommandId>,
+    ) -> Result<CommandResult, EngineError> {
         let base = command.unwrap_or_else(|| {
             CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
         });
