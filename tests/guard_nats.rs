@@ -48,6 +48,16 @@ impl Served {
                 .await
                 .unwrap();
         });
+        // Serving starts in the background: wait until it answers.
+        let probe = client(url, Actor::Admin(PrincipalId::new("probe").unwrap())).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while probe.health().await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "engine did not start serving"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Self {
             _dir: dir,
             stop: Some(tx),
