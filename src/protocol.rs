@@ -262,6 +262,21 @@ pub struct HistoryReply {
     pub events: Vec<Event>,
 }
 
+/// Reply to `verify`: whether a tree's stored history is an unbroken hash
+/// chain ending in the head the projection recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VerifyReply {
+    pub tree: TreeId,
+    pub events: u64,
+    pub head_hash: Option<String>,
+    pub intact: bool,
+    /// Where and why the chain breaks, when it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// One mandate in a list.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MandateSummary {
@@ -383,6 +398,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("query-chain", schema_for!(MandateQuery)),
         ("query-tree", schema_for!(TreeQuery)),
         ("query-history", schema_for!(TreeQuery)),
+        ("query-verify", schema_for!(TreeQuery)),
         ("query-list", schema_for!(ListQuery)),
         ("query-check", schema_for!(CheckQuery)),
         ("query-audit", schema_for!(AuditQuery)),
@@ -391,6 +407,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-chain", schema_for!(Reply<ChainReply>)),
         ("reply-tree", schema_for!(Reply<TreeReply>)),
         ("reply-history", schema_for!(Reply<HistoryReply>)),
+        ("reply-verify", schema_for!(Reply<VerifyReply>)),
         ("reply-list", schema_for!(Reply<ListReply>)),
         ("reply-check", schema_for!(Reply<Decision>)),
         ("reply-audit", schema_for!(Reply<AuditReply>)),

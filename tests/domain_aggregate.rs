@@ -1390,7 +1390,7 @@ fn verify_chain_accepts_a_real_history() {
 }
 
 #[test]
-fn verify_chain_catches_an_edited_event_at_the_next_seq() {
+fn verify_chain_catches_an_edited_event_at_its_position() {
     let mut history = real_history();
     // Rewrite who the child was granted to (event seq 2).
     let EventBody::MandateIssued(issued) = &mut history[1].body else {
@@ -1400,9 +1400,24 @@ fn verify_chain_catches_an_edited_event_at_the_next_seq() {
 
     let err = verify_chain(&history).unwrap_err();
 
-    // Event 3 records the hash of the original event 2.
-    assert_eq!(err.seq, 3);
+    // Event 3 records the hash of the original event 2: event 2 is named.
+    assert_eq!(err.seq, 2);
     assert_eq!(err.tree, tree_id());
+}
+
+#[test]
+fn verify_chain_with_head_catches_an_edited_last_event() {
+    let mut history = real_history();
+    let head = history.last().unwrap().hash();
+    assert_eq!(
+        mandate::domain::verify_chain_with_head(&history, Some(&head)),
+        Ok(())
+    );
+    history.last_mut().unwrap().correlation_id = Some("forged".into());
+    // Without the head, the last event has no witness.
+    assert_eq!(verify_chain(&history), Ok(()));
+    let err = mandate::domain::verify_chain_with_head(&history, Some(&head)).unwrap_err();
+    assert_eq!(err.seq, 5);
 }
 
 #[test]

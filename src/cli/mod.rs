@@ -152,6 +152,8 @@ pub enum Cmd {
     },
     /// A tree's events (actor and on-behalf-of apart).
     History { mandate: String },
+    /// Verify the hash chain of a mandate's tree (tamper check).
+    Verify { mandate: String },
     /// Mandates held by an agent, granted by a principal, or serving a mission.
     List {
         #[arg(long)]
@@ -570,6 +572,29 @@ async fn command(
                     );
                 }
             }
+        }
+        Cmd::Verify { mandate } => {
+            let v = client
+                .verify(TreeQuery {
+                    tree: None,
+                    mandate: Some(mandate_id(mandate)?),
+                    at: None,
+                })
+                .await
+                .map_err(client_failure)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if v.intact {
+                println!("tree {}: {} events, hash chain intact", v.tree, v.events);
+            } else {
+                println!(
+                    "tree {}: hash chain BROKEN at event seq {}: {}",
+                    v.tree,
+                    v.broken_at.unwrap_or_default(),
+                    v.reason.clone().unwrap_or_default()
+                );
+            }
+            return Ok(if v.intact { 0 } else { 6 });
         }
         Cmd::List {
             agent,

@@ -315,6 +315,10 @@ impl Client {
     pub async fn history(&self, q: TreeQuery) -> Result<HistoryReply, ClientError> {
         self.query("history", &q).await
     }
+    /// Verifies a tree's hash chain (the auditor's tamper check).
+    pub async fn verify(&self, q: TreeQuery) -> Result<crate::protocol::VerifyReply, ClientError> {
+        self.query("verify", &q).await
+    }
     pub async fn list(&self, q: ListQuery) -> Result<ListReply, ClientError> {
         self.query("list", &q).await
     }

@@ -246,28 +246,55 @@ pub struct ChainError {
 }
 
 /// Verifies that `events` (a tree's history from its first event) are
-/// numbered 1, 2, … and that each names the hash of the one before.
+/// numbered 1, 2, … and that each names the hash of the one before. An edited
+/// event is reported at its own position: its hash no longer matches the one
+/// its successor recorded. The last event has no successor; see
+/// [`verify_chain_with_head`].
 pub fn verify_chain(events: &[Event]) -> Result<(), ChainError> {
     let mut prev: Option<String> = None;
     for (i, e) in events.iter().enumerate() {
         let expected_seq = i as u64 + 1;
-        let fail = |reason: String| ChainError {
-            tree: e.tree,
-            seq: e.seq,
-            reason,
-        };
         if e.seq != expected_seq {
-            return Err(fail(format!("expected seq {expected_seq}")));
+            return Err(ChainError {
+                tree: e.tree,
+                seq: e.seq,
+                reason: format!("expected seq {expected_seq}"),
+            });
         }
         if e.prev_hash != prev {
-            return Err(fail(format!(
-                "prev_hash {:?} does not match the previous event's hash {:?}",
-                e.prev_hash, prev
-            )));
+            return Err(match i {
+                0 => ChainError {
+                    tree: e.tree,
+                    seq: e.seq,
+                    reason: "the first event must have no prev_hash".into(),
+                },
+                _ => ChainError {
+                    tree: e.tree,
+                    seq: e.seq - 1,
+                    reason: format!(
+                        "its hash {:?} is not the prev_hash {:?} that seq {} recorded: it was altered",
+                        prev, e.prev_hash, e.seq
+                    ),
+                },
+            });
         }
         prev = Some(e.hash());
     }
     Ok(())
+}
+
+/// [`verify_chain`], and the last event's hash equals `head` (the head hash
+/// kept by the projection), so an edit to the last event is caught too.
+pub fn verify_chain_with_head(events: &[Event], head: Option<&str>) -> Result<(), ChainError> {
+    verify_chain(events)?;
+    match (events.last(), head) {
+        (Some(last), Some(h)) if last.hash() != h => Err(ChainError {
+            tree: last.tree,
+            seq: last.seq,
+            reason: format!("its hash is not the recorded head {h:?}: it was altered"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Folds one event into the tree. Never fails and decides nothing: an event

@@ -25,7 +25,9 @@ pub use command::{Command, CommandEnvelope};
 pub use decide::decide;
 pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
-pub use event::{apply, replay, verify_chain, Event, EventBody, SCHEMA_VERSION};
+pub use event::{
+    apply, replay, verify_chain, verify_chain_with_head, Event, EventBody, SCHEMA_VERSION,
+};
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
 pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Tree};

@@ -5,12 +5,12 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    authorize, replay, ChainLink, Decision, DomainError, MandateId, TenantId, Tree, TreeId,
-    SCHEMA_VERSION,
+    authorize, replay, verify_chain_with_head, ChainLink, Decision, DomainError, MandateId,
+    TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 use crate::protocol::{
     audit_subject, AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery,
-    ListReply, MandateSummary, StatusReply, TreeQuery, TreeReply,
+    ListReply, MandateSummary, StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
 
 use super::{moment, Engine, EngineError};
@@ -136,6 +136,27 @@ impl Engine {
             events.retain(|e| e.time <= at);
         }
         Ok(HistoryReply { tree, events })
+    }
+
+    /// Verifies a tree's hash chain against the head the projection recorded.
+    pub fn verify(&self, tenant: &TenantId, q: &TreeQuery) -> Result<VerifyReply, EngineError> {
+        let tree = self.resolve_tree(tenant, q)?;
+        let snap = self
+            .inner
+            .store
+            .tree(tenant, tree)?
+            .ok_or(EngineError::Rejected(DomainError::TreeNotFound { tree }))?;
+        let events = self.inner.store.history(tenant, tree)?;
+        let head = snap.tree.head_hash.clone();
+        let result = verify_chain_with_head(&events, head.as_deref());
+        Ok(VerifyReply {
+            tree,
+            events: events.len() as u64,
+            head_hash: head,
+            intact: result.is_ok(),
+            broken_at: result.as_ref().err().map(|e| e.seq),
+            reason: result.err().map(|e| e.reason),
+        })
     }
 
     /// Mandates by agent, principal or mission.

@@ -141,6 +141,9 @@ impl Engine {
             "history" => encode(
                 parse::<TreeQuery>("history query", body).and_then(|q| self.history(tenant, &q)),
             ),
+            "verify" => encode(
+                parse::<TreeQuery>("verify query", body).and_then(|q| self.verify(tenant, &q)),
+            ),
             "list" => {
                 encode(parse::<ListQuery>("list query", body).and_then(|q| self.list(tenant, &q)))
             }
