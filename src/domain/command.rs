@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::DomainError;
 use super::event::{check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
-use super::model::{check_text, Actor, Mission, MissionRef, MAX_LIST_LEN};
+use super::model::{check_text, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
 use super::scope::{ActionPattern, Scope};
 
 fn default_version() -> u32 {
@@ -75,8 +75,9 @@ pub struct Issue {
     pub mission: Mission,
     pub scope: Scope,
     pub not_after: DateTime<Utc>,
-    /// How many levels below this mandate may still be delegated (default 3).
+    /// How many levels below this mandate may still be delegated (default 3, at most 32).
     #[serde(default = "default_depth")]
+    #[schemars(range(max = 32))]
     pub depth: u32,
     /// Actions that need step-up approval.
     #[serde(default)]
@@ -260,6 +261,12 @@ impl CommandEnvelope {
         match &self.command {
             Command::Issue(i) => {
                 check_text("mission.purpose", &i.mission.purpose, true)?;
+                if i.depth > MAX_DEPTH {
+                    return Err(DomainError::InvalidField {
+                        field: "depth",
+                        reason: format!("is {}, at most {MAX_DEPTH} allowed", i.depth),
+                    });
+                }
                 check_list("step_up", &i.step_up)?;
                 check_list("supervisors", &i.supervisors)?;
             }

@@ -20,6 +20,8 @@ pub const MAX_TEXT_LEN: usize = 1024;
 pub const MAX_MISSION_REF_LEN: usize = 128;
 /// Most supervisors or step-up patterns on one mandate.
 pub const MAX_LIST_LEN: usize = 32;
+/// Deepest delegation a root may allow.
+pub const MAX_DEPTH: u32 = 32;
 
 /// Who did something. The engine fills it from the authenticated connection
 /// where the tenant requires it; otherwise it is the caller's declaration.
