@@ -13,6 +13,10 @@ use crate::store::{Applied, DueExpiry, TreeSnapshot};
 
 use super::{signal_for, Engine, EngineError};
 
+/// Longest wait for this instance's projection to reach the log before a
+/// command answers that its mandate is not found.
+const LAG_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Engine {
     /// Handles one command. Idempotent by command id: a retry returns the
     /// original result with `duplicate: true` and writes nothing.
@@ -43,7 +47,16 @@ impl Engine {
             }
             _ => {}
         }
-        let tree = self.tree_for(&cmd)?;
+        let tree = match self.tree_for(&cmd) {
+            // Another instance may have acknowledged the command that created
+            // this mandate, and our follower not have applied it yet: a caller
+            // must not be told "not found" for a mandate it was just given.
+            Err(EngineError::Rejected(DomainError::MandateNotFound { .. })) => {
+                self.wait_for_log().await?;
+                self.tree_for(&cmd)?
+            }
+            other => other?,
+        };
         let commit = self.execute_on(tree, &cmd).await?;
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
@@ -74,6 +87,24 @@ impl Engine {
             .ok_or(EngineError::Rejected(DomainError::MandateNotFound {
                 mandate,
             }))
+    }
+
+    /// Waits until the projection has applied everything the log held when
+    /// called (in-order follower), for at most [`LAG_WAIT`]; after that the
+    /// caller answers from what it has.
+    async fn wait_for_log(&self) -> Result<(), EngineError> {
+        let target = self.inner.log.last_position().await?;
+        let deadline = tokio::time::Instant::now() + LAG_WAIT;
+        loop {
+            // Registered before the check, so no wake-up falls in between.
+            let changed = self.inner.changed.notified();
+            if self.inner.store.checkpoint()? >= target {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(());
+            }
+        }
     }
 
     fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<TreeSnapshot, EngineError> {
@@ -116,7 +147,20 @@ impl Engine {
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.snapshot(tenant, tree)?;
             let now = Utc::now();
-            let events = decide(&snap.tree, cmd, now)?;
+            let events = match decide(&snap.tree, cmd, now) {
+                Ok(events) => events,
+                Err(refusal) => {
+                    // A refusal is never checked by an append, so it must not
+                    // rest on a stale snapshot: another instance may have
+                    // written this tree (e.g. the pause a resume needs) and
+                    // our follower not have applied it yet.
+                    if self.inner.log.tree_head(tenant, tree).await? > snap.position {
+                        self.catch_up_tree(tenant, tree, snap.position).await?;
+                        continue;
+                    }
+                    return Err(refusal.into());
+                }
+            };
             if events.is_empty() {
                 return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
             }

@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,13 @@ pub struct Store {
     /// Recorded check decisions of the embedded engine (not a projection:
     /// decisions are not events, so this is kept as it is written).
     audit: sled::Tree,
+    /// Serializes [`Store::apply_commit`]: it reads a tree's snapshot and
+    /// writes the next one, and the writer, a conflict catch-up and the
+    /// follower may apply commits of one tree at once. Unserialized, one of
+    /// them could write a snapshot older than another had just written; the
+    /// next commit then seemed to skip a sequence number and a healthy tree
+    /// was quarantined as corrupt.
+    apply_lock: Arc<Mutex<()>>,
 }
 
 impl Store {
@@ -130,6 +138,7 @@ impl Store {
             kv,
             missions,
             audit,
+            apply_lock: Arc::new(Mutex::new(())),
         })
     }
 
@@ -291,6 +300,20 @@ impl Store {
         Ok(())
     }
 
+    /// Withdraws a mark of [`Store::mark_mission_completed`] whose completion
+    /// was refused or failed. A completion recorded by an event stays.
+    pub fn unmark_mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+    ) -> Result<(), StoreError> {
+        self.missions.remove(key(
+            b'c',
+            &[tenant.as_str().as_bytes(), mission.as_str().as_bytes()],
+        ))?;
+        Ok(())
+    }
+
     /// Trees whose root a principal granted.
     pub fn trees_granted_by(
         &self,
@@ -424,8 +447,13 @@ impl Store {
         payload: &[u8],
         advance_checkpoint: bool,
     ) -> Result<Applied, StoreError> {
+        // A poisoned lock only means another applier panicked; the database
+        // itself is consistent (each batch is atomic).
+        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
-        if advance_checkpoint {
+        // Never backwards: a catch-up (`Engine::catch_up`) may run beside the
+        // follower, and a lower position must not undo a higher one.
+        if advance_checkpoint && position > self.checkpoint()? {
             batch.insert(b"k".to_vec(), position.to_be_bytes().to_vec());
         }
         if self.quarantined(tenant, tree_id)?.is_some() {
@@ -604,11 +632,26 @@ fn index_changes(batch: &mut sled::Batch, before: &Tree, after: &Tree, events: &
             EventBody::MissionCompleted(m) => {
                 batch.insert(key(b'c', &[t, m.mission_ref.as_str().as_bytes()]), &[]);
                 batch.remove(expiry_key(new.not_after, &after.tenant, id));
+                remove_expiries_below(batch, after, id);
             }
             _ if new.status.is_terminal() => {
                 batch.remove(expiry_key(new.not_after, &after.tenant, id));
+                remove_expiries_below(batch, after, id);
             }
             _ => {}
+        }
+    }
+}
+
+/// A mandate ended by an event ends everything below it, and none of its
+/// descendants will get an `expired` event of its own (`expire` refuses them
+/// as terminal), so their expiry entries go with it. Done here in the fold,
+/// not by the scheduler dropping them later, so that the expiry queue stays a
+/// function of the log and a rebuild equals the live projection.
+fn remove_expiries_below(batch: &mut sled::Batch, after: &Tree, mandate: MandateId) {
+    for d in after.descendants(mandate) {
+        if let Some(m) = after.mandates.get(&d) {
+            batch.remove(expiry_key(m.not_after, &after.tenant, d));
         }
     }
 }

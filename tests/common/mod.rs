@@ -35,12 +35,25 @@ impl NatsServer {
             .expect("create a temporary store directory for nats-server");
         let mut server = NatsServer {
             bin,
-            port: free_port(),
+            port: 0,
             store,
             child: None,
         };
-        server.spawn();
-        server
+        // A port that was free a moment ago may be taken by the time the
+        // server binds it (another test's server, in parallel): then this
+        // server exits, and it is tried again on another port.
+        let mut attempt = 1;
+        loop {
+            server.port = free_port();
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(e) if attempt < 5 => {
+                    eprintln!("nats-server did not start ({e}); trying another port");
+                    attempt += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// The client URL, e.g. `nats://127.0.0.1:41234`.
@@ -75,6 +88,13 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server on `self.port`; fails if it exits before it is ready.
+    fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "nats-server is already running");
         let child = Command::new(&self.bin)
             .args([
@@ -86,39 +106,66 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .arg("--ports_file_dir")
+            .arg(self.store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        self.wait_until_ready();
+        self.wait_until_ready()
     }
 
-    fn wait_until_ready(&mut self) {
+    /// Ready means: *this* process wrote its ports file naming our port, and
+    /// the port accepts connections. A port that merely accepts could belong
+    /// to another test's server, if ours failed to bind it.
+    fn wait_until_ready(&mut self) -> Result<(), String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
+                    self.child = None;
+                    return Err(format!(
                         "{} exited with {status} before accepting connections on port {}",
                         self.bin.display(),
                         self.port
-                    );
+                    ));
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not accept connections on port {} within {START_TIMEOUT:?}",
-                self.bin.display(),
-                self.port
-            );
+            if self.ports_file_names_our_port()
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(format!(
+                    "{} did not accept connections on port {} within {START_TIMEOUT:?}",
+                    self.bin.display(),
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether the running child's ports file (`<exe>_<pid>.ports`) lists our
+    /// client port.
+    fn ports_file_names_our_port(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let suffix = format!("_{pid}.ports");
+        let Ok(entries) = std::fs::read_dir(self.store.path()) else {
+            return false;
+        };
+        entries.flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(&suffix)
+                && std::fs::read_to_string(e.path())
+                    .is_ok_and(|text| text.contains(&format!(":{}\"", self.port)))
+        })
     }
 }
 
