@@ -1773,3 +1773,130 @@ async fn bad_input_over_the_wire_is_refused_typed_and_changes_nothing() {
     .expect("the mission is still open");
     instance.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Missions without trees, and reads from a lagging instance
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_administrator_closes_a_mission_no_tree_serves() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    let mission = MissionRef::new("jira:NOPE-1").unwrap();
+    for actor in [agent("mallory"), principal("mallory")] {
+        let err = client(&nc, "acme", actor.clone())
+            .complete_mission(mission.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&err), ErrorCode::Forbidden, "{actor}: {err}");
+        assert!(err.to_string().contains("jira:NOPE-1"), "{err}");
+    }
+    // The mission is still open: a root may be issued for it.
+    issue(
+        &nc,
+        "acme",
+        root_issue(
+            "cfo",
+            "lead",
+            Some("jira:NOPE-1"),
+            &["a:b on c"],
+            in_an_hour(),
+        ),
+    )
+    .await;
+    // An administrator may close a mission ahead of any tree.
+    let admin = client(&nc, "acme", Actor::Admin(principal_id("ops")));
+    admin
+        .complete_mission(MissionRef::new("jira:LATER-2").unwrap())
+        .await
+        .expect("admin closes it");
+    let err = client(&nc, "acme", principal("cfo"))
+        .issue(root_issue(
+            "cfo",
+            "lead",
+            Some("jira:LATER-2"),
+            &["a:b on c"],
+            in_an_hour(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), ErrorCode::InvalidState, "{err}");
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_instance_never_answers_from_stale_authority() {
+    let server = NatsServer::start();
+    let nc = connect(&server).await;
+    // Instance B follows the log until it has the tree, then its follower is
+    // stopped: from then on it lags behind everything A writes.
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start(&server.url(), dir_a.path()).await;
+    serving(&nc, "acme").await;
+    let b_nc = async_nats::connect(server.url()).await.unwrap();
+    let b = Engine::nats(
+        b_nc,
+        dir_b.path(),
+        JetStreamConfig::default(),
+        EngineConfig::default(),
+    )
+    .await
+    .unwrap();
+    let root = issue(
+        &nc,
+        "acme",
+        root_issue(
+            "cfo",
+            "lead",
+            None,
+            &["finance:read on reports/**"],
+            in_an_hour(),
+        ),
+    )
+    .await;
+    let kid = delegate(
+        &nc,
+        "acme",
+        "lead",
+        root,
+        "analyst",
+        &["finance:read on reports/q3/*"],
+    )
+    .await;
+    let follower = b.start();
+    let probe = b.clone();
+    eventually("B's projection has the tree", || {
+        let probe = probe.clone();
+        async move { probe.health().await.map(|h| h.lag == 0).unwrap_or(false) }
+    })
+    .await;
+    follower.stop().await.unwrap();
+    let ask = |m: MandateId| {
+        serde_json::to_vec(&serde_json::json!({"mandate": m, "action": "finance:read", "resource": "reports/q3/x"})).unwrap()
+    };
+    let answer = |bytes: Vec<u8>| -> Value { serde_json::from_slice(&bytes).unwrap() };
+    let first = answer(b.handle("mandate.q.acme.check", &ask(kid)).await);
+    assert_eq!(first["result"]["outcome"], "allow", "{first}");
+    client(&nc, "acme", principal("cfo"))
+        .revoke(root, None)
+        .await
+        .unwrap();
+    // Right after the revoke acknowledged by A, B must not allow.
+    let after = answer(b.handle("mandate.q.acme.check", &ask(kid)).await);
+    assert_eq!(after["result"]["outcome"], "deny", "{after}");
+    let status = answer(
+        b.handle(
+            "mandate.q.acme.status",
+            &serde_json::to_vec(&serde_json::json!({"mandate": kid})).unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(
+        status["result"]["effective"]["status"], "revoked",
+        "{status}"
+    );
+    a.stop().await;
+}

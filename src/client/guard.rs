@@ -113,11 +113,10 @@ impl GuardHub {
                         }
                     }
                 });
-                // A round trip so the subscription is registered at the server
-                // before the guard reads state.
-                nats.flush()
-                    .await
-                    .map_err(|e| ClientError::Nats(e.to_string()))?;
+                // No flush here: the guard's state read that follows is a
+                // request on this same connection, and the server handles a
+                // connection's messages in order, so the subscription is in
+                // place before the read is answered.
                 rx
             }
         };

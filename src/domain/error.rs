@@ -84,6 +84,10 @@ pub enum DomainError {
         actor: String,
         verb: &'static str,
     },
+    /// Completing a mission needs authority over it: an administrator, the
+    /// mission intake, or the principal of a tree serving it.
+    #[error("{actor} may not complete mission {mission_ref:?}: no tree it granted serves it")]
+    MissionForbidden { mission_ref: String, actor: String },
     /// Terminal is absorbing: nothing changes a revoked, expired or completed mandate.
     #[error("mandate {mandate} is already {status}{}", cause_suffix(*mandate, *cause))]
     Terminal {
@@ -167,7 +171,10 @@ impl DomainError {
             | Malformed { .. } => ErrorCode::InvalidInput,
             MandateNotFound { .. } | TreeNotFound { .. } => ErrorCode::NotFound,
             TreeExists { .. } | CommandIdReused { .. } => ErrorCode::Conflict,
-            CrossTenant { .. } | NotGrantee { .. } | NotAuthorized { .. } => ErrorCode::Forbidden,
+            CrossTenant { .. }
+            | NotGrantee { .. }
+            | NotAuthorized { .. }
+            | MissionForbidden { .. } => ErrorCode::Forbidden,
             Terminal { .. } => ErrorCode::Terminal,
             ParentNotActive { .. }
             | DepthExhausted { .. }

@@ -107,6 +107,44 @@ impl Engine {
         }
     }
 
+    /// Brings the projection up to the log for one tree before a read, so an
+    /// instance never answers from a state older than what another instance
+    /// has acknowledged: a check right after a revoke elsewhere must deny.
+    /// Names the tree directly or through one of its mandates; an unknown
+    /// mandate waits (briefly) for the follower in case it is new.
+    pub(crate) async fn freshen(
+        &self,
+        tenant: &TenantId,
+        tree: Option<TreeId>,
+        mandate: Option<MandateId>,
+    ) -> Result<(), EngineError> {
+        if !self.inner.config.fresh_reads {
+            return Ok(());
+        }
+        let tree = match (tree, mandate) {
+            (Some(t), _) => Some(t),
+            (None, Some(m)) => match self.inner.store.tree_of(tenant, m)? {
+                Some(t) => Some(t),
+                None => {
+                    self.wait_for_log().await?;
+                    self.inner.store.tree_of(tenant, m)?
+                }
+            },
+            (None, None) => None,
+        };
+        let Some(tree) = tree else { return Ok(()) };
+        let position = self
+            .inner
+            .store
+            .tree(tenant, tree)?
+            .map(|s| s.position)
+            .unwrap_or(0);
+        if self.inner.log.tree_head(tenant, tree).await? > position {
+            self.catch_up_tree(tenant, tree, position).await?;
+        }
+        Ok(())
+    }
+
     fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<TreeSnapshot, EngineError> {
         if let Some(reason) = self.inner.store.quarantined(tenant, tree)? {
             return Err(EngineError::Quarantined(reason));
@@ -269,6 +307,23 @@ impl Engine {
         // completion is refused; but a completion that is refused (e.g. an
         // actor without authority over the mission's trees) or fails must not
         // leave the mark behind, or it would close the mission for good.
+        // With no tree serving the mission there is no tree whose rules could
+        // refuse the actor, yet the mark closes the mission for every future
+        // issue: only an administrator or the mission intake may do that.
+        let privileged = matches!(actor, Actor::Admin(_)) || actor == Actor::mission_intake();
+        if !privileged
+            && self
+                .inner
+                .store
+                .trees_for_mission(tenant, mission)?
+                .is_empty()
+        {
+            return Err(DomainError::MissionForbidden {
+                mission_ref: mission.to_string(),
+                actor: actor.to_string(),
+            }
+            .into());
+        }
         let was_completed = self.inner.store.mission_completed(tenant, mission)?;
         self.inner.store.mark_mission_completed(tenant, mission)?;
         let result = self

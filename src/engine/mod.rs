@@ -109,6 +109,10 @@ pub struct EngineConfig {
     pub audit: bool,
     /// Longest sleep of the expiry scheduler between looks at the queue.
     pub expiry_tick: Duration,
+    /// Before answering a read about a tree, compare its projection with the
+    /// log's head for that tree (one cheap log read) and catch up if behind,
+    /// so a lagging instance never answers from stale authority.
+    pub fresh_reads: bool,
 }
 
 impl Default for EngineConfig {
@@ -120,6 +124,7 @@ impl Default for EngineConfig {
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit: true,
             expiry_tick: Duration::from_secs(1),
+            fresh_reads: true,
         }
     }
 }

@@ -203,6 +203,7 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(tenant = %tenant, mandate = %q.mandate))]
     pub async fn check(&self, tenant: &TenantId, q: &CheckQuery) -> Result<Decision, EngineError> {
         let now = moment(q.at);
+        self.freshen(tenant, None, Some(q.mandate)).await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
                 let tree = self.tree_at(tenant, tree_id, q.at)?;

@@ -21,6 +21,30 @@ use super::{same_tenant, Engine, EngineError};
 /// The queue group every engine instance joins.
 pub const QUEUE_GROUP: &str = "mandate-engine";
 
+/// Waits for a real round trip through the server on `client`'s connection.
+/// `Client::flush` only writes out the buffer; a message to ourselves that
+/// comes back proves the server has processed everything sent before it,
+/// subscriptions included.
+pub async fn round_trip(client: &async_nats::Client, timeout: Duration) -> Result<(), EngineError> {
+    let subject = client.new_inbox();
+    let mut sub = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+    client
+        .publish(subject, bytes::Bytes::new())
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("cannot publish: {e}")))?;
+    let back = tokio::time::timeout(timeout, sub.next()).await;
+    let _ = sub.unsubscribe().await;
+    match back {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(EngineError::Unavailable(
+            "no round trip through NATS in time".into(),
+        )),
+    }
+}
+
 /// Requests handled at once by one instance.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -126,6 +150,21 @@ impl Engine {
     }
 
     async fn handle_query(&self, tenant: &TenantId, verb: &str, body: &[u8]) -> Vec<u8> {
+        // Reads about one tree first bring that tree up to the log.
+        let target = match verb {
+            "status" | "chain" => parse::<MandateQuery>("query", body)
+                .ok()
+                .map(|q| (None, Some(q.mandate))),
+            "tree" | "history" | "verify" => parse::<TreeQuery>("query", body)
+                .ok()
+                .map(|q| (q.tree, q.mandate)),
+            _ => None,
+        };
+        if let Some((tree, mandate)) = target {
+            if let Err(e) = self.freshen(tenant, tree, mandate).await {
+                return encode::<()>(Err(e));
+            }
+        }
         match verb {
             "status" => encode(
                 parse::<MandateQuery>("status query", body)
@@ -191,10 +230,7 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
         // A round trip, so the subscriptions are registered before we say so.
-        client
-            .flush()
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("cannot reach NATS: {e}")))?;
+        round_trip(&client, Duration::from_secs(10)).await?;
         tracing::info!(instance = %self.instance(), "serving");
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         tokio::pin!(shutdown);
