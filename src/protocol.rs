@@ -173,7 +173,9 @@ pub struct MandateQuery {
     pub at: Option<DateTime<Utc>>,
 }
 
-/// `tree`, `history`: a tree named by its id or by any of its mandates.
+/// `tree`, `history`, `verify`: a tree named by its id or by any of its
+/// mandates. For `history`, naming only a mandate returns that mandate's own
+/// events; name the tree for all of them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TreeQuery {
@@ -211,6 +213,11 @@ pub struct CheckQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
 }
+
+/// `health`: no fields (an empty object, or an empty body).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {}
 
 /// `audit`: recorded decisions for a mandate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -402,6 +409,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("query-list", schema_for!(ListQuery)),
         ("query-check", schema_for!(CheckQuery)),
         ("query-audit", schema_for!(AuditQuery)),
+        ("query-health", schema_for!(HealthQuery)),
         ("reply-command", schema_for!(Reply<CommandResult>)),
         ("reply-status", schema_for!(Reply<StatusReply>)),
         ("reply-chain", schema_for!(Reply<ChainReply>)),

@@ -279,8 +279,14 @@ impl Engine {
 
     /// One publish per event on the subject of the mandate it is about.
     async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
-        let Ok(Some(snap)) = self.inner.store.tree(tenant, tree) else {
-            return;
+        let snap = match self.inner.store.tree(tenant, tree) {
+            Ok(Some(snap)) => snap,
+            other => {
+                // Not expected after an acknowledged append; guards re-read
+                // within a heartbeat, but say so loudly.
+                tracing::error!(%tenant, %tree, result = ?other.map(|_| ()), "no snapshot to publish signals from");
+                return;
+            }
         };
         for e in events {
             if let Some(signal) = signal_for(e, &snap.tree) {
