@@ -5,7 +5,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = mandate::cli::Cli::parse();
-    let default = if matches!(cli.command, mandate::cli::Cmd::Serve) {
+    let default = if matches!(cli.command, mandate::cli::Cmd::Serve { .. }) {
         "info"
     } else {
         "warn"

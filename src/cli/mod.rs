@@ -21,6 +21,7 @@ use crate::domain::{
     Actor, AgentId, Decision, ErrorCode, MandateId, Mission, MissionRef, Outcome, PrincipalId,
     Scope, TenantId, Tree,
 };
+use crate::engine::auth::AuthConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::protocol::{ListQuery, TreeQuery};
 
@@ -54,6 +55,10 @@ pub struct Cli {
         default_value = "admin:operator"
     )]
     pub actor: String,
+    /// The actor's secret, for tenants whose engine requires authenticated
+    /// actors (signs every request).
+    #[arg(long, global = true, env = "MANDATE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -64,7 +69,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the engine service on NATS (request-reply, queue group).
-    Serve,
+    Serve {
+        /// JSON file naming the tenants that require authenticated actors
+        /// and their actors' secrets.
+        #[arg(long, env = "MANDATE_AUTH")]
+        auth: Option<PathBuf>,
+    },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,
     /// Issue a root mandate: principal → agent for a mission.
@@ -318,14 +328,18 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
     let mut demo_dir = None;
     let (client, missions) = match &nats {
         Some(nc) => {
-            if let Cmd::Serve = cli.command {
-                let engine = Engine::nats(
-                    nc.clone(),
-                    &cli.data,
-                    Default::default(),
-                    EngineConfig::default(),
-                )
-                .await?;
+            if let Cmd::Serve { auth } = &cli.command {
+                let config = EngineConfig {
+                    auth: auth
+                        .as_deref()
+                        .map(AuthConfig::load)
+                        .transpose()
+                        .map_err(|e| invalid(e.to_string()))?
+                        .map(std::sync::Arc::new),
+                    ..EngineConfig::default()
+                };
+                let engine =
+                    Engine::nats(nc.clone(), &cli.data, Default::default(), config).await?;
                 tracing::info!(data = %cli.data.display(), "engine starting");
                 engine.serve(shutdown_signal()).await?;
                 return Ok(0);
@@ -340,13 +354,18 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                 .await?;
                 return rebuild(&engine, cli.json).await;
             }
+            let client = Client::nats(nc.clone(), tenant.clone(), actor.clone());
+            let client = match &cli.secret {
+                Some(secret) => client.with_secret(secret.as_bytes()),
+                None => client,
+            };
             (
-                Client::nats(nc.clone(), tenant.clone(), actor.clone()),
+                client,
                 MissionPublisher::Nats(Box::new(async_nats::jetstream::new(nc.clone()))),
             )
         }
         None => {
-            if let Cmd::Serve = cli.command {
+            if let Cmd::Serve { .. } = cli.command {
                 return Err(invalid("serve needs --nats URL (or MANDATE_NATS); without NATS, use the engine in-process (e.g. `mandate demo`)"));
             }
             let dir = if let Cmd::Demo = cli.command {
@@ -390,7 +409,7 @@ async fn command(
     let json = cli.json;
     let out = |v: &dyn erased::Show| v.show(json);
     match &cli.command {
-        Cmd::Serve | Cmd::Rebuild => unreachable!("handled before"),
+        Cmd::Serve { .. } | Cmd::Rebuild => unreachable!("handled before"),
         Cmd::Demo => {
             demo::run(client, missions).await.map_err(|e| Failure {
                 code: 6,

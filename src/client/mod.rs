@@ -73,6 +73,8 @@ pub struct Client {
     actor: Actor,
     timeout: Duration,
     retries: u32,
+    /// The actor's secret, for tenants that require authenticated actors.
+    secret: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Client {
@@ -84,6 +86,7 @@ impl Client {
             actor,
             timeout: Duration::from_secs(5),
             retries: 2,
+            secret: None,
         }
     }
 
@@ -95,15 +98,26 @@ impl Client {
             actor,
             timeout: Duration::from_secs(5),
             retries: 0,
+            secret: None,
         }
     }
 
-    /// The same client acting as someone else.
+    /// The same client acting as someone else (without the previous
+    /// actor's secret).
     pub fn as_actor(&self, actor: Actor) -> Self {
         Self {
             actor,
+            secret: None,
             ..self.clone()
         }
+    }
+
+    /// Signs every request with the actor's secret (`Mandate-Auth` header),
+    /// for tenants that require authenticated actors. In-process clients are
+    /// trusted and need none.
+    pub fn with_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.secret = Some(std::sync::Arc::new(secret.into()));
+        self
     }
 
     /// Sets the per-request timeout.
@@ -142,11 +156,23 @@ impl Client {
         let reply = match &self.transport {
             Transport::Local(engine) => engine.handle(&subject, &payload).await,
             Transport::Nats(client) => {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(secret) = &self.secret {
+                    if let Some(v) =
+                        crate::engine::auth::sign(secret, &self.actor, &subject, &payload)
+                    {
+                        headers.insert(crate::engine::auth::AUTH_HEADER, v.as_str());
+                    }
+                }
                 let mut attempt = 0;
                 loop {
                     let r = tokio::time::timeout(
                         self.timeout,
-                        client.request(subject.clone(), payload.clone().into()),
+                        client.request_with_headers(
+                            subject.clone(),
+                            headers.clone(),
+                            payload.clone().into(),
+                        ),
                     )
                     .await;
                     match r {

@@ -88,6 +88,10 @@ pub enum DomainError {
     /// mission intake, or the principal of a tree serving it.
     #[error("{actor} may not complete mission {mission_ref:?}: no tree it granted serves it")]
     MissionForbidden { mission_ref: String, actor: String },
+    /// The tenant requires authenticated actors and this request's proof is
+    /// missing or wrong.
+    #[error("not authenticated: {reason}")]
+    NotAuthenticated { reason: String },
     /// Terminal is absorbing: nothing changes a revoked, expired or completed mandate.
     #[error("mandate {mandate} is already {status}{}", cause_suffix(*mandate, *cause))]
     Terminal {
@@ -174,7 +178,8 @@ impl DomainError {
             CrossTenant { .. }
             | NotGrantee { .. }
             | NotAuthorized { .. }
-            | MissionForbidden { .. } => ErrorCode::Forbidden,
+            | MissionForbidden { .. }
+            | NotAuthenticated { .. } => ErrorCode::Forbidden,
             Terminal { .. } => ErrorCode::Terminal,
             ParentNotActive { .. }
             | DepthExhausted { .. }

@@ -13,6 +13,7 @@
 //! once (read-your-writes) and publishes its signals; the follower applies
 //! everyone's commits in log order and moves the checkpoint.
 
+pub mod auth;
 mod commands;
 pub mod missions;
 mod queries;
@@ -113,6 +114,9 @@ pub struct EngineConfig {
     /// log's head for that tree (one cheap log read) and catch up if behind,
     /// so a lagging instance never answers from stale authority.
     pub fresh_reads: bool,
+    /// Tenants whose actors must prove who they are (see [`auth`]); `None`:
+    /// every tenant is open.
+    pub auth: Option<Arc<auth::AuthConfig>>,
 }
 
 impl Default for EngineConfig {
@@ -125,6 +129,7 @@ impl Default for EngineConfig {
             audit: true,
             expiry_tick: Duration::from_secs(1),
             fresh_reads: true,
+            auth: None,
         }
     }
 }

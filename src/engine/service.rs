@@ -45,6 +45,15 @@ pub async fn round_trip(client: &async_nats::Client, timeout: Duration) -> Resul
     }
 }
 
+/// Where a request came from.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// This process (the in-process client): trusted.
+    InProcess,
+    /// Over NATS, with the `Mandate-Auth` header if one was sent.
+    Remote { auth: Option<&'a str> },
+}
+
 /// Requests handled at once by one instance.
 const MAX_IN_FLIGHT: usize = 256;
 
@@ -84,9 +93,38 @@ fn wire_actor(actor: &Actor) -> Result<(), EngineError> {
 }
 
 impl Engine {
-    /// Handles one request given its subject and body; returns the reply body.
-    /// Never panics on any input.
+    /// Handles one request from this process (trusted: no authentication);
+    /// returns the reply body. Never panics on any input.
     pub async fn handle(&self, subject: &str, body: &[u8]) -> Vec<u8> {
+        self.handle_request(subject, body, Origin::InProcess).await
+    }
+
+    /// Handles one request that came over NATS, with its `Mandate-Auth`
+    /// header if any: commands of tenants that require it are authenticated.
+    pub async fn handle_remote(&self, subject: &str, auth: Option<&str>, body: &[u8]) -> Vec<u8> {
+        self.handle_request(subject, body, Origin::Remote { auth })
+            .await
+    }
+
+    /// Refuses a remote command whose actor is not proven, where the tenant
+    /// requires proof.
+    fn authenticate(
+        &self,
+        origin: Origin<'_>,
+        tenant: &TenantId,
+        actor: &Actor,
+        subject: &str,
+        body: &[u8],
+    ) -> Result<(), EngineError> {
+        match (origin, &self.inner.config.auth) {
+            (Origin::Remote { auth }, Some(config)) => {
+                config.verify(tenant, actor, subject, body, auth)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle_request(&self, subject: &str, body: &[u8], origin: Origin<'_>) -> Vec<u8> {
         let parts: Vec<&str> = subject.split('.').collect();
         let (kind, tenant, verb) = match parts.as_slice() {
             ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
@@ -107,18 +145,28 @@ impl Engine {
             ))));
         }
         if kind == "cmd" {
-            self.handle_command(&tenant, verb, body).await
+            self.handle_command(&tenant, verb, subject, body, origin)
+                .await
         } else {
-            self.handle_query(&tenant, verb, body).await
+            self.handle_query(&tenant, verb, subject, body, origin)
+                .await
         }
     }
 
-    async fn handle_command(&self, tenant: &TenantId, verb: &str, body: &[u8]) -> Vec<u8> {
+    async fn handle_command(
+        &self,
+        tenant: &TenantId,
+        verb: &str,
+        subject: &str,
+        body: &[u8],
+        origin: Origin<'_>,
+    ) -> Vec<u8> {
         if BULK_VERBS.contains(&verb) {
             let r = async {
                 let bulk: BulkEnvelope = parse("bulk command", body)?;
                 same_tenant(tenant, &bulk.tenant)?;
                 wire_actor(&bulk.actor)?;
+                self.authenticate(origin, tenant, &bulk.actor, subject, body)?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
                     crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
@@ -137,6 +185,7 @@ impl Engine {
             let cmd = CommandEnvelope::from_json(body)?;
             same_tenant(tenant, &cmd.tenant)?;
             wire_actor(&cmd.actor)?;
+            self.authenticate(origin, tenant, &cmd.actor, subject, body)?;
             if cmd.command.verb() != verb {
                 return Err(EngineError::Invalid(format!(
                     "subject verb {verb:?} does not match the body's type {:?}",
@@ -149,7 +198,14 @@ impl Engine {
         encode(r)
     }
 
-    async fn handle_query(&self, tenant: &TenantId, verb: &str, body: &[u8]) -> Vec<u8> {
+    async fn handle_query(
+        &self,
+        tenant: &TenantId,
+        verb: &str,
+        subject: &str,
+        body: &[u8],
+        origin: Origin<'_>,
+    ) -> Vec<u8> {
         // Reads about one tree first bring that tree up to the log.
         let target = match verb {
             "status" | "chain" => parse::<MandateQuery>("query", body)
@@ -188,7 +244,17 @@ impl Engine {
             }
             "check" => {
                 let r = match parse::<CheckQuery>("check query", body) {
-                    Ok(q) => self.check(tenant, &q).await,
+                    Ok(mut q) => {
+                        // The audit names who asked only if that is proven
+                        // (where the tenant requires proof).
+                        let proven = q.actor.as_ref().is_some_and(|a| {
+                            self.authenticate(origin, tenant, a, subject, body).is_ok()
+                        });
+                        if !proven {
+                            q.actor = None;
+                        }
+                        self.check(tenant, &q).await
+                    }
                     Err(e) => Err(e),
                 };
                 encode(r)
@@ -253,7 +319,14 @@ impl Engine {
             let me = self.clone();
             let client = client.clone();
             tokio::spawn(async move {
-                let body = me.handle(msg.subject.as_str(), &msg.payload).await;
+                let auth = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(super::auth::AUTH_HEADER))
+                    .map(|v| v.as_str().to_string());
+                let body = me
+                    .handle_remote(msg.subject.as_str(), auth.as_deref(), &msg.payload)
+                    .await;
                 if let Err(e) = client.publish(reply_to, body.into()).await {
                     tracing::warn!(error = %e, "reply not sent");
                 }
