@@ -1900,3 +1900,47 @@ async fn a_lagging_instance_never_answers_from_stale_authority() {
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_serves_only_the_tenants_it_was_given() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nc = connect(&server).await;
+    let engine = Engine::nats(
+        nc.clone(),
+        dir.path(),
+        JetStreamConfig::default(),
+        EngineConfig {
+            tenants: vec![tenant("acme")],
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving_task = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await
+        }
+    });
+    serving(&nc, "acme").await;
+    issue(
+        &nc,
+        "acme",
+        root_issue("cfo", "lead", None, &["a:b on c"], in_an_hour()),
+    )
+    .await;
+    let other = client(&nc, "globex", principal("cfo")).with_timeout(Duration::from_millis(500));
+    let err = other
+        .issue(root_issue("cfo", "lead", None, &["a:b on c"], in_an_hour()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NoEngine(_)), "{err:?}");
+    let _ = tx.send(());
+    serving_task.await.unwrap().unwrap();
+}

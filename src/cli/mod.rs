@@ -44,9 +44,10 @@ pub struct Cli {
         default_value = "mandate-data"
     )]
     pub data: PathBuf,
-    /// Tenant to act in.
-    #[arg(long, global = true, env = "MANDATE_TENANT", default_value = "default")]
-    pub tenant: String,
+    /// Tenant to act in (default: `default`). With `serve`: the tenants to
+    /// serve, comma-separated (default: all).
+    #[arg(long, global = true, env = "MANDATE_TENANT")]
+    pub tenant: Option<String>,
     /// Who acts: principal:<id>, agent:<id> or admin:<id>.
     #[arg(
         long,
@@ -321,7 +322,13 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_inner(cli: Cli) -> Result<i32, Failure> {
-    let tenant = TenantId::new(&cli.tenant).map_err(|e| invalid(e.to_string()))?;
+    // `serve` reads --tenant as a list of tenants to serve (below).
+    let acting_tenant = match cli.command {
+        Cmd::Serve { .. } => None,
+        _ => cli.tenant.as_deref(),
+    };
+    let tenant =
+        TenantId::new(acting_tenant.unwrap_or("default")).map_err(|e| invalid(e.to_string()))?;
     let actor = parse_actor(&cli.actor)?;
     let nats = connect(&cli).await?;
     let mut background = None;
@@ -329,7 +336,19 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
     let (client, missions) = match &nats {
         Some(nc) => {
             if let Cmd::Serve { auth } = &cli.command {
+                let tenants = cli
+                    .tenant
+                    .as_deref()
+                    .map(|list| {
+                        list.split(',')
+                            .map(|t| TenantId::new(t.trim()))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()
+                    .map_err(|e| invalid(e.to_string()))?
+                    .unwrap_or_default();
                 let config = EngineConfig {
+                    tenants,
                     auth: auth
                         .as_deref()
                         .map(AuthConfig::load)

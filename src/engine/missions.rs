@@ -67,16 +67,37 @@ pub(crate) fn parse_mission_subject(subject: &str) -> Result<(TenantId, MissionR
 
 /// The intake loop: completes every tree of the mission, then acknowledges.
 /// A failure leaves the message unacknowledged (redelivered later).
+/// An instance serving some tenants only has one durable consumer per tenant
+/// (`mandate-engine-<tenant>`, filtered on `mission.<tenant>.*.completed`).
 pub(crate) async fn intake(engine: Engine) -> Result<(), EngineError> {
+    let tenants = engine.inner.config.tenants.clone();
+    if tenants.is_empty() {
+        return intake_one(engine, None).await;
+    }
+    let all = tenants
+        .into_iter()
+        .map(|t| intake_one(engine.clone(), Some(t)));
+    futures::future::try_join_all(all).await.map(|_| ())
+}
+
+async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), EngineError> {
     let Some(client) = engine.inner.nats.clone() else {
         return std::future::pending().await;
     };
     let js = jetstream::new(client);
+    let (durable, filter) = match &tenant {
+        None => (MISSION_CONSUMER.to_string(), String::new()),
+        Some(t) => (
+            format!("{MISSION_CONSUMER}-{t}"),
+            format!("mission.{t}.*.completed"),
+        ),
+    };
     loop {
         let consumer = match js
             .create_consumer_on_stream(
                 pull::Config {
-                    durable_name: Some(MISSION_CONSUMER.into()),
+                    durable_name: Some(durable.clone()),
+                    filter_subject: filter.clone(),
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
                     ..Default::default()

@@ -117,6 +117,9 @@ pub struct EngineConfig {
     /// Tenants whose actors must prove who they are (see [`auth`]); `None`:
     /// every tenant is open.
     pub auth: Option<Arc<auth::AuthConfig>>,
+    /// Serve only these tenants (requests, mission intake, expiry); empty:
+    /// every tenant.
+    pub tenants: Vec<TenantId>,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +133,7 @@ impl Default for EngineConfig {
             expiry_tick: Duration::from_secs(1),
             fresh_reads: true,
             auth: None,
+            tenants: Vec::new(),
         }
     }
 }
@@ -348,6 +352,9 @@ impl Engine {
             let now = Utc::now();
             let due = self.inner.store.due_expiries(now, 256)?;
             for e in &due {
+                if !self.serves(&e.tenant) {
+                    continue;
+                }
                 if let Err(err) = self.expire(e, now).await {
                     tracing::warn!(tenant = %e.tenant, mandate = %e.mandate, error = %err, "expiry failed; will retry");
                 }
@@ -385,6 +392,12 @@ impl Engine {
             self.inner.store.flush().await?;
         }
         Ok(RebuildReport { records, equal })
+    }
+
+    /// Whether this instance serves `tenant`.
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        let t = &self.inner.config.tenants;
+        t.is_empty() || t.contains(tenant)
     }
 
     /// The instance's health.

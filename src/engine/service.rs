@@ -287,14 +287,25 @@ impl Engine {
             )
         })?;
         let background = self.start();
-        let mut commands = client
-            .queue_subscribe("mandate.cmd.*.*", QUEUE_GROUP.into())
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
-        let mut queries = client
-            .queue_subscribe("mandate.q.*.*", QUEUE_GROUP.into())
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+        // One subscription per served tenant (or one for all), per kind.
+        let tenants: Vec<String> = match self.inner.config.tenants.as_slice() {
+            [] => vec!["*".into()],
+            some => some.iter().map(|t| t.to_string()).collect(),
+        };
+        let mut commands = Vec::new();
+        let mut queries = Vec::new();
+        for t in &tenants {
+            for (kind, into) in [("cmd", &mut commands), ("q", &mut queries)] {
+                into.push(
+                    client
+                        .queue_subscribe(format!("mandate.{kind}.{t}.*"), QUEUE_GROUP.into())
+                        .await
+                        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?,
+                );
+            }
+        }
+        let mut commands = futures::stream::select_all(commands);
+        let mut queries = futures::stream::select_all(queries);
         // A round trip, so the subscriptions are registered before we say so.
         round_trip(&client, Duration::from_secs(10)).await?;
         tracing::info!(instance = %self.instance(), "serving");
@@ -334,8 +345,9 @@ impl Engine {
             });
         }
         tracing::info!("draining in-flight requests");
-        let _ = commands.unsubscribe().await;
-        let _ = queries.unsubscribe().await;
+        for sub in commands.iter_mut().chain(queries.iter_mut()) {
+            let _ = sub.unsubscribe().await;
+        }
         let _ = tokio::time::timeout(
             Duration::from_secs(10),
             slots.acquire_many(MAX_IN_FLIGHT as u32),
