@@ -277,8 +277,10 @@ async fn main() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Callers have their own connection, as they would in production.
+    let cnc = async_nats::connect(&url).await.unwrap();
     let client = Client::nats(
-        nc.clone(),
+        cnc.clone(),
         tenant(),
         Actor::Principal(PrincipalId::new("cfo").unwrap()),
     );
@@ -301,12 +303,12 @@ async fn main() {
     let (mut raw_lat, mut chk_lat) = (Vec::new(), Vec::new());
     for _ in 0..scale(2_000) {
         let t = Instant::now();
-        nc.request("rawbench.echo", body.clone().into())
+        cnc.request("rawbench.echo", body.clone().into())
             .await
             .unwrap();
         raw_lat.push(t.elapsed());
         let t = Instant::now();
-        nc.request("mandate.q.bench.check", body.clone().into())
+        cnc.request("mandate.q.bench.check", body.clone().into())
             .await
             .unwrap();
         chk_lat.push(t.elapsed());

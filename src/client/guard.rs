@@ -383,7 +383,13 @@ async fn signal_loop(
             }
             SignalKind::Resumed | SignalKind::Narrowed => {}
         }
-        // The signal is a hint; the state is the truth.
+        // Terminal is absorbing: after a termination there is nothing left to
+        // learn, and skipping the re-read keeps a cascade over thousands of
+        // guards from turning into thousands of reads.
+        if inner.terminated_status().is_some() {
+            continue;
+        }
+        // Otherwise the signal is a hint; the state is the truth.
         if let Err(e) = inner.refresh().await {
             tracing::warn!(mandate = %inner.mandate, error = %e, "guard could not re-read state after a signal");
         }
@@ -393,6 +399,10 @@ async fn signal_loop(
 async fn heartbeat_loop(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.config.heartbeat).await;
+        if inner.terminated_status().is_some() {
+            // Ended for good: no lease to keep.
+            return;
+        }
         if let Err(e) = inner.refresh().await {
             tracing::debug!(mandate = %inner.mandate, error = %e, "guard heartbeat failed");
             inner.changed.send_modify(|v| *v += 1);

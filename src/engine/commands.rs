@@ -1,6 +1,8 @@
 //! Command handling: find the tree, decide on its snapshot, append with the
 //! head we decided on, and on a conflict catch the tree up and decide again.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 
 use crate::domain::{
@@ -145,17 +147,19 @@ impl Engine {
         Ok(())
     }
 
-    fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<TreeSnapshot, EngineError> {
+    fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<Arc<TreeSnapshot>, EngineError> {
         if let Some(reason) = self.inner.store.quarantined(tenant, tree)? {
             return Err(EngineError::Quarantined(reason));
         }
         Ok(self
             .inner
             .store
-            .tree(tenant, tree)?
-            .unwrap_or_else(|| TreeSnapshot {
-                position: 0,
-                tree: Tree::empty(tenant.clone(), tree),
+            .tree_shared(tenant, tree)?
+            .unwrap_or_else(|| {
+                Arc::new(TreeSnapshot {
+                    position: 0,
+                    tree: Tree::empty(tenant.clone(), tree),
+                })
             }))
     }
 

@@ -2,6 +2,8 @@
 //! computed on the tree as it was at that moment, by replaying its events up
 //! to it (the auditor's "at 14:05, was this agent still allowed?").
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
@@ -14,6 +16,7 @@ use crate::protocol::{
 };
 
 use super::{moment, Engine, EngineError};
+use crate::store::TreeSnapshot;
 
 impl Engine {
     fn tree_id_of(&self, tenant: &TenantId, mandate: MandateId) -> Result<TreeId, EngineError> {
@@ -31,22 +34,25 @@ impl Engine {
         tenant: &TenantId,
         tree: TreeId,
         at: Option<DateTime<Utc>>,
-    ) -> Result<Tree, EngineError> {
+    ) -> Result<Arc<TreeSnapshot>, EngineError> {
         let not_found = || EngineError::Rejected(DomainError::TreeNotFound { tree });
         match at {
-            None => Ok(self
+            None => self
                 .inner
                 .store
-                .tree(tenant, tree)?
-                .ok_or_else(not_found)?
-                .tree),
+                .tree_shared(tenant, tree)?
+                .ok_or_else(not_found),
             Some(at) => {
                 let history = self.inner.store.history(tenant, tree)?;
                 if history.is_empty() {
                     return Err(not_found());
                 }
                 let past: Vec<_> = history.iter().take_while(|e| e.time <= at).collect();
-                Ok(replay(tenant.clone(), tree, past))
+                let position = 0; // not meaningful for a past state
+                Ok(Arc::new(TreeSnapshot {
+                    position,
+                    tree: replay(tenant.clone(), tree, past),
+                }))
             }
         }
     }
@@ -56,11 +62,11 @@ impl Engine {
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
-    ) -> Result<Tree, EngineError> {
-        let tree = self.tree_at(tenant, self.tree_id_of(tenant, mandate)?, at)?;
+    ) -> Result<Arc<TreeSnapshot>, EngineError> {
+        let snap = self.tree_at(tenant, self.tree_id_of(tenant, mandate)?, at)?;
         // As of `at` the mandate may not have been issued yet.
-        tree.get(mandate)?;
-        Ok(tree)
+        snap.tree.get(mandate)?;
+        Ok(snap)
     }
 
     /// Own status, effective status and its cause.
@@ -71,7 +77,8 @@ impl Engine {
         at: Option<DateTime<Utc>>,
     ) -> Result<StatusReply, EngineError> {
         let now = moment(at);
-        let tree = self.mandate_tree(tenant, mandate, at)?;
+        let snap = self.mandate_tree(tenant, mandate, at)?;
+        let tree = &snap.tree;
         Ok(StatusReply {
             mandate: tree.get(mandate)?.clone(),
             effective: tree.effective(mandate, now)?,
@@ -87,7 +94,8 @@ impl Engine {
         at: Option<DateTime<Utc>>,
     ) -> Result<ChainReply, EngineError> {
         let now = moment(at);
-        let tree = self.mandate_tree(tenant, mandate, at)?;
+        let snap = self.mandate_tree(tenant, mandate, at)?;
+        let tree = &snap.tree;
         let links = tree.chain(mandate);
         Ok(ChainReply {
             tree: tree.id,
@@ -109,14 +117,15 @@ impl Engine {
     /// The whole tree with every mandate's effective status.
     pub fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
         let now = moment(q.at);
-        let tree = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
+        let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
+        let tree = &snap.tree;
         let effective = tree
             .mandates
             .keys()
             .map(|m| summary(&tree, *m, now))
             .collect::<Result<_, _>>()?;
         Ok(TreeReply {
-            tree,
+            tree: tree.clone(),
             at: now,
             effective,
         })
@@ -206,8 +215,8 @@ impl Engine {
         self.freshen(tenant, None, Some(q.mandate)).await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
-                let tree = self.tree_at(tenant, tree_id, q.at)?;
-                authorize(&tree, q.mandate, &q.action, &q.resource, now)
+                let snap = self.tree_at(tenant, tree_id, q.at)?;
+                authorize(&snap.tree, q.mandate, &q.action, &q.resource, now)
             }
             None => authorize(
                 &Tree::empty(tenant.clone(), TreeId(q.mandate.0)),

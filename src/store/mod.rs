@@ -18,7 +18,7 @@
 //! - `z/<tenant>/<tree>` → reason (a tree whose stream is corrupt)
 //! - `k` → checkpoint (be64)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -116,7 +116,13 @@ pub struct Store {
     /// next commit then seemed to skip a sequence number and a healthy tree
     /// was quarantined as corrupt.
     apply_lock: Arc<Mutex<()>>,
+    /// Decoded snapshots by tree, kept equal to the stored ones: every write
+    /// of a snapshot (in `apply_commit`, under `apply_lock`) replaces its entry.
+    cache: Arc<Mutex<HashMap<(TenantId, TreeId), Arc<TreeSnapshot>>>>,
 }
+
+/// Most decoded snapshots kept in memory.
+const SNAPSHOT_CACHE: usize = 4096;
 
 impl Store {
     /// Opens (or creates) the projection at `path`.
@@ -139,12 +145,15 @@ impl Store {
             missions,
             audit,
             apply_lock: Arc::new(Mutex::new(())),
+            cache: Default::default(),
         })
     }
 
     /// Empties the projection (not the audit or intake records), for a rebuild.
     pub fn clear(&self) -> Result<(), StoreError> {
+        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.kv.clear()?;
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
     }
 
@@ -207,11 +216,63 @@ impl Store {
         tenant: &TenantId,
         tree: TreeId,
     ) -> Result<Option<TreeSnapshot>, StoreError> {
+        Ok(self.tree_shared(tenant, tree)?.map(|s| (*s).clone()))
+    }
+
+    /// A tree's snapshot, shared: served from the in-memory cache of decoded
+    /// snapshots when it is there (no JSON decoding, no copy), so a read or a
+    /// command on a large tree does not decode the whole tree each time.
+    pub fn tree_shared(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
+        if let Some(hit) = self.cache_get(&(tenant.clone(), tree)) {
+            return Ok(Some(hit));
+        }
+        // Read under the apply lock, so a concurrent apply cannot slip a newer
+        // snapshot into the cache between our read and our insert.
+        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.load_snapshot_locked(tenant, tree)
+    }
+
+    /// The cached or stored snapshot; the caller holds `apply_lock`.
+    fn load_snapshot_locked(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
+        let cache_key = (tenant.clone(), tree);
+        if let Some(hit) = self.cache_get(&cache_key) {
+            return Ok(Some(hit));
+        }
         let k = key(
             b't',
             &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
         );
-        self.kv.get(&k)?.map(|v| decode(&k, &v)).transpose()
+        let snap: Option<TreeSnapshot> = self.kv.get(&k)?.map(|v| decode(&k, &v)).transpose()?;
+        Ok(snap.map(|snap| {
+            let snap = Arc::new(snap);
+            self.cache_put(cache_key, snap.clone());
+            snap
+        }))
+    }
+
+    fn cache_get(&self, k: &(TenantId, TreeId)) -> Option<Arc<TreeSnapshot>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(k)
+            .cloned()
+    }
+
+    fn cache_put(&self, k: (TenantId, TreeId), snap: Arc<TreeSnapshot>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= SNAPSHOT_CACHE && !cache.contains_key(&k) {
+            // Crude but bounded: start over rather than track recency.
+            cache.clear();
+        }
+        cache.insert(k, snap);
     }
 
     /// The tree a mandate lives in, within one tenant.
@@ -460,13 +521,13 @@ impl Store {
             self.kv.apply_batch(batch)?;
             return Ok(Applied::AlreadyApplied);
         }
-        let snapshot = self.tree(tenant, tree_id)?;
+        let snapshot = self.load_snapshot_locked(tenant, tree_id)?;
         if snapshot.as_ref().is_some_and(|s| s.position >= position) {
             self.kv.apply_batch(batch)?;
             return Ok(Applied::AlreadyApplied);
         }
         let mut tree = snapshot
-            .map(|s| s.tree)
+            .map(|s| Arc::unwrap_or_clone(s).tree)
             .unwrap_or_else(|| Tree::empty(tenant.clone(), tree_id));
         let events = match Event::decode_commit(payload)
             .map_err(|e| e.to_string())
@@ -515,6 +576,7 @@ impl Store {
             serde_json::to_vec(&snap).expect("snapshots serialize"),
         );
         self.kv.apply_batch(batch)?;
+        self.cache_put((tenant.clone(), tree_id), Arc::new(snap));
         Ok(Applied::Applied(events))
     }
 
