@@ -122,7 +122,7 @@ impl Engine {
         let effective = tree
             .mandates
             .keys()
-            .map(|m| summary(&tree, *m, now))
+            .map(|m| summary(tree, *m, now))
             .collect::<Result<_, _>>()?;
         Ok(TreeReply {
             tree: tree.clone(),

@@ -118,8 +118,11 @@ pub struct Store {
     apply_lock: Arc<Mutex<()>>,
     /// Decoded snapshots by tree, kept equal to the stored ones: every write
     /// of a snapshot (in `apply_commit`, under `apply_lock`) replaces its entry.
-    cache: Arc<Mutex<HashMap<(TenantId, TreeId), Arc<TreeSnapshot>>>>,
+    cache: Arc<Mutex<SnapshotCache>>,
 }
+
+/// Decoded snapshots by tenant and tree.
+type SnapshotCache = HashMap<(TenantId, TreeId), Arc<TreeSnapshot>>;
 
 /// Most decoded snapshots kept in memory.
 const SNAPSHOT_CACHE: usize = 4096;
