@@ -58,10 +58,7 @@ pub(crate) fn revoke(
     c: &Change,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "revoke", true)?;
-    refuse_terminal(tree, m, now)?;
-    Ok(vec![EventBody::MandateRevoked(changed(c))])
+    end(tree, actor, c, now, "revoke", EventBody::MandateRevoked)
 }
 
 /// Complete one mandate's task: by authority above, or by its grantee.
@@ -71,10 +68,23 @@ pub(crate) fn complete(
     c: &Change,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
+    end(tree, actor, c, now, "complete", EventBody::MandateCompleted)
+}
+
+/// Ends a mandate that is not already (effectively) ended: by authority
+/// above it, or by its own grantee giving it up.
+fn end(
+    tree: &Tree,
+    actor: &Actor,
+    c: &Change,
+    now: DateTime<Utc>,
+    verb: &'static str,
+    event: fn(Changed) -> EventBody,
+) -> Result<Vec<EventBody>, DomainError> {
     let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "complete", true)?;
+    require_authority(tree, m, actor, verb, true)?;
     refuse_terminal(tree, m, now)?;
-    Ok(vec![EventBody::MandateCompleted(changed(c))])
+    Ok(vec![event(changed(c))])
 }
 
 /// Expire: gated by the clock, not by the actor, so any engine instance's

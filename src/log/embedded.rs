@@ -123,13 +123,7 @@ impl EventLog for EmbeddedLog {
         payload: Bytes,
     ) -> Result<Appended, LogError> {
         let inner = &self.inner;
-        let max = inner.config.max_message_size;
-        if payload.len() > max {
-            return Err(LogError::TooLarge {
-                size: payload.len(),
-                max,
-            });
-        }
+        super::check_size(&payload, inner.config.max_message_size)?;
         let mut last = inner.writer.lock().await;
 
         // The command id comes first: a retry whose expected head went stale

@@ -297,12 +297,7 @@ impl EventLog for JetStreamLog {
     ) -> Result<Appended, LogError> {
         let inner = &self.inner;
         let max = inner.config.max_message_size;
-        if payload.len() > max {
-            return Err(LogError::TooLarge {
-                size: payload.len(),
-                max,
-            });
-        }
+        super::check_size(&payload, max)?;
         let subject = tree_subject(tenant, tree);
         let conflict = {
             // Held only while this publish is outstanding, so that many

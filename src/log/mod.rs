@@ -127,6 +127,17 @@ impl LogError {
     }
 }
 
+/// Refuses a payload larger than `max` before it reaches a backend.
+pub(crate) fn check_size(payload: &Bytes, max: usize) -> Result<(), LogError> {
+    if payload.len() > max {
+        return Err(LogError::TooLarge {
+            size: payload.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
 /// Formats a head that may be unknown.
 struct Head(Option<u64>);
 

@@ -755,3 +755,90 @@ fn parse_last(k: &[u8]) -> Result<uuid::Uuid, StoreError> {
             reason: "last key part is not a UUID".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        decide, root_tree_id, Actor, Command, CommandEnvelope, CommandId, Mission, Scope,
+    };
+
+    fn issue_commit(tenant: &TenantId) -> (TreeId, Vec<u8>) {
+        let cmd = CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant.clone(),
+            actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
+            correlation_id: None,
+            schema_version: 1,
+            command: Command::Issue(crate::domain::command::Issue {
+                principal: PrincipalId::new("cfo").unwrap(),
+                grantee: AgentId::new("lead").unwrap(),
+                mission: Mission {
+                    purpose: "p".into(),
+                    mission_ref: None,
+                },
+                scope: Scope::parse(["a:b on c"]).unwrap(),
+                not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+                depth: 1,
+                step_up: vec![],
+                supervisors: vec![],
+            }),
+        };
+        let tree = root_tree_id(cmd.command_id);
+        let events = decide(&Tree::empty(tenant.clone(), tree), &cmd, chrono::Utc::now()).unwrap();
+        (tree, Event::encode_commit(&events))
+    }
+
+    #[test]
+    fn a_corrupt_commit_quarantines_its_tree_only_and_names_it() {
+        let store = Store::temporary().unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        let globex = TenantId::new("globex").unwrap();
+        let (bad_tree, good) = issue_commit(&acme);
+        assert!(matches!(
+            store.apply_commit(&acme, bad_tree, 1, &good, true).unwrap(),
+            Applied::Applied(_)
+        ));
+        // Garbage is quarantined, naming tree and position.
+        let applied = store
+            .apply_commit(&acme, bad_tree, 2, b"not json", true)
+            .unwrap();
+        let Applied::Quarantined(reason) = applied else {
+            panic!("{applied:?}")
+        };
+        assert!(
+            reason.contains(&bad_tree.to_string()) && reason.contains("position 2"),
+            "{reason}"
+        );
+        assert!(store.quarantined(&acme, bad_tree).unwrap().is_some());
+        // Once quarantined, the tree takes nothing more until rebuilt.
+        assert_eq!(
+            store.apply_commit(&acme, bad_tree, 3, &good, true).unwrap(),
+            Applied::AlreadyApplied
+        );
+        // A commit that breaks a healthy tree's chain (seq 1 again) is caught too.
+        let (chain_tree, first) = issue_commit(&acme);
+        store
+            .apply_commit(&acme, chain_tree, 4, &first, true)
+            .unwrap();
+        let applied = store
+            .apply_commit(&acme, chain_tree, 5, &first, true)
+            .unwrap();
+        let Applied::Quarantined(reason) = applied else {
+            panic!("{applied:?}")
+        };
+        assert!(reason.contains("seq 1"), "{reason}");
+        // Other tenants' trees go on, and the checkpoint moved past the bad record.
+        let (other, commit) = issue_commit(&globex);
+        assert!(matches!(
+            store
+                .apply_commit(&globex, other, 6, &commit, true)
+                .unwrap(),
+            Applied::Applied(_)
+        ));
+        assert!(store.quarantined(&globex, other).unwrap().is_none());
+        assert_eq!(store.checkpoint().unwrap(), 6);
+        // The quarantined tree kept its last good state.
+        assert_eq!(store.tree(&acme, bad_tree).unwrap().unwrap().position, 1);
+    }
+}
