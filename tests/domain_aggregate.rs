@@ -967,6 +967,21 @@ fn a_repeated_command_id_yields_no_events() {
         .then_no_events();
 }
 
+#[test]
+fn a_command_id_reused_for_another_command_is_refused() {
+    let pause_root = pause(alice(), root());
+    let mut resume_root = pause_root.clone();
+    resume_root.command = Command::Resume(mandate::domain::command::Change {
+        mandate: root(),
+        reason: None,
+    });
+    given([issue_root(), pause_root.clone()])
+        .when(resume_root)
+        .then_error(DomainError::CommandIdReused {
+            command_id: pause_root.command_id,
+        });
+}
+
 // ---------------------------------------------------------------------------
 // effective status
 // ---------------------------------------------------------------------------

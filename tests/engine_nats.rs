@@ -1944,3 +1944,60 @@ async fn an_instance_serves_only_the_tenants_it_was_given() {
     let _ = tx.send(());
     serving_task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_reused_for_other_content_is_refused_by_name() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let first = issue(
+        &nc,
+        "acme",
+        root_issue("cfo", "lead", None, &["a:b on c"], in_an_hour()),
+    )
+    .await;
+    let second = issue(
+        &nc,
+        "acme",
+        root_issue("cfo", "lead", None, &["a:b on c"], in_an_hour()),
+    )
+    .await;
+    let pause = envelope(
+        "acme",
+        principal("cfo"),
+        Command::Pause(mandate::domain::command::Change {
+            mandate: first,
+            reason: None,
+        }),
+    );
+    cfo.send(&pause).await.expect("the first use is applied");
+    let before = instance.log_position().await;
+    // The same id for a different command on the same tree…
+    let mut revoke = pause.clone();
+    revoke.command = Command::Revoke(mandate::domain::command::Change {
+        mandate: first,
+        reason: None,
+    });
+    let err = cfo.send(&revoke).await.unwrap_err();
+    assert_eq!(code_of(&err), ErrorCode::Conflict, "{err}");
+    assert!(
+        err.to_string().contains(&pause.command_id.to_string()),
+        "{err}"
+    );
+    // …or on another tree (the log deduplicates ids across trees).
+    let mut elsewhere = pause.clone();
+    elsewhere.command = Command::Pause(mandate::domain::command::Change {
+        mandate: second,
+        reason: None,
+    });
+    let err = cfo.send(&elsewhere).await.unwrap_err();
+    assert_eq!(code_of(&err), ErrorCode::Conflict, "{err}");
+    assert_eq!(instance.log_position().await, before, "nothing was written");
+    assert_eq!(effective(&cfo, second).await, Status::Active);
+    // A faithful retry is still a duplicate, not an error.
+    assert!(cfo.send(&pause).await.unwrap().duplicate);
+    instance.stop().await;
+}

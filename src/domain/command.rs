@@ -202,6 +202,19 @@ fn check_list<T>(field: &'static str, list: &[T]) -> Result<(), DomainError> {
 }
 
 impl CommandEnvelope {
+    /// Hex SHA-256 over the canonical JSON (sorted keys, no whitespace) of
+    /// what the command asks: tenant, actor and command. The command id,
+    /// correlation id and schema version are left out, so a faithful retry
+    /// has the same digest and a reused id with other content does not.
+    pub fn digest(&self) -> String {
+        let value = serde_json::json!({
+            "tenant": self.tenant,
+            "actor": self.actor,
+            "command": self.command,
+        });
+        super::event::hex_sha256(&serde_json::to_vec(&value).expect("commands serialize"))
+    }
+
     /// Decodes a command from JSON, refusing unknown versions and types with
     /// their own errors, and anything malformed with a message naming it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, DomainError> {

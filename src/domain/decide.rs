@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::command::{Command, CommandEnvelope};
 use super::error::DomainError;
-use super::event::{apply, Event, EventBody, SCHEMA_VERSION};
+use super::event::{Event, EventBody, SCHEMA_VERSION};
 use super::ids::EventId;
 use super::model::{Actor, Mandate, Tree};
 use super::{amend, issue, lifecycle};
@@ -30,7 +30,12 @@ pub fn decide(
             command_tenant: cmd.tenant.clone(),
         });
     }
-    if tree.commands.contains_key(&cmd.command_id) {
+    if let Some(applied) = tree.commands.get(&cmd.command_id) {
+        if applied.digest != cmd.digest() {
+            return Err(DomainError::CommandIdReused {
+                command_id: cmd.command_id,
+            });
+        }
         return Ok(Vec::new());
     }
     cmd.validate()?;
@@ -50,38 +55,45 @@ pub fn decide(
 }
 
 /// Wraps bodies in envelopes: sequence numbers and the hash chain continue
-/// from the tree's head.
+/// from the tree's head. (No copy of the tree: seq and prev_hash are all an
+/// event needs from the ones before it in the same commit.)
 fn envelop(
     tree: &Tree,
     cmd: &CommandEnvelope,
     now: DateTime<Utc>,
     bodies: Vec<EventBody>,
 ) -> Vec<Event> {
-    let mut scratch = tree.clone();
-    let mut events = Vec::with_capacity(bodies.len());
+    let digest = cmd.digest();
+    let mut events: Vec<Event> = Vec::with_capacity(bodies.len());
+    let mut principal = tree.principal.clone();
     for (i, body) in bodies.into_iter().enumerate() {
-        let on_behalf_of = match (&scratch.principal, &body) {
-            (Some(p), _) => p.clone(),
-            (None, EventBody::MandateIssued(e)) => e.principal.clone(),
-            // Every command but `issue` needs an existing tree (checked above).
-            (None, _) => unreachable_principal(),
+        if principal.is_none() {
+            if let EventBody::MandateIssued(e) = &body {
+                principal = Some(e.principal.clone());
+            }
+        }
+        // Every command but `issue` needs an existing tree (checked before
+        // any body is produced), and `issue` names its principal.
+        let on_behalf_of = principal.clone().unwrap_or_else(|| unreachable_principal());
+        let (seq, prev_hash) = match events.last() {
+            Some(prev) => (prev.seq + 1, Some(prev.hash())),
+            None => (tree.version + 1, tree.head_hash.clone()),
         };
-        let event = Event {
+        events.push(Event {
             event_id: EventId::for_command(cmd.command_id, i),
             tenant: tree.tenant.clone(),
             tree: tree.id,
-            seq: scratch.version + 1,
+            seq,
             schema_version: SCHEMA_VERSION,
             time: now,
             actor: cmd.actor.clone(),
             on_behalf_of,
             command_id: cmd.command_id,
+            command_digest: digest.clone(),
             correlation_id: cmd.correlation_id.clone(),
-            prev_hash: scratch.head_hash.clone(),
+            prev_hash,
             body,
-        };
-        apply(&mut scratch, &event);
-        events.push(event);
+        });
     }
     events
 }

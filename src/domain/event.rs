@@ -51,6 +51,9 @@ pub struct Event {
     /// On whose authority: the principal of the tree's root.
     pub on_behalf_of: PrincipalId,
     pub command_id: CommandId,
+    /// Hex SHA-256 of the command that wrote it (tenant, actor and command,
+    /// canonical JSON): a command id reused for other content is refused.
+    pub command_digest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     /// Hex SHA-256 of the previous event's canonical encoding; `None` for the first.
@@ -178,8 +181,7 @@ impl Event {
 
     /// Hex SHA-256 of [`Event::canonical_bytes`].
     pub fn hash(&self) -> String {
-        let digest = Sha256::digest(self.canonical_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex_sha256(&self.canonical_bytes())
     }
 
     /// Decodes one event, refusing unknown versions and types with their own errors.
@@ -234,6 +236,14 @@ impl Event {
     pub fn encode_commit(events: &[Event]) -> Vec<u8> {
         serde_json::to_vec(events).expect("events always serialize")
     }
+}
+
+/// Lowercase hex SHA-256.
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A break in a tree's hash chain or sequence, at the first bad event.
@@ -379,7 +389,12 @@ pub fn apply(tree: &mut Tree, event: &Event) {
     }
     tree.version = event.seq;
     tree.head_hash = Some(event.hash());
-    tree.commands.entry(event.command_id).or_insert(event.seq);
+    tree.commands
+        .entry(event.command_id)
+        .or_insert_with(|| super::model::AppliedCommand {
+            seq: event.seq,
+            digest: event.command_digest.clone(),
+        });
 }
 
 fn set(tree: &mut Tree, mandate: MandateId, t: Transition) {

@@ -206,6 +206,15 @@ pub struct Mandate {
     pub children: Vec<MandateId>,
 }
 
+/// A command a tree has applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AppliedCommand {
+    /// Per-tree sequence of its first event.
+    pub seq: u64,
+    /// [`crate::domain::CommandEnvelope::digest`] of the command.
+    pub digest: String,
+}
+
 /// One delegation tree: the aggregate, and the unit of consistency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tree {
@@ -219,9 +228,9 @@ pub struct Tree {
     pub mission: Option<Mission>,
     pub principal: Option<PrincipalId>,
     pub mandates: BTreeMap<MandateId, Mandate>,
-    /// Command ids applied, with the sequence of their first event: a command
-    /// id is applied at most once.
-    pub commands: BTreeMap<CommandId, u64>,
+    /// Command ids applied: a command id is applied at most once, and one
+    /// reused for different content is refused.
+    pub commands: BTreeMap<CommandId, AppliedCommand>,
 }
 
 impl Tree {

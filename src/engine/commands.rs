@@ -220,10 +220,21 @@ impl Engine {
                 .await
             {
                 Ok(appended) if appended.duplicate => {
-                    // Written before (a retry after a lost ack): reply with the original.
+                    // Written before: a retry after a lost ack (reply with the
+                    // original), or the id was used for something else, here
+                    // or on another tree (the log deduplicates ids globally).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
-                    return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
+                    return match decide(&snap.tree, cmd, now) {
+                        Ok(again) if again.is_empty() => {
+                            Ok((self.original(tenant, &snap, cmd.command_id)?, true))
+                        }
+                        Ok(_) => Err(DomainError::CommandIdReused {
+                            command_id: cmd.command_id,
+                        }
+                        .into()),
+                        Err(e) => Err(e.into()),
+                    };
                 }
                 Ok(appended) => {
                     let _ = self.apply_record(

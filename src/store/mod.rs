@@ -608,7 +608,8 @@ fn check_commit(
     if events.is_empty() {
         return Err("empty commit".into());
     }
-    let mut scratch = tree.clone();
+    // Only the running seq and head hash are needed: no copy of the tree.
+    let (mut version, mut head) = (tree.version, tree.head_hash.clone());
     for e in events {
         if &e.tenant != tenant || e.tree != tree_id {
             return Err(format!(
@@ -616,20 +617,21 @@ fn check_commit(
                 e.event_id, e.tenant, e.tree
             ));
         }
-        if e.seq != scratch.version + 1 {
+        if e.seq != version + 1 {
             return Err(format!(
                 "event seq {} where {} was expected",
                 e.seq,
-                scratch.version + 1
+                version + 1
             ));
         }
-        if e.prev_hash != scratch.head_hash {
+        if e.prev_hash != head {
             return Err(format!(
                 "event seq {} does not chain to the previous event's hash",
                 e.seq
             ));
         }
-        apply(&mut scratch, e);
+        version = e.seq;
+        head = Some(e.hash());
     }
     Ok(())
 }
