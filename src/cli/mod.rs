@@ -161,8 +161,13 @@ pub enum Cmd {
         #[arg(long)]
         at: Option<DateTime<Utc>>,
     },
-    /// A tree's events (actor and on-behalf-of apart).
-    History { mandate: String },
+    /// The events of a mandate's tree (actor and on-behalf-of apart).
+    History {
+        mandate: String,
+        /// Only the mandate's own events.
+        #[arg(long)]
+        only: bool,
+    },
     /// Verify the hash chain of a mandate's tree (tamper check).
     Verify { mandate: String },
     /// Mandates held by an agent, granted by a principal, or serving a mission.
@@ -270,6 +275,15 @@ pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
         "d" => Ok(chrono::Duration::days(n)),
         _ => Err(bad()),
     }
+}
+
+/// A tree query naming the tree through one of its mandates.
+fn by_mandate(s: &str) -> Result<TreeQuery, Failure> {
+    Ok(TreeQuery {
+        tree: None,
+        mandate: Some(mandate_id(s)?),
+        at: None,
+    })
 }
 
 fn mandate_id(s: &str) -> Result<MandateId, Failure> {
@@ -574,9 +588,8 @@ async fn command(
         Cmd::Tree { mandate, at } => {
             let t = client
                 .tree(TreeQuery {
-                    tree: None,
-                    mandate: Some(mandate_id(mandate)?),
                     at: *at,
+                    ..by_mandate(mandate)?
                 })
                 .await
                 .map_err(client_failure)?;
@@ -586,15 +599,20 @@ async fn command(
                 draw_tree(&t.tree, &t.effective);
             }
         }
-        Cmd::History { mandate } => {
-            let h = client
-                .history(TreeQuery {
-                    tree: None,
-                    mandate: Some(mandate_id(mandate)?),
-                    at: None,
-                })
-                .await
-                .map_err(client_failure)?;
+        Cmd::History { mandate, only } => {
+            // The whole tree's history, found through the mandate; with
+            // --only, the mandate's own events.
+            let mut q = by_mandate(mandate)?;
+            if !*only {
+                q.tree = Some(
+                    client
+                        .chain(mandate_id(mandate)?, None)
+                        .await
+                        .map_err(client_failure)?
+                        .tree,
+                );
+            }
+            let h = client.history(q).await.map_err(client_failure)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&h)?);
             } else {
@@ -613,11 +631,7 @@ async fn command(
         }
         Cmd::Verify { mandate } => {
             let v = client
-                .verify(TreeQuery {
-                    tree: None,
-                    mandate: Some(mandate_id(mandate)?),
-                    at: None,
-                })
+                .verify(by_mandate(mandate)?)
                 .await
                 .map_err(client_failure)?;
             if json {
