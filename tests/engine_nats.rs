@@ -2001,3 +2001,65 @@ async fn a_command_id_reused_for_other_content_is_refused_by_name() {
     assert!(cfo.send(&pause).await.unwrap().duplicate);
     instance.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_refuses_a_mission_completed_before_any_tree_served_it() {
+    let server = NatsServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start(&server.url(), dir_a.path()).await;
+    let b = Instance::start(&server.url(), dir_b.path()).await;
+    let nc = connect(&server).await;
+    all_serving(&nc, "acme", &[&a, &b]).await;
+    let mission = MissionRef::new("jira:EARLY-1").unwrap();
+    // The ticket closes before anyone issued a mandate for it; one instance
+    // takes the message from the shared intake consumer.
+    async_nats::jetstream::new(nc.clone())
+        .publish(
+            mandate::protocol::mission_subject(&tenant("acme"), &mission),
+            "{}".into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for inst in [&a, &b] {
+        let e = inst.engine.clone();
+        let m = mission.clone();
+        eventually("each instance knows the mission is completed", || {
+            let (e, m) = (e.clone(), m.clone());
+            async move { e.store().mission_completed(&tenant("acme"), &m).unwrap() }
+        })
+        .await;
+    }
+    // Whichever instance a request reaches, the issue is refused.
+    for inst in [&a, &b] {
+        let cmd = envelope(
+            "acme",
+            principal("cfo"),
+            Command::Issue(root_issue(
+                "cfo",
+                "lead",
+                Some("jira:EARLY-1"),
+                &["a:b on c"],
+                in_an_hour(),
+            )),
+        );
+        let reply: Value = serde_json::from_slice(
+            &inst
+                .engine
+                .handle("mandate.cmd.acme.issue", &serde_json::to_vec(&cmd).unwrap())
+                .await,
+        )
+        .unwrap();
+        assert_eq!(reply["error"]["code"], "invalid_state", "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("jira:EARLY-1"),
+            "{reply}"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -159,6 +159,64 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
     }
 }
 
+/// Keeps this instance's record of completed missions complete: every
+/// instance reads the whole mission stream (an ordered consumer of its own),
+/// while only one of them — through the shared durable consumer — completes
+/// the trees. Without this, a mission completed before any tree served it
+/// would be known only to the instance that took the message, and another
+/// instance would still issue mandates for it.
+pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
+    let Some(client) = engine.inner.nats.clone() else {
+        return std::future::pending().await;
+    };
+    let js = jetstream::new(client);
+    loop {
+        let consumer = match js.get_stream(MISSION_STREAM).await {
+            Ok(stream) => {
+                stream
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy: DeliverPolicy::All,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mission marks: no mission stream yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "mission marks: cannot read; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "mission marks: cannot create a consumer; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(msg) = messages.next().await {
+            let Ok(msg) = msg else { break };
+            // Malformed subjects are refused (and logged) by the intake.
+            if let Ok((tenant, mission)) = parse_mission_subject(msg.subject.as_str()) {
+                if engine.serves(&tenant) {
+                    engine
+                        .inner
+                        .store
+                        .mark_mission_completed(&tenant, &mission)?;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Reads a mandate's audit records from the audit stream.
 pub(crate) async fn read_audit(
     client: &async_nats::Client,

@@ -270,7 +270,8 @@ impl Engine {
     }
 
     /// Runs the background tasks — the in-order projector, the expiry
-    /// scheduler and (over NATS) the mission-complete intake — until
+    /// scheduler and (over NATS) the mission-complete intake and the follower
+    /// of completed missions — until
     /// `shutdown` resolves.
     pub async fn run_background(
         &self,
@@ -280,10 +281,12 @@ impl Engine {
         let projector = self.projector();
         let expiry = self.expiry_scheduler();
         let intake = missions::intake(self.clone());
+        let marks = missions::follow_marks(self.clone());
         tokio::select! {
             r = projector => r,
             r = expiry => r,
             r = intake => r,
+            r = marks => r,
             _ = shutdown => {
                 self.inner.store.flush().await?;
                 Ok(())
