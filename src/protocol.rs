@@ -52,6 +52,10 @@ pub const BULK_VERBS: &[&str] = &["revoke_agent", "revoke_principal"];
 /// Every reply: `ok` with a `result`, or not `ok` with an `error`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(bound(deserialize = "T: Deserialize<'de>"))]
+#[schemars(extend("oneOf" = [
+    {"properties": {"ok": {"const": true}}, "required": ["result"], "not": {"required": ["error"]}},
+    {"properties": {"ok": {"const": false}}, "required": ["error"], "not": {"required": ["result"]}}
+]))]
 pub struct Reply<T> {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
