@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::served::Instance;
 use common::NatsServer;
 use mandate::client::Client;
 use mandate::domain::command::Issue;
 use mandate::domain::{Actor, AgentId, ErrorCode, Mission, PrincipalId, Scope, TenantId};
 use mandate::engine::auth::{sign, AuthConfig, AUTH_HEADER};
-use mandate::engine::{Engine, EngineConfig};
+use mandate::engine::EngineConfig;
 use mandate::log::EventLog;
 
 fn issue() -> Issue {
@@ -41,28 +42,16 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     )
     .unwrap();
     let nc = async_nats::connect(server.url()).await.unwrap();
-    let engine = Engine::nats(
-        nc.clone(),
+    let instance = Instance::start_with(
+        &server.url(),
         dir.path(),
-        Default::default(),
         EngineConfig {
             auth: Some(Arc::new(auth)),
             ..EngineConfig::default()
         },
     )
-    .await
-    .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-        }
-    });
+    .await;
+    let engine = instance.engine.clone();
     let acme = TenantId::new("acme").unwrap();
     let cfo = Actor::Principal(PrincipalId::new("cfo").unwrap());
     let unsigned = Client::nats(nc.clone(), acme.clone(), cfo.clone())
@@ -145,6 +134,5 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
         .await
         .expect("an open tenant needs no proof");
 
-    let _ = tx.send(());
-    serving.await.unwrap().unwrap();
+    instance.stop().await;
 }

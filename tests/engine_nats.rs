@@ -23,11 +23,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::served::Instance;
 use common::NatsServer;
 use futures::StreamExt;
 use mandate::client::{Client, ClientError};
@@ -37,7 +37,7 @@ use mandate::domain::{
     EventBody, MandateId, Mission, MissionRef, Outcome, PrincipalId, Scope, Status, TenantId,
     TreeId, SCHEMA_VERSION,
 };
-use mandate::engine::{Engine, EngineConfig, EngineError};
+use mandate::engine::{Engine, EngineConfig};
 use mandate::log::{EventLog, JetStreamConfig};
 use mandate::protocol::{
     command_subject, mission_subject, query_subject, signal_subject, Reply, Signal, SignalKind,
@@ -51,74 +51,6 @@ const PATIENCE: Duration = Duration::from_secs(5);
 // ---------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------
-
-/// One engine instance serving over NATS until stopped.
-struct Instance {
-    engine: Engine,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
-}
-
-impl Instance {
-    /// An instance on its own connection with its projection under `dir`.
-    async fn start(url: &str, dir: &Path) -> Self {
-        let nc = async_nats::connect(url).await.expect("connect the engine");
-        let engine = Engine::nats(nc, dir, JetStreamConfig::default(), EngineConfig::default())
-            .await
-            .expect("open the engine");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = engine.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
-        Self {
-            engine,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    /// Stops serving, waits for the drain, and drops the engine (closing its
-    /// projection, so another instance may open the same directory).
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .expect("the engine stops within 15 s")
-                .expect("the engine task does not panic")
-                .expect("the engine stops cleanly");
-        }
-    }
-
-    async fn log_position(&self) -> u64 {
-        self.engine.log().last_position().await.unwrap()
-    }
-
-    /// Waits until this instance's projection has applied the whole log.
-    async fn caught_up(&self) {
-        let e = self.engine.clone();
-        eventually("the projection catches up with the log", || {
-            let e = e.clone();
-            async move { e.health().await.map(|h| h.lag == 0).unwrap_or(false) }
-        })
-        .await;
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
 
 /// Polls `f` until it holds, for at most [`PATIENCE`].
 async fn eventually<F, Fut>(what: &str, mut f: F)
@@ -1906,28 +1838,15 @@ async fn an_instance_serves_only_the_tenants_it_was_given() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let nc = connect(&server).await;
-    let engine = Engine::nats(
-        nc.clone(),
+    let instance = Instance::start_with(
+        &server.url(),
         dir.path(),
-        JetStreamConfig::default(),
         EngineConfig {
             tenants: vec![tenant("acme")],
             ..EngineConfig::default()
         },
     )
-    .await
-    .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let serving_task = tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            engine
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-        }
-    });
+    .await;
     serving(&nc, "acme").await;
     issue(
         &nc,
@@ -1941,8 +1860,7 @@ async fn an_instance_serves_only_the_tenants_it_was_given() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::NoEngine(_)), "{err:?}");
-    let _ = tx.send(());
-    serving_task.await.unwrap().unwrap();
+    instance.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

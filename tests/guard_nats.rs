@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::served::Instance;
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig, GuardState};
@@ -23,31 +24,18 @@ use mandate::domain::command::{Delegate, Issue};
 use mandate::domain::{
     Actor, AgentId, DenyReason, MandateId, Mission, Outcome, PrincipalId, Scope, Status, TenantId,
 };
-use mandate::engine::{Engine, EngineConfig};
 use tokio::net::{TcpListener, TcpStream};
 
+/// An engine serving on `url`, with its own data directory, once it answers.
 struct Served {
     _dir: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    instance: Instance,
 }
 
 impl Served {
     async fn start(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nc = async_nats::connect(url).await.unwrap();
-        let engine = Engine::nats(nc, dir.path(), Default::default(), EngineConfig::default())
-            .await
-            .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            engine
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let instance = Instance::start(url, dir.path()).await;
         // Serving starts in the background: wait until it answers.
         let probe = client(url, Actor::Admin(PrincipalId::new("probe").unwrap())).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -60,18 +48,12 @@ impl Served {
         }
         Self {
             _dir: dir,
-            stop: Some(tx),
-            task: Some(task),
+            instance,
         }
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(15), t).await;
-        }
+    async fn stop(self) {
+        self.instance.stop().await;
     }
 }
 

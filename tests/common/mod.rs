@@ -3,6 +3,8 @@
 //! Each test binary includes this with `mod common;`. Not every binary uses
 //! every helper, hence the `dead_code` allowances.
 
+pub mod served;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
