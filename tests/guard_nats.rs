@@ -366,3 +366,57 @@ async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns()
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let relay = Relay::start(server.port()).await;
+    let guard_client = client(&relay.url(), agent("a3")).await;
+    // A lease shorter than the heartbeat is refused: the guard would go stale
+    // between heartbeats.
+    let bad = Guard::start(
+        guard_client.clone(),
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(2),
+        },
+    )
+    .await;
+    assert!(matches!(bad, Err(mandate::client::ClientError::Invalid(_))));
+    // A heartbeat far beyond the test's patience: only the reconnect can
+    // make the guard re-read in time.
+    let guard = Guard::start(
+        guard_client,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(60),
+        },
+    )
+    .await
+    .unwrap();
+    relay.sever();
+    let cfo = client(
+        &server.url(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .await;
+    cfo.revoke(ids[2], Some("while cut off".into()))
+        .await
+        .unwrap();
+    // The revoke's signal is lost to the guard: it still allows.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    relay.restore();
+    eventually("the reconnected guard reflects the revoke", || {
+        guard.state() == GuardState::Terminated(Status::Revoked)
+    })
+    .await;
+    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
+    served.stop().await;
+}

@@ -232,6 +232,7 @@ fn client_failure(e: ClientError) -> Failure {
         },
         ClientError::NoEngine(_) | ClientError::TimedOut(_) | ClientError::Nats(_) => 4,
         ClientError::Decode(_) => 6,
+        ClientError::Invalid(_) => 2,
     };
     Failure {
         code,

@@ -174,6 +174,12 @@ impl Guard {
         mandate: MandateId,
         config: GuardConfig,
     ) -> Result<Self, ClientError> {
+        if config.lease <= config.heartbeat {
+            return Err(ClientError::Invalid(format!(
+                "guard lease {:?} must be longer than its heartbeat {:?}, or it goes stale between heartbeats",
+                config.lease, config.heartbeat
+            )));
+        }
         let tenant = client.tenant().clone();
         // The chain never changes (parents are fixed at issue), so reading it
         // first only tells us what to subscribe to; the state read comes after.
@@ -396,9 +402,27 @@ async fn signal_loop(
     }
 }
 
+/// How often the guard looks at its NATS connection between heartbeats.
+const RECONNECT_POLL: Duration = Duration::from_millis(100);
+
 async fn heartbeat_loop(inner: Arc<Inner>) {
+    let nats = inner.client.nats_client().cloned();
+    let mut was_connected = true;
     loop {
-        tokio::time::sleep(inner.config.heartbeat).await;
+        // Sleep until the next heartbeat, but wake early when the connection
+        // comes back: signals sent while it was down are lost, so re-read now
+        // rather than a heartbeat later.
+        let next = tokio::time::Instant::now() + inner.config.heartbeat;
+        while tokio::time::Instant::now() < next {
+            tokio::time::sleep(RECONNECT_POLL.min(inner.config.heartbeat)).await;
+            let Some(nats) = &nats else { continue };
+            let connected = nats.connection_state() == async_nats::connection::State::Connected;
+            let reconnected = connected && !was_connected;
+            was_connected = connected;
+            if reconnected {
+                break;
+            }
+        }
         if inner.terminated_status().is_some() {
             // Ended for good: no lease to keep.
             return;

@@ -46,6 +46,9 @@ pub enum ClientError {
     /// The reply did not decode.
     #[error("undecodable reply: {0}")]
     Decode(String),
+    /// A setting of the caller's is not usable.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
 }
 
 impl ClientError {
