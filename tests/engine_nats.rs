@@ -752,11 +752,11 @@ async fn two_instances_write_each_expiry_once() {
     let t = tenant("acme");
     for inst in [&a, &b] {
         for root in &roots {
-            let s = inst.engine.status(&t, *root, None).unwrap();
+            let s = inst.engine.status(&t, *root, None).await.unwrap();
             assert_eq!(s.mandate.status, Status::Expired);
         }
         for child in &children {
-            let s = inst.engine.status(&t, *child, None).unwrap();
+            let s = inst.engine.status(&t, *child, None).await.unwrap();
             assert_eq!(s.effective.status, Status::Expired);
         }
     }

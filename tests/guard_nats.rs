@@ -113,6 +113,18 @@ async fn chain_of_four(url: &str, ttl: chrono::Duration) -> Vec<MandateId> {
     ids
 }
 
+/// Starts the guard of agent `a3` for `mandate`, connected through `url`.
+async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Duration) -> Guard {
+    Guard::start(
+        client(url, agent("a3")).await,
+        &GuardHub::new(),
+        mandate,
+        GuardConfig { lease, heartbeat },
+    )
+    .await
+    .expect("start the guard")
+}
+
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !f() {
@@ -131,18 +143,13 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
     let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
     let leaf = ids[3];
     // A long lease and heartbeat: only the signal can stop it quickly.
-    let config = GuardConfig {
-        lease: Duration::from_secs(60),
-        heartbeat: Duration::from_secs(30),
-    };
-    let guard = Guard::start(
-        client(&server.url(), agent("a3")).await,
-        &GuardHub::new(),
+    let guard = guard_a3(
+        &server.url(),
         leaf,
-        config,
+        Duration::from_secs(60),
+        Duration::from_secs(30),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     let cancel = guard.cancellation();
     // In-flight work that must be cancelled.
@@ -178,17 +185,13 @@ async fn local_expiry_denies_at_not_after_without_any_signal() {
     let server = NatsServer::start();
     let served = Served::start(&server.url()).await;
     let ids = chain_of_four(&server.url(), chrono::Duration::milliseconds(1500)).await;
-    let guard = Guard::start(
-        client(&server.url(), agent("a3")).await,
-        &GuardHub::new(),
+    let guard = guard_a3(
+        &server.url(),
         ids[3],
-        GuardConfig {
-            lease: Duration::from_secs(60),
-            heartbeat: Duration::from_secs(30),
-        },
+        Duration::from_secs(60),
+        Duration::from_secs(30),
     )
-    .await
-    .unwrap();
+    .await;
     // Stop the engine: no expiry event and no signal can come now.
     served.stop().await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
@@ -277,17 +280,7 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let lease = Duration::from_millis(1200);
-    let guard = Guard::start(
-        client(&relay.url(), agent("a3")).await,
-        &GuardHub::new(),
-        ids[3],
-        GuardConfig {
-            lease,
-            heartbeat: Duration::from_millis(300),
-        },
-    )
-    .await
-    .unwrap();
+    let guard = guard_a3(&relay.url(), ids[3], lease, Duration::from_millis(300)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
     relay.sever();
@@ -340,17 +333,13 @@ async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns()
     let mut server = NatsServer::start();
     let served = Served::start(&server.url()).await;
     let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
-    let guard = Guard::start(
-        client(&server.url(), agent("a3")).await,
-        &GuardHub::new(),
+    let guard = guard_a3(
+        &server.url(),
         ids[3],
-        GuardConfig {
-            lease: Duration::from_millis(1000),
-            heartbeat: Duration::from_millis(250),
-        },
+        Duration::from_millis(1000),
+        Duration::from_millis(250),
     )
-    .await
-    .unwrap();
+    .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     server.stop();
     eventually("guard goes stale with the server down", || {

@@ -135,10 +135,11 @@ impl Engine {
             (None, None) => None,
         };
         let Some(tree) = tree else { return Ok(()) };
+        // Shared, not copied: this runs before every read.
         let position = self
             .inner
             .store
-            .tree(tenant, tree)?
+            .tree_shared(tenant, tree)?
             .map(|s| s.position)
             .unwrap_or(0);
         if self.inner.log.tree_head(tenant, tree).await? > position {
@@ -294,7 +295,7 @@ impl Engine {
 
     /// One publish per event on the subject of the mandate it is about.
     async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
-        let snap = match self.inner.store.tree(tenant, tree) {
+        let snap = match self.inner.store.tree_shared(tenant, tree) {
             Ok(Some(snap)) => snap,
             other => {
                 // Not expected after an acknowledged append; guards re-read
@@ -459,7 +460,7 @@ impl Engine {
         let mut duplicate = true;
         for (tree, mandate) in targets {
             // Skip what is already effectively ended (e.g. below another target).
-            if let Some(s) = self.inner.store.tree(&bulk.tenant, tree)? {
+            if let Some(s) = self.inner.store.tree_shared(&bulk.tenant, tree)? {
                 if s.tree
                     .effective(mandate, now)
                     .map(|e| e.status.is_terminal())

@@ -70,12 +70,13 @@ impl Engine {
     }
 
     /// Own status, effective status and its cause.
-    pub fn status(
+    pub async fn status(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<StatusReply, EngineError> {
+        self.freshen(tenant, None, Some(mandate)).await?;
         let now = moment(at);
         let snap = self.mandate_tree(tenant, mandate, at)?;
         let tree = &snap.tree;
@@ -87,12 +88,13 @@ impl Engine {
     }
 
     /// The chain root → mandate.
-    pub fn chain(
+    pub async fn chain(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<ChainReply, EngineError> {
+        self.freshen(tenant, None, Some(mandate)).await?;
         let now = moment(at);
         let snap = self.mandate_tree(tenant, mandate, at)?;
         let tree = &snap.tree;
@@ -115,7 +117,8 @@ impl Engine {
     }
 
     /// The whole tree with every mandate's effective status.
-    pub fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
+    pub async fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
+        self.freshen(tenant, q.tree, q.mandate).await?;
         let now = moment(q.at);
         let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
         let tree = &snap.tree;
@@ -132,7 +135,12 @@ impl Engine {
     }
 
     /// A tree's events.
-    pub fn history(&self, tenant: &TenantId, q: &TreeQuery) -> Result<HistoryReply, EngineError> {
+    pub async fn history(
+        &self,
+        tenant: &TenantId,
+        q: &TreeQuery,
+    ) -> Result<HistoryReply, EngineError> {
+        self.freshen(tenant, q.tree, q.mandate).await?;
         let tree = self.resolve_tree(tenant, q)?;
         let mut events = self.inner.store.history(tenant, tree)?;
         if events.is_empty() {
@@ -148,12 +156,17 @@ impl Engine {
     }
 
     /// Verifies a tree's hash chain against the head the projection recorded.
-    pub fn verify(&self, tenant: &TenantId, q: &TreeQuery) -> Result<VerifyReply, EngineError> {
+    pub async fn verify(
+        &self,
+        tenant: &TenantId,
+        q: &TreeQuery,
+    ) -> Result<VerifyReply, EngineError> {
+        self.freshen(tenant, q.tree, q.mandate).await?;
         let tree = self.resolve_tree(tenant, q)?;
         let snap = self
             .inner
             .store
-            .tree(tenant, tree)?
+            .tree_shared(tenant, tree)?
             .ok_or(EngineError::Rejected(DomainError::TreeNotFound { tree }))?;
         let events = self.inner.store.history(tenant, tree)?;
         let head = snap.tree.head_hash.clone();
@@ -197,7 +210,7 @@ impl Engine {
         let now = Utc::now();
         let mut mandates = Vec::new();
         for (tree_id, mandate) in pairs {
-            let Some(snap) = store.tree(tenant, tree_id)? else {
+            let Some(snap) = store.tree_shared(tenant, tree_id)? else {
                 continue;
             };
             let m = mandate.or(snap.tree.root);

@@ -206,39 +206,28 @@ impl Engine {
         body: &[u8],
         origin: Origin<'_>,
     ) -> Vec<u8> {
-        // Reads about one tree first bring that tree up to the log.
-        let target = match verb {
-            "status" | "chain" => parse::<MandateQuery>("query", body)
-                .ok()
-                .map(|q| (None, Some(q.mandate))),
-            "tree" | "history" | "verify" => parse::<TreeQuery>("query", body)
-                .ok()
-                .map(|q| (q.tree, q.mandate)),
-            _ => None,
-        };
-        if let Some((tree, mandate)) = target {
-            if let Err(e) = self.freshen(tenant, tree, mandate).await {
-                return encode::<()>(Err(e));
-            }
-        }
+        // Each read brings its tree up to the log first (`Engine::freshen`).
         match verb {
-            "status" => encode(
-                parse::<MandateQuery>("status query", body)
-                    .and_then(|q| self.status(tenant, q.mandate, q.at)),
-            ),
-            "chain" => encode(
-                parse::<MandateQuery>("chain query", body)
-                    .and_then(|q| self.chain(tenant, q.mandate, q.at)),
-            ),
-            "tree" => {
-                encode(parse::<TreeQuery>("tree query", body).and_then(|q| self.tree(tenant, &q)))
-            }
-            "history" => encode(
-                parse::<TreeQuery>("history query", body).and_then(|q| self.history(tenant, &q)),
-            ),
-            "verify" => encode(
-                parse::<TreeQuery>("verify query", body).and_then(|q| self.verify(tenant, &q)),
-            ),
+            "status" => encode(match parse::<MandateQuery>("status query", body) {
+                Ok(q) => self.status(tenant, q.mandate, q.at).await,
+                Err(e) => Err(e),
+            }),
+            "chain" => encode(match parse::<MandateQuery>("chain query", body) {
+                Ok(q) => self.chain(tenant, q.mandate, q.at).await,
+                Err(e) => Err(e),
+            }),
+            "tree" => encode(match parse::<TreeQuery>("tree query", body) {
+                Ok(q) => self.tree(tenant, &q).await,
+                Err(e) => Err(e),
+            }),
+            "history" => encode(match parse::<TreeQuery>("history query", body) {
+                Ok(q) => self.history(tenant, &q).await,
+                Err(e) => Err(e),
+            }),
+            "verify" => encode(match parse::<TreeQuery>("verify query", body) {
+                Ok(q) => self.verify(tenant, &q).await,
+                Err(e) => Err(e),
+            }),
             "list" => {
                 encode(parse::<ListQuery>("list query", body).and_then(|q| self.list(tenant, &q)))
             }
