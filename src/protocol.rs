@@ -87,17 +87,26 @@ impl<T> Reply<T> {
             _ => Err(ErrorBody {
                 code: ErrorCode::Internal,
                 message: "reply has neither result nor error".into(),
+                reason: None,
             }),
         }
     }
 }
 
-/// An error on the wire: a stable code and a message naming what was wrong.
+/// An error on the wire: a stable code, a message naming what was wrong for
+/// people, and for every domain refusal a stable reason for programs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{code:?}: {message}")]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// The kind of refusal, snake_case and stable, set for every refusal by
+    /// the domain's rules (e.g. `not_authorized`, `not_grantee`,
+    /// `mission_forbidden`, `not_authenticated`, `scope_widens`): several
+    /// kinds share one `code`, and clients tell them apart by this field,
+    /// never by the message. Absent for failures outside those rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<&DomainError> for ErrorBody {
@@ -105,6 +114,7 @@ impl From<&DomainError> for ErrorBody {
         Self {
             code: e.code(),
             message: e.to_string(),
+            reason: Some(e.reason().to_string()),
         }
     }
 }

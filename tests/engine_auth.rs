@@ -69,6 +69,7 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     // No proof: refused, nothing written.
     let err = unsigned.issue(issue()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert_eq!(err.reason(), Some("not_authenticated"), "{err}");
     assert!(err.to_string().contains(AUTH_HEADER), "{err}");
     // A wrong secret, or the right secret claimed for another actor: refused.
     let wrong = unsigned.clone().with_secret("guess");

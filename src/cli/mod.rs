@@ -225,6 +225,7 @@ fn client_failure(e: ClientError) -> Failure {
             ErrorCode::NotFound => 3,
             ErrorCode::Unavailable => 4,
             ErrorCode::Forbidden
+            | ErrorCode::Widens
             | ErrorCode::Terminal
             | ErrorCode::InvalidState
             | ErrorCode::Conflict => 5,

@@ -59,6 +59,15 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The engine's reason for a refusal (e.g. `not_grantee`), when it gave
+    /// one: tells refusals that share a code apart without reading messages.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Engine(b) => b.reason.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// How the client reaches the engine.

@@ -155,6 +155,9 @@ pub enum ErrorCode {
     InvalidState,
     Unavailable,
     Internal,
+    /// A policy refusal: the command asks for more authority than its
+    /// source holds (scope, `not_after` or depth). Not a syntax error.
+    Widens,
 }
 
 impl DomainError {
@@ -162,14 +165,14 @@ impl DomainError {
     pub fn code(&self) -> ErrorCode {
         use DomainError::*;
         match self {
+            ScopeWidens { .. }
+            | NarrowWidens { .. }
+            | NotAfterWidens { .. }
+            | DepthWidens { .. } => ErrorCode::Widens,
             InvalidId { .. }
             | InvalidScope { .. }
             | InvalidField { .. }
-            | ScopeWidens { .. }
-            | NarrowWidens { .. }
-            | NotAfterWidens { .. }
             | NotAfterInPast { .. }
-            | DepthWidens { .. }
             | UnknownVersion { .. }
             | UnknownType { .. }
             | Malformed { .. } => ErrorCode::InvalidInput,
@@ -188,6 +191,43 @@ impl DomainError {
             | NotYetExpired { .. }
             | MissionMismatch { .. }
             | MissionCompleted { .. } => ErrorCode::InvalidState,
+        }
+    }
+
+    /// The machine-readable kind of this refusal: the snake_case name of the
+    /// variant, stable on the wire (`ErrorBody::reason`), so clients tell
+    /// refusals that share a code apart without parsing messages.
+    pub fn reason(&self) -> &'static str {
+        use DomainError::*;
+        match self {
+            InvalidId { .. } => "invalid_id",
+            InvalidScope { .. } => "invalid_scope",
+            InvalidField { .. } => "invalid_field",
+            MandateNotFound { .. } => "mandate_not_found",
+            TreeNotFound { .. } => "tree_not_found",
+            TreeExists { .. } => "tree_exists",
+            CrossTenant { .. } => "cross_tenant",
+            ParentNotActive { .. } => "parent_not_active",
+            ScopeWidens { .. } => "scope_widens",
+            NarrowWidens { .. } => "narrow_widens",
+            NotAfterWidens { .. } => "not_after_widens",
+            NotAfterInPast { .. } => "not_after_in_past",
+            DepthExhausted { .. } => "depth_exhausted",
+            DepthWidens { .. } => "depth_widens",
+            NotGrantee { .. } => "not_grantee",
+            NotAuthorized { .. } => "not_authorized",
+            MissionForbidden { .. } => "mission_forbidden",
+            NotAuthenticated { .. } => "not_authenticated",
+            Terminal { .. } => "terminal",
+            AlreadyPaused { .. } => "already_paused",
+            NotPaused { .. } => "not_paused",
+            NotYetExpired { .. } => "not_yet_expired",
+            MissionMismatch { .. } => "mission_mismatch",
+            MissionCompleted { .. } => "mission_completed",
+            UnknownVersion { .. } => "unknown_version",
+            UnknownType { .. } => "unknown_type",
+            Malformed { .. } => "malformed",
+            CommandIdReused { .. } => "command_id_reused",
         }
     }
 }

@@ -91,6 +91,10 @@ impl EngineError {
         ErrorBody {
             code,
             message: self.to_string(),
+            reason: match self {
+                EngineError::Rejected(d) => Some(d.reason().to_string()),
+                _ => None,
+            },
         }
     }
 }

@@ -1,0 +1,218 @@
+//! Authority on the wire, with a real nats-server and engine: refusals carry
+//! a machine-readable reason, widening has its own code, a resource with
+//! dot segments never escapes its pattern (engine and guard alike), and a
+//! grantee never holds authority over its own mandate.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::served::Instance;
+use common::NatsServer;
+use mandate::client::Client;
+use mandate::domain::command::Issue;
+use mandate::domain::{
+    Actor, AgentId, CommandId, MandateId, Mission, PrincipalId, Scope, TenantId,
+};
+use mandate::protocol::command_subject;
+use serde_json::{json, Value};
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+fn agent_id(s: &str) -> AgentId {
+    AgentId::new(s).unwrap()
+}
+fn principal_id(s: &str) -> PrincipalId {
+    PrincipalId::new(s).unwrap()
+}
+fn agent(s: &str) -> Actor {
+    Actor::Agent(agent_id(s))
+}
+fn principal(s: &str) -> Actor {
+    Actor::Principal(principal_id(s))
+}
+fn scope(grants: &[&str]) -> Scope {
+    Scope::parse(grants.iter().copied()).unwrap()
+}
+fn in_an_hour() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::hours(1)
+}
+
+fn client(nc: &async_nats::Client, actor: Actor) -> Client {
+    Client::nats(nc.clone(), tenant(), actor)
+}
+
+/// A server, one serving engine and a connection that the engine answers.
+struct World {
+    _server: NatsServer,
+    _dir: tempfile::TempDir,
+    instance: Instance,
+    nc: async_nats::Client,
+}
+
+impl World {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let instance = Instance::start(&server.url(), dir.path()).await;
+        let nc = async_nats::connect(server.url()).await.expect("connect");
+        let probe = client(&nc, principal("probe")).with_timeout(Duration::from_millis(500));
+        eventually("an engine answers requests", || {
+            let c = probe.clone();
+            async move { c.health().await.is_ok() }
+        })
+        .await;
+        Self {
+            _server: server,
+            _dir: dir,
+            instance,
+            nc,
+        }
+    }
+
+    fn client(&self, actor: Actor) -> Client {
+        client(&self.nc, actor)
+    }
+
+    /// cfo → planner, with `supervisors` named on the root.
+    async fn root(&self, grants: &[&str], supervisors: &[&str]) -> MandateId {
+        self.client(principal("cfo"))
+            .issue(Issue {
+                principal: principal_id("cfo"),
+                grantee: agent_id("planner"),
+                mission: Mission {
+                    purpose: "authority tests".into(),
+                    mission_ref: None,
+                },
+                scope: scope(grants),
+                not_after: in_an_hour(),
+                depth: 4,
+                step_up: vec![],
+                supervisors: supervisors.iter().map(|s| agent_id(s)).collect(),
+            })
+            .await
+            .expect("issue")
+            .mandate
+            .expect("an issue names its mandate")
+    }
+
+    /// Sends a JSON body to a command subject and returns the reply's JSON.
+    async fn raw_command(&self, verb: &str, body: Value) -> Value {
+        let subject = command_subject(&tenant(), verb);
+        let msg = tokio::time::timeout(
+            PATIENCE,
+            self.nc
+                .request(subject.clone(), body.to_string().into_bytes().into()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no reply on {subject} in time"))
+        .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
+        serde_json::from_slice(&msg.payload).expect("a JSON reply")
+    }
+
+    async fn stop(self) {
+        self.instance.stop().await;
+    }
+}
+
+fn delegate_body(actor: Value, parent: MandateId, grantee: &str, grants: &[&str]) -> Value {
+    json!({
+        "command_id": CommandId::generate(),
+        "tenant": "acme",
+        "actor": actor,
+        "type": "delegate",
+        "parent": parent,
+        "grantee": grantee,
+        "scope": scope(grants),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_refusals_carry_a_machine_readable_reason() {
+    let w = World::start().await;
+    let root = w.root(&["finance:* on reports/**"], &[]).await;
+
+    // Someone other than the holder delegates: not the grantee.
+    let reply = w
+        .raw_command(
+            "delegate",
+            delegate_body(
+                json!({"kind": "agent", "id": "mallory"}),
+                root,
+                "helper",
+                &["finance:read on reports/q3"],
+            ),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], json!("forbidden"), "{reply}");
+    assert_eq!(reply["error"]["reason"], json!("not_grantee"), "{reply}");
+
+    // A stranger pauses: not authorized.
+    let reply = w
+        .raw_command(
+            "pause",
+            json!({
+                "command_id": CommandId::generate(),
+                "tenant": "acme",
+                "actor": {"kind": "agent", "id": "mallory"},
+                "type": "pause",
+                "mandate": root,
+            }),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], json!("forbidden"), "{reply}");
+    assert_eq!(reply["error"]["reason"], json!("not_authorized"), "{reply}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
+    let w = World::start().await;
+    let root = w.root(&["finance:read on reports/q3/*"], &[]).await;
+    let reply = w
+        .raw_command(
+            "delegate",
+            delegate_body(
+                json!({"kind": "agent", "id": "planner"}),
+                root,
+                "helper",
+                &["finance:* on reports/**"],
+            ),
+        )
+        .await;
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    assert_eq!(reply["error"]["code"], json!("widens"), "{reply}");
+    assert_eq!(reply["error"]["reason"], json!("scope_widens"), "{reply}");
+    // Malformed input keeps its own code.
+    let reply = w
+        .raw_command(
+            "delegate",
+            json!({"type": "delegate", "tenant": "acme", "parent": "not-a-uuid"}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], json!("invalid_input"), "{reply}");
+    w.stop().await;
+}
