@@ -11,10 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::served::Instance;
 use common::NatsServer;
-use mandate::client::Client;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Client, Guard, GuardConfig};
 use mandate::domain::command::Issue;
 use mandate::domain::{
-    Actor, AgentId, CommandId, MandateId, Mission, PrincipalId, Scope, TenantId,
+    Actor, AgentId, CommandId, DenyReason, MandateId, Mission, Outcome, PrincipalId, Scope,
+    TenantId,
 };
 use mandate::protocol::command_subject;
 use serde_json::{json, Value};
@@ -214,5 +216,60 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
         )
         .await;
     assert_eq!(reply["error"]["code"], json!("invalid_input"), "{reply}");
+    w.stop().await;
+}
+
+/// `..`, `.` and empty segments never reach a pattern: `reports/**` must not
+/// allow `reports/../hr/salaries`, on the engine or in a guard, and both
+/// answer the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
+    let w = World::start().await;
+    let root = w.root(&["finance:read on reports/**"], &[]).await;
+    let planner = w.client(agent("planner"));
+    let guard = Guard::start(
+        planner.clone(),
+        &GuardHub::new(),
+        root,
+        GuardConfig {
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+        },
+    )
+    .await
+    .expect("start the guard");
+    // The pattern does allow what lies under it, on both paths.
+    assert_eq!(
+        planner
+            .check(root, "finance:read", "reports/q3/summary", None)
+            .await
+            .expect("check")
+            .outcome,
+        Outcome::Allow
+    );
+    assert_eq!(
+        guard.check("finance:read", "reports/q3/summary").outcome,
+        Outcome::Allow
+    );
+    for resource in [
+        "reports/../hr/salaries",
+        "reports/./../hr",
+        "reports/..",
+        "reports/.",
+        "reports//hr",
+    ] {
+        let on_engine = planner
+            .check(root, "finance:read", resource, None)
+            .await
+            .expect("check");
+        let on_guard = guard.check("finance:read", resource);
+        for (path, d) in [("engine", &on_engine), ("guard", &on_guard)] {
+            assert_eq!(d.outcome, Outcome::Deny, "{path} on {resource}: {d:?}");
+            assert!(
+                matches!(d.reason, Some(DenyReason::InvalidRequest { .. })),
+                "{path} on {resource}: {d:?}"
+            );
+        }
+    }
     w.stop().await;
 }

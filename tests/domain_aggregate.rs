@@ -1111,6 +1111,38 @@ fn authorize_denies_a_wildcard_request() {
 }
 
 #[test]
+fn authorize_denies_a_resource_with_dot_segments_as_an_invalid_request() {
+    // The root allows `finance:*` on `reports/**`; `..` would climb out of it.
+    let g = given([issue_root()]);
+
+    for resource in ["reports/../hr/salaries", "reports/./q3", "reports/.."] {
+        let d = authorize(&g.tree, root(), "finance:read", resource, g.now);
+
+        assert_eq!(d.outcome, Outcome::Deny, "{resource}: {d:?}");
+        assert!(
+            matches!(d.reason, Some(DenyReason::InvalidRequest { .. })),
+            "{resource}: {:?}",
+            d.reason
+        );
+    }
+}
+
+#[test]
+fn a_scope_pattern_with_a_dot_segment_is_refused() {
+    for pattern in [
+        "finance:read on reports/../hr",
+        "finance:read on ./reports/**",
+    ] {
+        let err = pattern.parse::<mandate::domain::Grant>().unwrap_err();
+
+        assert!(
+            matches!(err, DomainError::InvalidScope { .. }),
+            "{pattern}: {err}"
+        );
+    }
+}
+
+#[test]
 fn authorize_denies_after_not_after_without_any_event() {
     let g = given([issue_root(), delegate_child()]).at(root_not_after());
 

@@ -947,6 +947,30 @@ fn probes(tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> Vec<CommandEnvelope> 
 // Properties
 // ---------------------------------------------------------------------------
 
+/// What a resource server would open for `resource`: `.` and empty
+/// segments dropped, `..` climbing one segment.
+fn canonical(resource: &str) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in resource.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    out
+}
+
+/// The literal segments of a resource pattern before its first wildcard.
+fn literal_prefix(pattern: &str) -> Vec<&str> {
+    pattern
+        .split('/')
+        .take_while(|s| *s != "*" && *s != "**")
+        .collect()
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -971,6 +995,35 @@ proptest! {
                 req,
                 scope
             );
+        }
+    }
+
+    /// A checked resource never escapes the literal prefix of the pattern
+    /// that allowed it: whatever `.`, `..` or empty segments it holds, if a
+    /// grant allows it, what a resource server would open lies under that
+    /// grant's literal prefix.
+    #[test]
+    fn no_accepted_resource_escapes_the_literal_prefix_of_its_pattern(
+        scope in scope_strategy(),
+        (action, _) in request_strategy(),
+        segs in prop::collection::vec(select(&["x", "y", "z", ".", "..", ""][..]), 1..=5),
+    ) {
+        let resource = segs.join("/");
+        let Ok((a, r)) = mandate::domain::authorize::parse_request(&action, &resource) else {
+            return Ok(());
+        };
+        for g in scope.grants() {
+            let single = Scope::new(vec![g.clone()]).expect("one grant");
+            if single.allows(&a, &r) {
+                let text = g.resource.to_string();
+                let prefix = literal_prefix(&text);
+                let opened = canonical(&resource);
+                prop_assert!(
+                    opened.starts_with(&prefix),
+                    "{:?} allows {:?}, which opens {:?} outside {:?}",
+                    text, resource, opened, prefix
+                );
+            }
         }
     }
 

@@ -8,8 +8,11 @@
 //!   `tickets/**`, `**`.
 //!
 //! Segments are non-empty and made of ASCII letters, digits and `-_.@+=`;
-//! a `*` is only ever a whole segment. Requests checked against a scope are
-//! concrete: no wildcard at all.
+//! a `*` is only ever a whole segment. A resource segment is never `.` or
+//! `..`: patterns and requests are canonical paths, so a request such as
+//! `reports/../hr` is refused before any matching rather than allowed under
+//! `reports/**` (empty segments were never accepted). Requests checked
+//! against a scope are concrete: no wildcard at all.
 //!
 //! [`Scope::covers`] decides containment. It is *sound*: when it says the
 //! parent covers the child, every concrete request the child allows, the parent
@@ -156,6 +159,14 @@ impl ResourcePattern {
                 lit if lit.contains('*') => {
                     return Err(invalid(s, "'*' must be a whole segment"));
                 }
+                "." | ".." => {
+                    return Err(invalid(
+                        s,
+                        format!(
+                            "resource segment {seg:?} is a relative path step; resources are canonical paths"
+                        ),
+                    ));
+                }
                 lit if !valid_segment(lit) => {
                     return Err(invalid(
                         s,
@@ -260,7 +271,7 @@ string_serde!(
 string_serde!(
     ResourcePattern,
     "'/'-separated resource path; '*' matches one segment, a trailing '**' any suffix: 'reports/q3/*', 'tickets/**'",
-    r"^(\*\*|([A-Za-z0-9._@+=-]+|\*)(/([A-Za-z0-9._@+=-]+|\*))*(/\*\*)?)$"
+    r"^(\*\*|((?:[A-Za-z0-9_@+=-][A-Za-z0-9._@+=-]*|\.[A-Za-z0-9_@+=-][A-Za-z0-9._@+=-]*|\.\.[A-Za-z0-9._@+=-]+)|\*)(/((?:[A-Za-z0-9_@+=-][A-Za-z0-9._@+=-]*|\.[A-Za-z0-9_@+=-][A-Za-z0-9._@+=-]*|\.\.[A-Za-z0-9._@+=-]+)|\*))*(/\*\*)?)$"
 );
 
 /// One grant: an action pattern on a resource pattern.
@@ -433,7 +444,9 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        for bad in ["", "/a", "a//b", "a/**/b", "a/b*", "a/b/", "a b"] {
+        for bad in [
+            "", "/a", "a//b", "a/**/b", "a/b*", "a/b/", "a b", "a/../b", "./a", "a/..", "..",
+        ] {
             let err = ResourcePattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
