@@ -273,3 +273,38 @@ async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
     }
     w.stop().await;
 }
+
+/// The principal's pause holds against the grantor (its holder below the
+/// principal), and the refusal says why in a machine-readable way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grantor_cannot_undo_its_principals_pause() {
+    let w = World::start().await;
+    let root = w.root(&["finance:* on reports/**"], &[]).await;
+    let planner = w.client(agent("planner"));
+    let child = planner
+        .delegate(mandate::domain::command::Delegate {
+            parent: root,
+            grantee: agent_id("helper"),
+            scope: scope(&["finance:read on reports/q3/*"]),
+            not_after: None,
+            depth: None,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("delegate")
+        .mandate
+        .expect("a delegation names its mandate");
+    let cfo = w.client(principal("cfo"));
+    cfo.pause(child, Some("audit".into())).await.expect("pause");
+
+    let err = planner.resume(child, None).await.unwrap_err();
+    assert_eq!(err.reason(), Some("paused_from_above"), "{err}");
+    let status = cfo.status(child, None).await.expect("status");
+    assert_eq!(status.mandate.status, mandate::domain::Status::Paused);
+
+    cfo.resume(child, None)
+        .await
+        .expect("the principal lifts its own pause");
+    w.stop().await;
+}

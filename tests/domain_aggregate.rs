@@ -714,6 +714,169 @@ fn grantee_may_not_resume_its_own_mandate() {
 }
 
 // ---------------------------------------------------------------------------
+// authority comes strictly from above (invariant 9)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn issue_naming_the_grantee_its_own_supervisor_is_refused() {
+    let mut i = root_issue();
+    i.supervisors.push(agent_id("orchestrator"));
+    given([])
+        .when(by(alice(), Command::Issue(i)))
+        .then_error(DomainError::SupervisorBelow {
+            agent: agent_id("orchestrator"),
+            supervised: root(),
+            held: root(),
+        });
+}
+
+#[test]
+fn delegate_naming_the_grantee_its_own_supervisor_is_refused() {
+    let mut d = delegation(root(), "researcher", &["finance:read on reports/q3/*"]);
+    d.supervisors = vec![agent_id("researcher")];
+    given([issue_root()])
+        .when(with_id(child_cmd(), delegate(orchestrator(), d)))
+        .then_error(DomainError::SupervisorBelow {
+            agent: agent_id("researcher"),
+            supervised: child(),
+            held: child(),
+        });
+}
+
+#[test]
+fn delegate_to_an_agent_that_supervises_the_chain_is_refused() {
+    // The watchdog supervises the root; it may not also hold a mandate below it.
+    given([issue_root()])
+        .when(with_id(
+            child_cmd(),
+            delegate(
+                orchestrator(),
+                delegation(root(), "watchdog", &["finance:read on reports/q3/*"]),
+            ),
+        ))
+        .then_error(DomainError::SupervisorBelow {
+            agent: agent_id("watchdog"),
+            supervised: root(),
+            held: child(),
+        });
+}
+
+/// A tree written before supervisors were checked at issue: the child's
+/// grantee is named among the child's own supervisors.
+fn child_supervised_by_its_own_grantee() -> Given {
+    let mut g = given([issue_root(), delegate_child()]);
+    g.tree
+        .mandates
+        .get_mut(&child())
+        .unwrap()
+        .supervisors
+        .push(agent_id("researcher"));
+    g
+}
+
+#[test]
+fn a_grantee_named_its_own_supervisor_may_not_resume_what_its_principal_paused() {
+    child_supervised_by_its_own_grantee()
+        .and(pause(alice(), child()))
+        .when(resume(researcher(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent researcher".into(),
+            verb: "resume",
+        });
+}
+
+#[test]
+fn a_grantee_named_its_own_supervisor_may_not_renew_its_mandate() {
+    child_supervised_by_its_own_grantee()
+        .when(renew(researcher(), child(), root_not_after()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent researcher".into(),
+            verb: "renew",
+        });
+}
+
+#[test]
+fn a_holder_below_named_supervisor_of_an_ancestor_may_not_resume_it() {
+    // The summarizer (below the child) named supervisor on the child.
+    let mut g = three_levels();
+    g.tree
+        .mandates
+        .get_mut(&child())
+        .unwrap()
+        .supervisors
+        .push(agent_id("summarizer"));
+    g.and(pause(alice(), child()))
+        .when(resume(summarizer(), child()))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: "agent summarizer".into(),
+            verb: "resume",
+        });
+}
+
+#[test]
+fn a_grantor_may_not_lift_its_principals_pause() {
+    given([issue_root(), delegate_child(), pause(alice(), child())])
+        .when(resume(orchestrator(), child()))
+        .then_error(DomainError::PausedFromAbove {
+            mandate: child(),
+            actor: "agent orchestrator".into(),
+            paused_by: "principal alice".into(),
+        });
+}
+
+#[test]
+fn a_supervisor_may_not_lift_its_principals_pause() {
+    given([issue_root(), pause(alice(), root())])
+        .when(resume(watchdog(), root()))
+        .then_error(DomainError::PausedFromAbove {
+            mandate: root(),
+            actor: "agent watchdog".into(),
+            paused_by: "principal alice".into(),
+        });
+}
+
+#[test]
+fn the_principal_may_lift_a_pause_its_grantor_set() {
+    given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+    ])
+    .when(resume(alice(), child()))
+    .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Active));
+}
+
+#[test]
+fn the_actor_that_paused_may_lift_its_own_pause() {
+    given([issue_root(), delegate_child(), pause(watchdog(), child())])
+        .when(resume(watchdog(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Active));
+}
+
+#[test]
+fn the_roots_holder_may_not_lift_a_pause_set_by_a_supervisor_of_the_root() {
+    // The principal named the watchdog on the root to watch the root's
+    // holder: the orchestrator ranks below it and may not lift its pause.
+    given([issue_root(), delegate_child(), pause(watchdog(), child())])
+        .when(resume(orchestrator(), child()))
+        .then_error(DomainError::PausedFromAbove {
+            mandate: child(),
+            actor: "agent orchestrator".into(),
+            paused_by: "agent watchdog".into(),
+        });
+}
+
+#[test]
+fn an_administrator_may_lift_any_pause() {
+    given([issue_root(), delegate_child(), pause(alice(), child())])
+        .when(resume(admin(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Active));
+}
+
+// ---------------------------------------------------------------------------
 // revoke, complete, terminal
 // ---------------------------------------------------------------------------
 

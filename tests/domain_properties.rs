@@ -682,21 +682,31 @@ fn command_for(step: &Step, index: usize, tree: &Tree, now: DateTime<Utc>) -> Co
                 with_mission_ref: false,
             })
         }),
-        Kind::Delegate => Command::Delegate(Delegate {
-            parent: target_id,
-            grantee: agent(AGENTS[rng.below(AGENTS.len())]),
-            scope,
-            not_after: step
-                .minutes
-                .and_then(|min| m.map(|m| m.not_after - Duration::minutes(min))),
-            depth: step.depth,
-            step_up: Vec::new(),
-            supervisors: if rng.below(4) == 0 {
-                vec![agent(SUPERVISOR)]
+        Kind::Delegate => {
+            // Sometimes to the supervisor, sometimes naming the grantee its
+            // own supervisor: both try to put authority below a mandate.
+            let grantee = if rng.below(8) == 0 {
+                agent(SUPERVISOR)
             } else {
-                Vec::new()
-            },
-        }),
+                agent(AGENTS[rng.below(AGENTS.len())])
+            };
+            let supervisors = match rng.below(8) {
+                0 | 1 => vec![agent(SUPERVISOR)],
+                2 => vec![grantee.clone()],
+                _ => Vec::new(),
+            };
+            Command::Delegate(Delegate {
+                parent: target_id,
+                grantee,
+                scope,
+                not_after: step
+                    .minutes
+                    .and_then(|min| m.map(|m| m.not_after - Duration::minutes(min))),
+                depth: step.depth,
+                step_up: Vec::new(),
+                supervisors,
+            })
+        }
         Kind::Pause => Command::Pause(change),
         Kind::Resume => Command::Resume(change),
         Kind::Revoke => Command::Revoke(change),
@@ -1188,6 +1198,62 @@ proptest! {
         prop_assert_eq!(verify_chain(&run.events), Ok(()));
         prop_assert_eq!(verify_chain(&decoded), Ok(()));
         prop_assert_eq!(run.tree.version, run.events.len() as u64);
+    }
+
+    /// Invariant 9: only authority above a mandate changes it. An agent at
+    /// or below a mandate (its grantee, or a holder below it) that holds no
+    /// mandate above it never pauses, resumes, narrows or renews it, nor
+    /// relinquishes it unless it is its own grantee (expiry is the clock's); and a pause set by the
+    /// principal or an administrator is lifted only from as high.
+    #[test]
+    fn only_authority_above_changes_a_mandate(case in case_strategy()) {
+        let run = run(&case);
+        for rec in &run.records {
+            match &rec.result {
+                Ok(events) if !events.is_empty() => {}
+                _ => continue,
+            }
+            // A delegation changes its parent's children, not its parent; an
+            // expiry is gated by the clock alone and only records what the
+            // clock already decided.
+            if matches!(rec.cmd.command, Command::Delegate(_) | Command::Expire(_)) {
+                continue;
+            }
+            let pre = &rec.pre;
+            let Some(m) = rec.cmd.command.target().and_then(|t| pre.mandates.get(&t)) else {
+                continue;
+            };
+            if let Actor::Agent(a) = &rec.cmd.actor {
+                let chain = pre.chain(m.id);
+                let holds_above = chain[..chain.len() - 1].iter().any(|l| &l.grantee == a);
+                let at_or_below = &m.grantee == a
+                    || pre.descendants(m.id).iter().any(|d| &pre.mandates[d].grantee == a);
+                if at_or_below && !holds_above {
+                    let relinquish = matches!(rec.cmd.command, Command::Revoke(_) | Command::Complete(_))
+                        && &m.grantee == a;
+                    prop_assert!(
+                        relinquish,
+                        "agent {} at or below {} was allowed to {}",
+                        a, m.id, rec.cmd.command.verb()
+                    );
+                }
+            }
+            if let Command::Resume(_) = rec.cmd.command {
+                let by = &m.transition.as_ref().expect("a paused mandate records its pause").by;
+                let lifted_from_as_high = match by {
+                    Actor::Admin(_) => matches!(rec.cmd.actor, Actor::Admin(_)),
+                    Actor::Principal(_) => {
+                        matches!(rec.cmd.actor, Actor::Admin(_) | Actor::Principal(_))
+                    }
+                    _ => true,
+                };
+                prop_assert!(
+                    lifted_from_as_high,
+                    "{} lifted the pause {} set on {}",
+                    rec.cmd.actor, by, m.id
+                );
+            }
+        }
     }
 
     /// Invariants 5 and 8: a command of another tenant is refused as

@@ -137,17 +137,68 @@ pub(crate) fn refuse_terminal(
 /// holders of its ancestors, the principal, a supervisor named on its chain,
 /// or a tenant administrator. Its own grantee is *not* above it.
 pub(crate) fn has_authority_above(tree: &Tree, m: &Mandate, actor: &Actor) -> bool {
+    authority_rank(tree, m, actor).is_some()
+}
+
+/// How high `actor`'s authority over `m` reaches, or `None` if it has none
+/// from above `m`. Smaller ranks are higher:
+///
+/// - 0: a tenant administrator;
+/// - 2k + 2: the grantor of the chain's link k (the principal for the root,
+///   k = 0; the holder of link k − 1 otherwise);
+/// - 2k + 3: a supervisor named on link k, who watches that link's holder
+///   and everything below, and so ranks just below the grantor who named it.
+///
+/// A supervisor named on link k counts only if it holds no mandate at or
+/// below link k: an agent never gains authority over its own mandate, or
+/// over one above it, by being named its supervisor. `issue` and `delegate`
+/// refuse such names; checking again here keeps trees written before that
+/// rule safe. The check looks at the tree's other mandates only when the
+/// actor is a named supervisor on the chain.
+pub(crate) fn authority_rank(tree: &Tree, m: &Mandate, actor: &Actor) -> Option<usize> {
     match actor {
-        Actor::Admin(_) => true,
-        Actor::Principal(p) => tree.principal.as_ref() == Some(p),
+        Actor::Admin(_) => Some(0),
+        Actor::Principal(p) => (tree.principal.as_ref() == Some(p)).then_some(2),
+        Actor::System(_) => None,
         Actor::Agent(a) => {
             let chain = tree.chain(m.id);
             let above = &chain[..chain.len().saturating_sub(1)];
-            above.iter().any(|link| &link.grantee == a)
-                || chain.iter().any(|link| link.supervisors.contains(a))
+            // The holder of link i is the grantor of link i + 1.
+            let as_holder = above
+                .iter()
+                .position(|link| &link.grantee == a)
+                .map(|i| 2 * (i + 1) + 2);
+            let as_supervisor = chain
+                .iter()
+                .enumerate()
+                .find(|(_, link)| link.supervisors.contains(a) && !holds_at_or_below(tree, a, link))
+                .map(|(k, _)| 2 * k + 3);
+            match (as_holder, as_supervisor) {
+                (Some(h), Some(s)) => Some(h.min(s)),
+                (h, s) => h.or(s),
+            }
         }
-        Actor::System(_) => false,
     }
+}
+
+/// Does `agent` hold `top` or any mandate below it?
+fn holds_at_or_below(tree: &Tree, agent: &super::ids::AgentId, top: &Mandate) -> bool {
+    if &top.grantee == agent {
+        return true;
+    }
+    tree.mandates
+        .values()
+        .filter(|n| &n.grantee == agent)
+        .any(|n| {
+            let mut cur = n.parent.and_then(|p| tree.mandates.get(&p));
+            while let Some(link) = cur {
+                if link.id == top.id {
+                    return true;
+                }
+                cur = link.parent.and_then(|p| tree.mandates.get(&p));
+            }
+            false
+        })
 }
 
 /// Refuses an actor without authority above `m` for `verb`.

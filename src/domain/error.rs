@@ -134,6 +134,22 @@ pub enum DomainError {
     /// A command id this tree has seen, with different content.
     #[error("command id {command_id} was already used for another command")]
     CommandIdReused { command_id: CommandId },
+    /// Authority over a mandate comes strictly from above it: an agent may
+    /// not supervise a mandate and also hold that mandate or one below it.
+    #[error("agent {agent} may not supervise mandate {supervised} and hold mandate {held} at or below it")]
+    SupervisorBelow {
+        agent: AgentId,
+        supervised: MandateId,
+        held: MandateId,
+    },
+    /// A pause is lifted only by the actor that set it or by authority above
+    /// that actor.
+    #[error("{actor} may not lift the pause on mandate {mandate}: it was set by {paused_by}, and only that actor or authority above it may lift it")]
+    PausedFromAbove {
+        mandate: MandateId,
+        actor: String,
+        paused_by: String,
+    },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -182,7 +198,9 @@ impl DomainError {
             | NotGrantee { .. }
             | NotAuthorized { .. }
             | MissionForbidden { .. }
-            | NotAuthenticated { .. } => ErrorCode::Forbidden,
+            | NotAuthenticated { .. }
+            | SupervisorBelow { .. }
+            | PausedFromAbove { .. } => ErrorCode::Forbidden,
             Terminal { .. } => ErrorCode::Terminal,
             ParentNotActive { .. }
             | DepthExhausted { .. }
@@ -228,6 +246,8 @@ impl DomainError {
             UnknownType { .. } => "unknown_type",
             Malformed { .. } => "malformed",
             CommandIdReused { .. } => "command_id_reused",
+            SupervisorBelow { .. } => "supervisor_below",
+            PausedFromAbove { .. } => "paused_from_above",
         }
     }
 }

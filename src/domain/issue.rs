@@ -39,6 +39,15 @@ pub(crate) fn issue(
             now,
         });
     }
+    // Authority comes strictly from above (invariant 9): the grantee may not
+    // supervise its own mandate.
+    if c.supervisors.contains(&c.grantee) {
+        return Err(DomainError::SupervisorBelow {
+            agent: c.grantee.clone(),
+            supervised: mandate,
+            held: mandate,
+        });
+    }
     Ok(vec![EventBody::MandateIssued(Box::new(MandateIssued {
         mandate,
         parent: None,
@@ -129,8 +138,25 @@ pub(crate) fn delegate(
             now,
         });
     }
+    let mandate = delegated_id(command);
+    // Authority comes strictly from above (invariant 9): the new grantee may
+    // not be a supervisor of any mandate above it (a supervisor named on a
+    // link watches everything below it), nor of its own mandate.
+    let supervised = tree
+        .chain(parent.id)
+        .into_iter()
+        .find(|link| link.supervisors.contains(&c.grantee))
+        .map(|link| link.id)
+        .or_else(|| c.supervisors.contains(&c.grantee).then_some(mandate));
+    if let Some(supervised) = supervised {
+        return Err(DomainError::SupervisorBelow {
+            agent: c.grantee.clone(),
+            supervised,
+            held: mandate,
+        });
+    }
     Ok(vec![EventBody::MandateIssued(Box::new(MandateIssued {
-        mandate: delegated_id(command),
+        mandate,
         parent: Some(parent.id),
         grantor: Grantor::Agent(parent.grantee.clone()),
         grantee: c.grantee.clone(),

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Change, CompleteMission, Target};
-use super::decide::{refuse_terminal, require_authority, target};
+use super::decide::{authority_rank, refuse_terminal, require_authority, target};
 use super::error::DomainError;
 use super::event::{Changed, EventBody, MissionCompleted};
 use super::model::{Actor, Tree};
@@ -47,6 +47,25 @@ pub(crate) fn resume(
             mandate: m.id,
             status: m.status,
         });
+    }
+    // A pause is lifted by the actor that set it, by authority above that
+    // actor, or by an administrator; a grantor cannot undo its principal's
+    // pause. A pauser that no longer has authority over the mandate holds
+    // the pause for no one.
+    if let Some(paused_by) = m.transition.as_ref().map(|t| &t.by) {
+        let lifts = actor == paused_by
+            || matches!(actor, Actor::Admin(_))
+            || match authority_rank(tree, m, paused_by) {
+                Some(theirs) => authority_rank(tree, m, actor).is_some_and(|mine| mine < theirs),
+                None => true,
+            };
+        if !lifts {
+            return Err(DomainError::PausedFromAbove {
+                mandate: m.id,
+                actor: actor.to_string(),
+                paused_by: paused_by.to_string(),
+            });
+        }
     }
     Ok(vec![EventBody::MandateResumed(changed(c))])
 }
