@@ -15,8 +15,8 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig};
 use mandate::domain::command::Issue;
 use mandate::domain::{
-    Actor, AgentId, CommandId, DenyReason, MandateId, Mission, Outcome, PrincipalId, Scope,
-    TenantId,
+    Actor, AgentId, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Mission,
+    Outcome, PrincipalId, Scope, TenantId,
 };
 use mandate::protocol::command_subject;
 use serde_json::{json, Value};
@@ -307,4 +307,98 @@ async fn a_grantor_cannot_undo_its_principals_pause() {
         .await
         .expect("the principal lifts its own pause");
     w.stop().await;
+}
+
+fn envelope(actor: Actor, command: mandate::domain::Command) -> mandate::domain::CommandEnvelope {
+    mandate::domain::CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor,
+        correlation_id: None,
+        schema_version: mandate::domain::SCHEMA_VERSION,
+        command,
+    }
+}
+
+/// A library caller cannot act as the engine itself: a command from outside
+/// is an `ExternalCommand`, which cannot carry a system actor, so nobody
+/// completes a mission as the intake, or expires a mandate as the
+/// scheduler, by calling the library instead of the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_caller_cannot_act_as_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = mandate::engine::Engine::embedded(dir.path(), Default::default())
+        .await
+        .expect("open the engine");
+    let mission = mandate::domain::MissionRef::new("jira:LIB-1").unwrap();
+    let issue = envelope(
+        principal("cfo"),
+        mandate::domain::Command::Issue(Issue {
+            principal: principal_id("cfo"),
+            grantee: agent_id("planner"),
+            mission: Mission {
+                purpose: "library caller".into(),
+                mission_ref: Some(mission.clone()),
+            },
+            scope: scope(&["finance:read on reports/**"]),
+            not_after: in_an_hour(),
+            depth: 2,
+            step_up: vec![],
+            supervisors: vec![],
+        }),
+    );
+    let root = engine
+        .execute(ExternalCommand::new(issue).expect("a principal is not reserved"))
+        .await
+        .expect("issue")
+        .mandate
+        .expect("an issue names its mandate");
+
+    let as_intake = envelope(
+        Actor::mission_intake(),
+        mandate::domain::Command::CompleteMission(mandate::domain::command::CompleteMission {
+            mission_ref: mission,
+        }),
+    );
+    let expected = DomainError::ReservedActor {
+        actor: "system mission-intake".into(),
+    };
+    assert_eq!(
+        ExternalCommand::new(as_intake.clone()),
+        Err(expected.clone())
+    );
+    assert_eq!(
+        ExternalCommand::from_json(&serde_json::to_vec(&as_intake).unwrap()),
+        Err(expected)
+    );
+    let as_scheduler = envelope(
+        Actor::expiry(),
+        mandate::domain::Command::Expire(mandate::domain::command::Target { mandate: root }),
+    );
+    assert_eq!(
+        ExternalCommand::try_from(as_scheduler).map_err(|e| e.reason()),
+        Err("reserved_actor")
+    );
+
+    // Nor through a bulk command, which only ever comes from outside.
+    let bulk = mandate::protocol::BulkEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor: Actor::mission_intake(),
+        correlation_id: None,
+        schema_version: mandate::domain::SCHEMA_VERSION,
+        bulk: mandate::protocol::Bulk::RevokeAgent {
+            agent: agent_id("planner"),
+            reason: None,
+        },
+    };
+    let err = engine.execute_bulk(bulk).await.unwrap_err();
+    assert_eq!(
+        err.to_body().reason.as_deref(),
+        Some("reserved_actor"),
+        "{err}"
+    );
+
+    let status = engine.status(&tenant(), root, None).await.expect("status");
+    assert_eq!(status.effective.status, mandate::domain::Status::Active);
 }

@@ -194,6 +194,7 @@ async fn run(engine: &Engine, tenant: &TenantId, steps: &[Step]) {
             Command::Delegate(d) => Some(d.grantee.clone()),
             _ => None,
         };
+        let cmd = mandate::domain::ExternalCommand::new(cmd).expect("no engine actor");
         if let Ok(r) = engine.execute(cmd).await {
             if let (Some(m), Some(g)) = (r.mandate, grantee) {
                 mandates.push((m, g));

@@ -300,3 +300,54 @@ impl CommandEnvelope {
         Ok(())
     }
 }
+
+/// A command from outside the engine: the wire, an in-process client or any
+/// library caller. It never carries an [`Actor::System`] actor: both
+/// constructors refuse one, so only the engine's own paths (expiry, mission
+/// intake) act as the engine, and no caller can get past that by calling the
+/// library instead of the service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternalCommand(CommandEnvelope);
+
+impl ExternalCommand {
+    /// Accepts a command from outside, refusing an actor reserved for the
+    /// engine itself.
+    pub fn new(cmd: CommandEnvelope) -> Result<Self, DomainError> {
+        refuse_reserved_actor(&cmd.actor)?;
+        Ok(Self(cmd))
+    }
+
+    /// Decodes a command from outside (see [`CommandEnvelope::from_json`]),
+    /// refusing an actor reserved for the engine itself.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DomainError> {
+        Self::new(CommandEnvelope::from_json(bytes)?)
+    }
+
+    /// The command.
+    pub fn envelope(&self) -> &CommandEnvelope {
+        &self.0
+    }
+
+    /// The command, for the engine to execute.
+    pub fn into_envelope(self) -> CommandEnvelope {
+        self.0
+    }
+}
+
+impl TryFrom<CommandEnvelope> for ExternalCommand {
+    type Error = DomainError;
+    fn try_from(cmd: CommandEnvelope) -> Result<Self, DomainError> {
+        Self::new(cmd)
+    }
+}
+
+/// Refuses an actor only the engine itself may use, in anything that comes
+/// from outside it (commands and bulk commands).
+pub fn refuse_reserved_actor(actor: &Actor) -> Result<(), DomainError> {
+    match actor {
+        Actor::System(_) => Err(DomainError::ReservedActor {
+            actor: actor.to_string(),
+        }),
+        Actor::Principal(_) | Actor::Agent(_) | Actor::Admin(_) => Ok(()),
+    }
+}

@@ -150,6 +150,10 @@ pub enum DomainError {
         actor: String,
         paused_by: String,
     },
+    /// A command from outside the engine names an actor only the engine
+    /// itself may use (expiry scheduler, mission intake).
+    #[error("actor {actor} is reserved for the engine itself and is not accepted from outside it")]
+    ReservedActor { actor: String },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -191,7 +195,8 @@ impl DomainError {
             | NotAfterInPast { .. }
             | UnknownVersion { .. }
             | UnknownType { .. }
-            | Malformed { .. } => ErrorCode::InvalidInput,
+            | Malformed { .. }
+            | ReservedActor { .. } => ErrorCode::InvalidInput,
             MandateNotFound { .. } | TreeNotFound { .. } => ErrorCode::NotFound,
             TreeExists { .. } | CommandIdReused { .. } => ErrorCode::Conflict,
             CrossTenant { .. }
@@ -248,6 +253,7 @@ impl DomainError {
             CommandIdReused { .. } => "command_id_reused",
             SupervisorBelow { .. } => "supervisor_below",
             PausedFromAbove { .. } => "paused_from_above",
+            ReservedActor { .. } => "reserved_actor",
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod scope;
 pub mod status;
 
 pub use authorize::{authorize, ChainLink, Decision, DenyReason, Outcome};
-pub use command::{Command, CommandEnvelope};
+pub use command::{Command, CommandEnvelope, ExternalCommand};
 pub use decide::decide;
 pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};

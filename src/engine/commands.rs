@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::domain::{
     decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
-    Event, MandateId, MissionRef, TenantId, Tree, TreeId,
+    Event, ExternalCommand, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -20,10 +20,12 @@ use super::{signal_for, Engine, EngineError};
 const LAG_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Engine {
-    /// Handles one command. Idempotent by command id: a retry returns the
-    /// original result with `duplicate: true` and writes nothing.
-    #[tracing::instrument(skip_all, fields(tenant = %cmd.tenant, command_id = %cmd.command_id, verb = cmd.command.verb()))]
-    pub async fn execute(&self, cmd: CommandEnvelope) -> Result<CommandResult, EngineError> {
+    /// Handles one command from outside the engine (which, by its type,
+    /// cannot act as the engine itself). Idempotent by command id: a retry
+    /// returns the original result with `duplicate: true` and writes nothing.
+    #[tracing::instrument(skip_all, fields(tenant = %cmd.envelope().tenant, command_id = %cmd.envelope().command_id, verb = cmd.envelope().command.verb()))]
+    pub async fn execute(&self, cmd: ExternalCommand) -> Result<CommandResult, EngineError> {
+        let cmd = cmd.into_envelope();
         cmd.validate()?;
         match &cmd.command {
             Command::CompleteMission(c) => {
@@ -317,8 +319,10 @@ impl Engine {
 
     /// Completes every tree serving `mission`; remembers the mission as
     /// completed so later issues for it are refused.
+    /// Crate-private: `actor` may be the engine's own mission intake, so only
+    /// the engine's paths (a checked command, the intake) call this.
     #[tracing::instrument(skip(self, actor, command), fields(tenant = %tenant, mission = %mission))]
-    pub async fn complete_mission(
+    pub(crate) async fn complete_mission(
         &self,
         tenant: &TenantId,
         mission: &MissionRef,
@@ -436,7 +440,10 @@ impl Engine {
     /// live root a principal granted (offboarding), each as an ordinary
     /// revoke with a command id derived from the bulk one.
     #[tracing::instrument(skip_all, fields(tenant = %bulk.tenant, command_id = %bulk.command_id))]
+    /// A bulk command only ever comes from outside the engine, so it may
+    /// not name an actor reserved for the engine itself.
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
+        crate::domain::command::refuse_reserved_actor(&bulk.actor)?;
         let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
                 self.inner.store.mandates_held_by(&bulk.tenant, agent)?,

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::domain::{Actor, CommandEnvelope, DomainError, TenantId};
+use crate::domain::command::refuse_reserved_actor;
+use crate::domain::{Actor, DomainError, ExternalCommand, TenantId};
 use crate::protocol::{
     AuditQuery, BulkEnvelope, CheckQuery, ListQuery, MandateQuery, Reply, TreeQuery, BULK_VERBS,
     MAX_REQUEST_BYTES, QUERY_VERBS,
@@ -80,16 +81,6 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(
             reason: e.to_string(),
         })
     })
-}
-
-/// Refuses actors only the engine itself may use.
-fn wire_actor(actor: &Actor) -> Result<(), EngineError> {
-    if let Actor::System(_) = actor {
-        return Err(EngineError::Invalid(format!(
-            "actor {actor} is reserved for the engine itself and is not accepted on the wire"
-        )));
-    }
-    Ok(())
 }
 
 impl Engine {
@@ -165,7 +156,7 @@ impl Engine {
             let r = async {
                 let bulk: BulkEnvelope = parse("bulk command", body)?;
                 same_tenant(tenant, &bulk.tenant)?;
-                wire_actor(&bulk.actor)?;
+                refuse_reserved_actor(&bulk.actor)?;
                 self.authenticate(origin, tenant, &bulk.actor, subject, body)?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
@@ -182,9 +173,10 @@ impl Engine {
             return encode(r);
         }
         let r = async {
-            let cmd = CommandEnvelope::from_json(body)?;
+            // A command from outside never carries the engine's own actor.
+            let external = ExternalCommand::from_json(body)?;
+            let cmd = external.envelope();
             same_tenant(tenant, &cmd.tenant)?;
-            wire_actor(&cmd.actor)?;
             self.authenticate(origin, tenant, &cmd.actor, subject, body)?;
             if cmd.command.verb() != verb {
                 return Err(EngineError::Invalid(format!(
@@ -192,7 +184,7 @@ impl Engine {
                     cmd.command.verb()
                 )));
             }
-            self.execute(cmd).await
+            self.execute(external).await
         }
         .await;
         encode(r)
