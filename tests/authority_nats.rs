@@ -402,3 +402,60 @@ async fn a_library_caller_cannot_act_as_the_engine() {
     let status = engine.status(&tenant(), root, None).await.expect("status");
     assert_eq!(status.effective.status, mandate::domain::Status::Active);
 }
+
+/// The `mandate` binary on its embedded engine, with `args`.
+fn mandate_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_TENANT")
+        .env_remove("MANDATE_ACTOR")
+        .output()
+        .expect("run the mandate binary")
+}
+
+/// The CLI reports a widening delegation as refused (exit 5), not as bad
+/// input (exit 2).
+#[test]
+fn the_cli_exits_5_on_a_widening_delegation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issued = mandate_cli(
+        d,
+        &[
+            "--actor",
+            "principal:cfo",
+            "--json",
+            "issue",
+            "--principal",
+            "cfo",
+            "--agent",
+            "lead",
+            "--purpose",
+            "exit codes",
+            "--grant",
+            "finance:read on reports/q3/*",
+            "--ttl",
+            "1h",
+        ],
+    );
+    assert!(issued.status.success(), "{issued:?}");
+    let root: Value = serde_json::from_slice(&issued.stdout).expect("--json prints JSON");
+    let root = root["mandate"].as_str().expect("the mandate id");
+    let wider = mandate_cli(
+        d,
+        &[
+            "--actor",
+            "agent:lead",
+            "delegate",
+            root,
+            "--agent",
+            "helper",
+            "--grant",
+            "finance:* on reports/**",
+        ],
+    );
+    assert_eq!(wider.status.code(), Some(5), "{wider:?}");
+}
