@@ -255,6 +255,8 @@ async fn main() {
         JetStreamConfig::default(),
         EngineConfig {
             audit: false,
+            // The bench acts without authentication.
+            allow_open_tenants: true,
             ..Default::default()
         },
     )

@@ -3,13 +3,19 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::Utc;
+use common::served::Instance;
 use common::NatsServer;
+use mandate::client::Client;
 use mandate::domain::command::{Delegate, Issue};
 use mandate::domain::{
-    Actor, AgentId, Command, CommandEnvelope, CommandId, Mission, PrincipalId, Scope, TenantId,
-    SCHEMA_VERSION,
+    Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, Mission, PrincipalId, Scope,
+    TenantId, SCHEMA_VERSION,
 };
+use mandate::engine::auth::AuthConfig;
 use mandate::engine::{Engine, EngineConfig};
 use mandate::log::JetStreamConfig;
 use mandate::protocol::{CommandResult, TreeQuery};
@@ -180,4 +186,177 @@ async fn command_ids_are_scoped_by_tenant_on_the_embedded_log() {
         .await
         .unwrap();
     same_command_id_in_two_tenants(&engine).await;
+}
+
+// ---------------------------------------------------------------------------
+// Open tenants are an explicit choice when serving over NATS
+// ---------------------------------------------------------------------------
+
+fn cfo() -> Actor {
+    Actor::Principal(PrincipalId::new("cfo").unwrap())
+}
+
+/// Waits until the instance answers requests of tenant `t` (a query: queries
+/// are served whether or not the tenant is open).
+async fn serving(nc: &async_nats::Client, t: &str) {
+    let probe = Client::nats(nc.clone(), tenant(t), cfo()).with_timeout(Duration::from_millis(500));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while probe.health().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn root(t: &TenantId) -> Issue {
+    match issue(t, CommandId::generate(), "lead").command {
+        Command::Issue(i) => i,
+        _ => unreachable!("issue() builds an issue"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_without_auth_is_refused_over_nats_by_default() {
+    // Given an instance serving over NATS with the default settings (no auth
+    // configuration, no open tenants),
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let instance = Instance::start_with(&server.url(), dir.path(), EngineConfig::default()).await;
+    serving(&nc, "acme").await;
+    let before = instance.log_position().await;
+
+    // when anyone calls themselves an administrator of an unlisted tenant,
+    let admin = Client::nats(
+        nc.clone(),
+        tenant("acme"),
+        Actor::Admin(PrincipalId::new("anyone").unwrap()),
+    );
+    let err = admin
+        .issue(root(&tenant("acme")))
+        .await
+        .expect_err("an unauthenticated command of an unlisted tenant was served");
+
+    // then the command is refused, typed, naming the tenant and how to open
+    // it, and nothing is written.
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("acme"), "{message}");
+    assert!(message.contains("--allow-open-tenants"), "{message}");
+    let bulk = admin
+        .revoke_agent(AgentId::new("lead").unwrap(), None)
+        .await
+        .expect_err("an unauthenticated bulk command of an unlisted tenant was served");
+    assert_eq!(bulk.code(), Some(ErrorCode::Forbidden), "{bulk}");
+    assert_eq!(
+        instance.log_position().await,
+        before,
+        "a refused command wrote something"
+    );
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tenants_are_served_only_when_allowed_and_listed_ones_still_need_proof() {
+    // Given an instance that lists acme in its auth configuration and allows
+    // open tenants,
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let auth: AuthConfig =
+        serde_json::from_str(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "cfo-secret"}}}}"#)
+            .unwrap();
+    let instance = Instance::start_with(
+        &server.url(),
+        dir.path(),
+        EngineConfig {
+            auth: Some(Arc::new(auth)),
+            allow_open_tenants: true,
+            ..EngineConfig::default()
+        },
+    )
+    .await;
+    serving(&nc, "acme").await;
+    let before = instance.log_position().await;
+
+    // when an unproven command comes for the listed tenant, it is refused
+    // and writes nothing;
+    let acme = Client::nats(nc.clone(), tenant("acme"), cfo());
+    let err = acme
+        .issue(root(&tenant("acme")))
+        .await
+        .expect_err("a listed tenant was served without its proof");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(err.to_string().contains("Mandate-Auth"), "{err}");
+    assert_eq!(instance.log_position().await, before);
+    // with its proof it is served,
+    acme.clone()
+        .with_secret("cfo-secret")
+        .issue(root(&tenant("acme")))
+        .await
+        .expect("a proven actor of a listed tenant is served");
+
+    // and an unlisted tenant is open: served without any proof.
+    let globex = Client::nats(nc.clone(), tenant("globex"), cfo());
+    let r = globex
+        .issue(root(&tenant("globex")))
+        .await
+        .expect("an open tenant is served when open tenants are allowed");
+    assert!(!r.duplicate && r.mandate.is_some(), "{r:?}");
+    instance.stop().await;
+}
+
+/// `mandate serve` says at start, as a warning, that open tenants are allowed.
+#[test]
+fn serve_warns_at_start_when_open_tenants_are_allowed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command as Process, Stdio};
+
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Process::new(env!("CARGO_BIN_EXE_mandate"))
+        .args([
+            "serve",
+            "--nats",
+            &server.url(),
+            "--allow-open-tenants",
+            "--data",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mandate serve");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let warning = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("OPEN TENANTS ALLOWED") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let warning = warning.unwrap_or_else(|| {
+        panic!(
+            "serve never warned about open tenants; it said:\n{}",
+            seen.join("\n")
+        )
+    });
+    assert!(warning.contains("WARN"), "{warning}");
 }
