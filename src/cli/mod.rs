@@ -650,9 +650,15 @@ async fn command(
             } else if v.intact {
                 println!("tree {}: {} events, hash chain intact", v.tree, v.events);
             } else {
+                let fault = v
+                    .fault
+                    .and_then(|f| serde_json::to_value(f).ok())
+                    .and_then(|f| f.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 println!(
-                    "tree {}: hash chain BROKEN at event seq {}: {}",
+                    "tree {}: BROKEN at log position {} (event seq {}, {fault}): {}",
                     v.tree,
+                    v.broken_position.unwrap_or_default(),
                     v.broken_at.unwrap_or_default(),
                     v.reason.clone().unwrap_or_default()
                 );

@@ -191,6 +191,26 @@ impl EventLog for EmbeddedLog {
         Ok(records)
     }
 
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        let inner = &self.inner;
+        let prefix = tree_prefix(tenant, tree);
+        let mut items = Vec::new();
+        for entry in inner.tree.range(index_range(&prefix, after)) {
+            let (key, _) = entry.map_err(sled_error)?;
+            match inner.record(index_position(&key)?) {
+                Ok(record) => items.push(Ok(record)),
+                Err(corrupt @ LogError::Corrupt { .. }) => items.push(Err(corrupt)),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(items)
+    }
+
     async fn read_all(
         &self,
         tenant: Option<&TenantId>,

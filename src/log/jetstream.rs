@@ -376,6 +376,17 @@ impl EventLog for JetStreamLog {
         items.into_iter().collect()
     }
 
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        self.inner
+            .scan(&tree_subject(tenant, tree), after, usize::MAX)
+            .await
+    }
+
     async fn read_all(
         &self,
         tenant: Option<&TenantId>,

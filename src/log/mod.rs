@@ -177,6 +177,16 @@ pub trait EventLog: Send + Sync + 'static {
         after: u64,
     ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
 
+    /// Every record of one tree with position > `after`, in order, each one
+    /// decoded or the [`LogError::Corrupt`] that names it in its place: for
+    /// checks (`verify`) that must see past a corrupt record.
+    fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> impl Future<Output = Result<Vec<Result<Record, LogError>>, LogError>> + Send;
+
     /// Up to `limit` records of all trees (or of one tenant's) with a
     /// position after `after`, in order. Stops in front of a corrupt record; fails with
     /// [`LogError::Corrupt`] when that is the first one.
@@ -261,6 +271,18 @@ impl EventLog for AnyLog {
         match self {
             AnyLog::Nats(log) => log.read_tree(tenant, tree, after).await,
             AnyLog::Embedded(log) => log.read_tree(tenant, tree, after).await,
+        }
+    }
+
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        match self {
+            AnyLog::Nats(log) => log.read_tree_items(tenant, tree, after).await,
+            AnyLog::Embedded(log) => log.read_tree_items(tenant, tree, after).await,
         }
     }
 
