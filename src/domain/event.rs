@@ -535,15 +535,15 @@ pub fn verify_log(
         );
     }
     if last_position > head.position || last_seq > head.seq {
-        let (position, e) = logged
+        // The first event past the projection's head (the last one at worst).
+        let (position, seq) = logged
             .iter()
             .find(|(p, e)| *p > head.position || e.seq > head.seq)
-            .copied()
-            .unwrap_or((last_position, logged[logged.len() - 1].1));
+            .map_or((last_position, last_seq), |(p, e)| (*p, e.seq));
         return fail(
             ChainFault::ProjectionDiffers,
             position,
-            e.seq,
+            seq,
             format!(
                 "the projection stops at position {} (seq {}), the log goes on to position {last_position} (seq {last_seq})",
                 head.position, head.seq
