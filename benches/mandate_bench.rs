@@ -72,7 +72,7 @@ fn issue_cmd(i: usize) -> CommandEnvelope {
 
 /// A realistic commit payload for a new tree.
 fn commit_for(cmd: &CommandEnvelope) -> Bytes {
-    let tree = Tree::empty(tenant(), root_tree_id(cmd.command_id));
+    let tree = Tree::empty(tenant(), root_tree_id(&cmd.tenant, cmd.command_id));
     let events = decide(&tree, cmd, Utc::now()).unwrap();
     Event::encode_commit(&events).into()
 }
@@ -104,9 +104,15 @@ async fn appends<L: EventLog + Clone>(log: &L, n: usize, tasks: usize) -> Durati
                 let Some((id, payload)) = cmds.get(i) else {
                     return;
                 };
-                log.append(&tenant(), root_tree_id(*id), 0, *id, payload.clone())
-                    .await
-                    .unwrap();
+                log.append(
+                    &tenant(),
+                    root_tree_id(&tenant(), *id),
+                    0,
+                    *id,
+                    payload.clone(),
+                )
+                .await
+                .unwrap();
             }
         }));
     }
@@ -140,7 +146,7 @@ async fn raw_js(js: &async_nats::jetstream::Context, n: usize, tasks: usize) -> 
                 h.insert("Nats-Msg-Id", id.to_string().as_str());
                 h.insert("Nats-Expected-Last-Subject-Sequence", "0");
                 js.publish_with_headers(
-                    format!("rawbench.{}", root_tree_id(*id)),
+                    format!("rawbench.{}", root_tree_id(&tenant(), *id)),
                     h,
                     payload.clone(),
                 )
@@ -249,6 +255,8 @@ async fn main() {
         JetStreamConfig::default(),
         EngineConfig {
             audit: false,
+            // The bench acts without authentication.
+            allow_open_tenants: true,
             ..Default::default()
         },
     )

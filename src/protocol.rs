@@ -14,8 +14,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Actor, AgentId, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode, Event,
-    Mandate, MandateId, MissionRef, PrincipalId, Status, TenantId, Tree, TreeId, SCHEMA_VERSION,
+    Actor, AgentId, ChainFault, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode,
+    Event, Mandate, MandateId, MissionRef, PrincipalId, Status, TenantId, Tree, TreeId,
+    SCHEMA_VERSION,
 };
 
 /// Subject of a command verb.
@@ -283,19 +284,34 @@ pub struct HistoryReply {
     pub events: Vec<Event>,
 }
 
-/// Reply to `verify`: whether a tree's stored history is an unbroken hash
-/// chain ending in the head the projection recorded.
+/// Reply to `verify`: whether a tree's records, re-read from the log, form an
+/// unbroken hash chain that ends in the head the projection recorded; if not,
+/// the first record that does not match and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VerifyReply {
     pub tree: TreeId,
     pub events: u64,
     pub head_hash: Option<String>,
     pub intact: bool,
-    /// Where and why the chain breaks, when it does.
+    /// Where and why the chain breaks, when it does: the seq of the first
+    /// event that does not match (for missing events, the first missing one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The log position of the first record that does not match (for a
+    /// missing tail, the head position the projection recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_position: Option<u64>,
+    /// What is wrong at `broken_position`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<ChainFault>,
+    /// Position of the tree's last record in the log, 0 if it has none.
+    #[serde(default)]
+    pub log_head: u64,
+    /// Position of the tree's head as the projection recorded it, 0 if none.
+    #[serde(default)]
+    pub projection_head: u64,
 }
 
 /// One mandate in a list.

@@ -134,13 +134,13 @@ fn child_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc1))
 }
 fn child() -> MandateId {
-    delegated_id(child_cmd())
+    delegated_id(&tenant(), child_cmd())
 }
 fn grandchild_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc2))
 }
 fn grandchild() -> MandateId {
-    delegated_id(grandchild_cmd())
+    delegated_id(&tenant(), grandchild_cmd())
 }
 
 fn agent_id(name: &str) -> AgentId {
@@ -1616,17 +1616,151 @@ fn verify_chain_catches_an_edited_event_at_its_position() {
 }
 
 #[test]
+fn verify_chain_with_head_refuses_an_empty_history_with_a_recorded_head() {
+    // Given a head hash the projection recorded for a tree,
+    let head = real_history().last().unwrap().hash();
+
+    // when the history to check against it is empty,
+    let result = mandate::domain::verify_chain_with_head(tree_id(), &[], Some(&head));
+
+    // then the chain is not intact: the events are missing.
+    let err = result.expect_err("an empty history was taken for a recorded head");
+    assert_eq!(err.seq, 1);
+    assert!(err.reason.contains("empty"), "{}", err.reason);
+}
+
+/// A fixed event: every field set, nothing from a clock or a generator.
+fn golden_event() -> Event {
+    Event {
+        event_id: mandate::domain::EventId(Uuid::from_u128(0xe1)),
+        tenant: tenant(),
+        tree: tree_id(),
+        seq: 2,
+        schema_version: SCHEMA_VERSION,
+        time: t0(),
+        actor: Actor::Agent(agent_id("research-lead")),
+        on_behalf_of: alice_id(),
+        command_id: CommandId(Uuid::from_u128(0xc0)),
+        command_digest: "ab".repeat(32),
+        correlation_id: Some("ticket-7".into()),
+        prev_hash: Some("cd".repeat(32)),
+        body: EventBody::MandateIssued(Box::new(mandate::domain::event::MandateIssued {
+            mandate: MandateId(Uuid::from_u128(0x3)),
+            parent: Some(root()),
+            grantor: Grantor::Agent(agent_id("research-lead")),
+            grantee: agent_id("analyst"),
+            principal: alice_id(),
+            mission: None,
+            scope: scope(&["finance:read on reports/q3/*", "deals:* on deals/**"]),
+            not_after: t0() + hours(4),
+            depth: 1,
+            step_up: vec![action("deals:sign")],
+            supervisors: vec![agent_id("auditor")],
+        })),
+    }
+}
+
+#[test]
+fn the_canonical_encoding_of_a_fixed_event_does_not_drift() {
+    // Given a fixed event, when it is encoded canonically and hashed, then
+    // both are exactly what every stored chain was built with: a change here
+    // breaks the hash chain of every tree already written.
+    let event = golden_event();
+
+    assert_eq!(
+        String::from_utf8(event.canonical_bytes()).unwrap(),
+        GOLDEN_CANONICAL
+    );
+    assert_eq!(event.hash(), GOLDEN_HASH);
+}
+
+const GOLDEN_CANONICAL: &str = r#"{"actor":{"id":"research-lead","kind":"agent"},"command_digest":"abababababababababababababababababababababababababababababababab","command_id":"00000000-0000-0000-0000-0000000000c0","correlation_id":"ticket-7","depth":1,"event_id":"00000000-0000-0000-0000-0000000000e1","grantee":"analyst","grantor":{"id":"research-lead","kind":"agent"},"mandate":"00000000-0000-0000-0000-000000000003","not_after":"2030-01-01T13:00:00Z","on_behalf_of":"alice","parent":"00000000-0000-0000-0000-0000000007ee","prev_hash":"cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd","principal":"alice","schema_version":1,"scope":[{"action":"deals:*","resource":"deals/**"},{"action":"finance:read","resource":"reports/q3/*"}],"seq":2,"step_up":["deals:sign"],"supervisors":["auditor"],"tenant":"acme","time":"2030-01-01T09:00:00Z","tree":"00000000-0000-0000-0000-0000000007ee","type":"mandate_issued"}"#;
+const GOLDEN_HASH: &str = "56804a37b359b97657cb801503595bfbee41efdff9e5c6a74a5d1a464fa9926c";
+
+#[test]
+fn verify_log_names_what_differs_between_the_log_and_the_projection() {
+    use mandate::domain::{verify_log, ChainFault, LoggedCommit, RecordedHead};
+    // Given a real history, one commit per event at positions 10, 20, …,
+    let history = real_history();
+    let commits = |events: &[Event]| -> Vec<LoggedCommit> {
+        events
+            .iter()
+            .map(|e| LoggedCommit {
+                position: e.seq * 10,
+                events: Ok(vec![e.clone()]),
+            })
+            .collect()
+    };
+    let head = RecordedHead {
+        position: 50,
+        seq: 5,
+        hash: Some(history[4].hash()),
+    };
+    let check = |log: &[LoggedCommit], projected: &[Event], head: Option<&RecordedHead>| {
+        verify_log(&tenant(), tree_id(), log, projected, head)
+    };
+    assert_eq!(check(&commits(&history), &history, Some(&head)), Ok(5));
+
+    // when the log's last record was edited, it is named as tampered;
+    let mut edited = history.clone();
+    edited[4].correlation_id = Some("forged".into());
+    let err = check(&commits(&edited), &history, Some(&head)).unwrap_err();
+    assert_eq!(
+        (err.fault, err.position, err.seq),
+        (ChainFault::Tampered, 50, 5)
+    );
+
+    // when the projection's copy of an event differs from an intact log, the
+    // projection is named;
+    let mut projected = history.clone();
+    projected[1].correlation_id = Some("rewritten".into());
+    let err = check(&commits(&history), &projected, Some(&head)).unwrap_err();
+    assert_eq!(
+        (err.fault, err.position, err.seq),
+        (ChainFault::ProjectionDiffers, 20, 2)
+    );
+
+    // when the projection knows nothing of a tree the log holds, or is
+    // behind it, the first record past its head is named;
+    let err = check(&commits(&history), &[], None).unwrap_err();
+    assert_eq!(
+        (err.fault, err.position),
+        (ChainFault::ProjectionDiffers, 10)
+    );
+    let behind = RecordedHead {
+        position: 30,
+        seq: 3,
+        hash: Some(history[2].hash()),
+    };
+    let err = check(&commits(&history), &history[..3], Some(&behind)).unwrap_err();
+    assert_eq!(
+        (err.fault, err.position, err.seq),
+        (ChainFault::ProjectionDiffers, 40, 4)
+    );
+
+    // and a record that cannot be decoded is named where it stands.
+    let mut log = commits(&history);
+    log[2].events = Err("not json".into());
+    let err = check(&log, &history, Some(&head)).unwrap_err();
+    assert_eq!(
+        (err.fault, err.position, err.seq),
+        (ChainFault::Corrupt, 30, 3)
+    );
+}
+
+#[test]
 fn verify_chain_with_head_catches_an_edited_last_event() {
     let mut history = real_history();
     let head = history.last().unwrap().hash();
     assert_eq!(
-        mandate::domain::verify_chain_with_head(&history, Some(&head)),
+        mandate::domain::verify_chain_with_head(tree_id(), &history, Some(&head)),
         Ok(())
     );
     history.last_mut().unwrap().correlation_id = Some("forged".into());
     // Without the head, the last event has no witness.
     assert_eq!(verify_chain(&history), Ok(()));
-    let err = mandate::domain::verify_chain_with_head(&history, Some(&head)).unwrap_err();
+    let err =
+        mandate::domain::verify_chain_with_head(tree_id(), &history, Some(&head)).unwrap_err();
     assert_eq!(err.seq, 5);
 }
 

@@ -129,11 +129,11 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     assert_eq!(again.mandate, first.mandate);
     assert_eq!(engine.log().last_position().await.unwrap(), after_first);
 
-    // Another tenant that the configuration does not list stays open.
-    let open = Client::nats(nc.clone(), TenantId::new("globex").unwrap(), cfo.clone());
-    open.issue(issue())
-        .await
-        .expect("an open tenant needs no proof");
+    // Another tenant that the configuration does not list is not open
+    // unless the operator allowed open tenants.
+    let unlisted = Client::nats(nc.clone(), TenantId::new("globex").unwrap(), cfo.clone());
+    let err = unlisted.issue(issue()).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
 
     instance.stop().await;
 }

@@ -1845,6 +1845,7 @@ async fn an_instance_serves_only_the_tenants_it_was_given() {
         dir.path(),
         EngineConfig {
             tenants: vec![tenant("acme")],
+            allow_open_tenants: true,
             ..EngineConfig::default()
         },
     )

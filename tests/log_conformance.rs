@@ -772,6 +772,22 @@ async fn corrupt_records_are_reported_not_skipped<F: Fixture>(f: &mut F) {
         &[&good2],
         "past bad1",
     );
+    // Read item by item, the tree's records stand in order, the corrupt one
+    // named in its place.
+    let items = log.read_tree_items(&acme, tree, 0).await.unwrap();
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(
+        items[0].as_ref().is_ok_and(|r| good1.matches(r)),
+        "{items:?}"
+    );
+    assert!(
+        matches!(items[1], Err(LogError::Corrupt { position, .. }) if position == bad1),
+        "{items:?}"
+    );
+    assert!(
+        items[2].as_ref().is_ok_and(|r| good2.matches(r)),
+        "{items:?}"
+    );
     assert_records(
         &log.read_tree(&acme, other, 0).await.unwrap(),
         &[&good3],

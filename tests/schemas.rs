@@ -102,7 +102,7 @@ fn real_documents_validate() {
     }))
     .unwrap();
     assert!(validator("command").is_valid(&serde_json::to_value(&cmd).unwrap()));
-    let tree = Tree::empty(tenant.clone(), root_tree_id(cmd_id));
+    let tree = Tree::empty(tenant.clone(), root_tree_id(&tenant, cmd_id));
     let events = decide(&tree, &cmd, now).unwrap();
     let commit = serde_json::to_value(&events).unwrap();
     assert!(

@@ -70,7 +70,7 @@ done
 [ -n "$up" ] || die "nats-server did not listen on $port within 10 s"
 
 say "starting $MANDATE_BIN serve"
-"$MANDATE_BIN" serve --nats "$url" --data "$data_dir" >"$data_dir.log" 2>&1 &
+"$MANDATE_BIN" serve --nats "$url" --data "$data_dir" --allow-open-tenants >"$data_dir.log" 2>&1 &
 engine_pid=$!
 
 say "waiting for the health query to answer"

@@ -75,6 +75,11 @@ pub enum Cmd {
         /// and their actors' secrets.
         #[arg(long, env = "MANDATE_AUTH")]
         auth: Option<PathBuf>,
+        /// Serve the commands of tenants not listed in --auth without any
+        /// proof of their actor (anyone may act as anyone there). Off by
+        /// default: such commands are refused.
+        #[arg(long)]
+        allow_open_tenants: bool,
     },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,
@@ -351,7 +356,11 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
     let mut demo_dir = None;
     let (client, missions) = match &nats {
         Some(nc) => {
-            if let Cmd::Serve { auth } = &cli.command {
+            if let Cmd::Serve {
+                auth,
+                allow_open_tenants,
+            } = &cli.command
+            {
                 let tenants = cli
                     .tenant
                     .as_deref()
@@ -371,6 +380,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                         .transpose()
                         .map_err(|e| invalid(e.to_string()))?
                         .map(std::sync::Arc::new),
+                    allow_open_tenants: *allow_open_tenants,
                     ..EngineConfig::default()
                 };
                 let engine =
@@ -641,9 +651,15 @@ async fn command(
             } else if v.intact {
                 println!("tree {}: {} events, hash chain intact", v.tree, v.events);
             } else {
+                let fault = v
+                    .fault
+                    .and_then(|f| serde_json::to_value(f).ok())
+                    .and_then(|f| f.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 println!(
-                    "tree {}: hash chain BROKEN at event seq {}: {}",
+                    "tree {}: BROKEN at log position {} (event seq {}, {fault}): {}",
                     v.tree,
+                    v.broken_position.unwrap_or_default(),
                     v.broken_at.unwrap_or_default(),
                     v.reason.clone().unwrap_or_default()
                 );

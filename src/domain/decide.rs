@@ -80,7 +80,7 @@ fn envelop(
             None => (tree.version + 1, tree.head_hash.clone()),
         };
         events.push(Event {
-            event_id: EventId::for_command(cmd.command_id, i),
+            event_id: EventId::for_command(&tree.tenant, cmd.command_id, i),
             tenant: tree.tenant.clone(),
             tree: tree.id,
             seq,

@@ -293,11 +293,24 @@ pub fn verify_chain(events: &[Event]) -> Result<(), ChainError> {
     Ok(())
 }
 
-/// [`verify_chain`], and the last event's hash equals `head` (the head hash
-/// kept by the projection), so an edit to the last event is caught too.
-pub fn verify_chain_with_head(events: &[Event], head: Option<&str>) -> Result<(), ChainError> {
+/// [`verify_chain`] of tree `tree`, and the last event's hash equals `head`
+/// (the head hash kept by the projection), so an edit to the last event is
+/// caught too. An empty history with a recorded head is broken at seq 1: its
+/// events are missing.
+pub fn verify_chain_with_head(
+    tree: TreeId,
+    events: &[Event],
+    head: Option<&str>,
+) -> Result<(), ChainError> {
     verify_chain(events)?;
     match (events.last(), head) {
+        (None, Some(h)) => Err(ChainError {
+            tree,
+            seq: 1,
+            reason: format!(
+                "the history is empty, but the head {h:?} is recorded: its events are missing"
+            ),
+        }),
         (Some(last), Some(h)) if last.hash() != h => Err(ChainError {
             tree: last.tree,
             seq: last.seq,
@@ -305,6 +318,267 @@ pub fn verify_chain_with_head(events: &[Event], head: Option<&str>) -> Result<()
         }),
         _ => Ok(()),
     }
+}
+
+/// What is wrong where a tree's log and its projection part ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainFault {
+    /// A record cannot be read or decoded.
+    Corrupt,
+    /// A record's content does not fit the chain: edited, or forged.
+    Tampered,
+    /// Records are missing: a gap in the sequence, or the log ends before
+    /// the head the projection recorded.
+    Missing,
+    /// The log's chain is whole, but the projection recorded something else.
+    ProjectionDiffers,
+}
+
+/// One commit as the log holds it, for [`verify_log`]: its position and its
+/// events, or why they cannot be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedCommit {
+    pub position: u64,
+    pub events: Result<Vec<Event>, String>,
+}
+
+/// The head a projection recorded for a tree: the position of its last
+/// commit, the seq of its last event and that event's hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedHead {
+    pub position: u64,
+    pub seq: u64,
+    pub hash: Option<String>,
+}
+
+/// The first place where a tree's log does not match its chain or its
+/// projection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("tree {tree}: {fault:?} at log position {position} (event seq {seq}): {reason}")]
+pub struct LogBreak {
+    pub tree: TreeId,
+    pub fault: ChainFault,
+    /// Log position of the record named.
+    pub position: u64,
+    /// Seq of the event named (for missing events, the first missing one).
+    pub seq: u64,
+    pub reason: String,
+}
+
+/// Checks a tree's records, as re-read from the log, against the hash chain
+/// and against the projection: `projected` is the projection's history of
+/// the tree and `head` the head it recorded (`None`: it has none). Returns
+/// the number of events in the log, or the first record that does not match.
+///
+/// Where a link breaks, the projection's copy of the earlier event tells
+/// which side was altered: if it agrees with the log, the later record does
+/// not name its predecessor (forged or edited); otherwise the earlier one was
+/// edited.
+pub fn verify_log(
+    tenant: &TenantId,
+    tree: TreeId,
+    commits: &[LoggedCommit],
+    projected: &[Event],
+    head: Option<&RecordedHead>,
+) -> Result<u64, LogBreak> {
+    let fail = |fault, position, seq, reason: String| {
+        Err(LogBreak {
+            tree,
+            fault,
+            position,
+            seq,
+            reason,
+        })
+    };
+    let projected_hash = |seq: u64| {
+        usize::try_from(seq)
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+            .and_then(|i| projected.get(i))
+            .filter(|e| e.seq == seq)
+            .map(Event::hash)
+    };
+    // (position, seq, hash) of the last event that fit the chain.
+    let mut last: Option<(u64, u64, String)> = None;
+    // Log position of each event, by seq - 1.
+    let mut logged: Vec<(u64, &Event)> = Vec::new();
+    for commit in commits {
+        let position = commit.position;
+        let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
+        let events = match &commit.events {
+            Ok(events) => events,
+            Err(reason) => {
+                return fail(
+                    ChainFault::Corrupt,
+                    position,
+                    expected,
+                    format!("the record cannot be read: {reason}"),
+                )
+            }
+        };
+        if events.is_empty() {
+            return fail(
+                ChainFault::Tampered,
+                position,
+                expected,
+                "the commit holds no event".into(),
+            );
+        }
+        for e in events {
+            let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
+            if &e.tenant != tenant || e.tree != tree {
+                return fail(
+                    ChainFault::Tampered,
+                    position,
+                    e.seq,
+                    format!(
+                        "event seq {} names tree {} of tenant {}, not this tree",
+                        e.seq, e.tree, e.tenant
+                    ),
+                );
+            }
+            if e.seq > expected {
+                return fail(
+                    ChainFault::Missing,
+                    position,
+                    expected,
+                    format!(
+                        "events seq {expected} to {} are missing before this record (seq {})",
+                        e.seq - 1,
+                        e.seq
+                    ),
+                );
+            }
+            if e.seq < expected {
+                return fail(
+                    ChainFault::Tampered,
+                    position,
+                    e.seq,
+                    format!(
+                        "event seq {} repeats or goes back: seq {expected} was next",
+                        e.seq
+                    ),
+                );
+            }
+            let prev_hash = last.as_ref().map(|(_, _, h)| h);
+            if e.prev_hash.as_ref() != prev_hash {
+                return match &last {
+                    None => fail(
+                        ChainFault::Tampered,
+                        position,
+                        e.seq,
+                        "the first event must have no prev_hash".into(),
+                    ),
+                    Some((_, prev_seq, hash))
+                        if projected_hash(*prev_seq).as_ref() == Some(hash) =>
+                    {
+                        fail(
+                            ChainFault::Tampered,
+                            position,
+                            e.seq,
+                            format!(
+                                "its prev_hash {:?} does not name seq {prev_seq} (hash {hash:?}), which the projection confirms: this record was altered or forged",
+                                e.prev_hash
+                            ),
+                        )
+                    }
+                    Some((prev_position, prev_seq, hash)) => fail(
+                        ChainFault::Tampered,
+                        *prev_position,
+                        *prev_seq,
+                        format!(
+                            "its hash {hash:?} is not the prev_hash {:?} that seq {} recorded at position {position}: it was altered",
+                            e.prev_hash, e.seq
+                        ),
+                    ),
+                };
+            }
+            last = Some((position, e.seq, e.hash()));
+            logged.push((position, e));
+        }
+    }
+    let Some(head) = head else {
+        return match logged.first() {
+            None => Ok(0),
+            Some((position, _)) => fail(
+                ChainFault::ProjectionDiffers,
+                *position,
+                1,
+                format!(
+                    "the projection holds nothing of this tree, but the log holds {} events",
+                    logged.len()
+                ),
+            ),
+        };
+    };
+    let Some((last_position, last_seq, last_hash)) = last else {
+        return fail(
+            ChainFault::Missing,
+            head.position,
+            1,
+            format!(
+                "the log holds no record of this tree, but the projection recorded its head at position {} (seq {})",
+                head.position, head.seq
+            ),
+        );
+    };
+    if last_position < head.position || last_seq < head.seq {
+        return fail(
+            ChainFault::Missing,
+            head.position,
+            last_seq + 1,
+            format!(
+                "the log ends at position {last_position} (seq {last_seq}), before the head the projection recorded at position {} (seq {}): records are missing",
+                head.position, head.seq
+            ),
+        );
+    }
+    if last_position > head.position || last_seq > head.seq {
+        // The first event past the projection's head (the last one at worst).
+        let (position, seq) = logged
+            .iter()
+            .find(|(p, e)| *p > head.position || e.seq > head.seq)
+            .map_or((last_position, last_seq), |(p, e)| (*p, e.seq));
+        return fail(
+            ChainFault::ProjectionDiffers,
+            position,
+            seq,
+            format!(
+                "the projection stops at position {} (seq {}), the log goes on to position {last_position} (seq {last_seq})",
+                head.position, head.seq
+            ),
+        );
+    }
+    if head.hash.as_deref() != Some(last_hash.as_str()) {
+        // Two witnesses in the projection (its head and its copy of the last
+        // event) against the log's record: the record was altered.
+        let fault = if projected_hash(last_seq).as_ref() == head.hash.as_ref() {
+            ChainFault::Tampered
+        } else {
+            ChainFault::ProjectionDiffers
+        };
+        return fail(
+            fault,
+            last_position,
+            last_seq,
+            format!(
+                "its hash {last_hash:?} is not the head {:?} the projection recorded",
+                head.hash
+            ),
+        );
+    }
+    for (position, e) in &logged {
+        if projected_hash(e.seq).as_deref() != Some(e.hash().as_str()) {
+            return fail(
+                ChainFault::ProjectionDiffers,
+                *position,
+                e.seq,
+                "the projection's copy of this event differs from the log's".into(),
+            );
+        }
+    }
+    Ok(logged.len() as u64)
 }
 
 /// Folds one event into the tree. Never fails and decides nothing: an event

@@ -195,12 +195,14 @@ impl CommandId {
 }
 
 impl EventId {
-    /// The id of the `index`th event written by a command: deterministic, so a
-    /// retried command produces byte-identical events.
-    pub fn for_command(command: CommandId, index: usize) -> Self {
+    /// The id of the `index`th event written by a command of `tenant`:
+    /// deterministic, so a retried command produces byte-identical events, and
+    /// distinct across tenants that happen to use the same command id (event
+    /// ids deduplicate the signal stream).
+    pub fn for_command(tenant: &TenantId, command: CommandId, index: usize) -> Self {
         Self(Uuid::new_v5(
             &command.0,
-            format!("event/{index}").as_bytes(),
+            format!("event/{tenant}/{index}").as_bytes(),
         ))
     }
 }

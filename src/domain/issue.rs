@@ -6,7 +6,7 @@ use super::command::{Delegate, Issue};
 use super::decide::{refuse_terminal, target};
 use super::error::DomainError;
 use super::event::{EventBody, MandateIssued};
-use super::ids::MandateId;
+use super::ids::{CommandId, MandateId, TenantId, TreeId};
 use super::model::{Actor, Grantor, Tree};
 
 /// A root mandate: principal → agent, for a mission. The root's id is the
@@ -63,16 +63,23 @@ pub(crate) fn issue(
     }))])
 }
 
-/// The tree (and root mandate) id an issue gets: derived from the command
-/// id, so a retried issue lands on the same tree and the log deduplicates it.
-pub fn root_tree_id(command: super::ids::CommandId) -> super::ids::TreeId {
-    super::ids::TreeId(uuid::Uuid::new_v5(&command.0, b"root-mandate"))
+/// The tree (and root mandate) id an issue gets: derived from the tenant and
+/// the command id, so a retried issue lands on the same tree and the log
+/// deduplicates it, while two tenants using one command id never share a tree.
+pub fn root_tree_id(tenant: &TenantId, command: CommandId) -> TreeId {
+    TreeId(uuid::Uuid::new_v5(
+        &command.0,
+        format!("root-mandate/{tenant}").as_bytes(),
+    ))
 }
 
-/// The id a delegation gets: derived from the command id, so a retry lands on
-/// the same mandate.
-pub fn delegated_id(command: super::ids::CommandId) -> MandateId {
-    MandateId(uuid::Uuid::new_v5(&command.0, b"delegated-mandate"))
+/// The id a delegation gets: derived from the tenant and the command id, so a
+/// retry lands on the same mandate and two tenants never share one.
+pub fn delegated_id(tenant: &TenantId, command: CommandId) -> MandateId {
+    MandateId(uuid::Uuid::new_v5(
+        &command.0,
+        format!("delegated-mandate/{tenant}").as_bytes(),
+    ))
 }
 
 /// A delegation never widens: scope ⊆ parent's, `not_after` ≤ parent's,
@@ -81,7 +88,7 @@ pub fn delegated_id(command: super::ids::CommandId) -> MandateId {
 pub(crate) fn delegate(
     tree: &Tree,
     actor: &Actor,
-    command: super::ids::CommandId,
+    command: CommandId,
     c: &Delegate,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
@@ -138,7 +145,7 @@ pub(crate) fn delegate(
             now,
         });
     }
-    let mandate = delegated_id(command);
+    let mandate = delegated_id(&tree.tenant, command);
     // Authority comes strictly from above (invariant 9): the new grantee may
     // not be a supervisor of any mandate above it (a supervisor named on a
     // link watches everything below it), nor of its own mandate.

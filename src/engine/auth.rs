@@ -12,8 +12,11 @@
 //! `admin:security`) and must equal the body's `actor`. The MAC covers the
 //! subject (so a command cannot be moved to another tenant or verb) and the
 //! exact body bytes. A replayed request changes nothing: commands are
-//! idempotent by command id. Tenants not listed in the configuration are open
-//! (protect them with NATS permissions, as the mission subjects always are).
+//! idempotent by command id. Over NATS, the commands of a tenant not listed in
+//! the configuration are refused unless the operator opened such tenants
+//! explicitly (`mandate serve --allow-open-tenants`,
+//! `EngineConfig::allow_open_tenants`); an open tenant must then be protected
+//! with NATS permissions, as the mission subjects always are.
 //!
 //! Configuration (`mandate serve --auth FILE`):
 //! `{"tenants": {"acme": {"keys": {"principal:cfo": "<secret>", …}}}}`.
@@ -102,7 +105,9 @@ impl AuthConfig {
         self.tenants.contains_key(tenant.as_str())
     }
 
-    /// Checks that `header` proves `actor` sent `body` on `subject`.
+    /// Checks that `header` proves `actor` sent `body` on `subject`. A tenant
+    /// the configuration does not list needs no proof here: whether it is
+    /// served at all is the open-tenant policy ([`refuse_closed_tenant`]).
     pub fn verify(
         &self,
         tenant: &TenantId,
@@ -149,6 +154,15 @@ impl AuthConfig {
                 ))
             })
     }
+}
+
+/// The refusal of a command of a tenant that requires no proof, when open
+/// tenants are not allowed: names the tenant and the two ways to serve it.
+pub fn refuse_closed_tenant(tenant: &TenantId) -> EngineError {
+    forbidden(format!(
+        "tenant {tenant} has no authentication configured and open tenants are not allowed: \
+         list it in the auth configuration (--auth) or serve with --allow-open-tenants"
+    ))
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

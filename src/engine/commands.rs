@@ -64,7 +64,7 @@ impl Engine {
         let commit = self.execute_on(tree, &cmd).await?;
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
-            Command::Delegate(_) => Some(delegated_id(cmd.command_id)),
+            Command::Delegate(_) => Some(delegated_id(&cmd.tenant, cmd.command_id)),
             other => other.target(),
         };
         Ok(CommandResult {
@@ -80,7 +80,7 @@ impl Engine {
         if let Command::Issue(_) = cmd.command {
             // The root's id is derived from the command id, so a retried issue
             // lands on the same tree and the log deduplicates it.
-            return Ok(root_tree_id(cmd.command_id));
+            return Ok(root_tree_id(&cmd.tenant, cmd.command_id));
         }
         let mandate = cmd.command.target().ok_or_else(|| {
             EngineError::Invalid(format!("command {} names no mandate", cmd.command.verb()))
@@ -225,7 +225,8 @@ impl Engine {
                 Ok(appended) if appended.duplicate => {
                     // Written before: a retry after a lost ack (reply with the
                     // original), or the id was used for something else, here
-                    // or on another tree (the log deduplicates ids globally).
+                    // or on another tree of this tenant (the log deduplicates
+                    // ids per tenant).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
                     return match decide(&snap.tree, cmd, now) {

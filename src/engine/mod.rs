@@ -118,12 +118,19 @@ pub struct EngineConfig {
     /// log's head for that tree (one cheap log read) and catch up if behind,
     /// so a lagging instance never answers from stale authority.
     pub fresh_reads: bool,
-    /// Tenants whose actors must prove who they are (see [`auth`]); `None`:
-    /// every tenant is open.
+    /// Tenants whose actors must prove who they are (see [`auth`]); over
+    /// NATS, a tenant it does not list is served only with
+    /// `allow_open_tenants`.
     pub auth: Option<Arc<auth::AuthConfig>>,
     /// Serve only these tenants (requests, mission intake, expiry); empty:
     /// every tenant.
     pub tenants: Vec<TenantId>,
+    /// Over NATS, serve the commands of tenants that `auth` does not list
+    /// without any proof of their actor: anyone who can publish on their
+    /// command subjects may act as any principal, agent or administrator.
+    /// Off by default, and then such commands are refused (`forbidden`).
+    /// In-process callers are trusted either way.
+    pub allow_open_tenants: bool,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +145,7 @@ impl Default for EngineConfig {
             fresh_reads: true,
             auth: None,
             tenants: Vec::new(),
+            allow_open_tenants: false,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    authorize, replay, verify_chain_with_head, ChainLink, Decision, DomainError, MandateId,
-    TenantId, Tree, TreeId, SCHEMA_VERSION,
+    authorize, replay, verify_log, ChainLink, Decision, DomainError, Event, LoggedCommit,
+    MandateId, RecordedHead, TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 use crate::protocol::{
     audit_subject, AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery,
@@ -16,6 +16,7 @@ use crate::protocol::{
 };
 
 use super::{moment, Engine, EngineError};
+use crate::log::{EventLog, LogError};
 use crate::store::TreeSnapshot;
 
 impl Engine {
@@ -155,29 +156,70 @@ impl Engine {
         Ok(HistoryReply { tree, events })
     }
 
-    /// Verifies a tree's hash chain against the head the projection recorded.
+    /// Verifies a tree against its source: re-reads its records from the
+    /// log, recomputes the hash chain and compares it with the head (and the
+    /// history) the projection recorded, naming the first record that does
+    /// not match. Answers for a quarantined tree too: saying where it broke
+    /// is the point.
     pub async fn verify(
         &self,
         tenant: &TenantId,
         q: &TreeQuery,
     ) -> Result<VerifyReply, EngineError> {
-        self.freshen(tenant, q.tree, q.mandate).await?;
+        match self.freshen(tenant, q.tree, q.mandate).await {
+            // The tree broke while catching up: the log is read below anyway,
+            // and the break named.
+            Ok(())
+            | Err(EngineError::Quarantined(_))
+            | Err(EngineError::Log(LogError::Corrupt { .. })) => {}
+            Err(e) => return Err(e),
+        }
         let tree = self.resolve_tree(tenant, q)?;
-        let snap = self
-            .inner
-            .store
-            .tree_shared(tenant, tree)?
-            .ok_or(EngineError::Rejected(DomainError::TreeNotFound { tree }))?;
-        let events = self.inner.store.history(tenant, tree)?;
-        let head = snap.tree.head_hash.clone();
-        let result = verify_chain_with_head(&events, head.as_deref());
+        let snap = self.inner.store.tree_shared(tenant, tree)?;
+        let items = self.inner.log.read_tree_items(tenant, tree, 0).await?;
+        if snap.is_none() && items.is_empty() {
+            return Err(DomainError::TreeNotFound { tree }.into());
+        }
+        let mut commits = Vec::with_capacity(items.len());
+        for item in items {
+            commits.push(match item {
+                Ok(r) => LoggedCommit {
+                    position: r.position,
+                    events: Event::decode_commit(&r.payload).map_err(|e| e.to_string()),
+                },
+                Err(LogError::Corrupt {
+                    position, reason, ..
+                }) => LoggedCommit {
+                    position,
+                    events: Err(reason),
+                },
+                Err(other) => return Err(other.into()),
+            });
+        }
+        let log_head = commits.iter().map(|c| c.position).max().unwrap_or(0);
+        let projected = self.inner.store.history(tenant, tree)?;
+        let head = snap.as_ref().map(|s| RecordedHead {
+            position: s.position,
+            seq: s.tree.version,
+            hash: s.tree.head_hash.clone(),
+        });
+        let result = verify_log(tenant, tree, &commits, &projected, head.as_ref());
+        let broken = result.as_ref().err();
         Ok(VerifyReply {
             tree,
-            events: events.len() as u64,
-            head_hash: head,
+            events: commits
+                .iter()
+                .filter_map(|c| c.events.as_ref().ok())
+                .map(|e| e.len() as u64)
+                .sum(),
+            head_hash: snap.as_ref().and_then(|s| s.tree.head_hash.clone()),
             intact: result.is_ok(),
-            broken_at: result.as_ref().err().map(|e| e.seq),
-            reason: result.err().map(|e| e.reason),
+            broken_at: broken.map(|b| b.seq),
+            reason: broken.map(|b| b.reason.clone()),
+            broken_position: broken.map(|b| b.position),
+            fault: broken.map(|b| b.fault),
+            log_head,
+            projection_head: snap.as_ref().map_or(0, |s| s.position),
         })
     }
 

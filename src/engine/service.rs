@@ -97,8 +97,9 @@ impl Engine {
             .await
     }
 
-    /// Refuses a remote command whose actor is not proven, where the tenant
-    /// requires proof.
+    /// Refuses a remote command whose actor is not proven: a listed tenant
+    /// needs its proof, and any other tenant is served only when open tenants
+    /// are allowed.
     fn authenticate(
         &self,
         origin: Origin<'_>,
@@ -107,11 +108,15 @@ impl Engine {
         subject: &str,
         body: &[u8],
     ) -> Result<(), EngineError> {
-        match (origin, &self.inner.config.auth) {
-            (Origin::Remote { auth }, Some(config)) => {
+        let Origin::Remote { auth } = origin else {
+            return Ok(());
+        };
+        match &self.inner.config.auth {
+            Some(config) if config.requires(tenant) => {
                 config.verify(tenant, actor, subject, body, auth)
             }
-            _ => Ok(()),
+            _ if self.inner.config.allow_open_tenants => Ok(()),
+            _ => Err(super::auth::refuse_closed_tenant(tenant)),
         }
     }
 
@@ -256,6 +261,37 @@ impl Engine {
         }
     }
 
+    /// Says at start, loudly, whether tenants without authentication are
+    /// served: with them open, anyone who can publish on their command
+    /// subjects acts as anyone.
+    fn announce_policy(&self, served: &[String]) {
+        let listed: Vec<&str> = self
+            .inner
+            .config
+            .auth
+            .as_ref()
+            .map(|a| a.tenants.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        if self.inner.config.allow_open_tenants {
+            tracing::warn!(
+                served = ?served,
+                authenticated = ?listed,
+                "OPEN TENANTS ALLOWED: commands of every served tenant not listed in the auth \
+                 configuration are accepted without any proof of their actor; anyone who can \
+                 publish on mandate.cmd.<tenant>.* may act as any principal, agent or \
+                 administrator there. Restrict those subjects with NATS permissions, or list \
+                 the tenants in --auth"
+            );
+        } else {
+            tracing::info!(
+                served = ?served,
+                authenticated = ?listed,
+                "open tenants not allowed: commands of tenants not listed in the auth \
+                 configuration are refused (serve with --allow-open-tenants to accept them)"
+            );
+        }
+    }
+
     /// Serves requests over NATS until `shutdown` resolves, then stops taking
     /// new ones and waits for those in flight. Runs the background tasks too.
     pub async fn serve(
@@ -289,6 +325,7 @@ impl Engine {
         let mut queries = futures::stream::select_all(queries);
         // A round trip, so the subscriptions are registered before we say so.
         round_trip(&client, Duration::from_secs(10)).await?;
+        self.announce_policy(&tenants);
         tracing::info!(instance = %self.instance(), "serving");
         let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         tokio::pin!(shutdown);

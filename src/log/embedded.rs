@@ -9,7 +9,7 @@
 //! | `r` position | the record: version 1, tenant length, tenant, tree (16 bytes), command id (16 bytes), payload |
 //! | `h` tenant length, tenant, tree (16 bytes), position | empty: per-tree index, scanned by `read_tree` |
 //! | `n` tenant length, tenant, position | empty: per-tenant index, scanned by `read_all` |
-//! | `c` command id (16 bytes) | position: idempotency, kept forever |
+//! | `c` tenant length, tenant, command id (16 bytes) | position: idempotency per tenant, kept forever |
 //!
 //! The last position is the last `r` key, so no separate counter can drift
 //! from the records.
@@ -128,11 +128,11 @@ impl EventLog for EmbeddedLog {
 
         // The command id comes first: a retry whose expected head went stale
         // (because its first attempt was written) is a duplicate, not a conflict.
-        let command_key = command_key(command_id);
-        if let Some(original) = inner.tree.get(command_key).map_err(sled_error)? {
+        let command_key = command_key(tenant, command_id);
+        if let Some(original) = inner.tree.get(&command_key).map_err(sled_error)? {
             let position = u64_from_slice(&original).ok_or_else(|| LogError::Corrupt {
                 position: 0,
-                subject_or_key: format!("c/{command_id}"),
+                subject_or_key: format!("c/{tenant}/{command_id}"),
                 reason: "command index entry is not an 8-byte position".to_string(),
             })?;
             return Ok(Appended {
@@ -189,6 +189,26 @@ impl EventLog for EmbeddedLog {
             records.push(inner.record(position)?);
         }
         Ok(records)
+    }
+
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        let inner = &self.inner;
+        let prefix = tree_prefix(tenant, tree);
+        let mut items = Vec::new();
+        for entry in inner.tree.range(index_range(&prefix, after)) {
+            let (key, _) = entry.map_err(sled_error)?;
+            match inner.record(index_position(&key)?) {
+                Ok(record) => items.push(Ok(record)),
+                Err(corrupt @ LogError::Corrupt { .. }) => items.push(Err(corrupt)),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(items)
     }
 
     async fn read_all(
@@ -385,10 +405,16 @@ fn record_key(position: u64) -> [u8; 9] {
     key
 }
 
-fn command_key(command_id: CommandId) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = COMMAND;
-    key[1..].copy_from_slice(command_id.0.as_bytes());
+/// Scoped by tenant: two tenants that use the same command id each write.
+/// (Keys of an older layout, `c` and the command id alone, are 17 bytes long
+/// and so never equal one of these, which are at least 19.)
+fn command_key(tenant: &TenantId, command_id: CommandId) -> Vec<u8> {
+    let name = tenant.as_str().as_bytes();
+    let mut key = Vec::with_capacity(2 + name.len() + 16);
+    key.push(COMMAND);
+    key.push(name.len() as u8);
+    key.extend_from_slice(name);
+    key.extend_from_slice(command_id.0.as_bytes());
     key
 }
 

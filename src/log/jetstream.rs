@@ -7,7 +7,8 @@
 //! # Appends
 //! A publish on the tree's subject with two headers:
 //! `Nats-Expected-Last-Subject-Sequence` = the expected head (optimistic
-//! concurrency), and `Nats-Msg-Id` = the command id (deduplication). What the
+//! concurrency), and `Nats-Msg-Id` = `<tenant>:<command id>` (deduplication,
+//! see below). What the
 //! servers do with them, measured on 2.9.10 and 2.15.1 (the conformance suite
 //! checks it on every run):
 //! - expected `0` means "no message on this subject yet", on both: a second
@@ -26,8 +27,10 @@
 //! expected head happens to be current; the engine guards against that by
 //! checking command ids in the tree it folded.
 //!
-//! Message ids are deduplicated stream-wide, so a command id is global to the
-//! log, as in the embedded backend.
+//! Message ids are deduplicated stream-wide, so the message id carries the
+//! tenant: two tenants that use the same command id never meet, as in the
+//! embedded backend. Records written before the tenant was part of the id
+//! carry the bare command id and are still read.
 //!
 //! Appends are pipelined: each caller publishes and waits for its own ack, and
 //! only a semaphore (`max_in_flight`) bounds how many are outstanding. A
@@ -311,7 +314,7 @@ impl EventLog for JetStreamLog {
             loop {
                 let publish = PublishMessage::build()
                     .payload(payload.clone())
-                    .message_id(command_id.to_string())
+                    .message_id(message_id(tenant, command_id))
                     .expected_last_subject_sequence(expected);
                 let acked = match inner.js.send_publish(subject.clone(), publish).await {
                     Ok(ack) => ack.await,
@@ -371,6 +374,17 @@ impl EventLog for JetStreamLog {
             .scan(&tree_subject(tenant, tree), after, usize::MAX)
             .await?;
         items.into_iter().collect()
+    }
+
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        self.inner
+            .scan(&tree_subject(tenant, tree), after, usize::MAX)
+            .await
     }
 
     async fn read_all(
@@ -706,6 +720,35 @@ fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
     Ok((tenant, parsed))
 }
 
+/// The `Nats-Msg-Id` of an append: the tenant and the command id. Tenant ids
+/// never contain `:`, so the two parts are always told apart.
+fn message_id(tenant: &TenantId, command_id: CommandId) -> String {
+    format!("{tenant}:{command_id}")
+}
+
+/// The command id in a record's `Nats-Msg-Id`, which must name the tenant of
+/// the record's subject. A bare command id is a record written before message
+/// ids carried the tenant.
+fn parse_message_id(tenant: &TenantId, id: &str) -> Result<CommandId, String> {
+    let command = match id.split_once(':') {
+        Some((named, command)) if named == tenant.as_str() => command,
+        Some((named, _)) => {
+            return Err(format!(
+                "Nats-Msg-Id {:?} names tenant {:?}, not {tenant}",
+                crate::domain::ids::truncate_for_error(id),
+                crate::domain::ids::truncate_for_error(named)
+            ))
+        }
+        None => id,
+    };
+    CommandId::parse(command).map_err(|_| {
+        format!(
+            "Nats-Msg-Id {:?} is not a command id",
+            crate::domain::ids::truncate_for_error(id)
+        )
+    })
+}
+
 fn decode(
     position: u64,
     subject: &str,
@@ -721,8 +764,7 @@ fn decode(
     let id = headers
         .and_then(|h| h.get(NATS_MESSAGE_ID))
         .ok_or_else(|| corrupt("no Nats-Msg-Id header".to_string()))?;
-    let command_id = CommandId::parse(id.as_str())
-        .map_err(|_| corrupt(format!("Nats-Msg-Id {:?} is not a command id", id.as_str())))?;
+    let command_id = parse_message_id(&tenant, id.as_str()).map_err(corrupt)?;
     Ok(Record {
         tenant,
         tree,
@@ -783,6 +825,22 @@ mod tests {
         ] {
             assert!(parse_subject(&bad).is_err(), "{bad} parsed");
         }
+    }
+
+    #[test]
+    fn message_ids_carry_the_tenant_of_their_subject() {
+        let (acme, globex) = (
+            TenantId::new("acme").unwrap(),
+            TenantId::new("globex").unwrap(),
+        );
+        let command = CommandId::generate();
+        let id = message_id(&acme, command);
+        assert_eq!(parse_message_id(&acme, &id), Ok(command));
+        // Written before the tenant was part of the id.
+        assert_eq!(parse_message_id(&acme, &command.to_string()), Ok(command));
+        let err = parse_message_id(&globex, &id).unwrap_err();
+        assert!(err.contains("globex") && err.contains("acme"), "{err}");
+        assert!(parse_message_id(&acme, "acme:nope").is_err());
     }
 
     #[test]

@@ -21,9 +21,11 @@
 //! # Command ids
 //! Every record carries the command id that wrote it; an append whose command
 //! id was already written writes nothing and returns the original position
-//! (`duplicate: true`). Command ids are global, not per tree. The embedded log
-//! remembers them forever; JetStream within its duplicate window and, past it,
-//! for retries whose expected head is stale (see `jetstream.rs`).
+//! (`duplicate: true`). Command ids are scoped by tenant, not by tree: two
+//! tenants that use the same command id each write, and neither is told of
+//! the other's. The embedded log remembers them forever; JetStream within its
+//! duplicate window and, past it, for retries whose expected head is stale
+//! (see `jetstream.rs`).
 //!
 //! # Records that cannot be decoded
 //! Are never skipped silently. Reads stop in front of one: the records before
@@ -155,7 +157,7 @@ impl fmt::Display for Head {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends one commit to a tree iff the tree's head is `expected` (0: the
     /// tree must have no record yet). A command id that was already written
-    /// returns `Appended { duplicate: true, position: original }` and writes
+    /// in this tenant returns `Appended { duplicate: true, position: original }` and writes
     /// nothing, whatever `expected` says.
     fn append(
         &self,
@@ -174,6 +176,16 @@ pub trait EventLog: Send + Sync + 'static {
         tree: TreeId,
         after: u64,
     ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
+
+    /// Every record of one tree with position > `after`, in order, each one
+    /// decoded or the [`LogError::Corrupt`] that names it in its place: for
+    /// checks (`verify`) that must see past a corrupt record.
+    fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> impl Future<Output = Result<Vec<Result<Record, LogError>>, LogError>> + Send;
 
     /// Up to `limit` records of all trees (or of one tenant's) with a
     /// position after `after`, in order. Stops in front of a corrupt record; fails with
@@ -259,6 +271,18 @@ impl EventLog for AnyLog {
         match self {
             AnyLog::Nats(log) => log.read_tree(tenant, tree, after).await,
             AnyLog::Embedded(log) => log.read_tree(tenant, tree, after).await,
+        }
+    }
+
+    async fn read_tree_items(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        match self {
+            AnyLog::Nats(log) => log.read_tree_items(tenant, tree, after).await,
+            AnyLog::Embedded(log) => log.read_tree_items(tenant, tree, after).await,
         }
     }
 

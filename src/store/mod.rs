@@ -786,7 +786,7 @@ mod tests {
                 supervisors: vec![],
             }),
         };
-        let tree = root_tree_id(cmd.command_id);
+        let tree = root_tree_id(&cmd.tenant, cmd.command_id);
         let events = decide(&Tree::empty(tenant.clone(), tree), &cmd, chrono::Utc::now()).unwrap();
         (tree, Event::encode_commit(&events))
     }

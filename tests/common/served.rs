@@ -16,12 +16,19 @@ pub struct Instance {
 
 #[allow(dead_code)]
 impl Instance {
-    /// An instance with the default settings and its projection under `dir`.
+    /// An instance with the default settings, but open tenants allowed (the
+    /// suites act without authentication unless they test it), and its
+    /// projection under `dir`.
     pub async fn start(url: &str, dir: &Path) -> Self {
-        Self::start_with(url, dir, EngineConfig::default()).await
+        let config = EngineConfig {
+            allow_open_tenants: true,
+            ..EngineConfig::default()
+        };
+        Self::start_with(url, dir, config).await
     }
 
-    /// An instance with `config` and its projection under `dir`.
+    /// An instance with `config`, exactly (open tenants only if it allows
+    /// them), and its projection under `dir`.
     pub async fn start_with(url: &str, dir: &Path, config: EngineConfig) -> Self {
         let nc = async_nats::connect(url).await.expect("connect the engine");
         let engine = Engine::nats(nc, dir, JetStreamConfig::default(), config)
