@@ -119,7 +119,11 @@ async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Dur
         client(url, agent("a3")).await,
         &GuardHub::new(),
         mandate,
-        GuardConfig { lease, heartbeat },
+        GuardConfig {
+            lease,
+            heartbeat,
+            ..GuardConfig::default()
+        },
     )
     .await
     .expect("start the guard")
@@ -372,6 +376,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         GuardConfig {
             lease: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
+            ..GuardConfig::default()
         },
     )
     .await;
@@ -385,6 +390,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         GuardConfig {
             lease: Duration::from_secs(120),
             heartbeat: Duration::from_secs(60),
+            ..GuardConfig::default()
         },
     )
     .await
@@ -408,4 +414,97 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
     .await;
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
     served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_reply_arriving_after_a_newer_one_does_not_undo_a_pause() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    // A long lease and heartbeat: no re-read of the guard's own comes between.
+    let guard = guard_a3(
+        &server.url(),
+        ids[3],
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // Given an answer read before the pause...
+    let a3 = client(&server.url(), agent("a3")).await;
+    let before_pause = a3.chain(ids[3], None).await.unwrap();
+    let cfo = client(
+        &server.url(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .await;
+    cfo.pause(ids[1], Some("hold".into())).await.unwrap();
+    eventually("the guard hears the pause", || {
+        guard.state() == GuardState::Paused
+    })
+    .await;
+    // ...when it arrives after the answer that carries the pause...
+    guard.apply_reply(before_pause);
+    // ...then the guard stays paused.
+    assert_eq!(
+        guard.state(),
+        GuardState::Paused,
+        "an older answer undid the pause"
+    );
+    let d = guard.check("finance:read", "reports/q3");
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Paused,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+    served.stop().await;
+}
+
+/// An agent clock a minute behind the engine's.
+fn a_minute_behind() -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::seconds(60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::seconds(3)).await;
+    let guard = Guard::start(
+        client(&server.url(), agent("a3")).await,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(60),
+            clock: a_minute_behind,
+            ..GuardConfig::default()
+        },
+    )
+    .await
+    .expect("start the guard");
+    // Stop the engine: no expiry event and no signal can come now; only the
+    // guard's own clock can end the mandate.
+    served.stop().await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // By its own clock the mandate has a minute left; by the engine's, three
+    // seconds.
+    tokio::time::timeout(Duration::from_secs(20), guard.cancellation().cancelled())
+        .await
+        .expect("a guard whose clock is behind expires at the engine's not_after");
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Expired));
+    // And it says by how much it corrected.
+    let behind = guard
+        .clock_behind()
+        .expect("the guard reports its clock lag");
+    assert!(
+        behind >= Duration::from_secs(55) && behind <= Duration::from_secs(65),
+        "reported lag {behind:?} for a clock a minute behind"
+    );
 }
