@@ -467,7 +467,7 @@ impl Inner {
             .map(|mid| engine_time - mid)
             .unwrap_or_else(chrono::Duration::zero);
         let tolerance = chrono::Duration::from_std(self.config.clock_tolerance)
-            .unwrap_or_else(|_| chrono::Duration::MAX);
+            .unwrap_or(chrono::Duration::MAX);
         let behind = (lag > tolerance).then_some(lag);
         let mut held = self.behind.lock().unwrap_or_else(|p| p.into_inner());
         if behind.is_some() && held.is_none() {
