@@ -168,7 +168,6 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
         Actor::Principal(PrincipalId::new("cfo").unwrap()),
     )
     .await;
-    let started = std::time::Instant::now();
     cfo.revoke(ids[0], Some("deal closed".into()))
         .await
         .unwrap();
@@ -176,8 +175,8 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
         .await
         .unwrap()
         .unwrap();
+    // Well before the 30 s heartbeat: the signal did it.
     assert_eq!(outcome, "cancelled");
-    assert!(started.elapsed() < Duration::from_secs(5));
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
@@ -287,8 +286,9 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     let guard = guard_a3(&relay.url(), ids[3], lease, Duration::from_millis(300)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
+    // Connected, it hears the engine every heartbeat: not stale.
+    assert_eq!(guard.state(), GuardState::Active);
     relay.sever();
-    let cut_at = std::time::Instant::now();
     // While cut off, the mandate two levels up is revoked: the guard cannot hear it.
     let cfo = client(
         &server.url(),
@@ -301,11 +301,11 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
 
     // Fails closed once the lease has run out.
     eventually("guard goes stale", || guard.state() == GuardState::Stale).await;
-    assert!(cut_at.elapsed() >= lease, "stale before the lease ran out");
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
+    // Stale because its lease ran out, and it says which lease.
     assert!(
-        matches!(d.reason, Some(DenyReason::Unverified { .. })),
+        matches!(&d.reason, Some(DenyReason::Unverified { reason }) if reason.contains(&format!("{lease:?}"))),
         "{:?}",
         d.reason
     );
@@ -401,11 +401,22 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         Actor::Principal(PrincipalId::new("cfo").unwrap()),
     )
     .await;
+    // A guard on a connection that is not cut off, to see the signal land.
+    let witness = guard_a3(
+        &server.url(),
+        ids[3],
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .await;
     cfo.revoke(ids[2], Some("while cut off".into()))
         .await
         .unwrap();
-    // The revoke's signal is lost to the guard: it still allows.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the connected guard hears the revoke", || {
+        witness.state() == GuardState::Terminated(Status::Revoked)
+    })
+    .await;
+    // The revoke's signal is lost to the cut-off guard: it still allows.
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     relay.restore();
     eventually("the reconnected guard reflects the revoke", || {

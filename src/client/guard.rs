@@ -20,6 +20,7 @@
 //!   fan out locally ([`GuardHub`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -521,19 +522,20 @@ async fn signal_loop(
 const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
 async fn heartbeat_loop(inner: Arc<Inner>) {
-    let nats = inner.client.nats_client().cloned();
-    let mut was_connected = true;
+    let stats = inner.client.nats_client().map(|c| c.statistics());
+    let connects = |s: &async_nats::Statistics| s.connects.load(Ordering::Relaxed);
+    let mut seen_connects = stats.as_deref().map(connects);
     loop {
         // Sleep until the next heartbeat, but wake early when the connection
-        // comes back: signals sent while it was down are lost, so re-read now
-        // rather than a heartbeat later.
+        // has come back: signals sent while it was down are lost, so re-read
+        // now rather than a heartbeat later. The client counts its connects,
+        // so a drop and reconnect between two looks is not missed.
         let next = tokio::time::Instant::now() + inner.config.heartbeat;
         while tokio::time::Instant::now() < next {
             tokio::time::sleep(RECONNECT_POLL.min(inner.config.heartbeat)).await;
-            let Some(nats) = &nats else { continue };
-            let connected = nats.connection_state() == async_nats::connection::State::Connected;
-            let reconnected = connected && !was_connected;
-            was_connected = connected;
+            let now_connects = stats.as_deref().map(connects);
+            let reconnected = now_connects != seen_connects;
+            seen_connects = now_connects;
             if reconnected {
                 break;
             }
