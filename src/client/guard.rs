@@ -310,8 +310,7 @@ impl Guard {
     /// that make an old answer arrive after a newer one.
     #[doc(hidden)]
     pub fn apply_reply(&self, reply: ChainReply) {
-        let now = self.inner.now();
-        self.inner.install(reply, now, now);
+        self.inner.install(reply, self.inner.local_now());
     }
 }
 
@@ -420,16 +419,15 @@ impl Inner {
     async fn refresh(&self) -> Result<(), ClientError> {
         let sent = self.local_now();
         let reply = self.client.chain(self.mandate, None).await?;
-        let received = self.local_now();
-        self.install(reply, sent, received);
+        self.install(reply, sent);
         Ok(())
     }
 
-    /// Takes a chain reply read between `sent` and `received` (the agent's
-    /// uncorrected clock). State never goes back: a reply older than the
+    /// Takes a chain reply asked for at `sent` (the agent's uncorrected
+    /// clock). State never goes back: a reply older than the
     /// tree held (a slow answer overtaken by a newer one) is dropped, and
     /// counts neither as hearing the engine nor as a clock reading.
-    fn install(&self, reply: ChainReply, sent: DateTime<Utc>, received: DateTime<Utc>) {
+    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) {
         let version = reply.version;
         let engine_time = reply.engine_time;
         {
@@ -453,20 +451,18 @@ impl Inner {
                 *suspended = None;
             }
         }
-        self.note_clock(engine_time, sent, received);
+        self.note_clock(engine_time, sent);
         *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.settle();
     }
 
-    /// Compares the engine's clock in a reply with the agent's at the
-    /// middle of the round trip; a lag beyond the tolerance is corrected
-    /// for, and said.
-    fn note_clock(&self, engine_time: DateTime<Utc>, sent: DateTime<Utc>, received: DateTime<Utc>) {
-        let half_trip = (received - sent) / 2;
-        let lag = sent
-            .checked_add_signed(half_trip)
-            .map(|mid| engine_time - mid)
-            .unwrap_or_else(chrono::Duration::zero);
+    /// Compares the engine's clock in a reply with the agent's; a lag
+    /// beyond the tolerance is corrected for, and said. The engine read its
+    /// clock after the request was sent, so the lag is at most
+    /// `engine_time - sent`: the guard takes that bound, which can only make
+    /// it expire early (by up to a round trip), never late.
+    fn note_clock(&self, engine_time: DateTime<Utc>, sent: DateTime<Utc>) {
+        let lag = engine_time - sent;
         let tolerance = chrono::Duration::from_std(self.config.clock_tolerance)
             .unwrap_or(chrono::Duration::MAX);
         let behind = (lag > tolerance).then_some(lag);
@@ -475,7 +471,7 @@ impl Inner {
             tracing::warn!(
                 mandate = %self.mandate,
                 behind_ms = lag.num_milliseconds(),
-                "the agent's clock is behind the engine's; the guard reads time by the engine's clock and expires mandates that much earlier than the agent's clock says"
+                "the agent's clock is behind the engine's (or the engine answers slowly): the guard adds the lag to the agent's clock, and so expires mandates that much earlier than the agent's clock says"
             );
         }
         *held = behind;
