@@ -2,6 +2,8 @@
 //! embedded engine, and exit codes that tell denied, not found, invalid input
 //! and unavailable apart.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -488,4 +490,86 @@ fn the_cli_never_panics_on_hostile_input() {
             });
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
+    use mandate::client::Client;
+    use mandate::domain::command::Issue;
+    use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope, TenantId};
+    use std::io::BufRead;
+
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = common::served::Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let cfo = Client::nats(
+        nc,
+        TenantId::new("acme").unwrap(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .with_timeout(std::time::Duration::from_millis(700));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cfo.health().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let root = cfo
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "watch".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+            depth: 1,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+
+    // `mandate watch` with its reader already gone.
+    let (reader, writer) = std::io::pipe().expect("create a pipe");
+    drop(reader);
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(["--nats", &server.url(), "--tenant", "acme", "watch"])
+        .arg(root.to_string())
+        .env_remove("MANDATE_ACTOR")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mandate watch");
+    let mut stderr = std::io::BufReader::new(watch.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.starts_with("watching"), "{first}");
+
+    // Signals until it stops (its subscription may reach the server after
+    // the first of them).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = watch.kill();
+            panic!("mandate watch kept running with nobody reading its output");
+        }
+        cfo.pause(root, None).await.unwrap();
+        cfo.resume(root, None).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(0), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+    instance.stop().await;
 }

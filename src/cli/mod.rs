@@ -18,17 +18,25 @@ macro_rules! say {
 
 pub mod demo;
 
+/// Set once stdout can no longer be written (its reader has gone away).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stdout's reader has gone away: a command that would only go on
+/// printing (`watch`) stops.
+fn stdout_gone() -> bool {
+    STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Writes one line on stdout; see `say!`.
 pub(crate) fn say_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static GONE: AtomicBool = AtomicBool::new(false);
-    if GONE.load(Ordering::Relaxed) {
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
         return;
     }
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
-        GONE.store(true, Ordering::Relaxed);
+        STDOUT_GONE.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("error: cannot write to stdout: {e}");
         }
@@ -944,6 +952,7 @@ async fn watch(
                 Some(s) => {
                     if json { say!("{}", serde_json::to_string(&s)?); }
                     else { say!("{}  {:?} mandate {} → {} ({}) by {}{}", local_and_utc(s.time), s.kind, s.mandate, s.status, s.event_type, s.actor, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()); }
+                    if stdout_gone() { return Ok(()); }
                 }
                 None => return Ok(()),
             },
