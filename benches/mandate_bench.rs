@@ -402,6 +402,7 @@ async fn main() {
             GuardConfig {
                 lease: Duration::from_secs(600),
                 heartbeat: Duration::from_secs(300),
+                ..GuardConfig::default()
             },
         )
         .await

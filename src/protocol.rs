@@ -274,6 +274,15 @@ pub struct ChainReply {
     pub mandates: Vec<Mandate>,
     pub effective: Effective,
     pub at: DateTime<Utc>,
+    /// The tree's version (events applied) in this answer: a reader keeps
+    /// the highest it has seen and ignores an answer that is older.
+    pub version: u64,
+    /// Log position of the tree's last commit in this answer (0 for a past
+    /// state read with `at`).
+    pub position: u64,
+    /// The engine's clock when it answered: a reader compares it with its
+    /// own to find out how far behind its clock is.
+    pub engine_time: DateTime<Utc>,
 }
 
 /// Reply to `history`: events in order; `actor` (who did it) and

@@ -234,6 +234,7 @@ async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
         GuardConfig {
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
+            ..GuardConfig::default()
         },
     )
     .await

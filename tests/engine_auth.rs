@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use common::served::Instance;
 use common::NatsServer;
-use mandate::client::Client;
+use mandate::client::{Client, ClientError};
 use mandate::domain::command::Issue;
 use mandate::domain::{Actor, AgentId, ErrorCode, Mission, PrincipalId, Scope, TenantId};
 use mandate::engine::auth::{sign, AuthConfig, AUTH_HEADER};
@@ -31,6 +31,42 @@ fn issue() -> Issue {
         step_up: vec![],
         supervisors: vec![],
     }
+}
+
+/// The code and message of a refusal; anything else fails the test.
+fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
+    match r {
+        Err(ClientError::Engine(body)) => (body.code, body.message),
+        other => panic!("expected a refusal by the engine, got {other:?}"),
+    }
+}
+
+/// Sends `body` on `subject` with `Mandate-Auth: header`; the reply's error.
+async fn raw_refusal(
+    nc: &async_nats::Client,
+    subject: &str,
+    header: &str,
+    body: &serde_json::Value,
+) -> (String, String) {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(AUTH_HEADER, header);
+    let reply = nc
+        .request_with_headers(
+            subject.to_string(),
+            h,
+            serde_json::to_vec(body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    (
+        v["error"]["code"].as_str().unwrap_or_default().to_string(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,20 +103,84 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     let before = engine.log().last_position().await.unwrap();
 
     // No proof: refused, nothing written.
-    let err = unsigned.issue(issue()).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
-    assert_eq!(err.reason(), Some("not_authenticated"), "{err}");
-    assert!(err.to_string().contains(AUTH_HEADER), "{err}");
-    // A wrong secret, or the right secret claimed for another actor: refused.
-    let wrong = unsigned.clone().with_secret("guess");
     assert_eq!(
-        wrong.issue(issue()).await.unwrap_err().code(),
-        Some(ErrorCode::Forbidden)
+        refusal(unsigned.issue(issue()).await),
+        (
+            ErrorCode::Forbidden,
+            "not authenticated: tenant acme requires a Mandate-Auth header on every command"
+                .to_string()
+        )
     );
+    // A wrong secret, or the right secret claimed for another actor: refused.
+    let not_proven = (
+        ErrorCode::Forbidden,
+        "not authenticated: Mandate-Auth does not prove principal:cfo sent this request"
+            .to_string(),
+    );
+    let wrong = unsigned.clone().with_secret("guess");
+    assert_eq!(refusal(wrong.issue(issue()).await), not_proven);
     let lead_as_cfo = unsigned.clone().with_secret("lead-secret");
+    assert_eq!(refusal(lead_as_cfo.issue(issue()).await), not_proven);
+    // An actor the tenant holds no key for: refused by name.
+    let ceo = Client::nats(
+        nc.clone(),
+        acme.clone(),
+        Actor::Principal(PrincipalId::new("ceo").unwrap()),
+    )
+    .with_secret("anything");
     assert_eq!(
-        lead_as_cfo.issue(issue()).await.unwrap_err().code(),
-        Some(ErrorCode::Forbidden)
+        refusal(ceo.issue(issue()).await),
+        (
+            ErrorCode::Forbidden,
+            "not authenticated: principal:ceo has no key in tenant acme".to_string()
+        )
+    );
+    // A header proving another actor than the body's, or malformed: refused.
+    let revoke = serde_json::json!({
+        "command_id": uuid::Uuid::new_v4(), "tenant": "acme", "actor": {"kind": "principal", "id": "cfo"},
+        "type": "revoke", "mandate": uuid::Uuid::new_v4()
+    });
+    let lead = Actor::Agent(AgentId::new("lead").unwrap());
+    let for_lead = sign(
+        b"lead-secret",
+        &lead,
+        "mandate.cmd.acme.revoke",
+        &serde_json::to_vec(&revoke).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        raw_refusal(&nc, "mandate.cmd.acme.revoke", &for_lead, &revoke).await,
+        (
+            "forbidden".to_string(),
+            "not authenticated: Mandate-Auth is for agent:lead, but the body's actor is principal:cfo"
+                .to_string()
+        )
+    );
+    assert_eq!(
+        raw_refusal(
+            &nc,
+            "mandate.cmd.acme.revoke",
+            "v2 principal:cfo 00",
+            &revoke
+        )
+        .await,
+        (
+            "forbidden".to_string(),
+            "not authenticated: Mandate-Auth must be 'v1 <kind>:<id> <hex mac>'".to_string()
+        )
+    );
+    assert_eq!(
+        raw_refusal(
+            &nc,
+            "mandate.cmd.acme.revoke",
+            "v1 principal:cfo zz",
+            &revoke
+        )
+        .await,
+        (
+            "forbidden".to_string(),
+            "not authenticated: Mandate-Auth mac is not hex".to_string()
+        )
     );
     assert_eq!(
         engine.log().last_position().await.unwrap(),
@@ -97,18 +197,19 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     let header = sign(b"cfo-secret", &cfo, "mandate.cmd.acme.revoke", &signed_for).unwrap();
     let mut tampered = body.clone();
     tampered["type"] = "pause".into();
-    let mut h = async_nats::HeaderMap::new();
-    h.insert(AUTH_HEADER, header.as_str());
-    let reply = nc
-        .request_with_headers(
-            "mandate.cmd.acme.pause",
-            h,
-            serde_json::to_vec(&tampered).unwrap().into(),
+    assert_eq!(
+        raw_refusal(&nc, "mandate.cmd.acme.pause", &header, &tampered).await,
+        (
+            "forbidden".to_string(),
+            "not authenticated: Mandate-Auth does not prove principal:cfo sent this request"
+                .to_string()
         )
-        .await
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(v["error"]["code"], "forbidden", "{v}");
+    );
+    assert_eq!(
+        engine.log().last_position().await.unwrap(),
+        before,
+        "a refused command wrote something"
+    );
 
     // The proven actor is served; a replay of the same signed command is a
     // duplicate and writes nothing more.

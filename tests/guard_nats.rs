@@ -119,7 +119,11 @@ async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Dur
         client(url, agent("a3")).await,
         &GuardHub::new(),
         mandate,
-        GuardConfig { lease, heartbeat },
+        GuardConfig {
+            lease,
+            heartbeat,
+            ..GuardConfig::default()
+        },
     )
     .await
     .expect("start the guard")
@@ -164,7 +168,6 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
         Actor::Principal(PrincipalId::new("cfo").unwrap()),
     )
     .await;
-    let started = std::time::Instant::now();
     cfo.revoke(ids[0], Some("deal closed".into()))
         .await
         .unwrap();
@@ -172,8 +175,8 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
         .await
         .unwrap()
         .unwrap();
+    // Well before the 30 s heartbeat: the signal did it.
     assert_eq!(outcome, "cancelled");
-    assert!(started.elapsed() < Duration::from_secs(5));
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
@@ -283,8 +286,9 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     let guard = guard_a3(&relay.url(), ids[3], lease, Duration::from_millis(300)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
+    // Connected, it hears the engine every heartbeat: not stale.
+    assert_eq!(guard.state(), GuardState::Active);
     relay.sever();
-    let cut_at = std::time::Instant::now();
     // While cut off, the mandate two levels up is revoked: the guard cannot hear it.
     let cfo = client(
         &server.url(),
@@ -297,11 +301,11 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
 
     // Fails closed once the lease has run out.
     eventually("guard goes stale", || guard.state() == GuardState::Stale).await;
-    assert!(cut_at.elapsed() >= lease, "stale before the lease ran out");
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
+    // Stale because its lease ran out, and it says which lease.
     assert!(
-        matches!(d.reason, Some(DenyReason::Unverified { .. })),
+        matches!(&d.reason, Some(DenyReason::Unverified { reason }) if reason.contains(&format!("{lease:?}"))),
         "{:?}",
         d.reason
     );
@@ -372,6 +376,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         GuardConfig {
             lease: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
+            ..GuardConfig::default()
         },
     )
     .await;
@@ -385,6 +390,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         GuardConfig {
             lease: Duration::from_secs(120),
             heartbeat: Duration::from_secs(60),
+            ..GuardConfig::default()
         },
     )
     .await
@@ -395,11 +401,22 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         Actor::Principal(PrincipalId::new("cfo").unwrap()),
     )
     .await;
+    // A guard on a connection that is not cut off, to see the signal land.
+    let witness = guard_a3(
+        &server.url(),
+        ids[3],
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .await;
     cfo.revoke(ids[2], Some("while cut off".into()))
         .await
         .unwrap();
-    // The revoke's signal is lost to the guard: it still allows.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the connected guard hears the revoke", || {
+        witness.state() == GuardState::Terminated(Status::Revoked)
+    })
+    .await;
+    // The revoke's signal is lost to the cut-off guard: it still allows.
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     relay.restore();
     eventually("the reconnected guard reflects the revoke", || {
@@ -408,4 +425,97 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
     .await;
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
     served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_reply_arriving_after_a_newer_one_does_not_undo_a_pause() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    // A long lease and heartbeat: no re-read of the guard's own comes between.
+    let guard = guard_a3(
+        &server.url(),
+        ids[3],
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // Given an answer read before the pause...
+    let a3 = client(&server.url(), agent("a3")).await;
+    let before_pause = a3.chain(ids[3], None).await.unwrap();
+    let cfo = client(
+        &server.url(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .await;
+    cfo.pause(ids[1], Some("hold".into())).await.unwrap();
+    eventually("the guard hears the pause", || {
+        guard.state() == GuardState::Paused
+    })
+    .await;
+    // ...when it arrives after the answer that carries the pause...
+    guard.apply_reply(before_pause);
+    // ...then the guard stays paused.
+    assert_eq!(
+        guard.state(),
+        GuardState::Paused,
+        "an older answer undid the pause"
+    );
+    let d = guard.check("finance:read", "reports/q3");
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Paused,
+                ..
+            })
+        ),
+        "{:?}",
+        d.reason
+    );
+    served.stop().await;
+}
+
+/// An agent clock a minute behind the engine's.
+fn a_minute_behind() -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::seconds(60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so() {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::seconds(3)).await;
+    let guard = Guard::start(
+        client(&server.url(), agent("a3")).await,
+        &GuardHub::new(),
+        ids[3],
+        GuardConfig {
+            lease: Duration::from_secs(120),
+            heartbeat: Duration::from_secs(60),
+            clock: a_minute_behind,
+            ..GuardConfig::default()
+        },
+    )
+    .await
+    .expect("start the guard");
+    // Stop the engine: no expiry event and no signal can come now; only the
+    // guard's own clock can end the mandate.
+    served.stop().await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // By its own clock the mandate has a minute left; by the engine's, three
+    // seconds.
+    tokio::time::timeout(Duration::from_secs(20), guard.cancellation().cancelled())
+        .await
+        .expect("a guard whose clock is behind expires at the engine's not_after");
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Expired));
+    // And it says by how much it corrected.
+    let behind = guard
+        .clock_behind()
+        .expect("the guard reports its clock lag");
+    assert!(
+        behind >= Duration::from_secs(55) && behind <= Duration::from_secs(65),
+        "reported lag {behind:?} for a clock a minute behind"
+    );
 }

@@ -1032,15 +1032,31 @@ async fn nats_server_semantics_the_log_relies_on() {
 }
 
 /// The dedupe window has passed, so only the log's own check catches a retry
-/// whose expected head went stale (on every server version).
+/// whose expected head went stale (on every server version). The test shows
+/// that path: it waits until the server has forgotten the command id, and
+/// shows that the server itself refuses the retry on the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stale_retry_after_the_duplicate_window_is_a_duplicate() {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use async_nats::jetstream::message::PublishMessage;
+
     let fixture = JetStream::with_config(JetStreamConfig {
         duplicate_window: Duration::from_secs(1),
         ..Default::default()
     })
     .await;
     let log = fixture.log();
+    let js = async_nats::jetstream::new(fixture.client.clone());
+    let publish = |subject: String, expected: Option<u64>, id: String| {
+        let js = js.clone();
+        let mut message = PublishMessage::build()
+            .payload(Bytes::from_static(b"[]"))
+            .message_id(id);
+        if let Some(expected) = expected {
+            message = message.expected_last_subject_sequence(expected);
+        }
+        async move { js.send_publish(subject, message).await.unwrap().await }
+    };
     let acme = tenant("acme");
     let tree = TreeId::generate();
     let c1 = CommandId::generate();
@@ -1048,8 +1064,45 @@ async fn nats_stale_retry_after_the_duplicate_window_is_a_duplicate() {
         .append(&acme, tree, 0, c1, Bytes::from("[1]"))
         .await
         .unwrap();
+    // A probe id recorded after c1: once the server has forgotten it, it
+    // has forgotten c1 too.
+    let probe_subject = format!("mandate.evt.acme.{}", TreeId::generate());
+    let probe_id = CommandId::generate().to_string();
+    publish(probe_subject.clone(), None, probe_id.clone())
+        .await
+        .unwrap();
     let second = write(&log, &acme, tree, "2").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ack = publish(probe_subject.clone(), None, probe_id.clone())
+            .await
+            .unwrap();
+        if !ack.duplicate {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server still deduplicates after 30 s of a 1 s window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server no longer catches the stale retry: it refuses it on the
+    // head (and stores nothing).
+    let raw = publish(
+        format!("mandate.evt.{acme}.{tree}"),
+        Some(0),
+        c1.to_string(),
+    )
+    .await;
+    assert!(
+        matches!(&raw, Err(e) if e.kind() == PublishErrorKind::WrongLastSequence),
+        "the server should refuse the stale retry on its head, not answer {raw:?}"
+    );
+    eprintln!(
+        "nats-server {}: past the window the server refuses the stale retry on the head; the log's scan of the tree finds the command id",
+        fixture.client.server_info().version
+    );
 
     let retry = log
         .append(&acme, tree, 0, c1, Bytes::from("[1]"))

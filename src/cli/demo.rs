@@ -35,7 +35,7 @@ struct Timeline {
 impl Timeline {
     fn say(&self, who: &str, what: impl AsRef<str>) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        println!("{ms:>9.1} ms  {who:<16} {}", what.as_ref());
+        say!("{ms:>9.1} ms  {who:<16} {}", what.as_ref());
     }
 }
 
@@ -63,7 +63,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
     let analyst_id: AgentId = id("analyst");
     let fetcher_id: AgentId = id("fetcher");
 
-    println!("Mandate demo: the ghost-execution story (tenant {tenant}, mission {mission})\n");
+    say!("Mandate demo: the ghost-execution story (tenant {tenant}, mission {mission})\n");
     let root = cfo
         .issue(Issue {
             principal: id("cfo"),
@@ -183,7 +183,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
         ),
     );
 
-    println!("\nAuditor: on whose authority did the fetcher pull the Q3 financials, and was it still valid?");
+    say!("\nAuditor: on whose authority did the fetcher pull the Q3 financials, and was it still valid?");
     for (label, at) in [
         ("while the mission ran", pulled_at),
         (
@@ -194,7 +194,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
         let d = client
             .check(fetcher_m, "finance:read", "reports/q3/financials", Some(at))
             .await?;
-        println!(
+        say!(
             "  at {} ({label}): {:?} — {}",
             both(at),
             d.outcome,
@@ -202,9 +202,9 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
         );
     }
     let chain = client.chain(fetcher_m, Some(pulled_at)).await?;
-    println!("  authority chain:");
+    say!("  authority chain:");
     for link in &chain.chain {
-        println!(
+        say!(
             "    {} → agent {} (on behalf of {}), scope {}",
             link.grantor,
             link.grantee,
@@ -223,7 +223,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
     if after.is_allowed() {
         return Err("the fetcher was still allowed after the mission completed".into());
     }
-    println!("\nThe research agent was refused after the mission completed.");
+    say!("\nThe research agent was refused after the mission completed.");
     Ok(())
 }
 

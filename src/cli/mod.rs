@@ -6,7 +6,42 @@
 //! Exit codes: 0 ok, 1 denied, 2 invalid input, 3 not found, 4 unavailable,
 //! 5 refused (forbidden, terminal, wrong state, conflict), 6 internal.
 
+/// Prints a line on stdout. A reader gone away (`mandate status X | head
+/// -1`) is not an error of the command: the rest of the output is dropped
+/// and the command still ends with its own exit code (a denied check still
+/// exits 1).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::say_line(format_args!($($arg)*))
+    };
+}
+
 pub mod demo;
+
+/// Set once stdout can no longer be written (its reader has gone away).
+static STDOUT_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether stdout's reader has gone away: a command that would only go on
+/// printing (`watch`) stops.
+fn stdout_gone() -> bool {
+    STDOUT_GONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Writes one line on stdout; see `say!`.
+pub(crate) fn say_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write to stdout: {e}");
+        }
+    }
+}
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,14 +83,10 @@ pub struct Cli {
     /// serve, comma-separated (default: all).
     #[arg(long, global = true, env = "MANDATE_TENANT")]
     pub tenant: Option<String>,
-    /// Who acts: principal:<id>, agent:<id> or admin:<id>.
-    #[arg(
-        long,
-        global = true,
-        env = "MANDATE_ACTOR",
-        default_value = "admin:operator"
-    )]
-    pub actor: String,
+    /// Who acts: principal:<id>, agent:<id> or admin:<id>. Required by
+    /// every command that changes authority; queries work without it.
+    #[arg(long, global = true, env = "MANDATE_ACTOR")]
+    pub actor: Option<String>,
     /// The actor's secret, for tenants whose engine requires authenticated
     /// actors (signs every request).
     #[arg(long, global = true, env = "MANDATE_SECRET", hide_env_values = true)]
@@ -263,6 +294,18 @@ pub fn parse_actor(s: &str) -> Result<Actor, Failure> {
     }
 }
 
+/// The moment `ttl` from now, refused (not overflowed) when it is past the
+/// latest representable date.
+pub fn deadline(ttl: &str) -> Result<DateTime<Utc>, Failure> {
+    Utc::now()
+        .checked_add_signed(parse_ttl(ttl)?)
+        .ok_or_else(|| {
+            invalid(format!(
+                "duration {ttl:?} reaches past the latest date there is"
+            ))
+        })
+}
+
 /// Parses a duration like `90s`, `30m`, `8h`, `2d`.
 pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
     let bad = || {
@@ -275,13 +318,14 @@ pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
     if n <= 0 {
         return Err(bad());
     }
-    match unit {
-        "s" => Ok(chrono::Duration::seconds(n)),
-        "m" => Ok(chrono::Duration::minutes(n)),
-        "h" => Ok(chrono::Duration::hours(n)),
-        "d" => Ok(chrono::Duration::days(n)),
-        _ => Err(bad()),
-    }
+    let d = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => return Err(bad()),
+    };
+    d.ok_or_else(|| invalid(format!("duration {s:?} is too long")))
 }
 
 /// A tree query naming the tree through one of its mandates.
@@ -331,6 +375,35 @@ async fn connect(cli: &Cli) -> Result<Option<async_nats::Client>, Failure> {
     Ok(Some(client))
 }
 
+/// The actor a query without `--actor` is sent as; never used for a command.
+const UNNAMED_CALLER: &str = "unnamed-caller";
+
+/// The name of a command that changes authority (and so must name its
+/// actor); `None` for queries, `serve`, `rebuild` and the self-contained demo.
+fn changes_authority(cmd: &Cmd) -> Option<&'static str> {
+    match cmd {
+        Cmd::Issue { .. } => Some("issue"),
+        Cmd::Delegate { .. } => Some("delegate"),
+        Cmd::Pause { .. } => Some("pause"),
+        Cmd::Resume { .. } => Some("resume"),
+        Cmd::Revoke { .. } => Some("revoke"),
+        Cmd::Complete { .. } => Some("complete"),
+        Cmd::RevokeAgent { .. } => Some("revoke-agent"),
+        Cmd::RevokePrincipal { .. } => Some("revoke-principal"),
+        Cmd::Serve { .. }
+        | Cmd::Demo
+        | Cmd::Status { .. }
+        | Cmd::Tree { .. }
+        | Cmd::History { .. }
+        | Cmd::Verify { .. }
+        | Cmd::List { .. }
+        | Cmd::Check { .. }
+        | Cmd::Watch { .. }
+        | Cmd::Rebuild
+        | Cmd::Health => None,
+    }
+}
+
 /// Runs the CLI; returns the exit code.
 pub async fn run(cli: Cli) -> i32 {
     match run_inner(cli).await {
@@ -350,7 +423,17 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
     };
     let tenant =
         TenantId::new(acting_tenant.unwrap_or("default")).map_err(|e| invalid(e.to_string()))?;
-    let actor = parse_actor(&cli.actor)?;
+    let actor = match (&cli.actor, changes_authority(&cli.command)) {
+        (Some(a), _) => parse_actor(a)?,
+        (None, Some(name)) => {
+            return Err(invalid(format!(
+                "{name} changes authority: say who acts with --actor <principal|agent|admin>:<id> or set MANDATE_ACTOR"
+            )))
+        }
+        // A query without an actor: it reads, and never acts, as this
+        // caller. The demo's steps each act as their own party.
+        (None, None) => Actor::Agent(AgentId::new(UNNAMED_CALLER).map_err(|e| invalid(e.to_string()))?),
+    };
     let nats = connect(&cli).await?;
     let mut background = None;
     let mut demo_dir = None;
@@ -483,7 +566,7 @@ async fn command(
                         .map_err(|e| invalid(e.to_string()))?,
                 },
                 scope: scope(grants)?,
-                not_after: Utc::now() + parse_ttl(ttl)?,
+                not_after: deadline(ttl)?,
                 depth: *depth,
                 step_up: step_up
                     .iter()
@@ -505,11 +588,7 @@ async fn command(
                 parent: mandate_id(parent)?,
                 grantee: AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
                 scope: scope(grants)?,
-                not_after: ttl
-                    .as_deref()
-                    .map(parse_ttl)
-                    .transpose()?
-                    .map(|d| Utc::now() + d),
+                not_after: ttl.as_deref().map(deadline).transpose()?,
                 depth: *depth,
                 step_up: vec![],
                 supervisors: vec![],
@@ -559,17 +638,19 @@ async fn command(
                 .await
                 .map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                say!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                println!("mandate   {}", s.mandate.id);
-                println!(
+                say!("mandate   {}", s.mandate.id);
+                say!(
                     "grantee   agent {} (granted by {}, on behalf of {})",
-                    s.mandate.grantee, s.mandate.grantor, s.mandate.principal
+                    s.mandate.grantee,
+                    s.mandate.grantor,
+                    s.mandate.principal
                 );
-                println!("own       {}", s.mandate.status);
-                println!("effective {}", s.effective.status);
+                say!("own       {}", s.mandate.status);
+                say!("effective {}", s.effective.status);
                 if let Some(c) = &s.effective.cause {
-                    println!(
+                    say!(
                         "cause     {} {} at {}{}",
                         if c.mandate == s.mandate.id {
                             "itself".to_string()
@@ -584,8 +665,8 @@ async fn command(
                             .unwrap_or_default()
                     );
                 }
-                println!("not after {}", local_and_utc(s.mandate.not_after));
-                println!(
+                say!("not after {}", local_and_utc(s.mandate.not_after));
+                say!(
                     "scope     {}",
                     s.mandate
                         .scope
@@ -606,7 +687,7 @@ async fn command(
                 .await
                 .map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
+                say!("{}", serde_json::to_string_pretty(&t)?);
             } else {
                 draw_tree(&t.tree, &t.effective);
             }
@@ -626,10 +707,10 @@ async fn command(
             }
             let h = client.history(q).await.map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                say!("{}", serde_json::to_string_pretty(&h)?);
             } else {
                 for e in &h.events {
-                    println!(
+                    say!(
                         "#{:<3} {}  {:<18} mandate {}  by {} on behalf of principal {}",
                         e.seq,
                         local_and_utc(e.time),
@@ -647,16 +728,16 @@ async fn command(
                 .await
                 .map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                say!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.intact {
-                println!("tree {}: {} events, hash chain intact", v.tree, v.events);
+                say!("tree {}: {} events, hash chain intact", v.tree, v.events);
             } else {
                 let fault = v
                     .fault
                     .and_then(|f| serde_json::to_value(f).ok())
                     .and_then(|f| f.as_str().map(str::to_string))
                     .unwrap_or_default();
-                println!(
+                say!(
                     "tree {}: BROKEN at log position {} (event seq {}, {fault}): {}",
                     v.tree,
                     v.broken_position.unwrap_or_default(),
@@ -690,10 +771,10 @@ async fn command(
             };
             let l = client.list(q).await.map_err(client_failure)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&l)?);
+                say!("{}", serde_json::to_string_pretty(&l)?);
             } else {
                 for m in &l.mandates {
-                    println!(
+                    say!(
                         "{}  agent {:<16} {:<9} (own {})  until {}",
                         m.mandate,
                         m.grantee,
@@ -710,17 +791,22 @@ async fn command(
             resource,
             at,
         } => {
-            let d = client
-                .check(mandate_id(mandate)?, action, resource, *at)
-                .await
-                .map_err(client_failure)?;
+            let mandate = mandate_id(mandate)?;
+            let d = if cli.actor.is_some() {
+                client.check(mandate, action, resource, *at).await
+            } else {
+                client
+                    .check_unattributed(mandate, action, resource, *at)
+                    .await
+            }
+            .map_err(client_failure)?;
             print_decision(&d, json)?;
             return Ok(if d.is_allowed() { 0 } else { 1 });
         }
         Cmd::Watch { mandate } => watch(&client, tenant, mandate_id(mandate)?, json).await?,
         Cmd::Health => {
             let h = client.health().await.map_err(client_failure)?;
-            println!("{}", serde_json::to_string_pretty(&h)?);
+            say!("{}", serde_json::to_string_pretty(&h)?);
         }
     }
     Ok(0)
@@ -728,7 +814,7 @@ async fn command(
 
 fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{}", serde_json::to_string_pretty(d)?);
+        say!("{}", serde_json::to_string_pretty(d)?);
         return Ok(());
     }
     let verdict = match d.outcome {
@@ -736,7 +822,7 @@ fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
         Outcome::Deny => "DENY",
         Outcome::NeedsApproval => "NEEDS APPROVAL",
     };
-    println!(
+    say!(
         "{verdict}: {} on {} under mandate {} at {}",
         d.action,
         d.resource,
@@ -744,10 +830,10 @@ fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
         local_and_utc(d.at)
     );
     if let Some(r) = &d.reason {
-        println!("reason: {}", serde_json::to_string(r)?);
+        say!("reason: {}", serde_json::to_string(r)?);
     }
     for (i, l) in d.chain.iter().enumerate() {
-        println!(
+        say!(
             "{:indent$}{} → agent {} (on behalf of {}; own status {})",
             "",
             l.grantor,
@@ -762,7 +848,7 @@ fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
 
 fn draw_tree(tree: &Tree, eff: &[crate::protocol::MandateSummary]) {
     if let Some(m) = &tree.mission {
-        println!(
+        say!(
             "mission: {}{}",
             m.purpose,
             m.mission_ref
@@ -794,7 +880,7 @@ fn draw_tree(tree: &Tree, eff: &[crate::protocol::MandateSummary]) {
         } else {
             "├─ "
         };
-        println!(
+        say!(
             "{prefix}{branch}{} agent {} [{status}] {}",
             m.id,
             m.grantee,
@@ -881,8 +967,9 @@ async fn watch(
         tokio::select! {
             s = all.next() => match s {
                 Some(s) => {
-                    if json { println!("{}", serde_json::to_string(&s)?); }
-                    else { println!("{}  {:?} mandate {} → {} ({}) by {}{}", local_and_utc(s.time), s.kind, s.mandate, s.status, s.event_type, s.actor, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()); }
+                    if json { say!("{}", serde_json::to_string(&s)?); }
+                    else { say!("{}  {:?} mandate {} → {} ({}) by {}{}", local_and_utc(s.time), s.kind, s.mandate, s.status, s.event_type, s.actor, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()); }
+                    if stdout_gone() { return Ok(()); }
                 }
                 None => return Ok(()),
             },
@@ -897,12 +984,12 @@ async fn rebuild(engine: &Engine, json: bool) -> Result<i32, Failure> {
     let report = engine.rebuild_check().await?;
     let secs = started.elapsed().as_secs_f64();
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({"records": report.records, "equal": report.equal, "seconds": secs})
         );
     } else {
-        println!(
+        say!(
             "rebuilt {} log records in {secs:.3}s; projection {}",
             report.records,
             if report.equal {
@@ -946,15 +1033,15 @@ mod erased {
     impl Show for CommandResult {
         fn show(&self, json: bool) {
             if json {
-                println!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
+                say!("{}", serde_json::to_string_pretty(self).unwrap_or_default());
                 return;
             }
             if let Some(m) = self.mandate {
-                println!("mandate {m}");
+                say!("mandate {m}");
             }
             for c in &self.commits {
                 for e in &c.events {
-                    println!(
+                    say!(
                         "  {} #{} {} (position {}){}",
                         e.body.type_name(),
                         e.seq,
@@ -969,7 +1056,7 @@ mod erased {
                 }
             }
             if self.commits.is_empty() {
-                println!("nothing to do");
+                say!("nothing to do");
             }
         }
     }

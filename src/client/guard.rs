@@ -10,20 +10,27 @@
 //!   lease it denies, until a re-read succeeds. It re-reads the tree on every
 //!   heartbeat, so a signal lost while cut off (or dropped by a slow
 //!   consumer) is made up within one heartbeat.
+//! - Its state never goes back: each `chain` reply carries the tree's
+//!   version, and a reply older than the state held is dropped, so a slow
+//!   answer cannot undo a pause or a narrowing it was overtaken by.
+//! - It reads time by the engine's clock: each reply carries the engine's
+//!   time, and when the agent's clock lags by more than a tolerance the
+//!   guard adds the lag (and warns), so it never outlives `not_after`.
 //! - Guards of one process share one subscription per mandate subject and
 //!   fan out locally ([`GuardHub`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{authorize, Decision, DenyReason, MandateId, Outcome, Status, TenantId, Tree};
-use crate::protocol::{signal_subject, Signal, SignalKind};
+use crate::protocol::{signal_subject, ChainReply, Signal, SignalKind};
 
 use super::{Client, ClientError};
 
@@ -35,6 +42,11 @@ pub struct GuardConfig {
     pub lease: Duration,
     /// How often the guard re-reads its tree (and so hears the engine).
     pub heartbeat: Duration,
+    /// The agent's wall clock (`Utc::now`; tests set a skewed one).
+    pub clock: fn() -> DateTime<Utc>,
+    /// How far the agent's clock may lag the engine's before the guard
+    /// corrects for it (and warns).
+    pub clock_tolerance: Duration,
 }
 
 impl Default for GuardConfig {
@@ -42,6 +54,8 @@ impl Default for GuardConfig {
         Self {
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(3),
+            clock: Utc::now,
+            clock_tolerance: Duration::from_secs(1),
         }
     }
 }
@@ -146,8 +160,12 @@ struct Inner {
     last_heard: Mutex<Instant>,
     /// Set by a terminating signal before the re-read lands: sticky.
     terminated: Mutex<Option<Status>>,
-    /// Set by a suspending signal until the next re-read.
-    suspended: Mutex<bool>,
+    /// Set by a suspending signal (to its event's sequence) until a re-read
+    /// that includes that event.
+    suspended: Mutex<Option<u64>>,
+    /// How far the agent's clock is behind the engine's, when by more than
+    /// the tolerance; added to the agent's clock.
+    behind: Mutex<Option<chrono::Duration>>,
     cancel: CancellationToken,
     changed: watch::Sender<u64>,
 }
@@ -183,24 +201,24 @@ impl Guard {
         let tenant = client.tenant().clone();
         // The chain never changes (parents are fixed at issue), so reading it
         // first only tells us what to subscribe to; the state read comes after.
-        let chain = read_tree(&client, mandate).await?;
+        let chain = client.chain(mandate, None).await?;
         let mut streams = Vec::new();
-        for id in chain.mandates.keys() {
-            streams.push(hub.subscribe(&client, &tenant, *id).await?);
+        for m in &chain.mandates {
+            streams.push(hub.subscribe(&client, &tenant, m.id).await?);
         }
-        let tree = read_tree(&client, mandate).await?;
         let inner = Arc::new(Inner {
+            tree: RwLock::new(Tree::empty(tenant, chain.tree)),
             client,
             mandate,
             config,
-            tree: RwLock::new(tree),
             last_heard: Mutex::new(Instant::now()),
             terminated: Mutex::new(None),
-            suspended: Mutex::new(false),
+            suspended: Mutex::new(None),
+            behind: Mutex::new(None),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
         });
-        inner.settle();
+        inner.refresh().await?;
         let signals = tokio::spawn(signal_loop(
             inner.clone(),
             futures::stream::select_all(streams),
@@ -230,7 +248,7 @@ impl Guard {
 
     /// The guard's current belief.
     pub fn state(&self) -> GuardState {
-        let now = Utc::now();
+        let now = self.inner.now();
         if let Some(s) = self.inner.terminated_status() {
             return GuardState::Terminated(s);
         }
@@ -240,11 +258,12 @@ impl Guard {
         let tree = self.inner.tree.read().unwrap_or_else(|p| p.into_inner());
         match tree.effective(self.inner.mandate, now).map(|e| e.status) {
             Ok(Status::Active)
-                if !*self
+                if self
                     .inner
                     .suspended
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner()) =>
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none() =>
             {
                 GuardState::Active
             }
@@ -275,14 +294,32 @@ impl Guard {
     pub async fn refresh(&self) -> Result<(), ClientError> {
         self.inner.refresh().await
     }
+
+    /// How far the agent's clock is behind the engine's, when by more than
+    /// [`GuardConfig::clock_tolerance`]: the guard then reads time as the
+    /// agent's clock plus this, so it expires when the engine says.
+    pub fn clock_behind(&self) -> Option<Duration> {
+        self.inner
+            .behind
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .and_then(|d| d.to_std().ok())
+    }
+
+    /// Takes `reply` as if a re-read had just returned it. A seam for tests
+    /// that make an old answer arrive after a newer one.
+    #[doc(hidden)]
+    pub fn apply_reply(&self, reply: ChainReply) {
+        self.inner.install(reply, self.inner.local_now());
+    }
 }
 
-/// Reads the mandate's chain and holds it as a tree of just that chain:
-/// effective status and `authorize` only ever look at the chain, so a guard
-/// never reads (or keeps) its siblings.
-async fn read_tree(client: &Client, mandate: MandateId) -> Result<Tree, ClientError> {
-    let reply = client.chain(mandate, None).await?;
-    let mut tree = Tree::empty(client.tenant().clone(), reply.tree);
+/// Holds a chain reply as a tree of just that chain: effective status and
+/// `authorize` only ever look at the chain, so a guard never reads (or
+/// keeps) its siblings.
+fn chain_tree(tenant: &TenantId, reply: ChainReply) -> Tree {
+    let mut tree = Tree::empty(tenant.clone(), reply.tree);
+    tree.version = reply.version;
     if let Some(root) = reply.mandates.first() {
         tree.root = Some(root.id);
         tree.principal = Some(root.principal.clone());
@@ -291,7 +328,7 @@ async fn read_tree(client: &Client, mandate: MandateId) -> Result<Tree, ClientEr
         m.children.clear();
         tree.mandates.insert(m.id, m);
     }
-    Ok(tree)
+    tree
 }
 
 impl Inner {
@@ -307,8 +344,23 @@ impl Inner {
             > self.config.lease
     }
 
+    /// The guard's notion of now: the agent's clock, moved forward by as
+    /// much as it was last seen to lag the engine's.
+    fn now(&self) -> DateTime<Utc> {
+        let local = (self.config.clock)();
+        match *self.behind.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(behind) => local.checked_add_signed(behind).unwrap_or(local),
+            None => local,
+        }
+    }
+
+    /// The agent's clock as it is, without correction.
+    fn local_now(&self) -> DateTime<Utc> {
+        (self.config.clock)()
+    }
+
     fn check(&self, action: &str, resource: &str) -> Decision {
-        let now = Utc::now();
+        let now = self.now();
         let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
         let mut d = authorize(&tree, self.mandate, action, resource, now);
         if d.outcome == Outcome::Deny {
@@ -319,7 +371,12 @@ impl Inner {
                 status,
                 cause: None,
             })
-        } else if *self.suspended.lock().unwrap_or_else(|p| p.into_inner()) {
+        } else if self
+            .suspended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             Some(DenyReason::NotActive {
                 status: Status::Paused,
                 cause: None,
@@ -344,7 +401,7 @@ impl Inner {
 
     /// Applies what the held tree says: fires cancellation on termination.
     fn settle(&self) {
-        let now = Utc::now();
+        let now = self.now();
         let status = {
             let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
             tree.effective(self.mandate, now)
@@ -360,12 +417,64 @@ impl Inner {
     }
 
     async fn refresh(&self) -> Result<(), ClientError> {
-        let tree = read_tree(&self.client, self.mandate).await?;
-        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = tree;
-        *self.suspended.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        let sent = self.local_now();
+        let reply = self.client.chain(self.mandate, None).await?;
+        self.install(reply, sent);
+        Ok(())
+    }
+
+    /// Takes a chain reply asked for at `sent` (the agent's uncorrected
+    /// clock). State never goes back: a reply older than the
+    /// tree held (a slow answer overtaken by a newer one) is dropped, and
+    /// counts neither as hearing the engine nor as a clock reading.
+    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) {
+        let version = reply.version;
+        let engine_time = reply.engine_time;
+        {
+            let mut held = self.tree.write().unwrap_or_else(|p| p.into_inner());
+            if version < held.version {
+                tracing::debug!(
+                    mandate = %self.mandate,
+                    held = held.version,
+                    reply = version,
+                    "guard dropped a reply older than the state it holds"
+                );
+                return;
+            }
+            *held = chain_tree(self.client.tenant(), reply);
+        }
+        {
+            // A suspension signalled for an event this reply does not yet
+            // include stays in force.
+            let mut suspended = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
+            if suspended.is_some_and(|seq| seq <= version) {
+                *suspended = None;
+            }
+        }
+        self.note_clock(engine_time, sent);
         *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.settle();
-        Ok(())
+    }
+
+    /// Compares the engine's clock in a reply with the agent's; a lag
+    /// beyond the tolerance is corrected for, and said. The engine read its
+    /// clock after the request was sent, so the lag is at most
+    /// `engine_time - sent`: the guard takes that bound, which can only make
+    /// it expire early (by up to a round trip), never late.
+    fn note_clock(&self, engine_time: DateTime<Utc>, sent: DateTime<Utc>) {
+        let lag = engine_time - sent;
+        let tolerance = chrono::Duration::from_std(self.config.clock_tolerance)
+            .unwrap_or(chrono::Duration::MAX);
+        let behind = (lag > tolerance).then_some(lag);
+        let mut held = self.behind.lock().unwrap_or_else(|p| p.into_inner());
+        if behind.is_some() && held.is_none() {
+            tracing::warn!(
+                mandate = %self.mandate,
+                behind_ms = lag.num_milliseconds(),
+                "the agent's clock is behind the engine's (or the engine answers slowly): the guard adds the lag to the agent's clock, and so expires mandates that much earlier than the agent's clock says"
+            );
+        }
+        *held = behind;
     }
 }
 
@@ -384,7 +493,10 @@ async fn signal_loop(
                 inner.changed.send_modify(|v| *v += 1);
             }
             SignalKind::Suspended => {
-                *inner.suspended.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                {
+                    let mut s = inner.suspended.lock().unwrap_or_else(|p| p.into_inner());
+                    *s = Some(s.map_or(signal.seq, |held| held.max(signal.seq)));
+                }
                 inner.changed.send_modify(|v| *v += 1);
             }
             SignalKind::Resumed | SignalKind::Narrowed => {}
@@ -406,19 +518,20 @@ async fn signal_loop(
 const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
 async fn heartbeat_loop(inner: Arc<Inner>) {
-    let nats = inner.client.nats_client().cloned();
-    let mut was_connected = true;
+    let stats = inner.client.nats_client().map(|c| c.statistics());
+    let connects = |s: &async_nats::Statistics| s.connects.load(Ordering::Relaxed);
+    let mut seen_connects = stats.as_deref().map(connects);
     loop {
         // Sleep until the next heartbeat, but wake early when the connection
-        // comes back: signals sent while it was down are lost, so re-read now
-        // rather than a heartbeat later.
+        // has come back: signals sent while it was down are lost, so re-read
+        // now rather than a heartbeat later. The client counts its connects,
+        // so a drop and reconnect between two looks is not missed.
         let next = tokio::time::Instant::now() + inner.config.heartbeat;
         while tokio::time::Instant::now() < next {
             tokio::time::sleep(RECONNECT_POLL.min(inner.config.heartbeat)).await;
-            let Some(nats) = &nats else { continue };
-            let connected = nats.connection_state() == async_nats::connection::State::Connected;
-            let reconnected = connected && !was_connected;
-            was_connected = connected;
+            let now_connects = stats.as_deref().map(connects);
+            let reconnected = now_connects != seen_connects;
+            seen_connects = now_connects;
             if reconnected {
                 break;
             }
@@ -442,7 +555,7 @@ async fn clock_loop(inner: Arc<Inner>) {
             tree.chain(inner.mandate).iter().map(|m| m.not_after).min()
         };
         let Some(deadline) = deadline else { return };
-        let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let wait = (deadline - inner.now()).to_std().unwrap_or(Duration::ZERO);
         if wait.is_zero() {
             inner.settle();
             return;

@@ -378,6 +378,24 @@ impl Client {
         };
         self.query("check", &q).await
     }
+    /// Like [`Client::check`], but the question names no actor: the audit
+    /// records nobody rather than this client's actor.
+    pub async fn check_unattributed(
+        &self,
+        mandate: MandateId,
+        action: &str,
+        resource: &str,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Decision, ClientError> {
+        let q = CheckQuery {
+            mandate,
+            action: action.into(),
+            resource: resource.into(),
+            at,
+            actor: None,
+        };
+        self.query("check", &q).await
+    }
     pub async fn audit(&self, mandate: MandateId, limit: usize) -> Result<AuditReply, ClientError> {
         self.query("audit", &AuditQuery { mandate, limit }).await
     }

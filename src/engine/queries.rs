@@ -106,6 +106,9 @@ impl Engine {
             mandates: links.into_iter().cloned().collect(),
             effective: tree.effective(mandate, now)?,
             at: now,
+            version: tree.version,
+            position: snap.position,
+            engine_time: Utc::now(),
         })
     }
 
