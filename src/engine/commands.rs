@@ -109,6 +109,46 @@ impl Engine {
         }
     }
 
+    /// Brings this instance's whole projection up to the log's last position
+    /// as of this call, across every tree and tenant, before a command reads
+    /// an index that spans trees (the agent, principal and mission indexes):
+    /// a mandate another instance acknowledged a moment ago must not escape a
+    /// bulk revoke or a mission completion here. Unlike [`Engine::wait_for_log`]
+    /// it does not wait for the follower (which may lag or be stopped), it
+    /// reads and applies itself, and it never gives up silently.
+    pub(crate) async fn catch_up_to_log_head(&self) -> Result<(), EngineError> {
+        let target = self.inner.log.last_position().await?;
+        let mut after = self.inner.store.checkpoint()?;
+        while after < target {
+            let records = match self.inner.log.read_all(None, after, 1024).await {
+                Ok(records) => records,
+                // A record no tree can be named for: the follower reports and
+                // skips it too; no tree is held up by it.
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) if position > after => {
+                    tracing::error!(position, subject = %subject_or_key, %reason, "corrupt record in the log");
+                    after = position;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = records.last().map(|r| r.position) else {
+                // Nothing readable past `after` (the tail was deleted).
+                break;
+            };
+            for r in &records {
+                if let Applied::Quarantined(reason) = self.apply_record(r, true)? {
+                    tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
+                }
+            }
+            after = last;
+        }
+        Ok(())
+    }
+
     /// Brings the projection up to the log for one tree before a read, so an
     /// instance never answers from a state older than what another instance
     /// has acknowledged: a check right after a revoke elsewhere must deny.
@@ -364,6 +404,7 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
+        self.catch_up_to_log_head().await?;
         let base = command.unwrap_or_else(|| {
             CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
         });
@@ -437,6 +478,9 @@ impl Engine {
     /// revoke with a command id derived from the bulk one.
     #[tracing::instrument(skip_all, fields(tenant = %bulk.tenant, command_id = %bulk.command_id))]
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
+        // The agent and principal indexes span trees: bring all of them up
+        // to the log before reading them.
+        self.catch_up_to_log_head().await?;
         let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
                 self.inner.store.mandates_held_by(&bulk.tenant, agent)?,
