@@ -14,10 +14,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::served::Instance;
 use common::NatsServer;
-use mandate::client::Client;
+use mandate::client::{Client, ClientError};
 use mandate::domain::command::{Delegate, Issue};
 use mandate::domain::{
-    Actor, AgentId, MandateId, Mission, MissionRef, PrincipalId, Scope, Status, TenantId,
+    delegated_id, Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, MandateId,
+    Mission, MissionRef, PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
 };
 use mandate::engine::{Engine, EngineConfig};
 use mandate::log::JetStreamConfig;
@@ -239,5 +240,138 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
         Status::Completed,
         "the tree acknowledged on A survived a mission completion on B"
     );
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Deprovisioning and offboarding last
+// ---------------------------------------------------------------------------
+
+/// Asserts a refusal with code `forbidden` whose message names `who`.
+fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>, who: &str) {
+    let err = result.expect_err("a grant involving a blocked agent or principal was accepted");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(
+        err.to_string().contains(who) && err.to_string().contains("blocked"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instance() {
+    // Given a root, and the contractor deprovisioned on instance B
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_b(admin())
+        .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
+        .await
+        .unwrap();
+    // When the lead delegates to the contractor again, through A
+    let again = p
+        .on_a(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "contractor"))
+        .await;
+    // Then it is refused, naming the agent
+    assert_blocked(again, "contractor");
+    // And a new root for the contractor is refused as well
+    assert_blocked(
+        p.on_a(Actor::Principal(principal_id("alice")))
+            .issue(root_issue("alice", "contractor", None))
+            .await,
+        "contractor",
+    );
+    // And the lagging instance, which never ran its follower, refuses too
+    assert_blocked(
+        p.on_b(Actor::Agent(agent_id("lead")))
+            .delegate(delegation(root, "contractor"))
+            .await,
+        "contractor",
+    );
+    // While other agents still receive mandates
+    p.on_a(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "employee"))
+        .await
+        .expect("an unblocked agent receives a mandate");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance() {
+    // Given alice offboarded on instance A
+    let p = Pair::start().await;
+    p.on_a(admin())
+        .revoke_principal(principal_id("alice"), Some("left the company".into()))
+        .await
+        .unwrap();
+    // When she (or an administrator for her) issues a root, on B
+    for actor in [Actor::Principal(principal_id("alice")), admin()] {
+        let again = p.on_b(actor).issue(root_issue("alice", "lead", None)).await;
+        // Then it is refused, naming her
+        assert_blocked(again, "alice");
+    }
+    // And bob is not affected
+    p.on_b(Actor::Principal(principal_id("bob")))
+        .issue(root_issue("bob", "lead", None))
+        .await
+        .expect("another principal still grants");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_racing_a_deprovisioning_never_survives_it() {
+    // Given a root held by the lead
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.b.catch_up().await.unwrap();
+    let reader = p.on_a(admin());
+    for round in 0..12 {
+        let temp = format!("temp-{round}");
+        // When the lead delegates to an agent on A while B deprovisions it
+        let grant = CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: Actor::Agent(agent_id("lead")),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::Delegate(delegation(root, &temp)),
+        };
+        let lead = p.on_a(Actor::Agent(agent_id("lead")));
+        let b_admin = p.on_b(admin());
+        let (granted, bulk) = tokio::join!(
+            lead.send(&grant),
+            b_admin.revoke_agent(agent_id(&temp), None)
+        );
+        bulk.expect("the deprovisioning succeeds");
+        // Then whichever came first, the agent holds nothing live: either
+        // the grant was refused before it was written, or the mandate it
+        // wrote is ended (by the sweep, or by the grant's own re-check)
+        let mandate = delegated_id(grant.command_id);
+        match reader.status(mandate, None).await {
+            Ok(s) => assert!(
+                s.effective.status.is_terminal(),
+                "round {round}: the racing delegation to {temp} is {:?} after the deprovisioning (grant answered {granted:?})",
+                s.effective.status
+            ),
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::NotFound), "round {round}: {e}");
+                assert!(granted.is_err(), "round {round}: granted but not found");
+            }
+        }
+        if let Err(e) = &granted {
+            assert_eq!(e.code(), Some(ErrorCode::Forbidden), "round {round}: {e}");
+        }
+    }
     p.stop().await;
 }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
+use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
-    decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
-    Event, MandateId, MissionRef, TenantId, Tree, TreeId,
+    decide, delegated_id, root_tree_id, Actor, Block, Command, CommandEnvelope, CommandId,
+    DomainError, Event, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -59,12 +60,23 @@ impl Engine {
             }
             other => other?,
         };
-        let commit = self.execute_on(tree, &cmd).await?;
+        // A grant reads the tenant's blocks fresh before deciding...
+        let facts = self.grant_facts(&cmd).await?.0;
+        let commit = self.execute_on(tree, &cmd, &facts).await?;
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
             Command::Delegate(_) => Some(delegated_id(cmd.command_id)),
             other => other.target(),
         };
+        // ...and again after appending: a block written in between (by a bulk
+        // command on another instance, whose sweep may have read the log
+        // before this grant was in it) ends the new mandate at once.
+        if let (Some(m), (after, Some(block))) = (mandate, self.grant_facts(&cmd).await?) {
+            let refusal = blocked_refusal(&cmd, &after);
+            self.revoke_blocked_grant(&cmd, tree, m, &block, &refusal)
+                .await?;
+            return Err(refusal.into());
+        }
         Ok(CommandResult {
             command_id: cmd.command_id,
             duplicate: commit.1,
@@ -75,10 +87,15 @@ impl Engine {
 
     /// The tree a command acts on. Another tenant's mandate is simply not found.
     fn tree_for(&self, cmd: &CommandEnvelope) -> Result<TreeId, EngineError> {
-        if let Command::Issue(_) = cmd.command {
+        match cmd.command {
             // The root's id is derived from the command id, so a retried issue
             // lands on the same tree and the log deduplicates it.
-            return Ok(root_tree_id(cmd.command_id));
+            Command::Issue(_) => return Ok(root_tree_id(cmd.command_id)),
+            Command::BlockAgent(_)
+            | Command::UnblockAgent(_)
+            | Command::BlockPrincipal(_)
+            | Command::UnblockPrincipal(_) => return Ok(TreeId::registry(&cmd.tenant)),
+            _ => {}
         }
         let mandate = cmd.command.target().ok_or_else(|| {
             EngineError::Invalid(format!("command {} names no mandate", cmd.command.verb()))
@@ -106,6 +123,82 @@ impl Engine {
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Ok(());
             }
+        }
+    }
+
+    /// The tenant's registry, caught up to the log's head for it: blocks
+    /// are read fresh, never from a lagging follower.
+    pub(crate) async fn fresh_registry(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Arc<TreeSnapshot>>, EngineError> {
+        let id = TreeId::registry(tenant);
+        if let Some(reason) = self.inner.store.quarantined(tenant, id)? {
+            return Err(EngineError::Quarantined(reason));
+        }
+        let position = self
+            .inner
+            .store
+            .tree_shared(tenant, id)?
+            .map(|s| s.position)
+            .unwrap_or(0);
+        if self.inner.log.tree_head(tenant, id).await? > position {
+            self.catch_up_tree(tenant, id, position).await?;
+        }
+        Ok(self.inner.store.tree_shared(tenant, id)?)
+    }
+
+    /// What the registry says about a grant (`issue`, `delegate`), read
+    /// fresh, with the block that refuses it, if any. Other commands read
+    /// nothing and get the default facts.
+    async fn grant_facts(
+        &self,
+        cmd: &CommandEnvelope,
+    ) -> Result<(Facts, Option<Block>), EngineError> {
+        let (grantee, principal) = match &cmd.command {
+            Command::Issue(i) => (&i.grantee, Some(&i.principal)),
+            Command::Delegate(d) => (&d.grantee, None),
+            _ => return Ok((Facts::default(), None)),
+        };
+        let Some(reg) = self.fresh_registry(&cmd.tenant).await? else {
+            return Ok((Facts::default(), None));
+        };
+        let r = &reg.tree.registry;
+        let by_principal = principal.and_then(|p| r.blocked_principals.get(p));
+        let by_agent = r.blocked_agents.get(grantee);
+        let facts = Facts {
+            grantee_blocked: by_agent.is_some(),
+            principal_blocked: by_principal.is_some(),
+        };
+        Ok((facts, by_principal.or(by_agent).cloned()))
+    }
+
+    /// Revokes a mandate granted while a block on its grantee or principal
+    /// was being written, on the authority of the administrator who wrote
+    /// the block (a command id derived from the mandate, so instances that
+    /// both notice write one revoke).
+    async fn revoke_blocked_grant(
+        &self,
+        grant: &CommandEnvelope,
+        tree: TreeId,
+        mandate: MandateId,
+        block: &Block,
+        refusal: &DomainError,
+    ) -> Result<(), EngineError> {
+        let cmd = CommandEnvelope {
+            command_id: CommandId::derived("blocked-grant", &format!("{}/{mandate}", grant.tenant)),
+            tenant: grant.tenant.clone(),
+            actor: block.by.clone(),
+            correlation_id: Some(grant.command_id.to_string()),
+            schema_version: crate::domain::SCHEMA_VERSION,
+            command: Command::Revoke(crate::domain::command::Change {
+                mandate,
+                reason: Some(refusal.to_string()),
+            }),
+        };
+        match self.execute_on(tree, &cmd, &Facts::default()).await {
+            Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -225,12 +318,13 @@ impl Engine {
         &self,
         tree: TreeId,
         cmd: &CommandEnvelope,
+        facts: &Facts,
     ) -> Result<(CommitInfo, bool), EngineError> {
         let tenant = &cmd.tenant;
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.snapshot(tenant, tree)?;
             let now = Utc::now();
-            let events = match decide(&snap.tree, cmd, now) {
+            let events = match decide(&snap.tree, cmd, facts, now) {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A refusal is never checked by an append, so it must not
@@ -266,7 +360,7 @@ impl Engine {
                     // or on another tree (the log deduplicates ids globally).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
-                    return match decide(&snap.tree, cmd, now) {
+                    return match decide(&snap.tree, cmd, facts, now) {
                         Ok(again) if again.is_empty() => {
                             Ok((self.original(tenant, &snap, cmd.command_id)?, true))
                         }
@@ -421,7 +515,7 @@ impl Engine {
                     mission_ref: mission.clone(),
                 }),
             };
-            match self.execute_on(tree, &cmd).await {
+            match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
                     commits.push(commit);
@@ -459,7 +553,7 @@ impl Engine {
                 mandate: due.mandate,
             }),
         };
-        match self.execute_on(due.tree, &cmd).await {
+        match self.execute_on(due.tree, &cmd, &Facts::default()).await {
             Ok(_) => Ok(()),
             // Ended otherwise (itself, or an ancestor by an event), or renewed:
             // the queue entry is stale.
@@ -473,32 +567,72 @@ impl Engine {
         }
     }
 
-    /// Revokes every live mandate an agent holds (deprovisioning), or every
-    /// live root a principal granted (offboarding), each as an ordinary
-    /// revoke with a command id derived from the bulk one.
+    /// Deprovisions an agent or offboards a principal: first records a block
+    /// in the tenant's registry (every instance then refuses new mandates to
+    /// the agent, or new roots of the principal, until an administrator
+    /// lifts it), then catches the projection up to the log's head, then
+    /// revokes every live mandate the agent holds, or every live root the
+    /// principal granted, each as an ordinary revoke with a command id
+    /// derived from the bulk one. Only a tenant administrator may: the block
+    /// is tenant-wide.
     #[tracing::instrument(skip_all, fields(tenant = %bulk.tenant, command_id = %bulk.command_id))]
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
-        // The agent and principal indexes span trees: bring all of them up
-        // to the log before reading them.
-        self.catch_up_to_log_head().await?;
-        let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
+        let (block, reason) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
-                self.inner.store.mandates_held_by(&bulk.tenant, agent)?,
+                Command::BlockAgent(AgentBlock {
+                    agent: agent.clone(),
+                    reason: reason.clone(),
+                }),
                 reason.clone(),
             ),
             Bulk::RevokePrincipal { principal, reason } => (
-                self.inner
-                    .store
-                    .trees_granted_by(&bulk.tenant, principal)?
-                    .into_iter()
-                    .map(|t| (t, MandateId(t.0)))
-                    .collect(),
+                Command::BlockPrincipal(PrincipalBlock {
+                    principal: principal.clone(),
+                    reason: reason.clone(),
+                }),
                 reason.clone(),
             ),
         };
         if let Some(r) = &reason {
             crate::domain::model::check_text("reason", r, false)?;
         }
+        let block = CommandEnvelope {
+            command_id: CommandId::derived(&bulk.command_id.to_string(), "registry-block"),
+            tenant: bulk.tenant.clone(),
+            actor: bulk.actor.clone(),
+            correlation_id: Some(bulk.command_id.to_string()),
+            schema_version: crate::domain::SCHEMA_VERSION,
+            command: block,
+        };
+        // The block first: a grant racing this command either lands before
+        // it (and is in the log the sweep reads) or reads the block after its
+        // own append and revokes itself (see `execute`).
+        let blocked = match self
+            .execute_on(TreeId::registry(&bulk.tenant), &block, &Facts::default())
+            .await
+        {
+            Ok(commit) => Ok(commit),
+            // A quarantined registry already refuses every grant (fail
+            // closed); the sweep must still end what is live, and the
+            // quarantine is reported after it.
+            Err(EngineError::Quarantined(reason)) => Err(reason),
+            Err(e) => return Err(e),
+        };
+        // The agent and principal indexes span trees: bring all of them up
+        // to the log before reading them.
+        self.catch_up_to_log_head().await?;
+        let targets: Vec<(TreeId, MandateId)> = match &bulk.bulk {
+            Bulk::RevokeAgent { agent, .. } => {
+                self.inner.store.mandates_held_by(&bulk.tenant, agent)?
+            }
+            Bulk::RevokePrincipal { principal, .. } => self
+                .inner
+                .store
+                .trees_granted_by(&bulk.tenant, principal)?
+                .into_iter()
+                .map(|t| (t, MandateId(t.0)))
+                .collect(),
+        };
         let now = Utc::now();
         let mut commits = Vec::new();
         let mut duplicate = true;
@@ -524,7 +658,7 @@ impl Engine {
                     reason: reason.clone(),
                 }),
             };
-            match self.execute_on(tree, &cmd).await {
+            match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
                     commits.push(commit);
@@ -533,11 +667,32 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+        let (block_commit, block_duplicate) = blocked.map_err(EngineError::Quarantined)?;
+        commits.insert(0, block_commit);
         Ok(CommandResult {
             command_id: bulk.command_id,
-            duplicate: duplicate && !commits.is_empty(),
+            duplicate: duplicate && block_duplicate,
             mandate: None,
             commits,
         })
+    }
+}
+
+/// The refusal of a grant that `facts` say is blocked.
+fn blocked_refusal(cmd: &CommandEnvelope, facts: &Facts) -> DomainError {
+    match &cmd.command {
+        Command::Issue(i) if facts.principal_blocked => DomainError::PrincipalBlocked {
+            principal: i.principal.clone(),
+        },
+        Command::Issue(i) => DomainError::AgentBlocked {
+            agent: i.grantee.clone(),
+        },
+        Command::Delegate(d) => DomainError::AgentBlocked {
+            agent: d.grantee.clone(),
+        },
+        other => DomainError::InvalidField {
+            field: "type",
+            reason: format!("{} grants no mandate", other.verb()),
+        },
     }
 }
