@@ -375,3 +375,138 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
     }
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
+    // Given the contractor deprovisioned and alice offboarded
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("carol")))
+        .issue(root_issue("carol", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_b(admin())
+        .revoke_agent(agent_id("contractor"), None)
+        .await
+        .unwrap();
+    p.on_a(admin())
+        .revoke_principal(principal_id("alice"), None)
+        .await
+        .unwrap();
+    // When anyone but an administrator tries to lift them, it is refused
+    for actor in [
+        Actor::Principal(principal_id("carol")),
+        Actor::Agent(agent_id("contractor")),
+    ] {
+        let err = p
+            .on_a(actor.clone())
+            .unblock_agent(agent_id("contractor"), None)
+            .await
+            .expect_err("a non-administrator lifted a block");
+        assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    }
+    let err = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .unblock_principal(principal_id("alice"), None)
+        .await
+        .expect_err("a principal lifted its own block");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert_blocked(
+        p.on_b(Actor::Agent(agent_id("lead")))
+            .delegate(delegation(root, "contractor"))
+            .await,
+        "contractor",
+    );
+    // When an administrator lifts them on A
+    p.on_a(admin())
+        .unblock_agent(agent_id("contractor"), Some("rehired".into()))
+        .await
+        .unwrap();
+    p.on_a(admin())
+        .unblock_principal(principal_id("alice"), None)
+        .await
+        .unwrap();
+    // Then the lagging instance B grants again
+    p.on_b(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "contractor"))
+        .await
+        .expect("a delegation to the rehired contractor");
+    p.on_b(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .expect("a root of the returning principal");
+    // And a block that is not in place cannot be lifted
+    let err = p
+        .on_a(admin())
+        .unblock_agent(agent_id("contractor"), None)
+        .await
+        .expect_err("lifted a block that was not in place");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidState), "{err}");
+    // And the registry is part of the projection a rebuild reproduces
+    assert!(
+        p.b.rebuild_check().await.unwrap().equal,
+        "B differs from a rebuild"
+    );
+    assert!(
+        p.a.engine.rebuild_check().await.unwrap().equal,
+        "A differs from a rebuild"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_refused() {
+    // Given a delegation written before any block, and then a block on its
+    // grantee written without a sweep (a bare `block_agent`)
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let grant = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor: Actor::Agent(agent_id("lead")),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Delegate(delegation(root, "contractor")),
+    };
+    let lead = p.on_a(Actor::Agent(agent_id("lead")));
+    lead.send(&grant).await.unwrap();
+    let mandate = delegated_id(grant.command_id);
+    p.on_b(admin())
+        .send(&CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
+                agent: agent_id("contractor"),
+                reason: None,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&p.on_a(admin()), mandate).await, Status::Active);
+    // When the grant is retried (its answer lost), so that its append is
+    // already in the log and the block is found only after it
+    let retried = lead.send(&grant).await;
+    // Then the mandate is revoked on the administrator's authority, and the
+    // grant is refused
+    assert_blocked(retried, "contractor");
+    let reader = p.on_a(admin());
+    assert_eq!(status(&reader, mandate).await, Status::Revoked);
+    let s = reader.status(mandate, None).await.unwrap();
+    assert_eq!(
+        s.mandate.transition.map(|t| t.by),
+        Some(admin()),
+        "revoked on the blocking administrator's authority"
+    );
+    p.stop().await;
+}
