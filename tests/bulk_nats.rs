@@ -510,3 +510,76 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     );
     p.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// The command line
+// ---------------------------------------------------------------------------
+
+/// Runs the `mandate` binary on the embedded engine under `data`.
+fn cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_TENANT")
+        .env_remove("MANDATE_ACTOR")
+        .output()
+        .expect("run the mandate binary")
+}
+
+fn cli_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_cli_lifts_a_block_that_revoke_agent_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issue_to_contractor = [
+        "--actor",
+        "principal:cfo",
+        "issue",
+        "--principal",
+        "cfo",
+        "--agent",
+        "contractor",
+        "--purpose",
+        "audit",
+        "--grant",
+        "finance:read on reports/**",
+        "--ttl",
+        "1h",
+    ];
+    let revoked = cli(d, &["--actor", "admin:it", "revoke-agent", "contractor"]);
+    assert!(revoked.status.success(), "{}", cli_text(&revoked));
+    // Refused by the rules while blocked: exit code 5, naming the agent.
+    let refused = cli(d, &issue_to_contractor);
+    assert_eq!(refused.status.code(), Some(5), "{}", cli_text(&refused));
+    assert!(
+        cli_text(&refused).contains("contractor"),
+        "{}",
+        cli_text(&refused)
+    );
+    // Only an administrator lifts it.
+    let not_admin = cli(
+        d,
+        &["--actor", "principal:cfo", "unblock-agent", "contractor"],
+    );
+    assert_eq!(not_admin.status.code(), Some(5), "{}", cli_text(&not_admin));
+    let lifted = cli(d, &["--actor", "admin:it", "unblock-agent", "contractor"]);
+    assert!(lifted.status.success(), "{}", cli_text(&lifted));
+    let issued = cli(d, &issue_to_contractor);
+    assert!(issued.status.success(), "{}", cli_text(&issued));
+    // The same for a principal.
+    let offboarded = cli(d, &["--actor", "admin:it", "revoke-principal", "cfo"]);
+    assert!(offboarded.status.success(), "{}", cli_text(&offboarded));
+    assert_eq!(cli(d, &issue_to_contractor).status.code(), Some(5));
+    let lifted = cli(d, &["--actor", "admin:it", "unblock-principal", "cfo"]);
+    assert!(lifted.status.success(), "{}", cli_text(&lifted));
+    assert!(cli(d, &issue_to_contractor).status.success());
+}
