@@ -21,7 +21,7 @@ use mandate::domain::{
     Mission, MissionRef, PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
 };
 use mandate::engine::{Engine, EngineConfig};
-use mandate::log::JetStreamConfig;
+use mandate::log::{EventLog, JetStreamConfig};
 
 /// How long anything asynchronous may take before a test gives up.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -508,6 +508,81 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
         Some(admin()),
         "revoked on the blocking administrator's authority"
     );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower() {
+    // Given a root, and a bare block on the contractor written on A
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_a(admin())
+        .send(&CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
+                agent: agent_id("contractor"),
+                reason: None,
+            }),
+        })
+        .await
+        .unwrap();
+    // When a writer that read no block appends a delegation to the
+    // contractor and dies before it reads the registry again
+    p.b.catch_up().await.unwrap();
+    let tree = mandate::domain::TreeId(root.0);
+    let snap = p.b.store().tree(&tenant(), tree).unwrap().unwrap();
+    let grant = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor: Actor::Agent(agent_id("lead")),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Delegate(delegation(root, "contractor")),
+    };
+    let events = mandate::domain::decide(
+        &snap.tree,
+        &grant,
+        &mandate::domain::Facts::default(),
+        Utc::now(),
+    )
+    .unwrap();
+    p.b.log()
+        .append(
+            &tenant(),
+            tree,
+            snap.position,
+            grant.command_id,
+            mandate::domain::Event::encode_commit(&events).into(),
+        )
+        .await
+        .unwrap();
+    // Then the instances that follow the log end the new mandate
+    let mandate = delegated_id(grant.command_id);
+    let reader = p.on_a(admin());
+    eventually(
+        "the orphaned delegation to a blocked agent is revoked",
+        || {
+            let reader = reader.clone();
+            async move {
+                reader
+                    .status(mandate, None)
+                    .await
+                    .map(|s| s.effective.status == Status::Revoked)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
     p.stop().await;
 }
 

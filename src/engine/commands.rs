@@ -8,7 +8,7 @@ use chrono::Utc;
 use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
     decide, delegated_id, root_tree_id, Actor, Block, Command, CommandEnvelope, CommandId,
-    DomainError, Event, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
+    DomainError, Event, EventBody, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -73,7 +73,7 @@ impl Engine {
         // before this grant was in it) ends the new mandate at once.
         if let (Some(m), (after, Some(block))) = (mandate, self.grant_facts(&cmd).await?) {
             let refusal = blocked_refusal(&cmd, &after);
-            self.revoke_blocked_grant(&cmd, tree, m, &block, &refusal)
+            self.revoke_blocked_grant(&cmd.tenant, tree, m, &block, &refusal, cmd.command_id)
                 .await?;
             return Err(refusal.into());
         }
@@ -175,21 +175,23 @@ impl Engine {
 
     /// Revokes a mandate granted while a block on its grantee or principal
     /// was being written, on the authority of the administrator who wrote
-    /// the block (a command id derived from the mandate, so instances that
-    /// both notice write one revoke).
+    /// the block. The command id is derived from the mandate, so the grant's
+    /// own re-check and every instance's follower (see
+    /// [`Engine::end_blocked_grants`]) write one revoke between them.
     async fn revoke_blocked_grant(
         &self,
-        grant: &CommandEnvelope,
+        tenant: &TenantId,
         tree: TreeId,
         mandate: MandateId,
         block: &Block,
         refusal: &DomainError,
+        grant: CommandId,
     ) -> Result<(), EngineError> {
         let cmd = CommandEnvelope {
-            command_id: CommandId::derived("blocked-grant", &format!("{}/{mandate}", grant.tenant)),
-            tenant: grant.tenant.clone(),
+            command_id: CommandId::derived("blocked-grant", &format!("{tenant}/{mandate}")),
+            tenant: tenant.clone(),
             actor: block.by.clone(),
-            correlation_id: Some(grant.command_id.to_string()),
+            correlation_id: Some(grant.to_string()),
             schema_version: crate::domain::SCHEMA_VERSION,
             command: Command::Revoke(crate::domain::command::Change {
                 mandate,
@@ -197,8 +199,80 @@ impl Engine {
             }),
         };
         match self.execute_on(tree, &cmd, &Facts::default()).await {
-            Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => Ok(()),
+            // Ended already, or revoked under this id by another instance
+            // that read the registry a moment apart (another reason).
+            Ok(_)
+            | Err(EngineError::Rejected(
+                DomainError::Terminal { .. } | DomainError::CommandIdReused { .. },
+            )) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The second line behind a grant's own re-check, for a writer that
+    /// died between its append and that re-check: every instance, as it
+    /// applies a commit, ends each mandate the commit granted to a blocked
+    /// agent or as a root of a blocked principal (as the registry stands in
+    /// its projection). In log order the block is applied before any grant
+    /// that came after it, so none escapes while some instance follows the
+    /// log. Runs in the background; a failure is logged, and the next
+    /// instance to apply the commit tries again.
+    pub(crate) fn end_blocked_grants(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
+        if !self.serves(tenant) || tree.is_registry() {
+            return;
+        }
+        let mut grants = events.iter().filter_map(|e| match &e.body {
+            EventBody::MandateIssued(m) => Some((e.command_id, m)),
+            _ => None,
+        });
+        let Some(first) = grants.next() else { return };
+        let registry = match self
+            .inner
+            .store
+            .tree_shared(tenant, TreeId::registry(tenant))
+        {
+            Ok(Some(snap)) => snap,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "cannot read the registry to check a grant");
+                return;
+            }
+        };
+        for (grant, m) in std::iter::once(first).chain(grants) {
+            let r = &registry.tree.registry;
+            let by_principal = r
+                .blocked_principals
+                .get(&m.principal)
+                .filter(|_| m.parent.is_none())
+                .map(|b| {
+                    (
+                        DomainError::PrincipalBlocked {
+                            principal: m.principal.clone(),
+                        },
+                        b,
+                    )
+                });
+            let by_agent = r.blocked_agents.get(&m.grantee).map(|b| {
+                (
+                    DomainError::AgentBlocked {
+                        agent: m.grantee.clone(),
+                    },
+                    b,
+                )
+            });
+            let Some((refusal, block)) = by_principal.or(by_agent) else {
+                continue;
+            };
+            let (me, tenant, mandate, block) =
+                (self.clone(), tenant.clone(), m.mandate, block.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me
+                    .revoke_blocked_grant(&tenant, tree, mandate, &block, &refusal, grant)
+                    .await
+                {
+                    tracing::warn!(%tenant, %mandate, error = %e, "could not end a grant to a blocked agent or principal; another instance applying it tries again");
+                }
+            });
         }
     }
 
