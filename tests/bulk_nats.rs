@@ -226,14 +226,10 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
         .mandate
         .unwrap();
     // When B completes the mission
-    p.b.complete_mission(
-        &tenant(),
-        &MissionRef::new("jira:FIN-42").unwrap(),
-        admin(),
-        None,
-    )
-    .await
-    .unwrap();
+    p.on_b(admin())
+        .complete_mission(MissionRef::new("jira:FIN-42").unwrap())
+        .await
+        .unwrap();
     // Then the tree is completed
     assert_eq!(
         status(&p.on_a(admin()), root).await,
