@@ -9,11 +9,13 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew, Target};
+use mandate::domain::command::{
+    AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew, Target,
+};
 use mandate::domain::{
     apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, AgentId, Command,
-    CommandEnvelope, CommandId, DenyReason, DomainError, Event, EventBody, Grantor, MandateId,
-    Mission, MissionRef, Outcome, PrincipalId, Scope, Status, TenantId, Tree, TreeId,
+    CommandEnvelope, CommandId, DenyReason, DomainError, Event, EventBody, Facts, Grantor,
+    MandateId, Mission, MissionRef, Outcome, PrincipalId, Scope, Status, TenantId, Tree, TreeId,
     SCHEMA_VERSION,
 };
 
@@ -44,7 +46,7 @@ fn given(commands: impl IntoIterator<Item = CommandEnvelope>) -> Given {
 impl Given {
     /// Accepts one more command at the current clock.
     fn and(mut self, cmd: CommandEnvelope) -> Self {
-        let events = decide(&self.tree, &cmd, self.now)
+        let events = decide(&self.tree, &cmd, &Facts::default(), self.now)
             .unwrap_or_else(|e| panic!("given command {} was refused: {e}", cmd.command.verb()));
         for e in &events {
             apply(&mut self.tree, e);
@@ -60,7 +62,7 @@ impl Given {
     }
 
     fn when(self, cmd: CommandEnvelope) -> Then {
-        let result = decide(&self.tree, &cmd, self.now);
+        let result = decide(&self.tree, &cmd, &Facts::default(), self.now);
         Then {
             before: self.tree,
             result,
@@ -1772,4 +1774,252 @@ fn verify_chain_catches_a_renumbered_event() {
     let err = verify_chain(&history).unwrap_err();
 
     assert_eq!(err.seq, 9);
+}
+
+// ---------------------------------------------------------------------------
+// Tenant registry: blocked agents and principals
+// ---------------------------------------------------------------------------
+
+impl Given {
+    /// Decides the next command with what the engine knows beyond the tree.
+    fn when_with(self, facts: Facts, cmd: CommandEnvelope) -> Then {
+        let result = decide(&self.tree, &cmd, &facts, self.now);
+        Then {
+            before: self.tree,
+            result,
+        }
+    }
+}
+
+fn blocked_grantee() -> Facts {
+    Facts {
+        grantee_blocked: true,
+        ..Facts::default()
+    }
+}
+fn blocked_principal() -> Facts {
+    Facts {
+        principal_blocked: true,
+        ..Facts::default()
+    }
+}
+
+/// The tenant's registry, with nothing recorded yet.
+fn registry() -> Given {
+    Given {
+        tree: Tree::empty(tenant(), TreeId::registry(&tenant())),
+        history: Vec::new(),
+        now: t0(),
+    }
+}
+fn block_agent(actor: Actor, name: &str) -> CommandEnvelope {
+    by(
+        actor,
+        Command::BlockAgent(AgentBlock {
+            agent: agent_id(name),
+            reason: Some("deprovisioned".into()),
+        }),
+    )
+}
+fn unblock_agent(actor: Actor, name: &str) -> CommandEnvelope {
+    by(
+        actor,
+        Command::UnblockAgent(AgentBlock {
+            agent: agent_id(name),
+            reason: None,
+        }),
+    )
+}
+fn block_principal(actor: Actor) -> CommandEnvelope {
+    by(
+        actor,
+        Command::BlockPrincipal(PrincipalBlock {
+            principal: alice_id(),
+            reason: None,
+        }),
+    )
+}
+fn unblock_principal(actor: Actor) -> CommandEnvelope {
+    by(
+        actor,
+        Command::UnblockPrincipal(PrincipalBlock {
+            principal: alice_id(),
+            reason: None,
+        }),
+    )
+}
+
+#[test]
+fn delegate_to_a_blocked_agent_is_refused_naming_it() {
+    given([issue_root()])
+        .when_with(blocked_grantee(), delegate_child())
+        .then_error(DomainError::AgentBlocked {
+            agent: agent_id("researcher"),
+        });
+}
+
+#[test]
+fn issue_to_a_blocked_agent_is_refused_naming_it() {
+    given([])
+        .when_with(blocked_grantee(), issue_root())
+        .then_error(DomainError::AgentBlocked {
+            agent: agent_id("orchestrator"),
+        });
+}
+
+#[test]
+fn issue_by_a_blocked_principal_is_refused_even_for_an_admin() {
+    given([])
+        .when_with(
+            blocked_principal(),
+            by(admin(), Command::Issue(root_issue())),
+        )
+        .then_error(DomainError::PrincipalBlocked {
+            principal: alice_id(),
+        });
+}
+
+#[test]
+fn a_blocked_grantee_does_not_hide_a_missing_authority() {
+    given([issue_root()])
+        .when_with(
+            blocked_grantee(),
+            delegate(
+                mallory(),
+                delegation(root(), "researcher", &["finance:read on reports/q3/*"]),
+            ),
+        )
+        .then_error(DomainError::NotGrantee {
+            mandate: root(),
+            actor: mallory().to_string(),
+            grantee: agent_id("orchestrator"),
+        });
+}
+
+#[test]
+fn a_block_refuses_nothing_but_grants() {
+    given([issue_root(), delegate_child()])
+        .when_with(blocked_grantee(), revoke(alice(), child()))
+        .then_events(|_, after| assert_eq!(status_of(after, child()), Status::Revoked));
+}
+
+#[test]
+fn an_admin_blocks_an_agent_in_the_registry() {
+    registry()
+        .when(block_agent(admin(), "contractor"))
+        .then_events(|events, after| {
+            let e = only(events);
+            assert_eq!(e.tree, TreeId::registry(&tenant()));
+            assert_eq!(e.seq, 1);
+            assert_eq!(e.on_behalf_of, PrincipalId::new("ops-admin").unwrap());
+            assert!(
+                matches!(&e.body, EventBody::AgentBlocked(b) if b.agent == agent_id("contractor"))
+            );
+            let block = &after.registry.blocked_agents[&agent_id("contractor")];
+            assert_eq!(block.by, admin());
+            assert_eq!(block.reason.as_deref(), Some("deprovisioned"));
+        });
+}
+
+#[test]
+fn an_admin_lifts_an_agents_block() {
+    registry()
+        .and(block_agent(admin(), "contractor"))
+        .when(unblock_agent(admin(), "contractor"))
+        .then_events(|events, after| {
+            assert!(matches!(&only(events).body, EventBody::AgentUnblocked(_)));
+            assert!(after.registry.is_empty());
+        });
+}
+
+#[test]
+fn an_admin_blocks_and_lifts_a_principal() {
+    registry()
+        .and(block_principal(admin()))
+        .when(unblock_principal(admin()))
+        .then_events(|events, after| {
+            assert!(matches!(
+                &only(events).body,
+                EventBody::PrincipalUnblocked(_)
+            ));
+            assert!(after.registry.blocked_principals.is_empty());
+        });
+}
+
+#[test]
+fn lifting_a_block_that_is_not_in_place_is_refused() {
+    registry()
+        .when(unblock_agent(admin(), "contractor"))
+        .then_error(DomainError::NotBlocked {
+            kind: "agent",
+            id: "contractor".into(),
+        });
+}
+
+#[test]
+fn only_an_admin_may_block_or_lift() {
+    for (cmd, verb) in [
+        (block_agent(alice(), "contractor"), "block_agent"),
+        (block_principal(alice()), "block_principal"),
+        (unblock_principal(orchestrator()), "unblock_principal"),
+    ] {
+        registry()
+            .when(cmd)
+            .then_error(DomainError::RegistryForbidden {
+                actor: if verb == "unblock_principal" {
+                    orchestrator().to_string()
+                } else {
+                    alice().to_string()
+                },
+                verb,
+            });
+    }
+    registry()
+        .and(block_agent(admin(), "contractor"))
+        .when(unblock_agent(agent("contractor"), "contractor"))
+        .then_error(DomainError::RegistryForbidden {
+            actor: agent("contractor").to_string(),
+            verb: "unblock_agent",
+        });
+}
+
+#[test]
+fn registry_commands_act_only_on_the_registry() {
+    given([issue_root()])
+        .when(block_agent(admin(), "contractor"))
+        .then_error(DomainError::TreeNotFound { tree: tree_id() });
+}
+
+#[test]
+fn no_mandate_command_addresses_the_registry() {
+    registry()
+        .when(by(admin(), Command::Issue(root_issue())))
+        .then_error(DomainError::TreeNotFound {
+            tree: TreeId::registry(&tenant()),
+        });
+}
+
+#[test]
+fn the_registry_id_is_no_tree_id() {
+    let registry = TreeId::registry(&tenant());
+    assert!(registry.is_registry());
+    assert_eq!(registry, TreeId::registry(&tenant()), "derived, stable");
+    assert_ne!(
+        registry,
+        TreeId::registry(&TenantId::new("globex").unwrap())
+    );
+    assert!(!mandate::domain::root_tree_id(&tenant(), CommandId::generate()).is_registry());
+    assert!(!TreeId::generate().is_registry());
+}
+
+#[test]
+fn registry_events_decode_and_chain() {
+    let g = registry()
+        .and(block_agent(admin(), "contractor"))
+        .and(unblock_agent(admin(), "contractor"));
+    verify_chain(&g.history).unwrap();
+    for e in &g.history {
+        let decoded = Event::from_value(serde_json::to_value(e).unwrap()).unwrap();
+        assert_eq!(&decoded, e);
+    }
 }

@@ -1163,7 +1163,12 @@ async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
         .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
         .await
         .unwrap();
-    assert_eq!(r.commits.len(), 10, "one revoke per contractor mandate");
+    assert_eq!(
+        r.commits.len(),
+        11,
+        "the block, then one revoke per contractor mandate"
+    );
+    assert_eq!(r.commits[0].tree, TreeId::registry(&tenant("acme")));
     for (t, len) in trees.iter().zip(&before) {
         assert_eq!(effective(&admin, t.root).await, Status::Active);
         assert_eq!(effective(&admin, t.employee).await, Status::Active);
@@ -1190,7 +1195,11 @@ async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
         .revoke_principal(principal_id("alice"), Some("left the company".into()))
         .await
         .unwrap();
-    assert_eq!(r.commits.len(), 14, "one revoke per root alice granted");
+    assert_eq!(
+        r.commits.len(),
+        15,
+        "the block, then one revoke per root alice granted"
+    );
     for (t, len) in trees.iter().zip(&before) {
         let mut all = vec![t.root, t.employee];
         if let Some((c, sub)) = t.contractor {
@@ -1402,7 +1411,13 @@ async fn nothing_crosses_a_tenant() {
         .revoke_agent(agent_id(secret_agent), None)
         .await
         .unwrap();
-    assert!(r.commits.is_empty(), "{r:?}");
+    // Only the block in globex's own registry.
+    assert!(
+        r.commits
+            .iter()
+            .all(|c| c.tree == TreeId::registry(&tenant("globex"))),
+        "{r:?}"
+    );
     let r = intruder
         .complete_mission(MissionRef::new("jira:PAY-1").unwrap())
         .await
@@ -1441,9 +1456,10 @@ async fn nothing_crosses_a_tenant() {
         &["tenant"],
     );
 
+    // The one write is the block in globex's own registry.
     assert_eq!(
         instance.log_position().await,
-        before,
+        before + 1,
         "something was written"
     );
     let ceo = client(&nc, "acme", principal("acme-ceo"));

@@ -185,6 +185,20 @@ pub enum Cmd {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Lift the block revoke-agent left, so the agent may receive mandates
+    /// again (as a tenant administrator: --actor admin:<id>).
+    UnblockAgent {
+        agent: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift the block revoke-principal left, so the principal may grant
+    /// mandates again (as a tenant administrator: --actor admin:<id>).
+    UnblockPrincipal {
+        principal: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// A mandate's own and effective status.
     Status {
         mandate: String,
@@ -390,6 +404,8 @@ fn changes_authority(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Complete { .. } => Some("complete"),
         Cmd::RevokeAgent { .. } => Some("revoke-agent"),
         Cmd::RevokePrincipal { .. } => Some("revoke-principal"),
+        Cmd::UnblockAgent { .. } => Some("unblock-agent"),
+        Cmd::UnblockPrincipal { .. } => Some("unblock-principal"),
         Cmd::Serve { .. }
         | Cmd::Demo
         | Cmd::Status { .. }
@@ -627,6 +643,20 @@ async fn command(
             .map_err(client_failure)?),
         Cmd::RevokePrincipal { principal, reason } => out(&client
             .revoke_principal(
+                PrincipalId::new(principal).map_err(|e| invalid(e.to_string()))?,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
+        Cmd::UnblockAgent { agent, reason } => out(&client
+            .unblock_agent(
+                AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
+        Cmd::UnblockPrincipal { principal, reason } => out(&client
+            .unblock_principal(
                 PrincipalId::new(principal).map_err(|e| invalid(e.to_string()))?,
                 reason.clone(),
             )

@@ -14,7 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::domain::{
-    command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew},
+    command::{
+        AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew,
+    },
     Actor, AgentId, Command, CommandEnvelope, CommandId, Decision, ErrorCode, MandateId,
     MissionRef, PrincipalId, TenantId, SCHEMA_VERSION,
 };
@@ -323,6 +325,30 @@ impl Client {
             Bulk::RevokePrincipal { principal, reason },
             "revoke_principal",
         )
+        .await
+    }
+
+    /// Lifts the block `revoke_agent` left on an agent, so it may receive
+    /// mandates again (tenant administrators only).
+    pub async fn unblock_agent(
+        &self,
+        agent: AgentId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::UnblockAgent(AgentBlock { agent, reason }))
+            .await
+    }
+    /// Lifts the block `revoke_principal` left on a principal, so it may
+    /// grant mandates again (tenant administrators only).
+    pub async fn unblock_principal(
+        &self,
+        principal: PrincipalId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::UnblockPrincipal(PrincipalBlock {
+            principal,
+            reason,
+        }))
         .await
     }
 

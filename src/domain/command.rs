@@ -41,7 +41,8 @@ pub struct CommandEnvelope {
     pub command: Command,
 }
 
-/// Every command the tree aggregate handles.
+/// Every command the tree aggregate handles (the registry commands act on
+/// the tenant's registry, see [`crate::domain::TreeId::registry`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
@@ -65,6 +66,34 @@ pub enum Command {
     Narrow(Narrow),
     /// Set a new `not_after`, never past the parent's.
     Renew(Renew),
+    /// Tenant registry: refuse every new mandate to this agent (written by
+    /// `revoke_agent` before its sweep). Administrators only.
+    BlockAgent(AgentBlock),
+    /// Tenant registry: lift an agent's block. Administrators only.
+    UnblockAgent(AgentBlock),
+    /// Tenant registry: refuse every new root granted by this principal
+    /// (written by `revoke_principal` before its sweep). Administrators only.
+    BlockPrincipal(PrincipalBlock),
+    /// Tenant registry: lift a principal's block. Administrators only.
+    UnblockPrincipal(PrincipalBlock),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBlock {
+    pub agent: AgentId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalBlock {
+    pub principal: PrincipalId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -153,6 +182,10 @@ pub const COMMAND_TYPES: &[&str] = &[
     "complete_mission",
     "narrow",
     "renew",
+    "block_agent",
+    "unblock_agent",
+    "block_principal",
+    "unblock_principal",
 ];
 
 impl Command {
@@ -169,11 +202,15 @@ impl Command {
             Command::CompleteMission(_) => "complete_mission",
             Command::Narrow(_) => "narrow",
             Command::Renew(_) => "renew",
+            Command::BlockAgent(_) => "block_agent",
+            Command::UnblockAgent(_) => "unblock_agent",
+            Command::BlockPrincipal(_) => "block_principal",
+            Command::UnblockPrincipal(_) => "unblock_principal",
         }
     }
 
     /// The mandate this command acts on, if it names one (the parent for a
-    /// delegation).
+    /// delegation). Registry commands name none.
     pub fn target(&self) -> Option<MandateId> {
         match self {
             Command::Issue(_) | Command::CompleteMission(_) => None,
@@ -184,6 +221,10 @@ impl Command {
             Command::Expire(t) => Some(t.mandate),
             Command::Narrow(n) => Some(n.mandate),
             Command::Renew(r) => Some(r.mandate),
+            Command::BlockAgent(_)
+            | Command::UnblockAgent(_)
+            | Command::BlockPrincipal(_)
+            | Command::UnblockPrincipal(_) => None,
         }
     }
 }
@@ -289,6 +330,14 @@ impl CommandEnvelope {
             }
             Command::Pause(c) | Command::Resume(c) | Command::Revoke(c) | Command::Complete(c) => {
                 if let Some(r) = &c.reason {
+                    check_text("reason", r, false)?;
+                }
+            }
+            Command::BlockAgent(AgentBlock { reason, .. })
+            | Command::UnblockAgent(AgentBlock { reason, .. })
+            | Command::BlockPrincipal(PrincipalBlock { reason, .. })
+            | Command::UnblockPrincipal(PrincipalBlock { reason, .. }) => {
+                if let Some(r) = reason {
                     check_text("reason", r, false)?;
                 }
             }

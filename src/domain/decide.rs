@@ -6,23 +6,39 @@ use chrono::{DateTime, Utc};
 use super::command::{Command, CommandEnvelope};
 use super::error::DomainError;
 use super::event::{Event, EventBody, SCHEMA_VERSION};
-use super::ids::EventId;
+use super::ids::{EventId, PrincipalId, TreeId};
 use super::model::{Actor, Mandate, Tree};
-use super::{amend, issue, lifecycle};
+use super::{amend, issue, lifecycle, registry};
 
-/// Decides what `cmd` means for `tree` at `now`.
+/// What the engine knows beyond the tree, read fresh before deciding.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    /// The grantee of an `issue` or `delegate` is a blocked (deprovisioned)
+    /// agent of the tenant.
+    pub grantee_blocked: bool,
+    /// The principal of an `issue` is blocked (offboarded) in the tenant.
+    pub principal_blocked: bool,
+}
+
+/// Decides what `cmd` means for `tree` at `now`, given `facts`.
 ///
 /// - A command of another tenant is refused with `CrossTenant`.
 /// - A command id the tree has already applied yields no events (idempotent:
 ///   the caller answers with the original result).
 /// - Otherwise the events returned, applied in order, take the tree to the
 ///   new state; every refusal is a typed [`DomainError`] and nothing changes.
+/// - Registry commands act only on the tenant's registry
+///   ([`TreeId::registry`](super::ids::TreeId::registry)), and no other
+///   command acts on it.
+/// - A grant to a blocked agent, or a root of a blocked principal
+///   (`facts`), is refused once every other rule has passed.
 ///
 /// Each command currently yields exactly one event; the log appends a
 /// command's events as one commit either way.
 pub fn decide(
     tree: &Tree,
     cmd: &CommandEnvelope,
+    facts: &Facts,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     if cmd.tenant != tree.tenant {
@@ -39,6 +55,18 @@ pub fn decide(
         return Ok(Vec::new());
     }
     cmd.validate()?;
+    let is_registry = tree.id == TreeId::registry(&tree.tenant);
+    if let Some(decided) = registry::decide(tree, &cmd.actor, &cmd.command) {
+        if !is_registry {
+            return Err(DomainError::TreeNotFound { tree: tree.id });
+        }
+        let (bodies, admin) = decided?;
+        return Ok(envelop(tree, cmd, now, bodies, Some(admin)));
+    }
+    if tree.id.is_registry() {
+        // The registry holds no mandate: no mandate command addresses it.
+        return Err(DomainError::TreeNotFound { tree: tree.id });
+    }
     let bodies = match &cmd.command {
         Command::Issue(c) => issue::issue(tree, &cmd.actor, c, now)?,
         Command::Delegate(c) => issue::delegate(tree, &cmd.actor, cmd.command_id, c, now)?,
@@ -50,8 +78,30 @@ pub fn decide(
         Command::CompleteMission(c) => lifecycle::complete_mission(tree, &cmd.actor, c, now)?,
         Command::Narrow(c) => amend::narrow(tree, &cmd.actor, c, now)?,
         Command::Renew(c) => amend::renew(tree, &cmd.actor, c, now)?,
+        Command::BlockAgent(_)
+        | Command::UnblockAgent(_)
+        | Command::BlockPrincipal(_)
+        | Command::UnblockPrincipal(_) => unreachable_registry(),
     };
-    Ok(envelop(tree, cmd, now, bodies))
+    match &cmd.command {
+        Command::Issue(c) if facts.principal_blocked => {
+            return Err(DomainError::PrincipalBlocked {
+                principal: c.principal.clone(),
+            })
+        }
+        Command::Issue(c) if facts.grantee_blocked => {
+            return Err(DomainError::AgentBlocked {
+                agent: c.grantee.clone(),
+            })
+        }
+        Command::Delegate(c) if facts.grantee_blocked => {
+            return Err(DomainError::AgentBlocked {
+                agent: c.grantee.clone(),
+            })
+        }
+        _ => {}
+    }
+    Ok(envelop(tree, cmd, now, bodies, None))
 }
 
 /// Wraps bodies in envelopes: sequence numbers and the hash chain continue
@@ -62,10 +112,11 @@ fn envelop(
     cmd: &CommandEnvelope,
     now: DateTime<Utc>,
     bodies: Vec<EventBody>,
+    on_behalf_of: Option<PrincipalId>,
 ) -> Vec<Event> {
     let digest = cmd.digest();
     let mut events: Vec<Event> = Vec::with_capacity(bodies.len());
-    let mut principal = tree.principal.clone();
+    let mut principal = on_behalf_of.or_else(|| tree.principal.clone());
     for (i, body) in bodies.into_iter().enumerate() {
         if principal.is_none() {
             if let EventBody::MandateIssued(e) = &body {
@@ -73,7 +124,8 @@ fn envelop(
             }
         }
         // Every command but `issue` needs an existing tree (checked before
-        // any body is produced), and `issue` names its principal.
+        // any body is produced), `issue` names its principal, and registry
+        // commands name their administrator.
         let on_behalf_of = principal.clone().unwrap_or_else(|| unreachable_principal());
         let (seq, prev_hash) = match events.last() {
             Some(prev) => (prev.seq + 1, Some(prev.hash())),
@@ -96,6 +148,12 @@ fn envelop(
         });
     }
     events
+}
+
+#[cold]
+fn unreachable_registry() -> ! {
+    // `registry::decide` answers every registry command before this match.
+    unreachable!("a registry command outside the registry")
 }
 
 #[cold]

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::ids::{AgentId, CommandId, MandateId, TenantId, TreeId};
+use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId, TreeId};
 use super::status::Status;
 
 /// A refused command or invalid input. `Clone + PartialEq` so tests can
@@ -154,6 +154,19 @@ pub enum DomainError {
     /// itself may use (expiry scheduler, mission intake).
     #[error("actor {actor} is reserved for the engine itself and is not accepted from outside it")]
     ReservedActor { actor: String },
+    /// A grant to an agent that is blocked (deprovisioned) in the tenant.
+    #[error("agent {agent} is blocked in this tenant: no mandate may be granted to it until an administrator lifts the block")]
+    AgentBlocked { agent: AgentId },
+    /// A root granted by a principal that is blocked (offboarded) in the tenant.
+    #[error("principal {principal} is blocked in this tenant: it may grant no mandate until an administrator lifts the block")]
+    PrincipalBlocked { principal: PrincipalId },
+    /// A registry command (block or unblock) by an actor other than a tenant
+    /// administrator.
+    #[error("{actor} may not {verb}: only a tenant administrator may")]
+    RegistryForbidden { actor: String, verb: &'static str },
+    /// Lifting a block that is not in place.
+    #[error("{kind} {id} is not blocked")]
+    NotBlocked { kind: &'static str, id: String },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -214,6 +227,10 @@ impl DomainError {
             | NotYetExpired { .. }
             | MissionMismatch { .. }
             | MissionCompleted { .. } => ErrorCode::InvalidState,
+            AgentBlocked { .. } | PrincipalBlocked { .. } | RegistryForbidden { .. } => {
+                ErrorCode::Forbidden
+            }
+            NotBlocked { .. } => ErrorCode::InvalidState,
         }
     }
 
@@ -254,6 +271,10 @@ impl DomainError {
             SupervisorBelow { .. } => "supervisor_below",
             PausedFromAbove { .. } => "paused_from_above",
             ReservedActor { .. } => "reserved_actor",
+            AgentBlocked { .. } => "agent_blocked",
+            PrincipalBlocked { .. } => "principal_blocked",
+            RegistryForbidden { .. } => "registry_forbidden",
+            NotBlocked { .. } => "not_blocked",
         }
     }
 }

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::DomainError;
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
-use super::model::{Actor, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
+use super::model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
 use super::scope::{ActionPattern, Scope};
 use super::status::Status;
 
@@ -77,6 +77,28 @@ pub enum EventBody {
     MissionCompleted(MissionCompleted),
     ScopeNarrowed(ScopeNarrowed),
     MandateRenewed(MandateRenewed),
+    /// Registry: no new mandate may be granted to the agent.
+    AgentBlocked(AgentBlockChanged),
+    /// Registry: the agent's block was lifted.
+    AgentUnblocked(AgentBlockChanged),
+    /// Registry: the principal may grant no new root.
+    PrincipalBlocked(PrincipalBlockChanged),
+    /// Registry: the principal's block was lifted.
+    PrincipalUnblocked(PrincipalBlockChanged),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentBlockChanged {
+    pub agent: AgentId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PrincipalBlockChanged {
+    pub principal: PrincipalId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -136,10 +158,15 @@ pub const EVENT_TYPES: &[&str] = &[
     "mission_completed",
     "scope_narrowed",
     "mandate_renewed",
+    "agent_blocked",
+    "agent_unblocked",
+    "principal_blocked",
+    "principal_unblocked",
 ];
 
 impl EventBody {
-    /// The mandate the event is about.
+    /// The mandate the event is about. Registry events are about no mandate:
+    /// they answer the nil id, which no mandate has (mandate ids are v5 or v7).
     pub fn mandate(&self) -> MandateId {
         match self {
             EventBody::MandateIssued(e) => e.mandate,
@@ -151,6 +178,10 @@ impl EventBody {
             EventBody::MissionCompleted(m) => m.mandate,
             EventBody::ScopeNarrowed(n) => n.mandate,
             EventBody::MandateRenewed(r) => r.mandate,
+            EventBody::AgentBlocked(_)
+            | EventBody::AgentUnblocked(_)
+            | EventBody::PrincipalBlocked(_)
+            | EventBody::PrincipalUnblocked(_) => MandateId(uuid::Uuid::nil()),
         }
     }
 
@@ -166,6 +197,10 @@ impl EventBody {
             EventBody::MissionCompleted(_) => "mission_completed",
             EventBody::ScopeNarrowed(_) => "scope_narrowed",
             EventBody::MandateRenewed(_) => "mandate_renewed",
+            EventBody::AgentBlocked(_) => "agent_blocked",
+            EventBody::AgentUnblocked(_) => "agent_unblocked",
+            EventBody::PrincipalBlocked(_) => "principal_blocked",
+            EventBody::PrincipalUnblocked(_) => "principal_unblocked",
         }
     }
 }
@@ -660,6 +695,22 @@ pub fn apply(tree: &mut Tree, event: &Event) {
                 m.not_after = r.not_after;
             }
         }
+        EventBody::AgentBlocked(b) => {
+            tree.registry
+                .blocked_agents
+                .insert(b.agent.clone(), block(event, &b.reason));
+        }
+        EventBody::AgentUnblocked(b) => {
+            tree.registry.blocked_agents.remove(&b.agent);
+        }
+        EventBody::PrincipalBlocked(b) => {
+            tree.registry
+                .blocked_principals
+                .insert(b.principal.clone(), block(event, &b.reason));
+        }
+        EventBody::PrincipalUnblocked(b) => {
+            tree.registry.blocked_principals.remove(&b.principal);
+        }
     }
     tree.version = event.seq;
     tree.head_hash = Some(event.hash());
@@ -669,6 +720,15 @@ pub fn apply(tree: &mut Tree, event: &Event) {
             seq: event.seq,
             digest: event.command_digest.clone(),
         });
+}
+
+fn block(event: &Event, reason: &Option<String>) -> Block {
+    Block {
+        by: event.actor.clone(),
+        seq: event.seq,
+        at: event.time,
+        reason: reason.clone(),
+    }
 }
 
 fn set(tree: &mut Tree, mandate: MandateId, t: Transition) {

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
+use sha2::Digest;
 use uuid::Uuid;
 
 use super::error::DomainError;
@@ -191,6 +192,29 @@ impl CommandId {
     pub fn derived(namespace: &str, key: &str) -> Self {
         let ns = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"mandate.command");
         Self(Uuid::new_v5(&ns, format!("{namespace}/{key}").as_bytes()))
+    }
+}
+
+impl TreeId {
+    /// The reserved id of a tenant's registry: the stream of tenant-level
+    /// records that belong to no delegation tree (blocked agents and
+    /// principals), on `mandate.evt.<tenant>.<registry id>` like any tree.
+    ///
+    /// It is a version-8 UUID over the SHA-256 of the tenant, so it never
+    /// equals a real tree's id: those are version 5 (derived from an issue's
+    /// command id), and generated ids are version 7. It holds no mandate, so
+    /// no mandate command or check can address it.
+    pub fn registry(tenant: &TenantId) -> Self {
+        let digest = sha2::Sha256::digest(format!("mandate.registry/{tenant}").as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
+    /// Whether this id has the shape of a registry id (see
+    /// [`TreeId::registry`]); no delegation tree has it.
+    pub fn is_registry(&self) -> bool {
+        self.0.get_version_num() == 8
     }
 }
 

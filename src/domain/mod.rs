@@ -17,12 +17,13 @@ pub mod ids;
 mod issue;
 mod lifecycle;
 pub mod model;
+mod registry;
 pub mod scope;
 pub mod status;
 
 pub use authorize::{authorize, ChainLink, Decision, DenyReason, Outcome};
 pub use command::{Command, CommandEnvelope, ExternalCommand};
-pub use decide::decide;
+pub use decide::{decide, Facts};
 pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
 pub use event::{
@@ -31,6 +32,6 @@ pub use event::{
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
-pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Tree};
+pub use model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Registry, Tree};
 pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;

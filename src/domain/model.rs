@@ -231,6 +231,41 @@ pub struct Tree {
     /// Command ids applied: a command id is applied at most once, and one
     /// reused for different content is refused.
     pub commands: BTreeMap<CommandId, AppliedCommand>,
+    /// Tenant-level records; non-empty only in the tenant's registry (see
+    /// [`TreeId::registry`]), which holds no mandate.
+    #[serde(default, skip_serializing_if = "Registry::is_empty")]
+    pub registry: Registry,
+}
+
+/// A tenant's registry: blocks that outlive any one tree. A blocked agent may
+/// receive no new mandate and a blocked principal may grant no new root,
+/// until an administrator lifts the block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Registry {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_agents: BTreeMap<AgentId, Block>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_principals: BTreeMap<PrincipalId, Block>,
+}
+
+impl Registry {
+    /// True when nothing is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.blocked_agents.is_empty() && self.blocked_principals.is_empty()
+    }
+}
+
+/// Who blocked an agent or principal, when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Block {
+    /// The administrator who wrote the block: the engine revokes, on this
+    /// authority, a mandate that raced the block.
+    pub by: Actor,
+    /// Registry sequence of the block event.
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Tree {
@@ -246,6 +281,7 @@ impl Tree {
             principal: None,
             mandates: BTreeMap::new(),
             commands: BTreeMap::new(),
+            registry: Registry::default(),
         }
     }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 
+use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
-    decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
-    Event, ExternalCommand, MandateId, MissionRef, TenantId, Tree, TreeId,
+    decide, delegated_id, root_tree_id, Actor, Block, Command, CommandEnvelope, CommandId,
+    DomainError, Event, EventBody, ExternalCommand, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -61,12 +62,23 @@ impl Engine {
             }
             other => other?,
         };
-        let commit = self.execute_on(tree, &cmd).await?;
+        // A grant reads the tenant's blocks fresh before deciding...
+        let facts = self.grant_facts(&cmd).await?.0;
+        let commit = self.execute_on(tree, &cmd, &facts).await?;
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
             Command::Delegate(_) => Some(delegated_id(&cmd.tenant, cmd.command_id)),
             other => other.target(),
         };
+        // ...and again after appending: a block written in between (by a bulk
+        // command on another instance, whose sweep may have read the log
+        // before this grant was in it) ends the new mandate at once.
+        if let (Some(m), (after, Some(block))) = (mandate, self.grant_facts(&cmd).await?) {
+            let refusal = blocked_refusal(&cmd, &after);
+            self.revoke_blocked_grant(&cmd.tenant, tree, m, &block, &refusal, cmd.command_id)
+                .await?;
+            return Err(refusal.into());
+        }
         Ok(CommandResult {
             command_id: cmd.command_id,
             duplicate: commit.1,
@@ -77,10 +89,15 @@ impl Engine {
 
     /// The tree a command acts on. Another tenant's mandate is simply not found.
     fn tree_for(&self, cmd: &CommandEnvelope) -> Result<TreeId, EngineError> {
-        if let Command::Issue(_) = cmd.command {
+        match cmd.command {
             // The root's id is derived from the command id, so a retried issue
             // lands on the same tree and the log deduplicates it.
-            return Ok(root_tree_id(&cmd.tenant, cmd.command_id));
+            Command::Issue(_) => return Ok(root_tree_id(&cmd.tenant, cmd.command_id)),
+            Command::BlockAgent(_)
+            | Command::UnblockAgent(_)
+            | Command::BlockPrincipal(_)
+            | Command::UnblockPrincipal(_) => return Ok(TreeId::registry(&cmd.tenant)),
+            _ => {}
         }
         let mandate = cmd.command.target().ok_or_else(|| {
             EngineError::Invalid(format!("command {} names no mandate", cmd.command.verb()))
@@ -109,6 +126,196 @@ impl Engine {
                 return Ok(());
             }
         }
+    }
+
+    /// The tenant's registry, caught up to the log's head for it: blocks
+    /// are read fresh, never from a lagging follower.
+    pub(crate) async fn fresh_registry(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<Arc<TreeSnapshot>>, EngineError> {
+        let id = TreeId::registry(tenant);
+        if let Some(reason) = self.inner.store.quarantined(tenant, id)? {
+            return Err(EngineError::Quarantined(reason));
+        }
+        let position = self
+            .inner
+            .store
+            .tree_shared(tenant, id)?
+            .map(|s| s.position)
+            .unwrap_or(0);
+        if self.inner.log.tree_head(tenant, id).await? > position {
+            self.catch_up_tree(tenant, id, position).await?;
+        }
+        Ok(self.inner.store.tree_shared(tenant, id)?)
+    }
+
+    /// What the registry says about a grant (`issue`, `delegate`), read
+    /// fresh, with the block that refuses it, if any. Other commands read
+    /// nothing and get the default facts.
+    async fn grant_facts(
+        &self,
+        cmd: &CommandEnvelope,
+    ) -> Result<(Facts, Option<Block>), EngineError> {
+        let (grantee, principal) = match &cmd.command {
+            Command::Issue(i) => (&i.grantee, Some(&i.principal)),
+            Command::Delegate(d) => (&d.grantee, None),
+            _ => return Ok((Facts::default(), None)),
+        };
+        let Some(reg) = self.fresh_registry(&cmd.tenant).await? else {
+            return Ok((Facts::default(), None));
+        };
+        let r = &reg.tree.registry;
+        let by_principal = principal.and_then(|p| r.blocked_principals.get(p));
+        let by_agent = r.blocked_agents.get(grantee);
+        let facts = Facts {
+            grantee_blocked: by_agent.is_some(),
+            principal_blocked: by_principal.is_some(),
+        };
+        Ok((facts, by_principal.or(by_agent).cloned()))
+    }
+
+    /// Revokes a mandate granted while a block on its grantee or principal
+    /// was being written, on the authority of the administrator who wrote
+    /// the block. The command id is derived from the mandate, so the grant's
+    /// own re-check and every instance's follower (see
+    /// [`Engine::end_blocked_grants`]) write one revoke between them.
+    async fn revoke_blocked_grant(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        mandate: MandateId,
+        block: &Block,
+        refusal: &DomainError,
+        grant: CommandId,
+    ) -> Result<(), EngineError> {
+        let cmd = CommandEnvelope {
+            command_id: CommandId::derived("blocked-grant", &format!("{tenant}/{mandate}")),
+            tenant: tenant.clone(),
+            actor: block.by.clone(),
+            correlation_id: Some(grant.to_string()),
+            schema_version: crate::domain::SCHEMA_VERSION,
+            command: Command::Revoke(crate::domain::command::Change {
+                mandate,
+                reason: Some(refusal.to_string()),
+            }),
+        };
+        match self.execute_on(tree, &cmd, &Facts::default()).await {
+            // Ended already, or revoked under this id by another instance
+            // that read the registry a moment apart (another reason).
+            Ok(_)
+            | Err(EngineError::Rejected(
+                DomainError::Terminal { .. } | DomainError::CommandIdReused { .. },
+            )) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The second line behind a grant's own re-check, for a writer that
+    /// died between its append and that re-check: every instance, as it
+    /// applies a commit, ends each mandate the commit granted to a blocked
+    /// agent or as a root of a blocked principal (as the registry stands in
+    /// its projection). In log order the block is applied before any grant
+    /// that came after it, so none escapes while some instance follows the
+    /// log. Runs in the background; a failure is logged, and the next
+    /// instance to apply the commit tries again.
+    pub(crate) fn end_blocked_grants(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
+        if !self.serves(tenant) || tree.is_registry() {
+            return;
+        }
+        let mut grants = events.iter().filter_map(|e| match &e.body {
+            EventBody::MandateIssued(m) => Some((e.command_id, m)),
+            _ => None,
+        });
+        let Some(first) = grants.next() else { return };
+        let registry = match self
+            .inner
+            .store
+            .tree_shared(tenant, TreeId::registry(tenant))
+        {
+            Ok(Some(snap)) => snap,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(%tenant, error = %e, "cannot read the registry to check a grant");
+                return;
+            }
+        };
+        for (grant, m) in std::iter::once(first).chain(grants) {
+            let r = &registry.tree.registry;
+            let by_principal = r
+                .blocked_principals
+                .get(&m.principal)
+                .filter(|_| m.parent.is_none())
+                .map(|b| {
+                    (
+                        DomainError::PrincipalBlocked {
+                            principal: m.principal.clone(),
+                        },
+                        b,
+                    )
+                });
+            let by_agent = r.blocked_agents.get(&m.grantee).map(|b| {
+                (
+                    DomainError::AgentBlocked {
+                        agent: m.grantee.clone(),
+                    },
+                    b,
+                )
+            });
+            let Some((refusal, block)) = by_principal.or(by_agent) else {
+                continue;
+            };
+            let (me, tenant, mandate, block) =
+                (self.clone(), tenant.clone(), m.mandate, block.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me
+                    .revoke_blocked_grant(&tenant, tree, mandate, &block, &refusal, grant)
+                    .await
+                {
+                    tracing::warn!(%tenant, %mandate, error = %e, "could not end a grant to a blocked agent or principal; another instance applying it tries again");
+                }
+            });
+        }
+    }
+
+    /// Brings this instance's whole projection up to the log's last position
+    /// as of this call, across every tree and tenant, before a command reads
+    /// an index that spans trees (the agent, principal and mission indexes):
+    /// a mandate another instance acknowledged a moment ago must not escape a
+    /// bulk revoke or a mission completion here. Unlike [`Engine::wait_for_log`]
+    /// it does not wait for the follower (which may lag or be stopped), it
+    /// reads and applies itself, and it never gives up silently.
+    pub(crate) async fn catch_up_to_log_head(&self) -> Result<(), EngineError> {
+        let target = self.inner.log.last_position().await?;
+        let mut after = self.inner.store.checkpoint()?;
+        while after < target {
+            let records = match self.inner.log.read_all(None, after, 1024).await {
+                Ok(records) => records,
+                // A record no tree can be named for: the follower reports and
+                // skips it too; no tree is held up by it.
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) if position > after => {
+                    tracing::error!(position, subject = %subject_or_key, %reason, "corrupt record in the log");
+                    after = position;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = records.last().map(|r| r.position) else {
+                // Nothing readable past `after` (the tail was deleted).
+                break;
+            };
+            for r in &records {
+                if let Applied::Quarantined(reason) = self.apply_record(r, true)? {
+                    tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
+                }
+            }
+            after = last;
+        }
+        Ok(())
     }
 
     /// Brings the projection up to the log for one tree before a read, so an
@@ -187,12 +394,13 @@ impl Engine {
         &self,
         tree: TreeId,
         cmd: &CommandEnvelope,
+        facts: &Facts,
     ) -> Result<(CommitInfo, bool), EngineError> {
         let tenant = &cmd.tenant;
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.snapshot(tenant, tree)?;
             let now = Utc::now();
-            let events = match decide(&snap.tree, cmd, now) {
+            let events = match decide(&snap.tree, cmd, facts, now) {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A refusal is never checked by an append, so it must not
@@ -229,7 +437,7 @@ impl Engine {
                     // ids per tenant).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
-                    return match decide(&snap.tree, cmd, now) {
+                    return match decide(&snap.tree, cmd, facts, now) {
                         Ok(again) if again.is_empty() => {
                             Ok((self.original(tenant, &snap, cmd.command_id)?, true))
                         }
@@ -369,6 +577,7 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
+        self.catch_up_to_log_head().await?;
         let base = command.unwrap_or_else(|| {
             CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
         });
@@ -385,7 +594,7 @@ impl Engine {
                     mission_ref: mission.clone(),
                 }),
             };
-            match self.execute_on(tree, &cmd).await {
+            match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
                     commits.push(commit);
@@ -423,7 +632,7 @@ impl Engine {
                 mandate: due.mandate,
             }),
         };
-        match self.execute_on(due.tree, &cmd).await {
+        match self.execute_on(due.tree, &cmd, &Facts::default()).await {
             Ok(_) => Ok(()),
             // Ended otherwise (itself, or an ancestor by an event), or renewed:
             // the queue entry is stale.
@@ -437,32 +646,75 @@ impl Engine {
         }
     }
 
-    /// Revokes every live mandate an agent holds (deprovisioning), or every
-    /// live root a principal granted (offboarding), each as an ordinary
-    /// revoke with a command id derived from the bulk one.
+    /// Deprovisions an agent or offboards a principal: first records a block
+    /// in the tenant's registry (every instance then refuses new mandates to
+    /// the agent, or new roots of the principal, until an administrator
+    /// lifts it), then catches the projection up to the log's head, then
+    /// revokes every live mandate the agent holds, or every live root the
+    /// principal granted, each as an ordinary revoke with a command id
+    /// derived from the bulk one. Only a tenant administrator may: the block
+    /// is tenant-wide.
     #[tracing::instrument(skip_all, fields(tenant = %bulk.tenant, command_id = %bulk.command_id))]
     /// A bulk command only ever comes from outside the engine, so it may
     /// not name an actor reserved for the engine itself.
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
         crate::domain::command::refuse_reserved_actor(&bulk.actor)?;
-        let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
+        let (block, reason) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
-                self.inner.store.mandates_held_by(&bulk.tenant, agent)?,
+                Command::BlockAgent(AgentBlock {
+                    agent: agent.clone(),
+                    reason: reason.clone(),
+                }),
                 reason.clone(),
             ),
             Bulk::RevokePrincipal { principal, reason } => (
-                self.inner
-                    .store
-                    .trees_granted_by(&bulk.tenant, principal)?
-                    .into_iter()
-                    .map(|t| (t, MandateId(t.0)))
-                    .collect(),
+                Command::BlockPrincipal(PrincipalBlock {
+                    principal: principal.clone(),
+                    reason: reason.clone(),
+                }),
                 reason.clone(),
             ),
         };
         if let Some(r) = &reason {
             crate::domain::model::check_text("reason", r, false)?;
         }
+        let block = CommandEnvelope {
+            command_id: CommandId::derived(&bulk.command_id.to_string(), "registry-block"),
+            tenant: bulk.tenant.clone(),
+            actor: bulk.actor.clone(),
+            correlation_id: Some(bulk.command_id.to_string()),
+            schema_version: crate::domain::SCHEMA_VERSION,
+            command: block,
+        };
+        // The block first: a grant racing this command either lands before
+        // it (and is in the log the sweep reads) or reads the block after its
+        // own append and revokes itself (see `execute`).
+        let blocked = match self
+            .execute_on(TreeId::registry(&bulk.tenant), &block, &Facts::default())
+            .await
+        {
+            Ok(commit) => Ok(commit),
+            // A quarantined registry already refuses every grant (fail
+            // closed); the sweep must still end what is live, and the
+            // quarantine is reported after it.
+            Err(EngineError::Quarantined(reason)) => Err(reason),
+            Err(e) => return Err(e),
+        };
+        // The agent and principal indexes span trees: bring all of them up
+        // to the log before reading them.
+        self.catch_up_to_log_head().await?;
+        let targets: Vec<(TreeId, MandateId)> = match &bulk.bulk {
+            Bulk::RevokeAgent { agent, .. } => {
+                self.inner.store.mandates_held_by(&bulk.tenant, agent)?
+            }
+            Bulk::RevokePrincipal { principal, .. } => self
+                .inner
+                .store
+                .trees_granted_by(&bulk.tenant, principal)?
+                .into_iter()
+                .map(|t| (t, MandateId(t.0)))
+                .collect(),
+        };
         let now = Utc::now();
         let mut commits = Vec::new();
         let mut duplicate = true;
@@ -488,7 +740,7 @@ impl Engine {
                     reason: reason.clone(),
                 }),
             };
-            match self.execute_on(tree, &cmd).await {
+            match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
                     commits.push(commit);
@@ -497,11 +749,32 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+        let (block_commit, block_duplicate) = blocked.map_err(EngineError::Quarantined)?;
+        commits.insert(0, block_commit);
         Ok(CommandResult {
             command_id: bulk.command_id,
-            duplicate: duplicate && !commits.is_empty(),
+            duplicate: duplicate && block_duplicate,
             mandate: None,
             commits,
         })
+    }
+}
+
+/// The refusal of a grant that `facts` say is blocked.
+fn blocked_refusal(cmd: &CommandEnvelope, facts: &Facts) -> DomainError {
+    match &cmd.command {
+        Command::Issue(i) if facts.principal_blocked => DomainError::PrincipalBlocked {
+            principal: i.principal.clone(),
+        },
+        Command::Issue(i) => DomainError::AgentBlocked {
+            agent: i.grantee.clone(),
+        },
+        Command::Delegate(d) => DomainError::AgentBlocked {
+            agent: d.grantee.clone(),
+        },
+        other => DomainError::InvalidField {
+            field: "type",
+            reason: format!("{} grants no mandate", other.verb()),
+        },
     }
 }

@@ -278,6 +278,9 @@ impl Engine {
             .store
             .apply_commit(&r.tenant, r.tree, r.position, &r.payload, advance)?;
         self.inner.changed.notify_waiters();
+        if let Applied::Applied(events) = &applied {
+            self.end_blocked_grants(&r.tenant, r.tree, events);
+        }
         Ok(applied)
     }
 

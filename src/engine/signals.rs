@@ -32,6 +32,12 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
             Some(format!("mission {} completed", m.mission_ref)),
         ),
         EventBody::ScopeNarrowed(_) | EventBody::MandateRenewed(_) => (SignalKind::Narrowed, None),
+        // Registry events are about no mandate: a block ends nothing by itself
+        // (the bulk command's revokes do, each with its own signal).
+        EventBody::AgentBlocked(_)
+        | EventBody::AgentUnblocked(_)
+        | EventBody::PrincipalBlocked(_)
+        | EventBody::PrincipalUnblocked(_) => return None,
     };
     let mandate = event.body.mandate();
     let status = tree_after.mandates.get(&mandate)?.status;

@@ -1,0 +1,656 @@
+//! Bulk revokes and tenant-level blocks, against a real `nats-server` and
+//! real engine instances:
+//! - a bulk revoke or a mission completion on a lagging instance ends a
+//!   mandate another instance acknowledged a moment earlier;
+//! - a deprovisioned agent or offboarded principal stays blocked on every
+//!   instance until an administrator lifts the block, also when a grant
+//!   races the block.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::served::Instance;
+use common::NatsServer;
+use mandate::client::{Client, ClientError};
+use mandate::domain::command::{Delegate, Issue};
+use mandate::domain::{
+    delegated_id, Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, MandateId,
+    Mission, MissionRef, PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
+};
+use mandate::engine::{Engine, EngineConfig};
+use mandate::log::{EventLog, JetStreamConfig};
+
+/// How long anything asynchronous may take before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Polls `f` until it holds, for at most [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+fn agent_id(s: &str) -> AgentId {
+    AgentId::new(s).unwrap()
+}
+fn principal_id(s: &str) -> PrincipalId {
+    PrincipalId::new(s).unwrap()
+}
+fn admin() -> Actor {
+    Actor::Admin(principal_id("it-admin"))
+}
+fn grants() -> Scope {
+    Scope::parse(["tickets:* on queue/**"]).unwrap()
+}
+fn in_an_hour() -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::hours(1)
+}
+
+fn root_issue(by: &str, grantee: &str, mission_ref: Option<&str>) -> Issue {
+    Issue {
+        principal: principal_id(by),
+        grantee: agent_id(grantee),
+        mission: Mission {
+            purpose: "bulk test".into(),
+            mission_ref: mission_ref.map(|r| MissionRef::new(r).unwrap()),
+        },
+        scope: grants(),
+        not_after: in_an_hour(),
+        depth: 4,
+        step_up: vec![],
+        supervisors: vec![],
+    }
+}
+
+fn delegation(parent: MandateId, grantee: &str) -> Delegate {
+    Delegate {
+        parent,
+        grantee: agent_id(grantee),
+        scope: grants(),
+        not_after: None,
+        depth: None,
+        step_up: vec![],
+        supervisors: vec![],
+    }
+}
+
+/// Two engines on one server: `a` serves requests over NATS, `b` is opened
+/// without its background tasks, so its projection holds only what it
+/// catches up itself (a deterministically lagging instance).
+struct Pair {
+    _server: NatsServer,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    a: Instance,
+    b: Engine,
+    nc: async_nats::Client,
+}
+
+impl Pair {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Instance::start(&server.url(), dirs.0.path()).await;
+        let nc = async_nats::connect(server.url()).await.unwrap();
+        let b = Engine::nats(
+            async_nats::connect(server.url()).await.unwrap(),
+            dirs.1.path(),
+            JetStreamConfig::default(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        let probe = Client::nats(nc.clone(), tenant(), admin()).with_timeout(PATIENCE / 10);
+        eventually("instance A answers requests", || {
+            let probe = probe.clone();
+            async move { probe.health().await.is_ok() }
+        })
+        .await;
+        Self {
+            _server: server,
+            _dirs: dirs,
+            a,
+            b,
+            nc,
+        }
+    }
+
+    /// A client served by A over NATS.
+    fn on_a(&self, actor: Actor) -> Client {
+        Client::nats(self.nc.clone(), tenant(), actor)
+    }
+
+    /// A client of the lagging instance B, in process.
+    fn on_b(&self, actor: Actor) -> Client {
+        Client::local(self.b.clone(), tenant(), actor)
+    }
+
+    async fn stop(self) {
+        self.a.stop().await;
+    }
+}
+
+async fn status(c: &Client, m: MandateId) -> Status {
+    c.status(m, None).await.expect("status").effective.status
+}
+
+// ---------------------------------------------------------------------------
+// Bulk commands and mission completion catch up to the log first
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsewhere() {
+    // Given a tree that B has seen, and a delegation to the contractor that
+    // only A has acknowledged
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.b.catch_up().await.unwrap();
+    let contractor = p
+        .on_a(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "contractor"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    // When B deprovisions the contractor
+    p.on_b(admin())
+        .revoke_agent(agent_id("contractor"), None)
+        .await
+        .unwrap();
+    // Then the new mandate is ended, as every instance reads it
+    assert_eq!(
+        status(&p.on_a(admin()), contractor).await,
+        Status::Revoked,
+        "the delegation acknowledged on A survived a deprovisioning on B"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_principal_on_a_lagging_instance_ends_a_root_acknowledged_elsewhere() {
+    // Given a root that only A has acknowledged
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    // When B offboards its principal
+    p.on_b(admin())
+        .revoke_principal(principal_id("alice"), None)
+        .await
+        .unwrap();
+    // Then the root is ended
+    assert_eq!(
+        status(&p.on_a(admin()), root).await,
+        Status::Revoked,
+        "the root acknowledged on A survived an offboarding on B"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsewhere() {
+    // Given a tree for a mission that only A has acknowledged
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", Some("jira:FIN-42")))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    // When B completes the mission
+    p.on_b(admin())
+        .complete_mission(MissionRef::new("jira:FIN-42").unwrap())
+        .await
+        .unwrap();
+    // Then the tree is completed
+    assert_eq!(
+        status(&p.on_a(admin()), root).await,
+        Status::Completed,
+        "the tree acknowledged on A survived a mission completion on B"
+    );
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// Deprovisioning and offboarding last
+// ---------------------------------------------------------------------------
+
+/// Asserts a refusal with code `forbidden` whose message names `who`.
+fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>, who: &str) {
+    let err = result.expect_err("a grant involving a blocked agent or principal was accepted");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert!(
+        err.to_string().contains(who) && err.to_string().contains("blocked"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instance() {
+    // Given a root, and the contractor deprovisioned on instance B
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_b(admin())
+        .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
+        .await
+        .unwrap();
+    // When the lead delegates to the contractor again, through A
+    let again = p
+        .on_a(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "contractor"))
+        .await;
+    // Then it is refused, naming the agent
+    assert_blocked(again, "contractor");
+    // And a new root for the contractor is refused as well
+    assert_blocked(
+        p.on_a(Actor::Principal(principal_id("alice")))
+            .issue(root_issue("alice", "contractor", None))
+            .await,
+        "contractor",
+    );
+    // And the lagging instance, which never ran its follower, refuses too
+    assert_blocked(
+        p.on_b(Actor::Agent(agent_id("lead")))
+            .delegate(delegation(root, "contractor"))
+            .await,
+        "contractor",
+    );
+    // While other agents still receive mandates
+    p.on_a(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "employee"))
+        .await
+        .expect("an unblocked agent receives a mandate");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance() {
+    // Given alice offboarded on instance A
+    let p = Pair::start().await;
+    p.on_a(admin())
+        .revoke_principal(principal_id("alice"), Some("left the company".into()))
+        .await
+        .unwrap();
+    // When she (or an administrator for her) issues a root, on B
+    for actor in [Actor::Principal(principal_id("alice")), admin()] {
+        let again = p.on_b(actor).issue(root_issue("alice", "lead", None)).await;
+        // Then it is refused, naming her
+        assert_blocked(again, "alice");
+    }
+    // And bob is not affected
+    p.on_b(Actor::Principal(principal_id("bob")))
+        .issue(root_issue("bob", "lead", None))
+        .await
+        .expect("another principal still grants");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_racing_a_deprovisioning_never_survives_it() {
+    // Given a root held by the lead
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.b.catch_up().await.unwrap();
+    let reader = p.on_a(admin());
+    for round in 0..12 {
+        let temp = format!("temp-{round}");
+        // When the lead delegates to an agent on A while B deprovisions it
+        let grant = CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: Actor::Agent(agent_id("lead")),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::Delegate(delegation(root, &temp)),
+        };
+        let lead = p.on_a(Actor::Agent(agent_id("lead")));
+        let b_admin = p.on_b(admin());
+        let (granted, bulk) = tokio::join!(
+            lead.send(&grant),
+            b_admin.revoke_agent(agent_id(&temp), None)
+        );
+        bulk.expect("the deprovisioning succeeds");
+        // Then whichever came first, the agent holds nothing live: either
+        // the grant was refused before it was written, or the mandate it
+        // wrote is ended (by the sweep, or by the grant's own re-check)
+        let mandate = delegated_id(&tenant(), grant.command_id);
+        match reader.status(mandate, None).await {
+            Ok(s) => assert!(
+                s.effective.status.is_terminal(),
+                "round {round}: the racing delegation to {temp} is {:?} after the deprovisioning (grant answered {granted:?})",
+                s.effective.status
+            ),
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::NotFound), "round {round}: {e}");
+                assert!(granted.is_err(), "round {round}: granted but not found");
+            }
+        }
+        if let Err(e) = &granted {
+            assert_eq!(e.code(), Some(ErrorCode::Forbidden), "round {round}: {e}");
+        }
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
+    // Given the contractor deprovisioned and alice offboarded
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("carol")))
+        .issue(root_issue("carol", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_b(admin())
+        .revoke_agent(agent_id("contractor"), None)
+        .await
+        .unwrap();
+    p.on_a(admin())
+        .revoke_principal(principal_id("alice"), None)
+        .await
+        .unwrap();
+    // When anyone but an administrator tries to lift them, it is refused
+    for actor in [
+        Actor::Principal(principal_id("carol")),
+        Actor::Agent(agent_id("contractor")),
+    ] {
+        let err = p
+            .on_a(actor.clone())
+            .unblock_agent(agent_id("contractor"), None)
+            .await
+            .expect_err("a non-administrator lifted a block");
+        assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    }
+    let err = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .unblock_principal(principal_id("alice"), None)
+        .await
+        .expect_err("a principal lifted its own block");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
+    assert_blocked(
+        p.on_b(Actor::Agent(agent_id("lead")))
+            .delegate(delegation(root, "contractor"))
+            .await,
+        "contractor",
+    );
+    // When an administrator lifts them on A
+    p.on_a(admin())
+        .unblock_agent(agent_id("contractor"), Some("rehired".into()))
+        .await
+        .unwrap();
+    p.on_a(admin())
+        .unblock_principal(principal_id("alice"), None)
+        .await
+        .unwrap();
+    // Then the lagging instance B grants again
+    p.on_b(Actor::Agent(agent_id("lead")))
+        .delegate(delegation(root, "contractor"))
+        .await
+        .expect("a delegation to the rehired contractor");
+    p.on_b(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .expect("a root of the returning principal");
+    // And a block that is not in place cannot be lifted
+    let err = p
+        .on_a(admin())
+        .unblock_agent(agent_id("contractor"), None)
+        .await
+        .expect_err("lifted a block that was not in place");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidState), "{err}");
+    // And the registry is part of the projection a rebuild reproduces
+    assert!(
+        p.b.rebuild_check().await.unwrap().equal,
+        "B differs from a rebuild"
+    );
+    assert!(
+        p.a.engine.rebuild_check().await.unwrap().equal,
+        "A differs from a rebuild"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_refused() {
+    // Given a delegation written before any block, and then a block on its
+    // grantee written without a sweep (a bare `block_agent`)
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let grant = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor: Actor::Agent(agent_id("lead")),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Delegate(delegation(root, "contractor")),
+    };
+    let lead = p.on_a(Actor::Agent(agent_id("lead")));
+    lead.send(&grant).await.unwrap();
+    let mandate = delegated_id(&tenant(), grant.command_id);
+    p.on_b(admin())
+        .send(&CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
+                agent: agent_id("contractor"),
+                reason: None,
+            }),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&p.on_a(admin()), mandate).await, Status::Active);
+    // When the grant is retried (its answer lost), so that its append is
+    // already in the log and the block is found only after it
+    let retried = lead.send(&grant).await;
+    // Then the mandate is revoked on the administrator's authority, and the
+    // grant is refused
+    assert_blocked(retried, "contractor");
+    let reader = p.on_a(admin());
+    assert_eq!(status(&reader, mandate).await, Status::Revoked);
+    let s = reader.status(mandate, None).await.unwrap();
+    assert_eq!(
+        s.mandate.transition.map(|t| t.by),
+        Some(admin()),
+        "revoked on the blocking administrator's authority"
+    );
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower() {
+    // Given a root, and a bare block on the contractor written on A
+    let p = Pair::start().await;
+    let root = p
+        .on_a(Actor::Principal(principal_id("alice")))
+        .issue(root_issue("alice", "lead", None))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    p.on_a(admin())
+        .send(&CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: SCHEMA_VERSION,
+            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
+                agent: agent_id("contractor"),
+                reason: None,
+            }),
+        })
+        .await
+        .unwrap();
+    // When a writer that read no block appends a delegation to the
+    // contractor and dies before it reads the registry again
+    p.b.catch_up().await.unwrap();
+    let tree = mandate::domain::TreeId(root.0);
+    let snap = p.b.store().tree(&tenant(), tree).unwrap().unwrap();
+    let grant = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: tenant(),
+        actor: Actor::Agent(agent_id("lead")),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Delegate(delegation(root, "contractor")),
+    };
+    let events = mandate::domain::decide(
+        &snap.tree,
+        &grant,
+        &mandate::domain::Facts::default(),
+        Utc::now(),
+    )
+    .unwrap();
+    p.b.log()
+        .append(
+            &tenant(),
+            tree,
+            snap.position,
+            grant.command_id,
+            mandate::domain::Event::encode_commit(&events).into(),
+        )
+        .await
+        .unwrap();
+    // Then the instances that follow the log end the new mandate
+    let mandate = delegated_id(&tenant(), grant.command_id);
+    let reader = p.on_a(admin());
+    eventually(
+        "the orphaned delegation to a blocked agent is revoked",
+        || {
+            let reader = reader.clone();
+            async move {
+                reader
+                    .status(mandate, None)
+                    .await
+                    .map(|s| s.effective.status == Status::Revoked)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await;
+    p.stop().await;
+}
+
+// ---------------------------------------------------------------------------
+// The command line
+// ---------------------------------------------------------------------------
+
+/// Runs the `mandate` binary on the embedded engine under `data`.
+fn cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_TENANT")
+        .env_remove("MANDATE_ACTOR")
+        .output()
+        .expect("run the mandate binary")
+}
+
+fn cli_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_cli_lifts_a_block_that_revoke_agent_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issue_to_contractor = [
+        "--actor",
+        "principal:cfo",
+        "issue",
+        "--principal",
+        "cfo",
+        "--agent",
+        "contractor",
+        "--purpose",
+        "audit",
+        "--grant",
+        "finance:read on reports/**",
+        "--ttl",
+        "1h",
+    ];
+    let revoked = cli(d, &["--actor", "admin:it", "revoke-agent", "contractor"]);
+    assert!(revoked.status.success(), "{}", cli_text(&revoked));
+    // Refused by the rules while blocked: exit code 5, naming the agent.
+    let refused = cli(d, &issue_to_contractor);
+    assert_eq!(refused.status.code(), Some(5), "{}", cli_text(&refused));
+    assert!(
+        cli_text(&refused).contains("contractor"),
+        "{}",
+        cli_text(&refused)
+    );
+    // Only an administrator lifts it.
+    let not_admin = cli(
+        d,
+        &["--actor", "principal:cfo", "unblock-agent", "contractor"],
+    );
+    assert_eq!(not_admin.status.code(), Some(5), "{}", cli_text(&not_admin));
+    let lifted = cli(d, &["--actor", "admin:it", "unblock-agent", "contractor"]);
+    assert!(lifted.status.success(), "{}", cli_text(&lifted));
+    let issued = cli(d, &issue_to_contractor);
+    assert!(issued.status.success(), "{}", cli_text(&issued));
+    // The same for a principal.
+    let offboarded = cli(d, &["--actor", "admin:it", "revoke-principal", "cfo"]);
+    assert!(offboarded.status.success(), "{}", cli_text(&offboarded));
+    assert_eq!(cli(d, &issue_to_contractor).status.code(), Some(5));
+    let lifted = cli(d, &["--actor", "admin:it", "unblock-principal", "cfo"]);
+    assert!(lifted.status.success(), "{}", cli_text(&lifted));
+    assert!(cli(d, &issue_to_contractor).status.success());
+}
