@@ -9,7 +9,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew, Target};
+use mandate::domain::command::{
+    Change, CompleteMission, Delegate, Issue, Narrow, Renew, Resolution, ResolveQuarantine, Target,
+};
 use mandate::domain::{
     apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, AgentId, Command,
     CommandEnvelope, CommandId, DenyReason, DomainError, Event, EventBody, Grantor, MandateId,
@@ -1443,4 +1445,122 @@ fn verify_chain_catches_a_renumbered_event() {
     let err = verify_chain(&history).unwrap_err();
 
     assert_eq!(err.seq, 9);
+}
+
+// ---------------------------------------------------------------------------
+// Quarantine: a corrupt record freezes nothing live
+// ---------------------------------------------------------------------------
+
+/// The tree as the projection holds it after a bad record at `position`.
+fn quarantined(mut g: Given, position: u64) -> Given {
+    g.tree.quarantine = Some(mandate::domain::Quarantine {
+        position,
+        reason: "malformed commit".into(),
+    });
+    g
+}
+
+fn resolve(actor: Actor, position: u64, action: Resolution) -> CommandEnvelope {
+    by(
+        actor,
+        Command::ResolveQuarantine(ResolveQuarantine {
+            mandate: child(),
+            position,
+            action,
+            reason: None,
+        }),
+    )
+}
+
+#[test]
+fn authorize_denies_under_a_quarantined_tree_naming_the_position() {
+    let g = quarantined(given([issue_root(), delegate_child()]), 7);
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(
+        d.reason,
+        Some(DenyReason::Quarantined {
+            tree: tree_id(),
+            position: 7
+        })
+    );
+}
+
+#[test]
+fn a_quarantined_tree_refuses_every_command_but_its_resolution() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(revoke(alice(), child()))
+        .then_error(DomainError::Quarantined {
+            tree: tree_id(),
+            position: 7,
+        });
+}
+
+#[test]
+fn only_an_administrator_resolves_a_quarantine() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(alice(), 7, Resolution::Restore))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: alice().to_string(),
+            verb: "resolve the quarantine of",
+        });
+}
+
+#[test]
+fn a_resolution_is_refused_on_a_tree_not_quarantined_or_at_another_position() {
+    given([issue_root(), delegate_child()])
+        .when(resolve(admin(), 7, Resolution::Restore))
+        .then_error(DomainError::NotQuarantined {
+            tree: tree_id(),
+            position: 7,
+        });
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(admin(), 8, Resolution::End))
+        .then_error(DomainError::NotQuarantined {
+            tree: tree_id(),
+            position: 8,
+        });
+}
+
+#[test]
+fn a_restore_names_the_skipped_position_chains_from_the_last_good_event_and_lifts_it() {
+    let g = quarantined(given([issue_root(), delegate_child()]), 7);
+    let last_good = g.history.last().unwrap().hash();
+    g.when(resolve(admin(), 7, Resolution::Restore))
+        .then_events(|events, after| {
+            let e = only(events);
+            assert_eq!(
+                (e.seq, e.prev_hash.as_deref()),
+                (3, Some(last_good.as_str()))
+            );
+            assert!(matches!(
+                &e.body,
+                EventBody::QuarantineResolved(r)
+                    if r.position == 7 && r.mandate == root() && r.action == Resolution::Restore
+            ));
+            assert_eq!(after.quarantine, None);
+            let d = authorize(after, child(), "finance:read", "reports/q3/summary", t0());
+            assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+        });
+}
+
+#[test]
+fn ending_a_quarantined_tree_revokes_its_root_so_nothing_in_it_is_live() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(admin(), 7, Resolution::End))
+        .then_events(|_, after| {
+            assert_eq!(after.quarantine, None);
+            assert_eq!(after.mandates[&root()].status, Status::Revoked);
+            assert_eq!(
+                after.effective(child(), t0()).unwrap().status,
+                Status::Revoked
+            );
+        });
 }

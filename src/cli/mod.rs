@@ -227,7 +227,8 @@ fn client_failure(e: ClientError) -> Failure {
             ErrorCode::Forbidden
             | ErrorCode::Terminal
             | ErrorCode::InvalidState
-            | ErrorCode::Conflict => 5,
+            | ErrorCode::Conflict
+            | ErrorCode::Quarantined => 5,
             ErrorCode::Internal => 6,
         },
         ClientError::NoEngine(_) | ClientError::TimedOut(_) | ClientError::Nats(_) => 4,

@@ -22,7 +22,9 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{authorize, Decision, DenyReason, MandateId, Outcome, Status, TenantId, Tree};
+use crate::domain::{
+    authorize, Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree,
+};
 use crate::protocol::{signal_subject, Signal, SignalKind};
 
 use super::{Client, ClientError};
@@ -55,6 +57,9 @@ pub enum GuardState {
     Terminated(Status),
     /// The engine has not been heard within the lease: denying.
     Stale,
+    /// The tree is quarantined (a corrupt record in its stream): denying
+    /// until a re-read succeeds, e.g. after an administrator restores it.
+    Quarantined,
 }
 
 /// Shares one subscription per mandate subject among the guards of a process.
@@ -148,6 +153,9 @@ struct Inner {
     terminated: Mutex<Option<Status>>,
     /// Set by a suspending signal until the next re-read.
     suspended: Mutex<bool>,
+    /// Set by a `quarantined` signal, or by a re-read the engine refused
+    /// because the tree is quarantined; cleared by a re-read that succeeds.
+    quarantined: Mutex<Option<DenyReason>>,
     cancel: CancellationToken,
     changed: watch::Sender<u64>,
 }
@@ -197,6 +205,7 @@ impl Guard {
             last_heard: Mutex::new(Instant::now()),
             terminated: Mutex::new(None),
             suspended: Mutex::new(false),
+            quarantined: Mutex::new(None),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
         });
@@ -234,6 +243,9 @@ impl Guard {
         if let Some(s) = self.inner.terminated_status() {
             return GuardState::Terminated(s);
         }
+        if self.inner.quarantine().is_some() {
+            return GuardState::Quarantined;
+        }
         if self.inner.stale() {
             return GuardState::Stale;
         }
@@ -262,7 +274,7 @@ impl Guard {
             match self.state() {
                 GuardState::Active => return Ok(()),
                 GuardState::Terminated(s) => return Err(s),
-                GuardState::Paused | GuardState::Stale => {}
+                GuardState::Paused | GuardState::Stale | GuardState::Quarantined => {}
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(Status::Revoked) },
@@ -299,6 +311,18 @@ impl Inner {
         *self.terminated.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn quarantine(&self) -> Option<DenyReason> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_quarantine(&self, reason: Option<DenyReason>) {
+        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     fn stale(&self) -> bool {
         self.last_heard
             .lock()
@@ -319,6 +343,8 @@ impl Inner {
                 status,
                 cause: None,
             })
+        } else if let Some(reason) = self.quarantine() {
+            Some(reason)
         } else if *self.suspended.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(DenyReason::NotActive {
                 status: Status::Paused,
@@ -360,9 +386,24 @@ impl Inner {
     }
 
     async fn refresh(&self) -> Result<(), ClientError> {
-        let tree = read_tree(&self.client, self.mandate).await?;
+        let tree = match read_tree(&self.client, self.mandate).await {
+            Ok(tree) => tree,
+            Err(ClientError::Engine(body)) if body.code == ErrorCode::Quarantined => {
+                // The engine heard us and refuses: deny until a re-read
+                // succeeds. A reason from the signal (it names the position)
+                // is kept.
+                if self.quarantine().is_none() {
+                    self.set_quarantine(Some(DenyReason::Unverified {
+                        reason: body.message.clone(),
+                    }));
+                }
+                return Err(ClientError::Engine(body));
+            }
+            Err(e) => return Err(e),
+        };
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = tree;
         *self.suspended.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.settle();
         Ok(())
@@ -387,7 +428,16 @@ async fn signal_loop(
                 *inner.suspended.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 inner.changed.send_modify(|v| *v += 1);
             }
-            SignalKind::Resumed | SignalKind::Narrowed => {}
+            SignalKind::Quarantined => {
+                inner.set_quarantine(Some(DenyReason::Quarantined {
+                    tree: signal.tree,
+                    position: signal.position.unwrap_or_default(),
+                }));
+                // The engine refuses to read a quarantined tree: a re-read
+                // would only confirm it.
+                continue;
+            }
+            SignalKind::Resumed | SignalKind::Narrowed | SignalKind::Restored => {}
         }
         // Terminal is absorbing: after a termination there is nothing left to
         // learn, and skipping the re-read keeps a cascade over thousands of

@@ -65,6 +65,9 @@ pub enum Command {
     Narrow(Narrow),
     /// Set a new `not_after`, never past the parent's.
     Renew(Renew),
+    /// An administrator's decision on a quarantined tree: restore it or end
+    /// it for good, skipping the bad record (which stays in the log).
+    ResolveQuarantine(ResolveQuarantine),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -141,6 +144,31 @@ pub struct Renew {
     pub not_after: DateTime<Utc>,
 }
 
+/// What an administrator does with a quarantined tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The bad record is skipped and the tree grants again from its last
+    /// good state.
+    Restore,
+    /// The bad record is skipped and the tree ends for good (its root is
+    /// revoked, so every mandate in it is terminal).
+    End,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveQuarantine {
+    /// Any mandate of the tree (usually the root, whose id is the tree's).
+    pub mandate: MandateId,
+    /// The log position of the bad record, as the quarantine names it.
+    pub position: u64,
+    pub action: Resolution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
 /// The names of command types this build knows, as on the wire.
 pub const COMMAND_TYPES: &[&str] = &[
     "issue",
@@ -153,6 +181,7 @@ pub const COMMAND_TYPES: &[&str] = &[
     "complete_mission",
     "narrow",
     "renew",
+    "resolve_quarantine",
 ];
 
 impl Command {
@@ -169,6 +198,7 @@ impl Command {
             Command::CompleteMission(_) => "complete_mission",
             Command::Narrow(_) => "narrow",
             Command::Renew(_) => "renew",
+            Command::ResolveQuarantine(_) => "resolve_quarantine",
         }
     }
 
@@ -184,6 +214,7 @@ impl Command {
             Command::Expire(t) => Some(t.mandate),
             Command::Narrow(n) => Some(n.mandate),
             Command::Renew(r) => Some(r.mandate),
+            Command::ResolveQuarantine(r) => Some(r.mandate),
         }
     }
 }
@@ -290,6 +321,11 @@ impl CommandEnvelope {
             Command::Pause(c) | Command::Resume(c) | Command::Revoke(c) | Command::Complete(c) => {
                 if let Some(r) = &c.reason {
                     check_text("reason", r, false)?;
+                }
+            }
+            Command::ResolveQuarantine(r) => {
+                if let Some(reason) = &r.reason {
+                    check_text("reason", reason, false)?;
                 }
             }
             Command::Expire(_)

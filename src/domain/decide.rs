@@ -8,7 +8,7 @@ use super::error::DomainError;
 use super::event::{Event, EventBody, SCHEMA_VERSION};
 use super::ids::EventId;
 use super::model::{Actor, Mandate, Tree};
-use super::{amend, issue, lifecycle};
+use super::{amend, issue, lifecycle, quarantine};
 
 /// Decides what `cmd` means for `tree` at `now`.
 ///
@@ -39,6 +39,15 @@ pub fn decide(
         return Ok(Vec::new());
     }
     cmd.validate()?;
+    // A quarantined tree changes only by an administrator's resolution.
+    if let Some(q) = &tree.quarantine {
+        if !matches!(cmd.command, Command::ResolveQuarantine(_)) {
+            return Err(DomainError::Quarantined {
+                tree: tree.id,
+                position: q.position,
+            });
+        }
+    }
     let bodies = match &cmd.command {
         Command::Issue(c) => issue::issue(tree, &cmd.actor, c, now)?,
         Command::Delegate(c) => issue::delegate(tree, &cmd.actor, cmd.command_id, c, now)?,
@@ -50,6 +59,7 @@ pub fn decide(
         Command::CompleteMission(c) => lifecycle::complete_mission(tree, &cmd.actor, c, now)?,
         Command::Narrow(c) => amend::narrow(tree, &cmd.actor, c, now)?,
         Command::Renew(c) => amend::renew(tree, &cmd.actor, c, now)?,
+        Command::ResolveQuarantine(c) => quarantine::resolve(tree, &cmd.actor, c)?,
     };
     Ok(envelop(tree, cmd, now, bodies))
 }

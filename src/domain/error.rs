@@ -134,6 +134,24 @@ pub enum DomainError {
     /// A command id this tree has seen, with different content.
     #[error("command id {command_id} was already used for another command")]
     CommandIdReused { command_id: CommandId },
+    /// The tree's stream holds a record that does not decode or breaks its
+    /// chain: nothing is granted or changed until an administrator resolves it.
+    #[error("tree {tree} is quarantined: the record at log position {position} is corrupt")]
+    Quarantined { tree: TreeId, position: u64 },
+    /// A quarantine resolution for a tree that is not quarantined, or that
+    /// names another position than the quarantine's.
+    #[error("tree {tree} is not quarantined at log position {position}")]
+    NotQuarantined { tree: TreeId, position: u64 },
+    /// The tree holds an event of a newer schema version than this instance
+    /// reads: it cannot answer for the tree (a newer instance can). Not a
+    /// quarantine.
+    #[error("tree {tree} has an event of schema version {version} at log position {position}; this instance reads {supported}")]
+    TreeTooNew {
+        tree: TreeId,
+        position: u64,
+        version: u64,
+        supported: u32,
+    },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -155,6 +173,8 @@ pub enum ErrorCode {
     InvalidState,
     Unavailable,
     Internal,
+    /// The tree is quarantined (see `DomainError::Quarantined`).
+    Quarantined,
 }
 
 impl DomainError {
@@ -187,7 +207,10 @@ impl DomainError {
             | NotPaused { .. }
             | NotYetExpired { .. }
             | MissionMismatch { .. }
-            | MissionCompleted { .. } => ErrorCode::InvalidState,
+            | MissionCompleted { .. }
+            | NotQuarantined { .. } => ErrorCode::InvalidState,
+            Quarantined { .. } => ErrorCode::Quarantined,
+            TreeTooNew { .. } => ErrorCode::Unavailable,
         }
     }
 }

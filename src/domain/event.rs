@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::command::Resolution;
 use super::error::DomainError;
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 use super::model::{Actor, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
@@ -77,6 +78,9 @@ pub enum EventBody {
     MissionCompleted(MissionCompleted),
     ScopeNarrowed(ScopeNarrowed),
     MandateRenewed(MandateRenewed),
+    /// An administrator resolved a quarantine: the bad record at `position`
+    /// is skipped, and the tree is restored or ended (root revoked).
+    QuarantineResolved(QuarantineResolved),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -125,6 +129,17 @@ pub struct MandateRenewed {
     pub not_after: DateTime<Utc>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuarantineResolved {
+    /// The root mandate.
+    pub mandate: MandateId,
+    /// The log position of the bad record that is skipped.
+    pub position: u64,
+    pub action: Resolution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The names of event types this build knows, as on the wire.
 pub const EVENT_TYPES: &[&str] = &[
     "mandate_issued",
@@ -136,6 +151,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "mission_completed",
     "scope_narrowed",
     "mandate_renewed",
+    "quarantine_resolved",
 ];
 
 impl EventBody {
@@ -151,6 +167,7 @@ impl EventBody {
             EventBody::MissionCompleted(m) => m.mandate,
             EventBody::ScopeNarrowed(n) => n.mandate,
             EventBody::MandateRenewed(r) => r.mandate,
+            EventBody::QuarantineResolved(q) => q.mandate,
         }
     }
 
@@ -166,6 +183,7 @@ impl EventBody {
             EventBody::MissionCompleted(_) => "mission_completed",
             EventBody::ScopeNarrowed(_) => "scope_narrowed",
             EventBody::MandateRenewed(_) => "mandate_renewed",
+            EventBody::QuarantineResolved(_) => "quarantine_resolved",
         }
     }
 }
@@ -384,6 +402,21 @@ pub fn apply(tree: &mut Tree, event: &Event) {
         EventBody::MandateRenewed(r) => {
             if let Some(m) = tree.mandates.get_mut(&r.mandate) {
                 m.not_after = r.not_after;
+            }
+        }
+        EventBody::QuarantineResolved(q) => {
+            tree.quarantine = None;
+            // Terminal is absorbing: a root that already ended keeps its end.
+            let live = tree
+                .mandates
+                .get(&q.mandate)
+                .is_some_and(|m| !m.status.is_terminal());
+            if q.action == Resolution::End && live {
+                let reason = Some(format!(
+                    "ended by an administrator after the bad record at log position {}",
+                    q.position
+                ));
+                set(tree, q.mandate, transition(Status::Revoked, &reason));
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod ids;
 mod issue;
 mod lifecycle;
 pub mod model;
+mod quarantine;
 pub mod scope;
 pub mod status;
 
@@ -30,6 +31,6 @@ pub use event::{
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
-pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Tree};
+pub use model::{Actor, Grantor, Mandate, Mission, MissionRef, Quarantine, Tree};
 pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;

@@ -11,7 +11,7 @@ use crate::domain::{
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
-use crate::store::{Applied, DueExpiry, TreeSnapshot};
+use crate::store::{DueExpiry, TreeSnapshot};
 
 use super::{signal_for, Engine, EngineError};
 
@@ -149,8 +149,16 @@ impl Engine {
     }
 
     fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<Arc<TreeSnapshot>, EngineError> {
-        if let Some(reason) = self.inner.store.quarantined(tenant, tree)? {
-            return Err(EngineError::Quarantined(reason));
+        // A quarantined tree is refused by `decide` (only its resolution
+        // passes); a tree this build cannot read is refused here.
+        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
+            return Err(DomainError::TreeTooNew {
+                tree,
+                position: u.position,
+                version: u.version,
+                supported: crate::domain::SCHEMA_VERSION,
+            }
+            .into());
         }
         Ok(self
             .inner
@@ -165,15 +173,65 @@ impl Engine {
     }
 
     /// Applies to the projection every commit of the tree past our snapshot.
-    async fn catch_up_tree(
+    /// A corrupt record quarantines the tree (the read that follows refuses
+    /// it); it is not an error of the catch-up.
+    pub(crate) async fn catch_up_tree(
         &self,
         tenant: &TenantId,
         tree: TreeId,
         after: u64,
     ) -> Result<(), EngineError> {
-        for r in self.inner.log.read_tree(tenant, tree, after).await? {
-            if let Applied::Quarantined(reason) = self.apply_record(&r, false)? {
-                return Err(EngineError::Quarantined(reason));
+        match self.inner.log.read_tree(tenant, tree, after).await {
+            Ok(records) => {
+                for r in records {
+                    self.apply_logged(&r, false).await?;
+                }
+                Ok(())
+            }
+            Err(LogError::Corrupt { .. }) => {
+                self.catch_up_tree_past_corrupt(tenant, tree, after).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The slow path of [`Engine::catch_up_tree`] when the log cannot decode
+    /// a record of the tree (a tree read fails as a whole): walks the
+    /// tenant's records up to the tree's head, applying the tree's good ones
+    /// in order and quarantining it at the bad one. Only taken on corruption.
+    async fn catch_up_tree_past_corrupt(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<(), EngineError> {
+        let head = self.inner.log.tree_head(tenant, tree).await?;
+        let mut cursor = after;
+        while cursor < head {
+            match self.inner.log.read_all(Some(tenant), cursor, 1024).await {
+                Ok(records) if records.is_empty() => break,
+                Ok(records) => {
+                    for r in records
+                        .iter()
+                        .filter(|r| r.tree == tree && r.position <= head)
+                    {
+                        self.apply_logged(r, false).await?;
+                    }
+                    cursor = records.last().map_or(head, |r| r.position);
+                }
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) => {
+                    if crate::log::tree_of_subject(&subject_or_key) == Some((tenant.clone(), tree))
+                    {
+                        self.apply_corrupt_record(position, &subject_or_key, &reason, false)
+                            .await?;
+                    }
+                    cursor = position;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

@@ -687,7 +687,7 @@ fn filter(tenant: Option<&TenantId>) -> String {
 /// Tenant and tree of a record's subject. The tree must be spelled exactly as
 /// Mandate spells it: another spelling of the same UUID would be a subject
 /// that `read_tree` never reads.
-fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
+pub(crate) fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
     let mut tokens = subject.split('.');
     let (Some("mandate"), Some("evt"), Some(tenant), Some(tree), None) = (
         tokens.next(),

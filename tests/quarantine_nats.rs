@@ -1,0 +1,508 @@
+//! Quarantine against a real nats-server and real engine instances: a bad
+//! record on a tree's event subject freezes nothing live.
+//!
+//! - a garbage record published straight on `mandate.evt.<tenant>.<tree>`
+//!   makes `check` deny on every instance and stops the tree's guards;
+//!   `status` and `chain` refuse, `health`, `list` and `history` show it;
+//! - an administrator restores it through another instance: every instance
+//!   and the guard allow again, and a rebuild agrees;
+//! - or ends it: every check denies for good and the guard is cancelled,
+//!   also on an instance started afterwards;
+//! - an event of a newer schema version denies with its own reason and is
+//!   no quarantine.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::served::Instance;
+use common::NatsServer;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Client, ClientError, Guard, GuardConfig, GuardState};
+use mandate::domain::command::{Delegate, Issue, Resolution};
+use mandate::domain::{
+    Actor, AgentId, CommandId, Decision, DenyReason, ErrorCode, MandateId, Mission, PrincipalId,
+    Scope, Status, TenantId, TreeId,
+};
+use mandate::engine::Engine;
+use mandate::log::EventLog;
+use mandate::protocol::{CheckQuery, ListQuery, TreeQuery};
+
+/// How long anything asynchronous may take before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Polls `f` until it holds, for at most [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+async fn client(url: &str, actor: Actor) -> Client {
+    let nc = async_nats::connect(url).await.unwrap();
+    Client::nats(nc, tenant(), actor).with_timeout(Duration::from_millis(700))
+}
+
+fn agent(s: &str) -> Actor {
+    Actor::Agent(AgentId::new(s).unwrap())
+}
+
+/// Two instances following one server, both answering.
+async fn two_instances(url: &str) -> (Instance, Instance, tempfile::TempDir, tempfile::TempDir) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start(url, da.path()).await;
+    let b = Instance::start(url, db.path()).await;
+    let probe = client(url, agent("probe")).await;
+    eventually("an engine answers requests", || {
+        let probe = probe.clone();
+        async move { probe.health().await.is_ok() }
+    })
+    .await;
+    (a, b, da, db)
+}
+
+/// Issues root (lead) → worker; returns (root, worker).
+async fn root_and_worker(url: &str) -> (MandateId, MandateId) {
+    let cfo = client(url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let root = cfo
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "quarantine test".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 3,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("issue")
+        .mandate
+        .unwrap();
+    let worker = client(url, agent("lead"))
+        .await
+        .delegate(Delegate {
+            parent: root,
+            grantee: AgentId::new("worker").unwrap(),
+            scope: Scope::parse(["fin:read on ledger/q3"]).unwrap(),
+            not_after: None,
+            depth: None,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("delegate")
+        .mandate
+        .unwrap();
+    (root, worker)
+}
+
+/// Publishes `payload` straight on the tree's event subject, as anyone
+/// allowed to publish there could: no engine, no expected head, no msg id.
+async fn publish_garbage(url: &str, tree: TreeId, payload: &'static [u8]) -> u64 {
+    let nc = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    js.publish(format!("mandate.evt.acme.{tree}"), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+fn guard_config() -> GuardConfig {
+    GuardConfig {
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_record_makes_check_deny_everywhere_and_stops_the_guard() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+    let tree = TreeId(root.0);
+
+    // Given a garbage record on the tree's event subject,
+    publish_garbage(&url, tree, b"{ not a commit").await;
+
+    // then every instance denies checks under the tree,
+    let q = mandate::protocol::CheckQuery {
+        mandate: worker,
+        action: "fin:read".into(),
+        resource: "ledger/q3".into(),
+        at: None,
+        actor: None,
+    };
+    for (name, engine) in [("a", &a.engine), ("b", &b.engine)] {
+        let d = engine.check(&tenant(), &q).await.expect("check answers");
+        assert!(!d.is_allowed(), "instance {name} still allows: {d:?}");
+    }
+    // and the guard stops allowing, well before its heartbeat.
+    eventually("the guard denies", || async {
+        !guard.check("fin:read", "ledger/q3").is_allowed()
+    })
+    .await;
+}
+
+fn check_query(mandate: MandateId) -> CheckQuery {
+    CheckQuery {
+        mandate,
+        action: "fin:read".into(),
+        resource: "ledger/q3".into(),
+        at: None,
+        actor: None,
+    }
+}
+
+async fn check(engine: &Engine, mandate: MandateId) -> Decision {
+    engine
+        .check(&tenant(), &check_query(mandate))
+        .await
+        .expect("check answers")
+}
+
+fn quarantined_at(d: &Decision) -> Option<u64> {
+    match d.reason {
+        Some(DenyReason::Quarantined { position, .. }) if !d.is_allowed() => Some(position),
+        _ => None,
+    }
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+/// Publishes garbage on the tree and waits until both instances deny with
+/// `quarantined` naming its position; returns the position.
+async fn quarantine(url: &str, a: &Instance, b: &Instance, tree: TreeId, worker: MandateId) -> u64 {
+    let position = publish_garbage(url, tree, b"{ not a commit").await;
+    for engine in [&a.engine, &b.engine] {
+        let d = check(engine, worker).await;
+        assert_eq!(quarantined_at(&d), Some(position), "{d:?}");
+    }
+    position
+}
+
+fn admin() -> Actor {
+    Actor::Admin(PrincipalId::new("ops").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_another_instance() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    // Given a garbage record on the tree's subject, checks deny on both,
+    let position = quarantine(&url, &a, &b, tree, worker).await;
+    // the guard hears of it without waiting for its heartbeat,
+    eventually("the guard is quarantined", || async {
+        guard.state() == GuardState::Quarantined
+            && quarantined_at(&guard.check("fin:read", "ledger/q3")) == Some(position)
+    })
+    .await;
+    assert!(
+        !guard.cancellation().is_cancelled(),
+        "a quarantine is not a termination"
+    );
+    // status and chain refuse with their own code, and so do commands,
+    let lead = client(&url, agent("lead")).await;
+    for e in [
+        lead.status(worker, None).await.map(|_| ()).unwrap_err(),
+        lead.chain(worker, None).await.map(|_| ()).unwrap_err(),
+        lead.pause(worker, None).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+        assert!(
+            e.to_string().contains(&format!("position {position}")),
+            "{e}"
+        );
+    }
+    // health and list show it, history keeps answering and marks it.
+    let health = client(&url, admin()).await.health().await.unwrap();
+    assert!(
+        health
+            .quarantined
+            .iter()
+            .any(|q| q.tree == tree && q.position == position),
+        "{health:?}"
+    );
+    let listed = lead
+        .list(ListQuery {
+            agent: Some(AgentId::new("lead").unwrap()),
+            principal: None,
+            mission_ref: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.mandates[0].quarantined, Some(position), "{listed:?}");
+    let history = lead
+        .history(TreeQuery {
+            tree: Some(tree),
+            mandate: None,
+            at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(history.events.len(), 2);
+    assert_eq!(history.quarantine.map(|q| q.position), Some(position));
+
+    // Only an administrator resolves it, and only at the bad position.
+    let e = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap()))
+        .await
+        .resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Forbidden), "{e}");
+    let e = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position + 1, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+
+    // When an administrator restores it through instance B,
+    let restored = b
+        .engine
+        .execute(mandate::domain::CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: 1,
+            command: mandate::domain::Command::ResolveQuarantine(
+                mandate::domain::command::ResolveQuarantine {
+                    mandate: root,
+                    position,
+                    action: Resolution::Restore,
+                    reason: Some("the record was injected; state verified".into()),
+                },
+            ),
+        })
+        .await
+        .expect("restore");
+    // its event continues the chain from the last good event,
+    let event = &restored.commits[0].events[0];
+    assert_eq!(event.seq, 3);
+    assert_eq!(event.prev_hash, Some(history.events[1].hash()));
+    // and instance A allows again, as does the guard.
+    assert!(check(&a.engine, worker).await.is_allowed());
+    eventually("the guard allows again", || async {
+        guard.check("fin:read", "ledger/q3").is_allowed()
+    })
+    .await;
+    let verify = lead
+        .verify(TreeQuery {
+            tree: Some(tree),
+            mandate: None,
+            at: None,
+        })
+        .await
+        .unwrap();
+    assert!(verify.intact, "{verify:?}");
+    // The tree takes commands again.
+    lead.pause(worker, None).await.expect("pause after restore");
+    assert_eq!(
+        lead.status(worker, None).await.unwrap().effective.status,
+        Status::Paused
+    );
+
+    // A rebuild from the log gives the same state, the bad record included.
+    b.caught_up().await;
+    let report = b.engine.rebuild_check().await.unwrap();
+    assert!(report.equal, "{report:?}");
+    b.stop().await;
+    let fresh = tempfile::tempdir().unwrap();
+    let c = Instance::start(&url, fresh.path()).await;
+    c.caught_up().await;
+    let d = check(&c.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Paused,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_ends_a_quarantined_tree_for_good() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    let position = quarantine(&url, &a, &b, tree, worker).await;
+
+    // When an administrator ends it (through whichever instance answers),
+    let ended = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position, Resolution::End, Some("compromised".into()))
+        .await
+        .expect("end");
+    assert_eq!(ended.commits[0].events[0].seq, 3);
+    // every check denies on both instances, as revoked at the root,
+    for engine in [&a.engine, &b.engine] {
+        let d = check(engine, worker).await;
+        assert!(
+            matches!(
+                d.reason,
+                Some(DenyReason::NotActive {
+                    status: Status::Revoked,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+    }
+    // the guard is cancelled,
+    tokio::time::timeout(PATIENCE, guard.cancellation().cancelled())
+        .await
+        .expect("the guard is cancelled");
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
+    // nothing revives it,
+    let e = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+    // and an instance started afterwards, replaying the log, agrees.
+    let fresh = tempfile::tempdir().unwrap();
+    let c = Instance::start(&url, fresh.path()).await;
+    c.caught_up().await;
+    let d = check(&c.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+    let report = c.engine.rebuild_check().await.unwrap();
+    assert!(report.equal, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, _b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+
+    // Given a commit written by a newer build (schema version 2), appended
+    // as a newer instance would: at the head, with a command id,
+    let head = a.engine.log().tree_head(&tenant(), tree).await.unwrap();
+    let nc = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", CommandId::generate().to_string().as_str());
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        head.to_string().as_str(),
+    );
+    let position = js
+        .publish_with_headers(
+            format!("mandate.evt.acme.{tree}"),
+            headers,
+            br#"[{"schema_version": 2, "type": "mandate_paused"}]"#
+                .as_slice()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+
+    // then this instance denies with its own reason,
+    let d = check(&a.engine, worker).await;
+    assert!(
+        matches!(d.reason, Some(DenyReason::UnsupportedVersion { position: p, version: 2, .. }) if p == position),
+        "{d:?}"
+    );
+    let lead = client(&url, agent("lead")).await;
+    let e = lead.status(worker, None).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Unavailable), "{e}");
+    // but it is no quarantine: none is listed, and guards are not told to stop.
+    let health = client(&url, admin()).await.health().await.unwrap();
+    assert!(health.quarantined.is_empty(), "{health:?}");
+    assert!(a
+        .engine
+        .store()
+        .quarantined(&tenant(), tree)
+        .unwrap()
+        .is_none());
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+}
