@@ -9,7 +9,9 @@
 //! - or ends it: every check denies for good and the guard is cancelled,
 //!   also on an instance started afterwards;
 //! - an event of a newer schema version denies with its own reason and is
-//!   no quarantine.
+//!   no quarantine;
+//! - the CLI: `check` exits 1 (denied), `status` 5 (refused), `history`
+//!   marks the bad position, and `seal` / `restore` are for administrators.
 
 mod common;
 
@@ -505,4 +507,80 @@ async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
         .unwrap()
         .is_none());
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+}
+
+/// Runs the `mandate` binary against the server as `actor`, in tenant acme.
+fn cli(url: &str, actor: &str, args: &[&str]) -> std::process::Output {
+    let data = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args([
+            "--nats", url, "--tenant", "acme", "--actor", actor, "--data",
+        ])
+        .arg(data.path())
+        .args(args)
+        .env_remove("MANDATE_SECRET")
+        .output()
+        .expect("run the mandate binary")
+}
+
+fn exit_code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let position = quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    let (worker_s, root_s, pos_s) = (worker.to_string(), root.to_string(), position.to_string());
+
+    // A check is a deny (1); status is refused (5); history still answers
+    // and marks the bad position.
+    let denied = cli(
+        &url,
+        "agent:worker",
+        &["check", &worker_s, "fin:read", "ledger/q3"],
+    );
+    assert_eq!(exit_code(&denied), Some(1), "{denied:?}");
+    let status = cli(&url, "agent:lead", &["status", &worker_s]);
+    assert_eq!(exit_code(&status), Some(5), "{status:?}");
+    let history = cli(&url, "agent:lead", &["history", &worker_s]);
+    assert_eq!(exit_code(&history), Some(0), "{history:?}");
+    assert!(
+        String::from_utf8_lossy(&history.stdout)
+            .contains(&format!("QUARANTINED at log position {position}")),
+        "{history:?}"
+    );
+    // Only an administrator seals it.
+    let refused = cli(
+        &url,
+        "principal:cfo",
+        &["seal", &root_s, "--position", &pos_s],
+    );
+    assert_eq!(exit_code(&refused), Some(5), "{refused:?}");
+    let sealed = cli(&url, "admin:ops", &["seal", &root_s, "--position", &pos_s]);
+    assert_eq!(exit_code(&sealed), Some(0), "{sealed:?}");
+    let d = check(&a.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+    let restore = cli(
+        &url,
+        "admin:ops",
+        &["restore", &root_s, "--position", &pos_s],
+    );
+    assert_eq!(
+        exit_code(&restore),
+        Some(5),
+        "a sealed tree stays ended: {restore:?}"
+    );
 }
