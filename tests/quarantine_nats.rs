@@ -584,3 +584,116 @@ async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() 
         "a sealed tree stays ended: {restore:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    // The worker holds a mandate in each of two trees.
+    let (root1, worker1) = root_and_worker(&url).await;
+    let (root2, worker2) = root_and_worker(&url).await;
+    // Quarantine the tree that a deprovisioning reaches first (mandates are
+    // taken in the order of their ids).
+    let (bad_root, bad, good) = if worker1.to_string() < worker2.to_string() {
+        (root1, worker1, worker2)
+    } else {
+        (root2, worker2, worker1)
+    };
+    quarantine(&url, &a, &b, TreeId(bad_root.0), bad).await;
+
+    // When an administrator deprovisions the worker,
+    let result = client(&url, admin())
+        .await
+        .revoke_agent(AgentId::new("worker").unwrap(), None)
+        .await;
+    // it says that a tree could not be reached,
+    let e = result.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+    // but the healthy tree's mandate is revoked all the same.
+    let d = check(&a.engine, good).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
+fn mission_issue(grantee: &str) -> Issue {
+    Issue {
+        principal: PrincipalId::new("cfo").unwrap(),
+        grantee: AgentId::new(grantee).unwrap(),
+        mission: Mission {
+            purpose: "quarantine test".into(),
+            mission_ref: Some(mandate::domain::MissionRef::new("jira:FIN-7").unwrap()),
+        },
+        scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
+        not_after: Utc::now() + chrono::Duration::hours(1),
+        depth: 3,
+        step_up: vec![],
+        supervisors: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends_the_tree_once_restored(
+) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let cfo = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let root = cfo
+        .issue(mission_issue("lead"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let position = quarantine(&url, &a, &b, TreeId(root.0), root).await;
+    let mission = mandate::domain::MissionRef::new("jira:FIN-7").unwrap();
+
+    // When the intake completes the mission while its only tree is
+    // quarantined (on instance A: which instances learn of a completion
+    // with no event behind it is the mission stream's business),
+    let e = a
+        .engine
+        .complete_mission(&tenant(), &mission, Actor::mission_intake(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::Quarantined, "{e}");
+    // the mission is closed all the same: no new tree may serve it,
+    let e = a
+        .engine
+        .execute(mandate::domain::CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
+            correlation_id: None,
+            schema_version: 1,
+            command: mandate::domain::Command::Issue(mission_issue("other")),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::InvalidState, "{e}");
+    let ops = client(&url, admin()).await;
+    // and once the tree is restored, completing again ends it.
+    ops.resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap();
+    ops.complete_mission(mission).await.unwrap();
+    let d = check(&a.engine, root).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Completed,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}

@@ -409,7 +409,11 @@ impl Engine {
         let result = self
             .complete_mission_trees(tenant, mission, actor, command)
             .await;
-        if result.is_err() && !was_completed {
+        // A completion by the intake or an administrator that only a held
+        // (e.g. quarantined) tree kept from finishing is still a completion:
+        // the mission stays closed to new issues while it is retried.
+        let held_only = privileged && result.as_ref().is_err_and(Held::is_held);
+        if result.is_err() && !was_completed && !held_only {
             self.inner.store.unmark_mission_completed(tenant, mission)?;
         }
         result
@@ -427,6 +431,7 @@ impl Engine {
         });
         let mut commits = Vec::new();
         let mut duplicate = true;
+        let mut held = Held::default();
         for tree in self.inner.store.trees_for_mission(tenant, mission)? {
             let cmd = CommandEnvelope {
                 command_id: CommandId::derived(&base.to_string(), &tree.to_string()),
@@ -445,9 +450,10 @@ impl Engine {
                 }
                 // Already ended another way: nothing to complete there.
                 Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
-                Err(e) => return Err(e),
+                Err(e) => held.hold(e)?,
             }
         }
+        held.result()?;
         Ok(CommandResult {
             command_id: base,
             duplicate: duplicate && !commits.is_empty(),
@@ -516,6 +522,7 @@ impl Engine {
         let now = Utc::now();
         let mut commits = Vec::new();
         let mut duplicate = true;
+        let mut held = Held::default();
         for (tree, mandate) in targets {
             // Skip what is already effectively ended (e.g. below another target).
             if let Some(s) = self.inner.store.tree_shared(&bulk.tenant, tree)? {
@@ -544,14 +551,47 @@ impl Engine {
                     commits.push(commit);
                 }
                 Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
-                Err(e) => return Err(e),
+                Err(e) => held.hold(e)?,
             }
         }
+        held.result()?;
         Ok(CommandResult {
             command_id: bulk.command_id,
             duplicate: duplicate && !commits.is_empty(),
             mandate: None,
             commits,
         })
+    }
+}
+
+/// Trees a command over many trees could not change because they are held
+/// (quarantined, or newer than this build reads). They must not keep the
+/// command from the other trees: a corrupt record on one tree would otherwise
+/// keep an agent's deprovisioning or a mission's completion from all the
+/// trees after it. The first is reported once every other tree is done, so
+/// the caller (or the mission intake, which retries) knows to come back.
+#[derive(Default)]
+struct Held(Option<EngineError>);
+
+impl Held {
+    /// Keeps a held tree's refusal; any other error ends the command at once.
+    fn hold(&mut self, e: EngineError) -> Result<(), EngineError> {
+        if Self::is_held(&e) {
+            self.0.get_or_insert(e);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    fn is_held(e: &EngineError) -> bool {
+        matches!(
+            e,
+            EngineError::Rejected(DomainError::Quarantined { .. } | DomainError::TreeTooNew { .. })
+        )
+    }
+
+    fn result(self) -> Result<(), EngineError> {
+        self.0.map_or(Ok(()), Err)
     }
 }
