@@ -340,6 +340,19 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
         self.catch_up().await?;
+        // Trees an older build could not read past a newer event: this build
+        // may read them now (a rolling upgrade), so try them again at once
+        // rather than on their next read.
+        for (tenant, tree) in self.inner.store.unsupported_trees()? {
+            let position = self
+                .inner
+                .store
+                .tree_shared(&tenant, tree)?
+                .map_or(0, |s| s.position);
+            if let Err(e) = self.catch_up_tree(&tenant, tree, position).await {
+                tracing::warn!(%tenant, %tree, error = %e, "cannot re-read a tree marked as too new");
+            }
+        }
         let projector = self.projector();
         let expiry = self.expiry_scheduler();
         let intake = missions::intake(self.clone());

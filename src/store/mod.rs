@@ -340,6 +340,28 @@ impl Store {
             .collect()
     }
 
+    /// Every tree marked as holding events newer than the build that marked
+    /// it could read, with its tenant.
+    pub fn unsupported_trees(&self) -> Result<Vec<(TenantId, TreeId)>, StoreError> {
+        self.kv
+            .scan_prefix([b'v', SEP])
+            .map(|kv| {
+                let (k, _) = kv?;
+                let bad = || StoreError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "malformed unsupported-version key".into(),
+                };
+                let tenant = k
+                    .split(|b| *b == SEP)
+                    .nth(1)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| TenantId::new(t).ok())
+                    .ok_or_else(bad)?;
+                Ok((tenant, TreeId(parse_last(&k)?)))
+            })
+            .collect()
+    }
+
     /// Whether the tree holds an event newer than this build reads, and where.
     pub fn unsupported(
         &self,
@@ -1005,5 +1027,32 @@ mod tests {
             store.tree(&acme, bad_tree).unwrap().unwrap().tree.version,
             1
         );
+    }
+
+    #[test]
+    fn a_newer_schema_version_holds_the_tree_without_quarantine_until_it_can_be_read() {
+        let store = Store::temporary().unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        let (tree, good) = issue_commit(&acme);
+        let newer = br#"[{"schema_version": 2, "type": "mandate_issued"}]"#;
+        // A commit this build cannot read yet is not corruption,
+        let applied = store.apply_commit(&acme, tree, 1, newer, true).unwrap();
+        assert!(matches!(applied, Applied::Unsupported(_)), "{applied:?}");
+        assert!(store.quarantined(&acme, tree).unwrap().is_none());
+        assert_eq!(store.unsupported(&acme, tree).unwrap().unwrap().version, 2);
+        assert_eq!(
+            store.unsupported_trees().unwrap(),
+            vec![(acme.clone(), tree)]
+        );
+        // nothing after it is applied out of order,
+        let applied = store.apply_commit(&acme, tree, 2, &good, true).unwrap();
+        assert!(matches!(applied, Applied::Unsupported(_)), "{applied:?}");
+        assert!(store.tree(&acme, tree).unwrap().is_none());
+        // and once the record at that position reads (as it does for a newer
+        // build), the mark goes and the tree moves on.
+        let applied = store.apply_commit(&acme, tree, 1, &good, true).unwrap();
+        assert!(matches!(applied, Applied::Applied(_)), "{applied:?}");
+        assert!(store.unsupported(&acme, tree).unwrap().is_none());
+        assert!(store.unsupported_trees().unwrap().is_empty());
     }
 }
