@@ -10,12 +10,16 @@
 //!   also on an instance started afterwards;
 //! - an event of a newer schema version denies with its own reason and is
 //!   no quarantine;
+//! - a guard cut off while the signal went out denies once its re-read is
+//!   refused;
 //! - the CLI: `check` exits 1 (denied), `status` 5 (refused), `history`
 //!   marks the bad position, and `seal` / `restore` are for administrators.
 
 mod common;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -31,6 +35,7 @@ use mandate::domain::{
 use mandate::engine::Engine;
 use mandate::log::EventLog;
 use mandate::protocol::{CheckQuery, ListQuery, TreeQuery};
+use tokio::net::{TcpListener, TcpStream};
 
 /// How long anything asynchronous may take before a test gives up.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -696,4 +701,104 @@ async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends
         ),
         "{d:?}"
     );
+}
+
+/// A TCP relay in front of the server that the test can sever, to cut one
+/// guard off without stopping anything else.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (o, g) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn sever(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let relay = Relay::start(server.port()).await;
+    let hub = GuardHub::new();
+    let guard_client = client(&relay.url(), agent("worker")).await;
+    let connection = guard_client.nats_client().unwrap().clone();
+    let guard = Guard::start(guard_client, &hub, worker, guard_config())
+        .await
+        .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    // Given a guard cut off while its tree is quarantined (it misses the
+    // signal; its lease has not run out, so it still allows),
+    relay.sever();
+    eventually("the guard's connection is down", || async {
+        connection.connection_state() != async_nats::connection::State::Connected
+    })
+    .await;
+    quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+    // when it is back and re-reads, the refusal makes it deny,
+    relay.restore();
+    eventually("the guard's connection is back", || async {
+        connection.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    // when it re-reads, the engine refuses, and the guard denies.
+    let e = guard.refresh().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+    assert_eq!(guard.state(), GuardState::Quarantined);
+    let d = guard.check("fin:read", "ledger/q3");
+    assert!(!d.is_allowed(), "{d:?}");
+    // without ending it: a quarantine is not a termination.
+    assert!(!guard.cancellation().is_cancelled());
 }
