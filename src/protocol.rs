@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{
     Actor, AgentId, ChainFault, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode,
-    Event, Mandate, MandateId, MissionRef, PrincipalId, Status, TenantId, Tree, TreeId,
+    Event, Mandate, MandateId, MissionRef, PrincipalId, Quarantine, Status, TenantId, Tree, TreeId,
     SCHEMA_VERSION,
 };
 
@@ -291,6 +291,11 @@ pub struct ChainReply {
 pub struct HistoryReply {
     pub tree: TreeId,
     pub events: Vec<Event>,
+    /// Set while the tree is quarantined: the bad record's log position and
+    /// why (it is not among `events`). A resolved quarantine shows as a
+    /// `quarantine_resolved` event naming the position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
 }
 
 /// Reply to `verify`: whether a tree's records, re-read from the log, form an
@@ -321,6 +326,10 @@ pub struct VerifyReply {
     /// Position of the tree's head as the projection recorded it, 0 if none.
     #[serde(default)]
     pub projection_head: u64,
+    /// Log positions of bad records kept in the log as evidence, which an
+    /// administrator's resolution of a quarantine skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<u64>,
 }
 
 /// One mandate in a list.
@@ -335,6 +344,9 @@ pub struct MandateSummary {
     pub status: Status,
     pub effective: Effective,
     pub not_after: DateTime<Utc>,
+    /// The log position of the bad record, while the tree is quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<u64>,
 }
 
 /// Reply to `list`.
@@ -357,6 +369,18 @@ pub struct Health {
     /// `log_position - position`.
     pub lag: u64,
     pub time: DateTime<Utc>,
+    /// The asking tenant's quarantined trees on this instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedTree>,
+}
+
+/// A quarantined tree, as `health` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuarantinedTree {
+    pub tree: TreeId,
+    /// Log position of the bad record (the one a resolution names).
+    pub position: u64,
+    pub reason: String,
 }
 
 /// A recorded check decision.
@@ -393,6 +417,11 @@ pub enum SignalKind {
     Resumed,
     /// Scope narrowed or `not_after` changed: re-read state.
     Narrowed,
+    /// The tree's stream holds a corrupt record: deny while it holds. Not a
+    /// termination: a restored tree's guards may allow again.
+    Quarantined,
+    /// An administrator restored a quarantined tree: re-read state.
+    Restored,
 }
 
 /// A notice that authority changed, published once on the subject of the
@@ -414,6 +443,9 @@ pub struct Signal {
     pub actor: Actor,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For `quarantined`: the log position of the bad record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
 }
 
 /// The optional body of a mission-complete message; the subject alone is enough.

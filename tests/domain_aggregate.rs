@@ -10,7 +10,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use mandate::domain::command::{
-    AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew, Target,
+    AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew,
+    Resolution, ResolveQuarantine, Target,
 };
 use mandate::domain::{
     apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, AgentId, Command,
@@ -1699,7 +1700,7 @@ fn verify_log_names_what_differs_between_the_log_and_the_projection() {
         hash: Some(history[4].hash()),
     };
     let check = |log: &[LoggedCommit], projected: &[Event], head: Option<&RecordedHead>| {
-        verify_log(&tenant(), tree_id(), log, projected, head)
+        verify_log(&tenant(), tree_id(), log, projected, head).map(|v| v.events)
     };
     assert_eq!(check(&commits(&history), &history, Some(&head)), Ok(5));
 
@@ -2022,4 +2023,122 @@ fn registry_events_decode_and_chain() {
         let decoded = Event::from_value(serde_json::to_value(e).unwrap()).unwrap();
         assert_eq!(&decoded, e);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Quarantine: a corrupt record freezes nothing live
+// ---------------------------------------------------------------------------
+
+/// The tree as the projection holds it after a bad record at `position`.
+fn quarantined(mut g: Given, position: u64) -> Given {
+    g.tree.quarantine = Some(mandate::domain::Quarantine {
+        position,
+        reason: "malformed commit".into(),
+    });
+    g
+}
+
+fn resolve(actor: Actor, position: u64, action: Resolution) -> CommandEnvelope {
+    by(
+        actor,
+        Command::ResolveQuarantine(ResolveQuarantine {
+            mandate: child(),
+            position,
+            action,
+            reason: None,
+        }),
+    )
+}
+
+#[test]
+fn authorize_denies_under_a_quarantined_tree_naming_the_position() {
+    let g = quarantined(given([issue_root(), delegate_child()]), 7);
+    let d = authorize(
+        &g.tree,
+        child(),
+        "finance:read",
+        "reports/q3/summary",
+        g.now,
+    );
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(
+        d.reason,
+        Some(DenyReason::Quarantined {
+            tree: tree_id(),
+            position: 7
+        })
+    );
+}
+
+#[test]
+fn a_quarantined_tree_refuses_every_command_but_its_resolution() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(revoke(alice(), child()))
+        .then_error(DomainError::Quarantined {
+            tree: tree_id(),
+            position: 7,
+        });
+}
+
+#[test]
+fn only_an_administrator_resolves_a_quarantine() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(alice(), 7, Resolution::Restore))
+        .then_error(DomainError::NotAuthorized {
+            mandate: child(),
+            actor: alice().to_string(),
+            verb: "resolve the quarantine of",
+        });
+}
+
+#[test]
+fn a_resolution_is_refused_on_a_tree_not_quarantined_or_at_another_position() {
+    given([issue_root(), delegate_child()])
+        .when(resolve(admin(), 7, Resolution::Restore))
+        .then_error(DomainError::NotQuarantined {
+            tree: tree_id(),
+            position: 7,
+        });
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(admin(), 8, Resolution::End))
+        .then_error(DomainError::NotQuarantined {
+            tree: tree_id(),
+            position: 8,
+        });
+}
+
+#[test]
+fn a_restore_names_the_skipped_position_chains_from_the_last_good_event_and_lifts_it() {
+    let g = quarantined(given([issue_root(), delegate_child()]), 7);
+    let last_good = g.history.last().unwrap().hash();
+    g.when(resolve(admin(), 7, Resolution::Restore))
+        .then_events(|events, after| {
+            let e = only(events);
+            assert_eq!(
+                (e.seq, e.prev_hash.as_deref()),
+                (3, Some(last_good.as_str()))
+            );
+            assert!(matches!(
+                &e.body,
+                EventBody::QuarantineResolved(r)
+                    if r.position == 7 && r.mandate == root() && r.action == Resolution::Restore
+            ));
+            assert_eq!(after.quarantine, None);
+            let d = authorize(after, child(), "finance:read", "reports/q3/summary", t0());
+            assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+        });
+}
+
+#[test]
+fn ending_a_quarantined_tree_revokes_its_root_so_nothing_in_it_is_live() {
+    quarantined(given([issue_root(), delegate_child()]), 7)
+        .when(resolve(admin(), 7, Resolution::End))
+        .then_events(|_, after| {
+            assert_eq!(after.quarantine, None);
+            assert_eq!(after.mandates[&root()].status, Status::Revoked);
+            assert_eq!(
+                after.effective(child(), t0()).unwrap().status,
+                Status::Revoked
+            );
+        });
 }

@@ -4,7 +4,9 @@
 //! Without `--nats` every command runs on the embedded engine in `--data`
 //! (one process at a time); with `--nats` they talk to `mandate serve`.
 //! Exit codes: 0 ok, 1 denied, 2 invalid input, 3 not found, 4 unavailable,
-//! 5 refused (forbidden, terminal, wrong state, conflict), 6 internal.
+//! 5 refused (forbidden, terminal, wrong state, conflict, quarantined), 6
+//! internal. A `check` on a quarantined tree is a deny (1); `status`, `chain`
+//! and commands on it are refused (5).
 
 /// Prints a line on stdout. A reader gone away (`mandate status X | head
 /// -1`) is not an error of the command: the rest of the output is dropped
@@ -51,7 +53,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 
 use crate::client::{Client, ClientError, MissionPublisher};
-use crate::domain::command::{Delegate, Issue};
+use crate::domain::command::{Delegate, Issue, Resolution};
 use crate::domain::{
     Actor, AgentId, Decision, ErrorCode, MandateId, Mission, MissionRef, Outcome, PrincipalId,
     Scope, TenantId, Tree,
@@ -243,6 +245,27 @@ pub enum Cmd {
     Rebuild,
     /// Engine health.
     Health,
+    /// Restore a quarantined tree (administrators): the bad record at
+    /// --position (as `health` lists it) is skipped, stays in the log, and
+    /// the tree grants again from its last good state.
+    Restore {
+        /// Any mandate of the tree.
+        mandate: String,
+        #[arg(long)]
+        position: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// End a quarantined tree for good (administrators): the bad record at
+    /// --position is skipped, stays in the log, and the root is revoked.
+    Seal {
+        /// Any mandate of the tree.
+        mandate: String,
+        #[arg(long)]
+        position: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// A CLI failure with its exit code.
@@ -278,7 +301,8 @@ fn client_failure(e: ClientError) -> Failure {
             | ErrorCode::Widens
             | ErrorCode::Terminal
             | ErrorCode::InvalidState
-            | ErrorCode::Conflict => 5,
+            | ErrorCode::Conflict
+            | ErrorCode::Quarantined => 5,
             ErrorCode::Internal => 6,
         },
         ClientError::NoEngine(_) | ClientError::TimedOut(_) | ClientError::Nats(_) => 4,
@@ -406,6 +430,8 @@ fn changes_authority(cmd: &Cmd) -> Option<&'static str> {
         Cmd::RevokePrincipal { .. } => Some("revoke-principal"),
         Cmd::UnblockAgent { .. } => Some("unblock-agent"),
         Cmd::UnblockPrincipal { .. } => Some("unblock-principal"),
+        Cmd::Restore { .. } => Some("restore"),
+        Cmd::Seal { .. } => Some("seal"),
         Cmd::Serve { .. }
         | Cmd::Demo
         | Cmd::Status { .. }
@@ -727,12 +753,15 @@ async fn command(
             // --only, the mandate's own events.
             let mut q = by_mandate(mandate)?;
             if !*only {
+                // Through `tree`, not `chain`: `chain` grants, so it refuses a
+                // quarantined tree, and history is what an auditor reads then.
                 q.tree = Some(
                     client
-                        .chain(mandate_id(mandate)?, None)
+                        .tree(by_mandate(mandate)?)
                         .await
                         .map_err(client_failure)?
-                        .tree,
+                        .tree
+                        .id,
                 );
             }
             let h = client.history(q).await.map_err(client_failure)?;
@@ -750,6 +779,12 @@ async fn command(
                         e.on_behalf_of
                     );
                 }
+                if let Some(q) = &h.quarantine {
+                    println!(
+                        "QUARANTINED at log position {}: {} (an administrator may `restore` or `seal` it)",
+                        q.position, q.reason
+                    );
+                }
             }
         }
         Cmd::Verify { mandate } => {
@@ -761,6 +796,9 @@ async fn command(
                 say!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.intact {
                 say!("tree {}: {} events, hash chain intact", v.tree, v.events);
+                for position in &v.skipped {
+                    say!("  record at log position {position}: bad, kept as evidence, skipped by an administrator's resolution");
+                }
             } else {
                 let fault = v
                     .fault
@@ -838,6 +876,32 @@ async fn command(
             let h = client.health().await.map_err(client_failure)?;
             say!("{}", serde_json::to_string_pretty(&h)?);
         }
+        Cmd::Restore {
+            mandate,
+            position,
+            reason,
+        } => out(&client
+            .resolve_quarantine(
+                mandate_id(mandate)?,
+                *position,
+                Resolution::Restore,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
+        Cmd::Seal {
+            mandate,
+            position,
+            reason,
+        } => out(&client
+            .resolve_quarantine(
+                mandate_id(mandate)?,
+                *position,
+                Resolution::End,
+                reason.clone(),
+            )
+            .await
+            .map_err(client_failure)?),
     }
     Ok(0)
 }

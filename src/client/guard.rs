@@ -29,7 +29,9 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{authorize, Decision, DenyReason, MandateId, Outcome, Status, TenantId, Tree};
+use crate::domain::{
+    authorize, Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree,
+};
 use crate::protocol::{signal_subject, ChainReply, Signal, SignalKind};
 
 use super::{Client, ClientError};
@@ -69,6 +71,9 @@ pub enum GuardState {
     Terminated(Status),
     /// The engine has not been heard within the lease: denying.
     Stale,
+    /// The tree is quarantined (a corrupt record in its stream): denying
+    /// until a re-read succeeds, e.g. after an administrator restores it.
+    Quarantined,
 }
 
 /// Shares one subscription per mandate subject among the guards of a process.
@@ -166,6 +171,9 @@ struct Inner {
     /// How far the agent's clock is behind the engine's, when by more than
     /// the tolerance; added to the agent's clock.
     behind: Mutex<Option<chrono::Duration>>,
+    /// Set by a `quarantined` signal, or by a re-read the engine refused
+    /// because the tree is quarantined; cleared by a re-read that succeeds.
+    quarantined: Mutex<Option<DenyReason>>,
     cancel: CancellationToken,
     changed: watch::Sender<u64>,
 }
@@ -215,6 +223,7 @@ impl Guard {
             terminated: Mutex::new(None),
             suspended: Mutex::new(None),
             behind: Mutex::new(None),
+            quarantined: Mutex::new(None),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
         });
@@ -252,6 +261,9 @@ impl Guard {
         if let Some(s) = self.inner.terminated_status() {
             return GuardState::Terminated(s);
         }
+        if self.inner.quarantine().is_some() {
+            return GuardState::Quarantined;
+        }
         if self.inner.stale() {
             return GuardState::Stale;
         }
@@ -281,7 +293,7 @@ impl Guard {
             match self.state() {
                 GuardState::Active => return Ok(()),
                 GuardState::Terminated(s) => return Err(s),
-                GuardState::Paused | GuardState::Stale => {}
+                GuardState::Paused | GuardState::Stale | GuardState::Quarantined => {}
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(Status::Revoked) },
@@ -336,6 +348,18 @@ impl Inner {
         *self.terminated.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn quarantine(&self) -> Option<DenyReason> {
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_quarantine(&self, reason: Option<DenyReason>) {
+        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     fn stale(&self) -> bool {
         self.last_heard
             .lock()
@@ -371,6 +395,8 @@ impl Inner {
                 status,
                 cause: None,
             })
+        } else if let Some(reason) = self.quarantine() {
+            Some(reason)
         } else if self
             .suspended
             .lock()
@@ -418,7 +444,21 @@ impl Inner {
 
     async fn refresh(&self) -> Result<(), ClientError> {
         let sent = self.local_now();
-        let reply = self.client.chain(self.mandate, None).await?;
+        let reply = match self.client.chain(self.mandate, None).await {
+            Ok(reply) => reply,
+            Err(ClientError::Engine(body)) if body.code == ErrorCode::Quarantined => {
+                // The engine heard us and refuses: deny until a re-read
+                // succeeds. A reason from the signal (it names the position)
+                // is kept.
+                if self.quarantine().is_none() {
+                    self.set_quarantine(Some(DenyReason::Unverified {
+                        reason: body.message.clone(),
+                    }));
+                }
+                return Err(ClientError::Engine(body));
+            }
+            Err(e) => return Err(e),
+        };
         self.install(reply, sent);
         Ok(())
     }
@@ -429,6 +469,7 @@ impl Inner {
     /// counts neither as hearing the engine nor as a clock reading.
     fn install(&self, reply: ChainReply, sent: DateTime<Utc>) {
         let version = reply.version;
+        let reply_position = reply.position;
         let engine_time = reply.engine_time;
         {
             let mut held = self.tree.write().unwrap_or_else(|p| p.into_inner());
@@ -442,6 +483,20 @@ impl Inner {
                 return;
             }
             *held = chain_tree(self.client.tenant(), reply);
+        }
+        {
+            // The engine answered for the tree, so it is not quarantined any
+            // more, unless the reply was read before the quarantine named by
+            // a signal: only a state past the bad record (a restore is
+            // appended after it) lifts that.
+            let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+            let signalled_after = matches!(
+                &*q,
+                Some(DenyReason::Quarantined { position, .. }) if reply_position <= *position
+            );
+            if !signalled_after {
+                *q = None;
+            }
         }
         {
             // A suspension signalled for an event this reply does not yet
@@ -499,7 +554,16 @@ async fn signal_loop(
                 }
                 inner.changed.send_modify(|v| *v += 1);
             }
-            SignalKind::Resumed | SignalKind::Narrowed => {}
+            SignalKind::Quarantined => {
+                inner.set_quarantine(Some(DenyReason::Quarantined {
+                    tree: signal.tree,
+                    position: signal.position.unwrap_or_default(),
+                }));
+                // The engine refuses to read a quarantined tree: a re-read
+                // would only confirm it.
+                continue;
+            }
+            SignalKind::Resumed | SignalKind::Narrowed | SignalKind::Restored => {}
         }
         // Terminal is absorbing: after a termination there is nothing left to
         // learn, and skipping the re-read keeps a cascade over thousands of

@@ -293,6 +293,25 @@ impl Client {
         self.command(Command::Renew(Renew { mandate, not_after }))
             .await
     }
+    /// An administrator restores a quarantined tree or ends it for good,
+    /// naming the bad record's log position (as `health` lists it).
+    pub async fn resolve_quarantine(
+        &self,
+        mandate: MandateId,
+        position: u64,
+        action: crate::domain::command::Resolution,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::ResolveQuarantine(
+            crate::domain::command::ResolveQuarantine {
+                mandate,
+                position,
+                action,
+                reason,
+            },
+        ))
+        .await
+    }
 
     async fn bulk(&self, bulk: Bulk, verb: &str) -> Result<CommandResult, ClientError> {
         let env = BulkEnvelope {

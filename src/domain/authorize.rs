@@ -41,6 +41,17 @@ pub enum DenyReason {
     /// A guard could not confirm the state (it has not heard the engine
     /// within its lease): it fails closed.
     Unverified { reason: String },
+    /// The tree's stream holds a corrupt record at `position`: it grants
+    /// nothing until an administrator restores or ends it.
+    Quarantined { tree: TreeId, position: u64 },
+    /// The tree holds an event of a schema version newer than the answering
+    /// instance reads; a newer instance can answer. Not a quarantine.
+    UnsupportedVersion {
+        tree: TreeId,
+        position: u64,
+        version: u64,
+        supported: u32,
+    },
 }
 
 /// One link of the authority chain, root first.
@@ -150,6 +161,13 @@ pub fn authorize(
         }
     };
     d.effective = Some(effective.clone());
+    if let Some(q) = &tree.quarantine {
+        d.reason = Some(DenyReason::Quarantined {
+            tree: tree.id,
+            position: q.position,
+        });
+        return d;
+    }
     let (a, r) = match parse_request(action, resource) {
         Ok(x) => x,
         Err(reason) => {

@@ -66,6 +66,9 @@ pub enum Command {
     Narrow(Narrow),
     /// Set a new `not_after`, never past the parent's.
     Renew(Renew),
+    /// An administrator's decision on a quarantined tree: restore it or end
+    /// it for good, skipping the bad record (which stays in the log).
+    ResolveQuarantine(ResolveQuarantine),
     /// Tenant registry: refuse every new mandate to this agent (written by
     /// `revoke_agent` before its sweep). Administrators only.
     BlockAgent(AgentBlock),
@@ -170,6 +173,31 @@ pub struct Renew {
     pub not_after: DateTime<Utc>,
 }
 
+/// What an administrator does with a quarantined tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The bad record is skipped and the tree grants again from its last
+    /// good state.
+    Restore,
+    /// The bad record is skipped and the tree ends for good (its root is
+    /// revoked, so every mandate in it is terminal).
+    End,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveQuarantine {
+    /// Any mandate of the tree (usually the root, whose id is the tree's).
+    pub mandate: MandateId,
+    /// The log position of the bad record, as the quarantine names it.
+    pub position: u64,
+    pub action: Resolution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+}
+
 /// The names of command types this build knows, as on the wire.
 pub const COMMAND_TYPES: &[&str] = &[
     "issue",
@@ -186,6 +214,7 @@ pub const COMMAND_TYPES: &[&str] = &[
     "unblock_agent",
     "block_principal",
     "unblock_principal",
+    "resolve_quarantine",
 ];
 
 impl Command {
@@ -206,6 +235,7 @@ impl Command {
             Command::UnblockAgent(_) => "unblock_agent",
             Command::BlockPrincipal(_) => "block_principal",
             Command::UnblockPrincipal(_) => "unblock_principal",
+            Command::ResolveQuarantine(_) => "resolve_quarantine",
         }
     }
 
@@ -225,6 +255,7 @@ impl Command {
             | Command::UnblockAgent(_)
             | Command::BlockPrincipal(_)
             | Command::UnblockPrincipal(_) => None,
+            Command::ResolveQuarantine(r) => Some(r.mandate),
         }
     }
 }
@@ -339,6 +370,11 @@ impl CommandEnvelope {
             | Command::UnblockPrincipal(PrincipalBlock { reason, .. }) => {
                 if let Some(r) = reason {
                     check_text("reason", r, false)?;
+                }
+            }
+            Command::ResolveQuarantine(r) => {
+                if let Some(reason) = &r.reason {
+                    check_text("reason", reason, false)?;
                 }
             }
             Command::Expire(_)

@@ -8,7 +8,7 @@ use super::error::DomainError;
 use super::event::{Event, EventBody, SCHEMA_VERSION};
 use super::ids::{EventId, PrincipalId, TreeId};
 use super::model::{Actor, Mandate, Tree};
-use super::{amend, issue, lifecycle, registry};
+use super::{amend, issue, lifecycle, quarantine, registry};
 
 /// What the engine knows beyond the tree, read fresh before deciding.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,6 +55,15 @@ pub fn decide(
         return Ok(Vec::new());
     }
     cmd.validate()?;
+    // A quarantined tree changes only by an administrator's resolution.
+    if let Some(q) = &tree.quarantine {
+        if !matches!(cmd.command, Command::ResolveQuarantine(_)) {
+            return Err(DomainError::Quarantined {
+                tree: tree.id,
+                position: q.position,
+            });
+        }
+    }
     let is_registry = tree.id == TreeId::registry(&tree.tenant);
     if let Some(decided) = registry::decide(tree, &cmd.actor, &cmd.command) {
         if !is_registry {
@@ -82,6 +91,7 @@ pub fn decide(
         | Command::UnblockAgent(_)
         | Command::BlockPrincipal(_)
         | Command::UnblockPrincipal(_) => unreachable_registry(),
+        Command::ResolveQuarantine(c) => quarantine::resolve(tree, &cmd.actor, c)?,
     };
     match &cmd.command {
         Command::Issue(c) if facts.principal_blocked => {

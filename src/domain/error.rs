@@ -167,6 +167,24 @@ pub enum DomainError {
     /// Lifting a block that is not in place.
     #[error("{kind} {id} is not blocked")]
     NotBlocked { kind: &'static str, id: String },
+    /// The tree's stream holds a record that does not decode or breaks its
+    /// chain: nothing is granted or changed until an administrator resolves it.
+    #[error("tree {tree} is quarantined: the record at log position {position} is corrupt")]
+    Quarantined { tree: TreeId, position: u64 },
+    /// A quarantine resolution for a tree that is not quarantined, or that
+    /// names another position than the quarantine's.
+    #[error("tree {tree} is not quarantined at log position {position}")]
+    NotQuarantined { tree: TreeId, position: u64 },
+    /// The tree holds an event of a newer schema version than this instance
+    /// reads: it cannot answer for the tree (a newer instance can). Not a
+    /// quarantine.
+    #[error("tree {tree} has an event of schema version {version} at log position {position}; this instance reads {supported}")]
+    TreeTooNew {
+        tree: TreeId,
+        position: u64,
+        version: u64,
+        supported: u32,
+    },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -191,6 +209,8 @@ pub enum ErrorCode {
     /// A policy refusal: the command asks for more authority than its
     /// source holds (scope, `not_after` or depth). Not a syntax error.
     Widens,
+    /// The tree is quarantined (see `DomainError::Quarantined`).
+    Quarantined,
 }
 
 impl DomainError {
@@ -226,7 +246,10 @@ impl DomainError {
             | NotPaused { .. }
             | NotYetExpired { .. }
             | MissionMismatch { .. }
-            | MissionCompleted { .. } => ErrorCode::InvalidState,
+            | MissionCompleted { .. }
+            | NotQuarantined { .. } => ErrorCode::InvalidState,
+            Quarantined { .. } => ErrorCode::Quarantined,
+            TreeTooNew { .. } => ErrorCode::Unavailable,
             AgentBlocked { .. } | PrincipalBlocked { .. } | RegistryForbidden { .. } => {
                 ErrorCode::Forbidden
             }
@@ -275,6 +298,9 @@ impl DomainError {
             PrincipalBlocked { .. } => "principal_blocked",
             RegistryForbidden { .. } => "registry_forbidden",
             NotBlocked { .. } => "not_blocked",
+            Quarantined { .. } => "quarantined",
+            NotQuarantined { .. } => "not_quarantined",
+            TreeTooNew { .. } => "tree_too_new",
         }
     }
 }

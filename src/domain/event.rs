@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::command::Resolution;
 use super::error::DomainError;
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 use super::model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
@@ -77,6 +78,9 @@ pub enum EventBody {
     MissionCompleted(MissionCompleted),
     ScopeNarrowed(ScopeNarrowed),
     MandateRenewed(MandateRenewed),
+    /// An administrator resolved a quarantine: the bad record at `position`
+    /// is skipped, and the tree is restored or ended (root revoked).
+    QuarantineResolved(QuarantineResolved),
     /// Registry: no new mandate may be granted to the agent.
     AgentBlocked(AgentBlockChanged),
     /// Registry: the agent's block was lifted.
@@ -147,6 +151,17 @@ pub struct MandateRenewed {
     pub not_after: DateTime<Utc>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QuarantineResolved {
+    /// The root mandate.
+    pub mandate: MandateId,
+    /// The log position of the bad record that is skipped.
+    pub position: u64,
+    pub action: Resolution,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// The names of event types this build knows, as on the wire.
 pub const EVENT_TYPES: &[&str] = &[
     "mandate_issued",
@@ -162,6 +177,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "agent_unblocked",
     "principal_blocked",
     "principal_unblocked",
+    "quarantine_resolved",
 ];
 
 impl EventBody {
@@ -182,6 +198,7 @@ impl EventBody {
             | EventBody::AgentUnblocked(_)
             | EventBody::PrincipalBlocked(_)
             | EventBody::PrincipalUnblocked(_) => MandateId(uuid::Uuid::nil()),
+            EventBody::QuarantineResolved(q) => q.mandate,
         }
     }
 
@@ -201,6 +218,7 @@ impl EventBody {
             EventBody::AgentUnblocked(_) => "agent_unblocked",
             EventBody::PrincipalBlocked(_) => "principal_blocked",
             EventBody::PrincipalUnblocked(_) => "principal_unblocked",
+            EventBody::QuarantineResolved(_) => "quarantine_resolved",
         }
     }
 }
@@ -387,6 +405,16 @@ pub struct RecordedHead {
     pub hash: Option<String>,
 }
 
+/// A tree's log that matched its chain and its projection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedLog {
+    /// Events in the chain (skipped records not counted).
+    pub events: u64,
+    /// Log positions of bad records that an administrator's
+    /// `quarantine_resolved` skipped: kept in the log as evidence.
+    pub skipped: Vec<u64>,
+}
+
 /// The first place where a tree's log does not match its chain or its
 /// projection.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -404,7 +432,8 @@ pub struct LogBreak {
 /// Checks a tree's records, as re-read from the log, against the hash chain
 /// and against the projection: `projected` is the projection's history of
 /// the tree and `head` the head it recorded (`None`: it has none). Returns
-/// the number of events in the log, or the first record that does not match.
+/// the events in the chain and the bad records a resolved quarantine
+/// skipped, or the first record that does not match.
 ///
 /// Where a link breaks, the projection's copy of the earlier event tells
 /// which side was altered: if it agrees with the log, the later record does
@@ -416,7 +445,7 @@ pub fn verify_log(
     commits: &[LoggedCommit],
     projected: &[Event],
     head: Option<&RecordedHead>,
-) -> Result<u64, LogBreak> {
+) -> Result<VerifiedLog, LogBreak> {
     let fail = |fault, position, seq, reason: String| {
         Err(LogBreak {
             tree,
@@ -438,104 +467,44 @@ pub fn verify_log(
     let mut last: Option<(u64, u64, String)> = None;
     // Log position of each event, by seq - 1.
     let mut logged: Vec<(u64, &Event)> = Vec::new();
-    for commit in commits {
-        let position = commit.position;
-        let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
-        let events = match &commit.events {
-            Ok(events) => events,
-            Err(reason) => {
-                return fail(
-                    ChainFault::Corrupt,
-                    position,
-                    expected,
-                    format!("the record cannot be read: {reason}"),
-                )
-            }
-        };
-        if events.is_empty() {
-            return fail(
-                ChainFault::Tampered,
-                position,
-                expected,
-                "the commit holds no event".into(),
-            );
-        }
-        for e in events {
-            let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
-            if &e.tenant != tenant || e.tree != tree {
-                return fail(
-                    ChainFault::Tampered,
-                    position,
-                    e.seq,
-                    format!(
-                        "event seq {} names tree {} of tenant {}, not this tree",
-                        e.seq, e.tree, e.tenant
-                    ),
-                );
-            }
-            if e.seq > expected {
-                return fail(
-                    ChainFault::Missing,
-                    position,
-                    expected,
-                    format!(
-                        "events seq {expected} to {} are missing before this record (seq {})",
-                        e.seq - 1,
-                        e.seq
-                    ),
-                );
-            }
-            if e.seq < expected {
-                return fail(
-                    ChainFault::Tampered,
-                    position,
-                    e.seq,
-                    format!(
-                        "event seq {} repeats or goes back: seq {expected} was next",
-                        e.seq
-                    ),
-                );
-            }
-            let prev_hash = last.as_ref().map(|(_, _, h)| h);
-            if e.prev_hash.as_ref() != prev_hash {
-                return match &last {
-                    None => fail(
-                        ChainFault::Tampered,
-                        position,
-                        e.seq,
-                        "the first event must have no prev_hash".into(),
-                    ),
-                    Some((_, prev_seq, hash))
-                        if projected_hash(*prev_seq).as_ref() == Some(hash) =>
-                    {
-                        fail(
-                            ChainFault::Tampered,
-                            position,
-                            e.seq,
-                            format!(
-                                "its prev_hash {:?} does not name seq {prev_seq} (hash {hash:?}), which the projection confirms: this record was altered or forged",
-                                e.prev_hash
-                            ),
-                        )
+    // Bad records an administrator's resolution skipped.
+    let mut skipped = Vec::new();
+    let mut next = 0;
+    while let Some(commit) = commits.get(next) {
+        let (before, fitted) = (last.clone(), logged.len());
+        match check_commit(
+            tenant,
+            tree,
+            commit,
+            &mut last,
+            &mut logged,
+            &projected_hash,
+        ) {
+            Ok(()) => next += 1,
+            Err(broken) => {
+                // A quarantine an administrator resolved: the bad record (and
+                // whatever came after it) stays in the log as evidence, and the
+                // chain goes on from the last good event with the resolution
+                // that names it.
+                last = before;
+                logged.truncate(fitted);
+                let last_hash = last.as_ref().map(|(_, _, h)| h.as_str());
+                let resumes = commits[next + 1..]
+                    .iter()
+                    .position(|c| resolves(c, commit.position, last_hash));
+                match resumes {
+                    Some(k) => {
+                        skipped.push(commit.position);
+                        next += 1 + k;
                     }
-                    Some((prev_position, prev_seq, hash)) => fail(
-                        ChainFault::Tampered,
-                        *prev_position,
-                        *prev_seq,
-                        format!(
-                            "its hash {hash:?} is not the prev_hash {:?} that seq {} recorded at position {position}: it was altered",
-                            e.prev_hash, e.seq
-                        ),
-                    ),
-                };
+                    None => return Err(broken),
+                }
             }
-            last = Some((position, e.seq, e.hash()));
-            logged.push((position, e));
         }
     }
     let Some(head) = head else {
         return match logged.first() {
-            None => Ok(0),
+            None => Ok(VerifiedLog { events: 0, skipped }),
             Some((position, _)) => fail(
                 ChainFault::ProjectionDiffers,
                 *position,
@@ -613,7 +582,137 @@ pub fn verify_log(
             );
         }
     }
-    Ok(logged.len() as u64)
+    Ok(VerifiedLog {
+        events: logged.len() as u64,
+        skipped,
+    })
+}
+
+/// Checks one commit of a tree's log against the chain so far, moving `last`
+/// and `logged` past its events.
+fn check_commit<'a>(
+    tenant: &TenantId,
+    tree: TreeId,
+    commit: &'a LoggedCommit,
+    last: &mut Option<(u64, u64, String)>,
+    logged: &mut Vec<(u64, &'a Event)>,
+    projected_hash: &dyn Fn(u64) -> Option<String>,
+) -> Result<(), LogBreak> {
+    let fail = |fault, position, seq, reason: String| {
+        Err(LogBreak {
+            tree,
+            fault,
+            position,
+            seq,
+            reason,
+        })
+    };
+    let position = commit.position;
+    let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
+    let events = match &commit.events {
+        Ok(events) => events,
+        Err(reason) => {
+            return fail(
+                ChainFault::Corrupt,
+                position,
+                expected,
+                format!("the record cannot be read: {reason}"),
+            )
+        }
+    };
+    if events.is_empty() {
+        return fail(
+            ChainFault::Tampered,
+            position,
+            expected,
+            "the commit holds no event".into(),
+        );
+    }
+    for e in events {
+        let expected = last.as_ref().map_or(1, |(_, seq, _)| seq + 1);
+        if &e.tenant != tenant || e.tree != tree {
+            return fail(
+                ChainFault::Tampered,
+                position,
+                e.seq,
+                format!(
+                    "event seq {} names tree {} of tenant {}, not this tree",
+                    e.seq, e.tree, e.tenant
+                ),
+            );
+        }
+        if e.seq > expected {
+            return fail(
+                ChainFault::Missing,
+                position,
+                expected,
+                format!(
+                    "events seq {expected} to {} are missing before this record (seq {})",
+                    e.seq - 1,
+                    e.seq
+                ),
+            );
+        }
+        if e.seq < expected {
+            return fail(
+                ChainFault::Tampered,
+                position,
+                e.seq,
+                format!(
+                    "event seq {} repeats or goes back: seq {expected} was next",
+                    e.seq
+                ),
+            );
+        }
+        let prev_hash = last.as_ref().map(|(_, _, h)| h);
+        if e.prev_hash.as_ref() != prev_hash {
+            return match &*last {
+                None => fail(
+                    ChainFault::Tampered,
+                    position,
+                    e.seq,
+                    "the first event must have no prev_hash".into(),
+                ),
+                Some((_, prev_seq, hash))
+                    if projected_hash(*prev_seq).as_ref() == Some(hash) =>
+                {
+                    fail(
+                        ChainFault::Tampered,
+                        position,
+                        e.seq,
+                        format!(
+                            "its prev_hash {:?} does not name seq {prev_seq} (hash {hash:?}), which the projection confirms: this record was altered or forged",
+                            e.prev_hash
+                        ),
+                    )
+                }
+                Some((prev_position, prev_seq, hash)) => fail(
+                    ChainFault::Tampered,
+                    *prev_position,
+                    *prev_seq,
+                    format!(
+                        "its hash {hash:?} is not the prev_hash {:?} that seq {} recorded at position {position}: it was altered",
+                        e.prev_hash, e.seq
+                    ),
+                ),
+            };
+        }
+        *last = Some((position, e.seq, e.hash()));
+        logged.push((position, e));
+    }
+    Ok(())
+}
+
+/// Whether `commit` is an administrator's resolution of the quarantine at
+/// `position`, chained from the last good event.
+fn resolves(commit: &LoggedCommit, position: u64, last_hash: Option<&str>) -> bool {
+    let Ok(events) = &commit.events else {
+        return false;
+    };
+    events.first().is_some_and(|e| {
+        matches!(&e.body, EventBody::QuarantineResolved(q) if q.position == position)
+            && e.prev_hash.as_deref() == last_hash
+    })
 }
 
 /// Folds one event into the tree. Never fails and decides nothing: an event
@@ -710,6 +809,21 @@ pub fn apply(tree: &mut Tree, event: &Event) {
         }
         EventBody::PrincipalUnblocked(b) => {
             tree.registry.blocked_principals.remove(&b.principal);
+        }
+        EventBody::QuarantineResolved(q) => {
+            tree.quarantine = None;
+            // Terminal is absorbing: a root that already ended keeps its end.
+            let live = tree
+                .mandates
+                .get(&q.mandate)
+                .is_some_and(|m| !m.status.is_terminal());
+            if q.action == Resolution::End && live {
+                let reason = Some(format!(
+                    "ended by an administrator after the bad record at log position {}",
+                    q.position
+                ));
+                set(tree, q.mandate, transition(Status::Revoked, &reason));
+            }
         }
     }
     tree.version = event.seq;

@@ -229,6 +229,16 @@ impl EventId {
             format!("event/{tenant}/{index}").as_bytes(),
         ))
     }
+
+    /// The id of the notice that a tree is quarantined at a log position:
+    /// every instance that finds the bad record derives the same id, so the
+    /// notice is stored once.
+    pub fn for_quarantine(tree: TreeId, position: u64) -> Self {
+        Self(Uuid::new_v5(
+            &tree.0,
+            format!("quarantine/{position}").as_bytes(),
+        ))
+    }
 }
 
 #[cfg(test)]

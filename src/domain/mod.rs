@@ -17,6 +17,7 @@ pub mod ids;
 mod issue;
 mod lifecycle;
 pub mod model;
+mod quarantine;
 mod registry;
 pub mod scope;
 pub mod status;
@@ -28,10 +29,10 @@ pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
 pub use event::{
     apply, replay, verify_chain, verify_chain_with_head, verify_log, ChainFault, Event, EventBody,
-    LogBreak, LoggedCommit, RecordedHead, SCHEMA_VERSION,
+    LogBreak, LoggedCommit, RecordedHead, VerifiedLog, SCHEMA_VERSION,
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
-pub use model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Registry, Tree};
+pub use model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Quarantine, Registry, Tree};
 pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;

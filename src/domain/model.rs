@@ -59,6 +59,10 @@ impl Actor {
     pub fn mission_intake() -> Self {
         Actor::System(AgentId::new("mission-intake").expect("static id is valid"))
     }
+    /// The engine's projector (it finds corrupt records).
+    pub fn projector() -> Self {
+        Actor::System(AgentId::new("projector").expect("static id is valid"))
+    }
 }
 
 /// Who granted a mandate: the principal for a root, the parent's grantee for a
@@ -231,6 +235,11 @@ pub struct Tree {
     /// Command ids applied: a command id is applied at most once, and one
     /// reused for different content is refused.
     pub commands: BTreeMap<CommandId, AppliedCommand>,
+    /// Set when a record of the tree's stream did not decode or broke its
+    /// chain: the state is the last good one, and it grants nothing until an
+    /// administrator restores or ends the tree (`quarantine_resolved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
     /// Tenant-level records; non-empty only in the tenant's registry (see
     /// [`TreeId::registry`]), which holds no mandate.
     #[serde(default, skip_serializing_if = "Registry::is_empty")]
@@ -268,6 +277,15 @@ pub struct Block {
     pub reason: Option<String>,
 }
 
+/// Why a tree is quarantined: the first bad record of its stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Quarantine {
+    /// Log position of the bad record (kept in the log as evidence).
+    pub position: u64,
+    /// What was wrong with it.
+    pub reason: String,
+}
+
 impl Tree {
     /// The state of a tree with no events yet.
     pub fn empty(tenant: TenantId, id: TreeId) -> Self {
@@ -282,6 +300,7 @@ impl Tree {
             mandates: BTreeMap::new(),
             commands: BTreeMap::new(),
             registry: Registry::default(),
+            quarantine: None,
         }
     }
 

@@ -8,11 +8,12 @@ use chrono::Utc;
 use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
     decide, delegated_id, root_tree_id, Actor, Block, Command, CommandEnvelope, CommandId,
-    DomainError, Event, EventBody, ExternalCommand, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
+    DomainError, Event, EventBody, ExternalCommand, Facts, MandateId, MissionRef, TenantId, Tree,
+    TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
-use crate::store::{Applied, DueExpiry, TreeSnapshot};
+use crate::store::{DueExpiry, TreeSnapshot};
 
 use super::{signal_for, Engine, EngineError};
 
@@ -135,8 +136,12 @@ impl Engine {
         tenant: &TenantId,
     ) -> Result<Option<Arc<TreeSnapshot>>, EngineError> {
         let id = TreeId::registry(tenant);
-        if let Some(reason) = self.inner.store.quarantined(tenant, id)? {
-            return Err(EngineError::Quarantined(reason));
+        if let Some(q) = self.inner.store.quarantined(tenant, id)? {
+            return Err(DomainError::Quarantined {
+                tree: id,
+                position: q.position,
+            }
+            .into());
         }
         let position = self
             .inner
@@ -291,14 +296,16 @@ impl Engine {
         while after < target {
             let records = match self.inner.log.read_all(None, after, 1024).await {
                 Ok(records) => records,
-                // A record no tree can be named for: the follower reports and
-                // skips it too; no tree is held up by it.
+                // A record that does not decode: it quarantines the tree its
+                // subject names (as the follower does), and no other tree is
+                // held up by it.
                 Err(LogError::Corrupt {
                     position,
                     subject_or_key,
                     reason,
                 }) if position > after => {
-                    tracing::error!(position, subject = %subject_or_key, %reason, "corrupt record in the log");
+                    self.apply_corrupt_record(position, &subject_or_key, &reason, true)
+                        .await?;
                     after = position;
                     continue;
                 }
@@ -309,9 +316,7 @@ impl Engine {
                 break;
             };
             for r in &records {
-                if let Applied::Quarantined(reason) = self.apply_record(r, true)? {
-                    tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
-                }
+                self.apply_logged(r, true).await?;
             }
             after = last;
         }
@@ -358,8 +363,16 @@ impl Engine {
     }
 
     fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<Arc<TreeSnapshot>, EngineError> {
-        if let Some(reason) = self.inner.store.quarantined(tenant, tree)? {
-            return Err(EngineError::Quarantined(reason));
+        // A quarantined tree is refused by `decide` (only its resolution
+        // passes); a tree this build cannot read is refused here.
+        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
+            return Err(DomainError::TreeTooNew {
+                tree,
+                position: u.position,
+                version: u.version,
+                supported: crate::domain::SCHEMA_VERSION,
+            }
+            .into());
         }
         Ok(self
             .inner
@@ -374,15 +387,65 @@ impl Engine {
     }
 
     /// Applies to the projection every commit of the tree past our snapshot.
-    async fn catch_up_tree(
+    /// A corrupt record quarantines the tree (the read that follows refuses
+    /// it); it is not an error of the catch-up.
+    pub(crate) async fn catch_up_tree(
         &self,
         tenant: &TenantId,
         tree: TreeId,
         after: u64,
     ) -> Result<(), EngineError> {
-        for r in self.inner.log.read_tree(tenant, tree, after).await? {
-            if let Applied::Quarantined(reason) = self.apply_record(&r, false)? {
-                return Err(EngineError::Quarantined(reason));
+        match self.inner.log.read_tree(tenant, tree, after).await {
+            Ok(records) => {
+                for r in records {
+                    self.apply_logged(&r, false).await?;
+                }
+                Ok(())
+            }
+            Err(LogError::Corrupt { .. }) => {
+                self.catch_up_tree_past_corrupt(tenant, tree, after).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The slow path of [`Engine::catch_up_tree`] when the log cannot decode
+    /// a record of the tree (a tree read fails as a whole): walks the
+    /// tenant's records up to the tree's head, applying the tree's good ones
+    /// in order and quarantining it at the bad one. Only taken on corruption.
+    async fn catch_up_tree_past_corrupt(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<(), EngineError> {
+        let head = self.inner.log.tree_head(tenant, tree).await?;
+        let mut cursor = after;
+        while cursor < head {
+            match self.inner.log.read_all(Some(tenant), cursor, 1024).await {
+                Ok(records) if records.is_empty() => break,
+                Ok(records) => {
+                    for r in records
+                        .iter()
+                        .filter(|r| r.tree == tree && r.position <= head)
+                    {
+                        self.apply_logged(r, false).await?;
+                    }
+                    cursor = records.last().map_or(head, |r| r.position);
+                }
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) => {
+                    if crate::log::tree_of_subject(&subject_or_key) == Some((tenant.clone(), tree))
+                    {
+                        self.apply_corrupt_record(position, &subject_or_key, &reason, false)
+                            .await?;
+                    }
+                    cursor = position;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -564,7 +627,11 @@ impl Engine {
         let result = self
             .complete_mission_trees(tenant, mission, actor, command)
             .await;
-        if result.is_err() && !was_completed {
+        // A completion by the intake or an administrator that only a held
+        // (e.g. quarantined) tree kept from finishing is still a completion:
+        // the mission stays closed to new issues while it is retried.
+        let held_only = privileged && result.as_ref().is_err_and(Held::is_held);
+        if result.is_err() && !was_completed && !held_only {
             self.inner.store.unmark_mission_completed(tenant, mission)?;
         }
         result
@@ -583,6 +650,7 @@ impl Engine {
         });
         let mut commits = Vec::new();
         let mut duplicate = true;
+        let mut held = Held::default();
         for tree in self.inner.store.trees_for_mission(tenant, mission)? {
             let cmd = CommandEnvelope {
                 command_id: CommandId::derived(&base.to_string(), &tree.to_string()),
@@ -601,9 +669,10 @@ impl Engine {
                 }
                 // Already ended another way: nothing to complete there.
                 Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
-                Err(e) => return Err(e),
+                Err(e) => held.hold(e)?,
             }
         }
+        held.result()?;
         Ok(CommandResult {
             command_id: base,
             duplicate: duplicate && !commits.is_empty(),
@@ -697,7 +766,7 @@ impl Engine {
             // A quarantined registry already refuses every grant (fail
             // closed); the sweep must still end what is live, and the
             // quarantine is reported after it.
-            Err(EngineError::Quarantined(reason)) => Err(reason),
+            Err(e) if Held::is_held(&e) => Err(e),
             Err(e) => return Err(e),
         };
         // The agent and principal indexes span trees: bring all of them up
@@ -718,6 +787,7 @@ impl Engine {
         let now = Utc::now();
         let mut commits = Vec::new();
         let mut duplicate = true;
+        let mut held = Held::default();
         for (tree, mandate) in targets {
             // Skip what is already effectively ended (e.g. below another target).
             if let Some(s) = self.inner.store.tree_shared(&bulk.tenant, tree)? {
@@ -746,10 +816,11 @@ impl Engine {
                     commits.push(commit);
                 }
                 Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
-                Err(e) => return Err(e),
+                Err(e) => held.hold(e)?,
             }
         }
-        let (block_commit, block_duplicate) = blocked.map_err(EngineError::Quarantined)?;
+        held.result()?;
+        let (block_commit, block_duplicate) = blocked?;
         commits.insert(0, block_commit);
         Ok(CommandResult {
             command_id: bulk.command_id,
@@ -776,5 +847,37 @@ fn blocked_refusal(cmd: &CommandEnvelope, facts: &Facts) -> DomainError {
             field: "type",
             reason: format!("{} grants no mandate", other.verb()),
         },
+    }
+}
+
+/// Trees a command over many trees could not change because they are held
+/// (quarantined, or newer than this build reads). They must not keep the
+/// command from the other trees: a corrupt record on one tree would otherwise
+/// keep an agent's deprovisioning or a mission's completion from all the
+/// trees after it. The first is reported once every other tree is done, so
+/// the caller (or the mission intake, which retries) knows to come back.
+#[derive(Default)]
+struct Held(Option<EngineError>);
+
+impl Held {
+    /// Keeps a held tree's refusal; any other error ends the command at once.
+    fn hold(&mut self, e: EngineError) -> Result<(), EngineError> {
+        if Self::is_held(&e) {
+            self.0.get_or_insert(e);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    }
+
+    fn is_held(e: &EngineError) -> bool {
+        matches!(
+            e,
+            EngineError::Rejected(DomainError::Quarantined { .. } | DomainError::TreeTooNew { .. })
+        )
+    }
+
+    fn result(self) -> Result<(), EngineError> {
+        self.0.map_or(Ok(()), Err)
     }
 }

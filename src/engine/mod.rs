@@ -27,12 +27,12 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::domain::{DomainError, ErrorCode, TenantId};
+use crate::domain::{DomainError, ErrorCode, TenantId, TreeId};
 use crate::log::{AnyLog, EventLog, LogError};
-use crate::protocol::{ErrorBody, Health};
+use crate::protocol::{ErrorBody, Health, QuarantinedTree};
 use crate::store::{Applied, Store, StoreError};
 
-pub use signals::{signal_for, SignalBus};
+pub use signals::{quarantine_signal, signal_for, SignalBus};
 
 /// Engine failures. Rejections ([`EngineError::Rejected`]) are the caller's
 /// to fix; the others are the infrastructure's.
@@ -53,9 +53,6 @@ pub enum EngineError {
     /// The log, NATS or storage cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The tree's stream is corrupt; it is quarantined.
-    #[error("{0}")]
-    Quarantined(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -84,9 +81,7 @@ impl EngineError {
             EngineError::Contended(_) => ErrorCode::Conflict,
             EngineError::Unavailable(_) => ErrorCode::Unavailable,
             EngineError::Log(LogError::TooLarge { .. }) => ErrorCode::InvalidInput,
-            EngineError::Quarantined(_) | EngineError::Store(_) | EngineError::Log(_) => {
-                ErrorCode::Internal
-            }
+            EngineError::Store(_) | EngineError::Log(_) => ErrorCode::Internal,
         };
         ErrorBody {
             code,
@@ -258,12 +253,79 @@ impl Engine {
     pub async fn catch_up(&self) -> Result<u64, EngineError> {
         loop {
             let after = self.inner.store.checkpoint()?;
-            let records = self.inner.log.read_all(None, after, 1024).await?;
+            let records = match self.inner.log.read_all(None, after, 1024).await {
+                Ok(records) => records,
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) => {
+                    self.apply_corrupt_record(position, &subject_or_key, &reason, true)
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if records.is_empty() {
                 return Ok(after);
             }
             for r in records {
-                self.apply_record(&r, true)?;
+                self.apply_logged(&r, true).await?;
+            }
+        }
+    }
+
+    /// [`Engine::apply_record`], and if the record quarantined its tree, the
+    /// `quarantined` signal on the tree's root.
+    pub(crate) async fn apply_logged(
+        &self,
+        r: &crate::log::Record,
+        advance: bool,
+    ) -> Result<Applied, EngineError> {
+        let applied = self.apply_record(r, advance)?;
+        self.signal_quarantine(&r.tenant, r.tree, &applied).await;
+        Ok(applied)
+    }
+
+    /// A record the log could not decode: it quarantines the tree its subject
+    /// names. One that names no tree is reported and passed.
+    pub(crate) async fn apply_corrupt_record(
+        &self,
+        position: u64,
+        subject: &str,
+        reason: &str,
+        advance: bool,
+    ) -> Result<Applied, EngineError> {
+        let Some((tenant, tree)) = crate::log::tree_of_subject(subject) else {
+            tracing::error!(position, %subject, %reason, "corrupt record in the log names no tree");
+            if advance {
+                self.inner.store.advance_checkpoint(position)?;
+            }
+            return Ok(Applied::AlreadyApplied);
+        };
+        let applied = self
+            .inner
+            .store
+            .apply_corrupt(&tenant, tree, position, reason, advance)?;
+        self.inner.changed.notify_waiters();
+        self.signal_quarantine(&tenant, tree, &applied).await;
+        Ok(applied)
+    }
+
+    /// Tells the tree's guards that it is quarantined (idempotent: every
+    /// instance that finds the bad record publishes the same message id).
+    async fn signal_quarantine(&self, tenant: &TenantId, tree: TreeId, applied: &Applied) {
+        let Applied::Quarantined(q) = applied else {
+            return;
+        };
+        tracing::error!(%tenant, %tree, position = q.position, reason = %q.reason, "tree quarantined");
+        let Ok(Some(snap)) = self.inner.store.tree_shared(tenant, tree) else {
+            return;
+        };
+        if let Some(signal) = quarantine_signal(&snap.tree, q) {
+            if let Err(e) = self.inner.bus.publish(&signal).await {
+                // Guards still learn it on their next re-read.
+                tracing::error!(%tenant, %tree, error = %e, "quarantine signal not published");
             }
         }
     }
@@ -293,6 +355,19 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
         self.catch_up().await?;
+        // Trees an older build could not read past a newer event: this build
+        // may read them now (a rolling upgrade), so try them again at once
+        // rather than on their next read.
+        for (tenant, tree) in self.inner.store.unsupported_trees()? {
+            let position = self
+                .inner
+                .store
+                .tree_shared(&tenant, tree)?
+                .map_or(0, |s| s.position);
+            if let Err(e) = self.catch_up_tree(&tenant, tree, position).await {
+                tracing::warn!(%tenant, %tree, error = %e, "cannot re-read a tree marked as too new");
+            }
+        }
         let projector = self.projector();
         let expiry = self.expiry_scheduler();
         let intake = missions::intake(self.clone());
@@ -345,18 +420,17 @@ impl Engine {
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(r) => {
-                        if let Applied::Quarantined(reason) = self.apply_record(&r, true)? {
-                            tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
-                        }
+                        self.apply_logged(&r, true).await?;
                     }
                     Err(LogError::Corrupt {
                         position,
                         subject_or_key,
                         reason,
                     }) => {
-                        // It cannot be attributed to a tree: report it and go on,
-                        // so no other tree is held up by it.
-                        tracing::error!(position, subject = %subject_or_key, %reason, "corrupt record in the log");
+                        // Quarantines the tree its subject names; no other
+                        // tree is held up by it.
+                        self.apply_corrupt_record(position, &subject_or_key, &reason, true)
+                            .await?;
                     }
                     Err(e) => tracing::warn!(error = %e, "log follow interrupted; it recovers"),
                 }
@@ -432,7 +506,26 @@ impl Engine {
             log_position,
             lag: log_position.saturating_sub(position),
             time: Utc::now(),
+            quarantined: Vec::new(),
         })
+    }
+
+    /// The instance's health as one tenant sees it: with that tenant's
+    /// quarantined trees (another tenant's are not its business).
+    pub async fn health_of(&self, tenant: &TenantId) -> Result<Health, EngineError> {
+        let mut health = self.health().await?;
+        health.quarantined = self
+            .inner
+            .store
+            .quarantined_trees(tenant)?
+            .into_iter()
+            .map(|(tree, q)| QuarantinedTree {
+                tree,
+                position: q.position,
+                reason: q.reason,
+            })
+            .collect();
+        Ok(health)
     }
 }
 
@@ -450,7 +543,27 @@ pub async fn replay_log(log: &AnyLog, store: &Store) -> Result<u64, EngineError>
     let mut after = store.checkpoint()?;
     let mut n = 0;
     loop {
-        let records = log.read_all(None, after, 4096).await?;
+        let records = match log.read_all(None, after, 4096).await {
+            Ok(records) => records,
+            Err(LogError::Corrupt {
+                position,
+                subject_or_key,
+                reason,
+            }) => {
+                // As the follower does: the tree its subject names is
+                // quarantined, so a rebuild equals the live projection.
+                match crate::log::tree_of_subject(&subject_or_key) {
+                    Some((tenant, tree)) => {
+                        store.apply_corrupt(&tenant, tree, position, &reason, true)?;
+                    }
+                    None => store.advance_checkpoint(position)?,
+                }
+                after = position;
+                n += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if records.is_empty() {
             return Ok(n);
         }

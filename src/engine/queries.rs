@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    authorize, replay, verify_log, ChainLink, Decision, DomainError, Event, LoggedCommit,
-    MandateId, RecordedHead, TenantId, Tree, TreeId, SCHEMA_VERSION,
+    authorize, replay, verify_log, ChainLink, Decision, DenyReason, DomainError, Event,
+    LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 use crate::protocol::{
     audit_subject, AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery,
@@ -58,13 +58,43 @@ impl Engine {
         }
     }
 
+    /// Why this instance may not grant from a tree now, if it may not: the
+    /// tree is quarantined, or holds events newer than this build reads.
+    /// Holds whatever `at` a read names: a quarantined tree's past is an
+    /// auditor's question (`history`), not a grant.
+    fn hold(&self, tenant: &TenantId, tree: TreeId) -> Result<Option<DomainError>, EngineError> {
+        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
+            return Ok(Some(DomainError::TreeTooNew {
+                tree,
+                position: u.position,
+                version: u.version,
+                supported: SCHEMA_VERSION,
+            }));
+        }
+        let quarantine = self
+            .inner
+            .store
+            .tree_shared(tenant, tree)?
+            .and_then(|s| s.tree.quarantine.clone());
+        Ok(quarantine.map(|q| DomainError::Quarantined {
+            tree,
+            position: q.position,
+        }))
+    }
+
+    /// The tree of a mandate for a read that grants (`status`, `chain`):
+    /// refused while the tree is held (see [`Engine::hold`]).
     fn mandate_tree(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<Arc<TreeSnapshot>, EngineError> {
-        let snap = self.tree_at(tenant, self.tree_id_of(tenant, mandate)?, at)?;
+        let tree_id = self.tree_id_of(tenant, mandate)?;
+        if let Some(refusal) = self.hold(tenant, tree_id)? {
+            return Err(refusal.into());
+        }
+        let snap = self.tree_at(tenant, tree_id, at)?;
         // As of `at` the mandate may not have been issued yet.
         snap.tree.get(mandate)?;
         Ok(snap)
@@ -156,7 +186,16 @@ impl Engine {
         if let Some(at) = q.at {
             events.retain(|e| e.time <= at);
         }
-        Ok(HistoryReply { tree, events })
+        let quarantine = self
+            .inner
+            .store
+            .tree_shared(tenant, tree)?
+            .and_then(|s| s.tree.quarantine.clone());
+        Ok(HistoryReply {
+            tree,
+            events,
+            quarantine,
+        })
     }
 
     /// Verifies a tree against its source: re-reads its records from the
@@ -173,7 +212,7 @@ impl Engine {
             // The tree broke while catching up: the log is read below anyway,
             // and the break named.
             Ok(())
-            | Err(EngineError::Quarantined(_))
+            | Err(EngineError::Rejected(DomainError::Quarantined { .. }))
             | Err(EngineError::Log(LogError::Corrupt { .. })) => {}
             Err(e) => return Err(e),
         }
@@ -223,6 +262,10 @@ impl Engine {
             fault: broken.map(|b| b.fault),
             log_head,
             projection_head: snap.as_ref().map_or(0, |s| s.position),
+            skipped: result
+                .as_ref()
+                .map(|v| v.skipped.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -260,7 +303,9 @@ impl Engine {
             };
             let m = mandate.or(snap.tree.root);
             if let Some(m) = m {
-                mandates.push(summary(&snap.tree, m, now)?);
+                let mut s = summary(&snap.tree, m, now)?;
+                s.quarantined = snap.tree.quarantine.as_ref().map(|q| q.position);
+                mandates.push(s);
             }
         }
         Ok(ListReply { mandates })
@@ -274,7 +319,30 @@ impl Engine {
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
                 let snap = self.tree_at(tenant, tree_id, q.at)?;
-                authorize(&snap.tree, q.mandate, &q.action, &q.resource, now)
+                let mut d = authorize(&snap.tree, q.mandate, &q.action, &q.resource, now);
+                let held = match self.hold(tenant, tree_id)? {
+                    Some(DomainError::Quarantined { tree, position }) => {
+                        Some(DenyReason::Quarantined { tree, position })
+                    }
+                    Some(DomainError::TreeTooNew {
+                        tree,
+                        position,
+                        version,
+                        supported,
+                    }) => Some(DenyReason::UnsupportedVersion {
+                        tree,
+                        position,
+                        version,
+                        supported,
+                    }),
+                    _ => None,
+                };
+                if let Some(reason) = held {
+                    d.outcome = Outcome::Deny;
+                    d.reason = Some(reason);
+                    d.approval.clear();
+                }
+                d
             }
             None => authorize(
                 &Tree::empty(tenant.clone(), TreeId(q.mandate.0)),
@@ -360,5 +428,6 @@ fn summary(
         status: m.status,
         effective: tree.effective(mandate, now)?,
         not_after: m.not_after,
+        quarantined: tree.quarantine.as_ref().map(|q| q.position),
     })
 }

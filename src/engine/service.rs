@@ -252,7 +252,7 @@ impl Engine {
                 };
                 encode(r)
             }
-            "health" => encode(self.health().await),
+            "health" => encode(self.health_of(tenant).await),
             other => encode::<()>(Err(EngineError::Invalid(format!(
                 "unknown query verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 
-use crate::domain::{Event, EventBody, MandateId, TenantId, Tree, SCHEMA_VERSION};
+use crate::domain::command::Resolution;
+use crate::domain::{
+    Actor, Event, EventBody, EventId, MandateId, Quarantine, TenantId, Tree, SCHEMA_VERSION,
+};
 use crate::protocol::{signal_subject, Signal, SignalKind};
 
 use super::EngineError;
@@ -38,6 +41,20 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
         | EventBody::AgentUnblocked(_)
         | EventBody::PrincipalBlocked(_)
         | EventBody::PrincipalUnblocked(_) => return None,
+        EventBody::QuarantineResolved(q) => (
+            match q.action {
+                Resolution::Restore => SignalKind::Restored,
+                Resolution::End => SignalKind::Terminated,
+            },
+            Some(format!(
+                "quarantine at log position {} resolved: {}",
+                q.position,
+                match q.action {
+                    Resolution::Restore => "restored",
+                    Resolution::End => "ended",
+                }
+            )),
+        ),
     };
     let mandate = event.body.mandate();
     let status = tree_after.mandates.get(&mandate)?.status;
@@ -54,6 +71,32 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
         time: event.time,
         actor: event.actor.clone(),
         reason,
+        position: match &event.body {
+            EventBody::QuarantineResolved(q) => Some(q.position),
+            _ => None,
+        },
+    })
+}
+
+/// The signal that a tree is quarantined, on its root's subject (every guard
+/// of the tree listens there): `tree` is its last good state. `None` for a
+/// tree without a root, which no guard can hold.
+pub fn quarantine_signal(tree: &Tree, quarantine: &Quarantine) -> Option<Signal> {
+    let root = tree.mandates.get(&tree.root?)?;
+    Some(Signal {
+        schema_version: SCHEMA_VERSION,
+        kind: SignalKind::Quarantined,
+        tenant: tree.tenant.clone(),
+        tree: tree.id,
+        mandate: root.id,
+        status: root.status,
+        event_id: EventId::for_quarantine(tree.id, quarantine.position),
+        event_type: "quarantined".into(),
+        seq: tree.version,
+        time: chrono::Utc::now(),
+        actor: Actor::projector(),
+        reason: Some(quarantine.reason.clone()),
+        position: Some(quarantine.position),
     })
 }
 

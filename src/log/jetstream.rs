@@ -461,62 +461,95 @@ impl EventLog for JetStreamLog {
 impl Inner {
     /// Everything on `filter` after `after`, up to `max` messages, decoded
     /// one by one: a message that cannot be decoded is an `Err` item in place.
+    ///
+    /// A read consumer that stops answering part-way (seen on 2.9 under
+    /// concurrent readers: a fetch that is never answered) is replaced by a
+    /// fresh one from the last message read, a few times, before the read
+    /// fails as unavailable. Never returns a silently shortened read.
     async fn scan(
         &self,
         filter: &str,
         after: u64,
         max: usize,
     ) -> Result<Vec<Result<Record, LogError>>, LogError> {
-        if max == 0 {
-            return Ok(Vec::new());
-        }
-        let consumer = self.consumer(filter, after, CONSUMER_INACTIVE).await?;
-        let pending = consumer.cached_info().num_pending;
-        let result = if pending == 0 {
-            Ok(Vec::new())
-        } else {
-            let target = usize::try_from(pending).unwrap_or(usize::MAX).min(max);
-            self.drain(&consumer, filter, target).await
-        };
-        // Not awaited: the reader should not pay a round trip for cleanup,
-        // and a consumer left behind expires after `CONSUMER_INACTIVE`.
-        let js = self.js.clone();
-        let (stream, name) = (
-            self.config.stream_name.clone(),
-            consumer.cached_info().name.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = js.delete_consumer_from_stream(&name, &stream).await {
-                tracing::debug!(consumer = %name, "could not delete read consumer: {e}");
+        let mut items = Vec::new();
+        let mut from = after;
+        let mut stalls = 0;
+        while items.len() < max {
+            let consumer = self.consumer(filter, from, CONSUMER_INACTIVE).await?;
+            let pending = consumer.cached_info().num_pending;
+            let target = usize::try_from(pending)
+                .unwrap_or(usize::MAX)
+                .min(max - items.len());
+            let drained = if target == 0 {
+                Ok(Drained::Complete)
+            } else {
+                self.drain(&consumer, filter, target, &mut items).await
+            };
+            // Not awaited: the reader should not pay a round trip for cleanup,
+            // and a consumer left behind expires after `CONSUMER_INACTIVE`.
+            let js = self.js.clone();
+            let (stream, name) = (
+                self.config.stream_name.clone(),
+                consumer.cached_info().name.clone(),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = js.delete_consumer_from_stream(&name, &stream).await {
+                    tracing::debug!(consumer = %name, "could not delete read consumer: {e}");
+                }
+            });
+            match drained? {
+                Drained::Complete => break,
+                Drained::Stalled => {
+                    stalls += 1;
+                    if stalls > MAX_STALLS {
+                        return Err(LogError::Unavailable(format!(
+                            "reading {filter}: timed out waiting for records"
+                        )));
+                    }
+                    tracing::debug!(
+                        filter,
+                        from,
+                        read = items.len(),
+                        "read consumer stalled; reading on with a fresh one"
+                    );
+                    from = items.last().and_then(item_position).unwrap_or(from);
+                }
             }
-        });
-        result
+        }
+        Ok(items)
     }
 
+    /// Reads up to `target` messages from `consumer` into `items`.
     async fn drain(
         &self,
         consumer: &PullConsumer,
         filter: &str,
         target: usize,
-    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
+        items: &mut Vec<Result<Record, LogError>>,
+    ) -> Result<Drained, LogError> {
         let unavailable = |what: String| LogError::Unavailable(format!("reading {filter}: {what}"));
-        let mut items = Vec::with_capacity(target.min(READ_BATCH));
-        'batches: while items.len() < target {
-            let want = (target - items.len()).min(READ_BATCH);
-            let timeout = self.config.ack_timeout;
-            let mut batch =
-                tokio::time::timeout(timeout, consumer.fetch().max_messages(want).messages())
-                    .await
-                    .map_err(|_| unavailable("timed out asking for records".to_string()))?
-                    .map_err(|e| unavailable(e.to_string()))?;
+        let mut read = 0;
+        // A healthy server answers a fetch at once; one that has not within
+        // this is taken for stalled, and the read goes on with a new consumer.
+        let timeout = self.config.ack_timeout / (MAX_STALLS + 1);
+        while read < target {
+            let want = (target - read).min(READ_BATCH);
+            let Ok(batch) =
+                tokio::time::timeout(timeout, consumer.fetch().max_messages(want).messages()).await
+            else {
+                return Ok(Drained::Stalled);
+            };
+            let mut batch = batch.map_err(|e| unavailable(e.to_string()))?;
             let mut received = 0;
             loop {
-                let next = tokio::time::timeout(timeout, batch.next())
-                    .await
-                    .map_err(|_| unavailable("timed out waiting for records".to_string()))?;
+                let Ok(next) = tokio::time::timeout(timeout, batch.next()).await else {
+                    return Ok(Drained::Stalled);
+                };
                 let Some(message) = next else { break };
                 let message = message.map_err(|e| unavailable(e.to_string()))?;
                 received += 1;
+                read += 1;
                 let info = message
                     .info()
                     .map_err(|e| LogError::Backend(format!("reading {filter}: {e}")))?;
@@ -528,7 +561,7 @@ impl Inner {
                     message.payload.clone(),
                 ));
                 if last {
-                    break 'batches;
+                    return Ok(Drained::Complete);
                 }
             }
             // Fewer messages than counted at creation (some were deleted):
@@ -537,7 +570,7 @@ impl Inner {
                 break;
             }
         }
-        Ok(items)
+        Ok(Drained::Complete)
     }
 
     /// An ephemeral consumer delivering `filter` from `after + 1`, without
@@ -571,6 +604,26 @@ impl Inner {
                     _ => LogError::Backend(message),
                 }
             })
+    }
+}
+
+/// How a read consumer ended.
+enum Drained {
+    /// Everything it counted (or all that is left) was read.
+    Complete,
+    /// It stopped answering part-way.
+    Stalled,
+}
+
+/// Fresh consumers one read may take after stalls before it fails.
+const MAX_STALLS: u32 = 4;
+
+/// The log position of a scanned item, readable or not.
+fn item_position(item: &Result<Record, LogError>) -> Option<u64> {
+    match item {
+        Ok(r) => Some(r.position),
+        Err(LogError::Corrupt { position, .. }) => Some(*position),
+        Err(_) => None,
     }
 }
 
@@ -701,7 +754,7 @@ fn filter(tenant: Option<&TenantId>) -> String {
 /// Tenant and tree of a record's subject. The tree must be spelled exactly as
 /// Mandate spells it: another spelling of the same UUID would be a subject
 /// that `read_tree` never reads.
-fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
+pub(crate) fn parse_subject(subject: &str) -> Result<(TenantId, TreeId), String> {
     let mut tokens = subject.split('.');
     let (Some("mandate"), Some("evt"), Some(tenant), Some(tree), None) = (
         tokens.next(),

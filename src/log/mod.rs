@@ -50,6 +50,13 @@ mod jetstream;
 pub use embedded::{EmbeddedConfig, EmbeddedLog};
 pub use jetstream::{JetStreamConfig, JetStreamLog};
 
+/// The tenant and tree a record's subject names, when it is a tree's event
+/// subject (`mandate.evt.<tenant>.<tree>`): lets a record the log cannot
+/// decode still be laid at its tree's door.
+pub fn tree_of_subject(subject: &str) -> Option<(TenantId, TreeId)> {
+    jetstream::parse_subject(subject).ok()
+}
+
 /// Default largest commit payload, in bytes, for both backends. Well below
 /// NATS' default `max_payload` of 1 MiB so that headers always fit beside it.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 512 * 1024;

@@ -15,7 +15,8 @@
 //! - `r/<tenant>/<mission_ref>/<tree>` → () (trees serving a mission)
 //! - `c/<tenant>/<mission_ref>` → () (missions completed)
 //! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue)
-//! - `z/<tenant>/<tree>` → reason (a tree whose stream is corrupt)
+//! - `z/<tenant>/<tree>` → [`Quarantine`] JSON (a tree whose stream is corrupt)
+//! - `v/<tenant>/<tree>` → [`Unsupported`] JSON (a tree with events newer than this build)
 //! - `k` → checkpoint (be64)
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +27,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    apply, AgentId, Event, EventBody, MandateId, MissionRef, PrincipalId, TenantId, Tree, TreeId,
+    apply, AgentId, DomainError, Event, EventBody, MandateId, MissionRef, PrincipalId, Quarantine,
+    TenantId, Tree, TreeId,
 };
 
 /// Failures of the projection.
@@ -63,8 +65,28 @@ pub enum Applied {
     Applied(Vec<Event>),
     /// The tree was already at or past this position.
     AlreadyApplied,
-    /// The commit was corrupt; the tree is quarantined.
-    Quarantined(String),
+    /// The commit was corrupt; the tree is now quarantined.
+    Quarantined(Quarantine),
+    /// The tree was already quarantined and this record is not its
+    /// resolution: passed over (the head moves, the state does not).
+    PassedOver,
+    /// The commit (or one before it) has an event of a newer schema version
+    /// than this build reads: not applied, tried again on the next read.
+    Unsupported(String),
+}
+
+/// Why a commit was not applied.
+enum Bad {
+    Corrupt(String),
+    TooNew(u64),
+}
+
+/// A tree this build cannot read past `position` (a newer schema version).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsupported {
+    pub position: u64,
+    pub version: u64,
+    pub reason: String,
 }
 
 const SEP: u8 = 0;
@@ -296,15 +318,61 @@ impl Store {
         &self,
         tenant: &TenantId,
         tree: TreeId,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<Quarantine>, StoreError> {
         let k = key(
             b'z',
             &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
         );
-        Ok(self
-            .kv
-            .get(k)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        self.kv.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// A tenant's quarantined trees.
+    pub fn quarantined_trees(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(TreeId, Quarantine)>, StoreError> {
+        self.kv
+            .scan_prefix(prefix(b'z', &[tenant.as_str().as_bytes()]))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((TreeId(parse_last(&k)?), decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    /// Every tree marked as holding events newer than the build that marked
+    /// it could read, with its tenant.
+    pub fn unsupported_trees(&self) -> Result<Vec<(TenantId, TreeId)>, StoreError> {
+        self.kv
+            .scan_prefix([b'v', SEP])
+            .map(|kv| {
+                let (k, _) = kv?;
+                let bad = || StoreError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "malformed unsupported-version key".into(),
+                };
+                let tenant = k
+                    .split(|b| *b == SEP)
+                    .nth(1)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| TenantId::new(t).ok())
+                    .ok_or_else(bad)?;
+                Ok((tenant, TreeId(parse_last(&k)?)))
+            })
+            .collect()
+    }
+
+    /// Whether the tree holds an event newer than this build reads, and where.
+    pub fn unsupported(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<Unsupported>, StoreError> {
+        let k = key(
+            b'v',
+            &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
+        );
+        self.kv.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
     /// A tree's events in order.
@@ -502,13 +570,59 @@ impl Store {
     ///
     /// A commit that does not decode, belongs to another tree, or breaks the
     /// tree's sequence or hash chain quarantines that tree (never skipped
-    /// silently) and leaves all other trees untouched.
+    /// silently) and leaves all other trees untouched: the tree keeps its last
+    /// good state, marked with the bad position, and its head moves past the
+    /// bad record. While quarantined, only an administrator's resolution
+    /// naming that position and chained from the last good event is applied;
+    /// every other record is passed over. A commit with an event of a newer
+    /// schema version is not corruption: the tree is marked as unreadable by
+    /// this build, stays where it was, and is tried again on the next read.
     pub fn apply_commit(
         &self,
         tenant: &TenantId,
         tree_id: TreeId,
         position: u64,
         payload: &[u8],
+        advance_checkpoint: bool,
+    ) -> Result<Applied, StoreError> {
+        self.apply_record(tenant, tree_id, position, Ok(payload), advance_checkpoint)
+    }
+
+    /// A record of the tree's subject that the log itself could not decode
+    /// (e.g. one published without a command id): it quarantines the tree
+    /// like a commit that does not decode.
+    pub fn apply_corrupt(
+        &self,
+        tenant: &TenantId,
+        tree_id: TreeId,
+        position: u64,
+        reason: &str,
+        advance_checkpoint: bool,
+    ) -> Result<Applied, StoreError> {
+        self.apply_record(
+            tenant,
+            tree_id,
+            position,
+            Err(reason.to_string()),
+            advance_checkpoint,
+        )
+    }
+
+    /// Moves the checkpoint past a record that belongs to no tree.
+    pub fn advance_checkpoint(&self, position: u64) -> Result<(), StoreError> {
+        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if position > self.checkpoint()? {
+            self.kv.insert(b"k", position.to_be_bytes().to_vec())?;
+        }
+        Ok(())
+    }
+
+    fn apply_record(
+        &self,
+        tenant: &TenantId,
+        tree_id: TreeId,
+        position: u64,
+        payload: Result<&[u8], String>,
         advance_checkpoint: bool,
     ) -> Result<Applied, StoreError> {
         // A poisoned lock only means another applier panicked; the database
@@ -520,24 +634,71 @@ impl Store {
         if advance_checkpoint && position > self.checkpoint()? {
             batch.insert(b"k".to_vec(), position.to_be_bytes().to_vec());
         }
-        if self.quarantined(tenant, tree_id)?.is_some() {
-            self.kv.apply_batch(batch)?;
-            return Ok(Applied::AlreadyApplied);
-        }
         let snapshot = self.load_snapshot_locked(tenant, tree_id)?;
         if snapshot.as_ref().is_some_and(|s| s.position >= position) {
             self.kv.apply_batch(batch)?;
             return Ok(Applied::AlreadyApplied);
         }
+        let tree_s = tree_id.to_string();
+        let tree_key = [tenant.as_str().as_bytes(), tree_s.as_bytes()];
+        let too_new = self.unsupported(tenant, tree_id)?;
+        if too_new.as_ref().is_some_and(|u| position > u.position) {
+            // Nothing past an unreadable record can be applied in order.
+            self.kv.apply_batch(batch)?;
+            return Ok(Applied::Unsupported(
+                too_new.map(|u| u.reason).unwrap_or_default(),
+            ));
+        }
         let mut tree = snapshot
             .map(|s| Arc::unwrap_or_clone(s).tree)
             .unwrap_or_else(|| Tree::empty(tenant.clone(), tree_id));
-        let events = match Event::decode_commit(payload)
-            .map_err(|e| e.to_string())
-            .and_then(|evs| check_commit(&tree, tenant, tree_id, &evs).map(|()| evs))
-        {
-            Ok(evs) => evs,
-            Err(reason) => {
+        let decoded = match payload {
+            Err(reason) => Err(Bad::Corrupt(reason)),
+            Ok(bytes) => match Event::decode_commit(bytes) {
+                Err(DomainError::UnknownVersion {
+                    actual, supported, ..
+                }) if actual > u64::from(supported) => Err(Bad::TooNew(actual)),
+                Err(e) => Err(Bad::Corrupt(e.to_string())),
+                Ok(evs) => check_commit(&tree, tenant, tree_id, &evs)
+                    .map(|()| evs)
+                    .map_err(Bad::Corrupt),
+            },
+        };
+        if let Some(q) = &tree.quarantine {
+            let resolves = matches!(&decoded, Ok(evs) if matches!(
+                evs.first().map(|e| &e.body),
+                Some(EventBody::QuarantineResolved(r)) if r.position == q.position
+            ));
+            if !resolves {
+                // Passed over, not applied: the head moves so that reads and
+                // the resolution's append see the log as it is.
+                self.write_snapshot(batch, TreeSnapshot { position, tree })?;
+                return Ok(Applied::PassedOver);
+            }
+        }
+        let events = match decoded {
+            Ok(events) => events,
+            Err(Bad::TooNew(version)) => {
+                let mark = Unsupported {
+                    position,
+                    version,
+                    reason: DomainError::TreeTooNew {
+                        tree: tree_id,
+                        position,
+                        version,
+                        supported: crate::domain::SCHEMA_VERSION,
+                    }
+                    .to_string(),
+                };
+                tracing::warn!(%tenant, tree = %tree_id, position, version, "tree has events newer than this build reads");
+                batch.insert(
+                    key(b'v', &tree_key),
+                    serde_json::to_vec(&mark).expect("marks serialize"),
+                );
+                self.kv.apply_batch(batch)?;
+                return Ok(Applied::Unsupported(mark.reason));
+            }
+            Err(Bad::Corrupt(reason)) => {
                 let err = StoreError::Corrupt {
                     tenant: tenant.clone(),
                     tree: tree_id,
@@ -545,17 +706,23 @@ impl Store {
                     reason,
                 };
                 tracing::error!(%tenant, tree = %tree_id, position, error = %err, "quarantining tree");
+                let q = Quarantine {
+                    position,
+                    reason: err.to_string(),
+                };
                 batch.insert(
-                    key(
-                        b'z',
-                        &[tenant.as_str().as_bytes(), tree_id.to_string().as_bytes()],
-                    ),
-                    err.to_string().into_bytes(),
+                    key(b'z', &tree_key),
+                    serde_json::to_vec(&q).expect("marks serialize"),
                 );
-                self.kv.apply_batch(batch)?;
-                return Ok(Applied::Quarantined(err.to_string()));
+                batch.remove(key(b'v', &tree_key));
+                tree.quarantine = Some(q.clone());
+                self.write_snapshot(batch, TreeSnapshot { position, tree })?;
+                return Ok(Applied::Quarantined(q));
             }
         };
+        if too_new.is_some() {
+            batch.remove(key(b'v', &tree_key));
+        }
         let before = tree.clone();
         for e in &events {
             apply(&mut tree, e);
@@ -569,8 +736,18 @@ impl Store {
             );
             batch.insert(ek, serde_json::to_vec(e).expect("events serialize"));
         }
+        if before.quarantine.is_some() && tree.quarantine.is_none() {
+            batch.remove(key(b'z', &tree_key));
+        }
         index_changes(&mut batch, &before, &tree, &events);
-        let snap = TreeSnapshot { position, tree };
+        self.write_snapshot(batch, TreeSnapshot { position, tree })?;
+        Ok(Applied::Applied(events))
+    }
+
+    /// Adds a tree's snapshot to `batch`, applies the batch and caches the
+    /// snapshot; the caller holds `apply_lock`.
+    fn write_snapshot(&self, mut batch: sled::Batch, snap: TreeSnapshot) -> Result<(), StoreError> {
+        let (tenant, tree_id) = (snap.tree.tenant.clone(), snap.tree.id);
         batch.insert(
             key(
                 b't',
@@ -579,8 +756,8 @@ impl Store {
             serde_json::to_vec(&snap).expect("snapshots serialize"),
         );
         self.kv.apply_batch(batch)?;
-        self.cache_put((tenant.clone(), tree_id), Arc::new(snap));
-        Ok(Applied::Applied(events))
+        self.cache_put((tenant, tree_id), Arc::new(snap));
+        Ok(())
     }
 
     /// Every key and value, for comparing a live projection with a rebuild.
@@ -811,19 +988,24 @@ mod tests {
         let applied = store
             .apply_commit(&acme, bad_tree, 2, b"not json", true)
             .unwrap();
-        let Applied::Quarantined(reason) = applied else {
+        let Applied::Quarantined(q) = applied else {
             panic!("{applied:?}")
         };
+        assert_eq!(q.position, 2);
         assert!(
-            reason.contains(&bad_tree.to_string()) && reason.contains("position 2"),
-            "{reason}"
+            q.reason.contains(&bad_tree.to_string()) && q.reason.contains("position 2"),
+            "{q:?}"
         );
-        assert!(store.quarantined(&acme, bad_tree).unwrap().is_some());
-        // Once quarantined, the tree takes nothing more until rebuilt.
+        assert_eq!(store.quarantined(&acme, bad_tree).unwrap(), Some(q.clone()));
+        // Once quarantined, the tree takes nothing but its resolution: other
+        // records are passed over (the head moves, the state does not).
         assert_eq!(
             store.apply_commit(&acme, bad_tree, 3, &good, true).unwrap(),
-            Applied::AlreadyApplied
+            Applied::PassedOver
         );
+        let snap = store.tree(&acme, bad_tree).unwrap().unwrap();
+        assert_eq!((snap.position, snap.tree.version), (3, 1));
+        assert_eq!(snap.tree.quarantine, Some(q));
         // A commit that breaks a healthy tree's chain (seq 1 again) is caught too.
         let (chain_tree, first) = issue_commit(&acme);
         store
@@ -832,10 +1014,10 @@ mod tests {
         let applied = store
             .apply_commit(&acme, chain_tree, 5, &first, true)
             .unwrap();
-        let Applied::Quarantined(reason) = applied else {
+        let Applied::Quarantined(q) = applied else {
             panic!("{applied:?}")
         };
-        assert!(reason.contains("seq 1"), "{reason}");
+        assert!(q.reason.contains("seq 1"), "{q:?}");
         // Other tenants' trees go on, and the checkpoint moved past the bad record.
         let (other, commit) = issue_commit(&globex);
         assert!(matches!(
@@ -847,6 +1029,36 @@ mod tests {
         assert!(store.quarantined(&globex, other).unwrap().is_none());
         assert_eq!(store.checkpoint().unwrap(), 6);
         // The quarantined tree kept its last good state.
-        assert_eq!(store.tree(&acme, bad_tree).unwrap().unwrap().position, 1);
+        assert_eq!(
+            store.tree(&acme, bad_tree).unwrap().unwrap().tree.version,
+            1
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_version_holds_the_tree_without_quarantine_until_it_can_be_read() {
+        let store = Store::temporary().unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        let (tree, good) = issue_commit(&acme);
+        let newer = br#"[{"schema_version": 2, "type": "mandate_issued"}]"#;
+        // A commit this build cannot read yet is not corruption,
+        let applied = store.apply_commit(&acme, tree, 1, newer, true).unwrap();
+        assert!(matches!(applied, Applied::Unsupported(_)), "{applied:?}");
+        assert!(store.quarantined(&acme, tree).unwrap().is_none());
+        assert_eq!(store.unsupported(&acme, tree).unwrap().unwrap().version, 2);
+        assert_eq!(
+            store.unsupported_trees().unwrap(),
+            vec![(acme.clone(), tree)]
+        );
+        // nothing after it is applied out of order,
+        let applied = store.apply_commit(&acme, tree, 2, &good, true).unwrap();
+        assert!(matches!(applied, Applied::Unsupported(_)), "{applied:?}");
+        assert!(store.tree(&acme, tree).unwrap().is_none());
+        // and once the record at that position reads (as it does for a newer
+        // build), the mark goes and the tree moves on.
+        let applied = store.apply_commit(&acme, tree, 1, &good, true).unwrap();
+        assert!(matches!(applied, Applied::Applied(_)), "{applied:?}");
+        assert!(store.unsupported(&acme, tree).unwrap().is_none());
+        assert!(store.unsupported_trees().unwrap().is_empty());
     }
 }

@@ -1,0 +1,823 @@
+//! Quarantine against a real nats-server and real engine instances: a bad
+//! record on a tree's event subject freezes nothing live.
+//!
+//! - a garbage record published straight on `mandate.evt.<tenant>.<tree>`
+//!   makes `check` deny on every instance and stops the tree's guards;
+//!   `status` and `chain` refuse, `health`, `list` and `history` show it;
+//! - an administrator restores it through another instance: every instance
+//!   and the guard allow again, and a rebuild agrees;
+//! - or ends it: every check denies for good and the guard is cancelled,
+//!   also on an instance started afterwards;
+//! - an event of a newer schema version denies with its own reason and is
+//!   no quarantine;
+//! - a guard cut off while the signal went out denies once its re-read is
+//!   refused;
+//! - the CLI: `check` exits 1 (denied), `status` 5 (refused), `history`
+//!   marks the bad position, and `seal` / `restore` are for administrators.
+
+mod common;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::served::Instance;
+use common::NatsServer;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Client, ClientError, Guard, GuardConfig, GuardState};
+use mandate::domain::command::{Delegate, Issue, Resolution};
+use mandate::domain::{
+    Actor, AgentId, CommandId, Decision, DenyReason, ErrorCode, MandateId, Mission, PrincipalId,
+    Scope, Status, TenantId, TreeId,
+};
+use mandate::engine::Engine;
+use mandate::log::EventLog;
+use mandate::protocol::{CheckQuery, ListQuery, TreeQuery};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long anything asynchronous may take before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// Polls `f` until it holds, for at most [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn tenant() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+async fn client(url: &str, actor: Actor) -> Client {
+    let nc = async_nats::connect(url).await.unwrap();
+    Client::nats(nc, tenant(), actor).with_timeout(Duration::from_millis(700))
+}
+
+fn agent(s: &str) -> Actor {
+    Actor::Agent(AgentId::new(s).unwrap())
+}
+
+/// Two instances following one server, both answering.
+async fn two_instances(url: &str) -> (Instance, Instance, tempfile::TempDir, tempfile::TempDir) {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start(url, da.path()).await;
+    let b = Instance::start(url, db.path()).await;
+    let probe = client(url, agent("probe")).await;
+    eventually("an engine answers requests", || {
+        let probe = probe.clone();
+        async move { probe.health().await.is_ok() }
+    })
+    .await;
+    (a, b, da, db)
+}
+
+/// Issues root (lead) → worker; returns (root, worker).
+async fn root_and_worker(url: &str) -> (MandateId, MandateId) {
+    let cfo = client(url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let root = cfo
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "quarantine test".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 3,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("issue")
+        .mandate
+        .unwrap();
+    let worker = client(url, agent("lead"))
+        .await
+        .delegate(Delegate {
+            parent: root,
+            grantee: AgentId::new("worker").unwrap(),
+            scope: Scope::parse(["fin:read on ledger/q3"]).unwrap(),
+            not_after: None,
+            depth: None,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("delegate")
+        .mandate
+        .unwrap();
+    (root, worker)
+}
+
+/// Publishes `payload` straight on the tree's event subject, as anyone
+/// allowed to publish there could: no engine, no expected head, no msg id.
+async fn publish_garbage(url: &str, tree: TreeId, payload: &'static [u8]) -> u64 {
+    let nc = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    js.publish(format!("mandate.evt.acme.{tree}"), payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+fn guard_config() -> GuardConfig {
+    GuardConfig {
+        lease: Duration::from_secs(30),
+        heartbeat: Duration::from_secs(10),
+        ..GuardConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_record_makes_check_deny_everywhere_and_stops_the_guard() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+    let tree = TreeId(root.0);
+
+    // Given a garbage record on the tree's event subject,
+    publish_garbage(&url, tree, b"{ not a commit").await;
+
+    // then every instance denies checks under the tree,
+    let q = mandate::protocol::CheckQuery {
+        mandate: worker,
+        action: "fin:read".into(),
+        resource: "ledger/q3".into(),
+        at: None,
+        actor: None,
+    };
+    for (name, engine) in [("a", &a.engine), ("b", &b.engine)] {
+        let d = engine.check(&tenant(), &q).await.expect("check answers");
+        assert!(!d.is_allowed(), "instance {name} still allows: {d:?}");
+    }
+    // and the guard stops allowing, well before its heartbeat.
+    eventually("the guard denies", || async {
+        !guard.check("fin:read", "ledger/q3").is_allowed()
+    })
+    .await;
+}
+
+fn check_query(mandate: MandateId) -> CheckQuery {
+    CheckQuery {
+        mandate,
+        action: "fin:read".into(),
+        resource: "ledger/q3".into(),
+        at: None,
+        actor: None,
+    }
+}
+
+async fn check(engine: &Engine, mandate: MandateId) -> Decision {
+    engine
+        .check(&tenant(), &check_query(mandate))
+        .await
+        .expect("check answers")
+}
+
+fn quarantined_at(d: &Decision) -> Option<u64> {
+    match d.reason {
+        Some(DenyReason::Quarantined { position, .. }) if !d.is_allowed() => Some(position),
+        _ => None,
+    }
+}
+
+fn code(e: &ClientError) -> Option<ErrorCode> {
+    e.code()
+}
+
+/// Publishes garbage on the tree and waits until both instances deny with
+/// `quarantined` naming its position; returns the position.
+async fn quarantine(url: &str, a: &Instance, b: &Instance, tree: TreeId, worker: MandateId) -> u64 {
+    let position = publish_garbage(url, tree, b"{ not a commit").await;
+    for engine in [&a.engine, &b.engine] {
+        let d = check(engine, worker).await;
+        assert_eq!(quarantined_at(&d), Some(position), "{d:?}");
+    }
+    position
+}
+
+fn admin() -> Actor {
+    Actor::Admin(PrincipalId::new("ops").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_another_instance() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    // Given a garbage record on the tree's subject, checks deny on both,
+    let position = quarantine(&url, &a, &b, tree, worker).await;
+    // the guard hears of it without waiting for its heartbeat,
+    eventually("the guard is quarantined", || async {
+        guard.state() == GuardState::Quarantined
+            && quarantined_at(&guard.check("fin:read", "ledger/q3")) == Some(position)
+    })
+    .await;
+    assert!(
+        !guard.cancellation().is_cancelled(),
+        "a quarantine is not a termination"
+    );
+    // status and chain refuse with their own code, and so do commands,
+    let lead = client(&url, agent("lead")).await;
+    for e in [
+        lead.status(worker, None).await.map(|_| ()).unwrap_err(),
+        lead.chain(worker, None).await.map(|_| ()).unwrap_err(),
+        lead.pause(worker, None).await.map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+        assert!(
+            e.to_string().contains(&format!("position {position}")),
+            "{e}"
+        );
+    }
+    // health and list show it, history keeps answering and marks it.
+    let health = client(&url, admin()).await.health().await.unwrap();
+    assert!(
+        health
+            .quarantined
+            .iter()
+            .any(|q| q.tree == tree && q.position == position),
+        "{health:?}"
+    );
+    let listed = lead
+        .list(ListQuery {
+            agent: Some(AgentId::new("lead").unwrap()),
+            principal: None,
+            mission_ref: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.mandates[0].quarantined, Some(position), "{listed:?}");
+    let history = lead
+        .history(TreeQuery {
+            tree: Some(tree),
+            mandate: None,
+            at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(history.events.len(), 2);
+    assert_eq!(history.quarantine.map(|q| q.position), Some(position));
+
+    // Only an administrator resolves it, and only at the bad position.
+    let e = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap()))
+        .await
+        .resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Forbidden), "{e}");
+    let e = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position + 1, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+
+    // When an administrator restores it through instance B,
+    let restored = b
+        .engine
+        .execute(ext(mandate::domain::CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: 1,
+            command: mandate::domain::Command::ResolveQuarantine(
+                mandate::domain::command::ResolveQuarantine {
+                    mandate: root,
+                    position,
+                    action: Resolution::Restore,
+                    reason: Some("the record was injected; state verified".into()),
+                },
+            ),
+        }))
+        .await
+        .expect("restore");
+    // its event continues the chain from the last good event,
+    let event = &restored.commits[0].events[0];
+    assert_eq!(event.seq, 3);
+    assert_eq!(event.prev_hash, Some(history.events[1].hash()));
+    // and instance A allows again, as does the guard.
+    assert!(check(&a.engine, worker).await.is_allowed());
+    eventually("the guard allows again", || async {
+        guard.check("fin:read", "ledger/q3").is_allowed()
+    })
+    .await;
+    let verify = lead
+        .verify(TreeQuery {
+            tree: Some(tree),
+            mandate: None,
+            at: None,
+        })
+        .await
+        .unwrap();
+    assert!(verify.intact, "{verify:?}");
+    // and verify marks the bad record, still in the log, as skipped.
+    assert_eq!(verify.skipped, vec![position], "{verify:?}");
+    // The tree takes commands again.
+    lead.pause(worker, None).await.expect("pause after restore");
+    assert_eq!(
+        lead.status(worker, None).await.unwrap().effective.status,
+        Status::Paused
+    );
+
+    // A rebuild from the log gives the same state, the bad record included.
+    b.caught_up().await;
+    let report = b.engine.rebuild_check().await.unwrap();
+    assert!(report.equal, "{report:?}");
+    b.stop().await;
+    let fresh = tempfile::tempdir().unwrap();
+    let c = Instance::start(&url, fresh.path()).await;
+    c.caught_up().await;
+    let d = check(&c.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Paused,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_ends_a_quarantined_tree_for_good() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+    let position = quarantine(&url, &a, &b, tree, worker).await;
+
+    // When an administrator ends it (through whichever instance answers),
+    let ended = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position, Resolution::End, Some("compromised".into()))
+        .await
+        .expect("end");
+    assert_eq!(ended.commits[0].events[0].seq, 3);
+    // every check denies on both instances, as revoked at the root,
+    for engine in [&a.engine, &b.engine] {
+        let d = check(engine, worker).await;
+        assert!(
+            matches!(
+                d.reason,
+                Some(DenyReason::NotActive {
+                    status: Status::Revoked,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+    }
+    // the guard is cancelled,
+    tokio::time::timeout(PATIENCE, guard.cancellation().cancelled())
+        .await
+        .expect("the guard is cancelled");
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
+    // nothing revives it,
+    let e = client(&url, admin())
+        .await
+        .resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+    // and an instance started afterwards, replaying the log, agrees.
+    let fresh = tempfile::tempdir().unwrap();
+    let c = Instance::start(&url, fresh.path()).await;
+    c.caught_up().await;
+    let d = check(&c.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+    let report = c.engine.rebuild_check().await.unwrap();
+    assert!(report.equal, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, _b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let tree = TreeId(root.0);
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&url, agent("worker")).await,
+        &hub,
+        worker,
+        guard_config(),
+    )
+    .await
+    .unwrap();
+
+    // Given a commit written by a newer build (schema version 2), appended
+    // as a newer instance would: at the head, with a command id,
+    let head = a.engine.log().tree_head(&tenant(), tree).await.unwrap();
+    let nc = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(nc);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", CommandId::generate().to_string().as_str());
+    headers.insert(
+        "Nats-Expected-Last-Subject-Sequence",
+        head.to_string().as_str(),
+    );
+    let position = js
+        .publish_with_headers(
+            format!("mandate.evt.acme.{tree}"),
+            headers,
+            br#"[{"schema_version": 2, "type": "mandate_paused"}]"#
+                .as_slice()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+
+    // then this instance denies with its own reason,
+    let d = check(&a.engine, worker).await;
+    assert!(
+        matches!(d.reason, Some(DenyReason::UnsupportedVersion { position: p, version: 2, .. }) if p == position),
+        "{d:?}"
+    );
+    let lead = client(&url, agent("lead")).await;
+    let e = lead.status(worker, None).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Unavailable), "{e}");
+    // but it is no quarantine: none is listed, and guards are not told to stop.
+    let health = client(&url, admin()).await.health().await.unwrap();
+    assert!(health.quarantined.is_empty(), "{health:?}");
+    assert!(a
+        .engine
+        .store()
+        .quarantined(&tenant(), tree)
+        .unwrap()
+        .is_none());
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+}
+
+/// Runs the `mandate` binary against the server as `actor`, in tenant acme.
+fn cli(url: &str, actor: &str, args: &[&str]) -> std::process::Output {
+    let data = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args([
+            "--nats", url, "--tenant", "acme", "--actor", actor, "--data",
+        ])
+        .arg(data.path())
+        .args(args)
+        .env_remove("MANDATE_SECRET")
+        .output()
+        .expect("run the mandate binary")
+}
+
+fn exit_code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let position = quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    let (worker_s, root_s, pos_s) = (worker.to_string(), root.to_string(), position.to_string());
+
+    // A check is a deny (1); status is refused (5); history still answers
+    // and marks the bad position.
+    let denied = cli(
+        &url,
+        "agent:worker",
+        &["check", &worker_s, "fin:read", "ledger/q3"],
+    );
+    assert_eq!(exit_code(&denied), Some(1), "{denied:?}");
+    let status = cli(&url, "agent:lead", &["status", &worker_s]);
+    assert_eq!(exit_code(&status), Some(5), "{status:?}");
+    let history = cli(&url, "agent:lead", &["history", &worker_s]);
+    assert_eq!(exit_code(&history), Some(0), "{history:?}");
+    assert!(
+        String::from_utf8_lossy(&history.stdout)
+            .contains(&format!("QUARANTINED at log position {position}")),
+        "{history:?}"
+    );
+    // Only an administrator seals it.
+    let refused = cli(
+        &url,
+        "principal:cfo",
+        &["seal", &root_s, "--position", &pos_s],
+    );
+    assert_eq!(exit_code(&refused), Some(5), "{refused:?}");
+    let sealed = cli(&url, "admin:ops", &["seal", &root_s, "--position", &pos_s]);
+    assert_eq!(exit_code(&sealed), Some(0), "{sealed:?}");
+    let d = check(&a.engine, worker).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+    let restore = cli(
+        &url,
+        "admin:ops",
+        &["restore", &root_s, "--position", &pos_s],
+    );
+    assert_eq!(
+        exit_code(&restore),
+        Some(5),
+        "a sealed tree stays ended: {restore:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    // The worker holds a mandate in each of two trees.
+    let (root1, worker1) = root_and_worker(&url).await;
+    let (root2, worker2) = root_and_worker(&url).await;
+    // Quarantine the tree that a deprovisioning reaches first (mandates are
+    // taken in the order of their ids).
+    let (bad_root, bad, good) = if worker1.to_string() < worker2.to_string() {
+        (root1, worker1, worker2)
+    } else {
+        (root2, worker2, worker1)
+    };
+    quarantine(&url, &a, &b, TreeId(bad_root.0), bad).await;
+
+    // When an administrator deprovisions the worker,
+    let result = client(&url, admin())
+        .await
+        .revoke_agent(AgentId::new("worker").unwrap(), None)
+        .await;
+    // it says that a tree could not be reached,
+    let e = result.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+    // but the healthy tree's mandate is revoked all the same.
+    let d = check(&a.engine, good).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Revoked,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
+fn mission_issue(grantee: &str) -> Issue {
+    Issue {
+        principal: PrincipalId::new("cfo").unwrap(),
+        grantee: AgentId::new(grantee).unwrap(),
+        mission: Mission {
+            purpose: "quarantine test".into(),
+            mission_ref: Some(mandate::domain::MissionRef::new("jira:FIN-7").unwrap()),
+        },
+        scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
+        not_after: Utc::now() + chrono::Duration::hours(1),
+        depth: 3,
+        step_up: vec![],
+        supervisors: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends_the_tree_once_restored(
+) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let cfo = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let root = cfo
+        .issue(mission_issue("lead"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let position = quarantine(&url, &a, &b, TreeId(root.0), root).await;
+    let mission = mandate::domain::MissionRef::new("jira:FIN-7").unwrap();
+
+    // When the intake completes the mission while its only tree is
+    // quarantined (an administrator, on instance A: which instances learn of a completion
+    // with no event behind it is the mission stream's business),
+    let e = a
+        .engine
+        .execute(ext(mandate::domain::CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: admin(),
+            correlation_id: None,
+            schema_version: 1,
+            command: mandate::domain::Command::CompleteMission(
+                mandate::domain::command::CompleteMission {
+                    mission_ref: mission.clone(),
+                },
+            ),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::Quarantined, "{e}");
+    // the mission is closed all the same: no new tree may serve it,
+    let e = a
+        .engine
+        .execute(ext(mandate::domain::CommandEnvelope {
+            command_id: CommandId::generate(),
+            tenant: tenant(),
+            actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
+            correlation_id: None,
+            schema_version: 1,
+            command: mandate::domain::Command::Issue(mission_issue("other")),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_body().code, ErrorCode::InvalidState, "{e}");
+    let ops = client(&url, admin()).await;
+    // and once the tree is restored, completing again ends it.
+    ops.resolve_quarantine(root, position, Resolution::Restore, None)
+        .await
+        .unwrap();
+    ops.complete_mission(mission).await.unwrap();
+    let d = check(&a.engine, root).await;
+    assert!(
+        matches!(
+            d.reason,
+            Some(DenyReason::NotActive {
+                status: Status::Completed,
+                ..
+            })
+        ),
+        "{d:?}"
+    );
+}
+
+/// A TCP relay in front of the server that the test can sever, to cut one
+/// guard off without stopping anything else.
+struct Relay {
+    port: u16,
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (o, g) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !o.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = g.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            open,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn sever(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (a, b, _da, _db) = two_instances(&url).await;
+    let (root, worker) = root_and_worker(&url).await;
+    let relay = Relay::start(server.port()).await;
+    let hub = GuardHub::new();
+    let guard_client = client(&relay.url(), agent("worker")).await;
+    let connection = guard_client.nats_client().unwrap().clone();
+    let guard = Guard::start(guard_client, &hub, worker, guard_config())
+        .await
+        .unwrap();
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    // Given a guard cut off while its tree is quarantined (it misses the
+    // signal; its lease has not run out, so it still allows),
+    relay.sever();
+    eventually("the guard's connection is down", || async {
+        connection.connection_state() != async_nats::connection::State::Connected
+    })
+    .await;
+    quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+    // when it is back and re-reads, the refusal makes it deny,
+    relay.restore();
+    eventually("the guard's connection is back", || async {
+        connection.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    // when it re-reads, the engine refuses, and the guard denies.
+    let e = guard.refresh().await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
+    assert_eq!(guard.state(), GuardState::Quarantined);
+    let d = guard.check("fin:read", "ledger/q3");
+    assert!(!d.is_allowed(), "{d:?}");
+    // without ending it: a quarantine is not a termination.
+    assert!(!guard.cancellation().is_cancelled());
+}
+
+/// A command as it arrives from outside the engine.
+fn ext(cmd: mandate::domain::CommandEnvelope) -> mandate::domain::ExternalCommand {
+    mandate::domain::ExternalCommand::new(cmd).expect("no engine actor")
+}
