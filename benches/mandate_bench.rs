@@ -27,8 +27,8 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig, MissionPublisher};
 use mandate::domain::command::{Delegate, Issue};
 use mandate::domain::{
-    decide, root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, Event, Mission,
-    MissionRef, PrincipalId, Scope, TenantId, Tree, SCHEMA_VERSION,
+    decide, root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, Event, Facts,
+    Mission, MissionRef, PrincipalId, Scope, TenantId, Tree, SCHEMA_VERSION,
 };
 use mandate::engine::{replay_log, Engine, EngineConfig};
 use mandate::log::{AnyLog, EmbeddedLog, EventLog, JetStreamConfig, JetStreamLog};
@@ -73,7 +73,7 @@ fn issue_cmd(i: usize) -> CommandEnvelope {
 /// A realistic commit payload for a new tree.
 fn commit_for(cmd: &CommandEnvelope) -> Bytes {
     let tree = Tree::empty(tenant(), root_tree_id(cmd.command_id));
-    let events = decide(&tree, cmd, Utc::now()).unwrap();
+    let events = decide(&tree, cmd, &Facts::default(), Utc::now()).unwrap();
     Event::encode_commit(&events).into()
 }
 

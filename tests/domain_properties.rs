@@ -22,7 +22,7 @@ use uuid::Uuid;
 use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew, Target};
 use mandate::domain::{
     authorize, decide, replay, verify_chain, ActionPattern, Actor, AgentId, Command,
-    CommandEnvelope, CommandId, DomainError, Event, EventBody, Grantor, Mandate, MandateId,
+    CommandEnvelope, CommandId, DomainError, Event, EventBody, Facts, Grantor, Mandate, MandateId,
     Mission, MissionRef, Outcome, PrincipalId, ResourcePattern, Scope, Status, TenantId, Tree,
     TreeId, SCHEMA_VERSION,
 };
@@ -760,7 +760,7 @@ fn run(case: &Case) -> Run {
 
 fn decide_and_apply(run: &mut Run, cmd: CommandEnvelope, resubmit: bool, unknown_target: bool) {
     let pre = run.tree.clone();
-    let result = decide(&run.tree, &cmd, run.now);
+    let result = decide(&run.tree, &cmd, &Facts::default(), run.now);
     if let Ok(events) = &result {
         for e in events {
             if let EventBody::MandateIssued(issued) = &e.body {
@@ -1048,7 +1048,7 @@ proptest! {
         }
         for m in run.tree.mandates.values().filter(|m| m.status.is_terminal()) {
             for probe in probes(&run.tree, m, run.now) {
-                let result = decide(&run.tree, &probe, run.now);
+                let result = decide(&run.tree, &probe, &Facts::default(), run.now);
                 prop_assert!(
                     is_terminal_refusal(&result, m.id),
                     "{:?} on terminal {} gave {:?}",
@@ -1111,7 +1111,7 @@ proptest! {
             prop_assert_eq!(run.post(i), &rec.pre);
         }
         for cmd in &run.accepted {
-            prop_assert_eq!(decide(&run.tree, cmd, run.now), Ok(Vec::new()));
+            prop_assert_eq!(decide(&run.tree, cmd, &Facts::default(), run.now), Ok(Vec::new()));
         }
         let mut per_command: BTreeMap<CommandId, usize> = BTreeMap::new();
         for e in &run.events {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use mandate::domain::{
-    authorize, decide, root_tree_id, CommandEnvelope, CommandId, TenantId, Tree,
+    authorize, decide, root_tree_id, CommandEnvelope, CommandId, Facts, TenantId, Tree,
 };
 use mandate::protocol::{schemas, Reply};
 use serde_json::Value;
@@ -103,7 +103,7 @@ fn real_documents_validate() {
     .unwrap();
     assert!(validator("command").is_valid(&serde_json::to_value(&cmd).unwrap()));
     let tree = Tree::empty(tenant.clone(), root_tree_id(cmd_id));
-    let events = decide(&tree, &cmd, now).unwrap();
+    let events = decide(&tree, &cmd, &Facts::default(), now).unwrap();
     let commit = serde_json::to_value(&events).unwrap();
     assert!(
         validator("commit").is_valid(&commit),

@@ -10,7 +10,19 @@ use super::ids::EventId;
 use super::model::{Actor, Mandate, Tree};
 use super::{amend, issue, lifecycle};
 
-/// Decides what `cmd` means for `tree` at `now`.
+/// What the engine knows beyond the tree, read fresh before deciding.
+///
+/// `decide` stays pure: the engine reads these facts (from its projection or
+/// the log) just before it decides, and passes them in. Every field defaults
+/// to "nothing known", which is what a caller without such facts passes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    /// The mission an `issue` names (by its `mission_ref`) is already
+    /// completed.
+    pub mission_completed: bool,
+}
+
+/// Decides what `cmd` means for `tree` at `now`, given `facts`.
 ///
 /// - A command of another tenant is refused with `CrossTenant`.
 /// - A command id the tree has already applied yields no events (idempotent:
@@ -23,6 +35,7 @@ use super::{amend, issue, lifecycle};
 pub fn decide(
     tree: &Tree,
     cmd: &CommandEnvelope,
+    facts: &Facts,
     now: DateTime<Utc>,
 ) -> Result<Vec<Event>, DomainError> {
     if cmd.tenant != tree.tenant {
@@ -40,7 +53,7 @@ pub fn decide(
     }
     cmd.validate()?;
     let bodies = match &cmd.command {
-        Command::Issue(c) => issue::issue(tree, &cmd.actor, c, now)?,
+        Command::Issue(c) => issue::issue(tree, &cmd.actor, c, facts, now)?,
         Command::Delegate(c) => issue::delegate(tree, &cmd.actor, cmd.command_id, c, now)?,
         Command::Pause(c) => lifecycle::pause(tree, &cmd.actor, c, now)?,
         Command::Resume(c) => lifecycle::resume(tree, &cmd.actor, c, now)?,

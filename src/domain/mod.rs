@@ -22,7 +22,7 @@ pub mod status;
 
 pub use authorize::{authorize, ChainLink, Decision, DenyReason, Outcome};
 pub use command::{Command, CommandEnvelope};
-pub use decide::decide;
+pub use decide::{decide, Facts};
 pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
 pub use event::{

@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::domain::{
     decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
-    Event, MandateId, MissionRef, TenantId, Tree, TreeId,
+    Event, Facts, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -25,29 +25,16 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(tenant = %cmd.tenant, command_id = %cmd.command_id, verb = cmd.command.verb()))]
     pub async fn execute(&self, cmd: CommandEnvelope) -> Result<CommandResult, EngineError> {
         cmd.validate()?;
-        match &cmd.command {
-            Command::CompleteMission(c) => {
-                let mission = c.mission_ref.clone();
-                return self
-                    .complete_mission(
-                        &cmd.tenant,
-                        &mission,
-                        cmd.actor.clone(),
-                        Some(cmd.command_id),
-                    )
-                    .await;
-            }
-            Command::Issue(i) => {
-                if let Some(r) = &i.mission.mission_ref {
-                    if self.inner.store.mission_completed(&cmd.tenant, r)? {
-                        return Err(DomainError::MissionCompleted {
-                            mission_ref: r.to_string(),
-                        }
-                        .into());
-                    }
-                }
-            }
-            _ => {}
+        if let Command::CompleteMission(c) = &cmd.command {
+            let mission = c.mission_ref.clone();
+            return self
+                .complete_mission(
+                    &cmd.tenant,
+                    &mission,
+                    cmd.actor.clone(),
+                    Some(cmd.command_id),
+                )
+                .await;
         }
         let tree = match self.tree_for(&cmd) {
             // Another instance may have acknowledged the command that created
@@ -189,8 +176,9 @@ impl Engine {
         let tenant = &cmd.tenant;
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.snapshot(tenant, tree)?;
+            let facts = self.facts_for(cmd).await?;
             let now = Utc::now();
-            let events = match decide(&snap.tree, cmd, now) {
+            let events = match decide(&snap.tree, cmd, &facts, now) {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A refusal is never checked by an append, so it must not
@@ -226,7 +214,7 @@ impl Engine {
                     // or on another tree (the log deduplicates ids globally).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
-                    return match decide(&snap.tree, cmd, now) {
+                    return match decide(&snap.tree, cmd, &facts, now) {
                         Ok(again) if again.is_empty() => {
                             Ok((self.original(tenant, &snap, cmd.command_id)?, true))
                         }
@@ -269,6 +257,17 @@ impl Engine {
             }
         }
         Err(EngineError::Contended(self.inner.config.max_attempts))
+    }
+
+    /// What `decide` needs to know beyond the tree for `cmd`, read fresh.
+    async fn facts_for(&self, cmd: &CommandEnvelope) -> Result<Facts, EngineError> {
+        let mut facts = Facts::default();
+        if let Command::Issue(i) = &cmd.command {
+            if let Some(r) = &i.mission.mission_ref {
+                facts.mission_completed = self.inner.store.mission_completed(&cmd.tenant, r)?;
+            }
+        }
+        Ok(facts)
     }
 
     /// The commit a command id wrote earlier, from the tree's history.
@@ -325,27 +324,27 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
+        let cmd = mission_command(tenant, mission, &actor, command);
+        // With no tree serving the mission, no tree's rules judge the actor,
+        // yet the completion closes the mission for every later issue: the
+        // domain decides who may do that, on the empty tree.
+        if self
+            .inner
+            .store
+            .trees_for_mission(tenant, mission)?
+            .is_empty()
+        {
+            decide(
+                &Tree::empty(tenant.clone(), mission_tree(tenant, mission)),
+                &cmd,
+                &Facts::default(),
+                Utc::now(),
+            )?;
+        }
         // Marked before the trees are looked up, so that an issue racing this
         // completion is refused; but a completion that is refused (e.g. an
         // actor without authority over the mission's trees) or fails must not
         // leave the mark behind, or it would close the mission for good.
-        // With no tree serving the mission there is no tree whose rules could
-        // refuse the actor, yet the mark closes the mission for every future
-        // issue: only an administrator or the mission intake may do that.
-        let privileged = matches!(actor, Actor::Admin(_)) || actor == Actor::mission_intake();
-        if !privileged
-            && self
-                .inner
-                .store
-                .trees_for_mission(tenant, mission)?
-                .is_empty()
-        {
-            return Err(DomainError::MissionForbidden {
-                mission_ref: mission.to_string(),
-                actor: actor.to_string(),
-            }
-            .into());
-        }
         let was_completed = self.inner.store.mission_completed(tenant, mission)?;
         self.inner.store.mark_mission_completed(tenant, mission)?;
         let result = self
@@ -364,22 +363,11 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
-        let base = command.unwrap_or_else(|| {
-            CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
-        });
+        let base = mission_command(tenant, mission, &actor, command).command_id;
         let mut commits = Vec::new();
         let mut duplicate = true;
         for tree in self.inner.store.trees_for_mission(tenant, mission)? {
-            let cmd = CommandEnvelope {
-                command_id: CommandId::derived(&base.to_string(), &tree.to_string()),
-                tenant: tenant.clone(),
-                actor: actor.clone(),
-                correlation_id: Some(base.to_string()),
-                schema_version: crate::domain::SCHEMA_VERSION,
-                command: Command::CompleteMission(crate::domain::command::CompleteMission {
-                    mission_ref: mission.clone(),
-                }),
-            };
+            let cmd = tree_command(tenant, mission, &actor, base, tree);
             match self.execute_on(tree, &cmd).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
@@ -496,4 +484,52 @@ impl Engine {
             commits,
         })
     }
+}
+
+/// A mission's completion as one command: `command`, or (from the intake and
+/// the engine) an id derived from the tenant and mission, so every instance
+/// writes the same one.
+fn mission_command(
+    tenant: &TenantId,
+    mission: &MissionRef,
+    actor: &Actor,
+    command: Option<CommandId>,
+) -> CommandEnvelope {
+    let command_id = command
+        .unwrap_or_else(|| CommandId::derived("complete-mission", &format!("{tenant}/{mission}")));
+    CommandEnvelope {
+        command_id,
+        tenant: tenant.clone(),
+        actor: actor.clone(),
+        correlation_id: None,
+        schema_version: crate::domain::SCHEMA_VERSION,
+        command: Command::CompleteMission(crate::domain::command::CompleteMission {
+            mission_ref: mission.clone(),
+        }),
+    }
+}
+
+/// The completion of one tree of a mission, its id derived from the
+/// mission's command id and the tree.
+fn tree_command(
+    tenant: &TenantId,
+    mission: &MissionRef,
+    actor: &Actor,
+    base: CommandId,
+    tree: TreeId,
+) -> CommandEnvelope {
+    let mut cmd = mission_command(
+        tenant,
+        mission,
+        actor,
+        Some(CommandId::derived(&base.to_string(), &tree.to_string())),
+    );
+    cmd.correlation_id = Some(base.to_string());
+    cmd
+}
+
+/// The id of the empty tree a completion of a mission no tree serves is
+/// decided on (it is never written).
+fn mission_tree(tenant: &TenantId, mission: &MissionRef) -> TreeId {
+    TreeId(CommandId::derived("mission-tree", &format!("{tenant}/{mission}")).0)
 }

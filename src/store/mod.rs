@@ -787,7 +787,13 @@ mod tests {
             }),
         };
         let tree = root_tree_id(cmd.command_id);
-        let events = decide(&Tree::empty(tenant.clone(), tree), &cmd, chrono::Utc::now()).unwrap();
+        let events = decide(
+            &Tree::empty(tenant.clone(), tree),
+            &cmd,
+            &crate::domain::Facts::default(),
+            chrono::Utc::now(),
+        )
+        .unwrap();
         (tree, Event::encode_commit(&events))
     }
 
