@@ -47,6 +47,11 @@ impl Engine {
             other => other?,
         };
         let commit = self.execute_on(tree, &cmd).await?;
+        if let Command::Issue(i) = &cmd.command {
+            if let Some(r) = &i.mission.mission_ref {
+                self.end_if_mission_completed(&cmd.tenant, r, tree).await?;
+            }
+        }
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
             Command::Delegate(_) => Some(delegated_id(cmd.command_id)),
@@ -264,7 +269,7 @@ impl Engine {
         let mut facts = Facts::default();
         if let Command::Issue(i) = &cmd.command {
             if let Some(r) = &i.mission.mission_ref {
-                facts.mission_completed = self.inner.store.mission_completed(&cmd.tenant, r)?;
+                facts.mission_completed = self.mission_completed(&cmd.tenant, r).await?;
             }
         }
         Ok(facts)
@@ -345,15 +350,53 @@ impl Engine {
         // completion is refused; but a completion that is refused (e.g. an
         // actor without authority over the mission's trees) or fails must not
         // leave the mark behind, or it would close the mission for good.
+        // An administrator's completion is also recorded on the mission
+        // stream, which every instance reads: the mark alone is this
+        // instance's, and a mission no tree serves yet has no tree event to
+        // carry it.
         let was_completed = self.inner.store.mission_completed(tenant, mission)?;
         self.inner.store.mark_mission_completed(tenant, mission)?;
-        let result = self
-            .complete_mission_trees(tenant, mission, actor, command)
+        let mut result = self
+            .complete_mission_trees(tenant, mission, actor.clone(), command)
             .await;
+        if result.is_ok() && matches!(actor, Actor::Admin(_)) {
+            if let Err(e) = self
+                .record_completion(tenant, mission, &actor, cmd.command_id)
+                .await
+            {
+                result = Err(e);
+            }
+        }
         if result.is_err() && !was_completed {
             self.inner.store.unmark_mission_completed(tenant, mission)?;
         }
         result
+    }
+
+    /// The second read of an `issue`'s mission, after its append: if the
+    /// mission was completed meanwhile (on any instance), the new mandate
+    /// ends at once, as the mission intake would end it (same command id,
+    /// so the two write one event), and the issue is refused.
+    async fn end_if_mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
+        if !self.mission_completed(tenant, mission).await? {
+            return Ok(());
+        }
+        let base = mission_command(tenant, mission, &Actor::mission_intake(), None).command_id;
+        let cmd = tree_command(tenant, mission, &Actor::mission_intake(), base, tree);
+        match self.execute_on(tree, &cmd).await {
+            // Already ended (by the intake, or otherwise): nothing to do.
+            Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        Err(DomainError::MissionCompleted {
+            mission_ref: mission.to_string(),
+        }
+        .into())
     }
 
     async fn complete_mission_trees(

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     /// Woken whenever the projection changes, for the expiry scheduler.
     pub(crate) changed: Notify,
     pub(crate) nats: Option<async_nats::Client>,
+    /// The mission stream as this instance reads it.
+    pub(crate) missions: missions::MissionState,
 }
 
 /// One engine instance. Cheap to clone.
@@ -165,9 +167,10 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         bus.setup(config.signal_retention).await?;
-        if let Some(client) = &nats {
-            missions::setup_streams(client, &config).await?;
-        }
+        let mission_state = match &nats {
+            Some(client) => missions::setup_streams(client, &config).await?,
+            None => missions::MissionState::default(),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
@@ -176,6 +179,7 @@ impl Engine {
                 config,
                 changed: Notify::new(),
                 nats,
+                missions: mission_state,
             }),
         })
     }
@@ -417,6 +421,7 @@ impl Engine {
             log_position,
             lag: log_position.saturating_sub(position),
             time: Utc::now(),
+            rejected_mission_completions: self.rejected_completions().await?,
         })
     }
 }
