@@ -22,11 +22,12 @@ use hmac::{Hmac, Mac};
 use mandate::client::Client;
 use mandate::domain::command::{CompleteMission, Issue};
 use mandate::domain::{
-    root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, MandateId, Mission,
-    MissionRef, PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
+    decide, root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, Event, Facts,
+    MandateId, Mission, MissionRef, PrincipalId, Scope, Status, TenantId, Tree, SCHEMA_VERSION,
 };
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{EngineConfig, EngineError};
+use mandate::log::EventLog;
 use mandate::protocol::{mission_subject, query_subject};
 use serde_json::Value;
 use sha2::Sha256;
@@ -260,6 +261,76 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
             })
             .await;
         }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_instance() {
+    let server = NatsServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start(&server.url(), dir_a.path()).await;
+    let b = Instance::start(&server.url(), dir_b.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    publish_completion(&nc, "acme", "jira:CRASH-1", None).await;
+    // Every instance has read the completion, and the intake is done with it.
+    for inst in [&a, &b] {
+        let e = inst.engine.clone();
+        eventually("every instance marks the completion", || {
+            let e = e.clone();
+            async move {
+                e.store()
+                    .mission_completed(&tenant("acme"), &mission("jira:CRASH-1"))
+                    .unwrap()
+            }
+        })
+        .await;
+    }
+    let js = async_nats::jetstream::new(nc.clone());
+    let stream = js.get_stream("MANDATE_MISSIONS").await.unwrap();
+    eventually("the intake acknowledged the completion", || {
+        let stream = stream.clone();
+        async move {
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer("mandate-engine").await.unwrap();
+            let info = c.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == 0
+        }
+    })
+    .await;
+    // An instance that had read the mission as open decided an issue for it,
+    // appended it, and died before its second read.
+    let cmd = envelope(
+        "acme",
+        principal("cfo"),
+        Command::Issue(root_issue("jira:CRASH-1")),
+    );
+    let tree = root_tree_id(cmd.command_id);
+    let events = decide(
+        &Tree::empty(tenant("acme"), tree),
+        &cmd,
+        &Facts::default(),
+        Utc::now(),
+    )
+    .unwrap();
+    a.engine
+        .log()
+        .append(
+            &tenant("acme"),
+            tree,
+            0,
+            cmd.command_id,
+            Event::encode_commit(&events).into(),
+        )
+        .await
+        .unwrap();
+    // The mandate does not survive: every instance sees it completed.
+    for inst in [&a, &b] {
+        eventually("the orphaned mandate is completed", || async {
+            effective(inst, "acme", MandateId(tree.0)).await == Some(Status::Completed)
+        })
+        .await;
     }
     a.stop().await;
     b.stop().await;

@@ -346,19 +346,25 @@ impl Engine {
                 Utc::now(),
             )?;
         }
-        // Marked before the trees are looked up, so that an issue racing this
-        // completion is refused; but a completion that is refused (e.g. an
-        // actor without authority over the mission's trees) or fails must not
-        // leave the mark behind, or it would close the mission for good.
+        // The completion of an administrator or the intake cannot be refused
+        // by a tree's rules (both may complete any tree), so it is marked
+        // before the trees are looked up, and an issue racing it on this
+        // instance is refused. Anyone else's is marked only once every tree
+        // accepted it: a refused completion must never leave a mark, which
+        // closes the mission and ends its trees (`end_if_orphaned`). A
+        // failure withdraws a mark this call made.
+        let privileged = matches!(actor, Actor::Admin(_)) || actor == Actor::mission_intake();
+        let was_completed = self.inner.store.mission_completed(tenant, mission)?;
+        if privileged {
+            self.inner.store.mark_mission_completed(tenant, mission)?;
+        }
+        let mut result = self
+            .complete_mission_trees(tenant, mission, actor.clone(), command)
+            .await;
         // An administrator's completion is also recorded on the mission
         // stream, which every instance reads: the mark alone is this
         // instance's, and a mission no tree serves yet has no tree event to
         // carry it.
-        let was_completed = self.inner.store.mission_completed(tenant, mission)?;
-        self.inner.store.mark_mission_completed(tenant, mission)?;
-        let mut result = self
-            .complete_mission_trees(tenant, mission, actor.clone(), command)
-            .await;
         if result.is_ok() && matches!(actor, Actor::Admin(_)) {
             if let Err(e) = self
                 .record_completion(tenant, mission, &actor, cmd.command_id)
@@ -367,8 +373,12 @@ impl Engine {
                 result = Err(e);
             }
         }
-        if result.is_err() && !was_completed {
-            self.inner.store.unmark_mission_completed(tenant, mission)?;
+        match &result {
+            Ok(_) => self.inner.store.mark_mission_completed(tenant, mission)?,
+            Err(_) if privileged && !was_completed => {
+                self.inner.store.unmark_mission_completed(tenant, mission)?
+            }
+            Err(_) => {}
         }
         result
     }
@@ -397,6 +407,63 @@ impl Engine {
             mission_ref: mission.to_string(),
         }
         .into())
+    }
+
+    /// Ends `tree` if its mission is completed and its root is not: the
+    /// mandate of an issue whose writer died between its append and its
+    /// second read of the mission, after the intake had already completed
+    /// the mission's trees. Called for every tree a commit changes (the
+    /// projector) and for every tree of a mission whose completion is read
+    /// (the marks follower), so whichever of the two an instance learns
+    /// last, it ends the tree; instances racing write one event (same
+    /// command id as the intake's). The end runs in its own task.
+    pub(crate) fn end_if_orphaned(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
+        if !self.serves(tenant) {
+            return Ok(());
+        }
+        let Some(snap) = self.inner.store.tree_shared(tenant, tree)? else {
+            return Ok(());
+        };
+        let Some(mission) = snap
+            .tree
+            .mission
+            .as_ref()
+            .and_then(|m| m.mission_ref.clone())
+        else {
+            return Ok(());
+        };
+        let Some(root) = snap.tree.root else {
+            return Ok(());
+        };
+        let live = snap
+            .tree
+            .effective(root, Utc::now())
+            .is_ok_and(|e| !e.status.is_terminal());
+        if !live || !self.inner.store.mission_completed(tenant, &mission)? {
+            return Ok(());
+        }
+        let me = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let intake = Actor::mission_intake();
+            let base = mission_command(&tenant, &mission, &intake, None).command_id;
+            let cmd = tree_command(&tenant, &mission, &intake, base, tree);
+            match me.execute_on(tree, &cmd).await {
+                Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => {
+                    tracing::info!(%tenant, %mission, %tree, "tree of a completed mission ended");
+                }
+                // The projector or the marks follower sees the tree again on
+                // its next commit or at the next start.
+                Err(e) => {
+                    tracing::error!(%tenant, %mission, %tree, error = %e, "cannot end a tree of a completed mission")
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn complete_mission_trees(

@@ -494,6 +494,9 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
                         .inner
                         .store
                         .mark_mission_completed(&tenant, &mission)?;
+                    for tree in engine.inner.store.trees_for_mission(&tenant, &mission)? {
+                        engine.end_if_orphaned(&tenant, tree)?;
+                    }
                 }
             }
             if let Ok(info) = msg.info() {

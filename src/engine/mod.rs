@@ -337,6 +337,7 @@ impl Engine {
                         if let Applied::Quarantined(reason) = self.apply_record(&r, true)? {
                             tracing::error!(tenant = %r.tenant, tree = %r.tree, position = r.position, %reason, "tree quarantined");
                         }
+                        self.end_if_orphaned(&r.tenant, r.tree)?;
                     }
                     Err(LogError::Corrupt {
                         position,
