@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use common::served::Instance;
 use common::NatsServer;
 use hmac::{Hmac, Mac};
-use mandate::client::Client;
+use mandate::client::{Client, MissionPublisher};
 use mandate::domain::command::{CompleteMission, Issue};
 use mandate::domain::{
     decide, root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, Event, Facts,
@@ -28,7 +28,7 @@ use mandate::domain::{
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{EngineConfig, EngineError};
 use mandate::log::EventLog;
-use mandate::protocol::{mission_subject, query_subject};
+use mandate::protocol::{mission_subject, query_subject, MissionCompletedNotice};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -396,13 +396,16 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
     )
     .await;
     // Then the ticketing system closes another ticket, properly signed.
-    publish_completion(
-        &nc,
-        "acme",
-        "jira:MARK-1",
-        Some(("ticketing:jira", "jira-secret")),
-    )
-    .await;
+    MissionPublisher::Nats(Box::new(async_nats::jetstream::new(nc.clone())))
+        .completed_signed(
+            &tenant("acme"),
+            &mission("jira:MARK-1"),
+            &MissionCompletedNotice::default(),
+            "ticketing:jira",
+            b"jira-secret",
+        )
+        .await
+        .expect("the ticketing system publishes a signed completion");
 
     // The signed one is applied, and every instance knows it; each
     // instance's marks follower reads the stream in order, so by then it has
