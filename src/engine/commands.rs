@@ -330,42 +330,44 @@ impl Engine {
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
         let cmd = mission_command(tenant, mission, &actor, command);
-        // With no tree serving the mission, no tree's rules judge the actor,
-        // yet the completion closes the mission for every later issue: the
-        // domain decides who may do that, on the empty tree.
+        // Whether the actor may close the mission ahead of any tree: the
+        // domain decides it on the empty tree. With no tree serving the
+        // mission, no tree's rules judge the actor, yet the completion closes
+        // the mission for every later issue, so a refusal stands.
+        let ahead = decide(
+            &Tree::empty(tenant.clone(), mission_tree(tenant, mission)),
+            &cmd,
+            &Facts::default(),
+            Utc::now(),
+        );
         if self
             .inner
             .store
             .trees_for_mission(tenant, mission)?
             .is_empty()
         {
-            decide(
-                &Tree::empty(tenant.clone(), mission_tree(tenant, mission)),
-                &cmd,
-                &Facts::default(),
-                Utc::now(),
-            )?;
+            ahead.clone()?;
         }
-        // The completion of an administrator or the intake cannot be refused
-        // by a tree's rules (both may complete any tree), so it is marked
-        // before the trees are looked up, and an issue racing it on this
-        // instance is refused. Anyone else's is marked only once every tree
-        // accepted it: a refused completion must never leave a mark, which
-        // closes the mission and ends its trees (`end_if_orphaned`). A
-        // failure withdraws a mark this call made.
-        let privileged = matches!(actor, Actor::Admin(_)) || actor == Actor::mission_intake();
+        // A completion the domain accepts ahead of any tree (an
+        // administrator's or the intake's) is marked before the trees are
+        // looked up, so that an issue racing it on this instance is refused.
+        // Anyone else's is marked only once every tree accepted it: a refused
+        // completion must never leave a mark, which closes the mission and
+        // ends its trees (`end_if_orphaned`). A failure withdraws a mark this
+        // call made.
+        let early = ahead.is_ok();
         let was_completed = self.inner.store.mission_completed(tenant, mission)?;
-        if privileged {
+        if early {
             self.inner.store.mark_mission_completed(tenant, mission)?;
         }
         let mut result = self
             .complete_mission_trees(tenant, mission, actor.clone(), command)
             .await;
-        // An administrator's completion is also recorded on the mission
-        // stream, which every instance reads: the mark alone is this
-        // instance's, and a mission no tree serves yet has no tree event to
-        // carry it.
-        if result.is_ok() && matches!(actor, Actor::Admin(_)) {
+        // Such a completion is also recorded on the mission stream, which
+        // every instance reads (the intake's came from there): the mark alone
+        // is this instance's, and a mission no tree serves yet has no tree
+        // event to carry it.
+        if result.is_ok() && early && actor != Actor::mission_intake() {
             if let Err(e) = self
                 .record_completion(tenant, mission, &actor, cmd.command_id)
                 .await
@@ -375,7 +377,7 @@ impl Engine {
         }
         match &result {
             Ok(_) => self.inner.store.mark_mission_completed(tenant, mission)?,
-            Err(_) if privileged && !was_completed => {
+            Err(_) if early && !was_completed => {
                 self.inner.store.unmark_mission_completed(tenant, mission)?
             }
             Err(_) => {}

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::domain::{Actor, CommandId, MandateId, MissionRef, TenantId};
 use crate::protocol::{mission_subject, AuditRecord, MissionCompletedNotice};
 
-use super::auth::{sign, AUTH_HEADER};
+use super::auth::{actor_key, sign_as, AUTH_HEADER};
 use super::{Engine, EngineConfig, EngineError};
 use crate::log::EventLog;
 
@@ -205,17 +205,19 @@ impl Engine {
         );
         if let Some(config) = &self.inner.config.auth {
             if let Some(keys) = config.tenants.get(tenant.as_str()) {
-                let key = super::auth::actor_key(actor).unwrap_or_default();
-                let secret = keys.keys.get(&key).ok_or_else(|| {
+                let no_key = || {
                     EngineError::Rejected(crate::domain::DomainError::NotAuthenticated {
                         reason: format!(
                             "{actor} has no key in tenant {tenant} to sign the completion of mission {mission} with"
                         ),
                     })
-                })?;
-                if let Some(h) = sign(secret.as_bytes(), actor, &subject, &body) {
-                    headers.insert(AUTH_HEADER, h.as_str());
-                }
+                };
+                let key = actor_key(actor).ok_or_else(no_key)?;
+                let secret = keys.keys.get(&key).ok_or_else(no_key)?;
+                headers.insert(
+                    AUTH_HEADER,
+                    sign_as(secret.as_bytes(), &key, &subject, &body).as_str(),
+                );
             }
         }
         jetstream::new(client)
