@@ -6,7 +6,12 @@
 //!   the verb) or a [`BulkEnvelope`]; reply [`Reply`] of [`CommandResult`].
 //! - `mandate.q.<tenant>.<verb>`: a query body; reply [`Reply`] of its result.
 //! - `mandate.sig.<tenant>.<mandate>`: [`Signal`]s about one mandate.
-//! - `mission.<tenant>.<ref>.completed`: a [`MissionCompletedNotice`] (any body).
+//! - `mission.<tenant>.<ref>.completed`: a [`MissionCompletedNotice`] (any body);
+//!   on a tenant that requires authentication, with a `Mandate-Auth` header
+//!   from a ticketing or administrator key (see [`crate::engine::auth`]).
+//!   Refused ones are moved to `mandate.dead.mission` (stream
+//!   `MANDATE_DEAD_LETTERS`, original body, headers naming the subject and
+//!   the reason) and counted in [`Health`].
 //! - `mandate.audit.<tenant>.<mandate>`: [`AuditRecord`]s of answered checks.
 
 use chrono::{DateTime, Utc};
@@ -369,6 +374,11 @@ pub struct Health {
     /// `log_position - position`.
     pub lag: u64,
     pub time: DateTime<Utc>,
+    /// Mission completions refused (unauthenticated on a tenant that
+    /// requires authentication, or on a malformed subject) and moved to the
+    /// dead-letter stream, by all instances.
+    #[serde(default)]
+    pub rejected_mission_completions: u64,
     /// The asking tenant's quarantined trees on this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedTree>,

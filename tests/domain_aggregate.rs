@@ -63,7 +63,12 @@ impl Given {
     }
 
     fn when(self, cmd: CommandEnvelope) -> Then {
-        let result = decide(&self.tree, &cmd, &Facts::default(), self.now);
+        self.when_knowing(&Facts::default(), cmd)
+    }
+
+    /// Decides `cmd` with what the engine knows beyond the tree.
+    fn when_knowing(self, facts: &Facts, cmd: CommandEnvelope) -> Then {
+        let result = decide(&self.tree, &cmd, facts, self.now);
         Then {
             before: self.tree,
             result,
@@ -1036,6 +1041,89 @@ fn mission_complete_for_another_mission_is_refused() {
         .then_error(DomainError::MissionMismatch {
             tree: tree_id(),
             mission_ref: "jira:FIN-43".into(),
+        });
+}
+
+/// The engine knows the issue's mission is completed (and nothing else).
+// `Facts` gains a field for each fact the engine reads; the update keeps this
+// fixture valid as it does.
+#[allow(clippy::needless_update)]
+fn mission_already_completed() -> Facts {
+    Facts {
+        mission_completed: true,
+        ..Facts::default()
+    }
+}
+
+#[test]
+fn issue_for_a_completed_mission_is_refused() {
+    given([])
+        .when_knowing(&mission_already_completed(), issue_root())
+        .then_error(DomainError::MissionCompleted {
+            mission_ref: "jira:FIN-42".into(),
+        });
+}
+
+#[test]
+fn issue_for_a_completed_mission_by_an_actor_without_authority_is_not_authorized() {
+    given([])
+        .when_knowing(
+            &mission_already_completed(),
+            by(mallory(), Command::Issue(root_issue())),
+        )
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent mallory".into(),
+            verb: "issue",
+        });
+}
+
+#[test]
+fn a_completed_mission_does_not_touch_an_issue_without_a_mission_ref() {
+    let mut issue = root_issue();
+    issue.mission.mission_ref = None;
+    given([])
+        .when_knowing(
+            &mission_already_completed(),
+            by(alice(), Command::Issue(issue)),
+        )
+        .then_events(|events, after| {
+            assert!(matches!(only(events).body, EventBody::MandateIssued(_)));
+            assert_eq!(status_of(after, root()), Status::Active);
+        });
+}
+
+#[test]
+fn mission_complete_with_no_tree_by_an_administrator_is_accepted_and_writes_nothing() {
+    given([])
+        .when(complete_mission(admin(), "jira:FIN-42"))
+        .then_no_events();
+}
+
+#[test]
+fn mission_complete_with_no_tree_from_the_intake_is_accepted_and_writes_nothing() {
+    given([])
+        .when(complete_mission(Actor::mission_intake(), "jira:FIN-42"))
+        .then_no_events();
+}
+
+#[test]
+fn mission_complete_with_no_tree_by_a_principal_is_forbidden() {
+    given([])
+        .when(complete_mission(alice(), "jira:FIN-42"))
+        .then_error(DomainError::MissionForbidden {
+            mission_ref: "jira:FIN-42".into(),
+            actor: "principal alice".into(),
+        });
+}
+
+#[test]
+fn mission_complete_with_no_tree_by_an_agent_is_forbidden() {
+    given([])
+        .when(complete_mission(mallory(), "jira:FIN-42"))
+        .then_error(DomainError::MissionForbidden {
+            mission_ref: "jira:FIN-42".into(),
+            actor: "agent mallory".into(),
         });
 }
 

@@ -468,11 +468,42 @@ impl MissionPublisher {
         mission: &MissionRef,
         notice: &MissionCompletedNotice,
     ) -> Result<(), ClientError> {
+        self.publish(tenant, mission, notice, None).await
+    }
+
+    /// Like [`MissionPublisher::completed`], proven with a `Mandate-Auth`
+    /// header from the key `key` (`ticketing:<system>` or `admin:<id>`) and
+    /// its secret, as a tenant that requires authentication demands.
+    pub async fn completed_signed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        notice: &MissionCompletedNotice,
+        key: &str,
+        secret: &[u8],
+    ) -> Result<(), ClientError> {
+        self.publish(tenant, mission, notice, Some((key, secret)))
+            .await
+    }
+
+    async fn publish(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        notice: &MissionCompletedNotice,
+        auth: Option<(&str, &[u8])>,
+    ) -> Result<(), ClientError> {
         match self {
             MissionPublisher::Nats(js) => {
                 let body =
                     serde_json::to_vec(notice).map_err(|e| ClientError::Decode(e.to_string()))?;
-                js.publish(mission_subject(tenant, mission), body.into())
+                let subject = mission_subject(tenant, mission);
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some((key, secret)) = auth {
+                    let proof = crate::engine::auth::sign_as(secret, key, &subject, &body);
+                    headers.insert(crate::engine::auth::AUTH_HEADER, proof.as_str());
+                }
+                js.publish_with_headers(subject, headers, body.into())
                     .await
                     .map_err(|e| ClientError::Nats(e.to_string()))?
                     .await

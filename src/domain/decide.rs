@@ -11,8 +11,15 @@ use super::model::{Actor, Mandate, Tree};
 use super::{amend, issue, lifecycle, quarantine, registry};
 
 /// What the engine knows beyond the tree, read fresh before deciding.
+///
+/// `decide` stays pure: the engine reads these facts (from its projection or
+/// the log) just before it decides, and passes them in. Every field defaults
+/// to "nothing known", which is what a caller without such facts passes.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
+    /// The mission an `issue` names (by its `mission_ref`) is already
+    /// completed.
+    pub mission_completed: bool,
     /// The grantee of an `issue` or `delegate` is a blocked (deprovisioned)
     /// agent of the tenant.
     pub grantee_blocked: bool,
@@ -77,7 +84,7 @@ pub fn decide(
         return Err(DomainError::TreeNotFound { tree: tree.id });
     }
     let bodies = match &cmd.command {
-        Command::Issue(c) => issue::issue(tree, &cmd.actor, c, now)?,
+        Command::Issue(c) => issue::issue(tree, &cmd.actor, c, facts, now)?,
         Command::Delegate(c) => issue::delegate(tree, &cmd.actor, cmd.command_id, c, now)?,
         Command::Pause(c) => lifecycle::pause(tree, &cmd.actor, c, now)?,
         Command::Resume(c) => lifecycle::resume(tree, &cmd.actor, c, now)?,

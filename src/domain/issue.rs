@@ -3,18 +3,20 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Delegate, Issue};
-use super::decide::{refuse_terminal, target};
+use super::decide::{refuse_terminal, target, Facts};
 use super::error::DomainError;
 use super::event::{EventBody, MandateIssued};
 use super::ids::{CommandId, MandateId, TenantId, TreeId};
 use super::model::{Actor, Grantor, Tree};
 
 /// A root mandate: principal → agent, for a mission. The root's id is the
-/// tree's id, so a retried issue lands on the same tree.
+/// tree's id, so a retried issue lands on the same tree. No mandate serves a
+/// mission that is already completed (`facts.mission_completed`).
 pub(crate) fn issue(
     tree: &Tree,
     actor: &Actor,
     c: &Issue,
+    facts: &Facts,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
     let mandate = MandateId(tree.id.0);
@@ -31,6 +33,16 @@ pub(crate) fn issue(
             mandate,
             actor: actor.to_string(),
             verb: "issue",
+        });
+    }
+    if let Some(r) = c
+        .mission
+        .mission_ref
+        .as_ref()
+        .filter(|_| facts.mission_completed)
+    {
+        return Err(DomainError::MissionCompleted {
+            mission_ref: r.to_string(),
         });
     }
     if c.not_after <= now {

@@ -18,8 +18,19 @@
 //! `EngineConfig::allow_open_tenants`); an open tenant must then be protected
 //! with NATS permissions, as the mission subjects always are.
 //!
+//! Mission completions (`mission.<tenant>.<ref>.completed`, published on the
+//! mission stream) carry the same header over their subject and body. On a
+//! tenant that requires authentication, a completion is accepted only from
+//! a ticketing system's key (`ticketing:<system>`) or an administrator's
+//! (`admin:<id>`); every reader of the mission stream applies the same check
+//! ([`AuthConfig::verify_completion`]), and a completion that fails it is
+//! never applied but moved to the dead-letter stream and counted in
+//! `health`. An administrator's completion made through the engine is
+//! published on the mission stream signed with that administrator's key.
+//!
 //! Configuration (`mandate serve --auth FILE`):
-//! `{"tenants": {"acme": {"keys": {"principal:cfo": "<secret>", …}}}}`.
+//! `{"tenants": {"acme": {"keys": {"principal:cfo": "<secret>",
+//! "admin:security": "<secret>", "ticketing:jira": "<secret>", …}}}}`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +45,10 @@ use super::EngineError;
 
 /// The request header that carries the proof.
 pub const AUTH_HEADER: &str = "Mandate-Auth";
+
+/// Keys named `ticketing:<system>` belong to ticketing systems: they may only
+/// publish mission completions.
+pub const TICKETING_PREFIX: &str = "ticketing:";
 
 /// Which tenants require authentication, and their actors' secrets.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,10 +85,15 @@ fn mac(secret: &[u8], subject: &str, body: &[u8]) -> Hmac<Sha256> {
 
 /// The header value proving `actor` sent `body` on `subject`.
 pub fn sign(secret: &[u8], actor: &Actor, subject: &str, body: &[u8]) -> Option<String> {
-    let key = actor_key(actor)?;
+    Some(sign_as(secret, &actor_key(actor)?, subject, body))
+}
+
+/// The header value proving the holder of key `key` (`<kind>:<id>`, e.g.
+/// `ticketing:jira`) sent `body` on `subject`.
+pub fn sign_as(secret: &[u8], key: &str, subject: &str, body: &[u8]) -> String {
     let tag = mac(secret, subject, body).finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    Some(format!("v1 {key} {hex}"))
+    format!("v1 {key} {hex}")
 }
 
 fn forbidden(reason: String) -> EngineError {
@@ -124,15 +144,7 @@ impl AuthConfig {
                 "tenant {tenant} requires a {AUTH_HEADER} header on every command"
             ))
         })?;
-        let parts: Vec<&str> = header.split(' ').collect();
-        let (who, tag) = match parts.as_slice() {
-            ["v1", who, tag] => (*who, *tag),
-            _ => {
-                return Err(forbidden(format!(
-                    "{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'"
-                )))
-            }
-        };
+        let (who, tag) = parse_header(header)?;
         let claimed = actor_key(actor)
             .ok_or_else(|| forbidden(format!("{actor} cannot be authenticated")))?;
         if who != claimed {
@@ -140,20 +152,70 @@ impl AuthConfig {
                 "{AUTH_HEADER} is for {who}, but the body's actor is {claimed}"
             )));
         }
-        let secret = keys
-            .keys
-            .get(who)
-            .ok_or_else(|| forbidden(format!("{who} has no key in tenant {tenant}")))?;
-        let tag =
-            decode_hex(tag).ok_or_else(|| forbidden(format!("{AUTH_HEADER} mac is not hex")))?;
-        mac(secret.as_bytes(), subject, body)
-            .verify_slice(&tag)
-            .map_err(|_| {
-                forbidden(format!(
-                    "{AUTH_HEADER} does not prove {who} sent this request"
-                ))
-            })
+        check_mac(keys, tenant, who, tag, subject, body)
     }
+
+    /// Checks a mission completion read from the mission stream: on a tenant
+    /// that requires authentication, `header` must prove that a ticketing
+    /// system (`ticketing:<system>`) or an administrator (`admin:<id>`) of
+    /// the tenant published `body` on `subject`. Open tenants accept any.
+    pub fn verify_completion(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        body: &[u8],
+        header: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let Some(keys) = self.tenants.get(tenant.as_str()) else {
+            return Ok(());
+        };
+        let header = header.ok_or_else(|| {
+            forbidden(format!(
+                "tenant {tenant} requires a {AUTH_HEADER} header on every mission completion"
+            ))
+        })?;
+        let (who, tag) = parse_header(header)?;
+        if !(who.starts_with(TICKETING_PREFIX) || who.starts_with("admin:")) {
+            return Err(forbidden(format!(
+                "{who} may not complete missions: only {TICKETING_PREFIX}<system> and admin:<id> keys may"
+            )));
+        }
+        check_mac(keys, tenant, who, tag, subject, body)
+    }
+}
+
+/// `v1 <kind>:<id> <hex mac>` → (`<kind>:<id>`, mac).
+fn parse_header(header: &str) -> Result<(&str, &str), EngineError> {
+    let parts: Vec<&str> = header.split(' ').collect();
+    match parts.as_slice() {
+        ["v1", who, tag] => Ok((*who, *tag)),
+        _ => Err(forbidden(format!(
+            "{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'"
+        ))),
+    }
+}
+
+/// Checks that `tag` is the MAC of `subject` and `body` under `who`'s key.
+fn check_mac(
+    keys: &TenantKeys,
+    tenant: &TenantId,
+    who: &str,
+    tag: &str,
+    subject: &str,
+    body: &[u8],
+) -> Result<(), EngineError> {
+    let secret = keys
+        .keys
+        .get(who)
+        .ok_or_else(|| forbidden(format!("{who} has no key in tenant {tenant}")))?;
+    let tag = decode_hex(tag).ok_or_else(|| forbidden(format!("{AUTH_HEADER} mac is not hex")))?;
+    mac(secret.as_bytes(), subject, body)
+        .verify_slice(&tag)
+        .map_err(|_| {
+            forbidden(format!(
+                "{AUTH_HEADER} does not prove {who} sent this request"
+            ))
+        })
 }
 
 /// The refusal of a command of a tenant that requires no proof, when open
@@ -213,6 +275,39 @@ mod tests {
         let open = TenantId::new("globex").unwrap();
         assert!(c
             .verify(&open, &cfo, "mandate.cmd.globex.revoke", b"{}", None)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_completion_is_accepted_only_from_a_ticketing_or_administrator_key() {
+        let c: AuthConfig = serde_json::from_str(
+            r#"{"tenants":{"acme":{"keys":{"principal:cfo":"p","admin:ops":"a","ticketing:jira":"j"}}}}"#,
+        )
+        .unwrap();
+        let t = TenantId::new("acme").unwrap();
+        let subject = "mission.acme.jira:FIN-1.completed";
+        let ok = |key: &str, secret: &[u8]| {
+            let h = sign_as(secret, key, subject, b"{}");
+            c.verify_completion(&t, subject, b"{}", Some(&h)).is_ok()
+        };
+        assert!(ok("ticketing:jira", b"j"));
+        assert!(ok("admin:ops", b"a"));
+        assert!(
+            !ok("principal:cfo", b"p"),
+            "a principal's key is not a ticketing key"
+        );
+        assert!(!ok("ticketing:jira", b"guess"));
+        assert!(!ok("ticketing:servicenow", b"j"), "no such key");
+        assert!(c.verify_completion(&t, subject, b"{}", None).is_err());
+        let h = sign_as(b"j", "ticketing:jira", subject, b"{}");
+        assert!(
+            c.verify_completion(&t, "mission.acme.jira:FIN-2.completed", b"{}", Some(&h))
+                .is_err(),
+            "the mac covers the subject"
+        );
+        let open = TenantId::new("globex").unwrap();
+        assert!(c
+            .verify_completion(&open, "mission.globex.x.completed", b"{}", None)
             .is_ok());
     }
 }

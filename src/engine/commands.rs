@@ -29,29 +29,16 @@ impl Engine {
     pub async fn execute(&self, cmd: ExternalCommand) -> Result<CommandResult, EngineError> {
         let cmd = cmd.into_envelope();
         cmd.validate()?;
-        match &cmd.command {
-            Command::CompleteMission(c) => {
-                let mission = c.mission_ref.clone();
-                return self
-                    .complete_mission(
-                        &cmd.tenant,
-                        &mission,
-                        cmd.actor.clone(),
-                        Some(cmd.command_id),
-                    )
-                    .await;
-            }
-            Command::Issue(i) => {
-                if let Some(r) = &i.mission.mission_ref {
-                    if self.inner.store.mission_completed(&cmd.tenant, r)? {
-                        return Err(DomainError::MissionCompleted {
-                            mission_ref: r.to_string(),
-                        }
-                        .into());
-                    }
-                }
-            }
-            _ => {}
+        if let Command::CompleteMission(c) = &cmd.command {
+            let mission = c.mission_ref.clone();
+            return self
+                .complete_mission(
+                    &cmd.tenant,
+                    &mission,
+                    cmd.actor.clone(),
+                    Some(cmd.command_id),
+                )
+                .await;
         }
         let tree = match self.tree_for(&cmd) {
             // Another instance may have acknowledged the command that created
@@ -66,6 +53,11 @@ impl Engine {
         // A grant reads the tenant's blocks fresh before deciding...
         let facts = self.grant_facts(&cmd).await?.0;
         let commit = self.execute_on(tree, &cmd, &facts).await?;
+        if let Command::Issue(i) = &cmd.command {
+            if let Some(r) = &i.mission.mission_ref {
+                self.end_if_mission_completed(&cmd.tenant, r, tree).await?;
+            }
+        }
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
             Command::Delegate(_) => Some(delegated_id(&cmd.tenant, cmd.command_id)),
@@ -176,6 +168,7 @@ impl Engine {
         let facts = Facts {
             grantee_blocked: by_agent.is_some(),
             principal_blocked: by_principal.is_some(),
+            ..Facts::default()
         };
         Ok((facts, by_principal.or(by_agent).cloned()))
     }
@@ -462,8 +455,14 @@ impl Engine {
         let tenant = &cmd.tenant;
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.snapshot(tenant, tree)?;
+            // The caller's facts (a grant's blocks), and the mission's, read
+            // fresh on every attempt.
+            let facts = Facts {
+                mission_completed: self.facts_for(cmd).await?.mission_completed,
+                ..facts.clone()
+            };
             let now = Utc::now();
-            let events = match decide(&snap.tree, cmd, facts, now) {
+            let events = match decide(&snap.tree, cmd, &facts, now) {
                 Ok(events) => events,
                 Err(refusal) => {
                     // A refusal is never checked by an append, so it must not
@@ -500,7 +499,7 @@ impl Engine {
                     // ids per tenant).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                     let snap = self.snapshot(tenant, tree)?;
-                    return match decide(&snap.tree, cmd, facts, now) {
+                    return match decide(&snap.tree, cmd, &facts, now) {
                         Ok(again) if again.is_empty() => {
                             Ok((self.original(tenant, &snap, cmd.command_id)?, true))
                         }
@@ -543,6 +542,17 @@ impl Engine {
             }
         }
         Err(EngineError::Contended(self.inner.config.max_attempts))
+    }
+
+    /// What `decide` needs to know beyond the tree for `cmd`, read fresh.
+    async fn facts_for(&self, cmd: &CommandEnvelope) -> Result<Facts, EngineError> {
+        let mut facts = Facts::default();
+        if let Command::Issue(i) = &cmd.command {
+            if let Some(r) = &i.mission.mission_ref {
+                facts.mission_completed = self.mission_completed(&cmd.tenant, r).await?;
+            }
+        }
+        Ok(facts)
     }
 
     /// The commit a command id wrote earlier, from the tree's history.
@@ -601,40 +611,148 @@ impl Engine {
         actor: Actor,
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
-        // Marked before the trees are looked up, so that an issue racing this
-        // completion is refused; but a completion that is refused (e.g. an
-        // actor without authority over the mission's trees) or fails must not
-        // leave the mark behind, or it would close the mission for good.
-        // With no tree serving the mission there is no tree whose rules could
-        // refuse the actor, yet the mark closes the mission for every future
-        // issue: only an administrator or the mission intake may do that.
-        let privileged = matches!(actor, Actor::Admin(_)) || actor == Actor::mission_intake();
-        if !privileged
-            && self
-                .inner
-                .store
-                .trees_for_mission(tenant, mission)?
-                .is_empty()
+        let cmd = mission_command(tenant, mission, &actor, command);
+        // Whether the actor may close the mission ahead of any tree: the
+        // domain decides it on the empty tree. With no tree serving the
+        // mission, no tree's rules judge the actor, yet the completion closes
+        // the mission for every later issue, so a refusal stands.
+        let ahead = decide(
+            &Tree::empty(tenant.clone(), mission_tree(tenant, mission)),
+            &cmd,
+            &Facts::default(),
+            Utc::now(),
+        );
+        if self
+            .inner
+            .store
+            .trees_for_mission(tenant, mission)?
+            .is_empty()
         {
-            return Err(DomainError::MissionForbidden {
-                mission_ref: mission.to_string(),
-                actor: actor.to_string(),
-            }
-            .into());
+            ahead.clone()?;
         }
+        // A completion the domain accepts ahead of any tree (an
+        // administrator's or the intake's) is marked before the trees are
+        // looked up, so that an issue racing it on this instance is refused.
+        // Anyone else's is marked only once every tree accepted it: a refused
+        // completion must never leave a mark, which closes the mission and
+        // ends its trees (`end_if_orphaned`). A failure withdraws a mark this
+        // call made.
+        let early = ahead.is_ok();
         let was_completed = self.inner.store.mission_completed(tenant, mission)?;
-        self.inner.store.mark_mission_completed(tenant, mission)?;
-        let result = self
-            .complete_mission_trees(tenant, mission, actor, command)
+        if early {
+            self.inner.store.mark_mission_completed(tenant, mission)?;
+        }
+        let mut result = self
+            .complete_mission_trees(tenant, mission, actor.clone(), command)
             .await;
+        // Such a completion is also recorded on the mission stream, which
+        // every instance reads (the intake's came from there): the mark alone
+        // is this instance's, and a mission no tree serves yet has no tree
+        // event to carry it.
+        if result.is_ok() && early && actor != Actor::mission_intake() {
+            if let Err(e) = self
+                .record_completion(tenant, mission, &actor, cmd.command_id)
+                .await
+            {
+                result = Err(e);
+            }
+        }
         // A completion by the intake or an administrator that only a held
         // (e.g. quarantined) tree kept from finishing is still a completion:
         // the mission stays closed to new issues while it is retried.
-        let held_only = privileged && result.as_ref().is_err_and(Held::is_held);
-        if result.is_err() && !was_completed && !held_only {
-            self.inner.store.unmark_mission_completed(tenant, mission)?;
+        let held_only = early && result.as_ref().is_err_and(Held::is_held);
+        match &result {
+            Ok(_) => self.inner.store.mark_mission_completed(tenant, mission)?,
+            Err(_) if held_only => {}
+            Err(_) if early && !was_completed => {
+                self.inner.store.unmark_mission_completed(tenant, mission)?
+            }
+            Err(_) => {}
         }
         result
+    }
+
+    /// The second read of an `issue`'s mission, after its append: if the
+    /// mission was completed meanwhile (on any instance), the new mandate
+    /// ends at once, as the mission intake would end it (same command id,
+    /// so the two write one event), and the issue is refused.
+    async fn end_if_mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
+        if !self.mission_completed(tenant, mission).await? {
+            return Ok(());
+        }
+        let base = mission_command(tenant, mission, &Actor::mission_intake(), None).command_id;
+        let cmd = tree_command(tenant, mission, &Actor::mission_intake(), base, tree);
+        match self.execute_on(tree, &cmd, &Facts::default()).await {
+            // Already ended (by the intake, or otherwise): nothing to do.
+            Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => {}
+            Err(e) => return Err(e),
+        }
+        Err(DomainError::MissionCompleted {
+            mission_ref: mission.to_string(),
+        }
+        .into())
+    }
+
+    /// Ends `tree` if its mission is completed and its root is not: the
+    /// mandate of an issue whose writer died between its append and its
+    /// second read of the mission, after the intake had already completed
+    /// the mission's trees. Called for every tree a commit changes (the
+    /// projector) and for every tree of a mission whose completion is read
+    /// (the marks follower), so whichever of the two an instance learns
+    /// last, it ends the tree; instances racing write one event (same
+    /// command id as the intake's). The end runs in its own task.
+    pub(crate) fn end_if_orphaned(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
+        if !self.serves(tenant) {
+            return Ok(());
+        }
+        let Some(snap) = self.inner.store.tree_shared(tenant, tree)? else {
+            return Ok(());
+        };
+        let Some(mission) = snap
+            .tree
+            .mission
+            .as_ref()
+            .and_then(|m| m.mission_ref.clone())
+        else {
+            return Ok(());
+        };
+        let Some(root) = snap.tree.root else {
+            return Ok(());
+        };
+        let live = snap
+            .tree
+            .effective(root, Utc::now())
+            .is_ok_and(|e| !e.status.is_terminal());
+        if !live || !self.inner.store.mission_completed(tenant, &mission)? {
+            return Ok(());
+        }
+        let me = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let intake = Actor::mission_intake();
+            let base = mission_command(&tenant, &mission, &intake, None).command_id;
+            let cmd = tree_command(&tenant, &mission, &intake, base, tree);
+            match me.execute_on(tree, &cmd, &Facts::default()).await {
+                Ok(_) | Err(EngineError::Rejected(DomainError::Terminal { .. })) => {
+                    tracing::info!(%tenant, %mission, %tree, "tree of a completed mission ended");
+                }
+                // The projector or the marks follower sees the tree again on
+                // its next commit or at the next start.
+                Err(e) => {
+                    tracing::error!(%tenant, %mission, %tree, error = %e, "cannot end a tree of a completed mission")
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn complete_mission_trees(
@@ -645,23 +763,12 @@ impl Engine {
         command: Option<CommandId>,
     ) -> Result<CommandResult, EngineError> {
         self.catch_up_to_log_head().await?;
-        let base = command.unwrap_or_else(|| {
-            CommandId::derived("complete-mission", &format!("{tenant}/{mission}"))
-        });
+        let base = mission_command(tenant, mission, &actor, command).command_id;
         let mut commits = Vec::new();
         let mut duplicate = true;
         let mut held = Held::default();
         for tree in self.inner.store.trees_for_mission(tenant, mission)? {
-            let cmd = CommandEnvelope {
-                command_id: CommandId::derived(&base.to_string(), &tree.to_string()),
-                tenant: tenant.clone(),
-                actor: actor.clone(),
-                correlation_id: Some(base.to_string()),
-                schema_version: crate::domain::SCHEMA_VERSION,
-                command: Command::CompleteMission(crate::domain::command::CompleteMission {
-                    mission_ref: mission.clone(),
-                }),
-            };
+            let cmd = tree_command(tenant, mission, &actor, base, tree);
             match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
@@ -880,4 +987,52 @@ impl Held {
     fn result(self) -> Result<(), EngineError> {
         self.0.map_or(Ok(()), Err)
     }
+}
+
+/// A mission's completion as one command: `command`, or (from the intake and
+/// the engine) an id derived from the tenant and mission, so every instance
+/// writes the same one.
+fn mission_command(
+    tenant: &TenantId,
+    mission: &MissionRef,
+    actor: &Actor,
+    command: Option<CommandId>,
+) -> CommandEnvelope {
+    let command_id = command
+        .unwrap_or_else(|| CommandId::derived("complete-mission", &format!("{tenant}/{mission}")));
+    CommandEnvelope {
+        command_id,
+        tenant: tenant.clone(),
+        actor: actor.clone(),
+        correlation_id: None,
+        schema_version: crate::domain::SCHEMA_VERSION,
+        command: Command::CompleteMission(crate::domain::command::CompleteMission {
+            mission_ref: mission.clone(),
+        }),
+    }
+}
+
+/// The completion of one tree of a mission, its id derived from the
+/// mission's command id and the tree.
+fn tree_command(
+    tenant: &TenantId,
+    mission: &MissionRef,
+    actor: &Actor,
+    base: CommandId,
+    tree: TreeId,
+) -> CommandEnvelope {
+    let mut cmd = mission_command(
+        tenant,
+        mission,
+        actor,
+        Some(CommandId::derived(&base.to_string(), &tree.to_string())),
+    );
+    cmd.correlation_id = Some(base.to_string());
+    cmd
+}
+
+/// The id of the empty tree a completion of a mission no tree serves is
+/// decided on (it is never written).
+fn mission_tree(tenant: &TenantId, mission: &MissionRef) -> TreeId {
+    TreeId(CommandId::derived("mission-tree", &format!("{tenant}/{mission}")).0)
 }

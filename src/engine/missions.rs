@@ -1,18 +1,30 @@
 //! NATS-side streams the engine owns besides the event log: mission-complete
 //! intake (a durable consumer, so no completion is lost while the engine is
-//! down) and the audit stream.
+//! down), the follower of completed-mission marks, the dead-letter stream of
+//! refused completions and the audit stream.
+//!
+//! One gate for every reader of the mission stream
+//! ([`Engine::accept_completion`]): the intake, the marks follower and the
+//! fresh read of an `issue` accept a completion only if it passes the same
+//! check (see [`super::auth`]). The intake, which sees each message once,
+//! moves refused ones to the dead-letter stream.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{
     self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind,
 };
+use async_nats::HeaderMap;
 use futures::StreamExt;
+use tokio::sync::Notify;
 
-use crate::domain::{Actor, MandateId, MissionRef, TenantId};
-use crate::protocol::AuditRecord;
+use crate::domain::{Actor, CommandId, MandateId, MissionRef, TenantId};
+use crate::protocol::{mission_subject, AuditRecord, MissionCompletedNotice};
 
+use super::auth::{actor_key, sign_as, AUTH_HEADER};
 use super::{Engine, EngineConfig, EngineError};
+use crate::log::EventLog;
 
 /// Stream of mission-complete messages from ticketing systems.
 pub const MISSION_STREAM: &str = "MANDATE_MISSIONS";
@@ -21,6 +33,38 @@ pub const MISSION_STREAM: &str = "MANDATE_MISSIONS";
 pub const MISSION_CONSUMER: &str = "mandate-engine";
 /// Stream of recorded check decisions.
 pub const AUDIT_STREAM: &str = "MANDATE_AUDIT";
+/// Stream of refused mission completions, for operators.
+pub const DEAD_LETTER_STREAM: &str = "MANDATE_DEAD_LETTERS";
+/// The subject a refused mission completion is moved to: its original body,
+/// with the headers below.
+pub const DEAD_LETTER_SUBJECT: &str = "mandate.dead.mission";
+/// Header of a dead letter: the subject the completion was published on.
+pub const REJECTED_SUBJECT_HEADER: &str = "Mandate-Rejected-Subject";
+/// Header of a dead letter: why it was refused.
+pub const REJECTED_REASON_HEADER: &str = "Mandate-Rejected-Reason";
+/// Header of a dead letter: its sequence in the mission stream.
+pub const REJECTED_SEQUENCE_HEADER: &str = "Mandate-Rejected-Sequence";
+/// Longest wait for this instance's marks follower to judge a completion
+/// that an `issue` found on the mission stream; past it the issue fails
+/// (unavailable) rather than decide without knowing.
+const MARKS_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait of the intake for this instance's projection to reach the
+/// log before it completes a mission's trees; past it the message is
+/// redelivered.
+const INTAKE_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// What an instance holds of the mission stream.
+#[derive(Default)]
+pub(crate) struct MissionState {
+    /// The mission stream (over NATS).
+    pub(crate) stream: Option<jetstream::stream::Stream>,
+    /// The dead-letter stream (over NATS).
+    pub(crate) dead: Option<jetstream::stream::Stream>,
+    /// The last mission-stream sequence the marks follower has judged.
+    pub(crate) marks_seen: AtomicU64,
+    /// Woken whenever `marks_seen` moves.
+    pub(crate) marks_moved: Notify,
+}
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("{what}: {e}"))
@@ -29,16 +73,26 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> EngineError {
 pub(crate) async fn setup_streams(
     client: &async_nats::Client,
     config: &EngineConfig,
-) -> Result<(), EngineError> {
+) -> Result<MissionState, EngineError> {
     let js = jetstream::new(client.clone());
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: MISSION_STREAM.into(),
-        subjects: vec!["mission.*.*.completed".into()],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unavailable("cannot create the mission stream", e))?;
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: MISSION_STREAM.into(),
+            subjects: vec!["mission.*.*.completed".into()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("cannot create the mission stream", e))?;
+    let dead = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: DEAD_LETTER_STREAM.into(),
+            subjects: vec![DEAD_LETTER_SUBJECT.into()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
     js.get_or_create_stream(jetstream::stream::Config {
         name: AUDIT_STREAM.into(),
         subjects: vec!["mandate.audit.>".into()],
@@ -48,7 +102,190 @@ pub(crate) async fn setup_streams(
     })
     .await
     .map_err(|e| unavailable("cannot create the audit stream", e))?;
-    Ok(())
+    Ok(MissionState {
+        stream: Some(stream),
+        dead: Some(dead),
+        ..MissionState::default()
+    })
+}
+
+impl Engine {
+    /// The gate of every reader of the mission stream: whether a completion
+    /// published on `subject` with `headers` and `body` may be applied.
+    pub(crate) fn accept_completion(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: &[u8],
+    ) -> Result<(), EngineError> {
+        let Some(config) = &self.inner.config.auth else {
+            return Ok(());
+        };
+        let header = headers.and_then(|h| h.get(AUTH_HEADER)).map(|v| v.as_str());
+        config.verify_completion(tenant, subject, body, header)
+    }
+
+    /// Whether `mission` is completed, read fresh: this instance's marks,
+    /// else (over NATS) the last completion on the mission's subject. One
+    /// that passes the gate is taken at once; one that does not may hide an
+    /// earlier valid one, so then the marks follower (which judges every
+    /// message in order) is awaited up to that message.
+    pub(crate) async fn mission_completed(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+    ) -> Result<bool, EngineError> {
+        if self.inner.store.mission_completed(tenant, mission)? {
+            return Ok(true);
+        }
+        let Some(stream) = &self.inner.missions.stream else {
+            return Ok(false);
+        };
+        let subject = mission_subject(tenant, mission);
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) => {
+                use async_nats::jetstream::stream::LastRawMessageErrorKind;
+                return match e.kind() {
+                    LastRawMessageErrorKind::NoMessageFound => Ok(false),
+                    _ => Err(unavailable("cannot read the mission stream", e)),
+                };
+            }
+        };
+        if self
+            .accept_completion(tenant, &subject, Some(&last.headers), &last.payload)
+            .is_ok()
+        {
+            self.inner.store.mark_mission_completed(tenant, mission)?;
+            return Ok(true);
+        }
+        let state = &self.inner.missions;
+        let deadline = tokio::time::Instant::now() + MARKS_WAIT;
+        loop {
+            // Registered before the check, so no wake-up falls in between.
+            let moved = state.marks_moved.notified();
+            if state.marks_seen.load(Ordering::Acquire) >= last.sequence {
+                return Ok(self.inner.store.mission_completed(tenant, mission)?);
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return Err(EngineError::Unavailable(format!(
+                    "the completions of mission {mission} are not read yet; retry"
+                )));
+            }
+        }
+    }
+
+    /// Records an administrator's completion of `mission` on the mission
+    /// stream, where every instance reads it, signed with that
+    /// administrator's key where the tenant requires authentication, so the
+    /// gate accepts it. Retries of one command are stored once (message id
+    /// from the command id). Embedded: nothing to do (one process).
+    pub(crate) async fn record_completion(
+        &self,
+        tenant: &TenantId,
+        mission: &MissionRef,
+        actor: &Actor,
+        command: CommandId,
+    ) -> Result<(), EngineError> {
+        let Some(client) = self.inner.nats.clone() else {
+            return Ok(());
+        };
+        let subject = mission_subject(tenant, mission);
+        let notice = MissionCompletedNotice {
+            source: Some(actor.to_string()),
+            reason: None,
+        };
+        let body = serde_json::to_vec(&notice)
+            .map_err(|e| EngineError::Invalid(format!("cannot encode the completion: {e}")))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("mission-completed-{command}").as_str(),
+        );
+        if let Some(config) = &self.inner.config.auth {
+            if let Some(keys) = config.tenants.get(tenant.as_str()) {
+                let no_key = || {
+                    EngineError::Rejected(crate::domain::DomainError::NotAuthenticated {
+                        reason: format!(
+                            "{actor} has no key in tenant {tenant} to sign the completion of mission {mission} with"
+                        ),
+                    })
+                };
+                let key = actor_key(actor).ok_or_else(no_key)?;
+                let secret = keys.keys.get(&key).ok_or_else(no_key)?;
+                headers.insert(
+                    AUTH_HEADER,
+                    sign_as(secret.as_bytes(), &key, &subject, &body).as_str(),
+                );
+            }
+        }
+        jetstream::new(client)
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(|e| unavailable("cannot record the mission completion", e))?
+            .await
+            .map_err(|e| unavailable("cannot record the mission completion", e))?;
+        Ok(())
+    }
+
+    /// Moves a refused completion to the dead-letter stream (once per
+    /// mission-stream message: the message id is its sequence).
+    async fn dead_letter(&self, msg: &jetstream::Message, reason: &str) -> Result<(), EngineError> {
+        let Some(client) = self.inner.nats.clone() else {
+            return Ok(());
+        };
+        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let mut headers = HeaderMap::new();
+        headers.insert(REJECTED_SUBJECT_HEADER, msg.subject.as_str());
+        // Header values are one line.
+        headers.insert(
+            REJECTED_REASON_HEADER,
+            reason.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(REJECTED_SEQUENCE_HEADER, sequence.to_string().as_str());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("mission-rejected-{sequence}").as_str(),
+        );
+        jetstream::new(client)
+            .publish_with_headers(DEAD_LETTER_SUBJECT, headers, msg.payload.clone())
+            .await
+            .map_err(|e| unavailable("cannot write the dead letter", e))?
+            .await
+            .map_err(|e| unavailable("cannot write the dead letter", e))?;
+        Ok(())
+    }
+
+    /// How many mission completions were refused (the dead-letter stream's
+    /// size); 0 without NATS.
+    pub(crate) async fn rejected_completions(&self) -> Result<u64, EngineError> {
+        let Some(dead) = &self.inner.missions.dead else {
+            return Ok(0);
+        };
+        let mut dead = dead.clone();
+        let info = dead
+            .info()
+            .await
+            .map_err(|e| unavailable("cannot read the dead-letter stream", e))?;
+        Ok(info.state.messages)
+    }
+
+    /// Waits until the projection has applied the whole log as it is now,
+    /// for at most `wait`; whether it got there.
+    async fn reached_log(&self, wait: Duration) -> Result<bool, EngineError> {
+        let target = self.inner.log.last_position().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let changed = self.inner.changed.notified();
+            if self.inner.store.checkpoint()? >= target {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
 }
 
 /// Parses `mission.<tenant>.<ref>.completed`.
@@ -129,33 +366,73 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
                     break;
                 }
             };
-            match parse_mission_subject(msg.subject.as_str()) {
+            let (tenant, mission) = match parse_mission_subject(msg.subject.as_str()) {
+                Ok(parsed) => parsed,
                 Err(reason) => {
                     tracing::error!(subject = %msg.subject, %reason, "mission message refused");
-                    let _ = msg.ack_with(AckKind::Term).await;
+                    settle_refused(&engine, &msg, &reason).await;
+                    continue;
                 }
-                Ok((tenant, mission)) => {
-                    match engine
-                        .complete_mission(&tenant, &mission, Actor::mission_intake(), None)
-                        .await
-                    {
-                        Ok(res) => {
-                            tracing::info!(%tenant, %mission, trees = res.commits.len(), "mission completed");
-                            if let Err(e) = msg.ack().await {
-                                tracing::warn!(error = %e, "mission ack failed; it will be redelivered and deduplicated");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(%tenant, %mission, error = %e, "mission completion failed; will retry");
-                            let _ = msg
-                                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                                .await;
-                        }
+            };
+            if let Err(refused) = engine.accept_completion(
+                &tenant,
+                msg.subject.as_str(),
+                msg.headers.as_ref(),
+                &msg.payload,
+            ) {
+                let reason = refused.to_string();
+                tracing::error!(subject = %msg.subject, %reason, "mission completion refused");
+                settle_refused(&engine, &msg, &reason).await;
+                continue;
+            }
+            // A tree appended before this completion was stored may not be in
+            // this instance's projection yet: catch up first, or it would be
+            // missed for good.
+            match engine.reached_log(INTAKE_CATCH_UP).await {
+                Ok(true) => {}
+                other => {
+                    tracing::warn!(%tenant, %mission, result = ?other, "mission intake: projection behind the log; will retry");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    continue;
+                }
+            }
+            match engine
+                .complete_mission(&tenant, &mission, Actor::mission_intake(), None)
+                .await
+            {
+                Ok(res) => {
+                    tracing::info!(%tenant, %mission, trees = res.commits.len(), "mission completed");
+                    if let Err(e) = msg.ack().await {
+                        tracing::warn!(error = %e, "mission ack failed; it will be redelivered and deduplicated");
                     }
+                }
+                Err(e) => {
+                    tracing::error!(%tenant, %mission, error = %e, "mission completion failed; will retry");
+                    let _ = msg
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Dead-letters a refused mission message and acknowledges it for good; if
+/// the dead letter cannot be written, the message is redelivered later.
+async fn settle_refused(engine: &Engine, msg: &jetstream::Message, reason: &str) {
+    match engine.dead_letter(msg, reason).await {
+        Ok(()) => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dead letter not written; will retry");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+        }
     }
 }
 
@@ -203,14 +480,33 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
         };
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { break };
-            // Malformed subjects are refused (and logged) by the intake.
+            // Malformed subjects and refused completions are dead-lettered
+            // (and logged) by the intake; here they are only skipped.
             if let Ok((tenant, mission)) = parse_mission_subject(msg.subject.as_str()) {
-                if engine.serves(&tenant) {
+                let accepted = engine
+                    .accept_completion(
+                        &tenant,
+                        msg.subject.as_str(),
+                        msg.headers.as_ref(),
+                        &msg.payload,
+                    )
+                    .is_ok();
+                if accepted && engine.serves(&tenant) {
                     engine
                         .inner
                         .store
                         .mark_mission_completed(&tenant, &mission)?;
+                    for tree in engine.inner.store.trees_for_mission(&tenant, &mission)? {
+                        engine.end_if_orphaned(&tenant, tree)?;
+                    }
                 }
+            }
+            if let Ok(info) = msg.info() {
+                let state = &engine.inner.missions;
+                state
+                    .marks_seen
+                    .fetch_max(info.stream_sequence, Ordering::AcqRel);
+                state.marks_moved.notify_waiters();
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

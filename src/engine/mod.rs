@@ -153,6 +153,8 @@ pub(crate) struct Inner {
     /// Woken whenever the projection changes, for the expiry scheduler.
     pub(crate) changed: Notify,
     pub(crate) nats: Option<async_nats::Client>,
+    /// The mission stream as this instance reads it.
+    pub(crate) missions: missions::MissionState,
 }
 
 /// One engine instance. Cheap to clone.
@@ -172,9 +174,10 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         bus.setup(config.signal_retention).await?;
-        if let Some(client) = &nats {
-            missions::setup_streams(client, &config).await?;
-        }
+        let mission_state = match &nats {
+            Some(client) => missions::setup_streams(client, &config).await?,
+            None => missions::MissionState::default(),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
@@ -183,6 +186,7 @@ impl Engine {
                 config,
                 changed: Notify::new(),
                 nats,
+                missions: mission_state,
             }),
         })
     }
@@ -421,6 +425,7 @@ impl Engine {
                 match item {
                     Ok(r) => {
                         self.apply_logged(&r, true).await?;
+                        self.end_if_orphaned(&r.tenant, r.tree)?;
                     }
                     Err(LogError::Corrupt {
                         position,
@@ -507,6 +512,7 @@ impl Engine {
             lag: log_position.saturating_sub(position),
             time: Utc::now(),
             quarantined: Vec::new(),
+            rejected_mission_completions: self.rejected_completions().await?,
         })
     }
 
