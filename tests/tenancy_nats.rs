@@ -158,7 +158,10 @@ async fn same_command_id_in_two_tenants(engine: &Engine) {
     assert!(history_b.events.iter().all(|e| e.tenant == b));
 
     // A retry by either tenant is still a duplicate of its own command.
-    let again = engine.execute(ext(issue_b)).await.expect("tenant B retries");
+    let again = engine
+        .execute(ext(issue_b))
+        .await
+        .expect("tenant B retries");
     assert!(again.duplicate, "a retry wrote again: {again:?}");
     assert_eq!(again.mandate, Some(root_b));
 }

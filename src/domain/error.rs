@@ -154,6 +154,10 @@ pub enum DomainError {
     /// itself may use (expiry scheduler, mission intake).
     #[error("actor {actor} is reserved for the engine itself and is not accepted from outside it")]
     ReservedActor { actor: String },
+    /// A command from outside uses a command id of the kind only the engine
+    /// derives for its own writes (UUID version 8).
+    #[error("command id {command_id} is a version 8 UUID, reserved for ids the engine derives; use a random (v4) or time-ordered (v7) UUID")]
+    ReservedCommandId { command_id: CommandId },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -196,7 +200,8 @@ impl DomainError {
             | UnknownVersion { .. }
             | UnknownType { .. }
             | Malformed { .. }
-            | ReservedActor { .. } => ErrorCode::InvalidInput,
+            | ReservedActor { .. }
+            | ReservedCommandId { .. } => ErrorCode::InvalidInput,
             MandateNotFound { .. } | TreeNotFound { .. } => ErrorCode::NotFound,
             TreeExists { .. } | CommandIdReused { .. } => ErrorCode::Conflict,
             CrossTenant { .. }
@@ -254,6 +259,7 @@ impl DomainError {
             SupervisorBelow { .. } => "supervisor_below",
             PausedFromAbove { .. } => "paused_from_above",
             ReservedActor { .. } => "reserved_actor",
+            ReservedCommandId { .. } => "reserved_command_id",
         }
     }
 }

@@ -445,6 +445,7 @@ impl Engine {
     /// not name an actor reserved for the engine itself.
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
         crate::domain::command::refuse_reserved_actor(&bulk.actor)?;
+        crate::domain::command::refuse_reserved_command_id(bulk.command_id)?;
         let (targets, reason): (Vec<(TreeId, MandateId)>, Option<String>) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
                 self.inner.store.mandates_held_by(&bulk.tenant, agent)?,
