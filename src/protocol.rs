@@ -230,7 +230,8 @@ pub struct CheckQuery {
     /// Answer as of this moment (replaying the tree's events up to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
-    /// Who asks (recorded in the audit).
+    /// Who asks (recorded in the audit). Never a `system` actor: a check
+    /// naming one is refused (`reserved_actor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
 }

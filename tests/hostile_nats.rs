@@ -164,3 +164,47 @@ async fn a_holder_cannot_spend_the_mission_completion_id_in_advance() {
     .await;
     instance.stop().await;
 }
+
+/// A check names who asked, and that name goes into the audit: a caller may
+/// not put the engine itself there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_cannot_record_the_engine_as_the_one_who_asked() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    let root = issue_for_mission(&nc, "acme", "jira:FIN-67").await;
+
+    for forged in [Actor::expiry(), Actor::mission_intake()] {
+        // Allowed or refused, it must not be recorded as the engine's.
+        let _ = client(&nc, "acme", forged)
+            .check(root, "finance:read", "reports/q3", None)
+            .await;
+    }
+    // A sentinel after them: once it is recorded, so is anything before it.
+    let cfo = client(&nc, "acme", principal("cfo"));
+    cfo.check(root, "finance:read", "reports/q4", None)
+        .await
+        .expect("an honest check is answered");
+    eventually("the sentinel check is in the audit", || {
+        let cfo = cfo.clone();
+        async move {
+            cfo.audit(root, 100).await.is_ok_and(|a| {
+                a.records
+                    .iter()
+                    .any(|r| r.decision.resource == "reports/q4")
+            })
+        }
+    })
+    .await;
+    let audit = cfo.audit(root, 100).await.unwrap();
+    for r in &audit.records {
+        assert!(
+            !matches!(r.actor, Some(Actor::System(_))),
+            "the audit names the engine as the one who asked: {:?}",
+            r.actor
+        );
+    }
+    instance.stop().await;
+}
