@@ -1118,6 +1118,40 @@ fn renew_to_a_time_already_past_is_refused() {
         });
 }
 
+/// A supervisor watches a mandate; it does not grant. Moving `not_after`
+/// later grants time the grantor never gave, and on the root nothing but the
+/// principal's word bounds it.
+#[test]
+fn a_supervisor_may_not_extend_the_mandate_it_supervises() {
+    given([issue_root()])
+        .when(renew(
+            watchdog(),
+            root(),
+            root_not_after() + hours(24 * 365),
+        ))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent watchdog".into(),
+            verb: "extend",
+        });
+}
+
+#[test]
+fn a_supervisor_may_bring_the_end_of_a_mandate_forward() {
+    let sooner = t0() + hours(2);
+    given([issue_root()])
+        .when(renew(watchdog(), root(), sooner))
+        .then_events(|_, after| assert_eq!(after.get(root()).unwrap().not_after, sooner));
+}
+
+#[test]
+fn the_principal_may_extend_its_root() {
+    let later = root_not_after() + hours(24);
+    given([issue_root()])
+        .when(renew(alice(), root(), later))
+        .then_events(|_, after| assert_eq!(after.get(root()).unwrap().not_after, later));
+}
+
 // ---------------------------------------------------------------------------
 // idempotency
 // ---------------------------------------------------------------------------

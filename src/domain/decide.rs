@@ -181,6 +181,24 @@ pub(crate) fn authority_rank(tree: &Tree, m: &Mandate, actor: &Actor) -> Option<
     }
 }
 
+/// Does `actor` hold authority over `m` as one who could have granted it: an
+/// administrator, the tree's principal, or the holder of a link above `m`?
+/// Supervisors watch and restrain; they do not grant, so a change that gives
+/// a mandate more than its grantor gave (a later `not_after`) needs this.
+pub(crate) fn grants_above(tree: &Tree, m: &Mandate, actor: &Actor) -> bool {
+    match actor {
+        Actor::Admin(_) => true,
+        Actor::Principal(p) => tree.principal.as_ref() == Some(p),
+        Actor::System(_) => false,
+        Actor::Agent(a) => {
+            let chain = tree.chain(m.id);
+            chain[..chain.len().saturating_sub(1)]
+                .iter()
+                .any(|link| &link.grantee == a)
+        }
+    }
+}
+
 /// Does `agent` hold `top` or any mandate below it?
 fn holds_at_or_below(tree: &Tree, agent: &super::ids::AgentId, top: &Mandate) -> bool {
     if &top.grantee == agent {
