@@ -134,13 +134,13 @@ fn child_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc1))
 }
 fn child() -> MandateId {
-    delegated_id(&tenant(), child_cmd())
+    delegated_id(&tenant(), tree_id(), child_cmd())
 }
 fn grandchild_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc2))
 }
 fn grandchild() -> MandateId {
-    delegated_id(&tenant(), grandchild_cmd())
+    delegated_id(&tenant(), tree_id(), grandchild_cmd())
 }
 
 fn agent_id(name: &str) -> AgentId {

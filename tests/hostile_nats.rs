@@ -6,7 +6,9 @@
 //! - the command ids the engine derives for its own writes (mission
 //!   completion, expiry, bulk steps) cannot be spent in advance by a caller,
 //!   so a completed mission ends every tree it serves;
-//! - a check cannot record the engine itself as the one who asked.
+//! - a check cannot record the engine itself as the one who asked;
+//! - a command id reused in another tree once the log has forgotten it (past
+//!   JetStream's duplicate window) cannot take over a mandate of the first.
 
 mod common;
 
@@ -22,6 +24,8 @@ use mandate::domain::{
     Actor, AgentId, Command, CommandEnvelope, CommandId, MandateId, Mission, MissionRef,
     PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
 };
+use mandate::engine::{Engine, EngineConfig};
+use mandate::log::JetStreamConfig;
 use mandate::protocol::mission_subject;
 
 /// How long anything asynchronous may take before a test gives up.
@@ -207,4 +211,126 @@ async fn a_check_cannot_record_the_engine_as_the_one_who_asked() {
         );
     }
     instance.stop().await;
+}
+
+/// An engine serving over NATS whose log forgets command ids after a short
+/// duplicate window, so a test can get past it.
+async fn serve_with_short_window(
+    url: &str,
+    dir: &std::path::Path,
+) -> (Engine, tokio::sync::oneshot::Sender<()>) {
+    let nc = async_nats::connect(url).await.expect("connect the engine");
+    let log = JetStreamConfig {
+        duplicate_window: Duration::from_secs(1),
+        ..JetStreamConfig::default()
+    };
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::nats(nc, dir, log, config)
+        .await
+        .expect("open the engine");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = engine.clone();
+    tokio::spawn(async move {
+        serving
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    (engine, tx)
+}
+
+/// A holder in another tree of the tenant replays a delegation's command id
+/// once the log's duplicate window has passed. Whatever it gets, the first
+/// tree's mandate stays its principal's to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_reused_in_another_tree_cannot_take_over_a_mandate() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_engine, stop) = serve_with_short_window(&server.url(), dir.path()).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+
+    let root = issue_for_mission(&nc, "acme", "jira:FIN-68").await;
+    let id = CommandId::generate();
+    let delegation = |parent: MandateId, actor: &str| CommandEnvelope {
+        command_id: id,
+        tenant: tenant("acme"),
+        actor: agent(actor),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Delegate(Delegate {
+            parent,
+            grantee: agent_id("researcher"),
+            scope: scope(&["finance:read on reports/q3/*"]),
+            not_after: None,
+            depth: None,
+            step_up: vec![],
+            supervisors: vec![],
+        }),
+    };
+    let mandate = client(&nc, "acme", agent("planner"))
+        .send(&delegation(root, "planner"))
+        .await
+        .expect("delegate")
+        .mandate
+        .expect("a delegation names its mandate");
+
+    // Another principal's tree, held by the hostile agent.
+    let other = client(&nc, "acme", principal("eve"))
+        .issue(Issue {
+            principal: PrincipalId::new("eve").unwrap(),
+            grantee: agent_id("mallory"),
+            mission: Mission {
+                purpose: "hostile test".into(),
+                mission_ref: None,
+            },
+            scope: scope(&["finance:read on reports/**"]),
+            not_after: in_an_hour(),
+            depth: 4,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect("issue")
+        .mandate
+        .expect("an issue names its mandate");
+    // Refused while the log remembers the id; tried again until it forgets.
+    let mallory = client(&nc, "acme", agent("mallory"));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match mallory.send(&delegation(other, "mallory")).await {
+            Ok(_) => break,
+            Err(e) if e.reason() == Some("command_id_reused") => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the log never forgot the command id"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("unexpected refusal: {e}"),
+        }
+    }
+
+    // The first tree's principal still ends its mandate, and it is ended.
+    let cfo = client(&nc, "acme", principal("cfo"));
+    cfo.revoke(mandate, None)
+        .await
+        .expect("the principal revokes a mandate of its own tree");
+    let status = cfo.status(mandate, None).await.expect("status");
+    assert_eq!(status.mandate.tree, mandate_tree(root), "{status:?}");
+    assert_eq!(status.effective.status, Status::Revoked, "{status:?}");
+    let d = cfo
+        .check(mandate, "finance:read", "reports/q3/summary", None)
+        .await
+        .unwrap();
+    assert!(!d.is_allowed(), "{d:?}");
+    let _ = stop.send(());
+}
+
+fn mandate_tree(root: MandateId) -> mandate::domain::TreeId {
+    mandate::domain::TreeId(root.0)
 }

@@ -7,7 +7,7 @@ use chrono::Utc;
 
 use crate::domain::{
     decide, delegated_id, root_tree_id, Actor, Command, CommandEnvelope, CommandId, DomainError,
-    Event, ExternalCommand, MandateId, MissionRef, TenantId, Tree, TreeId,
+    Event, EventBody, ExternalCommand, MandateId, MissionRef, TenantId, Tree, TreeId,
 };
 use crate::log::{EventLog, LogError};
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult, CommitInfo};
@@ -64,7 +64,17 @@ impl Engine {
         let commit = self.execute_on(tree, &cmd).await?;
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
-            Command::Delegate(_) => Some(delegated_id(&cmd.tenant, cmd.command_id)),
+            // The mandate the commit issued: for a retry, the one first
+            // written, whatever the id derivation was then.
+            Command::Delegate(_) => commit
+                .0
+                .events
+                .iter()
+                .find_map(|e| match &e.body {
+                    EventBody::MandateIssued(i) => Some(i.mandate),
+                    _ => None,
+                })
+                .or(Some(delegated_id(&cmd.tenant, tree, cmd.command_id))),
             other => other.target(),
         };
         Ok(CommandResult {
