@@ -652,6 +652,47 @@ fn pause_of_a_paused_mandate_is_refused() {
         .then_error(DomainError::AlreadyPaused { mandate: root() });
 }
 
+/// Otherwise a principal that wants a pause set below it to hold would have
+/// to lift it and pause again, leaving the mandate live in between.
+#[test]
+fn a_pause_set_below_is_taken_over_from_above() {
+    given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+    ])
+    .when(pause(alice(), child()))
+    .then_events(|events, after| {
+        assert!(matches!(only(events).body, EventBody::MandatePaused(_)));
+        let m = after.get(child()).unwrap();
+        assert_eq!(m.status, Status::Paused);
+        assert_eq!(m.transition.as_ref().map(|t| &t.by), Some(&alice()));
+    });
+}
+
+#[test]
+fn a_pause_taken_over_from_above_is_not_lifted_from_below() {
+    given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+    ])
+    .and(pause(alice(), child()))
+    .when(resume(orchestrator(), child()))
+    .then_error(DomainError::PausedFromAbove {
+        mandate: child(),
+        actor: "agent orchestrator".into(),
+        paused_by: "principal alice".into(),
+    });
+}
+
+#[test]
+fn a_pause_is_not_taken_over_from_below() {
+    given([issue_root(), delegate_child(), pause(alice(), child())])
+        .when(pause(orchestrator(), child()))
+        .then_error(DomainError::AlreadyPaused { mandate: child() });
+}
+
 #[test]
 fn pause_of_an_unknown_mandate_is_refused() {
     let unknown = MandateId(Uuid::from_u128(0xdead));
