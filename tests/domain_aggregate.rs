@@ -1631,6 +1631,41 @@ fn a_garbage_command_is_malformed() {
     );
 }
 
+/// JSON with a key twice means different things to different parsers (first
+/// wins, last wins): a proxy that reads one actor or mandate while the engine
+/// acts on another must not be possible, so such a command is refused.
+#[test]
+fn a_command_naming_a_field_twice_is_malformed() {
+    let revoke =
+        String::from_utf8(serde_json::to_vec(&revoke(researcher(), child())).unwrap()).unwrap();
+    let body = revoke.replacen(
+        "\"actor\":",
+        "\"actor\":{\"kind\":\"admin\",\"id\":\"root\"},\"actor\":",
+        1,
+    );
+    let again = revoke.replacen(
+        "\"mandate\":",
+        &format!("\"mandate\":\"{}\",\"mandate\":", root()),
+        1,
+    );
+    for twice in [body, again] {
+        assert_ne!(twice, revoke, "the fixture names a field twice");
+
+        let result = CommandEnvelope::from_json(twice.as_bytes());
+
+        assert!(
+            matches!(
+                &result,
+                Err(DomainError::Malformed {
+                    what: "command",
+                    reason,
+                }) if reason.contains("duplicate")
+            ),
+            "{twice}: {result:?}"
+        );
+    }
+}
+
 #[test]
 fn a_command_with_an_oversized_reason_is_refused() {
     let cmd = by(

@@ -249,8 +249,12 @@ impl CommandEnvelope {
                 })
             }
         }
+        // Decoded from the bytes, not from `value`: a JSON object keeps only
+        // the last of two equal keys, while the typed decoder refuses the
+        // second, so a body that names a field twice (read one way by a proxy
+        // and another by the engine) is malformed.
         let cmd: CommandEnvelope =
-            serde_json::from_value(value).map_err(|e| DomainError::Malformed {
+            serde_json::from_slice(bytes).map_err(|e| DomainError::Malformed {
                 what: "command",
                 reason: e.to_string(),
             })?;
