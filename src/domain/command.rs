@@ -20,7 +20,10 @@ fn default_depth() -> u32 {
 }
 
 /// A command with its envelope.
+// No field beyond the envelope's and the command's is accepted (the decoder
+// refuses unknown fields), and the schema says so.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct CommandEnvelope {
     /// Idempotency key: a command id is applied at most once, and a retry
     /// with the same id returns the original result. Any UUID but version 8,
