@@ -150,6 +150,12 @@ pub struct CommandResult {
 /// A bulk command with its envelope.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BulkEnvelope {
+    /// Idempotency key of the bulk command; each revoke it writes gets an id
+    /// derived from it. Any UUID but version 8, which is reserved for the ids
+    /// the engine derives.
+    #[schemars(extend(
+        "pattern" = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
     pub command_id: CommandId,
     pub tenant: TenantId,
     pub actor: Actor,
@@ -229,7 +235,8 @@ pub struct CheckQuery {
     /// Answer as of this moment (replaying the tree's events up to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
-    /// Who asks (recorded in the audit).
+    /// Who asks (recorded in the audit). Never a `system` actor: a check
+    /// naming one is refused (`reserved_actor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
 }

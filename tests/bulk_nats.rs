@@ -353,7 +353,7 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
         // Then whichever came first, the agent holds nothing live: either
         // the grant was refused before it was written, or the mandate it
         // wrote is ended (by the sweep, or by the grant's own re-check)
-        let mandate = delegated_id(&tenant(), grant.command_id);
+        let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
         match reader.status(mandate, None).await {
             Ok(s) => assert!(
                 s.effective.status.is_terminal(),
@@ -474,7 +474,7 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     };
     let lead = p.on_a(Actor::Agent(agent_id("lead")));
     lead.send(&grant).await.unwrap();
-    let mandate = delegated_id(&tenant(), grant.command_id);
+    let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
     p.on_b(admin())
         .send(&CommandEnvelope {
             command_id: CommandId::generate(),
@@ -563,7 +563,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
         .await
         .unwrap();
     // Then the instances that follow the log end the new mandate
-    let mandate = delegated_id(&tenant(), grant.command_id);
+    let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
     let reader = p.on_a(admin());
     eventually(
         "the orphaned delegation to a blocked agent is revoked",

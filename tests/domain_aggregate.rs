@@ -142,13 +142,13 @@ fn child_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc1))
 }
 fn child() -> MandateId {
-    delegated_id(&tenant(), child_cmd())
+    delegated_id(&tenant(), tree_id(), child_cmd())
 }
 fn grandchild_cmd() -> CommandId {
     CommandId(Uuid::from_u128(0xc2))
 }
 fn grandchild() -> MandateId {
-    delegated_id(&tenant(), grandchild_cmd())
+    delegated_id(&tenant(), tree_id(), grandchild_cmd())
 }
 
 fn agent_id(name: &str) -> AgentId {
@@ -658,6 +658,47 @@ fn pause_of_a_paused_mandate_is_refused() {
     given([issue_root(), pause(alice(), root())])
         .when(pause(alice(), root()))
         .then_error(DomainError::AlreadyPaused { mandate: root() });
+}
+
+/// Otherwise a principal that wants a pause set below it to hold would have
+/// to lift it and pause again, leaving the mandate live in between.
+#[test]
+fn a_pause_set_below_is_taken_over_from_above() {
+    given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+    ])
+    .when(pause(alice(), child()))
+    .then_events(|events, after| {
+        assert!(matches!(only(events).body, EventBody::MandatePaused(_)));
+        let m = after.get(child()).unwrap();
+        assert_eq!(m.status, Status::Paused);
+        assert_eq!(m.transition.as_ref().map(|t| &t.by), Some(&alice()));
+    });
+}
+
+#[test]
+fn a_pause_taken_over_from_above_is_not_lifted_from_below() {
+    given([
+        issue_root(),
+        delegate_child(),
+        pause(orchestrator(), child()),
+    ])
+    .and(pause(alice(), child()))
+    .when(resume(orchestrator(), child()))
+    .then_error(DomainError::PausedFromAbove {
+        mandate: child(),
+        actor: "agent orchestrator".into(),
+        paused_by: "principal alice".into(),
+    });
+}
+
+#[test]
+fn a_pause_is_not_taken_over_from_below() {
+    given([issue_root(), delegate_child(), pause(alice(), child())])
+        .when(pause(orchestrator(), child()))
+        .then_error(DomainError::AlreadyPaused { mandate: child() });
 }
 
 #[test]
@@ -1209,6 +1250,40 @@ fn renew_to_a_time_already_past_is_refused() {
         });
 }
 
+/// A supervisor watches a mandate; it does not grant. Moving `not_after`
+/// later grants time the grantor never gave, and on the root nothing but the
+/// principal's word bounds it.
+#[test]
+fn a_supervisor_may_not_extend_the_mandate_it_supervises() {
+    given([issue_root()])
+        .when(renew(
+            watchdog(),
+            root(),
+            root_not_after() + hours(24 * 365),
+        ))
+        .then_error(DomainError::NotAuthorized {
+            mandate: root(),
+            actor: "agent watchdog".into(),
+            verb: "extend",
+        });
+}
+
+#[test]
+fn a_supervisor_may_bring_the_end_of_a_mandate_forward() {
+    let sooner = t0() + hours(2);
+    given([issue_root()])
+        .when(renew(watchdog(), root(), sooner))
+        .then_events(|_, after| assert_eq!(after.get(root()).unwrap().not_after, sooner));
+}
+
+#[test]
+fn the_principal_may_extend_its_root() {
+    let later = root_not_after() + hours(24);
+    given([issue_root()])
+        .when(renew(alice(), root(), later))
+        .then_events(|_, after| assert_eq!(after.get(root()).unwrap().not_after, later));
+}
+
 // ---------------------------------------------------------------------------
 // idempotency
 // ---------------------------------------------------------------------------
@@ -1645,6 +1720,41 @@ fn a_garbage_command_is_malformed() {
         ),
         "{err}"
     );
+}
+
+/// JSON with a key twice means different things to different parsers (first
+/// wins, last wins): a proxy that reads one actor or mandate while the engine
+/// acts on another must not be possible, so such a command is refused.
+#[test]
+fn a_command_naming_a_field_twice_is_malformed() {
+    let revoke =
+        String::from_utf8(serde_json::to_vec(&revoke(researcher(), child())).unwrap()).unwrap();
+    let body = revoke.replacen(
+        "\"actor\":",
+        "\"actor\":{\"kind\":\"admin\",\"id\":\"root\"},\"actor\":",
+        1,
+    );
+    let again = revoke.replacen(
+        "\"mandate\":",
+        &format!("\"mandate\":\"{}\",\"mandate\":", root()),
+        1,
+    );
+    for twice in [body, again] {
+        assert_ne!(twice, revoke, "the fixture names a field twice");
+
+        let result = CommandEnvelope::from_json(twice.as_bytes());
+
+        assert!(
+            matches!(
+                &result,
+                Err(DomainError::Malformed {
+                    what: "command",
+                    reason,
+                }) if reason.contains("duplicate")
+            ),
+            "{twice}: {result:?}"
+        );
+    }
 }
 
 #[test]
@@ -2091,14 +2201,17 @@ fn no_mandate_command_addresses_the_registry() {
 #[test]
 fn the_registry_id_is_no_tree_id() {
     let registry = TreeId::registry(&tenant());
-    assert!(registry.is_registry());
+    assert!(registry.is_registry_of(&tenant()));
+    assert!(!registry.is_registry_of(&TenantId::new("globex").unwrap()));
     assert_eq!(registry, TreeId::registry(&tenant()), "derived, stable");
     assert_ne!(
         registry,
         TreeId::registry(&TenantId::new("globex").unwrap())
     );
-    assert!(!mandate::domain::root_tree_id(&tenant(), CommandId::generate()).is_registry());
-    assert!(!TreeId::generate().is_registry());
+    assert!(
+        !mandate::domain::root_tree_id(&tenant(), CommandId::generate()).is_registry_of(&tenant())
+    );
+    assert!(!TreeId::generate().is_registry_of(&tenant()));
 }
 
 #[test]

@@ -1238,6 +1238,23 @@ proptest! {
                     );
                 }
             }
+            // Moving `not_after` later grants time: only one who could have
+            // granted the mandate does, never a supervisor alone.
+            if let Command::Renew(r) = &rec.cmd.command {
+                if r.not_after > m.not_after {
+                    let chain = pre.chain(m.id);
+                    let grantor_above = match &rec.cmd.actor {
+                        Actor::Admin(_) | Actor::Principal(_) => true,
+                        Actor::Agent(a) => chain[..chain.len() - 1].iter().any(|l| &l.grantee == a),
+                        Actor::System(_) => false,
+                    };
+                    prop_assert!(
+                        grantor_above,
+                        "{} extended {} without having granted it",
+                        rec.cmd.actor, m.id
+                    );
+                }
+            }
             if let Command::Resume(_) = rec.cmd.command {
                 let by = &m.transition.as_ref().expect("a paused mandate records its pause").by;
                 let lifted_from_as_high = match by {

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Narrow, Renew};
-use super::decide::{refuse_terminal, require_authority, target};
+use super::decide::{grants_above, refuse_terminal, require_authority, target};
 use super::error::DomainError;
 use super::event::{EventBody, MandateRenewed, ScopeNarrowed};
 use super::model::{Actor, Tree};
@@ -32,7 +32,9 @@ pub(crate) fn narrow(
     })])
 }
 
-/// A new `not_after`: in the future, never past the parent's.
+/// A new `not_after`: in the future, never past the parent's. Moving it
+/// later grants time, so only one who could have granted the mandate may: a
+/// supervisor may bring it forward, never push it back.
 pub(crate) fn renew(
     tree: &Tree,
     actor: &Actor,
@@ -42,6 +44,13 @@ pub(crate) fn renew(
     let m = target(tree, c.mandate)?;
     require_authority(tree, m, actor, "renew", false)?;
     refuse_terminal(tree, m, now)?;
+    if c.not_after > m.not_after && !grants_above(tree, m, actor) {
+        return Err(DomainError::NotAuthorized {
+            mandate: m.id,
+            actor: actor.to_string(),
+            verb: "extend",
+        });
+    }
     if c.not_after <= now {
         return Err(DomainError::NotAfterInPast {
             requested: c.not_after,

@@ -20,10 +20,17 @@ fn default_depth() -> u32 {
 }
 
 /// A command with its envelope.
+// No field beyond the envelope's and the command's is accepted (the decoder
+// refuses unknown fields), and the schema says so.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct CommandEnvelope {
     /// Idempotency key: a command id is applied at most once, and a retry
-    /// with the same id returns the original result.
+    /// with the same id returns the original result. Any UUID but version 8,
+    /// which is reserved for the ids the engine derives for its own writes.
+    #[schemars(extend(
+        "pattern" = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
     pub command_id: CommandId,
     pub tenant: TenantId,
     /// Who asks. Taken from the authenticated connection where the tenant
@@ -317,8 +324,12 @@ impl CommandEnvelope {
                 })
             }
         }
+        // Decoded from the bytes, not from `value`: a JSON object keeps only
+        // the last of two equal keys, while the typed decoder refuses the
+        // second, so a body that names a field twice (read one way by a proxy
+        // and another by the engine) is malformed.
         let cmd: CommandEnvelope =
-            serde_json::from_value(value).map_err(|e| DomainError::Malformed {
+            serde_json::from_slice(bytes).map_err(|e| DomainError::Malformed {
                 what: "command",
                 reason: e.to_string(),
             })?;
@@ -387,10 +398,11 @@ impl CommandEnvelope {
 }
 
 /// A command from outside the engine: the wire, an in-process client or any
-/// library caller. It never carries an [`Actor::System`] actor: both
-/// constructors refuse one, so only the engine's own paths (expiry, mission
-/// intake) act as the engine, and no caller can get past that by calling the
-/// library instead of the service.
+/// library caller. It never carries an [`Actor::System`] actor, nor a command
+/// id of the kind the engine derives for its own writes: both constructors
+/// refuse them, so only the engine's own paths (expiry, mission intake) act
+/// as the engine or write under its ids, and no caller can get past that by
+/// calling the library instead of the service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExternalCommand(CommandEnvelope);
 
@@ -399,6 +411,7 @@ impl ExternalCommand {
     /// engine itself.
     pub fn new(cmd: CommandEnvelope) -> Result<Self, DomainError> {
         refuse_reserved_actor(&cmd.actor)?;
+        refuse_reserved_command_id(cmd.command_id)?;
         Ok(Self(cmd))
     }
 
@@ -435,4 +448,14 @@ pub fn refuse_reserved_actor(actor: &Actor) -> Result<(), DomainError> {
         }),
         Actor::Principal(_) | Actor::Agent(_) | Actor::Admin(_) => Ok(()),
     }
+}
+
+/// Refuses a command id only the engine itself derives (see
+/// [`CommandId::derived`]), in anything that comes from outside it: such an
+/// id, spent in advance, would block the engine's own write under it.
+pub fn refuse_reserved_command_id(command_id: CommandId) -> Result<(), DomainError> {
+    if command_id.is_reserved() {
+        return Err(DomainError::ReservedCommandId { command_id });
+    }
+    Ok(())
 }

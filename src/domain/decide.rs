@@ -79,7 +79,7 @@ pub fn decide(
         let (bodies, admin) = decided?;
         return Ok(envelop(tree, cmd, now, bodies, Some(admin)));
     }
-    if tree.id.is_registry() {
+    if tree.id.is_registry_of(&tree.tenant) {
         // The registry holds no mandate: no mandate command addresses it.
         return Err(DomainError::TreeNotFound { tree: tree.id });
     }
@@ -252,6 +252,24 @@ pub(crate) fn authority_rank(tree: &Tree, m: &Mandate, actor: &Actor) -> Option<
                 (Some(h), Some(s)) => Some(h.min(s)),
                 (h, s) => h.or(s),
             }
+        }
+    }
+}
+
+/// Does `actor` hold authority over `m` as one who could have granted it: an
+/// administrator, the tree's principal, or the holder of a link above `m`?
+/// Supervisors watch and restrain; they do not grant, so a change that gives
+/// a mandate more than its grantor gave (a later `not_after`) needs this.
+pub(crate) fn grants_above(tree: &Tree, m: &Mandate, actor: &Actor) -> bool {
+    match actor {
+        Actor::Admin(_) => true,
+        Actor::Principal(p) => tree.principal.as_ref() == Some(p),
+        Actor::System(_) => false,
+        Actor::Agent(a) => {
+            let chain = tree.chain(m.id);
+            chain[..chain.len().saturating_sub(1)]
+                .iter()
+                .any(|link| &link.grantee == a)
         }
     }
 }

@@ -185,6 +185,10 @@ pub enum DomainError {
         version: u64,
         supported: u32,
     },
+    /// A command from outside uses a command id of the kind only the engine
+    /// derives for its own writes (UUID version 8).
+    #[error("command id {command_id} is a version 8 UUID, reserved for ids the engine derives; use a random (v4) or time-ordered (v7) UUID")]
+    ReservedCommandId { command_id: CommandId },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -229,7 +233,8 @@ impl DomainError {
             | UnknownVersion { .. }
             | UnknownType { .. }
             | Malformed { .. }
-            | ReservedActor { .. } => ErrorCode::InvalidInput,
+            | ReservedActor { .. }
+            | ReservedCommandId { .. } => ErrorCode::InvalidInput,
             MandateNotFound { .. } | TreeNotFound { .. } => ErrorCode::NotFound,
             TreeExists { .. } | CommandIdReused { .. } => ErrorCode::Conflict,
             CrossTenant { .. }
@@ -301,6 +306,7 @@ impl DomainError {
             Quarantined { .. } => "quarantined",
             NotQuarantined { .. } => "not_quarantined",
             TreeTooNew { .. } => "tree_too_new",
+            ReservedCommandId { .. } => "reserved_command_id",
         }
     }
 }

@@ -188,10 +188,26 @@ uuid_id!(
 impl CommandId {
     /// A command id derived deterministically from a name and a key, so that
     /// several engine instances deciding the same thing (an expiry, one step of
-    /// a bulk operation) write one event: the log deduplicates on it.
+    /// a bulk operation, a mission completion) write one event: the log
+    /// deduplicates on it.
+    ///
+    /// Derived ids are predictable, so they are UUIDs of version 8, which no
+    /// command from outside may use ([`CommandId::is_reserved`]): otherwise a
+    /// caller could spend the id of a mission completion or an expiry in
+    /// advance, on a command of its own, and the engine's write would be
+    /// refused as a reused command id, leaving the mandate live.
     pub fn derived(namespace: &str, key: &str) -> Self {
-        let ns = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"mandate.command");
-        Self(Uuid::new_v5(&ns, format!("{namespace}/{key}").as_bytes()))
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("mandate.command/{namespace}/{key}").as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
+    /// True for the ids only the engine derives (UUID version 8, see
+    /// [`CommandId::derived`]): refused in commands from outside.
+    pub fn is_reserved(&self) -> bool {
+        self.0.get_version_num() == 8
     }
 }
 
@@ -211,10 +227,9 @@ impl TreeId {
         Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
     }
 
-    /// Whether this id has the shape of a registry id (see
-    /// [`TreeId::registry`]); no delegation tree has it.
-    pub fn is_registry(&self) -> bool {
-        self.0.get_version_num() == 8
+    /// Whether this is `tenant`'s registry (see [`TreeId::registry`]).
+    pub fn is_registry_of(&self, tenant: &TenantId) -> bool {
+        *self == Self::registry(tenant)
     }
 }
 
@@ -288,5 +303,17 @@ mod tests {
             CommandId::derived("expire", "m1"),
             CommandId::derived("expire", "m2")
         );
+        assert_ne!(
+            CommandId::derived("expire/m", "1"),
+            CommandId::derived("expire", "m1")
+        );
+    }
+
+    #[test]
+    fn derived_command_ids_are_reserved_and_generated_ones_are_not() {
+        assert!(CommandId::derived("expire", "m1").is_reserved());
+        assert!(!CommandId::generate().is_reserved());
+        assert!(!CommandId(Uuid::new_v4()).is_reserved());
+        assert!(!CommandId(Uuid::new_v5(&Uuid::NAMESPACE_OID, b"client key")).is_reserved());
     }
 }

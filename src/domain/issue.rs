@@ -85,12 +85,15 @@ pub fn root_tree_id(tenant: &TenantId, command: CommandId) -> TreeId {
     ))
 }
 
-/// The id a delegation gets: derived from the tenant and the command id, so a
-/// retry lands on the same mandate and two tenants never share one.
-pub fn delegated_id(tenant: &TenantId, command: CommandId) -> MandateId {
+/// The id a delegation gets: derived from the tenant, the tree and the command
+/// id, so a retry lands on the same mandate, and neither two tenants nor two
+/// trees ever share one, even when one command id is used in both (the log
+/// forgets command ids across trees after its duplicate window, and a mandate
+/// id shared by two trees would send commands on one to the other).
+pub fn delegated_id(tenant: &TenantId, tree: TreeId, command: CommandId) -> MandateId {
     MandateId(uuid::Uuid::new_v5(
         &command.0,
-        format!("delegated-mandate/{tenant}").as_bytes(),
+        format!("delegated-mandate/{tenant}/{tree}").as_bytes(),
     ))
 }
 
@@ -157,7 +160,7 @@ pub(crate) fn delegate(
             now,
         });
     }
-    let mandate = delegated_id(&tree.tenant, command);
+    let mandate = delegated_id(&tree.tenant, tree.id, command);
     // Authority comes strictly from above (invariant 9): the new grantee may
     // not be a supervisor of any mandate above it (a supervisor named on a
     // link watches everything below it), nor of its own mandate.

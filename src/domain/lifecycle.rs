@@ -28,9 +28,30 @@ pub(crate) fn pause(
     require_authority(tree, m, actor, "pause", false)?;
     refuse_terminal(tree, m, now)?;
     if m.status == Status::Paused {
-        return Err(DomainError::AlreadyPaused { mandate: m.id });
+        // A pause is taken over by authority strictly above the one that set
+        // it, which then holds it: otherwise making a pause set below hold
+        // would mean lifting it and pausing again, with the mandate live in
+        // between.
+        let paused_by = m.transition.as_ref().map(|t| &t.by);
+        let takes_over = paused_by.is_some_and(|by| outranks(tree, m, actor, by));
+        if !takes_over {
+            return Err(DomainError::AlreadyPaused { mandate: m.id });
+        }
     }
     Ok(vec![EventBody::MandatePaused(changed(c))])
+}
+
+/// Does `actor` rank strictly above `other` over `m`? An actor without
+/// authority over `m` (any more) ranks below everyone who has some.
+fn outranks(tree: &Tree, m: &super::model::Mandate, actor: &Actor, other: &Actor) -> bool {
+    match (
+        authority_rank(tree, m, actor),
+        authority_rank(tree, m, other),
+    ) {
+        (Some(mine), Some(theirs)) => mine < theirs,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 pub(crate) fn resume(
@@ -55,10 +76,7 @@ pub(crate) fn resume(
     if let Some(paused_by) = m.transition.as_ref().map(|t| &t.by) {
         let lifts = actor == paused_by
             || matches!(actor, Actor::Admin(_))
-            || match authority_rank(tree, m, paused_by) {
-                Some(theirs) => authority_rank(tree, m, actor).is_some_and(|mine| mine < theirs),
-                None => true,
-            };
+            || outranks(tree, m, actor, paused_by);
         if !lifts {
             return Err(DomainError::PausedFromAbove {
                 mandate: m.id,

@@ -60,7 +60,17 @@ impl Engine {
         }
         let mandate = match &cmd.command {
             Command::Issue(_) => Some(MandateId(tree.0)),
-            Command::Delegate(_) => Some(delegated_id(&cmd.tenant, cmd.command_id)),
+            // The mandate the commit issued: for a retry, the one first
+            // written, whatever the id derivation was then.
+            Command::Delegate(_) => commit
+                .0
+                .events
+                .iter()
+                .find_map(|e| match &e.body {
+                    EventBody::MandateIssued(i) => Some(i.mandate),
+                    _ => None,
+                })
+                .or(Some(delegated_id(&cmd.tenant, tree, cmd.command_id))),
             other => other.target(),
         };
         // ...and again after appending: a block written in between (by a bulk
@@ -218,7 +228,7 @@ impl Engine {
     /// log. Runs in the background; a failure is logged, and the next
     /// instance to apply the commit tries again.
     pub(crate) fn end_blocked_grants(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
-        if !self.serves(tenant) || tree.is_registry() {
+        if !self.serves(tenant) || tree.is_registry_of(tenant) {
             return;
         }
         let mut grants = events.iter().filter_map(|e| match &e.body {
@@ -835,6 +845,7 @@ impl Engine {
     /// not name an actor reserved for the engine itself.
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
         crate::domain::command::refuse_reserved_actor(&bulk.actor)?;
+        crate::domain::command::refuse_reserved_command_id(bulk.command_id)?;
         let (block, reason) = match &bulk.bulk {
             Bulk::RevokeAgent { agent, reason } => (
                 Command::BlockAgent(AgentBlock {
@@ -1034,5 +1045,9 @@ fn tree_command(
 /// The id of the empty tree a completion of a mission no tree serves is
 /// decided on (it is never written).
 fn mission_tree(tenant: &TenantId, mission: &MissionRef) -> TreeId {
-    TreeId(CommandId::derived("mission-tree", &format!("{tenant}/{mission}")).0)
+    // A name-based (v5) id like a root's, never the tenant's registry.
+    TreeId(uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("mandate.mission-tree/{tenant}/{mission}").as_bytes(),
+    ))
 }

@@ -311,9 +311,14 @@ impl Engine {
         Ok(ListReply { mandates })
     }
 
-    /// Answers a check and records it in the audit.
+    /// Answers a check and records it in the audit. A check that names the
+    /// engine itself as the one who asks is refused: the audit would say the
+    /// engine asked.
     #[tracing::instrument(skip_all, fields(tenant = %tenant, mandate = %q.mandate))]
     pub async fn check(&self, tenant: &TenantId, q: &CheckQuery) -> Result<Decision, EngineError> {
+        if let Some(actor) = &q.actor {
+            crate::domain::command::refuse_reserved_actor(actor)?;
+        }
         let now = moment(q.at);
         self.freshen(tenant, None, Some(q.mandate)).await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {

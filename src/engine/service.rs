@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::domain::command::refuse_reserved_actor;
+use crate::domain::command::{refuse_reserved_actor, refuse_reserved_command_id};
 use crate::domain::{Actor, DomainError, ExternalCommand, TenantId};
 use crate::protocol::{
     AuditQuery, BulkEnvelope, CheckQuery, ListQuery, MandateQuery, Reply, TreeQuery, BULK_VERBS,
@@ -162,6 +162,7 @@ impl Engine {
                 let bulk: BulkEnvelope = parse("bulk command", body)?;
                 same_tenant(tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
+                refuse_reserved_command_id(bulk.command_id)?;
                 self.authenticate(origin, tenant, &bulk.actor, subject, body)?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
