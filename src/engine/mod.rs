@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use crate::domain::{DomainError, ErrorCode, TenantId, TreeId};
 use crate::log::{AnyLog, EventLog, LogError};
 use crate::protocol::{ErrorBody, Health, QuarantinedTree};
-use crate::store::{Applied, Store, StoreError};
+use crate::store::{Applied, DueExpiry, Store, StoreError};
 
 pub use signals::{quarantine_signal, signal_for, SignalBus};
 
@@ -445,26 +445,36 @@ impl Engine {
     }
 
     async fn expiry_scheduler(&self) -> Result<(), EngineError> {
+        const PAGE: usize = 256;
         loop {
             let now = Utc::now();
-            let due = self.inner.store.due_expiries(now, 256)?;
-            for e in &due {
-                if !self.serves(&e.tenant) {
-                    continue;
+            // One pass over everything due, page by page: entries this
+            // instance does not serve, or cannot expire yet (a quarantined
+            // tree), stay in the queue but never keep the others waiting.
+            let mut after: Option<DueExpiry> = None;
+            loop {
+                let due = self.inner.store.due_expiries(now, after.as_ref(), PAGE)?;
+                for e in &due {
+                    if !self.serves(&e.tenant) {
+                        continue;
+                    }
+                    if let Err(err) = self.expire(e, now).await {
+                        tracing::warn!(tenant = %e.tenant, mandate = %e.mandate, error = %err, "expiry failed; will retry");
+                    }
                 }
-                if let Err(err) = self.expire(e, now).await {
-                    tracing::warn!(tenant = %e.tenant, mandate = %e.mandate, error = %err, "expiry failed; will retry");
+                match due.last() {
+                    Some(last) if due.len() == PAGE => after = Some(last.clone()),
+                    _ => break,
                 }
             }
-            if due.len() == 256 {
-                continue;
-            }
+            // What is still due after a full pass waits for the next tick
+            // (or a change), not a busy loop.
             let wait = match self.inner.store.next_expiry()? {
-                Some(t) => (t - Utc::now())
+                Some(t) if t > now => (t - now)
                     .to_std()
                     .unwrap_or(Duration::ZERO)
                     .min(self.inner.config.expiry_tick),
-                None => self.inner.config.expiry_tick,
+                _ => self.inner.config.expiry_tick,
             };
             let changed = self.inner.changed.notified();
             tokio::select! {

@@ -483,12 +483,22 @@ impl Store {
         self.last_parts(prefix(b't', &[tenant.as_str().as_bytes()]))
     }
 
-    /// Expiries due at `now`, oldest first, at most `limit`.
+    /// Expiries due at `now`, oldest first, at most `limit`, after `after`
+    /// (exclusive) when given: a caller pages past entries it cannot act on.
     pub fn due_expiries(
         &self,
         now: DateTime<Utc>,
+        after: Option<&DueExpiry>,
         limit: usize,
     ) -> Result<Vec<DueExpiry>, StoreError> {
+        let start = match after {
+            Some(e) => {
+                let mut k = expiry_key(e.not_after, &e.tenant, e.mandate);
+                k.push(0);
+                k
+            }
+            None => vec![b'x', SEP],
+        };
         let end = {
             let mut k = vec![b'x', SEP];
             k.extend_from_slice(&ms(now));
@@ -496,7 +506,7 @@ impl Store {
             k
         };
         let mut out = Vec::new();
-        for kv in self.kv.range(vec![b'x', SEP]..end).take(limit) {
+        for kv in self.kv.range(start..end).take(limit) {
             let (k, v) = kv?;
             out.push(self.decode_expiry(&k, &v)?);
         }
