@@ -119,7 +119,7 @@ pub enum Cmd {
     /// Issue a root mandate: principal → agent for a mission.
     Issue {
         /// The principal (a person) on whose authority the agent acts; the
-        /// actor must be this principal (--actor principal:<id>).
+        /// actor must be this principal or a tenant administrator.
         #[arg(long, value_name = "ID")]
         principal: String,
         /// The agent that receives the mandate.
@@ -246,8 +246,10 @@ pub enum Cmd {
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
     },
-    /// The authority chain of a mandate: every link from the principal's
-    /// grant down to it, with its effective status.
+    /// The authority chain of a mandate, from the principal's grant down.
+    ///
+    /// Every link with its grantor, grantee, status and end, and the
+    /// mandate's effective status (naming the ancestor that ended it).
     Chain {
         /// The mandate's id (a UUID).
         mandate: String,
@@ -291,6 +293,7 @@ pub enum Cmd {
         mission: Option<String>,
     },
     /// May the holder do ACTION on RESOURCE under MANDATE (now or --at)?
+    ///
     /// Exits 0 on allow, 1 on deny or needs-approval, 3 when the mandate
     /// does not exist.
     Check {
@@ -305,8 +308,10 @@ pub enum Cmd {
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
     },
-    /// Live signals that reach a mandate: its own, its chain's above it
-    /// (an ancestor's end ends it) and its descendants' (Ctrl-C to stop).
+    /// Live signals that reach a mandate, through its chain (Ctrl-C to stop).
+    ///
+    /// Its own signals, those of every mandate on its chain above it (an
+    /// ancestor's end ends it) and those of its descendants.
     Watch {
         /// The mandate's id (a UUID).
         mandate: String,
