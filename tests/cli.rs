@@ -36,10 +36,10 @@ fn text(out: &Output) -> String {
     )
 }
 
-#[test]
-fn the_readme_walkthrough_works_and_exit_codes_tell_outcomes_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// One run of the README's walkthrough in `d`, with its own mission ref (as
+/// the README's shell lines make one per run); returns the root and the
+/// delegated mandate.
+fn walkthrough(d: &Path, mission: &str) -> (String, String) {
     let root = ok_json(&mandate(
         d,
         &[
@@ -54,7 +54,7 @@ fn the_readme_walkthrough_works_and_exit_codes_tell_outcomes_apart() {
             "--purpose",
             "Evaluate Acme",
             "--mission-ref",
-            "jira:FIN-42",
+            mission,
             "--grant",
             "finance:read on reports/**",
             "--ttl",
@@ -84,28 +84,29 @@ fn the_readme_walkthrough_works_and_exit_codes_tell_outcomes_apart() {
 
     let allowed = mandate(d, &["check", &kid, "finance:read", "reports/q3/financials"]);
     assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
-    assert!(text(&allowed).contains("ALLOW"));
+    assert!(
+        text(&allowed).starts_with("ALLOW: finance:read on reports/q3/financials"),
+        "{}",
+        text(&allowed)
+    );
 
     let tree = mandate(d, &["tree", &kid]);
     assert!(tree.status.success());
     let drawn = text(&tree);
     assert!(
-        drawn.contains("research-lead") && drawn.contains("└─") && drawn.contains("analyst"),
+        drawn.contains(&format!("[{mission}]"))
+            && drawn.contains(&format!("{root} agent research-lead [active]"))
+            && drawn.contains(&format!("└─ {kid} agent analyst [active]")),
         "{drawn}"
     );
 
     let done = mandate(
         d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "complete",
-            "--mission",
-            "jira:FIN-42",
-        ],
+        &["--actor", "principal:cfo", "complete", "--mission", mission],
     );
     assert!(done.status.success(), "{}", text(&done));
 
+    // Denied, and the reason in words, naming the ancestor that ended it.
     let denied = mandate(d, &["check", &kid, "finance:read", "reports/q3/financials"]);
     assert_eq!(
         denied.status.code(),
@@ -113,20 +114,134 @@ fn the_readme_walkthrough_works_and_exit_codes_tell_outcomes_apart() {
         "denied exits 1: {}",
         text(&denied)
     );
-    assert!(text(&denied).contains("DENY"));
-
-    let history = mandate(d, &["history", &root]);
-    let h = text(&history);
+    let why = text(&denied);
+    assert!(why.starts_with("DENY: "), "{why}");
     assert!(
-        h.contains("mandate_issued")
-            && h.contains("mission_completed")
-            && h.contains("on behalf of principal cfo"),
-        "{h}"
+        why.contains(&format!(
+            "reason: mandate is completed: ancestor {root} completed (mission {mission} completed)"
+        )),
+        "{why}"
+    );
+    assert!(!why.contains('{'), "the reason is words, not JSON: {why}");
+    // --json keeps the structure.
+    let denied_json: serde_json::Value = serde_json::from_slice(
+        &mandate(
+            d,
+            &[
+                "--json",
+                "check",
+                &kid,
+                "finance:read",
+                "reports/q3/financials",
+            ],
+        )
+        .stdout,
+    )
+    .expect("--json check prints JSON");
+    assert_eq!(denied_json["reason"]["kind"], "not_active", "{denied_json}");
+    assert_eq!(
+        denied_json["reason"]["cause"]["mandate"],
+        root.as_str(),
+        "{denied_json}"
     );
 
-    // Not found: 3. Invalid input: 2, naming what was wrong.
-    let missing = mandate(d, &["status", "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f"]);
+    // `history` of the delegated mandate is the whole tree's: the root's
+    // issue, the delegation and the mission's completion, each with its
+    // actor.
+    let history = mandate(d, &["history", &kid]);
+    assert!(history.status.success(), "{}", text(&history));
+    let h = String::from_utf8_lossy(&history.stdout).to_string();
+    let lines: Vec<&str> = h.lines().collect();
+    assert_eq!(lines.len(), 3, "{h}");
+    for (line, (event, of, by)) in lines.iter().zip([
+        ("mandate_issued", &root, "by principal cfo"),
+        ("mandate_issued", &kid, "by agent research-lead"),
+        ("mission_completed", &root, "by principal cfo"),
+    ]) {
+        assert!(
+            line.contains(event)
+                && line.contains(&format!("mandate {of}"))
+                && line.contains(by)
+                && line.ends_with("on behalf of principal cfo"),
+            "{line} in {h}"
+        );
+    }
+    // --only: the mandate's own events.
+    let only = mandate(d, &["history", &kid, "--only"]);
+    let only = String::from_utf8_lossy(&only.stdout).to_string();
+    assert!(
+        only.lines().count() >= 1 && only.lines().all(|l| l.contains(&format!("mandate {kid}"))),
+        "{only}"
+    );
+    (root, kid)
+}
+
+#[test]
+fn the_readme_walkthrough_works_twice_in_one_directory_and_exit_codes_tell_outcomes_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The README's shell lines make a fresh mission ref per run, so a second
+    // run in the same directory works as the first did.
+    walkthrough(d, "jira:FIN-42-run1");
+    let (root, kid) = walkthrough(d, "jira:FIN-42-run2");
+
+    // Reusing a completed mission's ref is refused (5), saying why.
+    let reused = mandate(
+        d,
+        &[
+            "--actor",
+            "principal:cfo",
+            "issue",
+            "--principal",
+            "cfo",
+            "--agent",
+            "research-lead",
+            "--purpose",
+            "Evaluate Acme",
+            "--mission-ref",
+            "jira:FIN-42-run1",
+            "--grant",
+            "finance:read on reports/**",
+        ],
+    );
+    assert_eq!(reused.status.code(), Some(5), "{}", text(&reused));
+    assert!(
+        text(&reused).contains("jira:FIN-42-run1"),
+        "{}",
+        text(&reused)
+    );
+
+    // Not found: 3, for `status` and `check` alike. Invalid input: 2,
+    // naming what was wrong.
+    let unknown = "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f";
+    let missing = mandate(d, &["status", unknown]);
     assert_eq!(missing.status.code(), Some(3), "{}", text(&missing));
+    let missing_check = mandate(d, &["check", unknown, "finance:read", "reports/q3"]);
+    assert_eq!(
+        missing_check.status.code(),
+        Some(3),
+        "{}",
+        text(&missing_check)
+    );
+    assert!(
+        text(&missing_check).contains(&format!(
+            "reason: mandate {unknown} not found in tenant default"
+        )),
+        "{}",
+        text(&missing_check)
+    );
+    // Its reply names no tree: there is none.
+    let missing_json: serde_json::Value = serde_json::from_slice(
+        &mandate(
+            d,
+            &["--json", "check", unknown, "finance:read", "reports/q3"],
+        )
+        .stdout,
+    )
+    .expect("--json check prints JSON");
+    assert_eq!(missing_json["reason"]["kind"], "unknown_mandate");
+    assert!(missing_json.get("tree").is_none(), "{missing_json}");
+
     let bad = mandate(
         d,
         &[
@@ -572,4 +687,443 @@ async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
     assert_eq!(status.code(), Some(0), "{rest}");
     assert!(!rest.contains("panicked"), "{rest}");
     instance.stop().await;
+}
+
+/// The arguments of every command, with what each is for; the global options
+/// apart from a command's own in its help.
+#[test]
+fn every_argument_has_help_and_global_options_have_their_own_heading() {
+    use clap::CommandFactory;
+    let cli = mandate::cli::Cli::command();
+    let mut silent = Vec::new();
+    for arg in cli.get_arguments() {
+        if arg.get_help().is_none() {
+            silent.push(format!("mandate {}", arg.get_id()));
+        }
+    }
+    for sub in cli.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if arg.get_help().is_none() {
+                silent.push(format!("mandate {} {}", sub.get_name(), arg.get_id()));
+            }
+        }
+    }
+    assert!(silent.is_empty(), "arguments without help: {silent:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let help = mandate(dir.path(), &["check", "--help"]);
+    assert!(help.status.success(), "{}", text(&help));
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let (own, global) = help
+        .split_once("Global options:")
+        .unwrap_or_else(|| panic!("no global options heading: {help}"));
+    assert!(
+        own.contains("--at <TIME>") && own.contains("RFC 3339"),
+        "{help}"
+    );
+    for g in ["--nats", "--data", "--tenant", "--actor", "--json"] {
+        assert!(global.contains(g), "{g} not under Global options: {help}");
+        assert!(!own.contains(g), "{g} among check's own options: {help}");
+    }
+
+    let watch = mandate(dir.path(), &["watch", "--help"]);
+    let watch = String::from_utf8_lossy(&watch.stdout).to_string();
+    assert!(!watch.contains("subtree"), "{watch}");
+    assert!(
+        watch.contains("chain") && watch.contains("--until-ended"),
+        "{watch}"
+    );
+    let issue = mandate(dir.path(), &["issue", "--help"]);
+    let issue = String::from_utf8_lossy(&issue.stdout).to_string();
+    assert!(
+        issue.contains("--principal <ID>") && issue.contains("on whose authority"),
+        "{issue}"
+    );
+}
+
+#[test]
+fn health_prints_text_and_json_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let h = mandate(d, &["health"]);
+    assert!(h.status.success(), "{}", text(&h));
+    let out = String::from_utf8_lossy(&h.stdout).to_string();
+    assert!(
+        out.starts_with("instance ") && out.contains("(embedded)") && !out.contains('{'),
+        "{out}"
+    );
+    assert!(out.contains("quarantined trees: none"), "{out}");
+    let j = ok_json(&mandate(d, &["--json", "health"]));
+    assert_eq!(j["backend"], "embedded", "{j}");
+}
+
+#[test]
+fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = issue_as_cfo(d);
+    let parent_end = ok_json(&mandate(d, &["--json", "status", &root]))["mandate"]["not_after"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parent_end: chrono::DateTime<chrono::Utc> = parent_end.parse().unwrap();
+    let end = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let kid = ok_json(&mandate(
+        d,
+        &[
+            "--actor",
+            "agent:research-lead",
+            "--json",
+            "delegate",
+            &root,
+            "--agent",
+            "analyst",
+            "--grant",
+            "finance:read on reports/q3/*",
+            "--not-after",
+            &end,
+        ],
+    ))["mandate"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = ok_json(&mandate(d, &["--json", "status", &kid]));
+    let got: chrono::DateTime<chrono::Utc> = status["mandate"]["not_after"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(got, end.parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+
+    // Later than the parent: refused as widening (5), naming the moment.
+    let later = (parent_end + chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let widens = mandate(
+        d,
+        &[
+            "--actor",
+            "agent:research-lead",
+            "delegate",
+            &root,
+            "--agent",
+            "analyst",
+            "--grant",
+            "finance:read on reports/q3/*",
+            "--not-after",
+            &later,
+        ],
+    );
+    assert_eq!(widens.status.code(), Some(5), "{}", text(&widens));
+    assert!(text(&widens).contains("not_after"), "{}", text(&widens));
+    // Not both a lifetime and an end.
+    let both = mandate(
+        d,
+        &[
+            "--actor",
+            "agent:research-lead",
+            "delegate",
+            &root,
+            "--agent",
+            "analyst",
+            "--grant",
+            "finance:read on reports/q3/*",
+            "--not-after",
+            &end,
+            "--ttl",
+            "1h",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+
+    // The chain, root first, then the mandate.
+    let chain = mandate(d, &["chain", &kid]);
+    assert!(chain.status.success(), "{}", text(&chain));
+    let out = String::from_utf8_lossy(&chain.stdout).to_string();
+    assert!(out.contains("effective active"), "{out}");
+    let root_line = out
+        .lines()
+        .position(|l| l.starts_with(&format!("{root} principal cfo → agent research-lead")))
+        .unwrap_or_else(|| panic!("no root link: {out}"));
+    let kid_line = out
+        .lines()
+        .position(|l| l.starts_with(&format!("  {kid} agent research-lead → agent analyst")))
+        .unwrap_or_else(|| panic!("no delegated link: {out}"));
+    assert!(root_line < kid_line, "{out}");
+    let j = ok_json(&mandate(d, &["--json", "chain", &kid]));
+    assert_eq!(j["chain"].as_array().map(Vec::len), Some(2), "{j}");
+
+    // Ended through its ancestor: the chain says by whom.
+    let revoked = mandate(
+        d,
+        &[
+            "--actor",
+            "principal:cfo",
+            "revoke",
+            &root,
+            "--reason",
+            "deal off",
+        ],
+    );
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    let chain = mandate(d, &["chain", &kid]);
+    let out = String::from_utf8_lossy(&chain.stdout).to_string();
+    assert!(
+        out.contains(&format!(
+            "effective revoked: ancestor {root} revoked (deal off)"
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_demo_ends_naming_the_fetcher_and_gives_reasons_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = mandate(dir.path(), &["demo"]);
+    let out = String::from_utf8_lossy(&demo.stdout).to_string();
+    assert!(demo.status.success(), "{}", text(&demo));
+    assert_eq!(
+        out.lines().last(),
+        Some("The fetcher was refused after the mission completed."),
+        "{out}"
+    );
+    assert!(
+        out.contains("tries reports/q3/financials again: Deny — mandate is completed: ancestor"),
+        "{out}"
+    );
+    assert!(!out.contains("{\""), "{out}");
+}
+
+/// Reads `child`'s stderr until a line starting with `prefix`; returns it.
+fn stderr_line(child: &mut std::process::Child, prefix: &str) -> String {
+    use std::io::BufRead;
+    let stderr = child.stderr.as_mut().expect("stderr piped");
+    let mut reader = std::io::BufReader::new(stderr);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap();
+        assert!(
+            n > 0,
+            "stderr closed before a line starting with {prefix:?}"
+        );
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
+/// Waits for `child` to exit, killing it and failing after `secs`.
+fn exit_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_data_directory_held_by_another_process_is_unavailable_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = issue_as_cfo(d);
+    // `watch` on the embedded engine keeps the directory open.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(d)
+        .args(["watch", &root])
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_ACTOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mandate watch");
+    stderr_line(&mut holder, "watching");
+    let out = mandate(d, &["status", &root]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let message = text(&out);
+    assert!(
+        message.contains("another `mandate` process holds")
+            && message.contains(&d.display().to_string())
+            && message.contains("mandate serve")
+            && message.contains("--nats"),
+        "{message}"
+    );
+}
+
+#[test]
+fn watch_until_ended_exits_at_once_on_an_ended_mandate_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let root = issue_as_cfo(d);
+    let done = mandate(d, &["--actor", "principal:cfo", "complete", &root]);
+    assert!(done.status.success(), "{}", text(&done));
+    let out = mandate(d, &["watch", "--until-ended", &root]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "mandate {root} has ended: it is completed: itself completed"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+async fn served_acme(
+    server: &common::NatsServer,
+    dir: &Path,
+) -> (common::served::Instance, mandate::client::Client) {
+    use mandate::client::Client;
+    use mandate::domain::{Actor, PrincipalId, TenantId};
+    let instance = common::served::Instance::start(&server.url(), dir).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let cfo = Client::nats(
+        nc,
+        TenantId::new("acme").unwrap(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    )
+    .with_timeout(std::time::Duration::from_millis(700));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cfo.health().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine never served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (instance, cfo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_until_ended_exits_when_an_ancestor_ends() {
+    use mandate::domain::command::{Delegate, Issue};
+    use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope};
+
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (instance, cfo) = served_acme(&server, dir.path()).await;
+    let root = cfo
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "watch until ended".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+            depth: 2,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let kid = cfo
+        .as_actor(Actor::Agent(AgentId::new("lead").unwrap()))
+        .delegate(Delegate {
+            parent: root,
+            grantee: AgentId::new("fetcher").unwrap(),
+            scope: Scope::parse(["finance:read on reports/q3/*"]).unwrap(),
+            not_after: None,
+            depth: None,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args([
+            "--nats",
+            &server.url(),
+            "--tenant",
+            "acme",
+            "watch",
+            "--until-ended",
+        ])
+        .arg(kid.to_string())
+        .env_remove("MANDATE_ACTOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mandate watch");
+    stderr_line(&mut watch, "watching");
+    // Still running while the mandate is live: a pause is not an end.
+    cfo.pause(root, Some("hold".into())).await.unwrap();
+    cfo.resume(root, None).await.unwrap();
+    assert!(watch.try_wait().unwrap().is_none(), "watch exited early");
+    cfo.revoke(root, Some("deal off".into())).await.unwrap();
+    let status = exit_within(&mut watch, 20, "watch --until-ended");
+    let mut out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(
+        out.lines().last().is_some_and(|l| l
+            == format!(
+                "mandate {kid} has ended: it is revoked: ancestor {root} revoked (deal off)"
+            )),
+        "{out}"
+    );
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_engine_serving_is_unavailable() {
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = server.url();
+    for args in [
+        vec!["status", "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f"],
+        vec!["health"],
+        vec!["demo"],
+    ] {
+        let mut all = vec!["--nats", url.as_str()];
+        all.extend(&args);
+        let out = mandate(d, &all);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("no engine is serving"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn serve_writes_no_colour_codes_into_a_redirected_log() {
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--nats", &server.url(), "serve", "--allow-open-tenants"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run mandate serve");
+    // Its first log line (a warning about open tenants, or its start).
+    let first = stderr_line(&mut serve, "");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(!first.trim().is_empty(), "no log line");
+    assert!(
+        !first.contains('\u{1b}'),
+        "colour codes in the log: {first:?}"
+    );
 }

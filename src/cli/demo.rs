@@ -179,7 +179,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
         format!(
             "tries reports/q3/financials again: {:?} — {}",
             again.outcome,
-            reason_text(&again)
+            crate::cli::deny_text(&again)
         ),
     );
 
@@ -198,7 +198,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
             "  at {} ({label}): {:?} — {}",
             both(at),
             d.outcome,
-            reason_text(&d)
+            crate::cli::deny_text(&d)
         );
     }
     let chain = client.chain(fetcher_m, Some(pulled_at)).await?;
@@ -223,7 +223,7 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
     if after.is_allowed() {
         return Err("the fetcher was still allowed after the mission completed".into());
     }
-    say!("\nThe research agent was refused after the mission completed.");
+    say!("\nThe fetcher was refused after the mission completed.");
     Ok(())
 }
 
@@ -261,29 +261,5 @@ async fn agent_work(guard: Guard) -> (u32, Instant) {
                 }
             }
         }
-    }
-}
-
-fn reason_text(d: &crate::domain::Decision) -> String {
-    use crate::domain::DenyReason;
-    match &d.reason {
-        None => "allowed".into(),
-        Some(DenyReason::NotActive { status, cause }) => match cause {
-            Some(c) => format!(
-                "mandate is {status}: {} {}{}",
-                if c.mandate == d.mandate {
-                    "itself".to_string()
-                } else {
-                    format!("ancestor {}", c.mandate)
-                },
-                c.status,
-                c.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            ),
-            None => format!("mandate is {status}"),
-        },
-        Some(other) => format!("{other:?}"),
     }
 }

@@ -55,8 +55,8 @@ use futures::StreamExt;
 use crate::client::{Client, ClientError, MissionPublisher};
 use crate::domain::command::{Delegate, Issue, Resolution};
 use crate::domain::{
-    Actor, AgentId, Decision, ErrorCode, MandateId, Mission, MissionRef, Outcome, PrincipalId,
-    Scope, TenantId, Tree,
+    Actor, AgentId, Cause, Decision, DenyReason, ErrorCode, MandateId, Mission, MissionRef,
+    Outcome, PrincipalId, Scope, TenantId, Tree,
 };
 use crate::engine::auth::AuthConfig;
 use crate::engine::{Engine, EngineConfig};
@@ -64,7 +64,7 @@ use crate::protocol::{ListQuery, TreeQuery};
 
 /// Mandate: the authority of AI agents, held as event streams.
 #[derive(Parser, Debug)]
-#[command(name = "mandate", version, about)]
+#[command(name = "mandate", version, about, next_help_heading = "Global options")]
 pub struct Cli {
     /// NATS server URL. Without it, the embedded engine in --data is used.
     #[arg(long, global = true, env = "MANDATE_NATS")]
@@ -118,129 +118,209 @@ pub enum Cmd {
     Demo,
     /// Issue a root mandate: principal → agent for a mission.
     Issue {
-        #[arg(long)]
+        /// The principal (a person) on whose authority the agent acts; the
+        /// actor must be this principal or a tenant administrator.
+        #[arg(long, value_name = "ID")]
         principal: String,
-        #[arg(long)]
+        /// The agent that receives the mandate.
+        #[arg(long, value_name = "ID")]
         agent: String,
-        #[arg(long)]
+        /// What the mission is for, in words (shown in `tree` and audits).
+        #[arg(long, value_name = "TEXT")]
         purpose: String,
-        /// External mission reference whose completion ends it (e.g. jira:FIN-42).
-        #[arg(long)]
+        /// External mission reference whose completion ends it (e.g.
+        /// jira:FIN-42). A completed mission takes no new mandates: a new
+        /// piece of work needs a new ref.
+        #[arg(long, value_name = "REF")]
         mission_ref: Option<String>,
         /// A grant, 'ACTION on RESOURCE' (repeat).
-        #[arg(long = "grant", required = true)]
+        #[arg(long = "grant", required = true, value_name = "GRANT")]
         grants: Vec<String>,
         /// Lifetime, e.g. 30m, 8h, 2d.
-        #[arg(long, default_value = "8h")]
+        #[arg(long, default_value = "8h", value_name = "DURATION")]
         ttl: String,
-        #[arg(long, default_value_t = 3)]
+        /// How many levels of delegation may follow below this mandate (0:
+        /// it may not be delegated).
+        #[arg(long, default_value_t = 3, value_name = "N")]
         depth: u32,
         /// Actions needing step-up approval (repeat).
-        #[arg(long)]
+        #[arg(long, value_name = "ACTION")]
         step_up: Vec<String>,
     },
     /// Delegate a narrower mandate (act as the parent's grantee: --actor agent:<id>).
     Delegate {
+        /// The mandate to delegate from (its id, a UUID).
+        #[arg(value_name = "PARENT")]
         parent: String,
-        #[arg(long)]
+        /// The agent that receives the new mandate.
+        #[arg(long, value_name = "ID")]
         agent: String,
-        #[arg(long = "grant", required = true)]
+        /// A grant, 'ACTION on RESOURCE' (repeat); each must be covered by
+        /// the parent's scope.
+        #[arg(long = "grant", required = true, value_name = "GRANT")]
         grants: Vec<String>,
-        #[arg(long)]
+        /// Lifetime from now, e.g. 30m, 8h, 2d (default: the parent's end).
+        #[arg(long, value_name = "DURATION", conflicts_with = "not_after")]
         ttl: Option<String>,
-        #[arg(long)]
+        /// End at this moment, RFC 3339 (e.g. 2026-11-26T17:00:00Z); no
+        /// later than the parent's end.
+        #[arg(long, value_name = "TIME")]
+        not_after: Option<DateTime<Utc>>,
+        /// Levels of delegation that may follow below the new mandate
+        /// (default: one less than the parent's).
+        #[arg(long, value_name = "N")]
         depth: Option<u32>,
     },
     /// Pause a mandate (and, effectively, everything below it).
     Pause {
+        /// The mandate's id (a UUID).
         mandate: String,
-        #[arg(long)]
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Resume a paused mandate.
     Resume {
+        /// The mandate's id (a UUID).
         mandate: String,
-        #[arg(long)]
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Revoke a mandate for good.
     Revoke {
+        /// The mandate's id (a UUID).
         mandate: String,
-        #[arg(long)]
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Complete a mandate, or with --mission every tree serving a mission.
     Complete {
+        /// The mandate's id (a UUID); or give --mission instead.
         mandate: Option<String>,
-        #[arg(long)]
+        /// The mission ref whose trees all complete (e.g. jira:FIN-42).
+        #[arg(long, value_name = "REF")]
         mission: Option<String>,
     },
     /// Revoke everything an agent holds (deprovisioning).
     RevokeAgent {
+        /// The agent's id.
         agent: String,
-        #[arg(long)]
+        /// Why, recorded in the events.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Revoke everything a principal granted (offboarding).
     RevokePrincipal {
+        /// The principal's id.
         principal: String,
-        #[arg(long)]
+        /// Why, recorded in the events.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Lift the block revoke-agent left, so the agent may receive mandates
     /// again (as a tenant administrator: --actor admin:<id>).
     UnblockAgent {
+        /// The agent's id.
         agent: String,
-        #[arg(long)]
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// Lift the block revoke-principal left, so the principal may grant
     /// mandates again (as a tenant administrator: --actor admin:<id>).
     UnblockPrincipal {
+        /// The principal's id.
         principal: String,
-        #[arg(long)]
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// A mandate's own and effective status.
     Status {
+        /// The mandate's id (a UUID).
         mandate: String,
-        #[arg(long)]
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The authority chain of a mandate, from the principal's grant down.
+    ///
+    /// Every link with its grantor, grantee, status and end, and the
+    /// mandate's effective status (naming the ancestor that ended it).
+    Chain {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
     },
     /// The tree a mandate belongs to, drawn as a tree.
     Tree {
+        /// Any mandate of the tree (its id, a UUID).
         mandate: String,
-        #[arg(long)]
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
     },
     /// The events of a mandate's tree (actor and on-behalf-of apart).
     History {
+        /// Any mandate of the tree (its id, a UUID).
         mandate: String,
         /// Only the mandate's own events.
         #[arg(long)]
         only: bool,
     },
     /// Verify the hash chain of a mandate's tree (tamper check).
-    Verify { mandate: String },
+    Verify {
+        /// Any mandate of the tree (its id, a UUID).
+        mandate: String,
+    },
     /// Mandates held by an agent, granted by a principal, or serving a mission.
     List {
-        #[arg(long)]
+        /// Mandates this agent holds.
+        #[arg(long, value_name = "ID")]
         agent: Option<String>,
-        #[arg(long)]
+        /// Mandates this principal granted (directly or through delegation).
+        #[arg(long, value_name = "ID")]
         principal: Option<String>,
-        #[arg(long)]
+        /// Mandates serving this mission ref.
+        #[arg(long, value_name = "REF")]
         mission: Option<String>,
     },
     /// May the holder do ACTION on RESOURCE under MANDATE (now or --at)?
+    ///
+    /// Exits 0 on allow, 1 on deny or needs-approval, 3 when the mandate
+    /// does not exist.
     Check {
+        /// The mandate's id (a UUID).
         mandate: String,
+        /// A concrete action, e.g. finance:read.
         action: String,
+        /// A concrete resource, e.g. reports/q3/financials.
         resource: String,
-        #[arg(long)]
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
     },
-    /// Live signals of a mandate's subtree (Ctrl-C to stop).
-    Watch { mandate: String },
+    /// Live signals that reach a mandate, through its chain (Ctrl-C to stop).
+    ///
+    /// Its own signals, those of every mandate on its chain above it (an
+    /// ancestor's end ends it) and those of its descendants.
+    Watch {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Exit 0 once the mandate has effectively ended (revoked, expired
+        /// or completed, itself or through an ancestor), printing why; at
+        /// once if it already has.
+        #[arg(long)]
+        until_ended: bool,
+    },
     /// Rebuild the projection from the log and compare it with the live one.
     Rebuild,
     /// Engine health.
@@ -251,9 +331,11 @@ pub enum Cmd {
     Restore {
         /// Any mandate of the tree.
         mandate: String,
-        #[arg(long)]
+        /// Log position of the bad record, as `health` lists it.
+        #[arg(long, value_name = "N")]
         position: u64,
-        #[arg(long)]
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
     /// End a quarantined tree for good (administrators): the bad record at
@@ -261,9 +343,11 @@ pub enum Cmd {
     Seal {
         /// Any mandate of the tree.
         mandate: String,
-        #[arg(long)]
+        /// Log position of the bad record, as `health` lists it.
+        #[arg(long, value_name = "N")]
         position: u64,
-        #[arg(long)]
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
 }
@@ -281,6 +365,27 @@ impl<E: std::fmt::Display> From<E> for Failure {
             code: 6,
             message: e.to_string(),
         }
+    }
+}
+
+/// Why the embedded engine in `dir` could not open: held by another process
+/// or otherwise unreachable is unavailable (4), saying what to do.
+fn embedded_failure(dir: &std::path::Path, e: crate::engine::EngineError) -> Failure {
+    use crate::engine::EngineError;
+    use crate::log::LogError;
+    match e {
+        EngineError::Log(LogError::Locked { .. }) => Failure {
+            code: 4,
+            message: format!(
+                "another `mandate` process holds {}: stop it, or run `mandate serve` and pass its URL with --nats (or MANDATE_NATS)",
+                dir.display()
+            ),
+        },
+        EngineError::Unavailable(m) => Failure {
+            code: 4,
+            message: format!("unavailable: {m}"),
+        },
+        other => other.into(),
     }
 }
 
@@ -435,6 +540,7 @@ fn changes_authority(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Serve { .. }
         | Cmd::Demo
         | Cmd::Status { .. }
+        | Cmd::Chain { .. }
         | Cmd::Tree { .. }
         | Cmd::History { .. }
         | Cmd::Verify { .. }
@@ -547,7 +653,9 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             } else {
                 cli.data.clone()
             };
-            let engine = Engine::embedded(&dir, EngineConfig::default()).await?;
+            let engine = Engine::embedded(&dir, EngineConfig::default())
+                .await
+                .map_err(|e| embedded_failure(&dir, e))?;
             if let Cmd::Rebuild = cli.command {
                 return rebuild(&engine, cli.json).await;
             }
@@ -581,10 +689,17 @@ async fn command(
     match &cli.command {
         Cmd::Serve { .. } | Cmd::Rebuild => unreachable!("handled before"),
         Cmd::Demo => {
-            demo::run(client, missions).await.map_err(|e| Failure {
-                code: 6,
-                message: e.to_string(),
-            })?;
+            // The engine's answers keep their exit codes (no engine serving
+            // is unavailable, 4); the demo's own failures are internal.
+            demo::run(client, missions)
+                .await
+                .map_err(|e| match e.downcast::<ClientError>() {
+                    Ok(e) => client_failure(*e),
+                    Err(e) => Failure {
+                        code: 6,
+                        message: e.to_string(),
+                    },
+                })?;
         }
         Cmd::Issue {
             principal,
@@ -624,13 +739,17 @@ async fn command(
             agent,
             grants,
             ttl,
+            not_after,
             depth,
         } => {
             let d = Delegate {
                 parent: mandate_id(parent)?,
                 grantee: AgentId::new(agent).map_err(|e| invalid(e.to_string()))?,
                 scope: scope(grants)?,
-                not_after: ttl.as_deref().map(deadline).transpose()?,
+                not_after: match (ttl, not_after) {
+                    (Some(ttl), _) => Some(deadline(ttl)?),
+                    (None, at) => *at,
+                },
                 depth: *depth,
                 step_up: vec![],
                 supervisors: vec![],
@@ -734,6 +853,40 @@ async fn command(
                 );
             }
         }
+        Cmd::Chain { mandate, at } => {
+            let c = client
+                .chain(mandate_id(mandate)?, *at)
+                .await
+                .map_err(client_failure)?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                say!("tree      {}", c.tree);
+                say!(
+                    "effective {}{}",
+                    c.effective.status,
+                    cause_text(
+                        c.effective.cause.as_ref(),
+                        c.chain.last().map(|l| l.mandate)
+                    )
+                );
+                say!("at        {}", local_and_utc(c.at));
+                for (i, l) in c.chain.iter().enumerate() {
+                    say!(
+                        "{:indent$}{} {} → agent {} (on behalf of {}; own status {}; until {}) {}",
+                        "",
+                        l.mandate,
+                        l.grantor,
+                        l.grantee,
+                        l.on_behalf_of,
+                        l.status,
+                        local_and_utc(l.not_after),
+                        grants_text(&l.scope),
+                        indent = 2 * i
+                    );
+                }
+            }
+        }
         Cmd::Tree { mandate, at } => {
             let t = client
                 .tree(TreeQuery {
@@ -755,6 +908,8 @@ async fn command(
             if !*only {
                 // Through `tree`, not `chain`: `chain` grants, so it refuses a
                 // quarantined tree, and history is what an auditor reads then.
+                // The query names the tree alone: with a mandate as well, it
+                // keeps only that mandate's events.
                 q.tree = Some(
                     client
                         .tree(by_mandate(mandate)?)
@@ -763,6 +918,7 @@ async fn command(
                         .tree
                         .id,
                 );
+                q.mandate = None;
             }
             let h = client.history(q).await.map_err(client_failure)?;
             if json {
@@ -780,7 +936,7 @@ async fn command(
                     );
                 }
                 if let Some(q) = &h.quarantine {
-                    println!(
+                    say!(
                         "QUARANTINED at log position {}: {} (an administrator may `restore` or `seal` it)",
                         q.position, q.reason
                     );
@@ -869,12 +1025,39 @@ async fn command(
             }
             .map_err(client_failure)?;
             print_decision(&d, json)?;
-            return Ok(if d.is_allowed() { 0 } else { 1 });
+            return Ok(check_exit_code(&d));
         }
-        Cmd::Watch { mandate } => watch(&client, tenant, mandate_id(mandate)?, json).await?,
+        Cmd::Watch {
+            mandate,
+            until_ended,
+        } => watch(&client, tenant, mandate_id(mandate)?, json, *until_ended).await?,
         Cmd::Health => {
             let h = client.health().await.map_err(client_failure)?;
-            say!("{}", serde_json::to_string_pretty(&h)?);
+            if json {
+                say!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                say!("instance  {} ({})", h.instance, h.backend);
+                say!(
+                    "position  {} of {} in the log (lag {})",
+                    h.position,
+                    h.log_position,
+                    h.lag
+                );
+                say!("time      {}", local_and_utc(h.time));
+                say!(
+                    "rejected mission completions: {}",
+                    h.rejected_mission_completions
+                );
+                if h.quarantined.is_empty() {
+                    say!("quarantined trees: none");
+                }
+                for q in &h.quarantined {
+                    say!(
+                        "QUARANTINED tree {} at log position {}: {} (an administrator may `restore` or `seal` it)",
+                        q.tree, q.position, q.reason
+                    );
+                }
+            }
         }
         Cmd::Restore {
             mandate,
@@ -906,6 +1089,96 @@ async fn command(
     Ok(0)
 }
 
+/// The exit code of a check: 0 allow; 3 when the mandate does not exist (as
+/// `status` says of it), so a mistyped id is told apart from a refusal; 1
+/// for every other deny and for needs-approval.
+fn check_exit_code(d: &Decision) -> i32 {
+    match (&d.outcome, &d.reason) {
+        (Outcome::Allow, _) => 0,
+        (_, Some(DenyReason::UnknownMandate)) => 3,
+        _ => 1,
+    }
+}
+
+fn grants_text(scope: &Scope) -> String {
+    scope
+        .grants()
+        .iter()
+        .map(|g| g.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `: itself revoked (reason)` or `: ancestor <id> completed (reason)`: which
+/// mandate of the chain made `mandate` what it is, and why; empty without a
+/// cause.
+fn cause_text(cause: Option<&Cause>, mandate: Option<MandateId>) -> String {
+    let Some(c) = cause else {
+        return String::new();
+    };
+    format!(
+        ": {} {}{}",
+        if Some(c.mandate) == mandate {
+            "itself".to_string()
+        } else {
+            format!("ancestor {}", c.mandate)
+        },
+        c.status,
+        c.reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
+}
+
+/// A decision's reason in words, e.g. `mandate is completed: ancestor <id>
+/// completed (mission jira:FIN-42 completed)`; `--json` keeps the structure.
+pub(crate) fn deny_text(d: &Decision) -> String {
+    match &d.reason {
+        None if d.outcome == Outcome::NeedsApproval => format!(
+            "in scope, but needs step-up approval first ({})",
+            d.approval
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "allowed".into(),
+        Some(DenyReason::UnknownMandate) => {
+            format!("mandate {} not found in tenant {}", d.mandate, d.tenant)
+        }
+        Some(DenyReason::NotActive { status, cause }) => format!(
+            "mandate is {status}{}",
+            cause_text(cause.as_ref(), Some(d.mandate))
+        ),
+        Some(DenyReason::OutOfScope { mandate }) => format!(
+            "{} on {} is outside the scope of {}",
+            d.action,
+            d.resource,
+            if *mandate == d.mandate {
+                format!("mandate {mandate}")
+            } else {
+                format!("ancestor {mandate}")
+            }
+        ),
+        Some(DenyReason::InvalidRequest { reason }) => format!("invalid request: {reason}"),
+        Some(DenyReason::Unverified { reason }) => {
+            format!("state could not be confirmed: {reason}")
+        }
+        Some(DenyReason::Quarantined { tree, position }) => format!(
+            "tree {tree} is quarantined at log position {position} (an administrator may `restore` or `seal` it)"
+        ),
+        Some(DenyReason::UnsupportedVersion {
+            tree,
+            position,
+            version,
+            supported,
+        }) => format!(
+            "tree {tree} holds an event of schema version {version} at log position {position}; this instance reads up to version {supported}: ask a newer one"
+        ),
+    }
+}
+
 fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
     if json {
         say!("{}", serde_json::to_string_pretty(d)?);
@@ -923,8 +1196,8 @@ fn print_decision(d: &Decision, json: bool) -> Result<(), Failure> {
         d.mandate,
         local_and_utc(d.at)
     );
-    if let Some(r) = &d.reason {
-        say!("reason: {}", serde_json::to_string(r)?);
+    if d.reason.is_some() {
+        say!("reason: {}", deny_text(d));
     }
     for (i, l) in d.chain.iter().enumerate() {
         say!(
@@ -1006,11 +1279,30 @@ fn draw_tree(tree: &Tree, eff: &[crate::protocol::MandateSummary]) {
     }
 }
 
+/// With `--until-ended`: `Some(line)` saying why, once `mandate` has
+/// effectively ended; `None` while it may still act (or is paused); also
+/// when it next could end by the clock alone.
+async fn ended(
+    client: &Client,
+    mandate: MandateId,
+) -> Result<(Option<String>, DateTime<Utc>), Failure> {
+    let s = client.status(mandate, None).await.map_err(client_failure)?;
+    let why = s.effective.status.is_terminal().then(|| {
+        format!(
+            "mandate {mandate} has ended: it is {}{}",
+            s.effective.status,
+            cause_text(s.effective.cause.as_ref(), Some(mandate))
+        )
+    });
+    Ok((why, s.mandate.not_after))
+}
+
 async fn watch(
     client: &Client,
     tenant: &TenantId,
     mandate: MandateId,
     json: bool,
+    until_ended: bool,
 ) -> Result<(), Failure> {
     let tree = client
         .tree(TreeQuery {
@@ -1054,24 +1346,61 @@ async fn watch(
         streams.push(s);
     }
     eprintln!("watching {} mandates; Ctrl-C to stop", streams.len());
+    // Subscribed first, then read: an end between the two is still heard.
+    let mut not_after = None;
+    if until_ended {
+        let (why, end) = ended(client, mandate).await?;
+        if let Some(why) = why {
+            say!("{why}");
+            return Ok(());
+        }
+        not_after = Some(end);
+    }
     let mut all = futures::stream::select_all(streams);
     let stop = shutdown_signal();
     tokio::pin!(stop);
     loop {
-        tokio::select! {
+        // With --until-ended, look again when the clock alone would end the
+        // mandate (no signal may come before the expiry event is written),
+        // and at least every half minute, so a lost signal delays the exit
+        // but never prevents it.
+        let wake = match not_after {
+            Some(end) => {
+                (end - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(UNTIL_ENDED_RECHECK)
+                    + Duration::from_millis(10)
+            }
+            None => Duration::from_secs(3600),
+        };
+        let recheck = tokio::select! {
             s = all.next() => match s {
                 Some(s) => {
                     if json { say!("{}", serde_json::to_string(&s)?); }
                     else { say!("{}  {:?} mandate {} → {} ({}) by {}{}", local_and_utc(s.time), s.kind, s.mandate, s.status, s.event_type, s.actor, s.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()); }
                     if stdout_gone() { return Ok(()); }
+                    true
                 }
                 None => return Ok(()),
             },
             _ = &mut stop => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(wake) => true,
+        };
+        if until_ended && recheck {
+            let (why, end) = ended(client, mandate).await?;
+            if let Some(why) = why {
+                say!("{why}");
+                return Ok(());
+            }
+            not_after = Some(end);
         }
     }
 }
+
+/// The longest `watch --until-ended` waits without looking at the
+/// mandate's status.
+const UNTIL_ENDED_RECHECK: Duration = Duration::from_secs(30);
 
 async fn rebuild(engine: &Engine, json: bool) -> Result<i32, Failure> {
     let started = std::time::Instant::now();

@@ -91,7 +91,9 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approval: Vec<ActionPattern>,
     pub tenant: TenantId,
-    pub tree: TreeId,
+    /// The mandate's tree; absent when the mandate is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeId>,
     pub mandate: MandateId,
     pub action: String,
     pub resource: String,
@@ -145,7 +147,7 @@ pub fn authorize(
         reason: None,
         approval: Vec::new(),
         tenant: tree.tenant.clone(),
-        tree: tree.id,
+        tree: Some(tree.id),
         mandate,
         action: action.to_string(),
         resource: resource.to_string(),
@@ -157,6 +159,7 @@ pub fn authorize(
         Ok(e) => e,
         Err(_) => {
             d.reason = Some(DenyReason::UnknownMandate);
+            d.tree = None;
             return d;
         }
     };

@@ -189,6 +189,13 @@ pub enum DomainError {
     /// derives for its own writes (UUID version 8).
     #[error("command id {command_id} is a version 8 UUID, reserved for ids the engine derives; use a random (v4) or time-ordered (v7) UUID")]
     ReservedCommandId { command_id: CommandId },
+    /// The body names another tenant than the subject it was sent on
+    /// (whether or not the command's tree exists yet).
+    #[error("the command names tenant {body_tenant} but was sent on a subject of tenant {subject_tenant}")]
+    TenantMismatch {
+        subject_tenant: TenantId,
+        body_tenant: TenantId,
+    },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -259,6 +266,7 @@ impl DomainError {
                 ErrorCode::Forbidden
             }
             NotBlocked { .. } => ErrorCode::InvalidState,
+            TenantMismatch { .. } => ErrorCode::Forbidden,
         }
     }
 
@@ -307,6 +315,7 @@ impl DomainError {
             NotQuarantined { .. } => "not_quarantined",
             TreeTooNew { .. } => "tree_too_new",
             ReservedCommandId { .. } => "reserved_command_id",
+            TenantMismatch { .. } => "tenant_mismatch",
         }
     }
 }

@@ -81,6 +81,7 @@ impl EngineError {
             EngineError::Contended(_) => ErrorCode::Conflict,
             EngineError::Unavailable(_) => ErrorCode::Unavailable,
             EngineError::Log(LogError::TooLarge { .. }) => ErrorCode::InvalidInput,
+            EngineError::Log(LogError::Locked { .. }) => ErrorCode::Unavailable,
             EngineError::Store(_) | EngineError::Log(_) => ErrorCode::Internal,
         };
         ErrorBody {
@@ -628,8 +629,9 @@ pub(crate) fn moment(at: Option<DateTime<Utc>>) -> DateTime<Utc> {
 /// Refuses a tenant mismatch between a subject and a body.
 pub(crate) fn same_tenant(subject: &TenantId, body: &TenantId) -> Result<(), EngineError> {
     if subject != body {
-        return Err(DomainError::CrossTenant {
-            command_tenant: body.clone(),
+        return Err(DomainError::TenantMismatch {
+            subject_tenant: subject.clone(),
+            body_tenant: body.clone(),
         }
         .into());
     }

@@ -374,14 +374,14 @@ fn open_db(path: &Path) -> Result<sled::Db, LogError> {
             Err(e) if is_lock_error(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            Err(e) if is_lock_error(&e) => {
+                return Err(LogError::Locked {
+                    path: path.display().to_string(),
+                })
+            }
             Err(e) => {
-                let hint = if is_lock_error(&e) {
-                    " (is another process using it?)"
-                } else {
-                    ""
-                };
                 return Err(LogError::Unavailable(format!(
-                    "cannot open embedded log at {}{hint}: {e}",
+                    "cannot open embedded log at {}: {e}",
                     path.display()
                 )));
             }

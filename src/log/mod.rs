@@ -123,6 +123,11 @@ pub enum LogError {
     /// Any other failure of the store, with its message.
     #[error("event log backend error: {0}")]
     Backend(String),
+    /// The embedded log's directory is held by another process (sled keeps
+    /// one process per database). Handling: stop that process, or reach the
+    /// engine it serves instead.
+    #[error("embedded log at {path} is in use by another process")]
+    Locked { path: String },
 }
 
 impl LogError {
@@ -131,7 +136,10 @@ impl LogError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            LogError::Conflict { .. } | LogError::Unavailable(_) | LogError::TimedOut
+            LogError::Conflict { .. }
+                | LogError::Unavailable(_)
+                | LogError::TimedOut
+                | LogError::Locked { .. }
         )
     }
 }
