@@ -198,12 +198,14 @@ async fn a_closed_github_issue_completes_its_mission_over_nats() {
         tenant.clone(),
     ));
 
-    let reopened = r#"{"action":"reopened","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
+    let reopened =
+        r#"{"action":"reopened","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
     let (code, body) = adapter::post(addr, "/webhook", reopened).await.unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body, "ignored: org/repo#12 is reopened");
 
-    let closed = r#"{"action":"closed","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
+    let closed =
+        r#"{"action":"closed","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
     let (code, body) = adapter::post(addr, "/webhook", closed).await.unwrap();
     assert_eq!(code, 202, "{body}");
     assert_eq!(body, "mission gh:org/repo#12 completed");
@@ -228,7 +230,12 @@ async fn a_closed_github_issue_completes_its_mission_over_nats() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    let other = client.status(neighbour, None).await.unwrap().effective.status;
+    let other = client
+        .status(neighbour, None)
+        .await
+        .unwrap()
+        .effective
+        .status;
     assert_eq!(other, Status::Active, "gh:org/repo#1 must not be completed");
     instance.stop().await;
 }
