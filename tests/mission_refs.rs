@@ -8,7 +8,8 @@
 //!   tokens that are not the canonical encoding of a reference;
 //! - against a real nats-server, a completion published on the encoded
 //!   subject ends the tree of that mission and of no other, and one on a
-//!   subject whose token does not decode is dead-lettered, naming why.
+//!   subject whose token does not decode is dead-lettered, naming why; an
+//!   issue for a ticket already completed on its encoded subject is refused.
 
 mod common;
 
@@ -392,5 +393,40 @@ async fn a_completion_whose_token_does_not_decode_is_dead_lettered_saying_why() 
         status(&instance, ticket).await == Status::Completed
     })
     .await;
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_for_a_ticket_completed_on_its_encoded_subject_is_refused() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let client = Client::nats(
+        nc.clone(),
+        acme(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    );
+    // Closed before any tree serves it: stored on the stream before the
+    // issue is sent, so the issue's fresh read of the encoded subject finds it.
+    publish(&nc, "mission.acme.gh:org%2Frepo%2399.completed").await;
+    let refused = client
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "closed ticket".into(),
+                mission_ref: Some(mission("gh:org/repo#99")),
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 1,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect_err("no mandate for a ticket already closed");
+    let message = refused.to_string();
+    assert!(message.contains("gh:org/repo#99"), "{message}");
     instance.stop().await;
 }
