@@ -7,6 +7,7 @@
 //! - `mandate.q.<tenant>.<verb>`: a query body; reply [`Reply`] of its result.
 //! - `mandate.sig.<tenant>.<mandate>`: [`Signal`]s about one mandate.
 //! - `mission.<tenant>.<ref>.completed`: a [`MissionCompletedNotice`] (any body);
+//!   `<ref>` is the reference's subject token ([`MissionRef::subject_token`]);
 //!   on a tenant that requires authentication, with a `Mandate-Auth` header
 //!   from a ticketing or administrator key (see [`crate::engine::auth`]).
 //!   Refused ones are moved to `mandate.dead.mission` (stream
@@ -36,9 +37,11 @@ pub fn query_subject(tenant: &TenantId, verb: &str) -> String {
 pub fn signal_subject(tenant: &TenantId, mandate: MandateId) -> String {
     format!("mandate.sig.{tenant}.{mandate}")
 }
-/// Subject a ticketing system publishes a mission's completion on.
+/// Subject a ticketing system publishes a mission's completion on: the
+/// reference is one token, [`MissionRef::subject_token`] (`gh:org/repo#12`
+/// is `mission.<tenant>.gh:org%2Frepo%2312.completed`).
 pub fn mission_subject(tenant: &TenantId, mission: &MissionRef) -> String {
-    format!("mission.{tenant}.{mission}.completed")
+    format!("mission.{tenant}.{}.completed", mission.subject_token())
 }
 /// Subject of a mandate's recorded check decisions.
 pub fn audit_subject(tenant: &TenantId, mandate: MandateId) -> String {

@@ -1,8 +1,10 @@
 //! The ticketing webhook adapter of `examples/ticket_webhook`, posted to over
-//! real HTTP on loopback, against the embedded engine.
+//! real HTTP on loopback, against the embedded engine, and publishing over a
+//! real nats-server.
 
 #[path = "../examples/ticket_webhook/adapter.rs"]
 mod adapter;
+mod common;
 
 use chrono::Utc;
 use mandate::client::{Client, MissionPublisher};
@@ -118,6 +120,18 @@ async fn bad_requests_are_refused_by_name_and_change_nothing() {
             400,
             "mission_ref",
         ),
+        (
+            "/webhook",
+            r#"{"action":"closed","issue":{"number":1},"repository":{"full_name":"org/my repo"}}"#,
+            400,
+            "repository.full_name \"org/my repo\": invalid mission_ref",
+        ),
+        (
+            "/webhook",
+            r#"{"action":"closed","issue":{"number":"1"},"repository":{"full_name":"org/repo"}}"#,
+            400,
+            "issue.number",
+        ),
         ("/elsewhere", "{}", 404, "/webhook"),
     ] {
         let (got, text) = adapter::post(f.addr, path, body).await.unwrap();
@@ -128,4 +142,100 @@ async fn bad_requests_are_refused_by_name_and_change_nothing() {
     let (got, _) = adapter::post(f.addr, "/webhook", &huge).await.unwrap();
     assert_eq!(got, 413);
     assert_eq!(status(&f).await, Status::Active);
+}
+
+// ---------------------------------------------------------------------------
+// Over a real nats-server: the adapter publishes on the encoded subject
+// ---------------------------------------------------------------------------
+
+/// A GitHub "issue closed" webhook for `gh:org/repo#12`, posted to the
+/// adapter publishing over NATS, lands on the mission stream under the
+/// encoded subject and completes that mission's mandate, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_github_issue_completes_its_mission_over_nats() {
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = common::served::Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let client = Client::nats(
+        nc.clone(),
+        tenant.clone(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    );
+    let issue = |r: &str| Issue {
+        principal: PrincipalId::new("cfo").unwrap(),
+        grantee: AgentId::new("lead").unwrap(),
+        mission: Mission {
+            purpose: "p".into(),
+            mission_ref: Some(MissionRef::new(r).unwrap()),
+        },
+        scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+        not_after: Utc::now() + chrono::Duration::hours(1),
+        depth: 1,
+        step_up: vec![],
+        supervisors: vec![],
+    };
+    let ticket = client
+        .issue(issue("gh:org/repo#12"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let neighbour = client
+        .issue(issue("gh:org/repo#1"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let js = async_nats::jetstream::new(nc.clone());
+    tokio::spawn(adapter::serve(
+        listener,
+        MissionPublisher::Nats(Box::new(js.clone())),
+        tenant.clone(),
+    ));
+
+    let reopened =
+        r#"{"action":"reopened","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
+    let (code, body) = adapter::post(addr, "/webhook", reopened).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "ignored: org/repo#12 is reopened");
+
+    let closed =
+        r#"{"action":"closed","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
+    let (code, body) = adapter::post(addr, "/webhook", closed).await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body, "mission gh:org/repo#12 completed");
+
+    // Stored under the documented token, spelled out here.
+    js.get_stream("MANDATE_MISSIONS")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject("mission.acme.gh:org%2Frepo%2312.completed")
+        .await
+        .expect("the completion is on the encoded subject");
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = client.status(ticket, None).await.unwrap().effective.status;
+        if s == Status::Completed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gh:org/repo#12 still {s:?} 10 s after the webhook"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let other = client
+        .status(neighbour, None)
+        .await
+        .unwrap()
+        .effective
+        .status;
+    assert_eq!(other, Status::Active, "gh:org/repo#1 must not be completed");
+    instance.stop().await;
 }

@@ -9,8 +9,10 @@ schema file; a document that does not validate stops the run.
 The scenario: a principal issues a root mandate, its grantee delegates a
 narrower one, a check under the child is allowed, the principal revokes the
 root, the `terminated` signal arrives on the root's subject, the same check is
-now denied (`not_active`, `revoked`), a bad command is refused, and a retried
-issue command is answered as a duplicate naming the same mandate.
+now denied (`not_active`, `revoked`), a bad command is refused, a retried
+issue command is answered as a duplicate naming the same mandate, and a
+mandate whose mission is a ticket URL ends when the tracker's completion is
+published on the mission's encoded subject.
 
 Exit codes: 0 success, 1 a failed expectation, 2 a document that does not
 match its schema, 3 the engine could not be reached or did not answer.
@@ -224,6 +226,47 @@ def refused(reply: dict, step: str, codes: set[str]) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Mission subject tokens
+#
+# A mission reference (`jira:FIN-42`, `gh:org/repo#12`, `FIN-42.1`, a ticket
+# URL) is one token of `mission.<tenant>.<token>.completed`: letters, digits,
+# `_`, `:` and `-` stay; every other byte (`%` included) is `%` and two
+# uppercase hex digits. Only that canonical token is accepted by the engine.
+
+MISSION_TOKEN_PLAIN = re.compile(r"[A-Za-z0-9_:-]")
+MAX_MISSION_TOKEN_LEN = 256
+
+# The worked examples of the README and of tests/mission_refs.rs.
+MISSION_TOKEN_EXAMPLES = [
+    ("jira:FIN-42", "jira:FIN-42"),
+    ("gh:org/repo#12", "gh:org%2Frepo%2312"),
+    ("FIN-42.1", "FIN-42%2E1"),
+    ("100%", "100%25"),
+    ("https://tracker.example/browse/FIN-42?focus=a*b>c",
+     "https:%2F%2Ftracker%2Eexample%2Fbrowse%2FFIN-42%3Ffocus%3Da%2Ab%3Ec"),
+]
+
+
+def mission_token(ref: str) -> str:
+    """The subject token of a mission reference (see above)."""
+    if not ref or len(ref) > 128 or not all("!" <= c <= "~" for c in ref):
+        raise ValueError(f"mission_ref {ref!r} is not 1 to 128 printable ASCII bytes without spaces")
+    token = "".join(c if MISSION_TOKEN_PLAIN.fullmatch(c) else f"%{ord(c):02X}" for c in ref)
+    if len(token) > MAX_MISSION_TOKEN_LEN:
+        raise ValueError(f"mission_ref {ref!r}: its subject token would be {len(token)} bytes, "
+                         f"longer than {MAX_MISSION_TOKEN_LEN}")
+    return token
+
+
+def mission_from_token(token: str) -> str:
+    """The mission reference a canonical subject token encodes."""
+    ref = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), token)
+    if mission_token(ref) != token:
+        raise ValueError(f"{token!r} is not the canonical subject token of a mission_ref")
+    return ref
+
+
+# --------------------------------------------------------------------------
 # The scenario
 
 
@@ -235,7 +278,8 @@ async def scenario(client: Client, log) -> None:
     lead_id, analyst_id = f"research-lead-{suffix}", f"analyst-{suffix}"
     lead = {"kind": "agent", "id": lead_id}
     analyst = {"kind": "agent", "id": analyst_id}
-    mission_ref = f"jira:PY-{suffix}"
+    # A real ticket reference: '/', '.' and '#' are encoded on the subject.
+    mission_ref = f"gh:example-org/reports.py#{int(suffix, 16)}"
 
     # Watch the tenant's event and audit subjects for the whole run: every
     # message there must match commit.json / audit-record.json too.
@@ -473,6 +517,34 @@ async def scenario(client: Client, log) -> None:
            f"commits seen on mandate.evt.{tenant}.>: {commit_types}, history has {kinds}")
     log(f"{len(observed['commit'])} commits on mandate.evt.{tenant}.> and "
         f"{len(observed['audit-record'])} records on mandate.audit.{tenant}.> matched their schemas")
+
+    # 10. A ticket URL as mission: the tracker's completion, published on the
+    # encoded subject, ends the mandate.
+    for ref, token in MISSION_TOKEN_EXAMPLES:
+        expect(mission_token(ref) == token, f"mission_token({ref!r}) is {mission_token(ref)!r}, not {token!r}")
+        expect(mission_from_token(token) == ref, f"mission_from_token({token!r}) is not {ref!r}")
+    ticket = f"https://tracker.example/browse/PY-{suffix}.1"
+    issue2 = {**issue, **client.envelope(cfo), "mission": {"purpose": "ticket as mission", "mission_ref": ticket}}
+    res = ok_result(await client.command(issue2), "issue for a ticket URL")
+    ticket_root = res.get("mandate")
+    expect(ticket_root is not None, f"issue for {ticket}: the result names no mandate: {res}")
+    subject = f"mission.{tenant}.{mission_token(ticket)}.completed"
+    notice = {"source": "python example", "reason": "ticket closed"}
+    schemas.validate("mission-completed", notice, f"completion on {subject}")
+    ack = await client.nc.jetstream().publish(subject, json.dumps(notice).encode())
+    log(f"completion of {ticket} published on {subject} (stream {ack.stream}, seq {ack.seq})")
+    deadline = time.monotonic() + SIGNAL_TIMEOUT
+    while True:
+        st = ok_result(await client.query("status", {"mandate": ticket_root}), "status of the ticket's root")
+        if st["effective"]["status"] == "completed":
+            break
+        expect(time.monotonic() < deadline,
+               f"{ticket}: root still {st['effective']['status']} {SIGNAL_TIMEOUT}s after its completion")
+        await asyncio.sleep(0.05)
+    lst = ok_result(await client.query("list", {"mission_ref": ticket}), "list by a ticket URL")
+    expect([m["mandate"] for m in lst["mandates"]] == [ticket_root],
+           f"list by the plain {ticket!r}: {[m['mandate'] for m in lst['mandates']]}, not [{ticket_root}]")
+    log(f"root {ticket_root[:8]} for {ticket} -> completed")
 
 
 # --------------------------------------------------------------------------

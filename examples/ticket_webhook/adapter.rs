@@ -2,11 +2,17 @@
 //! tracker's "issue resolved" webhook into a Mandate mission-complete event.
 //!
 //! `POST /webhook` with a Jira-style body:
-//! `{"issue": {"key": "FIN-42", "fields": {"status": {"name": "Done"}}}}`.
-//! A resolved status (`Done`, `Resolved`, `Closed`) completes mission
-//! `jira:<key>` and answers 202; any other status answers 200 and changes
-//! nothing; a body that is not such a document answers 400 naming what is
-//! wrong. HTTP parsing uses `httparse`; bodies are capped at 64 KiB.
+//! `{"issue": {"key": "FIN-42", "fields": {"status": {"name": "Done"}}}}`,
+//! or a GitHub-style one:
+//! `{"action": "closed", "issue": {"number": 12}, "repository": {"full_name": "org/repo"}}`.
+//! A resolved Jira status (`Done`, `Resolved`, `Closed`) completes mission
+//! `jira:<key>`, a closed GitHub issue mission `gh:<owner>/<repo>#<number>`,
+//! and answers 202; anything else answers 200 and changes nothing; a body
+//! that is not such a document answers 400 naming what is wrong. The
+//! mission is published on its subject token (`gh:org/repo#12` on
+//! `mission.<tenant>.gh:org%2Frepo%2312.completed`, see
+//! `MissionRef::subject_token`). HTTP parsing uses `httparse`; bodies are
+//! capped at 64 KiB.
 
 use std::time::Duration;
 
@@ -29,10 +35,13 @@ pub enum Webhook {
     Ignored { key: String, status: String },
 }
 
-/// Reads a Jira-style webhook body.
+/// Reads a Jira-style or GitHub-style webhook body.
 pub fn parse_webhook(body: &[u8]) -> Result<Webhook, String> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    if v.get("repository").is_some() {
+        return parse_github(&v);
+    }
     let key = v
         .pointer("/issue/key")
         .and_then(|k| k.as_str())
@@ -49,6 +58,34 @@ pub fn parse_webhook(body: &[u8]) -> Result<Webhook, String> {
         Ok(Webhook::Ignored {
             key: key.into(),
             status: status.into(),
+        })
+    }
+}
+
+/// Reads a GitHub-style issue webhook body: a closed issue completes
+/// mission `gh:<owner>/<repo>#<number>`.
+fn parse_github(v: &serde_json::Value) -> Result<Webhook, String> {
+    let repo = v
+        .pointer("/repository/full_name")
+        .and_then(|r| r.as_str())
+        .ok_or("missing string field repository.full_name")?;
+    let number = v
+        .pointer("/issue/number")
+        .and_then(|n| n.as_u64())
+        .ok_or("missing integer field issue.number")?;
+    let action = v
+        .pointer("/action")
+        .and_then(|a| a.as_str())
+        .ok_or("missing string field action")?;
+    let key = format!("{repo}#{number}");
+    if action == "closed" {
+        let mission = MissionRef::new(format!("gh:{key}"))
+            .map_err(|e| format!("repository.full_name {repo:?}: {e}"))?;
+        Ok(Webhook::Resolved(mission))
+    } else {
+        Ok(Webhook::Ignored {
+            key,
+            status: action.into(),
         })
     }
 }

@@ -83,40 +83,158 @@ impl fmt::Display for Grantor {
     }
 }
 
-/// An external reference to the mission (e.g. `jira:FIN-42`) whose completion
-/// ends it. One NATS subject token: letters, digits, `-_:`; 1 to 128 bytes.
+/// An external reference to the mission (e.g. `jira:FIN-42`,
+/// `gh:org/repo#12`, `FIN-42.1` or a ticket URL) whose completion ends it:
+/// 1 to 128 bytes of printable ASCII without spaces (`!` to `~`). On the
+/// mission subject it is one token: letters, digits, `_`, `:` and `-` as
+/// they are, every other byte as `%` and two uppercase hex digits (so
+/// `gh:org/repo#12` is `gh:org%2Frepo%2312`); a reference whose token would
+/// be longer than 256 bytes is refused.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct MissionRef(
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[A-Za-z0-9_:-]{1,128}$")
-    )]
-    String,
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!-~]{1,128}$"))] String,
 );
+
+/// Longest subject token of a mission reference, in bytes (see
+/// [`MissionRef::subject_token`]).
+pub const MAX_MISSION_TOKEN_LEN: usize = 256;
+
+/// The escape marker of a mission subject token; itself always escaped.
+const TOKEN_ESCAPE: u8 = b'%';
+
+/// Bytes a mission subject token carries as they are.
+fn token_plain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':')
+}
+
+/// Length of the subject token of `value`.
+fn token_len(value: &str) -> usize {
+    value
+        .bytes()
+        .map(|b| if token_plain(b) { 1 } else { 3 })
+        .sum()
+}
 
 impl MissionRef {
     /// Validates and wraps a mission reference.
     pub fn new(value: impl Into<String>) -> Result<Self, DomainError> {
         let value = value.into();
-        let ok = !value.is_empty()
-            && value.len() <= MAX_MISSION_REF_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'));
-        if ok {
-            Ok(Self(value))
-        } else {
-            Err(DomainError::InvalidId {
-                field: "mission_ref",
-                value: truncate_for_error(&value),
-                reason: "must be 1 to 128 ASCII letters, digits, '-', '_' or ':'".into(),
-            })
+        let refuse = |reason: String| DomainError::InvalidId {
+            field: "mission_ref",
+            value: truncate_for_error(&value),
+            reason,
+        };
+        if value.is_empty() {
+            return Err(refuse("must not be empty".into()));
         }
+        if value.len() > MAX_MISSION_REF_LEN {
+            return Err(refuse(format!(
+                "is {} bytes, longer than {MAX_MISSION_REF_LEN}",
+                value.len()
+            )));
+        }
+        if let Some((at, c)) = value.char_indices().find(|(_, c)| !matches!(c, '!'..='~')) {
+            return Err(refuse(format!(
+                "contains {c:?} at byte {at}: only printable ASCII without spaces ('!' to '~') is allowed"
+            )));
+        }
+        let len = token_len(&value);
+        if len > MAX_MISSION_TOKEN_LEN {
+            return Err(refuse(format!(
+                "its subject token would be {len} bytes (each byte other than a letter, digit, '_', ':' or '-' takes 3), longer than {MAX_MISSION_TOKEN_LEN}"
+            )));
+        }
+        Ok(Self(value))
     }
-    /// The reference (a valid NATS subject token).
+
+    /// The reference as given (the JSON value).
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The reference as one NATS subject token, reversibly: letters, digits,
+    /// `_`, `:` and `-` stay; every other byte (`%` included) becomes `%` and
+    /// two uppercase hex digits. So `gh:org/repo#12` is
+    /// `gh:org%2Frepo%2312`, `FIN-42.1` is `FIN-42%2E1`, and a reference made
+    /// of letters, digits, `_`, `:` and `-` only is its own token. The token
+    /// never holds `.`, `*`, `>` or whitespace, and is at most
+    /// [`MAX_MISSION_TOKEN_LEN`] bytes.
+    pub fn subject_token(&self) -> std::borrow::Cow<'_, str> {
+        if self.0.bytes().all(token_plain) {
+            return std::borrow::Cow::Borrowed(&self.0);
+        }
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = String::with_capacity(token_len(&self.0));
+        for b in self.0.bytes() {
+            if token_plain(b) {
+                out.push(char::from(b));
+            } else {
+                out.push(char::from(TOKEN_ESCAPE));
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0x0f)]));
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// The reference a subject token encodes. Only the token
+    /// [`MissionRef::subject_token`] writes is accepted (uppercase hex, no
+    /// escaped letter or digit, no bare byte that should be escaped), so one
+    /// mission has exactly one subject.
+    pub fn from_subject_token(token: &str) -> Result<Self, DomainError> {
+        let refuse = |reason: String| DomainError::InvalidId {
+            field: "mission subject token",
+            value: truncate_for_error(token),
+            reason,
+        };
+        let bytes = token.as_bytes();
+        let mut raw = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if token_plain(b) {
+                raw.push(b);
+                i += 1;
+            } else if b == TOKEN_ESCAPE {
+                let hex = |j: usize| {
+                    bytes.get(j).and_then(|&h| match h {
+                        b'0'..=b'9' => Some(h - b'0'),
+                        b'A'..=b'F' => Some(h - b'A' + 10),
+                        _ => None,
+                    })
+                };
+                match (hex(i + 1), hex(i + 2)) {
+                    (Some(hi), Some(lo)) => raw.push(hi << 4 | lo),
+                    _ => {
+                        return Err(refuse(format!(
+                            "'%' at byte {i} is not followed by two uppercase hex digits"
+                        )))
+                    }
+                }
+                i += 3;
+            } else {
+                return Err(refuse(format!(
+                    "byte {b:#04x} at {i} must be escaped: a token holds only letters, digits, '_', ':', '-' and '%XX'"
+                )));
+            }
+        }
+        let value =
+            String::from_utf8(raw).map_err(|_| refuse("does not decode to UTF-8 text".into()))?;
+        let mission = MissionRef::new(value).map_err(|e| match e {
+            DomainError::InvalidId { reason, .. } => {
+                refuse(format!("decodes to a refused mission_ref: {reason}"))
+            }
+            other => other,
+        })?;
+        if mission.subject_token() != token {
+            return Err(refuse(format!(
+                "is not the canonical token of {:?}, which is {:?}",
+                mission.as_str(),
+                mission.subject_token()
+            )));
+        }
+        Ok(mission)
     }
 }
 

@@ -288,13 +288,14 @@ impl Engine {
     }
 }
 
-/// Parses `mission.<tenant>.<ref>.completed`.
+/// Parses `mission.<tenant>.<ref>.completed`, `<ref>` being a subject token
+/// ([`MissionRef::from_subject_token`]).
 pub(crate) fn parse_mission_subject(subject: &str) -> Result<(TenantId, MissionRef), String> {
     let parts: Vec<&str> = subject.split('.').collect();
     match parts.as_slice() {
         ["mission", tenant, mission, "completed"] => Ok((
             TenantId::new(*tenant).map_err(|e| e.to_string())?,
-            MissionRef::new(*mission).map_err(|e| e.to_string())?,
+            MissionRef::from_subject_token(mission).map_err(|e| e.to_string())?,
         )),
         _ => Err(format!(
             "subject {subject:?} is not mission.<tenant>.<ref>.completed"

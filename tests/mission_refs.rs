@@ -1,0 +1,432 @@
+//! Mission references that are real ticket references (`gh:org/repo#12`,
+//! `FIN-42.1`, a ticket URL) and their one reversible subject token:
+//!
+//! - the encoding round-trips and never yields a byte NATS gives a meaning
+//!   to (`.`, `*`, `>`, whitespace), and references of letters, digits, `_`,
+//!   `:` and `-` are their own token, so existing subjects keep working;
+//! - references that cannot be a token are refused, saying why, and so are
+//!   tokens that are not the canonical encoding of a reference;
+//! - against a real nats-server, a completion published on the encoded
+//!   subject ends the tree of that mission and of no other, and one on a
+//!   subject whose token does not decode is dead-lettered, naming why; an
+//!   issue for a ticket already completed on its encoded subject is refused.
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::served::Instance;
+use common::NatsServer;
+use mandate::client::Client;
+use mandate::domain::command::Issue;
+use mandate::domain::model::{MAX_MISSION_REF_LEN, MAX_MISSION_TOKEN_LEN};
+use mandate::domain::{
+    Actor, AgentId, DomainError, MandateId, Mission, MissionRef, PrincipalId, Scope, Status,
+    TenantId,
+};
+use mandate::engine::missions::{
+    DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, REJECTED_REASON_HEADER, REJECTED_SUBJECT_HEADER,
+};
+use mandate::protocol::{mission_subject, query_subject, ListQuery};
+use proptest::prelude::*;
+
+/// Worked examples of the encoding; the README and the Python client
+/// (`examples/python/mandate_client.py`) hold the same ones.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("jira:FIN-42", "jira:FIN-42"),
+    ("gh:org/repo#12", "gh:org%2Frepo%2312"),
+    ("FIN-42.1", "FIN-42%2E1"),
+    ("100%", "100%25"),
+    (
+        "https://tracker.example/browse/FIN-42?focus=a*b>c",
+        "https:%2F%2Ftracker%2Eexample%2Fbrowse%2FFIN-42%3Ffocus%3Da%2Ab%3Ec",
+    ),
+];
+
+fn mission(s: &str) -> MissionRef {
+    MissionRef::new(s).unwrap()
+}
+
+fn refusal(value: &str) -> String {
+    match MissionRef::new(value) {
+        Ok(m) => panic!("{value:?} was accepted as {m}"),
+        Err(e @ DomainError::InvalidId { .. }) => e.to_string(),
+        Err(e) => panic!("{value:?} refused with another error: {e:?}"),
+    }
+}
+
+fn token_refusal(token: &str) -> String {
+    match MissionRef::from_subject_token(token) {
+        Ok(m) => panic!("token {token:?} was accepted as {m:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The encoding
+// ---------------------------------------------------------------------------
+
+#[test]
+fn worked_examples_encode_and_decode() {
+    for (plain, token) in EXAMPLES {
+        let m = mission(plain);
+        assert_eq!(m.subject_token(), *token, "token of {plain}");
+        assert_eq!(MissionRef::from_subject_token(token).unwrap(), m);
+        assert_eq!(m.as_str(), *plain, "the reference itself is kept as given");
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            serde_json::Value::String(plain.to_string()),
+            "the JSON value is the plain reference"
+        );
+    }
+    assert_eq!(
+        mission_subject(&TenantId::new("acme").unwrap(), &mission("gh:org/repo#12")),
+        "mission.acme.gh:org%2Frepo%2312.completed"
+    );
+}
+
+/// A printable ASCII reference without spaces, of any length the bound
+/// allows, biased towards the bytes that must be escaped.
+fn reference() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => prop::char::range('!', '~'),
+            1 => prop::sample::select(vec!['.', '*', '>', '%', '/', '#', '$', '~']),
+        ],
+        1..=MAX_MISSION_REF_LEN,
+    )
+    .prop_map(|cs| cs.into_iter().collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every accepted reference encodes to a token that decodes back to it,
+    /// holds nothing NATS reads as a separator or wildcard, and fits the
+    /// bound; a reference refused is refused for its token's length only.
+    #[test]
+    fn encoding_round_trips_into_one_safe_token(value in reference()) {
+        match MissionRef::new(value.clone()) {
+            Ok(m) => {
+                let token = m.subject_token();
+                prop_assert!(!token.is_empty() && token.len() <= MAX_MISSION_TOKEN_LEN);
+                prop_assert!(
+                    token.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>')),
+                    "token {:?} of {:?}", token, value
+                );
+                prop_assert_eq!(MissionRef::from_subject_token(&token).unwrap(), m);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                prop_assert!(message.contains("subject token would be"), "{}", message);
+            }
+        }
+    }
+
+    /// References valid before tokens existed are their own token.
+    #[test]
+    fn plain_references_are_their_own_token(value in "[A-Za-z0-9_:-]{1,128}") {
+        let m = MissionRef::new(value.clone()).unwrap();
+        prop_assert_eq!(m.subject_token(), value.as_str());
+    }
+
+    /// Any string at all: a token the decoder accepts is exactly the token
+    /// of what it decodes to (one mission, one subject).
+    #[test]
+    fn only_canonical_tokens_decode(token in "[A-Za-z0-9%:.a-f /#]{0,40}") {
+        if let Ok(m) = MissionRef::from_subject_token(&token) {
+            prop_assert_eq!(m.subject_token(), token.as_str());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Refused references and tokens
+// ---------------------------------------------------------------------------
+
+#[test]
+fn references_that_cannot_be_a_token_are_refused_saying_why() {
+    let empty = refusal("");
+    assert!(empty.contains("must not be empty"), "{empty}");
+
+    let space = refusal("FIN 42");
+    assert!(
+        space.contains("' '") && space.contains("printable ASCII without spaces"),
+        "{space}"
+    );
+    let tab = refusal("FIN\t42");
+    assert!(tab.contains("'\\t'"), "{tab}");
+    let nul = refusal("FIN\u{0}42");
+    assert!(nul.contains("'\\0'"), "{nul}");
+    let accent = refusal("café-42");
+    assert!(accent.contains("'é'"), "{accent}");
+
+    let long = "a".repeat(MAX_MISSION_REF_LEN + 1);
+    let too_long = refusal(&long);
+    assert!(too_long.contains("longer than 128"), "{too_long}");
+
+    // 128 bytes, but 86 slashes make a token of 42 + 86 * 3 = 300 bytes.
+    let slashes = format!("{}{}", "a".repeat(42), "/".repeat(86));
+    assert_eq!(slashes.len(), MAX_MISSION_REF_LEN);
+    let wide = refusal(&slashes);
+    assert!(
+        wide.contains("subject token would be 300 bytes") && wide.contains("longer than 256"),
+        "{wide}"
+    );
+    // The same through JSON: the wire refuses it as the constructor does.
+    let err = serde_json::from_value::<MissionRef>(serde_json::json!(slashes)).unwrap_err();
+    assert!(
+        err.to_string().contains("subject token would be 300 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokens_that_are_not_a_canonical_encoding_are_refused_saying_why() {
+    let lower = token_refusal("gh:org%2frepo%2312");
+    assert!(lower.contains("two uppercase hex digits"), "{lower}");
+    let cut = token_refusal("FIN-42%2");
+    assert!(cut.contains("two uppercase hex digits"), "{cut}");
+    let bare = token_refusal("gh:org/repo");
+    assert!(bare.contains("must be escaped"), "{bare}");
+    let escaped_letter = token_refusal("%46IN-42");
+    assert!(
+        escaped_letter.contains("not the canonical token") && escaped_letter.contains("\"FIN-42\""),
+        "{escaped_letter}"
+    );
+    let space = token_refusal("FIN%2042");
+    assert!(
+        space.contains("decodes to a refused mission_ref"),
+        "{space}"
+    );
+    let not_utf8 = token_refusal("%FF");
+    assert!(not_utf8.contains("UTF-8"), "{not_utf8}");
+    let empty = token_refusal("");
+    assert!(empty.contains("must not be empty"), "{empty}");
+}
+
+// ---------------------------------------------------------------------------
+// Against a real nats-server
+// ---------------------------------------------------------------------------
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn acme() -> TenantId {
+    TenantId::new("acme").unwrap()
+}
+
+async fn issue_for(client: &Client, mission_ref: &str) -> MandateId {
+    client
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "ticket reference test".into(),
+                mission_ref: Some(mission(mission_ref)),
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 1,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("issue for {mission_ref}: {e}"))
+        .mandate
+        .expect("an issue names its mandate")
+}
+
+async fn status(instance: &Instance, m: MandateId) -> Status {
+    instance
+        .engine
+        .status(&acme(), m, None)
+        .await
+        .unwrap_or_else(|e| panic!("status of {m}: {e}"))
+        .effective
+        .status
+}
+
+/// Publishes `{}` on `subject` (literal, not built by the library) and waits
+/// for the mission stream to store it.
+async fn publish(nc: &async_nats::Client, subject: &str) {
+    async_nats::jetstream::new(nc.clone())
+        .publish(subject.to_string(), "{}".into())
+        .await
+        .expect("publish a completion")
+        .await
+        .expect("the mission stream stores the completion");
+}
+
+async fn rejected(nc: &async_nats::Client) -> u64 {
+    let msg = nc
+        .request(query_subject(&acme(), "health"), "{}".into())
+        .await
+        .expect("health");
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).expect("health is JSON");
+    v["result"]["rejected_mission_completions"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("health names no rejected count: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_on_the_encoded_subject_ends_that_missions_tree_only() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let client = Client::nats(
+        nc.clone(),
+        acme(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    );
+
+    let ticket = issue_for(&client, "gh:org/repo#12").await;
+    // Neighbours that a naive encoding or a prefix match would confuse.
+    let repo = issue_for(&client, "gh:org/repo").await;
+    let other = issue_for(&client, "gh:org/repo#123").await;
+    let dotted = issue_for(&client, "FIN-42.1").await;
+    let plain = issue_for(&client, "FIN-42").await;
+
+    publish(&nc, "mission.acme.gh:org%2Frepo%2312.completed").await;
+    eventually("the tree of gh:org/repo#12 is completed", || async {
+        status(&instance, ticket).await == Status::Completed
+    })
+    .await;
+
+    publish(&nc, "mission.acme.FIN-42%2E1.completed").await;
+    eventually("the tree of FIN-42.1 is completed", || async {
+        status(&instance, dotted).await == Status::Completed
+    })
+    .await;
+
+    // Listed under the plain reference, as issued.
+    let listed = client
+        .list(ListQuery {
+            agent: None,
+            principal: None,
+            mission_ref: Some(mission("gh:org/repo#12")),
+        })
+        .await
+        .expect("list by the plain reference");
+    assert!(
+        listed.mandates.iter().any(|m| m.mandate == ticket),
+        "list by gh:org/repo#12 misses {ticket}: {listed:?}"
+    );
+
+    // The intake handles completions in order: once a later one has ended
+    // its tree, the earlier ones are all settled, and ended nothing else.
+    publish(&nc, "mission.acme.gh:org%2Frepo.completed").await;
+    eventually("the tree of gh:org/repo is completed", || async {
+        status(&instance, repo).await == Status::Completed
+    })
+    .await;
+    assert_eq!(status(&instance, other).await, Status::Active);
+    assert_eq!(status(&instance, plain).await, Status::Active);
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_token_does_not_decode_is_dead_lettered_saying_why() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let client = Client::nats(
+        nc.clone(),
+        acme(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    );
+    let ticket = issue_for(&client, "gh:org/repo#12").await;
+    let before = rejected(&nc).await;
+
+    // Lowercase hex: not the canonical token of gh:org/repo#12.
+    let bad = "mission.acme.gh:org%2frepo%2312.completed";
+    publish(&nc, bad).await;
+    eventually("the completion is dead-lettered", || async {
+        rejected(&nc).await > before
+    })
+    .await;
+    let dead = async_nats::jetstream::new(nc.clone())
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("the dead-letter stream")
+        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
+        .await
+        .expect("a dead letter");
+    let header = |name: &str| {
+        dead.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(REJECTED_SUBJECT_HEADER), bad);
+    let reason = header(REJECTED_REASON_HEADER);
+    assert!(
+        reason.contains("mission subject token") && reason.contains("uppercase hex"),
+        "{reason}"
+    );
+
+    // The canonical subject still completes it: the refusal ended nothing.
+    assert_eq!(status(&instance, ticket).await, Status::Active);
+    publish(&nc, "mission.acme.gh:org%2Frepo%2312.completed").await;
+    eventually("the tree of gh:org/repo#12 is completed", || async {
+        status(&instance, ticket).await == Status::Completed
+    })
+    .await;
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issue_for_a_ticket_completed_on_its_encoded_subject_is_refused() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let client = Client::nats(
+        nc.clone(),
+        acme(),
+        Actor::Principal(PrincipalId::new("cfo").unwrap()),
+    );
+    // Closed before any tree serves it: stored on the stream before the
+    // issue is sent, so the issue's fresh read of the encoded subject finds it.
+    publish(&nc, "mission.acme.gh:org%2Frepo%2399.completed").await;
+    let refused = client
+        .issue(Issue {
+            principal: PrincipalId::new("cfo").unwrap(),
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "closed ticket".into(),
+                mission_ref: Some(mission("gh:org/repo#99")),
+            },
+            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 1,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .expect_err("no mandate for a ticket already closed");
+    let message = refused.to_string();
+    assert!(message.contains("gh:org/repo#99"), "{message}");
+    instance.stop().await;
+}
