@@ -109,6 +109,30 @@ if [ -n "$current_server" ]; then
   PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$current_server" bash examples/python/run.sh
 fi
 
+# --- the SDK alone: the client feature --------------------------------------
+# An agent that depends on `mandate = { default-features = false,
+# features = ["client"] }` must build without the engine, sled or clap, and
+# its guard must work against a served engine. examples/guard_only is run
+# here, not in the loop below (it is not at examples/<name>.rs or
+# examples/<name>/main.rs): it needs `mandate serve`.
+log "SDK alone: cargo build --no-default-features --features client"
+cargo build -q --no-default-features --features client
+heavy=$(cargo tree --no-default-features --features client -e normal | grep -E "sled|clap" || true)
+if [ -n "$heavy" ]; then
+  echo "error: the client feature pulls in sled or clap:" >&2
+  echo "$heavy" >&2
+  exit 1
+fi
+log "SDK alone: examples/guard_only against mandate serve"
+cargo build -q --no-default-features --features client --example guard_only
+cargo build -q --bin mandate
+MANDATE_BIN=target/debug/mandate GUARD_BIN=target/debug/examples/guard_only NATS_SERVER_BIN="$debian_server" \
+  bash examples/guard_only/run.sh
+if [ -n "$current_server" ]; then
+  MANDATE_BIN=target/debug/mandate GUARD_BIN=target/debug/examples/guard_only NATS_SERVER_BIN="$current_server" \
+    bash examples/guard_only/run.sh
+fi
+
 log "examples and the demo (embedded backend)"
 for ex in $examples; do
   echo "-- example $ex"

@@ -10,12 +10,28 @@
 //! - [`engine`]: the service — commands, cascade signals, expiry, missions,
 //!   queries, audit — over NATS or in-process.
 //! - [`client`]: the SDK — orchestrator client, mission publisher, agent guard.
+//!
+//! # Features
+//! - `client`: the SDK over NATS (`domain`, `protocol`, `client`).
+//! - `engine` (default): `store`, `log`, `engine`, and the SDK's in-process
+//!   transport (`Client::local`, `MissionPublisher::Local`).
+//! - `cli` (default): the `mandate` binary (`cli`).
+//!
+//! An agent that only needs the guard depends on
+//! `mandate = { default-features = false, features = ["client"] }` and
+//! compiles neither sled, the engine nor clap. `domain` and `protocol` are
+//! always there.
 #![deny(unreachable_pub)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod domain;
+#[cfg(feature = "engine")]
 pub mod engine;
+#[cfg(feature = "engine")]
 pub mod log;
 pub mod protocol;
+#[cfg(feature = "engine")]
 pub mod store;

@@ -9,11 +9,15 @@
 //! - `mission.<tenant>.<ref>.completed`: a [`MissionCompletedNotice`] (any body);
 //!   `<ref>` is the reference's subject token ([`MissionRef::subject_token`]);
 //!   on a tenant that requires authentication, with a `Mandate-Auth` header
-//!   from a ticketing or administrator key (see [`crate::engine::auth`]).
+//!   from a ticketing or administrator key (format in [`auth`]).
 //!   Refused ones are moved to `mandate.dead.mission` (stream
 //!   `MANDATE_DEAD_LETTERS`, original body, headers naming the subject and
 //!   the reason) and counted in [`Health`].
 //! - `mandate.audit.<tenant>.<mandate>`: [`AuditRecord`]s of answered checks.
+//!
+//! Request signing (the `Mandate-Auth` header) is in [`auth`].
+
+pub mod auth;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

@@ -94,12 +94,8 @@ impl GuardHub {
         tenant: &TenantId,
         mandate: MandateId,
     ) -> Result<BoxStream<'static, Signal>, ClientError> {
-        if let Some(engine) = client.engine() {
-            return engine
-                .bus()
-                .subscribe(tenant, mandate)
-                .await
-                .map_err(|e| ClientError::Engine(e.to_body()));
+        if let Some(local) = client.in_process_signals(tenant, mandate).await {
+            return local;
         }
         let nats = client
             .nats_client()

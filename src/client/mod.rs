@@ -3,8 +3,13 @@
 //! [`Guard`].
 //!
 //! The client speaks the wire contract of [`crate::protocol`] either over NATS
-//! request-reply or, for single-process use, straight to an in-process
-//! [`Engine`] through the very same encoding.
+//! request-reply or, for single-process use (with the `engine` feature),
+//! straight to an in-process engine through the very same encoding.
+//!
+//! It depends only on [`crate::domain`] and [`crate::protocol`] (and on the
+//! engine only for that in-process transport), so an agent built with
+//! `default-features = false, features = ["client"]` gets the guard without
+//! the engine, sled or clap.
 
 pub mod guard;
 
@@ -20,7 +25,9 @@ use crate::domain::{
     Actor, AgentId, Command, CommandEnvelope, CommandId, Decision, ErrorCode, MandateId,
     MissionRef, PrincipalId, TenantId, SCHEMA_VERSION,
 };
+#[cfg(feature = "engine")]
 use crate::engine::Engine;
+use crate::protocol::auth::{sign, sign_as, AUTH_HEADER};
 use crate::protocol::{
     command_subject, mission_subject, query_subject, AuditQuery, AuditReply, Bulk, BulkEnvelope,
     ChainReply, CheckQuery, CommandResult, ErrorBody, Health, HistoryReply, ListQuery, ListReply,
@@ -76,6 +83,7 @@ impl ClientError {
 #[derive(Clone)]
 enum Transport {
     Nats(async_nats::Client),
+    #[cfg(feature = "engine")]
     Local(Engine),
 }
 
@@ -105,6 +113,7 @@ impl Client {
     }
 
     /// A client of an in-process engine.
+    #[cfg(feature = "engine")]
     pub fn local(engine: Engine, tenant: TenantId, actor: Actor) -> Self {
         Self {
             transport: Transport::Local(engine),
@@ -149,15 +158,42 @@ impl Client {
     pub fn nats_client(&self) -> Option<&async_nats::Client> {
         match &self.transport {
             Transport::Nats(c) => Some(c),
+            #[cfg(feature = "engine")]
             Transport::Local(_) => None,
         }
     }
 
     /// The in-process engine, if any.
+    #[cfg(feature = "engine")]
     pub fn engine(&self) -> Option<&Engine> {
         match &self.transport {
             Transport::Local(e) => Some(e),
             Transport::Nats(_) => None,
+        }
+    }
+
+    /// The signals of `mandate` straight from the in-process engine's bus,
+    /// when this client is in-process; `None` over NATS. All the guard
+    /// knows of the engine goes through here.
+    async fn in_process_signals(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Option<Result<futures::stream::BoxStream<'static, crate::protocol::Signal>, ClientError>>
+    {
+        match &self.transport {
+            #[cfg(feature = "engine")]
+            Transport::Local(engine) => Some(
+                engine
+                    .bus()
+                    .subscribe(tenant, mandate)
+                    .await
+                    .map_err(|e| ClientError::Engine(e.to_body())),
+            ),
+            Transport::Nats(_) => {
+                let _ = (tenant, mandate);
+                None
+            }
         }
     }
 
@@ -168,14 +204,13 @@ impl Client {
     ) -> Result<T, ClientError> {
         let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
         let reply = match &self.transport {
+            #[cfg(feature = "engine")]
             Transport::Local(engine) => engine.handle(&subject, &payload).await,
             Transport::Nats(client) => {
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some(secret) = &self.secret {
-                    if let Some(v) =
-                        crate::engine::auth::sign(secret, &self.actor, &subject, &payload)
-                    {
-                        headers.insert(crate::engine::auth::AUTH_HEADER, v.as_str());
+                    if let Some(v) = sign(secret, &self.actor, &subject, &payload) {
+                        headers.insert(AUTH_HEADER, v.as_str());
                     }
                 }
                 let mut attempt = 0;
@@ -456,6 +491,7 @@ pub enum MissionPublisher {
     /// is down right now).
     Nats(Box<async_nats::jetstream::Context>),
     /// Completes the mission on an in-process engine.
+    #[cfg(feature = "engine")]
     Local(Engine),
 }
 
@@ -500,8 +536,8 @@ impl MissionPublisher {
                 let subject = mission_subject(tenant, mission);
                 let mut headers = async_nats::HeaderMap::new();
                 if let Some((key, secret)) = auth {
-                    let proof = crate::engine::auth::sign_as(secret, key, &subject, &body);
-                    headers.insert(crate::engine::auth::AUTH_HEADER, proof.as_str());
+                    let proof = sign_as(secret, key, &subject, &body);
+                    headers.insert(AUTH_HEADER, proof.as_str());
                 }
                 js.publish_with_headers(subject, headers, body.into())
                     .await
@@ -510,6 +546,7 @@ impl MissionPublisher {
                     .map_err(|e| ClientError::Nats(e.to_string()))?;
                 Ok(())
             }
+            #[cfg(feature = "engine")]
             MissionPublisher::Local(engine) => engine
                 .complete_mission(tenant, mission, Actor::mission_intake(), None)
                 .await

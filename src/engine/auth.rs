@@ -28,6 +28,10 @@
 //! `health`. An administrator's completion made through the engine is
 //! published on the mission stream signed with that administrator's key.
 //!
+//! The header's format and signing are part of the wire contract
+//! ([`crate::protocol::auth`]); this module holds the policy: which tenants
+//! require a proof, whose keys they accept, and for what.
+//!
 //! Configuration (`mandate serve --auth FILE`):
 //! `{"tenants": {"acme": {"keys": {"principal:cfo": "<secret>",
 //! "admin:security": "<secret>", "ticketing:jira": "<secret>", …}}}}`.
@@ -35,20 +39,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 
 use crate::domain::{Actor, DomainError, TenantId};
+use crate::protocol::auth::ProofError;
+// The signing format is part of the wire contract; re-exported here, where
+// the engine's callers have always found it.
+pub use crate::protocol::auth::{actor_key, sign, sign_as, AUTH_HEADER, TICKETING_PREFIX};
 
 use super::EngineError;
-
-/// The request header that carries the proof.
-pub const AUTH_HEADER: &str = "Mandate-Auth";
-
-/// Keys named `ticketing:<system>` belong to ticketing systems: they may only
-/// publish mission completions.
-pub const TICKETING_PREFIX: &str = "ticketing:";
 
 /// Which tenants require authentication, and their actors' secrets.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -62,38 +61,6 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct TenantKeys {
     pub keys: BTreeMap<String, String>,
-}
-
-/// `principal:cfo`, `agent:x`, `admin:y`; `None` for the engine's own actors.
-pub fn actor_key(actor: &Actor) -> Option<String> {
-    match actor {
-        Actor::Principal(p) => Some(format!("principal:{p}")),
-        Actor::Agent(a) => Some(format!("agent:{a}")),
-        Actor::Admin(p) => Some(format!("admin:{p}")),
-        Actor::System(_) => None,
-    }
-}
-
-fn mac(secret: &[u8], subject: &str, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts any key length");
-    m.update(subject.as_bytes());
-    m.update(b"\n");
-    m.update(body);
-    m
-}
-
-/// The header value proving `actor` sent `body` on `subject`.
-pub fn sign(secret: &[u8], actor: &Actor, subject: &str, body: &[u8]) -> Option<String> {
-    Some(sign_as(secret, &actor_key(actor)?, subject, body))
-}
-
-/// The header value proving the holder of key `key` (`<kind>:<id>`, e.g.
-/// `ticketing:jira`) sent `body` on `subject`.
-pub fn sign_as(secret: &[u8], key: &str, subject: &str, body: &[u8]) -> String {
-    let tag = mac(secret, subject, body).finalize().into_bytes();
-    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("v1 {key} {hex}")
 }
 
 fn forbidden(reason: String) -> EngineError {
@@ -186,13 +153,8 @@ impl AuthConfig {
 
 /// `v1 <kind>:<id> <hex mac>` → (`<kind>:<id>`, mac).
 fn parse_header(header: &str) -> Result<(&str, &str), EngineError> {
-    let parts: Vec<&str> = header.split(' ').collect();
-    match parts.as_slice() {
-        ["v1", who, tag] => Ok((*who, *tag)),
-        _ => Err(forbidden(format!(
-            "{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'"
-        ))),
-    }
+    crate::protocol::auth::parse_header(header)
+        .ok_or_else(|| forbidden(format!("{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'")))
 }
 
 /// Checks that `tag` is the MAC of `subject` and `body` under `who`'s key.
@@ -208,14 +170,12 @@ fn check_mac(
         .keys
         .get(who)
         .ok_or_else(|| forbidden(format!("{who} has no key in tenant {tenant}")))?;
-    let tag = decode_hex(tag).ok_or_else(|| forbidden(format!("{AUTH_HEADER} mac is not hex")))?;
-    mac(secret.as_bytes(), subject, body)
-        .verify_slice(&tag)
-        .map_err(|_| {
-            forbidden(format!(
-                "{AUTH_HEADER} does not prove {who} sent this request"
-            ))
-        })
+    crate::protocol::auth::check_mac(secret.as_bytes(), subject, body, tag).map_err(|e| match e {
+        ProofError::NotHex => forbidden(format!("{AUTH_HEADER} mac is not hex")),
+        ProofError::Mismatch => forbidden(format!(
+            "{AUTH_HEADER} does not prove {who} sent this request"
+        )),
+    })
 }
 
 /// The refusal of a command of a tenant that requires no proof, when open
@@ -225,16 +185,6 @@ pub fn refuse_closed_tenant(tenant: &TenantId) -> EngineError {
         "tenant {tenant} has no authentication configured and open tenants are not allowed: \
          list it in the auth configuration (--auth) or serve with --allow-open-tenants"
     ))
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
