@@ -18,6 +18,7 @@ macro_rules! say {
     };
 }
 
+pub mod bootstrap;
 pub mod demo;
 
 /// Set once stdout can no longer be written (its reader has gone away).
@@ -476,7 +477,37 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
         // caller. The demo's steps each act as their own party.
         (None, None) => Actor::Agent(AgentId::new(UNNAMED_CALLER).map_err(|e| invalid(e.to_string()))?),
     };
-    let nats = connect(&cli).await?;
+    // Without --nats: `serve` runs a private nats-server; another command
+    // uses the engine a running `serve` announced in --data, else the
+    // in-process one (see `bootstrap`). The demo keeps its own data.
+    let mut private = None;
+    let nats = match (&cli.command, &cli.nats) {
+        (_, Some(_)) | (Cmd::Demo, None) => connect(&cli).await?,
+        (Cmd::Serve { .. }, None) => {
+            let server = bootstrap::PrivateServer::start(&cli.data)
+                .await
+                .map_err(bootstrap::BootstrapError::failure)?;
+            let nc = server
+                .connect()
+                .await
+                .map_err(bootstrap::BootstrapError::failure)?;
+            private = Some(server);
+            Some(nc)
+        }
+        (_, None) => match bootstrap::discover(&cli.data)
+            .await
+            .map_err(bootstrap::BootstrapError::failure)?
+        {
+            bootstrap::Discovered::Served(_, nc) if matches!(cli.command, Cmd::Rebuild) => {
+                drop(nc);
+                return Err(
+                    bootstrap::BootstrapError::RebuildWhileServed(cli.data.clone()).failure(),
+                );
+            }
+            bootstrap::Discovered::Served(_, nc) => Some(nc),
+            bootstrap::Discovered::InProcess => None,
+        },
+    };
     let mut background = None;
     let mut demo_dir = None;
     let (client, missions) = match &nats {
@@ -505,13 +536,33 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                         .transpose()
                         .map_err(|e| invalid(e.to_string()))?
                         .map(std::sync::Arc::new),
-                    allow_open_tenants: *allow_open_tenants,
+                    // A private server is one user's, on loopback: its
+                    // tenants are open (and `serve` says so loudly).
+                    allow_open_tenants: *allow_open_tenants || private.is_some(),
                     ..EngineConfig::default()
                 };
-                let engine =
-                    Engine::nats(nc.clone(), &cli.data, Default::default(), config).await?;
-                tracing::info!(data = %cli.data.display(), "engine starting");
-                engine.serve(shutdown_signal()).await?;
+                let Some(server) = private else {
+                    let engine =
+                        Engine::nats(nc.clone(), &cli.data, Default::default(), config).await?;
+                    tracing::info!(data = %cli.data.display(), "engine starting");
+                    engine.serve(shutdown_signal()).await?;
+                    return Ok(0);
+                };
+                let probe = config.tenants.first().cloned().unwrap_or(tenant.clone());
+                let dir = bootstrap::engine_dir(&cli.data);
+                let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
+                tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
+                let announce = tokio::spawn(bootstrap::PrivateServer::announce(
+                    server.url().to_string(),
+                    server.url_file().to_path_buf(),
+                    nc.clone(),
+                    probe,
+                ));
+                let served = engine.serve(shutdown_signal()).await;
+                announce.abort();
+                drop(engine);
+                server.stop().await;
+                served?;
                 return Ok(0);
             }
             if let Cmd::Rebuild = cli.command {
@@ -535,9 +586,6 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             )
         }
         None => {
-            if let Cmd::Serve { .. } = cli.command {
-                return Err(invalid("serve needs --nats URL (or MANDATE_NATS); without NATS, use the engine in-process (e.g. `mandate demo`)"));
-            }
             let dir = if let Cmd::Demo = cli.command {
                 // The demo keeps its own throwaway data.
                 let d = std::env::temp_dir()
@@ -547,7 +595,9 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             } else {
                 cli.data.clone()
             };
-            let engine = Engine::embedded(&dir, EngineConfig::default()).await?;
+            let engine = Engine::embedded(&dir, EngineConfig::default())
+                .await
+                .map_err(|e| bootstrap::explain_open_error(&dir, e))?;
             if let Cmd::Rebuild = cli.command {
                 return rebuild(&engine, cli.json).await;
             }
