@@ -9,10 +9,10 @@
 //! (`<data>/log`, `<data>/projection`: a separate store, one process at a
 //! time).
 //!
-//! A URL file whose server does not answer is stale only when no `serve`
-//! holds the lock: then it is removed and the command uses the in-process
-//! engine. While a `serve` holds the lock, an unreachable server is an error
-//! (exit 4), never a silent switch to another store.
+//! A URL file whose server does not answer is an error (exit 4) that says
+//! whether its `serve` still holds the directory or is gone, never a silent
+//! switch to the in-process engine's separate store. A `serve` that starts
+//! on the directory replaces a stale file.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -79,6 +79,16 @@ pub enum BootstrapError {
         file: PathBuf,
         dir: PathBuf,
         reason: String,
+    },
+    #[error(
+        "the served engine at {url} (from {file}) is gone: no `mandate serve` runs on {dir}. \
+         Start `mandate serve` again (it keeps its mandates in {dir}/nats), or delete {file} \
+         to use the in-process engine (a separate store)"
+    )]
+    ServeGone {
+        url: String,
+        file: PathBuf,
+        dir: PathBuf,
     },
     #[error(
         "data directory {0} is in use by another mandate process (a `watch`, or a command still running): \
@@ -432,8 +442,10 @@ pub enum Discovered {
 }
 
 /// Finds a served engine for `data`: its URL file, if the server answers.
-/// A file whose server does not answer while no `serve` holds the directory
-/// is stale: it is removed, and the command runs in-process.
+/// A file whose server does not answer is an error (exit 4), whether its
+/// `serve` still runs or is gone: the command never falls back to the
+/// in-process engine, a separate store, where a live mandate of the served
+/// one is not found and a revoke would land nowhere.
 pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
     let file = data.join(URL_FILE);
     let url = match std::fs::read_to_string(&file) {
@@ -450,28 +462,19 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
         Ok(nc) => return Ok(Discovered::Served(url, nc)),
         Err(e) => e.to_string(),
     };
-    match try_lock(data)? {
-        Some(_lock) => {
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("remove stale", &file)(e)),
-            }
-            eprintln!(
-                "note: removed {} (its server at {url} is gone and no `mandate serve` runs on {}); \
-                 using the in-process engine",
-                file.display(),
-                data.display()
-            );
-            Ok(Discovered::InProcess)
-        }
-        None => Err(BootstrapError::ServedUnreachable {
+    if try_lock(data)?.is_some() {
+        return Err(BootstrapError::ServeGone {
             url,
             file,
             dir: data.into(),
-            reason,
-        }),
+        });
     }
+    Err(BootstrapError::ServedUnreachable {
+        url,
+        file,
+        dir: data.into(),
+        reason,
+    })
 }
 
 /// Says plainly what to do when the in-process engine cannot open `data`

@@ -1,8 +1,10 @@
 //! The `mandate` binary: serve, issue, delegate, pause, resume, revoke,
 //! complete, status, tree, history, check, watch, rebuild, demo.
 //!
-//! Without `--nats` every command runs on the embedded engine in `--data`
-//! (one process at a time); with `--nats` they talk to `mandate serve`.
+//! With `--nats` commands talk to `mandate serve` on that server. Without
+//! it, `serve` runs a private nats-server and announces it in `--data`;
+//! other commands use the engine announced there, else the embedded engine
+//! in `--data` (one process at a time); see `bootstrap`.
 //! Exit codes: 0 ok, 1 denied, 2 invalid input, 3 not found, 4 unavailable,
 //! 5 refused (forbidden, terminal, wrong state, conflict, quarantined), 6
 //! internal. A `check` on a quarantined tree is a deny (1); `status`, `chain`
@@ -67,7 +69,8 @@ use crate::protocol::{ListQuery, TreeQuery};
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about)]
 pub struct Cli {
-    /// NATS server URL. Without it, the embedded engine in --data is used.
+    /// NATS server URL. Without it: the engine a `mandate serve` announced
+    /// in --data, else the embedded engine there (one process at a time).
     #[arg(long, global = true, env = "MANDATE_NATS")]
     pub nats: Option<String>,
     /// NATS credentials file.
