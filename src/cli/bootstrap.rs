@@ -536,8 +536,8 @@ fn die_with_parent(command: &mut Command) {
 
 /// What a command without `--nats` runs on.
 pub enum Discovered {
-    /// A running `serve`'s engine, at this URL.
-    Served(String, async_nats::Client),
+    /// A running `serve`'s engine, connected.
+    Served(async_nats::Client),
     /// The in-process engine in the data directory.
     InProcess,
 }
@@ -560,7 +560,7 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
         .connect(url.as_str())
         .await
     {
-        Ok(nc) => return Ok(Discovered::Served(url, nc)),
+        Ok(nc) => return Ok(Discovered::Served(nc)),
         Err(e) => e.to_string(),
     };
     if try_lock(data)?.is_some() {

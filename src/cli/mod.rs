@@ -501,13 +501,12 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             .await
             .map_err(bootstrap::BootstrapError::failure)?
         {
-            bootstrap::Discovered::Served(_, nc) if matches!(cli.command, Cmd::Rebuild) => {
-                drop(nc);
+            bootstrap::Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild) => {
                 return Err(
                     bootstrap::BootstrapError::RebuildWhileServed(cli.data.clone()).failure(),
                 );
             }
-            bootstrap::Discovered::Served(_, nc) => Some(nc),
+            bootstrap::Discovered::Served(nc) => Some(nc),
             bootstrap::Discovered::InProcess => None,
         },
     };
