@@ -1,8 +1,10 @@
 //! The `mandate` binary: serve, issue, delegate, pause, resume, revoke,
 //! complete, status, tree, history, check, watch, rebuild, demo.
 //!
-//! Without `--nats` every command runs on the embedded engine in `--data`
-//! (one process at a time); with `--nats` they talk to `mandate serve`.
+//! With `--nats` commands talk to `mandate serve` on that server. Without
+//! it, `serve` runs a private nats-server and announces it in `--data`;
+//! other commands use the engine announced there, else the embedded engine
+//! in `--data` (one process at a time); see `bootstrap`.
 //! Exit codes: 0 ok, 1 denied, 2 invalid input, 3 not found, 4 unavailable,
 //! 5 refused (forbidden, terminal, wrong state, conflict, quarantined), 6
 //! internal. A `check` on a quarantined tree is a deny (1); `status`, `chain`
@@ -18,6 +20,7 @@ macro_rules! say {
     };
 }
 
+pub mod bootstrap;
 pub mod demo;
 
 /// Set once stdout can no longer be written (its reader has gone away).
@@ -66,7 +69,8 @@ use crate::protocol::{ListQuery, TreeQuery};
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about, next_help_heading = "Global options")]
 pub struct Cli {
-    /// NATS server URL. Without it, the embedded engine in --data is used.
+    /// NATS server URL. Without it: the engine a `mandate serve` announced
+    /// in --data, else the embedded engine there (one process at a time).
     #[arg(long, global = true, env = "MANDATE_NATS")]
     pub nats: Option<String>,
     /// NATS credentials file.
@@ -370,25 +374,6 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Why the embedded engine in `dir` could not open: held by another process
 /// or otherwise unreachable is unavailable (4), saying what to do.
-fn embedded_failure(dir: &std::path::Path, e: crate::engine::EngineError) -> Failure {
-    use crate::engine::EngineError;
-    use crate::log::LogError;
-    match e {
-        EngineError::Log(LogError::Locked { .. }) => Failure {
-            code: 4,
-            message: format!(
-                "another `mandate` process holds {}: stop it, or run `mandate serve` and pass its URL with --nats (or MANDATE_NATS)",
-                dir.display()
-            ),
-        },
-        EngineError::Unavailable(m) => Failure {
-            code: 4,
-            message: format!("unavailable: {m}"),
-        },
-        other => other.into(),
-    }
-}
-
 fn invalid(message: impl Into<String>) -> Failure {
     Failure {
         code: 2,
@@ -582,7 +567,36 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
         // caller. The demo's steps each act as their own party.
         (None, None) => Actor::Agent(AgentId::new(UNNAMED_CALLER).map_err(|e| invalid(e.to_string()))?),
     };
-    let nats = connect(&cli).await?;
+    // Without --nats: `serve` runs a private nats-server; another command
+    // uses the engine a running `serve` announced in --data, else the
+    // in-process one (see `bootstrap`). The demo keeps its own data.
+    let mut private = None;
+    let nats = match (&cli.command, &cli.nats) {
+        (_, Some(_)) | (Cmd::Demo, None) => connect(&cli).await?,
+        (Cmd::Serve { .. }, None) => {
+            let server = bootstrap::PrivateServer::start(&cli.data)
+                .await
+                .map_err(bootstrap::BootstrapError::failure)?;
+            let nc = server
+                .connect()
+                .await
+                .map_err(bootstrap::BootstrapError::failure)?;
+            private = Some(server);
+            Some(nc)
+        }
+        (_, None) => match bootstrap::discover(&cli.data)
+            .await
+            .map_err(bootstrap::BootstrapError::failure)?
+        {
+            bootstrap::Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild) => {
+                return Err(
+                    bootstrap::BootstrapError::RebuildWhileServed(cli.data.clone()).failure(),
+                );
+            }
+            bootstrap::Discovered::Served(nc) => Some(nc),
+            bootstrap::Discovered::InProcess => None,
+        },
+    };
     let mut background = None;
     let mut demo_dir = None;
     let (client, missions) = match &nats {
@@ -611,14 +625,23 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                         .transpose()
                         .map_err(|e| invalid(e.to_string()))?
                         .map(std::sync::Arc::new),
-                    allow_open_tenants: *allow_open_tenants,
+                    // A private server is one user's, on loopback: its
+                    // tenants are open (and `serve` says so loudly).
+                    allow_open_tenants: *allow_open_tenants || private.is_some(),
                     ..EngineConfig::default()
                 };
-                let engine =
-                    Engine::nats(nc.clone(), &cli.data, Default::default(), config).await?;
-                tracing::info!(data = %cli.data.display(), "engine starting");
-                engine.serve(shutdown_signal()).await?;
-                return Ok(0);
+                let Some(server) = private else {
+                    let engine =
+                        Engine::nats(nc.clone(), &cli.data, Default::default(), config).await?;
+                    tracing::info!(data = %cli.data.display(), "engine starting");
+                    engine.serve(shutdown_signal()).await?;
+                    return Ok(0);
+                };
+                let probe = config.tenants.first().cloned().unwrap_or(tenant.clone());
+                let dir = bootstrap::engine_dir(&cli.data);
+                let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
+                tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
+                return server.run(&engine, nc.clone(), probe).await.map(|()| 0);
             }
             if let Cmd::Rebuild = cli.command {
                 let engine = Engine::nats(
@@ -641,9 +664,6 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             )
         }
         None => {
-            if let Cmd::Serve { .. } = cli.command {
-                return Err(invalid("serve needs --nats URL (or MANDATE_NATS); without NATS, use the engine in-process (e.g. `mandate demo`)"));
-            }
             let dir = if let Cmd::Demo = cli.command {
                 // The demo keeps its own throwaway data.
                 let d = std::env::temp_dir()
@@ -655,7 +675,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             };
             let engine = Engine::embedded(&dir, EngineConfig::default())
                 .await
-                .map_err(|e| embedded_failure(&dir, e))?;
+                .map_err(|e| bootstrap::explain_open_error(&dir, e))?;
             if let Cmd::Rebuild = cli.command {
                 return rebuild(&engine, cli.json).await;
             }
