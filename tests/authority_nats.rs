@@ -5,67 +5,21 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use common::cli::{cfo_issues, mandate};
+use common::fixtures::*;
 use common::served::Instance;
+use common::wire::{client, raw, serve_one};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard, GuardConfig};
+use mandate::client::{Client, Guard};
 use mandate::domain::command::Issue;
 use mandate::domain::{
-    Actor, AgentId, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Mission,
-    Outcome, PrincipalId, Scope, TenantId,
+    Actor, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Mission, Outcome,
 };
 use mandate::protocol::command_subject;
 use serde_json::{json, Value};
-
-const PATIENCE: Duration = Duration::from_secs(5);
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn tenant() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-fn agent_id(s: &str) -> AgentId {
-    AgentId::new(s).unwrap()
-}
-fn principal_id(s: &str) -> PrincipalId {
-    PrincipalId::new(s).unwrap()
-}
-fn agent(s: &str) -> Actor {
-    Actor::Agent(agent_id(s))
-}
-fn principal(s: &str) -> Actor {
-    Actor::Principal(principal_id(s))
-}
-fn scope(grants: &[&str]) -> Scope {
-    Scope::parse(grants.iter().copied()).unwrap()
-}
-fn in_an_hour() -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::hours(1)
-}
-
-fn client(nc: &async_nats::Client, actor: Actor) -> Client {
-    Client::nats(nc.clone(), tenant(), actor)
-}
 
 /// A server, one serving engine and a connection that the engine answers.
 struct World {
@@ -77,16 +31,7 @@ struct World {
 
 impl World {
     async fn start() -> Self {
-        let server = NatsServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let instance = Instance::start(&server.url(), dir.path()).await;
-        let nc = async_nats::connect(server.url()).await.expect("connect");
-        let probe = client(&nc, principal("probe")).with_timeout(Duration::from_millis(500));
-        eventually("an engine answers requests", || {
-            let c = probe.clone();
-            async move { c.health().await.is_ok() }
-        })
-        .await;
+        let (server, dir, instance, nc) = serve_one("acme").await;
         Self {
             _server: server,
             _dir: dir,
@@ -96,7 +41,7 @@ impl World {
     }
 
     fn client(&self, actor: Actor) -> Client {
-        client(&self.nc, actor)
+        client(&self.nc, "acme", actor)
     }
 
     /// cfo → planner, with `supervisors` named on the root.
@@ -123,16 +68,12 @@ impl World {
 
     /// Sends a JSON body to a command subject and returns the reply's JSON.
     async fn raw_command(&self, verb: &str, body: Value) -> Value {
-        let subject = command_subject(&tenant(), verb);
-        let msg = tokio::time::timeout(
-            PATIENCE,
-            self.nc
-                .request(subject.clone(), body.to_string().into_bytes().into()),
+        raw(
+            &self.nc,
+            command_subject(&acme(), verb),
+            body.to_string().into_bytes(),
         )
         .await
-        .unwrap_or_else(|_| panic!("no reply on {subject} in time"))
-        .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
-        serde_json::from_slice(&msg.payload).expect("a JSON reply")
     }
 
     async fn stop(self) {
@@ -231,11 +172,7 @@ async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
         planner.clone(),
         &GuardHub::new(),
         root,
-        GuardConfig {
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(1),
-            ..GuardConfig::default()
-        },
+        guard_config(Duration::from_secs(10), Duration::from_secs(1)),
     )
     .await
     .expect("start the guard");
@@ -283,15 +220,11 @@ async fn a_grantor_cannot_undo_its_principals_pause() {
     let root = w.root(&["finance:* on reports/**"], &[]).await;
     let planner = w.client(agent("planner"));
     let child = planner
-        .delegate(mandate::domain::command::Delegate {
-            parent: root,
-            grantee: agent_id("helper"),
-            scope: scope(&["finance:read on reports/q3/*"]),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .delegate(delegation(
+            root,
+            "helper",
+            &["finance:read on reports/q3/*"],
+        ))
         .await
         .expect("delegate")
         .mandate
@@ -310,17 +243,6 @@ async fn a_grantor_cannot_undo_its_principals_pause() {
     w.stop().await;
 }
 
-fn envelope(actor: Actor, command: mandate::domain::Command) -> mandate::domain::CommandEnvelope {
-    mandate::domain::CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: tenant(),
-        actor,
-        correlation_id: None,
-        schema_version: mandate::domain::SCHEMA_VERSION,
-        command,
-    }
-}
-
 /// A library caller cannot act as the engine itself: a command from outside
 /// is an `ExternalCommand`, which cannot carry a system actor, so nobody
 /// completes a mission as the intake, or expires a mandate as the
@@ -333,6 +255,7 @@ async fn a_library_caller_cannot_act_as_the_engine() {
         .expect("open the engine");
     let mission = mandate::domain::MissionRef::new("jira:LIB-1").unwrap();
     let issue = envelope(
+        "acme",
         principal("cfo"),
         mandate::domain::Command::Issue(Issue {
             principal: principal_id("cfo"),
@@ -356,6 +279,7 @@ async fn a_library_caller_cannot_act_as_the_engine() {
         .expect("an issue names its mandate");
 
     let as_intake = envelope(
+        "acme",
         Actor::mission_intake(),
         mandate::domain::Command::CompleteMission(mandate::domain::command::CompleteMission {
             mission_ref: mission,
@@ -373,6 +297,7 @@ async fn a_library_caller_cannot_act_as_the_engine() {
         Err(expected)
     );
     let as_scheduler = envelope(
+        "acme",
         Actor::expiry(),
         mandate::domain::Command::Expire(mandate::domain::command::Target { mandate: root }),
     );
@@ -384,7 +309,7 @@ async fn a_library_caller_cannot_act_as_the_engine() {
     // Nor through a bulk command, which only ever comes from outside.
     let bulk = mandate::protocol::BulkEnvelope {
         command_id: CommandId::generate(),
-        tenant: tenant(),
+        tenant: acme(),
         actor: Actor::mission_intake(),
         correlation_id: None,
         schema_version: mandate::domain::SCHEMA_VERSION,
@@ -400,21 +325,8 @@ async fn a_library_caller_cannot_act_as_the_engine() {
         "{err}"
     );
 
-    let status = engine.status(&tenant(), root, None).await.expect("status");
+    let status = engine.status(&acme(), root, None).await.expect("status");
     assert_eq!(status.effective.status, mandate::domain::Status::Active);
-}
-
-/// The `mandate` binary on its embedded engine, with `args`.
-fn mandate_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_TENANT")
-        .env_remove("MANDATE_ACTOR")
-        .output()
-        .expect("run the mandate binary")
 }
 
 /// The CLI reports a widening delegation as refused (exit 5), not as bad
@@ -423,29 +335,12 @@ fn mandate_cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
 fn the_cli_exits_5_on_a_widening_delegation() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let issued = mandate_cli(
-        d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "--json",
-            "issue",
-            "--principal",
-            "cfo",
-            "--agent",
-            "lead",
-            "--purpose",
-            "exit codes",
-            "--grant",
-            "finance:read on reports/q3/*",
-            "--ttl",
-            "1h",
-        ],
-    );
+    let grant = "finance:read on reports/q3/*";
+    let issued = cfo_issues(d, true, "lead", "exit codes", grant, &["--ttl", "1h"]);
     assert!(issued.status.success(), "{issued:?}");
     let root: Value = serde_json::from_slice(&issued.stdout).expect("--json prints JSON");
     let root = root["mandate"].as_str().expect("the mandate id");
-    let wider = mandate_cli(
+    let wider = mandate(
         d,
         &[
             "--actor",

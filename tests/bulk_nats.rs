@@ -8,90 +8,27 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use common::cli::{cfo_issues, mandate, text};
+use common::fixtures::*;
 use common::served::Instance;
+use common::wire::{connect, open_engine, serving};
 use common::NatsServer;
 use mandate::client::{Client, ClientError};
-use mandate::domain::command::{Delegate, Issue};
+
 use mandate::domain::{
-    delegated_id, Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, MandateId,
-    Mission, MissionRef, PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
+    delegated_id, Actor, Command, CommandEnvelope, CommandId, ErrorCode, MandateId, MissionRef,
+    Status, SCHEMA_VERSION,
 };
-use mandate::engine::{Engine, EngineConfig};
-use mandate::log::{EventLog, JetStreamConfig};
+use mandate::engine::Engine;
+use mandate::log::EventLog;
 
-/// How long anything asynchronous may take before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(5);
+/// What every mandate of these tests grants.
+const GRANTS: &[&str] = &["tickets:* on queue/**"];
 
-/// Polls `f` until it holds, for at most [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn tenant() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-fn agent_id(s: &str) -> AgentId {
-    AgentId::new(s).unwrap()
-}
-fn principal_id(s: &str) -> PrincipalId {
-    PrincipalId::new(s).unwrap()
-}
 fn admin() -> Actor {
-    Actor::Admin(principal_id("it-admin"))
+    common::fixtures::admin("it-admin")
 }
-fn grants() -> Scope {
-    Scope::parse(["tickets:* on queue/**"]).unwrap()
-}
-fn in_an_hour() -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::hours(1)
-}
-
-fn root_issue(by: &str, grantee: &str, mission_ref: Option<&str>) -> Issue {
-    Issue {
-        principal: principal_id(by),
-        grantee: agent_id(grantee),
-        mission: Mission {
-            purpose: "bulk test".into(),
-            mission_ref: mission_ref.map(|r| MissionRef::new(r).unwrap()),
-        },
-        scope: grants(),
-        not_after: in_an_hour(),
-        depth: 4,
-        step_up: vec![],
-        supervisors: vec![],
-    }
-}
-
-fn delegation(parent: MandateId, grantee: &str) -> Delegate {
-    Delegate {
-        parent,
-        grantee: agent_id(grantee),
-        scope: grants(),
-        not_after: None,
-        depth: None,
-        step_up: vec![],
-        supervisors: vec![],
-    }
-}
-
 /// Two engines on one server: `a` serves requests over NATS, `b` is opened
 /// without its background tasks, so its projection holds only what it
 /// catches up itself (a deterministically lagging instance).
@@ -108,21 +45,13 @@ impl Pair {
         let server = NatsServer::start();
         let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let a = Instance::start(&server.url(), dirs.0.path()).await;
-        let nc = async_nats::connect(server.url()).await.unwrap();
-        let b = Engine::nats(
+        let nc = connect(&server).await;
+        let b = open_engine(
             async_nats::connect(server.url()).await.unwrap(),
             dirs.1.path(),
-            JetStreamConfig::default(),
-            EngineConfig::default(),
         )
-        .await
-        .unwrap();
-        let probe = Client::nats(nc.clone(), tenant(), admin()).with_timeout(PATIENCE / 10);
-        eventually("instance A answers requests", || {
-            let probe = probe.clone();
-            async move { probe.health().await.is_ok() }
-        })
         .await;
+        serving(&nc, "acme").await;
         Self {
             _server: server,
             _dirs: dirs,
@@ -134,12 +63,12 @@ impl Pair {
 
     /// A client served by A over NATS.
     fn on_a(&self, actor: Actor) -> Client {
-        Client::nats(self.nc.clone(), tenant(), actor)
+        Client::nats(self.nc.clone(), acme(), actor)
     }
 
     /// A client of the lagging instance B, in process.
     fn on_b(&self, actor: Actor) -> Client {
-        Client::local(self.b.clone(), tenant(), actor)
+        Client::local(self.b.clone(), acme(), actor)
     }
 
     async fn stop(self) {
@@ -162,7 +91,7 @@ async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsew
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -170,7 +99,7 @@ async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsew
     p.b.catch_up().await.unwrap();
     let contractor = p
         .on_a(Actor::Agent(agent_id("lead")))
-        .delegate(delegation(root, "contractor"))
+        .delegate(delegation(root, "contractor", GRANTS))
         .await
         .unwrap()
         .mandate
@@ -195,7 +124,7 @@ async fn revoke_principal_on_a_lagging_instance_ends_a_root_acknowledged_elsewhe
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -220,7 +149,7 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", Some("jira:FIN-42")))
+        .issue(root_issue("alice", "lead", Some("jira:FIN-42"), GRANTS))
         .await
         .unwrap()
         .mandate
@@ -259,7 +188,7 @@ async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instanc
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -271,27 +200,27 @@ async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instanc
     // When the lead delegates to the contractor again, through A
     let again = p
         .on_a(Actor::Agent(agent_id("lead")))
-        .delegate(delegation(root, "contractor"))
+        .delegate(delegation(root, "contractor", GRANTS))
         .await;
     // Then it is refused, naming the agent
     assert_blocked(again, "contractor");
     // And a new root for the contractor is refused as well
     assert_blocked(
         p.on_a(Actor::Principal(principal_id("alice")))
-            .issue(root_issue("alice", "contractor", None))
+            .issue(root_issue("alice", "contractor", None, GRANTS))
             .await,
         "contractor",
     );
     // And the lagging instance, which never ran its follower, refuses too
     assert_blocked(
         p.on_b(Actor::Agent(agent_id("lead")))
-            .delegate(delegation(root, "contractor"))
+            .delegate(delegation(root, "contractor", GRANTS))
             .await,
         "contractor",
     );
     // While other agents still receive mandates
     p.on_a(Actor::Agent(agent_id("lead")))
-        .delegate(delegation(root, "employee"))
+        .delegate(delegation(root, "employee", GRANTS))
         .await
         .expect("an unblocked agent receives a mandate");
     p.stop().await;
@@ -307,13 +236,16 @@ async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance()
         .unwrap();
     // When she (or an administrator for her) issues a root, on B
     for actor in [Actor::Principal(principal_id("alice")), admin()] {
-        let again = p.on_b(actor).issue(root_issue("alice", "lead", None)).await;
+        let again = p
+            .on_b(actor)
+            .issue(root_issue("alice", "lead", None, GRANTS))
+            .await;
         // Then it is refused, naming her
         assert_blocked(again, "alice");
     }
     // And bob is not affected
     p.on_b(Actor::Principal(principal_id("bob")))
-        .issue(root_issue("bob", "lead", None))
+        .issue(root_issue("bob", "lead", None, GRANTS))
         .await
         .expect("another principal still grants");
     p.stop().await;
@@ -325,7 +257,7 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -337,11 +269,11 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
         // When the lead delegates to an agent on A while B deprovisions it
         let grant = CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
+            tenant: acme(),
             actor: Actor::Agent(agent_id("lead")),
             correlation_id: None,
             schema_version: SCHEMA_VERSION,
-            command: Command::Delegate(delegation(root, &temp)),
+            command: Command::Delegate(delegation(root, &temp, GRANTS)),
         };
         let lead = p.on_a(Actor::Agent(agent_id("lead")));
         let b_admin = p.on_b(admin());
@@ -353,7 +285,7 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
         // Then whichever came first, the agent holds nothing live: either
         // the grant was refused before it was written, or the mandate it
         // wrote is ended (by the sweep, or by the grant's own re-check)
-        let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
+        let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
         match reader.status(mandate, None).await {
             Ok(s) => assert!(
                 s.effective.status.is_terminal(),
@@ -378,7 +310,7 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("carol")))
-        .issue(root_issue("carol", "lead", None))
+        .issue(root_issue("carol", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -411,7 +343,7 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     assert_blocked(
         p.on_b(Actor::Agent(agent_id("lead")))
-            .delegate(delegation(root, "contractor"))
+            .delegate(delegation(root, "contractor", GRANTS))
             .await,
         "contractor",
     );
@@ -426,11 +358,11 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         .unwrap();
     // Then the lagging instance B grants again
     p.on_b(Actor::Agent(agent_id("lead")))
-        .delegate(delegation(root, "contractor"))
+        .delegate(delegation(root, "contractor", GRANTS))
         .await
         .expect("a delegation to the rehired contractor");
     p.on_b(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .expect("a root of the returning principal");
     // And a block that is not in place cannot be lifted
@@ -459,26 +391,26 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
         .unwrap();
     let grant = CommandEnvelope {
         command_id: CommandId::generate(),
-        tenant: tenant(),
+        tenant: acme(),
         actor: Actor::Agent(agent_id("lead")),
         correlation_id: None,
         schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(delegation(root, "contractor")),
+        command: Command::Delegate(delegation(root, "contractor", GRANTS)),
     };
     let lead = p.on_a(Actor::Agent(agent_id("lead")));
     lead.send(&grant).await.unwrap();
-    let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
+    let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
     p.on_b(admin())
         .send(&CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
+            tenant: acme(),
             actor: admin(),
             correlation_id: None,
             schema_version: SCHEMA_VERSION,
@@ -513,7 +445,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
     let p = Pair::start().await;
     let root = p
         .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None))
+        .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .unwrap()
         .mandate
@@ -521,7 +453,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
     p.on_a(admin())
         .send(&CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
+            tenant: acme(),
             actor: admin(),
             correlation_id: None,
             schema_version: SCHEMA_VERSION,
@@ -536,14 +468,14 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
     // contractor and dies before it reads the registry again
     p.b.catch_up().await.unwrap();
     let tree = mandate::domain::TreeId(root.0);
-    let snap = p.b.store().tree(&tenant(), tree).unwrap().unwrap();
+    let snap = p.b.store().tree(&acme(), tree).unwrap().unwrap();
     let grant = CommandEnvelope {
         command_id: CommandId::generate(),
-        tenant: tenant(),
+        tenant: acme(),
         actor: Actor::Agent(agent_id("lead")),
         correlation_id: None,
         schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(delegation(root, "contractor")),
+        command: Command::Delegate(delegation(root, "contractor", GRANTS)),
     };
     let events = mandate::domain::decide(
         &snap.tree,
@@ -554,7 +486,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
     .unwrap();
     p.b.log()
         .append(
-            &tenant(),
+            &acme(),
             tree,
             snap.position,
             grant.command_id,
@@ -563,7 +495,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
         .await
         .unwrap();
     // Then the instances that follow the log end the new mandate
-    let mandate = delegated_id(&tenant(), mandate::domain::TreeId(root.0), grant.command_id);
+    let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
     let reader = p.on_a(admin());
     eventually(
         "the orphaned delegation to a blocked agent is revoked",
@@ -586,71 +518,34 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
 // The command line
 // ---------------------------------------------------------------------------
 
-/// Runs the `mandate` binary on the embedded engine under `data`.
-fn cli(data: &std::path::Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_TENANT")
-        .env_remove("MANDATE_ACTOR")
-        .output()
-        .expect("run the mandate binary")
-}
-
-fn cli_text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[test]
 fn the_cli_lifts_a_block_that_revoke_agent_left() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let issue_to_contractor = [
-        "--actor",
-        "principal:cfo",
-        "issue",
-        "--principal",
-        "cfo",
-        "--agent",
-        "contractor",
-        "--purpose",
-        "audit",
-        "--grant",
-        "finance:read on reports/**",
-        "--ttl",
-        "1h",
-    ];
-    let revoked = cli(d, &["--actor", "admin:it", "revoke-agent", "contractor"]);
-    assert!(revoked.status.success(), "{}", cli_text(&revoked));
+    let grant = "finance:read on reports/**";
+    let issue_to_contractor =
+        || cfo_issues(d, false, "contractor", "audit", grant, &["--ttl", "1h"]);
+    let revoked = mandate(d, &["--actor", "admin:it", "revoke-agent", "contractor"]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
     // Refused by the rules while blocked: exit code 5, naming the agent.
-    let refused = cli(d, &issue_to_contractor);
-    assert_eq!(refused.status.code(), Some(5), "{}", cli_text(&refused));
-    assert!(
-        cli_text(&refused).contains("contractor"),
-        "{}",
-        cli_text(&refused)
-    );
+    let refused = issue_to_contractor();
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+    assert!(text(&refused).contains("contractor"), "{}", text(&refused));
     // Only an administrator lifts it.
-    let not_admin = cli(
+    let not_admin = mandate(
         d,
         &["--actor", "principal:cfo", "unblock-agent", "contractor"],
     );
-    assert_eq!(not_admin.status.code(), Some(5), "{}", cli_text(&not_admin));
-    let lifted = cli(d, &["--actor", "admin:it", "unblock-agent", "contractor"]);
-    assert!(lifted.status.success(), "{}", cli_text(&lifted));
-    let issued = cli(d, &issue_to_contractor);
-    assert!(issued.status.success(), "{}", cli_text(&issued));
+    assert_eq!(not_admin.status.code(), Some(5), "{}", text(&not_admin));
+    let lifted = mandate(d, &["--actor", "admin:it", "unblock-agent", "contractor"]);
+    assert!(lifted.status.success(), "{}", text(&lifted));
+    let issued = issue_to_contractor();
+    assert!(issued.status.success(), "{}", text(&issued));
     // The same for a principal.
-    let offboarded = cli(d, &["--actor", "admin:it", "revoke-principal", "cfo"]);
-    assert!(offboarded.status.success(), "{}", cli_text(&offboarded));
-    assert_eq!(cli(d, &issue_to_contractor).status.code(), Some(5));
-    let lifted = cli(d, &["--actor", "admin:it", "unblock-principal", "cfo"]);
-    assert!(lifted.status.success(), "{}", cli_text(&lifted));
-    assert!(cli(d, &issue_to_contractor).status.success());
+    let offboarded = mandate(d, &["--actor", "admin:it", "revoke-principal", "cfo"]);
+    assert!(offboarded.status.success(), "{}", text(&offboarded));
+    assert_eq!(issue_to_contractor().status.code(), Some(5));
+    let lifted = mandate(d, &["--actor", "admin:it", "unblock-principal", "cfo"]);
+    assert!(lifted.status.success(), "{}", text(&lifted));
+    assert!(issue_to_contractor().status.success());
 }

@@ -7,17 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn mandate(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_TENANT")
-        .env_remove("MANDATE_ACTOR")
-        .output()
-        .expect("run the mandate binary")
-}
+use common::cli::{cfo_issues, mandate, text};
 
 fn ok_json(out: &Output) -> serde_json::Value {
     assert!(
@@ -26,14 +16,6 @@ fn ok_json(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("--json prints JSON")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// One run of the README's walkthrough in `d`, with its own mission ref (as
@@ -304,22 +286,14 @@ fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
 }
 
 fn issue_as_cfo(d: &Path) -> String {
-    ok_json(&mandate(
+    let grant = "finance:read on reports/**";
+    ok_json(&cfo_issues(
         d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "--json",
-            "issue",
-            "--principal",
-            "cfo",
-            "--agent",
-            "research-lead",
-            "--purpose",
-            "Evaluate Acme",
-            "--grant",
-            "finance:read on reports/**",
-        ],
+        true,
+        "research-lead",
+        "Evaluate Acme",
+        grant,
+        &[],
     ))["mandate"]
         .as_str()
         .unwrap()
@@ -609,43 +583,15 @@ fn the_cli_never_panics_on_hostile_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
-    use mandate::client::Client;
-    use mandate::domain::command::Issue;
-    use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope, TenantId};
+    use common::fixtures::{principal, root_issue, with_depth};
     use std::io::BufRead;
 
-    let server = common::NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = common::served::Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let cfo = Client::nats(
-        nc,
-        TenantId::new("acme").unwrap(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .with_timeout(std::time::Duration::from_millis(700));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while cfo.health().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engine never served"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (server, _dir, instance, nc) = common::wire::serve_one("acme").await;
+    let cfo = common::wire::client(&nc, "acme", principal("cfo"))
+        .with_timeout(std::time::Duration::from_millis(700));
+    let grants = ["finance:read on reports/**"];
     let root = cfo
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "watch".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: chrono::Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .issue(with_depth(1, root_issue("cfo", "lead", None, &grants)))
         .await
         .unwrap()
         .mandate

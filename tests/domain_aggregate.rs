@@ -5,18 +5,21 @@
 //! command (`when`) and checks either the events it yields (`then_events`) or
 //! the refusal (`then_error`). One behaviour per test.
 
+mod common;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
+use common::fixtures::{agent, agent_id, assert_denied_as, change, delegation, envelope, scope};
 use mandate::domain::command::{
     AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew,
     Resolution, ResolveQuarantine, Target,
 };
 use mandate::domain::{
-    apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, AgentId, Command,
+    apply, authorize, decide, delegated_id, verify_chain, ActionPattern, Actor, Command,
     CommandEnvelope, CommandId, DenyReason, DomainError, Event, EventBody, Facts, Grantor,
-    MandateId, Mission, MissionRef, Outcome, PrincipalId, Scope, Status, TenantId, Tree, TreeId,
+    MandateId, Mission, MissionRef, Outcome, PrincipalId, Status, TenantId, Tree, TreeId,
     SCHEMA_VERSION,
 };
 
@@ -151,9 +154,6 @@ fn grandchild() -> MandateId {
     delegated_id(&tenant(), tree_id(), grandchild_cmd())
 }
 
-fn agent_id(name: &str) -> AgentId {
-    AgentId::new(name).unwrap()
-}
 fn alice_id() -> PrincipalId {
     PrincipalId::new("alice").unwrap()
 }
@@ -162,9 +162,6 @@ fn alice() -> Actor {
 }
 fn admin() -> Actor {
     Actor::Admin(PrincipalId::new("ops-admin").unwrap())
-}
-fn agent(name: &str) -> Actor {
-    Actor::Agent(agent_id(name))
 }
 fn orchestrator() -> Actor {
     agent("orchestrator")
@@ -182,9 +179,6 @@ fn mallory() -> Actor {
     agent("mallory")
 }
 
-fn scope(grants: &[&str]) -> Scope {
-    Scope::parse(grants.iter().copied()).unwrap()
-}
 fn action(s: &str) -> ActionPattern {
     ActionPattern::parse(s).unwrap()
 }
@@ -194,14 +188,7 @@ fn mission_ref(s: &str) -> MissionRef {
 
 /// A command by `actor` with a fresh id.
 fn by(actor: Actor, command: Command) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: tenant(),
-        actor,
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command,
-    }
+    envelope("acme", actor, command)
 }
 /// A command with a chosen id (so its delegated mandate id is known).
 fn with_id(id: CommandId, mut cmd: CommandEnvelope) -> CommandEnvelope {
@@ -228,17 +215,6 @@ fn issue_root() -> CommandEnvelope {
     by(alice(), Command::Issue(root_issue()))
 }
 
-fn delegation(parent: MandateId, grantee: &str, grants: &[&str]) -> Delegate {
-    Delegate {
-        parent,
-        grantee: agent_id(grantee),
-        scope: scope(grants),
-        not_after: None,
-        depth: None,
-        step_up: Vec::new(),
-        supervisors: Vec::new(),
-    }
-}
 fn delegate(actor: Actor, d: Delegate) -> CommandEnvelope {
     by(actor, Command::Delegate(d))
 }
@@ -267,12 +243,6 @@ fn delegate_grandchild() -> CommandEnvelope {
     )
 }
 
-fn change(mandate: MandateId) -> Change {
-    Change {
-        mandate,
-        reason: None,
-    }
-}
 fn pause(actor: Actor, m: MandateId) -> CommandEnvelope {
     by(actor, Command::Pause(change(m)))
 }
@@ -1300,10 +1270,7 @@ fn a_repeated_command_id_yields_no_events() {
 fn a_command_id_reused_for_another_command_is_refused() {
     let pause_root = pause(alice(), root());
     let mut resume_root = pause_root.clone();
-    resume_root.command = Command::Resume(mandate::domain::command::Change {
-        mandate: root(),
-        reason: None,
-    });
+    resume_root.command = Command::Resume(change(root()));
     given([issue_root(), pause_root.clone()])
         .when(resume_root)
         .then_error(DomainError::CommandIdReused {
@@ -1483,18 +1450,7 @@ fn authorize_denies_after_not_after_without_any_event() {
         g.now,
     );
 
-    assert_eq!(d.outcome, Outcome::Deny);
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Expired,
-                ..
-            })
-        ),
-        "{:?}",
-        d.reason
-    );
+    assert_denied_as(&d, Status::Expired);
 }
 
 #[test]
@@ -1509,18 +1465,7 @@ fn authorize_denies_under_a_paused_ancestor() {
         g.now,
     );
 
-    assert_eq!(d.outcome, Outcome::Deny);
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Paused,
-                ..
-            })
-        ),
-        "{:?}",
-        d.reason
-    );
+    assert_denied_as(&d, Status::Paused);
 }
 
 #[test]

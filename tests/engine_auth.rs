@@ -7,30 +7,21 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use common::fixtures::{root_issue, with_depth};
 use common::served::Instance;
+use common::wire::serving;
 use common::NatsServer;
 use mandate::client::{Client, ClientError};
 use mandate::domain::command::Issue;
-use mandate::domain::{Actor, AgentId, ErrorCode, Mission, PrincipalId, Scope, TenantId};
+use mandate::domain::{Actor, AgentId, ErrorCode, PrincipalId, TenantId};
 use mandate::engine::auth::{sign, AuthConfig, AUTH_HEADER};
 use mandate::engine::EngineConfig;
 use mandate::log::EventLog;
 
+/// cfo grants lead a root, depth 2.
 fn issue() -> Issue {
-    Issue {
-        principal: PrincipalId::new("cfo").unwrap(),
-        grantee: AgentId::new("lead").unwrap(),
-        mission: Mission {
-            purpose: "auth test".into(),
-            mission_ref: None,
-        },
-        scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-        not_after: Utc::now() + chrono::Duration::hours(1),
-        depth: 2,
-        step_up: vec![],
-        supervisors: vec![],
-    }
+    let grants = ["finance:read on reports/**"];
+    with_depth(2, root_issue("cfo", "lead", None, &grants))
 }
 
 /// The code and message of a refusal; anything else fails the test.
@@ -92,14 +83,7 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     let cfo = Actor::Principal(PrincipalId::new("cfo").unwrap());
     let unsigned = Client::nats(nc.clone(), acme.clone(), cfo.clone())
         .with_timeout(Duration::from_millis(500));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while unsigned.health().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engine never served"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serving(&nc, "acme").await;
     let before = engine.log().last_position().await.unwrap();
 
     // No proof: refused, nothing written.

@@ -11,20 +11,18 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use common::fixtures::{agent, assert_denied_as, delegation, guard_config, principal, root_issue};
+use common::relay::Relay;
 use common::served::Instance;
+use common::wire::{client_at as client, serving};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard, GuardConfig, GuardState};
-use mandate::domain::command::{Delegate, Issue};
-use mandate::domain::{
-    Actor, AgentId, DenyReason, MandateId, Mission, Outcome, PrincipalId, Scope, Status, TenantId,
-};
-use tokio::net::{TcpListener, TcpStream};
+use mandate::client::{Guard, GuardConfig, GuardState};
+use mandate::domain::command::Issue;
+use mandate::domain::{Actor, DenyReason, MandateId, Outcome, PrincipalId, Status};
 
 /// An engine serving on `url`, with its own data directory, once it answers.
 struct Served {
@@ -36,16 +34,8 @@ impl Served {
     async fn start(url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let instance = Instance::start(url, dir.path()).await;
-        // Serving starts in the background: wait until it answers.
-        let probe = client(url, Actor::Admin(PrincipalId::new("probe").unwrap())).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while probe.health().await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "engine did not start serving"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let nc = async_nats::connect(url).await.expect("connect");
+        serving(&nc, "acme").await;
         Self {
             _dir: dir,
             instance,
@@ -57,35 +47,15 @@ impl Served {
     }
 }
 
-fn tenant() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-
-async fn client(url: &str, actor: Actor) -> Client {
-    let nc = async_nats::connect(url).await.unwrap();
-    Client::nats(nc, tenant(), actor).with_timeout(Duration::from_millis(700))
-}
-
-fn agent(s: &str) -> Actor {
-    Actor::Agent(AgentId::new(s).unwrap())
-}
-
 /// Issues root (a0) → a1 → a2 → a3; returns the four mandate ids.
 async fn chain_of_four(url: &str, ttl: chrono::Duration) -> Vec<MandateId> {
-    let cfo = client(url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let cfo = client(url, principal("cfo")).await;
+    let grants = ["finance:read on reports/**"];
     let root = cfo
         .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("a0").unwrap(),
-            mission: Mission {
-                purpose: "guard test".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
             not_after: Utc::now() + ttl,
             depth: 5,
-            step_up: vec![],
-            supervisors: vec![],
+            ..root_issue("cfo", "a0", None, &grants)
         })
         .await
         .unwrap()
@@ -95,15 +65,7 @@ async fn chain_of_four(url: &str, ttl: chrono::Duration) -> Vec<MandateId> {
     for i in 1..4 {
         let from = client(url, agent(&format!("a{}", i - 1))).await;
         let m = from
-            .delegate(Delegate {
-                parent: *ids.last().unwrap(),
-                grantee: AgentId::new(format!("a{i}")).unwrap(),
-                scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-                not_after: None,
-                depth: None,
-                step_up: vec![],
-                supervisors: vec![],
-            })
+            .delegate(delegation(*ids.last().unwrap(), &format!("a{i}"), &grants))
             .await
             .unwrap()
             .mandate
@@ -119,11 +81,7 @@ async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Dur
         client(url, agent("a3")).await,
         &GuardHub::new(),
         mandate,
-        GuardConfig {
-            lease,
-            heartbeat,
-            ..GuardConfig::default()
-        },
+        guard_config(lease, heartbeat),
     )
     .await
     .expect("start the guard")
@@ -155,12 +113,13 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
     )
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
-    let cancel = guard.cancellation();
     // In-flight work that must be cancelled.
+    let cancel = guard.cancellation();
     let work = tokio::spawn(async move {
+        let the_whole_job = tokio::time::sleep(Duration::from_secs(20));
         tokio::select! {
             _ = cancel.cancelled() => "cancelled",
-            _ = tokio::time::sleep(Duration::from_secs(20)) => "ran to the end",
+            _ = the_whole_job => "ran to the end",
         }
     });
     let cfo = client(
@@ -203,77 +162,7 @@ async fn local_expiry_denies_at_not_after_without_any_signal() {
         .await
         .expect("cancellation fires when the chain's not_after passes");
     let d = guard.check("finance:read", "reports/q3");
-    assert_eq!(d.outcome, Outcome::Deny);
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Expired,
-                ..
-            })
-        ),
-        "{:?}",
-        d.reason
-    );
-}
-
-/// A TCP relay to the server that the test can sever and restore.
-struct Relay {
-    port: u16,
-    open: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(target_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let (o, g) = (open.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !o.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
-                        return;
-                    };
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            open,
-            generation,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn sever(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
+    assert_denied_as(&d, Status::Expired);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,11 +262,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         guard_client.clone(),
         &GuardHub::new(),
         ids[3],
-        GuardConfig {
-            lease: Duration::from_secs(1),
-            heartbeat: Duration::from_secs(2),
-            ..GuardConfig::default()
-        },
+        guard_config(Duration::from_secs(1), Duration::from_secs(2)),
     )
     .await;
     assert!(matches!(bad, Err(mandate::client::ClientError::Invalid(_))));
@@ -387,11 +272,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         guard_client,
         &GuardHub::new(),
         ids[3],
-        GuardConfig {
-            lease: Duration::from_secs(120),
-            heartbeat: Duration::from_secs(60),
-            ..GuardConfig::default()
-        },
+        guard_config(Duration::from_secs(120), Duration::from_secs(60)),
     )
     .await
     .unwrap();

@@ -12,101 +12,20 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use common::served::Instance;
+use common::fixtures::*;
+use common::wire::{client, connect, issue, publish_mission, serve_one, serving};
 use common::NatsServer;
-use mandate::client::Client;
-use mandate::domain::command::{Delegate, Issue};
-use mandate::domain::{
-    Actor, AgentId, Command, CommandEnvelope, CommandId, MandateId, Mission, MissionRef,
-    PrincipalId, Scope, Status, TenantId, SCHEMA_VERSION,
-};
+
+use mandate::domain::{Actor, Command, CommandEnvelope, CommandId, MandateId, Status};
 use mandate::engine::{Engine, EngineConfig};
 use mandate::log::JetStreamConfig;
-use mandate::protocol::mission_subject;
-
-/// How long anything asynchronous may take before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-/// Polls `f` until it holds, for at most [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn connect(server: &NatsServer) -> async_nats::Client {
-    async_nats::connect(server.url()).await.expect("connect")
-}
-
-fn tenant(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-fn agent_id(s: &str) -> AgentId {
-    AgentId::new(s).unwrap()
-}
-fn agent(s: &str) -> Actor {
-    Actor::Agent(agent_id(s))
-}
-fn principal(s: &str) -> Actor {
-    Actor::Principal(PrincipalId::new(s).unwrap())
-}
-fn scope(grants: &[&str]) -> Scope {
-    Scope::parse(grants.iter().copied()).unwrap()
-}
-fn in_an_hour() -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::hours(1)
-}
-
-fn client(nc: &async_nats::Client, t: &str, actor: Actor) -> Client {
-    Client::nats(nc.clone(), tenant(t), actor)
-}
-
-/// Waits until some instance answers on the tenant's subjects.
-async fn serving(nc: &async_nats::Client, t: &str) {
-    let c = client(nc, t, principal("probe")).with_timeout(Duration::from_millis(500));
-    eventually("an engine answers requests", || {
-        let c = c.clone();
-        async move { c.health().await.is_ok() }
-    })
-    .await;
-}
 
 /// Issues a root for `mission_ref` from `cfo` to `planner`.
-async fn issue_for_mission(nc: &async_nats::Client, t: &str, mission_ref: &str) -> MandateId {
-    client(nc, t, principal("cfo"))
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: agent_id("planner"),
-            mission: Mission {
-                purpose: "hostile test".into(),
-                mission_ref: Some(MissionRef::new(mission_ref).unwrap()),
-            },
-            scope: scope(&["finance:read on reports/**"]),
-            not_after: in_an_hour(),
-            depth: 4,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await
-        .expect("issue")
-        .mandate
-        .expect("an issue names its mandate")
+async fn issue_for_mission(nc: &async_nats::Client, mission_ref: &str) -> MandateId {
+    let grants = ["finance:read on reports/**"];
+    issue(nc, root_issue("cfo", "planner", Some(mission_ref), &grants)).await
 }
 
 /// The holder of a tree knows (the code is public) which command id the
@@ -114,31 +33,16 @@ async fn issue_for_mission(nc: &async_nats::Client, t: &str, mission_ref: &str) 
 /// harmless delegation. The completion must still end the tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_cannot_spend_the_mission_completion_id_in_advance() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
+    let (server, _dir, instance, nc) = serve_one("acme").await;
 
-    let root = issue_for_mission(&nc, "acme", "jira:FIN-66").await;
+    let root = issue_for_mission(&nc, "jira:FIN-66").await;
     // What the intake derives for this mission and this tree.
     let base = CommandId::derived("complete-mission", "acme/jira:FIN-66");
     let per_tree = CommandId::derived(&base.to_string(), &root.to_string());
+    let harmless = delegation(root, "helper", &["finance:read on reports/q3/*"]);
     let spend = CommandEnvelope {
         command_id: per_tree,
-        tenant: tenant("acme"),
-        actor: agent("planner"),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(Delegate {
-            parent: root,
-            grantee: agent_id("helper"),
-            scope: scope(&["finance:read on reports/q3/*"]),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
+        ..envelope("acme", agent("planner"), Command::Delegate(harmless))
     };
     let refused = client(&nc, "acme", agent("planner"))
         .send(&spend)
@@ -146,15 +50,7 @@ async fn a_holder_cannot_spend_the_mission_completion_id_in_advance() {
         .expect_err("an id the engine derives is not accepted from outside");
     assert_eq!(refused.reason(), Some("reserved_command_id"), "{refused}");
 
-    let js = async_nats::jetstream::new(connect(&server).await);
-    js.publish(
-        mission_subject(&tenant("acme"), &MissionRef::new("jira:FIN-66").unwrap()),
-        "{}".into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .expect("the mission stream stores the completion");
+    publish_mission(&connect(&server).await, "acme", "jira:FIN-66", "{}").await;
 
     let cfo = client(&nc, "acme", principal("cfo"));
     eventually("the root is completed", || {
@@ -173,12 +69,8 @@ async fn a_holder_cannot_spend_the_mission_completion_id_in_advance() {
 /// not put the engine itself there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_cannot_record_the_engine_as_the_one_who_asked() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-    let root = issue_for_mission(&nc, "acme", "jira:FIN-67").await;
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let root = issue_for_mission(&nc, "jira:FIN-67").await;
 
     for forged in [Actor::expiry(), Actor::mission_intake()] {
         // Allowed or refused, it must not be recorded as the engine's.
@@ -254,23 +146,14 @@ async fn a_command_id_reused_in_another_tree_cannot_take_over_a_mandate() {
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
 
-    let root = issue_for_mission(&nc, "acme", "jira:FIN-68").await;
+    let root = issue_for_mission(&nc, "jira:FIN-68").await;
     let id = CommandId::generate();
-    let delegation = |parent: MandateId, actor: &str| CommandEnvelope {
-        command_id: id,
-        tenant: tenant("acme"),
-        actor: agent(actor),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(Delegate {
-            parent,
-            grantee: agent_id("researcher"),
-            scope: scope(&["finance:read on reports/q3/*"]),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
+    let delegation = |parent: MandateId, actor: &str| {
+        let d = delegation(parent, "researcher", &["finance:read on reports/q3/*"]);
+        CommandEnvelope {
+            command_id: id,
+            ..envelope("acme", agent(actor), Command::Delegate(d))
+        }
     };
     let mandate = client(&nc, "acme", agent("planner"))
         .send(&delegation(root, "planner"))
@@ -281,19 +164,12 @@ async fn a_command_id_reused_in_another_tree_cannot_take_over_a_mandate() {
 
     // Another principal's tree, held by the hostile agent.
     let other = client(&nc, "acme", principal("eve"))
-        .issue(Issue {
-            principal: PrincipalId::new("eve").unwrap(),
-            grantee: agent_id("mallory"),
-            mission: Mission {
-                purpose: "hostile test".into(),
-                mission_ref: None,
-            },
-            scope: scope(&["finance:read on reports/**"]),
-            not_after: in_an_hour(),
-            depth: 4,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .issue(root_issue(
+            "eve",
+            "mallory",
+            None,
+            &["finance:read on reports/**"],
+        ))
         .await
         .expect("issue")
         .mandate

@@ -11,19 +11,18 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use common::fixtures::*;
 use common::served::Instance;
+use common::wire::{connect, serving, start_two};
 use common::NatsServer;
 use hmac::{Hmac, Mac};
 use mandate::client::{Client, MissionPublisher};
 use mandate::domain::command::{CompleteMission, Issue};
 use mandate::domain::{
-    decide, root_tree_id, Actor, AgentId, Command, CommandEnvelope, CommandId, Event, Facts,
-    MandateId, Mission, MissionRef, PrincipalId, Scope, Status, TenantId, Tree, SCHEMA_VERSION,
+    decide, root_tree_id, Actor, Command, CommandEnvelope, Event, Facts, MandateId, Status, Tree,
 };
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{EngineConfig, EngineError};
@@ -32,70 +31,10 @@ use mandate::protocol::{mission_subject, query_subject, MissionCompletedNotice};
 use serde_json::Value;
 use sha2::Sha256;
 
-/// How long anything asynchronous may take before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// Polls `f` until it holds, for at most [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn tenant(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-fn principal(s: &str) -> Actor {
-    Actor::Principal(PrincipalId::new(s).unwrap())
-}
-fn admin(s: &str) -> Actor {
-    Actor::Admin(PrincipalId::new(s).unwrap())
-}
-fn mission(s: &str) -> MissionRef {
-    MissionRef::new(s).unwrap()
-}
-
-fn root_issue(mission_ref: &str) -> Issue {
-    Issue {
-        principal: PrincipalId::new("cfo").unwrap(),
-        grantee: AgentId::new("lead").unwrap(),
-        mission: Mission {
-            purpose: "mission test".into(),
-            mission_ref: Some(mission(mission_ref)),
-        },
-        scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-        not_after: in_an_hour(),
-        depth: 2,
-        step_up: vec![],
-        supervisors: vec![],
-    }
-}
-
-fn in_an_hour() -> DateTime<Utc> {
-    Utc::now() + chrono::Duration::hours(1)
-}
-
-fn envelope(t: &str, actor: Actor, command: Command) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: tenant(t),
-        actor,
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command,
-    }
+/// cfo grants lead a root for `mission_ref`, depth 2.
+fn mission_issue(mission_ref: &str) -> Issue {
+    let grants = ["finance:read on reports/**"];
+    with_depth(2, root_issue("cfo", "lead", Some(mission_ref), &grants))
 }
 
 fn complete(t: &str, actor: Actor, mission_ref: &str) -> CommandEnvelope {
@@ -106,17 +45,6 @@ fn complete(t: &str, actor: Actor, mission_ref: &str) -> CommandEnvelope {
             mission_ref: mission(mission_ref),
         }),
     )
-}
-
-/// Waits until some instance answers on the tenant's subjects.
-async fn serving(nc: &async_nats::Client, t: &str) {
-    let c = Client::nats(nc.clone(), tenant(t), principal("probe"))
-        .with_timeout(Duration::from_millis(500));
-    eventually("an engine answers requests", || {
-        let c = c.clone();
-        async move { c.health().await.is_ok() }
-    })
-    .await;
 }
 
 /// The effective status of `m` as `instance` sees it (fresh read).
@@ -185,9 +113,7 @@ async fn health(nc: &async_nats::Client, t: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_every_instance() {
     let server = NatsServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start(&server.url(), dir_a.path()).await;
-    let b = Instance::start(&server.url(), dir_b.path()).await;
+    let (_dirs, a, b) = start_two(&server.url(), None).await;
     // The administrator closes the ticket on A before any tree serves it.
     a.engine
         .execute(ext(complete("acme", admin("ops"), "jira:GONE-1")))
@@ -199,7 +125,7 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
         .execute(ext(envelope(
             "acme",
             principal("cfo"),
-            Command::Issue(root_issue("jira:GONE-1")),
+            Command::Issue(mission_issue("jira:GONE-1")),
         )))
         .await
         .expect_err("B must not issue for a mission A completed");
@@ -218,14 +144,12 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
     let server = NatsServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start(&server.url(), dir_a.path()).await;
-    let b = Instance::start(&server.url(), dir_b.path()).await;
+    let (_dirs, a, b) = start_two(&server.url(), None).await;
     let rounds = 24;
     let mut issued = Vec::new();
     for i in 0..rounds {
         let r = format!("jira:RACE-{i}");
-        let issue = envelope("acme", principal("cfo"), Command::Issue(root_issue(&r)));
+        let issue = envelope("acme", principal("cfo"), Command::Issue(mission_issue(&r)));
         let tree = root_tree_id(&issue.tenant, issue.command_id);
         let (on_b, on_a) = tokio::join!(
             b.engine.execute(ext(issue)),
@@ -269,10 +193,8 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_instance() {
     let server = NatsServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start(&server.url(), dir_a.path()).await;
-    let b = Instance::start(&server.url(), dir_b.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
+    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let nc = connect(&server).await;
     publish_completion(&nc, "acme", "jira:CRASH-1", None).await;
     // Every instance has read the completion, and the intake is done with it.
     for inst in [&a, &b] {
@@ -304,7 +226,7 @@ async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_ins
     let cmd = envelope(
         "acme",
         principal("cfo"),
-        Command::Issue(root_issue("jira:CRASH-1")),
+        Command::Issue(mission_issue("jira:CRASH-1")),
     );
     let tree = root_tree_id(&cmd.tenant, cmd.command_id);
     let events = decide(
@@ -358,20 +280,18 @@ fn auth_config() -> EngineConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
     let server = NatsServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start_with(&server.url(), dir_a.path(), auth_config()).await;
-    let b = Instance::start_with(&server.url(), dir_b.path(), auth_config()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
+    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
+    let nc = connect(&server).await;
     serving(&nc, "acme").await;
     let cfo = Client::nats(nc.clone(), tenant("acme"), principal("cfo")).with_secret("cfo-secret");
     let live = cfo
-        .issue(root_issue("jira:LIVE-1"))
+        .issue(mission_issue("jira:LIVE-1"))
         .await
         .expect("issue")
         .mandate
         .unwrap();
     let marker = cfo
-        .issue(root_issue("jira:MARK-1"))
+        .issue(mission_issue("jira:MARK-1"))
         .await
         .expect("issue")
         .mandate
@@ -431,7 +351,7 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
             .execute(ext(envelope(
                 "acme",
                 principal("cfo"),
-                Command::Issue(root_issue("jira:FUTURE-1")),
+                Command::Issue(mission_issue("jira:FUTURE-1")),
             )))
             .await
             .expect("an unauthenticated completion must not block a future mission");
@@ -487,9 +407,7 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authenticated_administrators_tree_less_completion_reaches_every_instance() {
     let server = NatsServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start_with(&server.url(), dir_a.path(), auth_config()).await;
-    let b = Instance::start_with(&server.url(), dir_b.path(), auth_config()).await;
+    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
     // Through A's request handler, proven with the administrator's key.
     let cmd = complete("acme", admin("ops"), "jira:GONE-2");
     let subject = "mandate.cmd.acme.complete_mission";
@@ -503,7 +421,7 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
     let issue = envelope(
         "acme",
         principal("cfo"),
-        Command::Issue(root_issue("jira:GONE-2")),
+        Command::Issue(mission_issue("jira:GONE-2")),
     );
     let err = b
         .engine
@@ -515,7 +433,7 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
         mandate::domain::ErrorCode::InvalidState,
         "{err}"
     );
-    let nc = async_nats::connect(server.url()).await.unwrap();
+    let nc = connect(&server).await;
     serving(&nc, "acme").await;
     assert_eq!(
         health(&nc, "acme").await["result"]["rejected_mission_completions"],
@@ -523,9 +441,4 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
     );
     a.stop().await;
     b.stop().await;
-}
-
-/// A command as it arrives from outside the engine.
-fn ext(cmd: CommandEnvelope) -> mandate::domain::ExternalCommand {
-    mandate::domain::ExternalCommand::new(cmd).expect("no engine actor")
 }

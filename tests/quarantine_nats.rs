@@ -17,66 +17,27 @@
 
 mod common;
 
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use common::fixtures::*;
+use common::relay::Relay;
 use common::served::Instance;
+use common::wire::{client_at as client, start_two};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
-use mandate::client::{Client, ClientError, Guard, GuardConfig, GuardState};
-use mandate::domain::command::{Delegate, Issue, Resolution};
+use mandate::client::{ClientError, Guard, GuardConfig, GuardState};
+use mandate::domain::command::{Issue, Resolution};
 use mandate::domain::{
-    Actor, AgentId, CommandId, Decision, DenyReason, ErrorCode, MandateId, Mission, PrincipalId,
-    Scope, Status, TenantId, TreeId,
+    Actor, AgentId, CommandId, Decision, DenyReason, ErrorCode, MandateId, PrincipalId, Status,
+    TreeId,
 };
 use mandate::engine::Engine;
 use mandate::log::EventLog;
-use mandate::protocol::{CheckQuery, ListQuery, TreeQuery};
-use tokio::net::{TcpListener, TcpStream};
-
-/// How long anything asynchronous may take before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(5);
-
-/// Polls `f` until it holds, for at most [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn tenant() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-
-async fn client(url: &str, actor: Actor) -> Client {
-    let nc = async_nats::connect(url).await.unwrap();
-    Client::nats(nc, tenant(), actor).with_timeout(Duration::from_millis(700))
-}
-
-fn agent(s: &str) -> Actor {
-    Actor::Agent(AgentId::new(s).unwrap())
-}
+use mandate::protocol::{CheckQuery, ListQuery};
 
 /// Two instances following one server, both answering.
 async fn two_instances(url: &str) -> (Instance, Instance, tempfile::TempDir, tempfile::TempDir) {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Instance::start(url, da.path()).await;
-    let b = Instance::start(url, db.path()).await;
+    let ((da, db), a, b) = start_two(url, None).await;
     let probe = client(url, agent("probe")).await;
     eventually("an engine answers requests", || {
         let probe = probe.clone();
@@ -88,36 +49,17 @@ async fn two_instances(url: &str) -> (Instance, Instance, tempfile::TempDir, tem
 
 /// Issues root (lead) → worker; returns (root, worker).
 async fn root_and_worker(url: &str) -> (MandateId, MandateId) {
-    let cfo = client(url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let cfo = client(url, principal("cfo")).await;
+    let grants = ["fin:read on ledger/*"];
     let root = cfo
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "quarantine test".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 3,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .issue(with_depth(3, root_issue("cfo", "lead", None, &grants)))
         .await
         .expect("issue")
         .mandate
         .unwrap();
     let worker = client(url, agent("lead"))
         .await
-        .delegate(Delegate {
-            parent: root,
-            grantee: AgentId::new("worker").unwrap(),
-            scope: Scope::parse(["fin:read on ledger/q3"]).unwrap(),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .delegate(delegation(root, "worker", &["fin:read on ledger/q3"]))
         .await
         .expect("delegate")
         .mandate
@@ -138,12 +80,8 @@ async fn publish_garbage(url: &str, tree: TreeId, payload: &'static [u8]) -> u64
         .sequence
 }
 
-fn guard_config() -> GuardConfig {
-    GuardConfig {
-        lease: Duration::from_secs(30),
-        heartbeat: Duration::from_secs(10),
-        ..GuardConfig::default()
-    }
+fn steady_guard() -> GuardConfig {
+    guard_config(Duration::from_secs(30), Duration::from_secs(10))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +95,7 @@ async fn a_garbage_record_makes_check_deny_everywhere_and_stops_the_guard() {
         client(&url, agent("worker")).await,
         &hub,
         worker,
-        guard_config(),
+        steady_guard(),
     )
     .await
     .unwrap();
@@ -176,7 +114,7 @@ async fn a_garbage_record_makes_check_deny_everywhere_and_stops_the_guard() {
         actor: None,
     };
     for (name, engine) in [("a", &a.engine), ("b", &b.engine)] {
-        let d = engine.check(&tenant(), &q).await.expect("check answers");
+        let d = engine.check(&acme(), &q).await.expect("check answers");
         assert!(!d.is_allowed(), "instance {name} still allows: {d:?}");
     }
     // and the guard stops allowing, well before its heartbeat.
@@ -198,7 +136,7 @@ fn check_query(mandate: MandateId) -> CheckQuery {
 
 async fn check(engine: &Engine, mandate: MandateId) -> Decision {
     engine
-        .check(&tenant(), &check_query(mandate))
+        .check(&acme(), &check_query(mandate))
         .await
         .expect("check answers")
 }
@@ -225,10 +163,6 @@ async fn quarantine(url: &str, a: &Instance, b: &Instance, tree: TreeId, worker:
     position
 }
 
-fn admin() -> Actor {
-    Actor::Admin(PrincipalId::new("ops").unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_another_instance() {
     let server = NatsServer::start();
@@ -241,7 +175,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         client(&url, agent("worker")).await,
         &hub,
         worker,
-        guard_config(),
+        steady_guard(),
     )
     .await
     .unwrap();
@@ -273,7 +207,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         );
     }
     // health and list show it, history keeps answering and marks it.
-    let health = client(&url, admin()).await.health().await.unwrap();
+    let health = client(&url, admin("ops")).await.health().await.unwrap();
     assert!(
         health
             .quarantined
@@ -290,14 +224,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         .await
         .unwrap();
     assert_eq!(listed.mandates[0].quarantined, Some(position), "{listed:?}");
-    let history = lead
-        .history(TreeQuery {
-            tree: Some(tree),
-            mandate: None,
-            at: None,
-        })
-        .await
-        .unwrap();
+    let history = lead.history(of_tree(tree)).await.unwrap();
     assert_eq!(history.events.len(), 2);
     assert_eq!(history.quarantine.map(|q| q.position), Some(position));
 
@@ -308,7 +235,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Forbidden), "{e}");
-    let e = client(&url, admin())
+    let e = client(&url, admin("ops"))
         .await
         .resolve_quarantine(root, position + 1, Resolution::Restore, None)
         .await
@@ -320,8 +247,8 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         .engine
         .execute(ext(mandate::domain::CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
-            actor: admin(),
+            tenant: acme(),
+            actor: admin("ops"),
             correlation_id: None,
             schema_version: 1,
             command: mandate::domain::Command::ResolveQuarantine(
@@ -345,14 +272,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         guard.check("fin:read", "ledger/q3").is_allowed()
     })
     .await;
-    let verify = lead
-        .verify(TreeQuery {
-            tree: Some(tree),
-            mandate: None,
-            at: None,
-        })
-        .await
-        .unwrap();
+    let verify = lead.verify(of_tree(tree)).await.unwrap();
     assert!(verify.intact, "{verify:?}");
     // and verify marks the bad record, still in the log, as skipped.
     assert_eq!(verify.skipped, vec![position], "{verify:?}");
@@ -396,14 +316,14 @@ async fn an_administrator_ends_a_quarantined_tree_for_good() {
         client(&url, agent("worker")).await,
         &hub,
         worker,
-        guard_config(),
+        steady_guard(),
     )
     .await
     .unwrap();
     let position = quarantine(&url, &a, &b, tree, worker).await;
 
     // When an administrator ends it (through whichever instance answers),
-    let ended = client(&url, admin())
+    let ended = client(&url, admin("ops"))
         .await
         .resolve_quarantine(root, position, Resolution::End, Some("compromised".into()))
         .await
@@ -429,7 +349,7 @@ async fn an_administrator_ends_a_quarantined_tree_for_good() {
         .expect("the guard is cancelled");
     assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
     // nothing revives it,
-    let e = client(&url, admin())
+    let e = client(&url, admin("ops"))
         .await
         .resolve_quarantine(root, position, Resolution::Restore, None)
         .await
@@ -466,14 +386,14 @@ async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
         client(&url, agent("worker")).await,
         &hub,
         worker,
-        guard_config(),
+        steady_guard(),
     )
     .await
     .unwrap();
 
     // Given a commit written by a newer build (schema version 2), appended
     // as a newer instance would: at the head, with a command id,
-    let head = a.engine.log().tree_head(&tenant(), tree).await.unwrap();
+    let head = a.engine.log().tree_head(&acme(), tree).await.unwrap();
     let nc = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let mut headers = async_nats::HeaderMap::new();
@@ -506,12 +426,12 @@ async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
     let e = lead.status(worker, None).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Unavailable), "{e}");
     // but it is no quarantine: none is listed, and guards are not told to stop.
-    let health = client(&url, admin()).await.health().await.unwrap();
+    let health = client(&url, admin("ops")).await.health().await.unwrap();
     assert!(health.quarantined.is_empty(), "{health:?}");
     assert!(a
         .engine
         .store()
-        .quarantined(&tenant(), tree)
+        .quarantined(&acme(), tree)
         .unwrap()
         .is_none());
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
@@ -611,7 +531,7 @@ async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
     quarantine(&url, &a, &b, TreeId(bad_root.0), bad).await;
 
     // When an administrator deprovisions the worker,
-    let result = client(&url, admin())
+    let result = client(&url, admin("ops"))
         .await
         .revoke_agent(AgentId::new("worker").unwrap(), None)
         .await;
@@ -633,19 +553,8 @@ async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
 }
 
 fn mission_issue(grantee: &str) -> Issue {
-    Issue {
-        principal: PrincipalId::new("cfo").unwrap(),
-        grantee: AgentId::new(grantee).unwrap(),
-        mission: Mission {
-            purpose: "quarantine test".into(),
-            mission_ref: Some(mandate::domain::MissionRef::new("jira:FIN-7").unwrap()),
-        },
-        scope: Scope::parse(["fin:read on ledger/*"]).unwrap(),
-        not_after: Utc::now() + chrono::Duration::hours(1),
-        depth: 3,
-        step_up: vec![],
-        supervisors: vec![],
-    }
+    let grants = ["fin:read on ledger/*"];
+    with_depth(3, root_issue("cfo", grantee, Some("jira:FIN-7"), &grants))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,8 +580,8 @@ async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends
         .engine
         .execute(ext(mandate::domain::CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
-            actor: admin(),
+            tenant: acme(),
+            actor: admin("ops"),
             correlation_id: None,
             schema_version: 1,
             command: mandate::domain::Command::CompleteMission(
@@ -689,7 +598,7 @@ async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends
         .engine
         .execute(ext(mandate::domain::CommandEnvelope {
             command_id: CommandId::generate(),
-            tenant: tenant(),
+            tenant: acme(),
             actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
             correlation_id: None,
             schema_version: 1,
@@ -698,7 +607,7 @@ async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends
         .await
         .unwrap_err();
     assert_eq!(e.to_body().code, ErrorCode::InvalidState, "{e}");
-    let ops = client(&url, admin()).await;
+    let ops = client(&url, admin("ops")).await;
     // and once the tree is restored, completing again ends it.
     ops.resolve_quarantine(root, position, Resolution::Restore, None)
         .await
@@ -717,66 +626,6 @@ async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends
     );
 }
 
-/// A TCP relay in front of the server that the test can sever, to cut one
-/// guard off without stopping anything else.
-struct Relay {
-    port: u16,
-    open: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(target_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let (o, g) = (open.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !o.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
-                        return;
-                    };
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
-                    tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            open,
-            generation,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn sever(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
     let server = NatsServer::start();
@@ -787,7 +636,7 @@ async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
     let hub = GuardHub::new();
     let guard_client = client(&relay.url(), agent("worker")).await;
     let connection = guard_client.nats_client().unwrap().clone();
-    let guard = Guard::start(guard_client, &hub, worker, guard_config())
+    let guard = Guard::start(guard_client, &hub, worker, steady_guard())
         .await
         .unwrap();
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
@@ -815,9 +664,4 @@ async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
     assert!(!d.is_allowed(), "{d:?}");
     // without ending it: a quarantine is not a termination.
     assert!(!guard.cancellation().is_cancelled());
-}
-
-/// A command as it arrives from outside the engine.
-fn ext(cmd: mandate::domain::CommandEnvelope) -> mandate::domain::ExternalCommand {
-    mandate::domain::ExternalCommand::new(cmd).expect("no engine actor")
 }

@@ -6,54 +6,33 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use common::served::Instance;
+use common::fixtures::*;
+
+use common::wire::{open_engine, serve_one_with};
 use common::NatsServer;
 use mandate::client::Client;
-use mandate::domain::command::{Delegate, Issue};
+use mandate::domain::command::Issue;
 use mandate::domain::{
-    Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, Mission, PrincipalId, Scope,
-    TenantId, SCHEMA_VERSION,
+    Actor, AgentId, Command, CommandEnvelope, CommandId, ErrorCode, PrincipalId, TenantId,
 };
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{Engine, EngineConfig};
-use mandate::log::JetStreamConfig;
-use mandate::protocol::{CommandResult, TreeQuery};
 
-fn tenant(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
+use mandate::protocol::CommandResult;
 
-fn envelope(t: &TenantId, id: CommandId, actor: Actor, command: Command) -> CommandEnvelope {
+/// A command of `actor` in tenant `t` with the given id.
+fn with_id(t: &TenantId, id: CommandId, actor: Actor, command: Command) -> CommandEnvelope {
     CommandEnvelope {
         command_id: id,
-        tenant: t.clone(),
-        actor,
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command,
+        ..envelope(t.as_str(), actor, command)
     }
 }
 
 fn issue(t: &TenantId, id: CommandId, grantee: &str) -> CommandEnvelope {
-    envelope(
-        t,
-        id,
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-        Command::Issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new(grantee).unwrap(),
-            mission: Mission {
-                purpose: format!("work of {t}"),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["reports:read on reports/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 2,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
-    )
+    let mut issue = root_issue("cfo", grantee, None, &["reports:read on reports/**"]);
+    issue.mission.purpose = format!("work of {t}");
+    issue.depth = 2;
+    with_id(t, id, principal("cfo"), Command::Issue(issue))
 }
 
 fn delegate(
@@ -62,20 +41,8 @@ fn delegate(
     holder: &str,
     parent: mandate::domain::MandateId,
 ) -> CommandEnvelope {
-    envelope(
-        t,
-        id,
-        Actor::Agent(AgentId::new(holder).unwrap()),
-        Command::Delegate(Delegate {
-            parent,
-            grantee: AgentId::new("helper").unwrap(),
-            scope: Scope::parse(["reports:read on reports/q3/**"]).unwrap(),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
-    )
+    let d = delegation(parent, "helper", &["reports:read on reports/q3/**"]);
+    with_id(t, id, agent(holder), Command::Delegate(d))
 }
 
 fn written(r: &CommandResult, who: &str) -> mandate::domain::MandateId {
@@ -144,14 +111,7 @@ async fn same_command_id_in_two_tenants(engine: &Engine) {
         );
     }
     let history_b = engine
-        .history(
-            &b,
-            &TreeQuery {
-                tree: Some(rb.commits[0].tree),
-                mandate: None,
-                at: None,
-            },
-        )
+        .history(&b, &of_tree(rb.commits[0].tree))
         .await
         .expect("tenant B reads its history");
     assert_eq!(history_b.events.len(), 2);
@@ -171,14 +131,7 @@ async fn command_ids_are_scoped_by_tenant_on_jetstream() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let nc = async_nats::connect(server.url()).await.unwrap();
-    let engine = Engine::nats(
-        nc,
-        dir.path(),
-        JetStreamConfig::default(),
-        EngineConfig::default(),
-    )
-    .await
-    .unwrap();
+    let engine = open_engine(nc, dir.path()).await;
     same_command_id_in_two_tenants(&engine).await;
 }
 
@@ -196,21 +149,7 @@ async fn command_ids_are_scoped_by_tenant_on_the_embedded_log() {
 // ---------------------------------------------------------------------------
 
 fn cfo() -> Actor {
-    Actor::Principal(PrincipalId::new("cfo").unwrap())
-}
-
-/// Waits until the instance answers requests of tenant `t` (a query: queries
-/// are served whether or not the tenant is open).
-async fn serving(nc: &async_nats::Client, t: &str) {
-    let probe = Client::nats(nc.clone(), tenant(t), cfo()).with_timeout(Duration::from_millis(500));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while probe.health().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the engine never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    principal("cfo")
 }
 
 fn root(t: &TenantId) -> Issue {
@@ -224,11 +163,7 @@ fn root(t: &TenantId) -> Issue {
 async fn a_tenant_without_auth_is_refused_over_nats_by_default() {
     // Given an instance serving over NATS with the default settings (no auth
     // configuration, no open tenants),
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let instance = Instance::start_with(&server.url(), dir.path(), EngineConfig::default()).await;
-    serving(&nc, "acme").await;
+    let (_server, _dir, instance, nc) = serve_one_with("acme", EngineConfig::default()).await;
     let before = instance.log_position().await;
 
     // when anyone calls themselves an administrator of an unlisted tenant,
@@ -265,15 +200,11 @@ async fn a_tenant_without_auth_is_refused_over_nats_by_default() {
 async fn open_tenants_are_served_only_when_allowed_and_listed_ones_still_need_proof() {
     // Given an instance that lists acme in its auth configuration and allows
     // open tenants,
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let nc = async_nats::connect(server.url()).await.unwrap();
     let auth: AuthConfig =
         serde_json::from_str(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "cfo-secret"}}}}"#)
             .unwrap();
-    let instance = Instance::start_with(
-        &server.url(),
-        dir.path(),
+    let (_server, _dir, instance, nc) = serve_one_with(
+        "acme",
         EngineConfig {
             auth: Some(Arc::new(auth)),
             allow_open_tenants: true,
@@ -281,7 +212,6 @@ async fn open_tenants_are_served_only_when_allowed_and_listed_ones_still_need_pr
         },
     )
     .await;
-    serving(&nc, "acme").await;
     let before = instance.log_position().await;
 
     // when an unproven command comes for the listed tenant, it is refused
@@ -362,9 +292,4 @@ fn serve_warns_at_start_when_open_tenants_are_allowed() {
         )
     });
     assert!(warning.contains("WARN"), "{warning}");
-}
-
-/// A command as it arrives from outside the engine.
-fn ext(cmd: CommandEnvelope) -> mandate::domain::ExternalCommand {
-    mandate::domain::ExternalCommand::new(cmd).expect("no engine actor")
 }

@@ -7,6 +7,7 @@ mod adapter;
 mod common;
 
 use chrono::Utc;
+use common::fixtures::{principal, root_issue, with_depth};
 use mandate::client::{Client, MissionPublisher};
 use mandate::domain::command::Issue;
 use mandate::domain::{
@@ -27,25 +28,13 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     let tenant = TenantId::new("acme").unwrap();
-    let client = Client::local(
-        engine.clone(),
-        tenant.clone(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    );
+    let client = Client::local(engine.clone(), tenant.clone(), principal("cfo"));
+    let grants = ["finance:read on reports/**"];
     let mandate = client
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "p".into(),
-                mission_ref: Some(MissionRef::new("jira:FIN-42").unwrap()),
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .issue(with_depth(
+            1,
+            root_issue("cfo", "lead", Some("jira:FIN-42"), &grants),
+        ))
         .await
         .unwrap()
         .mandate
@@ -65,6 +54,11 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// Posts `body` to the adapter's `/webhook`: the status code and the body.
+async fn webhook(f: &Fixture, body: &str) -> (u16, String) {
+    adapter::post(f.addr, "/webhook", body).await.unwrap()
+}
+
 async fn status(f: &Fixture) -> Status {
     f.client
         .status(f.mandate, None)
@@ -77,13 +71,11 @@ async fn status(f: &Fixture) -> Status {
 #[tokio::test]
 async fn a_resolved_issue_completes_its_mission() {
     let f = fixture().await;
-    let (code, body) = adapter::post(
-        f.addr,
-        "/webhook",
+    let (code, body) = webhook(
+        &f,
         r#"{"issue":{"key":"FIN-42","fields":{"status":{"name":"Resolved"}}}}"#,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(status(&f).await, Status::Completed);
 }
@@ -91,13 +83,11 @@ async fn a_resolved_issue_completes_its_mission() {
 #[tokio::test]
 async fn other_statuses_change_nothing() {
     let f = fixture().await;
-    let (code, body) = adapter::post(
-        f.addr,
-        "/webhook",
+    let (code, body) = webhook(
+        &f,
         r#"{"issue":{"key":"FIN-42","fields":{"status":{"name":"In Review"}}}}"#,
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(code, 200);
     assert!(body.contains("ignored"), "{body}");
     assert_eq!(status(&f).await, Status::Active);

@@ -9,88 +9,52 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use common::fixtures::*;
+use common::wire::open_engine;
 use common::NatsServer;
-use mandate::domain::command::{Change, Delegate, Issue};
-use mandate::domain::{
-    Actor, AgentId, ChainFault, Command, CommandEnvelope, CommandId, MandateId, Mission,
-    PrincipalId, Scope, TenantId, TreeId, SCHEMA_VERSION,
-};
+
+use mandate::domain::{Actor, ChainFault, Command, CommandId, MandateId, TreeId};
 use mandate::engine::{Engine, EngineConfig};
-use mandate::log::JetStreamConfig;
-use mandate::protocol::{TreeQuery, VerifyReply};
 
-const PATIENCE: Duration = Duration::from_secs(10);
+use mandate::protocol::VerifyReply;
 
-fn acme() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-
-fn envelope(actor: Actor, command: Command) -> mandate::domain::ExternalCommand {
-    mandate::domain::ExternalCommand::new(CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: acme(),
-        actor,
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command,
-    })
-    .expect("no engine actor")
-}
-
-fn lead() -> Actor {
-    Actor::Agent(AgentId::new("lead").unwrap())
+/// A command of `actor` in acme, as it arrives from outside the engine.
+fn external(actor: Actor, command: Command) -> mandate::domain::ExternalCommand {
+    ext(envelope("acme", actor, command))
 }
 
 /// A tree of four commits: issue, delegate, pause and resume the child.
 /// Returns the tree and the position of each commit, in order.
 async fn four_commits(engine: &Engine) -> (TreeId, Vec<u64>) {
     let issued = engine
-        .execute(envelope(
-            Actor::Principal(PrincipalId::new("cfo").unwrap()),
-            Command::Issue(Issue {
-                principal: PrincipalId::new("cfo").unwrap(),
-                grantee: AgentId::new("lead").unwrap(),
-                mission: Mission {
-                    purpose: "verify".into(),
-                    mission_ref: None,
-                },
-                scope: Scope::parse(["reports:read on reports/**"]).unwrap(),
-                not_after: Utc::now() + chrono::Duration::hours(1),
-                depth: 2,
-                step_up: vec![],
-                supervisors: vec![],
-            }),
+        .execute(external(
+            principal("cfo"),
+            Command::Issue(with_depth(
+                2,
+                root_issue("cfo", "lead", None, &["reports:read on reports/**"]),
+            )),
         ))
         .await
         .expect("issue");
     let root = issued.mandate.unwrap();
     let delegated = engine
-        .execute(envelope(
-            lead(),
-            Command::Delegate(Delegate {
-                parent: root,
-                grantee: AgentId::new("helper").unwrap(),
-                scope: Scope::parse(["reports:read on reports/q3/**"]).unwrap(),
-                not_after: None,
-                depth: None,
-                step_up: vec![],
-                supervisors: vec![],
-            }),
+        .execute(external(
+            agent("lead"),
+            Command::Delegate(delegation(
+                root,
+                "helper",
+                &["reports:read on reports/q3/**"],
+            )),
         ))
         .await
         .expect("delegate");
     let child: MandateId = delegated.mandate.unwrap();
-    let change = || Change {
-        mandate: child,
-        reason: None,
-    };
     let paused = engine
-        .execute(envelope(lead(), Command::Pause(change())))
+        .execute(external(agent("lead"), Command::Pause(change(child))))
         .await
         .expect("pause");
     let resumed = engine
-        .execute(envelope(lead(), Command::Resume(change())))
+        .execute(external(agent("lead"), Command::Resume(change(child))))
         .await
         .expect("resume");
     let positions = [&issued, &delegated, &paused, &resumed]
@@ -102,14 +66,7 @@ async fn four_commits(engine: &Engine) -> (TreeId, Vec<u64>) {
 
 async fn verify(engine: &Engine, tree: TreeId) -> VerifyReply {
     engine
-        .verify(
-            &acme(),
-            &TreeQuery {
-                tree: Some(tree),
-                mandate: None,
-                at: None,
-            },
-        )
+        .verify(&acme(), &of_tree(tree))
         .await
         .expect("verify answers")
 }
@@ -265,14 +222,7 @@ async fn verify_fails_when_the_log_lost_every_record_of_a_recorded_tree() {
 
 async fn nats_engine(server: &NatsServer, dir: &Path) -> (Engine, async_nats::Client) {
     let nc = async_nats::connect(server.url()).await.unwrap();
-    let engine = Engine::nats(
-        nc.clone(),
-        dir,
-        JetStreamConfig::default(),
-        EngineConfig::default(),
-    )
-    .await
-    .unwrap();
+    let engine = open_engine(nc.clone(), dir).await;
     (engine, nc)
 }
 
@@ -305,17 +255,7 @@ async fn verify_names_a_forged_message_and_answers_for_a_quarantined_tree() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, nc) = nats_engine(&server, dir.path()).await;
     let (tree, _) = four_commits(&engine).await;
-    let history = engine
-        .history(
-            &acme(),
-            &TreeQuery {
-                tree: Some(tree),
-                mandate: None,
-                at: None,
-            },
-        )
-        .await
-        .unwrap();
+    let history = engine.history(&acme(), &of_tree(tree)).await.unwrap();
     let mut forged = serde_json::to_value(&history.events[0]).unwrap();
     forged["seq"] = 5.into();
     forged["scope"] = serde_json::json!([{"action": "*", "resource": "**"}]);

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::error::DomainError;
-use super::event::{check_version, SCHEMA_VERSION};
+use super::event::{check_type, check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
 use super::model::{check_text, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
 use super::scope::{ActionPattern, Scope};
@@ -205,47 +205,56 @@ pub struct ResolveQuarantine {
     pub reason: Option<String>,
 }
 
-/// The names of command types this build knows, as on the wire.
-pub const COMMAND_TYPES: &[&str] = &[
-    "issue",
-    "delegate",
-    "pause",
-    "resume",
-    "revoke",
-    "expire",
-    "complete",
-    "complete_mission",
-    "narrow",
-    "renew",
-    "block_agent",
-    "unblock_agent",
-    "block_principal",
-    "unblock_principal",
-    "resolve_quarantine",
-];
+/// Declares, from one table of an enum's variants and their wire names, the
+/// list of names a decoder accepts and the method that names a value, so the
+/// two cannot disagree: the method's match is exhaustive, so a variant left
+/// out of the table does not compile.
+macro_rules! wire_names {
+    (
+        $(#[$list_doc:meta])* $list:ident,
+        $(#[$fn_doc:meta])* $ty:ident::$method:ident {
+            $($variant:ident => $name:literal,)+
+        }
+    ) => {
+        $(#[$list_doc])*
+        pub const $list: &[&str] = &[$($name),+];
+
+        impl $ty {
+            $(#[$fn_doc])*
+            pub fn $method(&self) -> &'static str {
+                match self {
+                    $($ty::$variant(_) => $name,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use wire_names;
+
+wire_names! {
+    /// The names of command types this build knows, as on the wire.
+    COMMAND_TYPES,
+    /// The wire name of this command (also the `<verb>` of its subject).
+    Command::verb {
+        Issue => "issue",
+        Delegate => "delegate",
+        Pause => "pause",
+        Resume => "resume",
+        Revoke => "revoke",
+        Expire => "expire",
+        Complete => "complete",
+        CompleteMission => "complete_mission",
+        Narrow => "narrow",
+        Renew => "renew",
+        BlockAgent => "block_agent",
+        UnblockAgent => "unblock_agent",
+        BlockPrincipal => "block_principal",
+        UnblockPrincipal => "unblock_principal",
+        ResolveQuarantine => "resolve_quarantine",
+    }
+}
 
 impl Command {
-    /// The wire name of this command (also the `<verb>` of its subject).
-    pub fn verb(&self) -> &'static str {
-        match self {
-            Command::Issue(_) => "issue",
-            Command::Delegate(_) => "delegate",
-            Command::Pause(_) => "pause",
-            Command::Resume(_) => "resume",
-            Command::Revoke(_) => "revoke",
-            Command::Expire(_) => "expire",
-            Command::Complete(_) => "complete",
-            Command::CompleteMission(_) => "complete_mission",
-            Command::Narrow(_) => "narrow",
-            Command::Renew(_) => "renew",
-            Command::BlockAgent(_) => "block_agent",
-            Command::UnblockAgent(_) => "unblock_agent",
-            Command::BlockPrincipal(_) => "block_principal",
-            Command::UnblockPrincipal(_) => "unblock_principal",
-            Command::ResolveQuarantine(_) => "resolve_quarantine",
-        }
-    }
-
     /// The mandate this command acts on, if it names one (the parent for a
     /// delegation). Registry commands name none.
     pub fn target(&self) -> Option<MandateId> {
@@ -309,21 +318,7 @@ impl CommandEnvelope {
         if let Some(v) = obj.get("schema_version") {
             check_version("command", v)?;
         }
-        match obj.get("type").and_then(|t| t.as_str()) {
-            Some(t) if COMMAND_TYPES.contains(&t) => {}
-            Some(t) => {
-                return Err(DomainError::UnknownType {
-                    what: "command",
-                    actual: super::ids::truncate_for_error(t),
-                })
-            }
-            None => {
-                return Err(DomainError::Malformed {
-                    what: "command",
-                    reason: "missing string field `type`".into(),
-                })
-            }
-        }
+        check_type("command", obj.get("type"), COMMAND_TYPES)?;
         // Decoded from the bytes, not from `value`: a JSON object keeps only
         // the last of two equal keys, while the typed decoder refuses the
         // second, so a body that names a field twice (read one way by a proxy

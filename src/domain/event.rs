@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::command::Resolution;
+use super::command::{wire_names, Resolution};
 use super::error::DomainError;
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 use super::model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
@@ -28,6 +28,26 @@ pub(crate) fn check_version(what: &'static str, v: &serde_json::Value) -> Result
         None => Err(DomainError::Malformed {
             what,
             reason: "schema_version must be a non-negative integer".into(),
+        }),
+    }
+}
+
+/// Checks that a document's `type` field is a string naming one of `known`:
+/// another name is an unknown type; no name (or not a string) is malformed.
+pub(crate) fn check_type(
+    what: &'static str,
+    ty: Option<&serde_json::Value>,
+    known: &[&str],
+) -> Result<(), DomainError> {
+    match ty.and_then(|t| t.as_str()) {
+        Some(t) if known.contains(&t) => Ok(()),
+        Some(t) => Err(DomainError::UnknownType {
+            what,
+            actual: super::ids::truncate_for_error(t),
+        }),
+        None => Err(DomainError::Malformed {
+            what,
+            reason: "missing string field `type`".into(),
         }),
     }
 }
@@ -162,23 +182,27 @@ pub struct QuarantineResolved {
     pub reason: Option<String>,
 }
 
-/// The names of event types this build knows, as on the wire.
-pub const EVENT_TYPES: &[&str] = &[
-    "mandate_issued",
-    "mandate_paused",
-    "mandate_resumed",
-    "mandate_revoked",
-    "mandate_expired",
-    "mandate_completed",
-    "mission_completed",
-    "scope_narrowed",
-    "mandate_renewed",
-    "agent_blocked",
-    "agent_unblocked",
-    "principal_blocked",
-    "principal_unblocked",
-    "quarantine_resolved",
-];
+wire_names! {
+    /// The names of event types this build knows, as on the wire.
+    EVENT_TYPES,
+    /// The wire name of the event type.
+    EventBody::type_name {
+        MandateIssued => "mandate_issued",
+        MandatePaused => "mandate_paused",
+        MandateResumed => "mandate_resumed",
+        MandateRevoked => "mandate_revoked",
+        MandateExpired => "mandate_expired",
+        MandateCompleted => "mandate_completed",
+        MissionCompleted => "mission_completed",
+        ScopeNarrowed => "scope_narrowed",
+        MandateRenewed => "mandate_renewed",
+        AgentBlocked => "agent_blocked",
+        AgentUnblocked => "agent_unblocked",
+        PrincipalBlocked => "principal_blocked",
+        PrincipalUnblocked => "principal_unblocked",
+        QuarantineResolved => "quarantine_resolved",
+    }
+}
 
 impl EventBody {
     /// The mandate the event is about. Registry events are about no mandate:
@@ -199,26 +223,6 @@ impl EventBody {
             | EventBody::PrincipalBlocked(_)
             | EventBody::PrincipalUnblocked(_) => MandateId(uuid::Uuid::nil()),
             EventBody::QuarantineResolved(q) => q.mandate,
-        }
-    }
-
-    /// The wire name of the event type.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            EventBody::MandateIssued(_) => "mandate_issued",
-            EventBody::MandatePaused(_) => "mandate_paused",
-            EventBody::MandateResumed(_) => "mandate_resumed",
-            EventBody::MandateRevoked(_) => "mandate_revoked",
-            EventBody::MandateExpired(_) => "mandate_expired",
-            EventBody::MandateCompleted(_) => "mandate_completed",
-            EventBody::MissionCompleted(_) => "mission_completed",
-            EventBody::ScopeNarrowed(_) => "scope_narrowed",
-            EventBody::MandateRenewed(_) => "mandate_renewed",
-            EventBody::AgentBlocked(_) => "agent_blocked",
-            EventBody::AgentUnblocked(_) => "agent_unblocked",
-            EventBody::PrincipalBlocked(_) => "principal_blocked",
-            EventBody::PrincipalUnblocked(_) => "principal_unblocked",
-            EventBody::QuarantineResolved(_) => "quarantine_resolved",
         }
     }
 }
@@ -248,21 +252,7 @@ impl Event {
             obj.get("schema_version")
                 .unwrap_or(&serde_json::Value::Null),
         )?;
-        match obj.get("type").and_then(|t| t.as_str()) {
-            Some(t) if EVENT_TYPES.contains(&t) => {}
-            Some(t) => {
-                return Err(DomainError::UnknownType {
-                    what: "event",
-                    actual: super::ids::truncate_for_error(t),
-                })
-            }
-            None => {
-                return Err(DomainError::Malformed {
-                    what: "event",
-                    reason: "missing string field `type`".into(),
-                })
-            }
-        }
+        check_type("event", obj.get("type"), EVENT_TYPES)?;
         serde_json::from_value(value).map_err(|e| DomainError::Malformed {
             what: "event",
             reason: e.to_string(),

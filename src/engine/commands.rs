@@ -197,17 +197,16 @@ impl Engine {
         refusal: &DomainError,
         grant: CommandId,
     ) -> Result<(), EngineError> {
-        let cmd = CommandEnvelope {
-            command_id: CommandId::derived("blocked-grant", &format!("{tenant}/{mandate}")),
-            tenant: tenant.clone(),
-            actor: block.by.clone(),
-            correlation_id: Some(grant.to_string()),
-            schema_version: crate::domain::SCHEMA_VERSION,
-            command: Command::Revoke(crate::domain::command::Change {
+        let cmd = engine_command(
+            CommandId::derived("blocked-grant", &format!("{tenant}/{mandate}")),
+            tenant,
+            block.by.clone(),
+            Some(grant),
+            Command::Revoke(crate::domain::command::Change {
                 mandate,
                 reason: Some(refusal.to_string()),
             }),
-        };
+        );
         match self.execute_on(tree, &cmd, &Facts::default()).await {
             // Ended already, or revoked under this id by another instance
             // that read the registry a moment apart (another reason).
@@ -805,19 +804,18 @@ impl Engine {
         due: &DueExpiry,
         _now: chrono::DateTime<Utc>,
     ) -> Result<(), EngineError> {
-        let cmd = CommandEnvelope {
-            command_id: CommandId::derived(
+        let cmd = engine_command(
+            CommandId::derived(
                 "expire",
                 &format!("{}/{}", due.mandate, due.not_after.timestamp_millis()),
             ),
-            tenant: due.tenant.clone(),
-            actor: Actor::expiry(),
-            correlation_id: None,
-            schema_version: crate::domain::SCHEMA_VERSION,
-            command: Command::Expire(crate::domain::command::Target {
+            &due.tenant,
+            Actor::expiry(),
+            None,
+            Command::Expire(crate::domain::command::Target {
                 mandate: due.mandate,
             }),
-        };
+        );
         match self.execute_on(due.tree, &cmd, &Facts::default()).await {
             Ok(_) => Ok(()),
             // Ended otherwise (itself, or an ancestor by an event), or renewed:
@@ -865,14 +863,13 @@ impl Engine {
         if let Some(r) = &reason {
             crate::domain::model::check_text("reason", r, false)?;
         }
-        let block = CommandEnvelope {
-            command_id: CommandId::derived(&bulk.command_id.to_string(), "registry-block"),
-            tenant: bulk.tenant.clone(),
-            actor: bulk.actor.clone(),
-            correlation_id: Some(bulk.command_id.to_string()),
-            schema_version: crate::domain::SCHEMA_VERSION,
-            command: block,
-        };
+        let block = engine_command(
+            CommandId::derived(&bulk.command_id.to_string(), "registry-block"),
+            &bulk.tenant,
+            bulk.actor.clone(),
+            Some(bulk.command_id),
+            block,
+        );
         // The block first: a grant racing this command either lands before
         // it (and is in the log the sweep reads) or reads the block after its
         // own append and revokes itself (see `execute`).
@@ -917,17 +914,16 @@ impl Engine {
                     continue;
                 }
             }
-            let cmd = CommandEnvelope {
-                command_id: CommandId::derived(&bulk.command_id.to_string(), &mandate.to_string()),
-                tenant: bulk.tenant.clone(),
-                actor: bulk.actor.clone(),
-                correlation_id: Some(bulk.command_id.to_string()),
-                schema_version: crate::domain::SCHEMA_VERSION,
-                command: Command::Revoke(crate::domain::command::Change {
+            let cmd = engine_command(
+                CommandId::derived(&bulk.command_id.to_string(), &mandate.to_string()),
+                &bulk.tenant,
+                bulk.actor.clone(),
+                Some(bulk.command_id),
+                Command::Revoke(crate::domain::command::Change {
                     mandate,
                     reason: reason.clone(),
                 }),
-            };
+            );
             match self.execute_on(tree, &cmd, &Facts::default()).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
@@ -1011,15 +1007,35 @@ fn mission_command(
 ) -> CommandEnvelope {
     let command_id = command
         .unwrap_or_else(|| CommandId::derived("complete-mission", &format!("{tenant}/{mission}")));
+    engine_command(
+        command_id,
+        tenant,
+        actor.clone(),
+        None,
+        Command::CompleteMission(crate::domain::command::CompleteMission {
+            mission_ref: mission.clone(),
+        }),
+    )
+}
+
+/// A command the engine writes itself (a revoke of a blocked grant, an
+/// expiry, the steps of a bulk command, a mission's completion): its id is
+/// derived by the caller so that every instance writes the same one, and it
+/// names the command it serves, if any, as its correlation.
+fn engine_command(
+    command_id: CommandId,
+    tenant: &TenantId,
+    actor: Actor,
+    serves: Option<CommandId>,
+    command: Command,
+) -> CommandEnvelope {
     CommandEnvelope {
         command_id,
         tenant: tenant.clone(),
-        actor: actor.clone(),
-        correlation_id: None,
+        actor,
+        correlation_id: serves.map(|c| c.to_string()),
         schema_version: crate::domain::SCHEMA_VERSION,
-        command: Command::CompleteMission(crate::domain::command::CompleteMission {
-            mission_ref: mission.clone(),
-        }),
+        command,
     }
 }
 

@@ -3,7 +3,12 @@
 //! Each test binary includes this with `mod common;`. Not every binary uses
 //! every helper, hence the `dead_code` allowances.
 
+pub mod cli;
+pub mod fixtures;
+pub mod prelude;
+pub mod relay;
 pub mod served;
+pub mod wire;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

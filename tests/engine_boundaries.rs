@@ -1,0 +1,405 @@
+//! What the wire lets in, against a real nats-server: nothing crosses a
+//! tenant, and bad input is refused, typed, and changes nothing.
+
+mod common;
+
+use common::prelude::*;
+use mandate::domain::command::Narrow;
+use mandate::domain::{Decision, DenyReason, MissionRef, Outcome};
+use mandate::protocol::{command_subject, query_subject, Reply};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------
+// 8. Tenant isolation
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_crosses_a_tenant() {
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let secret_agent = "secret-agent-007";
+    let secret_scope = "payroll:read on salaries/**";
+    let root = issue(
+        &nc,
+        root_issue(
+            "acme-ceo",
+            secret_agent,
+            Some("jira:PAY-1"),
+            &[secret_scope],
+        ),
+    )
+    .await;
+    let before = instance.log_position().await;
+    let leaks = |reply: &Value| {
+        let text = reply.to_string();
+        for secret in [
+            secret_agent,
+            "payroll",
+            "salaries",
+            "acme-ceo",
+            "acme",
+            "PAY-1",
+        ] {
+            assert!(!text.contains(secret), "reply reveals {secret:?}: {text}");
+        }
+    };
+
+    // Queries of another tenant's mandate: not found, and nothing in the reply.
+    let globex = tenant("globex");
+    let mq = json!({ "mandate": root }).to_string().into_bytes();
+    for verb in ["status", "chain", "tree", "history"] {
+        let reply = raw(&nc, query_subject(&globex, verb), mq.clone()).await;
+        assert_refused(verb, &reply, "not_found", &[&root.to_string()]);
+        leaks(&reply);
+    }
+    // A check is answered as for a mandate that does not exist: a deny that
+    // says nothing about it, identical to one for a made-up id.
+    let check = |m: MandateId| {
+        json!({ "mandate": m, "action": "files:read", "resource": "docs/plan" })
+            .to_string()
+            .into_bytes()
+    };
+    let reply = raw(&nc, query_subject(&globex, "check"), check(root)).await;
+    leaks(&reply);
+    let decision: Decision = result_of(&reply);
+    assert_eq!(decision.outcome, Outcome::Deny);
+    assert!(
+        matches!(decision.reason, Some(DenyReason::UnknownMandate)),
+        "{decision:?}"
+    );
+    assert!(decision.chain.is_empty() && decision.effective.is_none());
+    let made_up = MandateId::generate();
+    let other = raw(&nc, query_subject(&globex, "check"), check(made_up)).await;
+    let normalize = |v: &Value, m: MandateId| {
+        let mut v = v.clone();
+        v["result"]["at"] = Value::Null;
+        v.to_string().replace(&m.to_string(), "<mandate>")
+    };
+    assert_eq!(normalize(&reply, root), normalize(&other, made_up));
+    let reply = raw(
+        &nc,
+        query_subject(&globex, "list"),
+        json!({ "agent": secret_agent }).to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply["ok"], json!(true), "{reply}");
+    assert_eq!(reply["result"]["mandates"], json!([]), "{reply}");
+
+    // Commands on it from the other tenant: not found either.
+    let intruder = client(&nc, "globex", Actor::Admin(principal_id("globex-admin")));
+    for (verb, result) in [
+        ("revoke", intruder.revoke(root, None).await),
+        ("pause", intruder.pause(root, None).await),
+        (
+            "delegate",
+            client(&nc, "globex", agent(secret_agent))
+                .delegate(delegation(root, "mole", &[secret_scope]))
+                .await,
+        ),
+    ] {
+        let err = result.unwrap_err();
+        assert_eq!(code_of(&err), ErrorCode::NotFound, "{verb}: {err}");
+        assert!(!err.to_string().contains(secret_agent), "{err}");
+    }
+    let r = intruder
+        .revoke_agent(agent_id(secret_agent), None)
+        .await
+        .unwrap();
+    // Only the block in globex's own registry.
+    assert!(
+        r.commits
+            .iter()
+            .all(|c| c.tree == TreeId::registry(&tenant("globex"))),
+        "{r:?}"
+    );
+    let r = intruder
+        .complete_mission(MissionRef::new("jira:PAY-1").unwrap())
+        .await
+        .unwrap();
+    assert!(r.commits.is_empty(), "{r:?}");
+
+    // A body naming another tenant than its subject is refused, both ways.
+    let revoke_as = |body_tenant: &str| {
+        let env = envelope(
+            body_tenant,
+            Actor::Admin(principal_id("x-admin")),
+            Command::Revoke(change(root)),
+        );
+        serde_json::to_vec(&env).unwrap()
+    };
+    let reply = raw(&nc, command_subject(&globex, "revoke"), revoke_as("acme")).await;
+    assert_refused(
+        "acme body on a globex subject",
+        &reply,
+        "forbidden",
+        &["tenant"],
+    );
+    let reply = raw(
+        &nc,
+        command_subject(&tenant("acme"), "revoke"),
+        revoke_as("globex"),
+    )
+    .await;
+    assert_refused(
+        "globex body on an acme subject",
+        &reply,
+        "forbidden",
+        &["tenant"],
+    );
+
+    // The one write is the block in globex's own registry.
+    assert_eq!(
+        instance.log_position().await,
+        before + 1,
+        "something was written"
+    );
+    let ceo = client(&nc, "acme", principal("acme-ceo"));
+    assert_eq!(own(&ceo, root).await, Status::Active);
+    assert!(ceo
+        .check(root, "payroll:read", "salaries/ceo", None)
+        .await
+        .unwrap()
+        .is_allowed());
+    instance.stop().await;
+}
+
+/// The result of a raw reply that must be `ok`.
+fn result_of<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value::<Reply<T>>(v.clone())
+        .unwrap_or_else(|e| panic!("reply does not decode ({e}): {v}"))
+        .into_result()
+        .unwrap_or_else(|e| panic!("expected a result, got {e:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// 9. Bad input over the wire
+// ---------------------------------------------------------------------------
+
+type BadInput = (&'static str, String, Vec<u8>, &'static str, Vec<String>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_the_wire_is_refused_typed_and_changes_nothing() {
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let root = issue(
+        &nc,
+        root_issue(
+            "cfo",
+            "planner",
+            Some("jira:FIN-9"),
+            &["finance:read on reports/**"],
+        ),
+    )
+    .await;
+    let before = instance.log_position().await;
+    assert!(before > 0);
+    let acme = tenant("acme");
+
+    // A valid command, as JSON, to spoil one way at a time.
+    let valid = |command: Command| {
+        serde_json::to_value(envelope("acme", principal("cfo"), command)).unwrap()
+    };
+    let revoke = valid(Command::Revoke(change(root)));
+    let bytes = |v: &Value| serde_json::to_vec(v).unwrap();
+
+    // (what, subject, body, expected code, what the message must mention)
+    let cases: Vec<BadInput> = vec![
+        (
+            "malformed JSON",
+            command_subject(&acme, "revoke"),
+            br#"{"command_id": "#.to_vec(),
+            "invalid_input",
+            vec!["malformed command".into()],
+        ),
+        (
+            "not an object",
+            command_subject(&acme, "revoke"),
+            b"[1,2,3]".to_vec(),
+            "invalid_input",
+            vec!["malformed command".into(), "object".into()],
+        ),
+        (
+            "unknown type",
+            command_subject(&acme, "frobnicate"),
+            bytes(&{
+                let mut v = revoke.clone();
+                v["type"] = json!("frobnicate");
+                v
+            }),
+            "invalid_input",
+            vec!["unknown command type".into(), "frobnicate".into()],
+        ),
+        (
+            "subject verb differs from the body type",
+            command_subject(&acme, "pause"),
+            bytes(&revoke),
+            "invalid_input",
+            vec![
+                "\"pause\"".into(),
+                "\"revoke\"".into(),
+                "does not match".into(),
+            ],
+        ),
+        (
+            "body over 64 KiB",
+            command_subject(&acme, "revoke"),
+            bytes(&{
+                let mut v = revoke.clone();
+                v["reason"] = json!("x".repeat(70 * 1024));
+                v
+            }),
+            "invalid_input",
+            vec!["exceeds the limit of 65536 bytes".into()],
+        ),
+        (
+            "hostile tenant in the body",
+            command_subject(&tenant("a-b"), "revoke"),
+            bytes(&{
+                let mut v = revoke.clone();
+                v["tenant"] = json!("a.b");
+                v
+            }),
+            "invalid_input",
+            vec!["tenant".into(), "\"a.b\"".into()],
+        ),
+        (
+            "wildcard tenant in the body",
+            command_subject(&acme, "revoke"),
+            bytes(&{
+                let mut v = revoke.clone();
+                v["tenant"] = json!(">");
+                v
+            }),
+            "invalid_input",
+            vec!["tenant".into(), "\">\"".into()],
+        ),
+        (
+            "hostile tenant in the subject",
+            "mandate.cmd.a$b.revoke".to_string(),
+            bytes(&revoke),
+            "invalid_input",
+            vec!["tenant".into(), "a$b".into()],
+        ),
+        (
+            "over-long tenant in the subject",
+            format!("mandate.q.{}.status", "t".repeat(65)),
+            json!({ "mandate": root }).to_string().into_bytes(),
+            "invalid_input",
+            vec!["tenant".into(), "longer than 64 bytes".into()],
+        ),
+        (
+            "the engine's own actor in the body",
+            command_subject(&acme, "complete_mission"),
+            bytes(&{
+                let mut v = valid(Command::CompleteMission(
+                    mandate::domain::command::CompleteMission {
+                        mission_ref: MissionRef::new("jira:FIN-9").unwrap(),
+                    },
+                ));
+                v["actor"] = json!({ "kind": "system", "id": "mission-intake" });
+                v
+            }),
+            "invalid_input",
+            vec!["system mission-intake".into(), "reserved".into()],
+        ),
+        (
+            "an expiry sent from outside",
+            command_subject(&acme, "expire"),
+            bytes(&{
+                let mut v = valid(Command::Expire(mandate::domain::command::Target {
+                    mandate: root,
+                }));
+                v["actor"] = json!({ "kind": "system", "id": "expiry" });
+                v
+            }),
+            "invalid_input",
+            vec!["system expiry".into(), "reserved".into()],
+        ),
+        (
+            "unknown schema version",
+            command_subject(&acme, "revoke"),
+            bytes(&{
+                let mut v = revoke.clone();
+                v["schema_version"] = json!(2);
+                v
+            }),
+            "invalid_input",
+            vec!["unknown schema version 2".into()],
+        ),
+        (
+            "invalid scope pattern",
+            command_subject(&acme, "narrow"),
+            bytes(&{
+                let mut v = valid(Command::Narrow(Narrow {
+                    mandate: root,
+                    scope: scope(&["finance:read on reports/q3/*"]),
+                }));
+                v["scope"] = json!([{ "action": "finance:re*d", "resource": "reports/**" }]);
+                v
+            }),
+            "invalid_input",
+            vec!["finance:re*d".into()],
+        ),
+        (
+            "a bulk command of the wrong verb",
+            command_subject(&acme, "revoke_principal"),
+            bytes(&json!({
+                "command_id": CommandId::generate(),
+                "tenant": "acme",
+                "actor": { "kind": "admin", "id": "it" },
+                "type": "revoke_agent",
+                "agent": "planner",
+            })),
+            "invalid_input",
+            vec!["does not match".into(), "revoke_agent".into()],
+        ),
+        (
+            "a malformed query",
+            query_subject(&acme, "status"),
+            br#"{"mandate":"not-a-uuid"}"#.to_vec(),
+            "invalid_input",
+            vec!["malformed status query".into()],
+        ),
+        (
+            "a query with an unknown field",
+            query_subject(&acme, "status"),
+            json!({ "mandate": root, "as_admin": true })
+                .to_string()
+                .into_bytes(),
+            "invalid_input",
+            vec!["as_admin".into()],
+        ),
+        (
+            "an unknown query verb",
+            query_subject(&acme, "dump"),
+            b"{}".to_vec(),
+            "invalid_input",
+            vec!["unknown query verb".into(), "dump".into()],
+        ),
+    ];
+    for (what, subject, body, code, mentions) in &cases {
+        let reply = raw(&nc, subject.clone(), body.clone()).await;
+        let mentions: Vec<&str> = mentions.iter().map(String::as_str).collect();
+        let message = assert_refused(what, &reply, code, &mentions);
+        assert!(
+            message.len() < 1024,
+            "{what}: an unbounded message: {message}"
+        );
+    }
+
+    assert_eq!(
+        instance.log_position().await,
+        before,
+        "bad input wrote something"
+    );
+    let cfo = client(&nc, "acme", principal("cfo"));
+    assert_eq!(own(&cfo, root).await, Status::Active);
+    // The mission was not completed by the forged intake actor either.
+    cfo.issue(root_issue(
+        "cfo",
+        "planner",
+        Some("jira:FIN-9"),
+        &["finance:read on reports/**"],
+    ))
+    .await
+    .expect("the mission is still open");
+    instance.stop().await;
+}
