@@ -10,6 +10,16 @@
 //! - [`engine`]: the service — commands, cascade signals, expiry, missions,
 //!   queries, audit — over NATS or in-process.
 //! - [`client`]: the SDK — orchestrator client, mission publisher, agent guard.
+//! - [`cli`]: the `mandate` binary — argument parsing, output, exit codes,
+//!   and `mandate demo` — over the engine (embedded or NATS) and the client.
+//!   Not API: see its module doc.
+//!
+//! # What is API
+//! [`cli`] is not: it is public only because the binary (`src/main.rs`, a
+//! crate of its own) calls it, and its interface is the command line, not its
+//! Rust items. Programs use [`client`] (with the types of [`domain`] and
+//! [`protocol`] it speaks in), or the wire contract in `schemas/` from any
+//! language.
 #![deny(unreachable_pub)]
 
 pub mod cli;
