@@ -22,6 +22,9 @@
 //! language.
 #![deny(unreachable_pub)]
 
+// The doc comments of `cli`'s arguments are the command's `--help` text,
+// written for a terminal (`--actor agent:<id>`), not for HTML.
+#[allow(rustdoc::invalid_html_tags)]
 pub mod cli;
 pub mod client;
 pub mod domain;
