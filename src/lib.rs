@@ -10,6 +10,16 @@
 //! - [`engine`]: the service — commands, cascade signals, expiry, missions,
 //!   queries, audit — over NATS or in-process.
 //! - [`client`]: the SDK — orchestrator client, mission publisher, agent guard.
+//! - [`cli`]: the `mandate` binary — argument parsing, output, exit codes,
+//!   and `mandate demo` — over the engine (embedded or NATS) and the client.
+//!   Not API: see its module doc.
+//!
+//! # What is API
+//! [`cli`] is not: it is public only because the binary (`src/main.rs`, a
+//! crate of its own) calls it, and its interface is the command line, not its
+//! Rust items. Programs use [`client`] (with the types of [`domain`] and
+//! [`protocol`] it speaks in), or the wire contract in `schemas/` from any
+//! language.
 //!
 //! # Features
 //! - `client`: the SDK over NATS (`domain`, `protocol`, `client`).
@@ -23,6 +33,9 @@
 //! always there.
 #![deny(unreachable_pub)]
 
+// The doc comments of `cli`'s arguments are the command's `--help` text,
+// written for a terminal (`--actor agent:<id>`), not for HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "client")]

@@ -2,7 +2,8 @@
 //! here has a JSON Schema in `schemas/`; a client in any language needs only
 //! those files and a NATS library.
 //!
-//! - `mandate.cmd.<tenant>.<verb>`: a [`CommandEnvelope`] (its `type` equals
+//! - `mandate.cmd.<tenant>.<verb>`: a
+//!   [`CommandEnvelope`](crate::domain::CommandEnvelope) (its `type` equals
 //!   the verb) or a [`BulkEnvelope`]; reply [`Reply`] of [`CommandResult`].
 //! - `mandate.q.<tenant>.<verb>`: a query body; reply [`Reply`] of its result.
 //! - `mandate.sig.<tenant>.<mandate>`: [`Signal`]s about one mandate.

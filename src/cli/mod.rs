@@ -9,6 +9,12 @@
 //! 5 refused (forbidden, terminal, wrong state, conflict, quarantined), 6
 //! internal. A `check` on a quarantined tree is a deny (1); `status`, `chain`
 //! and commands on it are refused (5).
+//!
+//! Not API. This module is public only because the binary (`src/main.rs`, a
+//! crate of its own) calls [`Cli`], [`Cmd`] and [`run`]; its Rust items may
+//! change in any release. What is stable is the command line: the commands,
+//! their flags, their output (`--json` included) and their exit codes.
+//! Programs use [`crate::client`] instead.
 
 /// Prints a line on stdout. A reader gone away (`mandate status X | head
 /// -1`) is not an error of the command: the rest of the output is dropped

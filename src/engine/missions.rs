@@ -4,7 +4,7 @@
 //! refused completions and the audit stream.
 //!
 //! One gate for every reader of the mission stream
-//! ([`Engine::accept_completion`]): the intake, the marks follower and the
+//! (`Engine::accept_completion`): the intake, the marks follower and the
 //! fresh read of an `issue` accept a completion only if it passes the same
 //! check (see [`super::auth`]). The intake, which sees each message once,
 //! moves refused ones to the dead-letter stream.
