@@ -81,9 +81,11 @@ else
   exit 1
 fi
 
-# Every test file that starts a nats-server (through tests/common), found
-# mechanically so that a new one runs on both servers without editing this.
-nats_files=$(grep -l 'NatsServer' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)
+# Every test file that starts a nats-server (itself, through the harness in
+# tests/common, or through the binary), found mechanically so that a new one
+# runs on both servers without editing this.
+nats_files=$(grep -l -E 'NatsServer|common::(wire|prelude)|wire::|NATS_SERVER_BIN|nats-server' tests/*.rs \
+  | xargs -n1 basename | sed 's/\.rs$//' | sort)
 if [ -z "$nats_files" ]; then
   echo "error: found no NATS test file under tests/" >&2
   exit 1
