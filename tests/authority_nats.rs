@@ -10,13 +10,13 @@ use std::time::Duration;
 use common::cli::{cfo_issues, mandate};
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{client, raw, serve_one};
+use common::wire::{client, issued, raw, serve_one};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard};
-use mandate::domain::command::Issue;
+
 use mandate::domain::{
-    Actor, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Mission, Outcome,
+    Actor, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Outcome,
 };
 use mandate::protocol::command_subject;
 use serde_json::{json, Value};
@@ -44,26 +44,12 @@ impl World {
         client(&self.nc, "acme", actor)
     }
 
-    /// cfo → planner, with `supervisors` named on the root.
-    async fn root(&self, grants: &[&str], supervisors: &[&str]) -> MandateId {
-        self.client(principal("cfo"))
-            .issue(Issue {
-                principal: principal_id("cfo"),
-                grantee: agent_id("planner"),
-                mission: Mission {
-                    purpose: "authority tests".into(),
-                    mission_ref: None,
-                },
-                scope: scope(grants),
-                not_after: in_an_hour(),
-                depth: 4,
-                step_up: vec![],
-                supervisors: supervisors.iter().map(|s| agent_id(s)).collect(),
-            })
-            .await
-            .expect("issue")
-            .mandate
-            .expect("an issue names its mandate")
+    /// A world, and a root the cfo grants the planner with `grants`.
+    async fn with_root(grants: &[&str]) -> (Self, MandateId) {
+        let w = Self::start().await;
+        let issue = root_issue("cfo", "planner", None, grants);
+        let root = issued(&w.client(principal("cfo")), issue).await;
+        (w, root)
     }
 
     /// Sends a JSON body to a command subject and returns the reply's JSON.
@@ -81,74 +67,66 @@ impl World {
     }
 }
 
-fn delegate_body(actor: Value, parent: MandateId, grantee: &str, grants: &[&str]) -> Value {
-    json!({
-        "command_id": CommandId::generate(),
-        "tenant": "acme",
-        "actor": actor,
-        "type": "delegate",
-        "parent": parent,
-        "grantee": grantee,
-        "scope": scope(grants),
-    })
+impl World {
+    /// The agent `agent` sends the command `verb` with `fields`, as raw JSON
+    /// on the command subject; returns the reply's JSON.
+    async fn raw_as(&self, agent: &str, verb: &str, fields: Value) -> Value {
+        let mut body = json!({
+            "command_id": CommandId::generate(),
+            "tenant": "acme",
+            "actor": {"kind": "agent", "id": agent},
+            "type": verb,
+        });
+        let fields = fields.as_object().expect("fields are an object").clone();
+        body.as_object_mut().unwrap().extend(fields);
+        self.raw_command(verb, body).await
+    }
+
+    /// The agent `holder` delegates `grants` under `parent` to the helper,
+    /// as raw JSON.
+    async fn raw_delegate(&self, holder: &str, parent: MandateId, grants: &[&str]) -> Value {
+        let fields = json!({"parent": parent, "grantee": "helper", "scope": scope(grants)});
+        self.raw_as(holder, "delegate", fields).await
+    }
+}
+
+/// Asserts `reply` is refused with `code` and the machine-readable `reason`.
+fn assert_refused_for(reply: &Value, code: &str, reason: &str) {
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    assert_eq!(reply["error"]["code"], json!(code), "{reply}");
+    assert_eq!(reply["error"]["reason"], json!(reason), "{reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_refusals_carry_a_machine_readable_reason() {
-    let w = World::start().await;
-    let root = w.root(&["finance:* on reports/**"], &[]).await;
+    let (w, root) = World::with_root(&["finance:* on reports/**"]).await;
 
     // Someone other than the holder delegates: not the grantee.
-    let reply = w
-        .raw_command(
-            "delegate",
-            delegate_body(
-                json!({"kind": "agent", "id": "mallory"}),
-                root,
-                "helper",
-                &["finance:read on reports/q3"],
-            ),
-        )
-        .await;
-    assert_eq!(reply["error"]["code"], json!("forbidden"), "{reply}");
-    assert_eq!(reply["error"]["reason"], json!("not_grantee"), "{reply}");
+    assert_refused_for(
+        &w.raw_delegate("mallory", root, &["finance:read on reports/q3"])
+            .await,
+        "forbidden",
+        "not_grantee",
+    );
 
     // A stranger pauses: not authorized.
-    let reply = w
-        .raw_command(
-            "pause",
-            json!({
-                "command_id": CommandId::generate(),
-                "tenant": "acme",
-                "actor": {"kind": "agent", "id": "mallory"},
-                "type": "pause",
-                "mandate": root,
-            }),
-        )
-        .await;
-    assert_eq!(reply["error"]["code"], json!("forbidden"), "{reply}");
-    assert_eq!(reply["error"]["reason"], json!("not_authorized"), "{reply}");
+    assert_refused_for(
+        &w.raw_as("mallory", "pause", json!({"mandate": root})).await,
+        "forbidden",
+        "not_authorized",
+    );
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
-    let w = World::start().await;
-    let root = w.root(&["finance:read on reports/q3/*"], &[]).await;
-    let reply = w
-        .raw_command(
-            "delegate",
-            delegate_body(
-                json!({"kind": "agent", "id": "planner"}),
-                root,
-                "helper",
-                &["finance:* on reports/**"],
-            ),
-        )
-        .await;
-    assert_eq!(reply["ok"], json!(false), "{reply}");
-    assert_eq!(reply["error"]["code"], json!("widens"), "{reply}");
-    assert_eq!(reply["error"]["reason"], json!("scope_widens"), "{reply}");
+    let (w, root) = World::with_root(&["finance:read on reports/q3/*"]).await;
+    assert_refused_for(
+        &w.raw_delegate("planner", root, &["finance:* on reports/**"])
+            .await,
+        "widens",
+        "scope_widens",
+    );
     // Malformed input keeps its own code.
     let reply = w
         .raw_command(
@@ -165,8 +143,7 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
 /// answer the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
-    let w = World::start().await;
-    let root = w.root(&["finance:read on reports/**"], &[]).await;
+    let (w, root) = World::with_root(&["finance:read on reports/**"]).await;
     let planner = w.client(agent("planner"));
     let guard = Guard::start(
         planner.clone(),
@@ -216,8 +193,7 @@ async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
 /// principal), and the refusal says why in a machine-readable way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grantor_cannot_undo_its_principals_pause() {
-    let w = World::start().await;
-    let root = w.root(&["finance:* on reports/**"], &[]).await;
+    let (w, root) = World::with_root(&["finance:* on reports/**"]).await;
     let planner = w.client(agent("planner"));
     let child = planner
         .delegate(delegation(
@@ -257,19 +233,15 @@ async fn a_library_caller_cannot_act_as_the_engine() {
     let issue = envelope(
         "acme",
         principal("cfo"),
-        mandate::domain::Command::Issue(Issue {
-            principal: principal_id("cfo"),
-            grantee: agent_id("planner"),
-            mission: Mission {
-                purpose: "library caller".into(),
-                mission_ref: Some(mission.clone()),
-            },
-            scope: scope(&["finance:read on reports/**"]),
-            not_after: in_an_hour(),
-            depth: 2,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
+        mandate::domain::Command::Issue(with_depth(
+            2,
+            root_issue(
+                "cfo",
+                "planner",
+                Some("jira:LIB-1"),
+                &["finance:read on reports/**"],
+            ),
+        )),
     );
     let root = engine
         .execute(ExternalCommand::new(issue).expect("a principal is not reserved"))

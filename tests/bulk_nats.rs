@@ -12,13 +12,12 @@ use chrono::Utc;
 use common::cli::{cfo_issues, mandate, text};
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{connect, open_engine, serving};
+use common::wire::{connect, effective, open_engine, serve_one};
 use common::NatsServer;
 use mandate::client::{Client, ClientError};
 
 use mandate::domain::{
-    delegated_id, Actor, Command, CommandEnvelope, CommandId, ErrorCode, MandateId, MissionRef,
-    Status, SCHEMA_VERSION,
+    delegated_id, Actor, Command, CommandEnvelope, ErrorCode, MandateId, MissionRef, Status, TreeId,
 };
 use mandate::engine::Engine;
 use mandate::log::EventLog;
@@ -42,23 +41,35 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Self {
-        let server = NatsServer::start();
-        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let a = Instance::start(&server.url(), dirs.0.path()).await;
-        let nc = connect(&server).await;
-        let b = open_engine(
-            async_nats::connect(server.url()).await.unwrap(),
-            dirs.1.path(),
-        )
-        .await;
-        serving(&nc, "acme").await;
+        let (server, dir_a, a, nc) = serve_one("acme").await;
+        let dir_b = tempfile::tempdir().unwrap();
+        let b = open_engine(connect(&server).await, dir_b.path()).await;
         Self {
             _server: server,
-            _dirs: dirs,
+            _dirs: (dir_a, dir_b),
             a,
             b,
             nc,
         }
+    }
+
+    /// A pair, and a root that `by` grants the lead through A, optionally
+    /// for the mission `mission_ref`.
+    async fn with_root(by: &str, mission_ref: Option<&str>) -> (Self, MandateId) {
+        let p = Self::start().await;
+        let root = p.root(by, mission_ref).await;
+        (p, root)
+    }
+
+    /// A root that `by` grants the lead through A, optionally for the
+    /// mission `mission_ref`.
+    async fn root(&self, by: &str, mission_ref: Option<&str>) -> MandateId {
+        self.on_a(principal(by))
+            .issue(root_issue(by, "lead", mission_ref, GRANTS))
+            .await
+            .unwrap()
+            .mandate
+            .unwrap()
     }
 
     /// A client served by A over NATS.
@@ -71,13 +82,41 @@ impl Pair {
         Client::local(self.b.clone(), acme(), actor)
     }
 
+    /// Asserts that A reads `m` as `status` (effective), saying `why` not.
+    async fn assert_reads(&self, m: MandateId, status: Status, why: &str) {
+        assert_eq!(effective(&self.on_a(admin()), m).await, status, "{why}");
+    }
+
     async fn stop(self) {
         self.a.stop().await;
     }
 }
 
-async fn status(c: &Client, m: MandateId) -> Status {
-    c.status(m, None).await.expect("status").effective.status
+/// The lead's delegation under `root` to `grantee`, as a command whose id
+/// the test knows.
+fn lead_grants(root: MandateId, grantee: &str) -> CommandEnvelope {
+    envelope(
+        "acme",
+        agent("lead"),
+        Command::Delegate(delegation(root, grantee, GRANTS)),
+    )
+}
+
+/// A block on `who` alone, without the sweep a `revoke_agent` runs.
+fn bare_block(who: &str) -> CommandEnvelope {
+    envelope(
+        "acme",
+        admin(),
+        Command::BlockAgent(mandate::domain::command::AgentBlock {
+            agent: agent_id(who),
+            reason: None,
+        }),
+    )
+}
+
+/// The mandate `grant` (a delegation under `root`) writes, by its id.
+fn delegated(root: MandateId, grant: &CommandEnvelope) -> MandateId {
+    delegated_id(&acme(), TreeId(root.0), grant.command_id)
 }
 
 // ---------------------------------------------------------------------------
@@ -88,17 +127,10 @@ async fn status(c: &Client, m: MandateId) -> Status {
 async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsewhere() {
     // Given a tree that B has seen, and a delegation to the contractor that
     // only A has acknowledged
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", None).await;
     p.b.catch_up().await.unwrap();
     let contractor = p
-        .on_a(Actor::Agent(agent_id("lead")))
+        .on_a(agent("lead"))
         .delegate(delegation(root, "contractor", GRANTS))
         .await
         .unwrap()
@@ -110,61 +142,50 @@ async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsew
         .await
         .unwrap();
     // Then the new mandate is ended, as every instance reads it
-    assert_eq!(
-        status(&p.on_a(admin()), contractor).await,
+    p.assert_reads(
+        contractor,
         Status::Revoked,
-        "the delegation acknowledged on A survived a deprovisioning on B"
-    );
+        "the delegation acknowledged on A survived a deprovisioning on B",
+    )
+    .await;
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_principal_on_a_lagging_instance_ends_a_root_acknowledged_elsewhere() {
     // Given a root that only A has acknowledged
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", None).await;
     // When B offboards its principal
     p.on_b(admin())
         .revoke_principal(principal_id("alice"), None)
         .await
         .unwrap();
     // Then the root is ended
-    assert_eq!(
-        status(&p.on_a(admin()), root).await,
+    p.assert_reads(
+        root,
         Status::Revoked,
-        "the root acknowledged on A survived an offboarding on B"
-    );
+        "the root acknowledged on A survived an offboarding on B",
+    )
+    .await;
     p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsewhere() {
     // Given a tree for a mission that only A has acknowledged
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", Some("jira:FIN-42"), GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", Some("jira:FIN-42")).await;
     // When B completes the mission
     p.on_b(admin())
         .complete_mission(MissionRef::new("jira:FIN-42").unwrap())
         .await
         .unwrap();
     // Then the tree is completed
-    assert_eq!(
-        status(&p.on_a(admin()), root).await,
+    p.assert_reads(
+        root,
         Status::Completed,
-        "the tree acknowledged on A survived a mission completion on B"
-    );
+        "the tree acknowledged on A survived a mission completion on B",
+    )
+    .await;
     p.stop().await;
 }
 
@@ -185,41 +206,34 @@ fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instance() {
     // Given a root, and the contractor deprovisioned on instance B
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", None).await;
     p.on_b(admin())
         .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
         .await
         .unwrap();
     // When the lead delegates to the contractor again, through A
     let again = p
-        .on_a(Actor::Agent(agent_id("lead")))
+        .on_a(agent("lead"))
         .delegate(delegation(root, "contractor", GRANTS))
         .await;
     // Then it is refused, naming the agent
     assert_blocked(again, "contractor");
     // And a new root for the contractor is refused as well
     assert_blocked(
-        p.on_a(Actor::Principal(principal_id("alice")))
+        p.on_a(principal("alice"))
             .issue(root_issue("alice", "contractor", None, GRANTS))
             .await,
         "contractor",
     );
     // And the lagging instance, which never ran its follower, refuses too
     assert_blocked(
-        p.on_b(Actor::Agent(agent_id("lead")))
+        p.on_b(agent("lead"))
             .delegate(delegation(root, "contractor", GRANTS))
             .await,
         "contractor",
     );
     // While other agents still receive mandates
-    p.on_a(Actor::Agent(agent_id("lead")))
+    p.on_a(agent("lead"))
         .delegate(delegation(root, "employee", GRANTS))
         .await
         .expect("an unblocked agent receives a mandate");
@@ -235,7 +249,7 @@ async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance()
         .await
         .unwrap();
     // When she (or an administrator for her) issues a root, on B
-    for actor in [Actor::Principal(principal_id("alice")), admin()] {
+    for actor in [principal("alice"), admin()] {
         let again = p
             .on_b(actor)
             .issue(root_issue("alice", "lead", None, GRANTS))
@@ -244,7 +258,7 @@ async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance()
         assert_blocked(again, "alice");
     }
     // And bob is not affected
-    p.on_b(Actor::Principal(principal_id("bob")))
+    p.on_b(principal("bob"))
         .issue(root_issue("bob", "lead", None, GRANTS))
         .await
         .expect("another principal still grants");
@@ -254,28 +268,14 @@ async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_racing_a_deprovisioning_never_survives_it() {
     // Given a root held by the lead
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", None).await;
     p.b.catch_up().await.unwrap();
     let reader = p.on_a(admin());
     for round in 0..12 {
         let temp = format!("temp-{round}");
         // When the lead delegates to an agent on A while B deprovisions it
-        let grant = CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: Actor::Agent(agent_id("lead")),
-            correlation_id: None,
-            schema_version: SCHEMA_VERSION,
-            command: Command::Delegate(delegation(root, &temp, GRANTS)),
-        };
-        let lead = p.on_a(Actor::Agent(agent_id("lead")));
+        let grant = lead_grants(root, &temp);
+        let lead = p.on_a(agent("lead"));
         let b_admin = p.on_b(admin());
         let (granted, bulk) = tokio::join!(
             lead.send(&grant),
@@ -285,7 +285,7 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
         // Then whichever came first, the agent holds nothing live: either
         // the grant was refused before it was written, or the mandate it
         // wrote is ended (by the sweep, or by the grant's own re-check)
-        let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
+        let mandate = delegated(root, &grant);
         match reader.status(mandate, None).await {
             Ok(s) => assert!(
                 s.effective.status.is_terminal(),
@@ -307,14 +307,7 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
     // Given the contractor deprovisioned and alice offboarded
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("carol")))
-        .issue(root_issue("carol", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("carol", None).await;
     p.on_b(admin())
         .revoke_agent(agent_id("contractor"), None)
         .await
@@ -324,10 +317,7 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         .await
         .unwrap();
     // When anyone but an administrator tries to lift them, it is refused
-    for actor in [
-        Actor::Principal(principal_id("carol")),
-        Actor::Agent(agent_id("contractor")),
-    ] {
+    for actor in [principal("carol"), agent("contractor")] {
         let err = p
             .on_a(actor.clone())
             .unblock_agent(agent_id("contractor"), None)
@@ -336,13 +326,13 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     }
     let err = p
-        .on_a(Actor::Principal(principal_id("alice")))
+        .on_a(principal("alice"))
         .unblock_principal(principal_id("alice"), None)
         .await
         .expect_err("a principal lifted its own block");
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     assert_blocked(
-        p.on_b(Actor::Agent(agent_id("lead")))
+        p.on_b(agent("lead"))
             .delegate(delegation(root, "contractor", GRANTS))
             .await,
         "contractor",
@@ -357,11 +347,11 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         .await
         .unwrap();
     // Then the lagging instance B grants again
-    p.on_b(Actor::Agent(agent_id("lead")))
+    p.on_b(agent("lead"))
         .delegate(delegation(root, "contractor", GRANTS))
         .await
         .expect("a delegation to the rehired contractor");
-    p.on_b(Actor::Principal(principal_id("alice")))
+    p.on_b(principal("alice"))
         .issue(root_issue("alice", "lead", None, GRANTS))
         .await
         .expect("a root of the returning principal");
@@ -388,40 +378,16 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
 async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_refused() {
     // Given a delegation written before any block, and then a block on its
     // grantee written without a sweep (a bare `block_agent`)
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
-    let grant = CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: acme(),
-        actor: Actor::Agent(agent_id("lead")),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(delegation(root, "contractor", GRANTS)),
-    };
-    let lead = p.on_a(Actor::Agent(agent_id("lead")));
+    let (p, root) = Pair::with_root("alice", None).await;
+    let grant = lead_grants(root, "contractor");
+    let lead = p.on_a(agent("lead"));
     lead.send(&grant).await.unwrap();
-    let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
+    let mandate = delegated(root, &grant);
     p.on_b(admin())
-        .send(&CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: admin(),
-            correlation_id: None,
-            schema_version: SCHEMA_VERSION,
-            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
-                agent: agent_id("contractor"),
-                reason: None,
-            }),
-        })
+        .send(&bare_block("contractor"))
         .await
         .unwrap();
-    assert_eq!(status(&p.on_a(admin()), mandate).await, Status::Active);
+    assert_eq!(effective(&p.on_a(admin()), mandate).await, Status::Active);
     // When the grant is retried (its answer lost), so that its append is
     // already in the log and the block is found only after it
     let retried = lead.send(&grant).await;
@@ -429,7 +395,7 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     // grant is refused
     assert_blocked(retried, "contractor");
     let reader = p.on_a(admin());
-    assert_eq!(status(&reader, mandate).await, Status::Revoked);
+    assert_eq!(effective(&reader, mandate).await, Status::Revoked);
     let s = reader.status(mandate, None).await.unwrap();
     assert_eq!(
         s.mandate.transition.map(|t| t.by),
@@ -442,41 +408,17 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower() {
     // Given a root, and a bare block on the contractor written on A
-    let p = Pair::start().await;
-    let root = p
-        .on_a(Actor::Principal(principal_id("alice")))
-        .issue(root_issue("alice", "lead", None, GRANTS))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (p, root) = Pair::with_root("alice", None).await;
     p.on_a(admin())
-        .send(&CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: admin(),
-            correlation_id: None,
-            schema_version: SCHEMA_VERSION,
-            command: Command::BlockAgent(mandate::domain::command::AgentBlock {
-                agent: agent_id("contractor"),
-                reason: None,
-            }),
-        })
+        .send(&bare_block("contractor"))
         .await
         .unwrap();
     // When a writer that read no block appends a delegation to the
     // contractor and dies before it reads the registry again
     p.b.catch_up().await.unwrap();
-    let tree = mandate::domain::TreeId(root.0);
+    let tree = TreeId(root.0);
     let snap = p.b.store().tree(&acme(), tree).unwrap().unwrap();
-    let grant = CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: acme(),
-        actor: Actor::Agent(agent_id("lead")),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Delegate(delegation(root, "contractor", GRANTS)),
-    };
+    let grant = lead_grants(root, "contractor");
     let events = mandate::domain::decide(
         &snap.tree,
         &grant,
@@ -495,7 +437,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
         .await
         .unwrap();
     // Then the instances that follow the log end the new mandate
-    let mandate = delegated_id(&acme(), mandate::domain::TreeId(root.0), grant.command_id);
+    let mandate = delegated(root, &grant);
     let reader = p.on_a(admin());
     eventually(
         "the orphaned delegation to a blocked agent is revoked",

@@ -24,14 +24,10 @@ use mandate::protocol::{signal_subject, Signal, SignalKind};
 async fn a_closed_ticket_ends_the_whole_tree_and_tells_its_guards() {
     let (server, _dir, instance, nc) = serve_one("acme").await;
 
+    let grants = ["finance:read on reports/**", "finance:write on drafts/**"];
     let root = issue(
         &nc,
-        root_issue(
-            "cfo",
-            "planner",
-            Some("jira:FIN-42"),
-            &["finance:read on reports/**", "finance:write on drafts/**"],
-        ),
+        root_issue("cfo", "planner", Some("jira:FIN-42"), &grants),
     )
     .await;
     let child = delegate(
@@ -115,25 +111,10 @@ async fn a_closed_ticket_ends_the_whole_tree_and_tells_its_guards() {
     assert_eq!(signal.actor, Actor::mission_intake());
 
     // The mission is over: no new root may serve it; another mission may.
-    let err = cfo
-        .issue(root_issue(
-            "cfo",
-            "planner",
-            Some("jira:FIN-42"),
-            &["finance:read on reports/**"],
-        ))
-        .await
-        .unwrap_err();
+    let err = cfo.issue(planner_root("jira:FIN-42")).await.unwrap_err();
     assert_eq!(code_of(&err), ErrorCode::InvalidState, "{err}");
     assert!(err.to_string().contains("jira:FIN-42"), "{err}");
-    cfo.issue(root_issue(
-        "cfo",
-        "planner",
-        Some("jira:FIN-43"),
-        &["finance:read on reports/**"],
-    ))
-    .await
-    .expect("another mission is still open");
+    assert_mission_open(&cfo, planner_root("jira:FIN-43")).await;
     instance.stop().await;
 }
 
@@ -142,16 +123,7 @@ async fn a_closed_ticket_ends_the_whole_tree_and_tells_its_guards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_mission_completion_changes_nothing() {
     let (_server, _dir, instance, nc) = serve_one("acme").await;
-    let root = issue(
-        &nc,
-        root_issue(
-            "cfo",
-            "planner",
-            Some("jira:FIN-77"),
-            &["finance:read on reports/**"],
-        ),
-    )
-    .await;
+    let root = issue(&nc, planner_root("jira:FIN-77")).await;
     let before = instance.log_position().await;
 
     // An agent (even the root's holder) may not complete a mission.
@@ -166,14 +138,11 @@ async fn a_refused_mission_completion_changes_nothing() {
     let cfo = client(&nc, "acme", principal("cfo"));
     assert_eq!(effective(&cfo, root).await, Status::Active);
     // The mission is still open: another root may serve it.
-    cfo.issue(root_issue(
-        "cfo",
-        "reviewer",
-        Some("jira:FIN-77"),
-        &["finance:read on reports/**"],
-    ))
-    .await
-    .expect("a refused completion leaves the mission open");
+    let reviewer = Issue {
+        grantee: agent_id("reviewer"),
+        ..planner_root("jira:FIN-77")
+    };
+    assert_mission_open(&cfo, reviewer).await;
     instance.stop().await;
 }
 
@@ -184,16 +153,13 @@ async fn a_refused_mission_completion_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_sent_while_the_engine_is_down_is_applied_when_it_returns() {
     let (server, dir, first, nc) = serve_one("acme").await;
-    let root = issue(
-        &nc,
-        root_issue(
-            "ops-lead",
-            "deployer",
-            Some("chg:CHG-1001"),
-            &["deploy:* on services/**"],
-        ),
-    )
-    .await;
+    let change = root_issue(
+        "ops-lead",
+        "deployer",
+        Some("chg:CHG-1001"),
+        &["deploy:* on services/**"],
+    );
+    let root = issue(&nc, change).await;
     let child = delegate(
         &nc,
         "deployer",

@@ -237,6 +237,14 @@ impl Written {
     }
 }
 
+/// What a retry of the command written at `position` answers.
+fn duplicate_of(position: u64) -> Appended {
+    Appended {
+        position,
+        duplicate: true,
+    }
+}
+
 fn assert_records(records: &[Record], expected: &[&Written], context: &str) {
     let got: Vec<u64> = records.iter().map(|r| r.position).collect();
     let want: Vec<u64> = expected.iter().map(|w| w.position).collect();
@@ -403,35 +411,32 @@ async fn reads_start_after_a_position<F: Fixture>(f: &mut F) {
     }
 
     let all: Vec<&Written> = model.iter().collect();
-    assert_records(
-        &log.read_all(None, 0, usize::MAX).await.unwrap(),
-        &all,
-        "all",
-    );
-    assert_records(
-        &log.read_all(None, model[3].position, 4).await.unwrap(),
-        &all[4..8],
-        "all, page after the 4th",
-    );
     let acme_all: Vec<&Written> = model.iter().filter(|w| w.tenant == acme).collect();
-    assert_records(
-        &log.read_all(Some(&acme), 0, usize::MAX).await.unwrap(),
-        &acme_all,
-        "tenant acme",
-    );
-    assert_records(
-        &log.read_all(Some(&acme), acme_all[2].position, 2)
-            .await
-            .unwrap(),
-        &acme_all[3..5],
-        "tenant acme, page",
-    );
     let beta_all: Vec<&Written> = model.iter().filter(|w| w.tenant == beta).collect();
-    assert_records(
-        &log.read_all(Some(&beta), 0, usize::MAX).await.unwrap(),
-        &beta_all,
-        "tenant beta",
-    );
+    // (what, tenant, after, limit, expected)
+    let pages = [
+        ("all", None, 0, usize::MAX, &all[..]),
+        (
+            "all, page after the 4th",
+            None,
+            model[3].position,
+            4,
+            &all[4..8],
+        ),
+        ("tenant acme", Some(&acme), 0, usize::MAX, &acme_all[..]),
+        (
+            "tenant acme, page",
+            Some(&acme),
+            acme_all[2].position,
+            2,
+            &acme_all[3..5],
+        ),
+        ("tenant beta", Some(&beta), 0, usize::MAX, &beta_all[..]),
+    ];
+    for (what, tenant, after, limit, expected) in pages {
+        let records = log.read_all(tenant, after, limit).await.unwrap();
+        assert_records(&records, expected, what);
+    }
     // "acm" is a prefix of "acme": the filter must not leak across tenants.
     assert!(log
         .read_all(Some(&tenant("acm")), 0, 100)
@@ -544,13 +549,7 @@ async fn a_retried_command_is_written_once<F: Fixture>(f: &mut F) {
     assert!(!first.duplicate);
     // Same command, same (now stale) expected head: the original comes back.
     let again = log.append(&acme, tree, 0, c1, p("[1]")).await.unwrap();
-    assert_eq!(
-        again,
-        Appended {
-            position: first.position,
-            duplicate: true
-        }
-    );
+    assert_eq!(again, duplicate_of(first.position));
 
     let second = log
         .append(&acme, tree, first.position, c2, p("[2]"))
@@ -559,36 +558,21 @@ async fn a_retried_command_is_written_once<F: Fixture>(f: &mut F) {
     assert!(!second.duplicate && second.position > first.position);
     // Retries with heads that are stale by one and by two, and with the
     // current head: each is the original, nothing new is written.
-    let again = log
-        .append(&acme, tree, first.position, c2, p("[2]"))
-        .await
-        .unwrap();
-    assert_eq!(
-        again,
-        Appended {
-            position: second.position,
-            duplicate: true
-        }
-    );
-    let again = log.append(&acme, tree, 0, c1, p("[1]")).await.unwrap();
-    assert_eq!(
-        again,
-        Appended {
-            position: first.position,
-            duplicate: true
-        }
-    );
-    let again = log
-        .append(&acme, tree, second.position, c1, p("[1]"))
-        .await
-        .unwrap();
-    assert_eq!(
-        again,
-        Appended {
-            position: first.position,
-            duplicate: true
-        }
-    );
+    for (head, command, payload, original) in [
+        (first.position, c2, "[2]", second.position),
+        (0, c1, "[1]", first.position),
+        (second.position, c1, "[1]", first.position),
+    ] {
+        let again = log
+            .append(&acme, tree, head, command, p(payload))
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            duplicate_of(original),
+            "a retry of {command} on head {head}"
+        );
+    }
 
     // Concurrent retries of one command: exactly one write between them.
     let c3 = CommandId::generate();
@@ -725,13 +709,7 @@ async fn acknowledged_appends_survive_a_restart<F: Fixture>(f: &mut F) {
         .append(&acme, t1, 0, first.command_id, first.payload.clone())
         .await
         .unwrap();
-    assert_eq!(
-        retry,
-        Appended {
-            position: first.position,
-            duplicate: true
-        }
-    );
+    assert_eq!(retry, duplicate_of(first.position));
 
     // And the log keeps working: the next append lands right after.
     let command_id = CommandId::generate();
@@ -794,32 +772,26 @@ async fn corrupt_records_are_reported_not_skipped<F: Fixture>(f: &mut F) {
         "other tree",
     );
 
-    // read_all stops in front of each, then names it, then goes on.
-    assert_records(
-        &log.read_all(None, 0, 100).await.unwrap(),
-        &[&good1],
-        "until bad1",
-    );
-    corrupt_at(
-        log.read_all(None, good1.position, 100).await,
-        bad1,
-        "read_all at bad1",
-    );
-    assert_records(
-        &log.read_all(None, bad1, 100).await.unwrap(),
-        &[&good2],
-        "until bad2",
-    );
-    corrupt_at(
-        log.read_all(None, good2.position, 100).await,
-        bad2,
-        "read_all at bad2",
-    );
-    assert_records(
-        &log.read_all(None, bad2, 100).await.unwrap(),
-        &[&good3],
-        "after bad2",
-    );
+    // read_all stops in front of each, then names it, then goes on: from
+    // each start, the good record before the next bad one, then the bad one.
+    for (after, good, bad, what) in [
+        (0, &good1, Some(bad1), "bad1"),
+        (bad1, &good2, Some(bad2), "bad2"),
+        (bad2, &good3, None, "the end"),
+    ] {
+        assert_records(
+            &log.read_all(None, after, 100).await.unwrap(),
+            &[good],
+            &format!("until {what}"),
+        );
+        if let Some(bad) = bad {
+            corrupt_at(
+                log.read_all(None, good.position, 100).await,
+                bad,
+                &format!("read_all at {what}"),
+            );
+        }
+    }
     corrupt_at(
         log.read_all(Some(&acme), good1.position, 100).await,
         bad1,
@@ -1108,13 +1080,7 @@ async fn nats_stale_retry_after_the_duplicate_window_is_a_duplicate() {
         .append(&acme, tree, 0, c1, Bytes::from("[1]"))
         .await
         .unwrap();
-    assert_eq!(
-        retry,
-        Appended {
-            position: first.position,
-            duplicate: true
-        }
-    );
+    assert_eq!(retry, duplicate_of(first.position));
     // A different command with the stale head is still a conflict.
     let err = log
         .append(&acme, tree, 0, CommandId::generate(), Bytes::from("[3]"))
@@ -1199,23 +1165,17 @@ async fn nats_open_checks_the_stored_stream() {
 
     // A stream someone made in memory would lose acknowledged events.
     let js = async_nats::jetstream::new(fixture.client.clone());
-    js.create_stream(Config {
+    let volatile = Config {
         name: "VOLATILE".to_string(),
         subjects: vec!["mandate.evt.>".to_string()],
         storage: StorageType::Memory,
         ..Default::default()
-    })
-    .await
-    .expect_err("subjects overlap with the log's stream");
+    };
+    js.create_stream(volatile.clone())
+        .await
+        .expect_err("subjects overlap with the log's stream");
     js.delete_stream(second.stream_name()).await.unwrap();
-    js.create_stream(Config {
-        name: "VOLATILE".to_string(),
-        subjects: vec!["mandate.evt.>".to_string()],
-        storage: StorageType::Memory,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    js.create_stream(volatile).await.unwrap();
     let config = JetStreamConfig {
         stream_name: "VOLATILE".to_string(),
         ..Default::default()

@@ -13,19 +13,11 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::Duration;
-
-use chrono::Utc;
+use common::fixtures::{acme, eventually, mission, principal, ticket_issue};
 use common::served::Instance;
-use common::NatsServer;
-use mandate::client::Client;
-use mandate::domain::command::Issue;
+use common::wire::{client, issued, raw, serve_one, tickets};
 use mandate::domain::model::{MAX_MISSION_REF_LEN, MAX_MISSION_TOKEN_LEN};
-use mandate::domain::{
-    Actor, AgentId, DomainError, MandateId, Mission, MissionRef, PrincipalId, Scope, Status,
-    TenantId,
-};
+use mandate::domain::{DomainError, MandateId, MissionRef, Status, TenantId};
 use mandate::engine::missions::{
     DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, REJECTED_REASON_HEADER, REJECTED_SUBJECT_HEADER,
 };
@@ -45,10 +37,6 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
 ];
 
-fn mission(s: &str) -> MissionRef {
-    MissionRef::new(s).unwrap()
-}
-
 fn refusal(value: &str) -> String {
     match MissionRef::new(value) {
         Ok(m) => panic!("{value:?} was accepted as {m}"),
@@ -61,6 +49,16 @@ fn token_refusal(token: &str) -> String {
     match MissionRef::from_subject_token(token) {
         Ok(m) => panic!("token {token:?} was accepted as {m:?}"),
         Err(e) => e.to_string(),
+    }
+}
+
+/// Asserts the refusal `message` of `what` mentions each of `mentions`.
+fn assert_mentions(what: &str, message: &str, mentions: &[&str]) {
+    for m in mentions {
+        assert!(
+            message.contains(m),
+            "{what}: {message:?} should mention {m:?}"
+        );
     }
 }
 
@@ -148,33 +146,31 @@ proptest! {
 
 #[test]
 fn references_that_cannot_be_a_token_are_refused_saying_why() {
-    let empty = refusal("");
-    assert!(empty.contains("must not be empty"), "{empty}");
-
-    let space = refusal("FIN 42");
-    assert!(
-        space.contains("' '") && space.contains("printable ASCII without spaces"),
-        "{space}"
-    );
-    let tab = refusal("FIN\t42");
-    assert!(tab.contains("'\\t'"), "{tab}");
-    let nul = refusal("FIN\u{0}42");
-    assert!(nul.contains("'\\0'"), "{nul}");
-    let accent = refusal("café-42");
-    assert!(accent.contains("'é'"), "{accent}");
-
     let long = "a".repeat(MAX_MISSION_REF_LEN + 1);
-    let too_long = refusal(&long);
-    assert!(too_long.contains("longer than 128"), "{too_long}");
-
     // 128 bytes, but 86 slashes make a token of 42 + 86 * 3 = 300 bytes.
     let slashes = format!("{}{}", "a".repeat(42), "/".repeat(86));
     assert_eq!(slashes.len(), MAX_MISSION_REF_LEN);
-    let wide = refusal(&slashes);
-    assert!(
-        wide.contains("subject token would be 300 bytes") && wide.contains("longer than 256"),
-        "{wide}"
-    );
+    // (what, reference, what the refusal must mention)
+    let cases: [(&str, &str, &[&str]); 7] = [
+        ("empty", "", &["must not be empty"]),
+        (
+            "a space",
+            "FIN 42",
+            &["' '", "printable ASCII without spaces"],
+        ),
+        ("a tab", "FIN\t42", &["'\\t'"]),
+        ("a NUL", "FIN\u{0}42", &["'\\0'"]),
+        ("an accent", "café-42", &["'é'"]),
+        ("too long", &long, &["longer than 128"]),
+        (
+            "a token too wide",
+            &slashes,
+            &["subject token would be 300 bytes", "longer than 256"],
+        ),
+    ];
+    for (what, value, mentions) in cases {
+        assert_mentions(what, &refusal(value), mentions);
+    }
     // The same through JSON: the wire refuses it as the constructor does.
     let err = serde_json::from_value::<MissionRef>(serde_json::json!(slashes)).unwrap_err();
     assert!(
@@ -185,76 +181,36 @@ fn references_that_cannot_be_a_token_are_refused_saying_why() {
 
 #[test]
 fn tokens_that_are_not_a_canonical_encoding_are_refused_saying_why() {
-    let lower = token_refusal("gh:org%2frepo%2312");
-    assert!(lower.contains("two uppercase hex digits"), "{lower}");
-    let cut = token_refusal("FIN-42%2");
-    assert!(cut.contains("two uppercase hex digits"), "{cut}");
-    let bare = token_refusal("gh:org/repo");
-    assert!(bare.contains("must be escaped"), "{bare}");
-    let escaped_letter = token_refusal("%46IN-42");
-    assert!(
-        escaped_letter.contains("not the canonical token") && escaped_letter.contains("\"FIN-42\""),
-        "{escaped_letter}"
-    );
-    let space = token_refusal("FIN%2042");
-    assert!(
-        space.contains("decodes to a refused mission_ref"),
-        "{space}"
-    );
-    let not_utf8 = token_refusal("%FF");
-    assert!(not_utf8.contains("UTF-8"), "{not_utf8}");
-    let empty = token_refusal("");
-    assert!(empty.contains("must not be empty"), "{empty}");
+    // (what, token, what the refusal must mention)
+    let cases: [(&str, &str, &[&str]); 7] = [
+        (
+            "lowercase hex",
+            "gh:org%2frepo%2312",
+            &["two uppercase hex digits"],
+        ),
+        ("a cut escape", "FIN-42%2", &["two uppercase hex digits"]),
+        ("an unescaped slash", "gh:org/repo", &["must be escaped"]),
+        (
+            "an escaped letter",
+            "%46IN-42",
+            &["not the canonical token", "\"FIN-42\""],
+        ),
+        (
+            "an escaped space",
+            "FIN%2042",
+            &["decodes to a refused mission_ref"],
+        ),
+        ("not UTF-8", "%FF", &["UTF-8"]),
+        ("empty", "", &["must not be empty"]),
+    ];
+    for (what, token, mentions) in cases {
+        assert_mentions(what, &token_refusal(token), mentions);
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Against a real nats-server
 // ---------------------------------------------------------------------------
-
-const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn acme() -> TenantId {
-    TenantId::new("acme").unwrap()
-}
-
-async fn issue_for(client: &Client, mission_ref: &str) -> MandateId {
-    client
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "ticket reference test".into(),
-                mission_ref: Some(mission(mission_ref)),
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await
-        .unwrap_or_else(|e| panic!("issue for {mission_ref}: {e}"))
-        .mandate
-        .expect("an issue names its mandate")
-}
 
 async fn status(instance: &Instance, m: MandateId) -> Status {
     instance
@@ -278,11 +234,7 @@ async fn publish(nc: &async_nats::Client, subject: &str) {
 }
 
 async fn rejected(nc: &async_nats::Client) -> u64 {
-    let msg = nc
-        .request(query_subject(&acme(), "health"), "{}".into())
-        .await
-        .expect("health");
-    let v: serde_json::Value = serde_json::from_slice(&msg.payload).expect("health is JSON");
+    let v = raw(nc, query_subject(&acme(), "health"), b"{}".to_vec()).await;
     v["result"]["rejected_mission_completions"]
         .as_u64()
         .unwrap_or_else(|| panic!("health names no rejected count: {v}"))
@@ -290,22 +242,22 @@ async fn rejected(nc: &async_nats::Client) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_on_the_encoded_subject_ends_that_missions_tree_only() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let client = Client::nats(
-        nc.clone(),
-        acme(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    );
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
 
-    let ticket = issue_for(&client, "gh:org/repo#12").await;
-    // Neighbours that a naive encoding or a prefix match would confuse.
-    let repo = issue_for(&client, "gh:org/repo").await;
-    let other = issue_for(&client, "gh:org/repo#123").await;
-    let dotted = issue_for(&client, "FIN-42.1").await;
-    let plain = issue_for(&client, "FIN-42").await;
+    // The ticket, and neighbours that a naive encoding or a prefix match
+    // would confuse with it.
+    let [ticket, repo, other, dotted, plain] = tickets(
+        &cfo,
+        [
+            "gh:org/repo#12",
+            "gh:org/repo",
+            "gh:org/repo#123",
+            "FIN-42.1",
+            "FIN-42",
+        ],
+    )
+    .await;
 
     publish(&nc, "mission.acme.gh:org%2Frepo%2312.completed").await;
     eventually("the tree of gh:org/repo#12 is completed", || async {
@@ -320,7 +272,7 @@ async fn a_completion_on_the_encoded_subject_ends_that_missions_tree_only() {
     .await;
 
     // Listed under the plain reference, as issued.
-    let listed = client
+    let listed = cfo
         .list(ListQuery {
             agent: None,
             principal: None,
@@ -347,16 +299,9 @@ async fn a_completion_on_the_encoded_subject_ends_that_missions_tree_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_whose_token_does_not_decode_is_dead_lettered_saying_why() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let client = Client::nats(
-        nc.clone(),
-        acme(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    );
-    let ticket = issue_for(&client, "gh:org/repo#12").await;
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let ticket = issued(&cfo, ticket_issue("gh:org/repo#12")).await;
     let before = rejected(&nc).await;
 
     // Lowercase hex: not the canonical token of gh:org/repo#12.
@@ -398,32 +343,13 @@ async fn a_completion_whose_token_does_not_decode_is_dead_lettered_saying_why() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_for_a_ticket_completed_on_its_encoded_subject_is_refused() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let client = Client::nats(
-        nc.clone(),
-        acme(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    );
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
     // Closed before any tree serves it: stored on the stream before the
     // issue is sent, so the issue's fresh read of the encoded subject finds it.
     publish(&nc, "mission.acme.gh:org%2Frepo%2399.completed").await;
-    let refused = client
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "closed ticket".into(),
-                mission_ref: Some(mission("gh:org/repo#99")),
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+    let refused = cfo
+        .issue(ticket_issue("gh:org/repo#99"))
         .await
         .expect_err("no mandate for a ticket already closed");
     let message = refused.to_string();

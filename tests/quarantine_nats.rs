@@ -28,23 +28,89 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{ClientError, Guard, GuardConfig, GuardState};
 use mandate::domain::command::{Issue, Resolution};
 use mandate::domain::{
-    Actor, AgentId, CommandId, Decision, DenyReason, ErrorCode, MandateId, PrincipalId, Status,
-    TreeId,
+    Actor, CommandId, Decision, DenyReason, ErrorCode, MandateId, Status, TreeId,
 };
 use mandate::engine::Engine;
 use mandate::log::EventLog;
 use mandate::protocol::{CheckQuery, ListQuery};
 
-/// Two instances following one server, both answering.
-async fn two_instances(url: &str) -> (Instance, Instance, tempfile::TempDir, tempfile::TempDir) {
-    let ((da, db), a, b) = start_two(url, None).await;
-    let probe = client(url, agent("probe")).await;
-    eventually("an engine answers requests", || {
-        let probe = probe.clone();
-        async move { probe.health().await.is_ok() }
-    })
-    .await;
-    (a, b, da, db)
+/// A server and two instances following it, both answering.
+struct World {
+    server: NatsServer,
+    url: String,
+    a: Instance,
+    b: Instance,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    /// The hub of the guards the tests start.
+    hub: GuardHub,
+}
+
+impl World {
+    async fn start() -> Self {
+        let server = NatsServer::start();
+        let url = server.url();
+        let (dirs, a, b) = start_two(&url, None).await;
+        let probe = client(&url, agent("probe")).await;
+        eventually("an engine answers requests", || {
+            let probe = probe.clone();
+            async move { probe.health().await.is_ok() }
+        })
+        .await;
+        Self {
+            server,
+            url,
+            a,
+            b,
+            _dirs: dirs,
+            hub: GuardHub::new(),
+        }
+    }
+
+    /// A world with the tree root (lead) → worker in it.
+    async fn with_tree() -> (Self, MandateId, MandateId) {
+        let w = Self::start().await;
+        let (root, worker) = root_and_worker(w.url()).await;
+        (w, root, worker)
+    }
+
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A guard of the worker on `worker`, over a connection of its own.
+    async fn guard(&self, worker: MandateId) -> Guard {
+        Guard::start(
+            client(self.url(), agent("worker")).await,
+            &self.hub,
+            worker,
+            steady_guard(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Asserts that `by` may not restore `root`'s tree at `position`, for
+    /// `why`.
+    async fn assert_restore_refused(
+        &self,
+        by: Actor,
+        root: MandateId,
+        position: u64,
+        why: ErrorCode,
+    ) {
+        let e = client(self.url(), by)
+            .await
+            .resolve_quarantine(root, position, Resolution::Restore, None)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(why), "{e}");
+    }
+
+    /// Publishes garbage on `tree` and waits until both instances deny
+    /// `worker` as quarantined at its position; returns the position.
+    async fn quarantine(&self, tree: TreeId, worker: MandateId) -> u64 {
+        quarantine(self.url(), &self.a, &self.b, tree, worker).await
+    }
 }
 
 /// Issues root (lead) → worker; returns (root, worker).
@@ -86,35 +152,17 @@ fn steady_guard() -> GuardConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_record_makes_check_deny_everywhere_and_stops_the_guard() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&url, agent("worker")).await,
-        &hub,
-        worker,
-        steady_guard(),
-    )
-    .await
-    .unwrap();
+    let (w, root, worker) = World::with_tree().await;
+    let guard = w.guard(worker).await;
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
     let tree = TreeId(root.0);
 
     // Given a garbage record on the tree's event subject,
-    publish_garbage(&url, tree, b"{ not a commit").await;
+    publish_garbage(w.url(), tree, b"{ not a commit").await;
 
     // then every instance denies checks under the tree,
-    let q = mandate::protocol::CheckQuery {
-        mandate: worker,
-        action: "fin:read".into(),
-        resource: "ledger/q3".into(),
-        at: None,
-        actor: None,
-    };
-    for (name, engine) in [("a", &a.engine), ("b", &b.engine)] {
-        let d = engine.check(&acme(), &q).await.expect("check answers");
+    for (name, engine) in [("a", &w.a.engine), ("b", &w.b.engine)] {
+        let d = check(engine, worker).await;
         assert!(!d.is_allowed(), "instance {name} still allows: {d:?}");
     }
     // and the guard stops allowing, well before its heartbeat.
@@ -165,24 +213,13 @@ async fn quarantine(url: &str, a: &Instance, b: &Instance, tree: TreeId, worker:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_another_instance() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
+    let (w, root, worker) = World::with_tree().await;
     let tree = TreeId(root.0);
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&url, agent("worker")).await,
-        &hub,
-        worker,
-        steady_guard(),
-    )
-    .await
-    .unwrap();
+    let guard = w.guard(worker).await;
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
 
     // Given a garbage record on the tree's subject, checks deny on both,
-    let position = quarantine(&url, &a, &b, tree, worker).await;
+    let position = w.quarantine(tree, worker).await;
     // the guard hears of it without waiting for its heartbeat,
     eventually("the guard is quarantined", || async {
         guard.state() == GuardState::Quarantined
@@ -194,7 +231,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         "a quarantine is not a termination"
     );
     // status and chain refuse with their own code, and so do commands,
-    let lead = client(&url, agent("lead")).await;
+    let lead = client(w.url(), agent("lead")).await;
     for e in [
         lead.status(worker, None).await.map(|_| ()).unwrap_err(),
         lead.chain(worker, None).await.map(|_| ()).unwrap_err(),
@@ -207,7 +244,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
         );
     }
     // health and list show it, history keeps answering and marks it.
-    let health = client(&url, admin("ops")).await.health().await.unwrap();
+    let health = client(w.url(), admin("ops")).await.health().await.unwrap();
     assert!(
         health
             .quarantined
@@ -217,7 +254,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
     );
     let listed = lead
         .list(ListQuery {
-            agent: Some(AgentId::new("lead").unwrap()),
+            agent: Some(agent_id("lead")),
             principal: None,
             mission_ref: None,
         })
@@ -229,45 +266,34 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
     assert_eq!(history.quarantine.map(|q| q.position), Some(position));
 
     // Only an administrator resolves it, and only at the bad position.
-    let e = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap()))
-        .await
-        .resolve_quarantine(root, position, Resolution::Restore, None)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ErrorCode::Forbidden), "{e}");
-    let e = client(&url, admin("ops"))
-        .await
-        .resolve_quarantine(root, position + 1, Resolution::Restore, None)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+    w.assert_restore_refused(principal("cfo"), root, position, ErrorCode::Forbidden)
+        .await;
+    w.assert_restore_refused(admin("ops"), root, position + 1, ErrorCode::InvalidState)
+        .await;
 
     // When an administrator restores it through instance B,
-    let restored = b
-        .engine
-        .execute(ext(mandate::domain::CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: admin("ops"),
-            correlation_id: None,
-            schema_version: 1,
-            command: mandate::domain::Command::ResolveQuarantine(
-                mandate::domain::command::ResolveQuarantine {
-                    mandate: root,
-                    position,
-                    action: Resolution::Restore,
-                    reason: Some("the record was injected; state verified".into()),
-                },
-            ),
-        }))
-        .await
-        .expect("restore");
+    let restored =
+        w.b.engine
+            .execute(ext(envelope(
+                "acme",
+                admin("ops"),
+                mandate::domain::Command::ResolveQuarantine(
+                    mandate::domain::command::ResolveQuarantine {
+                        mandate: root,
+                        position,
+                        action: Resolution::Restore,
+                        reason: Some("the record was injected; state verified".into()),
+                    },
+                ),
+            )))
+            .await
+            .expect("restore");
     // its event continues the chain from the last good event,
     let event = &restored.commits[0].events[0];
     assert_eq!(event.seq, 3);
     assert_eq!(event.prev_hash, Some(history.events[1].hash()));
     // and instance A allows again, as does the guard.
-    assert!(check(&a.engine, worker).await.is_allowed());
+    assert!(check(&w.a.engine, worker).await.is_allowed());
     eventually("the guard allows again", || async {
         guard.check("fin:read", "ledger/q3").is_allowed()
     })
@@ -284,64 +310,35 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
     );
 
     // A rebuild from the log gives the same state, the bad record included.
-    b.caught_up().await;
-    let report = b.engine.rebuild_check().await.unwrap();
+    w.b.caught_up().await;
+    let report = w.b.engine.rebuild_check().await.unwrap();
     assert!(report.equal, "{report:?}");
-    b.stop().await;
+    w.b.stop().await;
     let fresh = tempfile::tempdir().unwrap();
-    let c = Instance::start(&url, fresh.path()).await;
+    let c = Instance::start(&w.url, fresh.path()).await;
     c.caught_up().await;
     let d = check(&c.engine, worker).await;
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Paused,
-                ..
-            })
-        ),
-        "{d:?}"
-    );
+    assert_denied_as(&d, Status::Paused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrator_ends_a_quarantined_tree_for_good() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
+    let (w, root, worker) = World::with_tree().await;
     let tree = TreeId(root.0);
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&url, agent("worker")).await,
-        &hub,
-        worker,
-        steady_guard(),
-    )
-    .await
-    .unwrap();
-    let position = quarantine(&url, &a, &b, tree, worker).await;
+    let guard = w.guard(worker).await;
+    let position = w.quarantine(tree, worker).await;
 
     // When an administrator ends it (through whichever instance answers),
-    let ended = client(&url, admin("ops"))
+    let ended = client(w.url(), admin("ops"))
         .await
         .resolve_quarantine(root, position, Resolution::End, Some("compromised".into()))
         .await
         .expect("end");
     assert_eq!(ended.commits[0].events[0].seq, 3);
     // every check denies on both instances, as revoked at the root,
-    for engine in [&a.engine, &b.engine] {
+    for engine in [&w.a.engine, &w.b.engine] {
         let d = check(engine, worker).await;
-        assert!(
-            matches!(
-                d.reason,
-                Some(DenyReason::NotActive {
-                    status: Status::Revoked,
-                    ..
-                })
-            ),
-            "{d:?}"
-        );
+        assert_denied_as(&d, Status::Revoked);
     }
     // the guard is cancelled,
     tokio::time::timeout(PATIENCE, guard.cancellation().cancelled())
@@ -349,52 +346,28 @@ async fn an_administrator_ends_a_quarantined_tree_for_good() {
         .expect("the guard is cancelled");
     assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
     // nothing revives it,
-    let e = client(&url, admin("ops"))
-        .await
-        .resolve_quarantine(root, position, Resolution::Restore, None)
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(ErrorCode::InvalidState), "{e}");
+    w.assert_restore_refused(admin("ops"), root, position, ErrorCode::InvalidState)
+        .await;
     // and an instance started afterwards, replaying the log, agrees.
     let fresh = tempfile::tempdir().unwrap();
-    let c = Instance::start(&url, fresh.path()).await;
+    let c = Instance::start(w.url(), fresh.path()).await;
     c.caught_up().await;
     let d = check(&c.engine, worker).await;
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Revoked,
-                ..
-            })
-        ),
-        "{d:?}"
-    );
+    assert_denied_as(&d, Status::Revoked);
     let report = c.engine.rebuild_check().await.unwrap();
     assert!(report.equal, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, _b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
+    let (w, root, worker) = World::with_tree().await;
     let tree = TreeId(root.0);
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&url, agent("worker")).await,
-        &hub,
-        worker,
-        steady_guard(),
-    )
-    .await
-    .unwrap();
+    let guard = w.guard(worker).await;
 
     // Given a commit written by a newer build (schema version 2), appended
     // as a newer instance would: at the head, with a command id,
-    let head = a.engine.log().tree_head(&acme(), tree).await.unwrap();
-    let nc = async_nats::connect(&url).await.unwrap();
+    let head = w.a.engine.log().tree_head(&acme(), tree).await.unwrap();
+    let nc = async_nats::connect(w.url()).await.unwrap();
     let js = async_nats::jetstream::new(nc);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", CommandId::generate().to_string().as_str());
@@ -417,18 +390,19 @@ async fn an_event_of_a_newer_schema_version_denies_but_is_no_quarantine() {
         .sequence;
 
     // then this instance denies with its own reason,
-    let d = check(&a.engine, worker).await;
+    let d = check(&w.a.engine, worker).await;
     assert!(
         matches!(d.reason, Some(DenyReason::UnsupportedVersion { position: p, version: 2, .. }) if p == position),
         "{d:?}"
     );
-    let lead = client(&url, agent("lead")).await;
+    let lead = client(w.url(), agent("lead")).await;
     let e = lead.status(worker, None).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Unavailable), "{e}");
     // but it is no quarantine: none is listed, and guards are not told to stop.
-    let health = client(&url, admin("ops")).await.health().await.unwrap();
+    let health = client(w.url(), admin("ops")).await.health().await.unwrap();
     assert!(health.quarantined.is_empty(), "{health:?}");
-    assert!(a
+    assert!(w
+        .a
         .engine
         .store()
         .quarantined(&acme(), tree)
@@ -457,24 +431,21 @@ fn exit_code(out: &std::process::Output) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
-    let position = quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    let (w, root, worker) = World::with_tree().await;
+    let position = w.quarantine(TreeId(root.0), worker).await;
     let (worker_s, root_s, pos_s) = (worker.to_string(), root.to_string(), position.to_string());
 
     // A check is a deny (1); status is refused (5); history still answers
     // and marks the bad position.
     let denied = cli(
-        &url,
+        w.url(),
         "agent:worker",
         &["check", &worker_s, "fin:read", "ledger/q3"],
     );
     assert_eq!(exit_code(&denied), Some(1), "{denied:?}");
-    let status = cli(&url, "agent:lead", &["status", &worker_s]);
+    let status = cli(w.url(), "agent:lead", &["status", &worker_s]);
     assert_eq!(exit_code(&status), Some(5), "{status:?}");
-    let history = cli(&url, "agent:lead", &["history", &worker_s]);
+    let history = cli(w.url(), "agent:lead", &["history", &worker_s]);
     assert_eq!(exit_code(&history), Some(0), "{history:?}");
     assert!(
         String::from_utf8_lossy(&history.stdout)
@@ -483,26 +454,21 @@ async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() 
     );
     // Only an administrator seals it.
     let refused = cli(
-        &url,
+        w.url(),
         "principal:cfo",
         &["seal", &root_s, "--position", &pos_s],
     );
     assert_eq!(exit_code(&refused), Some(5), "{refused:?}");
-    let sealed = cli(&url, "admin:ops", &["seal", &root_s, "--position", &pos_s]);
-    assert_eq!(exit_code(&sealed), Some(0), "{sealed:?}");
-    let d = check(&a.engine, worker).await;
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Revoked,
-                ..
-            })
-        ),
-        "{d:?}"
+    let sealed = cli(
+        w.url(),
+        "admin:ops",
+        &["seal", &root_s, "--position", &pos_s],
     );
+    assert_eq!(exit_code(&sealed), Some(0), "{sealed:?}");
+    let d = check(&w.a.engine, worker).await;
+    assert_denied_as(&d, Status::Revoked);
     let restore = cli(
-        &url,
+        w.url(),
         "admin:ops",
         &["restore", &root_s, "--position", &pos_s],
     );
@@ -515,12 +481,10 @@ async fn the_cli_denies_refuses_and_an_administrator_seals_a_quarantined_tree() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
+    let w = World::start().await;
     // The worker holds a mandate in each of two trees.
-    let (root1, worker1) = root_and_worker(&url).await;
-    let (root2, worker2) = root_and_worker(&url).await;
+    let (root1, worker1) = root_and_worker(w.url()).await;
+    let (root2, worker2) = root_and_worker(w.url()).await;
     // Quarantine the tree that a deprovisioning reaches first (mandates are
     // taken in the order of their ids).
     let (bad_root, bad, good) = if worker1.to_string() < worker2.to_string() {
@@ -528,28 +492,19 @@ async fn one_quarantined_tree_does_not_keep_a_deprovisioning_from_the_others() {
     } else {
         (root2, worker2, worker1)
     };
-    quarantine(&url, &a, &b, TreeId(bad_root.0), bad).await;
+    w.quarantine(TreeId(bad_root.0), bad).await;
 
     // When an administrator deprovisions the worker,
-    let result = client(&url, admin("ops"))
+    let result = client(w.url(), admin("ops"))
         .await
-        .revoke_agent(AgentId::new("worker").unwrap(), None)
+        .revoke_agent(agent_id("worker"), None)
         .await;
     // it says that a tree could not be reached,
     let e = result.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::Quarantined), "{e}");
     // but the healthy tree's mandate is revoked all the same.
-    let d = check(&a.engine, good).await;
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Revoked,
-                ..
-            })
-        ),
-        "{d:?}"
-    );
+    let d = check(&w.a.engine, good).await;
+    assert_denied_as(&d, Status::Revoked);
 }
 
 fn mission_issue(grantee: &str) -> Issue {
@@ -560,83 +515,61 @@ fn mission_issue(grantee: &str) -> Issue {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_completed_while_its_tree_is_quarantined_stays_closed_and_ends_the_tree_once_restored(
 ) {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let cfo = client(&url, Actor::Principal(PrincipalId::new("cfo").unwrap())).await;
+    let w = World::start().await;
+    let cfo = client(w.url(), principal("cfo")).await;
     let root = cfo
         .issue(mission_issue("lead"))
         .await
         .unwrap()
         .mandate
         .unwrap();
-    let position = quarantine(&url, &a, &b, TreeId(root.0), root).await;
+    let position = w.quarantine(TreeId(root.0), root).await;
     let mission = mandate::domain::MissionRef::new("jira:FIN-7").unwrap();
 
     // When the intake completes the mission while its only tree is
     // quarantined (an administrator, on instance A: which instances learn of a completion
     // with no event behind it is the mission stream's business),
-    let e = a
+    let e = w
+        .a
         .engine
-        .execute(ext(mandate::domain::CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: admin("ops"),
-            correlation_id: None,
-            schema_version: 1,
-            command: mandate::domain::Command::CompleteMission(
-                mandate::domain::command::CompleteMission {
-                    mission_ref: mission.clone(),
-                },
-            ),
-        }))
+        .execute(ext(envelope(
+            "acme",
+            admin("ops"),
+            mandate::domain::Command::CompleteMission(mandate::domain::command::CompleteMission {
+                mission_ref: mission.clone(),
+            }),
+        )))
         .await
         .unwrap_err();
     assert_eq!(e.to_body().code, ErrorCode::Quarantined, "{e}");
     // the mission is closed all the same: no new tree may serve it,
-    let e = a
-        .engine
-        .execute(ext(mandate::domain::CommandEnvelope {
-            command_id: CommandId::generate(),
-            tenant: acme(),
-            actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
-            correlation_id: None,
-            schema_version: 1,
-            command: mandate::domain::Command::Issue(mission_issue("other")),
-        }))
-        .await
-        .unwrap_err();
+    let e =
+        w.a.engine
+            .execute(ext(envelope(
+                "acme",
+                principal("cfo"),
+                mandate::domain::Command::Issue(mission_issue("other")),
+            )))
+            .await
+            .unwrap_err();
     assert_eq!(e.to_body().code, ErrorCode::InvalidState, "{e}");
-    let ops = client(&url, admin("ops")).await;
+    let ops = client(w.url(), admin("ops")).await;
     // and once the tree is restored, completing again ends it.
     ops.resolve_quarantine(root, position, Resolution::Restore, None)
         .await
         .unwrap();
     ops.complete_mission(mission).await.unwrap();
-    let d = check(&a.engine, root).await;
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Completed,
-                ..
-            })
-        ),
-        "{d:?}"
-    );
+    let d = check(&w.a.engine, root).await;
+    assert_denied_as(&d, Status::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let (a, b, _da, _db) = two_instances(&url).await;
-    let (root, worker) = root_and_worker(&url).await;
-    let relay = Relay::start(server.port()).await;
-    let hub = GuardHub::new();
+    let (w, root, worker) = World::with_tree().await;
+    let relay = Relay::start(w.server.port()).await;
     let guard_client = client(&relay.url(), agent("worker")).await;
     let connection = guard_client.nats_client().unwrap().clone();
-    let guard = Guard::start(guard_client, &hub, worker, steady_guard())
+    let guard = Guard::start(guard_client, &w.hub, worker, steady_guard())
         .await
         .unwrap();
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
@@ -648,7 +581,7 @@ async fn a_guard_that_missed_the_signal_denies_once_its_re_read_is_refused() {
         connection.connection_state() != async_nats::connection::State::Connected
     })
     .await;
-    quarantine(&url, &a, &b, TreeId(root.0), worker).await;
+    w.quarantine(TreeId(root.0), worker).await;
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
     // when it is back and re-reads, the refusal makes it deny,
     relay.restore();

@@ -48,10 +48,25 @@ fn delegate(
 fn written(r: &CommandResult, who: &str) -> mandate::domain::MandateId {
     assert!(
         !r.duplicate,
-        "{who}'s first command was reported a duplicate: {r:?}"
+        "{who}: a first command was reported a duplicate: {r:?}"
     );
-    assert_eq!(r.commits.len(), 1, "{who} wrote no commit: {r:?}");
+    assert_eq!(r.commits.len(), 1, "{who}: no commit written: {r:?}");
     r.mandate.expect("the command names its mandate")
+}
+
+/// Executes `cmd`, which must write one new commit (`what` names it);
+/// returns the result and the mandate it names.
+async fn run(
+    engine: &Engine,
+    cmd: CommandEnvelope,
+    what: &str,
+) -> (CommandResult, mandate::domain::MandateId) {
+    let r = engine
+        .execute(ext(cmd))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let m = written(&r, what);
+    (r, m)
 }
 
 /// Two tenants use the same command ids, for an issue and then for a
@@ -63,29 +78,15 @@ async fn same_command_id_in_two_tenants(engine: &Engine) {
     let child_id = CommandId::generate();
 
     // Given tenant A has issued and delegated with these command ids,
-    let ra = engine
-        .execute(ext(issue(&a, root_id, "lead-a")))
-        .await
-        .expect("tenant A issues");
-    let root_a = written(&ra, "tenant A");
-    let ca = engine
-        .execute(ext(delegate(&a, child_id, "lead-a", root_a)))
-        .await
-        .expect("tenant A delegates");
-    let child_a = written(&ca, "tenant A");
+    let (ra, root_a) = run(engine, issue(&a, root_id, "lead-a"), "tenant A issues").await;
+    let delegate_a = delegate(&a, child_id, "lead-a", root_a);
+    let (ca, child_a) = run(engine, delegate_a, "tenant A delegates").await;
 
     // when tenant B sends other commands under the same ids,
     let issue_b = issue(&b, root_id, "lead-b");
-    let rb = engine
-        .execute(ext(issue_b.clone()))
-        .await
-        .expect("tenant B issues with a command id tenant A used");
-    let root_b = written(&rb, "tenant B");
-    let cb = engine
-        .execute(ext(delegate(&b, child_id, "lead-b", root_b)))
-        .await
-        .expect("tenant B delegates with a command id tenant A used");
-    let child_b = written(&cb, "tenant B");
+    let (rb, root_b) = run(engine, issue_b.clone(), "tenant B issues").await;
+    let delegate_b = delegate(&b, child_id, "lead-b", root_b);
+    let (cb, child_b) = run(engine, delegate_b, "tenant B delegates").await;
 
     // then each got its own mandates and commits,
     assert_ne!(root_a, root_b, "two tenants share a root mandate id");

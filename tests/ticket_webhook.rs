@@ -6,13 +6,10 @@
 mod adapter;
 mod common;
 
-use chrono::Utc;
-use common::fixtures::{principal, root_issue, with_depth};
+use common::fixtures::{acme, eventually, principal, ticket_issue};
+use common::wire::{client, effective, issued, serve_one, tickets};
 use mandate::client::{Client, MissionPublisher};
-use mandate::domain::command::Issue;
-use mandate::domain::{
-    Actor, AgentId, MandateId, Mission, MissionRef, PrincipalId, Scope, Status, TenantId,
-};
+use mandate::domain::{MandateId, Status};
 use mandate::engine::{Engine, EngineConfig};
 
 struct Fixture {
@@ -27,25 +24,9 @@ async fn fixture() -> Fixture {
     let engine = Engine::embedded(dir.path(), EngineConfig::default())
         .await
         .unwrap();
-    let tenant = TenantId::new("acme").unwrap();
-    let client = Client::local(engine.clone(), tenant.clone(), principal("cfo"));
-    let grants = ["finance:read on reports/**"];
-    let mandate = client
-        .issue(with_depth(
-            1,
-            root_issue("cfo", "lead", Some("jira:FIN-42"), &grants),
-        ))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(adapter::serve(
-        listener,
-        MissionPublisher::Local(engine),
-        tenant,
-    ));
+    let client = Client::local(engine.clone(), acme(), principal("cfo"));
+    let mandate = issued(&client, ticket_issue("jira:FIN-42")).await;
+    let addr = serve_adapter(MissionPublisher::Local(engine)).await;
     Fixture {
         _dir: dir,
         client,
@@ -54,18 +35,22 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// Serves the adapter for acme on a free loopback port, publishing with
+/// `publisher`; returns its address.
+async fn serve_adapter(publisher: MissionPublisher) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(adapter::serve(listener, publisher, acme()));
+    addr
+}
+
 /// Posts `body` to the adapter's `/webhook`: the status code and the body.
 async fn webhook(f: &Fixture, body: &str) -> (u16, String) {
     adapter::post(f.addr, "/webhook", body).await.unwrap()
 }
 
 async fn status(f: &Fixture) -> Status {
-    f.client
-        .status(f.mandate, None)
-        .await
-        .unwrap()
-        .effective
-        .status
+    effective(&f.client, f.mandate).await
 }
 
 #[tokio::test]
@@ -143,50 +128,11 @@ async fn bad_requests_are_refused_by_name_and_change_nothing() {
 /// encoded subject and completes that mission's mandate, and only it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_github_issue_completes_its_mission_over_nats() {
-    let server = common::NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = common::served::Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let tenant = TenantId::new("acme").unwrap();
-    let client = Client::nats(
-        nc.clone(),
-        tenant.clone(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    );
-    let issue = |r: &str| Issue {
-        principal: PrincipalId::new("cfo").unwrap(),
-        grantee: AgentId::new("lead").unwrap(),
-        mission: Mission {
-            purpose: "p".into(),
-            mission_ref: Some(MissionRef::new(r).unwrap()),
-        },
-        scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-        not_after: Utc::now() + chrono::Duration::hours(1),
-        depth: 1,
-        step_up: vec![],
-        supervisors: vec![],
-    };
-    let ticket = client
-        .issue(issue("gh:org/repo#12"))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
-    let neighbour = client
-        .issue(issue("gh:org/repo#1"))
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let [ticket, neighbour] = tickets(&cfo, ["gh:org/repo#12", "gh:org/repo#1"]).await;
     let js = async_nats::jetstream::new(nc.clone());
-    tokio::spawn(adapter::serve(
-        listener,
-        MissionPublisher::Nats(Box::new(js.clone())),
-        tenant.clone(),
-    ));
+    let addr = serve_adapter(MissionPublisher::Nats(Box::new(js.clone()))).await;
 
     let reopened =
         r#"{"action":"reopened","issue":{"number":12},"repository":{"full_name":"org/repo"}}"#;
@@ -208,24 +154,14 @@ async fn a_closed_github_issue_completes_its_mission_over_nats() {
         .await
         .expect("the completion is on the encoded subject");
 
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let s = client.status(ticket, None).await.unwrap().effective.status;
-        if s == Status::Completed {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gh:org/repo#12 still {s:?} 10 s after the webhook"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let other = client
-        .status(neighbour, None)
-        .await
-        .unwrap()
-        .effective
-        .status;
-    assert_eq!(other, Status::Active, "gh:org/repo#1 must not be completed");
+    eventually("gh:org/repo#12 is completed after the webhook", || async {
+        effective(&cfo, ticket).await == Status::Completed
+    })
+    .await;
+    assert_eq!(
+        effective(&cfo, neighbour).await,
+        Status::Active,
+        "gh:org/repo#1 must not be completed"
+    );
     instance.stop().await;
 }

@@ -220,30 +220,65 @@ async fn verify_fails_when_the_log_lost_every_record_of_a_recorded_tree() {
 
 // ---------------------------------------------------------------- JetStream
 
-async fn nats_engine(server: &NatsServer, dir: &Path) -> (Engine, async_nats::Client) {
+/// An engine over its own server, not serving, with a four-commit tree,
+/// and a JetStream context on its connection.
+struct OnNats {
+    _server: NatsServer,
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    js: async_nats::jetstream::Context,
+    tree: TreeId,
+    positions: Vec<u64>,
+}
+
+async fn nats_tree() -> OnNats {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
     let nc = async_nats::connect(server.url()).await.unwrap();
-    let engine = open_engine(nc.clone(), dir).await;
-    (engine, nc)
+    let engine = open_engine(nc.clone(), dir.path()).await;
+    let (tree, positions) = four_commits(&engine).await;
+    OnNats {
+        _server: server,
+        _dir: dir,
+        engine,
+        js: async_nats::jetstream::new(nc),
+        tree,
+        positions,
+    }
+}
+
+impl OnNats {
+    /// Publishes `payload` on the tree's event subject beside the engine,
+    /// with `headers`; returns its stream position.
+    async fn publish_beside(&self, headers: async_nats::HeaderMap, payload: Vec<u8>) -> u64 {
+        self.js
+            .publish_with_headers(
+                format!("mandate.evt.acme.{}", self.tree),
+                headers,
+                payload.into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_a_message_deleted_from_the_stream() {
     // Given a tree whose second record was deleted from the stream,
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, nc) = nats_engine(&server, dir.path()).await;
-    let (tree, positions) = four_commits(&engine).await;
-    let js = async_nats::jetstream::new(nc);
-    let stream = js.get_stream("MANDATE_EVENTS").await.unwrap();
-    assert!(stream.delete_message(positions[1]).await.unwrap());
+    let t = nats_tree().await;
+    let stream = t.js.get_stream("MANDATE_EVENTS").await.unwrap();
+    assert!(stream.delete_message(t.positions[1]).await.unwrap());
 
     // when the tree is verified,
-    let v = verify(&engine, tree).await;
+    let v = verify(&t.engine, t.tree).await;
 
     // then it is not intact, and the gap is named.
     assert!(!v.intact, "a tree with a deleted message verified: {v:?}");
     assert_eq!(v.broken_at, Some(2), "{v:?}");
-    assert_eq!(v.broken_position, Some(positions[2]), "{v:?}");
+    assert_eq!(v.broken_position, Some(t.positions[2]), "{v:?}");
     assert_eq!(v.fault, Some(ChainFault::Missing), "{v:?}");
 }
 
@@ -251,11 +286,8 @@ async fn verify_names_a_message_deleted_from_the_stream() {
 async fn verify_names_a_forged_message_and_answers_for_a_quarantined_tree() {
     // Given a tree on which someone published, beside the engine, a copy of
     // its root's issue with a wider scope as the next event,
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, nc) = nats_engine(&server, dir.path()).await;
-    let (tree, _) = four_commits(&engine).await;
-    let history = engine.history(&acme(), &of_tree(tree)).await.unwrap();
+    let t = nats_tree().await;
+    let history = t.engine.history(&acme(), &of_tree(t.tree)).await.unwrap();
     let mut forged = serde_json::to_value(&history.events[0]).unwrap();
     forged["seq"] = 5.into();
     forged["scope"] = serde_json::json!([{"action": "*", "resource": "**"}]);
@@ -264,73 +296,55 @@ async fn verify_names_a_forged_message_and_answers_for_a_quarantined_tree() {
         "Nats-Msg-Id",
         format!("acme:{}", CommandId::generate()).as_str(),
     );
-    let js = async_nats::jetstream::new(nc);
-    let ack = js
-        .publish_with_headers(
-            format!("mandate.evt.acme.{tree}"),
-            headers,
-            serde_json::to_vec(&[forged]).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let forged_at = t
+        .publish_beside(headers, serde_json::to_vec(&[forged]).unwrap())
+        .await;
 
     // when the tree is verified,
-    let v = verify(&engine, tree).await;
+    let v = verify(&t.engine, t.tree).await;
 
     // then it is not intact, and the forged record is named.
     assert!(!v.intact, "a forged record verified: {v:?}");
     assert_eq!(v.broken_at, Some(5), "{v:?}");
-    assert_eq!(v.broken_position, Some(ack.sequence), "{v:?}");
+    assert_eq!(v.broken_position, Some(forged_at), "{v:?}");
     assert_eq!(v.fault, Some(ChainFault::Tampered), "{v:?}");
-    assert_eq!(v.log_head, ack.sequence, "{v:?}");
+    assert_eq!(v.log_head, forged_at, "{v:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_an_undecodable_message_after_an_intact_chain() {
     // Given a tree with a message on its subject that the log cannot decode
     // (no message id), after its four genuine records,
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, nc) = nats_engine(&server, dir.path()).await;
-    let (tree, positions) = four_commits(&engine).await;
-    let js = async_nats::jetstream::new(nc);
-    let ack = js
-        .publish(format!("mandate.evt.acme.{tree}"), "[]".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let t = nats_tree().await;
+    let bad = t
+        .publish_beside(async_nats::HeaderMap::new(), b"[]".to_vec())
+        .await;
 
     // when the tree is verified,
-    let v = verify(&engine, tree).await;
+    let v = verify(&t.engine, t.tree).await;
 
     // then the corrupt record is named, and the events before it counted.
     assert!(!v.intact, "{v:?}");
     assert_eq!(v.fault, Some(ChainFault::Corrupt), "{v:?}");
-    assert_eq!(v.broken_position, Some(ack.sequence), "{v:?}");
+    assert_eq!(v.broken_position, Some(bad), "{v:?}");
     assert_eq!(v.broken_at, Some(5), "{v:?}");
     assert_eq!(v.events, 4, "{v:?}");
     // The projection's head stands on the bad record: the tree is
     // quarantined there, its state the last good one.
-    assert!(positions[3] < ack.sequence);
-    assert_eq!(v.projection_head, ack.sequence, "{v:?}");
+    assert!(t.positions[3] < bad);
+    assert_eq!(v.projection_head, bad, "{v:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intact_tree_verifies_against_the_log() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (engine, _nc) = nats_engine(&server, dir.path()).await;
-    let (tree, positions) = four_commits(&engine).await;
+    let t = nats_tree().await;
 
-    let v = verify(&engine, tree).await;
+    let v = verify(&t.engine, t.tree).await;
 
     assert!(v.intact, "{v:?}");
     assert_eq!(
         (v.events, v.log_head, v.projection_head),
-        (4, positions[3], positions[3])
+        (4, t.positions[3], t.positions[3])
     );
     assert_eq!(
         (v.fault, v.broken_position, v.broken_at),

@@ -5,67 +5,21 @@
 
 mod common;
 
-use common::served::Instance;
-use common::NatsServer;
-use mandate::domain::command::Issue;
-use mandate::domain::{
-    Actor, AgentId, Command, CommandEnvelope, CommandId, Mission, PrincipalId, Scope, TenantId,
-    SCHEMA_VERSION,
-};
+use common::fixtures::{envelope, principal, root_issue, with_depth};
+use common::wire::{raw, serve_one};
+use mandate::domain::{Command, TenantId};
 use mandate::protocol::{command_subject, query_subject};
-use serde_json::Value;
-use std::time::Duration;
-
-async fn request(nc: &async_nats::Client, subject: String, body: Vec<u8>) -> Value {
-    // The engine may still be subscribing: ask again until it answers.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            nc.request(subject.clone(), body.clone().into()),
-        )
-        .await
-        {
-            Ok(Ok(msg)) => return serde_json::from_slice(&msg.payload).expect("a JSON reply"),
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reply on {subject}: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_mismatch_names_both_tenants_and_an_unknown_check_names_no_tree() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
 
     // An issue whose body says globex, sent on acme's subject.
-    let issue = CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: TenantId::new("globex").unwrap(),
-        actor: Actor::Principal(PrincipalId::new("cfo").unwrap()),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "mismatch".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: chrono::Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        }),
-    };
+    let grants = ["finance:read on reports/**"];
+    let mismatch = with_depth(1, root_issue("cfo", "lead", None, &grants));
+    let issue = envelope("globex", principal("cfo"), Command::Issue(mismatch));
     let acme = TenantId::new("acme").unwrap();
-    let reply = request(
+    let reply = raw(
         &nc,
         command_subject(&acme, "issue"),
         serde_json::to_vec(&issue).unwrap(),
@@ -82,7 +36,7 @@ async fn a_tenant_mismatch_names_both_tenants_and_an_unknown_check_names_no_tree
 
     // A check of a mandate that does not exist: a deny naming no tree.
     let unknown = "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f";
-    let reply = request(
+    let reply = raw(
         &nc,
         query_subject(&acme, "check"),
         serde_json::to_vec(&serde_json::json!({

@@ -87,6 +87,31 @@ pub fn root_issue(by: &str, grantee: &str, mission_ref: Option<&str>, grants: &[
     }
 }
 
+/// The cfo grants the lead `finance:read on reports/**` for the mission
+/// `mission_ref`, with no delegation below the lead's own.
+pub fn ticket_issue(mission_ref: &str) -> Issue {
+    with_depth(
+        1,
+        root_issue(
+            "cfo",
+            "lead",
+            Some(mission_ref),
+            &["finance:read on reports/**"],
+        ),
+    )
+}
+
+/// The cfo grants the planner `finance:read on reports/**` for an hour,
+/// for the mission `mission_ref`.
+pub fn planner_root(mission_ref: &str) -> Issue {
+    root_issue(
+        "cfo",
+        "planner",
+        Some(mission_ref),
+        &["finance:read on reports/**"],
+    )
+}
+
 /// `issue`, with `depth` levels below its root.
 pub fn with_depth(depth: u32, issue: Issue) -> Issue {
     Issue { depth, ..issue }

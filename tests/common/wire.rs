@@ -15,7 +15,7 @@ use mandate::log::{EventLog, JetStreamConfig};
 use mandate::protocol::mission_subject;
 use serde_json::{json, Value};
 
-use super::fixtures::{delegation, eventually, principal, tenant, PATIENCE};
+use super::fixtures::{delegation, eventually, principal, tenant, ticket_issue, PATIENCE};
 use super::served::Instance;
 use super::NatsServer;
 
@@ -86,13 +86,35 @@ pub async fn all_serving(nc: &async_nats::Client, t: &str, instances: &[&Instanc
 
 /// Issues a root in acme as its principal and returns its id.
 pub async fn issue(nc: &async_nats::Client, i: Issue) -> MandateId {
-    let by = i.principal.clone();
-    client(nc, "acme", Actor::Principal(by))
-        .issue(i)
+    let by = Actor::Principal(i.principal.clone());
+    issued(&client(nc, "acme", by), i).await
+}
+
+/// Issues `i` through `c` and returns the new root's id.
+pub async fn issued(c: &Client, i: Issue) -> MandateId {
+    c.issue(i)
         .await
         .expect("issue")
         .mandate
         .expect("an issue names its mandate")
+}
+
+/// Issues, through `c`, the cfo's [`ticket_issue`] for each of `refs`, in
+/// order; returns their ids.
+pub async fn tickets<const N: usize>(c: &Client, refs: [&str; N]) -> [MandateId; N] {
+    let mut ids = [MandateId::generate(); N];
+    for (id, r) in ids.iter_mut().zip(refs) {
+        *id = issued(c, ticket_issue(r)).await;
+    }
+    ids
+}
+
+/// Asserts the mission of `i` is still open: `c` is granted a root for it.
+pub async fn assert_mission_open(c: &Client, i: Issue) {
+    let mission = i.mission.mission_ref.clone();
+    if let Err(e) = c.issue(i).await {
+        panic!("no root for the mission {mission:?}, which should be open: {e}");
+    }
 }
 
 /// Delegates `parent` (held by `holder`) to `grantee`, in acme; returns the
