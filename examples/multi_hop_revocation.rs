@@ -4,43 +4,38 @@
 //!
 //! Run: `cargo run --example multi_hop_revocation`.
 
+#[path = "shared/mod.rs"]
+mod shared;
+
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig};
 use mandate::domain::command::{Delegate, Issue};
-use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope, TenantId};
-use mandate::engine::{Engine, EngineConfig};
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use mandate::domain::{Actor, AgentId, PrincipalId, Scope};
+use shared::{issued, root, Embedded, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::embedded(dir.path(), EngineConfig::default()).await?;
-    let background = engine.start();
-    let tenant = TenantId::new("acme")?;
-    let as_ = |actor: Actor| Client::local(engine.clone(), tenant.clone(), actor);
+    let acme = Embedded::start().await?;
+    let as_ = |actor: Actor| acme.client(actor);
     let owner = as_(Actor::Principal(PrincipalId::new("ops-lead")?));
 
-    let a = owner
-        .issue(Issue {
-            principal: PrincipalId::new("ops-lead")?,
-            grantee: AgentId::new("agent-a")?,
-            mission: Mission {
-                purpose: "Rotate the staging certificates".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["certs:* on staging/**"])?,
-            not_after: Utc::now() + chrono::Duration::hours(2),
+    let a = issued(
+        &owner,
+        Issue {
             depth: 2,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await?
-        .mandate
-        .ok_or("no mandate")?;
+            ..root(
+                "ops-lead",
+                "agent-a",
+                "Rotate the staging certificates",
+                None,
+                "certs:* on staging/**",
+                chrono::Duration::hours(2),
+            )?
+        },
+    )
+    .await?;
     let b = delegate(
         &as_(Actor::Agent(AgentId::new("agent-a")?)),
         a,
@@ -86,7 +81,7 @@ async fn main() -> Result<(), Error> {
     if outcome != "cancelled" || d.is_allowed() {
         return Err("C kept its authority after A was revoked".into());
     }
-    background.stop().await?;
+    acme.stop().await?;
     Ok(())
 }
 

@@ -3,21 +3,18 @@
 //!
 //! Run: `cargo run --example offboarding`.
 
-use chrono::Utc;
-use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard, GuardConfig};
-use mandate::domain::command::Issue;
-use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope, TenantId};
-use mandate::engine::{Engine, EngineConfig};
+#[path = "shared/mod.rs"]
+mod shared;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+use chrono::Duration;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Guard, GuardConfig};
+use mandate::domain::{Actor, AgentId, PrincipalId};
+use shared::{issued, root, Embedded, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::embedded(dir.path(), EngineConfig::default()).await?;
-    let background = engine.start();
-    let tenant = TenantId::new("acme")?;
+    let acme = Embedded::start().await?;
     let hub = GuardHub::new();
     let mut guards = Vec::new();
     for (principal, agent, purpose) in [
@@ -26,33 +23,11 @@ async fn main() -> Result<(), Error> {
         ("alice", "calendar-bot", "Schedule Alice's Q4 reviews"),
         ("bob", "report-writer", "Draft Bob's board report"),
     ] {
-        let client = Client::local(
-            engine.clone(),
-            tenant.clone(),
-            Actor::Principal(PrincipalId::new(principal)?),
-        );
-        let m = client
-            .issue(Issue {
-                principal: PrincipalId::new(principal)?,
-                grantee: AgentId::new(agent)?,
-                mission: Mission {
-                    purpose: purpose.into(),
-                    mission_ref: None,
-                },
-                scope: Scope::parse(["workspace:* on users/**"])?,
-                not_after: Utc::now() + chrono::Duration::days(30),
-                depth: 1,
-                step_up: vec![],
-                supervisors: vec![],
-            })
-            .await?
-            .mandate
-            .ok_or("no mandate")?;
-        let agent_client = Client::local(
-            engine.clone(),
-            tenant.clone(),
-            Actor::Agent(AgentId::new(agent)?),
-        );
+        let client = acme.client(Actor::Principal(PrincipalId::new(principal)?));
+        let grant = "workspace:* on users/**";
+        let issue = root(principal, agent, purpose, None, grant, Duration::days(30))?;
+        let m = issued(&client, issue).await?;
+        let agent_client = acme.client(Actor::Agent(AgentId::new(agent)?));
         guards.push((
             principal,
             agent,
@@ -60,11 +35,7 @@ async fn main() -> Result<(), Error> {
         ));
     }
 
-    let hr = Client::local(
-        engine.clone(),
-        tenant.clone(),
-        Actor::Admin(PrincipalId::new("hr-system")?),
-    );
+    let hr = acme.client(Actor::Admin(PrincipalId::new("hr-system")?));
     let result = hr
         .revoke_principal(
             PrincipalId::new("alice")?,
@@ -99,6 +70,6 @@ async fn main() -> Result<(), Error> {
     if !wrong.is_empty() {
         return Err(format!("wrong outcome for {wrong:?}").into());
     }
-    background.stop().await?;
+    acme.stop().await?;
     Ok(())
 }

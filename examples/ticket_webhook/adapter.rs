@@ -42,50 +42,53 @@ pub fn parse_webhook(body: &[u8]) -> Result<Webhook, String> {
     if v.get("repository").is_some() {
         return parse_github(&v);
     }
-    let key = v
-        .pointer("/issue/key")
-        .and_then(|k| k.as_str())
-        .ok_or("missing string field issue.key")?;
-    let status = v
-        .pointer("/issue/fields/status/name")
-        .and_then(|s| s.as_str())
-        .ok_or("missing string field issue.fields.status.name")?;
-    if RESOLVED.contains(&status.to_ascii_lowercase().as_str()) {
-        let mission = MissionRef::new(format!("jira:{key}"))
-            .map_err(|e| format!("issue.key {key:?}: {e}"))?;
-        Ok(Webhook::Resolved(mission))
-    } else {
-        Ok(Webhook::Ignored {
-            key: key.into(),
-            status: status.into(),
-        })
-    }
+    let key = string_at(&v, "/issue/key")?;
+    let status = string_at(&v, "/issue/fields/status/name")?;
+    let resolved = RESOLVED.contains(&status.to_ascii_lowercase().as_str());
+    outcome(resolved, key.into(), status, || {
+        MissionRef::new(format!("jira:{key}")).map_err(|e| format!("issue.key {key:?}: {e}"))
+    })
 }
 
 /// Reads a GitHub-style issue webhook body: a closed issue completes
 /// mission `gh:<owner>/<repo>#<number>`.
 fn parse_github(v: &serde_json::Value) -> Result<Webhook, String> {
-    let repo = v
-        .pointer("/repository/full_name")
-        .and_then(|r| r.as_str())
-        .ok_or("missing string field repository.full_name")?;
+    let repo = string_at(v, "/repository/full_name")?;
     let number = v
         .pointer("/issue/number")
         .and_then(|n| n.as_u64())
         .ok_or("missing integer field issue.number")?;
-    let action = v
-        .pointer("/action")
-        .and_then(|a| a.as_str())
-        .ok_or("missing string field action")?;
+    let action = string_at(v, "/action")?;
     let key = format!("{repo}#{number}");
-    if action == "closed" {
-        let mission = MissionRef::new(format!("gh:{key}"))
-            .map_err(|e| format!("repository.full_name {repo:?}: {e}"))?;
-        Ok(Webhook::Resolved(mission))
+    outcome(action == "closed", key.clone(), action, || {
+        MissionRef::new(format!("gh:{key}"))
+            .map_err(|e| format!("repository.full_name {repo:?}: {e}"))
+    })
+}
+
+/// The string at `pointer` in `v`, or an error naming the field (the
+/// pointer in dotted form).
+fn string_at<'a>(v: &'a serde_json::Value, pointer: &str) -> Result<&'a str, String> {
+    v.pointer(pointer).and_then(|s| s.as_str()).ok_or_else(|| {
+        let field = pointer.trim_start_matches('/').replace('/', ".");
+        format!("missing string field {field}")
+    })
+}
+
+/// `Resolved` with the mission `mission` builds if `resolved`, else
+/// `Ignored` with the issue's `key` and `status`.
+fn outcome(
+    resolved: bool,
+    key: String,
+    status: &str,
+    mission: impl FnOnce() -> Result<MissionRef, String>,
+) -> Result<Webhook, String> {
+    if resolved {
+        Ok(Webhook::Resolved(mission()?))
     } else {
         Ok(Webhook::Ignored {
             key,
-            status: action.into(),
+            status: status.into(),
         })
     }
 }

@@ -5,48 +5,35 @@
 //! Run: `cargo run --example ticket_webhook`.
 
 mod adapter;
+#[path = "../shared/mod.rs"]
+mod shared;
 
-use chrono::Utc;
-use mandate::client::{Client, MissionPublisher};
+use mandate::client::MissionPublisher;
 use mandate::domain::command::Issue;
-use mandate::domain::{Actor, AgentId, Mission, MissionRef, PrincipalId, Scope, Status, TenantId};
-use mandate::engine::{Engine, EngineConfig};
+use mandate::domain::{Actor, PrincipalId, Status};
+use shared::{issued, root, Embedded, Error};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let dir = tempfile::tempdir()?;
-    let engine = Engine::embedded(dir.path(), EngineConfig::default()).await?;
-    let background = engine.start();
-    let tenant = TenantId::new("acme")?;
-    let cfo = Client::local(
-        engine.clone(),
-        tenant.clone(),
-        Actor::Principal(PrincipalId::new("cfo")?),
-    );
-    let m = cfo
-        .issue(Issue {
-            principal: PrincipalId::new("cfo")?,
-            grantee: AgentId::new("research-lead")?,
-            mission: Mission {
-                purpose: "Evaluate Acme".into(),
-                mission_ref: Some(MissionRef::new("jira:FIN-42")?),
-            },
-            scope: Scope::parse(["finance:read on reports/**"])?,
-            not_after: Utc::now() + chrono::Duration::hours(8),
-            depth: 2,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await?
-        .mandate
-        .ok_or("no mandate")?;
+async fn main() -> Result<(), Error> {
+    let acme = Embedded::start().await?;
+    let cfo = acme.client(Actor::Principal(PrincipalId::new("cfo")?));
+    let grant = "finance:read on reports/**";
+    let issue = root(
+        "cfo",
+        "research-lead",
+        "Evaluate Acme",
+        Some("jira:FIN-42"),
+        grant,
+        chrono::Duration::hours(8),
+    )?;
+    let m = issued(&cfo, Issue { depth: 2, ..issue }).await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(adapter::serve(
         listener,
-        MissionPublisher::Local(engine.clone()),
-        tenant.clone(),
+        MissionPublisher::Local(acme.engine.clone()),
+        acme.tenant(),
     ));
     println!("webhook adapter listening on http://{addr}/webhook");
 
@@ -69,6 +56,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if code != 202 || status.effective.status != Status::Completed {
         return Err("the resolved ticket did not complete the mission".into());
     }
-    background.stop().await?;
+    acme.stop().await?;
     Ok(())
 }
