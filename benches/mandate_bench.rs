@@ -86,45 +86,13 @@ fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p) as usize]
 }
 
-/// Appends `n` commits to distinct trees with `tasks` concurrent writers.
-async fn appends<L: EventLog + Clone>(log: &L, n: usize, tasks: usize) -> Duration {
-    let cmds: Vec<_> = (0..n)
-        .map(issue_cmd)
-        .map(|c| (c.command_id, commit_for(&c)))
-        .collect();
-    let cmds = Arc::new(cmds);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let t = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..tasks {
-        let (log, cmds, next) = (log.clone(), cmds.clone(), next.clone());
-        handles.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((id, payload)) = cmds.get(i) else {
-                    return;
-                };
-                log.append(
-                    &tenant(),
-                    root_tree_id(&tenant(), *id),
-                    0,
-                    *id,
-                    payload.clone(),
-                )
-                .await
-                .unwrap();
-            }
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
-    }
-    t.elapsed()
-}
-
-/// Raw JetStream publishes of the same payloads with the same headers
-/// (expected-last-subject-sequence 0 and msg-id), `tasks` concurrent.
-async fn raw_js(js: &async_nats::jetstream::Context, n: usize, tasks: usize) -> Duration {
+/// Runs `op` on each of `n` fresh commits of a new tree (its command id and
+/// payload), `tasks` at a time; returns how long they all took.
+async fn concurrently<F, Fut>(n: usize, tasks: usize, op: F) -> Duration
+where
+    F: Fn(CommandId, Bytes) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let cmds: Arc<Vec<_>> = Arc::new(
         (0..n)
             .map(issue_cmd)
@@ -135,25 +103,14 @@ async fn raw_js(js: &async_nats::jetstream::Context, n: usize, tasks: usize) -> 
     let t = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..tasks {
-        let (js, cmds, next) = (js.clone(), cmds.clone(), next.clone());
+        let (op, cmds, next) = (op.clone(), cmds.clone(), next.clone());
         handles.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some((id, payload)) = cmds.get(i) else {
                     return;
                 };
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Nats-Msg-Id", id.to_string().as_str());
-                h.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                js.publish_with_headers(
-                    format!("rawbench.{}", root_tree_id(&tenant(), *id)),
-                    h,
-                    payload.clone(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+                op(*id, payload.clone()).await;
             }
         }));
     }
@@ -161,6 +118,40 @@ async fn raw_js(js: &async_nats::jetstream::Context, n: usize, tasks: usize) -> 
         h.await.unwrap();
     }
     t.elapsed()
+}
+
+/// Appends `n` commits to distinct trees with `tasks` concurrent writers.
+async fn appends<L: EventLog + Clone>(log: &L, n: usize, tasks: usize) -> Duration {
+    let log = log.clone();
+    concurrently(n, tasks, move |id, payload| {
+        let log = log.clone();
+        async move {
+            let tree = root_tree_id(&tenant(), id);
+            log.append(&tenant(), tree, 0, id, payload).await.unwrap();
+        }
+    })
+    .await
+}
+
+/// Raw JetStream publishes of the same payloads with the same headers
+/// (expected-last-subject-sequence 0 and msg-id), `tasks` concurrent.
+async fn raw_js(js: &async_nats::jetstream::Context, n: usize, tasks: usize) -> Duration {
+    let js = js.clone();
+    concurrently(n, tasks, move |id, payload| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.to_string().as_str());
+            h.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            let subject = format!("rawbench.{}", root_tree_id(&tenant(), id));
+            js.publish_with_headers(subject, h, payload)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    })
+    .await
 }
 
 #[tokio::main]
@@ -383,13 +374,12 @@ async fn main() {
     for i in 0..n_guards {
         let child = lead
             .delegate(Delegate {
-                parent: root,
-                grantee: AgentId::new(format!("worker-{i}")).unwrap(),
-                scope: Scope::parse(["finance:read on reports/q3/*"]).unwrap(),
-                not_after: None,
                 depth: Some(0),
-                step_up: vec![],
-                supervisors: vec![],
+                ..common::fixtures::delegation(
+                    root,
+                    &format!("worker-{i}"),
+                    &["finance:read on reports/q3/*"],
+                )
             })
             .await
             .unwrap()
