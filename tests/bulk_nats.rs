@@ -15,6 +15,7 @@ use common::served::Instance;
 use common::wire::{connect, effective, open_engine, serve_one};
 use common::NatsServer;
 use mandate::client::{Client, ClientError};
+use mandate::domain::command::Delegate;
 
 use mandate::domain::{
     delegated_id, Actor, Command, CommandEnvelope, ErrorCode, MandateId, MissionRef, Status, TreeId,
@@ -77,6 +78,26 @@ impl Pair {
         Client::nats(self.nc.clone(), acme(), actor)
     }
 
+    /// The lead, served by A.
+    fn a_lead(&self) -> Client {
+        self.on_a(agent("lead"))
+    }
+
+    /// The lead, on the lagging instance B.
+    fn b_lead(&self) -> Client {
+        self.on_b(agent("lead"))
+    }
+
+    /// The administrator, served by A.
+    fn a_admin(&self) -> Client {
+        self.on_a(admin())
+    }
+
+    /// The administrator, on the lagging instance B.
+    fn b_admin(&self) -> Client {
+        self.on_b(admin())
+    }
+
     /// A client of the lagging instance B, in process.
     fn on_b(&self, actor: Actor) -> Client {
         Client::local(self.b.clone(), acme(), actor)
@@ -84,12 +105,17 @@ impl Pair {
 
     /// Asserts that A reads `m` as `status` (effective), saying `why` not.
     async fn assert_reads(&self, m: MandateId, status: Status, why: &str) {
-        assert_eq!(effective(&self.on_a(admin()), m).await, status, "{why}");
+        assert_eq!(effective(&self.a_admin(), m).await, status, "{why}");
     }
 
     async fn stop(self) {
         self.a.stop().await;
     }
+}
+
+/// A delegation of [`GRANTS`] under `root` to `grantee`.
+fn grant(root: MandateId, grantee: &str) -> Delegate {
+    delegation(root, grantee, GRANTS)
 }
 
 /// The lead's delegation under `root` to `grantee`, as a command whose id
@@ -98,7 +124,7 @@ fn lead_grants(root: MandateId, grantee: &str) -> CommandEnvelope {
     envelope(
         "acme",
         agent("lead"),
-        Command::Delegate(delegation(root, grantee, GRANTS)),
+        Command::Delegate(grant(root, grantee)),
     )
 }
 
@@ -130,14 +156,14 @@ async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsew
     let (p, root) = Pair::with_root("alice", None).await;
     p.b.catch_up().await.unwrap();
     let contractor = p
-        .on_a(agent("lead"))
-        .delegate(delegation(root, "contractor", GRANTS))
+        .a_lead()
+        .delegate(grant(root, "contractor"))
         .await
         .unwrap()
         .mandate
         .unwrap();
     // When B deprovisions the contractor
-    p.on_b(admin())
+    p.b_admin()
         .revoke_agent(agent_id("contractor"), None)
         .await
         .unwrap();
@@ -156,7 +182,7 @@ async fn revoke_principal_on_a_lagging_instance_ends_a_root_acknowledged_elsewhe
     // Given a root that only A has acknowledged
     let (p, root) = Pair::with_root("alice", None).await;
     // When B offboards its principal
-    p.on_b(admin())
+    p.b_admin()
         .revoke_principal(principal_id("alice"), None)
         .await
         .unwrap();
@@ -175,7 +201,7 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
     // Given a tree for a mission that only A has acknowledged
     let (p, root) = Pair::with_root("alice", Some("jira:FIN-42")).await;
     // When B completes the mission
-    p.on_b(admin())
+    p.b_admin()
         .complete_mission(MissionRef::new("jira:FIN-42").unwrap())
         .await
         .unwrap();
@@ -207,15 +233,12 @@ fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>,
 async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instance() {
     // Given a root, and the contractor deprovisioned on instance B
     let (p, root) = Pair::with_root("alice", None).await;
-    p.on_b(admin())
+    p.b_admin()
         .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
         .await
         .unwrap();
     // When the lead delegates to the contractor again, through A
-    let again = p
-        .on_a(agent("lead"))
-        .delegate(delegation(root, "contractor", GRANTS))
-        .await;
+    let again = p.a_lead().delegate(grant(root, "contractor")).await;
     // Then it is refused, naming the agent
     assert_blocked(again, "contractor");
     // And a new root for the contractor is refused as well
@@ -227,14 +250,12 @@ async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instanc
     );
     // And the lagging instance, which never ran its follower, refuses too
     assert_blocked(
-        p.on_b(agent("lead"))
-            .delegate(delegation(root, "contractor", GRANTS))
-            .await,
+        p.b_lead().delegate(grant(root, "contractor")).await,
         "contractor",
     );
     // While other agents still receive mandates
-    p.on_a(agent("lead"))
-        .delegate(delegation(root, "employee", GRANTS))
+    p.a_lead()
+        .delegate(grant(root, "employee"))
         .await
         .expect("an unblocked agent receives a mandate");
     p.stop().await;
@@ -244,7 +265,7 @@ async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instanc
 async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance() {
     // Given alice offboarded on instance A
     let p = Pair::start().await;
-    p.on_a(admin())
+    p.a_admin()
         .revoke_principal(principal_id("alice"), Some("left the company".into()))
         .await
         .unwrap();
@@ -270,13 +291,13 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
     // Given a root held by the lead
     let (p, root) = Pair::with_root("alice", None).await;
     p.b.catch_up().await.unwrap();
-    let reader = p.on_a(admin());
+    let reader = p.a_admin();
     for round in 0..12 {
         let temp = format!("temp-{round}");
         // When the lead delegates to an agent on A while B deprovisions it
         let grant = lead_grants(root, &temp);
-        let lead = p.on_a(agent("lead"));
-        let b_admin = p.on_b(admin());
+        let lead = p.a_lead();
+        let b_admin = p.b_admin();
         let (granted, bulk) = tokio::join!(
             lead.send(&grant),
             b_admin.revoke_agent(agent_id(&temp), None)
@@ -308,11 +329,11 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
 async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
     // Given the contractor deprovisioned and alice offboarded
     let (p, root) = Pair::with_root("carol", None).await;
-    p.on_b(admin())
+    p.b_admin()
         .revoke_agent(agent_id("contractor"), None)
         .await
         .unwrap();
-    p.on_a(admin())
+    p.a_admin()
         .revoke_principal(principal_id("alice"), None)
         .await
         .unwrap();
@@ -332,23 +353,21 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         .expect_err("a principal lifted its own block");
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     assert_blocked(
-        p.on_b(agent("lead"))
-            .delegate(delegation(root, "contractor", GRANTS))
-            .await,
+        p.b_lead().delegate(grant(root, "contractor")).await,
         "contractor",
     );
     // When an administrator lifts them on A
-    p.on_a(admin())
+    p.a_admin()
         .unblock_agent(agent_id("contractor"), Some("rehired".into()))
         .await
         .unwrap();
-    p.on_a(admin())
+    p.a_admin()
         .unblock_principal(principal_id("alice"), None)
         .await
         .unwrap();
     // Then the lagging instance B grants again
-    p.on_b(agent("lead"))
-        .delegate(delegation(root, "contractor", GRANTS))
+    p.b_lead()
+        .delegate(grant(root, "contractor"))
         .await
         .expect("a delegation to the rehired contractor");
     p.on_b(principal("alice"))
@@ -357,7 +376,7 @@ async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
         .expect("a root of the returning principal");
     // And a block that is not in place cannot be lifted
     let err = p
-        .on_a(admin())
+        .a_admin()
         .unblock_agent(agent_id("contractor"), None)
         .await
         .expect_err("lifted a block that was not in place");
@@ -380,21 +399,18 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     // grantee written without a sweep (a bare `block_agent`)
     let (p, root) = Pair::with_root("alice", None).await;
     let grant = lead_grants(root, "contractor");
-    let lead = p.on_a(agent("lead"));
+    let lead = p.a_lead();
     lead.send(&grant).await.unwrap();
     let mandate = delegated(root, &grant);
-    p.on_b(admin())
-        .send(&bare_block("contractor"))
-        .await
-        .unwrap();
-    assert_eq!(effective(&p.on_a(admin()), mandate).await, Status::Active);
+    p.b_admin().send(&bare_block("contractor")).await.unwrap();
+    assert_eq!(effective(&p.a_admin(), mandate).await, Status::Active);
     // When the grant is retried (its answer lost), so that its append is
     // already in the log and the block is found only after it
     let retried = lead.send(&grant).await;
     // Then the mandate is revoked on the administrator's authority, and the
     // grant is refused
     assert_blocked(retried, "contractor");
-    let reader = p.on_a(admin());
+    let reader = p.a_admin();
     assert_eq!(effective(&reader, mandate).await, Status::Revoked);
     let s = reader.status(mandate, None).await.unwrap();
     assert_eq!(
@@ -409,10 +425,7 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
 async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower() {
     // Given a root, and a bare block on the contractor written on A
     let (p, root) = Pair::with_root("alice", None).await;
-    p.on_a(admin())
-        .send(&bare_block("contractor"))
-        .await
-        .unwrap();
+    p.a_admin().send(&bare_block("contractor")).await.unwrap();
     // When a writer that read no block appends a delegation to the
     // contractor and dies before it reads the registry again
     p.b.catch_up().await.unwrap();
@@ -438,7 +451,7 @@ async fn a_grant_whose_writer_died_before_its_recheck_is_ended_by_every_follower
         .unwrap();
     // Then the instances that follow the log end the new mandate
     let mandate = delegated(root, &grant);
-    let reader = p.on_a(admin());
+    let reader = p.a_admin();
     eventually(
         "the orphaned delegation to a blocked agent is revoked",
         || {
