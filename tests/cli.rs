@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::cli::{
     cfo_changes, cfo_issues, delegate_to_analyst, exit_within, issue_root, kill, lead_delegates,
-    line_with, lines, mandate, mandate_cmd, mandate_in, ok_json, says, stdout, text, watching,
+    line_with, lines, mandate, mandate_cmd, mandate_in, ok_json, says, status_while_watched,
+    stdout, text,
 };
 
 /// The JSON a command printed, whatever its exit.
@@ -659,18 +660,15 @@ fn the_demo_ends_naming_the_fetcher_and_gives_reasons_in_words() {
 fn a_data_directory_held_by_another_process_is_unavailable_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_root(d, &[]);
     // `watch` on the embedded engine keeps the directory open.
-    let (mut holder, _) = watching(d, &root);
-    let out = mandate(d, &["status", &root]);
-    kill(&mut holder);
     says(
-        &out,
+        &status_while_watched(d),
         4,
         &[
             "another `mandate` process holds",
             &d.display().to_string(),
-            "mandate serve",
+            "is in use by another mandate process",
+            "run `mandate serve` in one shell",
             "--nats",
         ],
     );

@@ -4,13 +4,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::cli::{
-    cfo_changes, delegate_to_analyst, exit_within, issue_root, kill, line_with, lines, mandate,
-    mandate_cmd, says, watching,
+    cfo_changes, delegate_to_analyst, exit_within, issue_root, kill, line_with, mandate,
+    mandate_cmd, says, spawn_reading, watching,
 };
 
 const URL_FILE: &str = "serve.url";
@@ -29,32 +29,36 @@ struct Serve {
     data: PathBuf,
     /// What it logs, line by line.
     log: mpsc::Receiver<String>,
+    /// The data directory, when it is this serve's own.
+    own_dir: Option<tempfile::TempDir>,
 }
 
 impl Serve {
     /// Starts `mandate serve` on `data` and waits (at most 30 s) until it
     /// says its engine is ready and its URL file written.
     fn start(data: &Path) -> Self {
-        let mut child = with_server(data, &["serve"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mandate serve");
-        // Read to the end, so serve never blocks on a full pipe.
-        let log = lines(child.stderr.take().unwrap());
+        // Its pipes are read to the end, so serve never blocks on one.
+        let (child, _, log) = spawn_reading(with_server(data, &["serve"]).env("RUST_LOG", "info"));
         let ready = line_with(&log, "served engine ready", Duration::from_secs(30));
         let mut serve = Serve {
             child,
             data: data.to_path_buf(),
             log,
+            own_dir: None,
         };
         if ready.is_none() {
             let status = serve.child.try_wait().unwrap();
             panic!("mandate serve did not become ready (exit: {status:?})");
         }
         assert!(data.join(URL_FILE).exists());
+        serve
+    }
+
+    /// `mandate serve` on a data directory of its own.
+    fn fresh() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut serve = Self::start(dir.path());
+        serve.own_dir = Some(dir);
         serve
     }
 
@@ -94,9 +98,8 @@ fn accepts(port: u16) -> bool {
 
 #[test]
 fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut serve = Serve::start(d);
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     let url = serve.url();
     assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
 
@@ -166,9 +169,8 @@ fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
 
 #[test]
 fn a_crashed_serve_is_reported_not_bypassed_and_a_restart_keeps_its_mandates() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut serve = Serve::start(d);
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     let url = serve.url();
     let root = issue_root(d, &[]);
 
@@ -242,29 +244,9 @@ fn without_a_nats_server_serve_says_how_to_get_one() {
 }
 
 #[test]
-fn a_held_in_process_data_directory_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let root = issue_root(d, &[]);
-    // `watch` on the in-process engine holds the directory while it runs.
-    let (mut watch, _) = watching(d, &root);
-    let out = mandate(d, &["status", &root]);
-    kill(&mut watch);
-    says(
-        &out,
-        4,
-        &[
-            "is in use by another mandate process",
-            "run `mandate serve` in one shell",
-        ],
-    );
-}
-
-#[test]
 fn serve_stops_when_its_private_server_dies() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut serve = Serve::start(d);
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     // The private server names its pid in its ports file.
     let pid: libc::pid_t = std::fs::read_dir(d.join("nats"))
         .unwrap()

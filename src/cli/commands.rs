@@ -54,20 +54,20 @@ pub(super) async fn change(client: &Client, cmd: &Cmd, json: bool) -> Result<Exi
             mandate,
             position,
             reason,
-        } => {
-            let m = mandate_id(mandate)?;
-            client
-                .resolve_quarantine(m, *position, Resolution::Restore, reason.clone())
-                .await
         }
-        Cmd::Seal {
+        | Cmd::Seal {
             mandate,
             position,
             reason,
         } => {
+            // `restore` lets the tree grant again; `seal` ends it for good.
+            let action = match cmd {
+                Cmd::Restore { .. } => Resolution::Restore,
+                _ => Resolution::End,
+            };
             let m = mandate_id(mandate)?;
             client
-                .resolve_quarantine(m, *position, Resolution::End, reason.clone())
+                .resolve_quarantine(m, *position, action, reason.clone())
                 .await
         }
         // `runner` sends only the commands `changes_authority` names here.

@@ -174,22 +174,39 @@ pub fn exit_within(child: &mut Child, within: Duration, what: &str) -> ExitStatu
     }
 }
 
-/// `mandate watch <mandate>` on `data`, once it says it is watching: the
-/// process, and the lines it prints on stdout.
-pub fn watching(data: &Path, mandate_id: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut watch = mandate_cmd(data, &["watch", mandate_id])
+/// Starts `cmd` without stdin; returns it and the lines of its stdout and
+/// of its stderr, as they come.
+pub fn spawn_reading(cmd: &mut Command) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start mandate watch");
-    let out = lines(watch.stdout.take().unwrap());
-    let err = lines(watch.stderr.take().unwrap());
+        .expect("start the mandate binary");
+    let out = lines(child.stdout.take().unwrap());
+    let err = lines(child.stderr.take().unwrap());
+    (child, out, err)
+}
+
+/// `mandate watch <mandate>` on `data`, once it says it is watching: the
+/// process, and the lines it prints on stdout.
+pub fn watching(data: &Path, mandate_id: &str) -> (Child, mpsc::Receiver<String>) {
+    let (watch, out, err) = spawn_reading(&mut mandate_cmd(data, &["watch", mandate_id]));
     assert!(
         line_with(&err, "watching", Duration::from_secs(30)).is_some(),
         "watch never started"
     );
     (watch, out)
+}
+
+/// `mandate status <root>` while a `watch` on the in-process engine holds
+/// `data`: the walkthrough's root, watched.
+pub fn status_while_watched(data: &Path) -> Output {
+    let root = issue_root(data, &[]);
+    let (mut holder, _) = watching(data, &root);
+    let out = mandate(data, &["status", &root]);
+    kill(&mut holder);
+    out
 }
 
 /// Stops a child this test started, and reaps it.
