@@ -313,8 +313,9 @@ fn corpus_strings() -> Vec<String> {
     out
 }
 
-#[test]
-fn the_cli_never_panics_on_hostile_input() {
+/// Hostile argument values: every string of the invalid schema examples,
+/// and values built to overflow, escape or break a parser.
+fn hostile_values() -> Vec<std::ffi::OsString> {
     use std::os::unix::ffi::OsStringExt;
     let mut hostile: Vec<std::ffi::OsString> =
         corpus_strings().into_iter().map(Into::into).collect();
@@ -348,7 +349,12 @@ fn the_cli_never_panics_on_hostile_input() {
     hostile.push("x".repeat(100_000).into());
     hostile.push(format!("finance:read on {}", "a/".repeat(40_000)).into());
     hostile.push(std::ffi::OsString::from_vec(vec![0x66, 0xff, 0xfe, 0x80]));
+    hostile
+}
 
+/// Command lines with a hostile value in each slot that takes one.
+fn hostile_cases() -> Vec<Vec<std::ffi::OsString>> {
+    let hostile = hostile_values();
     let v = |s: &str| std::ffi::OsString::from(s);
     let mut cases: Vec<Vec<std::ffi::OsString>> = Vec::new();
     for h in &hostile {
@@ -401,6 +407,12 @@ fn the_cli_never_panics_on_hostile_input() {
             ],
         ]);
     }
+    cases
+}
+
+#[test]
+fn the_cli_never_panics_on_hostile_input() {
+    let cases = hostile_cases();
     assert!(cases.len() >= 250, "only {} hostile cases", cases.len());
     // Three workers, each with its own data directory (the embedded engine
     // is one process at a time).
