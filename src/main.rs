@@ -21,7 +21,7 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(6);
+            std::process::exit(mandate::cli::Exit::Internal.code());
         }
     };
     let code = runtime.block_on(mandate::cli::run(cli));

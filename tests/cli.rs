@@ -6,120 +6,70 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::cli::{cfo_issues, mandate, text};
+use common::cli::{
+    cfo_changes, cfo_issues, delegate_to_analyst, exit_within, issue_root, kill, lead_delegates,
+    line_with, lines, mandate, mandate_cmd, mandate_in, ok_json, says, status_while_watched,
+    stdout, text,
+};
 
-fn ok_json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The JSON a command printed, whatever its exit.
+fn printed_json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// `mandate check <mandate> finance:read reports/q3/financials` (`--json` if
+/// `json`).
+fn check_financials(d: &Path, mandate_id: &str, json: bool) -> Output {
+    let check = ["check", mandate_id, "finance:read", "reports/q3/financials"];
+    let args: Vec<&str> = json.then_some("--json").into_iter().chain(check).collect();
+    mandate(d, &args)
 }
 
 /// One run of the README's walkthrough in `d`, with its own mission ref (as
 /// the README's shell lines make one per run); returns the root and the
 /// delegated mandate.
 fn walkthrough(d: &Path, mission: &str) -> (String, String) {
-    let root = ok_json(&mandate(
-        d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "--json",
-            "issue",
-            "--principal",
-            "cfo",
-            "--agent",
-            "research-lead",
-            "--purpose",
-            "Evaluate Acme",
-            "--mission-ref",
-            mission,
-            "--grant",
-            "finance:read on reports/**",
-            "--ttl",
-            "8h",
-        ],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let kid = ok_json(&mandate(
-        d,
-        &[
-            "--actor",
-            "agent:research-lead",
-            "--json",
-            "delegate",
-            &root,
-            "--agent",
-            "analyst",
-            "--grant",
-            "finance:read on reports/q3/*",
-        ],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let root = issue_root(d, &["--mission-ref", mission, "--ttl", "8h"]);
+    let kid = delegate_to_analyst(d, &root, &[]);
 
-    let allowed = mandate(d, &["check", &kid, "finance:read", "reports/q3/financials"]);
-    assert_eq!(allowed.status.code(), Some(0), "{}", text(&allowed));
+    let allowed = says(&check_financials(d, &kid, false), 0, &[]);
     assert!(
-        text(&allowed).starts_with("ALLOW: finance:read on reports/q3/financials"),
-        "{}",
-        text(&allowed)
+        allowed.starts_with("ALLOW: finance:read on reports/q3/financials"),
+        "{allowed}"
     );
 
     let tree = mandate(d, &["tree", &kid]);
-    assert!(tree.status.success());
-    let drawn = text(&tree);
-    assert!(
-        drawn.contains(&format!("[{mission}]"))
-            && drawn.contains(&format!("{root} agent research-lead [active]"))
-            && drawn.contains(&format!("└─ {kid} agent analyst [active]")),
-        "{drawn}"
+    says(
+        &tree,
+        0,
+        &[
+            &format!("[{mission}]"),
+            &format!("{root} agent research-lead [active]"),
+            &format!("└─ {kid} agent analyst [active]"),
+        ],
     );
 
     let done = mandate(
         d,
         &["--actor", "principal:cfo", "complete", "--mission", mission],
     );
-    assert!(done.status.success(), "{}", text(&done));
+    says(&done, 0, &[]);
 
-    // Denied, and the reason in words, naming the ancestor that ended it.
-    let denied = mandate(d, &["check", &kid, "finance:read", "reports/q3/financials"]);
-    assert_eq!(
-        denied.status.code(),
-        Some(1),
-        "denied exits 1: {}",
-        text(&denied)
-    );
-    let why = text(&denied);
-    assert!(why.starts_with("DENY: "), "{why}");
-    assert!(
-        why.contains(&format!(
+    // Denied (exit 1), and the reason in words, naming the ancestor that
+    // ended it.
+    let why = says(
+        &check_financials(d, &kid, false),
+        1,
+        &[&format!(
             "reason: mandate is completed: ancestor {root} completed (mission {mission} completed)"
-        )),
-        "{why}"
+        )],
     );
+    assert!(why.starts_with("DENY: "), "{why}");
     assert!(!why.contains('{'), "the reason is words, not JSON: {why}");
     // --json keeps the structure.
-    let denied_json: serde_json::Value = serde_json::from_slice(
-        &mandate(
-            d,
-            &[
-                "--json",
-                "check",
-                &kid,
-                "finance:read",
-                "reports/q3/financials",
-            ],
-        )
-        .stdout,
-    )
-    .expect("--json check prints JSON");
+    let denied_json = printed_json(&check_financials(d, &kid, true));
     assert_eq!(denied_json["reason"]["kind"], "not_active", "{denied_json}");
     assert_eq!(
         denied_json["reason"]["cause"]["mandate"],
@@ -131,8 +81,8 @@ fn walkthrough(d: &Path, mission: &str) -> (String, String) {
     // issue, the delegation and the mission's completion, each with its
     // actor.
     let history = mandate(d, &["history", &kid]);
-    assert!(history.status.success(), "{}", text(&history));
-    let h = String::from_utf8_lossy(&history.stdout).to_string();
+    says(&history, 0, &[]);
+    let h = stdout(&history);
     let lines: Vec<&str> = h.lines().collect();
     assert_eq!(lines.len(), 3, "{h}");
     for (line, (event, of, by)) in lines.iter().zip([
@@ -149,8 +99,7 @@ fn walkthrough(d: &Path, mission: &str) -> (String, String) {
         );
     }
     // --only: the mandate's own events.
-    let only = mandate(d, &["history", &kid, "--only"]);
-    let only = String::from_utf8_lossy(&only.stdout).to_string();
+    let only = stdout(&mandate(d, &["history", &kid, "--only"]));
     assert!(
         only.lines().count() >= 1 && only.lines().all(|l| l.contains(&format!("mandate {kid}"))),
         "{only}"
@@ -168,59 +117,33 @@ fn the_readme_walkthrough_works_twice_in_one_directory_and_exit_codes_tell_outco
     let (root, kid) = walkthrough(d, "jira:FIN-42-run2");
 
     // Reusing a completed mission's ref is refused (5), saying why.
-    let reused = mandate(
+    let reused = cfo_issues(
         d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "issue",
-            "--principal",
-            "cfo",
-            "--agent",
-            "research-lead",
-            "--purpose",
-            "Evaluate Acme",
-            "--mission-ref",
-            "jira:FIN-42-run1",
-            "--grant",
-            "finance:read on reports/**",
-        ],
+        false,
+        "research-lead",
+        "Evaluate Acme",
+        "finance:read on reports/**",
+        &["--mission-ref", "jira:FIN-42-run1"],
     );
-    assert_eq!(reused.status.code(), Some(5), "{}", text(&reused));
-    assert!(
-        text(&reused).contains("jira:FIN-42-run1"),
-        "{}",
-        text(&reused)
-    );
+    says(&reused, 5, &["jira:FIN-42-run1"]);
 
     // Not found: 3, for `status` and `check` alike. Invalid input: 2,
     // naming what was wrong.
     let unknown = "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f";
-    let missing = mandate(d, &["status", unknown]);
-    assert_eq!(missing.status.code(), Some(3), "{}", text(&missing));
+    says(&mandate(d, &["status", unknown]), 3, &[]);
     let missing_check = mandate(d, &["check", unknown, "finance:read", "reports/q3"]);
-    assert_eq!(
-        missing_check.status.code(),
-        Some(3),
-        "{}",
-        text(&missing_check)
-    );
-    assert!(
-        text(&missing_check).contains(&format!(
+    says(
+        &missing_check,
+        3,
+        &[&format!(
             "reason: mandate {unknown} not found in tenant default"
-        )),
-        "{}",
-        text(&missing_check)
+        )],
     );
     // Its reply names no tree: there is none.
-    let missing_json: serde_json::Value = serde_json::from_slice(
-        &mandate(
-            d,
-            &["--json", "check", unknown, "finance:read", "reports/q3"],
-        )
-        .stdout,
-    )
-    .expect("--json check prints JSON");
+    let missing_json = printed_json(&mandate(
+        d,
+        &["--json", "check", unknown, "finance:read", "reports/q3"],
+    ));
     assert_eq!(missing_json["reason"]["kind"], "unknown_mandate");
     assert!(missing_json.get("tree").is_none(), "{missing_json}");
 
@@ -237,14 +160,11 @@ fn the_readme_walkthrough_works_twice_in_one_directory_and_exit_codes_tell_outco
             "fin*:read on reports",
         ],
     );
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
-    assert!(text(&bad).contains("fin*:read"), "{}", text(&bad));
+    says(&bad, 2, &["fin*:read"]);
     let bad_actor = mandate(d, &["--actor", "root", "status", &root]);
     assert_eq!(bad_actor.status.code(), Some(2));
     // Refused by the rules (the mandate is completed): 5.
-    let refused = mandate(d, &["--actor", "principal:cfo", "pause", &kid]);
-    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
-    assert!(text(&refused).contains("completed"), "{}", text(&refused));
+    says(&cfo_changes(d, "pause", &kid, &[]), 5, &["completed"]);
 }
 
 #[test]
@@ -252,8 +172,7 @@ fn an_unreachable_nats_server_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens on port 1.
     let out = mandate(dir.path(), &["--nats", "nats://127.0.0.1:1", "health"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("127.0.0.1:1"), "{}", text(&out));
+    says(&out, 4, &["127.0.0.1:1"]);
 }
 
 fn mandate_os(
@@ -262,13 +181,8 @@ fn mandate_os(
     env: &[(&str, &str)],
     stdout: std::process::Stdio,
 ) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mandate"));
-    cmd.arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_TENANT")
-        .env_remove("MANDATE_ACTOR")
+    let mut cmd = mandate_cmd(data, &[]);
+    cmd.args(args)
         .env("RUST_BACKTRACE", "1")
         .stdout(stdout)
         .stderr(std::process::Stdio::piped());
@@ -283,21 +197,6 @@ fn mandate_os(
 
 fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
     args.iter().map(std::ffi::OsString::from).collect()
-}
-
-fn issue_as_cfo(d: &Path) -> String {
-    let grant = "finance:read on reports/**";
-    ok_json(&cfo_issues(
-        d,
-        true,
-        "research-lead",
-        "Evaluate Acme",
-        grant,
-        &[],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -317,13 +216,7 @@ fn a_command_that_changes_authority_must_say_who_acts() {
         "--grant",
         "finance:read on reports/**",
     ];
-    let anonymous = mandate(d, &issue);
-    assert_eq!(anonymous.status.code(), Some(2), "{}", text(&anonymous));
-    assert!(
-        text(&anonymous).contains("--actor") && text(&anonymous).contains("MANDATE_ACTOR"),
-        "{}",
-        text(&anonymous)
-    );
+    says(&mandate(d, &issue), 2, &["--actor", "MANDATE_ACTOR"]);
     // MANDATE_ACTOR names the actor as well as --actor does.
     let named = mandate_os(
         d,
@@ -331,7 +224,7 @@ fn a_command_that_changes_authority_must_say_who_acts() {
         &[("MANDATE_ACTOR", "principal:cfo")],
         std::process::Stdio::piped(),
     );
-    let root = ok_json(&named)["mandate"].as_str().unwrap().to_string();
+    let root = mandate_in(&named);
     // Every command that changes authority refuses without an actor, and
     // changes nothing.
     for args in [
@@ -351,68 +244,29 @@ fn a_command_that_changes_authority_must_say_who_acts() {
             "finance:read on reports/q3/*",
         ],
     ] {
-        let out = mandate(d, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-        assert!(text(&out).contains("--actor"), "{args:?}: {}", text(&out));
+        says(&mandate(d, &args), 2, &["--actor"]);
     }
     // Queries keep working without an actor, and nothing changed.
     let status = mandate(d, &["--json", "status", &root]);
     assert_eq!(ok_json(&status)["effective"]["status"], "active");
-    let check = mandate(d, &["check", &root, "finance:read", "reports/q3"]);
-    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    says(
+        &mandate(d, &["check", &root, "finance:read", "reports/q3"]),
+        0,
+        &[],
+    );
 }
 
 #[test]
 fn huge_ttls_are_refused_as_invalid_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_as_cfo(d);
+    let root = issue_root(d, &[]);
     for ttl in ["99999999999d", "9223372036854775807s", "999999999999999h"] {
         let flag = format!("--ttl={ttl}");
-        let issue = mandate(
-            d,
-            &[
-                "--actor",
-                "principal:cfo",
-                "issue",
-                "--principal",
-                "cfo",
-                "--agent",
-                "research-lead",
-                "--purpose",
-                "Evaluate Acme",
-                "--grant",
-                "finance:read on reports/**",
-                &flag,
-            ],
-        );
-        assert_eq!(
-            issue.status.code(),
-            Some(2),
-            "issue {flag}: {}",
-            text(&issue)
-        );
-        assert!(text(&issue).contains(ttl), "issue {flag}: {}", text(&issue));
-        let delegate = mandate(
-            d,
-            &[
-                "--actor",
-                "agent:research-lead",
-                "delegate",
-                &root,
-                "--agent",
-                "analyst",
-                "--grant",
-                "finance:read on reports/q3/*",
-                &flag,
-            ],
-        );
-        assert_eq!(
-            delegate.status.code(),
-            Some(2),
-            "delegate {flag}: {}",
-            text(&delegate)
-        );
+        let grant = "finance:read on reports/**";
+        let issue = cfo_issues(d, false, "research-lead", "Evaluate Acme", grant, &[&flag]);
+        says(&issue, 2, &[ttl]);
+        says(&lead_delegates(d, false, &root, &[&flag]), 2, &[]);
     }
 }
 
@@ -420,7 +274,7 @@ fn huge_ttls_are_refused_as_invalid_input() {
 fn status_into_a_closed_pipe_does_not_panic() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_as_cfo(d);
+    let root = issue_root(d, &[]);
     // A pipe whose reading end is closed before the command starts: every
     // write to it fails with a broken pipe, as under `| head -1` once head
     // has exited.
@@ -459,8 +313,9 @@ fn corpus_strings() -> Vec<String> {
     out
 }
 
-#[test]
-fn the_cli_never_panics_on_hostile_input() {
+/// Hostile argument values: every string of the invalid schema examples,
+/// and values built to overflow, escape or break a parser.
+fn hostile_values() -> Vec<std::ffi::OsString> {
     use std::os::unix::ffi::OsStringExt;
     let mut hostile: Vec<std::ffi::OsString> =
         corpus_strings().into_iter().map(Into::into).collect();
@@ -494,7 +349,12 @@ fn the_cli_never_panics_on_hostile_input() {
     hostile.push("x".repeat(100_000).into());
     hostile.push(format!("finance:read on {}", "a/".repeat(40_000)).into());
     hostile.push(std::ffi::OsString::from_vec(vec![0x66, 0xff, 0xfe, 0x80]));
+    hostile
+}
 
+/// Command lines with a hostile value in each slot that takes one.
+fn hostile_cases() -> Vec<Vec<std::ffi::OsString>> {
+    let hostile = hostile_values();
     let v = |s: &str| std::ffi::OsString::from(s);
     let mut cases: Vec<Vec<std::ffi::OsString>> = Vec::new();
     for h in &hostile {
@@ -547,6 +407,12 @@ fn the_cli_never_panics_on_hostile_input() {
             ],
         ]);
     }
+    cases
+}
+
+#[test]
+fn the_cli_never_panics_on_hostile_input() {
+    let cases = hostile_cases();
     assert!(cases.len() >= 250, "only {} hostile cases", cases.len());
     // Three workers, each with its own data directory (the embedded engine
     // is one process at a time).
@@ -557,7 +423,7 @@ fn the_cli_never_panics_on_hostile_input() {
             scope.spawn(move || {
                 let dir = tempfile::tempdir().unwrap();
                 let d = dir.path();
-                let root = std::ffi::OsString::from(issue_as_cfo(d));
+                let root = std::ffi::OsString::from(issue_root(d, &[]));
                 for args in cases.iter().skip(w).step_by(workers) {
                     let args: Vec<_> = args
                         .iter()
@@ -581,29 +447,52 @@ fn the_cli_never_panics_on_hostile_input() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
+/// An engine serving acme over its own nats-server (with the data
+/// directory of its projection), the cfo's client to it, and a root the cfo
+/// issued to lead, with `depth` levels of delegation below.
+async fn served_root(
+    depth: u32,
+) -> (
+    common::NatsServer,
+    tempfile::TempDir,
+    common::served::Instance,
+    mandate::client::Client,
+    mandate::domain::MandateId,
+) {
     use common::fixtures::{principal, root_issue, with_depth};
-    use std::io::BufRead;
-
-    let (server, _dir, instance, nc) = common::wire::serve_one("acme").await;
+    let (server, dir, instance, nc) = common::wire::serve_one("acme").await;
     let cfo = common::wire::client(&nc, "acme", principal("cfo"))
-        .with_timeout(std::time::Duration::from_millis(700));
+        .with_timeout(Duration::from_millis(700));
     let grants = ["finance:read on reports/**"];
     let root = cfo
-        .issue(with_depth(1, root_issue("cfo", "lead", None, &grants)))
+        .issue(with_depth(depth, root_issue("cfo", "lead", None, &grants)))
         .await
         .unwrap()
         .mandate
         .unwrap();
+    (server, dir, instance, cfo, root)
+}
+
+/// `mandate watch` in acme over the nats-server at `url`, with `args`.
+fn watch_over(url: &str, args: &[&str]) -> Command {
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_mandate"));
+    watch
+        .args(["--nats", url, "--tenant", "acme", "watch"])
+        .args(args)
+        .env_remove("MANDATE_ACTOR");
+    watch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
+    use std::io::BufRead;
+
+    let (server, _dir, instance, cfo, root) = served_root(1).await;
 
     // `mandate watch` with its reader already gone.
     let (reader, writer) = std::io::pipe().expect("create a pipe");
     drop(reader);
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .args(["--nats", &server.url(), "--tenant", "acme", "watch"])
-        .arg(root.to_string())
-        .env_remove("MANDATE_ACTOR")
+    let mut watch = watch_over(&server.url(), &[&root.to_string()])
         .stdout(writer)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -615,7 +504,7 @@ async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
 
     // Signals until it stops (its subscription may reach the server after
     // the first of them).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = watch.try_wait().unwrap() {
             break status;
@@ -626,7 +515,7 @@ async fn watch_into_a_closed_pipe_stops_at_its_first_signal() {
         }
         cfo.pause(root, None).await.unwrap();
         cfo.resume(root, None).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
@@ -658,8 +547,8 @@ fn every_argument_has_help_and_global_options_have_their_own_heading() {
 
     let dir = tempfile::tempdir().unwrap();
     let help = mandate(dir.path(), &["check", "--help"]);
-    assert!(help.status.success(), "{}", text(&help));
-    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    says(&help, 0, &[]);
+    let help = stdout(&help);
     let (own, global) = help
         .split_once("Global options:")
         .unwrap_or_else(|| panic!("no global options heading: {help}"));
@@ -672,15 +561,13 @@ fn every_argument_has_help_and_global_options_have_their_own_heading() {
         assert!(!own.contains(g), "{g} among check's own options: {help}");
     }
 
-    let watch = mandate(dir.path(), &["watch", "--help"]);
-    let watch = String::from_utf8_lossy(&watch.stdout).to_string();
+    let watch = stdout(&mandate(dir.path(), &["watch", "--help"]));
     assert!(!watch.contains("subtree"), "{watch}");
     assert!(
         watch.contains("chain") && watch.contains("--until-ended"),
         "{watch}"
     );
-    let issue = mandate(dir.path(), &["issue", "--help"]);
-    let issue = String::from_utf8_lossy(&issue.stdout).to_string();
+    let issue = stdout(&mandate(dir.path(), &["issue", "--help"]));
     assert!(
         issue.contains("--principal <ID>") && issue.contains("on whose authority"),
         "{issue}"
@@ -692,8 +579,8 @@ fn health_prints_text_and_json_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let h = mandate(d, &["health"]);
-    assert!(h.status.success(), "{}", text(&h));
-    let out = String::from_utf8_lossy(&h.stdout).to_string();
+    says(&h, 0, &[]);
+    let out = stdout(&h);
     assert!(
         out.starts_with("instance ") && out.contains("(embedded)") && !out.contains('{'),
         "{out}"
@@ -707,7 +594,7 @@ fn health_prints_text_and_json_only_when_asked() {
 fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_as_cfo(d);
+    let root = issue_root(d, &[]);
     let parent_end = ok_json(&mandate(d, &["--json", "status", &root]))["mandate"]["not_after"]
         .as_str()
         .unwrap()
@@ -716,25 +603,7 @@ fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
     let end = (chrono::Utc::now() + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let kid = ok_json(&mandate(
-        d,
-        &[
-            "--actor",
-            "agent:research-lead",
-            "--json",
-            "delegate",
-            &root,
-            "--agent",
-            "analyst",
-            "--grant",
-            "finance:read on reports/q3/*",
-            "--not-after",
-            &end,
-        ],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let kid = delegate_to_analyst(d, &root, &["--not-after", &end]);
     let status = ok_json(&mandate(d, &["--json", "status", &kid]));
     let got: chrono::DateTime<chrono::Utc> = status["mandate"]["not_after"]
         .as_str()
@@ -747,48 +616,16 @@ fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
     let later = (parent_end + chrono::Duration::hours(1))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let widens = mandate(
-        d,
-        &[
-            "--actor",
-            "agent:research-lead",
-            "delegate",
-            &root,
-            "--agent",
-            "analyst",
-            "--grant",
-            "finance:read on reports/q3/*",
-            "--not-after",
-            &later,
-        ],
-    );
-    assert_eq!(widens.status.code(), Some(5), "{}", text(&widens));
-    assert!(text(&widens).contains("not_after"), "{}", text(&widens));
+    let widens = lead_delegates(d, false, &root, &["--not-after", &later]);
+    says(&widens, 5, &["not_after"]);
     // Not both a lifetime and an end.
-    let both = mandate(
-        d,
-        &[
-            "--actor",
-            "agent:research-lead",
-            "delegate",
-            &root,
-            "--agent",
-            "analyst",
-            "--grant",
-            "finance:read on reports/q3/*",
-            "--not-after",
-            &end,
-            "--ttl",
-            "1h",
-        ],
-    );
-    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    let both = lead_delegates(d, false, &root, &["--not-after", &end, "--ttl", "1h"]);
+    says(&both, 2, &[]);
 
     // The chain, root first, then the mandate.
     let chain = mandate(d, &["chain", &kid]);
-    assert!(chain.status.success(), "{}", text(&chain));
-    let out = String::from_utf8_lossy(&chain.stdout).to_string();
-    assert!(out.contains("effective active"), "{out}");
+    says(&chain, 0, &["effective active"]);
+    let out = stdout(&chain);
     let root_line = out
         .lines()
         .position(|l| l.starts_with(&format!("{root} principal cfo → agent research-lead")))
@@ -802,20 +639,9 @@ fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
     assert_eq!(j["chain"].as_array().map(Vec::len), Some(2), "{j}");
 
     // Ended through its ancestor: the chain says by whom.
-    let revoked = mandate(
-        d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "revoke",
-            &root,
-            "--reason",
-            "deal off",
-        ],
-    );
-    assert!(revoked.status.success(), "{}", text(&revoked));
-    let chain = mandate(d, &["chain", &kid]);
-    let out = String::from_utf8_lossy(&chain.stdout).to_string();
+    let revoked = cfo_changes(d, "revoke", &root, &["--reason", "deal off"]);
+    says(&revoked, 0, &[]);
+    let out = stdout(&mandate(d, &["chain", &kid]));
     assert!(
         out.contains(&format!(
             "effective revoked: ancestor {root} revoked (deal off)"
@@ -828,8 +654,8 @@ fn chain_shows_the_authority_chain_and_delegate_takes_not_after() {
 fn the_demo_ends_naming_the_fetcher_and_gives_reasons_in_words() {
     let dir = tempfile::tempdir().unwrap();
     let demo = mandate(dir.path(), &["demo"]);
-    let out = String::from_utf8_lossy(&demo.stdout).to_string();
-    assert!(demo.status.success(), "{}", text(&demo));
+    says(&demo, 0, &[]);
+    let out = stdout(&demo);
     assert_eq!(
         out.lines().last(),
         Some("The fetcher was refused after the mission completed."),
@@ -842,68 +668,21 @@ fn the_demo_ends_naming_the_fetcher_and_gives_reasons_in_words() {
     assert!(!out.contains("{\""), "{out}");
 }
 
-/// Reads `child`'s stderr until a line starting with `prefix`; returns it.
-fn stderr_line(child: &mut std::process::Child, prefix: &str) -> String {
-    use std::io::BufRead;
-    let stderr = child.stderr.as_mut().expect("stderr piped");
-    let mut reader = std::io::BufReader::new(stderr);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).unwrap();
-        assert!(
-            n > 0,
-            "stderr closed before a line starting with {prefix:?}"
-        );
-        if line.starts_with(prefix) {
-            return line;
-        }
-    }
-}
-
-/// Waits for `child` to exit, killing it and failing after `secs`.
-fn exit_within(child: &mut std::process::Child, secs: u64, what: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit in time");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_data_directory_held_by_another_process_is_unavailable_and_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_as_cfo(d);
     // `watch` on the embedded engine keeps the directory open.
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .arg("--data")
-        .arg(d)
-        .args(["watch", &root])
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_ACTOR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run mandate watch");
-    stderr_line(&mut holder, "watching");
-    let out = mandate(d, &["status", &root]);
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let message = text(&out);
-    assert!(
-        message.contains("another `mandate` process holds")
-            && message.contains(&d.display().to_string())
-            && message.contains("mandate serve")
-            && message.contains("--nats"),
-        "{message}"
+    says(
+        &status_while_watched(d),
+        4,
+        &[
+            "another `mandate` process holds",
+            &d.display().to_string(),
+            "is in use by another mandate process",
+            "run `mandate serve` in one shell",
+            "--nats",
+        ],
     );
 }
 
@@ -911,13 +690,12 @@ fn a_data_directory_held_by_another_process_is_unavailable_and_says_what_to_do()
 fn watch_until_ended_exits_at_once_on_an_ended_mandate_saying_why() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let root = issue_as_cfo(d);
-    let done = mandate(d, &["--actor", "principal:cfo", "complete", &root]);
-    assert!(done.status.success(), "{}", text(&done));
+    let root = issue_root(d, &[]);
+    says(&cfo_changes(d, "complete", &root, &[]), 0, &[]);
     let out = mandate(d, &["watch", "--until-ended", &root]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    says(&out, 0, &[]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!(
+        stdout(&out).contains(&format!(
             "mandate {root} has ended: it is completed: itself completed"
         )),
         "{}",
@@ -925,95 +703,39 @@ fn watch_until_ended_exits_at_once_on_an_ended_mandate_saying_why() {
     );
 }
 
-async fn served_acme(
-    server: &common::NatsServer,
-    dir: &Path,
-) -> (common::served::Instance, mandate::client::Client) {
-    use mandate::client::Client;
-    use mandate::domain::{Actor, PrincipalId, TenantId};
-    let instance = common::served::Instance::start(&server.url(), dir).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    let cfo = Client::nats(
-        nc,
-        TenantId::new("acme").unwrap(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .with_timeout(std::time::Duration::from_millis(700));
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while cfo.health().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "engine never served"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    (instance, cfo)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_until_ended_exits_when_an_ancestor_ends() {
-    use mandate::domain::command::{Delegate, Issue};
-    use mandate::domain::{Actor, AgentId, Mission, PrincipalId, Scope};
+    use common::fixtures::{agent, delegation};
 
-    let server = common::NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (instance, cfo) = served_acme(&server, dir.path()).await;
-    let root = cfo
-        .issue(Issue {
-            principal: PrincipalId::new("cfo").unwrap(),
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "watch until ended".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:read on reports/**"]).unwrap(),
-            not_after: chrono::Utc::now() + chrono::Duration::hours(1),
-            depth: 2,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (server, _dir, instance, cfo, root) = served_root(2).await;
     let kid = cfo
-        .as_actor(Actor::Agent(AgentId::new("lead").unwrap()))
-        .delegate(Delegate {
-            parent: root,
-            grantee: AgentId::new("fetcher").unwrap(),
-            scope: Scope::parse(["finance:read on reports/q3/*"]).unwrap(),
-            not_after: None,
-            depth: None,
-            step_up: vec![],
-            supervisors: vec![],
-        })
+        .as_actor(agent("lead"))
+        .delegate(delegation(
+            root,
+            "fetcher",
+            &["finance:read on reports/q3/*"],
+        ))
         .await
         .unwrap()
         .mandate
         .unwrap();
 
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_mandate"))
-        .args([
-            "--nats",
-            &server.url(),
-            "--tenant",
-            "acme",
-            "watch",
-            "--until-ended",
-        ])
-        .arg(kid.to_string())
-        .env_remove("MANDATE_ACTOR")
+    let mut watch = watch_over(&server.url(), &["--until-ended", &kid.to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run mandate watch");
-    stderr_line(&mut watch, "watching");
+    let err = lines(watch.stderr.take().unwrap());
+    assert!(
+        line_with(&err, "watching", Duration::from_secs(30)).is_some(),
+        "watch never started"
+    );
     // Still running while the mandate is live: a pause is not an end.
     cfo.pause(root, Some("hold".into())).await.unwrap();
     cfo.resume(root, None).await.unwrap();
     assert!(watch.try_wait().unwrap().is_none(), "watch exited early");
     cfo.revoke(root, Some("deal off".into())).await.unwrap();
-    let status = exit_within(&mut watch, 20, "watch --until-ended");
+    let status = exit_within(&mut watch, Duration::from_secs(20), "watch --until-ended");
     let mut out = String::new();
     std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert_eq!(status.code(), Some(0), "{out}");
@@ -1040,13 +762,7 @@ async fn no_engine_serving_is_unavailable() {
     ] {
         let mut all = vec!["--nats", url.as_str()];
         all.extend(&args);
-        let out = mandate(d, &all);
-        assert_eq!(out.status.code(), Some(4), "{args:?}: {}", text(&out));
-        assert!(
-            text(&out).contains("no engine is serving"),
-            "{args:?}: {}",
-            text(&out)
-        );
+        says(&mandate(d, &all), 4, &["no engine is serving"]);
     }
 }
 
@@ -1064,9 +780,13 @@ fn serve_writes_no_colour_codes_into_a_redirected_log() {
         .spawn()
         .expect("run mandate serve");
     // Its first log line (a warning about open tenants, or its start).
-    let first = stderr_line(&mut serve, "");
-    let _ = serve.kill();
-    let _ = serve.wait();
+    let first = line_with(
+        &lines(serve.stderr.take().unwrap()),
+        "",
+        Duration::from_secs(30),
+    )
+    .expect("a log line");
+    kill(&mut serve);
     assert!(!first.trim().is_empty(), "no log line");
     assert!(
         !first.contains('\u{1b}'),

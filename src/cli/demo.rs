@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local, Utc};
 
+use super::render::{deny_text, grants_text};
 use crate::client::guard::GuardHub;
 use crate::client::{Client, Guard, GuardConfig, MissionPublisher};
 use crate::domain::command::{Delegate, Issue};
-use crate::domain::{Actor, AgentId, MandateId, Mission, MissionRef, PrincipalId, Scope, TenantId};
+use crate::domain::{
+    Actor, AgentId, Decision, MandateId, Mission, MissionRef, PrincipalId, Scope, TenantId,
+};
 use crate::protocol::MissionCompletedNotice;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -58,12 +61,55 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
         "jira:FIN-42-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     ))?;
+    say!("Mandate demo: the ghost-execution story (tenant {tenant}, mission {mission})\n");
+    let chain = grant(&client, &tl, &mission).await?;
+    let agents = start_agents(&client, &tl, &chain).await?;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pulled_at = Utc::now();
+    let d = pull(&client, chain.fetcher, None).await?;
+    tl.say(
+        "fetcher",
+        format!("pulls {FINANCIALS}: {:?} (engine check)", d.outcome),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let completed_at = complete(&tl, &missions, &tenant, &mission, agents).await?;
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = pull(&client, chain.fetcher, None).await?;
+    tl.say(
+        "fetcher",
+        format!(
+            "tries {FINANCIALS} again: {:?} — {}",
+            again.outcome,
+            deny_text(&again)
+        ),
+    );
+
+    audit(&client, chain.fetcher, pulled_at, completed_at).await?;
+    if pull(&client, chain.fetcher, None).await?.is_allowed() {
+        return Err("the fetcher was still allowed after the mission completed".into());
+    }
+    say!("\nThe fetcher was refused after the mission completed.");
+    Ok(())
+}
+
+/// The story's mandates: the cfo's root to the research lead, and the two
+/// delegations below it.
+struct Chain {
+    root: MandateId,
+    analyst: MandateId,
+    fetcher: MandateId,
+}
+
+/// The cfo grants the research lead a root for `mission`; the lead
+/// delegates to the analyst, the analyst to the fetcher.
+async fn grant(client: &Client, tl: &Timeline, mission: &MissionRef) -> Result<Chain, Error> {
     let cfo = client.as_actor(Actor::Principal(id::<PrincipalId>("cfo")));
     let lead_id: AgentId = id("research-lead");
     let analyst_id: AgentId = id("analyst");
     let fetcher_id: AgentId = id("fetcher");
-
-    say!("Mandate demo: the ghost-execution story (tenant {tenant}, mission {mission})\n");
     let root = cfo
         .issue(Issue {
             principal: id("cfo"),
@@ -79,59 +125,67 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
             supervisors: vec![],
         })
         .await?;
-    let root_id = root.mandate.ok_or("issue returned no mandate")?;
+    let root = root.mandate.ok_or("issue returned no mandate")?;
     tl.say(
         "cfo",
-        format!("issues mandate {root_id} to research-lead for {mission} (8h)"),
+        format!("issues mandate {root} to research-lead for {mission} (8h)"),
     );
 
-    let lead = client.as_actor(Actor::Agent(lead_id.clone()));
-    let analyst_m = delegate(&lead, root_id, &analyst_id, "finance:read on reports/q3/*").await?;
+    let lead = client.as_actor(Actor::Agent(lead_id));
+    let analyst = delegate(&lead, root, &analyst_id, "finance:read on reports/q3/*").await?;
     tl.say(
         "research-lead",
-        format!("delegates {analyst_m} to analyst: finance:read on reports/q3/*"),
+        format!("delegates {analyst} to analyst: finance:read on reports/q3/*"),
     );
-    let analyst = client.as_actor(Actor::Agent(analyst_id.clone()));
-    let fetcher_m = delegate(
-        &analyst,
-        analyst_m,
+    let analyst_client = client.as_actor(Actor::Agent(analyst_id));
+    let fetcher = delegate(
+        &analyst_client,
+        analyst,
         &fetcher_id,
         "finance:read on reports/q3/financials",
     )
     .await?;
     tl.say(
         "analyst",
-        format!("delegates {fetcher_m} to fetcher: finance:read on reports/q3/financials"),
+        format!("delegates {fetcher} to fetcher: finance:read on reports/q3/financials"),
     );
+    Ok(Chain {
+        root,
+        analyst,
+        fetcher,
+    })
+}
 
+/// An agent at work under its guard: its name, and its task.
+type Agent = (&'static str, tokio::task::JoinHandle<(u32, Instant)>);
+
+/// Each holder of the chain starts its guard and goes to work.
+async fn start_agents(client: &Client, tl: &Timeline, chain: &Chain) -> Result<Vec<Agent>, Error> {
     let hub = GuardHub::new();
     let config = GuardConfig::default();
     let mut agents = Vec::new();
     for (name, mandate) in [
-        ("research-lead", root_id),
-        ("analyst", analyst_m),
-        ("fetcher", fetcher_m),
+        ("research-lead", chain.root),
+        ("analyst", chain.analyst),
+        ("fetcher", chain.fetcher),
     ] {
         let agent_client = client.as_actor(Actor::Agent(id(name)));
         let guard = Guard::start(agent_client, &hub, mandate, config.clone()).await?;
         tl.say(name, "guard started: subscribed to its chain, state read");
         agents.push((name, tokio::spawn(agent_work(guard))));
     }
+    Ok(agents)
+}
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pulled_at = Utc::now();
-    let d = client
-        .check(fetcher_m, "finance:read", "reports/q3/financials", None)
-        .await?;
-    tl.say(
-        "fetcher",
-        format!(
-            "pulls reports/q3/financials: {:?} (engine check)",
-            d.outcome
-        ),
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-
+/// The ticket system completes `mission`; every agent stops. Returns when
+/// the completion was published.
+async fn complete(
+    tl: &Timeline,
+    missions: &MissionPublisher,
+    tenant: &TenantId,
+    mission: &MissionRef,
+    agents: Vec<Agent>,
+) -> Result<DateTime<Utc>, Error> {
     tl.say(
         "ticket system",
         format!("the board approved the deal: {mission} resolved"),
@@ -140,8 +194,8 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
     let completed_at = Utc::now();
     missions
         .completed(
-            &tenant,
-            &mission,
+            tenant,
+            mission,
             &MissionCompletedNotice {
                 source: Some("https://tickets.example/FIN-42".into()),
                 reason: Some("board approved the deal".into()),
@@ -169,20 +223,17 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
             last_stop.as_secs_f64() * 1000.0
         ),
     );
+    Ok(completed_at)
+}
 
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let again = client
-        .check(fetcher_m, "finance:read", "reports/q3/financials", None)
-        .await?;
-    tl.say(
-        "fetcher",
-        format!(
-            "tries reports/q3/financials again: {:?} — {}",
-            again.outcome,
-            crate::cli::deny_text(&again)
-        ),
-    );
-
+/// The auditor's questions: was the fetcher's pull at `pulled_at` allowed,
+/// and would it be after `completed_at`; on whose authority.
+async fn audit(
+    client: &Client,
+    fetcher: MandateId,
+    pulled_at: DateTime<Utc>,
+    completed_at: DateTime<Utc>,
+) -> Result<(), Error> {
     say!("\nAuditor: on whose authority did the fetcher pull the Q3 financials, and was it still valid?");
     for (label, at) in [
         ("while the mission ran", pulled_at),
@@ -191,17 +242,15 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
             completed_at + chrono::Duration::milliseconds(50),
         ),
     ] {
-        let d = client
-            .check(fetcher_m, "finance:read", "reports/q3/financials", Some(at))
-            .await?;
+        let d = pull(client, fetcher, Some(at)).await?;
         say!(
             "  at {} ({label}): {:?} — {}",
             both(at),
             d.outcome,
-            crate::cli::deny_text(&d)
+            deny_text(&d)
         );
     }
-    let chain = client.chain(fetcher_m, Some(pulled_at)).await?;
+    let chain = client.chain(fetcher, Some(pulled_at)).await?;
     say!("  authority chain:");
     for link in &chain.chain {
         say!(
@@ -209,22 +258,25 @@ pub async fn run(client: Client, missions: MissionPublisher) -> Result<(), Error
             link.grantor,
             link.grantee,
             link.on_behalf_of,
-            link.scope
-                .grants()
-                .iter()
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            grants_text(&link.scope)
         );
     }
-    let after = client
-        .check(fetcher_m, "finance:read", "reports/q3/financials", None)
-        .await?;
-    if after.is_allowed() {
-        return Err("the fetcher was still allowed after the mission completed".into());
-    }
-    say!("\nThe fetcher was refused after the mission completed.");
     Ok(())
+}
+
+/// What the fetcher pulls.
+const FINANCIALS: &str = "reports/q3/financials";
+
+/// The engine's answer to the fetcher reading the Q3 financials under
+/// `mandate`, now or `at` a past moment.
+async fn pull(
+    client: &Client,
+    mandate: MandateId,
+    at: Option<DateTime<Utc>>,
+) -> Result<Decision, Error> {
+    Ok(client
+        .check(mandate, "finance:read", FINANCIALS, at)
+        .await?)
 }
 
 async fn delegate(
@@ -256,7 +308,7 @@ async fn agent_work(guard: Guard) -> (u32, Instant) {
         tokio::select! {
             _ = cancel.cancelled() => return (steps, Instant::now()),
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                if guard.check("finance:read", "reports/q3/financials").is_allowed() {
+                if guard.check("finance:read", FINANCIALS).is_allowed() {
                     steps += 1;
                 }
             }

@@ -1,0 +1,340 @@
+//! The command line: global options and commands, as clap reads them. The
+//! doc comments are the `--help` texts.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+
+/// Mandate: the authority of AI agents, held as event streams.
+#[derive(Parser, Debug)]
+#[command(name = "mandate", version, about, next_help_heading = "Global options")]
+pub struct Cli {
+    /// NATS server URL. Without it: the engine a `mandate serve` announced
+    /// in --data, else the embedded engine there (one process at a time).
+    #[arg(long, global = true, env = "MANDATE_NATS")]
+    pub nats: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, global = true, env = "MANDATE_NATS_CREDS")]
+    pub creds: Option<PathBuf>,
+    /// Data directory (embedded log and projection, or the serving
+    /// instance's projection).
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_DATA",
+        default_value = "mandate-data"
+    )]
+    pub data: PathBuf,
+    /// Tenant to act in (default: `default`). With `serve`: the tenants to
+    /// serve, comma-separated (default: all).
+    #[arg(long, global = true, env = "MANDATE_TENANT")]
+    pub tenant: Option<String>,
+    /// Who acts: principal:<id>, agent:<id> or admin:<id>. Required by
+    /// every command that changes authority; queries work without it.
+    #[arg(long, global = true, env = "MANDATE_ACTOR")]
+    pub actor: Option<String>,
+    /// The actor's secret, for tenants whose engine requires authenticated
+    /// actors (signs every request).
+    #[arg(long, global = true, env = "MANDATE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the engine service on NATS (request-reply, queue group).
+    Serve {
+        /// JSON file naming the tenants that require authenticated actors
+        /// and their actors' secrets.
+        #[arg(long, env = "MANDATE_AUTH")]
+        auth: Option<PathBuf>,
+        /// Serve the commands of tenants not listed in --auth without any
+        /// proof of their actor (anyone may act as anyone there). Off by
+        /// default: such commands are refused.
+        #[arg(long)]
+        allow_open_tenants: bool,
+    },
+    /// The ghost-execution story on the real engine, with a timeline.
+    Demo,
+    /// Issue a root mandate: principal → agent for a mission.
+    Issue(IssueArgs),
+    /// Delegate a narrower mandate (act as the parent's grantee: --actor agent:<id>).
+    Delegate(DelegateArgs),
+    /// Pause a mandate (and, effectively, everything below it).
+    Pause {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Resume a paused mandate.
+    Resume {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Revoke a mandate for good.
+    Revoke {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Why, recorded in the event and shown to the guards below.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Complete a mandate, or with --mission every tree serving a mission.
+    Complete {
+        /// The mandate's id (a UUID); or give --mission instead.
+        mandate: Option<String>,
+        /// The mission ref whose trees all complete (e.g. jira:FIN-42).
+        #[arg(long, value_name = "REF")]
+        mission: Option<String>,
+    },
+    /// Revoke everything an agent holds (deprovisioning).
+    RevokeAgent {
+        /// The agent's id.
+        agent: String,
+        /// Why, recorded in the events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Revoke everything a principal granted (offboarding).
+    RevokePrincipal {
+        /// The principal's id.
+        principal: String,
+        /// Why, recorded in the events.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Lift the block revoke-agent left, so the agent may receive mandates
+    /// again (as a tenant administrator: --actor admin:<id>).
+    UnblockAgent {
+        /// The agent's id.
+        agent: String,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Lift the block revoke-principal left, so the principal may grant
+    /// mandates again (as a tenant administrator: --actor admin:<id>).
+    UnblockPrincipal {
+        /// The principal's id.
+        principal: String,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// A mandate's own and effective status.
+    Status {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The authority chain of a mandate, from the principal's grant down.
+    ///
+    /// Every link with its grantor, grantee, status and end, and the
+    /// mandate's effective status (naming the ancestor that ended it).
+    Chain {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The tree a mandate belongs to, drawn as a tree.
+    Tree {
+        /// Any mandate of the tree (its id, a UUID).
+        mandate: String,
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// The events of a mandate's tree (actor and on-behalf-of apart).
+    History {
+        /// Any mandate of the tree (its id, a UUID).
+        mandate: String,
+        /// Only the mandate's own events.
+        #[arg(long)]
+        only: bool,
+    },
+    /// Verify the hash chain of a mandate's tree (tamper check).
+    Verify {
+        /// Any mandate of the tree (its id, a UUID).
+        mandate: String,
+    },
+    /// Mandates held by an agent, granted by a principal, or serving a mission.
+    List {
+        /// Mandates this agent holds.
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+        /// Mandates this principal granted (directly or through delegation).
+        #[arg(long, value_name = "ID")]
+        principal: Option<String>,
+        /// Mandates serving this mission ref.
+        #[arg(long, value_name = "REF")]
+        mission: Option<String>,
+    },
+    /// May the holder do ACTION on RESOURCE under MANDATE (now or --at)?
+    ///
+    /// Exits 0 on allow, 1 on deny or needs-approval, 3 when the mandate
+    /// does not exist.
+    Check {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// A concrete action, e.g. finance:read.
+        action: String,
+        /// A concrete resource, e.g. reports/q3/financials.
+        resource: String,
+        /// Answer for this moment instead of now, RFC 3339 (e.g.
+        /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
+        #[arg(long, value_name = "TIME")]
+        at: Option<DateTime<Utc>>,
+    },
+    /// Live signals that reach a mandate, through its chain (Ctrl-C to stop).
+    ///
+    /// Its own signals, those of every mandate on its chain above it (an
+    /// ancestor's end ends it) and those of its descendants.
+    Watch {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        /// Exit 0 once the mandate has effectively ended (revoked, expired
+        /// or completed, itself or through an ancestor), printing why; at
+        /// once if it already has.
+        #[arg(long)]
+        until_ended: bool,
+    },
+    /// Rebuild the projection from the log and compare it with the live one.
+    Rebuild,
+    /// Engine health.
+    Health,
+    /// Restore a quarantined tree (administrators): the bad record at
+    /// --position (as `health` lists it) is skipped, stays in the log, and
+    /// the tree grants again from its last good state.
+    Restore {
+        /// Any mandate of the tree.
+        mandate: String,
+        /// Log position of the bad record, as `health` lists it.
+        #[arg(long, value_name = "N")]
+        position: u64,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// End a quarantined tree for good (administrators): the bad record at
+    /// --position is skipped, stays in the log, and the root is revoked.
+    Seal {
+        /// Any mandate of the tree.
+        mandate: String,
+        /// Log position of the bad record, as `health` lists it.
+        #[arg(long, value_name = "N")]
+        position: u64,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+}
+
+/// The arguments of `issue`.
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    /// The principal (a person) on whose authority the agent acts; the
+    /// actor must be this principal or a tenant administrator.
+    #[arg(long, value_name = "ID")]
+    pub principal: String,
+    /// The agent that receives the mandate.
+    #[arg(long, value_name = "ID")]
+    pub agent: String,
+    /// What the mission is for, in words (shown in `tree` and audits).
+    #[arg(long, value_name = "TEXT")]
+    pub purpose: String,
+    /// External mission reference whose completion ends it (e.g.
+    /// jira:FIN-42). A completed mission takes no new mandates: a new
+    /// piece of work needs a new ref.
+    #[arg(long, value_name = "REF")]
+    pub mission_ref: Option<String>,
+    /// A grant, 'ACTION on RESOURCE' (repeat).
+    #[arg(long = "grant", required = true, value_name = "GRANT")]
+    pub grants: Vec<String>,
+    /// Lifetime, e.g. 30m, 8h, 2d.
+    #[arg(long, default_value = "8h", value_name = "DURATION")]
+    pub ttl: String,
+    /// How many levels of delegation may follow below this mandate (0:
+    /// it may not be delegated).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub depth: u32,
+    /// Actions needing step-up approval (repeat).
+    #[arg(long, value_name = "ACTION")]
+    pub step_up: Vec<String>,
+}
+
+/// The arguments of `delegate`.
+#[derive(Args, Debug)]
+pub struct DelegateArgs {
+    /// The mandate to delegate from (its id, a UUID).
+    #[arg(value_name = "PARENT")]
+    pub parent: String,
+    /// The agent that receives the new mandate.
+    #[arg(long, value_name = "ID")]
+    pub agent: String,
+    /// A grant, 'ACTION on RESOURCE' (repeat); each must be covered by
+    /// the parent's scope.
+    #[arg(long = "grant", required = true, value_name = "GRANT")]
+    pub grants: Vec<String>,
+    /// Lifetime from now, e.g. 30m, 8h, 2d (default: the parent's end).
+    #[arg(long, value_name = "DURATION", conflicts_with = "not_after")]
+    pub ttl: Option<String>,
+    /// End at this moment, RFC 3339 (e.g. 2026-11-26T17:00:00Z); no
+    /// later than the parent's end.
+    #[arg(long, value_name = "TIME")]
+    pub not_after: Option<DateTime<Utc>>,
+    /// Levels of delegation that may follow below the new mandate
+    /// (default: one less than the parent's).
+    #[arg(long, value_name = "N")]
+    pub depth: Option<u32>,
+}
+
+impl Cmd {
+    /// The name of a command that changes authority (and so must name its
+    /// actor); `None` for queries, `serve`, `rebuild` and the self-contained
+    /// demo.
+    pub(crate) fn changes_authority(&self) -> Option<&'static str> {
+        match self {
+            Cmd::Issue { .. } => Some("issue"),
+            Cmd::Delegate { .. } => Some("delegate"),
+            Cmd::Pause { .. } => Some("pause"),
+            Cmd::Resume { .. } => Some("resume"),
+            Cmd::Revoke { .. } => Some("revoke"),
+            Cmd::Complete { .. } => Some("complete"),
+            Cmd::RevokeAgent { .. } => Some("revoke-agent"),
+            Cmd::RevokePrincipal { .. } => Some("revoke-principal"),
+            Cmd::UnblockAgent { .. } => Some("unblock-agent"),
+            Cmd::UnblockPrincipal { .. } => Some("unblock-principal"),
+            Cmd::Restore { .. } => Some("restore"),
+            Cmd::Seal { .. } => Some("seal"),
+            Cmd::Serve { .. }
+            | Cmd::Demo
+            | Cmd::Status { .. }
+            | Cmd::Chain { .. }
+            | Cmd::Tree { .. }
+            | Cmd::History { .. }
+            | Cmd::Verify { .. }
+            | Cmd::List { .. }
+            | Cmd::Check { .. }
+            | Cmd::Watch { .. }
+            | Cmd::Rebuild
+            | Cmd::Health => None,
+        }
+    }
+}

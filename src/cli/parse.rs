@@ -1,0 +1,122 @@
+//! Argument values into domain values: actors, durations, ids, grants. Every
+//! refusal is invalid input (exit 2) naming the value.
+
+use chrono::{DateTime, Utc};
+
+use super::exit::{invalid, Failure};
+use crate::domain::{
+    Actor, AgentId, DomainError, MandateId, MissionRef, PrincipalId, Scope, TenantId,
+};
+use crate::protocol::{ListQuery, TreeQuery};
+
+/// Parses `principal:<id>`, `agent:<id>` or `admin:<id>`.
+pub fn parse_actor(s: &str) -> Result<Actor, Failure> {
+    let bad = || {
+        invalid(format!(
+            "actor {s:?} must be principal:<id>, agent:<id> or admin:<id>"
+        ))
+    };
+    let (kind, id) = s.split_once(':').ok_or_else(bad)?;
+    let e = |e: DomainError| invalid(format!("actor {s:?}: {e}"));
+    match kind {
+        "principal" => Ok(Actor::Principal(PrincipalId::new(id).map_err(e)?)),
+        "agent" => Ok(Actor::Agent(AgentId::new(id).map_err(e)?)),
+        "admin" => Ok(Actor::Admin(PrincipalId::new(id).map_err(e)?)),
+        _ => Err(bad()),
+    }
+}
+
+/// The moment `ttl` from now, refused (not overflowed) when it is past the
+/// latest representable date.
+pub fn deadline(ttl: &str) -> Result<DateTime<Utc>, Failure> {
+    Utc::now()
+        .checked_add_signed(parse_ttl(ttl)?)
+        .ok_or_else(|| {
+            invalid(format!(
+                "duration {ttl:?} reaches past the latest date there is"
+            ))
+        })
+}
+
+/// Parses a duration like `90s`, `30m`, `8h`, `2d`.
+pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
+    let bad = || {
+        invalid(format!(
+            "duration {s:?} must be a number followed by s, m, h or d (e.g. 8h)"
+        ))
+    };
+    let (num, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    let d = match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => return Err(bad()),
+    };
+    d.ok_or_else(|| invalid(format!("duration {s:?} is too long")))
+}
+
+/// A value the domain refused, as invalid input with the domain's words.
+pub(super) fn valid<T>(parsed: Result<T, DomainError>) -> Result<T, Failure> {
+    parsed.map_err(|e| invalid(e.to_string()))
+}
+
+pub(super) fn tenant(s: &str) -> Result<TenantId, Failure> {
+    valid(TenantId::new(s))
+}
+
+/// A comma-separated list of tenants.
+pub(super) fn tenants(list: &str) -> Result<Vec<TenantId>, Failure> {
+    list.split(',').map(|t| tenant(t.trim())).collect()
+}
+
+pub(super) fn agent(s: &str) -> Result<AgentId, Failure> {
+    valid(AgentId::new(s))
+}
+
+pub(super) fn principal(s: &str) -> Result<PrincipalId, Failure> {
+    valid(PrincipalId::new(s))
+}
+
+pub(super) fn mission(s: &str) -> Result<MissionRef, Failure> {
+    valid(MissionRef::new(s))
+}
+
+pub(super) fn mandate_id(s: &str) -> Result<MandateId, Failure> {
+    valid(MandateId::parse(s))
+}
+
+/// A tree query naming the tree through one of its mandates.
+pub(super) fn by_mandate(s: &str) -> Result<TreeQuery, Failure> {
+    Ok(TreeQuery {
+        tree: None,
+        mandate: Some(mandate_id(s)?),
+        at: None,
+    })
+}
+
+/// The grants of `--grant`, saying how to write one when one is wrong.
+pub(super) fn scope(grants: &[String]) -> Result<Scope, Failure> {
+    Scope::parse(grants.iter().map(String::as_str)).map_err(|e| {
+        invalid(format!(
+            "{e} (write a grant as 'ACTION on RESOURCE', e.g. 'finance:read on reports/q3/*')"
+        ))
+    })
+}
+
+/// `list`'s filters.
+pub(super) fn list_query(
+    agent_id: Option<&str>,
+    principal_id: Option<&str>,
+    mission_ref: Option<&str>,
+) -> Result<ListQuery, Failure> {
+    Ok(ListQuery {
+        agent: agent_id.map(agent).transpose()?,
+        principal: principal_id.map(principal).transpose()?,
+        mission_ref: mission_ref.map(mission).transpose()?,
+    })
+}
