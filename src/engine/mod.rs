@@ -495,7 +495,7 @@ impl Engine {
         let equal = fresh.dump()? == self.inner.store.dump()?;
         if !equal {
             tracing::warn!("projection differs from a rebuild; rebuilding in place");
-            self.inner.store.clear()?;
+            self.inner.store.clear_projection()?;
             replay_log(&self.inner.log, &self.inner.store).await?;
             self.inner.store.flush().await?;
         }
