@@ -408,7 +408,7 @@ impl Engine {
         limit: usize,
     ) -> Result<AuditReply, EngineError> {
         let mut records = match &self.inner.nats {
-            Some(client) => super::missions::read_audit(client, tenant, mandate).await?,
+            Some(client) => super::audit::read_audit(client, tenant, mandate).await?,
             None => self.inner.store.audit_records(tenant, mandate)?,
         };
         if records.len() > limit {
