@@ -21,6 +21,7 @@ use mandate::domain::{
     decide, root_tree_id, verify_chain_with_head, Actor, AgentId, Command, ErrorCode, Event, Facts,
     MandateId, Mission, MissionRef, PrincipalId, Scope, TenantId, Tree, TreeId,
 };
+use mandate::engine::missions::{MISSION_CONSUMER, MISSION_STREAM};
 use mandate::engine::{Engine, EngineConfig};
 use mandate::log::EventLog;
 use mandate::protocol::CheckQuery;
@@ -543,6 +544,23 @@ async fn a_fresh_data_directory_re_derives_the_mission_marks_from_the_mission_st
         )))
         .await
         .expect("an administrator may close a mission no tree serves");
+    // A's intake is done with it, so the next instance's intake has nothing
+    // to hand it: only its marks follower can tell it.
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(nc)
+        .get_stream(MISSION_STREAM)
+        .await
+        .unwrap();
+    common::fixtures::eventually("the intake acknowledged the completion", || {
+        let stream = stream.clone();
+        async move {
+            let mut c: async_nats::jetstream::consumer::PullConsumer =
+                stream.get_consumer(MISSION_CONSUMER).await.unwrap();
+            let info = c.info().await.unwrap();
+            info.num_pending == 0 && info.num_ack_pending == 0
+        }
+    })
+    .await;
     a.stop().await;
     // An instance whose data directory is new: its projection is rebuilt
     // from the log, its marks from the mission stream.
