@@ -1,6 +1,6 @@
-//! The audit stream (over NATS): every check the engine answers is recorded
-//! on `mandate.audit.<tenant>.<mandate>` in the `MANDATE_AUDIT` stream, kept
-//! for `EngineConfig::audit_retention`. That stream is the record of
+//! The audit stream (over NATS): its creation, appends and reads. Every
+//! check the engine answers is recorded on `mandate.audit.<tenant>.<mandate>`
+//! in the `MANDATE_AUDIT` stream, kept for `EngineConfig::audit_retention`. That stream is the record of
 //! decisions over NATS; the in-process engine keeps them in the store
 //! instead (`store/audit.rs`). Decisions are not events: neither the log
 //! nor a rebuild holds them.
@@ -38,6 +38,30 @@ pub(crate) async fn setup_stream(
         })
         .await
         .map_err(|e| EngineError::Unavailable(format!("cannot create the audit stream: {e}")))?;
+    Ok(())
+}
+
+/// Appends a check decision to the audit stream, on its mandate's subject,
+/// and waits for the stream to store it.
+pub(crate) async fn append(
+    client: &async_nats::Client,
+    tenant: &TenantId,
+    record: &AuditRecord,
+) -> Result<(), EngineError> {
+    let not_stored = |e: &dyn std::fmt::Display| {
+        EngineError::Unavailable(format!("cannot record the check in the audit stream: {e}"))
+    };
+    // An `AuditRecord` is plain data: encoding it cannot fail.
+    let payload = serde_json::to_vec(record).expect("audit records serialize");
+    jetstream::new(client.clone())
+        .publish(
+            audit_subject(tenant, record.decision.mandate),
+            payload.into(),
+        )
+        .await
+        .map_err(|e| not_stored(&e))?
+        .await
+        .map_err(|e| not_stored(&e))?;
     Ok(())
 }
 

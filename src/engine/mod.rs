@@ -489,7 +489,8 @@ impl Engine {
 
     /// Rebuilds a fresh projection from the whole log and compares it with
     /// this instance's (after catching up). If they differ, the live
-    /// projection is replaced by the rebuild.
+    /// projection is replaced by the rebuild; the store's mission marks and
+    /// audit records, which the log does not hold, are kept (see [`Store`]).
     pub async fn rebuild_check(&self) -> Result<RebuildReport, EngineError> {
         self.catch_up().await?;
         let fresh = Store::temporary()?;
