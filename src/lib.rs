@@ -4,7 +4,8 @@
 //! Layers, in the order data flows; each depends only on those above it.
 //! - [`domain`]: pure — ids, scope grammar, the tree aggregate
 //!   (`decide`/`apply`), status machine, effective status, `authorize`.
-//! - [`store`]: the sled projection (state, indexes, history, checkpoint).
+//! - [`store`]: the sled projection (state, indexes, history, checkpoint),
+//!   rebuilt from the log, beside mission marks and in-process audit records.
 //! - [`log`]: the event log trait, with JetStream and embedded sled backends.
 //! - [`protocol`]: the wire contract (subjects, requests, replies, signals).
 //! - [`engine`]: the service — commands, cascade signals, expiry, missions,

@@ -72,6 +72,20 @@ fn mandate_auth(key: &str, secret: &str, subject: &str, body: &[u8]) -> String {
     format!("v1 {key} {hex}")
 }
 
+/// Waits until each of `instances` has marked acme's mission `mission_ref`
+/// as completed.
+async fn marked_by_each(instances: &[&Instance], mission_ref: &str) {
+    for inst in instances {
+        eventually(&format!("every instance marks {mission_ref}"), || async {
+            inst.engine
+                .store()
+                .mission_completed(&tenant("acme"), &mission(mission_ref))
+                .unwrap()
+        })
+        .await;
+    }
+}
+
 /// Publishes a completion on the mission stream and waits for JetStream's
 /// acknowledgement; with `auth`, signed with that key and secret.
 async fn publish_completion(
@@ -197,18 +211,7 @@ async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_ins
     let nc = connect(&server).await;
     publish_completion(&nc, "acme", "jira:CRASH-1", None).await;
     // Every instance has read the completion, and the intake is done with it.
-    for inst in [&a, &b] {
-        let e = inst.engine.clone();
-        eventually("every instance marks the completion", || {
-            let e = e.clone();
-            async move {
-                e.store()
-                    .mission_completed(&tenant("acme"), &mission("jira:CRASH-1"))
-                    .unwrap()
-            }
-        })
-        .await;
-    }
+    marked_by_each(&[&a, &b], "jira:CRASH-1").await;
     let js = async_nats::jetstream::new(nc.clone());
     let stream = js.get_stream("MANDATE_MISSIONS").await.unwrap();
     eventually("the intake acknowledged the completion", || {
@@ -335,17 +338,8 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
             effective(inst, "acme", marker).await == Some(Status::Completed)
         })
         .await;
-        let e = inst.engine.clone();
-        eventually("every instance marks the signed completion", || {
-            let e = e.clone();
-            async move {
-                e.store()
-                    .mission_completed(&tenant("acme"), &mission("jira:MARK-1"))
-                    .unwrap()
-            }
-        })
-        .await;
     }
+    marked_by_each(&[&a, &b], "jira:MARK-1").await;
     for inst in [&a, &b] {
         inst.engine
             .execute(ext(envelope(

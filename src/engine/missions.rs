@@ -1,7 +1,12 @@
-//! NATS-side streams the engine owns besides the event log: mission-complete
-//! intake (a durable consumer, so no completion is lost while the engine is
-//! down), the follower of completed-mission marks, the dead-letter stream of
-//! refused completions and the audit stream.
+//! The mission stream (over NATS): mission-complete intake (a durable
+//! consumer, so no completion is lost while the engine is down), the
+//! follower of completed-mission marks, the dead-letter stream of refused
+//! completions, and the fresh read of a mission's completion. The audit
+//! stream has its own file (`audit.rs`).
+//!
+//! The mission stream is the source of the store's mission marks over NATS:
+//! every instance's marks follower reads it whole at every start, so marks
+//! are re-derived on a fresh or rebuilt data directory.
 //!
 //! One gate for every reader of the mission stream
 //! (`Engine::accept_completion`): the intake, the marks follower and the
@@ -19,11 +24,11 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-use crate::domain::{Actor, CommandId, MandateId, MissionRef, TenantId};
-use crate::protocol::{mission_subject, AuditRecord, MissionCompletedNotice};
+use crate::domain::{Actor, CommandId, MissionRef, TenantId};
+use crate::protocol::{mission_subject, MissionCompletedNotice};
 
 use super::auth::{actor_key, sign_as, AUTH_HEADER};
-use super::{Engine, EngineConfig, EngineError};
+use super::{Engine, EngineError};
 use crate::log::EventLog;
 
 /// Stream of mission-complete messages from ticketing systems.
@@ -31,8 +36,6 @@ pub const MISSION_STREAM: &str = "MANDATE_MISSIONS";
 /// Durable consumer shared by all engine instances (work-queue style: each
 /// completion is handled by one instance, and redelivered if it dies).
 pub const MISSION_CONSUMER: &str = "mandate-engine";
-/// Stream of recorded check decisions.
-pub const AUDIT_STREAM: &str = "MANDATE_AUDIT";
 /// Stream of refused mission completions, for operators.
 pub const DEAD_LETTER_STREAM: &str = "MANDATE_DEAD_LETTERS";
 /// The subject a refused mission completion is moved to: its original body,
@@ -52,6 +55,9 @@ const MARKS_WAIT: Duration = Duration::from_secs(5);
 /// log before it completes a mission's trees; past it the message is
 /// redelivered.
 const INTAKE_CATCH_UP: Duration = Duration::from_secs(5);
+/// Pause of the intake and the marks follower before they subscribe again
+/// after a failure.
+const RESUBSCRIBE: Duration = Duration::from_secs(1);
 
 /// What an instance holds of the mission stream.
 #[derive(Default)]
@@ -70,9 +76,9 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::Unavailable(format!("{what}: {e}"))
 }
 
+/// Creates the mission and dead-letter streams if they are not there.
 pub(crate) async fn setup_streams(
     client: &async_nats::Client,
-    config: &EngineConfig,
 ) -> Result<MissionState, EngineError> {
     let js = jetstream::new(client.clone());
     let stream = js
@@ -93,15 +99,6 @@ pub(crate) async fn setup_streams(
         })
         .await
         .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: AUDIT_STREAM.into(),
-        subjects: vec!["mandate.audit.>".into()],
-        storage: jetstream::stream::StorageType::File,
-        max_age: config.audit_retention,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unavailable("cannot create the audit stream", e))?;
     Ok(MissionState {
         stream: Some(stream),
         dead: Some(dead),
@@ -331,7 +328,7 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
         ),
     };
     loop {
-        let consumer = match js
+        let consumer = js
             .create_consumer_on_stream(
                 pull::Config {
                     durable_name: Some(durable.clone()),
@@ -342,22 +339,15 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
                 },
                 MISSION_STREAM,
             )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "mission intake: cannot bind consumer; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+            .await;
+        let what = "mission intake: cannot bind consumer";
+        let Some(consumer) = or_pause(consumer, what, RESUBSCRIBE).await else {
+            continue;
         };
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "mission intake: cannot pull; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let what = "mission intake: cannot pull";
+        let Some(mut messages) = or_pause(consumer.messages().await, what, RESUBSCRIBE).await
+        else {
+            continue;
         };
         while let Some(msg) = messages.next().await {
             let msg = match msg {
@@ -449,35 +439,25 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
     };
     let js = jetstream::new(client);
     loop {
-        let consumer = match js.get_stream(MISSION_STREAM).await {
-            Ok(stream) => {
-                stream
-                    .create_consumer(pull::OrderedConfig {
-                        deliver_policy: DeliverPolicy::All,
-                        ..Default::default()
-                    })
-                    .await
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mission marks: no mission stream yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let what = "mission marks: no mission stream yet";
+        let Some(stream) = or_pause(js.get_stream(MISSION_STREAM).await, what, RESUBSCRIBE).await
+        else {
+            continue;
         };
-        let mut messages = match consumer {
-            Ok(c) => match c.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "mission marks: cannot read; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "mission marks: cannot create a consumer; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        let what = "mission marks: cannot create a consumer";
+        let Some(consumer) = or_pause(consumer, what, RESUBSCRIBE).await else {
+            continue;
+        };
+        let what = "mission marks: cannot read";
+        let Some(mut messages) = or_pause(consumer.messages().await, what, RESUBSCRIBE).await
+        else {
+            continue;
         };
         while let Some(msg) = messages.next().await {
             let Ok(msg) = msg else { break };
@@ -514,52 +494,22 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
     }
 }
 
-/// Reads a mandate's audit records from the audit stream.
-pub(crate) async fn read_audit(
-    client: &async_nats::Client,
-    tenant: &TenantId,
-    mandate: MandateId,
-) -> Result<Vec<AuditRecord>, EngineError> {
-    let js = jetstream::new(client.clone());
-    let consumer = js
-        .create_consumer_on_stream(
-            pull::Config {
-                deliver_policy: DeliverPolicy::All,
-                filter_subject: crate::protocol::audit_subject(tenant, mandate),
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                ..Default::default()
-            },
-            AUDIT_STREAM,
-        )
-        .await
-        .map_err(|e| unavailable("cannot read the audit stream", e))?;
-    let mut pending = consumer.cached_info().num_pending;
-    let mut out = Vec::new();
-    while pending > 0 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(pending.min(512) as usize)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await
-            .map_err(|e| unavailable("cannot read the audit stream", e))?;
-        let mut got = 0;
-        while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| unavailable("cannot read the audit stream", e))?;
-            got += 1;
-            if let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) {
-                out.push(r);
-            }
-            if m.info().map(|i| i.pending == 0).unwrap_or(false) {
-                pending = 0;
-                break;
-            }
+/// `attempt`'s value; or, when it failed, `None` once the failure is logged
+/// (`what`) and `pause` has passed, for the caller's loop to start over. The
+/// loops that subscribe to a stream again after a failure (the projector,
+/// the mission intake, the marks follower) take their subscriptions through
+/// it.
+pub(crate) async fn or_pause<T, E: std::fmt::Display>(
+    attempt: Result<T, E>,
+    what: &str,
+    pause: Duration,
+) -> Option<T> {
+    match attempt {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(error = %e, "{what}; retrying");
+            tokio::time::sleep(pause).await;
+            None
         }
-        if got == 0 {
-            break;
-        }
-        pending = pending.saturating_sub(got);
     }
-    Ok(out)
 }

@@ -13,6 +13,7 @@
 //! once (read-your-writes) and publishes its signals; the follower applies
 //! everyone's commits in log order and moves the checkpoint.
 
+pub mod audit;
 pub mod auth;
 mod commands;
 pub mod missions;
@@ -176,7 +177,10 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         bus.setup(config.signal_retention).await?;
         let mission_state = match &nats {
-            Some(client) => missions::setup_streams(client, &config).await?,
+            Some(client) => {
+                audit::setup_stream(client, config.audit_retention).await?;
+                missions::setup_streams(client).await?
+            }
             None => missions::MissionState::default(),
         };
         Ok(Self {
@@ -414,13 +418,11 @@ impl Engine {
     async fn projector(&self) -> Result<(), EngineError> {
         loop {
             let after = self.inner.store.checkpoint()?;
-            let mut stream = match self.inner.log.follow(None, after).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot follow the log; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
+            let follow = self.inner.log.follow(None, after).await;
+            let pause = Duration::from_millis(500);
+            let Some(mut stream) = missions::or_pause(follow, "cannot follow the log", pause).await
+            else {
+                continue;
             };
             while let Some(item) = stream.next().await {
                 match item {
@@ -487,7 +489,8 @@ impl Engine {
 
     /// Rebuilds a fresh projection from the whole log and compares it with
     /// this instance's (after catching up). If they differ, the live
-    /// projection is replaced by the rebuild.
+    /// projection is replaced by the rebuild; the store's mission marks and
+    /// audit records, which the log does not hold, are kept (see [`Store`]).
     pub async fn rebuild_check(&self) -> Result<RebuildReport, EngineError> {
         self.catch_up().await?;
         let fresh = Store::temporary()?;
@@ -495,7 +498,7 @@ impl Engine {
         let equal = fresh.dump()? == self.inner.store.dump()?;
         if !equal {
             tracing::warn!("projection differs from a rebuild; rebuilding in place");
-            self.inner.store.clear()?;
+            self.inner.store.clear_projection()?;
             replay_log(&self.inner.log, &self.inner.store).await?;
             self.inner.store.flush().await?;
         }

@@ -11,8 +11,8 @@ use crate::domain::{
     LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 use crate::protocol::{
-    audit_subject, AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery,
-    ListReply, MandateSummary, StatusReply, TreeQuery, TreeReply, VerifyReply,
+    AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery, ListReply,
+    MandateSummary, StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
 
 use super::{moment, Engine, EngineError};
@@ -378,17 +378,9 @@ impl Engine {
             instance: self.inner.config.instance.clone(),
         };
         let result = match &self.inner.nats {
-            Some(client) => {
-                let js = async_nats::jetstream::new(client.clone());
-                let payload = serde_json::to_vec(&record).expect("audit records serialize");
-                match js
-                    .publish(audit_subject(tenant, decision.mandate), payload.into())
-                    .await
-                {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
+            Some(client) => super::audit::append(client, tenant, &record)
+                .await
+                .map_err(|e| e.to_string()),
             None => self
                 .inner
                 .store
@@ -408,7 +400,7 @@ impl Engine {
         limit: usize,
     ) -> Result<AuditReply, EngineError> {
         let mut records = match &self.inner.nats {
-            Some(client) => super::missions::read_audit(client, tenant, mandate).await?,
+            Some(client) => super::audit::read_audit(client, tenant, mandate).await?,
             None => self.inner.store.audit_records(tenant, mandate)?,
         };
         if records.len() > limit {

@@ -1,0 +1,116 @@
+//! The audit stream (over NATS): its creation, appends and reads. Every
+//! check the engine answers is recorded on `mandate.audit.<tenant>.<mandate>`
+//! in the `MANDATE_AUDIT` stream, kept for `EngineConfig::audit_retention`. That stream is the record of
+//! decisions over NATS; the in-process engine keeps them in the store
+//! instead (`store/audit.rs`). Decisions are not events: neither the log
+//! nor a rebuild holds them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
+use futures::StreamExt;
+
+use crate::domain::{MandateId, TenantId};
+use crate::protocol::{audit_subject, AuditRecord};
+
+use super::EngineError;
+
+/// Stream of recorded check decisions.
+pub const AUDIT_STREAM: &str = "MANDATE_AUDIT";
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("cannot read the audit stream: {e}"))
+}
+
+/// Creates the audit stream if it is not there, keeping records for
+/// `retention`.
+pub(crate) async fn setup_stream(
+    client: &async_nats::Client,
+    retention: Duration,
+) -> Result<(), EngineError> {
+    jetstream::new(client.clone())
+        .get_or_create_stream(jetstream::stream::Config {
+            name: AUDIT_STREAM.into(),
+            subjects: vec!["mandate.audit.>".into()],
+            storage: jetstream::stream::StorageType::File,
+            max_age: retention,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| EngineError::Unavailable(format!("cannot create the audit stream: {e}")))?;
+    Ok(())
+}
+
+/// Appends a check decision to the audit stream, on its mandate's subject,
+/// and waits for the stream to store it.
+pub(crate) async fn append(
+    client: &async_nats::Client,
+    tenant: &TenantId,
+    record: &AuditRecord,
+) -> Result<(), EngineError> {
+    let not_stored = |e: &dyn std::fmt::Display| {
+        EngineError::Unavailable(format!("cannot record the check in the audit stream: {e}"))
+    };
+    // An `AuditRecord` is plain data: encoding it cannot fail.
+    let payload = serde_json::to_vec(record).expect("audit records serialize");
+    jetstream::new(client.clone())
+        .publish(
+            audit_subject(tenant, record.decision.mandate),
+            payload.into(),
+        )
+        .await
+        .map_err(|e| not_stored(&e))?
+        .await
+        .map_err(|e| not_stored(&e))?;
+    Ok(())
+}
+
+/// Reads a mandate's audit records from the audit stream, oldest first.
+pub(crate) async fn read_audit(
+    client: &async_nats::Client,
+    tenant: &TenantId,
+    mandate: MandateId,
+) -> Result<Vec<AuditRecord>, EngineError> {
+    let js = jetstream::new(client.clone());
+    let consumer = js
+        .create_consumer_on_stream(
+            pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                filter_subject: audit_subject(tenant, mandate),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            },
+            AUDIT_STREAM,
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = Vec::new();
+    while pending > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(pending.min(512) as usize)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        let mut got = 0;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(unavailable)?;
+            got += 1;
+            if let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) {
+                out.push(r);
+            }
+            if m.info().map(|i| i.pending == 0).unwrap_or(false) {
+                pending = 0;
+                break;
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        pending = pending.saturating_sub(got);
+    }
+    Ok(out)
+}

@@ -1,0 +1,163 @@
+//! sled's key layout: the one place that knows it.
+//!
+//! A key is a kind byte followed by its parts, each after a 0 byte (`/`
+//! below). Ids are subject-safe, so a part never contains a 0 byte; only the
+//! fixed-width numbers (positions, times) may, and they are read by position.
+//!
+//! The projection (sled tree `projection`, rebuilt from the event log):
+//! - `t/<tenant>/<tree>` → `TreeSnapshot` JSON
+//! - `e/<tenant>/<tree>/<seq be64>` → event JSON (history)
+//! - `m/<tenant>/<mandate>` → tree id
+//! - `a/<tenant>/<agent>/<mandate>` → tree id (mandates held by an agent)
+//! - `p/<tenant>/<principal>/<tree>` → () (roots granted by a principal)
+//! - `r/<tenant>/<mission_ref>/<tree>` → () (trees serving a mission)
+//! - `c/<tenant>/<mission_ref>` → () (missions a tree's event completed)
+//! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue)
+//! - `z/<tenant>/<tree>` → `Quarantine` JSON (a tree whose stream is corrupt)
+//! - `v/<tenant>/<tree>` → `Unsupported` JSON (a tree with events newer than this build)
+//! - `k` → checkpoint (be64)
+//!
+//! Mission marks (sled tree `missions`):
+//! - `c/<tenant>/<mission_ref>` → () (missions completed, with or without a tree)
+//!
+//! Audit records of the embedded engine (sled tree `audit`):
+//! - `u/<tenant>/<mandate>/<id be64>` → `AuditRecord` JSON
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use crate::domain::{TenantId, TreeId};
+
+use super::StoreError;
+
+/// A tree's snapshot.
+pub(super) const SNAPSHOT: u8 = b't';
+/// One event of a tree's history.
+pub(super) const EVENT: u8 = b'e';
+/// A mandate's tree.
+pub(super) const MANDATE: u8 = b'm';
+/// A mandate an agent holds.
+pub(super) const HELD_BY: u8 = b'a';
+/// A root a principal granted.
+pub(super) const GRANTED_BY: u8 = b'p';
+/// A tree serving a mission.
+pub(super) const SERVES_MISSION: u8 = b'r';
+/// A completed mission (in the projection and among the marks alike).
+pub(super) const COMPLETED: u8 = b'c';
+/// A pending expiry.
+pub(super) const EXPIRY: u8 = b'x';
+/// A quarantined tree.
+pub(super) const QUARANTINE: u8 = b'z';
+/// A tree with events newer than this build reads.
+pub(super) const TOO_NEW: u8 = b'v';
+/// One recorded check decision.
+pub(super) const AUDIT: u8 = b'u';
+/// The checkpoint (a key of its own, no parts).
+pub(super) const CHECKPOINT: &[u8] = b"k";
+
+pub(super) const SEP: u8 = 0;
+
+pub(super) fn key(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![kind];
+    for p in parts {
+        k.push(SEP);
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+/// The prefix of every key of `kind` whose parts start with `parts`.
+pub(super) fn prefix(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = key(kind, parts);
+    k.push(SEP);
+    k
+}
+
+/// `<kind>/<tenant>/<name>`: the key of one thing of a tenant.
+pub(super) fn of_tenant(kind: u8, tenant: &TenantId, name: &str) -> Vec<u8> {
+    key(kind, &[tenant.as_str().as_bytes(), name.as_bytes()])
+}
+
+/// `<kind>/<tenant>/<name>/`: the prefix of the things listed under one
+/// thing of a tenant.
+pub(super) fn under_tenant(kind: u8, tenant: &TenantId, name: &str) -> Vec<u8> {
+    prefix(kind, &[tenant.as_str().as_bytes(), name.as_bytes()])
+}
+
+/// The key of a pending expiry: ordered by time first.
+pub(super) fn expiry(
+    not_after: DateTime<Utc>,
+    tenant: &TenantId,
+    mandate: crate::domain::MandateId,
+) -> Vec<u8> {
+    key(
+        EXPIRY,
+        &[
+            &ms(not_after),
+            tenant.as_str().as_bytes(),
+            mandate.to_string().as_bytes(),
+        ],
+    )
+}
+
+pub(super) fn ms(t: DateTime<Utc>) -> [u8; 8] {
+    // Times before 1970 sort first; not_after is always in the future anyway.
+    (t.timestamp_millis().max(0) as u64).to_be_bytes()
+}
+
+pub(super) fn be64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[8 - n..].copy_from_slice(&v[v.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+pub(super) fn decode<T: for<'de> Deserialize<'de>>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Decode {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub(super) fn decode_tree_id(k: &[u8], v: &[u8]) -> Result<TreeId, StoreError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| TreeId::parse(s).ok())
+        .ok_or_else(|| StoreError::Decode {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "not a tree id".into(),
+        })
+}
+
+/// The key's last part, a UUID.
+pub(super) fn parse_last(k: &[u8]) -> Result<uuid::Uuid, StoreError> {
+    let last = k.rsplit(|b| *b == SEP).next().unwrap_or_default();
+    std::str::from_utf8(last)
+        .ok()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| StoreError::Decode {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "last key part is not a UUID".into(),
+        })
+}
+
+/// The value under `k` in `tree`, decoded.
+pub(super) fn read<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    k: &[u8],
+) -> Result<Option<T>, StoreError> {
+    tree.get(k)?.map(|v| decode(k, &v)).transpose()
+}
+
+/// Every value under `prefix` in `tree`, decoded, in key order.
+pub(super) fn read_all<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    prefix: &[u8],
+) -> Result<Vec<T>, StoreError> {
+    tree.scan_prefix(prefix)
+        .map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        })
+        .collect()
+}
