@@ -27,6 +27,7 @@ macro_rules! say {
 }
 
 pub mod bootstrap;
+pub mod connect;
 pub mod demo;
 
 /// Set once stdout can no longer be written (its reader has gone away).
@@ -75,13 +76,9 @@ use crate::protocol::{ListQuery, TreeQuery};
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about, next_help_heading = "Global options")]
 pub struct Cli {
-    /// NATS server URL. Without it: the engine a `mandate serve` announced
-    /// in --data, else the embedded engine there (one process at a time).
-    #[arg(long, global = true, env = "MANDATE_NATS")]
-    pub nats: Option<String>,
-    /// NATS credentials file.
-    #[arg(long, global = true, env = "MANDATE_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
+    /// NATS URL, credentials, TLS and inbox prefix.
+    #[command(flatten)]
+    pub connection: connect::ConnectArgs,
     /// Data directory (embedded log and projection, or the serving
     /// instance's projection).
     #[arg(
@@ -492,21 +489,17 @@ fn local_and_utc(t: DateTime<Utc>) -> String {
 }
 
 async fn connect(cli: &Cli) -> Result<Option<async_nats::Client>, Failure> {
-    let Some(url) = &cli.nats else {
+    let refused = |e: crate::client::ConnectError| match e {
+        crate::client::ConnectError::Connect { .. } => Failure {
+            code: 4,
+            message: e.to_string(),
+        },
+        _ => invalid(e.to_string()),
+    };
+    let Some(settings) = cli.connection.to_connect().map_err(refused)? else {
         return Ok(None);
     };
-    let mut opts = async_nats::ConnectOptions::new().name("mandate");
-    if let Some(creds) = &cli.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| invalid(format!("cannot read credentials {}: {e}", creds.display())))?;
-    }
-    let client = opts.connect(url.as_str()).await.map_err(|e| Failure {
-        code: 4,
-        message: format!("cannot connect to NATS at {url}: {e}"),
-    })?;
-    Ok(Some(client))
+    settings.connect().await.map(Some).map_err(refused)
 }
 
 /// The actor a query without `--actor` is sent as; never used for a command.
@@ -577,7 +570,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
     // uses the engine a running `serve` announced in --data, else the
     // in-process one (see `bootstrap`). The demo keeps its own data.
     let mut private = None;
-    let nats = match (&cli.command, &cli.nats) {
+    let nats = match (&cli.command, &cli.connection.nats) {
         (_, Some(_)) | (Cmd::Demo, None) => connect(&cli).await?,
         (Cmd::Serve { .. }, None) => {
             let server = bootstrap::PrivateServer::start(&cli.data)
