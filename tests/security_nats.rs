@@ -401,3 +401,75 @@ fn http_get_json(port: u16, path: &str) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs the `mandate` binary with `args` and `env`, as a separate process.
+async fn mandate_cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let data = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mandate"));
+        cmd.arg("--data").arg(data.path()).args(&args);
+        for var in [
+            "MANDATE_NATS",
+            "MANDATE_NATS_USER",
+            "MANDATE_NATS_PASSWORD",
+            "MANDATE_NATS_INBOX_PREFIX",
+            "MANDATE_TENANT",
+            "MANDATE_ACTOR",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env);
+        cmd.output().expect("run the mandate binary")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_connects_as_its_role_user_with_its_inbox_prefix() {
+    let s = Secured::start().await;
+    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
+    let (root, _) = root_and_child(&cfo, "FIN-9").await;
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = ["--nats", &s.server.url(), "--tenant", "acme"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a.extend(["--json".to_string(), "status".into(), root.to_string()]);
+        a
+    };
+    let password = vec![("MANDATE_NATS_PASSWORD", ORCH_ACME.1.to_string())];
+
+    let out = mandate_cli(
+        args(&["--user", ORCH_ACME.0, "--inbox-prefix", ORCH_ACME.2]),
+        password.clone(),
+    )
+    .await;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&root.to_string()), "{text}");
+
+    // The shared inbox is refused: no reply, the engine is unavailable.
+    let out = mandate_cli(args(&["--user", ORCH_ACME.0]), password).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A wrong password: no connection.
+    let out = mandate_cli(
+        args(&["--user", ORCH_ACME.0, "--inbox-prefix", ORCH_ACME.2]),
+        vec![("MANDATE_NATS_PASSWORD", "guess".to_string())],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+}

@@ -26,7 +26,6 @@ pub struct ConnectArgs {
         global = true,
         env = "MANDATE_NATS_PASSWORD",
         hide_env_values = true,
-        requires = "user",
         value_name = "PASSWORD"
     )]
     pub password: Option<String>,
@@ -53,18 +52,11 @@ pub struct ConnectArgs {
         long,
         global = true,
         env = "MANDATE_NATS_TLS_CERT",
-        requires = "tls_key",
         value_name = "FILE"
     )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(
-        long,
-        global = true,
-        env = "MANDATE_NATS_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, env = "MANDATE_NATS_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Refuse a server that does not speak TLS (implied by the other TLS
     /// flags and by a tls:// URL).
@@ -89,6 +81,18 @@ impl ConnectArgs {
         let Some(url) = &self.nats else {
             return Ok(None);
         };
+        // Checked here rather than with clap's `requires`, which does not
+        // see global arguments given before the subcommand.
+        if self.password.is_some() && self.user.is_none() {
+            return Err(ConnectError::Invalid(
+                "--password needs --user (MANDATE_NATS_USER)".into(),
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConnectError::Invalid(
+                "--tls-cert and --tls-key go together (a client certificate and its key)".into(),
+            ));
+        }
         let mut given = Vec::new();
         if self.user.is_some() {
             given.push("--user");
@@ -193,6 +197,8 @@ mod tests {
         let e = parse(&["--nats", "n", "--user", "u", "--token", "t"]).unwrap_err();
         assert!(e.contains("--user and --token"), "{e}");
         let e = parse(&["--nats", "n", "--tls-cert", "c.pem"]).unwrap_err();
-        assert!(e.contains("--tls-key"), "{e}");
+        assert!(e.contains("--tls-key go together"), "{e}");
+        let e = parse(&["--nats", "n", "--password", "p"]).unwrap_err();
+        assert!(e.contains("--password needs --user"), "{e}");
     }
 }

@@ -76,9 +76,6 @@ use crate::protocol::{ListQuery, TreeQuery};
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about, next_help_heading = "Global options")]
 pub struct Cli {
-    /// NATS URL, credentials, TLS and inbox prefix.
-    #[command(flatten)]
-    pub connection: connect::ConnectArgs,
     /// Data directory (embedded log and projection, or the serving
     /// instance's projection).
     #[arg(
@@ -103,6 +100,10 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// NATS URL, credentials, TLS and inbox prefix (under their own
+    /// heading, so last).
+    #[command(flatten)]
+    pub connection: connect::ConnectArgs,
     #[command(subcommand)]
     pub command: Cmd,
 }
