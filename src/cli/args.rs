@@ -10,13 +10,6 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about, next_help_heading = "Global options")]
 pub struct Cli {
-    /// NATS server URL. Without it: the engine a `mandate serve` announced
-    /// in --data, else the embedded engine there (one process at a time).
-    #[arg(long, global = true, env = "MANDATE_NATS")]
-    pub nats: Option<String>,
-    /// NATS credentials file.
-    #[arg(long, global = true, env = "MANDATE_NATS_CREDS")]
-    pub creds: Option<PathBuf>,
     /// Data directory (embedded log and projection, or the serving
     /// instance's projection).
     #[arg(
@@ -41,6 +34,10 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// NATS URL, credentials, TLS and inbox prefix (under their own
+    /// heading, so last).
+    #[command(flatten)]
+    pub connection: super::connect::ConnectArgs,
     #[command(subcommand)]
     pub command: Cmd,
 }

@@ -38,6 +38,7 @@ macro_rules! say {
 
 mod args;
 pub mod bootstrap;
+pub mod connect;
 mod commands;
 pub mod demo;
 mod exit;

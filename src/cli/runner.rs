@@ -72,8 +72,8 @@ enum Reach {
 /// the engine a running `serve` announced in --data, else the in-process
 /// one (see `bootstrap`). The demo keeps its own data.
 async fn reach(cli: &Cli) -> Result<Reach, Failure> {
-    match (&cli.command, &cli.nats) {
-        (_, Some(url)) => Ok(Reach::Nats(connect(cli, url).await?)),
+    match (&cli.command, &cli.connection.nats) {
+        (_, Some(_)) => Ok(Reach::Nats(connect(cli).await?)),
         (Cmd::Demo, None) => Ok(Reach::InProcess),
         (Cmd::Serve { .. }, None) => {
             let server = PrivateServer::start(&cli.data).await?;
@@ -90,21 +90,19 @@ async fn reach(cli: &Cli) -> Result<Reach, Failure> {
     }
 }
 
-/// A connection to the server of `--nats`, with `--creds` if given.
-async fn connect(cli: &Cli, url: &str) -> Result<async_nats::Client, Failure> {
-    let mut opts = async_nats::ConnectOptions::new().name("mandate");
-    if let Some(creds) = &cli.creds {
-        opts = opts
-            .credentials_file(creds)
-            .await
-            .map_err(|e| invalid(format!("cannot read credentials {}: {e}", creds.display())))?;
+/// A connection to the server of `--nats`, with the connection flags
+/// (credentials, TLS, inbox prefix).
+async fn connect(cli: &Cli) -> Result<async_nats::Client, Failure> {
+    let refused = |e: crate::client::ConnectError| match e {
+        crate::client::ConnectError::Connect { .. } => {
+            Failure::new(Exit::Unavailable, e.to_string())
+        }
+        _ => invalid(e.to_string()),
+    };
+    match cli.connection.to_connect().map_err(refused)? {
+        Some(settings) => settings.connect().await.map_err(refused),
+        None => Err(invalid("no NATS URL given (--nats)".to_string())),
     }
-    opts.connect(url).await.map_err(|e| {
-        Failure::new(
-            Exit::Unavailable,
-            format!("cannot connect to NATS at {url}: {e}"),
-        )
-    })
 }
 
 /// A command on an engine served over NATS, or `serve` itself (on

@@ -11,6 +11,7 @@
 //! `default-features = false, features = ["client"]` gets the guard without
 //! the engine, sled or clap.
 
+pub mod connect;
 pub mod guard;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ use crate::protocol::{
     MandateQuery, MissionCompletedNotice, Reply, StatusReply, TreeQuery, TreeReply,
 };
 
+pub use connect::{ConnectError, NatsAuth, NatsConnect, TlsSettings};
 pub use guard::{Guard, GuardConfig, GuardState};
 
 /// Client failures. "Engine down" and "engine slow" are told apart.

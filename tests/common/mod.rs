@@ -7,6 +7,7 @@ pub mod cli;
 pub mod fixtures;
 pub mod prelude;
 pub mod relay;
+pub mod secured;
 pub mod served;
 pub mod wire;
 
@@ -27,6 +28,8 @@ pub struct NatsServer {
     bin: PathBuf,
     port: u16,
     store: tempfile::TempDir,
+    /// A configuration file to run with (`-c`) instead of `-js -sd`.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -34,16 +37,29 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_inner(|_| None)
+    }
+
+    /// Starts a server with the configuration file `config(store)` returns,
+    /// given the private store directory (the file sets JetStream's
+    /// `store_dir` there); address and port are still chosen here.
+    pub fn start_with_config(config: impl FnOnce(&Path) -> PathBuf) -> Self {
+        Self::start_inner(|store| Some(config(store)))
+    }
+
+    fn start_inner(config: impl FnOnce(&Path) -> Option<PathBuf>) -> Self {
         let bin = server_binary();
         print_version_once(&bin);
         let store = tempfile::Builder::new()
             .prefix("mandate-nats-")
             .tempdir()
             .expect("create a temporary store directory for nats-server");
+        let config = config(store.path());
         let mut server = NatsServer {
             bin,
             port: 0,
             store,
+            config,
             child: None,
         };
         // A port that was free a moment ago may be taken by the time the
@@ -103,16 +119,13 @@ impl NatsServer {
     /// Starts the server on `self.port`; fails if it exits before it is ready.
     fn try_spawn(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "nats-server is already running");
-        let child = Command::new(&self.bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+        let mut command = Command::new(&self.bin);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        match &self.config {
+            Some(config) => command.arg("-c").arg(config),
+            None => command.arg("-js").arg("-sd").arg(self.store.path()),
+        };
+        let child = command
             .arg("--ports_file_dir")
             .arg(self.store.path())
             .stdin(Stdio::null())
