@@ -360,7 +360,7 @@ async fn check_rebuild(engine: &Engine, tenant: &TenantId) -> Result<(), TestCas
         let snap = engine.store().tree(tenant, tree).unwrap().unwrap();
         let history = engine.store().history(tenant, tree).unwrap();
         prop_assert_eq!(
-            verify_chain_with_head(snap.tree.id, &history, snap.tree.head_hash.as_deref()),
+            verify_chain_with_head(snap.tree.id(), &history, snap.tree.head_hash()),
             Ok(())
         );
         let replayed = mandate::domain::replay(tenant.clone(), tree, &history);

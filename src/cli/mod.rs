@@ -1042,14 +1042,11 @@ async fn command(
             at,
         } => {
             let mandate = mandate_id(mandate)?;
-            let d = if cli.actor.is_some() {
-                client.check(mandate, action, resource, *at).await
-            } else {
-                client
-                    .check_unattributed(mandate, action, resource, *at)
-                    .await
-            }
-            .map_err(client_failure)?;
+            let asker = cli.actor.is_some().then(|| client.actor());
+            let d = client
+                .check_as(asker, mandate, action, resource, *at)
+                .await
+                .map_err(client_failure)?;
             print_decision(&d, json)?;
             return Ok(check_exit_code(&d));
         }

@@ -139,12 +139,16 @@ impl GuardHub {
     }
 }
 
-fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
+/// The signals of a broadcast channel as a stream: the guard hub's fan-out,
+/// and the in-process engine's signal bus.
+pub(crate) fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(s) => return Some((s, rx)),
-                // Missed signals are made up by the heartbeat's re-read.
+                // A lagging receiver skips what it missed: holders re-read
+                // state on every signal and every heartbeat, so the latest
+                // one is enough.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -208,7 +212,7 @@ impl Guard {
         let chain = client.chain(mandate, None).await?;
         let mut streams = Vec::new();
         for m in &chain.mandates {
-            streams.push(hub.subscribe(&client, &tenant, m.id).await?);
+            streams.push(hub.subscribe(&client, &tenant, m.id()).await?);
         }
         let inner = Arc::new(Inner {
             tree: RwLock::new(Tree::empty(tenant, chain.tree)),
@@ -315,28 +319,20 @@ impl Guard {
     }
 
     /// Takes `reply` as if a re-read had just returned it. A seam for tests
-    /// that make an old answer arrive after a newer one.
+    /// that make an old answer arrive after a newer one, or a broken one.
     #[doc(hidden)]
-    pub fn apply_reply(&self, reply: ChainReply) {
-        self.inner.install(reply, self.inner.local_now());
+    pub fn apply_reply(&self, reply: ChainReply) -> Result<(), ClientError> {
+        self.inner.install(reply, self.inner.local_now())
     }
 }
 
-/// Holds a chain reply as a tree of just that chain: effective status and
-/// `authorize` only ever look at the chain, so a guard never reads (or
-/// keeps) its siblings.
-fn chain_tree(tenant: &TenantId, reply: ChainReply) -> Tree {
-    let mut tree = Tree::empty(tenant.clone(), reply.tree);
-    tree.version = reply.version;
-    if let Some(root) = reply.mandates.first() {
-        tree.root = Some(root.id);
-        tree.principal = Some(root.principal.clone());
-    }
-    for mut m in reply.mandates {
-        m.children.clear();
-        tree.mandates.insert(m.id, m);
-    }
-    tree
+/// Holds a chain reply as a tree of just that chain ([`Tree::from_chain`],
+/// which refuses a chain the engine could not have written): effective
+/// status and `authorize` only ever look at the chain, so a guard never
+/// reads (or keeps) its siblings.
+fn chain_tree(tenant: &TenantId, reply: ChainReply) -> Result<Tree, ClientError> {
+    Tree::from_chain(tenant.clone(), reply.tree, reply.version, reply.mandates)
+        .map_err(|e| ClientError::Decode(e.to_string()))
 }
 
 impl Inner {
@@ -455,30 +451,30 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        self.install(reply, sent);
-        Ok(())
+        self.install(reply, sent)
     }
 
     /// Takes a chain reply asked for at `sent` (the agent's uncorrected
     /// clock). State never goes back: a reply older than the
     /// tree held (a slow answer overtaken by a newer one) is dropped, and
-    /// counts neither as hearing the engine nor as a clock reading.
-    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) {
+    /// counts neither as hearing the engine nor as a clock reading. So does
+    /// a reply whose chain the engine could not have written (refused).
+    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) -> Result<(), ClientError> {
         let version = reply.version;
         let reply_position = reply.position;
         let engine_time = reply.engine_time;
         {
             let mut held = self.tree.write().unwrap_or_else(|p| p.into_inner());
-            if version < held.version {
+            if version < held.version() {
                 tracing::debug!(
                     mandate = %self.mandate,
-                    held = held.version,
+                    held = held.version(),
                     reply = version,
                     "guard dropped a reply older than the state it holds"
                 );
-                return;
+                return Ok(());
             }
-            *held = chain_tree(self.client.tenant(), reply);
+            *held = chain_tree(self.client.tenant(), reply)?;
         }
         {
             // The engine answered for the tree, so it is not quarantined any
@@ -505,6 +501,7 @@ impl Inner {
         self.note_clock(engine_time, sent);
         *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.settle();
+        Ok(())
     }
 
     /// Compares the engine's clock in a reply with the agent's; a lag
@@ -612,7 +609,10 @@ async fn clock_loop(inner: Arc<Inner>) {
     loop {
         let deadline = {
             let tree = inner.tree.read().unwrap_or_else(|p| p.into_inner());
-            tree.chain(inner.mandate).iter().map(|m| m.not_after).min()
+            tree.chain(inner.mandate)
+                .iter()
+                .map(|m| m.not_after())
+                .min()
         };
         let Some(deadline) = deadline else { return };
         let wait = (deadline - inner.now()).to_std().unwrap_or(Duration::ZERO);
