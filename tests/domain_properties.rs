@@ -234,20 +234,22 @@ fn specialise(grant: &str, rng: &mut Rng) -> String {
 
 /// A scope that `parent` covers by construction: some of its grants, specialised.
 fn derive_scope(parent: &Scope, rng: &mut Rng) -> Scope {
+    some_grants_of(parent, rng, specialise)
+}
+
+/// Some of `parent`'s grants (at least one), each passed through `edit`.
+fn some_grants_of(parent: &Scope, rng: &mut Rng, edit: fn(&str, &mut Rng) -> String) -> Scope {
     let grants = parent.grants();
     let mut chosen: Vec<String> = Vec::new();
     for g in grants {
         if rng.below(2) == 0 {
-            chosen.push(specialise(&g.to_string(), rng));
+            chosen.push(edit(&g.to_string(), rng));
         }
     }
     if chosen.is_empty() {
-        chosen.push(specialise(
-            &grants[rng.below(grants.len())].to_string(),
-            rng,
-        ));
+        chosen.push(edit(&grants[rng.below(grants.len())].to_string(), rng));
     }
-    Scope::parse(chosen.iter().map(String::as_str)).expect("specialised grants are valid")
+    Scope::parse(chosen.iter().map(String::as_str)).expect("edited grants are valid")
 }
 
 /// A grant near `grant`: one or two random edits, some narrowing, some
@@ -298,17 +300,7 @@ fn perturb(grant: &str, rng: &mut Rng) -> String {
 
 /// A scope near `parent`: some of its grants, each perturbed.
 fn perturb_scope(parent: &Scope, rng: &mut Rng) -> Scope {
-    let grants = parent.grants();
-    let mut chosen: Vec<String> = Vec::new();
-    for g in grants {
-        if rng.below(2) == 0 {
-            chosen.push(perturb(&g.to_string(), rng));
-        }
-    }
-    if chosen.is_empty() {
-        chosen.push(perturb(&grants[rng.below(grants.len())].to_string(), rng));
-    }
-    Scope::parse(chosen.iter().map(String::as_str)).expect("perturbed grants are valid")
+    some_grants_of(parent, rng, perturb)
 }
 
 // ---------------------------------------------------------------------------

@@ -87,8 +87,18 @@ async fn chain_of_four_served(ttl: chrono::Duration) -> (NatsServer, Served, Vec
     (server, served, ids)
 }
 
-/// Starts the guard of agent `a3` for `mandate`, connected through `url`.
-async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Duration) -> Guard {
+/// A lease and heartbeat far beyond a test's patience: the guard neither
+/// goes stale nor re-reads on its own while the test runs, so only a signal
+/// (or a reconnect, or its clock) can change what it holds.
+const QUIET: (Duration, Duration) = (Duration::from_secs(120), Duration::from_secs(60));
+
+/// Starts the guard of agent `a3` for `mandate`, connected through `url`,
+/// with `(lease, heartbeat)`.
+async fn guard_a3(
+    url: &str,
+    mandate: MandateId,
+    (lease, heartbeat): (Duration, Duration),
+) -> Guard {
     Guard::start(
         client(url, agent("a3")).await,
         &GuardHub::new(),
@@ -103,14 +113,8 @@ async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Dur
 async fn cancellation_fires_on_a_revoke_three_levels_up() {
     let (server, engine, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let leaf = ids[3];
-    // A long lease and heartbeat: only the signal can stop it quickly.
-    let guard = guard_a3(
-        &server.url(),
-        leaf,
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    )
-    .await;
+    // Quiet: only the signal can stop it quickly.
+    let guard = guard_a3(&server.url(), leaf, QUIET).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     // In-flight work that must be cancelled.
     let cancel = guard.cancellation();
@@ -140,13 +144,7 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_expiry_denies_at_not_after_without_any_signal() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::milliseconds(1500)).await;
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    )
-    .await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
     // Stop the engine: no expiry event and no signal can come now.
     served.stop().await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
@@ -163,7 +161,7 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let lease = Duration::from_millis(1200);
-    let guard = guard_a3(&relay.url(), ids[3], lease, Duration::from_millis(300)).await;
+    let guard = guard_a3(&relay.url(), ids[3], (lease, Duration::from_millis(300))).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
     // Connected, it hears the engine every heartbeat: not stale.
@@ -217,8 +215,7 @@ async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns()
     let guard = guard_a3(
         &server.url(),
         ids[3],
-        Duration::from_millis(1000),
-        Duration::from_millis(250),
+        (Duration::from_millis(1000), Duration::from_millis(250)),
     )
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
@@ -258,20 +255,14 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         guard_client,
         &GuardHub::new(),
         ids[3],
-        guard_config(Duration::from_secs(120), Duration::from_secs(60)),
+        guard_config(QUIET.0, QUIET.1),
     )
     .await
     .unwrap();
     relay.sever();
     let cfo = client(&server.url(), principal("cfo")).await;
     // A guard on a connection that is not cut off, to see the signal land.
-    let witness = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(120),
-        Duration::from_secs(60),
-    )
-    .await;
+    let witness = guard_a3(&server.url(), ids[3], QUIET).await;
     cfo.revoke(ids[2], Some("while cut off".into()))
         .await
         .unwrap();
@@ -293,14 +284,8 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_reply_arriving_after_a_newer_one_does_not_undo_a_pause() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
-    // A long lease and heartbeat: no re-read of the guard's own comes between.
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(120),
-        Duration::from_secs(60),
-    )
-    .await;
+    // Quiet: no re-read of the guard's own comes between.
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     // Given an answer read before the pause...
     let a3 = client(&server.url(), agent("a3")).await;
@@ -380,13 +365,7 @@ async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_whose_chain_the_engine_could_not_have_written_is_refused_and_changes_nothing() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(120),
-        Duration::from_secs(60),
-    )
-    .await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
     let a3 = client(&server.url(), agent("a3")).await;
     // A newer version, so it is not dropped as old, and a link left out: a2
     // is not delegated from a0.
