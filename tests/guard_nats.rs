@@ -355,6 +355,15 @@ async fn a_reply_whose_chain_the_engine_could_not_have_written_is_refused_and_ch
         matches!(&refused, Err(mandate::client::ClientError::Decode(m)) if m.contains("does not follow")),
         "{refused:?}"
     );
+    // A whole chain, but to a2, not to the guard's a3: refused too, not
+    // read as a3 having gone.
+    let mut reply = a3.chain(ids[2], None).await.unwrap();
+    reply.version += 1;
+    let refused = guard.apply_reply(reply);
+    assert!(
+        matches!(&refused, Err(mandate::client::ClientError::Decode(m)) if m.contains("not at the guard's mandate")),
+        "{refused:?}"
+    );
     assert_eq!(guard.state(), GuardState::Active);
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     // A reply that keeps the chain is taken.

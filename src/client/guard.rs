@@ -329,8 +329,20 @@ impl Guard {
 /// Holds a chain reply as a tree of just that chain ([`Tree::from_chain`],
 /// which refuses a chain the engine could not have written): effective
 /// status and `authorize` only ever look at the chain, so a guard never
-/// reads (or keeps) its siblings.
-fn chain_tree(tenant: &TenantId, reply: ChainReply) -> Result<Tree, ClientError> {
+/// reads (or keeps) its siblings. The chain must end at the guard's own
+/// `mandate`: a reply about another one is refused rather than read as the
+/// guard's mandate having gone.
+fn chain_tree(
+    tenant: &TenantId,
+    mandate: MandateId,
+    reply: ChainReply,
+) -> Result<Tree, ClientError> {
+    let last = reply.mandates.last().map(|m| m.id());
+    if last != Some(mandate) {
+        return Err(ClientError::Decode(format!(
+            "the chain reply ends at {last:?}, not at the guard's mandate {mandate}"
+        )));
+    }
     Tree::from_chain(tenant.clone(), reply.tree, reply.version, reply.mandates)
         .map_err(|e| ClientError::Decode(e.to_string()))
 }
@@ -474,7 +486,7 @@ impl Inner {
                 );
                 return Ok(());
             }
-            *held = chain_tree(self.client.tenant(), reply)?;
+            *held = chain_tree(self.client.tenant(), self.mandate, reply)?;
         }
         {
             // The engine answered for the tree, so it is not quarantined any
