@@ -16,6 +16,9 @@
 //! - It reads time by the engine's clock: each reply carries the engine's
 //!   time, and when the agent's clock lags by more than a tolerance the
 //!   guard adds the lag (and warns), so it never outlives `not_after`.
+//! - It holds only a chain the engine could have written, ending at its own
+//!   mandate ([`Tree::from_chain`]): any other reply is refused, and counts
+//!   as not hearing the engine.
 //! - Guards of one process share one subscription per mandate subject and
 //!   fan out locally ([`GuardHub`]).
 
