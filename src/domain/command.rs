@@ -21,7 +21,7 @@ fn default_depth() -> u32 {
 
 /// The JSON Schema pattern of a command id from outside the engine: any
 /// UUID but version 8, which is reserved for the ids the engine derives.
-pub const EXTERNAL_COMMAND_ID_PATTERN: &str =
+pub(crate) const EXTERNAL_COMMAND_ID_PATTERN: &str =
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 /// A command with its envelope.
