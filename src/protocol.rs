@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::command::EXTERNAL_COMMAND_ID_PATTERN;
 use crate::domain::{
     Actor, AgentId, ChainFault, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode,
     Event, Mandate, MandateId, MissionRef, PrincipalId, Quarantine, Status, TenantId, Tree, TreeId,
@@ -161,9 +162,7 @@ pub struct BulkEnvelope {
     /// Idempotency key of the bulk command; each revoke it writes gets an id
     /// derived from it. Any UUID but version 8, which is reserved for the ids
     /// the engine derives.
-    #[schemars(extend(
-        "pattern" = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(extend("pattern" = EXTERNAL_COMMAND_ID_PATTERN))]
     pub command_id: CommandId,
     pub tenant: TenantId,
     pub actor: Actor,

@@ -211,7 +211,7 @@ async fn a_grantor_cannot_undo_its_principals_pause() {
     let err = planner.resume(child, None).await.unwrap_err();
     assert_eq!(err.reason(), Some("paused_from_above"), "{err}");
     let status = cfo.status(child, None).await.expect("status");
-    assert_eq!(status.mandate.status, mandate::domain::Status::Paused);
+    assert_eq!(status.mandate.status(), mandate::domain::Status::Paused);
 
     cfo.resume(child, None)
         .await

@@ -414,7 +414,7 @@ async fn a_grant_that_reads_a_block_after_its_append_ends_its_mandate_and_is_ref
     assert_eq!(effective(&reader, mandate).await, Status::Revoked);
     let s = reader.status(mandate, None).await.unwrap();
     assert_eq!(
-        s.mandate.transition.map(|t| t.by),
+        s.mandate.transition().map(|t| t.by.clone()),
         Some(admin()),
         "revoked on the blocking administrator's authority"
     );

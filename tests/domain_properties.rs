@@ -46,30 +46,30 @@ const RESOURCE_SEGS: &[&str] = &["x", "y", "*"];
 const REQUEST_ACTION_SEGS: &[&str] = &["a", "b", "c"];
 const REQUEST_RESOURCE_SEGS: &[&str] = &["x", "y", "z"];
 
-fn action_pattern() -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(select(ACTION_SEGS), 0..=2),
-        any::<bool>(),
-    )
-        .prop_map(|(mut segs, wildcard)| {
+/// A pattern of up to `max` segments from `segs`, joined by `separator`,
+/// ending in the wildcard `tail` when drawn so (and always when empty).
+fn pattern(
+    segs: &'static [&'static str],
+    max: usize,
+    tail: &'static str,
+    separator: &'static str,
+) -> impl Strategy<Value = String> {
+    (prop::collection::vec(select(segs), 0..=max), any::<bool>()).prop_map(
+        move |(mut segs, wildcard)| {
             if wildcard || segs.is_empty() {
-                segs.push("*");
+                segs.push(tail);
             }
-            segs.join(":")
-        })
+            segs.join(separator)
+        },
+    )
+}
+
+fn action_pattern() -> impl Strategy<Value = String> {
+    pattern(ACTION_SEGS, 2, "*", ":")
 }
 
 fn resource_pattern() -> impl Strategy<Value = String> {
-    (
-        prop::collection::vec(select(RESOURCE_SEGS), 0..=3),
-        any::<bool>(),
-    )
-        .prop_map(|(mut segs, rest)| {
-            if rest || segs.is_empty() {
-                segs.push("**");
-            }
-            segs.join("/")
-        })
+    pattern(RESOURCE_SEGS, 3, "**", "/")
 }
 
 fn scope_strategy() -> impl Strategy<Value = Scope> {
@@ -234,20 +234,22 @@ fn specialise(grant: &str, rng: &mut Rng) -> String {
 
 /// A scope that `parent` covers by construction: some of its grants, specialised.
 fn derive_scope(parent: &Scope, rng: &mut Rng) -> Scope {
+    some_grants_of(parent, rng, specialise)
+}
+
+/// Some of `parent`'s grants (at least one), each passed through `edit`.
+fn some_grants_of(parent: &Scope, rng: &mut Rng, edit: fn(&str, &mut Rng) -> String) -> Scope {
     let grants = parent.grants();
     let mut chosen: Vec<String> = Vec::new();
     for g in grants {
         if rng.below(2) == 0 {
-            chosen.push(specialise(&g.to_string(), rng));
+            chosen.push(edit(&g.to_string(), rng));
         }
     }
     if chosen.is_empty() {
-        chosen.push(specialise(
-            &grants[rng.below(grants.len())].to_string(),
-            rng,
-        ));
+        chosen.push(edit(&grants[rng.below(grants.len())].to_string(), rng));
     }
-    Scope::parse(chosen.iter().map(String::as_str)).expect("specialised grants are valid")
+    Scope::parse(chosen.iter().map(String::as_str)).expect("edited grants are valid")
 }
 
 /// A grant near `grant`: one or two random edits, some narrowing, some
@@ -298,17 +300,7 @@ fn perturb(grant: &str, rng: &mut Rng) -> String {
 
 /// A scope near `parent`: some of its grants, each perturbed.
 fn perturb_scope(parent: &Scope, rng: &mut Rng) -> Scope {
-    let grants = parent.grants();
-    let mut chosen: Vec<String> = Vec::new();
-    for g in grants {
-        if rng.below(2) == 0 {
-            chosen.push(perturb(&g.to_string(), rng));
-        }
-    }
-    if chosen.is_empty() {
-        chosen.push(perturb(&grants[rng.below(grants.len())].to_string(), rng));
-    }
-    Scope::parse(chosen.iter().map(String::as_str)).expect("perturbed grants are valid")
+    some_grants_of(parent, rng, perturb)
 }
 
 // ---------------------------------------------------------------------------
@@ -504,11 +496,11 @@ fn case_strategy() -> impl Strategy<Value = Case> {
 impl Step {
     /// The acting party, often one with some standing on the target.
     fn actor(&self, tree: &Tree, m: Option<&Mandate>, rng: &mut Rng) -> Actor {
-        let grantee = m.map(|m| Actor::Agent(m.grantee.clone()));
+        let grantee = m.map(|m| Actor::Agent(m.grantee().clone()));
         let parent_grantee = m
-            .and_then(|m| m.parent)
-            .and_then(|p| tree.mandates.get(&p))
-            .map(|p| Actor::Agent(p.grantee.clone()));
+            .and_then(|m| m.parent())
+            .and_then(|p| tree.mandates().get(&p))
+            .map(|p| Actor::Agent(p.grantee().clone()));
         let principal = Actor::Principal(principal());
         let admin = Actor::Admin(PrincipalId::new("adm").unwrap());
         let supervisor = Actor::Agent(agent(SUPERVISOR));
@@ -619,13 +611,13 @@ fn envelope(id: u128, tenant: TenantId, actor: Actor, command: Command) -> Comma
 
 /// Could a command of this kind apply to `m` now (ignoring who sends it)?
 fn fits(kind: Kind, tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> bool {
-    let eff = tree.effective(m.id, now).expect("a mandate of the tree");
+    let eff = tree.effective(m.id(), now).expect("a mandate of the tree");
     match kind {
-        Kind::Resume => m.status == Status::Paused && !eff.status.is_terminal(),
-        Kind::Expire => !m.status.is_terminal() && m.not_after <= now,
-        Kind::Delegate => eff.is_active() && m.depth > 0,
+        Kind::Resume => m.status() == Status::Paused && !eff.status.is_terminal(),
+        Kind::Expire => !m.status().is_terminal() && m.not_after() <= now,
+        Kind::Delegate => eff.is_active() && m.depth() > 0,
         // Ending the root ends the whole history's interest: keep it rarer.
-        Kind::Revoke | Kind::Complete => !eff.status.is_terminal() && m.parent.is_some(),
+        Kind::Revoke | Kind::Complete => !eff.status.is_terminal() && m.parent().is_some(),
         _ => !eff.status.is_terminal(),
     }
 }
@@ -633,12 +625,12 @@ fn fits(kind: Kind, tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> bool {
 /// Builds the command of one step against the current tree.
 fn command_for(step: &Step, index: usize, tree: &Tree, now: DateTime<Utc>) -> CommandEnvelope {
     let mut rng = Rng::new(step.seed);
-    let all: Vec<MandateId> = tree.mandates.keys().copied().collect();
+    let all: Vec<MandateId> = tree.mandates().keys().copied().collect();
     let fitting: Vec<MandateId> = tree
-        .mandates
+        .mandates()
         .values()
         .filter(|m| fits(step.kind, tree, m, now))
-        .map(|m| m.id)
+        .map(|m| m.id())
         .collect();
     let ids = if step.fitting && !fitting.is_empty() {
         fitting
@@ -650,7 +642,7 @@ fn command_for(step: &Step, index: usize, tree: &Tree, now: DateTime<Utc>) -> Co
     } else {
         ids[step.target % ids.len()]
     };
-    let m = tree.mandates.get(&target_id);
+    let m = tree.mandates().get(&target_id);
     let actor = step.actor(tree, m, &mut rng);
     let tenant = if step.wrong_tenant {
         other_tenant()
@@ -658,14 +650,14 @@ fn command_for(step: &Step, index: usize, tree: &Tree, now: DateTime<Utc>) -> Co
         tenant()
     };
     let scope = match m {
-        Some(m) if step.derived_scope && rng.below(3) == 0 => perturb_scope(&m.scope, &mut rng),
-        Some(m) if step.derived_scope => derive_scope(&m.scope, &mut rng),
+        Some(m) if step.derived_scope && rng.below(3) == 0 => perturb_scope(m.scope(), &mut rng),
+        Some(m) if step.derived_scope => derive_scope(m.scope(), &mut rng),
         _ => step.random_scope.clone(),
     };
     let parent_not_after = m
-        .and_then(|m| m.parent)
-        .and_then(|p| tree.mandates.get(&p))
-        .map(|p| p.not_after);
+        .and_then(|m| m.parent())
+        .and_then(|p| tree.mandates().get(&p))
+        .map(|p| p.not_after());
     let change = Change {
         mandate: target_id,
         reason: None,
@@ -701,7 +693,7 @@ fn command_for(step: &Step, index: usize, tree: &Tree, now: DateTime<Utc>) -> Co
                 scope,
                 not_after: step
                     .minutes
-                    .and_then(|min| m.map(|m| m.not_after - Duration::minutes(min))),
+                    .and_then(|min| m.map(|m| m.not_after() - Duration::minutes(min))),
                 depth: step.depth,
                 step_up: Vec::new(),
                 supervisors,
@@ -775,7 +767,7 @@ fn decide_and_apply(run: &mut Run, cmd: CommandEnvelope, resubmit: bool, unknown
         for e in events {
             if let EventBody::MandateIssued(issued) = &e.body {
                 if let Some(p) = issued.parent {
-                    let parent = run.tree.mandates[&p].clone();
+                    let parent = run.tree.mandates()[&p].clone();
                     let parent_active = run.tree.effective(p, run.now).unwrap().is_active();
                     let mut after = run.tree.clone();
                     mandate::domain::apply(&mut after, e);
@@ -784,7 +776,7 @@ fn decide_and_apply(run: &mut Run, cmd: CommandEnvelope, resubmit: bool, unknown
                         IssuedUnder {
                             parent,
                             parent_active,
-                            child: after.mandates[&issued.mandate].clone(),
+                            child: after.mandates()[&issued.mandate].clone(),
                             actor: e.actor.clone(),
                         },
                     );
@@ -813,8 +805,8 @@ fn decide_and_apply(run: &mut Run, cmd: CommandEnvelope, resubmit: bool, unknown
 /// Invariant 1, for every delegated mandate of the final tree.
 fn check_delegation_never_widens(case: &Case, run: &Run) -> Result<(), TestCaseError> {
     let mut rng = Rng::new(0x5eed);
-    for (id, m) in &run.tree.mandates {
-        let Some(parent_id) = m.parent else {
+    for (id, m) in run.tree.mandates() {
+        let Some(parent_id) = m.parent() else {
             continue;
         };
         let at_issue = run
@@ -823,44 +815,47 @@ fn check_delegation_never_widens(case: &Case, run: &Run) -> Result<(), TestCaseE
             .ok_or_else(|| TestCaseError::fail(format!("{id} has no recorded delegation")))?;
         let parent_then = &at_issue.parent;
         let child_then = &at_issue.child;
-        let parent_now = &run.tree.mandates[&parent_id];
-        prop_assert_eq!(parent_then.id, parent_id);
+        let parent_now = &run.tree.mandates()[&parent_id];
+        prop_assert_eq!(parent_then.id(), parent_id);
 
         // Scope: every request the child allows (now, or when issued), the
         // parent allowed when it delegated. Narrowing only narrows.
         let mut requests = case.requests.clone();
-        requests.extend(instances(&m.scope, &mut rng));
-        requests.extend(instances(&child_then.scope, &mut rng));
+        requests.extend(instances(m.scope(), &mut rng));
+        requests.extend(instances(child_then.scope(), &mut rng));
         for req in &requests {
-            if allows(&child_then.scope, req) {
+            if allows(child_then.scope(), req) {
                 prop_assert!(
-                    allows(&parent_then.scope, req),
+                    allows(parent_then.scope(), req),
                     "child {} allowed {:?} outside parent scope {:?}",
                     id,
                     req,
-                    parent_then.scope
+                    parent_then.scope()
                 );
             }
-            if allows(&m.scope, req) {
+            if allows(m.scope(), req) {
                 prop_assert!(
-                    allows(&child_then.scope, req),
+                    allows(child_then.scope(), req),
                     "narrowing widened {} to {:?}",
                     id,
                     req
                 );
             }
         }
-        prop_assert!(parent_then.scope.covers(&child_then.scope));
+        prop_assert!(parent_then.scope().covers(child_then.scope()));
 
         // Time, depth, grantor, tenant, principal.
-        prop_assert!(child_then.not_after <= parent_then.not_after);
-        prop_assert!(m.depth < parent_now.depth);
-        prop_assert_eq!(&m.grantor, &Grantor::Agent(parent_now.grantee.clone()));
-        prop_assert_eq!(&at_issue.actor, &Actor::Agent(parent_then.grantee.clone()));
-        prop_assert_eq!(&m.tenant, &parent_now.tenant);
-        prop_assert_eq!(&m.tenant, &run.tree.tenant);
-        prop_assert_eq!(m.tree, run.tree.id);
-        prop_assert_eq!(&m.principal, &parent_now.principal);
+        prop_assert!(child_then.not_after() <= parent_then.not_after());
+        prop_assert!(m.depth() < parent_now.depth());
+        prop_assert_eq!(m.grantor(), &Grantor::Agent(parent_now.grantee().clone()));
+        prop_assert_eq!(
+            &at_issue.actor,
+            &Actor::Agent(parent_then.grantee().clone())
+        );
+        prop_assert_eq!(&m.tenant(), &parent_now.tenant());
+        prop_assert_eq!(m.tenant(), run.tree.tenant());
+        prop_assert_eq!(m.tree(), run.tree.id());
+        prop_assert_eq!(&m.principal(), &parent_now.principal());
         prop_assert!(at_issue.parent_active, "delegated from an inactive parent");
     }
     Ok(())
@@ -871,17 +866,16 @@ fn check_delegation_never_widens(case: &Case, run: &Run) -> Result<(), TestCaseE
 fn is_entitled(pre: &Tree, cmd: &CommandEnvelope, m: &Mandate) -> bool {
     let principal_or_admin = match &cmd.actor {
         Actor::Admin(_) => true,
-        Actor::Principal(p) => pre.principal.as_ref() == Some(p),
+        Actor::Principal(p) => pre.principal() == Some(p),
         _ => false,
     };
     match &cmd.command {
         Command::Issue(_) => false,
-        Command::Delegate(_) => cmd.actor == Actor::Agent(m.grantee.clone()),
+        Command::Delegate(_) => cmd.actor == Actor::Agent(m.grantee().clone()),
         Command::Expire(_) => true,
         Command::CompleteMission(c) => {
             principal_or_admin
-                && pre.mission.as_ref().and_then(|mi| mi.mission_ref.as_ref())
-                    == Some(&c.mission_ref)
+                && pre.mission().and_then(|mi| mi.mission_ref.as_ref()) == Some(&c.mission_ref)
         }
         _ => principal_or_admin,
     }
@@ -890,7 +884,7 @@ fn is_entitled(pre: &Tree, cmd: &CommandEnvelope, m: &Mandate) -> bool {
 /// The mandate a command acts on (`complete_mission` acts on the root).
 fn targeted(pre: &Tree, cmd: &CommandEnvelope) -> Option<MandateId> {
     match &cmd.command {
-        Command::CompleteMission(_) => pre.root,
+        Command::CompleteMission(_) => pre.root(),
         other => other.target(),
     }
 }
@@ -903,7 +897,7 @@ fn is_terminal_refusal(result: &Result<Vec<Event>, DomainError>, id: MandateId) 
 fn probes(tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> Vec<CommandEnvelope> {
     let admin = Actor::Admin(PrincipalId::new("adm").unwrap());
     let change = || Change {
-        mandate: m.id,
+        mandate: m.id(),
         reason: Some("probe".into()),
     };
     let mut commands = vec![
@@ -911,27 +905,27 @@ fn probes(tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> Vec<CommandEnvelope> 
         (admin.clone(), Command::Resume(change())),
         (admin.clone(), Command::Revoke(change())),
         (admin.clone(), Command::Complete(change())),
-        (Actor::expiry(), Command::Expire(Target { mandate: m.id })),
+        (Actor::expiry(), Command::Expire(Target { mandate: m.id() })),
         (
             admin.clone(),
             Command::Narrow(Narrow {
-                mandate: m.id,
-                scope: m.scope.clone(),
+                mandate: m.id(),
+                scope: m.scope().clone(),
             }),
         ),
         (
             admin.clone(),
             Command::Renew(Renew {
-                mandate: m.id,
+                mandate: m.id(),
                 not_after: now + Duration::minutes(1),
             }),
         ),
         (
-            Actor::Agent(m.grantee.clone()),
+            Actor::Agent(m.grantee().clone()),
             Command::Delegate(Delegate {
-                parent: m.id,
+                parent: m.id(),
                 grantee: agent("a3"),
-                scope: m.scope.clone(),
+                scope: m.scope().clone(),
                 not_after: None,
                 depth: None,
                 step_up: Vec::new(),
@@ -939,8 +933,8 @@ fn probes(tree: &Tree, m: &Mandate, now: DateTime<Utc>) -> Vec<CommandEnvelope> 
             }),
         ),
     ];
-    let mission_ref = tree.mission.as_ref().and_then(|mi| mi.mission_ref.clone());
-    if let (Some(r), true) = (mission_ref, tree.root == Some(m.id)) {
+    let mission_ref = tree.mission().and_then(|mi| mi.mission_ref.clone());
+    if let (Some(r), true) = (mission_ref, tree.root() == Some(m.id())) {
         commands.push((
             admin,
             Command::CompleteMission(CompleteMission { mission_ref: r }),
@@ -1084,38 +1078,38 @@ proptest! {
         let run = run(&case);
         for (i, rec) in run.records.iter().enumerate() {
             let post = run.post(i);
-            for (id, before) in rec.pre.mandates.iter().filter(|(_, m)| m.status.is_terminal()) {
+            for (id, before) in rec.pre.mandates().iter().filter(|(_, m)| m.status().is_terminal()) {
                 prop_assert_eq!(
-                    post.mandates.get(id),
+                    post.mandates().get(id),
                     Some(before),
                     "terminal mandate changed by {:?}",
                     rec.cmd.command
                 );
             }
-            if rec.resubmit || rec.cmd.tenant != rec.pre.tenant {
+            if rec.resubmit || &rec.cmd.tenant != rec.pre.tenant() {
                 continue;
             }
-            let Some(target) = targeted(&rec.pre, &rec.cmd).and_then(|t| rec.pre.mandates.get(&t)) else {
+            let Some(target) = targeted(&rec.pre, &rec.cmd).and_then(|t| rec.pre.mandates().get(&t)) else {
                 continue;
             };
-            if target.status.is_terminal() {
-                prop_assert!(rec.result.is_err(), "{:?} accepted on terminal {}", rec.cmd.command, target.id);
+            if target.status().is_terminal() {
+                prop_assert!(rec.result.is_err(), "{:?} accepted on terminal {}", rec.cmd.command, target.id());
                 if is_entitled(&rec.pre, &rec.cmd, target) {
                     prop_assert!(
-                        is_terminal_refusal(&rec.result, target.id),
+                        is_terminal_refusal(&rec.result, target.id()),
                         "{:?} on terminal {} refused with {:?}",
-                        rec.cmd.command, target.id, rec.result
+                        rec.cmd.command, target.id(), rec.result
                     );
                 }
             }
         }
-        for m in run.tree.mandates.values().filter(|m| m.status.is_terminal()) {
+        for m in run.tree.mandates().values().filter(|m| m.status().is_terminal()) {
             for probe in probes(&run.tree, m, run.now) {
                 let result = decide(&run.tree, &probe, &Facts::default(), run.now);
                 prop_assert!(
-                    is_terminal_refusal(&result, m.id),
+                    is_terminal_refusal(&result, m.id()),
                     "{:?} on terminal {} gave {:?}",
-                    probe.command, m.id, result
+                    probe.command, m.id(), result
                 );
             }
         }
@@ -1128,14 +1122,14 @@ proptest! {
         let run = run(&case);
         let mut rng = Rng::new(0xca5c);
         let tree = &run.tree;
-        for x in tree.mandates.values().filter(|m| m.status.is_terminal()) {
-            let mut below = tree.descendants(x.id);
-            below.push(x.id);
+        for x in tree.mandates().values().filter(|m| m.status().is_terminal()) {
+            let mut below = tree.descendants(x.id());
+            below.push(x.id());
             for d in below {
                 let eff = tree.effective(d, run.now).unwrap();
-                prop_assert!(eff.status.is_terminal(), "{} under terminal {} is {}", d, x.id, eff.status);
+                prop_assert!(eff.status.is_terminal(), "{} under terminal {} is {}", d, x.id(), eff.status);
                 let mut requests = case.requests.clone();
-                requests.extend(instances(&tree.mandates[&d].scope, &mut rng));
+                requests.extend(instances(tree.mandates()[&d].scope(), &mut rng));
                 for (action, resource) in &requests {
                     let decision = authorize(tree, d, action, resource, run.now);
                     prop_assert_eq!(decision.outcome, Outcome::Deny, "{} {} under {}", action, resource, d);
@@ -1150,17 +1144,17 @@ proptest! {
     fn every_mandate_traces_to_a_principal(case in case_strategy()) {
         let run = run(&case);
         let tree = &run.tree;
-        for m in tree.mandates.values() {
-            let chain = tree.chain(m.id);
+        for m in tree.mandates().values() {
+            let chain = tree.chain(m.id());
             let root = chain.first().expect("a known mandate has a chain");
-            prop_assert_eq!(Some(root.id), tree.root);
-            prop_assert_eq!(root.parent, None);
-            prop_assert_eq!(&root.grantor, &Grantor::Principal(root.principal.clone()));
-            prop_assert_eq!(&m.principal, &root.principal);
-            prop_assert_eq!(tree.principal.as_ref(), Some(&root.principal));
-            prop_assert_eq!(chain.last().map(|l| l.id), Some(m.id));
+            prop_assert_eq!(Some(root.id()), tree.root());
+            prop_assert_eq!(root.parent(), None);
+            prop_assert_eq!(root.grantor(), &Grantor::Principal(root.principal().clone()));
+            prop_assert_eq!(&m.principal(), &root.principal());
+            prop_assert_eq!(tree.principal(), Some(root.principal()));
+            prop_assert_eq!(chain.last().map(|l| l.id()), Some(m.id()));
             for pair in chain.windows(2) {
-                prop_assert_eq!(pair[1].parent, Some(pair[0].id));
+                prop_assert_eq!(pair[1].parent(), Some(pair[0].id()));
             }
         }
     }
@@ -1181,7 +1175,7 @@ proptest! {
             *per_command.entry(e.command_id).or_default() += 1;
         }
         prop_assert_eq!(per_command.len(), run.accepted.len());
-        prop_assert_eq!(run.tree.commands.len(), run.accepted.len());
+        prop_assert_eq!(run.tree.commands().len(), run.accepted.len());
     }
 
     /// Invariant 6: replaying the history from scratch, also after a round
@@ -1197,7 +1191,7 @@ proptest! {
         prop_assert_eq!(&replay(tenant(), tree_id(), &decoded), &run.tree);
         prop_assert_eq!(verify_chain(&run.events), Ok(()));
         prop_assert_eq!(verify_chain(&decoded), Ok(()));
-        prop_assert_eq!(run.tree.version, run.events.len() as u64);
+        prop_assert_eq!(run.tree.version(), run.events.len() as u64);
     }
 
     /// Invariant 9: only authority above a mandate changes it. An agent at
@@ -1220,43 +1214,43 @@ proptest! {
                 continue;
             }
             let pre = &rec.pre;
-            let Some(m) = rec.cmd.command.target().and_then(|t| pre.mandates.get(&t)) else {
+            let Some(m) = rec.cmd.command.target().and_then(|t| pre.mandates().get(&t)) else {
                 continue;
             };
             if let Actor::Agent(a) = &rec.cmd.actor {
-                let chain = pre.chain(m.id);
-                let holds_above = chain[..chain.len() - 1].iter().any(|l| &l.grantee == a);
-                let at_or_below = &m.grantee == a
-                    || pre.descendants(m.id).iter().any(|d| &pre.mandates[d].grantee == a);
+                let chain = pre.chain(m.id());
+                let holds_above = chain[..chain.len() - 1].iter().any(|l| l.grantee() == a);
+                let at_or_below = m.grantee() == a
+                    || pre.descendants(m.id()).iter().any(|d| pre.mandates()[d].grantee() == a);
                 if at_or_below && !holds_above {
                     let relinquish = matches!(rec.cmd.command, Command::Revoke(_) | Command::Complete(_))
-                        && &m.grantee == a;
+                        && m.grantee() == a;
                     prop_assert!(
                         relinquish,
                         "agent {} at or below {} was allowed to {}",
-                        a, m.id, rec.cmd.command.verb()
+                        a, m.id(), rec.cmd.command.verb()
                     );
                 }
             }
             // Moving `not_after` later grants time: only one who could have
             // granted the mandate does, never a supervisor alone.
             if let Command::Renew(r) = &rec.cmd.command {
-                if r.not_after > m.not_after {
-                    let chain = pre.chain(m.id);
+                if r.not_after > m.not_after() {
+                    let chain = pre.chain(m.id());
                     let grantor_above = match &rec.cmd.actor {
                         Actor::Admin(_) | Actor::Principal(_) => true,
-                        Actor::Agent(a) => chain[..chain.len() - 1].iter().any(|l| &l.grantee == a),
+                        Actor::Agent(a) => chain[..chain.len() - 1].iter().any(|l| l.grantee() == a),
                         Actor::System(_) => false,
                     };
                     prop_assert!(
                         grantor_above,
                         "{} extended {} without having granted it",
-                        rec.cmd.actor, m.id
+                        rec.cmd.actor, m.id()
                     );
                 }
             }
             if let Command::Resume(_) = rec.cmd.command {
-                let by = &m.transition.as_ref().expect("a paused mandate records its pause").by;
+                let by = &m.transition().expect("a paused mandate records its pause").by;
                 let lifted_from_as_high = match by {
                     Actor::Admin(_) => matches!(rec.cmd.actor, Actor::Admin(_)),
                     Actor::Principal(_) => {
@@ -1267,7 +1261,7 @@ proptest! {
                 prop_assert!(
                     lifted_from_as_high,
                     "{} lifted the pause {} set on {}",
-                    rec.cmd.actor, by, m.id
+                    rec.cmd.actor, by, m.id()
                 );
             }
         }
@@ -1279,7 +1273,7 @@ proptest! {
     fn hostile_commands_are_refused(case in case_strategy()) {
         let run = run(&case);
         for rec in run.records.iter().filter(|r| !r.resubmit) {
-            if rec.cmd.tenant != rec.pre.tenant {
+            if &rec.cmd.tenant != rec.pre.tenant() {
                 prop_assert_eq!(
                     &rec.result,
                     &Err(DomainError::CrossTenant { command_tenant: rec.cmd.tenant.clone() })
@@ -1325,16 +1319,16 @@ fn random_histories_reach_every_interesting_path() {
         }
         let deep = run
             .tree
-            .mandates
+            .mandates()
             .values()
-            .filter(|m| run.tree.chain(m.id).len() >= 3)
+            .filter(|m| run.tree.chain(m.id()).len() >= 3)
             .count();
         *seen.entry("depth 3 or more").or_default() += deep;
         let clock_expired = run
             .tree
-            .mandates
+            .mandates()
             .values()
-            .filter(|m| !m.status.is_terminal() && m.not_after <= run.now)
+            .filter(|m| !m.status().is_terminal() && m.not_after() <= run.now)
             .count();
         *seen.entry("expired by the clock only").or_default() += clock_expired;
     }

@@ -47,7 +47,7 @@ async fn an_expiry_that_passed_while_the_engine_was_down_is_written_at_restart()
     let s = hr.status(root, None).await.unwrap();
     let transition = s
         .mandate
-        .transition
+        .transition()
         .expect("an expired mandate has a transition");
     assert_eq!(transition.by, Actor::expiry());
     assert_eq!(s.effective.cause.and_then(|c| c.by), Some(Actor::expiry()));
@@ -136,7 +136,7 @@ async fn two_instances_write_each_expiry_once() {
     for inst in [&a, &b] {
         for root in &roots {
             let s = inst.engine.status(&t, *root, None).await.unwrap();
-            assert_eq!(s.mandate.status, Status::Expired);
+            assert_eq!(s.mandate.status(), Status::Expired);
         }
         for child in &children {
             let s = inst.engine.status(&t, *child, None).await.unwrap();

@@ -79,7 +79,7 @@ async fn a_closed_ticket_ends_the_whole_tree_and_tells_its_guards() {
     })
     .await;
     let root_status = cfo.status(root, None).await.unwrap();
-    assert_eq!(root_status.mandate.status, Status::Completed);
+    assert_eq!(root_status.mandate.status(), Status::Completed);
     for m in [child, grandchild] {
         let s = cfo.status(m, None).await.unwrap();
         assert_eq!(s.effective.status, Status::Completed, "{m}");
@@ -89,7 +89,7 @@ async fn a_closed_ticket_ends_the_whole_tree_and_tells_its_guards() {
             "the cause names the root: {s:?}"
         );
         // Only the root's own status changed: the cascade is computed.
-        assert_eq!(s.mandate.status, Status::Active);
+        assert_eq!(s.mandate.status(), Status::Active);
     }
     for m in tree {
         let d = cfo
@@ -245,7 +245,7 @@ async fn pause_and_resume_cascade_but_an_own_pause_stays() {
         assert!(check(m).await.is_allowed());
     }
     let s = vp.status(grandchild, None).await.unwrap();
-    assert_eq!(s.mandate.status, Status::Paused);
+    assert_eq!(s.mandate.status(), Status::Paused);
     assert_eq!(s.effective.status, Status::Paused);
     assert_eq!(s.effective.cause.map(|c| c.mandate), Some(grandchild));
     assert_denied_as(&check(grandchild).await, Status::Paused);

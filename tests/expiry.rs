@@ -43,7 +43,7 @@ async fn own_status(engine: &Engine, tenant: &TenantId, mandate: MandateId) -> S
         .await
         .expect("status")
         .mandate
-        .status
+        .status()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

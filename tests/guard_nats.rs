@@ -11,10 +11,13 @@
 
 mod common;
 
+use std::future::ready;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::fixtures::{agent, assert_denied_as, delegation, guard_config, principal, root_issue};
+use common::fixtures::{
+    agent, assert_denied_as, delegation, eventually, guard_config, principal, root_issue,
+};
 use common::relay::Relay;
 use common::served::Instance;
 use common::wire::{client_at as client, serving};
@@ -22,7 +25,7 @@ use common::NatsServer;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Guard, GuardConfig, GuardState};
 use mandate::domain::command::Issue;
-use mandate::domain::{Actor, DenyReason, MandateId, Outcome, PrincipalId, Status};
+use mandate::domain::{DenyReason, MandateId, Outcome, Status};
 
 /// An engine serving on `url`, with its own data directory, once it answers.
 struct Served {
@@ -75,8 +78,27 @@ async fn chain_of_four(url: &str, ttl: chrono::Duration) -> Vec<MandateId> {
     ids
 }
 
-/// Starts the guard of agent `a3` for `mandate`, connected through `url`.
-async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Duration) -> Guard {
+/// A private nats-server, an engine serving on it, and a chain of four
+/// whose root ends `ttl` from now.
+async fn chain_of_four_served(ttl: chrono::Duration) -> (NatsServer, Served, Vec<MandateId>) {
+    let server = NatsServer::start();
+    let served = Served::start(&server.url()).await;
+    let ids = chain_of_four(&server.url(), ttl).await;
+    (server, served, ids)
+}
+
+/// A lease and heartbeat far beyond a test's patience: the guard neither
+/// goes stale nor re-reads on its own while the test runs, so only a signal
+/// (or a reconnect, or its clock) can change what it holds.
+const QUIET: (Duration, Duration) = (Duration::from_secs(120), Duration::from_secs(60));
+
+/// Starts the guard of agent `a3` for `mandate`, connected through `url`,
+/// with `(lease, heartbeat)`.
+async fn guard_a3(
+    url: &str,
+    mandate: MandateId,
+    (lease, heartbeat): (Duration, Duration),
+) -> Guard {
     Guard::start(
         client(url, agent("a3")).await,
         &GuardHub::new(),
@@ -87,31 +109,12 @@ async fn guard_a3(url: &str, mandate: MandateId, lease: Duration, heartbeat: Dur
     .expect("start the guard")
 }
 
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancellation_fires_on_a_revoke_three_levels_up() {
-    let server = NatsServer::start();
-    let engine = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let (server, engine, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let leaf = ids[3];
-    // A long lease and heartbeat: only the signal can stop it quickly.
-    let guard = guard_a3(
-        &server.url(),
-        leaf,
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    )
-    .await;
+    // Quiet: only the signal can stop it quickly.
+    let guard = guard_a3(&server.url(), leaf, QUIET).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     // In-flight work that must be cancelled.
     let cancel = guard.cancellation();
@@ -122,11 +125,7 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
             _ = the_whole_job => "ran to the end",
         }
     });
-    let cfo = client(
-        &server.url(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .await;
+    let cfo = client(&server.url(), principal("cfo")).await;
     cfo.revoke(ids[0], Some("deal closed".into()))
         .await
         .unwrap();
@@ -144,16 +143,8 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_expiry_denies_at_not_after_without_any_signal() {
-    let server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::milliseconds(1500)).await;
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(60),
-        Duration::from_secs(30),
-    )
-    .await;
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::milliseconds(1500)).await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
     // Stop the engine: no expiry event and no signal can come now.
     served.stop().await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
@@ -167,29 +158,26 @@ async fn local_expiry_denies_at_not_after_without_any_signal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
-    let server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let lease = Duration::from_millis(1200);
-    let guard = guard_a3(&relay.url(), ids[3], lease, Duration::from_millis(300)).await;
+    let guard = guard_a3(&relay.url(), ids[3], (lease, Duration::from_millis(300))).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
     // Connected, it hears the engine every heartbeat: not stale.
     assert_eq!(guard.state(), GuardState::Active);
     relay.sever();
     // While cut off, the mandate two levels up is revoked: the guard cannot hear it.
-    let cfo = client(
-        &server.url(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .await;
+    let cfo = client(&server.url(), principal("cfo")).await;
     cfo.revoke(ids[1], Some("while cut off".into()))
         .await
         .unwrap();
 
     // Fails closed once the lease has run out.
-    eventually("guard goes stale", || guard.state() == GuardState::Stale).await;
+    eventually("guard goes stale", || {
+        ready(guard.state() == GuardState::Stale)
+    })
+    .await;
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
     // Stale because its lease ran out, and it says which lease.
@@ -202,47 +190,33 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     relay.restore();
     // After it reconnects, the re-read shows the revoke it missed.
     eventually("guard reflects the missed revoke", || {
-        guard.state() == GuardState::Terminated(Status::Revoked)
+        ready(guard.state() == GuardState::Terminated(Status::Revoked))
     })
     .await;
     assert!(guard.cancellation().is_cancelled());
-    let d = guard.check("finance:read", "reports/q3");
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Revoked,
-                ..
-            })
-        ),
-        "{:?}",
-        d.reason
-    );
+    assert_denied_as(&guard.check("finance:read", "reports/q3"), Status::Revoked);
     served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns() {
-    let mut server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let (mut server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let guard = guard_a3(
         &server.url(),
         ids[3],
-        Duration::from_millis(1000),
-        Duration::from_millis(250),
+        (Duration::from_millis(1000), Duration::from_millis(250)),
     )
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     server.stop();
     eventually("guard goes stale with the server down", || {
-        guard.state() == GuardState::Stale
+        ready(guard.state() == GuardState::Stale)
     })
     .await;
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
     server.restart();
     eventually("guard recovers after the server returns", || {
-        guard.state() == GuardState::Active
+        ready(guard.state() == GuardState::Active)
     })
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
@@ -251,9 +225,7 @@ async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
-    let server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let guard_client = client(&relay.url(), agent("a3")).await;
     // A lease shorter than the heartbeat is refused: the guard would go stale
@@ -272,36 +244,26 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         guard_client,
         &GuardHub::new(),
         ids[3],
-        guard_config(Duration::from_secs(120), Duration::from_secs(60)),
+        guard_config(QUIET.0, QUIET.1),
     )
     .await
     .unwrap();
     relay.sever();
-    let cfo = client(
-        &server.url(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .await;
+    let cfo = client(&server.url(), principal("cfo")).await;
     // A guard on a connection that is not cut off, to see the signal land.
-    let witness = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(120),
-        Duration::from_secs(60),
-    )
-    .await;
+    let witness = guard_a3(&server.url(), ids[3], QUIET).await;
     cfo.revoke(ids[2], Some("while cut off".into()))
         .await
         .unwrap();
     eventually("the connected guard hears the revoke", || {
-        witness.state() == GuardState::Terminated(Status::Revoked)
+        ready(witness.state() == GuardState::Terminated(Status::Revoked))
     })
     .await;
     // The revoke's signal is lost to the cut-off guard: it still allows.
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     relay.restore();
     eventually("the reconnected guard reflects the revoke", || {
-        guard.state() == GuardState::Terminated(Status::Revoked)
+        ready(guard.state() == GuardState::Terminated(Status::Revoked))
     })
     .await;
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
@@ -310,51 +272,30 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_reply_arriving_after_a_newer_one_does_not_undo_a_pause() {
-    let server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
-    // A long lease and heartbeat: no re-read of the guard's own comes between.
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        Duration::from_secs(120),
-        Duration::from_secs(60),
-    )
-    .await;
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    // Quiet: no re-read of the guard's own comes between.
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     // Given an answer read before the pause...
     let a3 = client(&server.url(), agent("a3")).await;
     let before_pause = a3.chain(ids[3], None).await.unwrap();
-    let cfo = client(
-        &server.url(),
-        Actor::Principal(PrincipalId::new("cfo").unwrap()),
-    )
-    .await;
+    let cfo = client(&server.url(), principal("cfo")).await;
     cfo.pause(ids[1], Some("hold".into())).await.unwrap();
     eventually("the guard hears the pause", || {
-        guard.state() == GuardState::Paused
+        ready(guard.state() == GuardState::Paused)
     })
     .await;
     // ...when it arrives after the answer that carries the pause...
-    guard.apply_reply(before_pause);
+    guard
+        .apply_reply(before_pause)
+        .expect("an older reply is dropped, not refused");
     // ...then the guard stays paused.
     assert_eq!(
         guard.state(),
         GuardState::Paused,
         "an older answer undid the pause"
     );
-    let d = guard.check("finance:read", "reports/q3");
-    assert!(
-        matches!(
-            d.reason,
-            Some(DenyReason::NotActive {
-                status: Status::Paused,
-                ..
-            })
-        ),
-        "{:?}",
-        d.reason
-    );
+    assert_denied_as(&guard.check("finance:read", "reports/q3"), Status::Paused);
     served.stop().await;
 }
 
@@ -365,9 +306,7 @@ fn a_minute_behind() -> chrono::DateTime<Utc> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so() {
-    let server = NatsServer::start();
-    let served = Served::start(&server.url()).await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::seconds(3)).await;
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::seconds(3)).await;
     let guard = Guard::start(
         client(&server.url(), agent("a3")).await,
         &GuardHub::new(),
@@ -399,4 +338,37 @@ async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so(
         behind >= Duration::from_secs(55) && behind <= Duration::from_secs(65),
         "reported lag {behind:?} for a clock a minute behind"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_chain_the_engine_could_not_have_written_is_refused_and_changes_nothing() {
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
+    let a3 = client(&server.url(), agent("a3")).await;
+    // A newer version, so it is not dropped as old, and a link left out: a2
+    // is not delegated from a0.
+    let mut reply = a3.chain(ids[3], None).await.unwrap();
+    reply.version += 1;
+    reply.mandates.remove(1);
+    let refused = guard.apply_reply(reply);
+    assert!(
+        matches!(&refused, Err(mandate::client::ClientError::Decode(m)) if m.contains("does not follow")),
+        "{refused:?}"
+    );
+    // A whole chain, but to a2, not to the guard's a3: refused too, not
+    // read as a3 having gone.
+    let mut reply = a3.chain(ids[2], None).await.unwrap();
+    reply.version += 1;
+    let refused = guard.apply_reply(reply);
+    assert!(
+        matches!(&refused, Err(mandate::client::ClientError::Decode(m)) if m.contains("not at the guard's mandate")),
+        "{refused:?}"
+    );
+    assert_eq!(guard.state(), GuardState::Active);
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // A reply that keeps the chain is taken.
+    let mut reply = a3.chain(ids[3], None).await.unwrap();
+    reply.version += 1;
+    guard.apply_reply(reply).expect("a whole chain is taken");
+    served.stop().await;
 }

@@ -197,7 +197,7 @@ async fn a_command_id_reused_in_another_tree_cannot_take_over_a_mandate() {
         .await
         .expect("the principal revokes a mandate of its own tree");
     let status = cfo.status(mandate, None).await.expect("status");
-    assert_eq!(status.mandate.tree, mandate_tree(root), "{status:?}");
+    assert_eq!(status.mandate.tree(), mandate_tree(root), "{status:?}");
     assert_eq!(status.effective.status, Status::Revoked, "{status:?}");
     let d = cfo
         .check(mandate, "finance:read", "reports/q3/summary", None)

@@ -342,7 +342,7 @@ async fn check_rebuild(engine: &Engine, tenant: &TenantId) -> Result<(), TestCas
         let snap = engine.store().tree(tenant, tree).unwrap().unwrap();
         let history = engine.store().history(tenant, tree).unwrap();
         prop_assert_eq!(
-            verify_chain_with_head(snap.tree.id, &history, snap.tree.head_hash.as_deref()),
+            verify_chain_with_head(snap.tree.id(), &history, snap.tree.head_hash()),
             Ok(())
         );
         let replayed = mandate::domain::replay(tenant.clone(), tree, &history);
@@ -625,8 +625,8 @@ fn a_corrupt_commit_quarantines_its_tree_only_and_names_it() {
         Applied::PassedOver
     );
     let snap = store.tree(&acme, bad_tree).unwrap().unwrap();
-    assert_eq!((snap.position, snap.tree.version), (3, 1));
-    assert_eq!(snap.tree.quarantine, Some(q));
+    assert_eq!((snap.position, snap.tree.version()), (3, 1));
+    assert_eq!(snap.tree.quarantine(), Some(&q));
     // A commit that breaks a healthy tree's chain (seq 1 again) is caught too.
     let (chain_tree, first) = issue_commit("acme");
     store
@@ -651,7 +651,7 @@ fn a_corrupt_commit_quarantines_its_tree_only_and_names_it() {
     assert_eq!(store.checkpoint().unwrap(), 6);
     // The quarantined tree kept its last good state.
     assert_eq!(
-        store.tree(&acme, bad_tree).unwrap().unwrap().tree.version,
+        store.tree(&acme, bad_tree).unwrap().unwrap().tree.version(),
         1
     );
 }

@@ -118,8 +118,8 @@ fn real_documents_validate() {
     for e in &events {
         assert!(validator("event").is_valid(&serde_json::to_value(e).unwrap()));
     }
-    let state = mandate::domain::replay(tenant.clone(), tree.id, &events);
-    let root = state.root.unwrap();
+    let state = mandate::domain::replay(tenant.clone(), tree.id(), &events);
+    let root = state.root().unwrap();
     let d = authorize(&state, root, "finance:read", "reports/q3", now);
     assert!(d.is_allowed());
     let reply = serde_json::to_value(Reply::ok(d.clone())).unwrap();

@@ -171,7 +171,7 @@ async fn every_role_works_end_to_end_inside_its_subjects() {
     assert!(matches!(guard.state(), GuardState::Terminated(_)));
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
     let status = cfo.status(root, None).await.unwrap();
-    assert_eq!(status.mandate.status, Status::Completed);
+    assert_eq!(status.mandate.status(), Status::Completed);
 
     assert_eq!(agent_errors.all(), Vec::<String>::new());
     assert_eq!(ticket_errors.all(), Vec::<String>::new());
@@ -194,7 +194,7 @@ async fn an_agent_cannot_revoke_nor_write_the_event_stream() {
     errors.publish_refused("mandate.cmd.acme.revoke").await;
 
     // A forged commit on the tree's subject of the event stream.
-    let tree = cfo.status(root, None).await.unwrap().mandate.tree;
+    let tree = cfo.status(root, None).await.unwrap().mandate.tree();
     let forged = format!("mandate.evt.acme.{tree}");
     nc.publish(forged.clone(), "[]".into()).await.unwrap();
     errors.publish_refused(&forged).await;
@@ -312,7 +312,7 @@ async fn one_tenant_cannot_touch_another_replies_included() {
     assert_nothing_arrives(&mut sub, "acme's agent listening to globex's signals").await;
     let status = globex.status(globex_root, None).await.unwrap();
     assert_eq!(
-        status.mandate.status,
+        status.mandate.status(),
         Status::Paused,
         "the mission of globex was not completed by acme's ticketing system"
     );

@@ -103,7 +103,7 @@ async fn same_command_id_in_two_tenants(engine: &Engine) {
         .status(&b, root_b, None)
         .await
         .expect("tenant B reads its root");
-    assert_eq!(status_b.mandate.grantee.as_str(), "lead-b");
+    assert_eq!(status_b.mandate.grantee().as_str(), "lead-b");
     // and neither sees the other's.
     for (t, foreign) in [(&b, root_a), (&b, child_a), (&a, root_b), (&a, child_b)] {
         assert!(

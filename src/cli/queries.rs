@@ -49,13 +49,10 @@ pub(super) async fn query(
             at,
         } => {
             let mandate = mandate_id(mandate)?;
-            let d = if attributed {
-                client.check(mandate, action, resource, *at).await
-            } else {
-                client
-                    .check_unattributed(mandate, action, resource, *at)
-                    .await
-            }?;
+            let asker = attributed.then(|| client.actor());
+            let d = client
+                .check_as(asker, mandate, action, resource, *at)
+                .await?;
             show(&d, json)?;
             return Ok(exit_of_decision(&d));
         }

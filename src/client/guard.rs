@@ -16,6 +16,9 @@
 //! - It reads time by the engine's clock: each reply carries the engine's
 //!   time, and when the agent's clock lags by more than a tolerance the
 //!   guard adds the lag (and warns), so it never outlives `not_after`.
+//! - It holds only a chain the engine could have written, ending at its own
+//!   mandate ([`Tree::from_chain`]): any other reply is refused, and counts
+//!   as not hearing the engine.
 //! - Guards of one process share one subscription per mandate subject and
 //!   fan out locally ([`GuardHub`]).
 
@@ -139,12 +142,16 @@ impl GuardHub {
     }
 }
 
-fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
+/// The signals of a broadcast channel as a stream: the guard hub's fan-out,
+/// and the in-process engine's signal bus.
+pub(crate) fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(s) => return Some((s, rx)),
-                // Missed signals are made up by the heartbeat's re-read.
+                // A lagging receiver skips what it missed: holders re-read
+                // state on every signal and every heartbeat, so the latest
+                // one is enough.
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -208,7 +215,7 @@ impl Guard {
         let chain = client.chain(mandate, None).await?;
         let mut streams = Vec::new();
         for m in &chain.mandates {
-            streams.push(hub.subscribe(&client, &tenant, m.id).await?);
+            streams.push(hub.subscribe(&client, &tenant, m.id()).await?);
         }
         let inner = Arc::new(Inner {
             tree: RwLock::new(Tree::empty(tenant, chain.tree)),
@@ -315,28 +322,32 @@ impl Guard {
     }
 
     /// Takes `reply` as if a re-read had just returned it. A seam for tests
-    /// that make an old answer arrive after a newer one.
+    /// that make an old answer arrive after a newer one, or a broken one.
     #[doc(hidden)]
-    pub fn apply_reply(&self, reply: ChainReply) {
-        self.inner.install(reply, self.inner.local_now());
+    pub fn apply_reply(&self, reply: ChainReply) -> Result<(), ClientError> {
+        self.inner.install(reply, self.inner.local_now())
     }
 }
 
-/// Holds a chain reply as a tree of just that chain: effective status and
-/// `authorize` only ever look at the chain, so a guard never reads (or
-/// keeps) its siblings.
-fn chain_tree(tenant: &TenantId, reply: ChainReply) -> Tree {
-    let mut tree = Tree::empty(tenant.clone(), reply.tree);
-    tree.version = reply.version;
-    if let Some(root) = reply.mandates.first() {
-        tree.root = Some(root.id);
-        tree.principal = Some(root.principal.clone());
+/// Holds a chain reply as a tree of just that chain ([`Tree::from_chain`],
+/// which refuses a chain the engine could not have written): effective
+/// status and `authorize` only ever look at the chain, so a guard never
+/// reads (or keeps) its siblings. The chain must end at the guard's own
+/// `mandate`: a reply about another one is refused rather than read as the
+/// guard's mandate having gone.
+fn chain_tree(
+    tenant: &TenantId,
+    mandate: MandateId,
+    reply: ChainReply,
+) -> Result<Tree, ClientError> {
+    let last = reply.mandates.last().map(|m| m.id());
+    if last != Some(mandate) {
+        return Err(ClientError::Decode(format!(
+            "the chain reply ends at {last:?}, not at the guard's mandate {mandate}"
+        )));
     }
-    for mut m in reply.mandates {
-        m.children.clear();
-        tree.mandates.insert(m.id, m);
-    }
-    tree
+    Tree::from_chain(tenant.clone(), reply.tree, reply.version, reply.mandates)
+        .map_err(|e| ClientError::Decode(e.to_string()))
 }
 
 impl Inner {
@@ -455,30 +466,30 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        self.install(reply, sent);
-        Ok(())
+        self.install(reply, sent)
     }
 
     /// Takes a chain reply asked for at `sent` (the agent's uncorrected
     /// clock). State never goes back: a reply older than the
     /// tree held (a slow answer overtaken by a newer one) is dropped, and
-    /// counts neither as hearing the engine nor as a clock reading.
-    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) {
+    /// counts neither as hearing the engine nor as a clock reading. So does
+    /// a reply whose chain the engine could not have written (refused).
+    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) -> Result<(), ClientError> {
         let version = reply.version;
         let reply_position = reply.position;
         let engine_time = reply.engine_time;
         {
             let mut held = self.tree.write().unwrap_or_else(|p| p.into_inner());
-            if version < held.version {
+            if version < held.version() {
                 tracing::debug!(
                     mandate = %self.mandate,
-                    held = held.version,
+                    held = held.version(),
                     reply = version,
                     "guard dropped a reply older than the state it holds"
                 );
-                return;
+                return Ok(());
             }
-            *held = chain_tree(self.client.tenant(), reply);
+            *held = chain_tree(self.client.tenant(), self.mandate, reply)?;
         }
         {
             // The engine answered for the tree, so it is not quarantined any
@@ -505,6 +516,7 @@ impl Inner {
         self.note_clock(engine_time, sent);
         *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.settle();
+        Ok(())
     }
 
     /// Compares the engine's clock in a reply with the agent's; a lag
@@ -612,7 +624,10 @@ async fn clock_loop(inner: Arc<Inner>) {
     loop {
         let deadline = {
             let tree = inner.tree.read().unwrap_or_else(|p| p.into_inner());
-            tree.chain(inner.mandate).iter().map(|m| m.not_after).min()
+            tree.chain(inner.mandate)
+                .iter()
+                .map(|m| m.not_after())
+                .min()
         };
         let Some(deadline) = deadline else { return };
         let wait = (deadline - inner.now()).to_std().unwrap_or(Duration::ZERO);

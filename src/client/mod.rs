@@ -156,6 +156,11 @@ impl Client {
         &self.tenant
     }
 
+    /// The actor this client acts as.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
     /// The underlying NATS connection, if any.
     pub fn nats_client(&self) -> Option<&async_nats::Client> {
         match &self.transport {
@@ -442,8 +447,8 @@ impl Client {
     pub async fn list(&self, q: ListQuery) -> Result<ListReply, ClientError> {
         self.query("list", &q).await
     }
-    /// Asks the engine (recorded in the audit). Agents normally ask their
-    /// [`Guard`] instead, without a round trip.
+    /// Asks the engine, as this client's actor (recorded in the audit).
+    /// Agents normally ask their [`Guard`] instead, without a round trip.
     pub async fn check(
         &self,
         mandate: MandateId,
@@ -451,19 +456,15 @@ impl Client {
         resource: &str,
         at: Option<DateTime<Utc>>,
     ) -> Result<Decision, ClientError> {
-        let q = CheckQuery {
-            mandate,
-            action: action.into(),
-            resource: resource.into(),
-            at,
-            actor: Some(self.actor.clone()),
-        };
-        self.query("check", &q).await
+        self.check_as(Some(&self.actor), mandate, action, resource, at)
+            .await
     }
-    /// Like [`Client::check`], but the question names no actor: the audit
-    /// records nobody rather than this client's actor.
-    pub async fn check_unattributed(
+    /// Asks the engine on behalf of `asker`, whom the audit records; `None`
+    /// names nobody. Never a `system` actor: the engine refuses one
+    /// (`reserved_actor`).
+    pub async fn check_as(
         &self,
+        asker: Option<&Actor>,
         mandate: MandateId,
         action: &str,
         resource: &str,
@@ -474,7 +475,7 @@ impl Client {
             action: action.into(),
             resource: resource.into(),
             at,
-            actor: None,
+            actor: asker.cloned(),
         };
         self.query("check", &q).await
     }

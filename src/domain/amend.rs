@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Narrow, Renew};
-use super::decide::{grants_above, refuse_terminal, require_authority, target};
+use super::decide::{changeable, grants_above};
 use super::error::DomainError;
 use super::event::{EventBody, MandateRenewed, ScopeNarrowed};
 use super::model::{Actor, Tree};
@@ -17,9 +17,7 @@ pub(crate) fn narrow(
     c: &Narrow,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "narrow", false)?;
-    refuse_terminal(tree, m, now)?;
+    let m = changeable(tree, actor, c.mandate, "narrow", false, now)?;
     if let Some(g) = m.scope.first_uncovered(&c.scope) {
         return Err(DomainError::NarrowWidens {
             mandate: m.id,
@@ -41,9 +39,7 @@ pub(crate) fn renew(
     c: &Renew,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "renew", false)?;
-    refuse_terminal(tree, m, now)?;
+    let m = changeable(tree, actor, c.mandate, "renew", false, now)?;
     if c.not_after > m.not_after && !grants_above(tree, m, actor) {
         return Err(DomainError::NotAuthorized {
             mandate: m.id,

@@ -19,6 +19,11 @@ fn default_depth() -> u32 {
     3
 }
 
+/// The JSON Schema pattern of a command id from outside the engine: any
+/// UUID but version 8, which is reserved for the ids the engine derives.
+pub(crate) const EXTERNAL_COMMAND_ID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
 /// A command with its envelope.
 // No field beyond the envelope's and the command's is accepted (the decoder
 // refuses unknown fields), and the schema says so.
@@ -28,9 +33,7 @@ pub struct CommandEnvelope {
     /// Idempotency key: a command id is applied at most once, and a retry
     /// with the same id returns the original result. Any UUID but version 8,
     /// which is reserved for the ids the engine derives for its own writes.
-    #[schemars(extend(
-        "pattern" = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    ))]
+    #[schemars(extend("pattern" = EXTERNAL_COMMAND_ID_PATTERN))]
     pub command_id: CommandId,
     pub tenant: TenantId,
     /// Who asks. Taken from the authenticated connection where the tenant

@@ -208,6 +208,25 @@ pub(crate) fn refuse_terminal(
     Ok(())
 }
 
+/// The mandate a change targets, once the change may be made at all: the
+/// mandate is in the tree, `actor` has authority over it
+/// ([`require_authority`]: `grantee_may` lets its own grantee act too), and
+/// it is not effectively terminal ([`refuse_terminal`]). In that order, so a
+/// refusal names the first rule broken.
+pub(crate) fn changeable<'t>(
+    tree: &'t Tree,
+    actor: &Actor,
+    mandate: super::ids::MandateId,
+    verb: &'static str,
+    grantee_may: bool,
+    now: DateTime<Utc>,
+) -> Result<&'t Mandate, DomainError> {
+    let m = target(tree, mandate)?;
+    require_authority(tree, m, actor, verb, grantee_may)?;
+    refuse_terminal(tree, m, now)?;
+    Ok(m)
+}
+
 /// Invariant 9: only authority above a mandate changes it — its grantor, the
 /// holders of its ancestors, the principal, a supervisor named on its chain,
 /// or a tenant administrator. Its own grantee is *not* above it.

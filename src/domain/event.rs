@@ -2,6 +2,8 @@
 //! chained. `apply` folds them into a [`Tree`]; it cannot fail and holds no
 //! logic, because `decide` already checked everything.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -784,21 +786,21 @@ pub fn apply(tree: &mut Tree, event: &Event) {
                 m.not_after = r.not_after;
             }
         }
-        EventBody::AgentBlocked(b) => {
-            tree.registry
-                .blocked_agents
-                .insert(b.agent.clone(), block(event, &b.reason));
-        }
+        EventBody::AgentBlocked(b) => set_block(
+            &mut tree.registry.blocked_agents,
+            &b.agent,
+            Some(block(event, &b.reason)),
+        ),
         EventBody::AgentUnblocked(b) => {
-            tree.registry.blocked_agents.remove(&b.agent);
+            set_block(&mut tree.registry.blocked_agents, &b.agent, None)
         }
-        EventBody::PrincipalBlocked(b) => {
-            tree.registry
-                .blocked_principals
-                .insert(b.principal.clone(), block(event, &b.reason));
-        }
+        EventBody::PrincipalBlocked(b) => set_block(
+            &mut tree.registry.blocked_principals,
+            &b.principal,
+            Some(block(event, &b.reason)),
+        ),
         EventBody::PrincipalUnblocked(b) => {
-            tree.registry.blocked_principals.remove(&b.principal);
+            set_block(&mut tree.registry.blocked_principals, &b.principal, None)
         }
         EventBody::QuarantineResolved(q) => {
             tree.quarantine = None;
@@ -832,6 +834,18 @@ fn block(event: &Event, reason: &Option<String>) -> Block {
         seq: event.seq,
         at: event.time,
         reason: reason.clone(),
+    }
+}
+
+/// Records the block of `id`, or lifts it (`None`).
+fn set_block<K: Ord + Clone>(blocks: &mut BTreeMap<K, Block>, id: &K, block: Option<Block>) {
+    match block {
+        Some(b) => {
+            blocks.insert(id.clone(), b);
+        }
+        None => {
+            blocks.remove(id);
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Change, CompleteMission, Target};
-use super::decide::{authority_rank, refuse_terminal, require_authority, target};
+use super::decide::{authority_rank, changeable, refuse_terminal, target};
 use super::error::DomainError;
 use super::event::{Changed, EventBody, MissionCompleted};
 use super::model::{Actor, Tree};
@@ -24,9 +24,7 @@ pub(crate) fn pause(
     c: &Change,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "pause", false)?;
-    refuse_terminal(tree, m, now)?;
+    let m = changeable(tree, actor, c.mandate, "pause", false, now)?;
     if m.status == Status::Paused {
         // A pause is taken over by authority strictly above the one that set
         // it, which then holds it: otherwise making a pause set below hold
@@ -60,9 +58,7 @@ pub(crate) fn resume(
     c: &Change,
     now: DateTime<Utc>,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, "resume", false)?;
-    refuse_terminal(tree, m, now)?;
+    let m = changeable(tree, actor, c.mandate, "resume", false, now)?;
     if m.status != Status::Paused {
         return Err(DomainError::NotPaused {
             mandate: m.id,
@@ -118,9 +114,7 @@ fn end(
     verb: &'static str,
     event: fn(Changed) -> EventBody,
 ) -> Result<Vec<EventBody>, DomainError> {
-    let m = target(tree, c.mandate)?;
-    require_authority(tree, m, actor, verb, true)?;
-    refuse_terminal(tree, m, now)?;
+    changeable(tree, actor, c.mandate, verb, true, now)?;
     Ok(vec![event(changed(c))])
 }
 

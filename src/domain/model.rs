@@ -303,29 +303,29 @@ pub struct Transition {
 /// remaining depth is strictly below its parent's; terminal is absorbing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Mandate {
-    pub id: MandateId,
-    pub tree: TreeId,
-    pub tenant: TenantId,
+    pub(crate) id: MandateId,
+    pub(crate) tree: TreeId,
+    pub(crate) tenant: TenantId,
     /// `None` for the root.
-    pub parent: Option<MandateId>,
-    pub grantor: Grantor,
-    pub grantee: AgentId,
+    pub(crate) parent: Option<MandateId>,
+    pub(crate) grantor: Grantor,
+    pub(crate) grantee: AgentId,
     /// On whose behalf: the principal of the root.
-    pub principal: PrincipalId,
-    pub scope: Scope,
-    pub not_after: DateTime<Utc>,
+    pub(crate) principal: PrincipalId,
+    pub(crate) scope: Scope,
+    pub(crate) not_after: DateTime<Utc>,
     /// How many more levels this mandate may be delegated.
-    pub depth: u32,
+    pub(crate) depth: u32,
     /// Actions that need step-up approval under this mandate.
-    pub step_up: Vec<ActionPattern>,
+    pub(crate) step_up: Vec<ActionPattern>,
     /// Agents named to supervise this mandate and everything below it.
-    pub supervisors: Vec<AgentId>,
+    pub(crate) supervisors: Vec<AgentId>,
     /// Its own status (see [`Tree::effective`] for the chain's).
-    pub status: Status,
-    pub issued_at: DateTime<Utc>,
+    pub(crate) status: Status,
+    pub(crate) issued_at: DateTime<Utc>,
     /// The last pause or terminal transition, when not active.
-    pub transition: Option<Transition>,
-    pub children: Vec<MandateId>,
+    pub(crate) transition: Option<Transition>,
+    pub(crate) children: Vec<MandateId>,
 }
 
 /// A command a tree has applied.
@@ -340,28 +340,28 @@ pub struct AppliedCommand {
 /// One delegation tree: the aggregate, and the unit of consistency.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tree {
-    pub tenant: TenantId,
-    pub id: TreeId,
+    pub(crate) tenant: TenantId,
+    pub(crate) id: TreeId,
     /// Number of events applied (the last event's per-tree sequence).
-    pub version: u64,
+    pub(crate) version: u64,
     /// SHA-256 (hex) of the last event's canonical encoding.
-    pub head_hash: Option<String>,
-    pub root: Option<MandateId>,
-    pub mission: Option<Mission>,
-    pub principal: Option<PrincipalId>,
-    pub mandates: BTreeMap<MandateId, Mandate>,
+    pub(crate) head_hash: Option<String>,
+    pub(crate) root: Option<MandateId>,
+    pub(crate) mission: Option<Mission>,
+    pub(crate) principal: Option<PrincipalId>,
+    pub(crate) mandates: BTreeMap<MandateId, Mandate>,
     /// Command ids applied: a command id is applied at most once, and one
     /// reused for different content is refused.
-    pub commands: BTreeMap<CommandId, AppliedCommand>,
+    pub(crate) commands: BTreeMap<CommandId, AppliedCommand>,
     /// Set when a record of the tree's stream did not decode or broke its
     /// chain: the state is the last good one, and it grants nothing until an
     /// administrator restores or ends the tree (`quarantine_resolved`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quarantine: Option<Quarantine>,
+    pub(crate) quarantine: Option<Quarantine>,
     /// Tenant-level records; non-empty only in the tenant's registry (see
     /// [`TreeId::registry`]), which holds no mandate.
     #[serde(default, skip_serializing_if = "Registry::is_empty")]
-    pub registry: Registry,
+    pub(crate) registry: Registry,
 }
 
 /// A tenant's registry: blocks that outlive any one tree. A blocked agent may
@@ -404,7 +404,178 @@ pub struct Quarantine {
     pub reason: String,
 }
 
+/// Read access. Outside this crate a mandate comes only from its tree's
+/// events ([`crate::domain::apply`]) or from the wire (deserialized, and
+/// checked again by [`Tree::from_chain`] where a reader builds a view of its
+/// own from it).
+impl Mandate {
+    pub fn id(&self) -> MandateId {
+        self.id
+    }
+    pub fn tree(&self) -> TreeId {
+        self.tree
+    }
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+    /// `None` for the root.
+    pub fn parent(&self) -> Option<MandateId> {
+        self.parent
+    }
+    pub fn grantor(&self) -> &Grantor {
+        &self.grantor
+    }
+    pub fn grantee(&self) -> &AgentId {
+        &self.grantee
+    }
+    /// On whose behalf: the principal of the root.
+    pub fn principal(&self) -> &PrincipalId {
+        &self.principal
+    }
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+    pub fn not_after(&self) -> DateTime<Utc> {
+        self.not_after
+    }
+    /// How many more levels this mandate may be delegated.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+    /// Actions that need step-up approval under this mandate.
+    pub fn step_up(&self) -> &[ActionPattern] {
+        &self.step_up
+    }
+    /// Agents named to supervise this mandate and everything below it.
+    pub fn supervisors(&self) -> &[AgentId] {
+        &self.supervisors
+    }
+    /// Its own status (see [`Tree::effective`] for the chain's).
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn issued_at(&self) -> DateTime<Utc> {
+        self.issued_at
+    }
+    /// The last pause or terminal transition, when not active.
+    pub fn transition(&self) -> Option<&Transition> {
+        self.transition.as_ref()
+    }
+    /// The mandates delegated from this one, in the order they were issued.
+    pub fn children(&self) -> &[MandateId] {
+        &self.children
+    }
+}
+
+/// Read access, and the one checked constructor outside `apply`. A tree is
+/// built only by folding its events into [`Tree::empty`] with
+/// [`crate::domain::apply`], or, for a reader that holds one chain, by
+/// [`Tree::from_chain`]. Deserializing one trusts its input: that is for the
+/// engine's own snapshots and replies.
 impl Tree {
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+    pub fn id(&self) -> TreeId {
+        self.id
+    }
+    /// Number of events applied (the last event's per-tree sequence).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    /// SHA-256 (hex) of the last event's canonical encoding.
+    pub fn head_hash(&self) -> Option<&str> {
+        self.head_hash.as_deref()
+    }
+    pub fn root(&self) -> Option<MandateId> {
+        self.root
+    }
+    pub fn mission(&self) -> Option<&Mission> {
+        self.mission.as_ref()
+    }
+    /// The root's principal, once there is a root.
+    pub fn principal(&self) -> Option<&PrincipalId> {
+        self.principal.as_ref()
+    }
+    pub fn mandates(&self) -> &BTreeMap<MandateId, Mandate> {
+        &self.mandates
+    }
+    /// Command ids applied, with the sequence and digest of each.
+    pub fn commands(&self) -> &BTreeMap<CommandId, AppliedCommand> {
+        &self.commands
+    }
+    /// The bad record, while the tree is quarantined.
+    pub fn quarantine(&self) -> Option<&Quarantine> {
+        self.quarantine.as_ref()
+    }
+    /// Tenant-level blocks (the registry tree only).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A tree holding one chain, root first, as a `chain` reply carries it:
+    /// what a guard holds. Effective status and `authorize` look only at a
+    /// mandate's chain, so they answer on it as on the whole tree.
+    ///
+    /// Refused unless the chain is one the engine could have written: not
+    /// empty; every link of `tenant` and tree `id`, with distinct ids; the
+    /// first a root and every other delegated from the link before it; one
+    /// principal throughout; and every delegation within its parent (scope
+    /// covered, `not_after` no later, depth strictly below). Each link's
+    /// children are set to the next link alone.
+    pub fn from_chain(
+        tenant: TenantId,
+        id: TreeId,
+        version: u64,
+        chain: Vec<Mandate>,
+    ) -> Result<Self, DomainError> {
+        let refuse = |reason: String| DomainError::Malformed {
+            what: "chain",
+            reason,
+        };
+        let Some(root) = chain.first() else {
+            return Err(refuse("holds no mandate".into()));
+        };
+        if let Some(parent) = root.parent {
+            return Err(refuse(format!(
+                "its first mandate {} is not a root: it names parent {parent}",
+                root.id
+            )));
+        }
+        let (root_id, principal) = (root.id, root.principal.clone());
+        let mut previous: Option<&Mandate> = None;
+        for m in &chain {
+            if m.tenant != tenant || m.tree != id {
+                return Err(refuse(format!(
+                    "mandate {} is of tree {} of tenant {}, not of tree {id} of tenant {tenant}",
+                    m.id, m.tree, m.tenant
+                )));
+            }
+            if m.principal != principal {
+                return Err(refuse(format!(
+                    "mandate {} is on behalf of {}, not of the root's principal {principal}",
+                    m.id, m.principal
+                )));
+            }
+            if let Some(parent) = previous {
+                check_delegation(parent, m).map_err(refuse)?;
+            }
+            previous = Some(m);
+        }
+        let mut tree = Tree::empty(tenant, id);
+        tree.version = version;
+        tree.root = Some(root_id);
+        tree.principal = Some(principal);
+        let ids: Vec<MandateId> = chain.iter().map(|m| m.id).collect();
+        for (i, mut m) in chain.into_iter().enumerate() {
+            m.children = ids.get(i + 1).copied().into_iter().collect();
+            if tree.mandates.insert(m.id, m).is_some() {
+                return Err(refuse("names one mandate twice".into()));
+            }
+        }
+        Ok(tree)
+    }
+
     /// The state of a tree with no events yet.
     pub fn empty(tenant: TenantId, id: TreeId) -> Self {
         Self {
@@ -462,4 +633,35 @@ impl Tree {
         }
         out
     }
+}
+
+/// Why `child` cannot be the delegation of `parent` that the engine wrote:
+/// it must name `parent`, and lie within it (invariant 1).
+fn check_delegation(parent: &Mandate, child: &Mandate) -> Result<(), String> {
+    let id = child.id;
+    if child.parent != Some(parent.id) {
+        return Err(format!(
+            "mandate {id} does not follow from the mandate before it, {}",
+            parent.id
+        ));
+    }
+    if let Some(grant) = parent.scope.first_uncovered(&child.scope) {
+        return Err(format!(
+            "mandate {id} holds {grant}, which its parent {} does not",
+            parent.id
+        ));
+    }
+    if child.not_after > parent.not_after {
+        return Err(format!(
+            "mandate {id} ends at {}, after its parent {} ({})",
+            child.not_after, parent.id, parent.not_after
+        ));
+    }
+    if child.depth >= parent.depth {
+        return Err(format!(
+            "mandate {id} may be delegated {} more levels, not fewer than its parent {} ({})",
+            child.depth, parent.id, parent.depth
+        ));
+    }
+    Ok(())
 }

@@ -1,11 +1,14 @@
 //! The tenant's registry: blocks on agents and principals that outlive any
 //! one tree. Only a tenant administrator writes them.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use super::command::{AgentBlock, Command, PrincipalBlock};
 use super::error::DomainError;
 use super::event::{AgentBlockChanged, EventBody, PrincipalBlockChanged};
 use super::ids::PrincipalId;
-use super::model::{Actor, Tree};
+use super::model::{Actor, Block, Tree};
 
 /// Decides a registry command on the registry `tree`; `None` for any other
 /// command. Returns the bodies and the principal the events are on behalf of
@@ -15,62 +18,59 @@ pub(crate) fn decide(
     actor: &Actor,
     command: &Command,
 ) -> Option<Result<(Vec<EventBody>, PrincipalId), DomainError>> {
-    let verb = match command {
-        Command::BlockAgent(_) => "block_agent",
-        Command::UnblockAgent(_) => "unblock_agent",
-        Command::BlockPrincipal(_) => "block_principal",
-        Command::UnblockPrincipal(_) => "unblock_principal",
-        _ => return None,
-    };
-    let admin = match actor {
-        Actor::Admin(p) => p.clone(),
-        other => {
-            return Some(Err(DomainError::RegistryForbidden {
-                actor: other.to_string(),
-                verb,
-            }))
-        }
-    };
     let reg = &tree.registry;
+    // Blocking again writes again: the latest reason and blocker count.
     let body = match command {
-        // Blocking again writes again: the latest reason and blocker count.
-        Command::BlockAgent(AgentBlock { agent, reason }) => {
-            EventBody::AgentBlocked(AgentBlockChanged {
-                agent: agent.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Command::UnblockAgent(AgentBlock { agent, reason }) => {
-            if !reg.blocked_agents.contains_key(agent) {
-                return Some(Err(DomainError::NotBlocked {
-                    kind: "agent",
-                    id: agent.to_string(),
-                }));
-            }
-            EventBody::AgentUnblocked(AgentBlockChanged {
-                agent: agent.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Command::BlockPrincipal(PrincipalBlock { principal, reason }) => {
-            EventBody::PrincipalBlocked(PrincipalBlockChanged {
-                principal: principal.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Command::UnblockPrincipal(PrincipalBlock { principal, reason }) => {
-            if !reg.blocked_principals.contains_key(principal) {
-                return Some(Err(DomainError::NotBlocked {
-                    kind: "principal",
-                    id: principal.to_string(),
-                }));
-            }
-            EventBody::PrincipalUnblocked(PrincipalBlockChanged {
-                principal: principal.clone(),
-                reason: reason.clone(),
-            })
+        Command::BlockAgent(b) => Ok(EventBody::AgentBlocked(b.into())),
+        Command::UnblockAgent(b) => must_be_blocked(&reg.blocked_agents, &b.agent, "agent")
+            .map(|()| EventBody::AgentUnblocked(b.into())),
+        Command::BlockPrincipal(b) => Ok(EventBody::PrincipalBlocked(b.into())),
+        Command::UnblockPrincipal(b) => {
+            must_be_blocked(&reg.blocked_principals, &b.principal, "principal")
+                .map(|()| EventBody::PrincipalUnblocked(b.into()))
         }
         _ => return None,
     };
-    Some(Ok((vec![body], admin)))
+    let Actor::Admin(admin) = actor else {
+        return Some(Err(DomainError::RegistryForbidden {
+            actor: actor.to_string(),
+            verb: command.verb(),
+        }));
+    };
+    Some(body.map(|body| (vec![body], admin.clone())))
+}
+
+/// Refuses to lift the block of `id` (an agent or principal: `kind`) when
+/// there is none.
+fn must_be_blocked<K: Ord + fmt::Display>(
+    blocks: &BTreeMap<K, Block>,
+    id: &K,
+    kind: &'static str,
+) -> Result<(), DomainError> {
+    if blocks.contains_key(id) {
+        Ok(())
+    } else {
+        Err(DomainError::NotBlocked {
+            kind,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl From<&AgentBlock> for AgentBlockChanged {
+    fn from(b: &AgentBlock) -> Self {
+        Self {
+            agent: b.agent.clone(),
+            reason: b.reason.clone(),
+        }
+    }
+}
+
+impl From<&PrincipalBlock> for PrincipalBlockChanged {
+    fn from(b: &PrincipalBlock) -> Self {
+        Self {
+            principal: b.principal.clone(),
+            reason: b.reason.clone(),
+        }
+    }
 }

@@ -49,6 +49,18 @@ fn invalid(pattern: &str, reason: impl Into<String>) -> DomainError {
     }
 }
 
+/// The segments of a pattern `s` of `kind` (action or resource), split at
+/// `separator`, once its length is within bounds and it is not empty.
+fn segments<'a>(s: &'a str, kind: &str, separator: char) -> Result<Vec<&'a str>, DomainError> {
+    if s.len() > MAX_PATTERN_LEN {
+        return Err(invalid(s, "longer than 256 bytes"));
+    }
+    if s.is_empty() {
+        return Err(invalid(s, format!("{kind} must not be empty")));
+    }
+    Ok(s.split(separator).collect())
+}
+
 /// An action pattern: literal segments, optionally followed by `*`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ActionPattern {
@@ -59,13 +71,7 @@ pub struct ActionPattern {
 impl ActionPattern {
     /// Parses `finance:read`, `finance:*` or `*`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        if s.len() > MAX_PATTERN_LEN {
-            return Err(invalid(s, "longer than 256 bytes"));
-        }
-        if s.is_empty() {
-            return Err(invalid(s, "action must not be empty"));
-        }
-        let parts: Vec<&str> = s.split(':').collect();
+        let parts = segments(s, "action", ':')?;
         let (last, init) = parts.split_last().expect("split yields at least one part");
         let wildcard = *last == "*";
         let mut prefix: Vec<String> = Vec::with_capacity(parts.len());
@@ -142,13 +148,7 @@ pub struct ResourcePattern {
 impl ResourcePattern {
     /// Parses `reports/q3/*`, `tickets/**` or `**`.
     pub fn parse(s: &str) -> Result<Self, DomainError> {
-        if s.len() > MAX_PATTERN_LEN {
-            return Err(invalid(s, "longer than 256 bytes"));
-        }
-        if s.is_empty() {
-            return Err(invalid(s, "resource must not be empty"));
-        }
-        let parts: Vec<&str> = s.split('/').collect();
+        let parts = segments(s, "resource", '/')?;
         let mut segs = Vec::with_capacity(parts.len());
         let mut rest = false;
         for (i, seg) in parts.iter().enumerate() {

@@ -200,23 +200,8 @@ impl SignalBus {
             }
             SignalBus::Local(hub) => {
                 let rx = hub.sender(&subject).subscribe();
-                Ok(tokio_stream_from(rx))
+                Ok(crate::client::guard::receiver_stream(rx))
             }
         }
     }
-}
-
-fn tokio_stream_from(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(s) => return Some((s, rx)),
-                // A lagging receiver skips what it missed; holders re-read
-                // state on every signal, so the latest one is enough.
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .boxed()
 }

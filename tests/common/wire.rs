@@ -139,7 +139,7 @@ pub async fn effective(c: &Client, m: MandateId) -> Status {
 }
 
 pub async fn own(c: &Client, m: MandateId) -> Status {
-    c.status(m, None).await.expect("status").mandate.status
+    c.status(m, None).await.expect("status").mandate.status()
 }
 
 pub fn code_of(e: &ClientError) -> ErrorCode {
