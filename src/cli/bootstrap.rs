@@ -22,7 +22,7 @@ use std::time::Duration;
 use super::Failure;
 use crate::client::Client;
 use crate::domain::{Actor, AgentId, TenantId};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineErrorKind};
 
 /// The file a running `serve` writes its private server's URL to.
 pub const URL_FILE: &str = "serve.url";
@@ -583,7 +583,7 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
 /// because another process holds it; other errors pass unchanged.
 pub fn explain_open_error(data: &Path, e: EngineError) -> Failure {
     match e {
-        EngineError::Log(crate::log::LogError::Locked { .. }) => {
+        e if e.kind() == EngineErrorKind::Locked => {
             BootstrapError::DataInUse(data.into()).failure()
         }
         // The projection's store reports a held lock only as an I/O error
@@ -591,9 +591,9 @@ pub fn explain_open_error(data: &Path, e: EngineError) -> Failure {
         e if e.to_string().contains("could not acquire lock") => {
             BootstrapError::DataInUse(data.into()).failure()
         }
-        EngineError::Unavailable(m) => Failure {
+        e if e.kind() == EngineErrorKind::Unavailable => Failure {
             code: 4,
-            message: format!("unavailable: {m}"),
+            message: e.to_string(),
         },
         other => Failure::from(other),
     }

@@ -31,17 +31,17 @@ pub async fn round_trip(client: &async_nats::Client, timeout: Duration) -> Resul
     let mut sub = client
         .subscribe(subject.clone())
         .await
-        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+        .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?;
     client
         .publish(subject, bytes::Bytes::new())
         .await
-        .map_err(|e| EngineError::Unavailable(format!("cannot publish: {e}")))?;
+        .map_err(|e| EngineError::unavailable(format!("cannot publish: {e}")))?;
     let back = tokio::time::timeout(timeout, sub.next()).await;
     let _ = sub.unsubscribe().await;
     match back {
         Ok(Some(_)) => Ok(()),
-        _ => Err(EngineError::Unavailable(
-            "no round trip through NATS in time".into(),
+        _ => Err(EngineError::unavailable(
+            "no round trip through NATS in time",
         )),
     }
 }
@@ -53,6 +53,26 @@ enum Origin<'a> {
     InProcess,
     /// Over NATS, with the `Mandate-Auth` header if one was sent.
     Remote { auth: Option<&'a str> },
+}
+
+/// One request, its subject taken apart: `mandate.<cmd|q>.<tenant>.<verb>`.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    tenant: &'a TenantId,
+    verb: &'a str,
+    subject: &'a str,
+    body: &'a [u8],
+    origin: Origin<'a>,
+}
+
+/// Refuses a command whose subject names another verb than its body.
+fn same_verb(subject_verb: &str, body_verb: &str) -> Result<(), EngineError> {
+    if subject_verb != body_verb {
+        return Err(EngineError::invalid(format!(
+            "subject verb {subject_verb:?} does not match the body's type {body_verb:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Requests handled at once by one instance.
@@ -76,7 +96,7 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(
         body
     };
     serde_json::from_slice(body).map_err(|e| {
-        EngineError::Rejected(DomainError::Malformed {
+        EngineError::from(DomainError::Malformed {
             what,
             reason: e.to_string(),
         })
@@ -125,7 +145,7 @@ impl Engine {
         let (kind, tenant, verb) = match parts.as_slice() {
             ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
             _ => {
-                return encode::<()>(Err(EngineError::Invalid(format!(
+                return encode::<()>(Err(EngineError::invalid(format!(
                     "subject {subject:?} is not mandate.cmd.<tenant>.<verb> or mandate.q.<tenant>.<verb>"
                 ))))
             }
@@ -135,28 +155,33 @@ impl Engine {
             Err(e) => return encode::<()>(Err(e.into())),
         };
         if body.len() > MAX_REQUEST_BYTES {
-            return encode::<()>(Err(EngineError::Invalid(format!(
+            return encode::<()>(Err(EngineError::invalid(format!(
                 "request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
                 body.len()
             ))));
         }
+        let request = Request {
+            tenant: &tenant,
+            verb,
+            subject,
+            body,
+            origin,
+        };
         if kind == "cmd" {
-            self.handle_command(&tenant, verb, subject, body, origin)
-                .await
+            self.handle_command(request).await
         } else {
-            self.handle_query(&tenant, verb, subject, body, origin)
-                .await
+            self.handle_query(request).await
         }
     }
 
-    async fn handle_command(
-        &self,
-        tenant: &TenantId,
-        verb: &str,
-        subject: &str,
-        body: &[u8],
-        origin: Origin<'_>,
-    ) -> Vec<u8> {
+    async fn handle_command(&self, request: Request<'_>) -> Vec<u8> {
+        let Request {
+            tenant,
+            verb,
+            subject,
+            body,
+            origin,
+        } = request;
         if BULK_VERBS.contains(&verb) {
             let r = async {
                 let bulk: BulkEnvelope = parse("bulk command", body)?;
@@ -168,11 +193,7 @@ impl Engine {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
                     crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
                 };
-                if body_verb != verb {
-                    return Err(EngineError::Invalid(format!(
-                        "subject verb {verb:?} does not match the body's type {body_verb:?}"
-                    )));
-                }
+                same_verb(verb, body_verb)?;
                 self.execute_bulk(bulk).await
             }
             .await;
@@ -184,26 +205,21 @@ impl Engine {
             let cmd = external.envelope();
             same_tenant(tenant, &cmd.tenant)?;
             self.authenticate(origin, tenant, &cmd.actor, subject, body)?;
-            if cmd.command.verb() != verb {
-                return Err(EngineError::Invalid(format!(
-                    "subject verb {verb:?} does not match the body's type {:?}",
-                    cmd.command.verb()
-                )));
-            }
+            same_verb(verb, cmd.command.verb())?;
             self.execute(external).await
         }
         .await;
         encode(r)
     }
 
-    async fn handle_query(
-        &self,
-        tenant: &TenantId,
-        verb: &str,
-        subject: &str,
-        body: &[u8],
-        origin: Origin<'_>,
-    ) -> Vec<u8> {
+    async fn handle_query(&self, request: Request<'_>) -> Vec<u8> {
+        let Request {
+            tenant,
+            verb,
+            subject,
+            body,
+            origin,
+        } = request;
         // Each read brings its tree up to the log first (`Engine::freshen`).
         match verb {
             "status" => encode(match parse::<MandateQuery>("status query", body) {
@@ -254,7 +270,7 @@ impl Engine {
                 encode(r)
             }
             "health" => encode(self.health_of(tenant).await),
-            other => encode::<()>(Err(EngineError::Invalid(format!(
+            other => encode::<()>(Err(EngineError::invalid(format!(
                 "unknown query verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),
                 QUERY_VERBS.join(", ")
@@ -300,8 +316,8 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
         let client = self.inner.nats.clone().ok_or_else(|| {
-            EngineError::Invalid(
-                "serve needs a NATS connection; the embedded engine is used in-process".into(),
+            EngineError::invalid(
+                "serve needs a NATS connection; the embedded engine is used in-process",
             )
         })?;
         let background = self.start();
@@ -318,7 +334,7 @@ impl Engine {
                     client
                         .queue_subscribe(format!("mandate.{kind}.{t}.*"), QUEUE_GROUP.into())
                         .await
-                        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?,
+                        .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?,
                 );
             }
         }
@@ -345,7 +361,7 @@ impl Engine {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| EngineError::Unavailable("request slots closed".into()))?;
+                .map_err(|_| EngineError::unavailable("request slots closed"))?;
             let me = self.clone();
             let client = client.clone();
             tokio::spawn(async move {

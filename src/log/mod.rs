@@ -99,7 +99,8 @@ pub enum LogError {
         tree: TreeId,
         /// The head the caller expected.
         expected: u64,
-        /// The head the store found, when it said so.
+        /// The head the store found (read after the refusal, so it may have
+        /// moved on since); `None` when it could not be read.
         actual: Option<u64>,
     },
     /// The payload is larger than the configured maximum; nothing was written.
@@ -130,16 +131,49 @@ pub enum LogError {
     Locked { path: String },
 }
 
+/// What kind of failure a [`LogError`] is, for callers that branch without
+/// needing the variant's data (as `async_nats` errors expose `kind()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogErrorKind {
+    /// [`LogError::Conflict`].
+    Conflict,
+    /// [`LogError::TooLarge`].
+    TooLarge,
+    /// [`LogError::Unavailable`].
+    Unavailable,
+    /// [`LogError::TimedOut`].
+    TimedOut,
+    /// [`LogError::Corrupt`].
+    Corrupt,
+    /// [`LogError::Backend`].
+    Backend,
+    /// [`LogError::Locked`].
+    Locked,
+}
+
 impl LogError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LogErrorKind {
+        match self {
+            LogError::Conflict { .. } => LogErrorKind::Conflict,
+            LogError::TooLarge { .. } => LogErrorKind::TooLarge,
+            LogError::Unavailable(_) => LogErrorKind::Unavailable,
+            LogError::TimedOut => LogErrorKind::TimedOut,
+            LogError::Corrupt { .. } => LogErrorKind::Corrupt,
+            LogError::Backend(_) => LogErrorKind::Backend,
+            LogError::Locked { .. } => LogErrorKind::Locked,
+        }
+    }
+
     /// Whether the same call may succeed if tried again (for an append:
     /// after re-reading the head in the case of a conflict).
     pub fn is_retryable(&self) -> bool {
         matches!(
-            self,
-            LogError::Conflict { .. }
-                | LogError::Unavailable(_)
-                | LogError::TimedOut
-                | LogError::Locked { .. }
+            self.kind(),
+            LogErrorKind::Conflict
+                | LogErrorKind::Unavailable
+                | LogErrorKind::TimedOut
+                | LogErrorKind::Locked
         )
     }
 }
@@ -256,6 +290,16 @@ impl From<EmbeddedLog> for AnyLog {
     }
 }
 
+/// Calls the same method on whichever backend `log` is.
+macro_rules! on_backend {
+    ($self:ident, $log:ident => $call:expr) => {
+        match $self {
+            AnyLog::Nats($log) => $call,
+            AnyLog::Embedded($log) => $call,
+        }
+    };
+}
+
 impl EventLog for AnyLog {
     async fn append(
         &self,
@@ -265,16 +309,7 @@ impl EventLog for AnyLog {
         command_id: CommandId,
         payload: Bytes,
     ) -> Result<Appended, LogError> {
-        match self {
-            AnyLog::Nats(log) => {
-                log.append(tenant, tree, expected, command_id, payload)
-                    .await
-            }
-            AnyLog::Embedded(log) => {
-                log.append(tenant, tree, expected, command_id, payload)
-                    .await
-            }
-        }
+        on_backend!(self, log => log.append(tenant, tree, expected, command_id, payload).await)
     }
 
     async fn read_tree(
@@ -283,10 +318,7 @@ impl EventLog for AnyLog {
         tree: TreeId,
         after: u64,
     ) -> Result<Vec<Record>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_tree(tenant, tree, after).await,
-            AnyLog::Embedded(log) => log.read_tree(tenant, tree, after).await,
-        }
+        on_backend!(self, log => log.read_tree(tenant, tree, after).await)
     }
 
     async fn read_tree_items(
@@ -295,10 +327,7 @@ impl EventLog for AnyLog {
         tree: TreeId,
         after: u64,
     ) -> Result<Vec<Result<Record, LogError>>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_tree_items(tenant, tree, after).await,
-            AnyLog::Embedded(log) => log.read_tree_items(tenant, tree, after).await,
-        }
+        on_backend!(self, log => log.read_tree_items(tenant, tree, after).await)
     }
 
     async fn read_all(
@@ -307,10 +336,7 @@ impl EventLog for AnyLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Record>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_all(tenant, after, limit).await,
-            AnyLog::Embedded(log) => log.read_all(tenant, after, limit).await,
-        }
+        on_backend!(self, log => log.read_all(tenant, after, limit).await)
     }
 
     async fn follow(
@@ -318,23 +344,14 @@ impl EventLog for AnyLog {
         tenant: Option<&TenantId>,
         after: u64,
     ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.follow(tenant, after).await,
-            AnyLog::Embedded(log) => log.follow(tenant, after).await,
-        }
+        on_backend!(self, log => log.follow(tenant, after).await)
     }
 
     async fn last_position(&self) -> Result<u64, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.last_position().await,
-            AnyLog::Embedded(log) => log.last_position().await,
-        }
+        on_backend!(self, log => log.last_position().await)
     }
 
     async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.tree_head(tenant, tree).await,
-            AnyLog::Embedded(log) => log.tree_head(tenant, tree).await,
-        }
+        on_backend!(self, log => log.tree_head(tenant, tree).await)
     }
 }
