@@ -57,7 +57,7 @@ impl Engine {
             self.inner.store.mark_mission_completed(tenant, mission)?;
         }
         let mut result = self
-            .complete_mission_trees(tenant, mission, actor.clone(), command)
+            .complete_mission_trees(tenant, mission, &actor, cmd.command_id)
             .await;
         // Such a completion is also recorded on the mission stream, which
         // every instance reads (the intake's came from there): the mark alone
@@ -174,19 +174,20 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) async fn complete_mission_trees(
+    /// The completion `base` of `mission` on every tree serving it, as
+    /// the log has them now, each under an id derived from `base`.
+    async fn complete_mission_trees(
         &self,
         tenant: &TenantId,
         mission: &MissionRef,
-        actor: Actor,
-        command: Option<CommandId>,
+        actor: &Actor,
+        base: CommandId,
     ) -> Result<CommandResult, EngineError> {
         self.catch_up_to_log_head().await?;
-        let base = mission_command(tenant, mission, &actor, command).command_id;
         let trees = self.inner.store.trees_for_mission(tenant, mission)?;
         let completions = trees
             .into_iter()
-            .map(|tree| (tree, tree_command(tenant, mission, &actor, base, tree)));
+            .map(|tree| (tree, tree_command(tenant, mission, actor, base, tree)));
         let (commits, duplicate) = self.execute_each(completions).await?;
         Ok(CommandResult {
             command_id: base,

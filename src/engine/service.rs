@@ -174,26 +174,19 @@ impl Engine {
         }
     }
 
-    async fn handle_command(&self, request: Request<'_>) -> Vec<u8> {
-        let Request {
-            tenant,
-            verb,
-            subject,
-            body,
-            origin,
-        } = request;
-        if BULK_VERBS.contains(&verb) {
+    async fn handle_command(&self, req: Request<'_>) -> Vec<u8> {
+        if BULK_VERBS.contains(&req.verb) {
             let r = async {
-                let bulk: BulkEnvelope = parse("bulk command", body)?;
-                same_tenant(tenant, &bulk.tenant)?;
+                let bulk: BulkEnvelope = parse("bulk command", req.body)?;
+                same_tenant(req.tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
                 refuse_reserved_command_id(bulk.command_id)?;
-                self.authenticate(origin, tenant, &bulk.actor, subject, body)?;
+                self.authenticate(req.origin, req.tenant, &bulk.actor, req.subject, req.body)?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
                     crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
                 };
-                same_verb(verb, body_verb)?;
+                same_verb(req.verb, body_verb)?;
                 self.execute_bulk(bulk).await
             }
             .await;
@@ -201,77 +194,71 @@ impl Engine {
         }
         let r = async {
             // A command from outside never carries the engine's own actor.
-            let external = ExternalCommand::from_json(body)?;
+            let external = ExternalCommand::from_json(req.body)?;
             let cmd = external.envelope();
-            same_tenant(tenant, &cmd.tenant)?;
-            self.authenticate(origin, tenant, &cmd.actor, subject, body)?;
-            same_verb(verb, cmd.command.verb())?;
+            same_tenant(req.tenant, &cmd.tenant)?;
+            self.authenticate(req.origin, req.tenant, &cmd.actor, req.subject, req.body)?;
+            same_verb(req.verb, cmd.command.verb())?;
             self.execute(external).await
         }
         .await;
         encode(r)
     }
 
-    async fn handle_query(&self, request: Request<'_>) -> Vec<u8> {
-        let Request {
-            tenant,
-            verb,
-            subject,
-            body,
-            origin,
-        } = request;
+    async fn handle_query(&self, req: Request<'_>) -> Vec<u8> {
         // Each read brings its tree up to the log first (`Engine::freshen`).
-        match verb {
-            "status" => encode(match parse::<MandateQuery>("status query", body) {
-                Ok(q) => self.status(tenant, q.mandate, q.at).await,
+        match req.verb {
+            "status" => encode(match parse::<MandateQuery>("status query", req.body) {
+                Ok(q) => self.status(req.tenant, q.mandate, q.at).await,
                 Err(e) => Err(e),
             }),
-            "chain" => encode(match parse::<MandateQuery>("chain query", body) {
-                Ok(q) => self.chain(tenant, q.mandate, q.at).await,
+            "chain" => encode(match parse::<MandateQuery>("chain query", req.body) {
+                Ok(q) => self.chain(req.tenant, q.mandate, q.at).await,
                 Err(e) => Err(e),
             }),
-            "tree" => encode(match parse::<TreeQuery>("tree query", body) {
-                Ok(q) => self.tree(tenant, &q).await,
+            "tree" => encode(match parse::<TreeQuery>("tree query", req.body) {
+                Ok(q) => self.tree(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "history" => encode(match parse::<TreeQuery>("history query", body) {
-                Ok(q) => self.history(tenant, &q).await,
+            "history" => encode(match parse::<TreeQuery>("history query", req.body) {
+                Ok(q) => self.history(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "verify" => encode(match parse::<TreeQuery>("verify query", body) {
-                Ok(q) => self.verify(tenant, &q).await,
+            "verify" => encode(match parse::<TreeQuery>("verify query", req.body) {
+                Ok(q) => self.verify(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "list" => {
-                encode(parse::<ListQuery>("list query", body).and_then(|q| self.list(tenant, &q)))
-            }
+            "list" => encode(
+                parse::<ListQuery>("list query", req.body).and_then(|q| self.list(req.tenant, &q)),
+            ),
             "check" => {
-                let r = match parse::<CheckQuery>("check query", body) {
+                let r = match parse::<CheckQuery>("check query", req.body) {
                     Ok(mut q) => {
                         // The audit names who asked only if that is proven
-                        // (where the tenant requires proof).
+                        // (where the req.tenant requires proof).
                         let proven = q.actor.as_ref().is_some_and(|a| {
-                            self.authenticate(origin, tenant, a, subject, body).is_ok()
+                            self.authenticate(req.origin, req.tenant, a, req.subject, req.body)
+                                .is_ok()
                         });
                         if !proven {
                             q.actor = None;
                         }
-                        self.check(tenant, &q).await
+                        self.check(req.tenant, &q).await
                     }
                     Err(e) => Err(e),
                 };
                 encode(r)
             }
             "audit" => {
-                let r = match parse::<AuditQuery>("audit query", body) {
-                    Ok(q) => self.audit(tenant, q.mandate, q.limit).await,
+                let r = match parse::<AuditQuery>("audit query", req.body) {
+                    Ok(q) => self.audit(req.tenant, q.mandate, q.limit).await,
                     Err(e) => Err(e),
                 };
                 encode(r)
             }
-            "health" => encode(self.health_of(tenant).await),
+            "health" => encode(self.health_of(req.tenant).await),
             other => encode::<()>(Err(EngineError::invalid(format!(
-                "unknown query verb {:?}; known: {}",
+                "unknown query req.verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),
                 QUERY_VERBS.join(", ")
             )))),
