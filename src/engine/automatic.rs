@@ -199,11 +199,8 @@ impl Engine {
 
     /// Writes the `expired` event of a due mandate (command id derived from
     /// the mandate and its `not_after`, so instances racing write one event).
-    pub(crate) async fn expire(
-        &self,
-        due: &DueExpiry,
-        _now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), EngineError> {
+    /// It is decided at the engine clock's now.
+    pub(crate) async fn expire(&self, due: &DueExpiry) -> Result<(), EngineError> {
         let cmd = engine_command(
             CommandId::derived(
                 "expire",

@@ -136,7 +136,7 @@ impl Engine {
                     if !self.serves(&e.tenant) {
                         continue;
                     }
-                    if let Err(err) = self.expire(e, now).await {
+                    if let Err(err) = self.expire(e).await {
                         tracing::warn!(tenant = %e.tenant, mandate = %e.mandate, error = %err, "expiry failed; will retry");
                     }
                 }
