@@ -258,7 +258,7 @@ impl Engine {
             }
             "health" => encode(self.health_of(req.tenant).await),
             other => encode::<()>(Err(EngineError::invalid(format!(
-                "unknown query req.verb {:?}; known: {}",
+                "unknown query verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),
                 QUERY_VERBS.join(", ")
             )))),
