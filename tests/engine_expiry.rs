@@ -10,11 +10,13 @@ use common::prelude::*;
 use mandate::domain::EventBody;
 use mandate::engine::{Clock, EngineConfig};
 
-/// The settings of [`Instance::start`] (open tenants), on `clock`.
+/// The settings of [`Instance::start`] (open tenants), on `clock`, whose
+/// moves alone wake the expiry scheduler in time.
 fn on_clock(clock: &Clock) -> EngineConfig {
     EngineConfig {
         allow_open_tenants: true,
         clock: clock.clone(),
+        expiry_tick: Duration::from_secs(3600),
         ..EngineConfig::default()
     }
 }

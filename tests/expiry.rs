@@ -61,6 +61,8 @@ async fn due_entries_this_instance_does_not_serve_never_starve_the_ones_it_does(
         EngineConfig {
             tenants: vec![globex.clone()],
             clock: clock.clone(),
+            // Only the move of the clock can wake the scheduler in time.
+            expiry_tick: Duration::from_secs(3600),
             ..EngineConfig::default()
         },
     )
