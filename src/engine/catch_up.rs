@@ -89,13 +89,22 @@ impl Engine {
             (None, None) => None,
         };
         let Some(tree) = tree else { return Ok(()) };
+        self.catch_up_tree_to_head(tenant, tree).await
+    }
+
+    /// Catches one tree up if the log's head for it is past this instance's
+    /// snapshot (one cheap log read when it is not).
+    pub(super) async fn catch_up_tree_to_head(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
         // Shared, not copied: this runs before every read.
         let position = self
             .inner
             .store
             .tree_shared(tenant, tree)?
-            .map(|s| s.position)
-            .unwrap_or(0);
+            .map_or(0, |s| s.position);
         if self.inner.log.tree_head(tenant, tree).await? > position {
             self.catch_up_tree(tenant, tree, position).await?;
         }

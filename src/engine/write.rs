@@ -69,15 +69,7 @@ impl Engine {
             }
             .into());
         }
-        let position = self
-            .inner
-            .store
-            .tree_shared(tenant, id)?
-            .map(|s| s.position)
-            .unwrap_or(0);
-        if self.inner.log.tree_head(tenant, id).await? > position {
-            self.catch_up_tree(tenant, id, position).await?;
-        }
+        self.catch_up_tree_to_head(tenant, id).await?;
         Ok(self.inner.store.tree_shared(tenant, id)?)
     }
 
