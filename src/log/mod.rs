@@ -290,68 +290,29 @@ impl From<EmbeddedLog> for AnyLog {
     }
 }
 
-/// Calls the same method on whichever backend `log` is.
-macro_rules! on_backend {
-    ($self:ident, $log:ident => $call:expr) => {
-        match $self {
-            AnyLog::Nats($log) => $call,
-            AnyLog::Embedded($log) => $call,
+/// Implements [`EventLog`] for [`AnyLog`] by calling the same method on
+/// whichever backend it is: every signature is the trait's, written once.
+macro_rules! delegate_to_backend {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl EventLog for AnyLog {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        AnyLog::Nats(log) => log.$name($($arg),*).await,
+                        AnyLog::Embedded(log) => log.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
     };
 }
 
-impl EventLog for AnyLog {
-    async fn append(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        expected: u64,
-        command_id: CommandId,
-        payload: Bytes,
-    ) -> Result<Appended, LogError> {
-        on_backend!(self, log => log.append(tenant, tree, expected, command_id, payload).await)
-    }
-
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        on_backend!(self, log => log.read_tree(tenant, tree, after).await)
-    }
-
-    async fn read_tree_items(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
-        on_backend!(self, log => log.read_tree_items(tenant, tree, after).await)
-    }
-
-    async fn read_all(
-        &self,
-        tenant: Option<&TenantId>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, LogError> {
-        on_backend!(self, log => log.read_all(tenant, after, limit).await)
-    }
-
-    async fn follow(
-        &self,
-        tenant: Option<&TenantId>,
-        after: u64,
-    ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
-        on_backend!(self, log => log.follow(tenant, after).await)
-    }
-
-    async fn last_position(&self) -> Result<u64, LogError> {
-        on_backend!(self, log => log.last_position().await)
-    }
-
-    async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
-        on_backend!(self, log => log.tree_head(tenant, tree).await)
-    }
+delegate_to_backend! {
+    fn append(&self, tenant: &TenantId, tree: TreeId, expected: u64, command_id: CommandId, payload: Bytes) -> Result<Appended, LogError>;
+    fn read_tree(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Record>, LogError>;
+    fn read_tree_items(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Result<Record, LogError>>, LogError>;
+    fn read_all(&self, tenant: Option<&TenantId>, after: u64, limit: usize) -> Result<Vec<Record>, LogError>;
+    fn follow(&self, tenant: Option<&TenantId>, after: u64) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError>;
+    fn last_position(&self) -> Result<u64, LogError>;
+    fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError>;
 }
