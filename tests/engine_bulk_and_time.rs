@@ -6,6 +6,7 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::prelude::*;
 use mandate::domain::{DenyReason, Outcome};
+use mandate::engine::{Clock, EngineConfig};
 
 // ---------------------------------------------------------------------------
 // 6. Bulk revoke
@@ -143,24 +144,30 @@ async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_at_a_past_moment_answers_as_of_that_moment() {
-    let (_server, _dir, instance, nc) = serve_one("acme").await;
-    let before_issue = Utc::now();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The engine's clock is moved by the test: each step is a second apart.
+    let clock = Clock::manual(Utc::now());
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        clock: clock.clone(),
+        ..EngineConfig::default()
+    };
+    let (_server, _dir, instance, nc) = serve_one_with("acme", config).await;
+    let step = || clock.advance(chrono::Duration::seconds(1));
+    let before_issue = clock.now();
+    step();
     let (reports, q3) = (
         ["finance:read on reports/**"],
         ["finance:read on reports/q3/*"],
     );
     let root = issue(&nc, root_issue("cfo", "planner", None, &reports)).await;
     let child = delegate(&nc, "planner", root, "analyst", &q3).await;
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let while_live = Utc::now();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let while_live = step();
+    step();
     let cfo = client(&nc, "acme", principal("cfo"));
     let revoked = cfo.revoke(root, Some("deal closed".into())).await.unwrap();
     let revoked_at = revoked.commits[0].events[0].time;
     assert!(revoked_at > while_live);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let after = Utc::now();
+    let after = step();
 
     let ask = |at: Option<DateTime<Utc>>| {
         let cfo = cfo.clone();

@@ -1,11 +1,25 @@
 //! Expiry against a real nats-server: an expiry that passed while the engine
 //! was down is written at restart; two instances write each expiry once.
+//! Time is the engines' shared manual clock, moved by the test: the server
+//! and the engines are real, the wait for a mandate to fall due is not.
 
 mod common;
 
 use chrono::Utc;
 use common::prelude::*;
 use mandate::domain::EventBody;
+use mandate::engine::{Clock, EngineConfig};
+
+/// The settings of [`Instance::start`] (open tenants), on `clock`, whose
+/// moves alone wake the expiry scheduler in time.
+fn on_clock(clock: &Clock) -> EngineConfig {
+    EngineConfig {
+        allow_open_tenants: true,
+        clock: clock.clone(),
+        expiry_tick: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    }
+}
 
 // ---------------------------------------------------------------------------
 // 4. Expiry
@@ -20,8 +34,9 @@ fn expired_events(events: &[mandate::domain::Event], m: MandateId) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiry_that_passed_while_the_engine_was_down_is_written_at_restart() {
-    let (server, dir, first, nc) = serve_one("acme").await;
-    let not_after = Utc::now() + chrono::Duration::milliseconds(1500);
+    let clock = Clock::manual(Utc::now());
+    let (server, dir, first, nc) = serve_one_with("acme", on_clock(&clock)).await;
+    let not_after = clock.now() + chrono::Duration::minutes(30);
     let root = issue(
         &nc,
         Issue {
@@ -34,11 +49,10 @@ async fn an_expiry_that_passed_while_the_engine_was_down_is_written_at_restart()
     assert_eq!(own(&hr, root).await, Status::Active);
     first.stop().await;
 
-    let wait = (not_after - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(100)).await;
-
-    let restarted_at = Utc::now();
-    let second = serve_again(&server, &dir, &nc).await;
+    // The mandate falls due while no engine runs.
+    let restarted_at = clock.advance(chrono::Duration::hours(1));
+    let second = Instance::start_with(&server.url(), dir.path(), on_clock(&clock)).await;
+    serving(&nc, "acme").await;
     eventually("the expiry is written after the restart", || {
         let hr = hr.clone();
         async move { own(&hr, root).await == Status::Expired }
@@ -68,10 +82,16 @@ async fn an_expiry_that_passed_while_the_engine_was_down_is_written_at_restart()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_write_each_expiry_once() {
-    let (_server, _dirs, a, b, nc) = serve_two("acme").await;
+    let clock = Clock::manual(Utc::now());
+    let server = NatsServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Instance::start_with(&server.url(), dir_a.path(), on_clock(&clock)).await;
+    let b = Instance::start_with(&server.url(), dir_b.path(), on_clock(&clock)).await;
+    let nc = connect(&server).await;
+    all_serving(&nc, "acme", &[&a, &b]).await;
 
     // Several trees, all due at the same moment, each with a child due with it.
-    let not_after = Utc::now() + chrono::Duration::milliseconds(1500);
+    let not_after = clock.now() + chrono::Duration::minutes(30);
     let mut roots = Vec::new();
     let mut children = Vec::new();
     for i in 0..5 {
@@ -118,8 +138,8 @@ async fn two_instances_write_each_expiry_once() {
         .mandate
         .unwrap();
     sec.revoke(long_root, None).await.unwrap();
-    let wait = (not_after - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait).await;
+    // Both schedulers see them all fall due at once.
+    clock.advance(chrono::Duration::hours(1));
     for root in &roots {
         let root = *root;
         eventually("each root is expired by an event", || {

@@ -25,7 +25,7 @@ use mandate::domain::{
     decide, root_tree_id, Actor, Command, CommandEnvelope, Event, Facts, MandateId, Status, Tree,
 };
 use mandate::engine::auth::AuthConfig;
-use mandate::engine::{EngineConfig, EngineError};
+use mandate::engine::{EngineConfig, EngineErrorKind};
 use mandate::log::EventLog;
 use mandate::protocol::{mission_subject, query_subject, MissionCompletedNotice};
 use serde_json::Value;
@@ -51,7 +51,14 @@ fn complete(t: &str, actor: Actor, mission_ref: &str) -> CommandEnvelope {
 async fn effective(instance: &Instance, t: &str, m: MandateId) -> Option<Status> {
     match instance.engine.status(&tenant(t), m, None).await {
         Ok(s) => Some(s.effective.status),
-        Err(EngineError::Rejected(_)) | Err(EngineError::NotFound(_)) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                EngineErrorKind::Rejected | EngineErrorKind::NotFound
+            ) =>
+        {
+            None
+        }
         Err(e) => panic!("status of {m}: {e}"),
     }
 }

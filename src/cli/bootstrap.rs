@@ -22,7 +22,7 @@ use std::time::Duration;
 use super::exit::Failure;
 use crate::client::Client;
 use crate::domain::{Actor, AgentId, TenantId};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, EngineErrorKind};
 
 /// The file a running `serve` writes its private server's URL to.
 pub const URL_FILE: &str = "serve.url";
@@ -568,7 +568,7 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
 /// because another process holds it; other errors pass unchanged.
 pub fn explain_open_error(data: &Path, e: EngineError) -> Failure {
     match e {
-        EngineError::Log(crate::log::LogError::Locked { .. }) => {
+        e if e.kind() == EngineErrorKind::Locked => {
             BootstrapError::DataInUse(data.into()).into()
         }
         // The projection's store reports a held lock only as an I/O error

@@ -19,7 +19,7 @@ use super::EngineError;
 pub const AUDIT_STREAM: &str = "MANDATE_AUDIT";
 
 fn unavailable(e: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(format!("cannot read the audit stream: {e}"))
+    EngineError::unavailable(format!("cannot read the audit stream: {e}"))
 }
 
 /// Creates the audit stream if it is not there, keeping records for
@@ -37,7 +37,7 @@ pub(crate) async fn setup_stream(
             ..Default::default()
         })
         .await
-        .map_err(|e| EngineError::Unavailable(format!("cannot create the audit stream: {e}")))?;
+        .map_err(|e| EngineError::unavailable(format!("cannot create the audit stream: {e}")))?;
     Ok(())
 }
 
@@ -49,7 +49,7 @@ pub(crate) async fn append(
     record: &AuditRecord,
 ) -> Result<(), EngineError> {
     let not_stored = |e: &dyn std::fmt::Display| {
-        EngineError::Unavailable(format!("cannot record the check in the audit stream: {e}"))
+        EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
     };
     // An `AuditRecord` is plain data: encoding it cannot fail.
     let payload = serde_json::to_vec(record).expect("audit records serialize");

@@ -64,22 +64,22 @@ pub struct TenantKeys {
 }
 
 fn forbidden(reason: String) -> EngineError {
-    EngineError::Rejected(DomainError::NotAuthenticated { reason })
+    EngineError::from(DomainError::NotAuthenticated { reason })
 }
 
 impl AuthConfig {
     /// Reads a configuration file; every tenant name must be a valid tenant id.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            EngineError::Invalid(format!("cannot read auth file {}: {e}", path.display()))
+            EngineError::invalid(format!("cannot read auth file {}: {e}", path.display()))
         })?;
         let config: AuthConfig = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Invalid(format!("auth file {}: {e}", path.display())))?;
+            .map_err(|e| EngineError::invalid(format!("auth file {}: {e}", path.display())))?;
         for (tenant, keys) in &config.tenants {
             TenantId::new(tenant.as_str())
-                .map_err(|e| EngineError::Invalid(format!("auth file: {e}")))?;
+                .map_err(|e| EngineError::invalid(format!("auth file: {e}")))?;
             if keys.keys.is_empty() {
-                return Err(EngineError::Invalid(format!(
+                return Err(EngineError::invalid(format!(
                     "auth file: tenant {tenant} lists no keys"
                 )));
             }
@@ -103,23 +103,16 @@ impl AuthConfig {
         body: &[u8],
         header: Option<&str>,
     ) -> Result<(), EngineError> {
-        let Some(keys) = self.tenants.get(tenant.as_str()) else {
-            return Ok(());
-        };
-        let header = header.ok_or_else(|| {
-            forbidden(format!(
-                "tenant {tenant} requires a {AUTH_HEADER} header on every command"
-            ))
-        })?;
-        let (who, tag) = parse_header(header)?;
-        let claimed = actor_key(actor)
-            .ok_or_else(|| forbidden(format!("{actor} cannot be authenticated")))?;
-        if who != claimed {
-            return Err(forbidden(format!(
-                "{AUTH_HEADER} is for {who}, but the body's actor is {claimed}"
-            )));
-        }
-        check_mac(keys, tenant, who, tag, subject, body)
+        self.check_proof(tenant, subject, body, header, "command", |who| {
+            let claimed = actor_key(actor)
+                .ok_or_else(|| forbidden(format!("{actor} cannot be authenticated")))?;
+            if who != claimed {
+                return Err(forbidden(format!(
+                    "{AUTH_HEADER} is for {who}, but the body's actor is {claimed}"
+                )));
+            }
+            Ok(())
+        })
     }
 
     /// Checks a mission completion read from the mission stream: on a tenant
@@ -133,20 +126,38 @@ impl AuthConfig {
         body: &[u8],
         header: Option<&str>,
     ) -> Result<(), EngineError> {
+        self.check_proof(tenant, subject, body, header, "mission completion", |who| {
+            if !(who.starts_with(TICKETING_PREFIX) || who.starts_with("admin:")) {
+                return Err(forbidden(format!(
+                    "{who} may not complete missions: only {TICKETING_PREFIX}<system> and admin:<id> keys may"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    /// On a tenant that requires authentication: `header` must be present
+    /// on every `what`, name a key that `may` accepts, and prove with that
+    /// key that `body` was sent on `subject`. Open tenants need no proof.
+    fn check_proof(
+        &self,
+        tenant: &TenantId,
+        subject: &str,
+        body: &[u8],
+        header: Option<&str>,
+        what: &str,
+        may: impl FnOnce(&str) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
         let Some(keys) = self.tenants.get(tenant.as_str()) else {
             return Ok(());
         };
         let header = header.ok_or_else(|| {
             forbidden(format!(
-                "tenant {tenant} requires a {AUTH_HEADER} header on every mission completion"
+                "tenant {tenant} requires a {AUTH_HEADER} header on every {what}"
             ))
         })?;
         let (who, tag) = parse_header(header)?;
-        if !(who.starts_with(TICKETING_PREFIX) || who.starts_with("admin:")) {
-            return Err(forbidden(format!(
-                "{who} may not complete missions: only {TICKETING_PREFIX}<system> and admin:<id> keys may"
-            )));
-        }
+        may(who)?;
         check_mac(keys, tenant, who, tag, subject, body)
     }
 }

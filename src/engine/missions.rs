@@ -73,7 +73,7 @@ pub(crate) struct MissionState {
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::Unavailable(format!("{what}: {e}"))
+    EngineError::unavailable(format!("{what}: {e}"))
 }
 
 /// Creates the mission and dead-letter streams if they are not there.
@@ -166,7 +166,7 @@ impl Engine {
                 return Ok(self.inner.store.mission_completed(tenant, mission)?);
             }
             if tokio::time::timeout_at(deadline, moved).await.is_err() {
-                return Err(EngineError::Unavailable(format!(
+                return Err(EngineError::unavailable(format!(
                     "the completions of mission {mission} are not read yet; retry"
                 )));
             }
@@ -194,7 +194,7 @@ impl Engine {
             reason: None,
         };
         let body = serde_json::to_vec(&notice)
-            .map_err(|e| EngineError::Invalid(format!("cannot encode the completion: {e}")))?;
+            .map_err(|e| EngineError::invalid(format!("cannot encode the completion: {e}")))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Msg-Id",
@@ -203,7 +203,7 @@ impl Engine {
         if let Some(config) = &self.inner.config.auth {
             if let Some(keys) = config.tenants.get(tenant.as_str()) {
                 let no_key = || {
-                    EngineError::Rejected(crate::domain::DomainError::NotAuthenticated {
+                    EngineError::from(crate::domain::DomainError::NotAuthenticated {
                         reason: format!(
                             "{actor} has no key in tenant {tenant} to sign the completion of mission {mission} with"
                         ),

@@ -1,6 +1,7 @@
-//! Queries and checks. Each takes an optional `at`: the answer is then
-//! computed on the tree as it was at that moment, by replaying its events up
-//! to it (the auditor's "at 14:05, was this agent still allowed?").
+//! Every public query of the engine. Each takes an optional `at`: the answer
+//! is then computed on the tree as it was at that moment, by replaying its
+//! events up to it (the auditor's "at 14:05, was this agent still allowed?").
+//! The machinery behind them is in `read.rs` and `catch_up.rs`.
 
 use std::sync::Arc;
 
@@ -8,27 +9,19 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     authorize, replay, verify_log, ChainLink, Decision, DenyReason, DomainError, Event,
-    LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId, SCHEMA_VERSION,
+    LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId,
 };
+use crate::log::{AnyLog, EventLog, LogError};
 use crate::protocol::{
-    AuditRecord, AuditReply, ChainReply, CheckQuery, HistoryReply, ListQuery, ListReply,
-    MandateSummary, StatusReply, TreeQuery, TreeReply, VerifyReply,
+    AuditReply, ChainReply, CheckQuery, Health, HistoryReply, ListQuery, ListReply,
+    QuarantinedTree, StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
-
-use super::{moment, Engine, EngineError};
-use crate::log::{EventLog, LogError};
 use crate::store::TreeSnapshot;
 
-impl Engine {
-    fn tree_id_of(&self, tenant: &TenantId, mandate: MandateId) -> Result<TreeId, EngineError> {
-        self.inner
-            .store
-            .tree_of(tenant, mandate)?
-            .ok_or(EngineError::Rejected(DomainError::MandateNotFound {
-                mandate,
-            }))
-    }
+use super::read::summary;
+use super::{Engine, EngineError, EngineErrorKind};
 
+impl Engine {
     /// The tree as it is now, or as it was at `at`.
     pub fn tree_at(
         &self,
@@ -36,7 +29,7 @@ impl Engine {
         tree: TreeId,
         at: Option<DateTime<Utc>>,
     ) -> Result<Arc<TreeSnapshot>, EngineError> {
-        let not_found = || EngineError::Rejected(DomainError::TreeNotFound { tree });
+        let not_found = || EngineError::from(DomainError::TreeNotFound { tree });
         match at {
             None => self
                 .inner
@@ -58,48 +51,6 @@ impl Engine {
         }
     }
 
-    /// Why this instance may not grant from a tree now, if it may not: the
-    /// tree is quarantined, or holds events newer than this build reads.
-    /// Holds whatever `at` a read names: a quarantined tree's past is an
-    /// auditor's question (`history`), not a grant.
-    fn hold(&self, tenant: &TenantId, tree: TreeId) -> Result<Option<DomainError>, EngineError> {
-        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
-            return Ok(Some(DomainError::TreeTooNew {
-                tree,
-                position: u.position,
-                version: u.version,
-                supported: SCHEMA_VERSION,
-            }));
-        }
-        let quarantine = self
-            .inner
-            .store
-            .tree_shared(tenant, tree)?
-            .and_then(|s| s.tree.quarantine.clone());
-        Ok(quarantine.map(|q| DomainError::Quarantined {
-            tree,
-            position: q.position,
-        }))
-    }
-
-    /// The tree of a mandate for a read that grants (`status`, `chain`):
-    /// refused while the tree is held (see [`Engine::hold`]).
-    fn mandate_tree(
-        &self,
-        tenant: &TenantId,
-        mandate: MandateId,
-        at: Option<DateTime<Utc>>,
-    ) -> Result<Arc<TreeSnapshot>, EngineError> {
-        let tree_id = self.tree_id_of(tenant, mandate)?;
-        if let Some(refusal) = self.hold(tenant, tree_id)? {
-            return Err(refusal.into());
-        }
-        let snap = self.tree_at(tenant, tree_id, at)?;
-        // As of `at` the mandate may not have been issued yet.
-        snap.tree.get(mandate)?;
-        Ok(snap)
-    }
-
     /// Own status, effective status and its cause.
     pub async fn status(
         &self,
@@ -107,9 +58,7 @@ impl Engine {
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<StatusReply, EngineError> {
-        self.freshen(tenant, None, Some(mandate)).await?;
-        let now = moment(at);
-        let snap = self.mandate_tree(tenant, mandate, at)?;
+        let (snap, now) = self.mandate_tree(tenant, mandate, at).await?;
         let tree = &snap.tree;
         Ok(StatusReply {
             mandate: tree.get(mandate)?.clone(),
@@ -125,9 +74,7 @@ impl Engine {
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<ChainReply, EngineError> {
-        self.freshen(tenant, None, Some(mandate)).await?;
-        let now = moment(at);
-        let snap = self.mandate_tree(tenant, mandate, at)?;
+        let (snap, now) = self.mandate_tree(tenant, mandate, at).await?;
         let tree = &snap.tree;
         let links = tree.chain(mandate);
         Ok(ChainReply {
@@ -138,22 +85,14 @@ impl Engine {
             at: now,
             version: tree.version,
             position: snap.position,
-            engine_time: Utc::now(),
+            engine_time: self.now(),
         })
-    }
-
-    fn resolve_tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeId, EngineError> {
-        match (q.tree, q.mandate) {
-            (Some(t), _) => Ok(t),
-            (None, Some(m)) => self.tree_id_of(tenant, m),
-            (None, None) => Err(EngineError::Invalid("name a tree or a mandate".into())),
-        }
     }
 
     /// The whole tree with every mandate's effective status.
     pub async fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
         self.freshen(tenant, q.tree, q.mandate).await?;
-        let now = moment(q.at);
+        let now = self.moment(q.at);
         let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
         let tree = &snap.tree;
         let effective = tree
@@ -211,9 +150,10 @@ impl Engine {
         match self.freshen(tenant, q.tree, q.mandate).await {
             // The tree broke while catching up: the log is read below anyway,
             // and the break named.
-            Ok(())
-            | Err(EngineError::Rejected(DomainError::Quarantined { .. }))
-            | Err(EngineError::Log(LogError::Corrupt { .. })) => {}
+            Ok(()) => {}
+            Err(e)
+                if e.kind() == EngineErrorKind::Corrupt
+                    || matches!(e.rejection(), Some(DomainError::Quarantined { .. })) => {}
             Err(e) => return Err(e),
         }
         let tree = self.resolve_tree(tenant, q)?;
@@ -290,12 +230,12 @@ impl Engine {
                 .map(|t| (t, None))
                 .collect(),
             _ => {
-                return Err(EngineError::Invalid(
-                    "list takes exactly one of agent, principal, mission_ref".into(),
+                return Err(EngineError::invalid(
+                    "list takes exactly one of agent, principal, mission_ref",
                 ))
             }
         };
-        let now = Utc::now();
+        let now = self.now();
         let mut mandates = Vec::new();
         for (tree_id, mandate) in pairs {
             let Some(snap) = store.tree_shared(tenant, tree_id)? else {
@@ -319,7 +259,7 @@ impl Engine {
         if let Some(actor) = &q.actor {
             crate::domain::command::refuse_reserved_actor(actor)?;
         }
-        let now = moment(q.at);
+        let now = self.moment(q.at);
         self.freshen(tenant, None, Some(q.mandate)).await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
@@ -363,35 +303,6 @@ impl Engine {
         Ok(decision)
     }
 
-    async fn record_audit(
-        &self,
-        tenant: &TenantId,
-        decision: &Decision,
-        actor: Option<crate::domain::Actor>,
-    ) {
-        let record = AuditRecord {
-            schema_version: SCHEMA_VERSION,
-            principal: decision.chain.first().map(|l| l.on_behalf_of.clone()),
-            decision: decision.clone(),
-            actor,
-            recorded_at: Utc::now(),
-            instance: self.inner.config.instance.clone(),
-        };
-        let result = match &self.inner.nats {
-            Some(client) => super::audit::append(client, tenant, &record)
-                .await
-                .map_err(|e| e.to_string()),
-            None => self
-                .inner
-                .store
-                .record_audit(tenant, decision.mandate, &record)
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "audit record not stored");
-        }
-    }
-
     /// Recorded decisions for a mandate, oldest first (at most `limit`, newest kept).
     pub async fn audit(
         &self,
@@ -410,21 +321,41 @@ impl Engine {
     }
 }
 
-fn summary(
-    tree: &Tree,
-    mandate: MandateId,
-    now: DateTime<Utc>,
-) -> Result<MandateSummary, EngineError> {
-    let m = tree.get(mandate)?;
-    Ok(MandateSummary {
-        mandate,
-        tree: tree.id,
-        parent: m.parent,
-        grantee: m.grantee.clone(),
-        principal: m.principal.clone(),
-        status: m.status,
-        effective: tree.effective(mandate, now)?,
-        not_after: m.not_after,
-        quarantined: tree.quarantine.as_ref().map(|q| q.position),
-    })
+impl Engine {
+    /// The instance's health.
+    pub async fn health(&self) -> Result<Health, EngineError> {
+        let position = self.inner.store.checkpoint()?;
+        let log_position = self.inner.log.last_position().await?;
+        Ok(Health {
+            instance: self.inner.config.instance.clone(),
+            backend: match self.inner.log {
+                AnyLog::Nats(_) => "nats".into(),
+                AnyLog::Embedded(_) => "embedded".into(),
+            },
+            position,
+            log_position,
+            lag: log_position.saturating_sub(position),
+            time: self.now(),
+            quarantined: Vec::new(),
+            rejected_mission_completions: self.rejected_completions().await?,
+        })
+    }
+
+    /// The instance's health as one tenant sees it: with that tenant's
+    /// quarantined trees (another tenant's are not its business).
+    pub async fn health_of(&self, tenant: &TenantId) -> Result<Health, EngineError> {
+        let mut health = self.health().await?;
+        health.quarantined = self
+            .inner
+            .store
+            .quarantined_trees(tenant)?
+            .into_iter()
+            .map(|(tree, q)| QuarantinedTree {
+                tree,
+                position: q.position,
+                reason: q.reason,
+            })
+            .collect();
+        Ok(health)
+    }
 }

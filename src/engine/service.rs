@@ -31,17 +31,17 @@ pub async fn round_trip(client: &async_nats::Client, timeout: Duration) -> Resul
     let mut sub = client
         .subscribe(subject.clone())
         .await
-        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?;
+        .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?;
     client
         .publish(subject, bytes::Bytes::new())
         .await
-        .map_err(|e| EngineError::Unavailable(format!("cannot publish: {e}")))?;
+        .map_err(|e| EngineError::unavailable(format!("cannot publish: {e}")))?;
     let back = tokio::time::timeout(timeout, sub.next()).await;
     let _ = sub.unsubscribe().await;
     match back {
         Ok(Some(_)) => Ok(()),
-        _ => Err(EngineError::Unavailable(
-            "no round trip through NATS in time".into(),
+        _ => Err(EngineError::unavailable(
+            "no round trip through NATS in time",
         )),
     }
 }
@@ -53,6 +53,26 @@ enum Origin<'a> {
     InProcess,
     /// Over NATS, with the `Mandate-Auth` header if one was sent.
     Remote { auth: Option<&'a str> },
+}
+
+/// One request, its subject taken apart: `mandate.<cmd|q>.<tenant>.<verb>`.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    tenant: &'a TenantId,
+    verb: &'a str,
+    subject: &'a str,
+    body: &'a [u8],
+    origin: Origin<'a>,
+}
+
+/// Refuses a command whose subject names another verb than its body.
+fn same_verb(subject_verb: &str, body_verb: &str) -> Result<(), EngineError> {
+    if subject_verb != body_verb {
+        return Err(EngineError::invalid(format!(
+            "subject verb {subject_verb:?} does not match the body's type {body_verb:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Requests handled at once by one instance.
@@ -76,7 +96,7 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(
         body
     };
     serde_json::from_slice(body).map_err(|e| {
-        EngineError::Rejected(DomainError::Malformed {
+        EngineError::from(DomainError::Malformed {
             what,
             reason: e.to_string(),
         })
@@ -125,7 +145,7 @@ impl Engine {
         let (kind, tenant, verb) = match parts.as_slice() {
             ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
             _ => {
-                return encode::<()>(Err(EngineError::Invalid(format!(
+                return encode::<()>(Err(EngineError::invalid(format!(
                     "subject {subject:?} is not mandate.cmd.<tenant>.<verb> or mandate.q.<tenant>.<verb>"
                 ))))
             }
@@ -135,44 +155,38 @@ impl Engine {
             Err(e) => return encode::<()>(Err(e.into())),
         };
         if body.len() > MAX_REQUEST_BYTES {
-            return encode::<()>(Err(EngineError::Invalid(format!(
+            return encode::<()>(Err(EngineError::invalid(format!(
                 "request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
                 body.len()
             ))));
         }
+        let request = Request {
+            tenant: &tenant,
+            verb,
+            subject,
+            body,
+            origin,
+        };
         if kind == "cmd" {
-            self.handle_command(&tenant, verb, subject, body, origin)
-                .await
+            self.handle_command(request).await
         } else {
-            self.handle_query(&tenant, verb, subject, body, origin)
-                .await
+            self.handle_query(request).await
         }
     }
 
-    async fn handle_command(
-        &self,
-        tenant: &TenantId,
-        verb: &str,
-        subject: &str,
-        body: &[u8],
-        origin: Origin<'_>,
-    ) -> Vec<u8> {
-        if BULK_VERBS.contains(&verb) {
+    async fn handle_command(&self, req: Request<'_>) -> Vec<u8> {
+        if BULK_VERBS.contains(&req.verb) {
             let r = async {
-                let bulk: BulkEnvelope = parse("bulk command", body)?;
-                same_tenant(tenant, &bulk.tenant)?;
+                let bulk: BulkEnvelope = parse("bulk command", req.body)?;
+                same_tenant(req.tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
                 refuse_reserved_command_id(bulk.command_id)?;
-                self.authenticate(origin, tenant, &bulk.actor, subject, body)?;
+                self.authenticate(req.origin, req.tenant, &bulk.actor, req.subject, req.body)?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
                     crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
                 };
-                if body_verb != verb {
-                    return Err(EngineError::Invalid(format!(
-                        "subject verb {verb:?} does not match the body's type {body_verb:?}"
-                    )));
-                }
+                same_verb(req.verb, body_verb)?;
                 self.execute_bulk(bulk).await
             }
             .await;
@@ -180,81 +194,70 @@ impl Engine {
         }
         let r = async {
             // A command from outside never carries the engine's own actor.
-            let external = ExternalCommand::from_json(body)?;
+            let external = ExternalCommand::from_json(req.body)?;
             let cmd = external.envelope();
-            same_tenant(tenant, &cmd.tenant)?;
-            self.authenticate(origin, tenant, &cmd.actor, subject, body)?;
-            if cmd.command.verb() != verb {
-                return Err(EngineError::Invalid(format!(
-                    "subject verb {verb:?} does not match the body's type {:?}",
-                    cmd.command.verb()
-                )));
-            }
+            same_tenant(req.tenant, &cmd.tenant)?;
+            self.authenticate(req.origin, req.tenant, &cmd.actor, req.subject, req.body)?;
+            same_verb(req.verb, cmd.command.verb())?;
             self.execute(external).await
         }
         .await;
         encode(r)
     }
 
-    async fn handle_query(
-        &self,
-        tenant: &TenantId,
-        verb: &str,
-        subject: &str,
-        body: &[u8],
-        origin: Origin<'_>,
-    ) -> Vec<u8> {
+    async fn handle_query(&self, req: Request<'_>) -> Vec<u8> {
         // Each read brings its tree up to the log first (`Engine::freshen`).
-        match verb {
-            "status" => encode(match parse::<MandateQuery>("status query", body) {
-                Ok(q) => self.status(tenant, q.mandate, q.at).await,
+        match req.verb {
+            "status" => encode(match parse::<MandateQuery>("status query", req.body) {
+                Ok(q) => self.status(req.tenant, q.mandate, q.at).await,
                 Err(e) => Err(e),
             }),
-            "chain" => encode(match parse::<MandateQuery>("chain query", body) {
-                Ok(q) => self.chain(tenant, q.mandate, q.at).await,
+            "chain" => encode(match parse::<MandateQuery>("chain query", req.body) {
+                Ok(q) => self.chain(req.tenant, q.mandate, q.at).await,
                 Err(e) => Err(e),
             }),
-            "tree" => encode(match parse::<TreeQuery>("tree query", body) {
-                Ok(q) => self.tree(tenant, &q).await,
+            "tree" => encode(match parse::<TreeQuery>("tree query", req.body) {
+                Ok(q) => self.tree(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "history" => encode(match parse::<TreeQuery>("history query", body) {
-                Ok(q) => self.history(tenant, &q).await,
+            "history" => encode(match parse::<TreeQuery>("history query", req.body) {
+                Ok(q) => self.history(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "verify" => encode(match parse::<TreeQuery>("verify query", body) {
-                Ok(q) => self.verify(tenant, &q).await,
+            "verify" => encode(match parse::<TreeQuery>("verify query", req.body) {
+                Ok(q) => self.verify(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "list" => {
-                encode(parse::<ListQuery>("list query", body).and_then(|q| self.list(tenant, &q)))
-            }
+            "list" => encode(
+                parse::<ListQuery>("list query", req.body).and_then(|q| self.list(req.tenant, &q)),
+            ),
             "check" => {
-                let r = match parse::<CheckQuery>("check query", body) {
+                let r = match parse::<CheckQuery>("check query", req.body) {
                     Ok(mut q) => {
                         // The audit names who asked only if that is proven
-                        // (where the tenant requires proof).
+                        // (where the req.tenant requires proof).
                         let proven = q.actor.as_ref().is_some_and(|a| {
-                            self.authenticate(origin, tenant, a, subject, body).is_ok()
+                            self.authenticate(req.origin, req.tenant, a, req.subject, req.body)
+                                .is_ok()
                         });
                         if !proven {
                             q.actor = None;
                         }
-                        self.check(tenant, &q).await
+                        self.check(req.tenant, &q).await
                     }
                     Err(e) => Err(e),
                 };
                 encode(r)
             }
             "audit" => {
-                let r = match parse::<AuditQuery>("audit query", body) {
-                    Ok(q) => self.audit(tenant, q.mandate, q.limit).await,
+                let r = match parse::<AuditQuery>("audit query", req.body) {
+                    Ok(q) => self.audit(req.tenant, q.mandate, q.limit).await,
                     Err(e) => Err(e),
                 };
                 encode(r)
             }
-            "health" => encode(self.health_of(tenant).await),
-            other => encode::<()>(Err(EngineError::Invalid(format!(
+            "health" => encode(self.health_of(req.tenant).await),
+            other => encode::<()>(Err(EngineError::invalid(format!(
                 "unknown query verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),
                 QUERY_VERBS.join(", ")
@@ -300,8 +303,8 @@ impl Engine {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
         let client = self.inner.nats.clone().ok_or_else(|| {
-            EngineError::Invalid(
-                "serve needs a NATS connection; the embedded engine is used in-process".into(),
+            EngineError::invalid(
+                "serve needs a NATS connection; the embedded engine is used in-process",
             )
         })?;
         let background = self.start();
@@ -318,7 +321,7 @@ impl Engine {
                     client
                         .queue_subscribe(format!("mandate.{kind}.{t}.*"), QUEUE_GROUP.into())
                         .await
-                        .map_err(|e| EngineError::Unavailable(format!("cannot subscribe: {e}")))?,
+                        .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?,
                 );
             }
         }
@@ -345,7 +348,7 @@ impl Engine {
                 .clone()
                 .acquire_owned()
                 .await
-                .map_err(|_| EngineError::Unavailable("request slots closed".into()))?;
+                .map_err(|_| EngineError::unavailable("request slots closed"))?;
             let me = self.clone();
             let client = client.clone();
             tokio::spawn(async move {

@@ -80,8 +80,12 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
 
 /// The signal that a tree is quarantined, on its root's subject (every guard
 /// of the tree listens there): `tree` is its last good state. `None` for a
-/// tree without a root, which no guard can hold.
-pub fn quarantine_signal(tree: &Tree, quarantine: &Quarantine) -> Option<Signal> {
+/// tree without a root, which no guard can hold. `time` is when it was found.
+pub fn quarantine_signal(
+    tree: &Tree,
+    quarantine: &Quarantine,
+    time: chrono::DateTime<chrono::Utc>,
+) -> Option<Signal> {
     let root = tree.mandates.get(&tree.root?)?;
     Some(Signal {
         schema_version: SCHEMA_VERSION,
@@ -93,7 +97,7 @@ pub fn quarantine_signal(tree: &Tree, quarantine: &Quarantine) -> Option<Signal>
         event_id: EventId::for_quarantine(tree.id, quarantine.position),
         event_type: "quarantined".into(),
         seq: tree.version,
-        time: chrono::Utc::now(),
+        time,
         actor: Actor::projector(),
         reason: Some(quarantine.reason.clone()),
         position: Some(quarantine.position),
@@ -150,7 +154,7 @@ impl SignalBus {
             })
             .await
             .map_err(|e| {
-                EngineError::Unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
+                EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
             })?;
         }
         Ok(())
@@ -167,9 +171,9 @@ impl SignalBus {
                 let ack = js
                     .publish_with_headers(subject, headers, payload.into())
                     .await
-                    .map_err(|e| EngineError::Unavailable(format!("signal publish failed: {e}")))?;
+                    .map_err(|e| EngineError::unavailable(format!("signal publish failed: {e}")))?;
                 ack.await
-                    .map_err(|e| EngineError::Unavailable(format!("signal not stored: {e}")))?;
+                    .map_err(|e| EngineError::unavailable(format!("signal not stored: {e}")))?;
             }
             SignalBus::Local(hub) => {
                 // No receiver is fine: nobody listens on this subject.
@@ -191,7 +195,7 @@ impl SignalBus {
                 let sub = client
                     .subscribe(subject)
                     .await
-                    .map_err(|e| EngineError::Unavailable(format!("subscribe failed: {e}")))?;
+                    .map_err(|e| EngineError::unavailable(format!("subscribe failed: {e}")))?;
                 Ok(sub
                     .filter_map(
                         |m| async move { serde_json::from_slice::<Signal>(&m.payload).ok() },

@@ -12,8 +12,9 @@
 //! servers do with them, measured on 2.9.10 and 2.15.1 (the conformance suite
 //! checks it on every run):
 //! - expected `0` means "no message on this subject yet", on both: a second
-//!   create is refused with error 10071, "wrong last sequence: N", where N is
-//!   the actual head.
+//!   create is refused with error 10071 ("wrong last sequence"). The actual
+//!   head in a conflict is read from the stream (the conflict scan below, or
+//!   the subject's last message), never parsed from the server's text.
 //! - The order of the two checks differs. 2.9.10 deduplicates first, so a
 //!   retry carrying a now-stale expected head gets a duplicate ack. 2.15.1
 //!   checks the expected head first and answers 10071. Either server also
@@ -302,7 +303,7 @@ impl EventLog for JetStreamLog {
         let max = inner.config.max_message_size;
         super::check_size(&payload, max)?;
         let subject = tree_subject(tenant, tree);
-        let conflict = {
+        {
             // Held only while this publish is outstanding, so that many
             // appends are in flight at once up to the bound.
             let _slot = inner
@@ -327,9 +328,8 @@ impl EventLog for JetStreamLog {
                             duplicate: ack.duplicate,
                         })
                     }
-                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                        break actual_head(&e);
-                    }
+                    // Error code 10071: the tree's head is not `expected`.
+                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => break,
                     Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                         if attempt >= inner.config.publish_attempts {
                             return Err(LogError::TimedOut);
@@ -340,7 +340,7 @@ impl EventLog for JetStreamLog {
                     Err(e) => return Err(publish_error(&subject, e, payload.len(), max)),
                 }
             }
-        };
+        }
         // See the module docs: a stale retry may be refused on the expected
         // head although its first attempt was stored.
         let records = inner.scan(&subject, expected, usize::MAX).await?;
@@ -348,18 +348,26 @@ impl EventLog for JetStreamLog {
             .iter()
             .flatten()
             .find(|r| r.command_id == command_id);
-        match original {
-            Some(record) => Ok(Appended {
+        if let Some(record) = original {
+            return Ok(Appended {
                 position: record.position,
                 duplicate: true,
-            }),
-            None => Err(LogError::Conflict {
-                tenant: tenant.clone(),
-                tree,
-                expected,
-                actual: conflict,
-            }),
+            });
         }
+        // The actual head, read rather than taken from the refusal's text:
+        // the last record the scan saw, or (when the head is below
+        // `expected`, so the scan saw nothing) the subject's last message.
+        let actual = match records.last() {
+            Some(Ok(record)) => Some(record.position),
+            Some(Err(LogError::Corrupt { position, .. })) => Some(*position),
+            _ => self.tree_head(tenant, tree).await.ok(),
+        };
+        Err(LogError::Conflict {
+            tenant: tenant.clone(),
+            tree,
+            expected,
+            actual,
+        })
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
@@ -825,14 +833,6 @@ fn decode(
         command_id,
         payload,
     })
-}
-
-/// The head the server reported in a "wrong last sequence: N" refusal.
-fn actual_head(error: &PublishError) -> Option<u64> {
-    let source = std::error::Error::source(error)?.to_string();
-    let rest = source.split("wrong last sequence: ").nth(1)?;
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) -> LogError {

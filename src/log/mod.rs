@@ -99,7 +99,8 @@ pub enum LogError {
         tree: TreeId,
         /// The head the caller expected.
         expected: u64,
-        /// The head the store found, when it said so.
+        /// The head the store found (read after the refusal, so it may have
+        /// moved on since); `None` when it could not be read.
         actual: Option<u64>,
     },
     /// The payload is larger than the configured maximum; nothing was written.
@@ -130,16 +131,49 @@ pub enum LogError {
     Locked { path: String },
 }
 
+/// What kind of failure a [`LogError`] is, for callers that branch without
+/// needing the variant's data (as `async_nats` errors expose `kind()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogErrorKind {
+    /// [`LogError::Conflict`].
+    Conflict,
+    /// [`LogError::TooLarge`].
+    TooLarge,
+    /// [`LogError::Unavailable`].
+    Unavailable,
+    /// [`LogError::TimedOut`].
+    TimedOut,
+    /// [`LogError::Corrupt`].
+    Corrupt,
+    /// [`LogError::Backend`].
+    Backend,
+    /// [`LogError::Locked`].
+    Locked,
+}
+
 impl LogError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> LogErrorKind {
+        match self {
+            LogError::Conflict { .. } => LogErrorKind::Conflict,
+            LogError::TooLarge { .. } => LogErrorKind::TooLarge,
+            LogError::Unavailable(_) => LogErrorKind::Unavailable,
+            LogError::TimedOut => LogErrorKind::TimedOut,
+            LogError::Corrupt { .. } => LogErrorKind::Corrupt,
+            LogError::Backend(_) => LogErrorKind::Backend,
+            LogError::Locked { .. } => LogErrorKind::Locked,
+        }
+    }
+
     /// Whether the same call may succeed if tried again (for an append:
     /// after re-reading the head in the case of a conflict).
     pub fn is_retryable(&self) -> bool {
         matches!(
-            self,
-            LogError::Conflict { .. }
-                | LogError::Unavailable(_)
-                | LogError::TimedOut
-                | LogError::Locked { .. }
+            self.kind(),
+            LogErrorKind::Conflict
+                | LogErrorKind::Unavailable
+                | LogErrorKind::TimedOut
+                | LogErrorKind::Locked
         )
     }
 }
@@ -256,85 +290,29 @@ impl From<EmbeddedLog> for AnyLog {
     }
 }
 
-impl EventLog for AnyLog {
-    async fn append(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        expected: u64,
-        command_id: CommandId,
-        payload: Bytes,
-    ) -> Result<Appended, LogError> {
-        match self {
-            AnyLog::Nats(log) => {
-                log.append(tenant, tree, expected, command_id, payload)
-                    .await
-            }
-            AnyLog::Embedded(log) => {
-                log.append(tenant, tree, expected, command_id, payload)
-                    .await
-            }
+/// Implements [`EventLog`] for [`AnyLog`] by calling the same method on
+/// whichever backend it is: every signature is the trait's, written once.
+macro_rules! delegate_to_backend {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        impl EventLog for AnyLog {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        AnyLog::Nats(log) => log.$name($($arg),*).await,
+                        AnyLog::Embedded(log) => log.$name($($arg),*).await,
+                    }
+                }
+            )*
         }
-    }
+    };
+}
 
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_tree(tenant, tree, after).await,
-            AnyLog::Embedded(log) => log.read_tree(tenant, tree, after).await,
-        }
-    }
-
-    async fn read_tree_items(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Result<Record, LogError>>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_tree_items(tenant, tree, after).await,
-            AnyLog::Embedded(log) => log.read_tree_items(tenant, tree, after).await,
-        }
-    }
-
-    async fn read_all(
-        &self,
-        tenant: Option<&TenantId>,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Record>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.read_all(tenant, after, limit).await,
-            AnyLog::Embedded(log) => log.read_all(tenant, after, limit).await,
-        }
-    }
-
-    async fn follow(
-        &self,
-        tenant: Option<&TenantId>,
-        after: u64,
-    ) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.follow(tenant, after).await,
-            AnyLog::Embedded(log) => log.follow(tenant, after).await,
-        }
-    }
-
-    async fn last_position(&self) -> Result<u64, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.last_position().await,
-            AnyLog::Embedded(log) => log.last_position().await,
-        }
-    }
-
-    async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
-        match self {
-            AnyLog::Nats(log) => log.tree_head(tenant, tree).await,
-            AnyLog::Embedded(log) => log.tree_head(tenant, tree).await,
-        }
-    }
+delegate_to_backend! {
+    fn append(&self, tenant: &TenantId, tree: TreeId, expected: u64, command_id: CommandId, payload: Bytes) -> Result<Appended, LogError>;
+    fn read_tree(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Record>, LogError>;
+    fn read_tree_items(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Result<Record, LogError>>, LogError>;
+    fn read_all(&self, tenant: Option<&TenantId>, after: u64, limit: usize) -> Result<Vec<Record>, LogError>;
+    fn follow(&self, tenant: Option<&TenantId>, after: u64) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError>;
+    fn last_position(&self) -> Result<u64, LogError>;
+    fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError>;
 }

@@ -1,0 +1,206 @@
+//! Bringing the projection up to the log before a command or a read decides:
+//! one tree, or every tree up to the log's head, past corrupt records.
+
+use std::sync::Arc;
+
+use crate::domain::{DomainError, MandateId, TenantId, Tree, TreeId};
+use crate::log::{EventLog, LogError};
+use crate::store::TreeSnapshot;
+
+use super::{Engine, EngineError};
+
+impl Engine {
+    /// Brings this instance's whole projection up to the log's last position
+    /// as of this call, across every tree and tenant, before a command reads
+    /// an index that spans trees (the agent, principal and mission indexes):
+    /// a mandate another instance acknowledged a moment ago must not escape a
+    /// bulk revoke or a mission completion here. Unlike [`Engine::wait_for_log`]
+    /// it does not wait for the follower (which may lag or be stopped), it
+    /// reads and applies itself, and it never gives up silently.
+    pub(crate) async fn catch_up_to_log_head(&self) -> Result<(), EngineError> {
+        let target = self.inner.log.last_position().await?;
+        self.catch_up_until(Some(target)).await
+    }
+
+    /// Applies the log's records past the checkpoint, in order, until the
+    /// checkpoint reaches `target` or (without one, or when the tail was
+    /// deleted) the log has nothing more to read.
+    pub(super) async fn catch_up_until(&self, target: Option<u64>) -> Result<(), EngineError> {
+        let mut after = self.inner.store.checkpoint()?;
+        while target.is_none_or(|t| after < t) {
+            match self.inner.log.read_all(None, after, 1024).await {
+                Ok(records) => {
+                    let Some(last) = records.last().map(|r| r.position) else {
+                        break;
+                    };
+                    for r in &records {
+                        self.apply_logged(r, true).await?;
+                    }
+                    after = last;
+                }
+                Err(e) => after = self.pass_corrupt(e, after).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A read of the whole log that failed on a record it cannot decode
+    /// (past `after`): the record quarantines the tree its subject names, as
+    /// the follower does, and no other tree is held up by it. Returns its
+    /// position, to read on from. Any other error is returned.
+    pub(super) async fn pass_corrupt(&self, e: LogError, after: u64) -> Result<u64, EngineError> {
+        match e {
+            LogError::Corrupt {
+                position,
+                subject_or_key,
+                reason,
+            } if position > after => {
+                self.apply_corrupt_record(position, &subject_or_key, &reason, true)
+                    .await?;
+                Ok(position)
+            }
+            e => Err(e.into()),
+        }
+    }
+
+    /// Brings the projection up to the log for one tree before a read, so an
+    /// instance never answers from a state older than what another instance
+    /// has acknowledged: a check right after a revoke elsewhere must deny.
+    /// Names the tree directly or through one of its mandates; an unknown
+    /// mandate waits (briefly) for the follower in case it is new.
+    pub(crate) async fn freshen(
+        &self,
+        tenant: &TenantId,
+        tree: Option<TreeId>,
+        mandate: Option<MandateId>,
+    ) -> Result<(), EngineError> {
+        if !self.inner.config.fresh_reads {
+            return Ok(());
+        }
+        let tree = match (tree, mandate) {
+            (Some(t), _) => Some(t),
+            (None, Some(m)) => match self.inner.store.tree_of(tenant, m)? {
+                Some(t) => Some(t),
+                None => {
+                    self.wait_for_log().await?;
+                    self.inner.store.tree_of(tenant, m)?
+                }
+            },
+            (None, None) => None,
+        };
+        let Some(tree) = tree else { return Ok(()) };
+        self.catch_up_tree_to_head(tenant, tree).await
+    }
+
+    /// Catches one tree up if the log's head for it is past this instance's
+    /// snapshot (one cheap log read when it is not).
+    pub(super) async fn catch_up_tree_to_head(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<(), EngineError> {
+        // Shared, not copied: this runs before every read.
+        let position = self
+            .inner
+            .store
+            .tree_shared(tenant, tree)?
+            .map_or(0, |s| s.position);
+        if self.inner.log.tree_head(tenant, tree).await? > position {
+            self.catch_up_tree(tenant, tree, position).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn snapshot(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Arc<TreeSnapshot>, EngineError> {
+        // A quarantined tree is refused by `decide` (only its resolution
+        // passes); a tree this build cannot read is refused here.
+        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
+            return Err(DomainError::TreeTooNew {
+                tree,
+                position: u.position,
+                version: u.version,
+                supported: crate::domain::SCHEMA_VERSION,
+            }
+            .into());
+        }
+        Ok(self
+            .inner
+            .store
+            .tree_shared(tenant, tree)?
+            .unwrap_or_else(|| {
+                Arc::new(TreeSnapshot {
+                    position: 0,
+                    tree: Tree::empty(tenant.clone(), tree),
+                })
+            }))
+    }
+
+    /// Applies to the projection every commit of the tree past our snapshot.
+    /// A corrupt record quarantines the tree (the read that follows refuses
+    /// it); it is not an error of the catch-up.
+    pub(crate) async fn catch_up_tree(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<(), EngineError> {
+        match self.inner.log.read_tree(tenant, tree, after).await {
+            Ok(records) => {
+                for r in records {
+                    self.apply_logged(&r, false).await?;
+                }
+                Ok(())
+            }
+            Err(LogError::Corrupt { .. }) => {
+                self.catch_up_tree_past_corrupt(tenant, tree, after).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The slow path of [`Engine::catch_up_tree`] when the log cannot decode
+    /// a record of the tree (a tree read fails as a whole): walks the
+    /// tenant's records up to the tree's head, applying the tree's good ones
+    /// in order and quarantining it at the bad one. Only taken on corruption.
+    pub(super) async fn catch_up_tree_past_corrupt(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        after: u64,
+    ) -> Result<(), EngineError> {
+        let head = self.inner.log.tree_head(tenant, tree).await?;
+        let mut cursor = after;
+        while cursor < head {
+            match self.inner.log.read_all(Some(tenant), cursor, 1024).await {
+                Ok(records) if records.is_empty() => break,
+                Ok(records) => {
+                    for r in records
+                        .iter()
+                        .filter(|r| r.tree == tree && r.position <= head)
+                    {
+                        self.apply_logged(r, false).await?;
+                    }
+                    cursor = records.last().map_or(head, |r| r.position);
+                }
+                Err(LogError::Corrupt {
+                    position,
+                    subject_or_key,
+                    reason,
+                }) => {
+                    if crate::log::tree_of_subject(&subject_or_key) == Some((tenant.clone(), tree))
+                    {
+                        self.apply_corrupt_record(position, &subject_or_key, &reason, false)
+                            .await?;
+                    }
+                    cursor = position;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}

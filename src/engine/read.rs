@@ -1,0 +1,135 @@
+//! The read path behind the queries: resolving trees and mandates, the
+//! holds that refuse a read, summaries, and recording checks for audit.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Decision, DomainError, MandateId, TenantId, Tree, TreeId, SCHEMA_VERSION};
+use crate::protocol::{AuditRecord, MandateSummary, TreeQuery};
+use crate::store::TreeSnapshot;
+
+use super::{Engine, EngineError};
+
+impl Engine {
+    pub(super) fn tree_id_of(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Result<TreeId, EngineError> {
+        self.inner
+            .store
+            .tree_of(tenant, mandate)?
+            .ok_or_else(|| EngineError::from(DomainError::MandateNotFound { mandate }))
+    }
+
+    /// Why this instance may not grant from a tree now, if it may not: the
+    /// tree is quarantined, or holds events newer than this build reads.
+    /// Holds whatever `at` a read names: a quarantined tree's past is an
+    /// auditor's question (`history`), not a grant.
+    pub(super) fn hold(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<DomainError>, EngineError> {
+        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
+            return Ok(Some(DomainError::TreeTooNew {
+                tree,
+                position: u.position,
+                version: u.version,
+                supported: SCHEMA_VERSION,
+            }));
+        }
+        let quarantine = self
+            .inner
+            .store
+            .tree_shared(tenant, tree)?
+            .and_then(|s| s.tree.quarantine.clone());
+        Ok(quarantine.map(|q| DomainError::Quarantined {
+            tree,
+            position: q.position,
+        }))
+    }
+
+    /// The tree of `mandate` for a read that grants (`status`, `chain`),
+    /// brought up to the log first, as of `at`, and the moment `at` stands
+    /// for: refused while the tree is held (see [`Engine::hold`]), or if the
+    /// mandate did not exist yet at that moment.
+    pub(super) async fn mandate_tree(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(Arc<TreeSnapshot>, DateTime<Utc>), EngineError> {
+        self.freshen(tenant, None, Some(mandate)).await?;
+        let tree_id = self.tree_id_of(tenant, mandate)?;
+        if let Some(refusal) = self.hold(tenant, tree_id)? {
+            return Err(refusal.into());
+        }
+        let snap = self.tree_at(tenant, tree_id, at)?;
+        // As of `at` the mandate may not have been issued yet.
+        snap.tree.get(mandate)?;
+        Ok((snap, self.moment(at)))
+    }
+
+    pub(super) fn resolve_tree(
+        &self,
+        tenant: &TenantId,
+        q: &TreeQuery,
+    ) -> Result<TreeId, EngineError> {
+        match (q.tree, q.mandate) {
+            (Some(t), _) => Ok(t),
+            (None, Some(m)) => self.tree_id_of(tenant, m),
+            (None, None) => Err(EngineError::invalid("name a tree or a mandate")),
+        }
+    }
+
+    pub(super) async fn record_audit(
+        &self,
+        tenant: &TenantId,
+        decision: &Decision,
+        actor: Option<crate::domain::Actor>,
+    ) {
+        let record = AuditRecord {
+            schema_version: SCHEMA_VERSION,
+            principal: decision.chain.first().map(|l| l.on_behalf_of.clone()),
+            decision: decision.clone(),
+            actor,
+            recorded_at: self.now(),
+            instance: self.inner.config.instance.clone(),
+        };
+        let result = match &self.inner.nats {
+            Some(client) => super::audit::append(client, tenant, &record)
+                .await
+                .map_err(|e| e.to_string()),
+            None => self
+                .inner
+                .store
+                .record_audit(tenant, decision.mandate, &record)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "audit record not stored");
+        }
+    }
+}
+
+/// One mandate as a list or a tree shows it, effective at `now`.
+pub(super) fn summary(
+    tree: &Tree,
+    mandate: MandateId,
+    now: DateTime<Utc>,
+) -> Result<MandateSummary, EngineError> {
+    let m = tree.get(mandate)?;
+    Ok(MandateSummary {
+        mandate,
+        tree: tree.id,
+        parent: m.parent,
+        grantee: m.grantee.clone(),
+        principal: m.principal.clone(),
+        status: m.status,
+        effective: tree.effective(mandate, now)?,
+        not_after: m.not_after,
+        quarantined: tree.quarantine.as_ref().map(|q| q.position),
+    })
+}
