@@ -332,7 +332,15 @@ pub enum Cmd {
         until_ended: bool,
     },
     /// Rebuild the projection from the log and compare it with the live one.
-    Rebuild,
+    /// Refused while the log holds less than the projection applied (it
+    /// went backwards), unless the loss is accepted.
+    Rebuild {
+        /// The operator's word: the log lost acknowledged records, and the
+        /// projection is rebuilt from the log as it is (what was lost, a
+        /// revoke included, is lost). Run it with no engine serving.
+        #[arg(long)]
+        accept_log_loss: bool,
+    },
     /// Engine health.
     Health,
     /// Restore a quarantined tree (administrators): the bad record at
@@ -538,7 +546,7 @@ fn changes_authority(cmd: &Cmd) -> Option<&'static str> {
         | Cmd::List { .. }
         | Cmd::Check { .. }
         | Cmd::Watch { .. }
-        | Cmd::Rebuild
+        | Cmd::Rebuild { .. }
         | Cmd::Health => None,
     }
 }
@@ -594,7 +602,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             .await
             .map_err(bootstrap::BootstrapError::failure)?
         {
-            bootstrap::Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild) => {
+            bootstrap::Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild { .. }) => {
                 return Err(
                     bootstrap::BootstrapError::RebuildWhileServed(cli.data.clone()).failure(),
                 );
@@ -649,7 +657,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                 tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
                 return server.run(&engine, nc.clone(), probe).await.map(|()| 0);
             }
-            if let Cmd::Rebuild = cli.command {
+            if let Cmd::Rebuild { .. } = cli.command {
                 let engine = Engine::nats(
                     nc.clone(),
                     &cli.data,
@@ -657,7 +665,7 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
                     EngineConfig::default(),
                 )
                 .await?;
-                return rebuild(&engine, cli.json).await;
+                return rebuild(&engine, &cli.command, cli.json).await;
             }
             let client = Client::nats(nc.clone(), tenant.clone(), actor.clone());
             let client = match &cli.secret {
@@ -682,8 +690,8 @@ async fn run_inner(cli: Cli) -> Result<i32, Failure> {
             let engine = Engine::embedded(&dir, EngineConfig::default())
                 .await
                 .map_err(|e| bootstrap::explain_open_error(&dir, e))?;
-            if let Cmd::Rebuild = cli.command {
-                return rebuild(&engine, cli.json).await;
+            if let Cmd::Rebuild { .. } = cli.command {
+                return rebuild(&engine, &cli.command, cli.json).await;
             }
             background = Some(engine.start());
             (
@@ -713,7 +721,7 @@ async fn command(
     let json = cli.json;
     let out = |v: &dyn erased::Show| v.show(json);
     match &cli.command {
-        Cmd::Serve { .. } | Cmd::Rebuild => unreachable!("handled before"),
+        Cmd::Serve { .. } | Cmd::Rebuild { .. } => unreachable!("handled before"),
         Cmd::Demo => {
             // The engine's answers keep their exit codes (no engine serving
             // is unavailable, 4); the demo's own failures are internal.
@@ -1202,6 +1210,9 @@ pub(crate) fn deny_text(d: &Decision) -> String {
         }) => format!(
             "tree {tree} holds an event of schema version {version} at log position {position}; this instance reads up to version {supported}: ask a newer one"
         ),
+        Some(DenyReason::LogWentBackwards { tree, recorded, found }) => format!(
+            "the event log lost records of tree {tree} (recorded head {recorded}, log head {found}): held until an operator accepts the loss"
+        ),
     }
 }
 
@@ -1428,8 +1439,16 @@ async fn watch(
 /// mandate's status.
 const UNTIL_ENDED_RECHECK: Duration = Duration::from_secs(30);
 
-async fn rebuild(engine: &Engine, json: bool) -> Result<i32, Failure> {
+async fn rebuild(engine: &Engine, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
     let started = std::time::Instant::now();
+    if let Cmd::Rebuild {
+        accept_log_loss: true,
+    } = cmd
+    {
+        let (records, held) = engine.accept_log_loss().await?;
+        say!("log loss accepted: {held} held trees released; rebuilt {records} log records from the log as it is");
+        return Ok(0);
+    }
     let report = engine.rebuild_check().await?;
     let secs = started.elapsed().as_secs_f64();
     if json {

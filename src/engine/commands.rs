@@ -151,8 +151,11 @@ impl Engine {
             .tree_shared(tenant, id)?
             .map(|s| s.position)
             .unwrap_or(0);
-        if self.inner.log.tree_head(tenant, id).await? > position {
+        if self.checked_head(tenant, id, position).await? > position {
             self.catch_up_tree(tenant, id, position).await?;
+        }
+        if let Some(held) = self.log_hold(tenant, id)? {
+            return Err(held.into());
         }
         Ok(self.inner.store.tree_shared(tenant, id)?)
     }
@@ -358,7 +361,7 @@ impl Engine {
             .tree_shared(tenant, tree)?
             .map(|s| s.position)
             .unwrap_or(0);
-        if self.inner.log.tree_head(tenant, tree).await? > position {
+        if self.checked_head(tenant, tree, position).await? > position {
             self.catch_up_tree(tenant, tree, position).await?;
         }
         Ok(())
@@ -366,7 +369,11 @@ impl Engine {
 
     fn snapshot(&self, tenant: &TenantId, tree: TreeId) -> Result<Arc<TreeSnapshot>, EngineError> {
         // A quarantined tree is refused by `decide` (only its resolution
-        // passes); a tree this build cannot read is refused here.
+        // passes); a tree this build cannot read, or one the log went
+        // backwards on, is refused here.
+        if let Some(held) = self.log_hold(tenant, tree)? {
+            return Err(held.into());
+        }
         if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
             return Err(DomainError::TreeTooNew {
                 tree,
@@ -478,7 +485,7 @@ impl Engine {
                     // rest on a stale snapshot: another instance may have
                     // written this tree (e.g. the pause a resume needs) and
                     // our follower not have applied it yet.
-                    if self.inner.log.tree_head(tenant, tree).await? > snap.position {
+                    if self.checked_head(tenant, tree, snap.position).await? > snap.position {
                         self.catch_up_tree(tenant, tree, snap.position).await?;
                         continue;
                     }
@@ -987,7 +994,11 @@ impl Held {
     fn is_held(e: &EngineError) -> bool {
         matches!(
             e,
-            EngineError::Rejected(DomainError::Quarantined { .. } | DomainError::TreeTooNew { .. })
+            EngineError::Rejected(
+                DomainError::Quarantined { .. }
+                    | DomainError::TreeTooNew { .. }
+                    | DomainError::LogWentBackwards { .. }
+            )
         )
     }
 

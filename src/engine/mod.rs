@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod commands;
+mod continuity;
 pub mod missions;
 mod queries;
 pub mod service;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::domain::{DomainError, ErrorCode, TenantId, TreeId};
@@ -32,6 +32,7 @@ use crate::log::{AnyLog, EventLog, LogError};
 use crate::protocol::{ErrorBody, Health, QuarantinedTree};
 use crate::store::{Applied, DueExpiry, Store, StoreError};
 
+pub use continuity::ContinuityReport;
 pub use signals::{quarantine_signal, signal_for, SignalBus};
 
 /// Engine failures. Rejections ([`EngineError::Rejected`]) are the caller's
@@ -156,6 +157,8 @@ pub(crate) struct Inner {
     pub(crate) nats: Option<async_nats::Client>,
     /// The mission stream as this instance reads it.
     pub(crate) missions: missions::MissionState,
+    /// Whether the log went backwards under this instance (`continuity.rs`).
+    pub(crate) continuity: continuity::Continuity,
 }
 
 /// One engine instance. Cheap to clone.
@@ -188,6 +191,7 @@ impl Engine {
                 changed: Notify::new(),
                 nats,
                 missions: mission_state,
+                continuity: Default::default(),
             }),
         })
     }
@@ -359,6 +363,9 @@ impl Engine {
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
+        // A log that lost what the projection applied is loss, not news:
+        // the trees it affects are held before anything is read from it.
+        self.check_continuity(true, false).await?;
         self.catch_up().await?;
         // Trees an older build could not read past a newer event: this build
         // may read them now (a rolling upgrade), so try them again at once
@@ -382,6 +389,7 @@ impl Engine {
             r = expiry => r,
             r = intake => r,
             r = marks => r,
+            r = self.watch_continuity() => r,
             _ = shutdown => {
                 self.inner.store.flush().await?;
                 Ok(())
@@ -422,7 +430,7 @@ impl Engine {
                     continue;
                 }
             };
-            while let Some(item) = stream.next().await {
+            while let Some(item) = self.next_unless_rewound(&mut stream).await? {
                 match item {
                     Ok(r) => {
                         self.apply_logged(&r, true).await?;
@@ -489,6 +497,9 @@ impl Engine {
     /// this instance's (after catching up). If they differ, the live
     /// projection is replaced by the rebuild.
     pub async fn rebuild_check(&self) -> Result<RebuildReport, EngineError> {
+        // Never over a projection newer than the log without an operator's
+        // word (`accept_log_loss`).
+        self.refuse_if_log_lost().await?;
         self.catch_up().await?;
         let fresh = Store::temporary()?;
         let records = replay_log(&self.inner.log, &fresh).await?;
@@ -523,6 +534,7 @@ impl Engine {
             lag: log_position.saturating_sub(position),
             time: Utc::now(),
             quarantined: Vec::new(),
+            log_went_backwards: Vec::new(),
             rejected_mission_completions: self.rejected_completions().await?,
         })
     }
@@ -542,6 +554,7 @@ impl Engine {
                 reason: q.reason,
             })
             .collect();
+        health.log_went_backwards = self.lost_trees(tenant)?;
         Ok(health)
     }
 }

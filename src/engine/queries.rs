@@ -63,6 +63,9 @@ impl Engine {
     /// Holds whatever `at` a read names: a quarantined tree's past is an
     /// auditor's question (`history`), not a grant.
     fn hold(&self, tenant: &TenantId, tree: TreeId) -> Result<Option<DomainError>, EngineError> {
+        if let Some(held) = self.log_hold(tenant, tree)? {
+            return Ok(Some(held));
+        }
         if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
             return Ok(Some(DomainError::TreeTooNew {
                 tree,
@@ -339,6 +342,15 @@ impl Engine {
                         position,
                         version,
                         supported,
+                    }),
+                    Some(DomainError::LogWentBackwards {
+                        tree,
+                        recorded,
+                        found,
+                    }) => Some(DenyReason::LogWentBackwards {
+                        tree,
+                        recorded,
+                        found,
                     }),
                     _ => None,
                 };

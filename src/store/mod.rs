@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+mod continuity;
+pub use continuity::LogLoss;
+
 use crate::domain::{
     apply, AgentId, DomainError, Event, EventBody, MandateId, MissionRef, PrincipalId, Quarantine,
     TenantId, Tree, TreeId,

@@ -1,0 +1,198 @@
+//! The log that went backwards, against a real nats-server (2.9 by default,
+//! any other with `NATS_SERVER_BIN`): the engine compares the log with its
+//! projection and never believes a log that lost acknowledged records.
+//!
+//! - the event stream deleted and created again under a running engine:
+//!   every tree it held is held (checks deny `log_went_backwards`, status
+//!   and commands refuse with that reason, `health` lists them), a tree
+//!   written to the new stream works, and the follower goes on;
+//! - a rebuild is refused over the newer projection; the operator's
+//!   `accept_log_loss` (`mandate rebuild --accept-log-loss`) rebuilds from
+//!   the log as it is;
+//! - one tree's history purged: that tree is held on its next read, the
+//!   others go on, and the hold survives a restart;
+//! - the stream replaced while the engine was down: held at start, before
+//!   any read names the tree.
+
+mod common;
+
+use common::faults::{last_position, purge_subject, replace_event_stream};
+use common::prelude::*;
+use mandate::domain::{Decision, DenyReason, Outcome};
+use mandate::engine::EngineError;
+
+const GRANT: &str = "fin:read on ledger/*";
+
+/// Issues a root of `by` to `agent` in acme; returns it and its tree.
+async fn root(c: &Client, by: &str, agent: &str) -> (MandateId, TreeId) {
+    let r = c
+        .issue(root_issue(by, agent, None, &[GRANT]))
+        .await
+        .expect("issue");
+    (r.mandate.unwrap(), r.commits[0].tree)
+}
+
+async fn check(c: &Client, m: MandateId) -> Decision {
+    c.check(m, "fin:read", "ledger/q3", None)
+        .await
+        .expect("a check is answered")
+}
+
+fn held(d: &Decision, tree: TreeId) -> bool {
+    d.outcome == Outcome::Deny
+        && matches!(&d.reason, Some(DenyReason::LogWentBackwards { tree: t, .. }) if *t == tree)
+}
+
+/// Asserts `r` is refused as `log_went_backwards` (code `unavailable`).
+fn assert_held<T: std::fmt::Debug>(what: &str, r: Result<T, ClientError>) {
+    let e = r.expect_err(what);
+    assert_eq!(code_of(&e), ErrorCode::Unavailable, "{what}: {e}");
+    assert_eq!(e.reason(), Some("log_went_backwards"), "{what}: {e}");
+}
+
+async fn held_trees(c: &Client) -> Vec<TreeId> {
+    let mut trees: Vec<_> = c
+        .health()
+        .await
+        .expect("health")
+        .log_went_backwards
+        .into_iter()
+        .map(|l| l.tree)
+        .collect();
+    trees.sort();
+    trees
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
+    let (server, dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let lead = client(&nc, "acme", agent("lead"));
+    let (r1, t1) = root(&cfo, "cfo", "lead").await;
+    let (r2, t2) = root(&cfo, "cfo", "other").await;
+    let child = delegate(&nc, "lead", r1, "worker", &[GRANT]).await;
+    // The revoke the lost log no longer holds: believing the shorter log
+    // would bring `child`'s authority back.
+    lead.revoke(child, None).await.expect("revoke");
+    assert_eq!(check(&cfo, r1).await.outcome, Outcome::Allow);
+    instance.caught_up().await;
+
+    replace_event_stream(&nc).await;
+    // A tree written to the new stream (positions start again at 1).
+    let (r3, t3) = root(&cfo, "cfo", "newcomer").await;
+
+    let mut want = vec![t1, t2];
+    want.sort();
+    eventually("the engine holds every tree the log lost", || {
+        let (cfo, want) = (cfo.clone(), want.clone());
+        async move { held_trees(&cfo).await == want }
+    })
+    .await;
+    assert!(held(&check(&cfo, r1).await, t1));
+    assert!(held(&check(&cfo, r2).await, t2));
+    assert!(
+        held(&check(&cfo, child).await, t1),
+        "the revoked child stays denied"
+    );
+    assert_held("status", cfo.status(r1, None).await);
+    assert_held("chain", lead.chain(child, None).await);
+    assert_held("revoke", cfo.revoke(r2, None).await);
+    assert_held(
+        "delegate",
+        lead.delegate(delegation(r1, "worker2", &[GRANT])).await,
+    );
+    assert!(!held_trees(&cfo).await.contains(&t3));
+
+    // The tree of the new stream is served, and the follower goes on over
+    // the new stream: another instance-independent write is applied in order.
+    assert_eq!(check(&cfo, r3).await.outcome, Outcome::Allow);
+    let (r4, _) = root(&cfo, "cfo", "late").await;
+    assert_eq!(check(&cfo, r4).await.outcome, Outcome::Allow);
+    let log_last = last_position(&nc).await;
+    eventually("the follower applies the new stream in order", || {
+        let engine = instance.engine.clone();
+        async move { engine.store().checkpoint().unwrap() == log_last }
+    })
+    .await;
+
+    // No rebuild over the newer projection without the operator's word.
+    match instance.engine.rebuild_check().await {
+        Err(EngineError::Rejected(mandate::domain::DomainError::LogWentBackwards { .. })) => {}
+        other => panic!("a rebuild over a lost log must be refused, got {other:?}"),
+    }
+    let kept = instance.engine.store().tree(&acme(), t1).unwrap();
+    assert!(
+        kept.is_some_and(|s| s.tree.version >= 3),
+        "the projection is kept"
+    );
+    assert!(
+        held(&check(&cfo, r1).await, t1),
+        "still held after the refusal"
+    );
+
+    // The operator's word: the loss is accepted, the projection is the log's.
+    instance.stop().await;
+    let engine = open_engine(connect(&server).await, dir.path()).await;
+    let (_, released) = engine.accept_log_loss().await.expect("accept the loss");
+    assert_eq!(released, 2);
+    assert!(engine.store().log_losses(None).unwrap().is_empty());
+    assert!(engine.store().tree(&acme(), t1).unwrap().is_none());
+    assert!(engine.store().tree(&acme(), t3).unwrap().is_some());
+    assert!(engine.rebuild_check().await.expect("rebuild").equal);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_tree_is_held_on_its_next_read_and_after_a_restart() {
+    let (server, dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let (r1, t1) = root(&cfo, "cfo", "lead").await;
+    let (r2, _) = root(&cfo, "cfo", "other").await;
+    cfo.pause(r1, None).await.expect("pause");
+    let before = last_position(&nc).await;
+
+    let purged = purge_subject(&nc, &format!("mandate.evt.acme.{t1}")).await;
+    assert_eq!(purged, 2);
+    assert_eq!(
+        last_position(&nc).await,
+        before,
+        "a purge keeps the last position"
+    );
+
+    // The next read of the tree compares its head and holds it.
+    assert!(held(&check(&cfo, r1).await, t1));
+    assert_held("resume", cfo.resume(r1, None).await);
+    assert_eq!(check(&cfo, r2).await.outcome, Outcome::Allow);
+    assert_eq!(held_trees(&cfo).await, vec![t1]);
+
+    // The hold is recorded with the projection: a restart keeps it.
+    instance.stop().await;
+    let _again = serve_again(&server, &dir, &nc).await;
+    assert_eq!(held_trees(&cfo).await, vec![t1]);
+    assert!(held(&check(&cfo, r1).await, t1));
+    assert_eq!(check(&cfo, r2).await.outcome, Outcome::Allow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_replaced_while_the_engine_was_down_is_found_at_start() {
+    let (server, dir, instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let (r1, t1) = root(&cfo, "cfo", "lead").await;
+    instance.caught_up().await;
+    instance.stop().await;
+
+    replace_event_stream(&nc).await;
+    // The new stream grows past the old checkpoint before the engine is
+    // back: only the stream's identity tells it is another log.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = open_engine(connect(&server).await, other_dir.path()).await;
+    let c = Client::local(other, acme(), principal("cfo"));
+    for i in 0..3 {
+        root(&c, "cfo", &format!("agent{i}")).await;
+    }
+    drop(c);
+
+    let _again = serve_again(&server, &dir, &nc).await;
+    // Held before any read names it.
+    assert_eq!(held_trees(&cfo).await, vec![t1]);
+    assert!(held(&check(&cfo, r1).await, t1));
+}
