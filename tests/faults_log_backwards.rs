@@ -6,9 +6,10 @@
 //!   every tree it held is held (checks deny `log_went_backwards`, status
 //!   and commands refuse with that reason, `health` lists them), a tree
 //!   written to the new stream works, and the follower goes on;
-//! - a rebuild is refused over the newer projection; the operator's
-//!   `accept_log_loss` (`mandate rebuild --accept-log-loss`) rebuilds from
-//!   the log as it is;
+//! - the guard of a held tree denies on its next re-read, not a lease later;
+//! - a rebuild is refused over the newer projection (in process and
+//!   `mandate rebuild`); the operator's `mandate rebuild --accept-log-loss`
+//!   rebuilds from the log as it is;
 //! - one tree's history purged: that tree is held on its next read, the
 //!   others go on, and the hold survives a restart;
 //! - the stream replaced while the engine was down: held at start, before
@@ -16,8 +17,11 @@
 
 mod common;
 
+use common::cli::{mandate as mandate_bin, text};
 use common::faults::{last_position, purge_subject, replace_event_stream};
 use common::prelude::*;
+use mandate::client::guard::GuardHub;
+use mandate::client::Guard;
 use mandate::domain::{Decision, DenyReason, Outcome};
 use mandate::engine::EngineError;
 
@@ -76,6 +80,17 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
     lead.revoke(child, None).await.expect("revoke");
     assert_eq!(check(&cfo, r1).await.outcome, Outcome::Allow);
     instance.caught_up().await;
+    // The lead's guard: a lease far longer than the test, so that only the
+    // engine's refusal can make it deny.
+    let guard = Guard::start(
+        client(&nc, "acme", agent("lead")),
+        &GuardHub::new(),
+        r1,
+        guard_config(Duration::from_secs(600), Duration::from_millis(200)),
+    )
+    .await
+    .expect("start the guard");
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
 
     replace_event_stream(&nc).await;
     // A tree written to the new stream (positions start again at 1).
@@ -102,6 +117,12 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
         lead.delegate(delegation(r1, "worker2", &[GRANT])).await,
     );
     assert!(!held_trees(&cfo).await.contains(&t3));
+    // The guard's next re-read is refused: it denies at once, not a lease later.
+    let start = std::time::Instant::now();
+    while guard.check("fin:read", "ledger/q3").is_allowed() {
+        assert!(start.elapsed() < PATIENCE, "the guard never denied");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     // The tree of the new stream is served, and the follower goes on over
     // the new stream: another instance-independent write is applied in order.
@@ -131,10 +152,27 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
     );
 
     // The operator's word: the loss is accepted, the projection is the log's.
+    drop(guard);
     instance.stop().await;
+    let url = server.url();
+    let refused = mandate_bin(dir.path(), &["--nats", &url, "rebuild"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("went backwards"),
+        "{}",
+        text(&refused)
+    );
+    let accepted = mandate_bin(
+        dir.path(),
+        &["--nats", &url, "rebuild", "--accept-log-loss"],
+    );
+    assert!(accepted.status.success(), "{}", text(&accepted));
+    assert!(
+        text(&accepted).contains("2 held trees released"),
+        "{}",
+        text(&accepted)
+    );
     let engine = open_engine(connect(&server).await, dir.path()).await;
-    let (_, released) = engine.accept_log_loss().await.expect("accept the loss");
-    assert_eq!(released, 2);
     assert!(engine.store().log_losses(None).unwrap().is_empty());
     assert!(engine.store().tree(&acme(), t1).unwrap().is_none());
     assert!(engine.store().tree(&acme(), t3).unwrap().is_some());
