@@ -40,6 +40,7 @@ async fn kill_9_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice()
         engine.restart();
     }
     driver.await.expect("the burst completes");
+    eprintln!("{}", ledger.summary());
     let answered = ledger.answered.load(std::sync::atomic::Ordering::SeqCst);
     assert!(answered >= 5_000, "{answered} commands");
 

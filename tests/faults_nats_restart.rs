@@ -32,6 +32,7 @@ async fn restarting_nats_server_mid_burst_loses_nothing_acknowledged() {
         server.restart();
     }
     driver.await.expect("the burst completes");
+    eprintln!("{}", ledger.summary());
 
     assert_each_command_once(&nc, &ledger).await;
     let c = client(&nc, "acme", principal("auditor"));

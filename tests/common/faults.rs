@@ -329,6 +329,23 @@ pub async fn burst(url: String, tasks: usize, batches: usize, ledger: Arc<Ledger
     }
 }
 
+impl Ledger {
+    /// Answers, and of them the duplicates: commands whose first attempt
+    /// was applied but whose reply was lost, answered again from the log.
+    pub fn summary(&self) -> String {
+        let answers = self.answers.lock().unwrap();
+        let duplicates = answers
+            .iter()
+            .filter(|(_, _, a)| a.as_ref().is_ok_and(|r| r.duplicate))
+            .count();
+        format!(
+            "{} commands answered ({} bulk revokes), {duplicates} of them as duplicates of a first attempt",
+            answers.len(),
+            self.bulks.lock().unwrap().len()
+        )
+    }
+}
+
 /// Waits until `ledger` holds at least `n` answers.
 pub async fn answered_at_least(ledger: &Ledger, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
