@@ -151,10 +151,21 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
         "still held after the refusal"
     );
 
+    // `mandate health` says so in words.
+    let url = server.url();
+    let health = mandate_bin(dir.path(), &["--nats", &url, "--tenant", "acme", "health"]);
+    assert!(health.status.success(), "{}", text(&health));
+    for t in [t1, t2] {
+        assert!(
+            text(&health).contains(&format!("LOG WENT BACKWARDS on tree {t}")),
+            "{}",
+            text(&health)
+        );
+    }
+
     // The operator's word: the loss is accepted, the projection is the log's.
     drop(guard);
     instance.stop().await;
-    let url = server.url();
     let refused = mandate_bin(dir.path(), &["--nats", &url, "rebuild"]);
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(

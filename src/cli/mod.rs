@@ -1091,6 +1091,12 @@ async fn command(
                         q.tree, q.position, q.reason
                     );
                 }
+                for l in &h.log_went_backwards {
+                    say!(
+                        "LOG WENT BACKWARDS on tree {}: recorded head {}, log head {} (held; an operator may `rebuild --accept-log-loss`)",
+                        l.tree, l.recorded, l.found
+                    );
+                }
             }
         }
         Cmd::Restore {
