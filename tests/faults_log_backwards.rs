@@ -12,6 +12,7 @@
 //!   rebuilds from the log as it is;
 //! - one tree's history purged: that tree is held on its next read, the
 //!   others go on, and the hold survives a restart;
+//! - a tree's last record lost (a revoke): held at the head the log kept;
 //! - the stream replaced while the engine was down: held at start, before
 //!   any read names the tree.
 
@@ -244,4 +245,35 @@ async fn a_stream_replaced_while_the_engine_was_down_is_found_at_start() {
     // Held before any read names it.
     assert_eq!(held_trees(&cfo).await, vec![t1]);
     assert!(held(&check(&cfo, r1).await, t1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_whose_last_records_were_lost_is_held_at_the_head_the_log_kept() {
+    let (_server, _dir, _instance, nc) = serve_one("acme").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let (r1, t1) = root(&cfo, "cfo", "lead").await;
+    let issued_at = last_position(&nc).await;
+    // The revoke the log then loses: believing the log would revive r1.
+    cfo.revoke(r1, None).await.expect("revoke");
+    let revoked_at = last_position(&nc).await;
+
+    let js = async_nats::jetstream::new(nc.clone());
+    let stream = js.get_stream("MANDATE_EVENTS").await.unwrap();
+    assert!(stream.delete_message(revoked_at).await.unwrap());
+
+    let d = check(&cfo, r1).await;
+    assert!(held(&d, t1), "{d:?}");
+    match d.reason {
+        Some(DenyReason::LogWentBackwards {
+            recorded, found, ..
+        }) => {
+            assert_eq!(recorded, revoked_at);
+            // 2.15 finds the record as the tree's last; 2.9.10's
+            // last-by-subject lookup finds nothing once a subject's last
+            // message is deleted, so the head it reports is 0. Held either way.
+            assert!(found == issued_at || found == 0, "found {found}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_held("resume", cfo.resume(r1, None).await);
 }
