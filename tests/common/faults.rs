@@ -1,9 +1,26 @@
-//! Faults the fault tests inflict on a real nats-server: losing the event
-//! stream, purging one tree's history. Not every test binary uses every
-//! helper.
+//! What the fault tests share: faults inflicted on a real nats-server
+//! (losing the event stream, purging one tree's history), a real `mandate
+//! serve --nats` process to kill, and a burst of retrying clients with the
+//! checks run after it. Not every test binary uses every helper.
 #![allow(dead_code)]
 
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use async_nats::jetstream::stream::{Config, StorageType};
+use mandate::domain::command::Change;
+use mandate::domain::{
+    Actor, AgentId, Command as Cmd, CommandEnvelope, CommandId, ErrorCode, MandateId,
+    SCHEMA_VERSION,
+};
+use mandate::log::{EventLog, JetStreamConfig, JetStreamLog};
+use mandate::protocol::{command_subject, Bulk, BulkEnvelope, CommandResult, ErrorBody, Reply};
+
+use super::fixtures::{acme, admin, agent, agent_id, delegation, principal, root_issue};
 
 /// The event stream's name (the engine's default).
 pub const EVENTS: &str = "MANDATE_EVENTS";
@@ -63,23 +80,6 @@ pub async fn last_position(nc: &async_nats::Client) -> u64 {
         .state
         .last_sequence
 }
-
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use mandate::domain::command::Change;
-use mandate::domain::{
-    Actor, AgentId, Command as Cmd, CommandEnvelope, CommandId, ErrorCode, MandateId,
-    SCHEMA_VERSION,
-};
-use mandate::log::{EventLog, JetStreamConfig, JetStreamLog};
-use mandate::protocol::{command_subject, Bulk, BulkEnvelope, CommandResult, ErrorBody, Reply};
-
-use super::fixtures::{acme, admin, agent, agent_id, delegation, principal, root_issue};
 
 /// A real `mandate serve --nats <url>` process on a data directory, killed
 /// (SIGKILL) when dropped. Its log goes to `<data>.log`.
@@ -176,8 +176,9 @@ pub struct Ledger {
     pub answers: Mutex<Vec<Answer>>,
     /// Each bulk revoke: its id and the agent it deprovisioned.
     pub bulks: Mutex<Vec<(CommandId, AgentId)>>,
-    /// Roots, revoked workers, and mandates of deprovisioned agents.
+    /// Every root issued (all stay live).
     pub roots: Mutex<Vec<MandateId>>,
+    /// Every worker revoked (after a pause and a resume).
     pub revoked: Mutex<Vec<MandateId>>,
 }
 
@@ -379,7 +380,8 @@ pub async fn records_per_command(nc: &async_nats::Client) -> HashMap<CommandId, 
 /// Checks the log after a burst: every record's command id is unique (no
 /// command applied twice), every accepted command's id is in it exactly
 /// once, every refused one is not, and every record belongs to a command
-/// that was sent (or to a step a sent bulk derives). Returns the records.
+/// that was sent (or to a step a sent bulk derives). Returns how many
+/// command ids the log holds.
 pub async fn assert_each_command_once(nc: &async_nats::Client, ledger: &Ledger) -> usize {
     let per_command = records_per_command(nc).await;
     let twice: Vec<_> = per_command.iter().filter(|(_, n)| **n > 1).collect();
