@@ -396,6 +396,22 @@ pub struct Health {
     /// The asking tenant's quarantined trees on this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedTree>,
+    /// The asking tenant's trees whose acknowledged records the event log
+    /// no longer holds, as this instance found them: held (every check
+    /// denies, every command refuses) until an operator accepts the loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_went_backwards: Vec<LostTree>,
+}
+
+/// A tree the event log went backwards on, as `health` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LostTree {
+    pub tree: TreeId,
+    /// The tree's head as the projection recorded it.
+    pub recorded: u64,
+    /// The tree's head in the log when the loss was found (0: none left).
+    pub found: u64,
+    pub detected_at: DateTime<Utc>,
 }
 
 /// A quarantined tree, as `health` lists it.

@@ -213,7 +213,15 @@ pub enum Cmd {
         until_ended: bool,
     },
     /// Rebuild the projection from the log and compare it with the live one.
-    Rebuild,
+    /// Refused while the log holds less than the projection applied (it
+    /// went backwards), unless the loss is accepted.
+    Rebuild {
+        /// The operator's word: the log lost acknowledged records, and the
+        /// projection is rebuilt from the log as it is (what was lost, a
+        /// revoke included, is lost). Run it with no engine serving.
+        #[arg(long)]
+        accept_log_loss: bool,
+    },
     /// Engine health.
     Health,
     /// Restore a quarantined tree (administrators): the bad record at
@@ -330,7 +338,7 @@ impl Cmd {
             | Cmd::List { .. }
             | Cmd::Check { .. }
             | Cmd::Watch { .. }
-            | Cmd::Rebuild
+            | Cmd::Rebuild { .. }
             | Cmd::Health => None,
         }
     }

@@ -568,9 +568,7 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
 /// because another process holds it; other errors pass unchanged.
 pub fn explain_open_error(data: &Path, e: EngineError) -> Failure {
     match e {
-        e if e.kind() == EngineErrorKind::Locked => {
-            BootstrapError::DataInUse(data.into()).into()
-        }
+        e if e.kind() == EngineErrorKind::Locked => BootstrapError::DataInUse(data.into()).into(),
         // The projection's store reports a held lock only as an I/O error
         // with this text (sled 0.34).
         e if e.to_string().contains("could not acquire lock") => {

@@ -38,8 +38,8 @@ macro_rules! say {
 
 mod args;
 pub mod bootstrap;
-pub mod connect;
 mod commands;
+pub mod connect;
 pub mod demo;
 mod exit;
 mod parse;

@@ -148,6 +148,9 @@ pub(crate) fn deny_text(d: &Decision) -> String {
         }) => format!(
             "tree {tree} holds an event of schema version {version} at log position {position}; this instance reads up to version {supported}: ask a newer one"
         ),
+        Some(DenyReason::LogWentBackwards { tree, recorded, found }) => format!(
+            "the event log lost records of tree {tree} (recorded head {recorded}, log head {found}): held until an operator accepts the loss"
+        ),
     }
 }
 
@@ -401,6 +404,12 @@ impl Text for Health {
                 q.tree,
                 q.position,
                 q.reason
+            );
+        }
+        for l in &self.log_went_backwards {
+            say!(
+                "LOG WENT BACKWARDS on tree {}: recorded head {}, log head {} (held; an operator may `rebuild --accept-log-loss`)",
+                l.tree, l.recorded, l.found
             );
         }
     }

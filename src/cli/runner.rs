@@ -81,7 +81,7 @@ async fn reach(cli: &Cli) -> Result<Reach, Failure> {
             Ok(Reach::Private(server, nc))
         }
         (_, None) => match bootstrap::discover(&cli.data).await? {
-            Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild) => {
+            Discovered::Served(_) if matches!(cli.command, Cmd::Rebuild { .. }) => {
                 Err(BootstrapError::RebuildWhileServed(cli.data.clone()).into())
             }
             Discovered::Served(nc) => Ok(Reach::Nats(nc)),
@@ -122,10 +122,10 @@ async fn over_nats(
             let (auth, open) = (auth.as_deref(), *allow_open_tenants);
             return serve::serve(cli, nc, private, tenant, auth, open).await;
         }
-        Cmd::Rebuild => {
+        Cmd::Rebuild { accept_log_loss } => {
             let config = EngineConfig::default();
             let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
-            return serve::rebuild(&engine, cli.json).await;
+            return serve::rebuild(&engine, *accept_log_loss, cli.json).await;
         }
         _ => {}
     }
@@ -148,8 +148,8 @@ async fn in_process(cli: &Cli, tenant: TenantId, actor: Actor) -> Result<Exit, F
     let engine = Engine::embedded(&dir, EngineConfig::default())
         .await
         .map_err(|e| bootstrap::explain_open_error(&dir, e))?;
-    if let Cmd::Rebuild = cli.command {
-        return serve::rebuild(&engine, cli.json).await;
+    if let Cmd::Rebuild { accept_log_loss } = cli.command {
+        return serve::rebuild(&engine, accept_log_loss, cli.json).await;
     }
     let background = engine.start();
     let client = Client::local(engine.clone(), tenant.clone(), actor);
@@ -170,7 +170,7 @@ async fn command(
 ) -> Result<Exit, Failure> {
     match &cli.command {
         // They need the engine itself (see `over_nats`, `in_process`).
-        Cmd::Serve { .. } | Cmd::Rebuild => unreachable!("handled before"),
+        Cmd::Serve { .. } | Cmd::Rebuild { .. } => unreachable!("handled before"),
         Cmd::Demo => {
             // The engine's answers keep their exit codes (no engine serving
             // is unavailable, 4); the demo's own failures are internal.

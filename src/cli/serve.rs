@@ -58,8 +58,17 @@ pub(super) async fn serve(
 
 /// Rebuilds the projection from the log and compares it with the live one:
 /// internal (6) when they differ.
-pub(super) async fn rebuild(engine: &Engine, json: bool) -> Result<Exit, Failure> {
+pub(super) async fn rebuild(
+    engine: &Engine,
+    accept_log_loss: bool,
+    json: bool,
+) -> Result<Exit, Failure> {
     let started = std::time::Instant::now();
+    if accept_log_loss {
+        let (records, held) = engine.accept_log_loss().await?;
+        say!("log loss accepted: {held} held trees released; rebuilt {records} log records from the log as it is");
+        return Ok(Exit::Ok);
+    }
     let report = engine.rebuild_check().await?;
     render::rebuild(&report, started.elapsed().as_secs_f64(), json);
     Ok(if report.equal {

@@ -453,8 +453,12 @@ impl Inner {
         let sent = self.local_now();
         let reply = match self.client.chain(self.mandate, None).await {
             Ok(reply) => reply,
-            Err(ClientError::Engine(body)) if body.code == ErrorCode::Quarantined => {
-                // The engine heard us and refuses: deny until a re-read
+            Err(ClientError::Engine(body))
+                if body.code == ErrorCode::Quarantined
+                    || body.reason.as_deref() == Some("log_went_backwards") =>
+            {
+                // The engine heard us and refuses (the tree is quarantined,
+                // or the log went backwards on it): deny until a re-read
                 // succeeds. A reason from the signal (it names the position)
                 // is kept.
                 if self.quarantine().is_none() {

@@ -52,6 +52,14 @@ pub enum DenyReason {
         version: u64,
         supported: u32,
     },
+    /// The event log lost acknowledged records of the tree (its head there
+    /// is older than the one the projection recorded): it grants nothing
+    /// until an operator accepts the loss.
+    LogWentBackwards {
+        tree: TreeId,
+        recorded: u64,
+        found: u64,
+    },
 }
 
 /// One link of the authority chain, root first.

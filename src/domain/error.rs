@@ -185,6 +185,17 @@ pub enum DomainError {
         version: u64,
         supported: u32,
     },
+    /// The event log no longer holds acknowledged records of the tree: its
+    /// head in the log is older than the one this instance's projection
+    /// recorded (a stream deleted and created again, a purge, a server that
+    /// lost writes). Nothing is granted or changed on the tree until an
+    /// operator accepts the loss.
+    #[error("the event log went backwards for tree {tree}: the projection recorded its head at log position {recorded}, the log holds it only up to {found}; nothing is granted or changed on it until an operator accepts the loss (`mandate rebuild --accept-log-loss`)")]
+    LogWentBackwards {
+        tree: TreeId,
+        recorded: u64,
+        found: u64,
+    },
     /// A command from outside uses a command id of the kind only the engine
     /// derives for its own writes (UUID version 8).
     #[error("command id {command_id} is a version 8 UUID, reserved for ids the engine derives; use a random (v4) or time-ordered (v7) UUID")]
@@ -261,7 +272,7 @@ impl DomainError {
             | MissionCompleted { .. }
             | NotQuarantined { .. } => ErrorCode::InvalidState,
             Quarantined { .. } => ErrorCode::Quarantined,
-            TreeTooNew { .. } => ErrorCode::Unavailable,
+            TreeTooNew { .. } | LogWentBackwards { .. } => ErrorCode::Unavailable,
             AgentBlocked { .. } | PrincipalBlocked { .. } | RegistryForbidden { .. } => {
                 ErrorCode::Forbidden
             }
@@ -314,6 +325,7 @@ impl DomainError {
             Quarantined { .. } => "quarantined",
             NotQuarantined { .. } => "not_quarantined",
             TreeTooNew { .. } => "tree_too_new",
+            LogWentBackwards { .. } => "log_went_backwards",
             ReservedCommandId { .. } => "reserved_command_id",
             TenantMismatch { .. } => "tenant_mismatch",
         }

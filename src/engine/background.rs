@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use crate::domain::{TenantId, TreeId};
 use crate::log::{EventLog, LogErrorKind};
 use crate::store::{Applied, DueExpiry};
@@ -94,11 +92,12 @@ impl Engine {
             let after = self.inner.store.checkpoint()?;
             let follow = self.inner.log.follow(None, after).await;
             let pause = Duration::from_millis(500);
-            let Some(mut stream) = super::missions::or_pause(follow, "cannot follow the log", pause).await
+            let Some(mut stream) =
+                super::missions::or_pause(follow, "cannot follow the log", pause).await
             else {
                 continue;
             };
-            while let Some(item) = stream.next().await {
+            while let Some(item) = self.next_unless_rewound(&mut stream).await? {
                 match item {
                     Ok(r) => {
                         self.apply_logged(&r, true).await?;

@@ -105,7 +105,7 @@ impl Engine {
             .store
             .tree_shared(tenant, tree)?
             .map_or(0, |s| s.position);
-        if self.inner.log.tree_head(tenant, tree).await? > position {
+        if self.checked_head(tenant, tree, position).await? > position {
             self.catch_up_tree(tenant, tree, position).await?;
         }
         Ok(())
@@ -117,7 +117,11 @@ impl Engine {
         tree: TreeId,
     ) -> Result<Arc<TreeSnapshot>, EngineError> {
         // A quarantined tree is refused by `decide` (only its resolution
-        // passes); a tree this build cannot read is refused here.
+        // passes); a tree this build cannot read, or one the log went
+        // backwards on, is refused here.
+        if let Some(held) = self.log_hold(tenant, tree)? {
+            return Err(held.into());
+        }
         if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
             return Err(DomainError::TreeTooNew {
                 tree,

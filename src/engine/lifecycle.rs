@@ -40,6 +40,7 @@ impl Engine {
                 changed: Notify::new(),
                 nats,
                 missions: mission_state,
+                continuity: Default::default(),
             }),
         })
     }
@@ -136,6 +137,9 @@ impl Engine {
         &self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), EngineError> {
+        // A log that lost what the projection applied is loss, not news:
+        // the trees it affects are held before anything is read from it.
+        self.check_continuity(true, false).await?;
         self.catch_up().await?;
         // Trees an older build could not read past a newer event: this build
         // may read them now (a rolling upgrade), so try them again at once
@@ -159,6 +163,7 @@ impl Engine {
             r = expiry => r,
             r = intake => r,
             r = marks => r,
+            r = self.watch_continuity() => r,
             _ = shutdown => {
                 self.inner.store.flush().await?;
                 Ok(())
@@ -193,6 +198,9 @@ impl Engine {
     /// projection is replaced by the rebuild; the store's mission marks and
     /// audit records, which the log does not hold, are kept (see [`Store`]).
     pub async fn rebuild_check(&self) -> Result<RebuildReport, EngineError> {
+        // Never over a projection newer than the log without an operator's
+        // word (`accept_log_loss`).
+        self.refuse_if_log_lost().await?;
         self.catch_up().await?;
         let fresh = Store::temporary()?;
         let records = replay_log(&self.inner.log, &fresh).await?;

@@ -54,6 +54,7 @@ mod background;
 mod catch_up;
 mod clock;
 mod commands;
+mod continuity;
 mod error;
 mod lifecycle;
 pub mod missions;
@@ -73,6 +74,7 @@ use crate::log::AnyLog;
 use crate::store::Store;
 
 pub use clock::Clock;
+pub use continuity::ContinuityReport;
 pub use error::{EngineError, EngineErrorKind};
 pub use lifecycle::{replay_log, BackgroundGuard, RebuildReport};
 pub use signals::{quarantine_signal, signal_for, SignalBus};
@@ -142,6 +144,8 @@ pub(crate) struct Inner {
     pub(crate) nats: Option<async_nats::Client>,
     /// The mission stream as this instance reads it.
     pub(crate) missions: missions::MissionState,
+    /// Whether the log went backwards under this instance (`continuity.rs`).
+    pub(crate) continuity: continuity::Continuity,
 }
 
 /// One engine instance. Cheap to clone.

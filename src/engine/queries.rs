@@ -280,6 +280,15 @@ impl Engine {
                         version,
                         supported,
                     }),
+                    Some(DomainError::LogWentBackwards {
+                        tree,
+                        recorded,
+                        found,
+                    }) => Some(DenyReason::LogWentBackwards {
+                        tree,
+                        recorded,
+                        found,
+                    }),
                     _ => None,
                 };
                 if let Some(reason) = held {
@@ -337,6 +346,7 @@ impl Engine {
             lag: log_position.saturating_sub(position),
             time: self.now(),
             quarantined: Vec::new(),
+            log_went_backwards: Vec::new(),
             rejected_mission_completions: self.rejected_completions().await?,
         })
     }
@@ -356,6 +366,7 @@ impl Engine {
                 reason: q.reason,
             })
             .collect();
+        health.log_went_backwards = self.lost_trees(tenant)?;
         Ok(health)
     }
 }

@@ -32,6 +32,9 @@ impl Engine {
         tenant: &TenantId,
         tree: TreeId,
     ) -> Result<Option<DomainError>, EngineError> {
+        if let Some(held) = self.log_hold(tenant, tree)? {
+            return Ok(Some(held));
+        }
         if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
             return Ok(Some(DomainError::TreeTooNew {
                 tree,

@@ -70,6 +70,9 @@ impl Engine {
             .into());
         }
         self.catch_up_tree_to_head(tenant, id).await?;
+        if let Some(held) = self.log_hold(tenant, id)? {
+            return Err(held.into());
+        }
         Ok(self.inner.store.tree_shared(tenant, id)?)
     }
 
@@ -231,7 +234,7 @@ impl Engine {
                     // rest on a stale snapshot: another instance may have
                     // written this tree (e.g. the pause a resume needs) and
                     // our follower not have applied it yet.
-                    if self.inner.log.tree_head(tenant, tree).await? > snap.position {
+                    if self.checked_head(tenant, tree, snap.position).await? > snap.position {
                         self.catch_up_tree(tenant, tree, snap.position).await?;
                         continue;
                     }
@@ -416,7 +419,11 @@ impl Held {
     pub(super) fn is_held(e: &EngineError) -> bool {
         matches!(
             e.rejection(),
-            Some(DomainError::Quarantined { .. } | DomainError::TreeTooNew { .. })
+            Some(
+                DomainError::Quarantined { .. }
+                    | DomainError::TreeTooNew { .. }
+                    | DomainError::LogWentBackwards { .. }
+            )
         )
     }
 

@@ -22,6 +22,11 @@
 //!
 //! Audit records of the embedded engine (sled tree `audit`):
 //! - `u/<tenant>/<mandate>/<id be64>` → `AuditRecord` JSON
+//!
+//! What the projection remembers of its log (sled tree `continuity`, kept
+//! by a rebuild; cleared only by an operator's acceptance of a loss):
+//! - `l/<tenant>/<tree>` → `LogLoss` JSON (a tree the log went backwards on)
+//! - `i` → the log's identity (UTF-8)
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -52,6 +57,10 @@ pub(super) const QUARANTINE: u8 = b'z';
 pub(super) const TOO_NEW: u8 = b'v';
 /// One recorded check decision.
 pub(super) const AUDIT: u8 = b'u';
+/// A tree whose acknowledged records the log lost.
+pub(super) const LOG_LOSS: u8 = b'l';
+/// The identity of the log the projection follows (a key of its own).
+pub(super) const LOG_IDENTITY: &[u8] = b"i";
 /// The checkpoint (a key of its own, no parts).
 pub(super) const CHECKPOINT: &[u8] = b"k";
 

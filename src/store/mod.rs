@@ -29,6 +29,7 @@
 //! effect on the projection.
 
 mod audit;
+mod continuity;
 mod keys;
 mod missions;
 mod projection;
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::domain::{TenantId, TreeId};
 
+pub use continuity::LogLoss;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
 
 /// Failures of the store.
