@@ -232,7 +232,9 @@ async fn every_hostile_input_gets_a_typed_error_and_writes_nothing() {
 
 /// Subject tokens the client library will not send (bytes that are not
 /// UTF-8), written on a raw connection: the engine answers with a typed
-/// error, or at worst not at all, and keeps serving.
+/// error, or at worst not at all, and keeps serving. Today it does not
+/// answer: its NATS client drops the connection on such a message and
+/// reconnects (the request is lost, like any request during a reconnect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_token_that_is_not_utf8_does_not_stop_the_engine() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -333,4 +335,88 @@ fn ten_thousand_grants_are_refused_by_the_decoder_itself() {
         .unwrap();
     let err = CommandEnvelope::from_json(&body(&case, root, root)).unwrap_err();
     assert!(err.to_string().contains("at most 64"), "{err}");
+}
+
+/// A mission completion on a subject that is not UTF-8, stored on the
+/// mission stream by a raw publish: the intake must pass over it, and a
+/// good completion after it must still end its tree.
+///
+/// Known failure, kept to be run with `--ignored`: the NATS client (async-nats
+/// 0.51) treats a delivered message whose subject is not UTF-8 as a broken
+/// connection and reconnects, and the consumer delivers the same record
+/// again after each reconnect, so the intake never gets past it. The same
+/// record with a UTF-8 subject (`jira:%ZZ`) is passed over and the test
+/// passes.
+#[ignore = "known failure: a stored subject that is not UTF-8 jams the consumer (see the doc)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, _dir, instance, nc) = serve_one("acme").await;
+    let root = issue(
+        &nc,
+        root_issue(
+            "cfo",
+            "planner",
+            Some("jira:FIN-99"),
+            &["finance:read on reports/**"],
+        ),
+    )
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    sock.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB mission.acme.jira:\xff.completed 2\r\n{}\r\nPING\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+
+    publish_mission(&nc, "acme", "jira:FIN-99", "{}").await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    eventually("the good completion ends the tree", || {
+        let cfo = cfo.clone();
+        async move {
+            cfo.status(root, None)
+                .await
+                .is_ok_and(|s| s.effective.status == Status::Completed)
+        }
+    })
+    .await;
+    instance.stop().await;
+}
+
+/// A record on the event stream whose subject is not UTF-8 (published raw
+/// by a client that may write there): the follower must pass over it and
+/// keep applying the log.
+///
+/// Known failure, kept to be run with `--ignored`, for the reason above:
+/// the follower's consumer never gets past the record (with the subject
+/// `mandate.evt.acme.xx` instead, it does, and the test passes).
+#[ignore = "known failure: a stored subject that is not UTF-8 jams the consumer (see the doc)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_subject_that_is_not_utf8_does_not_stop_the_follower() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, _dir, instance, nc) = serve_one("acme").await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    sock.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB mandate.evt.acme.\xff 2\r\n[]\r\nPING\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+
+    issue(
+        &nc,
+        root_issue("cfo", "planner", None, &["finance:read on reports/**"]),
+    )
+    .await;
+    instance.caught_up().await;
+    instance.stop().await;
 }
