@@ -71,3 +71,29 @@ fn the_checks_reach_their_properties() {
     // Free text that does not parse checks nothing, and does not panic.
     assert_eq!(checks::scope_covers(b"\x01finance:read on ../x"), 0);
 }
+
+/// Found by `decode_wire` (out of memory): a commit whose `mandate_issued`
+/// names the mandate as its own parent (or two mandates as each other's)
+/// decodes, and the fold made a parent cycle, on which every walk up the
+/// chain (`chain`, `effective`, every check) ran without end. Anyone who
+/// can write on the event stream could have sent it: the first event of a
+/// tree has no hash to match. A mandate is folded in only under a parent
+/// the tree already holds, and only once.
+#[test]
+fn a_mandate_is_folded_in_only_under_a_parent_already_there() {
+    use mandate::domain::{replay, Event};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/fuzz/decode_wire");
+    for name in ["self-parent.json", "parent-cycle.json"] {
+        let events = Event::decode_commit(&std::fs::read(root.join(name)).unwrap()).unwrap();
+        let tree = replay(events[0].tenant.clone(), events[0].tree, &events);
+        for (id, m) in &tree.mandates {
+            let parent = m.parent.map(|p| tree.mandates.get(&p).map(|p| p.issued_at));
+            assert!(
+                parent.is_none_or(|p| p.is_some() && m.parent != Some(*id)),
+                "{name}: mandate {id} is in the tree under {:?}, which is not above it",
+                m.parent
+            );
+            assert!(tree.chain(*id).len() <= tree.mandates.len(), "{name}");
+        }
+    }
+}
