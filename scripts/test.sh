@@ -167,3 +167,26 @@ for ex in $examples; do
   cargo run -q --example "$ex"
 done
 cargo run -q -- demo
+
+# --- fuzz smoke run (begin) --------------------------------------------------
+# Each fuzz target for a short while (MANDATE_FUZZ_SECONDS, default 30 s):
+# command decoding, the rest of the wire (events, commits, query and bulk
+# bodies, mission refs) and scope parsing with the soundness of `covers`.
+# On a fresh machine fuzz/run.sh needs only the stable toolchain and a C++
+# compiler (libfuzzer-sys builds libFuzzer from source: `apt-get install -y
+# g++` where there is none; installed here the same way); the crates come
+# from crates.io. It builds into target/fuzz (about a minute) and fails on
+# any input that breaks a property; the saved ones are replayed in every
+# `cargo test` (tests/fuzz_regressions.rs). MANDATE_FUZZ_SECONDS=0 skips it.
+fuzz_seconds="${MANDATE_FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" != 0 ]; then
+  if ! command -v c++ >/dev/null 2>&1; then
+    log "installing a C++ compiler for libFuzzer (apt-get install -y g++)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq g++
+  fi
+  log "fuzz smoke run: ${fuzz_seconds}s per target (bash fuzz/run.sh)"
+  bash fuzz/run.sh "$fuzz_seconds"
+fi
+# --- fuzz smoke run (end) ----------------------------------------------------

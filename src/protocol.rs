@@ -156,8 +156,10 @@ pub struct CommandResult {
     pub commits: Vec<CommitInfo>,
 }
 
-/// A bulk command with its envelope.
+/// A bulk command with its envelope. No other field is accepted (the
+/// decoder refuses unknown fields), and the schema says so.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("unevaluatedProperties" = false))]
 pub struct BulkEnvelope {
     /// Idempotency key of the bulk command; each revoke it writes gets an id
     /// derived from it. Any UUID but version 8, which is reserved for the ids
@@ -179,9 +181,29 @@ fn schema_version() -> u32 {
     SCHEMA_VERSION
 }
 
+impl BulkEnvelope {
+    /// Decodes a bulk command from JSON: unknown fields are refused (by the
+    /// decoder), and so is a schema version this build does not read.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DomainError> {
+        let bulk: BulkEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| DomainError::Malformed {
+                what: "bulk command",
+                reason: e.to_string(),
+            })?;
+        if bulk.schema_version != SCHEMA_VERSION {
+            return Err(DomainError::UnknownVersion {
+                what: "bulk command",
+                actual: u64::from(bulk.schema_version),
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(bulk)
+    }
+}
+
 /// Operations over many trees, expressed as ordinary revoke events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Bulk {
     /// Deprovisioning: revoke every live mandate an agent holds.
     RevokeAgent {

@@ -128,8 +128,9 @@ pub enum DomainError {
     /// An event or command type this build does not know.
     #[error("unknown {what} type {actual:?}")]
     UnknownType { what: &'static str, actual: String },
-    /// A document that does not parse.
-    #[error("malformed {what}: {reason}")]
+    /// A document that does not parse. The message quotes the decoder's
+    /// reason bounded (a hostile value in it is cut in the middle).
+    #[error("malformed {what}: {}", super::ids::bound_message(.reason))]
     Malformed { what: &'static str, reason: String },
     /// A command id this tree has seen, with different content.
     #[error("command id {command_id} was already used for another command")]

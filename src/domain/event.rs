@@ -709,7 +709,10 @@ fn resolves(commit: &LoggedCommit, position: u64, last_hash: Option<&str>) -> bo
 
 /// Folds one event into the tree. Never fails and decides nothing: an event
 /// naming a mandate the tree lacks (only possible in a corrupt stream, which
-/// the log reports) changes only the version.
+/// the log reports) changes only the version. Likewise a `mandate_issued`
+/// for a mandate the tree already holds, or under a parent it does not hold
+/// (yet): so every mandate's parent was folded in before it, and no walk up
+/// a chain can meet a cycle, whatever a forged record says.
 pub fn apply(tree: &mut Tree, event: &Event) {
     let transition = |status: Status, reason: &Option<String>| Transition {
         status,
@@ -719,6 +722,9 @@ pub fn apply(tree: &mut Tree, event: &Event) {
         reason: reason.clone(),
     };
     match &event.body {
+        EventBody::MandateIssued(e)
+            if tree.mandates.contains_key(&e.mandate)
+                || e.parent.is_some_and(|p| !tree.mandates.contains_key(&p)) => {}
         EventBody::MandateIssued(e) => {
             let mandate = Mandate {
                 id: e.mandate,

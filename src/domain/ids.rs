@@ -56,6 +56,32 @@ pub(crate) fn truncate_for_error(value: &str) -> String {
     format!("{}…", &value[..end])
 }
 
+/// Keeps a decoder's message bounded when it quotes a hostile value (an
+/// unknown field named by 60 KiB, say): its start and its end (where the
+/// decoder says what it expected and at which column) are kept, the middle
+/// is cut.
+pub(crate) fn bound_message(message: &str) -> String {
+    const HEAD: usize = 160;
+    const TAIL: usize = 160;
+    if message.len() <= HEAD + TAIL {
+        return message.to_string();
+    }
+    let mut head = HEAD;
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - TAIL;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} … ({} bytes cut) … {}",
+        &message[..head],
+        tail - head,
+        &message[tail..]
+    )
+}
+
 macro_rules! name_id {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*

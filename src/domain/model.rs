@@ -25,8 +25,14 @@ pub const MAX_DEPTH: u32 = 32;
 
 /// Who did something. The engine fills it from the authenticated connection
 /// where the tenant requires it; otherwise it is the caller's declaration.
+/// Exactly `kind` and `id`: any other field is refused, not dropped.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+#[serde(
+    tag = "kind",
+    content = "id",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Actor {
     /// A human or system principal acting for itself.
     Principal(PrincipalId),
@@ -68,7 +74,12 @@ impl Actor {
 /// Who granted a mandate: the principal for a root, the parent's grantee for a
 /// delegation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+#[serde(
+    tag = "kind",
+    content = "id",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Grantor {
     Principal(PrincipalId),
     Agent(AgentId),
@@ -262,12 +273,23 @@ pub struct Mission {
     pub mission_ref: Option<MissionRef>,
 }
 
-/// Checks a free-text field's length.
+/// Checks a free-text field's length, and that it holds no control
+/// character but line breaks and tabs: a reason is printed by the CLI and
+/// shown to people, so it may not carry terminal escapes.
 pub(crate) fn check_text(
     field: &'static str,
     value: &str,
     required: bool,
 ) -> Result<(), DomainError> {
+    if let Some(c) = value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return Err(DomainError::InvalidField {
+            field,
+            reason: format!("holds the control character {c:?}"),
+        });
+    }
     if required && value.trim().is_empty() {
         return Err(DomainError::InvalidField {
             field,

@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use crate::domain::command::{refuse_reserved_actor, refuse_reserved_command_id};
 use crate::domain::{Actor, DomainError, ExternalCommand, TenantId};
 use crate::protocol::{
-    AuditQuery, BulkEnvelope, CheckQuery, ListQuery, MandateQuery, Reply, TreeQuery, BULK_VERBS,
-    MAX_REQUEST_BYTES, QUERY_VERBS,
+    AuditQuery, BulkEnvelope, CheckQuery, HealthQuery, ListQuery, MandateQuery, Reply, TreeQuery,
+    BULK_VERBS, MAX_REQUEST_BYTES, QUERY_VERBS,
 };
 
 use super::{same_tenant, Engine, EngineError};
@@ -177,7 +177,7 @@ impl Engine {
     async fn handle_command(&self, req: Request<'_>) -> Vec<u8> {
         if BULK_VERBS.contains(&req.verb) {
             let r = async {
-                let bulk: BulkEnvelope = parse("bulk command", req.body)?;
+                let bulk = BulkEnvelope::from_json(req.body)?;
                 same_tenant(req.tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
                 refuse_reserved_command_id(bulk.command_id)?;
@@ -256,7 +256,10 @@ impl Engine {
                 };
                 encode(r)
             }
-            "health" => encode(self.health_of(req.tenant).await),
+            "health" => encode(match parse::<HealthQuery>("health query", req.body) {
+                Ok(HealthQuery {}) => self.health_of(req.tenant).await,
+                Err(e) => Err(e),
+            }),
             other => encode::<()>(Err(EngineError::invalid(format!(
                 "unknown query verb {:?}; known: {}",
                 crate::domain::ids::truncate_for_error(other),

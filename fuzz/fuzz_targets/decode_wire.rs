@@ -1,0 +1,10 @@
+//! Fuzz target `decode_wire`: see `checks::decode_wire` for the property.
+#![no_main]
+
+#[allow(dead_code)] // each target uses one of the checks
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::decode_wire(data);
+});
