@@ -499,8 +499,9 @@ async fn a_rebuild_in_place_keeps_the_mission_marks_and_audit_records_the_log_do
         engine.audit(&acme, root, 10).await.unwrap().records.len(),
         1
     );
-    // The projection drifts from the log (a tree no log record wrote), so
-    // the rebuild replaces it.
+    // The projection holds a tree no log record wrote: to the engine, the
+    // log lost it, so a plain rebuild is refused, and the operator's
+    // acceptance of the loss rebuilds the projection in place.
     let (stray, commit) = issue_commit("acme");
     let position = engine.log().last_position().await.unwrap() + 1;
     let applied = engine
@@ -508,8 +509,19 @@ async fn a_rebuild_in_place_keeps_the_mission_marks_and_audit_records_the_log_do
         .apply_commit(&acme, stray, position, &commit, false)
         .unwrap();
     assert!(matches!(applied, Applied::Applied(_)), "{applied:?}");
-    let report = engine.rebuild_check().await.unwrap();
-    assert!(!report.equal, "the drifted projection must differ");
+    let refused = engine
+        .rebuild_check()
+        .await
+        .expect_err("a projection ahead of its log is not rebuilt without the operator's word");
+    assert!(
+        matches!(
+            refused.rejection(),
+            Some(mandate::domain::DomainError::LogWentBackwards { .. })
+        ),
+        "{refused}"
+    );
+    let (_, released) = engine.accept_log_loss().await.unwrap();
+    assert_eq!(released, 1, "the stray tree was the one held");
     assert!(engine.store().tree(&acme, stray).unwrap().is_none());
     assert!(engine.rebuild_check().await.unwrap().equal);
     // The completed mission still refuses new grants,
