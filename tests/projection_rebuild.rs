@@ -566,9 +566,12 @@ async fn a_fresh_data_directory_re_derives_the_mission_marks_from_the_mission_st
     common::fixtures::eventually("the intake acknowledged the completion", || {
         let stream = stream.clone();
         async move {
-            let mut c: async_nats::jetstream::consumer::PullConsumer =
-                stream.get_consumer(MISSION_CONSUMER).await.unwrap();
-            let info = c.info().await.unwrap();
+            // The intake creates its consumer as it starts: not there yet
+            // is not done yet.
+            let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+                stream.get_consumer(MISSION_CONSUMER).await;
+            let Ok(mut c) = consumer else { return false };
+            let Ok(info) = c.info().await else { return false };
             info.num_pending == 0 && info.num_ack_pending == 0
         }
     })
