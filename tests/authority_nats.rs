@@ -10,10 +10,9 @@ use std::time::Duration;
 use common::cli::{cfo_issues, mandate};
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{client, issued, raw, serve_one};
+use common::wire::{client, issued, raw, serve_one, start_guard};
 use common::NatsServer;
-use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard};
+use mandate::client::Client;
 
 use mandate::domain::{
     Actor, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Outcome,
@@ -145,14 +144,13 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
 async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
     let (w, root) = World::with_root(&["finance:read on reports/**"]).await;
     let planner = w.client(agent("planner"));
-    let guard = Guard::start(
+    let guard = start_guard(
         planner.clone(),
-        &GuardHub::new(),
         root,
-        guard_config(Duration::from_secs(10), Duration::from_secs(1)),
+        Duration::from_secs(10),
+        Duration::from_secs(1),
     )
-    .await
-    .expect("start the guard");
+    .await;
     // The pattern does allow what lies under it, on both paths.
     assert_eq!(
         planner

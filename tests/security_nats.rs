@@ -21,14 +21,12 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::fixtures::{agent, delegation, guard_config, mission, principal, root_issue, tenant};
+use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
 use common::secured::{connect_recording, example_config, server_minor, ServedOn, ServerErrors};
+use common::wire::start_guard;
 use common::{server_binary, NatsServer};
 use futures::StreamExt;
-use mandate::client::guard::GuardHub;
-use mandate::client::{
-    Client, ClientError, Guard, GuardState, MissionPublisher, NatsAuth, NatsConnect,
-};
+use mandate::client::{Client, ClientError, GuardState, MissionPublisher, NatsAuth, NatsConnect};
 use mandate::domain::{Actor, MandateId, Status};
 use mandate::log::EventLog;
 use mandate::protocol::{mission_subject, signal_subject, MissionCompletedNotice};
@@ -137,14 +135,13 @@ async fn every_role_works_end_to_end_inside_its_subjects() {
     // chain; the agent may also ask the engine to check.
     let (agent_nc, agent_errors) = s.connect(&AGENT_ACME).await;
     let a2 = Client::nats(agent_nc, tenant("acme"), agent("a2"));
-    let guard = Guard::start(
+    let guard = start_guard(
         a2.clone(),
-        &GuardHub::new(),
         child,
-        guard_config(Duration::from_secs(30), Duration::from_secs(10)),
+        Duration::from_secs(30),
+        Duration::from_secs(10),
     )
-    .await
-    .expect("the agent's guard starts with the agent's user");
+    .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     let asked = a2
         .check(child, "finance:read", "reports/q3", None)

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fixtures::{agent, delegation, guard_config, principal, root_issue, tenant};
+use common::fixtures::{agent, delegation, principal, root_issue, tenant};
 use common::secured::{connect_recording, ServedOn};
+use common::wire::start_guard;
 use common::NatsServer;
-use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard, GuardState, NatsAuth, NatsConnect};
+use mandate::client::{Client, GuardState, NatsAuth, NatsConnect};
 use mandate::domain::Status;
 
 /// A certificate authority, a server certificate for 127.0.0.1 and a client
@@ -240,14 +240,13 @@ async fn story(orch: async_nats::Client, agent_nc: async_nats::Client) {
         .unwrap();
 
     // The guard allows.
-    let guard = Guard::start(
+    let guard = start_guard(
         Client::nats(agent_nc, tenant("acme"), agent("a2")),
-        &GuardHub::new(),
         child,
-        guard_config(Duration::from_secs(30), Duration::from_secs(10)),
+        Duration::from_secs(30),
+        Duration::from_secs(10),
     )
-    .await
-    .expect("the guard starts");
+    .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     assert_eq!(guard.state(), GuardState::Active);
 
