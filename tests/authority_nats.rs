@@ -89,31 +89,35 @@ impl World {
     }
 }
 
-/// Asserts `reply` is refused with `code` and the machine-readable `reason`.
-fn assert_refused_for(reply: &Value, code: &str, reason: &str) {
-    assert_eq!(reply["ok"], json!(false), "{reply}");
-    assert_eq!(reply["error"]["code"], json!(code), "{reply}");
-    assert_eq!(reply["error"]["reason"], json!(reason), "{reply}");
+/// Asserts `reply` (to `case`) is refused with `code` and the
+/// machine-readable `reason`.
+fn assert_refused_for(case: &str, reply: &Value, code: &str, reason: &str) {
+    assert_eq!(reply["ok"], json!(false), "{case}: {reply}");
+    assert_eq!(reply["error"]["code"], json!(code), "{case}: {reply}");
+    assert_eq!(reply["error"]["reason"], json!(reason), "{case}: {reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_refusals_carry_a_machine_readable_reason() {
     let (w, root) = World::with_root(&["finance:* on reports/**"]).await;
 
-    // Someone other than the holder delegates: not the grantee.
-    assert_refused_for(
-        &w.raw_delegate("mallory", root, &["finance:read on reports/q3"])
-            .await,
-        "forbidden",
-        "not_grantee",
-    );
-
-    // A stranger pauses: not authorized.
-    assert_refused_for(
-        &w.raw_as("mallory", "pause", json!({"mandate": root})).await,
-        "forbidden",
-        "not_authorized",
-    );
+    // (case, reply, reason): each is refused as `forbidden`.
+    let cases = [
+        (
+            "someone other than the holder delegates",
+            w.raw_delegate("mallory", root, &["finance:read on reports/q3"])
+                .await,
+            "not_grantee",
+        ),
+        (
+            "a stranger pauses",
+            w.raw_as("mallory", "pause", json!({"mandate": root})).await,
+            "not_authorized",
+        ),
+    ];
+    for (case, reply, reason) in cases {
+        assert_refused_for(case, &reply, "forbidden", reason);
+    }
     w.stop().await;
 }
 
@@ -121,6 +125,7 @@ async fn forbidden_refusals_carry_a_machine_readable_reason() {
 async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
     let (w, root) = World::with_root(&["finance:read on reports/q3/*"]).await;
     assert_refused_for(
+        "a widening delegation",
         &w.raw_delegate("planner", root, &["finance:* on reports/**"])
             .await,
         "widens",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{connect, serving, start_two};
+use common::wire::{assert_invalid_state, connect, serving, start_two};
 use common::NatsServer;
 use hmac::{Hmac, Mac};
 use mandate::client::{Client, MissionPublisher};
@@ -150,14 +150,9 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
         )))
         .await
         .expect_err("B must not issue for a mission A completed");
-    let body = err.to_body();
-    assert_eq!(
-        body.code,
-        mandate::domain::ErrorCode::InvalidState,
-        "{}",
-        body.message
-    );
-    assert!(body.message.contains("jira:GONE-1"), "{}", body.message);
+    assert_invalid_state(&err, "an issue for a completed mission");
+    let message = err.to_body().message;
+    assert!(message.contains("jira:GONE-1"), "{message}");
     a.stop().await;
     b.stop().await;
 }
@@ -180,13 +175,7 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
         match on_b {
             Ok(_) => issued.push((i, MandateId(tree.0))),
             Err(e) => {
-                let body = e.to_body();
-                assert_eq!(
-                    body.code,
-                    mandate::domain::ErrorCode::InvalidState,
-                    "round {i}: {}",
-                    body.message
-                );
+                assert_invalid_state(&e, &format!("round {i}"));
                 // Refused: if the mandate was written, it has already ended.
                 for inst in [&a, &b] {
                     let s = effective(inst, "acme", MandateId(tree.0)).await;
@@ -429,11 +418,7 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
         .execute(ext(issue))
         .await
         .expect_err("B must refuse");
-    assert_eq!(
-        err.to_body().code,
-        mandate::domain::ErrorCode::InvalidState,
-        "{err}"
-    );
+    assert_invalid_state(&err, "B refuses");
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
     assert_eq!(

@@ -437,23 +437,23 @@ impl CredsSetup {
             serde_json::json!({ "limits": limits, "type": "account", "version": 2 }),
         );
         let engine = creds_file(dir.path(), &account, "engine", serde_json::json!({}));
-        let orchestrator = creds_file(
-            dir.path(),
-            &account,
+        // A user allowed to publish and to subscribe to those subjects only.
+        let limited = |name: &str, publish: [&str; 2], subscribe: &[&str]| {
+            let allowed = serde_json::json!({
+                "pub": { "allow": publish },
+                "sub": { "allow": subscribe },
+            });
+            creds_file(dir.path(), &account, name, allowed)
+        };
+        let orchestrator = limited(
             "orchestrator-acme",
-            serde_json::json!({
-                "pub": { "allow": ["mandate.cmd.acme.*", "mandate.q.acme.*"] },
-                "sub": { "allow": ["_INBOX_orch_acme.>"] },
-            }),
+            ["mandate.cmd.acme.*", "mandate.q.acme.*"],
+            &["_INBOX_orch_acme.>"],
         );
-        let agent = creds_file(
-            dir.path(),
-            &account,
+        let agent = limited(
             "agent-acme",
-            serde_json::json!({
-                "pub": { "allow": ["mandate.q.acme.check", "mandate.q.acme.chain"] },
-                "sub": { "allow": ["mandate.sig.acme.*", "_INBOX_agent_acme.>"] },
-            }),
+            ["mandate.q.acme.check", "mandate.q.acme.chain"],
+            &["mandate.sig.acme.*", "_INBOX_agent_acme.>"],
         );
         let server = NatsServer::start_with_config(|store| {
             let path = store.join("operator.conf");

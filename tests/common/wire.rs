@@ -160,6 +160,18 @@ pub async fn start_guard(
     .expect("start the guard")
 }
 
+/// Asserts the engine refused with `invalid_state` (`context` says what was
+/// refused).
+pub fn assert_invalid_state(err: &mandate::engine::EngineError, context: &str) {
+    let body = err.to_body();
+    assert_eq!(
+        body.code,
+        ErrorCode::InvalidState,
+        "{context}: {}",
+        body.message
+    );
+}
+
 pub fn code_of(e: &ClientError) -> ErrorCode {
     e.code()
         .unwrap_or_else(|| panic!("expected an engine error, got {e:?}"))
