@@ -13,9 +13,7 @@
 
 mod common;
 
-use common::faults::{
-    answered_at_least, assert_each_command_once, assert_outcome, records_per_command, KillRig,
-};
+use common::faults::{assert_each_command_once, assert_outcome, records_per_command, KillRig};
 use common::prelude::*;
 use mandate::protocol::{Bulk, BulkEnvelope, CommandResult, Reply};
 
@@ -24,14 +22,10 @@ async fn kill_9_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice()
     let mut rig = KillRig::start().await;
     let nc = rig.nc.clone();
     // 8 clients × 11 batches × 61 commands = 5,368 commands, 88 bulk revokes.
-    let (ledger, driver) = rig.burst(8, 11);
-    for at in [1_500, 3_500] {
-        answered_at_least(&ledger, at).await;
-        rig.engine.kill9();
-        rig.engine.restart();
-    }
-    driver.await.expect("the burst completes");
-    eprintln!("{}", ledger.summary());
+    // The fault: the engine's restart, which SIGKILLs it first.
+    let ledger = rig
+        .burst_through(8, 11, [1_500, 3_500], |rig| rig.engine.restart())
+        .await;
     let answered = ledger.answered.load(std::sync::atomic::Ordering::SeqCst);
     assert!(answered >= 5_000, "{answered} commands");
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::faults::{answered_at_least, assert_each_command_once, assert_outcome, KillRig};
+use common::faults::{assert_each_command_once, assert_outcome, KillRig};
 use common::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,13 +16,9 @@ async fn restarting_nats_server_mid_burst_loses_nothing_acknowledged() {
     let mut rig = KillRig::start().await;
     let nc = rig.nc.clone();
     // 8 clients × 4 batches × 61 commands = 1,952 commands, 32 bulk revokes.
-    let (ledger, driver) = rig.burst(8, 4);
-    for at in [500, 1_300] {
-        answered_at_least(&ledger, at).await;
-        rig.server.restart();
-    }
-    driver.await.expect("the burst completes");
-    eprintln!("{}", ledger.summary());
+    let ledger = rig
+        .burst_through(8, 4, [500, 1_300], |rig| rig.server.restart())
+        .await;
 
     assert_each_command_once(&nc, &ledger).await;
     let c = client(&nc, "acme", principal("auditor"));

@@ -127,14 +127,34 @@ async fn health(nc: &async_nats::Client, t: &str) -> Value {
     serde_json::from_slice(&msg.payload).expect("health is JSON")
 }
 
+/// A nats-server and two instances following it, made by [`start_two`]
+/// with `config`.
+async fn two_instances(
+    config: Option<EngineConfig>,
+) -> (
+    NatsServer,
+    (tempfile::TempDir, tempfile::TempDir),
+    Instance,
+    Instance,
+) {
+    let server = NatsServer::start();
+    let (dirs, a, b) = start_two(&server.url(), config).await;
+    (server, dirs, a, b)
+}
+
+/// Stops both instances, each cleanly.
+async fn stop_both(a: Instance, b: Instance) {
+    a.stop().await;
+    b.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Item: a tree-less completion is known to every instance
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (_server, _dirs, a, b) = two_instances(None).await;
     // The administrator closes the ticket on A before any tree serves it.
     a.engine
         .execute(ext(complete("acme", admin("ops"), "jira:GONE-1")))
@@ -153,14 +173,12 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
     assert_invalid_state(&err, "an issue for a completed mission");
     let message = err.to_body().message;
     assert!(message.contains("jira:GONE-1"), "{message}");
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (_server, _dirs, a, b) = two_instances(None).await;
     let rounds = 24;
     let mut issued = Vec::new();
     for i in 0..rounds {
@@ -196,14 +214,12 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
             .await;
         }
     }
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (server, _dirs, a, b) = two_instances(None).await;
     let nc = connect(&server).await;
     publish_completion(&nc, "acme", "jira:CRASH-1", None).await;
     // Every instance has read the completion, and the intake is done with it.
@@ -253,8 +269,7 @@ async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_ins
         })
         .await;
     }
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -278,8 +293,7 @@ fn auth_config() -> EngineConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
+    let (server, _dirs, a, b) = two_instances(Some(auth_config())).await;
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
     let cfo = Client::nats(nc.clone(), tenant("acme"), principal("cfo")).with_secret("cfo-secret");
@@ -390,14 +404,12 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
             "mission.acme.jira:LIVE-1.completed",
         ]
     );
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authenticated_administrators_tree_less_completion_reaches_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
+    let (server, _dirs, a, b) = two_instances(Some(auth_config())).await;
     // Through A's request handler, proven with the administrator's key.
     let cmd = complete("acme", admin("ops"), "jira:GONE-2");
     let subject = "mandate.cmd.acme.complete_mission";
@@ -425,6 +437,5 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
         health(&nc, "acme").await["result"]["rejected_mission_completions"],
         0
     );
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }

@@ -240,11 +240,12 @@ async fn story(orch: async_nats::Client, agent_nc: async_nats::Client) {
         .unwrap();
 
     // The guard allows.
+    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
     let guard = start_guard(
         Client::nats(agent_nc, tenant("acme"), agent("a2")),
         child,
-        Duration::from_secs(30),
-        Duration::from_secs(10),
+        lease,
+        heartbeat,
     )
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());

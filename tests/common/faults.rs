@@ -123,6 +123,26 @@ impl KillRig {
         (ledger, driver)
     }
 
+    /// Runs a [`burst`] of `tasks` clients × `batches` batches and inflicts
+    /// `fault` on the rig each time the clients have `at` answers, for each
+    /// `at` of `faults_at`; returns the ledger once the burst completes.
+    pub async fn burst_through(
+        &mut self,
+        tasks: usize,
+        batches: usize,
+        faults_at: [usize; 2],
+        mut fault: impl FnMut(&mut Self),
+    ) -> Arc<Ledger> {
+        let (ledger, driver) = self.burst(tasks, batches);
+        for at in faults_at {
+            answered_at_least(&ledger, at).await;
+            fault(self);
+        }
+        driver.await.expect("the burst completes");
+        eprintln!("{}", ledger.summary());
+        ledger
+    }
+
     /// Stops the engine process and checks, on its data directory opened
     /// again, that the projection it built equals a rebuild from the log.
     pub async fn assert_projection_equals_rebuild(&mut self) {
