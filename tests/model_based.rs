@@ -317,6 +317,22 @@ impl Model {
         link.set_by = Some(who);
     }
 
+    /// The mandate `i` names (modulo the mandates held) and the actor `by`
+    /// of an op on it, once the actor has authority over it (the grantee too
+    /// if `grantee_may`) and it is not terminal.
+    fn acting_on(
+        &self,
+        i: usize,
+        by: Option<Who>,
+        grantee_may: bool,
+    ) -> Result<(usize, Who), &'static str> {
+        let by = by.expect("a resolved op names its actor");
+        let m = i % self.mandates.len();
+        self.authority(m, by, grantee_may)?;
+        self.terminal(m)?;
+        Ok((m, by))
+    }
+
     /// What the engine must answer to `op` at `step`; applies it if accepted.
     fn step(&mut self, op: &Op, step: usize) -> Verdict {
         let n = self.mandates.len();
@@ -362,10 +378,7 @@ impl Model {
                 Ok(())
             }
             Op::Pause(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, false)?;
                 let link = &self.mandates[m];
                 if link.status == Status::Paused
                     && !self.outranks(m, by, link.set_by.expect("a pause has its setter"))
@@ -376,10 +389,7 @@ impl Model {
                 Ok(())
             }
             Op::Resume(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, false)?;
                 let link = &self.mandates[m];
                 if link.status != Status::Paused {
                     return Err("not_paused");
@@ -393,10 +403,7 @@ impl Model {
                 Ok(())
             }
             Op::Revoke(i, by) | Op::Complete(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, true)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, true)?;
                 let status = match op {
                     Op::Revoke(..) => Status::Revoked,
                     _ => Status::Completed,
@@ -405,10 +412,7 @@ impl Model {
                 Ok(())
             }
             Op::Narrow(i, by, scope) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, _) = self.acting_on(i, by, false)?;
                 if !scope_covers(self.mandates[m].scope, scope) {
                     return Err("narrow_widens");
                 }
@@ -416,10 +420,7 @@ impl Model {
                 Ok(())
             }
             Op::Renew(i, by, hours) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, _) = self.acting_on(i, by, false)?;
                 // Without supervisors, authority above may also extend.
                 if let Some(p) = self.mandates[m].parent {
                     if hours > self.mandates[p].not_after {

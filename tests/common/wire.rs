@@ -138,6 +138,16 @@ pub async fn effective(c: &Client, m: MandateId) -> Status {
     c.status(m, None).await.expect("status").effective.status
 }
 
+/// Waits (see [`eventually`]) until `c` reads `m` as `status` (effective).
+pub async fn eventually_effective(c: &Client, m: MandateId, status: Status) {
+    eventually(&format!("{m} is {status:?}"), || async move {
+        c.status(m, None)
+            .await
+            .is_ok_and(|s| s.effective.status == status)
+    })
+    .await;
+}
+
 pub async fn own(c: &Client, m: MandateId) -> Status {
     c.status(m, None).await.expect("status").mandate.status()
 }
