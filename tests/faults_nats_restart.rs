@@ -14,21 +14,20 @@ use common::prelude::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_nats_server_mid_burst_loses_nothing_acknowledged() {
     let mut rig = KillRig::start().await;
-    let nc = rig.nc.clone();
     // 8 clients × 4 batches × 61 commands = 1,952 commands, 32 bulk revokes.
     let ledger = rig
         .burst_through(8, 4, [500, 1_300], |rig| rig.server.restart())
         .await;
 
-    assert_each_command_once(&nc, &ledger).await;
-    let c = client(&nc, "acme", principal("auditor"));
+    assert_each_command_once(&rig.nc, &ledger).await;
+    let c = client(&rig.nc, "acme", principal("auditor"));
     let health = c.health().await.expect("health");
     assert!(
         health.log_went_backwards.is_empty(),
         "no tree is behind in the log: {:?}",
         health.log_went_backwards
     );
-    assert_outcome(&nc, &ledger).await;
+    assert_outcome(&rig.nc, &ledger).await;
 
     rig.assert_projection_equals_rebuild().await;
 }

@@ -22,7 +22,8 @@ use hmac::{Hmac, Mac};
 use mandate::client::{Client, MissionPublisher};
 use mandate::domain::command::{CompleteMission, Issue};
 use mandate::domain::{
-    decide, root_tree_id, Actor, Command, CommandEnvelope, Event, Facts, MandateId, Status, Tree,
+    decide, root_tree_id, Actor, Command, CommandEnvelope, Event, ExternalCommand, Facts,
+    MandateId, Status, Tree,
 };
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{EngineConfig, EngineErrorKind};
@@ -35,6 +36,15 @@ use sha2::Sha256;
 fn mission_issue(mission_ref: &str) -> Issue {
     let grants = ["finance:read on reports/**"];
     with_depth(2, root_issue("cfo", "lead", Some(mission_ref), &grants))
+}
+
+/// The cfo's [`mission_issue`] for `mission_ref`, in acme, sent from outside.
+fn cfo_issues_for(mission_ref: &str) -> ExternalCommand {
+    ext(envelope(
+        "acme",
+        principal("cfo"),
+        Command::Issue(mission_issue(mission_ref)),
+    ))
 }
 
 fn complete(t: &str, actor: Actor, mission_ref: &str) -> CommandEnvelope {
@@ -163,11 +173,7 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
     // Right after A acknowledged, B refuses an issue for it.
     let err = b
         .engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            Command::Issue(mission_issue("jira:GONE-1")),
-        )))
+        .execute(cfo_issues_for("jira:GONE-1"))
         .await
         .expect_err("B must not issue for a mission A completed");
     assert_invalid_state(&err, "an issue for a completed mission");
@@ -352,11 +358,7 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
     marked_by_each(&[&a, &b], "jira:MARK-1").await;
     for inst in [&a, &b] {
         inst.engine
-            .execute(ext(envelope(
-                "acme",
-                principal("cfo"),
-                Command::Issue(mission_issue("jira:FUTURE-1")),
-            )))
+            .execute(cfo_issues_for("jira:FUTURE-1"))
             .await
             .expect("an unauthenticated completion must not block a future mission");
     }
