@@ -16,7 +16,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{assert_invalid_state, connect, serving, start_two};
+use common::wire::{assert_invalid_state, connect, issued, serving, start_two};
 use common::NatsServer;
 use hmac::{Hmac, Mac};
 use mandate::client::{Client, MissionPublisher};
@@ -303,18 +303,8 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
     let cfo = Client::nats(nc.clone(), tenant("acme"), principal("cfo")).with_secret("cfo-secret");
-    let live = cfo
-        .issue(mission_issue("jira:LIVE-1"))
-        .await
-        .expect("issue")
-        .mandate
-        .unwrap();
-    let marker = cfo
-        .issue(mission_issue("jira:MARK-1"))
-        .await
-        .expect("issue")
-        .mandate
-        .unwrap();
+    let live = issued(&cfo, mission_issue("jira:LIVE-1")).await;
+    let marker = issued(&cfo, mission_issue("jira:MARK-1")).await;
 
     // Anyone who can publish on the mission subject tries to end a live
     // mission and to block one that no tree serves yet: without a header,
