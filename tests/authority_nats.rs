@@ -10,10 +10,9 @@ use std::time::Duration;
 use common::cli::{cfo_issues, mandate};
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{client, issued, raw, serve_one};
+use common::wire::{client, issued, raw, serve_one, start_guard};
 use common::NatsServer;
-use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard};
+use mandate::client::Client;
 
 use mandate::domain::{
     Actor, CommandId, DenyReason, DomainError, ExternalCommand, MandateId, Outcome,
@@ -90,31 +89,35 @@ impl World {
     }
 }
 
-/// Asserts `reply` is refused with `code` and the machine-readable `reason`.
-fn assert_refused_for(reply: &Value, code: &str, reason: &str) {
-    assert_eq!(reply["ok"], json!(false), "{reply}");
-    assert_eq!(reply["error"]["code"], json!(code), "{reply}");
-    assert_eq!(reply["error"]["reason"], json!(reason), "{reply}");
+/// Asserts `reply` (to `case`) is refused with `code` and the
+/// machine-readable `reason`.
+fn assert_refused_for(case: &str, reply: &Value, code: &str, reason: &str) {
+    assert_eq!(reply["ok"], json!(false), "{case}: {reply}");
+    assert_eq!(reply["error"]["code"], json!(code), "{case}: {reply}");
+    assert_eq!(reply["error"]["reason"], json!(reason), "{case}: {reply}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_refusals_carry_a_machine_readable_reason() {
     let (w, root) = World::with_root(&["finance:* on reports/**"]).await;
 
-    // Someone other than the holder delegates: not the grantee.
-    assert_refused_for(
-        &w.raw_delegate("mallory", root, &["finance:read on reports/q3"])
-            .await,
-        "forbidden",
-        "not_grantee",
-    );
-
-    // A stranger pauses: not authorized.
-    assert_refused_for(
-        &w.raw_as("mallory", "pause", json!({"mandate": root})).await,
-        "forbidden",
-        "not_authorized",
-    );
+    // (case, reply, reason): each is refused as `forbidden`.
+    let cases = [
+        (
+            "someone other than the holder delegates",
+            w.raw_delegate("mallory", root, &["finance:read on reports/q3"])
+                .await,
+            "not_grantee",
+        ),
+        (
+            "a stranger pauses",
+            w.raw_as("mallory", "pause", json!({"mandate": root})).await,
+            "not_authorized",
+        ),
+    ];
+    for (case, reply, reason) in cases {
+        assert_refused_for(case, &reply, "forbidden", reason);
+    }
     w.stop().await;
 }
 
@@ -122,6 +125,7 @@ async fn forbidden_refusals_carry_a_machine_readable_reason() {
 async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
     let (w, root) = World::with_root(&["finance:read on reports/q3/*"]).await;
     assert_refused_for(
+        "a widening delegation",
         &w.raw_delegate("planner", root, &["finance:* on reports/**"])
             .await,
         "widens",
@@ -145,14 +149,8 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
 async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
     let (w, root) = World::with_root(&["finance:read on reports/**"]).await;
     let planner = w.client(agent("planner"));
-    let guard = Guard::start(
-        planner.clone(),
-        &GuardHub::new(),
-        root,
-        guard_config(Duration::from_secs(10), Duration::from_secs(1)),
-    )
-    .await
-    .expect("start the guard");
+    let (lease, heartbeat) = (Duration::from_secs(10), Duration::from_secs(1));
+    let guard = start_guard(planner.clone(), root, lease, heartbeat).await;
     // The pattern does allow what lies under it, on both paths.
     assert_eq!(
         planner

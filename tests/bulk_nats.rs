@@ -22,6 +22,7 @@ use mandate::domain::{
 };
 use mandate::engine::Engine;
 use mandate::log::EventLog;
+use mandate::protocol::CommandResult;
 
 /// What every mandate of these tests grants.
 const GRANTS: &[&str] = &["tickets:* on queue/**"];
@@ -111,6 +112,32 @@ impl Pair {
     async fn stop(self) {
         self.a.stop().await;
     }
+
+    /// Asserts the bulk command `done` (sent to the lagging B) succeeded and
+    /// that A then reads `m` as `status`, saying `why` not; stops the pair.
+    async fn finish(
+        self,
+        done: Result<CommandResult, ClientError>,
+        m: MandateId,
+        status: Status,
+        why: &str,
+    ) {
+        done.expect("the bulk command on B succeeds");
+        self.assert_reads(m, status, why).await;
+        self.stop().await;
+    }
+}
+
+/// Deprovisions agent `who` through `admin`, which must succeed.
+async fn deprovision(admin: &Client, who: &str, reason: Option<&str>) {
+    let done = admin.revoke_agent(agent_id(who), reason.map(Into::into));
+    done.await.expect("the deprovisioning succeeds");
+}
+
+/// Offboards principal `who` through `admin`, which must succeed.
+async fn offboard(admin: &Client, who: &str, reason: Option<&str>) {
+    let done = admin.revoke_principal(principal_id(who), reason.map(Into::into));
+    done.await.expect("the offboarding succeeds");
 }
 
 /// A delegation of [`GRANTS`] under `root` to `grantee`.
@@ -163,18 +190,10 @@ async fn revoke_agent_on_a_lagging_instance_ends_a_delegation_acknowledged_elsew
         .mandate
         .unwrap();
     // When B deprovisions the contractor
-    p.b_admin()
-        .revoke_agent(agent_id("contractor"), None)
-        .await
-        .unwrap();
+    let done = p.b_admin().revoke_agent(agent_id("contractor"), None).await;
     // Then the new mandate is ended, as every instance reads it
-    p.assert_reads(
-        contractor,
-        Status::Revoked,
-        "the delegation acknowledged on A survived a deprovisioning on B",
-    )
-    .await;
-    p.stop().await;
+    let why = "the delegation acknowledged on A survived a deprovisioning on B";
+    p.finish(done, contractor, Status::Revoked, why).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,18 +201,11 @@ async fn revoke_principal_on_a_lagging_instance_ends_a_root_acknowledged_elsewhe
     // Given a root that only A has acknowledged
     let (p, root) = Pair::with_root("alice", None).await;
     // When B offboards its principal
-    p.b_admin()
-        .revoke_principal(principal_id("alice"), None)
-        .await
-        .unwrap();
+    let admin = p.b_admin();
+    let done = admin.revoke_principal(principal_id("alice"), None).await;
     // Then the root is ended
-    p.assert_reads(
-        root,
-        Status::Revoked,
-        "the root acknowledged on A survived an offboarding on B",
-    )
-    .await;
-    p.stop().await;
+    let why = "the root acknowledged on A survived an offboarding on B";
+    p.finish(done, root, Status::Revoked, why).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,18 +213,11 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
     // Given a tree for a mission that only A has acknowledged
     let (p, root) = Pair::with_root("alice", Some("jira:FIN-42")).await;
     // When B completes the mission
-    p.b_admin()
-        .complete_mission(MissionRef::new("jira:FIN-42").unwrap())
-        .await
-        .unwrap();
+    let mission = MissionRef::new("jira:FIN-42").unwrap();
+    let done = p.b_admin().complete_mission(mission).await;
     // Then the tree is completed
-    p.assert_reads(
-        root,
-        Status::Completed,
-        "the tree acknowledged on A survived a mission completion on B",
-    )
-    .await;
-    p.stop().await;
+    let why = "the tree acknowledged on A survived a mission completion on B";
+    p.finish(done, root, Status::Completed, why).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -220,7 +225,7 @@ async fn mission_completion_on_a_lagging_instance_ends_a_tree_acknowledged_elsew
 // ---------------------------------------------------------------------------
 
 /// Asserts a refusal with code `forbidden` whose message names `who`.
-fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>, who: &str) {
+fn assert_blocked(result: Result<CommandResult, ClientError>, who: &str) {
     let err = result.expect_err("a grant involving a blocked agent or principal was accepted");
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
     assert!(
@@ -233,10 +238,7 @@ fn assert_blocked(result: Result<mandate::protocol::CommandResult, ClientError>,
 async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instance() {
     // Given a root, and the contractor deprovisioned on instance B
     let (p, root) = Pair::with_root("alice", None).await;
-    p.b_admin()
-        .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
-        .await
-        .unwrap();
+    deprovision(&p.b_admin(), "contractor", Some("contract ended")).await;
     // When the lead delegates to the contractor again, through A
     let again = p.a_lead().delegate(grant(root, "contractor")).await;
     // Then it is refused, naming the agent
@@ -265,10 +267,7 @@ async fn a_deprovisioned_agent_receives_no_mandate_a_moment_later_on_any_instanc
 async fn an_offboarded_principal_grants_no_root_a_moment_later_on_any_instance() {
     // Given alice offboarded on instance A
     let p = Pair::start().await;
-    p.a_admin()
-        .revoke_principal(principal_id("alice"), Some("left the company".into()))
-        .await
-        .unwrap();
+    offboard(&p.a_admin(), "alice", Some("left the company")).await;
     // When she (or an administrator for her) issues a root, on B
     for actor in [principal("alice"), admin()] {
         let again = p
@@ -329,14 +328,8 @@ async fn a_grant_racing_a_deprovisioning_never_survives_it() {
 async fn only_an_administrator_lifts_a_block_and_then_grants_succeed_again() {
     // Given the contractor deprovisioned and alice offboarded
     let (p, root) = Pair::with_root("carol", None).await;
-    p.b_admin()
-        .revoke_agent(agent_id("contractor"), None)
-        .await
-        .unwrap();
-    p.a_admin()
-        .revoke_principal(principal_id("alice"), None)
-        .await
-        .unwrap();
+    deprovision(&p.b_admin(), "contractor", None).await;
+    offboard(&p.a_admin(), "alice", None).await;
     // When anyone but an administrator tries to lift them, it is refused
     for actor in [principal("carol"), agent("contractor")] {
         let err = p

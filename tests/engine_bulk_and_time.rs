@@ -7,10 +7,18 @@ use chrono::{DateTime, Utc};
 use common::prelude::*;
 use mandate::domain::{DenyReason, Outcome};
 use mandate::engine::{Clock, EngineConfig};
+use mandate::protocol::CommandResult;
 
 // ---------------------------------------------------------------------------
 // 6. Bulk revoke
 // ---------------------------------------------------------------------------
+
+/// Asserts a bulk revoke was accepted and wrote `n` commits (`why`).
+fn wrote(r: Result<CommandResult, ClientError>, n: usize, why: &str) -> CommandResult {
+    let r = r.expect("the bulk revoke is accepted");
+    assert_eq!(r.commits.len(), n, "{why}");
+    r
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
@@ -62,20 +70,20 @@ async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
         }
     };
 
+    // The length of each tree's history, in the order of `trees`.
+    let histories = || async {
+        let mut lens = Vec::new();
+        for t in &trees {
+            lens.push(history_len(t.root).await);
+        }
+        lens
+    };
+
     // Deprovisioning the contractor.
-    let mut before = Vec::new();
-    for t in &trees {
-        before.push(history_len(t.root).await);
-    }
-    let r = admin
-        .revoke_agent(agent_id("contractor"), Some("contract ended".into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.commits.len(),
-        11,
-        "the block, then one revoke per contractor mandate"
-    );
+    let before = histories().await;
+    let reason = Some("contract ended".into());
+    let r = admin.revoke_agent(agent_id("contractor"), reason).await;
+    let r = wrote(r, 11, "the block, then one revoke per contractor mandate");
     assert_eq!(r.commits[0].tree, TreeId::registry(&tenant("acme")));
     for (t, len) in trees.iter().zip(&before) {
         assert_eq!(effective(&admin, t.root).await, Status::Active);
@@ -95,19 +103,10 @@ async fn bulk_revoke_by_agent_and_by_principal_across_many_trees() {
     }
 
     // Offboarding alice: every tree she granted ends; bob's do not.
-    let mut before = Vec::new();
-    for t in &trees {
-        before.push(history_len(t.root).await);
-    }
-    let r = admin
-        .revoke_principal(principal_id("alice"), Some("left the company".into()))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.commits.len(),
-        15,
-        "the block, then one revoke per root alice granted"
-    );
+    let before = histories().await;
+    let reason = Some("left the company".into());
+    let r = admin.revoke_principal(principal_id("alice"), reason).await;
+    wrote(r, 15, "the block, then one revoke per root alice granted");
     for (t, len) in trees.iter().zip(&before) {
         let mut all = vec![t.root, t.employee];
         if let Some((c, sub)) = t.contractor {

@@ -160,14 +160,8 @@ async fn a_completion_sent_while_the_engine_is_down_is_applied_when_it_returns()
         &["deploy:* on services/**"],
     );
     let root = issue(&nc, change).await;
-    let child = delegate(
-        &nc,
-        "deployer",
-        root,
-        "canary",
-        &["deploy:run on services/web/*"],
-    )
-    .await;
+    let grants = ["deploy:run on services/web/*"];
+    let child = delegate(&nc, "deployer", root, "canary", &grants).await;
     let lead = client(&nc, "acme", principal("ops-lead"));
     assert_eq!(effective(&lead, child).await, Status::Active);
     first.stop().await;

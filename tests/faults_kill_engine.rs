@@ -13,34 +13,19 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::faults::{
-    answered_at_least, assert_each_command_once, assert_outcome, burst, records_per_command,
-    Ledger, ServedEngine,
-};
+use common::faults::{assert_each_command_once, assert_outcome, records_per_command, KillRig};
 use common::prelude::*;
 use mandate::protocol::{Bulk, BulkEnvelope, CommandResult, Reply};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice() {
-    let server = NatsServer::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("engine");
-    let mut engine = ServedEngine::start(&server.url(), &data);
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-
-    let ledger = Arc::new(Ledger::default());
+    let mut rig = KillRig::start().await;
+    let nc = rig.nc.clone();
     // 8 clients × 11 batches × 61 commands = 5,368 commands, 88 bulk revokes.
-    let driver = tokio::spawn(burst(server.url(), 8, 11, ledger.clone()));
-    for at in [1_500, 3_500] {
-        answered_at_least(&ledger, at).await;
-        engine.kill9();
-        engine.restart();
-    }
-    driver.await.expect("the burst completes");
-    eprintln!("{}", ledger.summary());
+    // The fault: the engine's restart, which SIGKILLs it first.
+    let ledger = rig
+        .burst_through(8, 11, [1_500, 3_500], |rig| rig.engine.restart())
+        .await;
     let answered = ledger.answered.load(std::sync::atomic::Ordering::SeqCst);
     assert!(answered >= 5_000, "{answered} commands");
 
@@ -48,20 +33,13 @@ async fn kill_9_mid_burst_loses_nothing_acknowledged_and_applies_nothing_twice()
     assert_outcome(&nc, &ledger).await;
 
     // The projection the restarted engine built equals a rebuild.
-    engine.stop();
-    let opened = open_engine(nc.clone(), &data).await;
-    let report = opened.rebuild_check().await.expect("rebuild");
-    assert!(report.equal, "the projection equals a rebuild");
+    rig.assert_projection_equals_rebuild().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_revoke_cut_off_part_way_finishes_when_its_retry_arrives() {
-    let server = NatsServer::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("engine");
-    let mut engine = ServedEngine::start(&server.url(), &data);
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
+    let mut rig = KillRig::start().await;
+    let nc = rig.nc.clone();
 
     // 400 live mandates held by one agent, over 20 trees.
     let grant = "fin:read on ledger/*";
@@ -105,7 +83,7 @@ async fn a_bulk_revoke_cut_off_part_way_finishes_when_its_retry_arrives() {
         written = stream.info().await.unwrap().state.last_sequence - before;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    engine.kill9();
+    rig.engine.kill9();
     let cut_at = common::faults::last_position(&nc).await - before;
     assert!(
         cut_at < 1 + targets.len() as u64,
@@ -115,7 +93,7 @@ async fn a_bulk_revoke_cut_off_part_way_finishes_when_its_retry_arrives() {
     let _ = first.await;
 
     // The retry, same bytes, to the restarted engine.
-    engine.restart();
+    rig.engine.restart();
     serving(&nc, "acme").await;
     let reply = raw(&nc, subject, body).await;
     let reply: Reply<CommandResult> = serde_json::from_value(reply).unwrap();

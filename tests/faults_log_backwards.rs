@@ -21,8 +21,6 @@ mod common;
 use common::cli::{mandate as mandate_bin, text};
 use common::faults::{last_position, purge_subject, replace_event_stream};
 use common::prelude::*;
-use mandate::client::guard::GuardHub;
-use mandate::client::Guard;
 use mandate::domain::{Decision, DenyReason, Outcome};
 
 const GRANT: &str = "fin:read on ledger/*";
@@ -82,14 +80,8 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
     instance.caught_up().await;
     // The lead's guard: a lease far longer than the test, so that only the
     // engine's refusal can make it deny.
-    let guard = Guard::start(
-        client(&nc, "acme", agent("lead")),
-        &GuardHub::new(),
-        r1,
-        guard_config(Duration::from_secs(600), Duration::from_millis(200)),
-    )
-    .await
-    .expect("start the guard");
+    let (lease, heartbeat) = (Duration::from_secs(600), Duration::from_millis(200));
+    let guard = start_guard(client(&nc, "acme", agent("lead")), r1, lease, heartbeat).await;
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
 
     replace_event_stream(&nc).await;

@@ -20,7 +20,7 @@ use common::fixtures::{
 };
 use common::relay::Relay;
 use common::served::Instance;
-use common::wire::{client_at as client, serving};
+use common::wire::{client_at as client, serving, start_guard};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Guard, GuardConfig, GuardState};
@@ -99,14 +99,7 @@ async fn guard_a3(
     mandate: MandateId,
     (lease, heartbeat): (Duration, Duration),
 ) -> Guard {
-    Guard::start(
-        client(url, agent("a3")).await,
-        &GuardHub::new(),
-        mandate,
-        guard_config(lease, heartbeat),
-    )
-    .await
-    .expect("start the guard")
+    start_guard(client(url, agent("a3")).await, mandate, lease, heartbeat).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

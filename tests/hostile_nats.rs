@@ -15,7 +15,9 @@ mod common;
 use std::time::Duration;
 
 use common::fixtures::*;
-use common::wire::{client, connect, issue, publish_mission, serve_one, serving};
+use common::wire::{
+    client, connect, eventually_effective, issue, publish_mission, serve_one, serving,
+};
 use common::NatsServer;
 
 use mandate::domain::{Actor, Command, CommandEnvelope, CommandId, MandateId, Status};
@@ -53,15 +55,7 @@ async fn a_holder_cannot_spend_the_mission_completion_id_in_advance() {
     publish_mission(&connect(&server).await, "acme", "jira:FIN-66", "{}").await;
 
     let cfo = client(&nc, "acme", principal("cfo"));
-    eventually("the root is completed", || {
-        let cfo = cfo.clone();
-        async move {
-            cfo.status(root, None)
-                .await
-                .is_ok_and(|s| s.effective.status == Status::Completed)
-        }
-    })
-    .await;
+    eventually_effective(&cfo, root, Status::Completed).await;
     instance.stop().await;
 }
 

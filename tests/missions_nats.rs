@@ -16,13 +16,14 @@ use std::sync::Arc;
 use chrono::Utc;
 use common::fixtures::*;
 use common::served::Instance;
-use common::wire::{connect, serving, start_two};
+use common::wire::{assert_invalid_state, connect, issued, serving, start_two};
 use common::NatsServer;
 use hmac::{Hmac, Mac};
 use mandate::client::{Client, MissionPublisher};
 use mandate::domain::command::{CompleteMission, Issue};
 use mandate::domain::{
-    decide, root_tree_id, Actor, Command, CommandEnvelope, Event, Facts, MandateId, Status, Tree,
+    decide, root_tree_id, Actor, Command, CommandEnvelope, Event, ExternalCommand, Facts,
+    MandateId, Status, Tree,
 };
 use mandate::engine::auth::AuthConfig;
 use mandate::engine::{EngineConfig, EngineErrorKind};
@@ -35,6 +36,15 @@ use sha2::Sha256;
 fn mission_issue(mission_ref: &str) -> Issue {
     let grants = ["finance:read on reports/**"];
     with_depth(2, root_issue("cfo", "lead", Some(mission_ref), &grants))
+}
+
+/// The cfo's [`mission_issue`] for `mission_ref`, in acme, sent from outside.
+fn cfo_issues_for(mission_ref: &str) -> ExternalCommand {
+    ext(envelope(
+        "acme",
+        principal("cfo"),
+        Command::Issue(mission_issue(mission_ref)),
+    ))
 }
 
 fn complete(t: &str, actor: Actor, mission_ref: &str) -> CommandEnvelope {
@@ -127,14 +137,34 @@ async fn health(nc: &async_nats::Client, t: &str) -> Value {
     serde_json::from_slice(&msg.payload).expect("health is JSON")
 }
 
+/// A nats-server and two instances following it, made by [`start_two`]
+/// with `config`.
+async fn two_instances(
+    config: Option<EngineConfig>,
+) -> (
+    NatsServer,
+    (tempfile::TempDir, tempfile::TempDir),
+    Instance,
+    Instance,
+) {
+    let server = NatsServer::start();
+    let (dirs, a, b) = start_two(&server.url(), config).await;
+    (server, dirs, a, b)
+}
+
+/// Stops both instances, each cleanly.
+async fn stop_both(a: Instance, b: Instance) {
+    a.stop().await;
+    b.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Item: a tree-less completion is known to every instance
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (_server, _dirs, a, b) = two_instances(None).await;
     // The administrator closes the ticket on A before any tree serves it.
     a.engine
         .execute(ext(complete("acme", admin("ops"), "jira:GONE-1")))
@@ -143,29 +173,18 @@ async fn an_administrators_completion_of_a_mission_no_tree_serves_is_refused_on_
     // Right after A acknowledged, B refuses an issue for it.
     let err = b
         .engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            Command::Issue(mission_issue("jira:GONE-1")),
-        )))
+        .execute(cfo_issues_for("jira:GONE-1"))
         .await
         .expect_err("B must not issue for a mission A completed");
-    let body = err.to_body();
-    assert_eq!(
-        body.code,
-        mandate::domain::ErrorCode::InvalidState,
-        "{}",
-        body.message
-    );
-    assert!(body.message.contains("jira:GONE-1"), "{}", body.message);
-    a.stop().await;
-    b.stop().await;
+    assert_invalid_state(&err, "an issue for a completed mission");
+    let message = err.to_body().message;
+    assert!(message.contains("jira:GONE-1"), "{message}");
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (_server, _dirs, a, b) = two_instances(None).await;
     let rounds = 24;
     let mut issued = Vec::new();
     for i in 0..rounds {
@@ -180,13 +199,7 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
         match on_b {
             Ok(_) => issued.push((i, MandateId(tree.0))),
             Err(e) => {
-                let body = e.to_body();
-                assert_eq!(
-                    body.code,
-                    mandate::domain::ErrorCode::InvalidState,
-                    "round {i}: {}",
-                    body.message
-                );
+                assert_invalid_state(&e, &format!("round {i}"));
                 // Refused: if the mandate was written, it has already ended.
                 for inst in [&a, &b] {
                     let s = effective(inst, "acme", MandateId(tree.0)).await;
@@ -207,14 +220,12 @@ async fn an_issue_racing_a_completion_on_another_instance_does_not_survive() {
             .await;
         }
     }
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), None).await;
+    let (server, _dirs, a, b) = two_instances(None).await;
     let nc = connect(&server).await;
     publish_completion(&nc, "acme", "jira:CRASH-1", None).await;
     // Every instance has read the completion, and the intake is done with it.
@@ -264,8 +275,7 @@ async fn an_issue_whose_writer_died_before_its_second_read_is_ended_by_every_ins
         })
         .await;
     }
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -289,23 +299,12 @@ fn auth_config() -> EngineConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
+    let (server, _dirs, a, b) = two_instances(Some(auth_config())).await;
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
     let cfo = Client::nats(nc.clone(), tenant("acme"), principal("cfo")).with_secret("cfo-secret");
-    let live = cfo
-        .issue(mission_issue("jira:LIVE-1"))
-        .await
-        .expect("issue")
-        .mandate
-        .unwrap();
-    let marker = cfo
-        .issue(mission_issue("jira:MARK-1"))
-        .await
-        .expect("issue")
-        .mandate
-        .unwrap();
+    let live = issued(&cfo, mission_issue("jira:LIVE-1")).await;
+    let marker = issued(&cfo, mission_issue("jira:MARK-1")).await;
 
     // Anyone who can publish on the mission subject tries to end a live
     // mission and to block one that no tree serves yet: without a header,
@@ -349,11 +348,7 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
     marked_by_each(&[&a, &b], "jira:MARK-1").await;
     for inst in [&a, &b] {
         inst.engine
-            .execute(ext(envelope(
-                "acme",
-                principal("cfo"),
-                Command::Issue(mission_issue("jira:FUTURE-1")),
-            )))
+            .execute(cfo_issues_for("jira:FUTURE-1"))
             .await
             .expect("an unauthenticated completion must not block a future mission");
     }
@@ -401,14 +396,12 @@ async fn an_unauthenticated_completion_is_never_applied_and_is_dead_lettered() {
             "mission.acme.jira:LIVE-1.completed",
         ]
     );
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authenticated_administrators_tree_less_completion_reaches_every_instance() {
-    let server = NatsServer::start();
-    let (_dirs, a, b) = start_two(&server.url(), Some(auth_config())).await;
+    let (server, _dirs, a, b) = two_instances(Some(auth_config())).await;
     // Through A's request handler, proven with the administrator's key.
     let cmd = complete("acme", admin("ops"), "jira:GONE-2");
     let subject = "mandate.cmd.acme.complete_mission";
@@ -429,17 +422,12 @@ async fn an_authenticated_administrators_tree_less_completion_reaches_every_inst
         .execute(ext(issue))
         .await
         .expect_err("B must refuse");
-    assert_eq!(
-        err.to_body().code,
-        mandate::domain::ErrorCode::InvalidState,
-        "{err}"
-    );
+    assert_invalid_state(&err, "B refuses");
     let nc = connect(&server).await;
     serving(&nc, "acme").await;
     assert_eq!(
         health(&nc, "acme").await["result"]["rejected_mission_completions"],
         0
     );
-    a.stop().await;
-    b.stop().await;
+    stop_both(a, b).await;
 }

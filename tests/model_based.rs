@@ -317,6 +317,22 @@ impl Model {
         link.set_by = Some(who);
     }
 
+    /// The mandate `i` names (modulo the mandates held) and the actor `by`
+    /// of an op on it, once the actor has authority over it (the grantee too
+    /// if `grantee_may`) and it is not terminal.
+    fn acting_on(
+        &self,
+        i: usize,
+        by: Option<Who>,
+        grantee_may: bool,
+    ) -> Result<(usize, Who), &'static str> {
+        let by = by.expect("a resolved op names its actor");
+        let m = i % self.mandates.len();
+        self.authority(m, by, grantee_may)?;
+        self.terminal(m)?;
+        Ok((m, by))
+    }
+
     /// What the engine must answer to `op` at `step`; applies it if accepted.
     fn step(&mut self, op: &Op, step: usize) -> Verdict {
         let n = self.mandates.len();
@@ -362,10 +378,7 @@ impl Model {
                 Ok(())
             }
             Op::Pause(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, false)?;
                 let link = &self.mandates[m];
                 if link.status == Status::Paused
                     && !self.outranks(m, by, link.set_by.expect("a pause has its setter"))
@@ -376,10 +389,7 @@ impl Model {
                 Ok(())
             }
             Op::Resume(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, false)?;
                 let link = &self.mandates[m];
                 if link.status != Status::Paused {
                     return Err("not_paused");
@@ -393,10 +403,7 @@ impl Model {
                 Ok(())
             }
             Op::Revoke(i, by) | Op::Complete(i, by) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, true)?;
-                self.terminal(m)?;
+                let (m, by) = self.acting_on(i, by, true)?;
                 let status = match op {
                     Op::Revoke(..) => Status::Revoked,
                     _ => Status::Completed,
@@ -405,10 +412,7 @@ impl Model {
                 Ok(())
             }
             Op::Narrow(i, by, scope) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, _) = self.acting_on(i, by, false)?;
                 if !scope_covers(self.mandates[m].scope, scope) {
                     return Err("narrow_widens");
                 }
@@ -416,10 +420,7 @@ impl Model {
                 Ok(())
             }
             Op::Renew(i, by, hours) => {
-                let by = by.expect("a resolved op names its actor");
-                let m = i % n;
-                self.authority(m, by, false)?;
-                self.terminal(m)?;
+                let (m, _) = self.acting_on(i, by, false)?;
                 // Without supervisors, authority above may also extend.
                 if let Some(p) = self.mandates[m].parent {
                     if hours > self.mandates[p].not_after {
@@ -735,108 +736,47 @@ proptest! {
 #[test]
 fn a_written_sequence_goes_through_every_rule() {
     use Who::*;
-    let change = |i, by| (i, Some(by));
+    // An issue by the principal: (grantee, hours, depth, mission).
+    let issue = |grantee, hours, depth, mission| Op::Issue {
+        by: None,
+        grantee,
+        hours,
+        depth,
+        mission,
+    };
+    // A delegation by the parent's grantee: (parent, grantee, scope, hours,
+    // depth).
+    let delegate = |parent, grantee, scope, hours, depth| Op::Delegate {
+        parent,
+        by: None,
+        grantee,
+        scope,
+        hours,
+        depth,
+    };
     let ops = vec![
-        Op::Issue {
-            by: None,
-            grantee: 0,
-            hours: 3,
-            depth: 3,
-            mission: 0,
-        },
-        Op::Delegate {
-            parent: 0,
-            by: None,
-            grantee: 1,
-            scope: 1,
-            hours: Some(2),
-            depth: None,
-        },
-        Op::Delegate {
-            parent: 1,
-            by: None,
-            grantee: 2,
-            scope: 4,
-            hours: None,
-            depth: None,
-        },
-        Op::Delegate {
-            parent: 1,
-            by: None,
-            grantee: 2,
-            scope: 2,
-            hours: Some(3),
-            depth: None,
-        },
-        Op::Delegate {
-            parent: 1,
-            by: None,
-            grantee: 2,
-            scope: 2,
-            hours: None,
-            depth: Some(2),
-        },
-        Op::Delegate {
-            parent: 1,
-            by: None,
-            grantee: 2,
-            scope: 2,
-            hours: None,
-            depth: None,
-        },
-        {
-            let (i, by) = change(2, Agent(1));
-            Op::Pause(i, by)
-        },
-        {
-            let (i, by) = change(2, Cfo);
-            Op::Pause(i, by)
-        },
-        {
-            let (i, by) = change(2, Agent(1));
-            Op::Resume(i, by)
-        },
-        {
-            let (i, by) = change(2, Cfo);
-            Op::Resume(i, by)
-        },
-        {
-            let (i, by) = change(0, Cfo);
-            Op::Pause(i, by)
-        },
-        Op::Delegate {
-            parent: 2,
-            by: None,
-            grantee: 3,
-            scope: 3,
-            hours: None,
-            depth: None,
-        },
-        {
-            let (i, by) = change(0, Cfo);
-            Op::Resume(i, by)
-        },
+        issue(0, 3, 3, 0),
+        delegate(0, 1, 1, Some(2), None),
+        delegate(1, 2, 4, None, None),
+        delegate(1, 2, 2, Some(3), None),
+        delegate(1, 2, 2, None, Some(2)),
+        delegate(1, 2, 2, None, None),
+        Op::Pause(2, Some(Agent(1))),
+        Op::Pause(2, Some(Cfo)),
+        Op::Resume(2, Some(Agent(1))),
+        Op::Resume(2, Some(Cfo)),
+        Op::Pause(0, Some(Cfo)),
+        delegate(2, 3, 3, None, None),
+        Op::Resume(0, Some(Cfo)),
         Op::Narrow(1, Some(Agent(0)), 2),
         Op::Narrow(1, Some(Agent(0)), 1),
         Op::Renew(2, Some(Agent(1)), 4),
-        {
-            let (i, by) = change(2, Agent(2));
-            Op::Revoke(i, by)
-        },
-        {
-            let (i, by) = change(2, Cfo);
-            Op::Pause(i, by)
-        },
+        Op::Revoke(2, Some(Agent(2))),
+        Op::Pause(2, Some(Cfo)),
         Op::Expire(1, Some(Eve)),
         Op::CompleteMission(0, Some(Eve)),
         Op::CompleteMission(0, None),
-        Op::Issue {
-            by: None,
-            grantee: 0,
-            hours: 1,
-            depth: 1,
-            mission: 0,
-        },
+        issue(0, 1, 1, 0),
     ];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -18,11 +18,11 @@ use chrono::Utc;
 use common::fixtures::{admin, envelope, ext, mission, principal, root_issue};
 use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew};
 use mandate::domain::{
-    decide, root_tree_id, verify_chain_with_head, Actor, AgentId, Command, ErrorCode, Event, Facts,
-    MandateId, Mission, MissionRef, PrincipalId, Scope, TenantId, Tree, TreeId,
+    decide, root_tree_id, verify_chain_with_head, Actor, AgentId, Command, Event, Facts, MandateId,
+    Mission, MissionRef, PrincipalId, Scope, TenantId, Tree, TreeId,
 };
 use mandate::engine::missions::{MISSION_CONSUMER, MISSION_STREAM};
-use mandate::engine::{Engine, EngineConfig};
+use mandate::engine::{Engine, EngineConfig, EngineError};
 use mandate::log::EventLog;
 use mandate::protocol::CheckQuery;
 use mandate::store::{Applied, Store};
@@ -448,6 +448,15 @@ fn issue_for(mission_ref: Option<&str>) -> Command {
     ))
 }
 
+/// The cfo's issue of a root for the completed mission `mission_ref`: it is
+/// refused as `invalid_state` (`why`), and the error returned.
+async fn refused_issue(engine: &Engine, mission_ref: &str, why: &str) -> EngineError {
+    let issue = envelope("acme", principal("cfo"), issue_for(Some(mission_ref)));
+    let err = engine.execute(ext(issue)).await.expect_err(why);
+    common::wire::assert_invalid_state(&err, why);
+    err
+}
+
 /// A commit that issues a root in tenant `t`, with the tree it belongs to:
 /// decided, encoded, but in no log.
 fn issue_commit(t: &str) -> (TreeId, Vec<u8>) {
@@ -525,15 +534,7 @@ async fn a_rebuild_in_place_keeps_the_mission_marks_and_audit_records_the_log_do
     assert!(engine.store().tree(&acme, stray).unwrap().is_none());
     assert!(engine.rebuild_check().await.unwrap().equal);
     // The completed mission still refuses new grants,
-    let err = engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            issue_for(Some("jira:GONE-1")),
-        )))
-        .await
-        .expect_err("a rebuild must not reopen a completed mission");
-    assert_eq!(err.to_body().code, ErrorCode::InvalidState, "{err}");
+    let err = refused_issue(&engine, "jira:GONE-1", "a rebuild must not reopen it").await;
     assert!(err.to_string().contains("jira:GONE-1"), "{err}");
     // and the recorded decision is still there.
     assert_eq!(
@@ -593,16 +594,12 @@ async fn a_fresh_data_directory_re_derives_the_mission_marks_from_the_mission_st
         }
     })
     .await;
-    let err = b
-        .engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            issue_for(Some("jira:GONE-2")),
-        )))
-        .await
-        .expect_err("a new instance must not reopen a completed mission");
-    assert_eq!(err.to_body().code, ErrorCode::InvalidState, "{err}");
+    refused_issue(
+        &b.engine,
+        "jira:GONE-2",
+        "a new instance must not reopen it",
+    )
+    .await;
     b.stop().await;
 }
 

@@ -21,14 +21,12 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::fixtures::{agent, delegation, guard_config, mission, principal, root_issue, tenant};
+use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
 use common::secured::{connect_recording, example_config, server_minor, ServedOn, ServerErrors};
+use common::wire::start_guard;
 use common::{server_binary, NatsServer};
 use futures::StreamExt;
-use mandate::client::guard::GuardHub;
-use mandate::client::{
-    Client, ClientError, Guard, GuardState, MissionPublisher, NatsAuth, NatsConnect,
-};
+use mandate::client::{Client, ClientError, GuardState, MissionPublisher, NatsAuth, NatsConnect};
 use mandate::domain::{Actor, MandateId, Status};
 use mandate::log::EventLog;
 use mandate::protocol::{mission_subject, signal_subject, MissionCompletedNotice};
@@ -99,6 +97,16 @@ fn settings(server: &NatsServer, user: &User) -> NatsConnect {
         .inbox_prefix(user.2)
 }
 
+/// A secured server with its engine, acme's orchestrator acting as the cfo,
+/// and a tree for `mission_ref` made through it by [`root_and_child`];
+/// returns (setup, cfo, root, child).
+async fn secured_with_tree(mission_ref: &str) -> (Secured, Client, MandateId, MandateId) {
+    let s = Secured::start().await;
+    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
+    let (root, child) = root_and_child(&cfo, mission_ref).await;
+    (s, cfo, root, child)
+}
+
 /// Issues a root for `mission_ref` to `a1` as the cfo, delegates it to `a2`
 /// as `a1`, all through acme's orchestrator user; returns (root, child).
 async fn root_and_child(orch: &Client, mission_ref: &str) -> (MandateId, MandateId) {
@@ -129,22 +137,14 @@ async fn assert_nothing_arrives(sub: &mut async_nats::Subscriber, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_works_end_to_end_inside_its_subjects() {
-    let s = Secured::start().await;
-    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
-    let (root, child) = root_and_child(&cfo, "FIN-42").await;
+    let (s, cfo, root, child) = secured_with_tree("FIN-42").await;
 
     // The agent: its guard subscribes to the chain's signals and reads the
     // chain; the agent may also ask the engine to check.
     let (agent_nc, agent_errors) = s.connect(&AGENT_ACME).await;
     let a2 = Client::nats(agent_nc, tenant("acme"), agent("a2"));
-    let guard = Guard::start(
-        a2.clone(),
-        &GuardHub::new(),
-        child,
-        guard_config(Duration::from_secs(30), Duration::from_secs(10)),
-    )
-    .await
-    .expect("the agent's guard starts with the agent's user");
+    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
+    let guard = start_guard(a2.clone(), child, lease, heartbeat).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     let asked = a2
         .check(child, "finance:read", "reports/q3", None)
@@ -180,9 +180,7 @@ async fn every_role_works_end_to_end_inside_its_subjects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_cannot_revoke_nor_write_the_event_stream() {
-    let s = Secured::start().await;
-    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
-    let (root, child) = root_and_child(&cfo, "FIN-7").await;
+    let (s, cfo, root, child) = secured_with_tree("FIN-7").await;
     let before = s.engine.engine.log().last_position().await.unwrap();
 
     let (nc, errors) = s.connect(&AGENT_ACME).await;
@@ -227,9 +225,7 @@ async fn an_agent_cannot_revoke_nor_write_the_event_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ticketing_system_cannot_read_signals_nor_ask_the_engine() {
-    let s = Secured::start().await;
-    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
-    let (root, _) = root_and_child(&cfo, "FIN-8").await;
+    let (s, cfo, root, _) = secured_with_tree("FIN-8").await;
 
     let (nc, errors) = s.connect(&TICKETING_ACME).await;
     let mut signals = nc.subscribe("mandate.sig.acme.*").await.unwrap();
@@ -427,9 +423,7 @@ async fn mandate_cli(args: Vec<String>, env: Vec<(&'static str, String)>) -> std
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_connects_as_its_role_user_with_its_inbox_prefix() {
-    let s = Secured::start().await;
-    let cfo = s.client(&ORCH_ACME, "acme", principal("cfo")).await;
-    let (root, _) = root_and_child(&cfo, "FIN-9").await;
+    let (s, _, root, _) = secured_with_tree("FIN-9").await;
     let args = |extra: &[&str]| {
         let mut a: Vec<String> = ["--nats", &s.server.url(), "--tenant", "acme"]
             .iter()

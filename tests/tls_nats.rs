@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::fixtures::{agent, delegation, guard_config, principal, root_issue, tenant};
+use common::fixtures::{agent, delegation, principal, root_issue, tenant};
 use common::secured::{connect_recording, ServedOn};
+use common::wire::start_guard;
 use common::NatsServer;
-use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard, GuardState, NatsAuth, NatsConnect};
+use mandate::client::{Client, GuardState, NatsAuth, NatsConnect};
 use mandate::domain::Status;
 
 /// A certificate authority, a server certificate for 127.0.0.1 and a client
@@ -240,14 +240,14 @@ async fn story(orch: async_nats::Client, agent_nc: async_nats::Client) {
         .unwrap();
 
     // The guard allows.
-    let guard = Guard::start(
+    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
+    let guard = start_guard(
         Client::nats(agent_nc, tenant("acme"), agent("a2")),
-        &GuardHub::new(),
         child,
-        guard_config(Duration::from_secs(30), Duration::from_secs(10)),
+        lease,
+        heartbeat,
     )
-    .await
-    .expect("the guard starts");
+    .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     assert_eq!(guard.state(), GuardState::Active);
 
@@ -438,23 +438,23 @@ impl CredsSetup {
             serde_json::json!({ "limits": limits, "type": "account", "version": 2 }),
         );
         let engine = creds_file(dir.path(), &account, "engine", serde_json::json!({}));
-        let orchestrator = creds_file(
-            dir.path(),
-            &account,
+        // A user allowed to publish and to subscribe to those subjects only.
+        let limited = |name: &str, publish: [&str; 2], subscribe: &[&str]| {
+            let allowed = serde_json::json!({
+                "pub": { "allow": publish },
+                "sub": { "allow": subscribe },
+            });
+            creds_file(dir.path(), &account, name, allowed)
+        };
+        let orchestrator = limited(
             "orchestrator-acme",
-            serde_json::json!({
-                "pub": { "allow": ["mandate.cmd.acme.*", "mandate.q.acme.*"] },
-                "sub": { "allow": ["_INBOX_orch_acme.>"] },
-            }),
+            ["mandate.cmd.acme.*", "mandate.q.acme.*"],
+            &["_INBOX_orch_acme.>"],
         );
-        let agent = creds_file(
-            dir.path(),
-            &account,
+        let agent = limited(
             "agent-acme",
-            serde_json::json!({
-                "pub": { "allow": ["mandate.q.acme.check", "mandate.q.acme.chain"] },
-                "sub": { "allow": ["mandate.sig.acme.*", "_INBOX_agent_acme.>"] },
-            }),
+            ["mandate.q.acme.check", "mandate.q.acme.chain"],
+            &["mandate.sig.acme.*", "_INBOX_agent_acme.>"],
         );
         let server = NatsServer::start_with_config(|store| {
             let path = store.join("operator.conf");

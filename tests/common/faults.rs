@@ -81,6 +81,78 @@ pub async fn last_position(nc: &async_nats::Client) -> u64 {
         .last_sequence
 }
 
+/// The setup of the tests that kill a process in the middle of a burst: a
+/// nats-server, a `mandate serve --nats` process on its own data directory,
+/// and a connection on which the engine already serves tenant `acme`.
+pub struct KillRig {
+    pub nc: async_nats::Client,
+    pub engine: ServedEngine,
+    /// The engine's data directory.
+    pub data: PathBuf,
+    _tmp: tempfile::TempDir,
+    /// Dropped last: the engine and the connection go before the server.
+    pub server: super::NatsServer,
+}
+
+impl KillRig {
+    pub async fn start() -> Self {
+        let server = super::NatsServer::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("engine");
+        let engine = ServedEngine::start(&server.url(), &data);
+        let nc = super::wire::connect(&server).await;
+        super::wire::serving(&nc, "acme").await;
+        Self {
+            nc,
+            engine,
+            data,
+            _tmp: tmp,
+            server,
+        }
+    }
+
+    /// Starts a [`burst`] of `tasks` clients × `batches` batches in a task,
+    /// and returns its ledger and the task.
+    pub fn burst(
+        &self,
+        tasks: usize,
+        batches: usize,
+    ) -> (Arc<Ledger>, tokio::task::JoinHandle<()>) {
+        let ledger = Arc::new(Ledger::default());
+        let driver = tokio::spawn(burst(self.server.url(), tasks, batches, ledger.clone()));
+        (ledger, driver)
+    }
+
+    /// Runs a [`burst`] of `tasks` clients × `batches` batches and inflicts
+    /// `fault` on the rig each time the clients have `at` answers, for each
+    /// `at` of `faults_at`; returns the ledger once the burst completes.
+    pub async fn burst_through(
+        &mut self,
+        tasks: usize,
+        batches: usize,
+        faults_at: [usize; 2],
+        mut fault: impl FnMut(&mut Self),
+    ) -> Arc<Ledger> {
+        let (ledger, driver) = self.burst(tasks, batches);
+        for at in faults_at {
+            answered_at_least(&ledger, at).await;
+            fault(self);
+        }
+        driver.await.expect("the burst completes");
+        eprintln!("{}", ledger.summary());
+        ledger
+    }
+
+    /// Stops the engine process and checks, on its data directory opened
+    /// again, that the projection it built equals a rebuild from the log.
+    pub async fn assert_projection_equals_rebuild(&mut self) {
+        self.engine.stop();
+        let opened = super::wire::open_engine(self.nc.clone(), &self.data).await;
+        let report = opened.rebuild_check().await.expect("rebuild");
+        assert!(report.equal, "the projection equals a rebuild");
+    }
+}
+
 /// A real `mandate serve --nats <url>` process on a data directory, killed
 /// (SIGKILL) when dropped. Its log goes to `<data>.log`.
 pub struct ServedEngine {
@@ -125,10 +197,7 @@ impl ServedEngine {
 
     /// SIGKILL: no drain, no flush.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        super::kill9(&mut self.child);
     }
 
     /// Starts the binary again on the same data directory.
@@ -443,20 +512,22 @@ pub async fn assert_each_command_once(nc: &async_nats::Client, ledger: &Ledger) 
 pub async fn assert_outcome(nc: &async_nats::Client, ledger: &Ledger) {
     let c = super::wire::client(nc, "acme", principal("auditor"));
     let roots = ledger.roots.lock().unwrap().clone();
-    for root in roots {
-        assert_eq!(
-            super::wire::effective(&c, root).await,
-            mandate::domain::Status::Active,
-            "root {root}"
-        );
-    }
     let revoked = ledger.revoked.lock().unwrap().clone();
-    for worker in revoked {
-        assert_eq!(
-            super::wire::own(&c, worker).await,
-            mandate::domain::Status::Revoked,
-            "worker {worker}"
-        );
+    // A root is read as every check reads it (its effective status), a
+    // worker by its own record.
+    let expected = [
+        ("root", roots, mandate::domain::Status::Active),
+        ("worker", revoked, mandate::domain::Status::Revoked),
+    ];
+    for (what, ids, want) in expected {
+        for m in ids {
+            let status = c.status(m, None).await.expect("status");
+            let got = match what {
+                "root" => status.effective.status,
+                _ => status.mandate.status(),
+            };
+            assert_eq!(got, want, "{what} {m}");
+        }
     }
     let bulks = ledger.bulks.lock().unwrap().clone();
     for (_, shared) in bulks {

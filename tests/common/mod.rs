@@ -97,12 +97,9 @@ impl NatsServer {
 
     /// Kills the server and waits for the process to end. The store stays.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGKILL, not a graceful shutdown: acknowledged writes must
-            // survive a crash, so that is what the tests exercise.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // SIGKILL, not a graceful shutdown: acknowledged writes must survive
+        // a crash, so that is what the tests exercise.
+        kill9(&mut self.child);
     }
 
     /// Starts the server again on the same port with the same store.
@@ -193,6 +190,15 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// SIGKILLs the process in `child`, if any, and waits for it to end.
+#[allow(dead_code)]
+pub fn kill9(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 

@@ -160,15 +160,7 @@ impl ServedOn {
         let engine = Engine::nats(nc, dir.path(), JetStreamConfig::default(), config)
             .await
             .expect("open the engine with its own user");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = engine.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let (tx, task) = super::served::serve_in_task(&engine);
         Self {
             engine,
             _dir: dir,

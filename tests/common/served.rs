@@ -34,15 +34,7 @@ impl Instance {
         let engine = Engine::nats(nc, dir, JetStreamConfig::default(), config)
             .await
             .expect("open the engine");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = engine.clone();
-        let task = tokio::spawn(async move {
-            serving
-                .serve(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let (tx, task) = serve_in_task(&engine);
         Self {
             engine,
             stop: Some(tx),
@@ -88,6 +80,26 @@ impl Instance {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Serves `engine` in a task until the returned sender fires (or is
+/// dropped); the task's result is how the engine ended.
+pub fn serve_in_task(
+    engine: &Engine,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), EngineError>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = engine.clone();
+    let task = tokio::spawn(async move {
+        serving
+            .serve(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    (tx, task)
 }
 
 impl Drop for Instance {

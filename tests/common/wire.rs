@@ -138,8 +138,48 @@ pub async fn effective(c: &Client, m: MandateId) -> Status {
     c.status(m, None).await.expect("status").effective.status
 }
 
+/// Waits (see [`eventually`]) until `c` reads `m` as `status` (effective).
+pub async fn eventually_effective(c: &Client, m: MandateId, status: Status) {
+    eventually(&format!("{m} is {status:?}"), || async move {
+        c.status(m, None)
+            .await
+            .is_ok_and(|s| s.effective.status == status)
+    })
+    .await;
+}
+
 pub async fn own(c: &Client, m: MandateId) -> Status {
     c.status(m, None).await.expect("status").mandate.status()
+}
+
+/// A guard of `m` for `client`, on a hub of its own, with the given lease
+/// and heartbeat.
+pub async fn start_guard(
+    client: Client,
+    m: MandateId,
+    lease: Duration,
+    heartbeat: Duration,
+) -> mandate::client::Guard {
+    mandate::client::Guard::start(
+        client,
+        &mandate::client::guard::GuardHub::new(),
+        m,
+        super::fixtures::guard_config(lease, heartbeat),
+    )
+    .await
+    .expect("start the guard")
+}
+
+/// Asserts the engine refused with `invalid_state` (`context` says what was
+/// refused).
+pub fn assert_invalid_state(err: &mandate::engine::EngineError, context: &str) {
+    let body = err.to_body();
+    assert_eq!(
+        body.code,
+        ErrorCode::InvalidState,
+        "{context}: {}",
+        body.message
+    );
 }
 
 pub fn code_of(e: &ClientError) -> ErrorCode {
