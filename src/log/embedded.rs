@@ -174,23 +174,6 @@ impl EventLog for EmbeddedLog {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        let inner = &self.inner;
-        let prefix = tree_prefix(tenant, tree);
-        let mut records = Vec::new();
-        for entry in inner.tree.range(index_range(&prefix, after)) {
-            let (key, _) = entry.map_err(sled_error)?;
-            let position = index_position(&key)?;
-            records.push(inner.record(position)?);
-        }
-        Ok(records)
-    }
-
     async fn read_tree_items(
         &self,
         tenant: &TenantId,

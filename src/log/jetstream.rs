@@ -371,19 +371,6 @@ impl EventLog for JetStreamLog {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        let items = self
-            .inner
-            .scan(&tree_subject(tenant, tree), after, usize::MAX)
-            .await?;
-        items.into_iter().collect()
-    }
-
     async fn read_tree_items(
         &self,
         tenant: &TenantId,

@@ -218,13 +218,19 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Appended, LogError>> + Send;
 
     /// Every record of one tree with position > `after`, in order. Fails with
-    /// [`LogError::Corrupt`] if any of them cannot be decoded.
+    /// [`LogError::Corrupt`] if any of them cannot be decoded: the first one,
+    /// of the records [`EventLog::read_tree_items`] reads.
     fn read_tree(
         &self,
         tenant: &TenantId,
         tree: TreeId,
         after: u64,
-    ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send {
+        async move {
+            let items = self.read_tree_items(tenant, tree, after).await?;
+            items.into_iter().collect()
+        }
+    }
 
     /// Every record of one tree with position > `after`, in order, each one
     /// decoded or the [`LogError::Corrupt`] that names it in its place: for
@@ -309,7 +315,6 @@ macro_rules! delegate_to_backend {
 
 delegate_to_backend! {
     fn append(&self, tenant: &TenantId, tree: TreeId, expected: u64, command_id: CommandId, payload: Bytes) -> Result<Appended, LogError>;
-    fn read_tree(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Record>, LogError>;
     fn read_tree_items(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Result<Record, LogError>>, LogError>;
     fn read_all(&self, tenant: Option<&TenantId>, after: u64, limit: usize) -> Result<Vec<Record>, LogError>;
     fn follow(&self, tenant: Option<&TenantId>, after: u64) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError>;
