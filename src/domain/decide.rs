@@ -11,7 +11,7 @@ use super::model::{Actor, Mandate, Tree};
 use super::{amend, issue, lifecycle, quarantine, registry};
 
 /// What a per-command rule returns: the event bodies to write, or why not.
-pub(crate) type Decision = Result<Vec<EventBody>, DomainError>;
+pub(crate) type Ruling = Result<Vec<EventBody>, DomainError>;
 
 /// What the engine knows beyond the tree, read fresh before deciding.
 ///
