@@ -27,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
-use super::{Appended, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{Appended, Cursor, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::domain::{CommandId, TenantId, TreeId};
 
 const TREE_NAME: &str = "mandate-log";
@@ -218,11 +217,7 @@ impl EventLog for EmbeddedLog {
             cursor: after,
             buffer: VecDeque::new(),
         };
-        Ok(futures::stream::unfold(follow, |mut follow| async move {
-            let item = follow.next().await;
-            Some((item, follow))
-        })
-        .boxed())
+        Ok(follow.into_stream())
     }
 
     async fn last_position(&self) -> Result<u64, LogError> {
@@ -305,7 +300,7 @@ struct Follow {
     buffer: VecDeque<Record>,
 }
 
-impl Follow {
+impl Cursor for Follow {
     async fn next(&mut self) -> Result<Record, LogError> {
         loop {
             if let Some(record) = self.buffer.pop_front() {

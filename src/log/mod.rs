@@ -41,6 +41,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 
 use crate::domain::{CommandId, TenantId, TreeId};
 
@@ -179,6 +180,21 @@ impl LogError {
 }
 
 /// Refuses a payload larger than `max` before it reaches a backend.
+/// A backend's `follow` cursor: the next record after the last one it
+/// handed out, waiting for it if need be.
+trait Cursor: Send + Sized + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Record, LogError>> + Send;
+
+    /// The endless stream of this cursor's records.
+    fn into_stream(self) -> BoxStream<'static, Result<Record, LogError>> {
+        futures::stream::unfold(self, |mut cursor| async move {
+            let item = cursor.next().await;
+            Some((item, cursor))
+        })
+        .boxed()
+    }
+}
+
 pub(crate) fn check_size(payload: &Bytes, max: usize) -> Result<(), LogError> {
     if payload.len() > max {
         return Err(LogError::TooLarge {
