@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Narrow, Renew};
-use super::decide::{changeable, grants_above};
+use super::decide::{changeable, grants_above, Ruling};
 use super::error::DomainError;
 use super::event::{EventBody, MandateRenewed, ScopeNarrowed};
 use super::model::{Actor, Tree};
@@ -11,12 +11,7 @@ use super::model::{Actor, Tree};
 /// The new scope must lie within the current one. Children keep their own
 /// scope, but every check under them also needs this mandate's scope, so
 /// they are narrowed effectively.
-pub(crate) fn narrow(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Narrow,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn narrow(tree: &Tree, actor: &Actor, c: &Narrow, now: DateTime<Utc>) -> Ruling {
     let m = changeable(tree, actor, c.mandate, "narrow", false, now)?;
     if let Some(g) = m.scope.first_uncovered(&c.scope) {
         return Err(DomainError::NarrowWidens {
@@ -33,12 +28,7 @@ pub(crate) fn narrow(
 /// A new `not_after`: in the future, never past the parent's. Moving it
 /// later grants time, so only one who could have granted the mandate may: a
 /// supervisor may bring it forward, never push it back.
-pub(crate) fn renew(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Renew,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn renew(tree: &Tree, actor: &Actor, c: &Renew, now: DateTime<Utc>) -> Ruling {
     let m = changeable(tree, actor, c.mandate, "renew", false, now)?;
     if c.not_after > m.not_after && !grants_above(tree, m, actor) {
         return Err(DomainError::NotAuthorized {

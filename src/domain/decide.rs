@@ -10,6 +10,9 @@ use super::ids::{EventId, PrincipalId, TreeId};
 use super::model::{Actor, Mandate, Tree};
 use super::{amend, issue, lifecycle, quarantine, registry};
 
+/// What a per-command rule returns: the event bodies to write, or why not.
+pub(crate) type Ruling = Result<Vec<EventBody>, DomainError>;
+
 /// What the engine knows beyond the tree, read fresh before deciding.
 ///
 /// `decide` stays pure: the engine reads these facts (from its projection or

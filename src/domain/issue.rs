@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Delegate, Issue};
-use super::decide::{refuse_terminal, target, Facts};
+use super::decide::{refuse_terminal, target, Facts, Ruling};
 use super::error::DomainError;
 use super::event::{EventBody, MandateIssued};
 use super::ids::{CommandId, MandateId, TenantId, TreeId};
@@ -18,7 +18,7 @@ pub(crate) fn issue(
     c: &Issue,
     facts: &Facts,
     now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+) -> Ruling {
     let mandate = MandateId(tree.id.0);
     if tree.exists() {
         return Err(DomainError::TreeExists { tree: tree.id });
@@ -106,7 +106,7 @@ pub(crate) fn delegate(
     command: CommandId,
     c: &Delegate,
     now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+) -> Ruling {
     let parent = target(tree, c.parent)?;
     match actor {
         Actor::Agent(a) if *a == parent.grantee => {}

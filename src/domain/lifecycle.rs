@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::{Change, CompleteMission, Target};
-use super::decide::{authority_rank, changeable, refuse_terminal, target};
+use super::decide::{authority_rank, changeable, refuse_terminal, target, Ruling};
 use super::error::DomainError;
 use super::event::{Changed, EventBody, MissionCompleted};
 use super::model::{Actor, Tree};
@@ -18,12 +18,7 @@ fn changed(c: &Change) -> Changed {
     }
 }
 
-pub(crate) fn pause(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Change,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn pause(tree: &Tree, actor: &Actor, c: &Change, now: DateTime<Utc>) -> Ruling {
     let m = changeable(tree, actor, c.mandate, "pause", false, now)?;
     if m.status == Status::Paused {
         // A pause is taken over by authority strictly above the one that set
@@ -52,12 +47,7 @@ fn outranks(tree: &Tree, m: &super::model::Mandate, actor: &Actor, other: &Actor
     }
 }
 
-pub(crate) fn resume(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Change,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn resume(tree: &Tree, actor: &Actor, c: &Change, now: DateTime<Utc>) -> Ruling {
     let m = changeable(tree, actor, c.mandate, "resume", false, now)?;
     if m.status != Status::Paused {
         return Err(DomainError::NotPaused {
@@ -85,22 +75,12 @@ pub(crate) fn resume(
 }
 
 /// Revoke: by authority above, or by the grantee relinquishing it.
-pub(crate) fn revoke(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Change,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn revoke(tree: &Tree, actor: &Actor, c: &Change, now: DateTime<Utc>) -> Ruling {
     end(tree, actor, c, now, "revoke", EventBody::MandateRevoked)
 }
 
 /// Complete one mandate's task: by authority above, or by its grantee.
-pub(crate) fn complete(
-    tree: &Tree,
-    actor: &Actor,
-    c: &Change,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn complete(tree: &Tree, actor: &Actor, c: &Change, now: DateTime<Utc>) -> Ruling {
     end(tree, actor, c, now, "complete", EventBody::MandateCompleted)
 }
 
@@ -113,18 +93,14 @@ fn end(
     now: DateTime<Utc>,
     verb: &'static str,
     event: fn(Changed) -> EventBody,
-) -> Result<Vec<EventBody>, DomainError> {
+) -> Ruling {
     changeable(tree, actor, c.mandate, verb, true, now)?;
     Ok(vec![event(changed(c))])
 }
 
 /// Expire: gated by the clock, not by the actor, so any engine instance's
 /// scheduler may write it (and the log keeps one, by command id).
-pub(crate) fn expire(
-    tree: &Tree,
-    c: &Target,
-    now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn expire(tree: &Tree, c: &Target, now: DateTime<Utc>) -> Ruling {
     let m = target(tree, c.mandate)?;
     if m.status.is_terminal() {
         return Err(DomainError::Terminal {
@@ -172,7 +148,7 @@ pub(crate) fn complete_mission(
     actor: &Actor,
     c: &CompleteMission,
     now: DateTime<Utc>,
-) -> Result<Vec<EventBody>, DomainError> {
+) -> Ruling {
     let root = match tree.root {
         Some(r) => target(tree, r)?,
         None => {

@@ -59,15 +59,18 @@ impl fmt::Display for Actor {
 impl Actor {
     /// The engine's expiry scheduler.
     pub fn expiry() -> Self {
-        Actor::System(AgentId::new("expiry").expect("static id is valid"))
+        Self::system("expiry")
     }
     /// The engine's mission-complete intake.
     pub fn mission_intake() -> Self {
-        Actor::System(AgentId::new("mission-intake").expect("static id is valid"))
+        Self::system("mission-intake")
     }
     /// The engine's projector (it finds corrupt records).
     pub fn projector() -> Self {
-        Actor::System(AgentId::new("projector").expect("static id is valid"))
+        Self::system("projector")
+    }
+    fn system(name: &'static str) -> Self {
+        Actor::System(AgentId::new(name).expect("static id is valid"))
     }
 }
 

@@ -3,16 +3,12 @@
 //! stream, chained from the last good event, naming the bad record it skips.
 
 use super::command::ResolveQuarantine;
-use super::decide::target;
+use super::decide::{target, Ruling};
 use super::error::DomainError;
 use super::event::{EventBody, QuarantineResolved};
 use super::model::{Actor, Tree};
 
-pub(crate) fn resolve(
-    tree: &Tree,
-    actor: &Actor,
-    c: &ResolveQuarantine,
-) -> Result<Vec<EventBody>, DomainError> {
+pub(crate) fn resolve(tree: &Tree, actor: &Actor, c: &ResolveQuarantine) -> Ruling {
     let m = target(tree, c.mandate)?;
     if !matches!(actor, Actor::Admin(_)) {
         return Err(DomainError::NotAuthorized {

@@ -119,17 +119,9 @@ impl Engine {
         // A quarantined tree is refused by `decide` (only its resolution
         // passes); a tree this build cannot read, or one the log went
         // backwards on, is refused here.
-        if let Some(held) = self.log_hold(tenant, tree)? {
-            return Err(held.into());
-        }
-        if let Some(u) = self.inner.store.unsupported(tenant, tree)? {
-            return Err(DomainError::TreeTooNew {
-                tree,
-                position: u.position,
-                version: u.version,
-                supported: crate::domain::SCHEMA_VERSION,
-            }
-            .into());
+        match self.hold(tenant, tree)? {
+            None | Some(DomainError::Quarantined { .. }) => {}
+            Some(held) => return Err(held.into()),
         }
         Ok(self
             .inner

@@ -27,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use futures::StreamExt;
 use tokio::sync::{watch, Mutex};
 use uuid::Uuid;
 
-use super::{Appended, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{Appended, Cursor, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::domain::{CommandId, TenantId, TreeId};
 
 const TREE_NAME: &str = "mandate-log";
@@ -174,23 +173,6 @@ impl EventLog for EmbeddedLog {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        let inner = &self.inner;
-        let prefix = tree_prefix(tenant, tree);
-        let mut records = Vec::new();
-        for entry in inner.tree.range(index_range(&prefix, after)) {
-            let (key, _) = entry.map_err(sled_error)?;
-            let position = index_position(&key)?;
-            records.push(inner.record(position)?);
-        }
-        Ok(records)
-    }
-
     async fn read_tree_items(
         &self,
         tenant: &TenantId,
@@ -235,11 +217,7 @@ impl EventLog for EmbeddedLog {
             cursor: after,
             buffer: VecDeque::new(),
         };
-        Ok(futures::stream::unfold(follow, |mut follow| async move {
-            let item = follow.next().await;
-            Some((item, follow))
-        })
-        .boxed())
+        Ok(follow.into_stream())
     }
 
     async fn last_position(&self) -> Result<u64, LogError> {
@@ -322,7 +300,7 @@ struct Follow {
     buffer: VecDeque<Record>,
 }
 
-impl Follow {
+impl Cursor for Follow {
     async fn next(&mut self) -> Result<Record, LogError> {
         loop {
             if let Some(record) = self.buffer.pop_front() {

@@ -65,7 +65,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-use super::{Appended, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
+use super::{Appended, Cursor, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
 use crate::domain::{CommandId, TenantId, TreeId};
 
 /// The subjects of the event stream; a tree's subject adds tenant and tree.
@@ -371,19 +371,6 @@ impl EventLog for JetStreamLog {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
-    async fn read_tree(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-        after: u64,
-    ) -> Result<Vec<Record>, LogError> {
-        let items = self
-            .inner
-            .scan(&tree_subject(tenant, tree), after, usize::MAX)
-            .await?;
-        items.into_iter().collect()
-    }
-
     async fn read_tree_items(
         &self,
         tenant: &TenantId,
@@ -430,11 +417,7 @@ impl EventLog for JetStreamLog {
         // The first consumer is made here, so that a log that cannot be read
         // at all says so to the caller instead of as a stream item.
         follow.messages = Some(follow.open().await?);
-        Ok(futures::stream::unfold(follow, |mut follow| async move {
-            let item = follow.next().await;
-            Some((item, follow))
-        })
-        .boxed())
+        Ok(follow.into_stream())
     }
 
     async fn last_position(&self) -> Result<u64, LogError> {
@@ -649,7 +632,7 @@ struct Follow {
     failures: u32,
 }
 
-impl Follow {
+impl Cursor for Follow {
     async fn next(&mut self) -> Result<Record, LogError> {
         loop {
             let messages = match self.messages.as_mut() {
@@ -714,7 +697,9 @@ impl Follow {
             }
         }
     }
+}
 
+impl Follow {
     fn reset(&mut self) {
         self.messages = None;
     }

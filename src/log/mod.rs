@@ -41,6 +41,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::StreamExt;
 
 use crate::domain::{CommandId, TenantId, TreeId};
 
@@ -179,6 +180,21 @@ impl LogError {
 }
 
 /// Refuses a payload larger than `max` before it reaches a backend.
+/// A backend's `follow` cursor: the next record after the last one it
+/// handed out, waiting for it if need be.
+trait Cursor: Send + Sized + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Record, LogError>> + Send;
+
+    /// The endless stream of this cursor's records.
+    fn into_stream(self) -> BoxStream<'static, Result<Record, LogError>> {
+        futures::stream::unfold(self, |mut cursor| async move {
+            let item = cursor.next().await;
+            Some((item, cursor))
+        })
+        .boxed()
+    }
+}
+
 pub(crate) fn check_size(payload: &Bytes, max: usize) -> Result<(), LogError> {
     if payload.len() > max {
         return Err(LogError::TooLarge {
@@ -218,13 +234,19 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Appended, LogError>> + Send;
 
     /// Every record of one tree with position > `after`, in order. Fails with
-    /// [`LogError::Corrupt`] if any of them cannot be decoded.
+    /// [`LogError::Corrupt`] if any of them cannot be decoded: the first one,
+    /// of the records [`EventLog::read_tree_items`] reads.
     fn read_tree(
         &self,
         tenant: &TenantId,
         tree: TreeId,
         after: u64,
-    ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Record>, LogError>> + Send {
+        async move {
+            let items = self.read_tree_items(tenant, tree, after).await?;
+            items.into_iter().collect()
+        }
+    }
 
     /// Every record of one tree with position > `after`, in order, each one
     /// decoded or the [`LogError::Corrupt`] that names it in its place: for
@@ -309,7 +331,6 @@ macro_rules! delegate_to_backend {
 
 delegate_to_backend! {
     fn append(&self, tenant: &TenantId, tree: TreeId, expected: u64, command_id: CommandId, payload: Bytes) -> Result<Appended, LogError>;
-    fn read_tree(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Record>, LogError>;
     fn read_tree_items(&self, tenant: &TenantId, tree: TreeId, after: u64) -> Result<Vec<Result<Record, LogError>>, LogError>;
     fn read_all(&self, tenant: Option<&TenantId>, after: u64, limit: usize) -> Result<Vec<Record>, LogError>;
     fn follow(&self, tenant: Option<&TenantId>, after: u64) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError>;

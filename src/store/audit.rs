@@ -43,9 +43,6 @@ impl Store {
         tenant: &TenantId,
         mandate: MandateId,
     ) -> Result<Vec<T>, StoreError> {
-        read_all(
-            &self.audit,
-            &under_tenant(AUDIT, tenant, &mandate.to_string()),
-        )
+        read_all(&self.audit, &under_tenant(AUDIT, tenant, mandate))
     }
 }

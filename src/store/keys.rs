@@ -28,6 +28,8 @@
 //! - `l/<tenant>/<tree>` → `LogLoss` JSON (a tree the log went backwards on)
 //! - `i` → the log's identity (UTF-8)
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -82,14 +84,17 @@ pub(super) fn prefix(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
     k
 }
 
-/// `<kind>/<tenant>/<name>`: the key of one thing of a tenant.
-pub(super) fn of_tenant(kind: u8, tenant: &TenantId, name: &str) -> Vec<u8> {
+/// `<kind>/<tenant>/<name>`: the key of one thing of a tenant, named as it
+/// displays (an id, a mission ref).
+pub(super) fn of_tenant(kind: u8, tenant: &TenantId, name: impl fmt::Display) -> Vec<u8> {
+    let name = name.to_string();
     key(kind, &[tenant.as_str().as_bytes(), name.as_bytes()])
 }
 
 /// `<kind>/<tenant>/<name>/`: the prefix of the things listed under one
 /// thing of a tenant.
-pub(super) fn under_tenant(kind: u8, tenant: &TenantId, name: &str) -> Vec<u8> {
+pub(super) fn under_tenant(kind: u8, tenant: &TenantId, name: impl fmt::Display) -> Vec<u8> {
+    let name = name.to_string();
     prefix(kind, &[tenant.as_str().as_bytes(), name.as_bytes()])
 }
 

@@ -168,10 +168,7 @@ impl Store {
         tenant: &TenantId,
         tree: TreeId,
     ) -> Result<Option<T>, StoreError> {
-        read(
-            &self.projection,
-            &of_tenant(kind, tenant, &tree.to_string()),
-        )
+        read(&self.projection, &of_tenant(kind, tenant, tree))
     }
 
     /// The tree a mandate lives in, within one tenant.
@@ -180,7 +177,7 @@ impl Store {
         tenant: &TenantId,
         mandate: MandateId,
     ) -> Result<Option<TreeId>, StoreError> {
-        let k = of_tenant(MANDATE, tenant, &mandate.to_string());
+        let k = of_tenant(MANDATE, tenant, mandate);
         self.projection
             .get(&k)?
             .map(|v| decode_tree_id(&k, &v))
@@ -243,10 +240,7 @@ impl Store {
 
     /// A tree's events in order.
     pub fn history(&self, tenant: &TenantId, tree: TreeId) -> Result<Vec<Event>, StoreError> {
-        read_all(
-            &self.projection,
-            &under_tenant(EVENT, tenant, &tree.to_string()),
-        )
+        read_all(&self.projection, &under_tenant(EVENT, tenant, tree))
     }
 
     /// Trees serving a mission.
@@ -539,7 +533,7 @@ impl Store {
     fn write_snapshot(&self, mut batch: sled::Batch, snap: TreeSnapshot) -> Result<(), StoreError> {
         let (tenant, tree_id) = (snap.tree.tenant.clone(), snap.tree.id);
         batch.insert(
-            of_tenant(SNAPSHOT, &tenant, &tree_id.to_string()),
+            of_tenant(SNAPSHOT, &tenant, tree_id),
             serde_json::to_vec(&snap).expect("snapshots serialize"),
         );
         self.projection.apply_batch(batch)?;
