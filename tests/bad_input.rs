@@ -339,15 +339,12 @@ fn ten_thousand_grants_are_refused_by_the_decoder_itself() {
 
 /// A mission completion on a subject that is not UTF-8, stored on the
 /// mission stream by a raw publish: the intake must pass over it, and a
-/// good completion after it must still end its tree.
-///
-/// Known failure, kept to be run with `--ignored`: the NATS client (async-nats
-/// 0.51) treats a delivered message whose subject is not UTF-8 as a broken
-/// connection and reconnects, and the consumer delivers the same record
-/// again after each reconnect, so the intake never gets past it. The same
-/// record with a UTF-8 subject (`jira:%ZZ`) is passed over and the test
-/// passes.
-#[ignore = "known failure: a stored subject that is not UTF-8 jams the consumer (see the doc)"]
+/// good completion after it must still end its tree. The NATS client
+/// (async-nats 0.51) treats a delivered message whose subject is not UTF-8
+/// as a broken connection and reconnects, so no consumer can get past such
+/// a record: the marks follower reads the stream through the message-get
+/// API instead, dead-letters the record with its sequence and deletes it
+/// from the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -385,6 +382,46 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
         }
     })
     .await;
+
+    // The bad record was dead-lettered with its sequence (the first record
+    // of the mission stream) and taken out of the stream.
+    use mandate::engine::missions::{
+        DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, MISSION_STREAM, REJECTED_REASON_HEADER,
+        REJECTED_SEQUENCE_HEADER, REJECTED_SUBJECT_HEADER,
+    };
+    let js = async_nats::jetstream::new(nc.clone());
+    let dead = js
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("the dead-letter stream")
+        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
+        .await
+        .expect("a dead letter");
+    let header = |name: &str| {
+        dead.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(REJECTED_SEQUENCE_HEADER), "1");
+    assert!(
+        header(REJECTED_SUBJECT_HEADER).starts_with("mission.acme.jira:"),
+        "{}",
+        header(REJECTED_SUBJECT_HEADER)
+    );
+    assert!(
+        header(REJECTED_REASON_HEADER).contains("not UTF-8"),
+        "{}",
+        header(REJECTED_REASON_HEADER)
+    );
+    let missions = js
+        .get_stream(MISSION_STREAM)
+        .await
+        .expect("the mission stream");
+    assert!(
+        missions.get_raw_message(1).await.is_err(),
+        "the bad record is still on the mission stream"
+    );
     instance.stop().await;
 }
 
