@@ -491,13 +491,17 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
         return std::future::pending().await;
     };
     let js = jetstream::new(client);
-    let mut next = 1;
+    let mut next: u64 = 1;
     loop {
         let what = "mission marks: no mission stream yet";
         let Some(stream) = or_pause(js.get_stream(MISSION_STREAM).await, what, RESUBSCRIBE).await
         else {
             continue;
         };
+        // A stream made anew (its sequences start over): read it whole.
+        if stream.cached_info().state.last_sequence < next.saturating_sub(1) {
+            next = 1;
+        }
         loop {
             let record = match stream
                 .get_first_raw_message_by_subject(MISSION_FILTER, next)
