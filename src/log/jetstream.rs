@@ -473,11 +473,11 @@ impl EventLog for JetStreamLog {
 
 impl Inner {
     /// The record after `after` on `filter` as a corrupt record (with its
-    /// position), if its
-    /// subject is not UTF-8: the NATS client drops its connection on such a
-    /// delivery, so no consumer gets past it. Read through the message-get
-    /// API (the server's JSON answer shows the bad bytes as U+FFFD). `None`
-    /// when it is deliverable, absent, or cannot be read now.
+    /// position), if its subject is not UTF-8: the NATS client drops its
+    /// connection on such a delivery, so no consumer gets past it. Read
+    /// through the message-get API (the server's JSON answer shows the bad
+    /// bytes as U+FFFD). `None` when it is deliverable, absent, or cannot be
+    /// read now.
     async fn undeliverable_after(&self, filter: &str, after: u64) -> Option<(u64, LogError)> {
         let next = self
             .stream
