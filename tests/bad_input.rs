@@ -339,17 +339,18 @@ fn ten_thousand_grants_are_refused_by_the_decoder_itself() {
 
 /// A mission completion on a subject that is not UTF-8, stored on the
 /// mission stream by a raw publish: the intake must pass over it, and a
-/// good completion after it must still end its tree.
-///
-/// Known failure, kept to be run with `--ignored`: the NATS client (async-nats
-/// 0.51) treats a delivered message whose subject is not UTF-8 as a broken
-/// connection and reconnects, and the consumer delivers the same record
-/// again after each reconnect, so the intake never gets past it. The same
-/// record with a UTF-8 subject (`jira:%ZZ`) is passed over and the test
-/// passes.
-#[ignore = "known failure: a stored subject that is not UTF-8 jams the consumer (see the doc)"]
+/// good completion after it must still end its tree. The NATS client
+/// (async-nats 0.51) treats a delivered message whose subject is not UTF-8
+/// as a broken connection and reconnects, so no consumer can get past such
+/// a record: the marks follower reads the stream through the message-get
+/// API instead, dead-letters the record with its sequence and deletes it
+/// from the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
+    use mandate::engine::missions::{
+        DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, MISSION_STREAM, REJECTED_REASON_HEADER,
+        REJECTED_SEQUENCE_HEADER, REJECTED_SUBJECT_HEADER,
+    };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (server, _dir, instance, nc) = serve_one("acme").await;
@@ -373,6 +374,21 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
     .unwrap();
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+    // Stored first (sequence 1), before the good completion.
+    let js = async_nats::jetstream::new(nc.clone());
+    eventually("the bad record is stored", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut stream) = js.get_stream(MISSION_STREAM).await else {
+                return false;
+            };
+            stream
+                .info()
+                .await
+                .is_ok_and(|i| i.state.last_sequence >= 1)
+        }
+    })
+    .await;
 
     publish_mission(&nc, "acme", "jira:FIN-99", "{}").await;
     let cfo = client(&nc, "acme", principal("cfo"));
@@ -385,6 +401,49 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
         }
     })
     .await;
+
+    // The bad record was dead-lettered with its sequence (the first record
+    // of the mission stream) and taken out of the stream.
+    let dead_letters = js
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("the dead-letter stream");
+    eventually("the bad record is dead-lettered", || async {
+        dead_letters
+            .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
+            .await
+            .is_ok()
+    })
+    .await;
+    let dead = dead_letters
+        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
+        .await
+        .expect("a dead letter");
+    let header = |name: &str| {
+        dead.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(header(REJECTED_SEQUENCE_HEADER), "1");
+    assert!(
+        header(REJECTED_SUBJECT_HEADER).starts_with("mission.acme.jira:"),
+        "{}",
+        header(REJECTED_SUBJECT_HEADER)
+    );
+    assert!(
+        header(REJECTED_REASON_HEADER).contains("not UTF-8"),
+        "{}",
+        header(REJECTED_REASON_HEADER)
+    );
+    let missions = js
+        .get_stream(MISSION_STREAM)
+        .await
+        .expect("the mission stream");
+    eventually("the bad record is off the mission stream", || async {
+        missions.get_raw_message(1).await.is_err()
+    })
+    .await;
     instance.stop().await;
 }
 
@@ -392,15 +451,14 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
 /// by a client that may write there): the follower must pass over it and
 /// keep applying the log.
 ///
-/// Known failure, kept to be run with `--ignored`, for the reason above:
-/// the follower's consumer never gets past the record (with the subject
-/// `mandate.evt.acme.xx` instead, it does, and the test passes).
-#[ignore = "known failure: a stored subject that is not UTF-8 jams the consumer (see the doc)"]
+/// The follower and the reads of the whole log find it through the
+/// message-get API and pass over it as a corrupt record that names no tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_subject_that_is_not_utf8_does_not_stop_the_follower() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (server, _dir, instance, nc) = serve_one("acme").await;
+    let before = instance.log_position().await;
     let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
         .await
         .unwrap();
@@ -411,12 +469,44 @@ async fn an_event_subject_that_is_not_utf8_does_not_stop_the_follower() {
     .unwrap();
     let mut buf = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+    // Stored before the good commit.
+    // Read over the test's connection: the engine's own one is dropped once
+    // by the client when the follower is handed the record.
+    let js = async_nats::jetstream::new(nc.clone());
+    eventually("the bad record is stored", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut stream) = js.get_stream("MANDATE_EVENTS").await else {
+                return false;
+            };
+            stream
+                .info()
+                .await
+                .is_ok_and(|i| i.state.last_sequence > before)
+        }
+    })
+    .await;
 
-    issue(
+    // The engine's connection is dropped once, when the follower is handed
+    // the record (requests meanwhile find no engine); then the follower
+    // passes over it and the engine serves again.
+    instance.caught_up().await;
+    serving(&nc, "acme").await;
+    let root = issue(
         &nc,
         root_issue("cfo", "planner", None, &["finance:read on reports/**"]),
     )
     .await;
     instance.caught_up().await;
+    let cfo = client(&nc, "acme", principal("cfo"));
+    assert_eq!(effective(&cfo, root).await, Status::Active);
+    instance.stop().await;
+
+    // A fresh instance reads the whole log at its start, past the record.
+    let fresh = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), fresh.path()).await;
+    serving(&nc, "acme").await;
+    instance.caught_up().await;
+    assert_eq!(effective(&cfo, root).await, Status::Active);
     instance.stop().await;
 }

@@ -17,9 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind,
-};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -58,6 +56,11 @@ const INTAKE_CATCH_UP: Duration = Duration::from_secs(5);
 /// Pause of the intake and the marks follower before they subscribe again
 /// after a failure.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// Pause of the marks follower, at the end of the mission stream, before it
+/// asks for the next record again.
+const MARKS_POLL: Duration = Duration::from_millis(200);
+/// The subjects of the mission stream.
+const MISSION_FILTER: &str = "mission.*.*.completed";
 
 /// What an instance holds of the mission stream.
 #[derive(Default)]
@@ -84,7 +87,7 @@ pub(crate) async fn setup_streams(
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: MISSION_STREAM.into(),
-            subjects: vec!["mission.*.*.completed".into()],
+            subjects: vec![MISSION_FILTER.into()],
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         })
@@ -229,12 +232,26 @@ impl Engine {
     /// Moves a refused completion to the dead-letter stream (once per
     /// mission-stream message: the message id is its sequence).
     async fn dead_letter(&self, msg: &jetstream::Message, reason: &str) -> Result<(), EngineError> {
+        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        self.dead_letter_record(msg.subject.as_str(), &msg.payload, sequence, reason)
+            .await
+    }
+
+    /// Writes the dead letter of the mission-stream record `sequence`
+    /// (published on `subject` with `payload`); its message id is the
+    /// sequence, so every instance and reader writes it once.
+    async fn dead_letter_record(
+        &self,
+        subject: &str,
+        payload: &bytes::Bytes,
+        sequence: u64,
+        reason: &str,
+    ) -> Result<(), EngineError> {
         let Some(client) = self.inner.nats.clone() else {
             return Ok(());
         };
-        let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
         let mut headers = HeaderMap::new();
-        headers.insert(REJECTED_SUBJECT_HEADER, msg.subject.as_str());
+        headers.insert(REJECTED_SUBJECT_HEADER, subject);
         // Header values are one line.
         headers.insert(
             REJECTED_REASON_HEADER,
@@ -246,12 +263,41 @@ impl Engine {
             format!("mission-rejected-{sequence}").as_str(),
         );
         jetstream::new(client)
-            .publish_with_headers(DEAD_LETTER_SUBJECT, headers, msg.payload.clone())
+            .publish_with_headers(DEAD_LETTER_SUBJECT, headers, payload.clone())
             .await
             .map_err(|e| unavailable("cannot write the dead letter", e))?
             .await
             .map_err(|e| unavailable("cannot write the dead letter", e))?;
         Ok(())
+    }
+
+    /// Passes over a mission-stream record whose subject the NATS client
+    /// cannot deliver (not UTF-8: the server's JSON answer shows its bad
+    /// bytes as U+FFFD): dead-letters it with its sequence, then deletes it
+    /// from the mission stream, so no consumer (the intake's durable one
+    /// included) is handed it again. Such a subject is refused anyway
+    /// (a mission ref token is ASCII).
+    async fn pass_over_undeliverable(
+        &self,
+        stream: &jetstream::stream::Stream,
+        record: &jetstream::message::StreamMessage,
+    ) -> Result<(), EngineError> {
+        let shown: String = record.subject.as_str().escape_default().collect();
+        let reason = format!(
+            "subject {shown} is not UTF-8: the NATS client cannot deliver it, so it is passed over"
+        );
+        tracing::error!(subject = %shown, sequence = record.sequence, "mission record passed over");
+        self.dead_letter_record(&shown, &record.payload, record.sequence, &reason)
+            .await?;
+        match stream.delete_message(record.sequence).await {
+            Ok(_) => Ok(()),
+            // Another instance deleted it first.
+            Err(e) if e.to_string().contains("no message found") => Ok(()),
+            Err(e) => Err(unavailable(
+                "cannot delete an undeliverable mission record",
+                e,
+            )),
+        }
     }
 
     /// How many mission completions were refused (the dead-letter stream's
@@ -428,49 +474,64 @@ async fn settle_refused(engine: &Engine, msg: &jetstream::Message, reason: &str)
 }
 
 /// Keeps this instance's record of completed missions complete: every
-/// instance reads the whole mission stream (an ordered consumer of its own),
-/// while only one of them — through the shared durable consumer — completes
-/// the trees. Without this, a mission completed before any tree served it
-/// would be known only to the instance that took the message, and another
-/// instance would still issue mandates for it.
+/// instance reads the whole mission stream, while only one of them — through
+/// the shared durable consumer — completes the trees. Without this, a
+/// mission completed before any tree served it would be known only to the
+/// instance that took the message, and another instance would still issue
+/// mandates for it.
+///
+/// It reads the stream record by record through the JetStream message-get
+/// API (the subject comes inside a JSON answer), not through a consumer: a
+/// record whose subject is not UTF-8 would make the NATS client drop the
+/// connection at each delivery, and a consumer would never get past it.
+/// Such a record is passed over here ([`Engine::pass_over_undeliverable`]),
+/// which also takes it out of the intake's way.
 pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
     let Some(client) = engine.inner.nats.clone() else {
         return std::future::pending().await;
     };
     let js = jetstream::new(client);
+    let mut next: u64 = 1;
     loop {
         let what = "mission marks: no mission stream yet";
         let Some(stream) = or_pause(js.get_stream(MISSION_STREAM).await, what, RESUBSCRIBE).await
         else {
             continue;
         };
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await;
-        let what = "mission marks: cannot create a consumer";
-        let Some(consumer) = or_pause(consumer, what, RESUBSCRIBE).await else {
-            continue;
-        };
-        let what = "mission marks: cannot read";
-        let Some(mut messages) = or_pause(consumer.messages().await, what, RESUBSCRIBE).await
-        else {
-            continue;
-        };
-        while let Some(msg) = messages.next().await {
-            let Ok(msg) = msg else { break };
-            // Malformed subjects and refused completions are dead-lettered
-            // (and logged) by the intake; here they are only skipped.
-            if let Ok((tenant, mission)) = parse_mission_subject(msg.subject.as_str()) {
+        // A stream made anew (its sequences start over): read it whole.
+        if stream.cached_info().state.last_sequence < next.saturating_sub(1) {
+            next = 1;
+        }
+        loop {
+            let record = match stream
+                .get_first_raw_message_by_subject(MISSION_FILTER, next)
+                .await
+            {
+                Ok(record) => record,
+                Err(e) => {
+                    use async_nats::jetstream::stream::RawMessageErrorKind;
+                    if e.kind() != RawMessageErrorKind::NoMessageFound {
+                        tracing::warn!(error = %e, "mission marks: cannot read; retrying");
+                        tokio::time::sleep(RESUBSCRIBE).await;
+                        break;
+                    }
+                    tokio::time::sleep(MARKS_POLL).await;
+                    continue;
+                }
+            };
+            let subject = record.subject.as_str();
+            if !deliverable(subject) {
+                if let Err(e) = engine.pass_over_undeliverable(&stream, &record).await {
+                    tracing::warn!(error = %e, "mission marks: cannot pass over a record; retrying");
+                    tokio::time::sleep(RESUBSCRIBE).await;
+                    continue;
+                }
+            } else if let Ok((tenant, mission)) = parse_mission_subject(subject) {
+                // Malformed subjects and refused completions are
+                // dead-lettered (and logged) by the intake; here they are
+                // only skipped.
                 let accepted = engine
-                    .accept_completion(
-                        &tenant,
-                        msg.subject.as_str(),
-                        msg.headers.as_ref(),
-                        &msg.payload,
-                    )
+                    .accept_completion(&tenant, subject, Some(&record.headers), &record.payload)
                     .is_ok();
                 if accepted && engine.serves(&tenant) {
                     engine
@@ -482,16 +543,21 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
                     }
                 }
             }
-            if let Ok(info) = msg.info() {
-                let state = &engine.inner.missions;
-                state
-                    .marks_seen
-                    .fetch_max(info.stream_sequence, Ordering::AcqRel);
-                state.marks_moved.notify_waiters();
-            }
+            next = record.sequence + 1;
+            let state = &engine.inner.missions;
+            state
+                .marks_seen
+                .fetch_max(record.sequence, Ordering::AcqRel);
+            state.marks_moved.notify_waiters();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the NATS client can deliver a message published on `subject`, as
+/// the server's JSON answer shows it: a subject that is not UTF-8 comes back
+/// with U+FFFD in place of its bad bytes.
+pub(crate) fn deliverable(subject: &str) -> bool {
+    !subject.contains(char::REPLACEMENT_CHARACTER)
 }
 
 /// `attempt`'s value; or, when it failed, `None` once the failure is logged

@@ -82,6 +82,11 @@ const FOLLOW_BATCH: usize = 500;
 const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Lifetime of one pull request of a follow.
 const FOLLOW_EXPIRES: Duration = Duration::from_secs(10);
+/// A follow that has received nothing for this long looks (message-get
+/// API) whether the next record is one the client cannot take: its
+/// delivery dropped the connection, and nothing may come after it to show a
+/// gap.
+const FOLLOW_IDLE_PROBE: Duration = Duration::from_secs(1);
 /// Longest pause between attempts to recreate a follow's consumer.
 const FOLLOW_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long the server keeps a read's consumer if the client vanishes
@@ -450,6 +455,30 @@ impl EventLog for JetStreamLog {
 }
 
 impl Inner {
+    /// The record after `after` on `filter` as a corrupt record (with its
+    /// position), if its subject is not UTF-8: the NATS client drops its
+    /// connection on such a delivery, so no consumer gets past it. Read
+    /// through the message-get API (the server's JSON answer shows the bad
+    /// bytes as U+FFFD). `None` when it is deliverable, absent, or cannot be
+    /// read now.
+    async fn undeliverable_after(&self, filter: &str, after: u64) -> Option<(u64, LogError)> {
+        let next = self
+            .stream
+            .get_first_raw_message_by_subject(filter, after + 1)
+            .await
+            .ok()?;
+        let subject = next.subject.as_str();
+        if !subject.contains(char::REPLACEMENT_CHARACTER) {
+            return None;
+        }
+        let corrupt = LogError::Corrupt {
+            position: next.sequence,
+            subject_or_key: subject.escape_default().collect(),
+            reason: "its subject is not UTF-8 (the NATS client cannot take it)".into(),
+        };
+        Some((next.sequence, corrupt))
+    }
+
     /// Everything on `filter` after `after`, up to `max` messages, decoded
     /// one by one: a message that cannot be decoded is an `Err` item in place.
     ///
@@ -489,6 +518,14 @@ impl Inner {
                     tracing::debug!(consumer = %name, "could not delete read consumer: {e}");
                 }
             });
+            if !matches!(drained, Ok(Drained::Complete)) {
+                let at = items.last().and_then(item_position).unwrap_or(from);
+                if let Some((position, passed)) = self.undeliverable_after(filter, at).await {
+                    from = position;
+                    items.push(Err(passed));
+                    continue;
+                }
+            }
             match drained? {
                 Drained::Complete => break,
                 Drained::Stalled => {
@@ -639,6 +676,16 @@ impl Cursor for Follow {
                 Some(messages) => messages,
                 None => {
                     self.backoff().await;
+                    // A record the client cannot take would end the new
+                    // consumer as it did the last one: passed over here.
+                    if let Some((position, passed)) = self
+                        .inner
+                        .undeliverable_after(&self.filter, self.last)
+                        .await
+                    {
+                        self.last = position;
+                        return Err(passed);
+                    }
                     match self.open().await {
                         Ok(messages) => {
                             self.consumer_sequence = 0;
@@ -651,7 +698,22 @@ impl Cursor for Follow {
                     }
                 }
             };
-            match messages.next().await {
+            let next = match tokio::time::timeout(FOLLOW_IDLE_PROBE, messages.next()).await {
+                Ok(next) => next,
+                Err(_idle) => {
+                    if let Some((position, passed)) = self
+                        .inner
+                        .undeliverable_after(&self.filter, self.last)
+                        .await
+                    {
+                        self.last = position;
+                        self.reset();
+                        return Err(passed);
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(message)) => {
                     let info = match message.info() {
                         Ok(info) => info,
