@@ -572,7 +572,9 @@ async fn a_fresh_data_directory_re_derives_the_mission_marks_from_the_mission_st
             let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
                 stream.get_consumer(MISSION_CONSUMER).await;
             let Ok(mut c) = consumer else { return false };
-            let Ok(info) = c.info().await else { return false };
+            let Ok(info) = c.info().await else {
+                return false;
+            };
             info.num_pending == 0 && info.num_ack_pending == 0
         }
     })

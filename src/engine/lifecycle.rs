@@ -139,8 +139,14 @@ impl Engine {
     ) -> Result<(), EngineError> {
         // A log that lost what the projection applied is loss, not news:
         // the trees it affects are held before anything is read from it.
-        self.check_continuity(true, false).await?;
-        self.catch_up().await?;
+        // A log that cannot be reached yet (a reconnect, a server starting)
+        // is waited for: these tasks end only on an error no retry mends.
+        self.until_reachable("check the log's continuity", || {
+            self.check_continuity(true, false)
+        })
+        .await?;
+        self.until_reachable("catch up with the log", || self.catch_up())
+            .await?;
         // Trees an older build could not read past a newer event: this build
         // may read them now (a rolling upgrade), so try them again at once
         // rather than on their next read.
@@ -274,7 +280,46 @@ pub struct BackgroundGuard {
     handle: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
 }
 
+impl Engine {
+    /// Runs `step` until it succeeds or fails with an error other than
+    /// unavailable, pausing between attempts.
+    async fn until_reachable<T, F, Fut>(&self, what: &str, mut step: F) -> Result<T, EngineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, EngineError>>,
+    {
+        let mut pause = std::time::Duration::from_millis(100);
+        loop {
+            match step().await {
+                Err(e) if e.kind() == super::EngineErrorKind::Unavailable => {
+                    tracing::warn!(error = %e, "cannot {what} yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 impl BackgroundGuard {
+    /// Resolves when the background tasks have ended on their own (they
+    /// only do on an error): whoever serves requests must stop then, since
+    /// without them no commit of another instance, no expiry and no mission
+    /// completion reaches this instance's projection. Pending forever once
+    /// the tasks were stopped or taken.
+    pub async fn ended(&mut self) -> Result<(), EngineError> {
+        let Some(handle) = self.handle.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = handle
+            .await
+            .map_err(|e| EngineError::unavailable(format!("background task panicked: {e}")))
+            .and_then(|r| r);
+        self.handle = None;
+        result
+    }
+
     /// Stops the tasks and waits for them (the projection is flushed).
     pub async fn stop(mut self) -> Result<(), EngineError> {
         if let Some(tx) = self.stop.take() {

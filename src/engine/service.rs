@@ -310,7 +310,7 @@ impl Engine {
                 "serve needs a NATS connection; the embedded engine is used in-process",
             )
         })?;
-        let background = self.start();
+        let mut background = self.start();
         // One subscription per served tenant (or one for all), per kind.
         let tenants: Vec<String> = match self.inner.config.tenants.as_slice() {
             [] => vec!["*".into()],
@@ -341,6 +341,20 @@ impl Engine {
                 m = commands.next() => m,
                 m = queries.next() => m,
                 _ = &mut shutdown => break,
+                // Fail-stop: an instance whose projection no longer follows
+                // the log (nor applies expiries and mission completions)
+                // must not go on answering as if it did.
+                r = background.ended() => {
+                    let e = match r {
+                        Err(e) => e,
+                        Ok(()) => EngineError::unavailable("background tasks ended"),
+                    };
+                    tracing::error!(error = %e, "background tasks failed; no longer serving");
+                    for sub in commands.iter_mut().chain(queries.iter_mut()) {
+                        let _ = sub.unsubscribe().await;
+                    }
+                    return Err(e);
+                }
             };
             let Some(msg) = msg else { break };
             let Some(reply_to) = msg.reply.clone() else {
