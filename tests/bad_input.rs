@@ -237,15 +237,11 @@ async fn every_hostile_input_gets_a_typed_error_and_writes_nothing() {
 /// reconnects (the request is lost, like any request during a reconnect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subject_token_that_is_not_utf8_does_not_stop_the_engine() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
 
     let (server, _dir, instance, nc) = serve_one("acme").await;
     let before = instance.log_position().await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
     let mut wire = Vec::new();
-    wire.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
     wire.extend_from_slice(b"SUB _raw.reply 1\r\n");
     for subject in [
         &b"mandate.q.ac\xffme.health"[..],
@@ -257,7 +253,7 @@ async fn a_subject_token_that_is_not_utf8_does_not_stop_the_engine() {
         wire.extend_from_slice(b" _raw.reply 2\r\n{}\r\n");
     }
     wire.extend_from_slice(b"PING\r\n");
-    sock.write_all(&wire).await.unwrap();
+    let mut sock = raw_protocol(&server, &wire).await;
 
     // Whatever comes back within a moment: replies, or nothing.
     let mut seen = Vec::new();
@@ -351,7 +347,6 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
         DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, MISSION_STREAM, REJECTED_REASON_HEADER,
         REJECTED_SEQUENCE_HEADER, REJECTED_SUBJECT_HEADER,
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (server, _dir, instance, nc) = serve_one("acme").await;
     let root = issue(
@@ -364,30 +359,15 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
         ),
     )
     .await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    sock.write_all(
-        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB mission.acme.jira:\xff.completed 2\r\n{}\r\nPING\r\n",
-    )
-    .await
-    .unwrap();
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
     // Stored first (sequence 1), before the good completion.
     let js = async_nats::jetstream::new(nc.clone());
-    eventually("the bad record is stored", || {
-        let js = js.clone();
-        async move {
-            let Ok(mut stream) = js.get_stream(MISSION_STREAM).await else {
-                return false;
-            };
-            stream
-                .info()
-                .await
-                .is_ok_and(|i| i.state.last_sequence >= 1)
-        }
-    })
+    publish_raw_until_stored(
+        &server,
+        &nc,
+        b"PUB mission.acme.jira:\xff.completed 2\r\n{}\r\nPING\r\n",
+        MISSION_STREAM,
+        0,
+    )
     .await;
 
     publish_mission(&nc, "acme", "jira:FIN-99", "{}").await;
@@ -415,16 +395,7 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
             .is_ok()
     })
     .await;
-    let dead = dead_letters
-        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
-        .await
-        .expect("a dead letter");
-    let header = |name: &str| {
-        dead.headers
-            .get(name)
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default()
-    };
+    let header = last_dead_letter(&nc).await;
     assert_eq!(header(REJECTED_SEQUENCE_HEADER), "1");
     assert!(
         header(REJECTED_SUBJECT_HEADER).starts_with("mission.acme.jira:"),
@@ -455,36 +426,18 @@ async fn a_mission_subject_that_is_not_utf8_does_not_jam_the_intake() {
 /// message-get API and pass over it as a corrupt record that names no tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_subject_that_is_not_utf8_does_not_stop_the_follower() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let (server, _dir, instance, nc) = serve_one("acme").await;
     let before = instance.log_position().await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    sock.write_all(
-        b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB mandate.evt.acme.\xff 2\r\n[]\r\nPING\r\n",
+    // Stored before the good commit. Read over the test's connection: the
+    // engine's own one is dropped once by the client when the follower is
+    // handed the record.
+    publish_raw_until_stored(
+        &server,
+        &nc,
+        b"PUB mandate.evt.acme.\xff 2\r\n[]\r\nPING\r\n",
+        "MANDATE_EVENTS",
+        before,
     )
-    .await
-    .unwrap();
-    let mut buf = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-    // Stored before the good commit.
-    // Read over the test's connection: the engine's own one is dropped once
-    // by the client when the follower is handed the record.
-    let js = async_nats::jetstream::new(nc.clone());
-    eventually("the bad record is stored", || {
-        let js = js.clone();
-        async move {
-            let Ok(mut stream) = js.get_stream("MANDATE_EVENTS").await else {
-                return false;
-            };
-            stream
-                .info()
-                .await
-                .is_ok_and(|i| i.state.last_sequence > before)
-        }
-    })
     .await;
 
     // The engine's connection is dropped once, when the follower is handed
@@ -509,4 +462,33 @@ async fn an_event_subject_that_is_not_utf8_does_not_stop_the_follower() {
     instance.caught_up().await;
     assert_eq!(effective(&cfo, root).await, Status::Active);
     instance.stop().await;
+}
+
+/// Publishes `wire` on a raw connection (bytes the client library will not
+/// send) and waits until `stream` holds a record past `after`.
+async fn publish_raw_until_stored(
+    server: &NatsServer,
+    nc: &async_nats::Client,
+    wire: &[u8],
+    stream: &str,
+    after: u64,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut sock = raw_protocol(server, wire).await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    eventually("the bad record is stored", || {
+        let js = js.clone();
+        async move {
+            let Ok(mut stream) = js.get_stream(stream).await else {
+                return false;
+            };
+            stream
+                .info()
+                .await
+                .is_ok_and(|i| i.state.last_sequence > after)
+        }
+    })
+    .await;
 }

@@ -15,12 +15,10 @@ mod common;
 
 use common::fixtures::{acme, eventually, mission, principal, ticket_issue};
 use common::served::Instance;
-use common::wire::{client, issued, raw, serve_one, tickets};
+use common::wire::{client, issued, last_dead_letter, raw, serve_one, tickets};
 use mandate::domain::model::{MAX_MISSION_REF_LEN, MAX_MISSION_TOKEN_LEN};
 use mandate::domain::{DomainError, MandateId, MissionRef, Status, TenantId};
-use mandate::engine::missions::{
-    DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT, REJECTED_REASON_HEADER, REJECTED_SUBJECT_HEADER,
-};
+use mandate::engine::missions::{REJECTED_REASON_HEADER, REJECTED_SUBJECT_HEADER};
 use mandate::protocol::{mission_subject, query_subject, ListQuery};
 use proptest::prelude::*;
 
@@ -311,19 +309,7 @@ async fn a_completion_whose_token_does_not_decode_is_dead_lettered_saying_why() 
         rejected(&nc).await > before
     })
     .await;
-    let dead = async_nats::jetstream::new(nc.clone())
-        .get_stream(DEAD_LETTER_STREAM)
-        .await
-        .expect("the dead-letter stream")
-        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
-        .await
-        .expect("a dead letter");
-    let header = |name: &str| {
-        dead.headers
-            .get(name)
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default()
-    };
+    let header = last_dead_letter(&nc).await;
     assert_eq!(header(REJECTED_SUBJECT_HEADER), bad);
     let reason = header(REJECTED_REASON_HEADER);
     assert!(

@@ -306,3 +306,36 @@ pub async fn open_engine(nc: async_nats::Client, dir: &std::path::Path) -> Engin
         .await
         .expect("open the engine")
 }
+
+/// The newest dead letter of the mission stream, as a reader of its headers
+/// (a missing header reads as empty).
+pub async fn last_dead_letter(nc: &async_nats::Client) -> impl Fn(&str) -> String {
+    use mandate::engine::missions::{DEAD_LETTER_STREAM, DEAD_LETTER_SUBJECT};
+    let dead = async_nats::jetstream::new(nc.clone())
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("the dead-letter stream")
+        .get_last_raw_message_by_subject(DEAD_LETTER_SUBJECT)
+        .await
+        .expect("a dead letter");
+    move |name: &str| {
+        dead.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// A raw protocol connection to `server`, for bytes the client library will
+/// not send (subjects that are not UTF-8): `CONNECT` and then `wire` are
+/// written on it.
+pub async fn raw_protocol(server: &NatsServer, wire: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .expect("a raw connection");
+    let mut bytes = b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n".to_vec();
+    bytes.extend_from_slice(wire);
+    sock.write_all(&bytes).await.expect("raw bytes written");
+    sock
+}
