@@ -5,7 +5,9 @@
 //! - [`domain`]: pure — ids, scope grammar, the tree aggregate
 //!   (`decide`/`apply`), status machine, effective status, `authorize`.
 //! - [`store`]: the sled projection (state, indexes, history, checkpoint),
-//!   rebuilt from the log, beside mission marks and in-process audit records.
+//!   rebuilt from the log, beside mission marks, in-process audit records
+//!   and what the projection knows of its log (trees the log went
+//!   backwards on).
 //! - [`log`]: the event log trait, with JetStream and embedded sled backends.
 //! - [`protocol`]: the wire contract (subjects, requests, replies, signals).
 //! - [`engine`]: the service — commands, cascade signals, expiry, missions,
