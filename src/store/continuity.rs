@@ -30,10 +30,6 @@ pub struct LogLoss {
 }
 
 impl Store {
-    fn continuity(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree("continuity")?)
-    }
-
     /// Marks a tree as behind in the log. The first mark stays (it names the
     /// head the projection held when the loss was found); returns whether
     /// this mark is new.
@@ -49,7 +45,7 @@ impl Store {
         );
         let value = serde_json::to_vec(loss).expect("marks serialize");
         let swapped = self
-            .continuity()?
+            .continuity
             .compare_and_swap(k, None as Option<&[u8]>, Some(value))?;
         Ok(swapped.is_ok())
     }
@@ -60,10 +56,7 @@ impl Store {
             LOG_LOSS,
             &[tenant.as_str().as_bytes(), tree.to_string().as_bytes()],
         );
-        self.continuity()?
-            .get(&k)?
-            .map(|v| decode(&k, &v))
-            .transpose()
+        self.continuity.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
     /// Every tree marked as behind in the log, of one tenant or of all.
@@ -75,7 +68,7 @@ impl Store {
             Some(t) => prefix(LOG_LOSS, &[t.as_str().as_bytes()]),
             None => vec![LOG_LOSS, SEP],
         };
-        self.continuity()?
+        self.continuity
             .scan_prefix(p)
             .map(|kv| {
                 let (k, v) = kv?;
@@ -86,7 +79,7 @@ impl Store {
 
     /// Drops every mark of [`Store::mark_log_loss`]; returns how many.
     pub fn clear_log_losses(&self) -> Result<usize, StoreError> {
-        let tree = self.continuity()?;
+        let tree = &self.continuity;
         let mut n = 0;
         for kv in tree.scan_prefix([LOG_LOSS, SEP]) {
             let (k, _) = kv?;
@@ -99,15 +92,14 @@ impl Store {
     /// The identity of the log this projection was built from, if recorded.
     pub fn log_identity(&self) -> Result<Option<String>, StoreError> {
         Ok(self
-            .continuity()?
+            .continuity
             .get(LOG_IDENTITY)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Records the identity of the log this projection follows.
     pub fn set_log_identity(&self, identity: &str) -> Result<(), StoreError> {
-        self.continuity()?
-            .insert(LOG_IDENTITY, identity.as_bytes())?;
+        self.continuity.insert(LOG_IDENTITY, identity.as_bytes())?;
         Ok(())
     }
 

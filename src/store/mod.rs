@@ -74,6 +74,9 @@ pub struct Store {
     /// Check decisions of the in-process engine: their only record
     /// (`audit.rs`).
     audit: sled::Tree,
+    /// What the projection knows of its log: trees it went backwards on,
+    /// its identity (`continuity.rs`). Kept by a rebuild.
+    continuity: sled::Tree,
     /// Serializes the projection's writes ([`Store::apply_commit`]): it reads
     /// a tree's snapshot and writes the next one, and the writer, a conflict
     /// catch-up and the follower may apply commits of one tree at once.
@@ -103,11 +106,13 @@ impl Store {
         let projection = db.open_tree("projection")?;
         let marks = db.open_tree("missions")?;
         let audit = db.open_tree("audit")?;
+        let continuity = db.open_tree("continuity")?;
         Ok(Self {
             db,
             projection,
             marks,
             audit,
+            continuity,
             apply_lock: Arc::new(Mutex::new(())),
             cache: Default::default(),
         })
