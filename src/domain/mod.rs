@@ -33,6 +33,8 @@ pub use event::{
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
-pub use model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Quarantine, Registry, Tree};
+pub use model::{
+    Actor, AppliedCommand, Block, Grantor, Mandate, Mission, MissionRef, Quarantine, Registry, Tree,
+};
 pub use scope::{covers, ActionPattern, Grant, ResourcePattern, Scope};
 pub use status::Status;

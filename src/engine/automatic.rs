@@ -129,7 +129,7 @@ impl Engine {
         if !self.serves(tenant) {
             return Ok(());
         }
-        let Some(snap) = self.inner.store.tree_shared(tenant, tree)? else {
+        let Some(snap) = self.inner.store.view(tenant, tree, &[], None)? else {
             return Ok(());
         };
         let Some(mission) = snap
@@ -201,6 +201,12 @@ impl Engine {
     /// the mandate and its `not_after`, so instances racing write one event).
     /// It is decided at the engine clock's now.
     pub(crate) async fn expire(&self, due: &DueExpiry) -> Result<(), EngineError> {
+        if self.ended_by_an_event(due)? {
+            // An ancestor's end left this entry behind (ending a root writes
+            // nothing below it): nothing to write.
+            self.inner.store.remove_expiry(due)?;
+            return Ok(());
+        }
         let cmd = engine_command(
             CommandId::derived(
                 "expire",
@@ -228,6 +234,27 @@ impl Engine {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Engine {
+    /// Whether the due mandate is already ended by an event (its own or an
+    /// ancestor's), as this instance knows it. Terminal is absorbing, so
+    /// what this instance knows ended stays ended, however far behind it is.
+    fn ended_by_an_event(&self, due: &DueExpiry) -> Result<bool, EngineError> {
+        let Some(view) = self
+            .inner
+            .store
+            .view(&due.tenant, due.tree, &[due.mandate], None)?
+        else {
+            return Ok(false);
+        };
+        Ok(view
+            .tree
+            .effective(due.mandate, due.not_after)
+            .ok()
+            .and_then(|e| e.cause)
+            .is_some_and(|c| c.status.is_terminal() && c.by.is_some()))
     }
 }
 

@@ -60,7 +60,7 @@ impl Engine {
             return;
         };
         tracing::error!(%tenant, %tree, position = q.position, reason = %q.reason, "tree quarantined");
-        let Ok(Some(snap)) = self.inner.store.tree_shared(tenant, tree) else {
+        let Ok(Some(snap)) = self.inner.store.view(tenant, tree, &[], None) else {
             return;
         };
         if let Some(signal) = quarantine_signal(&snap.tree, q, self.now()) {
@@ -69,6 +69,32 @@ impl Engine {
                 tracing::error!(%tenant, %tree, error = %e, "quarantine signal not published");
             }
         }
+    }
+
+    /// Many records as one atomic batch ([`crate::store::Store::apply_commits`]),
+    /// then for each what [`Engine::apply_logged`] does after applying it.
+    /// A tree caught up from far behind moves from its old state to its
+    /// new one at once: no read sees it halfway.
+    pub(crate) async fn apply_all_logged(
+        &self,
+        records: &[crate::log::Record],
+        advance: bool,
+    ) -> Result<(), EngineError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let applied = self
+            .inner
+            .store
+            .apply_commits(&super::lifecycle::commits_of(records), advance)?;
+        self.inner.changed.notify_waiters();
+        for (r, a) in records.iter().zip(&applied) {
+            if let Applied::Applied(events) = a {
+                self.end_blocked_grants(&r.tenant, r.tree, events);
+            }
+            self.signal_quarantine(&r.tenant, r.tree, a).await;
+        }
+        Ok(())
     }
 
     pub(crate) fn apply_record(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::{DomainError, MandateId, TenantId, Tree, TreeId};
+use crate::domain::{Actor, CommandEnvelope, DomainError, MandateId, TenantId, Tree, TreeId};
 use crate::log::{EventLog, LogError};
 use crate::store::TreeSnapshot;
 
@@ -33,9 +33,7 @@ impl Engine {
                     let Some(last) = records.last().map(|r| r.position) else {
                         break;
                     };
-                    for r in &records {
-                        self.apply_logged(r, true).await?;
-                    }
+                    self.apply_all_logged(&records, true).await?;
                     after = last;
                 }
                 Err(e) => after = self.pass_corrupt(e, after).await?,
@@ -103,7 +101,7 @@ impl Engine {
         let position = self
             .inner
             .store
-            .tree_shared(tenant, tree)?
+            .head(tenant, tree)?
             .map_or(0, |s| s.position);
         if self.checked_head(tenant, tree, position).await? > position {
             self.catch_up_tree(tenant, tree, position).await?;
@@ -111,10 +109,17 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn snapshot(
+    /// What `decide` reads of a tree for `cmd`: the tree's head, the chain
+    /// of the mandate the command names (with the root's), the record of
+    /// its command id, and, where the actor is an agent named supervisor on
+    /// that chain, the chains of the mandates it holds in the tree (a
+    /// supervisor has no authority over a mandate at or above one it
+    /// holds). Never the rest of the tree: a command costs its chain.
+    pub(super) fn command_view(
         &self,
         tenant: &TenantId,
         tree: TreeId,
+        cmd: &CommandEnvelope,
     ) -> Result<Arc<TreeSnapshot>, EngineError> {
         // A quarantined tree is refused by `decide` (only its resolution
         // passes); a tree this build cannot read, or one the log went
@@ -123,16 +128,37 @@ impl Engine {
             None | Some(DomainError::Quarantined { .. }) => {}
             Some(held) => return Err(held.into()),
         }
-        Ok(self
-            .inner
-            .store
-            .tree_shared(tenant, tree)?
-            .unwrap_or_else(|| {
-                Arc::new(TreeSnapshot {
-                    position: 0,
-                    tree: Tree::empty(tenant.clone(), tree),
-                })
-            }))
+        let store = &self.inner.store;
+        let mut mandates: Vec<MandateId> = cmd.command.target().into_iter().collect();
+        let view = store.view(tenant, tree, &mandates, Some(cmd.command_id))?;
+        let supervising = match (&cmd.actor, &view) {
+            (Actor::Agent(a), Some(v)) => v
+                .tree
+                .mandates
+                .values()
+                .any(|m| m.supervisors.contains(a))
+                .then_some(a),
+            _ => None,
+        };
+        let view = match supervising {
+            Some(agent) => {
+                mandates.extend(
+                    store
+                        .mandates_held_by(tenant, agent)?
+                        .into_iter()
+                        .filter(|(t, _)| *t == tree)
+                        .map(|(_, m)| m),
+                );
+                store.view(tenant, tree, &mandates, Some(cmd.command_id))?
+            }
+            None => view,
+        };
+        Ok(view.unwrap_or_else(|| {
+            Arc::new(TreeSnapshot {
+                position: 0,
+                tree: Tree::empty(tenant.clone(), tree),
+            })
+        }))
     }
 
     /// Applies to the projection every commit of the tree past our snapshot.
@@ -145,12 +171,7 @@ impl Engine {
         after: u64,
     ) -> Result<(), EngineError> {
         match self.inner.log.read_tree(tenant, tree, after).await {
-            Ok(records) => {
-                for r in records {
-                    self.apply_logged(&r, false).await?;
-                }
-                Ok(())
-            }
+            Ok(records) => self.apply_all_logged(&records, false).await,
             Err(LogError::Corrupt { .. }) => {
                 self.catch_up_tree_past_corrupt(tenant, tree, after).await
             }

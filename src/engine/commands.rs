@@ -157,7 +157,7 @@ impl Engine {
             // target), as the store stands when its turn comes.
             .filter(|(tree, mandate)| {
                 !matches!(
-                    self.inner.store.tree_shared(&bulk.tenant, *tree),
+                    self.inner.store.view(&bulk.tenant, *tree, &[*mandate], None),
                     Ok(Some(s)) if s.tree
                         .effective(*mandate, now)
                         .map(|e| e.status.is_terminal())

@@ -154,7 +154,7 @@ impl Engine {
             let position = self
                 .inner
                 .store
-                .tree_shared(&tenant, tree)?
+                .head(&tenant, tree)?
                 .map_or(0, |s| s.position);
             if let Err(e) = self.catch_up_tree(&tenant, tree, position).await {
                 tracing::warn!(%tenant, %tree, error = %e, "cannot re-read a tree marked as too new");
@@ -210,7 +210,8 @@ impl Engine {
         self.catch_up().await?;
         let fresh = Store::temporary()?;
         let records = replay_log(&self.inner.log, &fresh).await?;
-        let equal = fresh.dump()? == self.inner.store.dump()?;
+        let now = self.now();
+        let equal = fresh.dump_at(now)? == self.inner.store.dump_at(now)?;
         if !equal {
             tracing::warn!("projection differs from a rebuild; rebuilding in place");
             self.inner.store.clear_projection()?;
@@ -266,12 +267,24 @@ pub async fn replay_log(log: &AnyLog, store: &Store) -> Result<u64, EngineError>
         if records.is_empty() {
             return Ok(n);
         }
-        for r in records {
-            store.apply_commit(&r.tenant, r.tree, r.position, &r.payload, true)?;
-            after = r.position;
-            n += 1;
-        }
+        // One atomic batch per read: many commits, one sled batch.
+        store.apply_commits(&commits_of(&records), true)?;
+        after = records.last().map_or(after, |r| r.position);
+        n += records.len() as u64;
     }
+}
+
+/// Log records as commits to apply.
+pub(crate) fn commits_of(records: &[crate::log::Record]) -> Vec<crate::store::Commit<'_>> {
+    records
+        .iter()
+        .map(|r| crate::store::Commit {
+            tenant: &r.tenant,
+            tree: r.tree,
+            position: r.position,
+            payload: Ok(&r.payload),
+        })
+        .collect()
 }
 
 /// Stops the background tasks when told to or dropped.

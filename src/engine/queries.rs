@@ -22,21 +22,30 @@ use super::read::summary;
 use super::{Engine, EngineError, EngineErrorKind};
 
 impl Engine {
-    /// The tree as it is now, or as it was at `at`.
+    /// The tree as it is now, or as it was at `at`: with `mandate`, its
+    /// view of that mandate's chain (what a check or a status needs, at the
+    /// chain's cost); without, all of it.
     pub fn tree_at(
         &self,
         tenant: &TenantId,
         tree: TreeId,
+        mandate: Option<MandateId>,
         at: Option<DateTime<Utc>>,
     ) -> Result<Arc<TreeSnapshot>, EngineError> {
         let not_found = || EngineError::from(DomainError::TreeNotFound { tree });
-        match at {
-            None => self
+        match (at, mandate) {
+            (None, Some(m)) => self
                 .inner
                 .store
-                .tree_shared(tenant, tree)?
+                .view(tenant, tree, &[m], None)?
                 .ok_or_else(not_found),
-            Some(at) => {
+            (None, None) => self
+                .inner
+                .store
+                .tree(tenant, tree)?
+                .map(Arc::new)
+                .ok_or_else(not_found),
+            (Some(at), _) => {
                 let history = self.inner.store.history(tenant, tree)?;
                 if history.is_empty() {
                     return Err(not_found());
@@ -93,7 +102,7 @@ impl Engine {
     pub async fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
         self.freshen(tenant, q.tree, q.mandate).await?;
         let now = self.moment(q.at);
-        let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, q.at)?;
+        let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, None, q.at)?;
         let tree = &snap.tree;
         let effective = tree
             .mandates
@@ -128,7 +137,7 @@ impl Engine {
         let quarantine = self
             .inner
             .store
-            .tree_shared(tenant, tree)?
+            .head(tenant, tree)?
             .and_then(|s| s.tree.quarantine.clone());
         Ok(HistoryReply {
             tree,
@@ -157,7 +166,7 @@ impl Engine {
             Err(e) => return Err(e),
         }
         let tree = self.resolve_tree(tenant, q)?;
-        let snap = self.inner.store.tree_shared(tenant, tree)?;
+        let snap = self.inner.store.head(tenant, tree)?;
         let items = self.inner.log.read_tree_items(tenant, tree, 0).await?;
         if snap.is_none() && items.is_empty() {
             return Err(DomainError::TreeNotFound { tree }.into());
@@ -238,7 +247,7 @@ impl Engine {
         let now = self.now();
         let mut mandates = Vec::new();
         for (tree_id, mandate) in pairs {
-            let Some(snap) = store.tree_shared(tenant, tree_id)? else {
+            let Some(snap) = store.view(tenant, tree_id, &Vec::from_iter(mandate), None)? else {
                 continue;
             };
             let m = mandate.or(snap.tree.root);
@@ -263,7 +272,7 @@ impl Engine {
         self.freshen(tenant, None, Some(q.mandate)).await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
-                let snap = self.tree_at(tenant, tree_id, q.at)?;
+                let snap = self.tree_at(tenant, tree_id, Some(q.mandate), q.at)?;
                 let mut d = authorize(&snap.tree, q.mandate, &q.action, &q.resource, now);
                 let held = match self.hold(tenant, tree_id)? {
                     Some(DomainError::Quarantined { tree, position }) => {

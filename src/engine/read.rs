@@ -46,7 +46,7 @@ impl Engine {
         let quarantine = self
             .inner
             .store
-            .tree_shared(tenant, tree)?
+            .head(tenant, tree)?
             .and_then(|s| s.tree.quarantine.clone());
         Ok(quarantine.map(|q| DomainError::Quarantined {
             tree,
@@ -69,7 +69,7 @@ impl Engine {
         if let Some(refusal) = self.hold(tenant, tree_id)? {
             return Err(refusal.into());
         }
-        let snap = self.tree_at(tenant, tree_id, at)?;
+        let snap = self.tree_at(tenant, tree_id, Some(mandate), at)?;
         // As of `at` the mandate may not have been issued yet.
         snap.tree.get(mandate)?;
         Ok((snap, self.moment(at)))

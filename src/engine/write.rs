@@ -73,7 +73,7 @@ impl Engine {
         if let Some(held) = self.log_hold(tenant, id)? {
             return Err(held.into());
         }
-        Ok(self.inner.store.tree_shared(tenant, id)?)
+        Ok(self.inner.store.head(tenant, id)?)
     }
 
     /// What the registry says about a grant (`issue`, `delegate`), read
@@ -159,11 +159,7 @@ impl Engine {
             _ => None,
         });
         let Some(first) = grants.next() else { return };
-        let registry = match self
-            .inner
-            .store
-            .tree_shared(tenant, TreeId::registry(tenant))
-        {
+        let registry = match self.inner.store.head(tenant, TreeId::registry(tenant)) {
             Ok(Some(snap)) => snap,
             Ok(None) => return,
             Err(e) => {
@@ -219,7 +215,7 @@ impl Engine {
     ) -> Result<(CommitInfo, bool), EngineError> {
         let tenant = &cmd.tenant;
         for _attempt in 0..self.inner.config.max_attempts {
-            let snap = self.snapshot(tenant, tree)?;
+            let snap = self.command_view(tenant, tree, cmd)?;
             // The caller's facts (a grant's blocks), and the mission's, read
             // fresh on every attempt.
             let facts = Facts {
@@ -263,7 +259,7 @@ impl Engine {
                     // or on another tree of this tenant (the log deduplicates
                     // ids per tenant).
                     self.catch_up_tree(tenant, tree, snap.position).await?;
-                    let snap = self.snapshot(tenant, tree)?;
+                    let snap = self.command_view(tenant, tree, cmd)?;
                     return match decide(&snap.tree, cmd, &facts, now) {
                         Ok(again) if again.is_empty() => {
                             Ok((self.original(tenant, &snap, cmd.command_id)?, true))
@@ -354,13 +350,10 @@ impl Engine {
         snap: &TreeSnapshot,
         command: CommandId,
     ) -> Result<CommitInfo, EngineError> {
-        let events: Vec<Event> = self
+        let events = self
             .inner
             .store
-            .history(tenant, snap.tree.id)?
-            .into_iter()
-            .filter(|e| e.command_id == command)
-            .collect();
+            .events_of_command(tenant, snap.tree.id, command)?;
         Ok(CommitInfo {
             tree: snap.tree.id,
             // The position is not kept per event; the tree's head is reported.
@@ -371,7 +364,8 @@ impl Engine {
 
     /// One publish per event on the subject of the mandate it is about.
     pub(super) async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
-        let snap = match self.inner.store.tree_shared(tenant, tree) {
+        let mandates: Vec<MandateId> = events.iter().map(|e| e.body.mandate()).collect();
+        let snap = match self.inner.store.view(tenant, tree, &mandates, None) {
             Ok(Some(snap)) => snap,
             other => {
                 // Not expected after an acknowledged append; guards re-read

@@ -108,7 +108,7 @@ impl Store {
     /// already passed would otherwise never be applied in order. Tree
     /// snapshots stay as they are.
     pub fn rewind_checkpoint(&self, position: u64) -> Result<(), StoreError> {
-        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serialized = self.write_lock();
         if self.checkpoint()? > position {
             self.projection
                 .insert(keys::CHECKPOINT, position.to_be_bytes().to_vec())?;
@@ -122,7 +122,7 @@ impl Store {
         for kv in self.projection.scan_prefix([keys::SNAPSHOT, SEP]) {
             let (k, _) = kv?;
             let (tenant, tree) = (tenant_of(&k)?, TreeId(parse_last(&k)?));
-            if let Some(snap) = self.tree_shared(&tenant, tree)? {
+            if let Some(snap) = self.head(&tenant, tree)? {
                 out.push((tenant, tree, snap.position));
             }
         }

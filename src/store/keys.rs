@@ -4,8 +4,16 @@
 //! below). Ids are subject-safe, so a part never contains a 0 byte; only the
 //! fixed-width numbers (positions, times) may, and they are read by position.
 //!
-//! The projection (sled tree `projection`, rebuilt from the event log):
-//! - `t/<tenant>/<tree>` → `TreeSnapshot` JSON
+//! The projection (sled tree `projection`, rebuilt from the event log). A
+//! tree is kept in parts, so that a command reads its chain and writes only
+//! what it changes, whatever the size of its tree:
+//! - `t/<tenant>/<tree>` → the tree's head: `TreeSnapshot` JSON whose tree
+//!   holds no mandate and no command (position, version, head hash, root,
+//!   mission, principal, quarantine, registry)
+//! - `n/<tenant>/<tree>/<mandate>` → `Mandate` JSON, children left out
+//! - `h/<tenant>/<tree>/<parent>/<seq be64>` → child mandate id (a parent's
+//!   children in the order they were issued; `seq` is the issuing event's)
+//! - `d/<tenant>/<tree>/<command>` → `AppliedCommand` JSON (command ids applied)
 //! - `e/<tenant>/<tree>/<seq be64>` → event JSON (history)
 //! - `m/<tenant>/<mandate>` → tree id
 //! - `a/<tenant>/<agent>/<mandate>` → tree id (mandates held by an agent)
@@ -16,6 +24,8 @@
 //! - `z/<tenant>/<tree>` → `Quarantine` JSON (a tree whose stream is corrupt)
 //! - `v/<tenant>/<tree>` → `Unsupported` JSON (a tree with events newer than this build)
 //! - `k` → checkpoint (be64)
+//! - `V` → the layout's version (be64): a projection written in another
+//!   layout is cleared and rebuilt from the log when the store opens
 //!
 //! Mission marks (sled tree `missions`):
 //! - `c/<tenant>/<mission_ref>` → () (missions completed, with or without a tree)
@@ -37,8 +47,14 @@ use crate::domain::{TenantId, TreeId};
 
 use super::StoreError;
 
-/// A tree's snapshot.
+/// A tree's head (its snapshot without mandates and commands).
 pub(super) const SNAPSHOT: u8 = b't';
+/// One mandate of a tree.
+pub(super) const NODE: u8 = b'n';
+/// One child of a mandate.
+pub(super) const CHILD: u8 = b'h';
+/// One command id a tree applied.
+pub(super) const APPLIED: u8 = b'd';
 /// One event of a tree's history.
 pub(super) const EVENT: u8 = b'e';
 /// A mandate's tree.
@@ -65,6 +81,8 @@ pub(super) const LOG_LOSS: u8 = b'l';
 pub(super) const LOG_IDENTITY: &[u8] = b"i";
 /// The checkpoint (a key of its own, no parts).
 pub(super) const CHECKPOINT: &[u8] = b"k";
+/// The projection layout's version (a key of its own, no parts).
+pub(super) const LAYOUT: &[u8] = b"V";
 
 pub(super) const SEP: u8 = 0;
 
@@ -96,6 +114,20 @@ pub(super) fn of_tenant(kind: u8, tenant: &TenantId, name: impl fmt::Display) ->
 pub(super) fn under_tenant(kind: u8, tenant: &TenantId, name: impl fmt::Display) -> Vec<u8> {
     let name = name.to_string();
     prefix(kind, &[tenant.as_str().as_bytes(), name.as_bytes()])
+}
+
+/// `<kind>/<tenant>/<tree>/<name>`: the key of one part of a tree.
+pub(super) fn of_tree(
+    kind: u8,
+    tenant: &TenantId,
+    tree: TreeId,
+    name: impl fmt::Display,
+) -> Vec<u8> {
+    let (tree, name) = (tree.to_string(), name.to_string());
+    key(
+        kind,
+        &[tenant.as_str().as_bytes(), tree.as_bytes(), name.as_bytes()],
+    )
 }
 
 /// The key of a pending expiry: ordered by time first.

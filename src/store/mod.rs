@@ -2,9 +2,13 @@
 //! parts that differ in where they come from:
 //!
 //! - **The projection** (`projection.rs`, sled tree `projection`): every
-//!   tree's current state (its snapshot), the indexes queries read, each
-//!   tree's history, and a checkpoint — the last log position applied in
-//!   order — written atomically with the state it covers. Rebuilt from the
+//!   tree's current state, kept in parts (its head, each mandate, each
+//!   child entry, each command id: `apply.rs` writes only the parts a commit
+//!   changes), the indexes queries read, each tree's history, and a
+//!   checkpoint — the last log position applied in order — written
+//!   atomically with the state it covers. Its layout has a version; a
+//!   projection in another layout is cleared and rebuilt from the log when
+//!   the store opens. Rebuilt from the
 //!   event log: `Engine::rebuild_check` (`mandate rebuild`) replays the log
 //!   into a fresh projection, compares, and if they differ replaces this
 //!   part only ([`Store::clear_projection`]).
@@ -26,8 +30,9 @@
 //!
 //! Only this module knows sled's key layout (`keys.rs`). One sled tree per
 //! part; one `apply_batch` (atomic across crashes) covers a commit's whole
-//! effect on the projection.
+//! effect on the projection (or a batch of commits').
 
+mod apply;
 mod audit;
 mod continuity;
 mod keys;
@@ -35,12 +40,17 @@ mod missions;
 mod projection;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{TenantId, TreeId};
 
+pub use apply::Commit;
 pub use continuity::LogLoss;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
+
+/// sled's page cache, in bytes (its default is 1 GiB): the engine's memory
+/// stays bounded whatever the number of mandates on disk.
+const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
@@ -77,27 +87,39 @@ pub struct Store {
     /// What the projection knows of its log: trees it went backwards on,
     /// its identity (`continuity.rs`). Kept by a rebuild.
     continuity: sled::Tree,
-    /// Serializes the projection's writes ([`Store::apply_commit`]): it reads
-    /// a tree's snapshot and writes the next one, and the writer, a conflict
-    /// catch-up and the follower may apply commits of one tree at once.
-    /// Unserialized, one of them could write a snapshot older than another
-    /// had just written; the next commit then seemed to skip a sequence
-    /// number and a healthy tree was quarantined as corrupt.
-    apply_lock: Arc<Mutex<()>>,
-    /// Decoded snapshots by tree, kept equal to the stored ones: every write
-    /// of a snapshot (in `apply_commit`, under `apply_lock`) replaces its entry.
-    cache: Arc<Mutex<projection::SnapshotCache>>,
+    /// Serializes the projection's writes ([`Store::apply_commits`]) and
+    /// keeps reads of a tree in parts consistent: a write takes it alone,
+    /// a read of a head, a view or a whole tree takes it shared. The writer,
+    /// a conflict catch-up and the follower may apply commits of one tree at
+    /// once; unserialized, one of them could write a head older than another
+    /// had just written, and the next commit then seemed to skip a sequence
+    /// number (a healthy tree quarantined as corrupt). Shared, a read never
+    /// sees a mandate from one commit with a head from another.
+    apply_lock: Arc<RwLock<()>>,
+    /// Decoded heads and mandates (`projection.rs`), kept equal to the
+    /// stored ones.
+    cache: Arc<Mutex<projection::Cache>>,
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::with_db(sled::open(path)?)
+        Self::with_db(
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(SLED_CACHE_BYTES)
+                .open()?,
+        )
     }
 
     /// A store that lives only as long as the process (tests, rebuild checks).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::with_db(sled::Config::new().temporary(true).open()?)
+        Self::with_db(
+            sled::Config::new()
+                .temporary(true)
+                .cache_capacity(SLED_CACHE_BYTES)
+                .open()?,
+        )
     }
 
     fn with_db(db: sled::Db) -> Result<Self, StoreError> {
@@ -107,15 +129,29 @@ impl Store {
         let marks = db.open_tree("missions")?;
         let audit = db.open_tree("audit")?;
         let continuity = db.open_tree("continuity")?;
-        Ok(Self {
+        let store = Self {
             db,
             projection,
             marks,
             audit,
             continuity,
-            apply_lock: Arc::new(Mutex::new(())),
+            apply_lock: Arc::new(RwLock::new(())),
             cache: Default::default(),
-        })
+        };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// Taken by every write of the projection.
+    fn write_lock(&self) -> RwLockWriteGuard<'_, ()> {
+        // A poisoned lock only means another applier panicked; the database
+        // itself is consistent (each batch is atomic).
+        self.apply_lock.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taken by a read of a tree in parts.
+    fn read_lock(&self) -> RwLockReadGuard<'_, ()> {
+        self.apply_lock.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Durably writes everything written so far, in all three parts.

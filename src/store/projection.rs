@@ -1,7 +1,9 @@
-//! The projection: every tree's snapshot (state and head), its history, the
-//! indexes queries read (mandate → tree, agent, principal, mission,
-//! missions a tree's event completed, expiry queue), quarantine and
-//! too-new marks, and the checkpoint.
+//! The projection: every tree kept in parts (its head, each mandate, each
+//! child entry, each command id applied, each event), the indexes queries
+//! read (mandate → tree, agent, principal, mission, missions a tree's event
+//! completed, expiry queue), quarantine and too-new marks, and the
+//! checkpoint. The key layout is in `keys.rs`; the fold that writes the
+//! parts is in `apply.rs`.
 //!
 //! Its source is the event log: everything here is a fold of the log's
 //! records in order ([`Store::apply_commit`]), so a replay of the log into an
@@ -9,6 +11,12 @@
 //! replaces it by such a replay ([`Store::clear_projection`]). Nothing that
 //! the log does not record is written here: mission marks and audit records
 //! have parts of their own.
+//!
+//! Readers get a tree as a [`TreeSnapshot`] of one of three sizes: its head
+//! alone ([`Store::head`]), its head with the chains of some of its mandates
+//! ([`Store::view`]: what a command decides on and a check authorizes on,
+//! at most 32 mandates a chain), or all of it ([`Store::tree`]: the `tree`
+//! query, whose cost is the tree's size by nature).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,14 +25,15 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    apply, AgentId, DomainError, Event, EventBody, MandateId, MissionRef, PrincipalId, Quarantine,
-    TenantId, Tree, TreeId,
+    AgentId, AppliedCommand, CommandId, Event, Mandate, MandateId, MissionRef, PrincipalId,
+    Quarantine, TenantId, Tree, TreeId,
 };
 
+use super::apply::{Commit, Pending};
 use super::keys::{
-    self, be64, decode_tree_id, of_tenant, parse_last, prefix, read, read_all, under_tenant,
-    CHECKPOINT, COMPLETED, EVENT, EXPIRY, GRANTED_BY, HELD_BY, MANDATE, QUARANTINE, SEP,
-    SERVES_MISSION, SNAPSHOT, TOO_NEW,
+    self, be64, decode_tree_id, of_tenant, of_tree, parse_last, prefix, read, read_all,
+    under_tenant, APPLIED, CHECKPOINT, CHILD, COMPLETED, EVENT, EXPIRY, GRANTED_BY, HELD_BY,
+    LAYOUT, MANDATE, NODE, QUARANTINE, SEP, SERVES_MISSION, SNAPSHOT, TOO_NEW,
 };
 use super::{Store, StoreError};
 
@@ -52,12 +61,6 @@ pub enum Applied {
     Unsupported(String),
 }
 
-/// Why a commit was not applied.
-enum Bad {
-    Corrupt(String),
-    TooNew(u64),
-}
-
 /// A tree this build cannot read past `position` (a newer schema version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unsupported {
@@ -75,20 +78,80 @@ pub struct DueExpiry {
     pub not_after: DateTime<Utc>,
 }
 
-/// Decoded snapshots by tenant and tree.
-pub(super) type SnapshotCache = HashMap<(TenantId, TreeId), Arc<TreeSnapshot>>;
+/// The version of the projection's key layout this build writes. A store
+/// whose projection holds another (or none, with data in it: the layout that
+/// kept a whole tree in one snapshot) is cleared and rebuilt from the log.
+pub(super) const LAYOUT_VERSION: u64 = 2;
 
-/// Most decoded snapshots kept in memory.
-const SNAPSHOT_CACHE: usize = 4096;
+/// Most tree heads kept decoded in memory.
+const HEAD_CACHE: usize = 16_384;
+/// Most mandates kept decoded in memory.
+const NODE_CACHE: usize = 65_536;
+
+/// Decoded heads and mandates, kept equal to the stored ones: only a
+/// committed batch ([`Pending::commit`]) and a read under the read lock put
+/// entries in. Bounded: full, a map starts over rather than track recency.
+#[derive(Default)]
+pub(super) struct Cache {
+    heads: HashMap<(TenantId, TreeId), Arc<TreeSnapshot>>,
+    nodes: HashMap<(TenantId, TreeId, MandateId), Arc<Mandate>>,
+}
+
+impl Cache {
+    pub(super) fn put_head(&mut self, k: (TenantId, TreeId), v: Arc<TreeSnapshot>) {
+        if self.heads.len() >= HEAD_CACHE && !self.heads.contains_key(&k) {
+            self.heads.clear();
+        }
+        self.heads.insert(k, v);
+    }
+
+    pub(super) fn put_node(&mut self, k: (TenantId, TreeId, MandateId), v: Arc<Mandate>) {
+        if self.nodes.len() >= NODE_CACHE && !self.nodes.contains_key(&k) {
+            self.nodes.clear();
+        }
+        self.nodes.insert(k, v);
+    }
+
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.nodes.clear();
+    }
+}
 
 impl Store {
     /// Empties the projection, for a rebuild from the log. The mission
     /// marks and the audit records are kept: the log does not hold them.
     pub fn clear_projection(&self) -> Result<(), StoreError> {
-        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serialized = self.write_lock();
         self.projection.clear()?;
+        self.projection
+            .insert(LAYOUT, LAYOUT_VERSION.to_be_bytes().to_vec())?;
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
         Ok(())
+    }
+
+    /// Clears a projection written in another layout, so that it is
+    /// rebuilt from the log and never read wrongly; marks a new one with
+    /// this layout. Returns whether it cleared one.
+    pub(super) fn check_layout(&self) -> Result<bool, StoreError> {
+        let found = self.projection.get(LAYOUT)?.map(|v| be64(&v));
+        match found {
+            Some(v) if v == LAYOUT_VERSION => Ok(false),
+            None if self.projection.is_empty() => {
+                self.projection
+                    .insert(LAYOUT, LAYOUT_VERSION.to_be_bytes().to_vec())?;
+                Ok(false)
+            }
+            other => {
+                tracing::warn!(
+                    found = ?other,
+                    expected = LAYOUT_VERSION,
+                    "the projection was written in another layout; it is cleared and rebuilt from the log"
+                );
+                self.clear_projection()?;
+                Ok(true)
+            }
+        }
     }
 
     /// The last log position applied in order.
@@ -100,65 +163,189 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// A tree's snapshot.
+    /// A tree's head: its snapshot with no mandate and no command in it
+    /// (position, version, root, mission, principal, quarantine, registry).
+    pub fn head(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
+        let _consistent = self.read_lock();
+        self.load_head(tenant, tree)
+    }
+
+    /// A tree's head with the chains (root to mandate) of `mandates` and the
+    /// root, and the record of `command` if the tree applied it: what a
+    /// command decides on and a check authorizes on. Its cost is that of the
+    /// chains (at most 32 mandates each), whatever the size of the tree. A
+    /// mandate not in the tree is left out. Mandates hold no children here.
+    pub fn view(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        mandates: &[MandateId],
+        command: Option<CommandId>,
+    ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
+        let _consistent = self.read_lock();
+        let Some(head) = self.load_head(tenant, tree)? else {
+            return Ok(None);
+        };
+        let mut snap = (*head).clone();
+        let start = snap.tree.root.into_iter().chain(mandates.iter().copied());
+        for id in start {
+            let mut next = Some(id);
+            // Up the chain until a mandate already in the view (its chain is
+            // too) or the root; a parent is always issued before its child,
+            // so the walk ends, and the depth bound caps it besides.
+            let mut steps = 0;
+            while let Some(id) = next.filter(|id| !snap.tree.mandates.contains_key(id)) {
+                let Some(m) = self.load_node(tenant, tree, id)? else {
+                    break;
+                };
+                next = m.parent;
+                snap.tree.mandates.insert(id, (*m).clone());
+                steps += 1;
+                if steps > crate::domain::model::MAX_DEPTH as usize + 1 {
+                    break;
+                }
+            }
+        }
+        if let Some(c) = command {
+            if let Some(applied) = self.applied_command(tenant, tree, c)? {
+                snap.tree.commands.insert(c, applied);
+            }
+        }
+        Ok(Some(Arc::new(snap)))
+    }
+
+    /// A whole tree: every mandate with its children, every command id.
+    /// Its cost is the tree's size: for the `tree` query and tools, never
+    /// on a command's or a check's path.
     pub fn tree(
         &self,
         tenant: &TenantId,
         tree: TreeId,
     ) -> Result<Option<TreeSnapshot>, StoreError> {
-        Ok(self.tree_shared(tenant, tree)?.map(|s| (*s).clone()))
+        let _consistent = self.read_lock();
+        let Some(head) = self.load_head(tenant, tree)? else {
+            return Ok(None);
+        };
+        let mut snap = (*head).clone();
+        let tree_s = tree.to_string();
+        let parts = [tenant.as_str().as_bytes(), tree_s.as_bytes()];
+        for kv in self.projection.scan_prefix(prefix(NODE, &parts)) {
+            let (k, v) = kv?;
+            let m: Mandate = keys::decode(&k, &v)?;
+            snap.tree.mandates.insert(m.id, m);
+        }
+        // Keys sort by parent, then by the issuing event's seq.
+        for kv in self.projection.scan_prefix(prefix(CHILD, &parts)) {
+            let (k, v) = kv?;
+            let (parent, child) = child_entry(&k, &v)?;
+            if let Some(p) = snap.tree.mandates.get_mut(&parent) {
+                p.children.push(child);
+            }
+        }
+        for kv in self.projection.scan_prefix(prefix(APPLIED, &parts)) {
+            let (k, v) = kv?;
+            let c: AppliedCommand = keys::decode(&k, &v)?;
+            snap.tree.commands.insert(CommandId(parse_last(&k)?), c);
+        }
+        Ok(Some(snap))
     }
 
-    /// A tree's snapshot, shared: served from the in-memory cache of decoded
-    /// snapshots when it is there (no JSON decoding, no copy), so a read or a
-    /// command on a large tree does not decode the whole tree each time.
-    pub fn tree_shared(
+    /// The events one command wrote to a tree, from its history.
+    pub fn events_of_command(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        command: CommandId,
+    ) -> Result<Vec<Event>, StoreError> {
+        let Some(applied) = self.applied_command(tenant, tree, command)? else {
+            return Ok(Vec::new());
+        };
+        let tree_s = tree.to_string();
+        let parts = [tenant.as_str().as_bytes(), tree_s.as_bytes()];
+        let from = keys::key(EVENT, &[parts[0], parts[1], &applied.seq.to_be_bytes()]);
+        let end = prefix(EVENT, &parts);
+        let mut out = Vec::new();
+        for kv in self.projection.range(from..) {
+            let (k, v) = kv?;
+            if !k.starts_with(&end) {
+                break;
+            }
+            let e: Event = keys::decode(&k, &v)?;
+            if e.command_id != command {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// The record of a command id a tree applied.
+    pub(super) fn applied_command(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        command: CommandId,
+    ) -> Result<Option<AppliedCommand>, StoreError> {
+        read(&self.projection, &of_tree(APPLIED, tenant, tree, command))
+    }
+
+    /// The cached or stored head of a tree.
+    pub(super) fn load_head(
         &self,
         tenant: &TenantId,
         tree: TreeId,
     ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
-        if let Some(hit) = self.cache_get(&(tenant.clone(), tree)) {
-            return Ok(Some(hit));
+        let k = (tenant.clone(), tree);
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heads
+            .get(&k)
+        {
+            return Ok(Some(hit.clone()));
         }
-        // Read under the apply lock, so a concurrent apply cannot slip a newer
-        // snapshot into the cache between our read and our insert.
-        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.load_snapshot_locked(tenant, tree)
-    }
-
-    /// The cached or stored snapshot; the caller holds `apply_lock`.
-    fn load_snapshot_locked(
-        &self,
-        tenant: &TenantId,
-        tree: TreeId,
-    ) -> Result<Option<Arc<TreeSnapshot>>, StoreError> {
-        let cache_key = (tenant.clone(), tree);
-        if let Some(hit) = self.cache_get(&cache_key) {
-            return Ok(Some(hit));
-        }
-        let snap: Option<TreeSnapshot> = self.of_tree(SNAPSHOT, tenant, tree)?;
-        Ok(snap.map(|snap| {
-            let snap = Arc::new(snap);
-            self.cache_put(cache_key, snap.clone());
-            snap
+        let stored: Option<TreeSnapshot> = self.of_tree(SNAPSHOT, tenant, tree)?;
+        Ok(stored.map(|s| {
+            let s = Arc::new(s);
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put_head(k, s.clone());
+            s
         }))
     }
 
-    fn cache_get(&self, k: &(TenantId, TreeId)) -> Option<Arc<TreeSnapshot>> {
-        self.cache
+    /// The cached or stored mandate of a tree.
+    pub(super) fn load_node(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        id: MandateId,
+    ) -> Result<Option<Arc<Mandate>>, StoreError> {
+        let k = (tenant.clone(), tree, id);
+        if let Some(hit) = self
+            .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(k)
-            .cloned()
-    }
-
-    fn cache_put(&self, k: (TenantId, TreeId), snap: Arc<TreeSnapshot>) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= SNAPSHOT_CACHE && !cache.contains_key(&k) {
-            // Crude but bounded: start over rather than track recency.
-            cache.clear();
+            .nodes
+            .get(&k)
+        {
+            return Ok(Some(hit.clone()));
         }
-        cache.insert(k, snap);
+        let stored: Option<Mandate> = read(&self.projection, &of_tree(NODE, tenant, tree, id))?;
+        Ok(stored.map(|m| {
+            let m = Arc::new(m);
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put_node(k, m.clone());
+            m
+        }))
     }
 
     /// The value of `kind` stored for one tree of a tenant, decoded.
@@ -375,7 +562,15 @@ impl Store {
         payload: &[u8],
         advance_checkpoint: bool,
     ) -> Result<Applied, StoreError> {
-        self.apply_record(tenant, tree_id, position, Ok(payload), advance_checkpoint)
+        let commit = Commit {
+            tenant,
+            tree: tree_id,
+            position,
+            payload: Ok(payload),
+        };
+        Ok(self
+            .apply_commits(std::slice::from_ref(&commit), advance_checkpoint)?
+            .remove(0))
     }
 
     /// A record of the tree's subject that the log itself could not decode
@@ -389,294 +584,98 @@ impl Store {
         reason: &str,
         advance_checkpoint: bool,
     ) -> Result<Applied, StoreError> {
-        self.apply_record(
+        let commit = Commit {
             tenant,
-            tree_id,
+            tree: tree_id,
             position,
-            Err(reason.to_string()),
-            advance_checkpoint,
-        )
+            payload: Err(reason.to_string()),
+        };
+        Ok(self
+            .apply_commits(std::slice::from_ref(&commit), advance_checkpoint)?
+            .remove(0))
+    }
+
+    /// Applies many commits in log order as one atomic sled batch, each as
+    /// [`Store::apply_commit`] would: a rebuild or a catch-up pays one
+    /// batch, not one per commit. Returns what each commit did, in order.
+    pub fn apply_commits(
+        &self,
+        commits: &[Commit<'_>],
+        advance_checkpoint: bool,
+    ) -> Result<Vec<Applied>, StoreError> {
+        let _serialized = self.write_lock();
+        let mut pending = Pending::new(self);
+        let applied = commits
+            .iter()
+            .map(|c| pending.apply(c, advance_checkpoint))
+            .collect::<Result<Vec<_>, _>>()?;
+        pending.commit()?;
+        Ok(applied)
     }
 
     /// Moves the checkpoint past a record that belongs to no tree.
     pub fn advance_checkpoint(&self, position: u64) -> Result<(), StoreError> {
-        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if position > self.checkpoint()? {
-            self.projection
-                .insert(CHECKPOINT, position.to_be_bytes().to_vec())?;
-        }
-        Ok(())
-    }
-
-    fn apply_record(
-        &self,
-        tenant: &TenantId,
-        tree_id: TreeId,
-        position: u64,
-        payload: Result<&[u8], String>,
-        advance_checkpoint: bool,
-    ) -> Result<Applied, StoreError> {
-        // A poisoned lock only means another applier panicked; the database
-        // itself is consistent (each batch is atomic).
-        let _serialized = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
-        // Never backwards: a catch-up (`Engine::catch_up`) may run beside the
-        // follower, and a lower position must not undo a higher one.
-        if advance_checkpoint && position > self.checkpoint()? {
-            batch.insert(CHECKPOINT, position.to_be_bytes().to_vec());
-        }
-        let snapshot = self.load_snapshot_locked(tenant, tree_id)?;
-        if snapshot.as_ref().is_some_and(|s| s.position >= position) {
-            self.projection.apply_batch(batch)?;
-            return Ok(Applied::AlreadyApplied);
-        }
-        let tree_s = tree_id.to_string();
-        let tree_key = [tenant.as_str().as_bytes(), tree_s.as_bytes()];
-        let too_new = self.unsupported(tenant, tree_id)?;
-        if too_new.as_ref().is_some_and(|u| position > u.position) {
-            // Nothing past an unreadable record can be applied in order.
-            self.projection.apply_batch(batch)?;
-            return Ok(Applied::Unsupported(
-                too_new.map(|u| u.reason).unwrap_or_default(),
-            ));
-        }
-        let mut tree = snapshot
-            .map(|s| Arc::unwrap_or_clone(s).tree)
-            .unwrap_or_else(|| Tree::empty(tenant.clone(), tree_id));
-        let decoded = match payload {
-            Err(reason) => Err(Bad::Corrupt(reason)),
-            Ok(bytes) => match Event::decode_commit(bytes) {
-                Err(DomainError::UnknownVersion {
-                    actual, supported, ..
-                }) if actual > u64::from(supported) => Err(Bad::TooNew(actual)),
-                Err(e) => Err(Bad::Corrupt(e.to_string())),
-                Ok(evs) => check_commit(&tree, tenant, tree_id, &evs)
-                    .map(|()| evs)
-                    .map_err(Bad::Corrupt),
-            },
-        };
-        if let Some(q) = &tree.quarantine {
-            let resolves = matches!(&decoded, Ok(evs) if matches!(
-                evs.first().map(|e| &e.body),
-                Some(EventBody::QuarantineResolved(r)) if r.position == q.position
-            ));
-            if !resolves {
-                // Passed over, not applied: the head moves so that reads and
-                // the resolution's append see the log as it is.
-                self.write_snapshot(batch, TreeSnapshot { position, tree })?;
-                return Ok(Applied::PassedOver);
-            }
-        }
-        let events = match decoded {
-            Ok(events) => events,
-            Err(Bad::TooNew(version)) => {
-                let mark = Unsupported {
-                    position,
-                    version,
-                    reason: DomainError::TreeTooNew {
-                        tree: tree_id,
-                        position,
-                        version,
-                        supported: crate::domain::SCHEMA_VERSION,
-                    }
-                    .to_string(),
-                };
-                tracing::warn!(%tenant, tree = %tree_id, position, version, "tree has events newer than this build reads");
-                batch.insert(
-                    keys::key(TOO_NEW, &tree_key),
-                    serde_json::to_vec(&mark).expect("marks serialize"),
-                );
-                self.projection.apply_batch(batch)?;
-                return Ok(Applied::Unsupported(mark.reason));
-            }
-            Err(Bad::Corrupt(reason)) => {
-                let err = StoreError::Corrupt {
-                    tenant: tenant.clone(),
-                    tree: tree_id,
-                    position,
-                    reason,
-                };
-                tracing::error!(%tenant, tree = %tree_id, position, error = %err, "quarantining tree");
-                let q = Quarantine {
-                    position,
-                    reason: err.to_string(),
-                };
-                batch.insert(
-                    keys::key(QUARANTINE, &tree_key),
-                    serde_json::to_vec(&q).expect("marks serialize"),
-                );
-                batch.remove(keys::key(TOO_NEW, &tree_key));
-                tree.quarantine = Some(q.clone());
-                self.write_snapshot(batch, TreeSnapshot { position, tree })?;
-                return Ok(Applied::Quarantined(q));
-            }
-        };
-        if too_new.is_some() {
-            batch.remove(keys::key(TOO_NEW, &tree_key));
-        }
-        let before = tree.clone();
-        for e in &events {
-            apply(&mut tree, e);
-            let ek = keys::key(EVENT, &[tree_key[0], tree_key[1], &e.seq.to_be_bytes()]);
-            batch.insert(ek, serde_json::to_vec(e).expect("events serialize"));
-        }
-        if before.quarantine.is_some() && tree.quarantine.is_none() {
-            batch.remove(keys::key(QUARANTINE, &tree_key));
-        }
-        index_changes(&mut batch, &before, &tree, &events);
-        self.write_snapshot(batch, TreeSnapshot { position, tree })?;
-        Ok(Applied::Applied(events))
-    }
-
-    /// Adds a tree's snapshot to `batch`, applies the batch and caches the
-    /// snapshot; the caller holds `apply_lock`.
-    fn write_snapshot(&self, mut batch: sled::Batch, snap: TreeSnapshot) -> Result<(), StoreError> {
-        let (tenant, tree_id) = (snap.tree.tenant.clone(), snap.tree.id);
-        batch.insert(
-            of_tenant(SNAPSHOT, &tenant, tree_id),
-            serde_json::to_vec(&snap).expect("snapshots serialize"),
-        );
-        self.projection.apply_batch(batch)?;
-        self.cache_put((tenant, tree_id), Arc::new(snap));
-        Ok(())
+        let _serialized = self.write_lock();
+        let mut pending = Pending::new(self);
+        pending.advance(position)?;
+        pending.commit()
     }
 
     /// Every key and value, for comparing a live projection with a rebuild.
-    /// The checkpoint is left out: a writer-applied projection and a rebuild
-    /// agree on state, not on how far their follower has read.
-    pub fn dump(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+    /// Left out: the checkpoint (a writer-applied projection and a rebuild
+    /// agree on state, not on how far their follower has read), and the
+    /// expiry entries due at `now` (the scheduler drops those of mandates
+    /// ended by an ancestor when it finds them, which a rebuild has not done
+    /// yet; see `apply.rs`).
+    pub fn dump_at(&self, now: DateTime<Utc>) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        let due_end = {
+            let mut k = vec![EXPIRY, SEP];
+            k.extend_from_slice(&keys::ms(now));
+            k.push(0xff);
+            k
+        };
         self.projection
             .iter()
-            .filter(|kv| !matches!(kv, Ok((k, _)) if k.as_ref() == CHECKPOINT))
+            .filter(|kv| match kv {
+                Ok((k, _)) => {
+                    k.as_ref() != CHECKPOINT
+                        && !(k.starts_with(&[EXPIRY, SEP]) && k.as_ref() < due_end.as_slice())
+                }
+                Err(_) => true,
+            })
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
     }
-}
 
-/// The checks a commit must pass before it touches a tree.
-fn check_commit(
-    tree: &Tree,
-    tenant: &TenantId,
-    tree_id: TreeId,
-    events: &[Event],
-) -> Result<(), String> {
-    if events.is_empty() {
-        return Err("empty commit".into());
-    }
-    // Only the running seq and head hash are needed: no copy of the tree.
-    let (mut version, mut head) = (tree.version, tree.head_hash.clone());
-    for e in events {
-        if &e.tenant != tenant || e.tree != tree_id {
-            return Err(format!(
-                "event {} names tenant {} tree {}, but is stored under tenant {tenant} tree {tree_id}",
-                e.event_id, e.tenant, e.tree
-            ));
-        }
-        if e.seq != version + 1 {
-            return Err(format!(
-                "event seq {} where {} was expected",
-                e.seq,
-                version + 1
-            ));
-        }
-        if e.prev_hash != head {
-            return Err(format!(
-                "event seq {} does not chain to the previous event's hash",
-                e.seq
-            ));
-        }
-        version = e.seq;
-        head = Some(e.hash());
-    }
-    Ok(())
-}
-
-/// Index updates for a tree going from `before` to `after`.
-fn index_changes(batch: &mut sled::Batch, before: &Tree, after: &Tree, events: &[Event]) {
-    let t = after.tenant.as_str().as_bytes();
-    let tree_s = after.id.to_string();
-    for e in events {
-        let id = e.body.mandate();
-        let id_s = id.to_string();
-        let (Some(old), Some(new)) = (
-            before.mandates.get(&id).or(after.mandates.get(&id)),
-            after.mandates.get(&id),
-        ) else {
-            continue;
-        };
-        match &e.body {
-            EventBody::MandateIssued(m) => {
-                batch.insert(keys::key(MANDATE, &[t, id_s.as_bytes()]), tree_s.as_bytes());
-                batch.insert(
-                    keys::key(
-                        HELD_BY,
-                        &[t, m.grantee.as_str().as_bytes(), id_s.as_bytes()],
-                    ),
-                    tree_s.as_bytes(),
-                );
-                if m.parent.is_none() {
-                    batch.insert(
-                        keys::key(
-                            GRANTED_BY,
-                            &[t, m.principal.as_str().as_bytes(), tree_s.as_bytes()],
-                        ),
-                        &[],
-                    );
-                    if let Some(r) = m.mission.as_ref().and_then(|m| m.mission_ref.as_ref()) {
-                        batch.insert(
-                            keys::key(
-                                SERVES_MISSION,
-                                &[t, r.as_str().as_bytes(), tree_s.as_bytes()],
-                            ),
-                            &[],
-                        );
-                    }
-                }
-                batch.insert(
-                    keys::expiry(m.not_after, &after.tenant, id),
-                    tree_s.as_bytes(),
-                );
-            }
-            EventBody::MandateRenewed(_) => {
-                batch.remove(keys::expiry(old.not_after, &after.tenant, id));
-                if !new.status.is_terminal() {
-                    batch.insert(
-                        keys::expiry(new.not_after, &after.tenant, id),
-                        tree_s.as_bytes(),
-                    );
-                }
-            }
-            EventBody::MissionCompleted(m) => {
-                batch.insert(
-                    of_tenant(COMPLETED, &after.tenant, m.mission_ref.as_str()),
-                    &[],
-                );
-                batch.remove(keys::expiry(new.not_after, &after.tenant, id));
-                remove_expiries_below(batch, after, id);
-            }
-            _ if new.status.is_terminal() => {
-                batch.remove(keys::expiry(new.not_after, &after.tenant, id));
-                remove_expiries_below(batch, after, id);
-            }
-            _ => {}
-        }
+    /// [`Store::dump_at`] the system clock's now.
+    pub fn dump(&self) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
+        self.dump_at(Utc::now())
     }
 }
 
-/// A mandate ended by an event ends everything below it, and none of its
-/// descendants will get an `expired` event of its own (`expire` refuses them
-/// as terminal), so their expiry entries go with it. Done here in the fold,
-/// not by the scheduler dropping them later, so that the expiry queue stays a
-/// function of the log and a rebuild equals the live projection.
-fn remove_expiries_below(batch: &mut sled::Batch, after: &Tree, mandate: MandateId) {
-    for d in after.descendants(mandate) {
-        if let Some(m) = after.mandates.get(&d) {
-            batch.remove(keys::expiry(m.not_after, &after.tenant, d));
-        }
-    }
+/// The parent and child of a child entry (`h/<tenant>/<tree>/<parent>/<seq be64>`):
+/// the parent part is read by position from the end, since the seq may hold
+/// separator bytes.
+fn child_entry(k: &[u8], v: &[u8]) -> Result<(MandateId, MandateId), StoreError> {
+    let bad = || StoreError::Decode {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: "malformed child entry".into(),
+    };
+    const UUID_LEN: usize = 36;
+    let end = k.len().checked_sub(8 + 1).ok_or_else(bad)?;
+    let start = end.checked_sub(UUID_LEN).ok_or_else(bad)?;
+    let parent = std::str::from_utf8(&k[start..end])
+        .ok()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(bad)?;
+    let child = std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(bad)?;
+    Ok((MandateId(parent), MandateId(child)))
 }
 
 /// A pending expiry from its key and value.

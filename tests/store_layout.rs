@@ -1,0 +1,181 @@
+//! The projection's layout: a tree is kept in parts, so a command writes
+//! what it changes and a read of a chain reads that chain, whatever the
+//! size of the tree; and a projection written in another layout is never
+//! read, but rebuilt from the log.
+//!
+//! These are counts of keys and bytes, not timings: the timings are the
+//! benchmark program's (`mandate-bench growth`).
+
+mod common;
+
+use common::fixtures::{agent, change, delegation, envelope, ext, principal, root_issue, tenant};
+use mandate::domain::{Command, MandateId, TreeId};
+use mandate::engine::{Engine, EngineConfig};
+
+/// cfo's root for lead, with room for four levels below it.
+async fn root(engine: &Engine) -> (TreeId, MandateId) {
+    let issue = Command::Issue(root_issue(
+        "cfo",
+        "lead",
+        None,
+        &["finance:* on reports/**"],
+    ));
+    let r = engine
+        .execute(ext(envelope("acme", principal("cfo"), issue)))
+        .await
+        .unwrap();
+    (r.commits[0].tree, r.mandate.unwrap())
+}
+
+/// `by` delegates to `to` under `parent`.
+async fn delegate(engine: &Engine, parent: MandateId, by: &str, to: &str) -> MandateId {
+    let cmd = Command::Delegate(delegation(parent, to, &["finance:read on reports/**"]));
+    engine
+        .execute(ext(envelope("acme", agent(by), cmd)))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap()
+}
+
+/// Keys and bytes of the whole projection.
+fn size(engine: &Engine) -> (usize, usize) {
+    let dump = engine.store().dump().unwrap();
+    (
+        dump.len(),
+        dump.iter().map(|(k, v)| k.len() + v.len()).sum(),
+    )
+}
+
+/// What one delegation under the root adds to the projection.
+async fn growth_of_one_delegation(engine: &Engine, root: MandateId) -> (usize, usize) {
+    let (keys, bytes) = size(engine);
+    delegate(engine, root, "lead", "worker").await;
+    let (keys_after, bytes_after) = size(engine);
+    (keys_after - keys, bytes_after - bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegation_writes_as_much_under_a_root_of_ten_children_as_under_one_of_four_hundred() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let (_, root) = root(&engine).await;
+    for _ in 0..10 {
+        delegate(&engine, root, "lead", "worker").await;
+    }
+    let small = growth_of_one_delegation(&engine, root).await;
+    for _ in 0..390 {
+        delegate(&engine, root, "lead", "worker").await;
+    }
+    let large = growth_of_one_delegation(&engine, root).await;
+    assert_eq!(
+        small.0, large.0,
+        "keys added by one delegation: {small:?} at 11 children, {large:?} at 401"
+    );
+    // Positions and sequence numbers take a digit more at 401 than at 11;
+    // a layout that rewrote the tree would add kilobytes.
+    assert!(
+        large.1.abs_diff(small.1) <= 16,
+        "bytes added by one delegation: {} at 11 children, {} at 401",
+        small.1,
+        large.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_holds_the_chain_and_the_head_holds_no_mandate() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let (tree, root) = root(&engine).await;
+    for _ in 0..50 {
+        delegate(&engine, root, "lead", "worker").await;
+    }
+    let a = delegate(&engine, root, "lead", "a").await;
+    let b = delegate(&engine, a, "a", "b").await;
+    let c = delegate(&engine, b, "b", "c").await;
+    let acme = tenant("acme");
+    let store = engine.store();
+
+    let head = store.head(&acme, tree).unwrap().unwrap();
+    assert!(head.tree.mandates().is_empty() && head.tree.commands().is_empty());
+    assert_eq!(head.tree.root(), Some(root));
+
+    let view = store.view(&acme, tree, &[c], None).unwrap().unwrap();
+    let held: Vec<MandateId> = view.tree.mandates().keys().copied().collect();
+    let mut chain = vec![root, a, b, c];
+    chain.sort();
+    assert_eq!(held, chain, "a view of c holds its chain and nothing else");
+    assert_eq!(view.position, head.position);
+
+    let whole = store.tree(&acme, tree).unwrap().unwrap();
+    assert_eq!(whole.tree.mandates().len(), 54);
+    assert_eq!(whole.tree.get(root).unwrap().children().len(), 51);
+    assert_eq!(whole.tree.get(b).unwrap().children(), &[c]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = tenant("acme");
+    let (tree, child) = {
+        let engine = Engine::embedded(dir.path(), EngineConfig::default())
+            .await
+            .unwrap();
+        let (tree, root) = root(&engine).await;
+        let child = delegate(&engine, root, "lead", "worker").await;
+        engine
+            .execute(ext(envelope(
+                "acme",
+                principal("cfo"),
+                Command::Revoke(change(child)),
+            )))
+            .await
+            .unwrap();
+        engine.store().flush().await.unwrap();
+        (tree, child)
+    };
+    // What a build of the earlier layout left: its tree snapshot under the
+    // head's key, and no layout mark.
+    {
+        let db = sled::open(dir.path().join("projection")).unwrap();
+        let projection = db.open_tree("projection").unwrap();
+        assert!(
+            projection.remove(b"V").unwrap().is_some(),
+            "the layout is marked"
+        );
+        let head_key = projection.scan_prefix(b"t\0").next().unwrap().unwrap().0;
+        projection
+            .insert(
+                head_key,
+                br#"{"position":1,"tree":{"written":"by an older build"}}"#.to_vec(),
+            )
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    // Not read as it was: cleared, and rebuilt from the log.
+    engine.catch_up().await.unwrap();
+    let status = engine.status(&acme, child, None).await.unwrap();
+    assert!(
+        status.effective.status.is_terminal(),
+        "the revoke is back from the log: {status:?}"
+    );
+    assert_eq!(
+        engine
+            .store()
+            .tree(&acme, tree)
+            .unwrap()
+            .unwrap()
+            .tree
+            .mandates()
+            .len(),
+        2
+    );
+    assert!(engine.rebuild_check().await.unwrap().equal);
+}
