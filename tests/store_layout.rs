@@ -179,3 +179,31 @@ async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_
     );
     assert!(engine.rebuild_check().await.unwrap().equal);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_delegating_under_one_root_on_one_instance_meets_no_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let (tree, root) = root(&engine).await;
+    let swarm: Vec<_> = (0..32)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    delegate(&engine, root, "lead", &format!("worker-{i}")).await;
+                }
+            })
+        })
+        .collect();
+    for task in swarm {
+        task.await.unwrap();
+    }
+    let acme = tenant("acme");
+    let whole = engine.store().tree(&acme, tree).unwrap().unwrap();
+    assert_eq!(whole.tree.get(root).unwrap().children().len(), 128);
+    // Commands on one tree take turns in an instance: none of them had its
+    // append refused and decided again.
+    assert_eq!(engine.append_conflicts(), 0);
+}

@@ -714,6 +714,13 @@ fn resolves(commit: &LoggedCommit, position: u64, last_hash: Option<&str>) -> bo
 /// (yet): so every mandate's parent was folded in before it, and no walk up
 /// a chain can meet a cycle, whatever a forged record says.
 pub fn apply(tree: &mut Tree, event: &Event) {
+    apply_hashed(tree, event, event.hash());
+}
+
+/// [`apply`], for a caller that has just computed the event's hash (the
+/// projection, which checks the chain first): hashing an event is most of
+/// what folding it costs.
+pub fn apply_hashed(tree: &mut Tree, event: &Event, hash: String) {
     let transition = |status: Status, reason: &Option<String>| Transition {
         status,
         seq: event.seq,
@@ -825,7 +832,7 @@ pub fn apply(tree: &mut Tree, event: &Event) {
         }
     }
     tree.version = event.seq;
-    tree.head_hash = Some(event.hash());
+    tree.head_hash = Some(hash);
     tree.commands
         .entry(event.command_id)
         .or_insert_with(|| super::model::AppliedCommand {

@@ -28,8 +28,8 @@ pub use decide::{decide, Facts};
 pub use effective::{Cause, Effective};
 pub use error::{DomainError, ErrorCode};
 pub use event::{
-    apply, replay, verify_chain, verify_chain_with_head, verify_log, ChainFault, Event, EventBody,
-    LogBreak, LoggedCommit, RecordedHead, VerifiedLog, SCHEMA_VERSION,
+    apply, apply_hashed, replay, verify_chain, verify_chain_with_head, verify_log, ChainFault,
+    Event, EventBody, LogBreak, LoggedCommit, RecordedHead, VerifiedLog, SCHEMA_VERSION,
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};

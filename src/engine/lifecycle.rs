@@ -41,6 +41,8 @@ impl Engine {
                 nats,
                 missions: mission_state,
                 continuity: Default::default(),
+                writers: Default::default(),
+                conflicts: Default::default(),
             }),
         })
     }
@@ -99,6 +101,16 @@ impl Engine {
     /// The signal bus (guards subscribe through it in-process).
     pub fn bus(&self) -> &SignalBus {
         &self.inner.bus
+    }
+
+    /// How many appends of this instance the log refused because another
+    /// instance had written the tree first (each was decided again on fresh
+    /// state). Commands of one instance on one tree take turns, so only
+    /// other instances cause them.
+    pub fn append_conflicts(&self) -> u64 {
+        self.inner
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This instance's id.

@@ -9,7 +9,8 @@
 //! Consistency: each tree is one stream; an append names the head it decided
 //! on (optimistic concurrency), so several instances serve one tenant without
 //! a leader. A conflict is retried from fresh state; the caller sees one
-//! answer. The instance that wrote a commit applies it to its projection at
+//! answer. Within one instance, commands on one tree take turns (a lock per
+//! tree in `write.rs`), so conflicts come only from other instances. The instance that wrote a commit applies it to its projection at
 //! once (read-your-writes) and publishes its signals; the follower applies
 //! everyone's commits in log order and moves the checkpoint.
 //!
@@ -23,7 +24,7 @@
 //! | Open | [`Engine::new`], [`Engine::embedded`], [`Engine::nats`] | `lifecycle.rs` |
 //! | Run and stop | [`Engine::start`] (→ [`BackgroundGuard::stop`]), [`Engine::run_background`] | `lifecycle.rs` |
 //! | Projection | [`Engine::catch_up`], [`Engine::rebuild_check`] (and [`replay_log`]) | `lifecycle.rs` |
-//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`] | `lifecycle.rs` |
+//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`] | `lifecycle.rs` |
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
 //! | Queries | [`Engine::status`], [`Engine::chain`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
 //! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
@@ -146,6 +147,10 @@ pub(crate) struct Inner {
     pub(crate) missions: missions::MissionState,
     /// Whether the log went backwards under this instance (`continuity.rs`).
     pub(crate) continuity: continuity::Continuity,
+    /// One writer per tree in this instance (`write.rs`).
+    pub(crate) writers: write::TreeWriters,
+    /// Appends refused because another instance wrote the tree first.
+    pub(crate) conflicts: std::sync::atomic::AtomicU64,
 }
 
 /// One engine instance. Cheap to clone.

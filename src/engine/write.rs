@@ -3,7 +3,8 @@
 //! state, apply, and publish the signals; and the grants that a block
 //! written at the same moment must end.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 
 use crate::domain::{
     decide, root_tree_id, Actor, Block, Command, CommandEnvelope, CommandId, DomainError, Event,
@@ -214,6 +215,10 @@ impl Engine {
         facts: &Facts,
     ) -> Result<(CommitInfo, bool), EngineError> {
         let tenant = &cmd.tenant;
+        // Commands on one tree take turns in this instance: a swarm writing
+        // under one root would otherwise spend its appends refusing each
+        // other. Conflicts remain only between instances.
+        let _turn = self.inner.writers.turn(tenant, tree).await;
         for _attempt in 0..self.inner.config.max_attempts {
             let snap = self.command_view(tenant, tree, cmd)?;
             // The caller's facts (a grant's blocks), and the mission's, read
@@ -296,6 +301,9 @@ impl Engine {
                     ));
                 }
                 Err(LogError::Conflict { .. }) => {
+                    self.inner
+                        .conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(%tree, "append conflict; catching up and deciding again");
                     self.catch_up_tree(tenant, tree, snap.position).await?;
                 }
@@ -383,6 +391,47 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// One lock per tree that a command is writing in this instance, held from
+/// its decision to the application of its commit. Entries live as long as a
+/// writer holds or waits for them; dead ones are swept as the map grows.
+#[derive(Default)]
+pub(crate) struct TreeWriters {
+    locks: std::sync::Mutex<TreeLockMap>,
+}
+
+#[derive(Default)]
+struct TreeLockMap {
+    map: HashMap<(TenantId, TreeId), Weak<tokio::sync::Mutex<()>>>,
+    sweep_at: usize,
+}
+
+impl TreeWriters {
+    /// Waits for this instance's turn to write `tree`.
+    pub(crate) async fn turn(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (tenant.clone(), tree);
+            match locks.map.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    if locks.map.len() >= locks.sweep_at {
+                        locks.map.retain(|_, w| w.strong_count() > 0);
+                        locks.sweep_at = (locks.map.len() * 2).max(1024);
+                    }
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.map.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 }
 

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::domain::{
-    apply, AppliedCommand, CommandId, DomainError, Event, EventBody, Mandate, MandateId,
+    apply_hashed, AppliedCommand, CommandId, DomainError, Event, EventBody, Mandate, MandateId,
     Quarantine, TenantId, Tree, TreeId,
 };
 
@@ -151,10 +151,7 @@ impl<'s> Pending<'s> {
             position,
             tree: head,
         };
-        self.batch.insert(
-            of_tenant(SNAPSHOT, &tree.tenant, tree.id),
-            serde_json::to_vec(&snap).expect("snapshots serialize"),
-        );
+        // Encoded once, at commit: a batch may move a head many times.
         self.heads
             .insert((tree.tenant.clone(), tree.id), Arc::new(snap));
     }
@@ -162,16 +159,25 @@ impl<'s> Pending<'s> {
     fn write_node(&mut self, m: &Mandate) {
         let mut stored = m.clone();
         stored.children.clear();
-        self.batch.insert(
-            of_tree(NODE, &m.tenant, m.tree, m.id),
-            serde_json::to_vec(&stored).expect("mandates serialize"),
-        );
+        // Encoded once, at commit.
         self.nodes
             .insert((m.tenant.clone(), m.tree, m.id), Arc::new(stored));
     }
 
     /// Applies the batch, then makes what it wrote visible to readers.
-    pub(super) fn commit(self) -> Result<(), StoreError> {
+    pub(super) fn commit(mut self) -> Result<(), StoreError> {
+        for ((tenant, tree), head) in &self.heads {
+            self.batch.insert(
+                of_tenant(SNAPSHOT, tenant, *tree),
+                serde_json::to_vec(&**head).expect("snapshots serialize"),
+            );
+        }
+        for ((tenant, tree, id), m) in &self.nodes {
+            self.batch.insert(
+                of_tree(NODE, tenant, *tree, id),
+                serde_json::to_vec(&**m).expect("mandates serialize"),
+            );
+        }
         self.store.projection.apply_batch(self.batch)?;
         let mut cache = self.store.cache.lock().unwrap_or_else(|p| p.into_inner());
         for (k, h) in self.heads {
@@ -211,12 +217,12 @@ impl<'s> Pending<'s> {
                 }) if actual > u64::from(supported) => Err(Bad::TooNew(actual)),
                 Err(e) => Err(Bad::Corrupt(e.to_string())),
                 Ok(evs) => check_commit(&tree, tenant, tree_id, &evs)
-                    .map(|()| evs)
+                    .map(|hashes| (evs, hashes))
                     .map_err(Bad::Corrupt),
             },
         };
         if let Some(q) = &tree.quarantine {
-            let resolves = matches!(&decoded, Ok(evs) if matches!(
+            let resolves = matches!(&decoded, Ok((evs, _)) if matches!(
                 evs.first().map(|e| &e.body),
                 Some(EventBody::QuarantineResolved(r)) if r.position == q.position
             ));
@@ -227,8 +233,8 @@ impl<'s> Pending<'s> {
                 return Ok(Applied::PassedOver);
             }
         }
-        let events = match decoded {
-            Ok(events) => events,
+        let (events, hashes) = match decoded {
+            Ok(checked) => checked,
             Err(Bad::TooNew(version)) => {
                 let mark = Unsupported {
                     position,
@@ -273,12 +279,18 @@ impl<'s> Pending<'s> {
         if too_new.is_some() {
             self.set_unsupported(tenant, tree_id, None);
         }
-        self.fold(tree, position, &events)?;
+        self.fold(tree, position, &events, hashes)?;
         Ok(Applied::Applied(events))
     }
 
     /// Folds good events into the parts of their tree they touch.
-    fn fold(&mut self, mut tree: Tree, position: u64, events: &[Event]) -> Result<(), StoreError> {
+    fn fold(
+        &mut self,
+        mut tree: Tree,
+        position: u64,
+        events: &[Event],
+        hashes: Vec<String>,
+    ) -> Result<(), StoreError> {
         let (tenant, tree_id) = (tree.tenant.clone(), tree.id);
         // The mandates the events name (and a delegation's parent), and the
         // command ids they carry, as they stand: `apply` reads nothing else.
@@ -307,9 +319,9 @@ impl<'s> Pending<'s> {
         let before_commands: Vec<CommandId> = tree.commands.keys().copied().collect();
         let was_quarantined = tree.quarantine.is_some();
         let parts = tree_parts(&tenant, tree_id);
-        for e in events {
+        for (e, hash) in events.iter().zip(hashes) {
             let issued_new = matches!(&e.body, EventBody::MandateIssued(m) if !tree.mandates.contains_key(&m.mandate));
-            apply(&mut tree, e);
+            apply_hashed(&mut tree, e, hash);
             if let EventBody::MandateIssued(m) = &e.body {
                 if let (true, Some(parent), true) =
                     (issued_new, m.parent, tree.mandates.contains_key(&m.mandate))
@@ -384,17 +396,19 @@ fn tree_parts(tenant: &TenantId, tree: TreeId) -> TreeParts {
     TreeParts(tenant.as_str().to_string(), tree.to_string())
 }
 
-/// The checks a commit must pass before it touches a tree.
+/// The checks a commit must pass before it touches a tree; the hash of each
+/// of its events.
 fn check_commit(
     tree: &Tree,
     tenant: &TenantId,
     tree_id: TreeId,
     events: &[Event],
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     if events.is_empty() {
         return Err("empty commit".into());
     }
     let (mut version, mut head) = (tree.version, tree.head_hash.clone());
+    let mut hashes = Vec::with_capacity(events.len());
     for e in events {
         if &e.tenant != tenant || e.tree != tree_id {
             return Err(format!(
@@ -416,9 +430,11 @@ fn check_commit(
             ));
         }
         version = e.seq;
-        head = Some(e.hash());
+        let hash = e.hash();
+        head = Some(hash.clone());
+        hashes.push(hash);
     }
-    Ok(())
+    Ok(hashes)
 }
 
 /// Index updates for the mandates `events` touched, from `before` (as they
