@@ -33,6 +33,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Tree heads the start sweep asks the log for at once.
+const SWEEP_IN_FLIGHT: usize = 64;
+
 use chrono::Utc;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -118,8 +121,17 @@ impl Engine {
             ..ContinuityReport::default()
         };
         if sweep || report.behind_checkpoint || report.replaced {
-            for (tenant, tree, head) in store.tree_heads()? {
-                let found = self.inner.log.tree_head(&tenant, tree).await?;
+            // Many heads in flight at once: a restart over many trees
+            // waits for the slowest of a few rounds, not for one per tree.
+            let log = &self.inner.log;
+            let mut found = futures::stream::iter(store.tree_heads()?)
+                .map(|(tenant, tree, head)| async move {
+                    let found = log.tree_head(&tenant, tree).await;
+                    (tenant, tree, head, found)
+                })
+                .buffer_unordered(SWEEP_IN_FLIGHT);
+            while let Some((tenant, tree, head, found)) = found.next().await {
+                let found = found?;
                 if found < head && self.mark_lost(&tenant, tree, head, found)? {
                     report.newly_held.push((tenant, tree));
                 }
