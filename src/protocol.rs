@@ -618,6 +618,12 @@ pub struct Signal {
     /// For `quarantined`: the log position of the bad record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// The tree's head log position once the event was applied (the
+    /// commit holding it, or a later one): a holder re-reads with
+    /// `{"at_least": head_position}` and costs the engine no round trip
+    /// to the log. Absent on a `quarantined` signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_position: Option<u64>,
 }
 
 /// The optional body of a mission-complete message; the subject alone is enough.
