@@ -519,6 +519,10 @@ pub struct Health {
     pub log_position: u64,
     /// `log_position - position`.
     pub lag: u64,
+    /// Check decisions this instance answered whose audit record the audit
+    /// stream did not confirm storing, since it started (each is logged).
+    #[serde(default)]
+    pub audit_failures: u64,
     pub time: DateTime<Utc>,
     /// Mission completions refused (unauthenticated on a tenant that
     /// requires authentication, or on a malformed subject) and moved to the

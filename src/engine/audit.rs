@@ -5,8 +5,11 @@
 //! instead (`store/audit.rs`). Decisions are not events: neither the log
 //! nor a rebuild holds them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use futures::StreamExt;
 
@@ -41,16 +44,16 @@ pub(crate) async fn setup_stream(
     Ok(())
 }
 
-/// Appends a check decision to the audit stream, on its mandate's subject,
-/// and waits for the stream to store it.
-pub(crate) async fn append(
+/// Sends a check decision to the audit stream, on its mandate's subject,
+/// and returns the stream's acknowledgement to await. It is sent before the
+/// check's reply, on the same connection, so the server has the record
+/// before the caller has the answer; confirming that the stream stored it
+/// is left off the reply path ([`confirm`]).
+pub(crate) async fn send(
     client: &async_nats::Client,
     tenant: &TenantId,
     record: &AuditRecord,
-) -> Result<(), EngineError> {
-    let not_stored = |e: &dyn std::fmt::Display| {
-        EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
-    };
+) -> Result<PublishAckFuture, EngineError> {
     // An `AuditRecord` is plain data: encoding it cannot fail.
     let payload = serde_json::to_vec(record).expect("audit records serialize");
     jetstream::new(client.clone())
@@ -59,10 +62,23 @@ pub(crate) async fn append(
             payload.into(),
         )
         .await
-        .map_err(|e| not_stored(&e))?
-        .await
-        .map_err(|e| not_stored(&e))?;
-    Ok(())
+        .map_err(|e| not_stored(&e))
+}
+
+/// Awaits, in the background, the audit stream's acknowledgement of a
+/// record [`send`] sent: a record the stream did not store is logged as an
+/// error and counted in `failures` (which `health` reports).
+pub(crate) fn confirm(ack: PublishAckFuture, mandate: MandateId, failures: Arc<AtomicU64>) {
+    tokio::spawn(async move {
+        if let Err(e) = ack.await {
+            failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%mandate, error = %not_stored(&e), "AUDIT RECORD LOST: a check was answered but its record is not in the audit stream");
+        }
+    });
+}
+
+fn not_stored(e: &dyn std::fmt::Display) -> EngineError {
+    EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
 }
 
 /// Reads a mandate's audit records from the audit stream, oldest first.

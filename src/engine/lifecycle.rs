@@ -41,6 +41,7 @@ impl Engine {
                 nats,
                 missions: mission_state,
                 continuity: Default::default(),
+                audit_failures: Default::default(),
             }),
         })
     }

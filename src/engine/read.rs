@@ -103,18 +103,22 @@ impl Engine {
             recorded_at: self.now(),
             instance: self.inner.config.instance.clone(),
         };
+        let failures = &self.inner.audit_failures;
         let result = match &self.inner.nats {
-            Some(client) => super::audit::append(client, tenant, &record)
+            // Sent before the reply; its storage is confirmed off the
+            // reply path.
+            Some(client) => super::audit::send(client, tenant, &record)
                 .await
-                .map_err(|e| e.to_string()),
+                .map(|ack| super::audit::confirm(ack, decision.mandate, failures.clone())),
             None => self
                 .inner
                 .store
                 .record_audit(tenant, decision.mandate, &record)
-                .map_err(|e| e.to_string()),
+                .map_err(EngineError::from),
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "audit record not stored");
+            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, mandate = %decision.mandate, "AUDIT RECORD LOST: a check was answered but its record is not stored");
         }
     }
 }
