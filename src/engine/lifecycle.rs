@@ -31,6 +31,7 @@ impl Engine {
             }
             None => missions::MissionState::default(),
         };
+        let audit = audit::AuditSink::new(nats.as_ref());
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
@@ -41,7 +42,7 @@ impl Engine {
                 nats,
                 missions: mission_state,
                 continuity: Default::default(),
-                audit_failures: Default::default(),
+                audit,
             }),
         })
     }

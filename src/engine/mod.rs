@@ -146,9 +146,9 @@ pub(crate) struct Inner {
     pub(crate) missions: missions::MissionState,
     /// Whether the log went backwards under this instance (`continuity.rs`).
     pub(crate) continuity: continuity::Continuity,
-    /// Check decisions answered whose audit record was not stored (the
-    /// audit stream refused it, or never confirmed it), for `health`.
-    pub(crate) audit_failures: Arc<std::sync::atomic::AtomicU64>,
+    /// Where checks are recorded over NATS, and the count of records
+    /// not stored (the audit stream refused them or never confirmed them).
+    pub(crate) audit: audit::AuditSink,
 }
 
 /// One engine instance. Cheap to clone.

@@ -378,10 +378,7 @@ impl Engine {
             position,
             log_position,
             lag: log_position.saturating_sub(position),
-            audit_failures: self
-                .inner
-                .audit_failures
-                .load(std::sync::atomic::Ordering::Relaxed),
+            audit_failures: self.inner.audit.failures(),
             time: self.now(),
             quarantined: Vec::new(),
             log_went_backwards: Vec::new(),

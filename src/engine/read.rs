@@ -103,13 +103,10 @@ impl Engine {
             recorded_at: self.now(),
             instance: self.inner.config.instance.clone(),
         };
-        let failures = &self.inner.audit_failures;
         let result = match &self.inner.nats {
             // Sent before the reply; its storage is confirmed off the
             // reply path.
-            Some(client) => super::audit::send(client, tenant, &record)
-                .await
-                .map(|ack| super::audit::confirm(ack, decision.mandate, failures.clone())),
+            Some(_) => self.inner.audit.send(tenant, &record).await,
             None => self
                 .inner
                 .store
@@ -117,8 +114,7 @@ impl Engine {
                 .map_err(EngineError::from),
         };
         if let Err(e) = result {
-            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!(error = %e, mandate = %decision.mandate, "AUDIT RECORD LOST: a check was answered but its record is not stored");
+            self.inner.audit.lost(decision.mandate, &e);
         }
     }
 }
