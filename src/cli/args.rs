@@ -15,8 +15,8 @@ const CONSISTENCY_HELP: &str = "How fresh the answer must be.\n\
   local: the answering instance's state as it is, without that read; it may \
   lag behind a change another instance made.\n\
   at-least=<position>: at least the state after the commit at that log \
-  position (a command's --json output gives it as `position`); no extra read \
-  once the instance has applied it, and an error, never an older answer, \
+  position (a command's JSON output gives it in `commits[].position`); no \
+  extra read once the instance has applied it, and an error, never an older answer, \
   when the log has not reached it.";
 
 /// Mandate: the authority of AI agents, held as event streams.
