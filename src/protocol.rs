@@ -219,6 +219,91 @@ pub enum Bulk {
     },
 }
 
+/// How fresh a read's answer must be, after the manner of Zanzibar's
+/// zookies: on the wire `"fresh"` (the default when absent), `"local"`, or
+/// `{"at_least": <log position>}`.
+///
+/// - `fresh`: sees everything acknowledged anywhere (the tree's head is read
+///   from the log first, one round trip).
+/// - `at_least`: sees at least the commit at that log position, taken from
+///   a command's reply ([`CommitInfo::position`]) or a read's; no round trip
+///   once this instance has applied it. An instance that cannot reach it
+///   answers `unavailable`, never from older state.
+/// - `local`: this instance's state as it is, without any round trip.
+///
+/// Holds (quarantine, a tree too new, a log that went backwards) refuse at
+/// every level.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Everything acknowledged anywhere.
+    #[default]
+    Fresh,
+    /// This instance's state, without a round trip.
+    Local,
+    /// At least the state after the commit at this log position.
+    AtLeast(u64),
+}
+
+impl Consistency {
+    /// Whether this is the default level (and so left out on the wire).
+    pub fn is_fresh(&self) -> bool {
+        *self == Consistency::Fresh
+    }
+}
+
+/// The wire forms of [`Consistency`], decoded first so that a bad value is
+/// refused with a message naming the field.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ConsistencyWire {
+    Fresh,
+    Local,
+    AtLeast(u64),
+}
+
+impl<'de> Deserialize<'de> for Consistency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ConsistencyWire::deserialize(d) {
+            Ok(ConsistencyWire::Fresh) => Ok(Consistency::Fresh),
+            Ok(ConsistencyWire::Local) => Ok(Consistency::Local),
+            Ok(ConsistencyWire::AtLeast(p)) => Ok(Consistency::AtLeast(p)),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "consistency must be \"fresh\", \"local\" or {{\"at_least\": <log position>}}: {e}"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Consistency::Fresh => f.write_str("fresh"),
+            Consistency::Local => f.write_str("local"),
+            Consistency::AtLeast(p) => write!(f, "at-least={p}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    /// `fresh`, `local` or `at-least=<log position>` (as the CLI takes it).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wrong = || format!("consistency {s:?} is not fresh, local or at-least=<log position>");
+        match s {
+            "fresh" => Ok(Consistency::Fresh),
+            "local" => Ok(Consistency::Local),
+            _ => match s.split_once('=') {
+                Some(("at-least" | "at_least", p)) => {
+                    p.parse().map(Consistency::AtLeast).map_err(|_| wrong())
+                }
+                _ => Err(wrong()),
+            },
+        }
+    }
+}
+
 /// `status`, `chain`: one mandate, optionally as of a past moment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -226,6 +311,9 @@ pub struct MandateQuery {
     pub mandate: MandateId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
+    /// How fresh the answer must be (`"fresh"` when absent).
+    #[serde(default, skip_serializing_if = "Consistency::is_fresh")]
+    pub consistency: Consistency,
 }
 
 /// `tree`, `history`, `verify`: a tree named by its id or by any of its
@@ -240,6 +328,9 @@ pub struct TreeQuery {
     pub mandate: Option<MandateId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
+    /// How fresh the answer must be (`"fresh"` when absent).
+    #[serde(default, skip_serializing_if = "Consistency::is_fresh")]
+    pub consistency: Consistency,
 }
 
 /// `list`: exactly one of agent, principal, mission_ref.
@@ -252,6 +343,10 @@ pub struct ListQuery {
     pub principal: Option<PrincipalId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mission_ref: Option<MissionRef>,
+    /// How fresh the answer must be (`"fresh"` when absent). The list spans
+    /// trees, so `at_least` is met by this instance's in-order checkpoint.
+    #[serde(default, skip_serializing_if = "Consistency::is_fresh")]
+    pub consistency: Consistency,
 }
 
 /// `check`: may the holder do `action` on `resource` under `mandate`?
@@ -268,6 +363,9 @@ pub struct CheckQuery {
     /// naming one is refused (`reserved_actor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<Actor>,
+    /// How fresh the answer must be (`"fresh"` when absent).
+    #[serde(default, skip_serializing_if = "Consistency::is_fresh")]
+    pub consistency: Consistency,
 }
 
 /// `health`: no fields (an empty object, or an empty body).
@@ -294,6 +392,10 @@ pub struct StatusReply {
     pub mandate: Mandate,
     pub effective: Effective,
     pub at: DateTime<Utc>,
+    /// Log position of the tree's last commit in this answer (0 for a past
+    /// state read with `at`): a later read may ask for `{"at_least": position}`.
+    #[serde(default)]
+    pub position: u64,
 }
 
 /// Reply to `tree`.
@@ -303,6 +405,10 @@ pub struct TreeReply {
     pub at: DateTime<Utc>,
     /// Effective status of every mandate at `at`.
     pub effective: Vec<MandateSummary>,
+    /// Log position of the tree's last commit in this answer (0 for a past
+    /// state read with `at`): a later read may ask for `{"at_least": position}`.
+    #[serde(default)]
+    pub position: u64,
 }
 
 /// Reply to `chain`.
@@ -394,6 +500,10 @@ pub struct MandateSummary {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ListReply {
     pub mandates: Vec<MandateSummary>,
+    /// This instance's in-order checkpoint when it answered: every commit
+    /// up to it is in the answer.
+    #[serde(default)]
+    pub position: u64,
 }
 
 /// Reply to `health`.
@@ -409,6 +519,10 @@ pub struct Health {
     pub log_position: u64,
     /// `log_position - position`.
     pub lag: u64,
+    /// Check decisions this instance answered whose audit record the audit
+    /// stream did not confirm storing, since it started (each is logged).
+    #[serde(default)]
+    pub audit_failures: u64,
     pub time: DateTime<Utc>,
     /// Mission completions refused (unauthenticated on a tenant that
     /// requires authentication, or on a malformed subject) and moved to the
@@ -508,6 +622,12 @@ pub struct Signal {
     /// For `quarantined`: the log position of the bad record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// The tree's head log position once the event was applied (the
+    /// commit holding it, or a later one): a holder re-reads with
+    /// `{"at_least": head_position}` and costs the engine no round trip
+    /// to the log. Absent on a `quarantined` signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_position: Option<u64>,
 }
 
 /// The optional body of a mission-complete message; the subject alone is enough.

@@ -275,6 +275,7 @@ async fn a_completion_on_the_encoded_subject_ends_that_missions_tree_only() {
             agent: None,
             principal: None,
             mission_ref: Some(mission("gh:org/repo#12")),
+            consistency: Default::default(),
         })
         .await
         .expect("list by the plain reference");

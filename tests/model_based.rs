@@ -683,6 +683,7 @@ async fn compare(
                 tree: None,
                 mandate: Some(root.id),
                 at,
+                consistency: Default::default(),
             };
             let reply = engine
                 .tree(&tenant(), &q)

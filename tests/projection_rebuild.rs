@@ -502,6 +502,7 @@ async fn a_rebuild_in_place_keeps_the_mission_marks_and_audit_records_the_log_do
         resource: "reports/q3".into(),
         at: None,
         actor: None,
+        consistency: Default::default(),
     };
     engine.check(&acme, &check).await.unwrap();
     assert_eq!(

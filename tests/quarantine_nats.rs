@@ -179,6 +179,7 @@ fn check_query(mandate: MandateId) -> CheckQuery {
         resource: "ledger/q3".into(),
         at: None,
         actor: None,
+        consistency: Default::default(),
     }
 }
 
@@ -257,6 +258,7 @@ async fn a_quarantined_tree_refuses_grants_shows_itself_and_is_restored_by_anoth
             agent: Some(agent_id("lead")),
             principal: None,
             mission_ref: None,
+            consistency: Default::default(),
         })
         .await
         .unwrap();

@@ -6,6 +6,19 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
+use crate::protocol::Consistency;
+
+/// `--consistency` of the reads.
+const CONSISTENCY_HELP: &str = "How fresh the answer must be.\n\
+  fresh: everything acknowledged anywhere (the engine reads the tree's head \
+  from the log first; the default).\n\
+  local: the answering instance's state as it is, without that read; it may \
+  lag behind a change another instance made.\n\
+  at-least=<position>: at least the state after the commit at that log \
+  position (a command's JSON output gives it in `commits[].position`); no \
+  extra read once the instance has applied it, and an error, never an older answer, \
+  when the log has not reached it.";
+
 /// Mandate: the authority of AI agents, held as event streams.
 #[derive(Parser, Debug)]
 #[command(name = "mandate", version, about, next_help_heading = "Global options")]
@@ -136,6 +149,9 @@ pub enum Cmd {
         /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
+        /// How fresh the answer must be: fresh, local or at-least=<position>.
+        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
+        consistency: Consistency,
     },
     /// The authority chain of a mandate, from the principal's grant down.
     ///
@@ -148,6 +164,9 @@ pub enum Cmd {
         /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
+        /// How fresh the answer must be: fresh, local or at-least=<position>.
+        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
+        consistency: Consistency,
     },
     /// The tree a mandate belongs to, drawn as a tree.
     Tree {
@@ -157,6 +176,9 @@ pub enum Cmd {
         /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
+        /// How fresh the answer must be: fresh, local or at-least=<position>.
+        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
+        consistency: Consistency,
     },
     /// The events of a mandate's tree (actor and on-behalf-of apart).
     History {
@@ -182,6 +204,9 @@ pub enum Cmd {
         /// Mandates serving this mission ref.
         #[arg(long, value_name = "REF")]
         mission: Option<String>,
+        /// How fresh the answer must be: fresh, local or at-least=<position>.
+        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
+        consistency: Consistency,
     },
     /// May the holder do ACTION on RESOURCE under MANDATE (now or --at)?
     ///
@@ -198,6 +223,9 @@ pub enum Cmd {
         /// 2026-11-26T09:30:00Z or 2026-11-26T10:30:00+01:00).
         #[arg(long, value_name = "TIME")]
         at: Option<DateTime<Utc>>,
+        /// How fresh the answer must be: fresh, local or at-least=<position>.
+        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
+        consistency: Consistency,
     },
     /// Live signals that reach a mandate, through its chain (Ctrl-C to stop).
     ///

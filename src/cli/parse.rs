@@ -96,6 +96,7 @@ pub(super) fn by_mandate(s: &str) -> Result<TreeQuery, Failure> {
         tree: None,
         mandate: Some(mandate_id(s)?),
         at: None,
+        consistency: Default::default(),
     })
 }
 
@@ -118,5 +119,6 @@ pub(super) fn list_query(
         agent: agent_id.map(agent).transpose()?,
         principal: principal_id.map(principal).transpose()?,
         mission_ref: mission_ref.map(mission).transpose()?,
+        consistency: Default::default(),
     })
 }

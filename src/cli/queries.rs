@@ -6,7 +6,7 @@ use super::exit::{exit_of_decision, Exit, Failure};
 use super::parse::{by_mandate, list_query, mandate_id};
 use super::render::show;
 use crate::client::Client;
-use crate::protocol::{HistoryReply, TreeQuery};
+use crate::protocol::{CheckQuery, Consistency, HistoryReply, ListQuery, MandateQuery, TreeQuery};
 
 /// Answers `cmd`, one of the reads, and prints the answer. `attributed`:
 /// whether `--actor` named who asks (a check is then recorded as theirs).
@@ -17,13 +17,30 @@ pub(super) async fn query(
     json: bool,
 ) -> Result<Exit, Failure> {
     match cmd {
-        Cmd::Status { mandate, at } => {
-            show(&client.status(mandate_id(mandate)?, *at).await?, json)?
+        Cmd::Status {
+            mandate,
+            at,
+            consistency,
+        } => {
+            let q = mandate_query(mandate, *at, *consistency)?;
+            show(&client.status_with(q).await?, json)?
         }
-        Cmd::Chain { mandate, at } => show(&client.chain(mandate_id(mandate)?, *at).await?, json)?,
-        Cmd::Tree { mandate, at } => {
+        Cmd::Chain {
+            mandate,
+            at,
+            consistency,
+        } => {
+            let q = mandate_query(mandate, *at, *consistency)?;
+            show(&client.chain_with(q).await?, json)?
+        }
+        Cmd::Tree {
+            mandate,
+            at,
+            consistency,
+        } => {
             let q = TreeQuery {
                 at: *at,
+                consistency: *consistency,
                 ..by_mandate(mandate)?
             };
             show(&client.tree(q).await?, json)?
@@ -38,8 +55,12 @@ pub(super) async fn query(
             agent,
             principal,
             mission,
+            consistency,
         } => {
-            let q = list_query(agent.as_deref(), principal.as_deref(), mission.as_deref())?;
+            let q = ListQuery {
+                consistency: *consistency,
+                ..list_query(agent.as_deref(), principal.as_deref(), mission.as_deref())?
+            };
             show(&client.list(q).await?, json)?
         }
         Cmd::Check {
@@ -47,12 +68,18 @@ pub(super) async fn query(
             action,
             resource,
             at,
+            consistency,
         } => {
-            let mandate = mandate_id(mandate)?;
-            let asker = attributed.then(|| client.actor());
-            let d = client
-                .check_as(asker, mandate, action, resource, *at)
-                .await?;
+            let q = CheckQuery {
+                mandate: mandate_id(mandate)?,
+                action: action.clone(),
+                resource: resource.clone(),
+                at: *at,
+                // Recorded in the audit as the one who asks.
+                actor: attributed.then(|| client.actor().clone()),
+                consistency: *consistency,
+            };
+            let d = client.check_with(q).await?;
             show(&d, json)?;
             return Ok(exit_of_decision(&d));
         }
@@ -76,4 +103,17 @@ async fn history(client: &Client, mandate: &str, only: bool) -> Result<HistoryRe
         q.mandate = None;
     }
     Ok(client.history(q).await?)
+}
+
+/// A `status` or `chain` query.
+fn mandate_query(
+    mandate: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    consistency: Consistency,
+) -> Result<MandateQuery, Failure> {
+    Ok(MandateQuery {
+        mandate: mandate_id(mandate)?,
+        at,
+        consistency,
+    })
 }

@@ -71,6 +71,7 @@ async fn subscribe(
             tree: None,
             mandate: Some(mandate),
             at: None,
+            consistency: Default::default(),
         })
         .await?
         .tree;

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{
     authorize, Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree,
 };
-use crate::protocol::{signal_subject, ChainReply, Signal, SignalKind};
+use crate::protocol::{signal_subject, ChainReply, Consistency, MandateQuery, Signal, SignalKind};
 
 use super::{Client, ClientError};
 
@@ -230,7 +230,7 @@ impl Guard {
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
         });
-        inner.refresh().await?;
+        inner.refresh(Consistency::Fresh).await?;
         let signals = tokio::spawn(signal_loop(
             inner.clone(),
             futures::stream::select_all(streams),
@@ -305,9 +305,9 @@ impl Guard {
         }
     }
 
-    /// Re-reads the state now.
+    /// Re-reads the state now (`fresh`).
     pub async fn refresh(&self) -> Result<(), ClientError> {
-        self.inner.refresh().await
+        self.inner.refresh(Consistency::Fresh).await
     }
 
     /// How far the agent's clock is behind the engine's, when by more than
@@ -449,9 +449,17 @@ impl Inner {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    async fn refresh(&self) -> Result<(), ClientError> {
+    /// Re-reads the chain at `level`: `at_least` the position a signal
+    /// named, or `fresh` when nothing names one (the heartbeat, which makes
+    /// up for signals lost, must see everything acknowledged anywhere).
+    async fn refresh(&self, level: Consistency) -> Result<(), ClientError> {
         let sent = self.local_now();
-        let reply = match self.client.chain(self.mandate, None).await {
+        let q = MandateQuery {
+            mandate: self.mandate,
+            at: None,
+            consistency: level,
+        };
+        let reply = match self.client.chain_with(q).await {
             Ok(reply) => reply,
             Err(ClientError::Engine(body))
                 if body.code == ErrorCode::Quarantined
@@ -583,8 +591,12 @@ async fn signal_loop(
         if inner.terminated_status().is_some() {
             continue;
         }
-        // Otherwise the signal is a hint; the state is the truth.
-        if let Err(e) = inner.refresh().await {
+        // Otherwise the signal is a hint; the state is the truth, read at
+        // least as new as the event signalled.
+        let level = signal
+            .head_position
+            .map_or(Consistency::Fresh, Consistency::AtLeast);
+        if let Err(e) = inner.refresh(level).await {
             tracing::warn!(mandate = %inner.mandate, error = %e, "guard could not re-read state after a signal");
         }
     }
@@ -616,7 +628,7 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             // Ended for good: no lease to keep.
             return;
         }
-        if let Err(e) = inner.refresh().await {
+        if let Err(e) = inner.refresh(Consistency::Fresh).await {
             tracing::debug!(mandate = %inner.mandate, error = %e, "guard heartbeat failed");
             inner.changed.send_modify(|v| *v += 1);
         }

@@ -35,6 +35,7 @@ use crate::protocol::{
     MandateQuery, MissionCompletedNotice, Reply, StatusReply, TreeQuery, TreeReply,
 };
 
+pub use crate::protocol::Consistency;
 pub use connect::{ConnectError, NatsAuth, NatsConnect, TlsSettings};
 pub use guard::{Guard, GuardConfig, GuardState};
 
@@ -420,20 +421,32 @@ impl Client {
     ) -> Result<T, ClientError> {
         self.request(query_subject(&self.tenant, verb), body).await
     }
+    /// A mandate's own and effective status, read `fresh`.
     pub async fn status(
         &self,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<StatusReply, ClientError> {
-        self.query("status", &MandateQuery { mandate, at }).await
+        self.status_with(fresh(mandate, at)).await
     }
+    /// A mandate's status at the query's consistency level (e.g.
+    /// `Consistency::AtLeast` with a command's commit position).
+    pub async fn status_with(&self, q: MandateQuery) -> Result<StatusReply, ClientError> {
+        self.query("status", &q).await
+    }
+    /// The chain root → mandate, read `fresh`.
     pub async fn chain(
         &self,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<ChainReply, ClientError> {
-        self.query("chain", &MandateQuery { mandate, at }).await
+        self.chain_with(fresh(mandate, at)).await
     }
+    /// The chain root → mandate at the query's consistency level.
+    pub async fn chain_with(&self, q: MandateQuery) -> Result<ChainReply, ClientError> {
+        self.query("chain", &q).await
+    }
+    /// The whole tree, at the query's consistency level (`fresh` unless set).
     pub async fn tree(&self, q: TreeQuery) -> Result<TreeReply, ClientError> {
         self.query("tree", &q).await
     }
@@ -444,11 +457,14 @@ impl Client {
     pub async fn verify(&self, q: TreeQuery) -> Result<crate::protocol::VerifyReply, ClientError> {
         self.query("verify", &q).await
     }
+    /// Mandates by agent, principal or mission, at the query's consistency
+    /// level (`fresh` unless set).
     pub async fn list(&self, q: ListQuery) -> Result<ListReply, ClientError> {
         self.query("list", &q).await
     }
-    /// Asks the engine, as this client's actor (recorded in the audit).
-    /// Agents normally ask their [`Guard`] instead, without a round trip.
+    /// Asks the engine, as this client's actor (recorded in the audit),
+    /// read `fresh`. Agents normally ask their [`Guard`] instead, without a
+    /// round trip.
     pub async fn check(
         &self,
         mandate: MandateId,
@@ -461,7 +477,7 @@ impl Client {
     }
     /// Asks the engine on behalf of `asker`, whom the audit records; `None`
     /// names nobody. Never a `system` actor: the engine refuses one
-    /// (`reserved_actor`).
+    /// (`reserved_actor`). Read `fresh`.
     pub async fn check_as(
         &self,
         asker: Option<&Actor>,
@@ -476,7 +492,13 @@ impl Client {
             resource: resource.into(),
             at,
             actor: asker.cloned(),
+            consistency: Consistency::Fresh,
         };
+        self.check_with(q).await
+    }
+    /// Sends a check as built: its `actor` is recorded in the audit, its
+    /// `consistency` says how fresh the answer must be.
+    pub async fn check_with(&self, q: CheckQuery) -> Result<Decision, ClientError> {
         self.query("check", &q).await
     }
     pub async fn audit(&self, mandate: MandateId, limit: usize) -> Result<AuditReply, ClientError> {
@@ -484,6 +506,15 @@ impl Client {
     }
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.query("health", &serde_json::json!({})).await
+    }
+}
+
+/// A `status` or `chain` query read `fresh`.
+fn fresh(mandate: MandateId, at: Option<DateTime<Utc>>) -> MandateQuery {
+    MandateQuery {
+        mandate,
+        at,
+        consistency: Consistency::Fresh,
     }
 }
 

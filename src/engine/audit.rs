@@ -5,6 +5,8 @@
 //! instead (`store/audit.rs`). Decisions are not events: neither the log
 //! nor a rebuild holds them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
@@ -41,28 +43,76 @@ pub(crate) async fn setup_stream(
     Ok(())
 }
 
-/// Appends a check decision to the audit stream, on its mandate's subject,
-/// and waits for the stream to store it.
-pub(crate) async fn append(
-    client: &async_nats::Client,
-    tenant: &TenantId,
-    record: &AuditRecord,
-) -> Result<(), EngineError> {
-    let not_stored = |e: &dyn std::fmt::Display| {
-        EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
-    };
-    // An `AuditRecord` is plain data: encoding it cannot fail.
-    let payload = serde_json::to_vec(record).expect("audit records serialize");
-    jetstream::new(client.clone())
-        .publish(
-            audit_subject(tenant, record.decision.mandate),
-            payload.into(),
-        )
-        .await
-        .map_err(|e| not_stored(&e))?
-        .await
-        .map_err(|e| not_stored(&e))?;
-    Ok(())
+/// Where this instance records the checks it answers, and how many
+/// records it lost.
+#[derive(Default)]
+pub(crate) struct AuditSink {
+    /// Over NATS, one JetStream context for every append: its acker task
+    /// and its bound on acknowledgements in flight are shared by all checks.
+    js: Option<jetstream::Context>,
+    /// Records not stored since the instance started (for `health`).
+    failures: Arc<AtomicU64>,
+}
+
+impl AuditSink {
+    /// The sink of an instance over NATS (`client`) or in process (`None`,
+    /// where the store keeps the records and the sink only counts losses).
+    pub(crate) fn new(client: Option<&async_nats::Client>) -> Self {
+        Self {
+            js: client.map(|c| jetstream::new(c.clone())),
+            failures: Arc::default(),
+        }
+    }
+
+    /// Sends a check decision to the audit stream, on its mandate's
+    /// subject. It is sent before the check's reply, on the same
+    /// connection, so the server has the record before the caller has the
+    /// answer; the stream's acknowledgement is awaited in the background,
+    /// off the reply path, and a record it did not store is counted.
+    pub(crate) async fn send(
+        &self,
+        tenant: &TenantId,
+        record: &AuditRecord,
+    ) -> Result<(), EngineError> {
+        let Some(js) = &self.js else {
+            return Err(EngineError::unavailable("no audit stream in process"));
+        };
+        // An `AuditRecord` is plain data: encoding it cannot fail.
+        let payload = serde_json::to_vec(record).expect("audit records serialize");
+        let ack = js
+            .publish(
+                audit_subject(tenant, record.decision.mandate),
+                payload.into(),
+            )
+            .await
+            .map_err(|e| not_stored(&e))?;
+        let (mandate, failures) = (record.decision.mandate, self.failures.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ack.await {
+                lost(&failures, mandate, &not_stored(&e));
+            }
+        });
+        Ok(())
+    }
+
+    /// Counts a record that was not stored, and says so loudly.
+    pub(crate) fn lost(&self, mandate: MandateId, error: &EngineError) {
+        lost(&self.failures, mandate, error);
+    }
+
+    /// Records not stored since the instance started.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+fn lost(failures: &AtomicU64, mandate: MandateId, error: &EngineError) {
+    failures.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(%mandate, %error, "AUDIT RECORD LOST: a check was answered but its record is not stored");
+}
+
+fn not_stored(e: &dyn std::fmt::Display) -> EngineError {
+    EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
 }
 
 /// Reads a mandate's audit records from the audit stream, oldest first.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::domain::{Actor, CommandEnvelope, DomainError, MandateId, TenantId, Tree, TreeId};
 use crate::log::{EventLog, LogError};
+use crate::protocol::Consistency;
 use crate::store::TreeSnapshot;
 
 use super::{Engine, EngineError};
@@ -61,33 +62,123 @@ impl Engine {
         }
     }
 
-    /// Brings the projection up to the log for one tree before a read, so an
-    /// instance never answers from a state older than what another instance
-    /// has acknowledged: a check right after a revoke elsewhere must deny.
-    /// Names the tree directly or through one of its mandates; an unknown
-    /// mandate waits (briefly) for the follower in case it is new.
+    /// Brings the projection up to what a read's consistency level asks
+    /// for, for one tree (named directly or through one of its mandates):
+    /// - `fresh`: up to the log, so an instance never answers from a state
+    ///   older than what another instance has acknowledged (a check right
+    ///   after a revoke elsewhere must deny); an unknown mandate waits
+    ///   (briefly) for the follower in case it is new. Skipped when the
+    ///   instance is configured without fresh reads.
+    /// - `local`: nothing, no round trip.
+    /// - `at_least(p)`: see [`Engine::reach`]; always applied, since the
+    ///   caller named authority it knows ended.
     pub(crate) async fn freshen(
         &self,
         tenant: &TenantId,
         tree: Option<TreeId>,
         mandate: Option<MandateId>,
+        level: Consistency,
     ) -> Result<(), EngineError> {
-        if !self.inner.config.fresh_reads {
-            return Ok(());
+        match level {
+            Consistency::Local => Ok(()),
+            Consistency::AtLeast(position) => self.reach(tenant, tree, mandate, position).await,
+            Consistency::Fresh if !self.inner.config.fresh_reads => Ok(()),
+            Consistency::Fresh => {
+                let tree = match (tree, mandate) {
+                    (Some(t), _) => Some(t),
+                    (None, Some(m)) => match self.inner.store.tree_of(tenant, m)? {
+                        Some(t) => Some(t),
+                        None => {
+                            self.wait_for_log().await?;
+                            self.inner.store.tree_of(tenant, m)?
+                        }
+                    },
+                    (None, None) => None,
+                };
+                let Some(tree) = tree else { return Ok(()) };
+                self.catch_up_tree_to_head(tenant, tree).await
+            }
         }
-        let tree = match (tree, mandate) {
-            (Some(t), _) => Some(t),
-            (None, Some(m)) => match self.inner.store.tree_of(tenant, m)? {
-                Some(t) => Some(t),
-                None => {
-                    self.wait_for_log().await?;
-                    self.inner.store.tree_of(tenant, m)?
-                }
-            },
-            (None, None) => None,
+    }
+
+    /// Brings the projection up to `level` before a read that spans trees
+    /// (`list`): `fresh` catches the whole projection up to the log's head,
+    /// `at_least(p)` up to `p`, `local` does nothing.
+    pub(crate) async fn freshen_all(
+        &self,
+        tenant: &TenantId,
+        level: Consistency,
+    ) -> Result<(), EngineError> {
+        match level {
+            Consistency::Local => Ok(()),
+            Consistency::AtLeast(position) => self.reach(tenant, None, None, position).await,
+            Consistency::Fresh if !self.inner.config.fresh_reads => Ok(()),
+            Consistency::Fresh => self.catch_up_to_log_head().await,
+        }
+    }
+
+    /// Makes sure the read sees at least the commit at log `position`.
+    /// Without a round trip when this instance has applied it: its in-order
+    /// checkpoint is at or past it, or the tree's own head is (a tree's
+    /// commits are applied in order, so its head covers every earlier commit
+    /// of that tree, and a chain's authority lives in one tree). Otherwise it
+    /// waits briefly for the follower, then reads the log itself: the tree
+    /// caught up to the log's head (a tree the read names) or the whole
+    /// projection up to `position` (a mandate it does not know yet, or a
+    /// read of no one tree). A log that has not reached `position` is an
+    /// `unavailable` error, never an answer from older state.
+    pub(crate) async fn reach(
+        &self,
+        tenant: &TenantId,
+        tree: Option<TreeId>,
+        mandate: Option<MandateId>,
+        position: u64,
+    ) -> Result<(), EngineError> {
+        let tree_of = |this: &Self| -> Result<Option<TreeId>, EngineError> {
+            Ok(match (tree, mandate) {
+                (Some(t), _) => Some(t),
+                (None, Some(m)) => this.inner.store.tree_of(tenant, m)?,
+                (None, None) => None,
+            })
         };
-        let Some(tree) = tree else { return Ok(()) };
-        self.catch_up_tree_to_head(tenant, tree).await
+        let reached = |this: &Self| -> Result<bool, EngineError> {
+            if this.inner.store.checkpoint()? >= position {
+                return Ok(true);
+            }
+            Ok(match tree_of(this)? {
+                Some(t) => this
+                    .inner
+                    .store
+                    .head(tenant, t)?
+                    .is_some_and(|s| s.position >= position),
+                None => false,
+            })
+        };
+        let deadline = tokio::time::Instant::now() + AT_LEAST_WAIT;
+        loop {
+            // Registered before the look, so no wake-up falls in between.
+            let changed = self.inner.changed.notified();
+            if reached(self)? {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
+        // The follower has not applied it: read the log. Its last position
+        // is read first: a commit at or before `position` that it holds was
+        // acknowledged before this read began, so the catch-up below sees it.
+        let last = self.inner.log.last_position().await?;
+        if last < position {
+            return Err(EngineError::unavailable(format!(
+                "consistency at_least {position}: the event log has not reached that position yet \
+                 (its last position is {last}); retry, or read with \"fresh\""
+            )));
+        }
+        match tree_of(self)? {
+            Some(t) => self.catch_up_tree_to_head(tenant, t).await,
+            None => self.catch_up_until(Some(position)).await,
+        }
     }
 
     /// Catches one tree up if the log's head for it is past this instance's
@@ -221,3 +312,7 @@ impl Engine {
         Ok(())
     }
 }
+
+/// How long a read at `at_least` waits for the follower to apply the
+/// position it names before reading the log itself.
+const AT_LEAST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);

@@ -31,6 +31,7 @@ impl Engine {
             }
             None => missions::MissionState::default(),
         };
+        let audit = audit::AuditSink::new(nats.as_ref());
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
@@ -43,6 +44,7 @@ impl Engine {
                 continuity: Default::default(),
                 writers: Default::default(),
                 conflicts: Default::default(),
+                audit,
             }),
         })
     }

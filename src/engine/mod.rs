@@ -26,7 +26,7 @@
 //! | Projection | [`Engine::catch_up`], [`Engine::rebuild_check`] (and [`replay_log`]) | `lifecycle.rs` |
 //! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`] | `lifecycle.rs` |
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
-//! | Queries | [`Engine::status`], [`Engine::chain`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
+//! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
 //! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
 //!
 //! Errors are [`EngineError`]s: branch on [`EngineError::kind`] (and
@@ -151,6 +151,9 @@ pub(crate) struct Inner {
     pub(crate) writers: write::TreeWriters,
     /// Appends refused because another instance wrote the tree first.
     pub(crate) conflicts: std::sync::atomic::AtomicU64,
+    /// Where checks are recorded over NATS, and the count of records
+    /// not stored (the audit stream refused them or never confirmed them).
+    pub(crate) audit: audit::AuditSink,
 }
 
 /// One engine instance. Cheap to clone.

@@ -13,8 +13,8 @@ use crate::domain::{
 };
 use crate::log::{AnyLog, EventLog, LogError};
 use crate::protocol::{
-    AuditReply, ChainReply, CheckQuery, Health, HistoryReply, ListQuery, ListReply,
-    QuarantinedTree, StatusReply, TreeQuery, TreeReply, VerifyReply,
+    AuditReply, ChainReply, CheckQuery, Consistency, Health, HistoryReply, ListQuery, ListReply,
+    MandateQuery, QuarantinedTree, StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
 use crate::store::TreeSnapshot;
 
@@ -60,30 +60,56 @@ impl Engine {
         }
     }
 
-    /// Own status, effective status and its cause.
+    /// Own status, effective status and its cause, read `fresh`.
     pub async fn status(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<StatusReply, EngineError> {
-        let (snap, now) = self.mandate_tree(tenant, mandate, at).await?;
+        self.status_of(tenant, &fresh_query(mandate, at)).await
+    }
+
+    /// Own status, effective status and its cause, at the query's
+    /// consistency level.
+    pub async fn status_of(
+        &self,
+        tenant: &TenantId,
+        q: &MandateQuery,
+    ) -> Result<StatusReply, EngineError> {
+        let (mandate, at) = (q.mandate, q.at);
+        let (snap, now) = self
+            .mandate_tree(tenant, mandate, at, q.consistency)
+            .await?;
         let tree = &snap.tree;
         Ok(StatusReply {
             mandate: tree.get(mandate)?.clone(),
             effective: tree.effective(mandate, now)?,
             at: now,
+            position: snap.position,
         })
     }
 
-    /// The chain root → mandate.
+    /// The chain root → mandate, read `fresh`.
     pub async fn chain(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
     ) -> Result<ChainReply, EngineError> {
-        let (snap, now) = self.mandate_tree(tenant, mandate, at).await?;
+        self.chain_of(tenant, &fresh_query(mandate, at)).await
+    }
+
+    /// The chain root → mandate, at the query's consistency level.
+    pub async fn chain_of(
+        &self,
+        tenant: &TenantId,
+        q: &MandateQuery,
+    ) -> Result<ChainReply, EngineError> {
+        let (mandate, at) = (q.mandate, q.at);
+        let (snap, now) = self
+            .mandate_tree(tenant, mandate, at, q.consistency)
+            .await?;
         let tree = &snap.tree;
         let links = tree.chain(mandate);
         Ok(ChainReply {
@@ -100,7 +126,8 @@ impl Engine {
 
     /// The whole tree with every mandate's effective status.
     pub async fn tree(&self, tenant: &TenantId, q: &TreeQuery) -> Result<TreeReply, EngineError> {
-        self.freshen(tenant, q.tree, q.mandate).await?;
+        self.freshen(tenant, q.tree, q.mandate, q.consistency)
+            .await?;
         let now = self.moment(q.at);
         let snap = self.tree_at(tenant, self.resolve_tree(tenant, q)?, None, q.at)?;
         let tree = &snap.tree;
@@ -113,6 +140,7 @@ impl Engine {
             tree: tree.clone(),
             at: now,
             effective,
+            position: snap.position,
         })
     }
 
@@ -122,7 +150,8 @@ impl Engine {
         tenant: &TenantId,
         q: &TreeQuery,
     ) -> Result<HistoryReply, EngineError> {
-        self.freshen(tenant, q.tree, q.mandate).await?;
+        self.freshen(tenant, q.tree, q.mandate, q.consistency)
+            .await?;
         let tree = self.resolve_tree(tenant, q)?;
         let mut events = self.inner.store.history(tenant, tree)?;
         if events.is_empty() {
@@ -156,7 +185,7 @@ impl Engine {
         tenant: &TenantId,
         q: &TreeQuery,
     ) -> Result<VerifyReply, EngineError> {
-        match self.freshen(tenant, q.tree, q.mandate).await {
+        match self.freshen(tenant, q.tree, q.mandate, q.consistency).await {
             // The tree broke while catching up: the log is read below anyway,
             // and the break named.
             Ok(()) => {}
@@ -218,9 +247,13 @@ impl Engine {
         })
     }
 
-    /// Mandates by agent, principal or mission.
-    pub fn list(&self, tenant: &TenantId, q: &ListQuery) -> Result<ListReply, EngineError> {
+    /// Mandates by agent, principal or mission, at the query's consistency
+    /// level (`fresh` brings the whole projection up to the log's head).
+    pub async fn list(&self, tenant: &TenantId, q: &ListQuery) -> Result<ListReply, EngineError> {
+        self.freshen_all(tenant, q.consistency).await?;
         let store = &self.inner.store;
+        // Read before the indexes: every commit up to it is in the answer.
+        let position = store.checkpoint()?;
         let pairs: Vec<(TreeId, Option<MandateId>)> = match (&q.agent, &q.principal, &q.mission_ref)
         {
             (Some(a), None, None) => store
@@ -257,7 +290,7 @@ impl Engine {
                 mandates.push(s);
             }
         }
-        Ok(ListReply { mandates })
+        Ok(ListReply { mandates, position })
     }
 
     /// Answers a check and records it in the audit. A check that names the
@@ -269,7 +302,8 @@ impl Engine {
             crate::domain::command::refuse_reserved_actor(actor)?;
         }
         let now = self.moment(q.at);
-        self.freshen(tenant, None, Some(q.mandate)).await?;
+        self.freshen(tenant, None, Some(q.mandate), q.consistency)
+            .await?;
         let decision = match self.inner.store.tree_of(tenant, q.mandate)? {
             Some(tree_id) => {
                 let snap = self.tree_at(tenant, tree_id, Some(q.mandate), q.at)?;
@@ -353,6 +387,7 @@ impl Engine {
             position,
             log_position,
             lag: log_position.saturating_sub(position),
+            audit_failures: self.inner.audit.failures(),
             time: self.now(),
             quarantined: Vec::new(),
             log_went_backwards: Vec::new(),
@@ -377,5 +412,15 @@ impl Engine {
             .collect();
         health.log_went_backwards = self.lost_trees(tenant)?;
         Ok(health)
+    }
+}
+
+/// A `status` or `chain` query read `fresh`, as the methods without a level
+/// ask.
+fn fresh_query(mandate: MandateId, at: Option<DateTime<Utc>>) -> MandateQuery {
+    MandateQuery {
+        mandate,
+        at,
+        consistency: Consistency::Fresh,
     }
 }

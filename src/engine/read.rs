@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Decision, DomainError, MandateId, TenantId, Tree, TreeId, SCHEMA_VERSION};
-use crate::protocol::{AuditRecord, MandateSummary, TreeQuery};
+use crate::protocol::{AuditRecord, Consistency, MandateSummary, TreeQuery};
 use crate::store::TreeSnapshot;
 
 use super::{Engine, EngineError};
@@ -55,16 +55,18 @@ impl Engine {
     }
 
     /// The tree of `mandate` for a read that grants (`status`, `chain`),
-    /// brought up to the log first, as of `at`, and the moment `at` stands
-    /// for: refused while the tree is held (see [`Engine::hold`]), or if the
-    /// mandate did not exist yet at that moment.
+    /// brought up to the log first as `level` asks, as of `at`, and the
+    /// moment `at` stands for: refused while the tree is held (see
+    /// [`Engine::hold`]), at every level, or if the mandate did not exist
+    /// yet at that moment.
     pub(super) async fn mandate_tree(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
         at: Option<DateTime<Utc>>,
+        level: Consistency,
     ) -> Result<(Arc<TreeSnapshot>, DateTime<Utc>), EngineError> {
-        self.freshen(tenant, None, Some(mandate)).await?;
+        self.freshen(tenant, None, Some(mandate), level).await?;
         let tree_id = self.tree_id_of(tenant, mandate)?;
         if let Some(refusal) = self.hold(tenant, tree_id)? {
             return Err(refusal.into());
@@ -102,17 +104,17 @@ impl Engine {
             instance: self.inner.config.instance.clone(),
         };
         let result = match &self.inner.nats {
-            Some(client) => super::audit::append(client, tenant, &record)
-                .await
-                .map_err(|e| e.to_string()),
+            // Sent before the reply; its storage is confirmed off the
+            // reply path.
+            Some(_) => self.inner.audit.send(tenant, &record).await,
             None => self
                 .inner
                 .store
                 .record_audit(tenant, decision.mandate, &record)
-                .map_err(|e| e.to_string()),
+                .map_err(EngineError::from),
         };
         if let Err(e) = result {
-            tracing::error!(error = %e, "audit record not stored");
+            self.inner.audit.lost(decision.mandate, &e);
         }
     }
 }

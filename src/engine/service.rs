@@ -206,14 +206,15 @@ impl Engine {
     }
 
     async fn handle_query(&self, req: Request<'_>) -> Vec<u8> {
-        // Each read brings its tree up to the log first (`Engine::freshen`).
+        // Each read brings its tree up to the log first, as far as its
+        // consistency level asks (`Engine::freshen`).
         match req.verb {
             "status" => encode(match parse::<MandateQuery>("status query", req.body) {
-                Ok(q) => self.status(req.tenant, q.mandate, q.at).await,
+                Ok(q) => self.status_of(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
             "chain" => encode(match parse::<MandateQuery>("chain query", req.body) {
-                Ok(q) => self.chain(req.tenant, q.mandate, q.at).await,
+                Ok(q) => self.chain_of(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
             "tree" => encode(match parse::<TreeQuery>("tree query", req.body) {
@@ -228,9 +229,10 @@ impl Engine {
                 Ok(q) => self.verify(req.tenant, &q).await,
                 Err(e) => Err(e),
             }),
-            "list" => encode(
-                parse::<ListQuery>("list query", req.body).and_then(|q| self.list(req.tenant, &q)),
-            ),
+            "list" => encode(match parse::<ListQuery>("list query", req.body) {
+                Ok(q) => self.list(req.tenant, &q).await,
+                Err(e) => Err(e),
+            }),
             "check" => {
                 let r = match parse::<CheckQuery>("check query", req.body) {
                     Ok(mut q) => {

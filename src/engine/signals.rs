@@ -75,6 +75,7 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
             EventBody::QuarantineResolved(q) => Some(q.position),
             _ => None,
         },
+        head_position: None,
     })
 }
 
@@ -101,6 +102,7 @@ pub fn quarantine_signal(
         actor: Actor::projector(),
         reason: Some(quarantine.reason.clone()),
         position: Some(quarantine.position),
+        head_position: None,
     })
 }
 

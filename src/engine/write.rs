@@ -383,7 +383,8 @@ impl Engine {
             }
         };
         for e in events {
-            if let Some(signal) = signal_for(e, &snap.tree) {
+            if let Some(mut signal) = signal_for(e, &snap.tree) {
+                signal.head_position = Some(snap.position);
                 if let Err(err) = self.inner.bus.publish(&signal).await {
                     // The event is stored; guards re-read state within their
                     // lease, so a lost signal delays, never cancels, a stop.

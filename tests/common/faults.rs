@@ -536,6 +536,7 @@ pub async fn assert_outcome(nc: &async_nats::Client, ledger: &Ledger) {
                 agent: Some(shared.clone()),
                 principal: None,
                 mission_ref: None,
+                consistency: Default::default(),
             })
             .await
             .expect("list");

@@ -161,6 +161,7 @@ pub fn of_mandate(m: MandateId) -> TreeQuery {
         tree: None,
         mandate: Some(m),
         at: None,
+        consistency: Default::default(),
     }
 }
 
@@ -170,6 +171,7 @@ pub fn of_tree(t: TreeId) -> TreeQuery {
         tree: Some(t),
         mandate: None,
         at: None,
+        consistency: Default::default(),
     }
 }
 
