@@ -198,22 +198,55 @@ impl SignalBus {
 
     /// Publishes one signal on its mandate's subject.
     pub async fn publish(&self, signal: &Signal) -> Result<(), EngineError> {
-        let subject = signal_subject(&signal.tenant, signal.mandate);
+        match self.publish_all(std::slice::from_ref(signal)).await.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a commit's signals, in order, each on its mandate's
+    /// subject, and returns those that failed. Over NATS every publish is
+    /// sent before any acknowledgement is awaited, and the acknowledgements
+    /// are then awaited together: one round trip for the commit, not one
+    /// per signal. Guards hear each signal as the server takes it; the
+    /// acknowledgement only says the stream kept it for catch-up.
+    pub async fn publish_all<'a>(&self, signals: &'a [Signal]) -> Vec<(&'a Signal, EngineError)> {
+        let mut failed = Vec::new();
         match self {
             SignalBus::Nats { js, .. } => {
-                let payload = serde_json::to_vec(signal).expect("signals serialize");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                let ack = js
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .map_err(|e| EngineError::unavailable(format!("signal publish failed: {e}")))?;
-                ack.await
-                    .map_err(|e| EngineError::unavailable(format!("signal not stored: {e}")))?;
+                let mut acks = Vec::with_capacity(signals.len());
+                for signal in signals {
+                    let subject = signal_subject(&signal.tenant, signal.mandate);
+                    let payload = serde_json::to_vec(signal).expect("signals serialize");
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                    match js.publish_with_headers(subject, headers, payload.into()).await {
+                        Ok(ack) => acks.push((signal, ack)),
+                        Err(e) => failed.push((
+                            signal,
+                            EngineError::unavailable(format!("signal publish failed: {e}")),
+                        )),
+                    }
+                }
+                // All are on the wire: the acknowledgements come back in
+                // about one round trip, whatever their number.
+                for (signal, ack) in acks {
+                    if let Err(e) = ack.await {
+                        failed.push((
+                            signal,
+                            EngineError::unavailable(format!("signal not stored: {e}")),
+                        ));
+                    }
+                }
             }
-            SignalBus::Local(hub) => hub.send(&subject, Arc::new(signal.clone())),
+            SignalBus::Local(hub) => {
+                for signal in signals {
+                    let subject = signal_subject(&signal.tenant, signal.mandate);
+                    hub.send(&subject, Arc::new(signal.clone()));
+                }
+            }
         }
-        Ok(())
+        failed
     }
 
     /// Live signals of one mandate. Subscribe *before* reading state.

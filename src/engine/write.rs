@@ -369,7 +369,8 @@ impl Engine {
         })
     }
 
-    /// One publish per event on the subject of the mandate it is about.
+    /// One publish per event on the subject of the mandate it is about, the
+    /// acknowledgements awaited together.
     pub(super) async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
         let snap = match self.inner.store.tree_shared(tenant, tree) {
             Ok(Some(snap)) => snap,
@@ -380,14 +381,14 @@ impl Engine {
                 return;
             }
         };
-        for e in events {
-            if let Some(signal) = signal_for(e, &snap.tree) {
-                if let Err(err) = self.inner.bus.publish(&signal).await {
-                    // The event is stored; guards re-read state within their
-                    // lease, so a lost signal delays, never cancels, a stop.
-                    tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
-                }
-            }
+        let signals: Vec<_> = events
+            .iter()
+            .filter_map(|e| signal_for(e, &snap.tree))
+            .collect();
+        for (signal, err) in self.inner.bus.publish_all(&signals).await {
+            // The event is stored; guards re-read state within their
+            // lease, so a lost signal delays, never cancels, a stop.
+            tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
         }
     }
 }
