@@ -661,7 +661,9 @@ impl Inner {
             })
         } else if self.missed() {
             Some(DenyReason::Unverified {
-                reason: "the guard may have missed a signal: it denies until it has re-read its chain".into(),
+                reason:
+                    "the guard may have missed a signal: it denies until it has re-read its chain"
+                        .into(),
             })
         } else if self.stale() {
             Some(DenyReason::Unverified {
@@ -912,5 +914,44 @@ async fn clock_loop(inner: Arc<Inner>) {
         }
         // Re-evaluate at least every heartbeat, since a renew may move the deadline.
         tokio::time::sleep(wait.min(inner.config.heartbeat)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Actor, EventId, TreeId, SCHEMA_VERSION};
+
+    fn signal() -> Arc<Signal> {
+        let tree = TreeId::generate();
+        Arc::new(Signal {
+            schema_version: SCHEMA_VERSION,
+            kind: SignalKind::Terminated,
+            tenant: TenantId::new("acme").unwrap(),
+            tree,
+            mandate: MandateId::generate(),
+            status: Status::Revoked,
+            event_id: EventId::for_quarantine(tree, 1),
+            event_type: "mandate_revoked".into(),
+            seq: 1,
+            time: Utc::now(),
+            actor: Actor::projector(),
+            reason: None,
+            position: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_or_is_cut_off_hears_that_it_missed_signals() {
+        let (tx, rx) = broadcast::channel(1);
+        let mut heard = heard_stream(rx);
+        for _ in 0..3 {
+            tx.send(signal()).unwrap();
+        }
+        assert!(matches!(heard.next().await, Some(Heard::Missed)));
+        assert!(matches!(heard.next().await, Some(Heard::Signal(_))));
+        drop(tx);
+        assert!(matches!(heard.next().await, Some(Heard::Missed)));
+        assert!(heard.next().await.is_none());
     }
 }
