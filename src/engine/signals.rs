@@ -220,7 +220,10 @@ impl SignalBus {
                     let payload = serde_json::to_vec(signal).expect("signals serialize");
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                    match js.publish_with_headers(subject, headers, payload.into()).await {
+                    match js
+                        .publish_with_headers(subject, headers, payload.into())
+                        .await
+                    {
                         Ok(ack) => acks.push((signal, ack)),
                         Err(e) => failed.push((
                             signal,
@@ -281,7 +284,9 @@ impl SignalBus {
         mandate: MandateId,
     ) -> Result<BoxStream<'static, Heard>, EngineError> {
         match self {
-            SignalBus::Local(hub) => Ok(heard_stream(hub.receiver(&signal_subject(tenant, mandate)))),
+            SignalBus::Local(hub) => {
+                Ok(heard_stream(hub.receiver(&signal_subject(tenant, mandate))))
+            }
             SignalBus::Nats { .. } => {
                 let signals = self.subscribe(tenant, mandate).await?;
                 // The subscription ending means the guard hears no more.
