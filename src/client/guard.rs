@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::{broadcast, watch, Notify};
+#[cfg(feature = "engine")]
+use tokio::sync::broadcast;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
@@ -338,6 +340,7 @@ pub(crate) enum Heard {
 
 /// What a guard hears from a fan-out channel: each signal, a [`Heard::Missed`]
 /// for a stretch it fell behind on, and a last one when the channel closes.
+#[cfg(feature = "engine")]
 pub(crate) fn heard_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream<'static, Heard> {
     futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
@@ -355,6 +358,7 @@ pub(crate) fn heard_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream<'s
 
 /// The signals of a fan-out channel as a stream, for a watcher that only
 /// shows them (`mandate watch`): a stretch it fell behind on is skipped.
+#[cfg(feature = "engine")]
 pub(crate) fn receiver_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream<'static, Signal> {
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
@@ -917,7 +921,7 @@ async fn clock_loop(inner: Arc<Inner>) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "engine"))]
 mod tests {
     use super::*;
     use crate::domain::{Actor, EventId, TreeId, SCHEMA_VERSION};
