@@ -4,7 +4,8 @@
 //!   the server itself counts them, and the last guard of a subject
 //!   unsubscribes;
 //! - revoking a root stops every guard below it, through the root's subject
-//!   alone.
+//!   alone;
+//! - guards whose subscription ends (the connection drained) deny at once.
 
 mod common;
 
@@ -18,7 +19,7 @@ use common::served::Instance;
 use common::wire::{client, serving};
 use common::NatsServer;
 use mandate::client::guard::GuardHub;
-use mandate::client::{Client, Guard};
+use mandate::client::{Client, Guard, GuardState};
 use mandate::domain::command::Issue;
 use mandate::domain::MandateId;
 use serde_json::Value;
@@ -238,4 +239,44 @@ async fn guards_on_one_connection_share_a_subscription_per_subject_until_the_las
     )
     .await;
     assert_eq!(hub.subscriptions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guards_whose_subscription_ends_deny_at_once_not_a_lease_later() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.expect("connect");
+    serving(&nc, "acme").await;
+    let (_root, leaves) = tree(&nc, 1, 2).await;
+
+    let guards_nc = async_nats::connect(server.url()).await.expect("connect");
+    let agents = client(&guards_nc, "acme", agent("a0"));
+    let hub = GuardHub::new();
+    let mut guards = Vec::new();
+    for (holder, leaf) in &leaves {
+        guards.push(start(&agents, &hub, holder, *leaf).await);
+    }
+    assert!(guards
+        .iter()
+        .all(|g| g.check("finance:read", "reports/q3").is_allowed()));
+
+    // The connection drains: its subscriptions end, and no signal can reach
+    // these guards any more. Their lease (ten minutes) has not run out, so
+    // only noticing the end can make them deny.
+    guards_nc
+        .drain()
+        .await
+        .expect("drain the guards' connection");
+    eventually(
+        "every guard denies once its subscriptions have ended",
+        || async {
+            guards.iter().all(|g| {
+                g.state() == GuardState::Stale
+                    && !g.check("finance:read", "reports/q3").is_allowed()
+            })
+        },
+    )
+    .await;
+    assert_eq!(hub.subscriptions(), 0, "ended subscriptions are let go");
 }
