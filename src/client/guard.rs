@@ -19,17 +19,22 @@
 //! - It holds only a chain the engine could have written, ending at its own
 //!   mandate ([`Tree::from_chain`]): any other reply is refused, and counts
 //!   as not hearing the engine.
-//! - Guards of one process share one subscription per mandate subject and
-//!   fan out locally ([`GuardHub`]).
+//! - Guards of one process share one subscription per mandate subject (and
+//!   connection), fan out locally, and unsubscribe with the last guard
+//!   ([`GuardHub`]). A guard that falls behind the local fan-out, or whose
+//!   subscription ends, denies until it has re-read its chain: a lost
+//!   signal never goes unnoticed.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::{broadcast, watch};
+#[cfg(feature = "engine")]
+use tokio::sync::broadcast;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
@@ -79,10 +84,91 @@ pub enum GuardState {
     Quarantined,
 }
 
-/// Shares one subscription per mandate subject among the guards of a process.
+/// Shares one subscription per signal subject among the guards of a
+/// process, and hands each signal to every guard that watches the subject.
+///
+/// A guard watches every link of its chain, so the guards below one root all
+/// watch that root's subject: ending the root is one message from the server
+/// to this process, whatever the number of guards. The hub's task for the
+/// subject then settles each guard on the spot (a termination cancels it
+/// there and then), with no task per guard to wake and no queue per guard
+/// to fall behind on; a signal that calls for a re-read only pokes the
+/// guard's own task, and pokes coalesce. If the subscription itself falls
+/// behind or ends, every guard on it denies until it has re-read.
+///
+/// Subscriptions are keyed by connection (or in-process engine) and subject,
+/// so guards on different connections keep their own, and counted: the last
+/// guard to let go of a subject unsubscribes.
+///
+/// Why not one wildcard subscription per tenant (`mandate.sig.<tenant>.*`)?
+/// It would bring every signal of the tenant to every process holding one
+/// guard, so a process's traffic would grow with the tenant's activity
+/// instead of with what it guards, and it needs the right to read the whole
+/// tenant's signals, which an agent's NATS permissions need not grant. One
+/// subscription per distinct link is bounded by the guards held.
 #[derive(Clone, Default)]
 pub struct GuardHub {
-    subjects: Arc<Mutex<HashMap<String, broadcast::Sender<Signal>>>>,
+    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
+}
+
+/// One subject on one connection.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SubjectKey {
+    /// The address of what every handle of one connection shares (its
+    /// statistics, or the in-process engine's signal bus); the entry holds a
+    /// client of it, so the address is not reused while the entry exists.
+    connection: usize,
+    subject: String,
+}
+
+/// The guards listening on one subscription, by guard number.
+type Listeners = HashMap<u64, Weak<Inner>>;
+
+/// A live subscription and the guards that hold it.
+struct Shared {
+    /// Tells this subscription apart from a later one on the same key.
+    id: u64,
+    listeners: Arc<Mutex<Listeners>>,
+    /// Ends the task that owns the subscription; dropping a NATS subscriber
+    /// unsubscribes.
+    task: tokio::task::AbortHandle,
+    _client: Client,
+}
+
+/// A guard's hold on one shared subscription; dropping it lets go, and the
+/// last to let go ends the subscription.
+struct Lease {
+    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
+    key: SubjectKey,
+    id: u64,
+    guard: u64,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match map.get(&self.key) {
+            Some(entry) if entry.id == self.id => {
+                let mut listeners = entry.listeners.lock().unwrap_or_else(|p| p.into_inner());
+                listeners.remove(&self.guard);
+                listeners.is_empty()
+            }
+            _ => false,
+        };
+        if last {
+            if let Some(entry) = map.remove(&self.key) {
+                entry.task.abort();
+            }
+        }
+    }
+}
+
+/// Numbers subscriptions and guards, so a lease never touches a later
+/// subscription or another guard.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl GuardHub {
@@ -91,67 +177,193 @@ impl GuardHub {
         Self::default()
     }
 
-    async fn subscribe(
+    /// How many subscriptions the hub holds for its guards.
+    pub fn subscriptions(&self) -> usize {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Makes `guard` hear `mandate`'s subject, subscribing unless another
+    /// guard on the same connection already does.
+    async fn listen(
         &self,
         client: &Client,
-        tenant: &TenantId,
         mandate: MandateId,
-    ) -> Result<BoxStream<'static, Signal>, ClientError> {
-        if let Some(local) = client.in_process_signals(tenant, mandate).await {
-            return local;
-        }
-        let nats = client
-            .nats_client()
-            .ok_or_else(|| ClientError::Nats("no transport".into()))?;
-        let subject = signal_subject(tenant, mandate);
-        let existing = {
-            let map = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
-            map.get(&subject).map(|tx| tx.subscribe())
+        guard: &Arc<Inner>,
+    ) -> Result<Lease, ClientError> {
+        let key = SubjectKey {
+            connection: connection_of(client)?,
+            subject: signal_subject(client.tenant(), mandate),
         };
-        let rx = match existing {
-            Some(rx) => rx,
+        if let Some(lease) = self.join(&key, guard) {
+            return Ok(lease);
+        }
+        let source = match client.in_process_signals(client.tenant(), mandate).await {
+            Some(local) => local?,
             None => {
-                let mut sub = nats
-                    .subscribe(subject.clone())
+                let nats = client
+                    .nats_client()
+                    .ok_or_else(|| ClientError::Nats("no transport".into()))?;
+                let sub = nats
+                    .subscribe(key.subject.clone())
                     .await
                     .map_err(|e| ClientError::Nats(e.to_string()))?;
-                let (tx, rx) = broadcast::channel(256);
-                {
-                    let mut map = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(other) = map.get(&subject) {
-                        // Another guard raced us: use its subscription.
-                        return Ok(receiver_stream(other.subscribe()));
-                    }
-                    map.insert(subject, tx.clone());
-                }
-                tokio::spawn(async move {
-                    while let Some(msg) = sub.next().await {
-                        if let Ok(signal) = serde_json::from_slice::<Signal>(&msg.payload) {
-                            let _ = tx.send(signal);
-                        }
-                    }
-                });
                 // No flush here: the guard's state read that follows is a
                 // request on this same connection, and the server handles a
                 // connection's messages in order, so the subscription is in
-                // place before the read is answered.
-                rx
+                // place before the read is answered. A guard that joins it
+                // later reads later, on the same connection, too.
+                nats_signals(sub)
             }
         };
-        Ok(receiver_stream(rx))
+        let mut map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&key) {
+            // Another guard subscribed meanwhile: use its subscription (ours
+            // is dropped, which unsubscribes it).
+            drop(map);
+            return self
+                .join(&key, guard)
+                .ok_or_else(|| ClientError::Nats(format!("subscription to {} lost", key.subject)));
+        }
+        let id = next_id();
+        let listeners = Arc::new(Mutex::new(HashMap::from([(
+            guard.number,
+            Arc::downgrade(guard),
+        )])));
+        let task = tokio::spawn(forward(
+            source,
+            listeners.clone(),
+            self.shared.clone(),
+            key.clone(),
+            id,
+        ));
+        map.insert(
+            key.clone(),
+            Shared {
+                id,
+                listeners,
+                task: task.abort_handle(),
+                _client: client.clone(),
+            },
+        );
+        Ok(Lease {
+            shared: self.shared.clone(),
+            key,
+            id,
+            guard: guard.number,
+        })
+    }
+
+    /// Adds `guard` to the subscription already held for `key`, if any.
+    fn join(&self, key: &SubjectKey, guard: &Arc<Inner>) -> Option<Lease> {
+        let map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.get(key)?;
+        entry
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(guard.number, Arc::downgrade(guard));
+        Some(Lease {
+            shared: self.shared.clone(),
+            key: key.clone(),
+            id: entry.id,
+            guard: guard.number,
+        })
     }
 }
 
-/// The signals of a broadcast channel as a stream: the guard hub's fan-out,
-/// and the in-process engine's signal bus.
-pub(crate) fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'static, Signal> {
+/// What the guards of one connection share: the address of its statistics
+/// over NATS, of the engine's signal bus in process.
+fn connection_of(client: &Client) -> Result<usize, ClientError> {
+    if let Some(nats) = client.nats_client() {
+        return Ok(Arc::as_ptr(&nats.statistics()) as usize);
+    }
+    #[cfg(feature = "engine")]
+    if let Some(engine) = client.engine() {
+        return Ok(engine.bus() as *const _ as usize);
+    }
+    Err(ClientError::Nats("no transport".into()))
+}
+
+/// A NATS subscription's messages as signals; one that does not decode is
+/// passed over (and said), as it tells no guard anything.
+fn nats_signals(sub: async_nats::Subscriber) -> BoxStream<'static, Heard> {
+    sub.filter_map(|msg| async move {
+        match serde_json::from_slice::<Signal>(&msg.payload) {
+            Ok(signal) => Some(Heard::Signal(Arc::new(signal))),
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "passed over a message on a signal subject that is not a signal");
+                None
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Hands what one subscription hears to the guards that hold it. When the
+/// subscription ends (the connection closed), the entry is let go, so the
+/// next guard subscribes again, and the guards that held it deny until they
+/// have re-read.
+async fn forward(
+    mut source: BoxStream<'static, Heard>,
+    listeners: Arc<Mutex<Listeners>>,
+    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
+    key: SubjectKey,
+    id: u64,
+) {
+    while let Some(heard) = source.next().await {
+        let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
+        for guard in guards.values().filter_map(Weak::upgrade) {
+            guard.hear(&heard);
+        }
+    }
+    {
+        let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&key).is_some_and(|entry| entry.id == id) {
+            map.remove(&key);
+        }
+    }
+    let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
+    for guard in guards.values().filter_map(Weak::upgrade) {
+        guard.hear(&Heard::Missed);
+    }
+}
+
+/// What a guard hears on one subject of its chain.
+#[derive(Clone, Debug)]
+pub(crate) enum Heard {
+    /// A signal, shared by every guard that hears it.
+    Signal(Arc<Signal>),
+    /// Signals may have been lost on the way (the subscription fell behind,
+    /// or ended): the guard denies until it has re-read its chain.
+    Missed,
+}
+
+/// What a guard hears from a fan-out channel: each signal, a [`Heard::Missed`]
+/// for a stretch it fell behind on, and a last one when the channel closes.
+#[cfg(feature = "engine")]
+pub(crate) fn heard_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream<'static, Heard> {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Ok(s) => Some((Heard::Signal(s), Some(rx))),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "a guard fell behind its signals: it re-reads");
+                Some((Heard::Missed, Some(rx)))
+            }
+            Err(broadcast::error::RecvError::Closed) => Some((Heard::Missed, None)),
+        }
+    })
+    .boxed()
+}
+
+/// The signals of a fan-out channel as a stream, for a watcher that only
+/// shows them (`mandate watch`): a stretch it fell behind on is skipped.
+#[cfg(feature = "engine")]
+pub(crate) fn receiver_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream<'static, Signal> {
     futures::stream::unfold(rx, |mut rx| async move {
         loop {
             match rx.recv().await {
-                Ok(s) => return Some((s, rx)),
-                // A lagging receiver skips what it missed: holders re-read
-                // state on every signal and every heartbeat, so the latest
-                // one is enough.
+                Ok(s) => return Some((Signal::clone(&s), rx)),
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -161,6 +373,8 @@ pub(crate) fn receiver_stream(rx: broadcast::Receiver<Signal>) -> BoxStream<'sta
 }
 
 struct Inner {
+    /// Tells guards apart on a shared subscription.
+    number: u64,
     client: Client,
     mandate: MandateId,
     config: GuardConfig,
@@ -177,14 +391,26 @@ struct Inner {
     /// Set by a `quarantined` signal, or by a re-read the engine refused
     /// because the tree is quarantined; cleared by a re-read that succeeds.
     quarantined: Mutex<Option<DenyReason>>,
+    /// Set when signals may have been missed (see [`Heard::Missed`]), to the
+    /// count of misses so far; cleared by a re-read sent after it.
+    missed: Mutex<Option<u64>>,
+    /// How many times signals may have been missed.
+    misses: AtomicU64,
     cancel: CancellationToken,
     changed: watch::Sender<u64>,
+    /// Poked by a signal that calls for a re-read; pokes coalesce, so the
+    /// guard re-reads once for any number of them.
+    reread: Notify,
+    /// The newest log position a signal that asked for a re-read named.
+    reread_at: AtomicU64,
 }
 
-/// The agent's guard for one mandate. Dropping it stops its tasks.
+/// The agent's guard for one mandate. Dropping it stops its tasks and lets
+/// go of its subscriptions.
 pub struct Guard {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _leases: Vec<Lease>,
 }
 
 impl Drop for Guard {
@@ -213,13 +439,10 @@ impl Guard {
         // The chain never changes (parents are fixed at issue), so reading it
         // first only tells us what to subscribe to; the state read comes after.
         let chain = client.chain(mandate, None).await?;
-        let mut streams = Vec::new();
-        for m in &chain.mandates {
-            streams.push(hub.subscribe(&client, &tenant, m.id()).await?);
-        }
         let inner = Arc::new(Inner {
+            number: next_id(),
             tree: RwLock::new(Tree::empty(tenant, chain.tree)),
-            client,
+            client: client.clone(),
             mandate,
             config,
             last_heard: Mutex::new(Instant::now()),
@@ -227,19 +450,25 @@ impl Guard {
             suspended: Mutex::new(None),
             behind: Mutex::new(None),
             quarantined: Mutex::new(None),
+            missed: Mutex::new(None),
+            misses: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
+            reread: Notify::new(),
+            reread_at: AtomicU64::new(0),
         });
+        let mut leases = Vec::new();
+        for m in &chain.mandates {
+            leases.push(hub.listen(&client, m.id(), &inner).await?);
+        }
         inner.refresh(Consistency::Fresh).await?;
-        let signals = tokio::spawn(signal_loop(
-            inner.clone(),
-            futures::stream::select_all(streams),
-        ));
+        let signals = tokio::spawn(reread_loop(inner.clone()));
         let heartbeat = tokio::spawn(heartbeat_loop(inner.clone()));
         let clock = tokio::spawn(clock_loop(inner.clone()));
         Ok(Self {
             inner,
             tasks: vec![signals, heartbeat, clock],
+            _leases: leases,
         })
     }
 
@@ -267,7 +496,7 @@ impl Guard {
         if self.inner.quarantine().is_some() {
             return GuardState::Quarantined;
         }
-        if self.inner.stale() {
+        if self.inner.stale() || self.inner.missed() {
             return GuardState::Stale;
         }
         let tree = self.inner.tree.read().unwrap_or_else(|p| p.into_inner());
@@ -367,6 +596,29 @@ impl Inner {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    fn missed(&self) -> bool {
+        self.missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Signals may have been lost: deny until a re-read sent from now on.
+    fn note_missed(&self) {
+        let miss = self.misses.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.missed.lock().unwrap_or_else(|p| p.into_inner()) = Some(miss);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// A re-read sent after `misses` misses succeeded: what was missed
+    /// before it is made up.
+    fn made_up(&self, misses: u64) {
+        let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+        if missed.is_some_and(|miss| miss <= misses) {
+            *missed = None;
+        }
+    }
+
     fn stale(&self) -> bool {
         self.last_heard
             .lock()
@@ -414,6 +666,12 @@ impl Inner {
                 status: Status::Paused,
                 cause: None,
             })
+        } else if self.missed() {
+            Some(DenyReason::Unverified {
+                reason:
+                    "the guard may have missed a signal: it denies until it has re-read its chain"
+                        .into(),
+            })
         } else if self.stale() {
             Some(DenyReason::Unverified {
                 reason: format!(
@@ -453,6 +711,7 @@ impl Inner {
     /// named, or `fresh` when nothing names one (the heartbeat, which makes
     /// up for signals lost, must see everything acknowledged anywhere).
     async fn refresh(&self, level: Consistency) -> Result<(), ClientError> {
+        let misses = self.misses.load(Ordering::SeqCst);
         let sent = self.local_now();
         let q = MandateQuery {
             mandate: self.mandate,
@@ -478,7 +737,9 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        self.install(reply, sent)
+        self.install(reply, sent)?;
+        self.made_up(misses);
+        Ok(())
     }
 
     /// Takes a chain reply asked for at `sent` (the agent's uncorrected
@@ -553,49 +814,74 @@ impl Inner {
     }
 }
 
-async fn signal_loop(
-    inner: Arc<Inner>,
-    mut signals: futures::stream::SelectAll<BoxStream<'static, Signal>>,
-) {
-    while let Some(signal) = signals.next().await {
+impl Inner {
+    /// Takes what the guard's subscription heard, on the subscription's own
+    /// task: the state changes at once, and a re-read, when one is called
+    /// for, is left to the guard's task.
+    fn hear(&self, heard: &Heard) {
+        let signal = match heard {
+            Heard::Signal(signal) => signal,
+            Heard::Missed => {
+                // Fail closed: deny now, and re-read to learn what was missed.
+                self.note_missed();
+                self.reread.notify_one();
+                return;
+            }
+        };
         match signal.kind {
             SignalKind::Terminated => {
                 {
-                    let mut t = inner.terminated.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut t = self.terminated.lock().unwrap_or_else(|p| p.into_inner());
                     t.get_or_insert(signal.status);
                 }
-                inner.cancel.cancel();
-                inner.changed.send_modify(|v| *v += 1);
+                self.cancel.cancel();
+                self.changed.send_modify(|v| *v += 1);
+                // Terminal is absorbing: after a termination there is
+                // nothing left to learn, and skipping the re-read keeps a
+                // cascade over thousands of guards from turning into
+                // thousands of reads.
+                return;
             }
             SignalKind::Suspended => {
                 {
-                    let mut s = inner.suspended.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut s = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
                     *s = Some(s.map_or(signal.seq, |held| held.max(signal.seq)));
                 }
-                inner.changed.send_modify(|v| *v += 1);
+                self.changed.send_modify(|v| *v += 1);
             }
             SignalKind::Quarantined => {
-                inner.set_quarantine(Some(DenyReason::Quarantined {
+                self.set_quarantine(Some(DenyReason::Quarantined {
                     tree: signal.tree,
                     position: signal.position.unwrap_or_default(),
                 }));
                 // The engine refuses to read a quarantined tree: a re-read
                 // would only confirm it.
-                continue;
+                return;
             }
             SignalKind::Resumed | SignalKind::Narrowed | SignalKind::Restored => {}
         }
-        // Terminal is absorbing: after a termination there is nothing left to
-        // learn, and skipping the re-read keeps a cascade over thousands of
-        // guards from turning into thousands of reads.
+        // Otherwise the signal is a hint; the state is the truth, re-read
+        // at least as new as the commit it came from.
+        if let Some(position) = signal.head_position {
+            self.reread_at.fetch_max(position, Ordering::SeqCst);
+        }
+        self.reread.notify_one();
+    }
+}
+
+/// Re-reads the state whenever a signal asks for it (see [`Inner::hear`]).
+async fn reread_loop(inner: Arc<Inner>) {
+    loop {
+        inner.reread.notified().await;
         if inner.terminated_status().is_some() {
             continue;
         }
         // Otherwise the signal is a hint; the state is the truth, read at
-        // least as new as the event signalled.
-        let level = signal
-            .head_position
-            .map_or(Consistency::Fresh, Consistency::AtLeast);
+        // least as new as the newest event signalled.
+        let level = match inner.reread_at.load(Ordering::SeqCst) {
+            0 => Consistency::Fresh,
+            position => Consistency::AtLeast(position),
+        };
         if let Err(e) = inner.refresh(level).await {
             tracing::warn!(mandate = %inner.mandate, error = %e, "guard could not re-read state after a signal");
         }
@@ -653,5 +939,45 @@ async fn clock_loop(inner: Arc<Inner>) {
         }
         // Re-evaluate at least every heartbeat, since a renew may move the deadline.
         tokio::time::sleep(wait.min(inner.config.heartbeat)).await;
+    }
+}
+
+#[cfg(all(test, feature = "engine"))]
+mod tests {
+    use super::*;
+    use crate::domain::{Actor, EventId, TreeId, SCHEMA_VERSION};
+
+    fn signal() -> Arc<Signal> {
+        let tree = TreeId::generate();
+        Arc::new(Signal {
+            schema_version: SCHEMA_VERSION,
+            kind: SignalKind::Terminated,
+            tenant: TenantId::new("acme").unwrap(),
+            tree,
+            mandate: MandateId::generate(),
+            status: Status::Revoked,
+            event_id: EventId::for_quarantine(tree, 1),
+            event_type: "mandate_revoked".into(),
+            seq: 1,
+            time: Utc::now(),
+            actor: Actor::projector(),
+            reason: None,
+            position: None,
+            head_position: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_or_is_cut_off_hears_that_it_missed_signals() {
+        let (tx, rx) = broadcast::channel(1);
+        let mut heard = heard_stream(rx);
+        for _ in 0..3 {
+            tx.send(signal()).unwrap();
+        }
+        assert!(matches!(heard.next().await, Some(Heard::Missed)));
+        assert!(matches!(heard.next().await, Some(Heard::Signal(_))));
+        drop(tx);
+        assert!(matches!(heard.next().await, Some(Heard::Missed)));
+        assert!(heard.next().await.is_none());
     }
 }

@@ -187,14 +187,13 @@ impl Client {
         &self,
         tenant: &TenantId,
         mandate: MandateId,
-    ) -> Option<Result<futures::stream::BoxStream<'static, crate::protocol::Signal>, ClientError>>
-    {
+    ) -> Option<Result<futures::stream::BoxStream<'static, guard::Heard>, ClientError>> {
         match &self.transport {
             #[cfg(feature = "engine")]
             Transport::Local(engine) => Some(
                 engine
                     .bus()
-                    .subscribe(tenant, mandate)
+                    .guard_signals(tenant, mandate)
                     .await
                     .map_err(|e| ClientError::Engine(e.to_body())),
             ),

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 
+use crate::client::guard::{heard_stream, receiver_stream, Heard};
+
 use crate::domain::command::Resolution;
 use crate::domain::{
     Actor, Event, EventBody, EventId, MandateId, Quarantine, TenantId, Tree, SCHEMA_VERSION,
@@ -121,20 +123,54 @@ pub enum SignalBus {
     Local(Arc<LocalHub>),
 }
 
-/// In-process fan-out by subject.
+/// In-process fan-out by subject: one channel per subject someone listens
+/// on, each signal shared (`Arc`) by every receiver.
 #[derive(Default)]
 pub struct LocalHub {
-    subjects: Mutex<HashMap<String, broadcast::Sender<Signal>>>,
+    subjects: Mutex<Subjects>,
 }
 
+#[derive(Default)]
+struct Subjects {
+    channels: HashMap<String, broadcast::Sender<Arc<Signal>>>,
+    /// The size at which channels nobody listens to any more are dropped.
+    sweep_at: usize,
+}
+
+/// Signals a subject's channel holds for a receiver that does not keep up.
+const LOCAL_CAPACITY: usize = 1024;
+
 impl LocalHub {
-    fn sender(&self, subject: &str) -> broadcast::Sender<Signal> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subjects> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // map itself is still valid.
-        let mut map = self.subjects.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(subject.to_string())
-            .or_insert_with(|| broadcast::channel(1024).0)
-            .clone()
+        self.subjects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn receiver(&self, subject: &str) -> broadcast::Receiver<Arc<Signal>> {
+        let mut subjects = self.lock();
+        if subjects.channels.len() >= subjects.sweep_at {
+            // Guards come and go on subjects that are never published on
+            // again (a leaf ended through its root): keep the map at most
+            // twice the subjects listened to.
+            subjects.channels.retain(|_, tx| tx.receiver_count() > 0);
+            subjects.sweep_at = (subjects.channels.len() * 2).max(LOCAL_CAPACITY);
+        }
+        subjects
+            .channels
+            .entry(subject.to_string())
+            .or_insert_with(|| broadcast::channel(LOCAL_CAPACITY).0)
+            .subscribe()
+    }
+
+    fn send(&self, subject: &str, signal: Arc<Signal>) {
+        let mut subjects = self.lock();
+        if let Some(tx) = subjects.channels.get(subject) {
+            // No receiver left: nobody listens on this subject any more.
+            if tx.send(signal).is_err() {
+                subjects.channels.remove(subject);
+            }
+        }
     }
 }
 
@@ -164,25 +200,58 @@ impl SignalBus {
 
     /// Publishes one signal on its mandate's subject.
     pub async fn publish(&self, signal: &Signal) -> Result<(), EngineError> {
-        let subject = signal_subject(&signal.tenant, signal.mandate);
+        match self.publish_all(std::slice::from_ref(signal)).await.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a commit's signals, in order, each on its mandate's
+    /// subject, and returns those that failed. Over NATS every publish is
+    /// sent before any acknowledgement is awaited, and the acknowledgements
+    /// are then awaited together: one round trip for the commit, not one
+    /// per signal. Guards hear each signal as the server takes it; the
+    /// acknowledgement only says the stream kept it for catch-up.
+    pub async fn publish_all<'a>(&self, signals: &'a [Signal]) -> Vec<(&'a Signal, EngineError)> {
+        let mut failed = Vec::new();
         match self {
             SignalBus::Nats { js, .. } => {
-                let payload = serde_json::to_vec(signal).expect("signals serialize");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                let ack = js
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .map_err(|e| EngineError::unavailable(format!("signal publish failed: {e}")))?;
-                ack.await
-                    .map_err(|e| EngineError::unavailable(format!("signal not stored: {e}")))?;
+                let mut acks = Vec::with_capacity(signals.len());
+                for signal in signals {
+                    let subject = signal_subject(&signal.tenant, signal.mandate);
+                    let payload = serde_json::to_vec(signal).expect("signals serialize");
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                    match js
+                        .publish_with_headers(subject, headers, payload.into())
+                        .await
+                    {
+                        Ok(ack) => acks.push((signal, ack)),
+                        Err(e) => failed.push((
+                            signal,
+                            EngineError::unavailable(format!("signal publish failed: {e}")),
+                        )),
+                    }
+                }
+                // All are on the wire: the acknowledgements come back in
+                // about one round trip, whatever their number.
+                for (signal, ack) in acks {
+                    if let Err(e) = ack.await {
+                        failed.push((
+                            signal,
+                            EngineError::unavailable(format!("signal not stored: {e}")),
+                        ));
+                    }
+                }
             }
             SignalBus::Local(hub) => {
-                // No receiver is fine: nobody listens on this subject.
-                let _ = hub.sender(&subject).send(signal.clone());
+                for signal in signals {
+                    let subject = signal_subject(&signal.tenant, signal.mandate);
+                    hub.send(&subject, Arc::new(signal.clone()));
+                }
             }
         }
-        Ok(())
+        failed
     }
 
     /// Live signals of one mandate. Subscribe *before* reading state.
@@ -204,9 +273,29 @@ impl SignalBus {
                     )
                     .boxed())
             }
+            SignalBus::Local(hub) => Ok(receiver_stream(hub.receiver(&subject))),
+        }
+    }
+
+    /// What an in-process guard hears of one mandate: its signals, and
+    /// whether it fell behind them (so it re-reads). Subscribe *before*
+    /// reading state.
+    pub(crate) async fn guard_signals(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+    ) -> Result<BoxStream<'static, Heard>, EngineError> {
+        match self {
             SignalBus::Local(hub) => {
-                let rx = hub.sender(&subject).subscribe();
-                Ok(crate::client::guard::receiver_stream(rx))
+                Ok(heard_stream(hub.receiver(&signal_subject(tenant, mandate))))
+            }
+            SignalBus::Nats { .. } => {
+                let signals = self.subscribe(tenant, mandate).await?;
+                // The subscription ending means the guard hears no more.
+                Ok(signals
+                    .map(|s| Heard::Signal(Arc::new(s)))
+                    .chain(futures::stream::once(async { Heard::Missed }))
+                    .boxed())
             }
         }
     }

@@ -370,7 +370,8 @@ impl Engine {
         })
     }
 
-    /// One publish per event on the subject of the mandate it is about.
+    /// One publish per event on the subject of the mandate it is about, the
+    /// acknowledgements awaited together.
     pub(super) async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
         let mandates: Vec<MandateId> = events.iter().map(|e| e.body.mandate()).collect();
         let snap = match self.inner.store.view(tenant, tree, &mandates, None) {
@@ -382,15 +383,18 @@ impl Engine {
                 return;
             }
         };
-        for e in events {
-            if let Some(mut signal) = signal_for(e, &snap.tree) {
+        let signals: Vec<_> = events
+            .iter()
+            .filter_map(|e| signal_for(e, &snap.tree))
+            .map(|mut signal| {
                 signal.head_position = Some(snap.position);
-                if let Err(err) = self.inner.bus.publish(&signal).await {
-                    // The event is stored; guards re-read state within their
-                    // lease, so a lost signal delays, never cancels, a stop.
-                    tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
-                }
-            }
+                signal
+            })
+            .collect();
+        for (signal, err) in self.inner.bus.publish_all(&signals).await {
+            // The event is stored; guards re-read state within their
+            // lease, so a lost signal delays, never cancels, a stop.
+            tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
         }
     }
 }

@@ -14,11 +14,21 @@
 //! The last position is the last `r` key, so no separate counter can drift
 //! from the records.
 //!
-//! # Writes
-//! Appends are serialized under one async mutex: check the command id, check
-//! the head, write all four keys in one atomic batch, flush, and only then
-//! acknowledge and wake the followers. One flush per append keeps the code
-//! obviously durable; group commit can come later if the quickstart needs it.
+//! # Writes: group commit
+//! Appends are serialized under one lock only while they check and write:
+//! check the command id, check the head, write all four keys in one atomic
+//! batch. Each then waits until a flush that began after its batch has
+//! finished, and only then is acknowledged. One waiter at a time flushes
+//! (the leader), for every batch written so far; the others wait for it and
+//! find themselves covered, or lead the next flush. So many concurrent
+//! appends share one flush, and none is acknowledged before it is durable.
+//!
+//! Readers see only what is durable: `read_tree`, `read_all`, `follow`,
+//! `tree_head` and `last_position` stop at the last flushed position, as a
+//! JetStream reader sees only what the server acknowledged. The checks of
+//! an append see everything written, so the conflict check and the
+//! command-id dedupe stay exact; a conflict or a duplicate is answered only
+//! once the record it names is durable, so the caller can read it.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -27,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use tokio::sync::{watch, Mutex};
+use std::sync::Mutex;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 use super::{Appended, Cursor, EventLog, LogError, Record, DEFAULT_MAX_MESSAGE_SIZE};
@@ -71,11 +82,27 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     config: EmbeddedConfig,
-    /// Held for the whole of an append; holds the last position. A tokio
-    /// mutex because it is held across the flush.
+    /// Held while an append checks and writes; holds the last position
+    /// written (durable or not yet).
     writer: Mutex<u64>,
-    /// The last durable position, for followers.
+    /// The last durable position, for readers and followers.
     last: watch::Sender<u64>,
+    /// Who flushes, and how flushes went.
+    flush: Mutex<FlushState>,
+    /// Woken when a flush ends.
+    flushed: Notify,
+}
+
+/// The group commit's bookkeeping.
+#[derive(Default)]
+struct FlushState {
+    /// A flush is under way; whoever waits for durability waits for it.
+    flushing: bool,
+    /// Flushes finished (or failed) so far.
+    flushes: u64,
+    /// The last failed flush: its number, the position it was to make
+    /// durable, and why it failed.
+    failed: Option<(u64, u64, String)>,
 }
 
 impl EmbeddedLog {
@@ -106,9 +133,40 @@ impl EmbeddedLog {
                 config,
                 writer: Mutex::new(last),
                 last: tx,
+                flush: Mutex::new(FlushState::default()),
+                flushed: Notify::new(),
             }),
         })
     }
+
+    /// How many flushes the log has made (or tried) since it was opened:
+    /// with appends in flight at once, fewer than the appends.
+    #[doc(hidden)]
+    pub fn flushes(&self) -> u64 {
+        self.inner.flush_state().flushes
+    }
+}
+
+/// The flush a waiter leads. Ending it on drop means a leader whose append
+/// was cancelled mid-flush still hands the lead on, so no waiter is left
+/// waiting for a flush nobody makes.
+struct Lead<'a> {
+    inner: &'a Inner,
+    target: u64,
+    outcome: Option<Result<(), String>>,
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.inner.end_flush(self.target, self.outcome.take());
+    }
+}
+
+/// What an append's checks and write came to, before it is durable.
+enum Written {
+    New(u64),
+    Duplicate(u64),
+    Conflict(u64),
 }
 
 impl EventLog for EmbeddedLog {
@@ -123,53 +181,32 @@ impl EventLog for EmbeddedLog {
     ) -> Result<Appended, LogError> {
         let inner = &self.inner;
         super::check_size(&payload, inner.config.max_message_size)?;
-        let mut last = inner.writer.lock().await;
-
-        // The command id comes first: a retry whose expected head went stale
-        // (because its first attempt was written) is a duplicate, not a conflict.
-        let command_key = command_key(tenant, command_id);
-        if let Some(original) = inner.tree.get(&command_key).map_err(sled_error)? {
-            let position = u64_from_slice(&original).ok_or_else(|| LogError::Corrupt {
-                position: 0,
-                subject_or_key: format!("c/{tenant}/{command_id}"),
-                reason: "command index entry is not an 8-byte position".to_string(),
-            })?;
-            return Ok(Appended {
-                position,
-                duplicate: true,
-            });
+        let written = inner.write(tenant, tree, expected, command_id, &payload)?;
+        match written {
+            Written::New(position) => {
+                inner.durable(position).await?;
+                Ok(Appended {
+                    position,
+                    duplicate: false,
+                })
+            }
+            Written::Duplicate(position) => {
+                inner.durable(position).await?;
+                Ok(Appended {
+                    position,
+                    duplicate: true,
+                })
+            }
+            Written::Conflict(actual) => {
+                inner.durable(actual).await?;
+                Err(LogError::Conflict {
+                    tenant: tenant.clone(),
+                    tree,
+                    expected,
+                    actual: Some(actual),
+                })
+            }
         }
-
-        let head = inner.head(tenant, tree)?;
-        if head != expected {
-            return Err(LogError::Conflict {
-                tenant: tenant.clone(),
-                tree,
-                expected,
-                actual: Some(head),
-            });
-        }
-
-        let position = *last + 1;
-        let mut batch = sled::Batch::default();
-        batch.insert(
-            record_key(position).as_slice(),
-            encode_record(tenant, tree, command_id, &payload),
-        );
-        batch.insert(tree_index_key(tenant, tree, position), &[] as &[u8]);
-        batch.insert(tenant_index_key(tenant, position), &[] as &[u8]);
-        batch.insert(command_key.as_slice(), &position.to_be_bytes());
-        inner.tree.apply_batch(batch).map_err(sled_error)?;
-        // The batch is applied: even if the flush below fails, this position
-        // is taken (a retry of the command finds it through its id).
-        *last = position;
-        // Durable before acknowledged, and before followers hear of it.
-        inner.db.flush_async().await.map_err(sled_error)?;
-        inner.last.send_replace(position);
-        Ok(Appended {
-            position,
-            duplicate: false,
-        })
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%tenant, %tree))]
@@ -181,10 +218,15 @@ impl EventLog for EmbeddedLog {
     ) -> Result<Vec<Result<Record, LogError>>, LogError> {
         let inner = &self.inner;
         let prefix = tree_prefix(tenant, tree);
+        let durable = inner.durable_position();
         let mut items = Vec::new();
         for entry in inner.tree.range(index_range(&prefix, after)) {
             let (key, _) = entry.map_err(sled_error)?;
-            match inner.record(index_position(&key)?) {
+            let position = index_position(&key)?;
+            if position > durable {
+                break;
+            }
+            match inner.record(position) {
                 Ok(record) => items.push(Ok(record)),
                 Err(corrupt @ LogError::Corrupt { .. }) => items.push(Err(corrupt)),
                 Err(other) => return Err(other),
@@ -225,19 +267,150 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
-        self.inner.head(tenant, tree)
+        let inner = &self.inner;
+        inner.head(tenant, tree, inner.durable_position())
     }
 }
 
 impl Inner {
-    fn head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
-        match self.tree.scan_prefix(tree_prefix(tenant, tree)).next_back() {
-            None => Ok(0),
-            Some(entry) => {
-                let (key, _) = entry.map_err(sled_error)?;
-                index_position(&key)
+    /// The tree's last position at or below `through` (0 for none).
+    fn head(&self, tenant: &TenantId, tree: TreeId, through: u64) -> Result<u64, LogError> {
+        for entry in self.tree.scan_prefix(tree_prefix(tenant, tree)).rev() {
+            let (key, _) = entry.map_err(sled_error)?;
+            let position = index_position(&key)?;
+            if position <= through {
+                return Ok(position);
             }
         }
+        Ok(0)
+    }
+
+    fn durable_position(&self) -> u64 {
+        *self.last.borrow()
+    }
+
+    fn flush_state(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.flush.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An append's checks and write, under the writer lock: the command id
+    /// first (a retry whose expected head went stale because its first
+    /// attempt was written is a duplicate, not a conflict), then the head,
+    /// then all four keys in one atomic batch.
+    fn write(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        expected: u64,
+        command_id: CommandId,
+        payload: &[u8],
+    ) -> Result<Written, LogError> {
+        let mut last = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let command_key = command_key(tenant, command_id);
+        if let Some(original) = self.tree.get(&command_key).map_err(sled_error)? {
+            let position = u64_from_slice(&original).ok_or_else(|| LogError::Corrupt {
+                position: 0,
+                subject_or_key: format!("c/{tenant}/{command_id}"),
+                reason: "command index entry is not an 8-byte position".to_string(),
+            })?;
+            return Ok(Written::Duplicate(position));
+        }
+        // Every record written counts here, durable or not: the check is
+        // exact however many appends are waiting for their flush.
+        let head = self.head(tenant, tree, u64::MAX)?;
+        if head != expected {
+            return Ok(Written::Conflict(head));
+        }
+        let position = *last + 1;
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            record_key(position).as_slice(),
+            encode_record(tenant, tree, command_id, payload),
+        );
+        batch.insert(tree_index_key(tenant, tree, position), &[] as &[u8]);
+        batch.insert(tenant_index_key(tenant, position), &[] as &[u8]);
+        batch.insert(command_key.as_slice(), &position.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(sled_error)?;
+        // The batch is applied: even if its flush fails, this position is
+        // taken (a retry of the command finds it through its id).
+        *last = position;
+        Ok(Written::New(position))
+    }
+
+    /// Returns once `position` is durable: leads a flush when none is under
+    /// way, else waits for the one that is and looks again. Fails when a
+    /// flush meant to cover `position` failed while this call waited.
+    async fn durable(&self, position: u64) -> Result<(), LogError> {
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            let waited_from = {
+                let mut state = self.flush_state();
+                if self.durable_position() >= position {
+                    return Ok(());
+                }
+                if !state.flushing {
+                    state.flushing = true;
+                    None
+                } else {
+                    // Registered before the lock is let go, so the flush's
+                    // end cannot slip between the look and the wait.
+                    flushed.as_mut().enable();
+                    Some(state.flushes)
+                }
+            };
+            match waited_from {
+                None => self.lead_flush().await?,
+                Some(from) => {
+                    flushed.await;
+                    let state = self.flush_state();
+                    if let Some((number, target, reason)) = &state.failed {
+                        if *number > from && *target >= position {
+                            return Err(LogError::Backend(format!("sled: flush failed: {reason}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes every batch written so far and makes it durable for readers
+    /// and followers; wakes whoever waits.
+    async fn lead_flush(&self) -> Result<(), LogError> {
+        let target = *self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lead = Lead {
+            inner: self,
+            target,
+            outcome: None,
+        };
+        let result = self.db.flush_async().await;
+        lead.outcome = Some(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        drop(lead);
+        result.map(|_| ()).map_err(sled_error)
+    }
+
+    /// Ends a flush: `Some(Ok)` made `target` durable, `Some(Err)` failed,
+    /// `None` was given up (its caller went away) and proves nothing.
+    fn end_flush(&self, target: u64, outcome: Option<Result<(), String>>) {
+        {
+            let mut state = self.flush_state();
+            state.flushing = false;
+            state.flushes += 1;
+            match outcome {
+                Some(Ok(())) => {
+                    self.last.send_if_modified(|last| {
+                        let newer = target > *last;
+                        if newer {
+                            *last = target;
+                        }
+                        newer
+                    });
+                }
+                Some(Err(reason)) => state.failed = Some((state.flushes, target, reason)),
+                None => {}
+            }
+        }
+        self.flushed.notify_waiters();
     }
 
     fn record(&self, position: u64) -> Result<Record, LogError> {
@@ -274,8 +447,13 @@ impl Inner {
                     .map(|entry| index_position(&entry.map_err(sled_error)?.0)),
             ),
         };
+        let durable = self.durable_position();
         for position in positions.take(limit) {
-            match self.record(position?) {
+            let position = position?;
+            if position > durable {
+                break;
+            }
+            match self.record(position) {
                 Ok(record) => records.push(record),
                 // Stop in front of it: the caller gets what came before, and
                 // the next read (starting here) names it.
