@@ -207,3 +207,56 @@ async fn a_swarm_delegating_under_one_root_on_one_instance_meets_no_conflict() {
     // append refused and decided again.
     assert_eq!(engine.append_conflicts(), 0);
 }
+
+/// A commit that issues a root in acme: decided, encoded, in no log.
+fn issue_commit() -> (TreeId, Vec<u8>) {
+    use mandate::domain::{decide, root_tree_id, Event, Facts, Tree};
+    let issue = Command::Issue(root_issue("cfo", "lead", None, &["finance:* on reports/**"]));
+    let cmd = envelope("acme", principal("cfo"), issue);
+    let tree = root_tree_id(&cmd.tenant, cmd.command_id);
+    let events = decide(
+        &Tree::empty(cmd.tenant.clone(), tree),
+        &cmd,
+        &Facts::default(),
+        chrono::Utc::now(),
+    )
+    .unwrap();
+    (tree, Event::encode_commit(&events))
+}
+
+#[test]
+fn a_corrupt_commit_inside_a_batch_quarantines_its_tree_only_and_the_checkpoint_moves_on() {
+    use mandate::store::{Applied, Commit, Store};
+    let acme = tenant("acme");
+    // Enough commits that the batch is decoded on several threads.
+    let mut trees: Vec<(TreeId, Vec<u8>)> = (0..100).map(|_| issue_commit()).collect();
+    trees[50].1 = b"[{\"not\": \"an event\"}]".to_vec();
+    let commits: Vec<Commit<'_>> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, (tree, payload))| Commit {
+            tenant: &acme,
+            tree: *tree,
+            position: i as u64 + 1,
+            payload: Ok(payload),
+        })
+        .collect();
+    let store = Store::temporary().unwrap();
+    let applied = store.apply_commits(&commits, true).unwrap();
+    for (i, a) in applied.iter().enumerate() {
+        match (i, a) {
+            (50, Applied::Quarantined(q)) => assert_eq!(q.position, 51),
+            (50, other) => panic!("the corrupt commit was {other:?}"),
+            (_, Applied::Applied(_)) => {}
+            (i, other) => panic!("commit {i} was {other:?}"),
+        }
+    }
+    assert_eq!(store.checkpoint().unwrap(), 100);
+    let bad = trees[50].0;
+    assert!(store.quarantined(&acme, bad).unwrap().is_some());
+    for (i, (tree, _)) in trees.iter().enumerate().filter(|(i, _)| *i != 50) {
+        let head = store.head(&acme, *tree).unwrap().unwrap();
+        assert!(head.tree.root().is_some(), "tree {i} is in the projection");
+        assert!(store.quarantined(&acme, *tree).unwrap().is_none());
+    }
+}

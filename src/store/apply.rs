@@ -47,8 +47,52 @@ pub(super) struct Pending<'s> {
     too_new: HashMap<TreeKey, Option<Unsupported>>,
 }
 
+/// A commit's events with the hash of each, or why it cannot be read.
+pub(super) type Decoded = Result<(Vec<Event>, Vec<String>), Bad>;
+
+/// Decodes a commit and hashes its events: pure, and most of what applying
+/// a commit costs, so a batch does it for many commits at once
+/// ([`decode_all`]) before folding them in order.
+pub(super) fn decode(c: &Commit<'_>) -> Decoded {
+    match &c.payload {
+        Err(reason) => Err(Bad::Corrupt(reason.clone())),
+        Ok(bytes) => match Event::decode_commit(bytes) {
+            Err(DomainError::UnknownVersion {
+                actual, supported, ..
+            }) if actual > u64::from(supported) => Err(Bad::TooNew(actual)),
+            Err(e) => Err(Bad::Corrupt(e.to_string())),
+            Ok(evs) => {
+                let hashes = evs.iter().map(Event::hash).collect();
+                Ok((evs, hashes))
+            }
+        },
+    }
+}
+
+/// Fewest commits worth spreading over threads.
+const PARALLEL_FROM: usize = 64;
+
+/// [`decode`] for each commit, on every core for a large batch.
+pub(super) fn decode_all(commits: &[Commit<'_>]) -> Vec<Decoded> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if commits.len() < PARALLEL_FROM || threads < 2 {
+        return commits.iter().map(decode).collect();
+    }
+    let chunk = commits.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = commits
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(decode).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("decoding a commit does not panic"))
+            .collect()
+    })
+}
+
 /// Why a commit was not applied.
-enum Bad {
+pub(super) enum Bad {
     Corrupt(String),
     TooNew(u64),
 }
@@ -189,8 +233,14 @@ impl<'s> Pending<'s> {
         Ok(())
     }
 
-    /// Applies one commit (see [`Store::apply_commit`]).
-    pub(super) fn apply(&mut self, c: &Commit<'_>, advance: bool) -> Result<Applied, StoreError> {
+    /// Applies one commit (see [`Store::apply_commit`]), decoded by
+    /// [`decode`].
+    pub(super) fn apply(
+        &mut self,
+        c: &Commit<'_>,
+        decoded: Decoded,
+        advance: bool,
+    ) -> Result<Applied, StoreError> {
         let (tenant, tree_id, position) = (c.tenant, c.tree, c.position);
         if advance {
             self.advance(position)?;
@@ -209,18 +259,11 @@ impl<'s> Pending<'s> {
         let mut tree = head
             .map(|s| s.tree.clone())
             .unwrap_or_else(|| Tree::empty(tenant.clone(), tree_id));
-        let decoded = match &c.payload {
-            Err(reason) => Err(Bad::Corrupt(reason.clone())),
-            Ok(bytes) => match Event::decode_commit(bytes) {
-                Err(DomainError::UnknownVersion {
-                    actual, supported, ..
-                }) if actual > u64::from(supported) => Err(Bad::TooNew(actual)),
-                Err(e) => Err(Bad::Corrupt(e.to_string())),
-                Ok(evs) => check_commit(&tree, tenant, tree_id, &evs)
-                    .map(|hashes| (evs, hashes))
-                    .map_err(Bad::Corrupt),
-            },
-        };
+        let decoded = decoded.and_then(|(evs, hashes)| {
+            check_commit(&tree, tenant, tree_id, &evs, &hashes)
+                .map(|()| (evs, hashes))
+                .map_err(Bad::Corrupt)
+        });
         if let Some(q) = &tree.quarantine {
             let resolves = matches!(&decoded, Ok((evs, _)) if matches!(
                 evs.first().map(|e| &e.body),
@@ -396,20 +439,20 @@ fn tree_parts(tenant: &TenantId, tree: TreeId) -> TreeParts {
     TreeParts(tenant.as_str().to_string(), tree.to_string())
 }
 
-/// The checks a commit must pass before it touches a tree; the hash of each
-/// of its events.
+/// The checks a commit must pass before it touches a tree, given the hash
+/// of each of its events.
 fn check_commit(
     tree: &Tree,
     tenant: &TenantId,
     tree_id: TreeId,
     events: &[Event],
-) -> Result<Vec<String>, String> {
+    hashes: &[String],
+) -> Result<(), String> {
     if events.is_empty() {
         return Err("empty commit".into());
     }
-    let (mut version, mut head) = (tree.version, tree.head_hash.clone());
-    let mut hashes = Vec::with_capacity(events.len());
-    for e in events {
+    let (mut version, mut head) = (tree.version, tree.head_hash.as_deref());
+    for (e, hash) in events.iter().zip(hashes) {
         if &e.tenant != tenant || e.tree != tree_id {
             return Err(format!(
                 "event {} names tenant {} tree {}, but is stored under tenant {tenant} tree {tree_id}",
@@ -423,18 +466,16 @@ fn check_commit(
                 version + 1
             ));
         }
-        if e.prev_hash != head {
+        if e.prev_hash.as_deref() != head {
             return Err(format!(
                 "event seq {} does not chain to the previous event's hash",
                 e.seq
             ));
         }
         version = e.seq;
-        let hash = e.hash();
-        head = Some(hash.clone());
-        hashes.push(hash);
+        head = Some(hash);
     }
-    Ok(hashes)
+    Ok(())
 }
 
 /// Index updates for the mandates `events` touched, from `before` (as they

@@ -29,7 +29,7 @@ use crate::domain::{
     Quarantine, TenantId, Tree, TreeId,
 };
 
-use super::apply::{Commit, Pending};
+use super::apply::{decode_all, Commit, Pending};
 use super::keys::{
     self, be64, decode_tree_id, of_tenant, of_tree, parse_last, prefix, read, read_all,
     under_tenant, APPLIED, CHECKPOINT, CHILD, COMPLETED, EVENT, EXPIRY, GRANTED_BY, HELD_BY,
@@ -603,11 +603,15 @@ impl Store {
         commits: &[Commit<'_>],
         advance_checkpoint: bool,
     ) -> Result<Vec<Applied>, StoreError> {
+        // Decoded and hashed before the lock: readers and other writers
+        // wait only for the fold.
+        let decoded = decode_all(commits);
         let _serialized = self.write_lock();
         let mut pending = Pending::new(self);
         let applied = commits
             .iter()
-            .map(|c| pending.apply(c, advance_checkpoint))
+            .zip(decoded)
+            .map(|(c, d)| pending.apply(c, d, advance_checkpoint))
             .collect::<Result<Vec<_>, _>>()?;
         pending.commit()?;
         Ok(applied)
