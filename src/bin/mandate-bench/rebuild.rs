@@ -1,0 +1,213 @@
+//! `rebuild`: the projection rebuilt from a log of many commits, per second,
+//! against reading the same stream without applying it; and how long an
+//! engine takes to start again on a data directory that is up to date.
+//!
+//! `memory`: resident memory of an engine holding many live mandates while
+//! remote checks run on them. The engine runs in this process; its growth is
+//! read from VmRSS before it opened and while it serves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mandate::engine::replay_log;
+use mandate::log::{AnyLog, EventLog};
+use mandate::store::Store;
+use serde_json::json;
+
+use crate::gen;
+use crate::harness::{progress, rss_bytes, BenchResult, Env, Served};
+use crate::report::{per_second, Printer, Row, Target};
+
+pub async fn rebuild(env: &Env, events: usize, out: &Printer) -> BenchResult<()> {
+    const S: &str = "rebuild";
+    let log = env.log().await?;
+    progress(&format!("rebuild: appending {events} commits"));
+    gen::append_roots(&log, events, 256).await?;
+    let any = AnyLog::Nats(log.clone());
+    let size = format!("{events} commits of one event");
+
+    progress("rebuild: reading the stream without applying");
+    let t = Instant::now();
+    let (mut after, mut read) = (0, 0usize);
+    loop {
+        let records = any.read_all(None, after, 4096).await?;
+        let Some(last) = records.last() else { break };
+        after = last.position;
+        read += records.len();
+    }
+    let read_rate = per_second(read, t.elapsed());
+
+    progress("rebuild: replaying into a fresh projection");
+    let store = Store::open(env.dir("rebuilt"))?;
+    let t = Instant::now();
+    let n = replay_log(&any, &store).await? as usize;
+    let rate = per_second(n, t.elapsed());
+    drop(store);
+    out.print(
+        &Row::new(
+            S,
+            "rebuild rate vs read rate",
+            rate,
+            Some(read_rate),
+            "/s",
+            n,
+            &size,
+        )
+        .target(Target::RatioAtLeast(0.5)),
+    );
+    out.print(
+        &Row::new(S, "rebuild rate", rate, None, "/s", n, &size).target(Target::AtLeast(200_000.0)),
+    );
+
+    // First start: the engine builds its projection by following the log.
+    progress("rebuild: first start of an engine on the log");
+    let dir = env.dir("engine");
+    let t = Instant::now();
+    let served = Served::start(env, &dir).await?;
+    served.caught_up("rebuild (first start)").await?;
+    let first = t.elapsed();
+    served.stop().await?;
+    out.print(&Row::new(
+        S,
+        "first start to caught up",
+        first.as_secs_f64(),
+        None,
+        "s",
+        1,
+        &size,
+    ));
+
+    progress("rebuild: restart on the same data directory");
+    let t = Instant::now();
+    let served = Served::start(env, &dir).await?;
+    served.caught_up("rebuild (restart)").await?;
+    let health = served.engine.health().await?;
+    let restart = t.elapsed();
+    served.stop().await?;
+    out.print(
+        &Row::new(
+            S,
+            "restart on an up-to-date directory",
+            restart.as_secs_f64(),
+            None,
+            "s",
+            1,
+            &size,
+        )
+        .target(Target::Below(2.0))
+        .note(format!(
+            "until the projection answers health at position {}",
+            health.position
+        )),
+    );
+    Ok(())
+}
+
+pub async fn memory(
+    env: &Env,
+    mandates: usize,
+    callers: usize,
+    seconds: u64,
+    out: &Printer,
+) -> BenchResult<()> {
+    const S: &str = "memory";
+    let log = env.log().await?;
+    progress(&format!("memory: appending {mandates} live roots"));
+    let roots = Arc::new(gen::append_roots(&log, mandates, 256).await?);
+    drop(log);
+    let before = rss_bytes()?;
+    let served = Served::start(env, &env.dir("engine")).await?;
+    served.caught_up("memory").await?;
+    let loaded = rss_bytes()?;
+    progress(&format!(
+        "memory: {callers} callers checking for {seconds} s"
+    ));
+    let nc = env.connect().await?;
+    let subject = format!("mandate.q.{}.check", gen::tenant());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (next, checks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (nc, subject, roots, stop, next, checks) = (
+            nc.clone(),
+            subject.clone(),
+            roots.clone(),
+            stop.clone(),
+            next.clone(),
+            checks.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(7919, Ordering::Relaxed) % roots.len();
+                let body = json!({"mandate": roots[i], "action": "finance:read", "resource": "reports/q3"});
+                let reply = nc.request(subject.clone(), serde_json::to_vec(&body)?.into()).await?;
+                let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+                if v["ok"] != json!(true) {
+                    return Err(format!("check failed: {}", v["error"]).into());
+                }
+                checks.fetch_add(1, Ordering::Relaxed);
+            }
+            BenchResult::Ok(())
+        }));
+    }
+    let mut peak = loaded;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss_bytes()?);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.map_err(|e| format!("checker task: {e}"))??;
+    }
+    served.stop().await?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let size = format!("{mandates} live mandates");
+    let n = checks.load(Ordering::Relaxed) as usize;
+    out.print(&Row::new(
+        S,
+        "RSS before the engine opened",
+        mib(before),
+        None,
+        "MiB",
+        1,
+        &size,
+    ));
+    out.print(&Row::new(
+        S,
+        "RSS with the projection built",
+        mib(loaded),
+        None,
+        "MiB",
+        1,
+        &size,
+    ));
+    let mut peak_row = Row::new(
+        S,
+        "RSS peak while checks run",
+        mib(peak),
+        None,
+        "MiB",
+        n,
+        &size,
+    )
+    .target(Target::Below(1024.0));
+    if mandates < 1_000_000 {
+        peak_row = peak_row.note("the 1 GiB target is for 1,000,000 mandates (--mandates 1000000)");
+    }
+    out.print(&peak_row);
+    out.print(
+        &Row::new(
+            S,
+            "engine growth per mandate",
+            peak.saturating_sub(before) as f64 / mandates.max(1) as f64,
+            None,
+            "bytes",
+            n,
+            &size,
+        )
+        .note("(peak - before) / mandates, in this process"),
+    );
+    Ok(())
+}
