@@ -204,8 +204,8 @@ pub fn root_commit(i: usize) -> BenchResult<(CommandId, MandateId, Bytes)> {
 
 /// Appends `n` new roots, one commit each, `tasks` appends in flight;
 /// returns the roots' mandate ids. Says how far it is every tenth.
-pub async fn append_roots(
-    log: &JetStreamLog,
+pub async fn append_roots<L: EventLog + Clone + Send + Sync + 'static>(
+    log: &L,
     n: usize,
     tasks: usize,
 ) -> BenchResult<Vec<MandateId>> {

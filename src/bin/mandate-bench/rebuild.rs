@@ -2,6 +2,9 @@
 //! against reading the same stream without applying it; and how long an
 //! engine takes to start again on a data directory that is up to date.
 //!
+//! The appends that write that log are timed too, against raw JetStream
+//! publishes with the same headers, and the embedded (sled) log beside them.
+//!
 //! `memory`: resident memory of an engine holding many live mandates while
 //! remote checks run on them. The engine runs in this process; its growth is
 //! read from VmRSS before it opened and while it serves.
@@ -10,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use mandate::engine::replay_log;
-use mandate::log::{AnyLog, EventLog};
+use mandate::log::{AnyLog, EmbeddedLog, EventLog};
 use mandate::store::Store;
 use serde_json::json;
 
@@ -22,10 +26,29 @@ use crate::report::{per_second, Printer, Row, Target};
 pub async fn rebuild(env: &Env, events: usize, out: &Printer) -> BenchResult<()> {
     const S: &str = "rebuild";
     let log = env.log().await?;
-    progress(&format!("rebuild: appending {events} commits"));
-    gen::append_roots(&log, events, 256).await?;
-    let any = AnyLog::Nats(log.clone());
     let size = format!("{events} commits of one event");
+    progress(&format!(
+        "rebuild: appending {events} commits, raw and through the log"
+    ));
+    let raw = raw_appends(env, events, APPENDS_IN_FLIGHT).await?;
+    let t = Instant::now();
+    gen::append_roots(&log, events, APPENDS_IN_FLIGHT).await?;
+    let appended = per_second(events, t.elapsed());
+    out.print(
+        &Row::new(
+            S,
+            "JetStream log append, pipelined",
+            appended,
+            Some(raw),
+            "/s",
+            events,
+            &size,
+        )
+        .note(format!(
+        "{APPENDS_IN_FLIGHT} in flight; baseline: raw publishes with expected sequence and msg-id"
+    )),
+    );
+    let any = AnyLog::Nats(log.clone());
 
     progress("rebuild: reading the stream without applying");
     let t = Instant::now();
@@ -59,6 +82,8 @@ pub async fn rebuild(env: &Env, events: usize, out: &Printer) -> BenchResult<()>
     out.print(
         &Row::new(S, "rebuild rate", rate, None, "/s", n, &size).target(Target::AtLeast(200_000.0)),
     );
+
+    embedded(env, events, &size, out).await?;
 
     // First start: the engine builds its projection by following the log.
     progress("rebuild: first start of an engine on the log");
@@ -104,6 +129,79 @@ pub async fn rebuild(env: &Env, events: usize, out: &Printer) -> BenchResult<()>
     Ok(())
 }
 
+/// Commits in flight while a log is written.
+const APPENDS_IN_FLIGHT: usize = 256;
+
+/// The embedded (sled) log: pipelined appends and a rebuild from it. No
+/// NATS baseline: it is the backend without NATS.
+async fn embedded(env: &Env, events: usize, size: &str, out: &Printer) -> BenchResult<()> {
+    const S: &str = "rebuild";
+    progress(&format!(
+        "rebuild: {events} commits through the embedded log"
+    ));
+    let log = EmbeddedLog::open(env.dir("embedded-log"))?;
+    let t = Instant::now();
+    gen::append_roots(&log, events, APPENDS_IN_FLIGHT).await?;
+    let appended = per_second(events, t.elapsed());
+    out.print(&Row::new(
+        S,
+        "embedded log append, pipelined",
+        appended,
+        None,
+        "/s",
+        events,
+        size,
+    ));
+    let store = Store::open(env.dir("rebuilt-embedded"))?;
+    let t = Instant::now();
+    let n = replay_log(&AnyLog::Embedded(log), &store).await? as usize;
+    out.print(&Row::new(
+        S,
+        "rebuild rate, embedded log",
+        per_second(n, t.elapsed()),
+        None,
+        "/s",
+        n,
+        size,
+    ));
+    Ok(())
+}
+
+/// Raw JetStream publishes of commits of the same size, each to a new
+/// subject with expected sequence 0 and a msg-id, `tasks` at a time.
+async fn raw_appends(env: &Env, n: usize, tasks: usize) -> BenchResult<f64> {
+    let js = async_nats::jetstream::new(env.connect().await?);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW_APPENDS".into(),
+        subjects: vec!["benchappend.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let (_, _, commit) = gen::root_commit(0)?;
+    let t = Instant::now();
+    let results: Vec<BenchResult<()>> = futures::stream::iter(0..n)
+        .map(|_| {
+            let (js, commit) = (js.clone(), commit.clone());
+            async move {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", id.as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                js.publish_with_headers(format!("benchappend.{id}"), headers, commit)
+                    .await?
+                    .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(tasks)
+        .collect()
+        .await;
+    let rate = per_second(n, t.elapsed());
+    results.into_iter().collect::<BenchResult<Vec<()>>>()?;
+    Ok(rate)
+}
+
 pub async fn memory(
     env: &Env,
     mandates: usize,
@@ -114,7 +212,7 @@ pub async fn memory(
     const S: &str = "memory";
     let log = env.log().await?;
     progress(&format!("memory: appending {mandates} live roots"));
-    let roots = Arc::new(gen::append_roots(&log, mandates, 256).await?);
+    let roots = Arc::new(gen::append_roots(&log, mandates, APPENDS_IN_FLIGHT).await?);
     drop(log);
     let before = rss_bytes()?;
     let served = Served::start(env, &env.dir("engine")).await?;
