@@ -97,7 +97,7 @@ struct Args {
     #[arg(long, default_value_t = 2000)]
     guards: usize,
     /// cascade: rounds (each a fresh tree and its guards).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// cascade: connection layouts the guards are spread over.
     #[arg(long, value_delimiter = ',', default_value = "1,100")]
@@ -109,7 +109,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     callers: usize,
     /// check-local: guard checks timed.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 200_000)]
     calls: usize,
     /// commands: trees (one issue, one delegate and one revoke each).
     #[arg(long, default_value_t = 2000)]
