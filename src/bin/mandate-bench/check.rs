@@ -124,11 +124,11 @@ pub async fn remote(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> 
             level.name
         };
         if let Err(refusal) = ask(&nc, &check_subject, &body).await {
-            for row in ["p50", "p99", "throughput"] {
+            for (row, unit) in [("p50", "us"), ("p99", "us"), ("throughput", "/s")] {
                 out.print(&Row::unsupported(
                     S,
                     format!("check {name} {row}"),
-                    "us",
+                    unit,
                     &size,
                     format!("not supported by this engine: {refusal}"),
                 ));

@@ -104,7 +104,7 @@ async fn grow(log: &JetStreamLog, size: usize) -> BenchResult<(MandateId, Mandat
 fn report(measured: &[AtSize], out: &Printer) {
     let Some(base) = measured.first() else { return };
     for m in measured {
-        let size = format!("{} mandates (base {}); +ops", m.size, base.size);
+        let size = format!("{} mandates (base {})", m.size, base.size);
         out.print(
             &Row::new(
                 S,

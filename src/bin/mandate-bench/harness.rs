@@ -172,6 +172,10 @@ impl Env {
     }
 
     /// A fresh directory under this scenario's scratch space.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub fn dir(&self, name: &str) -> PathBuf {
         self.scratch.path().join(name)
     }
@@ -275,13 +279,13 @@ pub fn progress(message: &str) {
     eprintln!("  .. {message}");
 }
 
-/// Resident memory of this process (VmRSS), in bytes.
-pub fn rss_bytes() -> BenchResult<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+/// Resident memory of process `pid` (VmRSS), in bytes.
+pub fn rss_bytes(pid: u32) -> BenchResult<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
-        .ok_or("no VmRSS in /proc/self/status")?;
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
     let kib: u64 = line
         .split_whitespace()
         .nth(1)

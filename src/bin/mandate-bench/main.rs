@@ -123,6 +123,10 @@ struct Args {
     /// memory: seconds of check load while memory is read.
     #[arg(long, default_value_t = 5)]
     load_seconds: u64,
+    /// Internal (memory): serve one engine with its projection here, on the
+    /// server `--nats` names, until stdin closes.
+    #[arg(long, hide = true, requires = "nats")]
+    engine_process: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -170,6 +174,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: &Args, conflicts: &AtomicU64) -> BenchResult<()> {
+    if let (Some(dir), Some(url)) = (&args.engine_process, &args.nats) {
+        return rebuild::engine_process(url, dir).await;
+    }
     if args.sizes.is_empty() || args.connections.is_empty() || args.callers == 0 {
         return Err("--sizes, --connections and --callers need at least one".into());
     }

@@ -6,8 +6,9 @@
 //! publishes with the same headers, and the embedded (sled) log beside them.
 //!
 //! `memory`: resident memory of an engine holding many live mandates while
-//! remote checks run on them. The engine runs in this process; its growth is
-//! read from VmRSS before it opened and while it serves.
+//! remote checks run on them. The engine runs in a process of its own (this
+//! program again), whose VmRSS is read idle, once its projection is built,
+//! and while it serves the checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -202,6 +203,89 @@ async fn raw_appends(env: &Env, n: usize, tasks: usize) -> BenchResult<f64> {
     Ok(rate)
 }
 
+/// The engine of the `memory` scenario, alone in a process of its own (this
+/// program again, with `--engine-process`), so that its resident memory is
+/// the engine's and nothing else's: says `serving` on stdout, and stops when
+/// stdin closes.
+pub async fn engine_process(url: &str, dir: &std::path::Path) -> BenchResult<()> {
+    let env = Env::new(Some(url))?;
+    let served = Served::start(&env, dir).await?;
+    println!("serving");
+    tokio::task::spawn_blocking(|| {
+        let mut sink = String::new();
+        while std::io::stdin()
+            .read_line(&mut sink)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    })
+    .await?;
+    served.stop().await
+}
+
+/// An engine process, killed when dropped.
+struct EngineProcess(std::process::Child);
+
+impl EngineProcess {
+    fn start(env: &Env) -> BenchResult<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["memory", "--nats", env.url(), "--engine-process"])
+            .arg(env.dir("engine"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout of the engine process")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        if line.trim() != "serving" {
+            let _ = child.kill();
+            return Err(format!("the engine process did not start (said {line:?})").into());
+        }
+        Ok(Self(child))
+    }
+
+    fn rss(&self) -> BenchResult<u64> {
+        rss_bytes(self.0.id())
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        // Closing stdin stops it cleanly; kill it if it lingers.
+        drop(self.0.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the engine behind NATS reports no lag at `position` or past.
+async fn engine_caught_up(nc: &async_nats::Client, position: u64) -> BenchResult<()> {
+    let subject = format!("mandate.q.{}.health", gen::tenant());
+    let mut said = Instant::now();
+    loop {
+        let reply = nc.request(subject.clone(), "{}".into()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        let at = v["result"]["position"].as_u64().unwrap_or(0);
+        if at >= position && v["result"]["lag"].as_u64() == Some(0) {
+            return Ok(());
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            progress(&format!("memory: projection at {at} of {position}"));
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn memory(
     env: &Env,
     mandates: usize,
@@ -210,18 +294,20 @@ pub async fn memory(
     out: &Printer,
 ) -> BenchResult<()> {
     const S: &str = "memory";
+    let engine = EngineProcess::start(env)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = engine.rss()?;
     let log = env.log().await?;
     progress(&format!("memory: appending {mandates} live roots"));
     let roots = Arc::new(gen::append_roots(&log, mandates, APPENDS_IN_FLIGHT).await?);
+    let position = log.last_position().await?;
     drop(log);
-    let before = rss_bytes()?;
-    let served = Served::start(env, &env.dir("engine")).await?;
-    served.caught_up("memory").await?;
-    let loaded = rss_bytes()?;
+    let nc = env.connect().await?;
+    engine_caught_up(&nc, position).await?;
+    let loaded = engine.rss()?;
     progress(&format!(
         "memory: {callers} callers checking for {seconds} s"
     ));
-    let nc = env.connect().await?;
     let subject = format!("mandate.q.{}.check", gen::tenant());
     let stop = Arc::new(AtomicBool::new(false));
     let (next, checks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
@@ -253,20 +339,20 @@ pub async fn memory(
     let until = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        peak = peak.max(rss_bytes()?);
+        peak = peak.max(engine.rss()?);
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| format!("checker task: {e}"))??;
     }
-    served.stop().await?;
+    drop(engine);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let size = format!("{mandates} live mandates");
     let n = checks.load(Ordering::Relaxed) as usize;
     out.print(&Row::new(
         S,
-        "RSS before the engine opened",
-        mib(before),
+        "engine RSS, idle on an empty log",
+        mib(idle),
         None,
         "MiB",
         1,
@@ -274,7 +360,7 @@ pub async fn memory(
     ));
     out.print(&Row::new(
         S,
-        "RSS with the projection built",
+        "engine RSS, projection built",
         mib(loaded),
         None,
         "MiB",
@@ -283,7 +369,7 @@ pub async fn memory(
     ));
     let mut peak_row = Row::new(
         S,
-        "RSS peak while checks run",
+        "engine RSS peak while checks run",
         mib(peak),
         None,
         "MiB",
@@ -299,13 +385,13 @@ pub async fn memory(
         &Row::new(
             S,
             "engine growth per mandate",
-            peak.saturating_sub(before) as f64 / mandates.max(1) as f64,
+            peak.saturating_sub(idle) as f64 / mandates.max(1) as f64,
             None,
             "bytes",
             n,
             &size,
         )
-        .note("(peak - before) / mandates, in this process"),
+        .note("(peak - idle) / mandates, of the engine's own process"),
     );
     Ok(())
 }
