@@ -176,6 +176,14 @@ for ex in $examples; do
 done
 cargo run -q -- demo
 
+# The benchmark program runs every scenario once at a tiny size: this shows
+# it still runs and prints a row for each; no timing is checked.
+log "mandate-bench all --tiny --json (a row from every scenario; timings not checked)"
+bench_rows=$(NATS_SERVER_BIN="$debian_server" cargo run -q --bin mandate-bench -- all --tiny --json)
+for s in growth cascade check-remote check-local commands rebuild memory; do
+  grep -q "\"scenario\":\"$s\"" <<<"$bench_rows" || { echo "error: mandate-bench printed no row for $s" >&2; exit 1; }
+done
+
 # --- fuzz smoke run (begin) --------------------------------------------------
 # Each fuzz target for a short while (MANDATE_FUZZ_SECONDS, default 30 s):
 # command decoding, the rest of the wire (events, commits, query and bulk

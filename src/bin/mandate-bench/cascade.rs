@@ -1,0 +1,222 @@
+//! `cascade`: revoking a root whose tree holds many live guards, from
+//! sending the command until the last guard's cancellation fires. Guards
+//! hold leaves three levels below the root; they live in one process on one
+//! connection, or spread over many connections. The baseline is one core
+//! publish reaching as many plain subscribers over the same connections.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mandate::client::guard::GuardHub;
+use mandate::client::{Client, Guard, GuardConfig};
+use mandate::domain::Actor;
+
+use crate::gen::{self, TreeWriter};
+use crate::harness::{progress, BenchResult, Env, Served};
+use crate::report::{Printer, Row, Samples, Target};
+
+const S: &str = "cascade";
+
+pub struct Sizes {
+    pub guards: usize,
+    pub rounds: usize,
+    pub connections: Vec<usize>,
+}
+
+pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
+    let served = Served::start(env, &env.dir("engine")).await?;
+    let log = env.log().await?;
+    for &conns in &sizes.connections {
+        let raw = baseline(env, sizes.guards, conns, sizes.rounds).await?;
+        let mut revoke = Samples::default();
+        for round in 0..sizes.rounds {
+            progress(&format!(
+                "cascade: round {} of {} with {} guards on {conns} connection(s)",
+                round + 1,
+                sizes.rounds,
+                sizes.guards
+            ));
+            revoke.push(one_round(env, &served, &log, sizes.guards, conns).await?);
+        }
+        let size = format!("{} guards, depth 3, {conns} conn", sizes.guards);
+        let (shape, target) = if conns == 1 {
+            ("one process", 0.5)
+        } else {
+            ("spread", 1.2)
+        };
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            out.print(
+                &Row::new(
+                    S,
+                    format!("revoke to last guard, {shape}, {name}"),
+                    revoke.quantile_us(q),
+                    Some(raw.quantile_us(q)),
+                    "us",
+                    revoke.len(),
+                    &size,
+                )
+                .target(Target::RatioAtMost(target)),
+            );
+        }
+    }
+    served.stop().await
+}
+
+/// One fresh tree (root, two levels, `guards` leaves), its guards, and the
+/// revoke of its root: the time from sending it to the last cancellation.
+async fn one_round(
+    env: &Env,
+    served: &Served,
+    log: &mandate::log::JetStreamLog,
+    guards: usize,
+    conns: usize,
+) -> BenchResult<Duration> {
+    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
+    let root = writer.root();
+    let mid = writer
+        .delegate(
+            "lead",
+            gen::delegation(root, "mid", gen::root_scope(), Some(2))?,
+        )
+        .await?;
+    let sub = writer
+        .delegate(
+            "mid",
+            gen::delegation(mid, "sub", gen::root_scope(), Some(1))?,
+        )
+        .await?;
+    let mut leaves = Vec::with_capacity(guards);
+    for i in 0..guards {
+        leaves.push(
+            writer
+                .delegate(
+                    "sub",
+                    gen::delegation(sub, &format!("w{i}"), gen::worker_scope(), Some(0))?,
+                )
+                .await?,
+        );
+    }
+    writer.flush().await?;
+    served.caught_up("cascade").await?;
+    let config = GuardConfig {
+        lease: Duration::from_secs(3600),
+        heartbeat: Duration::from_secs(1800),
+        ..GuardConfig::default()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        let nc = env.connect().await?;
+        clients.push((
+            Client::nats(nc, gen::tenant(), Actor::Agent(gen::agent_id("sub")?)),
+            GuardHub::new(),
+        ));
+    }
+    let per = guards.div_ceil(conns);
+    let mut started = Vec::with_capacity(guards);
+    for (c, chunk) in leaves.chunks(per).enumerate() {
+        let (client, hub) = &clients[c];
+        let futs = chunk
+            .iter()
+            .map(|&leaf| Guard::start(client.clone(), hub, leaf, config.clone()));
+        // Started 64 at a time: each start reads the chain and the state.
+        let mut stream = futures::stream::iter(futs).buffer_unordered(64);
+        while let Some(g) = stream.next().await {
+            started.push(g?);
+        }
+    }
+    let tokens: Vec<_> = started.iter().map(Guard::cancellation).collect();
+    let principal = Client::nats(env.connect().await?, gen::tenant(), gen::principal());
+    let t = Instant::now();
+    principal.revoke(root, None).await?;
+    let all = futures::future::join_all(tokens.iter().map(|t| t.cancelled()));
+    tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .map_err(|_| "not every guard was cancelled within 120 s of the revoke")?;
+    Ok(t.elapsed())
+}
+
+/// One core publish reaching `subscribers` plain subscribers on one subject,
+/// spread over `conns` connections as the guards are; `rounds` times.
+async fn baseline(
+    env: &Env,
+    subscribers: usize,
+    conns: usize,
+    rounds: usize,
+) -> BenchResult<Samples> {
+    progress(&format!(
+        "cascade: baseline, one publish to {subscribers} subscribers on {conns} connection(s)"
+    ));
+    let subject = format!("bench.fanout.{}", uuid::Uuid::new_v4().simple());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
+    let mut tasks = Vec::new();
+    let mut keep = Vec::new();
+    let per = subscribers.div_ceil(conns);
+    let mut left = subscribers;
+    for _ in 0..conns {
+        let nc = env.connect().await?;
+        for _ in 0..per.min(left) {
+            let mut sub = nc.subscribe(subject.clone()).await?;
+            let (tx, id) = (tx.clone(), tasks.len());
+            tasks.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let round = std::str::from_utf8(&m.payload)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    if tx.send((id, round)).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        left = left.saturating_sub(per);
+        keep.push(nc);
+    }
+    let publisher = env.connect().await?;
+    // Round 0, published until every subscriber has seen it, only proves
+    // that every subscription is registered at the server.
+    let mut seen = vec![false; subscribers];
+    let mut missing = subscribers;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while missing > 0 {
+        if Instant::now() > deadline {
+            return Err("baseline subscriptions not all registered within 60 s".into());
+        }
+        publisher.publish(subject.clone(), "0".into()).await?;
+        let wait = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                m = rx.recv() => {
+                    let (id, _) = m.ok_or("baseline subscribers ended")?;
+                    if !std::mem::replace(&mut seen[id], true) {
+                        missing -= 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut samples = Samples::default();
+    for round in 1..=rounds as u64 {
+        let t = Instant::now();
+        publisher
+            .publish(subject.clone(), round.to_string().into())
+            .await?;
+        let mut got = 0;
+        while got < subscribers {
+            let r = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .map_err(|_| "a baseline publish did not reach every subscriber within 60 s")?
+                .ok_or("baseline subscribers ended")?;
+            if r.1 == round {
+                got += 1;
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(samples)
+}

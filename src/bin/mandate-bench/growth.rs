@@ -1,0 +1,249 @@
+//! `growth`: what one command costs as its tree grows. Each size gets a tree
+//! of its own under one root, grown through the log; then `ops` delegations
+//! under the root and `ops` checks on a child are timed through a served
+//! engine, and one revoke of the root of a second tree of the same size. The baseline is the same at the smallest
+//! size. Then the swarm: many agents delegating under one root at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mandate::client::Client;
+use mandate::domain::{Actor, ErrorCode, MandateId};
+use mandate::log::JetStreamLog;
+
+use crate::gen::{self, TreeWriter};
+use crate::harness::{progress, BenchResult, Env, Served};
+use crate::report::{per_second, Printer, Row, Samples, Target};
+
+const S: &str = "growth";
+
+pub struct Sizes {
+    pub sizes: Vec<usize>,
+    pub ops: usize,
+    pub swarm_agents: usize,
+    pub swarm_each: usize,
+}
+
+struct AtSize {
+    size: usize,
+    delegate: Samples,
+    check: Samples,
+    revoke: Duration,
+}
+
+pub async fn run(
+    env: &Env,
+    sizes: &Sizes,
+    out: &Printer,
+    conflicts: &AtomicU64,
+) -> BenchResult<()> {
+    let served = Served::start(env, &env.dir("engine")).await?;
+    let log = env.log().await?;
+    let nc = env.connect().await?;
+    let lead = Client::nats(nc, gen::tenant(), Actor::Agent(gen::agent_id("lead")?));
+    let mut measured: Vec<AtSize> = Vec::new();
+    for &size in &sizes.sizes {
+        progress(&format!("growth: growing two trees to {size} mandates"));
+        let (root, child) = grow(&log, size).await?;
+        // The second one only to be revoked at exactly this size.
+        let (doomed, _) = grow(&log, size).await?;
+        served.caught_up("growth").await?;
+        progress(&format!(
+            "growth: timing {} delegations, checks and a revoke at {size}",
+            sizes.ops
+        ));
+        let mut delegate = Samples::default();
+        for i in 0..sizes.ops {
+            let d = gen::delegation(root, &format!("t{i}"), gen::worker_scope(), Some(0))?;
+            let t = Instant::now();
+            lead.delegate(d).await?;
+            delegate.push(t.elapsed());
+        }
+        let mut check = Samples::default();
+        for _ in 0..sizes.ops {
+            let t = Instant::now();
+            let d = lead
+                .check(child, "finance:read", "reports/q3/x", None)
+                .await?;
+            check.push(t.elapsed());
+            if !d.is_allowed() {
+                return Err(format!("check on a live child denied: {:?}", d.reason).into());
+            }
+        }
+        let principal = lead.as_actor(gen::principal());
+        let t = Instant::now();
+        principal.revoke(doomed, None).await?;
+        measured.push(AtSize {
+            size,
+            delegate,
+            check,
+            revoke: t.elapsed(),
+        });
+    }
+    report(&measured, out);
+    swarm(&served, env, sizes, out, conflicts).await?;
+    served.stop().await
+}
+
+/// A tree of `size` mandates: a root and its children, written to the log;
+/// the root and its first child.
+async fn grow(log: &JetStreamLog, size: usize) -> BenchResult<(MandateId, MandateId)> {
+    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
+    let root = writer.root();
+    let mut first = None;
+    for i in 1..size.max(2) {
+        let d = gen::delegation(root, &format!("w{i}"), gen::worker_scope(), Some(0))?;
+        let child = writer.delegate("lead", d).await?;
+        first.get_or_insert(child);
+    }
+    writer.flush().await?;
+    Ok((root, first.ok_or("a grown tree has a child")?))
+}
+
+fn report(measured: &[AtSize], out: &Printer) {
+    let Some(base) = measured.first() else { return };
+    for m in measured {
+        let size = format!("{} mandates (base {})", m.size, base.size);
+        out.print(
+            &Row::new(
+                S,
+                format!("delegate p50 at {}", m.size),
+                m.delegate.p50_us(),
+                Some(base.delegate.p50_us()),
+                "us",
+                m.delegate.len(),
+                &size,
+            )
+            .target(Target::RatioAtMost(1.5)),
+        );
+        out.print(
+            &Row::new(
+                S,
+                format!("check p50 at {}", m.size),
+                m.check.p50_us(),
+                Some(base.check.p50_us()),
+                "us",
+                m.check.len(),
+                &size,
+            )
+            .target(Target::RatioAtMost(1.5))
+            .note("engine check over NATS of a child of the root"),
+        );
+        out.print(
+            &Row::new(
+                S,
+                format!("revoke root at {}", m.size),
+                m.revoke.as_secs_f64() * 1e6,
+                Some(base.revoke.as_secs_f64() * 1e6),
+                "us",
+                1,
+                &size,
+            )
+            .target(Target::RatioAtMost(1.5))
+            .note("one revoke per size: a single sample"),
+        );
+    }
+}
+
+/// `agents` agents, each holding a mandate under one root, delegate
+/// `each` children at once: throughput, and how often they lost the tree.
+async fn swarm(
+    served: &Served,
+    env: &Env,
+    sizes: &Sizes,
+    out: &Printer,
+    conflicts: &AtomicU64,
+) -> BenchResult<()> {
+    progress(&format!(
+        "growth: swarm of {} agents under one root",
+        sizes.swarm_agents
+    ));
+    let nc = env.connect().await?;
+    let principal = Client::nats(nc, gen::tenant(), gen::principal());
+    let root = principal
+        .issue(
+            match gen::issue("lead", 4, gen::root_scope(), "bench:swarm")? {
+                mandate::domain::Command::Issue(i) => i,
+                _ => unreachable!("gen::issue builds an issue"),
+            },
+        )
+        .await?
+        .mandate
+        .ok_or("an issue names its mandate")?;
+    let lead = principal.as_actor(Actor::Agent(gen::agent_id("lead")?));
+    let mut agents = Vec::new();
+    for a in 0..sizes.swarm_agents {
+        let name = format!("swarm-{a}");
+        let m = lead
+            .delegate(gen::delegation(root, &name, gen::worker_scope(), Some(1))?)
+            .await?
+            .mandate
+            .ok_or("a delegation names its mandate")?;
+        agents.push((lead.as_actor(Actor::Agent(gen::agent_id(&name)?)), m));
+    }
+    served.caught_up("swarm").await?;
+    let before = conflicts.load(Ordering::Relaxed);
+    let retries = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (a, (client, parent)) in agents.into_iter().enumerate() {
+        let (each, retries) = (sizes.swarm_each, retries.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..each {
+                let d =
+                    gen::delegation(parent, &format!("s{a}-{i}"), gen::worker_scope(), Some(0))?;
+                loop {
+                    match client.delegate(d.clone()).await {
+                        Ok(_) => break,
+                        Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            BenchResult::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| format!("swarm task: {e}"))??;
+    }
+    let elapsed = t.elapsed();
+    let n = sizes.swarm_agents * sizes.swarm_each;
+    let size = format!("{} agents x {}", sizes.swarm_agents, sizes.swarm_each);
+    out.print(&Row::new(
+        S,
+        "swarm delegations",
+        per_second(n, elapsed),
+        None,
+        "/s",
+        n,
+        &size,
+    ));
+    out.print(
+        &Row::new(
+            S,
+            "swarm engine conflict retries",
+            (conflicts.load(Ordering::Relaxed) - before) as f64,
+            None,
+            "count",
+            n,
+            &size,
+        )
+        .note("appends that lost the tree and were decided again (engine log events)"),
+    );
+    out.print(
+        &Row::new(
+            S,
+            "swarm client retries (contended)",
+            retries.load(Ordering::Relaxed) as f64,
+            None,
+            "count",
+            n,
+            &size,
+        )
+        .note("commands the engine gave up on as contended, sent again"),
+    );
+    Ok(())
+}

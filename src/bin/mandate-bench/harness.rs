@@ -1,0 +1,295 @@
+//! What every scenario stands on: a private nats-server (or the one given
+//! with `--nats`), engines served in-process over it, and the clock reads.
+//!
+//! Each scenario gets a fresh server and store, so a figure never depends on
+//! what ran before it; with `--nats` they share the given server and the
+//! figures then include whatever else that server holds.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mandate::engine::{Engine, EngineConfig, EngineError};
+use mandate::log::{EventLog, JetStreamConfig, JetStreamLog};
+
+/// Every failure of the bench program: it reports and stops.
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+pub type BenchResult<T> = Result<T, BenchError>;
+
+/// A failure with its own message.
+pub fn fail<T>(message: impl Into<String>) -> BenchResult<T> {
+    Err(message.into().into())
+}
+
+/// A directory removed when dropped (the bench has no dev-dependencies).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> BenchResult<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's
+/// `/usr/sbin/nats-server` (the order the test harness uses).
+pub fn server_binary() -> BenchResult<PathBuf> {
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            return fail(format!("NATS_SERVER_BIN={} is not a file", bin.display()));
+        }
+        return Ok(bin);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let debian = PathBuf::from("/usr/sbin/nats-server");
+    if debian.is_file() {
+        return Ok(debian);
+    }
+    fail("no nats-server found: install one (apt-get install nats-server), set NATS_SERVER_BIN, or pass --nats URL")
+}
+
+/// The version line of a nats-server binary.
+pub fn server_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
+/// A nats-server with JetStream on a free local port and a private store,
+/// killed (and its store removed) when dropped.
+pub struct NatsServer {
+    port: u16,
+    child: Child,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    pub fn start(bin: &Path) -> BenchResult<Self> {
+        let mut last = String::new();
+        // A port free a moment ago may be taken when the server binds it.
+        for _ in 0..5 {
+            let store = TempDir::new("mandate-bench-nats")?;
+            let port = free_port()?;
+            let child = Command::new(bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            let mut server = NatsServer {
+                port,
+                child,
+                _store: store,
+            };
+            match server.wait_ready() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        fail(format!("nats-server did not start: {last}"))
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status} on port {}", self.port));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no connection on port {} within 10 s", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> BenchResult<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where one scenario runs: its NATS server, and scratch space.
+pub struct Env {
+    url: String,
+    _server: Option<NatsServer>,
+    scratch: TempDir,
+}
+
+impl Env {
+    /// A fresh private server, or the one at `nats`.
+    pub fn new(nats: Option<&str>) -> BenchResult<Self> {
+        let (url, server) = match nats {
+            Some(url) => (url.to_string(), None),
+            None => {
+                let server = NatsServer::start(&server_binary()?)?;
+                (server.url(), Some(server))
+            }
+        };
+        Ok(Self {
+            url,
+            _server: server,
+            scratch: TempDir::new("mandate-bench")?,
+        })
+    }
+
+    /// A fresh directory under this scenario's scratch space.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.scratch.path().join(name)
+    }
+
+    /// A new connection of its own.
+    pub async fn connect(&self) -> BenchResult<async_nats::Client> {
+        Ok(async_nats::ConnectOptions::new()
+            .subscription_capacity(1 << 20)
+            .connect(&self.url)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?)
+    }
+
+    /// The event log, opened over a connection of its own.
+    pub async fn log(&self) -> BenchResult<JetStreamLog> {
+        Ok(JetStreamLog::open(self.connect().await?, JetStreamConfig::default()).await?)
+    }
+}
+
+/// One engine instance serving over NATS in a task, as `mandate serve` does,
+/// until stopped. Open tenants, no audit of checks: the bench measures the
+/// authority path, not the audit stream.
+pub struct Served {
+    pub engine: Engine,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), EngineError>>>,
+}
+
+impl Served {
+    /// Opens an engine with its projection under `dir` and serves it.
+    pub async fn start(env: &Env, dir: &Path) -> BenchResult<Self> {
+        let engine = Engine::nats(
+            env.connect().await?,
+            dir,
+            JetStreamConfig::default(),
+            EngineConfig {
+                audit: false,
+                allow_open_tenants: true,
+                ..EngineConfig::default()
+            },
+        )
+        .await?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = engine.clone();
+        let task = tokio::spawn(async move {
+            serving
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Ok(Self {
+            engine,
+            stop: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Waits until the projection has applied the whole log, saying how far
+    /// it is on stderr every few seconds.
+    pub async fn caught_up(&self, what: &str) -> BenchResult<()> {
+        let mut said = Instant::now();
+        loop {
+            let h = self.engine.health().await?;
+            if h.lag == 0 && h.position >= self.engine.log().last_position().await? {
+                return Ok(());
+            }
+            if said.elapsed() > Duration::from_secs(5) {
+                progress(&format!(
+                    "{what}: projection at {} of {}",
+                    h.position, h.log_position
+                ));
+                said = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops serving and waits for the drain (the projection is flushed).
+    pub async fn stop(mut self) -> BenchResult<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.map_err(|e| format!("engine task: {e}"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A line of progress on stderr (stdout carries only results).
+pub fn progress(message: &str) {
+    eprintln!("  .. {message}");
+}
+
+/// Resident memory of process `pid` (VmRSS), in bytes.
+pub fn rss_bytes(pid: u32) -> BenchResult<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("unreadable VmRSS line {line:?}"))?;
+    Ok(kib * 1024)
+}

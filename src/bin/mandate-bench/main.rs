@@ -1,0 +1,302 @@
+//! `mandate-bench`: Mandate's figures beside the physical limit, from one run.
+//!
+//! Each scenario measures Mandate and its raw NATS baseline in the same run,
+//! against a nats-server it starts itself (or the one `--nats` names), and
+//! prints one row per figure: the value, the baseline, their ratio and the
+//! target the figure must meet. The machine it runs on may be shared and
+//! noisy, which is why ratios against a same-run baseline are what count.
+//! BENCHMARKS.md gives the method and the figures.
+
+mod cascade;
+mod check;
+mod commands;
+mod gen;
+mod growth;
+mod harness;
+mod rebuild;
+mod report;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use harness::{BenchResult, Env};
+use report::Printer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Growth,
+    Cascade,
+    CheckRemote,
+    CheckLocal,
+    Commands,
+    Rebuild,
+    Memory,
+}
+
+impl Scenario {
+    const EACH: [Scenario; 7] = [
+        Scenario::Growth,
+        Scenario::Cascade,
+        Scenario::CheckRemote,
+        Scenario::CheckLocal,
+        Scenario::Commands,
+        Scenario::Rebuild,
+        Scenario::Memory,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::Growth => "growth",
+            Scenario::Cascade => "cascade",
+            Scenario::CheckRemote => "check-remote",
+            Scenario::CheckLocal => "check-local",
+            Scenario::Commands => "commands",
+            Scenario::Rebuild => "rebuild",
+            Scenario::Memory => "memory",
+        }
+    }
+}
+
+/// Mandate's benchmarks, each against its raw NATS baseline in the same run.
+#[derive(Parser, Debug)]
+#[command(name = "mandate-bench")]
+struct Args {
+    /// The scenario to run, or `all`.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// One JSON line per measured row on stdout (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Use this NATS server (JetStream on) instead of starting one per scenario.
+    #[arg(long, env = "MANDATE_BENCH_NATS")]
+    nats: Option<String>,
+    /// Every scenario once at a tiny size (for CI: proves it runs, times nothing).
+    #[arg(long, env = "MANDATE_BENCH_TINY")]
+    tiny: bool,
+    /// growth: tree sizes, smallest first (the smallest is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    sizes: Vec<usize>,
+    /// growth: delegations and checks timed at each size.
+    #[arg(long, default_value_t = 200)]
+    ops: usize,
+    /// growth: agents of the swarm delegating under one root at once.
+    #[arg(long, default_value_t = 32)]
+    swarm: usize,
+    /// growth: delegations each swarm agent makes.
+    #[arg(long, default_value_t = 10)]
+    swarm_each: usize,
+    /// cascade: live guards under the revoked root.
+    #[arg(long, default_value_t = 2000)]
+    guards: usize,
+    /// cascade: rounds (each a fresh tree and its guards).
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// cascade: connection layouts the guards are spread over.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    connections: Vec<usize>,
+    /// check-remote: requests per level for the latencies (four times that for throughput).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// check-remote, commands, memory: concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    callers: usize,
+    /// check-local: guard checks timed.
+    #[arg(long, default_value_t = 200_000)]
+    calls: usize,
+    /// commands: trees (one issue, one delegate and one revoke each).
+    #[arg(long, default_value_t = 2000)]
+    trees: usize,
+    /// rebuild: commits in the log rebuilt.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// memory: live mandates the engine holds.
+    #[arg(long, default_value_t = 100_000)]
+    mandates: usize,
+    /// memory: seconds of check load while memory is read.
+    #[arg(long, default_value_t = 5)]
+    load_seconds: u64,
+    /// Internal (memory): serve one engine with its projection here, on the
+    /// server `--nats` names, until stdin closes.
+    #[arg(long, hide = true, requires = "nats")]
+    engine_process: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The sizes `--tiny` runs at, whatever else was given.
+    fn tiny(mut self) -> Self {
+        self.sizes = vec![5, 20];
+        self.ops = 5;
+        self.swarm = 4;
+        self.swarm_each = 2;
+        self.guards = 10;
+        self.rounds = 1;
+        self.connections = vec![1, 2];
+        self.requests = 20;
+        self.callers = 4;
+        self.calls = 10_000;
+        self.trees = 10;
+        self.events = 50;
+        self.mandates = 50;
+        self.load_seconds = 1;
+        self
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    if args.tiny {
+        args = args.tiny();
+    }
+    let conflicts = Arc::new(AtomicU64::new(0));
+    init_tracing(conflicts.clone());
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mandate-bench: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args, &conflicts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mandate-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args, conflicts: &AtomicU64) -> BenchResult<()> {
+    if let (Some(dir), Some(url)) = (&args.engine_process, &args.nats) {
+        return rebuild::engine_process(url, dir).await;
+    }
+    if args.sizes.is_empty() || args.connections.is_empty() || args.callers == 0 {
+        return Err("--sizes, --connections and --callers need at least one".into());
+    }
+    let out = Printer::new(args.json);
+    match &args.nats {
+        Some(url) => eprintln!("mandate-bench: against {url}"),
+        None => {
+            let bin = harness::server_binary()?;
+            eprintln!(
+                "mandate-bench: nats-server {} ({})",
+                bin.display(),
+                harness::server_version(&bin)
+            );
+        }
+    }
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => Scenario::EACH.to_vec(),
+        one => vec![one],
+    };
+    for scenario in scenarios {
+        eprintln!("== {}", scenario.name());
+        let t = Instant::now();
+        let env = Env::new(args.nats.as_deref())?;
+        one(scenario, args, &env, &out, conflicts)
+            .await
+            .map_err(|e| format!("{}: {e}", scenario.name()))?;
+        eprintln!(
+            "   {} took {:.1} s",
+            scenario.name(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+async fn one(
+    scenario: Scenario,
+    args: &Args,
+    env: &Env,
+    out: &Printer,
+    conflicts: &AtomicU64,
+) -> BenchResult<()> {
+    match scenario {
+        Scenario::All => Ok(()),
+        Scenario::Growth => {
+            let sizes = growth::Sizes {
+                sizes: args.sizes.clone(),
+                ops: args.ops,
+                swarm_agents: args.swarm,
+                swarm_each: args.swarm_each,
+            };
+            growth::run(env, &sizes, out, conflicts).await
+        }
+        Scenario::Cascade => {
+            let sizes = cascade::Sizes {
+                guards: args.guards,
+                rounds: args.rounds,
+                connections: args.connections.clone(),
+            };
+            cascade::run(env, &sizes, out).await
+        }
+        Scenario::CheckRemote => {
+            let sizes = check::Sizes {
+                requests: args.requests,
+                callers: args.callers,
+            };
+            check::remote(env, &sizes, out).await
+        }
+        Scenario::CheckLocal => check::local(env, args.calls, out).await,
+        Scenario::Commands => {
+            let sizes = commands::Sizes {
+                trees: args.trees,
+                callers: args.callers,
+            };
+            commands::run(env, &sizes, out).await
+        }
+        Scenario::Rebuild => rebuild::rebuild(env, args.events, out).await,
+        Scenario::Memory => {
+            rebuild::memory(env, args.mandates, args.callers, args.load_seconds, out).await
+        }
+    }
+}
+
+/// What the engine logs by default here: warnings, but not the reminder that
+/// open tenants are served (the bench serves them on purpose).
+const QUIET: &str = "warn,mandate::engine::service=error";
+
+/// Warnings and errors to stderr (`RUST_LOG` to change), and a count of the
+/// engine's append conflicts: the writer logs each lost race on a tree at
+/// debug level before deciding again, and the swarm reports how many.
+fn init_tracing(conflicts: Arc<AtomicU64>) {
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(QUIET)));
+    let counter = ConflictCounter(conflicts)
+        .with_filter(Targets::new().with_target("mandate::engine::write", tracing::Level::DEBUG));
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(counter)
+        .try_init();
+}
+
+/// Counts the writer's "append conflict" events.
+struct ConflictCounter(Arc<AtomicU64>);
+
+impl<S: tracing::Subscriber> Layer<S> for ConflictCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" && format!("{value:?}").contains("append conflict") {
+                    self.0 = true;
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
