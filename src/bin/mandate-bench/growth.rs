@@ -32,12 +32,7 @@ struct AtSize {
     revoke: Duration,
 }
 
-pub async fn run(
-    env: &Env,
-    sizes: &Sizes,
-    out: &Printer,
-    conflicts: &AtomicU64,
-) -> BenchResult<()> {
+pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     let served = Served::start(env, &env.dir("engine")).await?;
     let log = env.log().await?;
     let nc = env.connect().await?;
@@ -82,7 +77,7 @@ pub async fn run(
         });
     }
     report(&measured, out);
-    swarm(&served, env, sizes, out, conflicts).await?;
+    swarm(&served, env, sizes, out).await?;
     served.stop().await
 }
 
@@ -148,13 +143,7 @@ fn report(measured: &[AtSize], out: &Printer) {
 
 /// `agents` agents, each holding a mandate under one root, delegate
 /// `each` children at once: throughput, and how often they lost the tree.
-async fn swarm(
-    served: &Served,
-    env: &Env,
-    sizes: &Sizes,
-    out: &Printer,
-    conflicts: &AtomicU64,
-) -> BenchResult<()> {
+async fn swarm(served: &Served, env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     progress(&format!(
         "growth: swarm of {} agents under one root",
         sizes.swarm_agents
@@ -183,7 +172,7 @@ async fn swarm(
         agents.push((lead.as_actor(Actor::Agent(gen::agent_id(&name)?)), m));
     }
     served.caught_up("swarm").await?;
-    let before = conflicts.load(Ordering::Relaxed);
+    let before = served.engine.append_conflicts();
     let retries = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -225,13 +214,13 @@ async fn swarm(
         &Row::new(
             S,
             "swarm engine conflict retries",
-            (conflicts.load(Ordering::Relaxed) - before) as f64,
+            (served.engine.append_conflicts() - before) as f64,
             None,
             "count",
             n,
             &size,
         )
-        .note("appends that lost the tree and were decided again (engine log events)"),
+        .note("appends the log refused because the tree had moved, decided again (Engine::append_conflicts)"),
     );
     out.print(
         &Row::new(

@@ -211,8 +211,9 @@ impl Served {
             env.connect().await?,
             dir,
             JetStreamConfig::default(),
+            // The audit of checks stays on, as `mandate serve` runs it: a
+            // remote check's figure includes sending its record.
             EngineConfig {
-                audit: false,
                 allow_open_tenants: true,
                 ..EngineConfig::default()
             },

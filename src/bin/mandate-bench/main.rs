@@ -16,14 +16,9 @@ mod harness;
 mod rebuild;
 mod report;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
 
 use harness::{BenchResult, Env};
 use report::Printer;
@@ -155,8 +150,7 @@ fn main() -> std::process::ExitCode {
     if args.tiny {
         args = args.tiny();
     }
-    let conflicts = Arc::new(AtomicU64::new(0));
-    init_tracing(conflicts.clone());
+    init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -164,7 +158,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&args, &conflicts)) {
+    match runtime.block_on(run(&args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mandate-bench: {e}");
@@ -173,7 +167,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: &Args, conflicts: &AtomicU64) -> BenchResult<()> {
+async fn run(args: &Args) -> BenchResult<()> {
     if let (Some(dir), Some(url)) = (&args.engine_process, &args.nats) {
         return rebuild::engine_process(url, dir).await;
     }
@@ -200,7 +194,7 @@ async fn run(args: &Args, conflicts: &AtomicU64) -> BenchResult<()> {
         eprintln!("== {}", scenario.name());
         let t = Instant::now();
         let env = Env::new(args.nats.as_deref())?;
-        one(scenario, args, &env, &out, conflicts)
+        one(scenario, args, &env, &out)
             .await
             .map_err(|e| format!("{}: {e}", scenario.name()))?;
         eprintln!(
@@ -212,13 +206,7 @@ async fn run(args: &Args, conflicts: &AtomicU64) -> BenchResult<()> {
     Ok(())
 }
 
-async fn one(
-    scenario: Scenario,
-    args: &Args,
-    env: &Env,
-    out: &Printer,
-    conflicts: &AtomicU64,
-) -> BenchResult<()> {
+async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> BenchResult<()> {
     match scenario {
         Scenario::All => Ok(()),
         Scenario::Growth => {
@@ -228,7 +216,7 @@ async fn one(
                 swarm_agents: args.swarm,
                 swarm_each: args.swarm_each,
             };
-            growth::run(env, &sizes, out, conflicts).await
+            growth::run(env, &sizes, out).await
         }
         Scenario::Cascade => {
             let sizes = cascade::Sizes {
@@ -264,39 +252,13 @@ async fn one(
 /// open tenants are served (the bench serves them on purpose).
 const QUIET: &str = "warn,mandate::engine::service=error";
 
-/// Warnings and errors to stderr (`RUST_LOG` to change), and a count of the
-/// engine's append conflicts: the writer logs each lost race on a tree at
-/// debug level before deciding again, and the swarm reports how many.
-fn init_tracing(conflicts: Arc<AtomicU64>) {
-    use tracing_subscriber::filter::{EnvFilter, Targets};
-    let fmt = tracing_subscriber::fmt::layer()
+/// Warnings and errors to stderr (`RUST_LOG` to change).
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(QUIET)));
-    let counter = ConflictCounter(conflicts)
-        .with_filter(Targets::new().with_target("mandate::engine::write", tracing::Level::DEBUG));
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(counter)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET)),
+        )
         .try_init();
-}
-
-/// Counts the writer's "append conflict" events.
-struct ConflictCounter(Arc<AtomicU64>);
-
-impl<S: tracing::Subscriber> Layer<S> for ConflictCounter {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Message(bool);
-        impl tracing::field::Visit for Message {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" && format!("{value:?}").contains("append conflict") {
-                    self.0 = true;
-                }
-            }
-        }
-        let mut m = Message(false);
-        event.record(&mut m);
-        if m.0 {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
