@@ -109,6 +109,9 @@ pub enum GuardState {
 #[derive(Clone, Default)]
 pub struct GuardHub {
     shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
+    /// NATS connections whose reconnects a task of the hub watches (one
+    /// task per connection, not per guard: see [`watch_reconnects`]).
+    watched: Arc<Mutex<std::collections::HashSet<usize>>>,
 }
 
 /// One subject on one connection.
@@ -194,6 +197,7 @@ impl GuardHub {
             connection: connection_of(client)?,
             subject: signal_subject(client.tenant(), mandate),
         };
+        self.watch(client, key.connection);
         if let Some(lease) = self.join(&key, guard) {
             return Ok(lease);
         }
@@ -251,6 +255,26 @@ impl GuardHub {
             id,
             guard: guard.number,
         })
+    }
+
+    /// Starts the reconnect watcher of a NATS connection, once.
+    fn watch(&self, client: &Client, connection: usize) {
+        let Some(nats) = client.nats_client() else {
+            return;
+        };
+        let fresh = self
+            .watched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connection);
+        if fresh {
+            tokio::spawn(watch_reconnects(
+                nats.statistics(),
+                Arc::downgrade(&self.shared),
+                self.watched.clone(),
+                connection,
+            ));
+        }
     }
 
     /// Adds `guard` to the subscription already held for `key`, if any.
@@ -325,6 +349,55 @@ async fn forward(
     let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
     for guard in guards.values().filter_map(Weak::upgrade) {
         guard.hear(&Heard::Missed);
+    }
+}
+
+/// Watches one NATS connection for reconnects, for every guard of the hub
+/// on it: signals published while it was down are lost, so each of those
+/// guards hears that it missed some (it denies until a fresh re-read, which
+/// it starts at once). One task per connection, polling the client's count
+/// of connects (so a drop and reconnect between two looks is not missed);
+/// it ends with the hub, or once the connection itself is gone.
+async fn watch_reconnects(
+    stats: Arc<async_nats::Statistics>,
+    shared: Weak<Mutex<HashMap<SubjectKey, Shared>>>,
+    watched: Arc<Mutex<std::collections::HashSet<usize>>>,
+    connection: usize,
+) {
+    let connects = |s: &async_nats::Statistics| s.connects.load(Ordering::Relaxed);
+    let mut seen = connects(&stats);
+    loop {
+        tokio::time::sleep(RECONNECT_POLL).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        // Only this task holds the statistics: no client of the connection
+        // is left. The address is not reused before this drop.
+        if Arc::strong_count(&stats) == 1 {
+            watched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&connection);
+            return;
+        }
+        let now = connects(&stats);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let listeners: Vec<_> = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(k, _)| k.connection == connection)
+            .map(|(_, s)| s.listeners.clone())
+            .collect();
+        for listeners in listeners {
+            let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for guard in guards.values().filter_map(Weak::upgrade) {
+                guard.hear(&Heard::Missed);
+            }
+        }
     }
 }
 
@@ -877,8 +950,10 @@ async fn reread_loop(inner: Arc<Inner>) {
             continue;
         }
         // Otherwise the signal is a hint; the state is the truth, read at
-        // least as new as the newest event signalled.
+        // least as new as the newest event signalled. After signals were
+        // missed, no position covers what was lost: fresh.
         let level = match inner.reread_at.load(Ordering::SeqCst) {
+            _ if inner.missed() => Consistency::Fresh,
             0 => Consistency::Fresh,
             position => Consistency::AtLeast(position),
         };
@@ -888,28 +963,16 @@ async fn reread_loop(inner: Arc<Inner>) {
     }
 }
 
-/// How often the guard looks at its NATS connection between heartbeats.
+/// How often a hub looks at each NATS connection its guards use.
 const RECONNECT_POLL: Duration = Duration::from_millis(100);
 
 async fn heartbeat_loop(inner: Arc<Inner>) {
-    let stats = inner.client.nats_client().map(|c| c.statistics());
-    let connects = |s: &async_nats::Statistics| s.connects.load(Ordering::Relaxed);
-    let mut seen_connects = stats.as_deref().map(connects);
     loop {
-        // Sleep until the next heartbeat, but wake early when the connection
-        // has come back: signals sent while it was down are lost, so re-read
-        // now rather than a heartbeat later. The client counts its connects,
-        // so a drop and reconnect between two looks is not missed.
-        let next = tokio::time::Instant::now() + inner.config.heartbeat;
-        while tokio::time::Instant::now() < next {
-            tokio::time::sleep(RECONNECT_POLL.min(inner.config.heartbeat)).await;
-            let now_connects = stats.as_deref().map(connects);
-            let reconnected = now_connects != seen_connects;
-            seen_connects = now_connects;
-            if reconnected {
-                break;
-            }
-        }
+        // A reconnect does not wait for the heartbeat: the hub's watcher of
+        // the connection tells the guard it missed signals, and it re-reads
+        // at once. So an idle guard wakes once a heartbeat, not ten times a
+        // second.
+        tokio::time::sleep(inner.config.heartbeat).await;
         if inner.terminated_status().is_some() {
             // Ended for good: no lease to keep.
             return;
