@@ -211,7 +211,12 @@ async fn a_swarm_delegating_under_one_root_on_one_instance_meets_no_conflict() {
 /// A commit that issues a root in acme: decided, encoded, in no log.
 fn issue_commit() -> (TreeId, Vec<u8>) {
     use mandate::domain::{decide, root_tree_id, Event, Facts, Tree};
-    let issue = Command::Issue(root_issue("cfo", "lead", None, &["finance:* on reports/**"]));
+    let issue = Command::Issue(root_issue(
+        "cfo",
+        "lead",
+        None,
+        &["finance:* on reports/**"],
+    ));
     let cmd = envelope("acme", principal("cfo"), issue);
     let tree = root_tree_id(&cmd.tenant, cmd.command_id);
     let events = decide(
