@@ -1,12 +1,12 @@
 //! `growth`: what one command costs as its tree grows. Each size gets a tree
 //! of its own under one root, grown through the log; then `ops` delegations
 //! under the root and `ops` checks on a child are timed through a served
-//! engine, and one revoke of the root of a second tree of the same size. The baseline is the same at the smallest
-//! size. Then the swarm: many agents delegating under one root at once.
+//! engine, and the revokes of the roots of `revokes` more trees of the same
+//! size (one each). The baseline is the same at the smallest size. Then the swarm: many agents delegating under one root at once.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mandate::client::Client;
 use mandate::domain::{Actor, ErrorCode, MandateId};
@@ -21,6 +21,7 @@ const S: &str = "growth";
 pub struct Sizes {
     pub sizes: Vec<usize>,
     pub ops: usize,
+    pub revokes: usize,
     pub swarm_agents: usize,
     pub swarm_each: usize,
 }
@@ -29,7 +30,7 @@ struct AtSize {
     size: usize,
     delegate: Samples,
     check: Samples,
-    revoke: Duration,
+    revoke: Samples,
 }
 
 pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
@@ -39,10 +40,16 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     let lead = Client::nats(nc, gen::tenant(), Actor::Agent(gen::agent_id("lead")?));
     let mut measured: Vec<AtSize> = Vec::new();
     for &size in &sizes.sizes {
-        progress(&format!("growth: growing two trees to {size} mandates"));
+        progress(&format!(
+            "growth: growing {} trees to {size} mandates",
+            1 + sizes.revokes
+        ));
         let (root, child) = grow(&log, size).await?;
-        // The second one only to be revoked at exactly this size.
-        let (doomed, _) = grow(&log, size).await?;
+        // The others only to be revoked, each at exactly this size.
+        let mut doomed = Vec::new();
+        for _ in 0..sizes.revokes.max(1) {
+            doomed.push(grow(&log, size).await?.0);
+        }
         served.caught_up("growth").await?;
         progress(&format!(
             "growth: timing {} delegations, checks and a revoke at {size}",
@@ -67,13 +74,17 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
             }
         }
         let principal = lead.as_actor(gen::principal());
-        let t = Instant::now();
-        principal.revoke(doomed, None).await?;
+        let mut revoke = Samples::default();
+        for root in doomed {
+            let t = Instant::now();
+            principal.revoke(root, None).await?;
+            revoke.push(t.elapsed());
+        }
         measured.push(AtSize {
             size,
             delegate,
             check,
-            revoke: t.elapsed(),
+            revoke,
         });
     }
     report(&measured, out);
@@ -128,15 +139,15 @@ fn report(measured: &[AtSize], out: &Printer) {
         out.print(
             &Row::new(
                 S,
-                format!("revoke root at {}", m.size),
-                m.revoke.as_secs_f64() * 1e6,
-                Some(base.revoke.as_secs_f64() * 1e6),
+                format!("revoke root p50 at {}", m.size),
+                m.revoke.p50_us(),
+                Some(base.revoke.p50_us()),
                 "us",
-                1,
+                m.revoke.len(),
                 &size,
             )
             .target(Target::RatioAtMost(1.5))
-            .note("one revoke per size: a single sample"),
+            .note("the root of a tree of this size, one revoke per tree"),
         );
     }
 }

@@ -82,6 +82,9 @@ struct Args {
     /// growth: delegations and checks timed at each size.
     #[arg(long, default_value_t = 200)]
     ops: usize,
+    /// growth: trees of each size whose root is revoked (one timed revoke each).
+    #[arg(long, default_value_t = 5)]
+    revokes: usize,
     /// growth: agents of the swarm delegating under one root at once.
     #[arg(long, default_value_t = 32)]
     swarm: usize,
@@ -129,6 +132,7 @@ impl Args {
     fn tiny(mut self) -> Self {
         self.sizes = vec![5, 20];
         self.ops = 5;
+        self.revokes = 1;
         self.swarm = 4;
         self.swarm_each = 2;
         self.guards = 10;
@@ -213,6 +217,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
             let sizes = growth::Sizes {
                 sizes: args.sizes.clone(),
                 ops: args.ops,
+                revokes: args.revokes,
                 swarm_agents: args.swarm,
                 swarm_each: args.swarm_each,
             };
