@@ -111,8 +111,9 @@ pub struct Decision {
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<Effective>,
-    /// Root → mandate; empty when the mandate is unknown. Shared, so that
-    /// many decisions on one chain (a guard's checks) do not copy it.
+    /// Root → mandate; empty when the mandate is unknown.
+    // Shared, so that many decisions on one chain (a guard's checks) do not
+    // copy it; on the wire it is the plain list.
     #[serde(with = "shared_chain")]
     #[schemars(with = "Vec<ChainLink>")]
     pub chain: Arc<[ChainLink]>,
