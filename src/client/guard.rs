@@ -4,6 +4,10 @@
 //!   *before* reading the state, so nothing falls between the two.
 //! - `check(action, resource)` is answered locally with the domain's own
 //!   `authorize` on the tree it holds; expiry is enforced by the local clock.
+//!   The tree is held as a [`PreparedChain`], worked out once per state, and
+//!   the guard's own reasons to deny are mirrored in one atomic word, so a
+//!   check costs a lock read, two clock reads and pattern matching;
+//!   `allows` answers the same yes or no without building a decision.
 //! - Its [`CancellationToken`] fires on termination (a signal, a re-read that
 //!   finds the chain ended, or the chain's `not_after` passing).
 //! - It fails closed: when it has not heard the engine for longer than its
@@ -26,7 +30,7 @@
 //!   signal never goes unnoticed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,9 +41,8 @@ use tokio::sync::broadcast;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{
-    authorize, Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree,
-};
+use crate::domain::authorize::PreparedChain;
+use crate::domain::{Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree};
 use crate::protocol::{signal_subject, ChainReply, Consistency, MandateQuery, Signal, SignalKind};
 
 use super::{Client, ClientError};
@@ -451,16 +454,21 @@ struct Inner {
     client: Client,
     mandate: MandateId,
     config: GuardConfig,
-    tree: RwLock<Tree>,
-    last_heard: Mutex<Instant>,
+    held: RwLock<Held>,
+    /// When the guard started: `heard` counts from it.
+    born: Instant,
+    /// When the engine was last heard, in nanoseconds since `born`.
+    heard: AtomicU64,
+    /// Which of `terminated`, `suspended`, `quarantined` and `missed` are
+    /// set ([`Block`]), so that a check reads one word instead of four
+    /// locks. Each bit changes only under its own lock, together with what
+    /// it mirrors.
+    blocked: AtomicU8,
     /// Set by a terminating signal before the re-read lands: sticky.
     terminated: Mutex<Option<Status>>,
     /// Set by a suspending signal (to its event's sequence) until a re-read
     /// that includes that event.
     suspended: Mutex<Option<u64>>,
-    /// How far the agent's clock is behind the engine's, when by more than
-    /// the tolerance; added to the agent's clock.
-    behind: Mutex<Option<chrono::Duration>>,
     /// Set by a `quarantined` signal, or by a re-read the engine refused
     /// because the tree is quarantined; cleared by a re-read that succeeds.
     quarantined: Mutex<Option<DenyReason>>,
@@ -476,6 +484,36 @@ struct Inner {
     reread: Notify,
     /// The newest log position a signal that asked for a re-read named.
     reread_at: AtomicU64,
+}
+
+/// The chain the guard holds, made ready for checks when it changes, and
+/// the clock correction to read it by: a check takes one lock, once.
+struct Held {
+    chain: PreparedChain,
+    /// How far the agent's clock is behind the engine's, when by more than
+    /// the tolerance; added to the agent's clock.
+    behind: Option<chrono::Duration>,
+}
+
+impl Held {
+    /// The guard's notion of now: `local` (the agent's clock) moved forward
+    /// by as much as it was last seen to lag the engine's.
+    fn now(&self, local: DateTime<Utc>) -> DateTime<Utc> {
+        match self.behind {
+            Some(behind) => local.checked_add_signed(behind).unwrap_or(local),
+            None => local,
+        }
+    }
+}
+
+/// The bits of [`Inner::blocked`]: a state that denies whatever the chain
+/// says.
+#[derive(Clone, Copy)]
+enum Block {
+    Terminated = 1,
+    Suspended = 2,
+    Quarantined = 4,
+    Missed = 8,
 }
 
 /// The agent's guard for one mandate. Dropping it stops its tasks and lets
@@ -514,14 +552,18 @@ impl Guard {
         let chain = client.chain(mandate, None).await?;
         let inner = Arc::new(Inner {
             number: next_id(),
-            tree: RwLock::new(Tree::empty(tenant, chain.tree)),
+            held: RwLock::new(Held {
+                chain: PreparedChain::new(Tree::empty(tenant, chain.tree), mandate),
+                behind: None,
+            }),
             client: client.clone(),
             mandate,
             config,
-            last_heard: Mutex::new(Instant::now()),
+            born: Instant::now(),
+            heard: AtomicU64::new(0),
+            blocked: AtomicU8::new(0),
             terminated: Mutex::new(None),
             suspended: Mutex::new(None),
-            behind: Mutex::new(None),
             quarantined: Mutex::new(None),
             missed: Mutex::new(None),
             misses: AtomicU64::new(0),
@@ -555,9 +597,16 @@ impl Guard {
         self.inner.cancel.clone()
     }
 
-    /// Answers locally, without a network round trip.
+    /// Answers locally, without a network round trip: `authorize` on the
+    /// chain held, denied whenever the guard's own state says so.
     pub fn check(&self, action: &str, resource: &str) -> Decision {
         self.inner.check(action, resource)
+    }
+
+    /// Exactly `self.check(action, resource).is_allowed()`, without
+    /// building the decision: the agent's hot path, which allocates nothing.
+    pub fn allows(&self, action: &str, resource: &str) -> bool {
+        self.inner.allows(action, resource)
     }
 
     /// The guard's current belief.
@@ -572,8 +621,13 @@ impl Guard {
         if self.inner.stale() || self.inner.missed() {
             return GuardState::Stale;
         }
-        let tree = self.inner.tree.read().unwrap_or_else(|p| p.into_inner());
-        match tree.effective(self.inner.mandate, now).map(|e| e.status) {
+        let held = self.inner.held.read().unwrap_or_else(|p| p.into_inner());
+        match held
+            .chain
+            .tree()
+            .effective(self.inner.mandate, now)
+            .map(|e| e.status)
+        {
             Ok(Status::Active)
                 if self
                     .inner
@@ -617,9 +671,10 @@ impl Guard {
     /// agent's clock plus this, so it expires when the engine says.
     pub fn clock_behind(&self) -> Option<Duration> {
         self.inner
-            .behind
-            .lock()
+            .held
+            .read()
             .unwrap_or_else(|p| p.into_inner())
+            .behind
             .and_then(|d| d.to_std().ok())
     }
 
@@ -665,8 +720,22 @@ impl Inner {
     }
 
     fn set_quarantine(&self, reason: Option<DenyReason>) {
-        *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        {
+            let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+            self.mark(Block::Quarantined, reason.is_some());
+            *q = reason;
+        }
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Sets or clears `block`'s bit; called under the lock of what it
+    /// mirrors.
+    fn mark(&self, block: Block, set: bool) {
+        if set {
+            self.blocked.fetch_or(block as u8, Ordering::SeqCst);
+        } else {
+            self.blocked.fetch_and(!(block as u8), Ordering::SeqCst);
+        }
     }
 
     fn missed(&self) -> bool {
@@ -679,7 +748,11 @@ impl Inner {
     /// Signals may have been lost: deny until a re-read sent from now on.
     fn note_missed(&self) {
         let miss = self.misses.fetch_add(1, Ordering::SeqCst) + 1;
-        *self.missed.lock().unwrap_or_else(|p| p.into_inner()) = Some(miss);
+        {
+            let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
+            *missed = Some(miss);
+            self.mark(Block::Missed, true);
+        }
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -689,25 +762,29 @@ impl Inner {
         let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
         if missed.is_some_and(|miss| miss <= misses) {
             *missed = None;
+            self.mark(Block::Missed, false);
         }
     }
 
     fn stale(&self) -> bool {
-        self.last_heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            > self.config.lease
+        let heard = Duration::from_nanos(self.heard.load(Ordering::SeqCst));
+        self.born.elapsed().saturating_sub(heard) > self.config.lease
+    }
+
+    /// The engine was heard now.
+    fn note_heard(&self) {
+        let since_born = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.heard.fetch_max(since_born, Ordering::SeqCst);
     }
 
     /// The guard's notion of now: the agent's clock, moved forward by as
     /// much as it was last seen to lag the engine's.
     fn now(&self) -> DateTime<Utc> {
         let local = (self.config.clock)();
-        match *self.behind.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(behind) => local.checked_add_signed(behind).unwrap_or(local),
-            None => local,
-        }
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .now(local)
     }
 
     /// The agent's clock as it is, without correction.
@@ -715,11 +792,32 @@ impl Inner {
         (self.config.clock)()
     }
 
+    /// `authorize` on the chain held, at the guard's notion of now.
+    fn authorize(&self, action: &str, resource: &str) -> Decision {
+        let local = (self.config.clock)();
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        held.chain.authorize(action, resource, held.now(local))
+    }
+
+    /// True when nothing but the chain stands between a request and an
+    /// allow: no termination, suspension, quarantine or missed signal is
+    /// noted, and the engine was heard within the lease.
+    fn clear(&self) -> bool {
+        self.blocked.load(Ordering::SeqCst) == 0 && !self.stale()
+    }
+
+    fn allows(&self, action: &str, resource: &str) -> bool {
+        if !self.clear() {
+            return false;
+        }
+        let local = (self.config.clock)();
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        held.chain.allows(action, resource, held.now(local))
+    }
+
     fn check(&self, action: &str, resource: &str) -> Decision {
-        let now = self.now();
-        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-        let mut d = authorize(&tree, self.mandate, action, resource, now);
-        if d.outcome == Outcome::Deny {
+        let mut d = self.authorize(action, resource);
+        if d.outcome == Outcome::Deny || self.clear() {
             return d;
         }
         let override_reason = if let Some(status) = self.terminated_status() {
@@ -767,14 +865,17 @@ impl Inner {
     fn settle(&self) {
         let now = self.now();
         let status = {
-            let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-            tree.effective(self.mandate, now)
+            let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+            held.chain
+                .tree()
+                .effective(self.mandate, now)
                 .map(|e| e.status)
                 .unwrap_or(Status::Revoked)
         };
         if status.is_terminal() {
             let mut t = self.terminated.lock().unwrap_or_else(|p| p.into_inner());
             t.get_or_insert(status);
+            self.mark(Block::Terminated, true);
             self.cancel.cancel();
         }
         self.changed.send_modify(|v| *v += 1);
@@ -825,17 +926,33 @@ impl Inner {
         let reply_position = reply.position;
         let engine_time = reply.engine_time;
         {
-            let mut held = self.tree.write().unwrap_or_else(|p| p.into_inner());
-            if version < held.version() {
+            let held_version = self
+                .held
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .chain
+                .tree()
+                .version();
+            if version < held_version {
                 tracing::debug!(
                     mandate = %self.mandate,
-                    held = held.version(),
+                    held = held_version,
                     reply = version,
                     "guard dropped a reply older than the state it holds"
                 );
                 return Ok(());
             }
-            *held = chain_tree(self.client.tenant(), self.mandate, reply)?;
+            // Made ready for checks before taking the lock, so checks wait
+            // only for the swap.
+            let chain = PreparedChain::new(
+                chain_tree(self.client.tenant(), self.mandate, reply)?,
+                self.mandate,
+            );
+            let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+            if version < held.chain.tree().version() {
+                return Ok(());
+            }
+            held.chain = chain;
         }
         {
             // The engine answered for the tree, so it is not quarantined any
@@ -849,6 +966,7 @@ impl Inner {
             );
             if !signalled_after {
                 *q = None;
+                self.mark(Block::Quarantined, false);
             }
         }
         {
@@ -857,10 +975,11 @@ impl Inner {
             let mut suspended = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
             if suspended.is_some_and(|seq| seq <= version) {
                 *suspended = None;
+                self.mark(Block::Suspended, false);
             }
         }
         self.note_clock(engine_time, sent);
-        *self.last_heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.note_heard();
         self.settle();
         Ok(())
     }
@@ -875,15 +994,15 @@ impl Inner {
         let tolerance = chrono::Duration::from_std(self.config.clock_tolerance)
             .unwrap_or(chrono::Duration::MAX);
         let behind = (lag > tolerance).then_some(lag);
-        let mut held = self.behind.lock().unwrap_or_else(|p| p.into_inner());
-        if behind.is_some() && held.is_none() {
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if behind.is_some() && held.behind.is_none() {
             tracing::warn!(
                 mandate = %self.mandate,
                 behind_ms = lag.num_milliseconds(),
                 "the agent's clock is behind the engine's (or the engine answers slowly): the guard adds the lag to the agent's clock, and so expires mandates that much earlier than the agent's clock says"
             );
         }
-        *held = behind;
+        held.behind = behind;
     }
 }
 
@@ -906,6 +1025,7 @@ impl Inner {
                 {
                     let mut t = self.terminated.lock().unwrap_or_else(|p| p.into_inner());
                     t.get_or_insert(signal.status);
+                    self.mark(Block::Terminated, true);
                 }
                 self.cancel.cancel();
                 self.changed.send_modify(|v| *v += 1);
@@ -919,6 +1039,7 @@ impl Inner {
                 {
                     let mut s = self.suspended.lock().unwrap_or_else(|p| p.into_inner());
                     *s = Some(s.map_or(signal.seq, |held| held.max(signal.seq)));
+                    self.mark(Block::Suspended, true);
                 }
                 self.changed.send_modify(|v| *v += 1);
             }
@@ -988,8 +1109,10 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
 async fn clock_loop(inner: Arc<Inner>) {
     loop {
         let deadline = {
-            let tree = inner.tree.read().unwrap_or_else(|p| p.into_inner());
-            tree.chain(inner.mandate)
+            let held = inner.held.read().unwrap_or_else(|p| p.into_inner());
+            held.chain
+                .tree()
+                .chain(inner.mandate)
                 .iter()
                 .map(|m| m.not_after())
                 .min()

@@ -2,6 +2,8 @@
 //! this mandate? Denies by default; every denial carries its reason, and every
 //! decision carries the authority chain back to the human grant.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::effective::{Cause, Effective};
 use super::ids::{AgentId, MandateId, PrincipalId, TenantId, TreeId};
 use super::model::{Grantor, Mandate, Tree};
-use super::scope::{ActionPattern, ResourcePattern, Scope};
+use super::scope::{is_concrete_request, ActionPattern, ResourcePattern, Scope, ScopeMatcher};
 use super::status::Status;
 
 /// The answer to a check.
@@ -110,7 +112,33 @@ pub struct Decision {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<Effective>,
     /// Root → mandate; empty when the mandate is unknown.
-    pub chain: Vec<ChainLink>,
+    // Shared, so that many decisions on one chain (a guard's checks) do not
+    // copy it; on the wire it is the plain list.
+    #[serde(with = "shared_chain")]
+    #[schemars(with = "Vec<ChainLink>")]
+    pub chain: Arc<[ChainLink]>,
+}
+
+/// A shared chain reads and writes as the plain list it is.
+mod shared_chain {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::ChainLink;
+
+    pub(super) fn serialize<S: Serializer>(
+        chain: &Arc<[ChainLink]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        chain[..].serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<[ChainLink]>, D::Error> {
+        Vec::<ChainLink>::deserialize(d).map(Arc::from)
+    }
 }
 
 impl Decision {
@@ -209,4 +237,154 @@ pub fn authorize(
         Outcome::NeedsApproval
     };
     d
+}
+
+/// A mandate's chain made ready for many checks, as a guard holds it: what
+/// [`authorize`] works out on every call that depends on neither the request
+/// nor the clock (the chain, its links, its effective status) is worked out
+/// once, when the state changes.
+///
+/// The clock matters only through the chain's earliest `not_after`: before
+/// it, no link has expired by the clock, so the effective status is the one
+/// worked out here; from it on, the mandate is expired. While the chain is
+/// effectively active, a check is then a clock comparison and pattern
+/// matching on the request as written, with no parse and no copy of the
+/// chain. Every other case (unknown mandate, quarantined tree, not active,
+/// a request that is not concrete) is answered by [`authorize`] itself.
+/// Either way the answer is exactly [`authorize`]'s on the same tree.
+#[derive(Clone, Debug)]
+pub struct PreparedChain {
+    tree: Tree,
+    mandate: MandateId,
+    active: Option<ActiveChain>,
+}
+
+/// What a check needs while the chain is effectively active.
+#[derive(Clone, Debug)]
+struct ActiveChain {
+    /// The chain's earliest `not_after`: active strictly before it.
+    until: DateTime<Utc>,
+    /// The effective status before `until`.
+    effective: Effective,
+    /// Root → mandate, shared by every decision.
+    links: Arc<[ChainLink]>,
+    /// Each link's scope, root first, ready to match requests as written.
+    scopes: Vec<ScopeMatcher>,
+    /// The chain's step-up patterns, root first.
+    step_up: Vec<ActionPattern>,
+}
+
+impl PreparedChain {
+    /// Works out what every check of `mandate` on `tree` needs.
+    pub fn new(tree: Tree, mandate: MandateId) -> Self {
+        let active = ActiveChain::of(&tree, mandate);
+        Self {
+            tree,
+            mandate,
+            active,
+        }
+    }
+
+    /// The tree held.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// The mandate checked.
+    pub fn mandate(&self) -> MandateId {
+        self.mandate
+    }
+
+    /// Exactly `authorize(self.tree(), self.mandate(), action, resource, now)`.
+    pub fn authorize(&self, action: &str, resource: &str, now: DateTime<Utc>) -> Decision {
+        let Some(active) = self
+            .active
+            .as_ref()
+            .filter(|a| now < a.until && is_concrete_request(action, resource))
+        else {
+            return authorize(&self.tree, self.mandate, action, resource, now);
+        };
+        let mut d = Decision {
+            outcome: Outcome::Deny,
+            reason: None,
+            approval: Vec::new(),
+            tenant: self.tree.tenant.clone(),
+            tree: Some(self.tree.id),
+            mandate: self.mandate,
+            action: action.to_string(),
+            resource: resource.to_string(),
+            at: now,
+            effective: Some(active.effective.clone()),
+            chain: active.links.clone(),
+        };
+        if let Some(link) = active.first_out_of_scope(action, resource) {
+            d.reason = Some(DenyReason::OutOfScope {
+                mandate: link.mandate,
+            });
+            return d;
+        }
+        d.approval = active
+            .step_up
+            .iter()
+            .filter(|p| p.covers_concrete(action))
+            .cloned()
+            .collect();
+        d.outcome = if d.approval.is_empty() {
+            Outcome::Allow
+        } else {
+            Outcome::NeedsApproval
+        };
+        d
+    }
+
+    /// Exactly `self.authorize(action, resource, now).is_allowed()`, without
+    /// building the decision: no allocation at all.
+    pub fn allows(&self, action: &str, resource: &str, now: DateTime<Utc>) -> bool {
+        // Without an active chain, `authorize` never allows: the mandate is
+        // unknown, its tree quarantined, or it is not effectively active
+        // before its earliest `not_after` (and expired from it on).
+        self.active.as_ref().is_some_and(|a| {
+            now < a.until
+                && is_concrete_request(action, resource)
+                && a.first_out_of_scope(action, resource).is_none()
+                && !a.step_up.iter().any(|p| p.covers_concrete(action))
+        })
+    }
+}
+
+impl ActiveChain {
+    /// The chain's check data, when it is effectively active at some moment
+    /// (before its earliest `not_after`) in a tree that is not quarantined.
+    fn of(tree: &Tree, mandate: MandateId) -> Option<Self> {
+        if tree.quarantine.is_some() {
+            return None;
+        }
+        let chain = tree.chain(mandate);
+        let until = chain.iter().map(|m| m.not_after).min()?;
+        // The last moment before `until`: no link has expired by the clock.
+        let before = until.checked_sub_signed(chrono::Duration::nanoseconds(1))?;
+        let effective = tree.effective(mandate, before).ok()?;
+        if !effective.is_active() {
+            return None;
+        }
+        Some(Self {
+            until,
+            effective,
+            links: chain.iter().map(|m| ChainLink::from(*m)).collect(),
+            scopes: chain.iter().map(|m| m.scope.matcher()).collect(),
+            step_up: chain
+                .iter()
+                .flat_map(|m| m.step_up.iter())
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// The first link, root first, whose scope does not allow the request.
+    fn first_out_of_scope(&self, action: &str, resource: &str) -> Option<&ChainLink> {
+        self.scopes
+            .iter()
+            .position(|s| !s.allows(action, resource))
+            .map(|i| &self.links[i])
+    }
 }

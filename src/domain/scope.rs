@@ -117,6 +117,21 @@ impl ActionPattern {
         };
         child_min > p && child.prefix.len() >= p && child.prefix[..p] == self.prefix[..]
     }
+
+    /// Does this pattern match `action`, a concrete action as written (one
+    /// [`is_concrete_request`] accepts)? The same answer as [`Self::covers`]
+    /// on its parsed form, without parsing or allocating: the hot path of a
+    /// guard's check.
+    pub fn covers_concrete(&self, action: &str) -> bool {
+        let mut segs = action.split(':');
+        for p in &self.prefix {
+            if segs.next() != Some(p.as_str()) {
+                return false;
+            }
+        }
+        // A wildcard needs at least one segment more; a literal none.
+        segs.next().is_some() == self.wildcard
+    }
 }
 
 impl fmt::Display for ActionPattern {
@@ -208,6 +223,38 @@ impl ResourcePattern {
                     (Seg::Literal(_), Seg::Any) => false,
                 })
     }
+
+    /// Does this pattern match `resource`, a concrete resource as written
+    /// (one [`is_concrete_request`] accepts)? The same answer as
+    /// [`Self::covers`] on its parsed form, without parsing or allocating.
+    pub fn covers_concrete(&self, resource: &str) -> bool {
+        let mut segs = resource.split('/');
+        for p in &self.segs {
+            match (p, segs.next()) {
+                (_, None) => return false,
+                (Seg::Any, Some(_)) => {}
+                (Seg::Literal(l), Some(s)) if l == s => {}
+                (Seg::Literal(_), Some(_)) => return false,
+            }
+        }
+        self.rest || segs.next().is_none()
+    }
+}
+
+/// Would [`crate::domain::authorize::parse_request`] accept `action` on `resource`:
+/// both within bounds, made of valid segments, with no wildcard and no
+/// relative path step? Decided without allocating, for the hot path that
+/// then matches with [`ActionPattern::covers_concrete`] and
+/// [`ResourcePattern::covers_concrete`].
+pub fn is_concrete_request(action: &str, resource: &str) -> bool {
+    let bounded = |s: &str| !s.is_empty() && s.len() <= MAX_PATTERN_LEN;
+    // `valid_segment` refuses `*`, so a segment that passes is no wildcard.
+    bounded(action)
+        && action.split(':').all(valid_segment)
+        && bounded(resource)
+        && resource
+            .split('/')
+            .all(|seg| valid_segment(seg) && seg != "." && seg != "..")
 }
 
 impl fmt::Display for ResourcePattern {
@@ -375,11 +422,120 @@ impl Scope {
 
     /// Does this scope allow the concrete request?
     pub fn allows(&self, action: &ActionPattern, resource: &ResourcePattern) -> bool {
-        let request = Grant {
-            action: action.clone(),
-            resource: resource.clone(),
-        };
-        self.0.iter().any(|g| g.covers(&request))
+        // `Grant::covers` on the request as a grant, without building one.
+        self.0
+            .iter()
+            .any(|g| g.action.covers(action) && g.resource.covers(resource))
+    }
+
+    /// Does this scope allow the concrete request as written (one
+    /// [`is_concrete_request`] accepts)? The same answer as [`Self::allows`]
+    /// on its parsed form, without parsing or allocating.
+    pub fn allows_concrete(&self, action: &str, resource: &str) -> bool {
+        self.0
+            .iter()
+            .any(|g| g.action.covers_concrete(action) && g.resource.covers_concrete(resource))
+    }
+}
+
+/// A scope made ready to match many concrete requests as written: each
+/// pattern is kept as the text a matching request equals or starts with,
+/// so that a grant is passed over with one comparison. It answers exactly
+/// what [`Scope::allows_concrete`] (and so [`Scope::allows`]) answers.
+#[derive(Clone, Debug)]
+pub struct ScopeMatcher(Vec<GrantMatcher>);
+
+/// One grant as a [`ScopeMatcher`] holds it.
+#[derive(Clone, Debug)]
+struct GrantMatcher {
+    action: TextMatch,
+    resource: TextMatch,
+}
+
+/// How a pattern matches a concrete, valid request (one
+/// [`is_concrete_request`] accepts) as written.
+#[derive(Clone, Debug)]
+enum TextMatch {
+    /// A pattern without wildcards: the request is this text.
+    Exactly(String),
+    /// An action pattern ending in `*`: the request starts with this text,
+    /// which is the literal segments each followed by `:` (empty for `*`).
+    /// A valid action has no empty segment, so at least one more follows.
+    Below(String),
+    /// A resource pattern of literal segments ending in `**`: the request
+    /// is this text, or starts with it and `/` (any request, when empty).
+    Under(String),
+    /// A resource pattern with a `*` segment: matched segment by segment.
+    Segments(ResourcePattern),
+}
+
+impl TextMatch {
+    fn action(p: &ActionPattern) -> Self {
+        if p.wildcard {
+            let mut prefix = String::new();
+            for seg in &p.prefix {
+                prefix.push_str(seg);
+                prefix.push(':');
+            }
+            Self::Below(prefix)
+        } else {
+            Self::Exactly(p.prefix.join(":"))
+        }
+    }
+
+    fn resource(p: &ResourcePattern) -> Self {
+        let literal: Option<Vec<&str>> = p
+            .segs
+            .iter()
+            .map(|s| match s {
+                Seg::Literal(l) => Some(l.as_str()),
+                Seg::Any => None,
+            })
+            .collect();
+        match literal {
+            Some(segs) if p.rest => Self::Under(segs.join("/")),
+            Some(segs) => Self::Exactly(segs.join("/")),
+            None => Self::Segments(p.clone()),
+        }
+    }
+
+    fn matches(&self, request: &str) -> bool {
+        match self {
+            Self::Exactly(text) => request == text,
+            Self::Below(prefix) => request.starts_with(prefix.as_str()),
+            Self::Under(prefix) => {
+                prefix.is_empty()
+                    || request
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            Self::Segments(p) => p.covers_concrete(request),
+        }
+    }
+}
+
+impl ScopeMatcher {
+    /// Does the scope allow the concrete request as written (one
+    /// [`is_concrete_request`] accepts)?
+    pub fn allows(&self, action: &str, resource: &str) -> bool {
+        self.0
+            .iter()
+            .any(|g| g.action.matches(action) && g.resource.matches(resource))
+    }
+}
+
+impl Scope {
+    /// This scope made ready to match many requests ([`ScopeMatcher`]).
+    pub fn matcher(&self) -> ScopeMatcher {
+        ScopeMatcher(
+            self.0
+                .iter()
+                .map(|g| GrantMatcher {
+                    action: TextMatch::action(&g.action),
+                    resource: TextMatch::resource(&g.resource),
+                })
+                .collect(),
+        )
     }
 }
 
