@@ -97,7 +97,7 @@ async fn one_round(
         );
     }
     writer.flush().await?;
-    served.caught_up("cascade").await?;
+    served.settled("cascade").await?;
     let config = GuardConfig {
         lease: Duration::from_secs(3600),
         heartbeat: Duration::from_secs(1800),

@@ -32,7 +32,7 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     for instances in [1, 2] {
         let second = if instances == 2 {
             let s = Served::start(env, &env.dir("engine-2")).await?;
-            s.caught_up("commands (second instance)").await?;
+            s.settled("commands (second instance)").await?;
             Some(s)
         } else {
             None

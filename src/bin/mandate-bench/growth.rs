@@ -50,7 +50,7 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
         for _ in 0..sizes.revokes.max(1) {
             doomed.push(grow(&log, size).await?.0);
         }
-        served.caught_up("growth").await?;
+        served.settled("growth").await?;
         progress(&format!(
             "growth: timing {} delegations, checks and a revoke at {size}",
             sizes.ops
@@ -182,7 +182,7 @@ async fn swarm(served: &Served, env: &Env, sizes: &Sizes, out: &Printer) -> Benc
             .ok_or("a delegation names its mandate")?;
         agents.push((lead.as_actor(Actor::Agent(gen::agent_id(&name)?)), m));
     }
-    served.caught_up("swarm").await?;
+    served.settled("swarm").await?;
     let before = served.engine.append_conflicts();
     let retries = Arc::new(AtomicU64::new(0));
     let t = Instant::now();

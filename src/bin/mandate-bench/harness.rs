@@ -235,6 +235,15 @@ impl Served {
         })
     }
 
+    /// [`Served::caught_up`], and its projection written out: what is
+    /// timed next is the command path, not sled writing a bulk load out in
+    /// the background.
+    pub async fn settled(&self, what: &str) -> BenchResult<()> {
+        self.caught_up(what).await?;
+        self.engine.store().flush().await?;
+        Ok(())
+    }
+
     /// Waits until the projection has applied the whole log, saying how far
     /// it is on stderr every few seconds.
     pub async fn caught_up(&self, what: &str) -> BenchResult<()> {
