@@ -43,6 +43,32 @@ fn check_body(m: MandateId, consistency: Value) -> Value {
     json!({"mandate": m, "action": "finance:read", "resource": "reports/q3/x", "consistency": consistency})
 }
 
+/// A nats-server, one instance serving acme, and cfo's root for lead with
+/// `grants`.
+struct OneRoot {
+    server: NatsServer,
+    nc: async_nats::Client,
+    a: Instance,
+    root: MandateId,
+    _dir: tempfile::TempDir,
+}
+
+async fn one_instance_with_a_root(grants: &[&str]) -> OneRoot {
+    let server = NatsServer::start();
+    let nc = connect(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Instance::start(&server.url(), dir.path()).await;
+    serving(&nc, "acme").await;
+    let root = issue(&nc, root_issue("cfo", "lead", None, grants)).await;
+    OneRoot {
+        server,
+        nc,
+        a,
+        root,
+        _dir: dir,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_instance_denies_at_least_the_position_of_a_revoke_it_has_not_applied() {
     let server = NatsServer::start();
@@ -162,16 +188,13 @@ async fn a_list_at_least_a_position_catches_a_stopped_follower_up_to_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_the_log_has_not_reached_is_refused_not_answered_from_older_state() {
-    let server = NatsServer::start();
-    let nc = connect(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = Instance::start(&server.url(), dir.path()).await;
-    serving(&nc, "acme").await;
-    let root = issue(
-        &nc,
-        root_issue("cfo", "lead", None, &["finance:read on reports/**"]),
-    )
-    .await;
+    let OneRoot {
+        server: _server,
+        nc: _nc,
+        a,
+        root,
+        _dir,
+    } = one_instance_with_a_root(&["finance:read on reports/**"]).await;
     let beyond = a.log_position().await + 1_000;
     for (verb, body) in [
         ("check", check_body(root, json!({"at_least": beyond}))),
@@ -249,12 +272,13 @@ async fn a_position_this_instance_applied_is_answered_without_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_names_the_position_its_holders_re_read_at() {
-    let server = NatsServer::start();
-    let nc = connect(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = Instance::start(&server.url(), dir.path()).await;
-    serving(&nc, "acme").await;
-    let root = issue(&nc, root_issue("cfo", "lead", None, &["a:b on c"])).await;
+    let OneRoot {
+        server: _server,
+        nc,
+        a,
+        root,
+        _dir,
+    } = one_instance_with_a_root(&["a:b on c"]).await;
     let mut signals = nc
         .subscribe(mandate::protocol::signal_subject(&acme(), root))
         .await
@@ -283,16 +307,13 @@ async fn a_signal_names_the_position_its_holders_re_read_at() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_whose_audit_record_is_not_stored_is_counted_in_health() {
-    let server = NatsServer::start();
-    let nc = connect(&server).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = Instance::start(&server.url(), dir.path()).await;
-    serving(&nc, "acme").await;
-    let root = issue(
-        &nc,
-        root_issue("cfo", "lead", None, &["finance:read on reports/**"]),
-    )
-    .await;
+    let OneRoot {
+        server: _server,
+        nc,
+        a,
+        root,
+        _dir,
+    } = one_instance_with_a_root(&["finance:read on reports/**"]).await;
     let cfo = client(&nc, "acme", principal("cfo"));
     let d = cfo
         .check(root, "finance:read", "reports/q3", None)

@@ -225,17 +225,26 @@ pub fn authorize(
         d.reason = Some(DenyReason::OutOfScope { mandate: link.id });
         return d;
     }
-    d.approval = chain
-        .iter()
-        .flat_map(|m| m.step_up.iter())
-        .filter(|p| p.covers(&a))
-        .cloned()
-        .collect();
-    d.outcome = if d.approval.is_empty() {
+    in_scope(
+        d,
+        chain
+            .iter()
+            .flat_map(|m| m.step_up.iter())
+            .filter(|p| p.covers(&a))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// A request within every link's scope: allowed, or, where step-up patterns
+/// cover it, allowed once those approve it.
+fn in_scope(mut d: Decision, approval: Vec<ActionPattern>) -> Decision {
+    d.outcome = if approval.is_empty() {
         Outcome::Allow
     } else {
         Outcome::NeedsApproval
     };
+    d.approval = approval;
     d
 }
 
@@ -323,18 +332,15 @@ impl PreparedChain {
             });
             return d;
         }
-        d.approval = active
-            .step_up
-            .iter()
-            .filter(|p| p.covers_concrete(action))
-            .cloned()
-            .collect();
-        d.outcome = if d.approval.is_empty() {
-            Outcome::Allow
-        } else {
-            Outcome::NeedsApproval
-        };
-        d
+        in_scope(
+            d,
+            active
+                .step_up
+                .iter()
+                .filter(|p| p.covers_concrete(action))
+                .cloned()
+                .collect(),
+        )
     }
 
     /// Exactly `self.authorize(action, resource, now).is_allowed()`, without

@@ -48,32 +48,50 @@ pub struct Target3 {
 pub async fn chain_of_three(env: &Env) -> BenchResult<Target3> {
     let served = Served::start(env, &env.dir("engine")).await?;
     let principal = Client::nats(env.connect().await?, gen::tenant(), gen::principal());
-    let issue = match gen::issue("lead", 3, gen::root_scope(), "bench:check")? {
-        mandate::domain::Command::Issue(i) => i,
-        _ => unreachable!("gen::issue builds an issue"),
-    };
-    let root = principal
-        .issue(issue)
-        .await?
-        .mandate
-        .ok_or("an issue names its mandate")?;
-    let lead = principal.as_actor(Actor::Agent(gen::agent_id("lead")?));
-    let mid = lead
-        .delegate(gen::delegation(root, "mid", gen::root_scope(), None)?)
-        .await?
-        .mandate
-        .ok_or("a delegation names its mandate")?;
-    let last = principal
-        .as_actor(Actor::Agent(gen::agent_id("mid")?))
-        .delegate(gen::delegation(mid, "leaf", gen::worker_scope(), None)?)
-        .await?;
-    let leaf = last.mandate.ok_or("a delegation names its mandate")?;
-    let position = last.commits.iter().map(|c| c.position).max().unwrap_or(0);
+    let (root_and_mid, leaf_scope) = (gen::root_scope(), gen::worker_scope());
+    let (leaf, position) = three_links(
+        &principal,
+        [&root_and_mid, &root_and_mid, &leaf_scope],
+        "bench:check",
+    )
+    .await?;
     Ok(Target3 {
         served,
         leaf,
         position,
     })
+}
+
+/// lead's root for `mission`, delegated to mid, then to leaf, through
+/// `principal`'s client, each link with its scope: the leaf, and the log
+/// position of its commit (for `at_least`).
+async fn three_links(
+    principal: &Client,
+    scopes: [&Scope; 3],
+    mission: &str,
+) -> BenchResult<(MandateId, u64)> {
+    let issue = match gen::issue("lead", 3, scopes[0].clone(), mission)? {
+        mandate::domain::Command::Issue(i) => i,
+        _ => unreachable!("gen::issue builds an issue"),
+    };
+    let mut parent = principal
+        .issue(issue)
+        .await?
+        .mandate
+        .ok_or("an issue names its mandate")?;
+    let mut position = 0;
+    for (holder, (next, scope)) in ["lead", "mid"]
+        .into_iter()
+        .zip([("mid", scopes[1]), ("leaf", scopes[2])])
+    {
+        let r = principal
+            .as_actor(Actor::Agent(gen::agent_id(holder)?))
+            .delegate(gen::delegation(parent, next, scope.clone(), None)?)
+            .await?;
+        parent = r.mandate.ok_or("a delegation names its mandate")?;
+        position = r.commits.iter().map(|c| c.position).max().unwrap_or(0);
+    }
+    Ok((parent, position))
 }
 
 pub async fn remote(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
@@ -281,27 +299,8 @@ pub async fn local(env: &Env, calls: usize, out: &Printer) -> BenchResult<()> {
     .await?;
     let background = engine.start();
     let principal = Client::local(engine.clone(), gen::tenant(), gen::principal());
-    let issue = match gen::issue("lead", 3, twenty_grants(), "bench:local")? {
-        mandate::domain::Command::Issue(i) => i,
-        _ => unreachable!("gen::issue builds an issue"),
-    };
-    let root = principal
-        .issue(issue)
-        .await?
-        .mandate
-        .ok_or("an issue names its mandate")?;
-    let lead = principal.as_actor(Actor::Agent(gen::agent_id("lead")?));
-    let mid = lead
-        .delegate(gen::delegation(root, "mid", twenty_grants(), None)?)
-        .await?
-        .mandate
-        .ok_or("no mandate")?;
-    let mid_client = principal.as_actor(Actor::Agent(gen::agent_id("mid")?));
-    let leaf = mid_client
-        .delegate(gen::delegation(mid, "leaf", twenty_grants(), None)?)
-        .await?
-        .mandate
-        .ok_or("no mandate")?;
+    let grants = twenty_grants();
+    let (leaf, _) = three_links(&principal, [&grants, &grants, &grants], "bench:local").await?;
     let leaf_client = principal.as_actor(Actor::Agent(gen::agent_id("leaf")?));
     let guard = Guard::start(leaf_client, &GuardHub::new(), leaf, GuardConfig::default()).await?;
     // The last grant: every one before it is looked at and passed over.

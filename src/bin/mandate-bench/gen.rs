@@ -118,11 +118,7 @@ impl TreeWriter {
                 &format!("bench:{}", uuid::Uuid::new_v4().simple()),
             )?,
         );
-        let mut tree = Tree::empty(tenant(), root_tree_id(&cmd.tenant, cmd.command_id));
-        let events = decide(&tree, &cmd, &Facts::default(), Utc::now())?;
-        for e in &events {
-            apply(&mut tree, e);
-        }
+        let (tree, events) = issued(&cmd)?;
         let root = tree.root().ok_or("an issued tree has a root")?;
         let appended = log
             .append(
@@ -193,13 +189,20 @@ pub fn root_commit(i: usize) -> BenchResult<(CommandId, MandateId, Bytes)> {
             &format!("bench:{i}"),
         )?,
     );
+    let (tree, events) = issued(&cmd)?;
+    let root = tree.root().ok_or("an issued tree has a root")?;
+    Ok((cmd.command_id, root, Event::encode_commit(&events).into()))
+}
+
+/// The tree an issue creates, as the engine would decide and fold it, with
+/// its events.
+fn issued(cmd: &CommandEnvelope) -> BenchResult<(Tree, Vec<Event>)> {
     let mut tree = Tree::empty(tenant(), root_tree_id(&cmd.tenant, cmd.command_id));
-    let events = decide(&tree, &cmd, &Facts::default(), Utc::now())?;
+    let events = decide(&tree, cmd, &Facts::default(), Utc::now())?;
     for e in &events {
         apply(&mut tree, e);
     }
-    let root = tree.root().ok_or("an issued tree has a root")?;
-    Ok((cmd.command_id, root, Event::encode_commit(&events).into()))
+    Ok((tree, events))
 }
 
 /// Appends `n` new roots, one commit each, `tasks` appends in flight;

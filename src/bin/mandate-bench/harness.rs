@@ -44,29 +44,11 @@ impl Drop for TempDir {
     }
 }
 
-/// `NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's
-/// `/usr/sbin/nats-server` (the order the test harness uses).
+/// The `nats-server` the scenarios start: found as `mandate serve` finds it
+/// (`NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's
+/// `/usr/sbin/nats-server`).
 pub fn server_binary() -> BenchResult<PathBuf> {
-    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
-        let bin = PathBuf::from(bin);
-        if !bin.is_file() {
-            return fail(format!("NATS_SERVER_BIN={} is not a file", bin.display()));
-        }
-        return Ok(bin);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    if debian.is_file() {
-        return Ok(debian);
-    }
-    fail("no nats-server found: install one (apt-get install nats-server), set NATS_SERVER_BIN, or pass --nats URL")
+    mandate::cli::bootstrap::server_binary().map_err(|e| format!("{e} (or pass --nats URL)").into())
 }
 
 /// The version line of a nats-server binary.
