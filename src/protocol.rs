@@ -43,6 +43,19 @@ pub fn query_subject(tenant: &TenantId, verb: &str) -> String {
 pub fn signal_subject(tenant: &TenantId, mandate: MandateId) -> String {
     format!("mandate.sig.{tenant}.{mandate}")
 }
+/// Subject of a tenant's beacon: every engine instance publishes one there
+/// at a fixed interval, into the signal stream, so a process following the
+/// tenant's signals hears the engines (and knows how far it has caught up)
+/// with one message per interval, whatever its number of guards. `beacon`
+/// is never a mandate id, so it shares no subject with a mandate's signals.
+pub fn beacon_subject(tenant: &TenantId) -> String {
+    format!("mandate.sig.{tenant}.beacon")
+}
+/// Every signal subject of a tenant, beacons included: what a process's
+/// hub follows with one consumer.
+pub fn tenant_signals_subject(tenant: &TenantId) -> String {
+    format!("mandate.sig.{tenant}.>")
+}
 /// Subject a ticketing system publishes a mission's completion on: the
 /// reference is one token, [`MissionRef::subject_token`] (`gh:org/repo#12`
 /// is `mission.<tenant>.gh:org%2Frepo%2312.completed`).
@@ -630,6 +643,25 @@ pub struct Signal {
     pub head_position: Option<u64>,
 }
 
+/// An engine instance's periodic word that it is alive and serving a
+/// tenant, published on [`beacon_subject`] into the signal stream. A guard's
+/// lease is kept by hearing beacons in order with the signals: a beacon
+/// heard means every signal stored before it has been heard too. When it
+/// was stored (the stream's own timestamp) is what counts, so a beacon
+/// replayed late after a cut-off does not count as hearing the engine now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Beacon {
+    pub schema_version: u32,
+    pub tenant: TenantId,
+    /// The publishing engine instance.
+    pub instance: String,
+    /// The engine's clock when it published.
+    pub time: DateTime<Utc>,
+    /// How often this instance publishes a beacon, in milliseconds: a
+    /// guard's lease must be several times longer.
+    pub interval_ms: u64,
+}
+
 /// The optional body of a mission-complete message; the subject alone is enough.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MissionCompletedNotice {
@@ -651,6 +683,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("event", schema_for!(Event)),
         ("commit", schema_for!(Vec<Event>)),
         ("signal", schema_for!(Signal)),
+        ("beacon", schema_for!(Beacon)),
         ("decision", schema_for!(Decision)),
         ("mission-completed", schema_for!(MissionCompletedNotice)),
         ("audit-record", schema_for!(AuditRecord)),
