@@ -42,7 +42,7 @@
 //! - `automatic.rs`: commands the engine writes itself (expiry, mission
 //!   completion, trees a completed mission left behind).
 //! - `background.rs`: applying log records, the projector, the expiry
-//!   scheduler.
+//!   scheduler, the republisher of signals and the beacons.
 //! - `read.rs`: resolving trees and mandates for queries, summaries, audit
 //!   records of checks.
 //! - [`missions`]: the mission-complete intake; [`audit`]: the audit stream;
@@ -115,6 +115,19 @@ pub struct EngineConfig {
     /// Where the engine reads the time (the system clock by default; tests
     /// of expiry move a [`Clock::manual`] by hand).
     pub clock: Clock,
+    /// Over NATS, how often this instance publishes a [`Beacon`] for each
+    /// tenant it serves, into the signal stream (`mandate serve
+    /// --beacon-interval`). A guard's lease must be several times longer.
+    /// The embedded engine publishes none.
+    ///
+    /// [`Beacon`]: crate::protocol::Beacon
+    pub beacon_interval: Duration,
+    /// Over NATS, how long after applying another instance's commit this
+    /// instance publishes that commit's signals itself, unless the signal
+    /// stream holds them already: the net under a writer that died between
+    /// its append and its publish. Under a minute (the signal stream
+    /// deduplicates by event id over [`signals::DUPLICATE_WINDOW`]).
+    pub republish_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +144,8 @@ impl Default for EngineConfig {
             tenants: Vec::new(),
             allow_open_tenants: false,
             clock: Clock::system(),
+            beacon_interval: Duration::from_secs(1),
+            republish_delay: Duration::from_millis(400),
         }
     }
 }
@@ -154,6 +169,9 @@ pub(crate) struct Inner {
     /// Where checks are recorded over NATS, and the count of records
     /// not stored (the audit stream refused them or never confirmed them).
     pub(crate) audit: audit::AuditSink,
+    /// Commits whose signals wait to be published by this instance, and
+    /// the beacons it sent (`signals.rs`).
+    pub(crate) delivery: signals::Delivery,
 }
 
 /// One engine instance. Cheap to clone.
