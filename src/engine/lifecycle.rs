@@ -126,6 +126,16 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Beacons this instance published and the stream acknowledged, and
+    /// those that failed (always none in process, which publishes none).
+    pub fn beacons_sent(&self) -> (u64, u64) {
+        let d = &self.inner.delivery;
+        (
+            d.beacons_sent.load(std::sync::atomic::Ordering::Relaxed),
+            d.beacons_failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// This instance's id.
     pub fn instance(&self) -> &str {
         &self.inner.config.instance

@@ -24,7 +24,7 @@
 //! | Open | [`Engine::new`], [`Engine::embedded`], [`Engine::nats`] | `lifecycle.rs` |
 //! | Run and stop | [`Engine::start`] (→ [`BackgroundGuard::stop`]), [`Engine::run_background`] | `lifecycle.rs` |
 //! | Projection | [`Engine::catch_up`], [`Engine::rebuild_check`] (and [`replay_log`]) | `lifecycle.rs` |
-//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`] | `lifecycle.rs` |
+//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`], [`Engine::beacons_sent`] | `lifecycle.rs` |
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
 //! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
 //! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
