@@ -203,9 +203,18 @@ async fn another_instance_publishes_the_signals_of_a_writer_killed_after_its_app
     // whole log, as every instance does.
     let mut a = Served::start(&server.url(), &tmp.path().join("a"), None, Some("append"));
     serving(&nc, "acme").await;
+    let mut beacons = nc
+        .subscribe(mandate::protocol::beacon_subject(&tenant("globex")))
+        .await
+        .unwrap();
     let _b = Served::start(&server.url(), &tmp.path().join("b"), Some("globex"), None);
     serving(&nc, "globex").await;
     let root = a_root(&nc).await;
+    // B's background tasks run (its beacons with them) once it has caught
+    // up: the revoke reaches it live, not in its start's catch-up.
+    tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut beacons))
+        .await
+        .expect("B sends beacons");
 
     send_revoke(&nc, root).await;
     let sent = tokio::time::Instant::now();
