@@ -137,3 +137,69 @@ fn decode_entry(k: &[u8], v: &[u8]) -> Result<OutboxEntry, StoreError> {
         command,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys::of_tenant;
+
+    fn head(store: &Store, tenant: &str) {
+        let tenant = TenantId::new(tenant).unwrap();
+        store
+            .projection
+            .insert(of_tenant(SNAPSHOT, &tenant, TreeId::generate()), b"{}")
+            .unwrap();
+    }
+
+    #[test]
+    fn tenants_are_listed_once_each_whatever_their_trees_and_names() {
+        let store = Store::temporary().unwrap();
+        assert!(store.tenants().unwrap().is_empty());
+        for t in ["b", "a", "ab", "a", "a-1", "b", "A"] {
+            head(&store, t);
+        }
+        let names: Vec<String> = store
+            .tenants()
+            .unwrap()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(names, ["A", "a", "a-1", "ab", "b"]);
+    }
+
+    #[test]
+    fn an_outbox_entry_reads_back_and_goes_when_done() {
+        let store = Store::temporary().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let tree = TreeId::generate();
+        let command = CommandId::generate();
+        // A position whose bytes hold the separator.
+        let position = 0x0100_0000_0000_0001;
+        store
+            .projection
+            .insert(
+                outbox_key(&tenant, tree, position),
+                command.to_string().as_bytes(),
+            )
+            .unwrap();
+        let entry = OutboxEntry {
+            tenant: tenant.clone(),
+            tree,
+            position,
+            command,
+        };
+        assert_eq!(store.outbox(10).unwrap(), [entry]);
+        assert!(
+            !store
+                .dump()
+                .unwrap()
+                .keys()
+                .any(|k| k.first() == Some(&OUTBOX)),
+            "a rebuild comparison leaves the outbox out"
+        );
+        store.clear_projection().unwrap();
+        assert_eq!(store.outbox(10).unwrap().len(), 1, "a rebuild keeps it");
+        store.outbox_done(&tenant, tree, position).unwrap();
+        assert!(store.outbox(10).unwrap().is_empty());
+    }
+}
