@@ -154,3 +154,40 @@ async fn a_zero_beacon_interval_is_refused_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--beacon-interval"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_stream_made_by_an_older_build_is_updated_for_rollups_and_its_duplicate_window() {
+    let server = NatsServer::start();
+    let nc = connect(&server).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    // As an older build made it: no rollups, the window of its choice.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: SIGNAL_STREAM.into(),
+        subjects: vec!["mandate.sig.>".into()],
+        duplicate_window: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        tenants: vec![acme()],
+        beacon_interval: Duration::from_millis(100),
+        ..EngineConfig::default()
+    };
+    let instance = Instance::start_with(&server.url(), dir.path(), config).await;
+    serving(&nc, "acme").await;
+    let mut stream = js.get_stream(SIGNAL_STREAM).await.unwrap();
+    let updated = stream.info().await.unwrap().config.clone();
+    assert!(updated.allow_rollup, "rollups allowed");
+    assert_eq!(
+        updated.duplicate_window,
+        mandate::engine::signals::DUPLICATE_WINDOW
+    );
+    assert!(!beacons_over(&nc, "acme", Duration::from_millis(500))
+        .await
+        .is_empty());
+    assert_eq!(stored_beacons(&nc, "acme").await, 1);
+    instance.stop().await;
+}
