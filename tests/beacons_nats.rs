@@ -110,13 +110,23 @@ async fn an_instance_serving_every_tenant_sends_beacons_for_the_tenants_it_knows
     assert!(beacons_over(&nc, "acme", Duration::from_millis(500))
         .await
         .is_empty());
-    issue(&nc, root_issue("cfo", "lead", None, &["fin:read on ledger/*"])).await;
+    issue(
+        &nc,
+        root_issue("cfo", "lead", None, &["fin:read on ledger/*"]),
+    )
+    .await;
     let c = client(&nc, "globex", principal("cfo"));
-    issued(&c, root_issue("cfo", "lead", None, &["fin:read on ledger/*"])).await;
+    issued(
+        &c,
+        root_issue("cfo", "lead", None, &["fin:read on ledger/*"]),
+    )
+    .await;
     for t in ["acme", "globex"] {
         let heard = beacons_over(&nc, t, Duration::from_secs(1)).await;
         assert!(!heard.is_empty(), "{t} has a tree: it gets beacons");
-        assert!(heard.iter().all(|b| b.instance == instance.engine.instance()));
+        assert!(heard
+            .iter()
+            .all(|b| b.instance == instance.engine.instance()));
     }
     let (sent, failed) = instance.engine.beacons_sent();
     assert!(sent > 0 && failed == 0, "{sent} sent, {failed} failed");
@@ -134,7 +144,11 @@ async fn the_embedded_engine_sends_no_beacons() {
     let engine = Engine::embedded(dir.path(), config).await.unwrap();
     let background = engine.start();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(engine.beacons_sent(), (0, 0), "in process, no beacon at all");
+    assert_eq!(
+        engine.beacons_sent(),
+        (0, 0),
+        "in process, no beacon at all"
+    );
     background.stop().await.unwrap();
 }
 

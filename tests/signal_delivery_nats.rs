@@ -95,7 +95,11 @@ impl Drop for Served {
 
 /// A root mandate of `acme`, issued (issuing signals nothing).
 async fn a_root(nc: &async_nats::Client) -> MandateId {
-    issue(nc, root_issue("cfo", "lead", None, &["fin:read on ledger/*"])).await
+    issue(
+        nc,
+        root_issue("cfo", "lead", None, &["fin:read on ledger/*"]),
+    )
+    .await
 }
 
 /// Sends a revoke of `root` without waiting for the answer (the engine that
@@ -212,9 +216,12 @@ async fn another_instance_publishes_the_signals_of_a_writer_killed_after_its_app
     let root = a_root(&nc).await;
     // B's background tasks run (its beacons with them) once it has caught
     // up: the revoke reaches it live, not in its start's catch-up.
-    tokio::time::timeout(Duration::from_secs(10), futures::StreamExt::next(&mut beacons))
-        .await
-        .expect("B sends beacons");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut beacons),
+    )
+    .await
+    .expect("B sends beacons");
 
     send_revoke(&nc, root).await;
     let sent = tokio::time::Instant::now();

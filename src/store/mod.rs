@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::domain::{TenantId, TreeId};
 
 pub use apply::{Commit, Note};
-pub use outbox::OutboxEntry;
 pub use continuity::LogLoss;
+pub use outbox::OutboxEntry;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
 
 /// sled's page cache, in bytes (its default is 1 GiB): the engine's memory
