@@ -155,7 +155,7 @@ impl Engine {
     }
 
     /// Which applied commits go into the outbox: over NATS, those with
-    /// signals, written in the last [`RECENT`] minutes. None in process,
+    /// signals, written within [`RECENT`]. None in process,
     /// where the writer's publish cannot be cut from its guards.
     fn outbox_note(&self) -> Option<impl Fn(&[Event]) -> bool + Sync> {
         if !self.inner.bus.is_nats() {

@@ -11,8 +11,10 @@
 //! a leader. A conflict is retried from fresh state; the caller sees one
 //! answer. Within one instance, commands on one tree take turns (a lock per
 //! tree in `write.rs`), so conflicts come only from other instances. The instance that wrote a commit applies it to its projection at
-//! once (read-your-writes) and publishes its signals; the follower applies
-//! everyone's commits in log order and moves the checkpoint.
+//! once (read-your-writes) and publishes its signals (which every other
+//! instance publishes too, after a delay, if the stream does not hold them:
+//! `signals.rs`); the follower applies everyone's commits in log order and
+//! moves the checkpoint.
 //!
 //! # Public surface
 //! Every public method of [`Engine`], and the file that defines it. Each of
