@@ -205,3 +205,33 @@ async fn a_signal_stream_made_by_an_older_build_is_updated_for_rollups_and_its_d
     assert_eq!(stored_beacons(&nc, "acme").await, 1);
     instance.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_tenants_than_acknowledgements_awaited_at_once_all_keep_getting_beacons() {
+    use mandate::engine::auth::{AuthConfig, TenantKeys};
+    // Past async-nats's 5,000 acknowledgements awaited at once.
+    let tenants = 6_000;
+    let keys = TenantKeys {
+        keys: [("principal:cfo".to_string(), "s".repeat(32))].into(),
+    };
+    let auth = AuthConfig {
+        tenants: (0..tenants)
+            .map(|i| (format!("t{i}"), keys.clone()))
+            .collect(),
+    };
+    let config = EngineConfig {
+        auth: Some(std::sync::Arc::new(auth)),
+        beacon_interval: Duration::from_millis(500),
+        ..EngineConfig::default()
+    };
+    let (_server, _dir, instance, nc) = serve_one_with("t0", config).await;
+    let last = format!("t{}", tenants - 1);
+    let mut sub = nc.subscribe(beacon_subject(&tenant(&last))).await.unwrap();
+    for round in 0..3 {
+        tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("beacon {round} for the last of {tenants} tenants"))
+            .unwrap();
+    }
+    instance.stop().await;
+}

@@ -149,6 +149,11 @@ pub const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
 /// [`crate::engine::EngineConfig::republish_delay`] stays under half of it.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
+/// Publishes sent before their acknowledgements are awaited: under the
+/// JetStream context's bound on acknowledgements awaited at once (5,000 in
+/// async-nats), past which a publish waits for one.
+const ACKS_AT_ONCE: usize = 1024;
+
 /// Commits waiting in the queue before the republisher falls back to
 /// reading the outbox.
 const QUEUE: usize = 65_536;
@@ -357,28 +362,33 @@ impl SignalBus {
             return Vec::new();
         };
         let mut failed = Vec::new();
-        let mut acks = Vec::with_capacity(beacons.len());
-        for beacon in beacons {
-            let payload = serde_json::to_vec(beacon).expect("beacons serialize");
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Rollup", "sub");
-            match js
-                .publish_with_headers(beacon_subject(&beacon.tenant), headers, payload.into())
-                .await
-            {
-                Ok(ack) => acks.push((beacon, ack)),
-                Err(e) => failed.push((
-                    beacon,
-                    EngineError::unavailable(format!("beacon publish failed: {e}")),
-                )),
+        // In parts: the context lets a bounded number of acknowledgements
+        // be awaited at once, and a publish past it would wait for one of
+        // its own part's.
+        for part in beacons.chunks(ACKS_AT_ONCE) {
+            let mut acks = Vec::with_capacity(part.len());
+            for beacon in part {
+                let payload = serde_json::to_vec(beacon).expect("beacons serialize");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Rollup", "sub");
+                match js
+                    .publish_with_headers(beacon_subject(&beacon.tenant), headers, payload.into())
+                    .await
+                {
+                    Ok(ack) => acks.push((beacon, ack)),
+                    Err(e) => failed.push((
+                        beacon,
+                        EngineError::unavailable(format!("beacon publish failed: {e}")),
+                    )),
+                }
             }
-        }
-        for (beacon, ack) in acks {
-            if let Err(e) = ack.await {
-                failed.push((
-                    beacon,
-                    EngineError::unavailable(format!("beacon not stored: {e}")),
-                ));
+            for (beacon, ack) in acks {
+                if let Err(e) = ack.await {
+                    failed.push((
+                        beacon,
+                        EngineError::unavailable(format!("beacon not stored: {e}")),
+                    ));
+                }
             }
         }
         failed
@@ -402,31 +412,34 @@ impl SignalBus {
         let mut failed = Vec::new();
         match self {
             SignalBus::Nats { js, .. } => {
-                let mut acks = Vec::with_capacity(signals.len());
-                for signal in signals {
-                    let subject = signal_subject(&signal.tenant, signal.mandate);
-                    let payload = serde_json::to_vec(signal).expect("signals serialize");
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                    match js
-                        .publish_with_headers(subject, headers, payload.into())
-                        .await
-                    {
-                        Ok(ack) => acks.push((signal, ack)),
-                        Err(e) => failed.push((
-                            signal,
-                            EngineError::unavailable(format!("signal publish failed: {e}")),
-                        )),
+                // In parts, as beacons are (see `publish_beacons`).
+                for part in signals.chunks(ACKS_AT_ONCE) {
+                    let mut acks = Vec::with_capacity(part.len());
+                    for signal in part {
+                        let subject = signal_subject(&signal.tenant, signal.mandate);
+                        let payload = serde_json::to_vec(signal).expect("signals serialize");
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                        match js
+                            .publish_with_headers(subject, headers, payload.into())
+                            .await
+                        {
+                            Ok(ack) => acks.push((signal, ack)),
+                            Err(e) => failed.push((
+                                signal,
+                                EngineError::unavailable(format!("signal publish failed: {e}")),
+                            )),
+                        }
                     }
-                }
-                // All are on the wire: the acknowledgements come back in
-                // about one round trip, whatever their number.
-                for (signal, ack) in acks {
-                    if let Err(e) = ack.await {
-                        failed.push((
-                            signal,
-                            EngineError::unavailable(format!("signal not stored: {e}")),
-                        ));
+                    // All of the part are on the wire: the acknowledgements
+                    // come back in about one round trip, whatever their number.
+                    for (signal, ack) in acks {
+                        if let Err(e) = ack.await {
+                            failed.push((
+                                signal,
+                                EngineError::unavailable(format!("signal not stored: {e}")),
+                            ));
+                        }
                     }
                 }
             }
