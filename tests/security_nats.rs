@@ -143,8 +143,7 @@ async fn every_role_works_end_to_end_inside_its_subjects() {
     // chain; the agent may also ask the engine to check.
     let (agent_nc, agent_errors) = s.connect(&AGENT_ACME).await;
     let a2 = Client::nats(agent_nc, tenant("acme"), agent("a2"));
-    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
-    let guard = start_guard(a2.clone(), child, lease, heartbeat).await;
+    let guard = start_guard(a2.clone(), child, Duration::from_secs(30)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     let asked = a2
         .check(child, "finance:read", "reports/q3", None)

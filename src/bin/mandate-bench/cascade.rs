@@ -100,7 +100,6 @@ async fn one_round(
     served.settled("cascade").await?;
     let config = GuardConfig {
         lease: Duration::from_secs(3600),
-        heartbeat: Duration::from_secs(1800),
         ..GuardConfig::default()
     };
     let mut clients = Vec::new();
