@@ -16,11 +16,11 @@ use common::fixtures::{
 use common::served::Instance;
 use common::wire::{client, serving};
 use common::NatsServer;
+use futures::TryStreamExt;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardState};
 use mandate::domain::command::Issue;
 use mandate::domain::MandateId;
-use futures::TryStreamExt;
 
 /// A lease far beyond a test's patience: only a signal can stop a guard
 /// while the test runs.
@@ -70,14 +70,9 @@ async fn tree(
 }
 
 async fn start(client: &Client, hub: &GuardHub, holder: &str, m: MandateId) -> Guard {
-    Guard::start(
-        client.as_actor(agent(holder)),
-        hub,
-        m,
-        guard_config(QUIET),
-    )
-    .await
-    .expect("start a guard")
+    Guard::start(client.as_actor(agent(holder)), hub, m, guard_config(QUIET))
+        .await
+        .expect("start a guard")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +125,11 @@ async fn hub_consumers(nc: &async_nats::Client) -> Vec<String> {
         .get_stream_no_info("MANDATE_SIGNALS")
         .await
         .expect("the signal stream");
-    let names: Vec<String> = stream.consumer_names().try_collect().await.expect("consumer names");
+    let names: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .expect("consumer names");
     names
         .into_iter()
         .filter(|n| n.starts_with("mandate_hub_"))
@@ -146,7 +145,9 @@ async fn guards_on_one_connection_share_one_consumer_until_the_last_lets_go() {
     serving(&nc, "acme").await;
     let (root, leaves) = tree(&nc, 1, 3).await;
 
-    let guards_nc = async_nats::connect(server.url()).await.expect("connect the guards");
+    let guards_nc = async_nats::connect(server.url())
+        .await
+        .expect("connect the guards");
     let agents = client(&guards_nc, "acme", agent("a0"));
     let hub = GuardHub::new();
     // Ten guards on each of three leaves: thirty guards, one tenant, one
@@ -157,7 +158,11 @@ async fn guards_on_one_connection_share_one_consumer_until_the_last_lets_go() {
             guards.push(start(&agents, &hub, holder, *leaf).await);
         }
     }
-    assert_eq!(hub_consumers(&nc).await.len(), 1, "one consumer for thirty guards");
+    assert_eq!(
+        hub_consumers(&nc).await.len(),
+        1,
+        "one consumer for thirty guards"
+    );
     assert_eq!(hub.subscriptions(), 1);
 
     // All but one guard go: the feed stays for the last one.
@@ -177,9 +182,10 @@ async fn guards_on_one_connection_share_one_consumer_until_the_last_lets_go() {
 
     drop(last);
     assert_eq!(hub.subscriptions(), 0);
-    eventually("the last guard's consumer is gone from the server", || async {
-        hub_consumers(&nc).await.is_empty()
-    })
+    eventually(
+        "the last guard's consumer is gone from the server",
+        || async { hub_consumers(&nc).await.is_empty() },
+    )
     .await;
 }
 
@@ -221,4 +227,67 @@ async fn guards_whose_subscription_ends_deny_at_once_not_a_lease_later() {
     )
     .await;
     assert_eq!(hub.subscriptions(), 0, "ended subscriptions are let go");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_made_while_the_server_restarts_reaches_every_guard() {
+    let mut server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let _engine = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.expect("connect");
+    serving(&nc, "acme").await;
+    let (root, leaves) = tree(&nc, 2, 10).await;
+
+    let guards_nc = async_nats::connect(server.url()).await.expect("connect");
+    let agents = client(&guards_nc, "acme", agent("a0"));
+    let hub = GuardHub::new();
+    let mut guards = Vec::new();
+    for (holder, leaf) in &leaves {
+        guards.push(start(&agents, &hub, holder, *leaf).await);
+    }
+    assert!(guards
+        .iter()
+        .all(|g| g.check("finance:read", "reports/q3").is_allowed()));
+
+    // The server goes down and comes back (its stores kept); the revoke is
+    // made as soon as the engine answers again, while the guards' process
+    // may still be reconnecting, and its consumer is gone with the server.
+    server.stop();
+    server.restart();
+    let cfo = client(&nc, "acme", principal("cfo"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match cfo.revoke(root, Some("during the restart".into())).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the engine never answered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    // No guard reads on its own (leases of ten minutes): only the signal,
+    // replayed to a consumer made again after the restart, can stop them.
+    let stopped = futures::future::join_all(guards.iter().map(|g| {
+        let cancel = g.cancellation();
+        async move { cancel.cancelled().await }
+    }));
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .unwrap_or_else(|_| {
+            let running = guards
+                .iter()
+                .filter(|g| !g.cancellation().is_cancelled())
+                .count();
+            panic!(
+                "{running} of {} guards still run after a revoke made during the restart ({:?})",
+                guards.len(),
+                hub.stats()
+            )
+        });
+    assert!(guards
+        .iter()
+        .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));
 }

@@ -231,7 +231,12 @@ async fn signals_published_while_cut_off_arrive_on_reconnect_and_only_their_chai
     // A second guard on the same hub, on a chain no signal will touch.
     let cfo = client(&server.url(), principal("cfo")).await;
     let other_root = cfo
-        .issue(root_issue("cfo", "a3", None, &["finance:read on reports/**"]))
+        .issue(root_issue(
+            "cfo",
+            "a3",
+            None,
+            &["finance:read on reports/**"],
+        ))
         .await
         .expect("issue another root")
         .mandate
@@ -239,7 +244,11 @@ async fn signals_published_while_cut_off_arrive_on_reconnect_and_only_their_chai
     let other = Guard::start(guard_client, &hub, other_root, guard_config(QUIET))
         .await
         .unwrap();
-    assert_eq!(hub.subscriptions(), 1, "one feed for the tenant on one connection");
+    assert_eq!(
+        hub.subscriptions(),
+        1,
+        "one feed for the tenant on one connection"
+    );
     let before = hub.stats();
     relay.sever();
     // A guard on a connection that is not cut off, to see the signals land.
@@ -265,14 +274,63 @@ async fn signals_published_while_cut_off_arrive_on_reconnect_and_only_their_chai
     // Both signals reached it after the cut-off (the consumer went on where
     // it stopped, or was made again after the last message taken).
     let after = hub.stats();
-    assert!(after.signals >= before.signals + 2, "both signals replayed: {after:?}");
-    assert_eq!(after.full_rereads, 0, "the stream replayed everything: {after:?}");
+    assert!(
+        after.signals >= before.signals + 2,
+        "both signals replayed: {after:?}"
+    );
+    assert_eq!(
+        after.full_rereads, 0,
+        "the stream replayed everything: {after:?}"
+    );
     // The pause asked the guard to re-read (at least as new as the pause);
     // nothing asked the other guard, whose chain no signal touched. The
     // revoke that followed needs no read at all.
     assert!(after.rereads <= before.rereads + 1, "{after:?}");
     assert_eq!(other.state(), GuardState::Active);
     assert!(other.check("finance:read", "reports/q3").is_allowed());
+    served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_lost_beyond_what_the_stream_keeps_make_every_guard_re_read() {
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    let relay = Relay::start(server.port()).await;
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&relay.url(), agent("a3")).await,
+        &hub,
+        ids[3],
+        guard_config(QUIET),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    relay.sever();
+    let cfo = client(&server.url(), principal("cfo")).await;
+    cfo.revoke(ids[2], Some("while cut off".into()))
+        .await
+        .unwrap();
+    // The signal is gone from the stream before the process comes back
+    // (as if retention had run out): it can never be replayed.
+    let nc = async_nats::connect(server.url()).await.expect("connect");
+    async_nats::jetstream::new(nc)
+        .get_stream("MANDATE_SIGNALS")
+        .await
+        .expect("the signal stream")
+        .purge()
+        .await
+        .expect("purge the signal stream");
+    // Cut off for longer than the consumer's heartbeats allow.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.restore();
+    // It notices the loss, denies, and re-reads: the revoke it never heard
+    // is in the chain it reads.
+    eventually("the guard reflects the revoke it never heard", || {
+        ready(guard.state() == GuardState::Terminated(Status::Revoked))
+    })
+    .await;
+    assert!(hub.stats().full_rereads >= 1, "{:?}", hub.stats());
+    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
     served.stop().await;
 }
 

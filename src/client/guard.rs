@@ -87,8 +87,8 @@ pub enum GuardState {
     Quarantined,
 }
 
-pub use super::hub::{FeedStats, GuardHub};
 use super::hub::{mono_nanos, reread_level, Attachment, Feed};
+pub use super::hub::{FeedStats, GuardHub};
 
 /// Numbers guards, so a feed tells them apart.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -573,11 +573,7 @@ impl Inner {
                 .effective(self.mandate, now)
                 .map(|e| e.status)
                 .unwrap_or(Status::Revoked);
-            let deadline = tree
-                .chain(self.mandate)
-                .iter()
-                .map(|m| m.not_after())
-                .min();
+            let deadline = tree.chain(self.mandate).iter().map(|m| m.not_after()).min();
             (status, deadline)
         };
         if status.is_terminal() {
@@ -669,7 +665,11 @@ impl Inner {
     /// tree held (a slow answer overtaken by a newer one) is dropped, and
     /// counts neither as hearing the engine nor as a clock reading. So does
     /// a reply whose chain the engine could not have written (refused).
-    fn install(self: &Arc<Self>, reply: ChainReply, sent: DateTime<Utc>) -> Result<(), ClientError> {
+    fn install(
+        self: &Arc<Self>,
+        reply: ChainReply,
+        sent: DateTime<Utc>,
+    ) -> Result<(), ClientError> {
         let version = reply.version;
         let reply_position = reply.position;
         let engine_time = reply.engine_time;

@@ -50,7 +50,7 @@ const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
 
 /// The consumer's idle heartbeat: with no message for twice this long, the
 /// consumer is taken as lost and made again from the last sequence taken.
-const IDLE_HEARTBEAT: Duration = Duration::from_secs(2);
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Re-reads one feed runs at once: a full re-read after an unrecoverable
 /// gap goes through the same queue, so it reaches the engine a few at a time.
@@ -359,8 +359,12 @@ impl Feed {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_local(&self) -> std::sync::MutexGuard<'_, HashMap<MandateId, tokio::task::AbortHandle>> {
-        self.local_subjects.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_local(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<MandateId, tokio::task::AbortHandle>> {
+        self.local_subjects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn stats(&self) -> FeedStats {
@@ -560,7 +564,11 @@ impl Feed {
 }
 
 /// In process: one mandate's channel into the feed.
-async fn forward_local(mut source: BoxStream<'static, Heard>, feed: Weak<Feed>, mandate: MandateId) {
+async fn forward_local(
+    mut source: BoxStream<'static, Heard>,
+    feed: Weak<Feed>,
+    mandate: MandateId,
+) {
     while let Some(heard) = source.next().await {
         let Some(feed) = feed.upgrade() else { return };
         if matches!(heard, Heard::Signal(_)) {
@@ -667,10 +675,22 @@ impl Follower {
     }
 
     /// Subscribes to a fresh inbox, then creates a consumer delivering
-    /// there: from the stream's next message the first time, after the last
-    /// one taken afterwards.
+    /// there, starting right after the last message taken. The first time,
+    /// that is the stream's last message as the stream's info gives it, read
+    /// before the consumer is made: nothing stored after the feed started
+    /// can be missed, even if it is lost before it takes a message.
     async fn make(&mut self) -> Result<(async_nats::Subscriber, String), String> {
         use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy, ReplayPolicy};
+        if self.created.is_none() {
+            let stream = self
+                .js
+                .get_stream_no_info(SIGNAL_STREAM)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = stream.get_info().await.map_err(|e| e.to_string())?;
+            self.created = Some(info.created.unix_timestamp_nanos());
+            self.last = info.state.last_sequence;
+        }
         let inbox = self.nats.new_inbox();
         let sub = self
             .nats
@@ -683,12 +703,8 @@ impl Follower {
             &uuid::Uuid::new_v4().simple().to_string()[..12],
             self.made
         );
-        let deliver_policy = if self.last == 0 {
-            DeliverPolicy::New
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: self.last + 1,
-            }
+        let deliver_policy = DeliverPolicy::ByStartSequence {
+            start_sequence: self.last + 1,
         };
         let config = push::Config {
             name: Some(name.clone()),
@@ -725,24 +741,13 @@ impl Follower {
         let same_stream = *self.created.get_or_insert(created) == created;
         let state = &info.state;
         if !same_stream || state.last_sequence < self.last {
-            // A new stream: its sequences mean nothing against ours.
+            // A new stream: its sequences mean nothing against ours; start
+            // again from its beginning.
             self.created = Some(created);
             self.last = 0;
             return Ok(false);
         }
-        Ok(self.last == 0 || state.first_sequence <= self.last + 1)
-    }
-
-    /// Notes when the stream was created, the first time it is possible.
-    async fn note_stream(&mut self) {
-        if self.created.is_some() {
-            return;
-        }
-        if let Ok(stream) = self.js.get_stream_no_info(SIGNAL_STREAM).await {
-            if let Ok(info) = stream.get_info().await {
-                self.created = Some(info.created.unix_timestamp_nanos());
-            }
-        }
+        Ok(state.first_sequence <= self.last + 1)
     }
 }
 
@@ -763,28 +768,50 @@ enum Taken {
 
 /// Follows the feed's tenant: takes each message in order, resumes after a
 /// loss, and ends with the feed (or when the connection is closed for good).
-async fn follow(mut f: Follower, feed: Weak<Feed>, ready: watch::Sender<Option<Result<(), String>>>) {
+async fn follow(
+    mut f: Follower,
+    feed: Weak<Feed>,
+    ready: watch::Sender<Option<Result<(), String>>>,
+) {
     let mut first = true;
     let mut backoff = Duration::from_millis(50);
     loop {
+        if !first {
+            // Made again after a loss: first, can the stream still replay
+            // what was missed? Until it can be asked (the server may be
+            // down), try again; the lease covers the wait.
+            let Some(fd) = feed.upgrade() else { return };
+            match f.replayable().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    fd.lost_everything("the signal stream no longer holds what was missed")
+                }
+                Err(e) => {
+                    drop(fd);
+                    tracing::debug!(error = %e, "the signal stream could not be asked; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+        }
         let sub = match f.make().await {
             Ok((sub, name)) => {
-                match feed.upgrade() {
-                    Some(fd) => {
-                        let old = fd
-                            .consumer
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .replace(name);
-                        if let Some(old) = old {
-                            // The consumer lost is deleted, best effort.
-                            let js = f.js.clone();
-                            tokio::spawn(async move {
-                                let _ = js.delete_consumer_from_stream(&old, SIGNAL_STREAM).await;
-                            });
-                        }
-                    }
-                    None => return,
+                let Some(fd) = feed.upgrade() else { return };
+                let old = fd
+                    .consumer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replace(name);
+                if let Some(old) = old {
+                    // The consumer lost is deleted, best effort.
+                    let js = f.js.clone();
+                    tokio::spawn(async move {
+                        let _ = js.delete_consumer_from_stream(&old, SIGNAL_STREAM).await;
+                    });
+                }
+                if !first {
+                    fd.resumes.fetch_add(1, Ordering::Relaxed);
                 }
                 sub
             }
@@ -806,18 +833,6 @@ async fn follow(mut f: Follower, feed: Weak<Feed>, ready: watch::Sender<Option<R
         if first {
             first = false;
             let _ = ready.send(Some(Ok(())));
-            f.note_stream().await;
-        } else {
-            let Some(fd) = feed.upgrade() else { return };
-            fd.resumes.fetch_add(1, Ordering::Relaxed);
-            match f.replayable().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    fd.lost_everything("the signal stream no longer holds what was missed");
-                }
-                // Cannot tell: fail closed.
-                Err(e) => fd.lost_everything(&format!("the signal stream could not be asked: {e}")),
-            }
         }
         let closed = take_until_lost(&mut f, sub, &feed).await;
         if closed || feed.upgrade().is_none() {
