@@ -176,6 +176,9 @@ pub(crate) struct Inner {
     pub(crate) queued: AtomicBool,
     /// A re-read failed: the feed's timer tries again.
     retry: AtomicBool,
+    /// When the feed's timer is set to look at the chain's expiry
+    /// ([`mono_nanos`]; 0: not set), so it is set once per deadline.
+    expiry_at: AtomicU64,
     /// The newest log position a signal that asked for a re-read named.
     reread_at: AtomicU64,
 }
@@ -255,6 +258,7 @@ impl Guard {
             changed: watch::channel(0).0,
             queued: AtomicBool::new(false),
             retry: AtomicBool::new(false),
+            expiry_at: AtomicU64::new(0),
             reread_at: AtomicU64::new(0),
         });
         // On the process's feed before the state read: a signal stored
@@ -589,7 +593,15 @@ impl Inner {
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .max(Duration::from_millis(5));
-            feed.schedule(self, Instant::now() + wait);
+            let at =
+                mono_nanos().saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+            // Set once per deadline: an earlier one (a narrowing) moves it,
+            // a later one (a renew) waits for the set one to fire first.
+            let set = self.expiry_at.load(Ordering::SeqCst);
+            if set == 0 || at < set {
+                self.expiry_at.store(at, Ordering::SeqCst);
+                feed.schedule(self, Instant::now() + wait);
+            }
         }
         self.tell_changed();
     }
@@ -605,7 +617,11 @@ impl Inner {
                 feed.queue_reread(self);
             }
         }
-        self.settle();
+        let set = self.expiry_at.load(Ordering::SeqCst);
+        if set != 0 && mono_nanos() >= set {
+            self.expiry_at.store(0, Ordering::SeqCst);
+            self.settle();
+        }
     }
 
     /// Re-reads the chain for the signals that asked for it: at least as
