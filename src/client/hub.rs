@@ -450,13 +450,19 @@ impl Feed {
     }
 
     /// Hands a signal (or a loss) to the guards listening on `mandate`.
+    ///
+    /// Each guard takes it on the spot, under the feed's lock of its
+    /// listeners: hearing never takes that lock (a re-read it asks for goes
+    /// on the queue), and a cascade over many guards is one pass.
     fn deliver(&self, mandate: MandateId, heard: &Heard) {
-        let guards: Vec<Arc<Inner>> = match self.lock_listeners().get(&mandate) {
-            Some(l) => l.values().filter_map(Weak::upgrade).collect(),
-            None => return,
+        let listeners = self.lock_listeners();
+        let Some(l) = listeners.get(&mandate) else {
+            return;
         };
-        for g in &guards {
-            g.hear(heard);
+        for g in l.values() {
+            if let Some(g) = g.upgrade() {
+                g.hear(heard);
+            }
         }
     }
 
