@@ -661,6 +661,9 @@ struct Follower {
     filter: String,
     /// The stream sequence of the last message taken (0: none yet).
     last: u64,
+    /// When the stream stored the last message taken (Unix nanoseconds;
+    /// when the feed started, before the first).
+    last_stored: i128,
     /// When the stream was created, as first seen: a different one means
     /// it was recreated, and what the old one held is gone.
     created: Option<i128>,
@@ -675,6 +678,7 @@ impl Follower {
             js,
             filter: tenant_signals_subject(tenant),
             last: 0,
+            last_stored: unix_nanos(),
             created: None,
             made: 0,
         }
@@ -753,8 +757,32 @@ impl Follower {
             self.last = 0;
             return Ok(false);
         }
-        Ok(state.first_sequence <= self.last + 1)
+        if state.first_sequence <= self.last + 1 {
+            return Ok(true);
+        }
+        // The stream's first message is past ours: everything between was
+        // deleted. Beacons replaced by a newer one of their tenant are (the
+        // engine publishes them as rollups), and do not matter; signals are
+        // only when the stream's limits removed them, which its age limit
+        // can have done only if the last message taken is older than it.
+        let config = &info.config;
+        if config.max_messages > 0 || config.max_bytes > 0 || config.max_age.is_zero() {
+            // Other limits (or none) the feed cannot reason about: assume
+            // the worst.
+            return Ok(false);
+        }
+        let margin = IDLE_HEARTBEAT.as_nanos() as i128 * 5;
+        let age = unix_nanos() - self.last_stored;
+        Ok(age + margin < config.max_age.as_nanos() as i128)
     }
+}
+
+/// The system clock in Unix nanoseconds.
+fn unix_nanos() -> i128 {
+    chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .map(i128::from)
+        .unwrap_or(i128::MAX)
 }
 
 /// What one delivered message is to the follower.
@@ -891,6 +919,7 @@ async fn take_until_lost(
                 }
                 consumer_seq = c;
                 f.last = stream_seq;
+                f.last_stored = stored_nanos;
                 let Some(fd) = feed.upgrade() else {
                     return true;
                 };
@@ -964,11 +993,7 @@ fn take(feed: &Feed, message: &async_nats::Message, stored_nanos: i128) {
         feed.beacons.fetch_add(1, Ordering::Relaxed);
         // How long ago the stream stored it, by this process's clock (never
         // in the future): a beacon replayed late counts as heard that long ago.
-        let now_nanos = chrono::Utc::now()
-            .timestamp_nanos_opt()
-            .map(i128::from)
-            .unwrap_or(i128::MAX);
-        let age = u64::try_from((now_nanos - stored_nanos).max(0)).unwrap_or(u64::MAX);
+        let age = u64::try_from((unix_nanos() - stored_nanos).max(0)).unwrap_or(u64::MAX);
         let heard = mono_nanos().saturating_sub(age);
         feed.beacon.fetch_max(heard, Ordering::SeqCst);
         return;
