@@ -554,8 +554,9 @@ impl Feed {
             Ok(Err(e)) => {
                 self.end();
                 Err(ClientError::Nats(format!(
-                    "cannot follow tenant {}'s signals: {e}",
-                    self.key.tenant
+                    "cannot follow tenant {t}'s signals: {e} (a guard's NATS user needs to read the info of stream {SIGNAL_STREAM} and to create a consumer on it filtered to {f}: see examples/nats-server.conf)",
+                    t = self.key.tenant,
+                    f = tenant_signals_subject(&self.key.tenant),
                 )))
             }
             Err(_) => {
