@@ -8,7 +8,8 @@
 //! - an agent cannot revoke, write the event stream, or touch JetStream
 //!   beyond following its own tenant's signals: one ordered consumer on the
 //!   signal stream, filtered to `mandate.sig.<tenant>.>`, which another
-//!   tenant's agent may not create;
+//!   tenant's agent may not create; its deliver subject is not checked by
+//!   the server, but signals redirected to the engine change nothing;
 //! - a ticketing system cannot read signals nor ask the engine anything;
 //! - tenant A cannot touch tenant B: not its commands, signals, missions,
 //!   nor its replies; and no one reads the shared `_INBOX.>`;
@@ -359,6 +360,65 @@ async fn an_agent_cannot_follow_another_tenants_signals() {
     ] {
         let _ = tokio::time::timeout(QUIET, nc.request(api.clone(), "{}".into())).await;
         errors.publish_refused(&api).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_redirecting_its_signals_to_the_engine_changes_nothing() {
+    let (s, cfo, root, child) = secured_with_tree("FIN-10").await;
+    let (nc, _) = s.connect(&AGENT_ACME).await;
+    // A copy of whatever reaches the engine's revoke subject.
+    let (engine_nc, _) = s.connect(&ENGINE).await;
+    let mut revokes = engine_nc
+        .subscribe("mandate.cmd.acme.revoke")
+        .await
+        .unwrap();
+    engine_nc.flush().await.unwrap();
+
+    // A consumer on acme's signals that delivers to the engine's revoke
+    // subject (the engine's queue subscription and the copy above both get
+    // what it delivers). Permissions read subjects, and the deliver subject
+    // is in the body: the server takes it (2.9 and 2.15).
+    let acme = tenant_signals_subject(&tenant("acme"));
+    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+    let config = serde_json::json!({
+        "name": name,
+        "filter_subject": acme,
+        "deliver_subject": "mandate.cmd.acme.revoke",
+        "deliver_policy": "all",
+        "ack_policy": "none",
+    });
+    let reply = nc
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme}"),
+            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("the server answers the create");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    if reply["error"].is_object() {
+        // A server that checks the deliver subject: nothing to redirect.
+        return;
+    }
+
+    // A signal of acme (the root paused) reaches the engine as a "revoke".
+    cfo.pause(root, None)
+        .await
+        .expect("the orchestrator pauses");
+    let redirected = tokio::time::timeout(common::fixtures::PATIENCE, revokes.next())
+        .await
+        .expect("the signal is delivered on the revoke subject")
+        .unwrap();
+    let signal: Signal = serde_json::from_slice(&redirected.payload).expect("a signal");
+    assert_eq!(signal.mandate, root);
+
+    // The engine takes no signal for a command: nothing is revoked.
+    tokio::time::sleep(QUIET).await;
+    for m in [root, child] {
+        let status = cfo.status(m, None).await.unwrap();
+        assert_eq!(status.effective.status, Status::Paused, "{m}");
     }
 }
 
