@@ -7,8 +7,8 @@
 //!   a ticketing system work end to end;
 //! - an agent cannot revoke, write the event stream, or touch JetStream
 //!   beyond following its own tenant's signals: one ordered consumer on the
-//!   signal stream, filtered to `mandate.sig.<tenant>.>`, which another
-//!   tenant's agent may not create; its deliver subject is not checked by
+//!   signal stream, filtered to `mandate.sig.<tenant>.>` (whose flow
+//!   control it may answer), which another tenant's agent may not create; its deliver subject is not checked by
 //!   the server, but signals redirected to the engine change nothing;
 //! - a ticketing system cannot read signals nor ask the engine anything;
 //! - tenant A cannot touch tenant B: not its commands, signals, missions,
@@ -292,6 +292,46 @@ async fn an_agent_follows_its_tenant_signals_with_one_ordered_consumer() {
         .await
         .expect("the agent may delete its consumer");
 
+    assert_eq!(violations(&errors), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_consumer_keeps_up_with_a_burst_under_flow_control() {
+    let s = Secured::start().await;
+    let (nc, errors) = s.connect(&AGENT_ACME).await;
+    let (_, made) = ordered_signal_consumer(&nc, &tenant_signals_subject(&tenant("acme"))).await;
+    let mut signals = made.expect("the consumer").messages().await.unwrap();
+
+    // More than the server lets a push consumer have in flight unanswered:
+    // it asks for flow control, which the agent must be allowed to answer,
+    // or the deliveries stall.
+    let (engine_nc, _) = s.connect(&ENGINE).await;
+    let js = async_nats::jetstream::new(engine_nc);
+    let (count, size) = (1000usize, 16 * 1024);
+    let mut acks = Vec::with_capacity(count);
+    for _ in 0..count {
+        acks.push(
+            js.publish("mandate.sig.acme.burst", vec![b'x'; size].into())
+                .await
+                .expect("the engine publishes"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("the signal stream stores it");
+    }
+    let mut got = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got < count {
+            signals
+                .next()
+                .await
+                .expect("the consumer goes on")
+                .expect("no gap");
+            got += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the agent's consumer got {got} of {count}"));
     assert_eq!(violations(&errors), Vec::<String>::new());
 }
 
