@@ -171,7 +171,10 @@ authorization {{
   users = [
     {{ nkey: "{engine}" }}
     {{ nkey: "{agent}", permissions: {{
-        publish: {{ allow: ["mandate.q.acme.check", "mandate.q.acme.chain"] }}
+        publish: {{ allow: ["mandate.q.acme.check", "mandate.q.acme.chain",
+          "$JS.API.CONSUMER.CREATE.MANDATE_SIGNALS.*.mandate.sig.acme.>",
+          "$JS.API.CONSUMER.DELETE.MANDATE_SIGNALS.*",
+          "$JS.API.STREAM.INFO.MANDATE_SIGNALS", "$JS.FC.MANDATE_SIGNALS.*.*"] }}
         subscribe: {{ allow: ["mandate.sig.acme.*", "_INBOX_agent_acme.>"] }} }} }}
     {{ user: "orchestrator-acme", password: "{ORCH_PASSWORD}", permissions: {{
         publish: {{ allow: ["mandate.cmd.acme.*", "mandate.q.acme.*"] }}
@@ -437,7 +440,7 @@ impl CredsSetup {
         );
         let engine = creds_file(dir.path(), &account, "engine", serde_json::json!({}));
         // A user allowed to publish and to subscribe to those subjects only.
-        let limited = |name: &str, publish: [&str; 2], subscribe: &[&str]| {
+        let limited = |name: &str, publish: &[&str], subscribe: &[&str]| {
             let allowed = serde_json::json!({
                 "pub": { "allow": publish },
                 "sub": { "allow": subscribe },
@@ -446,12 +449,21 @@ impl CredsSetup {
         };
         let orchestrator = limited(
             "orchestrator-acme",
-            ["mandate.cmd.acme.*", "mandate.q.acme.*"],
+            &["mandate.cmd.acme.*", "mandate.q.acme.*"],
             &["_INBOX_orch_acme.>"],
         );
         let agent = limited(
             "agent-acme",
-            ["mandate.q.acme.check", "mandate.q.acme.chain"],
+            &[
+                "mandate.q.acme.check",
+                "mandate.q.acme.chain",
+                // A guard's process follows its tenant's signals with one
+                // consumer (as in examples/nats-server.conf).
+                "$JS.API.CONSUMER.CREATE.MANDATE_SIGNALS.*.mandate.sig.acme.>",
+                "$JS.API.CONSUMER.DELETE.MANDATE_SIGNALS.*",
+                "$JS.API.STREAM.INFO.MANDATE_SIGNALS",
+                "$JS.FC.MANDATE_SIGNALS.*.*",
+            ],
             &["mandate.sig.acme.*", "_INBOX_agent_acme.>"],
         );
         let server = NatsServer::start_with_config(|store| {
