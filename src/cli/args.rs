@@ -68,6 +68,12 @@ pub enum Cmd {
         /// default: such commands are refused.
         #[arg(long)]
         allow_open_tenants: bool,
+        /// How often the engine publishes a beacon for each tenant it
+        /// serves, into the signal stream: milliseconds (`250ms`) or a
+        /// duration (`1s`, `2m`). Guards deny once they hear none for
+        /// their lease, which must be several times longer.
+        #[arg(long, value_name = "DURATION", default_value = "1s")]
+        beacon_interval: String,
     },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,

@@ -60,6 +60,22 @@ pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
     d.ok_or_else(|| invalid(format!("duration {s:?} is too long")))
 }
 
+/// Parses an interval: milliseconds (`250ms`) or a duration as
+/// [`parse_ttl`] reads it (`1s`, `2m`).
+pub(super) fn parse_interval(s: &str) -> Result<std::time::Duration, Failure> {
+    if let Some(ms) = s.strip_suffix("ms") {
+        return match ms.parse::<u64>() {
+            Ok(n) if n > 0 => Ok(std::time::Duration::from_millis(n)),
+            _ => Err(invalid(format!(
+                "interval {s:?} must be a positive number of milliseconds (e.g. 250ms) or a duration (e.g. 1s)"
+            ))),
+        };
+    }
+    parse_ttl(s)?
+        .to_std()
+        .map_err(|_| invalid(format!("interval {s:?} is out of range")))
+}
+
 /// A value the domain refused, as invalid input with the domain's words.
 pub(super) fn valid<T>(parsed: Result<T, DomainError>) -> Result<T, Failure> {
     parsed.map_err(|e| invalid(e.to_string()))

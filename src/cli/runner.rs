@@ -118,6 +118,7 @@ async fn over_nats(
         Cmd::Serve {
             auth,
             allow_open_tenants,
+            ..
         } => {
             let (auth, open) = (auth.as_deref(), *allow_open_tenants);
             return serve::serve(cli, nc, private, tenant, auth, open).await;

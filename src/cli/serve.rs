@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::args::Cli;
+use super::args::{Cli, Cmd};
 use super::bootstrap::{self, PrivateServer};
 use super::exit::{invalid, Exit, Failure};
 use super::parse;
@@ -30,8 +30,16 @@ pub(super) async fn serve(
         .map(parse::tenants)
         .transpose()?
         .unwrap_or_default();
+    let beacon_interval = match &cli.command {
+        Cmd::Serve {
+            beacon_interval, ..
+        } => parse::parse_interval(beacon_interval)
+            .map_err(|e| invalid(format!("--beacon-interval: {}", e.message)))?,
+        _ => EngineConfig::default().beacon_interval,
+    };
     let config = EngineConfig {
         tenants,
+        beacon_interval,
         auth: auth
             .map(AuthConfig::load)
             .transpose()

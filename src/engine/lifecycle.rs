@@ -23,6 +23,16 @@ impl Engine {
         nats: Option<async_nats::Client>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
+        if config.republish_delay >= super::signals::DUPLICATE_WINDOW / 2 {
+            return Err(EngineError::invalid(format!(
+                "republish delay {:?} must be under {:?} (half the signal stream's duplicate window)",
+                config.republish_delay,
+                super::signals::DUPLICATE_WINDOW / 2
+            )));
+        }
+        if config.beacon_interval.is_zero() {
+            return Err(EngineError::invalid("beacon interval must be above zero"));
+        }
         bus.setup(config.signal_retention).await?;
         let mission_state = match &nats {
             Some(client) => {
@@ -45,6 +55,7 @@ impl Engine {
                 writers: Default::default(),
                 conflicts: Default::default(),
                 audit,
+                delivery: Default::default(),
             }),
         })
     }
@@ -115,6 +126,16 @@ impl Engine {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Beacons this instance published and the stream acknowledged, and
+    /// those that failed (always none in process, which publishes none).
+    pub fn beacons_sent(&self) -> (u64, u64) {
+        let d = &self.inner.delivery;
+        (
+            d.beacons_sent.load(std::sync::atomic::Ordering::Relaxed),
+            d.beacons_failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// This instance's id.
     pub fn instance(&self) -> &str {
         &self.inner.config.instance
@@ -144,8 +165,9 @@ impl Engine {
     }
 
     /// Runs the background tasks — the in-order projector, the expiry
-    /// scheduler and (over NATS) the mission-complete intake and the follower
-    /// of completed missions — until
+    /// scheduler and (over NATS) the mission-complete intake, the follower
+    /// of completed missions, the republisher of signals and the beacons —
+    /// until
     /// `shutdown` resolves.
     pub async fn run_background(
         &self,
@@ -180,6 +202,8 @@ impl Engine {
         let marks = missions::follow_marks(self.clone());
         tokio::select! {
             r = projector => r,
+            r = self.republisher() => r,
+            r = self.beacons() => r,
             r = expiry => r,
             r = intake => r,
             r = marks => r,

@@ -11,8 +11,10 @@
 //! a leader. A conflict is retried from fresh state; the caller sees one
 //! answer. Within one instance, commands on one tree take turns (a lock per
 //! tree in `write.rs`), so conflicts come only from other instances. The instance that wrote a commit applies it to its projection at
-//! once (read-your-writes) and publishes its signals; the follower applies
-//! everyone's commits in log order and moves the checkpoint.
+//! once (read-your-writes) and publishes its signals (which every other
+//! instance publishes too, after a delay, if the stream does not hold them:
+//! `signals.rs`); the follower applies everyone's commits in log order and
+//! moves the checkpoint.
 //!
 //! # Public surface
 //! Every public method of [`Engine`], and the file that defines it. Each of
@@ -24,7 +26,7 @@
 //! | Open | [`Engine::new`], [`Engine::embedded`], [`Engine::nats`] | `lifecycle.rs` |
 //! | Run and stop | [`Engine::start`] (→ [`BackgroundGuard::stop`]), [`Engine::run_background`] | `lifecycle.rs` |
 //! | Projection | [`Engine::catch_up`], [`Engine::rebuild_check`] (and [`replay_log`]) | `lifecycle.rs` |
-//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`] | `lifecycle.rs` |
+//! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`], [`Engine::beacons_sent`] | `lifecycle.rs` |
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
 //! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
 //! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
@@ -42,7 +44,7 @@
 //! - `automatic.rs`: commands the engine writes itself (expiry, mission
 //!   completion, trees a completed mission left behind).
 //! - `background.rs`: applying log records, the projector, the expiry
-//!   scheduler.
+//!   scheduler, the republisher of signals and the beacons.
 //! - `read.rs`: resolving trees and mandates for queries, summaries, audit
 //!   records of checks.
 //! - [`missions`]: the mission-complete intake; [`audit`]: the audit stream;
@@ -115,6 +117,19 @@ pub struct EngineConfig {
     /// Where the engine reads the time (the system clock by default; tests
     /// of expiry move a [`Clock::manual`] by hand).
     pub clock: Clock,
+    /// Over NATS, how often this instance publishes a [`Beacon`] for each
+    /// tenant it serves, into the signal stream (`mandate serve
+    /// --beacon-interval`). A guard's lease must be several times longer.
+    /// The embedded engine publishes none.
+    ///
+    /// [`Beacon`]: crate::protocol::Beacon
+    pub beacon_interval: Duration,
+    /// Over NATS, how long after applying another instance's commit this
+    /// instance publishes that commit's signals itself, unless the signal
+    /// stream holds them already: the net under a writer that died between
+    /// its append and its publish. Under a minute (the signal stream
+    /// deduplicates by event id over [`signals::DUPLICATE_WINDOW`]).
+    pub republish_delay: Duration,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +146,8 @@ impl Default for EngineConfig {
             tenants: Vec::new(),
             allow_open_tenants: false,
             clock: Clock::system(),
+            beacon_interval: Duration::from_secs(1),
+            republish_delay: Duration::from_millis(400),
         }
     }
 }
@@ -154,6 +171,9 @@ pub(crate) struct Inner {
     /// Where checks are recorded over NATS, and the count of records
     /// not stored (the audit stream refused them or never confirmed them).
     pub(crate) audit: audit::AuditSink,
+    /// Commits whose signals wait to be published by this instance, and
+    /// the beacons it sent (`signals.rs`).
+    pub(crate) delivery: signals::Delivery,
 }
 
 /// One engine instance. Cheap to clone.

@@ -6,9 +6,27 @@
 //! `mandate.sig.>`) with the event id as `Nats-Msg-Id`: core subscribers get
 //! it at once, and a guard that was cut off catches up from the stream.
 //! In-process, a map of broadcast channels keyed by subject does the same.
+//!
+//! A commit's signals cannot be lost to a writer that dies between its
+//! append and its publish (see `ARCHITECTURE.md`): every instance that
+//! applies a commit with signals notes it in its outbox, atomically with
+//! the apply, and the commit leaves the outbox only once its signals are
+//! stored. The writer publishes at once; every other instance that applied
+//! it publishes it after [`crate::engine::EngineConfig::republish_delay`]
+//! unless the stream already holds it ([`Delivery`], the republisher in
+//! `background.rs`); a restarted instance publishes what its outbox holds.
+//! The event id as message id makes a second publish within
+//! [`DUPLICATE_WINDOW`] a no-op.
+//!
+//! Over NATS each instance also publishes a [`Beacon`] per tenant it
+//! serves, on [`beacon_subject`], into the same stream, with a
+//! `Nats-Rollup: sub` header: the stream keeps only a tenant's latest
+//! beacon, so beacons cost it no space over time.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
@@ -19,7 +37,8 @@ use crate::domain::command::Resolution;
 use crate::domain::{
     Actor, Event, EventBody, EventId, MandateId, Quarantine, TenantId, Tree, SCHEMA_VERSION,
 };
-use crate::protocol::{signal_subject, Signal, SignalKind};
+use crate::protocol::{beacon_subject, signal_subject, Beacon, Signal, SignalKind};
+use crate::store::OutboxEntry;
 
 use super::EngineError;
 
@@ -81,6 +100,19 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
     })
 }
 
+/// Whether [`signal_for`] may give a signal for `event` (it does unless
+/// the mandate is missing from the tree): what goes into the outbox.
+pub(crate) fn may_signal(event: &Event) -> bool {
+    !matches!(
+        event.body,
+        EventBody::MandateIssued(_)
+            | EventBody::AgentBlocked(_)
+            | EventBody::AgentUnblocked(_)
+            | EventBody::PrincipalBlocked(_)
+            | EventBody::PrincipalUnblocked(_)
+    )
+}
+
 /// The signal that a tree is quarantined, on its root's subject (every guard
 /// of the tree listens there): `tree` is its last good state. `None` for a
 /// tree without a root, which no guard can hold. `time` is when it was found.
@@ -110,6 +142,67 @@ pub fn quarantine_signal(
 
 /// Name of the JetStream stream that keeps signals for catch-up.
 pub const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
+
+/// How long the signal stream remembers a message id (the server's default,
+/// set explicitly): a signal published by its writer and again by an
+/// instance that republishes it within this window is stored once.
+/// [`crate::engine::EngineConfig::republish_delay`] stays under half of it.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Publishes sent before their acknowledgements are awaited: under the
+/// JetStream context's bound on acknowledgements awaited at once (5,000 in
+/// async-nats), past which a publish waits for one.
+const ACKS_AT_ONCE: usize = 1024;
+
+/// Commits waiting in the queue before the republisher falls back to
+/// reading the outbox.
+const QUEUE: usize = 65_536;
+
+/// One commit to publish once `at` has come, unless its signals are in the
+/// stream by then.
+pub(crate) struct Due {
+    pub(crate) at: tokio::time::Instant,
+    pub(crate) entry: OutboxEntry,
+}
+
+/// What this instance owes the signal stream: the commits of other
+/// instances it applied, queued until their republish delay has passed
+/// (the outbox in the store is their durable record; the queue only spares
+/// reading it), and the beacons it published.
+pub(crate) struct Delivery {
+    pub(crate) queue: tokio::sync::mpsc::Sender<Due>,
+    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Due>>>,
+    /// Set when a commit could not be queued, or its publish failed: the
+    /// republisher reads the outbox again on its next round.
+    pub(crate) retry: AtomicBool,
+    /// Beacons the stream acknowledged.
+    pub(crate) beacons_sent: AtomicU64,
+    /// Beacons not published or not acknowledged.
+    pub(crate) beacons_failed: AtomicU64,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        let (queue, receiver) = tokio::sync::mpsc::channel(QUEUE);
+        Self {
+            queue,
+            receiver: Mutex::new(Some(receiver)),
+            retry: AtomicBool::new(false),
+            beacons_sent: AtomicU64::new(0),
+            beacons_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Delivery {
+    /// The queue's receiving end, for the one republisher (`None` once taken).
+    pub(crate) fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<Due>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
 
 /// Where signals go.
 #[derive(Clone)]
@@ -180,22 +273,125 @@ impl SignalBus {
         SignalBus::Local(Arc::new(LocalHub::default()))
     }
 
-    /// Ensures the signal stream exists (NATS only).
+    /// Whether signals go over NATS (the embedded engine's do not).
+    pub(crate) fn is_nats(&self) -> bool {
+        matches!(self, SignalBus::Nats { .. })
+    }
+
+    /// Ensures the signal stream exists (NATS only), with the duplicate
+    /// window republishing relies on and rollups allowed (beacons): a
+    /// stream made by an older build is updated to them.
     pub async fn setup(&self, max_age: std::time::Duration) -> Result<(), EngineError> {
         if let SignalBus::Nats { js, .. } = self {
-            js.get_or_create_stream(async_nats::jetstream::stream::Config {
-                name: SIGNAL_STREAM.into(),
-                subjects: vec!["mandate.sig.>".into()],
-                storage: async_nats::jetstream::stream::StorageType::File,
-                max_age,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
-            })?;
+            let window = DUPLICATE_WINDOW.min(max_age);
+            let mut stream = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: SIGNAL_STREAM.into(),
+                    subjects: vec!["mandate.sig.>".into()],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    max_age,
+                    duplicate_window: window,
+                    allow_rollup: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
+                })?;
+            let have = stream
+                .info()
+                .await
+                .map_err(|e| {
+                    EngineError::unavailable(format!("cannot read stream {SIGNAL_STREAM}: {e}"))
+                })?
+                .config
+                .clone();
+            if !have.allow_rollup || have.duplicate_window < window {
+                let config = async_nats::jetstream::stream::Config {
+                    allow_rollup: true,
+                    duplicate_window: have.duplicate_window.max(window),
+                    ..have
+                };
+                js.update_stream(config).await.map_err(|e| {
+                    EngineError::unavailable(format!(
+                        "cannot update stream {SIGNAL_STREAM} (rollups for beacons, a duplicate window of {window:?}): {e}"
+                    ))
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Whether the signal stream already holds `signal`, or a later signal
+    /// of its tree on its subject (which tells its guards as much). One
+    /// direct read of the subject's last message. Always `false` in process.
+    pub(crate) async fn stored_already(&self, signal: &Signal) -> Result<bool, EngineError> {
+        let SignalBus::Nats { js, .. } = self else {
+            return Ok(false);
+        };
+        let stream = js
+            .get_stream_no_info(SIGNAL_STREAM)
+            .await
+            .map_err(|e| EngineError::unavailable(format!("signal stream: {e}")))?;
+        let subject = signal_subject(&signal.tenant, signal.mandate);
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(serde_json::from_slice::<Signal>(&m.payload).is_ok_and(|s| {
+                s.event_id == signal.event_id || (s.tree == signal.tree && s.seq >= signal.seq)
+            })),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(EngineError::unavailable(format!(
+                "cannot read the last signal on {subject}: {e}"
+            ))),
+        }
+    }
+
+    /// Publishes one beacon per tenant into the signal stream, each
+    /// replacing the tenant's previous one there (`Nats-Rollup: sub`), the
+    /// acknowledgements awaited together. Returns those that failed. Does
+    /// nothing in process.
+    pub(crate) async fn publish_beacons<'a>(
+        &self,
+        beacons: &'a [Beacon],
+    ) -> Vec<(&'a Beacon, EngineError)> {
+        let SignalBus::Nats { js, .. } = self else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        // In parts: the context lets a bounded number of acknowledgements
+        // be awaited at once, and a publish past it would wait for one of
+        // its own part's.
+        for part in beacons.chunks(ACKS_AT_ONCE) {
+            let mut acks = Vec::with_capacity(part.len());
+            for beacon in part {
+                let payload = serde_json::to_vec(beacon).expect("beacons serialize");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Rollup", "sub");
+                match js
+                    .publish_with_headers(beacon_subject(&beacon.tenant), headers, payload.into())
+                    .await
+                {
+                    Ok(ack) => acks.push((beacon, ack)),
+                    Err(e) => failed.push((
+                        beacon,
+                        EngineError::unavailable(format!("beacon publish failed: {e}")),
+                    )),
+                }
+            }
+            for (beacon, ack) in acks {
+                if let Err(e) = ack.await {
+                    failed.push((
+                        beacon,
+                        EngineError::unavailable(format!("beacon not stored: {e}")),
+                    ));
+                }
+            }
+        }
+        failed
     }
 
     /// Publishes one signal on its mandate's subject.
@@ -216,31 +412,34 @@ impl SignalBus {
         let mut failed = Vec::new();
         match self {
             SignalBus::Nats { js, .. } => {
-                let mut acks = Vec::with_capacity(signals.len());
-                for signal in signals {
-                    let subject = signal_subject(&signal.tenant, signal.mandate);
-                    let payload = serde_json::to_vec(signal).expect("signals serialize");
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                    match js
-                        .publish_with_headers(subject, headers, payload.into())
-                        .await
-                    {
-                        Ok(ack) => acks.push((signal, ack)),
-                        Err(e) => failed.push((
-                            signal,
-                            EngineError::unavailable(format!("signal publish failed: {e}")),
-                        )),
+                // In parts, as beacons are (see `publish_beacons`).
+                for part in signals.chunks(ACKS_AT_ONCE) {
+                    let mut acks = Vec::with_capacity(part.len());
+                    for signal in part {
+                        let subject = signal_subject(&signal.tenant, signal.mandate);
+                        let payload = serde_json::to_vec(signal).expect("signals serialize");
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                        match js
+                            .publish_with_headers(subject, headers, payload.into())
+                            .await
+                        {
+                            Ok(ack) => acks.push((signal, ack)),
+                            Err(e) => failed.push((
+                                signal,
+                                EngineError::unavailable(format!("signal publish failed: {e}")),
+                            )),
+                        }
                     }
-                }
-                // All are on the wire: the acknowledgements come back in
-                // about one round trip, whatever their number.
-                for (signal, ack) in acks {
-                    if let Err(e) = ack.await {
-                        failed.push((
-                            signal,
-                            EngineError::unavailable(format!("signal not stored: {e}")),
-                        ));
+                    // All of the part are on the wire: the acknowledgements
+                    // come back in about one round trip, whatever their number.
+                    for (signal, ack) in acks {
+                        if let Err(e) = ack.await {
+                            failed.push((
+                                signal,
+                                EngineError::unavailable(format!("signal not stored: {e}")),
+                            ));
+                        }
                     }
                 }
             }

@@ -277,6 +277,7 @@ impl Engine {
                     };
                 }
                 Ok(appended) => {
+                    self.fault_point("append", &events).await;
                     let _ = self.apply_record(
                         &crate::log::Record {
                             tenant: tenant.clone(),
@@ -287,10 +288,14 @@ impl Engine {
                         },
                         false,
                     )?;
-                    // Whoever applied it (this call, or the follower that saw the
-                    // commit first), the writer publishes its signals: only it
-                    // knows the commit is new.
-                    self.publish_signals(tenant, tree, &events).await;
+                    self.fault_point("apply", &events).await;
+                    // Whoever applied it (this call, or the follower that saw
+                    // the commit first), the writer publishes its signals at
+                    // once; the commit is in the outbox until they are
+                    // stored, and other instances publish them after their
+                    // republish delay if they are not.
+                    self.publish_signals(tenant, tree, appended.position, &events)
+                        .await;
                     return Ok((
                         CommitInfo {
                             tree,
@@ -370,33 +375,98 @@ impl Engine {
         })
     }
 
-    /// One publish per event on the subject of the mandate it is about, the
-    /// acknowledgements awaited together.
-    pub(super) async fn publish_signals(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
+    /// The signals of a commit's `events`, from its tree as it stands now
+    /// (with the tree's head position, for a holder's re-read).
+    pub(crate) fn signals_of(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        events: &[Event],
+    ) -> Result<Vec<crate::protocol::Signal>, EngineError> {
+        if !events.iter().any(super::signals::may_signal) {
+            return Ok(Vec::new());
+        }
         let mandates: Vec<MandateId> = events.iter().map(|e| e.body.mandate()).collect();
-        let snap = match self.inner.store.view(tenant, tree, &mandates, None) {
-            Ok(Some(snap)) => snap,
-            other => {
-                // Not expected after an acknowledged append; guards re-read
-                // within a heartbeat, but say so loudly.
-                tracing::error!(%tenant, %tree, result = ?other.map(|_| ()), "no snapshot to publish signals from");
-                return;
-            }
+        let Some(snap) = self.inner.store.view(tenant, tree, &mandates, None)? else {
+            return Err(EngineError::unavailable(format!(
+                "tree {tree} of tenant {tenant} is not in the projection"
+            )));
         };
-        let signals: Vec<_> = events
+        Ok(events
             .iter()
             .filter_map(|e| signal_for(e, &snap.tree))
             .map(|mut signal| {
                 signal.head_position = Some(snap.position);
                 signal
             })
-            .collect();
-        for (signal, err) in self.inner.bus.publish_all(&signals).await {
-            // The event is stored; guards re-read state within their
-            // lease, so a lost signal delays, never cancels, a stop.
-            tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed");
+            .collect())
+    }
+
+    /// One publish per event on the subject of the mandate it is about, the
+    /// acknowledgements awaited together; then, if every one was stored,
+    /// the commit (at `position`) leaves the outbox. One that was not stays
+    /// there, and the republisher tries it again shortly.
+    pub(super) async fn publish_signals(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        position: u64,
+        events: &[Event],
+    ) {
+        let signals = match self.signals_of(tenant, tree, events) {
+            Ok(signals) => signals,
+            Err(e) => {
+                // Not expected after an acknowledged append; the commit
+                // stays in the outbox, for the republisher.
+                tracing::error!(%tenant, %tree, error = %e, "no snapshot to publish signals from");
+                self.inner
+                    .delivery
+                    .retry
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        if signals.is_empty() {
+            return;
+        }
+        let failed = self.inner.bus.publish_all(&signals).await;
+        for (signal, err) in &failed {
+            tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed; the republisher tries again");
+        }
+        if !self.inner.bus.is_nats() {
+            return;
+        }
+        if !failed.is_empty() {
+            self.inner
+                .delivery
+                .retry
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        } else if let Err(e) = self.inner.store.outbox_done(tenant, tree, position) {
+            tracing::error!(error = %e, "cannot take a commit out of the outbox");
         }
     }
+
+    /// Fault injection for tests: with `MANDATE_TEST_ABORT_AT` set to
+    /// `append` (or `apply`), the process aborts right after the append (or
+    /// after the writer's apply, the projection flushed to disk) of a commit
+    /// with signals, before publishing them. Compiled only into debug
+    /// builds: a release build never reads the variable.
+    #[cfg(debug_assertions)]
+    async fn fault_point(&self, stage: &str, events: &[Event]) {
+        static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        let at = AT.get_or_init(|| std::env::var("MANDATE_TEST_ABORT_AT").ok());
+        if at.as_deref() != Some(stage) || !events.iter().any(super::signals::may_signal) {
+            return;
+        }
+        if stage == "apply" {
+            let _ = self.inner.store.flush().await;
+        }
+        eprintln!("MANDATE_TEST_ABORT_AT={stage}: aborting before publishing signals");
+        std::process::abort();
+    }
+
+    #[cfg(not(debug_assertions))]
+    async fn fault_point(&self, _stage: &str, _events: &[Event]) {}
 }
 
 /// One lock per tree that a command is writing in this instance, held from

@@ -45,7 +45,13 @@ pub(super) struct Pending<'s> {
     nodes: HashMap<NodeKey, Arc<Mandate>>,
     commands: HashMap<(TenantId, TreeId, CommandId), AppliedCommand>,
     too_new: HashMap<TreeKey, Option<Unsupported>>,
+    /// Which applied commits go into the outbox (see `outbox.rs`); none
+    /// without it.
+    note: Option<Note<'s>>,
 }
+
+/// Whether an applied commit's events go into the outbox.
+pub type Note<'a> = &'a (dyn Fn(&[Event]) -> bool + Sync);
 
 /// A commit's events with the hash of each, or why it cannot be read.
 pub(super) type Decoded = Result<(Vec<Event>, Vec<String>), Bad>;
@@ -107,7 +113,15 @@ impl<'s> Pending<'s> {
             nodes: HashMap::new(),
             commands: HashMap::new(),
             too_new: HashMap::new(),
+            note: None,
         }
+    }
+
+    /// Puts the applied commits `note` accepts into the outbox, in the same
+    /// batch as their apply.
+    pub(super) fn noting(mut self, note: Option<Note<'s>>) -> Self {
+        self.note = note;
+        self
     }
 
     /// Moves the checkpoint to `position` (never backwards).
@@ -323,6 +337,14 @@ impl<'s> Pending<'s> {
             self.set_unsupported(tenant, tree_id, None);
         }
         self.fold(tree, position, &events, hashes)?;
+        if let (Some(note), Some(first)) = (self.note, events.first()) {
+            if note(&events) {
+                self.batch.insert(
+                    super::outbox::outbox_key(tenant, tree_id, position),
+                    first.command_id.to_string().as_bytes(),
+                );
+            }
+        }
         Ok(Applied::Applied(events))
     }
 

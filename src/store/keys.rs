@@ -23,6 +23,11 @@
 //! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue)
 //! - `z/<tenant>/<tree>` → `Quarantine` JSON (a tree whose stream is corrupt)
 //! - `v/<tenant>/<tree>` → `Unsupported` JSON (a tree with events newer than this build)
+//! - `o/<tenant>/<tree>/<position be64>` → command id (UTF-8): a commit
+//!   whose signals are not yet known to be in the signal stream (the
+//!   outbox). Not a fold of the log: written in the same batch as the
+//!   commit's apply by the instance that applied it, removed once its
+//!   signals are stored; left out of rebuild comparisons, kept by a rebuild
 //! - `k` → checkpoint (be64)
 //! - `V` → the layout's version (be64): a projection written in another
 //!   layout is cleared and rebuilt from the log when the store opens
@@ -73,6 +78,8 @@ pub(super) const EXPIRY: u8 = b'x';
 pub(super) const QUARANTINE: u8 = b'z';
 /// A tree with events newer than this build reads.
 pub(super) const TOO_NEW: u8 = b'v';
+/// A commit whose signals are not yet known to be stored (the outbox).
+pub(super) const OUTBOX: u8 = b'o';
 /// One recorded check decision.
 pub(super) const AUDIT: u8 = b'u';
 /// A tree whose acknowledged records the log lost.

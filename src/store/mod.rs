@@ -37,6 +37,7 @@ mod audit;
 mod continuity;
 mod keys;
 mod missions;
+mod outbox;
 mod projection;
 
 use std::path::Path;
@@ -44,8 +45,9 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{TenantId, TreeId};
 
-pub use apply::Commit;
+pub use apply::{Commit, Note};
 pub use continuity::LogLoss;
+pub use outbox::OutboxEntry;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
 
 /// sled's page cache, in bytes (its default is 1 GiB): the engine's memory

@@ -33,7 +33,7 @@ use super::apply::{decode_all, Commit, Pending};
 use super::keys::{
     self, be64, decode_tree_id, of_tenant, of_tree, parse_last, prefix, read, read_all,
     under_tenant, APPLIED, CHECKPOINT, CHILD, COMPLETED, EVENT, EXPIRY, GRANTED_BY, HELD_BY,
-    LAYOUT, MANDATE, NODE, QUARANTINE, SEP, SERVES_MISSION, SNAPSHOT, TOO_NEW,
+    LAYOUT, MANDATE, NODE, OUTBOX, QUARANTINE, SEP, SERVES_MISSION, SNAPSHOT, TOO_NEW,
 };
 use super::{Store, StoreError};
 
@@ -123,7 +123,16 @@ impl Store {
     /// marks and the audit records are kept: the log does not hold them.
     pub fn clear_projection(&self) -> Result<(), StoreError> {
         let _serialized = self.write_lock();
+        // The outbox is not a fold of the log: what it holds still waits
+        // for its signals to be stored.
+        let outbox = self
+            .projection
+            .scan_prefix([OUTBOX, SEP])
+            .collect::<Result<Vec<_>, _>>()?;
         self.projection.clear()?;
+        for (k, v) in outbox {
+            self.projection.insert(k, v)?;
+        }
         self.projection
             .insert(LAYOUT, LAYOUT_VERSION.to_be_bytes().to_vec())?;
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -603,11 +612,24 @@ impl Store {
         commits: &[Commit<'_>],
         advance_checkpoint: bool,
     ) -> Result<Vec<Applied>, StoreError> {
+        self.apply_commits_noting(commits, advance_checkpoint, None)
+    }
+
+    /// [`Store::apply_commits`], and each applied commit whose events `note`
+    /// accepts goes into the outbox (`outbox.rs`) in the same atomic batch:
+    /// a process that dies before publishing the commit's signals finds it
+    /// there when it starts again.
+    pub fn apply_commits_noting(
+        &self,
+        commits: &[Commit<'_>],
+        advance_checkpoint: bool,
+        note: Option<super::apply::Note<'_>>,
+    ) -> Result<Vec<Applied>, StoreError> {
         // Decoded and hashed before the lock: readers and other writers
         // wait only for the fold.
         let decoded = decode_all(commits);
         let _serialized = self.write_lock();
-        let mut pending = Pending::new(self);
+        let mut pending = Pending::new(self).noting(note);
         let applied = commits
             .iter()
             .zip(decoded)
@@ -626,7 +648,8 @@ impl Store {
     }
 
     /// Every key and value, for comparing a live projection with a rebuild.
-    /// Left out: the checkpoint (a writer-applied projection and a rebuild
+    /// Left out: the outbox (not a fold of the log: `outbox.rs`), the
+    /// checkpoint (a writer-applied projection and a rebuild
     /// agree on state, not on how far their follower has read), and the
     /// expiry entries due at `now` (the scheduler drops those of mandates
     /// ended by an ancestor when it finds them, which a rebuild has not done
@@ -643,6 +666,7 @@ impl Store {
             .filter(|kv| match kv {
                 Ok((k, _)) => {
                     k.as_ref() != CHECKPOINT
+                        && !k.starts_with(&[OUTBOX, SEP])
                         && !(k.starts_with(&[EXPIRY, SEP]) && k.as_ref() < due_end.as_slice())
                 }
                 Err(_) => true,
