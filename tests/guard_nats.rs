@@ -301,6 +301,7 @@ async fn signals_lost_beyond_what_the_stream_keeps_make_every_guard_re_read() {
     let config = EngineConfig {
         allow_open_tenants: true,
         signal_retention: Duration::from_secs(2),
+        beacon_interval: Duration::from_millis(200),
         ..EngineConfig::default()
     };
     let instance = Instance::start_with(&server.url(), dir.path(), config).await;
