@@ -370,7 +370,7 @@ impl Engine {
                 .map_err(|_| EngineError::unavailable("request slots closed"))?;
             let me = self.clone();
             let client = client.clone();
-            tokio::spawn(async move {
+            let mut work = Box::pin(async move {
                 let auth = msg
                     .headers
                     .as_ref()
@@ -384,6 +384,12 @@ impl Engine {
                 }
                 drop(permit);
             });
+            // A request that never waits (a `local` check, a refusal) is
+            // answered here, in one poll, without a task of its own; one
+            // that waits (a log read, an append) goes on in its own task.
+            if futures::poll!(&mut work).is_pending() {
+                tokio::spawn(work);
+            }
         }
         tracing::info!("draining in-flight requests");
         for sub in commands.iter_mut().chain(queries.iter_mut()) {
