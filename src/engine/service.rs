@@ -363,6 +363,7 @@ impl Engine {
                 tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
                 continue;
             };
+            let check = msg.subject.starts_with("mandate.q.") && msg.subject.ends_with(".check");
             let permit = slots
                 .clone()
                 .acquire_owned()
@@ -384,10 +385,13 @@ impl Engine {
                 }
                 drop(permit);
             });
-            // A request that never waits (a `local` check, a refusal) is
-            // answered here, in one poll, without a task of its own; one
-            // that waits (a log read, an append) goes on in its own task.
-            if futures::poll!(&mut work).is_pending() {
+            // A check is small (its chain): one that never waits (`local`,
+            // an `at_least` already applied, a refusal) is answered here, in
+            // one poll, without a task of its own; one that waits (a log
+            // read) goes on in its own task. Every other request has its
+            // own task from the start, so a long read (a `list`, a `verify`)
+            // never holds up the intake.
+            if !check || futures::poll!(&mut work).is_pending() {
                 tokio::spawn(work);
             }
         }
