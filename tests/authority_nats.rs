@@ -149,8 +149,7 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
 async fn dot_segments_do_not_escape_a_resource_pattern_on_engine_or_guard() {
     let (w, root) = World::with_root(&["finance:read on reports/**"]).await;
     let planner = w.client(agent("planner"));
-    let (lease, heartbeat) = (Duration::from_secs(10), Duration::from_secs(1));
-    let guard = start_guard(planner.clone(), root, lease, heartbeat).await;
+    let guard = start_guard(planner.clone(), root, Duration::from_secs(10)).await;
     // The pattern does allow what lies under it, on both paths.
     assert_eq!(
         planner

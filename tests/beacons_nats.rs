@@ -87,9 +87,12 @@ async fn served_tenants_each_get_beacons_at_the_configured_interval_kept_once_in
             "beacons come in order"
         );
     }
-    // Stored in the signal stream, each replacing the one before.
+    // Stored in the signal stream, where a follower takes them in order.
     for t in ["acme", "globex"] {
-        assert_eq!(stored_beacons(&nc, t).await, 1, "{t}'s latest beacon only");
+        assert!(
+            stored_beacons(&nc, t).await >= 4,
+            "{t}'s beacons are stored"
+        );
     }
     // A tenant not served gets none.
     assert!(beacons_over(&nc, "initech", Duration::from_millis(600))
@@ -170,11 +173,11 @@ async fn a_zero_beacon_interval_is_refused_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signal_stream_made_by_an_older_build_is_updated_for_rollups_and_its_duplicate_window() {
+async fn a_signal_stream_made_by_an_older_build_is_updated_for_its_duplicate_window() {
     let server = NatsServer::start();
     let nc = connect(&server).await;
     let js = async_nats::jetstream::new(nc.clone());
-    // As an older build made it: no rollups, the window of its choice.
+    // As an older build made it: the window of its choice.
     js.create_stream(async_nats::jetstream::stream::Config {
         name: SIGNAL_STREAM.into(),
         subjects: vec!["mandate.sig.>".into()],
@@ -194,7 +197,6 @@ async fn a_signal_stream_made_by_an_older_build_is_updated_for_rollups_and_its_d
     serving(&nc, "acme").await;
     let mut stream = js.get_stream(SIGNAL_STREAM).await.unwrap();
     let updated = stream.info().await.unwrap().config.clone();
-    assert!(updated.allow_rollup, "rollups allowed");
     assert_eq!(
         updated.duplicate_window,
         mandate::engine::signals::DUPLICATE_WINDOW
@@ -202,7 +204,7 @@ async fn a_signal_stream_made_by_an_older_build_is_updated_for_rollups_and_its_d
     assert!(!beacons_over(&nc, "acme", Duration::from_millis(500))
         .await
         .is_empty());
-    assert_eq!(stored_beacons(&nc, "acme").await, 1);
+    assert!(stored_beacons(&nc, "acme").await >= 1);
     instance.stop().await;
 }
 

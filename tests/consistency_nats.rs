@@ -305,6 +305,51 @@ async fn a_signal_names_the_position_its_holders_re_read_at() {
     a.stop().await;
 }
 
+/// A check's audit record goes out before its answer, on the engine's one
+/// connection: a subscriber to the mandate's audit subject on the caller's
+/// connection has the record by the time the answer arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checks_audit_record_is_sent_before_its_answer() {
+    use futures::{FutureExt, StreamExt};
+    let OneRoot {
+        server: _server,
+        nc,
+        a,
+        root,
+        _dir,
+    } = one_instance_with_a_root(&["finance:read on reports/**"]).await;
+    let mut records = nc
+        .subscribe(format!("mandate.audit.acme.{root}"))
+        .await
+        .unwrap();
+    mandate::engine::service::round_trip(&nc, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let cfo = client(&nc, "acme", principal("cfo"));
+    for consistency in [Consistency::Local, Consistency::Fresh] {
+        let d = cfo
+            .check_with(mandate::protocol::CheckQuery {
+                mandate: root,
+                action: "finance:read".into(),
+                resource: "reports/q3".into(),
+                at: None,
+                actor: None,
+                consistency,
+            })
+            .await
+            .unwrap();
+        assert!(d.is_allowed(), "{d:?}");
+        let record = records
+            .next()
+            .now_or_never()
+            .flatten()
+            .expect("the record arrived before the answer");
+        let record: Value = serde_json::from_slice(&record.payload).unwrap();
+        assert_eq!(record["decision"]["mandate"], json!(root), "{record}");
+    }
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_whose_audit_record_is_not_stored_is_counted_in_health() {
     let OneRoot {

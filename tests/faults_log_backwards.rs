@@ -80,8 +80,12 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
     instance.caught_up().await;
     // The lead's guard: a lease far longer than the test, so that only the
     // engine's refusal can make it deny.
-    let (lease, heartbeat) = (Duration::from_secs(600), Duration::from_millis(200));
-    let guard = start_guard(client(&nc, "acme", agent("lead")), r1, lease, heartbeat).await;
+    let guard = start_guard(
+        client(&nc, "acme", agent("lead")),
+        r1,
+        Duration::from_secs(600),
+    )
+    .await;
     assert!(guard.check("fin:read", "ledger/q3").is_allowed());
 
     replace_event_stream(&nc).await;
@@ -109,7 +113,8 @@ async fn a_stream_replaced_under_a_running_engine_holds_every_tree_it_held() {
         lead.delegate(delegation(r1, "worker2", &[GRANT])).await,
     );
     assert!(!held_trees(&cfo).await.contains(&t3));
-    // The guard's next re-read is refused: it denies at once, not a lease later.
+    // The engine tells the tree's guards it is held (a `quarantined`
+    // signal): the guard denies at once, not a lease later.
     let start = std::time::Instant::now();
     while guard.check("fin:read", "ledger/q3").is_allowed() {
         assert!(start.elapsed() < PATIENCE, "the guard never denied");

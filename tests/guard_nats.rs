@@ -26,6 +26,7 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{Guard, GuardConfig, GuardState};
 use mandate::domain::command::Issue;
 use mandate::domain::{DenyReason, MandateId, Outcome, Status};
+use mandate::engine::EngineConfig;
 
 /// An engine serving on `url`, with its own data directory, once it answers.
 struct Served {
@@ -87,19 +88,15 @@ async fn chain_of_four_served(ttl: chrono::Duration) -> (NatsServer, Served, Vec
     (server, served, ids)
 }
 
-/// A lease and heartbeat far beyond a test's patience: the guard neither
-/// goes stale nor re-reads on its own while the test runs, so only a signal
-/// (or a reconnect, or its clock) can change what it holds.
-const QUIET: (Duration, Duration) = (Duration::from_secs(120), Duration::from_secs(60));
+/// A lease far beyond a test's patience: the guard does not go stale while
+/// the test runs, so only a signal (or a reconnect, or its clock) can change
+/// what it holds.
+const QUIET: Duration = Duration::from_secs(120);
 
 /// Starts the guard of agent `a3` for `mandate`, connected through `url`,
-/// with `(lease, heartbeat)`.
-async fn guard_a3(
-    url: &str,
-    mandate: MandateId,
-    (lease, heartbeat): (Duration, Duration),
-) -> Guard {
-    start_guard(client(url, agent("a3")).await, mandate, lease, heartbeat).await
+/// with `lease`.
+async fn guard_a3(url: &str, mandate: MandateId, lease: Duration) -> Guard {
+    start_guard(client(url, agent("a3")).await, mandate, lease).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +123,7 @@ async fn cancellation_fires_on_a_revoke_three_levels_up() {
         .await
         .unwrap()
         .unwrap();
-    // Well before the 30 s heartbeat: the signal did it.
+    // Well before any lease runs out: the signal did it.
     assert_eq!(outcome, "cancelled");
     let d = guard.check("finance:read", "reports/q3");
     assert_eq!(d.outcome, Outcome::Deny);
@@ -154,10 +151,10 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let lease = Duration::from_millis(1200);
-    let guard = guard_a3(&relay.url(), ids[3], (lease, Duration::from_millis(300))).await;
+    let guard = guard_a3(&relay.url(), ids[3], lease).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
 
-    // Connected, it hears the engine every heartbeat: not stale.
+    // Connected, it hears the engine's beacons: not stale.
     assert_eq!(guard.state(), GuardState::Active);
     relay.sever();
     // While cut off, the mandate two levels up is revoked: the guard cannot hear it.
@@ -194,12 +191,7 @@ async fn a_cut_off_guard_fails_closed_and_then_reflects_a_revoke_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns() {
     let (mut server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
-    let guard = guard_a3(
-        &server.url(),
-        ids[3],
-        (Duration::from_millis(1000), Duration::from_millis(250)),
-    )
-    .await;
+    let guard = guard_a3(&server.url(), ids[3], Duration::from_millis(1000)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     server.stop();
     eventually("guard goes stale with the server down", || {
@@ -217,34 +209,54 @@ async fn with_the_server_stopped_the_guard_denies_and_recovers_when_it_returns()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
+async fn signals_published_while_cut_off_arrive_on_reconnect_and_only_their_chains_re_read() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let relay = Relay::start(server.port()).await;
     let guard_client = client(&relay.url(), agent("a3")).await;
-    // A lease shorter than the heartbeat is refused: the guard would go stale
-    // between heartbeats.
+    // A lease of zero is refused: the guard would be stale from the start.
     let bad = Guard::start(
         guard_client.clone(),
         &GuardHub::new(),
         ids[3],
-        guard_config(Duration::from_secs(1), Duration::from_secs(2)),
+        guard_config(Duration::ZERO),
     )
     .await;
     assert!(matches!(bad, Err(mandate::client::ClientError::Invalid(_))));
-    // A heartbeat far beyond the test's patience: only the reconnect can
-    // make the guard re-read in time.
-    let guard = Guard::start(
-        guard_client,
-        &GuardHub::new(),
-        ids[3],
-        guard_config(QUIET.0, QUIET.1),
-    )
-    .await
-    .unwrap();
-    relay.sever();
+    // A lease far beyond the test's patience, and no read of the guard's
+    // own after its start: only the signals replayed on reconnect can
+    // change what it holds.
+    let hub = GuardHub::new();
+    let guard = Guard::start(guard_client.clone(), &hub, ids[3], guard_config(QUIET))
+        .await
+        .unwrap();
+    // A second guard on the same hub, on a chain no signal will touch.
     let cfo = client(&server.url(), principal("cfo")).await;
-    // A guard on a connection that is not cut off, to see the signal land.
+    let other_root = cfo
+        .issue(root_issue(
+            "cfo",
+            "a3",
+            None,
+            &["finance:read on reports/**"],
+        ))
+        .await
+        .expect("issue another root")
+        .mandate
+        .unwrap();
+    let other = Guard::start(guard_client, &hub, other_root, guard_config(QUIET))
+        .await
+        .unwrap();
+    assert_eq!(
+        hub.subscriptions(),
+        1,
+        "one feed for the tenant on one connection"
+    );
+    let before = hub.stats();
+    relay.sever();
+    // A guard on a connection that is not cut off, to see the signals land.
     let witness = guard_a3(&server.url(), ids[3], QUIET).await;
+    cfo.pause(ids[1], Some("while cut off".into()))
+        .await
+        .unwrap();
     cfo.revoke(ids[2], Some("while cut off".into()))
         .await
         .unwrap();
@@ -252,7 +264,7 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
         ready(witness.state() == GuardState::Terminated(Status::Revoked))
     })
     .await;
-    // The revoke's signal is lost to the cut-off guard: it still allows.
+    // The signals cannot reach the cut-off guard: it still allows.
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     relay.restore();
     eventually("the reconnected guard reflects the revoke", || {
@@ -260,7 +272,95 @@ async fn a_reconnected_guard_re_reads_at_once_not_a_heartbeat_later() {
     })
     .await;
     assert!(!guard.check("finance:read", "reports/q3").is_allowed());
+    // Both signals reached it after the cut-off (the consumer went on where
+    // it stopped, or was made again after the last message taken).
+    let after = hub.stats();
+    assert!(
+        after.signals >= before.signals + 2,
+        "both signals replayed: {after:?}"
+    );
+    assert_eq!(
+        after.full_rereads, 0,
+        "the stream replayed everything: {after:?}"
+    );
+    // The pause asked the guard to re-read (at least as new as the pause);
+    // nothing asked the other guard, whose chain no signal touched. The
+    // revoke that followed needs no read at all.
+    assert!(after.rereads <= before.rereads + 1, "{after:?}");
+    assert_eq!(other.state(), GuardState::Active);
+    assert!(other.check("finance:read", "reports/q3").is_allowed());
     served.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_lost_beyond_what_the_stream_keeps_make_every_guard_re_read() {
+    // The signal stream keeps two seconds of signals: a process cut off for
+    // longer cannot have them replayed.
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        signal_retention: Duration::from_secs(2),
+        beacon_interval: Duration::from_millis(200),
+        ..EngineConfig::default()
+    };
+    let instance = Instance::start_with(&server.url(), dir.path(), config).await;
+    serving(&async_nats::connect(server.url()).await.unwrap(), "acme").await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let relay = Relay::start(server.port()).await;
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&relay.url(), agent("a3")).await,
+        &hub,
+        ids[3],
+        guard_config(QUIET),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    relay.sever();
+    let cfo = client(&server.url(), principal("cfo")).await;
+    cfo.revoke(ids[2], Some("while cut off".into()))
+        .await
+        .unwrap();
+    // Cut off until the revoke's signal has aged out of the stream.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.restore();
+    // It notices the loss, denies, and re-reads: the revoke it never heard
+    // is in the chain it reads.
+    eventually("the guard reflects the revoke it never heard", || {
+        ready(guard.state() == GuardState::Terminated(Status::Revoked))
+    })
+    .await;
+    assert!(hub.stats().full_rereads >= 1, "{:?}", hub.stats());
+    assert!(hub.stats().rereads >= 1, "{:?}", hub.stats());
+    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_engine_stopped_the_guard_denies_after_its_lease() {
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    let lease = Duration::from_millis(1500);
+    let guard = guard_a3(&server.url(), ids[3], lease).await;
+    // The engine's beacons keep it: well past its lease, still active.
+    tokio::time::sleep(lease * 2).await;
+    assert_eq!(guard.state(), GuardState::Active);
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    // NATS stays up; the engine goes. A completion or revoke could now wait
+    // in a stream with no one to act on it: the guard must not go on.
+    served.stop().await;
+    eventually("guard goes stale with no engine to hear", || {
+        ready(guard.state() == GuardState::Stale)
+    })
+    .await;
+    let d = guard.check("finance:read", "reports/q3");
+    assert!(
+        matches!(&d.reason, Some(DenyReason::Unverified { reason }) if reason.contains(&format!("{lease:?}"))),
+        "{:?}",
+        d.reason
+    );
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +406,6 @@ async fn a_guard_whose_clock_is_behind_expires_by_the_engines_clock_and_says_so(
         ids[3],
         GuardConfig {
             lease: Duration::from_secs(120),
-            heartbeat: Duration::from_secs(60),
             clock: a_minute_behind,
             ..GuardConfig::default()
         },

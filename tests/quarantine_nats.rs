@@ -147,7 +147,7 @@ async fn publish_garbage(url: &str, tree: TreeId, payload: &'static [u8]) -> u64
 }
 
 fn steady_guard() -> GuardConfig {
-    guard_config(Duration::from_secs(30), Duration::from_secs(10))
+    guard_config(Duration::from_secs(30))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,11 @@
 //!
 //! - inside their subjects the engine, an orchestrator, an agent's guard and
 //!   a ticketing system work end to end;
-//! - an agent cannot revoke, write the event stream, or touch JetStream;
+//! - an agent cannot revoke, write the event stream, or touch JetStream
+//!   beyond following its own tenant's signals: one ordered consumer on the
+//!   signal stream, filtered to `mandate.sig.<tenant>.>` (whose flow
+//!   control it may answer), which another tenant's agent may not create; its deliver subject is not checked by
+//!   the server, but signals redirected to the engine change nothing;
 //! - a ticketing system cannot read signals nor ask the engine anything;
 //! - tenant A cannot touch tenant B: not its commands, signals, missions,
 //!   nor its replies; and no one reads the shared `_INBOX.>`;
@@ -22,14 +26,20 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
-use common::secured::{connect_recording, example_config, server_minor, ServedOn, ServerErrors};
+use common::secured::{
+    connect_recording, example_config, ordered_signal_consumer, server_minor, ServedOn,
+    ServerErrors, SIGNAL_STREAM,
+};
 use common::wire::start_guard;
 use common::{server_binary, NatsServer};
 use futures::StreamExt;
 use mandate::client::{Client, ClientError, GuardState, MissionPublisher, NatsAuth, NatsConnect};
 use mandate::domain::{Actor, MandateId, Status};
 use mandate::log::EventLog;
-use mandate::protocol::{mission_subject, signal_subject, MissionCompletedNotice};
+use mandate::protocol::{
+    mission_subject, signal_subject, tenant_signals_subject, MissionCompletedNotice, Signal,
+    SignalKind,
+};
 
 /// A user of `examples/nats-server.conf`: name, password, inbox prefix.
 struct User(&'static str, &'static str, &'static str);
@@ -143,8 +153,7 @@ async fn every_role_works_end_to_end_inside_its_subjects() {
     // chain; the agent may also ask the engine to check.
     let (agent_nc, agent_errors) = s.connect(&AGENT_ACME).await;
     let a2 = Client::nats(agent_nc, tenant("acme"), agent("a2"));
-    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
-    let guard = start_guard(a2.clone(), child, lease, heartbeat).await;
+    let guard = start_guard(a2.clone(), child, Duration::from_secs(30)).await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     let asked = a2
         .check(child, "finance:read", "reports/q3", None)
@@ -220,6 +229,235 @@ async fn an_agent_cannot_revoke_nor_write_the_event_stream() {
     for m in [root, child] {
         let status = cfo.status(m, None).await.unwrap();
         assert_eq!(status.effective.status, Status::Active, "{m}");
+    }
+}
+
+/// The permission violations among what the server sent a connection (it
+/// also sends `Invalid Publish Subject` for a request whose subject holds a
+/// wildcard, as the named create form's does, and serves it all the same).
+fn violations(errors: &ServerErrors) -> Vec<String> {
+    errors
+        .all()
+        .into_iter()
+        .filter(|e| e.contains("Permissions Violation"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_follows_its_tenant_signals_with_one_ordered_consumer() {
+    let (s, cfo, root, _) = secured_with_tree("FIN-9").await;
+    let (nc, errors) = s.connect(&AGENT_ACME).await;
+
+    // The hub's consumer: named, filtered to acme's signals, new ones only.
+    let (name, made) = ordered_signal_consumer(&nc, &tenant_signals_subject(&tenant("acme"))).await;
+    let consumer = made.expect("acme's agent may follow acme's signals");
+    let mut signals = consumer
+        .messages()
+        .await
+        .expect("the consumer delivers to the agent's own inbox");
+
+    // The engine ends the tree: its signal comes through the consumer.
+    cfo.revoke(root, Some("closed".into()))
+        .await
+        .expect("the orchestrator revokes");
+    let revoked = tokio::time::timeout(common::fixtures::PATIENCE, async {
+        while let Some(m) = signals.next().await {
+            let m = m.expect("the ordered consumer delivers without a gap");
+            let signal: Signal = serde_json::from_slice(&m.payload).expect("a signal");
+            if signal.mandate == root {
+                return signal;
+            }
+        }
+        panic!("the consumer ended");
+    })
+    .await
+    .expect("the revoke's signal reaches the agent's consumer");
+    assert_eq!(revoked.kind, SignalKind::Terminated, "{revoked:?}");
+    assert_eq!(revoked.tenant, tenant("acme"));
+    // Beacons: engines do not publish them yet (issue 13); once they do,
+    // this consumer receives one on `mandate.sig.acme.beacon` every second.
+
+    // What a hub may also need: the stream's first and last sequence after
+    // a long cut-off, and deleting its old consumer before recreating it.
+    let mut js = async_nats::jetstream::new(nc.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let mut stream = js
+        .get_stream(SIGNAL_STREAM)
+        .await
+        .expect("the agent may read the signal stream's info");
+    let info = stream.info().await.expect("stream info");
+    assert!(info.state.last_sequence >= 1, "{:?}", info.state);
+    js.delete_consumer_from_stream(&name, SIGNAL_STREAM)
+        .await
+        .expect("the agent may delete its consumer");
+
+    assert_eq!(violations(&errors), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_consumer_keeps_up_with_a_burst_under_flow_control() {
+    let s = Secured::start().await;
+    let (nc, errors) = s.connect(&AGENT_ACME).await;
+    let (_, made) = ordered_signal_consumer(&nc, &tenant_signals_subject(&tenant("acme"))).await;
+    let mut signals = made.expect("the consumer").messages().await.unwrap();
+
+    // More than the server lets a push consumer have in flight unanswered:
+    // it asks for flow control, which the agent must be allowed to answer,
+    // or the deliveries stall.
+    let (engine_nc, _) = s.connect(&ENGINE).await;
+    let js = async_nats::jetstream::new(engine_nc);
+    let (count, size) = (1000usize, 16 * 1024);
+    let mut acks = Vec::with_capacity(count);
+    for _ in 0..count {
+        acks.push(
+            js.publish("mandate.sig.acme.burst", vec![b'x'; size].into())
+                .await
+                .expect("the engine publishes"),
+        );
+    }
+    for ack in acks {
+        ack.await.expect("the signal stream stores it");
+    }
+    let mut got = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got < count {
+            signals
+                .next()
+                .await
+                .expect("the consumer goes on")
+                .expect("no gap");
+            got += 1;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the agent's consumer got {got} of {count}"));
+    assert_eq!(violations(&errors), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_follow_another_tenants_signals() {
+    let s = Secured::start().await;
+    let (nc, errors) = s.connect(&AGENT_ACME).await;
+
+    // Globex's signals, by the named create form: refused at the subject.
+    let globex = tenant_signals_subject(&tenant("globex"));
+    let (name, made) = ordered_signal_consumer(&nc, &globex).await;
+    assert!(made.is_err(), "acme's agent made a consumer on {globex}");
+    let refused = format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{globex}");
+    let violation = errors.publish_refused(&refused).await;
+    assert!(violation.contains("Permissions Violation"), "{violation}");
+
+    // Acme's filter in the subject, another (or none) in the body: the
+    // server refuses the mismatch, so the subject's filter is the one.
+    let js_request = |subject: String, body: serde_json::Value| {
+        let nc = nc.clone();
+        async move {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                nc.request(subject.clone(), body.to_string().into()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("no reply to {subject}"))
+            .unwrap_or_else(|e| panic!("request {subject}: {e}"));
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    let acme = tenant_signals_subject(&tenant("acme"));
+    for body_filter in [Some(globex.as_str()), Some("mandate.sig.>"), None] {
+        let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+        let mut config = serde_json::json!({
+            "name": name,
+            "deliver_subject": nc.new_inbox(),
+            "deliver_policy": "new",
+            "ack_policy": "none",
+        });
+        if let Some(f) = body_filter {
+            config["filter_subject"] = f.into();
+        }
+        let reply = js_request(
+            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme}"),
+            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config}),
+        )
+        .await;
+        assert!(
+            reply["error"].is_object(),
+            "a body filtered on {body_filter:?} under acme's subject was accepted: {reply}"
+        );
+    }
+
+    // Nor any other way to a consumer or to the streams: no unnamed or
+    // durable create, no listing (consumer names stay unknown), no other
+    // stream's info.
+    for api in [
+        format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}"),
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{SIGNAL_STREAM}.hub"),
+        format!("$JS.API.CONSUMER.LIST.{SIGNAL_STREAM}"),
+        format!("$JS.API.CONSUMER.NAMES.{SIGNAL_STREAM}"),
+        format!("$JS.API.CONSUMER.INFO.{SIGNAL_STREAM}.hub"),
+        "$JS.API.STREAM.INFO.MANDATE_EVENTS".to_string(),
+        "$JS.API.STREAM.NAMES".to_string(),
+    ] {
+        let _ = tokio::time::timeout(QUIET, nc.request(api.clone(), "{}".into())).await;
+        errors.publish_refused(&api).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_redirecting_its_signals_to_the_engine_changes_nothing() {
+    let (s, cfo, root, child) = secured_with_tree("FIN-10").await;
+    let (nc, _) = s.connect(&AGENT_ACME).await;
+    // A copy of whatever reaches the engine's revoke subject.
+    let (engine_nc, _) = s.connect(&ENGINE).await;
+    let mut revokes = engine_nc
+        .subscribe("mandate.cmd.acme.revoke")
+        .await
+        .unwrap();
+    engine_nc.flush().await.unwrap();
+
+    // A consumer on acme's signals that delivers to the engine's revoke
+    // subject (the engine's queue subscription and the copy above both get
+    // what it delivers). Permissions read subjects, and the deliver subject
+    // is in the body: the server takes it (2.9 and 2.15).
+    let acme = tenant_signals_subject(&tenant("acme"));
+    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+    let config = serde_json::json!({
+        "name": name,
+        "filter_subject": acme,
+        "deliver_subject": "mandate.cmd.acme.revoke",
+        "deliver_policy": "all",
+        "ack_policy": "none",
+    });
+    let reply = nc
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme}"),
+            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("the server answers the create");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    if reply["error"].is_object() {
+        // A server that checks the deliver subject: nothing to redirect.
+        return;
+    }
+
+    // A signal of acme (the root paused) reaches the engine as a "revoke".
+    cfo.pause(root, None)
+        .await
+        .expect("the orchestrator pauses");
+    let redirected = tokio::time::timeout(common::fixtures::PATIENCE, revokes.next())
+        .await
+        .expect("the signal is delivered on the revoke subject")
+        .unwrap();
+    let signal: Signal = serde_json::from_slice(&redirected.payload).expect("a signal");
+    assert_eq!(signal.mandate, root);
+
+    // The engine takes no signal for a command: nothing is revoked.
+    tokio::time::sleep(QUIET).await;
+    for m in [root, child] {
+        let status = cfo.status(m, None).await.unwrap();
+        assert_eq!(status.effective.status, Status::Paused, "{m}");
     }
 }
 

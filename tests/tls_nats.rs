@@ -171,7 +171,10 @@ authorization {{
   users = [
     {{ nkey: "{engine}" }}
     {{ nkey: "{agent}", permissions: {{
-        publish: {{ allow: ["mandate.q.acme.check", "mandate.q.acme.chain"] }}
+        publish: {{ allow: ["mandate.q.acme.check", "mandate.q.acme.chain",
+          "$JS.API.CONSUMER.CREATE.MANDATE_SIGNALS.*.mandate.sig.acme.>",
+          "$JS.API.CONSUMER.DELETE.MANDATE_SIGNALS.*",
+          "$JS.API.STREAM.INFO.MANDATE_SIGNALS", "$JS.FC.MANDATE_SIGNALS.*.*"] }}
         subscribe: {{ allow: ["mandate.sig.acme.*", "_INBOX_agent_acme.>"] }} }} }}
     {{ user: "orchestrator-acme", password: "{ORCH_PASSWORD}", permissions: {{
         publish: {{ allow: ["mandate.cmd.acme.*", "mandate.q.acme.*"] }}
@@ -240,19 +243,17 @@ async fn story(orch: async_nats::Client, agent_nc: async_nats::Client) {
         .unwrap();
 
     // The guard allows.
-    let (lease, heartbeat) = (Duration::from_secs(30), Duration::from_secs(10));
     let guard = start_guard(
         Client::nats(agent_nc, tenant("acme"), agent("a2")),
         child,
-        lease,
-        heartbeat,
+        Duration::from_secs(30),
     )
     .await;
     assert!(guard.check("finance:read", "reports/q3").is_allowed());
     assert_eq!(guard.state(), GuardState::Active);
 
-    // A revoke at the root stops it, through the signal (the heartbeat is
-    // far off).
+    // A revoke at the root stops it, through the signal (a guard reads its
+    // chain only when told to).
     cfo.revoke(root, Some("done".into())).await.expect("revoke");
     tokio::time::timeout(Duration::from_secs(10), guard.cancellation().cancelled())
         .await
@@ -439,7 +440,7 @@ impl CredsSetup {
         );
         let engine = creds_file(dir.path(), &account, "engine", serde_json::json!({}));
         // A user allowed to publish and to subscribe to those subjects only.
-        let limited = |name: &str, publish: [&str; 2], subscribe: &[&str]| {
+        let limited = |name: &str, publish: &[&str], subscribe: &[&str]| {
             let allowed = serde_json::json!({
                 "pub": { "allow": publish },
                 "sub": { "allow": subscribe },
@@ -448,12 +449,21 @@ impl CredsSetup {
         };
         let orchestrator = limited(
             "orchestrator-acme",
-            ["mandate.cmd.acme.*", "mandate.q.acme.*"],
+            &["mandate.cmd.acme.*", "mandate.q.acme.*"],
             &["_INBOX_orch_acme.>"],
         );
         let agent = limited(
             "agent-acme",
-            ["mandate.q.acme.check", "mandate.q.acme.chain"],
+            &[
+                "mandate.q.acme.check",
+                "mandate.q.acme.chain",
+                // A guard's process follows its tenant's signals with one
+                // consumer (as in examples/nats-server.conf).
+                "$JS.API.CONSUMER.CREATE.MANDATE_SIGNALS.*.mandate.sig.acme.>",
+                "$JS.API.CONSUMER.DELETE.MANDATE_SIGNALS.*",
+                "$JS.API.STREAM.INFO.MANDATE_SIGNALS",
+                "$JS.FC.MANDATE_SIGNALS.*.*",
+            ],
             &["mandate.sig.acme.*", "_INBOX_agent_acme.>"],
         );
         let server = NatsServer::start_with_config(|store| {

@@ -10,10 +10,12 @@
 //!   `allows` answers the same yes or no without building a decision.
 //! - Its [`CancellationToken`] fires on termination (a signal, a re-read that
 //!   finds the chain ended, or the chain's `not_after` passing).
-//! - It fails closed: when it has not heard the engine for longer than its
-//!   lease it denies, until a re-read succeeds. It re-reads the tree on every
-//!   heartbeat, so a signal lost while cut off (or dropped by a slow
-//!   consumer) is made up within one heartbeat.
+//! - It fails closed: when its process has not heard the engine for longer
+//!   than its lease (the engines' beacons, taken in order with the signals
+//!   by the process's [`GuardHub`]), it denies until the hub has caught up.
+//!   An idle guard costs the engine nothing: it reads its chain when it
+//!   starts, and again only when a signal, a gap the stream cannot replay,
+//!   or the end of its connection calls for it.
 //! - Its state never goes back: each `chain` reply carries the tree's
 //!   version, and a reply older than the state held is dropped, so a slow
 //!   answer cannot undo a pause or a narrowing it was overtaken by.
@@ -23,38 +25,37 @@
 //! - It holds only a chain the engine could have written, ending at its own
 //!   mandate ([`Tree::from_chain`]): any other reply is refused, and counts
 //!   as not hearing the engine.
-//! - Guards of one process share one subscription per mandate subject (and
-//!   connection), fan out locally, and unsubscribe with the last guard
-//!   ([`GuardHub`]). A guard that falls behind the local fan-out, or whose
-//!   subscription ends, denies until it has re-read its chain: a lost
-//!   signal never goes unnoticed.
+//! - Guards of one process share one follower of their tenant's signals per
+//!   connection ([`GuardHub`]), which resumes after a cut-off where it
+//!   stopped. A guard whose signals may be lost beyond what the stream can
+//!   replay denies until it has re-read its chain: a lost signal never goes
+//!   unnoticed.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::stream::{BoxStream, StreamExt};
 #[cfg(feature = "engine")]
 use tokio::sync::broadcast;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::authorize::PreparedChain;
 use crate::domain::{Decision, DenyReason, ErrorCode, MandateId, Outcome, Status, TenantId, Tree};
-use crate::protocol::{signal_subject, ChainReply, Consistency, MandateQuery, Signal, SignalKind};
+use crate::protocol::{ChainReply, Consistency, MandateQuery, Signal, SignalKind};
 
 use super::{Client, ClientError};
 
 /// Guard settings.
 #[derive(Clone, Debug)]
 pub struct GuardConfig {
-    /// After this long without hearing the engine, every check is denied
-    /// until the state has been re-read.
+    /// After this long without hearing the engine (its beacons, or a read
+    /// of the guard's own), every check is denied until the process has
+    /// caught up. Several times the engines' beacon interval (1 s by
+    /// default).
     pub lease: Duration,
-    /// How often the guard re-reads its tree (and so hears the engine).
-    pub heartbeat: Duration,
     /// The agent's wall clock (`Utc::now`; tests set a skewed one).
     pub clock: fn() -> DateTime<Utc>,
     /// How far the agent's clock may lag the engine's before the guard
@@ -66,7 +67,6 @@ impl Default for GuardConfig {
     fn default() -> Self {
         Self {
             lease: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(3),
             clock: Utc::now,
             clock_tolerance: Duration::from_secs(1),
         }
@@ -87,321 +87,14 @@ pub enum GuardState {
     Quarantined,
 }
 
-/// Shares one subscription per signal subject among the guards of a
-/// process, and hands each signal to every guard that watches the subject.
-///
-/// A guard watches every link of its chain, so the guards below one root all
-/// watch that root's subject: ending the root is one message from the server
-/// to this process, whatever the number of guards. The hub's task for the
-/// subject then settles each guard on the spot (a termination cancels it
-/// there and then), with no task per guard to wake and no queue per guard
-/// to fall behind on; a signal that calls for a re-read only pokes the
-/// guard's own task, and pokes coalesce. If the subscription itself falls
-/// behind or ends, every guard on it denies until it has re-read.
-///
-/// Subscriptions are keyed by connection (or in-process engine) and subject,
-/// so guards on different connections keep their own, and counted: the last
-/// guard to let go of a subject unsubscribes.
-///
-/// Why not one wildcard subscription per tenant (`mandate.sig.<tenant>.*`)?
-/// It would bring every signal of the tenant to every process holding one
-/// guard, so a process's traffic would grow with the tenant's activity
-/// instead of with what it guards, and it needs the right to read the whole
-/// tenant's signals, which an agent's NATS permissions need not grant. One
-/// subscription per distinct link is bounded by the guards held.
-#[derive(Clone, Default)]
-pub struct GuardHub {
-    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
-    /// NATS connections whose reconnects a task of the hub watches (one
-    /// task per connection, not per guard: see [`watch_reconnects`]).
-    watched: Arc<Mutex<std::collections::HashSet<usize>>>,
-}
+use super::hub::{mono_nanos, reread_level, Attachment, Feed};
+pub use super::hub::{FeedStats, GuardHub};
 
-/// One subject on one connection.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct SubjectKey {
-    /// The address of what every handle of one connection shares (its
-    /// statistics, or the in-process engine's signal bus); the entry holds a
-    /// client of it, so the address is not reused while the entry exists.
-    connection: usize,
-    subject: String,
-}
-
-/// The guards listening on one subscription, by guard number.
-type Listeners = HashMap<u64, Weak<Inner>>;
-
-/// A live subscription and the guards that hold it.
-struct Shared {
-    /// Tells this subscription apart from a later one on the same key.
-    id: u64,
-    listeners: Arc<Mutex<Listeners>>,
-    /// Ends the task that owns the subscription; dropping a NATS subscriber
-    /// unsubscribes.
-    task: tokio::task::AbortHandle,
-    _client: Client,
-}
-
-/// A guard's hold on one shared subscription; dropping it lets go, and the
-/// last to let go ends the subscription.
-struct Lease {
-    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
-    key: SubjectKey,
-    id: u64,
-    guard: u64,
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let mut map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let last = match map.get(&self.key) {
-            Some(entry) if entry.id == self.id => {
-                let mut listeners = entry.listeners.lock().unwrap_or_else(|p| p.into_inner());
-                listeners.remove(&self.guard);
-                listeners.is_empty()
-            }
-            _ => false,
-        };
-        if last {
-            if let Some(entry) = map.remove(&self.key) {
-                entry.task.abort();
-            }
-        }
-    }
-}
-
-/// Numbers subscriptions and guards, so a lease never touches a later
-/// subscription or another guard.
+/// Numbers guards, so a feed tells them apart.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
-impl GuardHub {
-    /// A new, empty hub. Share it among the guards of a process.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// How many subscriptions the hub holds for its guards.
-    pub fn subscriptions(&self) -> usize {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Makes `guard` hear `mandate`'s subject, subscribing unless another
-    /// guard on the same connection already does.
-    async fn listen(
-        &self,
-        client: &Client,
-        mandate: MandateId,
-        guard: &Arc<Inner>,
-    ) -> Result<Lease, ClientError> {
-        let key = SubjectKey {
-            connection: connection_of(client)?,
-            subject: signal_subject(client.tenant(), mandate),
-        };
-        self.watch(client, key.connection);
-        if let Some(lease) = self.join(&key, guard) {
-            return Ok(lease);
-        }
-        let source = match client.in_process_signals(client.tenant(), mandate).await {
-            Some(local) => local?,
-            None => {
-                let nats = client
-                    .nats_client()
-                    .ok_or_else(|| ClientError::Nats("no transport".into()))?;
-                let sub = nats
-                    .subscribe(key.subject.clone())
-                    .await
-                    .map_err(|e| ClientError::Nats(e.to_string()))?;
-                // No flush here: the guard's state read that follows is a
-                // request on this same connection, and the server handles a
-                // connection's messages in order, so the subscription is in
-                // place before the read is answered. A guard that joins it
-                // later reads later, on the same connection, too.
-                nats_signals(sub)
-            }
-        };
-        let mut map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if map.contains_key(&key) {
-            // Another guard subscribed meanwhile: use its subscription (ours
-            // is dropped, which unsubscribes it).
-            drop(map);
-            return self
-                .join(&key, guard)
-                .ok_or_else(|| ClientError::Nats(format!("subscription to {} lost", key.subject)));
-        }
-        let id = next_id();
-        let listeners = Arc::new(Mutex::new(HashMap::from([(
-            guard.number,
-            Arc::downgrade(guard),
-        )])));
-        let task = tokio::spawn(forward(
-            source,
-            listeners.clone(),
-            self.shared.clone(),
-            key.clone(),
-            id,
-        ));
-        map.insert(
-            key.clone(),
-            Shared {
-                id,
-                listeners,
-                task: task.abort_handle(),
-                _client: client.clone(),
-            },
-        );
-        Ok(Lease {
-            shared: self.shared.clone(),
-            key,
-            id,
-            guard: guard.number,
-        })
-    }
-
-    /// Starts the reconnect watcher of a NATS connection, once.
-    fn watch(&self, client: &Client, connection: usize) {
-        let Some(nats) = client.nats_client() else {
-            return;
-        };
-        let fresh = self
-            .watched
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(connection);
-        if fresh {
-            tokio::spawn(watch_reconnects(
-                nats.statistics(),
-                Arc::downgrade(&self.shared),
-                self.watched.clone(),
-                connection,
-            ));
-        }
-    }
-
-    /// Adds `guard` to the subscription already held for `key`, if any.
-    fn join(&self, key: &SubjectKey, guard: &Arc<Inner>) -> Option<Lease> {
-        let map = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.get(key)?;
-        entry
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(guard.number, Arc::downgrade(guard));
-        Some(Lease {
-            shared: self.shared.clone(),
-            key: key.clone(),
-            id: entry.id,
-            guard: guard.number,
-        })
-    }
-}
-
-/// What the guards of one connection share: the address of its statistics
-/// over NATS, of the engine's signal bus in process.
-fn connection_of(client: &Client) -> Result<usize, ClientError> {
-    if let Some(nats) = client.nats_client() {
-        return Ok(Arc::as_ptr(&nats.statistics()) as usize);
-    }
-    #[cfg(feature = "engine")]
-    if let Some(engine) = client.engine() {
-        return Ok(engine.bus() as *const _ as usize);
-    }
-    Err(ClientError::Nats("no transport".into()))
-}
-
-/// A NATS subscription's messages as signals; one that does not decode is
-/// passed over (and said), as it tells no guard anything.
-fn nats_signals(sub: async_nats::Subscriber) -> BoxStream<'static, Heard> {
-    sub.filter_map(|msg| async move {
-        match serde_json::from_slice::<Signal>(&msg.payload) {
-            Ok(signal) => Some(Heard::Signal(Arc::new(signal))),
-            Err(e) => {
-                tracing::warn!(subject = %msg.subject, error = %e, "passed over a message on a signal subject that is not a signal");
-                None
-            }
-        }
-    })
-    .boxed()
-}
-
-/// Hands what one subscription hears to the guards that hold it. When the
-/// subscription ends (the connection closed), the entry is let go, so the
-/// next guard subscribes again, and the guards that held it deny until they
-/// have re-read.
-async fn forward(
-    mut source: BoxStream<'static, Heard>,
-    listeners: Arc<Mutex<Listeners>>,
-    shared: Arc<Mutex<HashMap<SubjectKey, Shared>>>,
-    key: SubjectKey,
-    id: u64,
-) {
-    while let Some(heard) = source.next().await {
-        let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
-        for guard in guards.values().filter_map(Weak::upgrade) {
-            guard.hear(&heard);
-        }
-    }
-    {
-        let mut map = shared.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&key).is_some_and(|entry| entry.id == id) {
-            map.remove(&key);
-        }
-    }
-    let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
-    for guard in guards.values().filter_map(Weak::upgrade) {
-        guard.hear(&Heard::Missed);
-    }
-}
-
-/// Watches one NATS connection for reconnects, for every guard of the hub
-/// on it: signals published while it was down are lost, so each of those
-/// guards hears that it missed some (it denies until a fresh re-read, which
-/// it starts at once). One task per connection, polling the client's count
-/// of connects (so a drop and reconnect between two looks is not missed);
-/// it ends with the hub, or once the connection itself is gone.
-async fn watch_reconnects(
-    stats: Arc<async_nats::Statistics>,
-    shared: Weak<Mutex<HashMap<SubjectKey, Shared>>>,
-    watched: Arc<Mutex<std::collections::HashSet<usize>>>,
-    connection: usize,
-) {
-    let connects = |s: &async_nats::Statistics| s.connects.load(Ordering::Relaxed);
-    let mut seen = connects(&stats);
-    loop {
-        tokio::time::sleep(RECONNECT_POLL).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        // Only this task holds the statistics: no client of the connection
-        // is left. The address is not reused before this drop.
-        if Arc::strong_count(&stats) == 1 {
-            watched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&connection);
-            return;
-        }
-        let now = connects(&stats);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let listeners: Vec<_> = shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(k, _)| k.connection == connection)
-            .map(|(_, s)| s.listeners.clone())
-            .collect();
-        for listeners in listeners {
-            let guards = listeners.lock().unwrap_or_else(|p| p.into_inner());
-            for guard in guards.values().filter_map(Weak::upgrade) {
-                guard.hear(&Heard::Missed);
-            }
-        }
-    }
 }
 
 /// What a guard hears on one subject of its chain.
@@ -448,16 +141,16 @@ pub(crate) fn receiver_stream(rx: broadcast::Receiver<Arc<Signal>>) -> BoxStream
     .boxed()
 }
 
-struct Inner {
-    /// Tells guards apart on a shared subscription.
-    number: u64,
+pub(crate) struct Inner {
+    /// Tells guards apart on a shared feed.
+    pub(crate) number: u64,
     client: Client,
     mandate: MandateId,
     config: GuardConfig,
     held: RwLock<Held>,
-    /// When the guard started: `heard` counts from it.
-    born: Instant,
-    /// When the engine was last heard, in nanoseconds since `born`.
+    /// The process's follower of the tenant's signals, once attached.
+    feed: OnceLock<Arc<Feed>>,
+    /// When a read of its own last heard the engine ([`mono_nanos`]).
     heard: AtomicU64,
     /// Which of `terminated`, `suspended`, `quarantined` and `missed` are
     /// set ([`Block`]), so that a check reads one word instead of four
@@ -479,9 +172,13 @@ struct Inner {
     misses: AtomicU64,
     cancel: CancellationToken,
     changed: watch::Sender<u64>,
-    /// Poked by a signal that calls for a re-read; pokes coalesce, so the
-    /// guard re-reads once for any number of them.
-    reread: Notify,
+    /// On the feed's re-read queue: re-read requests coalesce.
+    pub(crate) queued: AtomicBool,
+    /// A re-read failed: the feed's timer tries again.
+    retry: AtomicBool,
+    /// When the feed's timer is set to look at the chain's expiry
+    /// ([`mono_nanos`]; 0: not set), so it is set once per deadline.
+    expiry_at: AtomicU64,
     /// The newest log position a signal that asked for a re-read named.
     reread_at: AtomicU64,
 }
@@ -516,20 +213,11 @@ enum Block {
     Missed = 8,
 }
 
-/// The agent's guard for one mandate. Dropping it stops its tasks and lets
-/// go of its subscriptions.
+/// The agent's guard for one mandate. It has no task of its own; dropping
+/// it takes it off its process's feed.
 pub struct Guard {
     inner: Arc<Inner>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    _leases: Vec<Lease>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
+    _attachment: Attachment,
 }
 
 impl Guard {
@@ -540,11 +228,10 @@ impl Guard {
         mandate: MandateId,
         config: GuardConfig,
     ) -> Result<Self, ClientError> {
-        if config.lease <= config.heartbeat {
-            return Err(ClientError::Invalid(format!(
-                "guard lease {:?} must be longer than its heartbeat {:?}, or it goes stale between heartbeats",
-                config.lease, config.heartbeat
-            )));
+        if config.lease.is_zero() {
+            return Err(ClientError::Invalid(
+                "guard lease must be longer than zero, or the guard is stale from the start".into(),
+            ));
         }
         let tenant = client.tenant().clone();
         // The chain never changes (parents are fixed at issue), so reading it
@@ -559,7 +246,7 @@ impl Guard {
             client: client.clone(),
             mandate,
             config,
-            born: Instant::now(),
+            feed: OnceLock::new(),
             heard: AtomicU64::new(0),
             blocked: AtomicU8::new(0),
             terminated: Mutex::new(None),
@@ -569,21 +256,20 @@ impl Guard {
             misses: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
-            reread: Notify::new(),
+            queued: AtomicBool::new(false),
+            retry: AtomicBool::new(false),
+            expiry_at: AtomicU64::new(0),
             reread_at: AtomicU64::new(0),
         });
-        let mut leases = Vec::new();
-        for m in &chain.mandates {
-            leases.push(hub.listen(&client, m.id(), &inner).await?);
-        }
+        // On the process's feed before the state read: a signal stored
+        // after the read was asked for reaches the guard.
+        let links: Vec<MandateId> = chain.mandates.iter().map(|m| m.id()).collect();
+        let attachment = hub.attach(&client, &inner, &links).await?;
+        let _ = inner.feed.set(attachment.feed().clone());
         inner.refresh(Consistency::Fresh).await?;
-        let signals = tokio::spawn(reread_loop(inner.clone()));
-        let heartbeat = tokio::spawn(heartbeat_loop(inner.clone()));
-        let clock = tokio::spawn(clock_loop(inner.clone()));
         Ok(Self {
             inner,
-            tasks: vec![signals, heartbeat, clock],
-            _leases: leases,
+            _attachment: attachment,
         })
     }
 
@@ -654,9 +340,11 @@ impl Guard {
                 GuardState::Terminated(s) => return Err(s),
                 GuardState::Paused | GuardState::Stale | GuardState::Quarantined => {}
             }
+            // Staleness comes and goes with time, not with a change: look
+            // again now and then.
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(Status::Revoked) },
-                _ = tokio::time::sleep(self.inner.config.heartbeat) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -725,7 +413,7 @@ impl Inner {
             self.mark(Block::Quarantined, reason.is_some());
             *q = reason;
         }
-        self.changed.send_modify(|v| *v += 1);
+        self.tell_changed();
     }
 
     /// Sets or clears `block`'s bit; called under the lock of what it
@@ -753,7 +441,7 @@ impl Inner {
             *missed = Some(miss);
             self.mark(Block::Missed, true);
         }
-        self.changed.send_modify(|v| *v += 1);
+        self.tell_changed();
     }
 
     /// A re-read sent after `misses` misses succeeded: what was missed
@@ -766,15 +454,32 @@ impl Inner {
         }
     }
 
+    /// True when neither a read of its own nor its process's feed (the
+    /// engines' beacons) has heard the engine within the lease. In process
+    /// there is no lease: the engine is here.
     fn stale(&self) -> bool {
-        let heard = Duration::from_nanos(self.heard.load(Ordering::SeqCst));
-        self.born.elapsed().saturating_sub(heard) > self.config.lease
+        let mut heard = self.heard.load(Ordering::SeqCst);
+        if let Some(feed) = self.feed.get() {
+            if feed.is_local() {
+                return false;
+            }
+            heard = heard.max(feed.beacon_heard());
+        }
+        let lease = u64::try_from(self.config.lease.as_nanos()).unwrap_or(u64::MAX);
+        mono_nanos().saturating_sub(heard) > lease
     }
 
     /// The engine was heard now.
     fn note_heard(&self) {
-        let since_born = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.heard.fetch_max(since_born, Ordering::SeqCst);
+        self.heard.fetch_max(mono_nanos(), Ordering::SeqCst);
+    }
+
+    /// Tells whoever waits on the guard's state that it changed; nothing
+    /// when no one waits (a cascade over many guards skips the work).
+    fn tell_changed(&self) {
+        if self.changed.receiver_count() > 0 {
+            self.tell_changed();
+        }
     }
 
     /// The guard's notion of now: the agent's clock, moved forward by as
@@ -861,30 +566,85 @@ impl Inner {
         d
     }
 
-    /// Applies what the held tree says: fires cancellation on termination.
-    fn settle(&self) {
+    /// Applies what the held tree says: fires cancellation on termination,
+    /// and otherwise sets the feed's timer for the chain's `not_after`.
+    fn settle(self: &Arc<Self>) {
         let now = self.now();
-        let status = {
+        let (status, deadline) = {
             let held = self.held.read().unwrap_or_else(|p| p.into_inner());
-            held.chain
-                .tree()
+            let tree = held.chain.tree();
+            let status = tree
                 .effective(self.mandate, now)
                 .map(|e| e.status)
-                .unwrap_or(Status::Revoked)
+                .unwrap_or(Status::Revoked);
+            let deadline = tree.chain(self.mandate).iter().map(|m| m.not_after()).min();
+            (status, deadline)
         };
         if status.is_terminal() {
             let mut t = self.terminated.lock().unwrap_or_else(|p| p.into_inner());
             t.get_or_insert(status);
             self.mark(Block::Terminated, true);
             self.cancel.cancel();
+        } else if let (Some(deadline), Some(feed)) = (deadline, self.feed.get()) {
+            // Not ended yet by the guard's clock: wake when it says the
+            // chain's earliest `not_after` has passed (at least a moment
+            // from now, so a clock that disagrees never spins).
+            let wait = (deadline - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_millis(5));
+            let at =
+                mono_nanos().saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+            // Set once per deadline: an earlier one (a narrowing) moves it,
+            // a later one (a renew) waits for the set one to fire first.
+            let set = self.expiry_at.load(Ordering::SeqCst);
+            if set == 0 || at < set {
+                self.expiry_at.store(at, Ordering::SeqCst);
+                feed.schedule(self, Instant::now() + wait);
+            }
         }
-        self.changed.send_modify(|v| *v += 1);
+        self.tell_changed();
+    }
+
+    /// The feed's timer for this guard is due: the chain's `not_after`, or
+    /// a re-read to try again.
+    pub(crate) fn on_timer(self: &Arc<Self>) {
+        if self.terminated_status().is_some() {
+            return;
+        }
+        if self.retry.swap(false, Ordering::SeqCst) {
+            if let Some(feed) = self.feed.get() {
+                feed.queue_reread(self);
+            }
+        }
+        let set = self.expiry_at.load(Ordering::SeqCst);
+        if set != 0 && mono_nanos() >= set {
+            self.expiry_at.store(0, Ordering::SeqCst);
+            self.settle();
+        }
+    }
+
+    /// Re-reads the chain for the signals that asked for it: at least as
+    /// new as the newest position they named, or fresh after a loss. A
+    /// failed re-read is tried again a second later, on the feed's timer.
+    pub(crate) async fn reread(self: &Arc<Self>) {
+        if self.terminated_status().is_some() {
+            return;
+        }
+        let level = reread_level(self.missed(), self.reread_at.load(Ordering::SeqCst));
+        if let Err(e) = self.refresh(level).await {
+            tracing::warn!(mandate = %self.mandate, error = %e, "guard could not re-read its chain; it tries again");
+            if let Some(feed) = self.feed.get() {
+                self.retry.store(true, Ordering::SeqCst);
+                feed.schedule(self, Instant::now() + Duration::from_secs(1));
+            }
+        }
     }
 
     /// Re-reads the chain at `level`: `at_least` the position a signal
     /// named, or `fresh` when nothing names one (the heartbeat, which makes
     /// up for signals lost, must see everything acknowledged anywhere).
-    async fn refresh(&self, level: Consistency) -> Result<(), ClientError> {
+    async fn refresh(self: &Arc<Self>, level: Consistency) -> Result<(), ClientError> {
         let misses = self.misses.load(Ordering::SeqCst);
         let sent = self.local_now();
         let q = MandateQuery {
@@ -921,7 +681,11 @@ impl Inner {
     /// tree held (a slow answer overtaken by a newer one) is dropped, and
     /// counts neither as hearing the engine nor as a clock reading. So does
     /// a reply whose chain the engine could not have written (refused).
-    fn install(&self, reply: ChainReply, sent: DateTime<Utc>) -> Result<(), ClientError> {
+    fn install(
+        self: &Arc<Self>,
+        reply: ChainReply,
+        sent: DateTime<Utc>,
+    ) -> Result<(), ClientError> {
         let version = reply.version;
         let reply_position = reply.position;
         let engine_time = reply.engine_time;
@@ -1007,16 +771,16 @@ impl Inner {
 }
 
 impl Inner {
-    /// Takes what the guard's subscription heard, on the subscription's own
-    /// task: the state changes at once, and a re-read, when one is called
-    /// for, is left to the guard's task.
-    fn hear(&self, heard: &Heard) {
+    /// Takes what the feed heard for this guard, on the feed's own task:
+    /// the state changes at once, and a re-read, when one is called for,
+    /// goes on the feed's queue.
+    pub(crate) fn hear(self: &Arc<Self>, heard: &Heard) {
         let signal = match heard {
             Heard::Signal(signal) => signal,
             Heard::Missed => {
                 // Fail closed: deny now, and re-read to learn what was missed.
                 self.note_missed();
-                self.reread.notify_one();
+                self.ask_reread();
                 return;
             }
         };
@@ -1028,7 +792,7 @@ impl Inner {
                     self.mark(Block::Terminated, true);
                 }
                 self.cancel.cancel();
-                self.changed.send_modify(|v| *v += 1);
+                self.tell_changed();
                 // Terminal is absorbing: after a termination there is
                 // nothing left to learn, and skipping the re-read keeps a
                 // cascade over thousands of guards from turning into
@@ -1041,7 +805,7 @@ impl Inner {
                     *s = Some(s.map_or(signal.seq, |held| held.max(signal.seq)));
                     self.mark(Block::Suspended, true);
                 }
-                self.changed.send_modify(|v| *v += 1);
+                self.tell_changed();
             }
             SignalKind::Quarantined => {
                 self.set_quarantine(Some(DenyReason::Quarantined {
@@ -1059,72 +823,13 @@ impl Inner {
         if let Some(position) = signal.head_position {
             self.reread_at.fetch_max(position, Ordering::SeqCst);
         }
-        self.reread.notify_one();
+        self.ask_reread();
     }
-}
 
-/// Re-reads the state whenever a signal asks for it (see [`Inner::hear`]).
-async fn reread_loop(inner: Arc<Inner>) {
-    loop {
-        inner.reread.notified().await;
-        if inner.terminated_status().is_some() {
-            continue;
+    fn ask_reread(self: &Arc<Self>) {
+        if let Some(feed) = self.feed.get() {
+            feed.queue_reread(self);
         }
-        // Otherwise the signal is a hint; the state is the truth, read at
-        // least as new as the newest event signalled. After signals were
-        // missed, no position covers what was lost: fresh.
-        let level = match inner.reread_at.load(Ordering::SeqCst) {
-            _ if inner.missed() => Consistency::Fresh,
-            0 => Consistency::Fresh,
-            position => Consistency::AtLeast(position),
-        };
-        if let Err(e) = inner.refresh(level).await {
-            tracing::warn!(mandate = %inner.mandate, error = %e, "guard could not re-read state after a signal");
-        }
-    }
-}
-
-/// How often a hub looks at each NATS connection its guards use.
-const RECONNECT_POLL: Duration = Duration::from_millis(100);
-
-async fn heartbeat_loop(inner: Arc<Inner>) {
-    loop {
-        // A reconnect does not wait for the heartbeat: the hub's watcher of
-        // the connection tells the guard it missed signals, and it re-reads
-        // at once. So an idle guard wakes once a heartbeat, not ten times a
-        // second.
-        tokio::time::sleep(inner.config.heartbeat).await;
-        if inner.terminated_status().is_some() {
-            // Ended for good: no lease to keep.
-            return;
-        }
-        if let Err(e) = inner.refresh(Consistency::Fresh).await {
-            tracing::debug!(mandate = %inner.mandate, error = %e, "guard heartbeat failed");
-            inner.changed.send_modify(|v| *v += 1);
-        }
-    }
-}
-
-/// Fires cancellation when the chain's `not_after` passes, without any signal.
-async fn clock_loop(inner: Arc<Inner>) {
-    loop {
-        let deadline = {
-            let held = inner.held.read().unwrap_or_else(|p| p.into_inner());
-            held.chain
-                .tree()
-                .chain(inner.mandate)
-                .iter()
-                .map(|m| m.not_after())
-                .min()
-        };
-        let Some(deadline) = deadline else { return };
-        let wait = (deadline - inner.now()).to_std().unwrap_or(Duration::ZERO);
-        if wait.is_zero() {
-            inner.settle();
-            return;
-        }
-        // Re-evaluate at least every heartbeat, since a renew may move the deadline.
-        tokio::time::sleep(wait.min(inner.config.heartbeat)).await;
     }
 }
 

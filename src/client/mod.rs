@@ -13,6 +13,7 @@
 
 pub mod connect;
 pub mod guard;
+mod hub;
 
 use std::time::Duration;
 

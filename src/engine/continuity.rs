@@ -182,8 +182,38 @@ impl Engine {
         if new {
             tracing::error!(%tenant, %tree, recorded, found, "the event log lost acknowledged records of this tree; it is held");
             self.inner.changed.notify_waiters();
+            self.signal_log_loss(tenant, tree, recorded, found);
         }
         Ok(new)
+    }
+
+    /// Tells the tree's guards that it is held: a `quarantined` signal on
+    /// its root, without a position (the log's positions may start again),
+    /// so a guard denies until a re-read succeeds, which the engine refuses
+    /// while the tree is held. Guards read their chains only when told to,
+    /// so this is how they learn it. Published on a task of its own: the
+    /// mark is what holds the tree, and the signal is idempotent (one
+    /// message id per tree).
+    fn signal_log_loss(&self, tenant: &TenantId, tree: TreeId, recorded: u64, found: u64) {
+        let Ok(Some(snap)) = self.inner.store.view(tenant, tree, &[], None) else {
+            return;
+        };
+        let q = crate::domain::Quarantine {
+            position: 0,
+            reason: format!(
+                "the event log went backwards on this tree (it held position {recorded}, the log now {found}); it is held until an operator accepts the loss"
+            ),
+        };
+        let Some(mut signal) = super::quarantine_signal(&snap.tree, &q, self.now()) else {
+            return;
+        };
+        signal.position = None;
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.inner.bus.publish(&signal).await {
+                tracing::error!(tree = %signal.tree, error = %e, "log-loss signal not published");
+            }
+        });
     }
 
     /// The tree's head in the log, compared with `recorded` (the head this

@@ -41,7 +41,7 @@ impl Engine {
             }
             None => missions::MissionState::default(),
         };
-        let audit = audit::AuditSink::new(nats.as_ref());
+        let audit = audit::AuditSink::new(nats.as_ref()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 log,

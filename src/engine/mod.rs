@@ -89,7 +89,11 @@ pub struct EngineConfig {
     pub instance: String,
     /// Attempts at a command when other writers keep winning the tree.
     pub max_attempts: u32,
-    /// How long signals stay in the catch-up stream (NATS).
+    /// How long signals (and beacons) stay in the catch-up stream (NATS):
+    /// a guard's process cut off for longer cannot have what it missed
+    /// replayed, and re-reads every chain. Beacons stored over it: tenants
+    /// × instances × retention / `beacon_interval` (3,600 a tenant and
+    /// instance by default).
     pub signal_retention: Duration,
     /// How long recorded check decisions stay in the audit stream (NATS).
     pub audit_retention: Duration,
@@ -137,7 +141,7 @@ impl Default for EngineConfig {
         Self {
             instance: format!("engine-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             max_attempts: 32,
-            signal_retention: Duration::from_secs(24 * 3600),
+            signal_retention: Duration::from_secs(3600),
             audit_retention: Duration::from_secs(90 * 24 * 3600),
             audit: true,
             expiry_tick: Duration::from_secs(1),

@@ -363,6 +363,7 @@ impl Engine {
                 tracing::debug!(subject = %msg.subject, "request without reply subject ignored");
                 continue;
             };
+            let check = msg.subject.starts_with("mandate.q.") && msg.subject.ends_with(".check");
             let permit = slots
                 .clone()
                 .acquire_owned()
@@ -370,7 +371,7 @@ impl Engine {
                 .map_err(|_| EngineError::unavailable("request slots closed"))?;
             let me = self.clone();
             let client = client.clone();
-            tokio::spawn(async move {
+            let mut work = Box::pin(async move {
                 let auth = msg
                     .headers
                     .as_ref()
@@ -384,6 +385,15 @@ impl Engine {
                 }
                 drop(permit);
             });
+            // A check is small (its chain): one that never waits (`local`,
+            // an `at_least` already applied, a refusal) is answered here, in
+            // one poll, without a task of its own; one that waits (a log
+            // read) goes on in its own task. Every other request has its
+            // own task from the start, so a long read (a `list`, a `verify`)
+            // never holds up the intake.
+            if !check || futures::poll!(&mut work).is_pending() {
+                tokio::spawn(work);
+            }
         }
         tracing::info!("draining in-flight requests");
         for sub in commands.iter_mut().chain(queries.iter_mut()) {

@@ -19,9 +19,11 @@
 //! [`DUPLICATE_WINDOW`] a no-op.
 //!
 //! Over NATS each instance also publishes a [`Beacon`] per tenant it
-//! serves, on [`beacon_subject`], into the same stream, with a
-//! `Nats-Rollup: sub` header: the stream keeps only a tenant's latest
-//! beacon, so beacons cost it no space over time.
+//! serves, on [`beacon_subject`], into the same stream, where they age out
+//! with the signals. Not as rollups: on server 2.9 a subject rollup moves
+//! every consumer's next sequence past the purged range, so a process
+//! resuming after a cut-off would skip the signals stored meanwhile (the
+//! cut-off test of `tests/guard_nats.rs` shows it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -279,8 +281,8 @@ impl SignalBus {
     }
 
     /// Ensures the signal stream exists (NATS only), with the duplicate
-    /// window republishing relies on and rollups allowed (beacons): a
-    /// stream made by an older build is updated to them.
+    /// window republishing relies on: a stream made by an older build is
+    /// updated to it.
     pub async fn setup(&self, max_age: std::time::Duration) -> Result<(), EngineError> {
         if let SignalBus::Nats { js, .. } = self {
             let window = DUPLICATE_WINDOW.min(max_age);
@@ -291,7 +293,6 @@ impl SignalBus {
                     storage: async_nats::jetstream::stream::StorageType::File,
                     max_age,
                     duplicate_window: window,
-                    allow_rollup: true,
                     ..Default::default()
                 })
                 .await
@@ -306,15 +307,14 @@ impl SignalBus {
                 })?
                 .config
                 .clone();
-            if !have.allow_rollup || have.duplicate_window < window {
+            if have.duplicate_window < window {
                 let config = async_nats::jetstream::stream::Config {
-                    allow_rollup: true,
                     duplicate_window: have.duplicate_window.max(window),
                     ..have
                 };
                 js.update_stream(config).await.map_err(|e| {
                     EngineError::unavailable(format!(
-                        "cannot update stream {SIGNAL_STREAM} (rollups for beacons, a duplicate window of {window:?}): {e}"
+                        "cannot update stream {SIGNAL_STREAM} (a duplicate window of {window:?}): {e}"
                     ))
                 })?;
             }
@@ -350,8 +350,7 @@ impl SignalBus {
         }
     }
 
-    /// Publishes one beacon per tenant into the signal stream, each
-    /// replacing the tenant's previous one there (`Nats-Rollup: sub`), the
+    /// Publishes one beacon per tenant into the signal stream, the
     /// acknowledgements awaited together. Returns those that failed. Does
     /// nothing in process.
     pub(crate) async fn publish_beacons<'a>(
@@ -369,10 +368,8 @@ impl SignalBus {
             let mut acks = Vec::with_capacity(part.len());
             for beacon in part {
                 let payload = serde_json::to_vec(beacon).expect("beacons serialize");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Rollup", "sub");
                 match js
-                    .publish_with_headers(beacon_subject(&beacon.tenant), headers, payload.into())
+                    .publish(beacon_subject(&beacon.tenant), payload.into())
                     .await
                 {
                     Ok(ack) => acks.push((beacon, ack)),

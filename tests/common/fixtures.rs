@@ -184,12 +184,11 @@ pub fn assert_denied_as(d: &Decision, status: Status) {
     }
 }
 
-/// A guard's settings: fail closed after `lease` without a confirmed read,
-/// re-read every `heartbeat`; the rest as by default.
-pub fn guard_config(lease: Duration, heartbeat: Duration) -> GuardConfig {
+/// A guard's settings: fail closed after `lease` without hearing the
+/// engine; the rest as by default.
+pub fn guard_config(lease: Duration) -> GuardConfig {
     GuardConfig {
         lease,
-        heartbeat,
         ..GuardConfig::default()
     }
 }

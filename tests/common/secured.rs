@@ -188,3 +188,42 @@ impl Drop for ServedOn {
         }
     }
 }
+
+/// The signal stream's name, as the engine creates it.
+pub const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
+
+/// The consumer a process's guard hub follows a tenant's signals with:
+/// ordered (push, flow control, idle heartbeats), named so that the create
+/// request names its filter in the subject (the only form a server 2.9 can
+/// restrict by permission), on `filter`, from new signals on. Returns it
+/// with its name, or the client's error (a refused request times out).
+pub async fn ordered_signal_consumer(
+    nc: &async_nats::Client,
+    filter: &str,
+) -> (
+    String,
+    Result<
+        async_nats::jetstream::consumer::Consumer<
+            async_nats::jetstream::consumer::push::OrderedConfig,
+        >,
+        async_nats::jetstream::stream::ConsumerError,
+    >,
+) {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+    let mut js = async_nats::jetstream::new(nc.clone());
+    js.set_timeout(Duration::from_secs(2));
+    let made = js
+        .create_consumer_on_stream(
+            OrderedConfig {
+                name: Some(name.clone()),
+                filter_subject: filter.to_string(),
+                deliver_subject: nc.new_inbox(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            },
+            SIGNAL_STREAM,
+        )
+        .await;
+    (name, made)
+}

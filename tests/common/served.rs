@@ -17,11 +17,13 @@ pub struct Instance {
 #[allow(dead_code)]
 impl Instance {
     /// An instance with the default settings, but open tenants allowed (the
-    /// suites act without authentication unless they test it), and its
-    /// projection under `dir`.
+    /// suites act without authentication unless they test it), beacons five
+    /// times a second (so guards' leases of a second or two hold while it
+    /// serves), and its projection under `dir`.
     pub async fn start(url: &str, dir: &Path) -> Self {
         let config = EngineConfig {
             allow_open_tenants: true,
+            beacon_interval: Duration::from_millis(200),
             ..EngineConfig::default()
         };
         Self::start_with(url, dir, config).await

@@ -152,19 +152,13 @@ pub async fn own(c: &Client, m: MandateId) -> Status {
     c.status(m, None).await.expect("status").mandate.status()
 }
 
-/// A guard of `m` for `client`, on a hub of its own, with the given lease
-/// and heartbeat.
-pub async fn start_guard(
-    client: Client,
-    m: MandateId,
-    lease: Duration,
-    heartbeat: Duration,
-) -> mandate::client::Guard {
+/// A guard of `m` for `client`, on a hub of its own, with the given lease.
+pub async fn start_guard(client: Client, m: MandateId, lease: Duration) -> mandate::client::Guard {
     mandate::client::Guard::start(
         client,
         &mandate::client::guard::GuardHub::new(),
         m,
-        super::fixtures::guard_config(lease, heartbeat),
+        super::fixtures::guard_config(lease),
     )
     .await
     .expect("start the guard")

@@ -11,14 +11,15 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig};
 use mandate::domain::Actor;
 
-use crate::gen::{self, TreeWriter};
+use crate::gen;
 use crate::harness::{progress, BenchResult, Env, Served};
 use crate::report::{Printer, Row, Samples, Target};
 
 const S: &str = "cascade";
 
 pub struct Sizes {
-    pub guards: usize,
+    /// Guard counts, one run of rounds each.
+    pub guards: Vec<usize>,
     pub rounds: usize,
     pub connections: Vec<usize>,
 }
@@ -26,40 +27,56 @@ pub struct Sizes {
 pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     let served = Served::start(env, &env.dir("engine")).await?;
     let log = env.log().await?;
-    for &conns in &sizes.connections {
-        let raw = baseline(env, sizes.guards, conns, sizes.rounds).await?;
-        let mut revoke = Samples::default();
-        for round in 0..sizes.rounds {
-            progress(&format!(
-                "cascade: round {} of {} with {} guards on {conns} connection(s)",
-                round + 1,
-                sizes.rounds,
-                sizes.guards
-            ));
-            revoke.push(one_round(env, &served, &log, sizes.guards, conns).await?);
-        }
-        let size = format!("{} guards, depth 3, {conns} conn", sizes.guards);
-        let (shape, target) = if conns == 1 {
-            ("one process", 0.5)
-        } else {
-            ("spread", 1.2)
-        };
-        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-            out.print(
-                &Row::new(
-                    S,
-                    format!("revoke to last guard, {shape}, {name}"),
-                    revoke.quantile_us(q),
-                    Some(raw.quantile_us(q)),
-                    "us",
-                    revoke.len(),
-                    &size,
-                )
-                .target(Target::RatioAtMost(target)),
-            );
+    for &guards in &sizes.guards {
+        for &conns in &sizes.connections {
+            one_layout(env, &served, &log, sizes, guards, conns, out).await?;
         }
     }
     served.stop().await
+}
+
+/// The rounds of one guard count on one connection layout, and their rows.
+async fn one_layout(
+    env: &Env,
+    served: &Served,
+    log: &mandate::log::JetStreamLog,
+    sizes: &Sizes,
+    guards: usize,
+    conns: usize,
+    out: &Printer,
+) -> BenchResult<()> {
+    let raw = baseline(env, guards, conns, sizes.rounds).await?;
+    let mut revoke = Samples::default();
+    for round in 0..sizes.rounds {
+        progress(&format!(
+            "cascade: round {} of {} with {} guards on {conns} connection(s)",
+            round + 1,
+            sizes.rounds,
+            guards
+        ));
+        revoke.push(one_round(env, served, log, guards, conns).await?);
+    }
+    let size = format!("{guards} guards, depth 3, {conns} conn");
+    let (shape, target) = if conns == 1 {
+        ("one process", 0.5)
+    } else {
+        ("spread", 1.2)
+    };
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        out.print(
+            &Row::new(
+                S,
+                format!("revoke to last guard, {shape}, {name}"),
+                revoke.quantile_us(q),
+                Some(raw.quantile_us(q)),
+                "us",
+                revoke.len(),
+                &size,
+            )
+            .target(Target::RatioAtMost(target)),
+        );
+    }
+    Ok(())
 }
 
 /// One fresh tree (root, two levels, `guards` leaves), its guards, and the
@@ -71,36 +88,10 @@ async fn one_round(
     guards: usize,
     conns: usize,
 ) -> BenchResult<Duration> {
-    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
-    let root = writer.root();
-    let mid = writer
-        .delegate(
-            "lead",
-            gen::delegation(root, "mid", gen::root_scope(), Some(2))?,
-        )
-        .await?;
-    let sub = writer
-        .delegate(
-            "mid",
-            gen::delegation(mid, "sub", gen::root_scope(), Some(1))?,
-        )
-        .await?;
-    let mut leaves = Vec::with_capacity(guards);
-    for i in 0..guards {
-        leaves.push(
-            writer
-                .delegate(
-                    "sub",
-                    gen::delegation(sub, &format!("w{i}"), gen::worker_scope(), Some(0))?,
-                )
-                .await?,
-        );
-    }
-    writer.flush().await?;
+    let (root, leaves) = gen::tree_of_leaves(log, guards).await?;
     served.settled("cascade").await?;
     let config = GuardConfig {
         lease: Duration::from_secs(3600),
-        heartbeat: Duration::from_secs(1800),
         ..GuardConfig::default()
     };
     let mut clients = Vec::new();

@@ -228,19 +228,36 @@ async fn wait_answered(nc: &async_nats::Client, subject: &str, body: &[u8]) -> B
 }
 
 /// One engine query; an error reply (or a denial) is returned as its text.
+/// The caller reads what it acts on (the outcome), as an agent's hot path
+/// does; the rest of the decision is skipped over, not built.
 async fn ask(nc: &async_nats::Client, subject: &str, body: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        ok: bool,
+        #[serde(default)]
+        result: Option<Outcome>,
+        #[serde(default)]
+        error: Option<Value>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Outcome {
+        outcome: String,
+    }
     let reply = nc
         .request(subject.to_string(), body.to_vec().into())
         .await
         .map_err(|e| e.to_string())?;
-    let v: Value = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-    if v["ok"] != json!(true) {
-        return Err(v["error"].to_string());
+    let a: Answer = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+    if !a.ok {
+        return Err(a.error.unwrap_or(Value::Null).to_string());
     }
-    if v["result"]["outcome"] != json!("allow") {
-        return Err(format!("denied: {}", v["result"]));
+    match a.result {
+        Some(Outcome { outcome }) if outcome == "allow" => Ok(()),
+        _ => Err(format!(
+            "denied: {}",
+            String::from_utf8_lossy(&reply.payload)
+        )),
     }
-    Ok(())
 }
 
 /// Requests per second with `callers` callers sharing one connection,

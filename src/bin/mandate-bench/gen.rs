@@ -178,6 +178,36 @@ impl TreeWriter {
     }
 }
 
+/// A fresh tree of depth 3 for `leaves` guards: a root for `lead`, `mid`
+/// under it, `sub` under that, and one leaf per worker (`w0`, `w1`, ...)
+/// under `sub`, each with [`worker_scope`]. Returns the root and the leaves.
+pub async fn tree_of_leaves(
+    log: &JetStreamLog,
+    leaves: usize,
+) -> BenchResult<(MandateId, Vec<MandateId>)> {
+    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
+    let root = writer.root();
+    let mid = writer
+        .delegate("lead", delegation(root, "mid", root_scope(), Some(2))?)
+        .await?;
+    let sub = writer
+        .delegate("mid", delegation(mid, "sub", root_scope(), Some(1))?)
+        .await?;
+    let mut made = Vec::with_capacity(leaves);
+    for i in 0..leaves {
+        made.push(
+            writer
+                .delegate(
+                    "sub",
+                    delegation(sub, &format!("w{i}"), worker_scope(), Some(0))?,
+                )
+                .await?,
+        );
+    }
+    writer.flush().await?;
+    Ok((root, made))
+}
+
 /// The commit of a new root, as the engine would write it, with its id.
 pub fn root_commit(i: usize) -> BenchResult<(CommandId, MandateId, Bytes)> {
     let cmd = envelope(

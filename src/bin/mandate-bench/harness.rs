@@ -116,6 +116,10 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for NatsServer {
@@ -153,11 +157,17 @@ impl Env {
         })
     }
 
-    /// A fresh directory under this scenario's scratch space.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// The process id of the nats-server this scenario started (none with
+    /// `--nats`).
+    pub fn server_pid(&self) -> Option<u32> {
+        self._server.as_ref().map(NatsServer::pid)
+    }
+
+    /// A fresh directory under this scenario's scratch space.
     pub fn dir(&self, name: &str) -> PathBuf {
         self.scratch.path().join(name)
     }
@@ -284,4 +294,120 @@ pub fn rss_bytes(pid: u32) -> BenchResult<u64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| format!("unreadable VmRSS line {line:?}"))?;
     Ok(kib * 1024)
+}
+
+/// CPU time (user and system) process `pid` has used so far, or this
+/// process's with `None`; from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: Option<u32>) -> BenchResult<Duration> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces:
+    // count the fields after its closing one. utime and stime are fields
+    // 14 and 15, so the 12th and 13th after it.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("unreadable {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> BenchResult<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("no field {} in {path}", i + 3).into())
+    };
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_secs_f64(
+        total as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// The unit of the times in `/proc/<pid>/stat`.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; it takes no pointer.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// An engine serving in a process of its own (this program again, with
+/// `--engine-process`: [`crate::rebuild::engine_process`]), so that what the
+/// process uses (memory, CPU) is the engine's and nothing else's; stopped
+/// (stdin closed, then killed if it lingers) when dropped.
+pub struct EngineProcess(std::process::Child);
+
+impl EngineProcess {
+    /// Starts it with its projection under `env.dir(name)`, and waits until
+    /// it serves.
+    pub fn start(env: &Env, name: &str) -> BenchResult<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["memory", "--nats", env.url(), "--engine-process"])
+            .arg(env.dir(name))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout of the engine process")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+        if line.trim() != "serving" {
+            let _ = child.kill();
+            return Err(format!("the engine process did not start (said {line:?})").into());
+        }
+        Ok(Self(child))
+    }
+
+    pub fn rss(&self) -> BenchResult<u64> {
+        rss_bytes(self.0.id())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        // Closing stdin stops it cleanly; kill it if it lingers.
+        drop(self.0.stdin.take());
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until the engine behind NATS reports no lag at `position` or past,
+/// saying how far it is every few seconds (for `what`).
+pub async fn engine_caught_up(
+    nc: &async_nats::Client,
+    position: u64,
+    what: &str,
+) -> BenchResult<()> {
+    let subject = format!("mandate.q.{}.health", crate::gen::tenant());
+    let mut said = Instant::now();
+    loop {
+        let reply = nc.request(subject.clone(), "{}".into()).await?;
+        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+        let at = v["result"]["position"].as_u64().unwrap_or(0);
+        if at >= position && v["result"]["lag"].as_u64() == Some(0) {
+            return Ok(());
+        }
+        if said.elapsed() > Duration::from_secs(5) {
+            progress(&format!("{what}: projection at {at} of {position}"));
+            said = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

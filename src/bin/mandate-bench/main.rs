@@ -13,6 +13,7 @@ mod commands;
 mod gen;
 mod growth;
 mod harness;
+mod idle;
 mod rebuild;
 mod report;
 
@@ -33,10 +34,11 @@ enum Scenario {
     Commands,
     Rebuild,
     Memory,
+    IdleGuards,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 7] = [
+    const EACH: [Scenario; 8] = [
         Scenario::Growth,
         Scenario::Cascade,
         Scenario::CheckRemote,
@@ -44,6 +46,7 @@ impl Scenario {
         Scenario::Commands,
         Scenario::Rebuild,
         Scenario::Memory,
+        Scenario::IdleGuards,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Scenario {
             Scenario::Commands => "commands",
             Scenario::Rebuild => "rebuild",
             Scenario::Memory => "memory",
+            Scenario::IdleGuards => "idle-guards",
         }
     }
 }
@@ -91,9 +95,11 @@ struct Args {
     /// growth: delegations each swarm agent makes.
     #[arg(long, default_value_t = 10)]
     swarm_each: usize,
-    /// cascade: live guards under the revoked root.
-    #[arg(long, default_value_t = 2000)]
-    guards: usize,
+    /// cascade: live guards under the revoked root (default 2000);
+    /// idle-guards: guards idling in one process (default 1000,10000).
+    /// Several counts, comma-separated, run one after the other.
+    #[arg(long, value_delimiter = ',')]
+    guards: Vec<usize>,
     /// cascade: rounds (each a fresh tree and its guards).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
@@ -121,7 +127,13 @@ struct Args {
     /// memory: seconds of check load while memory is read.
     #[arg(long, default_value_t = 5)]
     load_seconds: u64,
-    /// Internal (memory): serve one engine with its projection here, on the
+    /// idle-guards: seconds of the idle window measured.
+    #[arg(long, default_value_t = 60)]
+    window: u64,
+    /// idle-guards: seconds the guards run before the window opens.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
+    /// Internal (memory, idle-guards): serve one engine with its projection here, on the
     /// server `--nats` names, until stdin closes.
     #[arg(long, hide = true, requires = "nats")]
     engine_process: Option<std::path::PathBuf>,
@@ -135,7 +147,7 @@ impl Args {
         self.revokes = 1;
         self.swarm = 4;
         self.swarm_each = 2;
-        self.guards = 10;
+        self.guards = vec![10];
         self.rounds = 1;
         self.connections = vec![1, 2];
         self.requests = 20;
@@ -145,6 +157,8 @@ impl Args {
         self.events = 50;
         self.mandates = 50;
         self.load_seconds = 1;
+        self.window = 2;
+        self.settle = 1;
         self
     }
 }
@@ -177,6 +191,12 @@ async fn run(args: &Args) -> BenchResult<()> {
     }
     if args.sizes.is_empty() || args.connections.is_empty() || args.callers == 0 {
         return Err("--sizes, --connections and --callers need at least one".into());
+    }
+    if args.guards.contains(&0) {
+        return Err("--guards takes counts of at least 1".into());
+    }
+    if args.window == 0 {
+        return Err("--window needs at least 1 second".into());
     }
     let out = Printer::new(args.json);
     match &args.nats {
@@ -225,7 +245,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
         }
         Scenario::Cascade => {
             let sizes = cascade::Sizes {
-                guards: args.guards,
+                guards: guards_or(&args.guards, &[2000]),
                 rounds: args.rounds,
                 connections: args.connections.clone(),
             };
@@ -250,6 +270,23 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
         Scenario::Memory => {
             rebuild::memory(env, args.mandates, args.callers, args.load_seconds, out).await
         }
+        Scenario::IdleGuards => {
+            let sizes = idle::Sizes {
+                guards: guards_or(&args.guards, &[1000, 10_000]),
+                window: std::time::Duration::from_secs(args.window),
+                settle: std::time::Duration::from_secs(args.settle),
+            };
+            idle::run(env, &sizes, out).await
+        }
+    }
+}
+
+/// The guard counts given with `--guards`, or the scenario's own.
+fn guards_or(given: &[usize], default: &[usize]) -> Vec<usize> {
+    if given.is_empty() {
+        default.to_vec()
+    } else {
+        given.to_vec()
     }
 }
 

@@ -21,7 +21,7 @@ use mandate::store::Store;
 use serde_json::json;
 
 use crate::gen;
-use crate::harness::{progress, rss_bytes, BenchResult, Env, Served};
+use crate::harness::{engine_caught_up, progress, BenchResult, EngineProcess, Env, Served};
 use crate::report::{per_second, Printer, Row, Target};
 
 pub async fn rebuild(env: &Env, events: usize, out: &Printer) -> BenchResult<()> {
@@ -223,69 +223,6 @@ pub async fn engine_process(url: &str, dir: &std::path::Path) -> BenchResult<()>
     served.stop().await
 }
 
-/// An engine process, killed when dropped.
-struct EngineProcess(std::process::Child);
-
-impl EngineProcess {
-    fn start(env: &Env) -> BenchResult<Self> {
-        let mut child = std::process::Command::new(std::env::current_exe()?)
-            .args(["memory", "--nats", env.url(), "--engine-process"])
-            .arg(env.dir("engine"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or("no stdout of the engine process")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        if line.trim() != "serving" {
-            let _ = child.kill();
-            return Err(format!("the engine process did not start (said {line:?})").into());
-        }
-        Ok(Self(child))
-    }
-
-    fn rss(&self) -> BenchResult<u64> {
-        rss_bytes(self.0.id())
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        // Closing stdin stops it cleanly; kill it if it lingers.
-        drop(self.0.stdin.take());
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until the engine behind NATS reports no lag at `position` or past.
-async fn engine_caught_up(nc: &async_nats::Client, position: u64) -> BenchResult<()> {
-    let subject = format!("mandate.q.{}.health", gen::tenant());
-    let mut said = Instant::now();
-    loop {
-        let reply = nc.request(subject.clone(), "{}".into()).await?;
-        let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-        let at = v["result"]["position"].as_u64().unwrap_or(0);
-        if at >= position && v["result"]["lag"].as_u64() == Some(0) {
-            return Ok(());
-        }
-        if said.elapsed() > Duration::from_secs(5) {
-            progress(&format!("memory: projection at {at} of {position}"));
-            said = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 pub async fn memory(
     env: &Env,
     mandates: usize,
@@ -294,7 +231,7 @@ pub async fn memory(
     out: &Printer,
 ) -> BenchResult<()> {
     const S: &str = "memory";
-    let engine = EngineProcess::start(env)?;
+    let engine = EngineProcess::start(env, "memory")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = engine.rss()?;
     let log = env.log().await?;
@@ -303,7 +240,7 @@ pub async fn memory(
     let position = log.last_position().await?;
     drop(log);
     let nc = env.connect().await?;
-    engine_caught_up(&nc, position).await?;
+    engine_caught_up(&nc, position, "memory").await?;
     let loaded = engine.rss()?;
     progress(&format!(
         "memory: {callers} callers checking for {seconds} s"
