@@ -179,6 +179,10 @@ async fn guards_on_one_connection_share_one_consumer_until_the_last_lets_go() {
     tokio::time::timeout(PATIENCE, last.cancellation().cancelled())
         .await
         .expect("the last guard stops when its root is revoked");
+    // The signal came twice (straight from its publish, and from the
+    // stream) and was handed out once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hub.stats().signals, 1, "{:?}", hub.stats());
 
     drop(last);
     assert_eq!(hub.subscriptions(), 0);

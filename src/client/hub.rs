@@ -8,6 +8,11 @@
 //!   that a tenant-filtered permission admits it on server 2.9). Each signal
 //!   is handed to the guards whose chain holds its mandate, on the feed's
 //!   task: a termination cancels each of them there and then.
+//! - **Fast, then sure.** The feed also holds one core subscription to the
+//!   tenant's signal subjects, which brings each signal as the server relays
+//!   its publish, before the stream has stored it and pushed it to the
+//!   consumer. Each signal is handed out once (by event id), whichever path
+//!   brings it first; only the consumer's count for the lease and for gaps.
 //! - **Nothing is lost across a cut-off.** The feed remembers the stream
 //!   sequence of the last message it took. When the consumer's sequence
 //!   skips (messages pushed while the connection was down), or its idle
@@ -131,6 +136,9 @@ pub(crate) struct Feed {
     timed: Mutex<HashMap<u64, Weak<Inner>>>,
     timer_moved: Notify,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Signals already handed out (by event id), the last few thousand: a
+    /// signal comes both straight from its publish and from the stream.
+    seen: Mutex<Seen>,
     /// The consumer the follower made last, to delete when the feed ends
     /// (the server would remove it anyway once nobody listens).
     consumer: Mutex<Option<String>>,
@@ -346,6 +354,7 @@ impl Feed {
             timer_moved: Notify::new(),
             tasks: Mutex::new(Vec::new()),
             consumer: Mutex::new(None),
+            seen: Mutex::new(Seen::default()),
             ended: AtomicBool::new(false),
             signals: AtomicU64::new(0),
             beacons: AtomicU64::new(0),
@@ -535,6 +544,13 @@ impl Feed {
             .nats_client()
             .ok_or_else(|| ClientError::Nats("no transport".into()))?
             .clone();
+        // The fast path first: core deliveries of the tenant's signals as
+        // they are published, before the stream has stored them. The
+        // consumer below is what no signal can escape; this only makes most
+        // of them arrive sooner.
+        if let Ok(sub) = nats.subscribe(fast_subject(&self.key.tenant)).await {
+            self.spawn(fast_path(sub, Arc::downgrade(self)));
+        }
         let follower = Follower::new(nats, &self.key.tenant);
         let (ready_tx, mut ready_rx) = watch::channel(None::<Result<(), String>>);
         self.spawn(follow(follower, Arc::downgrade(self), ready_tx));
@@ -1000,14 +1016,64 @@ fn take(feed: &Feed, message: &async_nats::Message, stored_nanos: i128) {
         return;
     }
     match serde_json::from_slice::<Signal>(&message.payload) {
-        Ok(signal) => {
-            feed.signals.fetch_add(1, Ordering::Relaxed);
-            let mandate = signal.mandate;
-            feed.deliver(mandate, &Heard::Signal(Arc::new(signal)));
-        }
+        Ok(signal) => feed.take_signal(signal),
         Err(e) => {
             tracing::warn!(%subject, error = %e, "passed over a message on a signal subject that is not a signal");
         }
+    }
+}
+
+/// The core subject a feed's fast path listens on: every mandate's signals
+/// of the tenant (one token), and its beacons, which the fast path passes
+/// over (only the stream's, in order, keep the lease).
+fn fast_subject(tenant: &TenantId) -> String {
+    format!("mandate.sig.{tenant}.*")
+}
+
+/// Hands each signal published on the tenant's subjects to the feed as soon
+/// as the server relays it. Nothing here counts as hearing the engine, and
+/// nothing is lost if this falls behind or ends: the consumer brings every
+/// signal, in order, and each is handed out once.
+async fn fast_path(mut sub: async_nats::Subscriber, feed: Weak<Feed>) {
+    while let Some(message) = sub.next().await {
+        if message.subject.as_str().ends_with(".beacon") {
+            continue;
+        }
+        let Some(feed) = feed.upgrade() else { return };
+        if let Ok(signal) = serde_json::from_slice::<Signal>(&message.payload) {
+            feed.take_signal(signal);
+        }
+    }
+}
+
+/// The event ids of the signals a feed handed out last.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<crate::domain::EventId>,
+    order: VecDeque<crate::domain::EventId>,
+}
+
+/// How many signals a feed remembers having handed out.
+const SEEN_CAPACITY: usize = 4096;
+
+impl Feed {
+    /// Hands a signal to its mandate's guards, unless it was already.
+    fn take_signal(&self, signal: Signal) {
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if !seen.ids.insert(signal.event_id) {
+                return;
+            }
+            seen.order.push_back(signal.event_id);
+            if seen.order.len() > SEEN_CAPACITY {
+                if let Some(old) = seen.order.pop_front() {
+                    seen.ids.remove(&old);
+                }
+            }
+        }
+        self.signals.fetch_add(1, Ordering::Relaxed);
+        let mandate = signal.mandate;
+        self.deliver(mandate, &Heard::Signal(Arc::new(signal)));
     }
 }
 
