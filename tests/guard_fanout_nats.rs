@@ -118,6 +118,46 @@ async fn five_hundred_guards_on_one_client_all_stop_when_their_root_is_revoked()
         .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));
 }
 
+/// An engine on `server`, a tree of `mids` × `leaves`, and a guard of each
+/// leaf on a connection of their own sharing one hub, all allowing.
+struct Guarded {
+    _engine: Instance,
+    nc: async_nats::Client,
+    guards_nc: async_nats::Client,
+    root: MandateId,
+    hub: GuardHub,
+    guards: Vec<Guard>,
+}
+
+async fn guarded(
+    server: &NatsServer,
+    dir: &std::path::Path,
+    (mids, leaves): (usize, usize),
+) -> Guarded {
+    let engine = Instance::start(&server.url(), dir).await;
+    let nc = async_nats::connect(server.url()).await.expect("connect");
+    serving(&nc, "acme").await;
+    let (root, leaves) = tree(&nc, mids, leaves).await;
+    let guards_nc = async_nats::connect(server.url()).await.expect("connect");
+    let agents = client(&guards_nc, "acme", agent("a0"));
+    let hub = GuardHub::new();
+    let mut guards = Vec::new();
+    for (holder, leaf) in &leaves {
+        guards.push(start(&agents, &hub, holder, *leaf).await);
+    }
+    assert!(guards
+        .iter()
+        .all(|g| g.check("finance:read", "reports/q3").is_allowed()));
+    Guarded {
+        _engine: engine,
+        nc,
+        guards_nc,
+        root,
+        hub,
+        guards,
+    }
+}
+
 /// The consumers the guards' hubs hold on the signal stream.
 async fn hub_consumers(nc: &async_nats::Client) -> Vec<String> {
     let js = async_nats::jetstream::new(nc.clone());
@@ -197,21 +237,8 @@ async fn guards_on_one_connection_share_one_consumer_until_the_last_lets_go() {
 async fn guards_whose_subscription_ends_deny_at_once_not_a_lease_later() {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let _engine = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.expect("connect");
-    serving(&nc, "acme").await;
-    let (_root, leaves) = tree(&nc, 1, 2).await;
-
-    let guards_nc = async_nats::connect(server.url()).await.expect("connect");
-    let agents = client(&guards_nc, "acme", agent("a0"));
-    let hub = GuardHub::new();
-    let mut guards = Vec::new();
-    for (holder, leaf) in &leaves {
-        guards.push(start(&agents, &hub, holder, *leaf).await);
-    }
-    assert!(guards
-        .iter()
-        .all(|g| g.check("finance:read", "reports/q3").is_allowed()));
+    let s = guarded(&server, dir.path(), (1, 2)).await;
+    let (guards_nc, hub, guards) = (s.guards_nc, s.hub, s.guards);
 
     // The connection drains: its subscriptions end, and no signal can reach
     // these guards any more. Their lease (ten minutes) has not run out, so
@@ -237,21 +264,8 @@ async fn guards_whose_subscription_ends_deny_at_once_not_a_lease_later() {
 async fn a_revoke_made_while_the_server_restarts_reaches_every_guard() {
     let mut server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let _engine = Instance::start(&server.url(), dir.path()).await;
-    let nc = async_nats::connect(server.url()).await.expect("connect");
-    serving(&nc, "acme").await;
-    let (root, leaves) = tree(&nc, 2, 10).await;
-
-    let guards_nc = async_nats::connect(server.url()).await.expect("connect");
-    let agents = client(&guards_nc, "acme", agent("a0"));
-    let hub = GuardHub::new();
-    let mut guards = Vec::new();
-    for (holder, leaf) in &leaves {
-        guards.push(start(&agents, &hub, holder, *leaf).await);
-    }
-    assert!(guards
-        .iter()
-        .all(|g| g.check("finance:read", "reports/q3").is_allowed()));
+    let s = guarded(&server, dir.path(), (2, 10)).await;
+    let (nc, root, hub, guards) = (s.nc, s.root, s.hub, s.guards);
 
     // The server goes down and comes back (its stores kept); the revoke is
     // made as soon as the engine answers again, while the guards' process

@@ -701,6 +701,17 @@ impl Follower {
         }
     }
 
+    /// The signal stream's info (one request; the stream is not looked up
+    /// first).
+    async fn stream_info(&self) -> Result<async_nats::jetstream::stream::Info, String> {
+        let stream = self
+            .js
+            .get_stream_no_info(SIGNAL_STREAM)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.get_info().await.map_err(|e| e.to_string())
+    }
+
     /// Subscribes to a fresh inbox, then creates a consumer delivering
     /// there, starting right after the last message taken. The first time,
     /// that is the stream's last message as the stream's info gives it, read
@@ -709,12 +720,7 @@ impl Follower {
     async fn make(&mut self) -> Result<(async_nats::Subscriber, String), String> {
         use async_nats::jetstream::consumer::{push, AckPolicy, DeliverPolicy, ReplayPolicy};
         if self.created.is_none() {
-            let stream = self
-                .js
-                .get_stream_no_info(SIGNAL_STREAM)
-                .await
-                .map_err(|e| e.to_string())?;
-            let info = stream.get_info().await.map_err(|e| e.to_string())?;
+            let info = self.stream_info().await?;
             self.created = Some(info.created.unix_timestamp_nanos());
             self.last = info.state.last_sequence;
         }
@@ -758,12 +764,7 @@ impl Follower {
     /// message taken? `Ok(false)` when it cannot (retention ran out, or the
     /// stream was recreated): what was missed is gone.
     async fn replayable(&mut self) -> Result<bool, String> {
-        let stream = self
-            .js
-            .get_stream_no_info(SIGNAL_STREAM)
-            .await
-            .map_err(|e| e.to_string())?;
-        let info = stream.get_info().await.map_err(|e| e.to_string())?;
+        let info = self.stream_info().await?;
         let created = info.created.unix_timestamp_nanos();
         let same_stream = *self.created.get_or_insert(created) == created;
         let state = &info.state;
