@@ -642,8 +642,8 @@ impl Inner {
     }
 
     /// Re-reads the chain at `level`: `at_least` the position a signal
-    /// named, or `fresh` when nothing names one (the heartbeat, which makes
-    /// up for signals lost, must see everything acknowledged anywhere).
+    /// named, or `fresh` when nothing names one (a start, or a re-read after
+    /// signals were lost, must see everything acknowledged anywhere).
     async fn refresh(self: &Arc<Self>, level: Consistency) -> Result<(), ClientError> {
         let misses = self.misses.load(Ordering::SeqCst);
         let sent = self.local_now();

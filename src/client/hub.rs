@@ -53,8 +53,9 @@ use super::{Client, ClientError};
 /// The signal stream's name (the engine creates it).
 const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
 
-/// The consumer's idle heartbeat: with no message for twice this long, the
-/// consumer is taken as lost and made again from the last sequence taken.
+/// The consumer's idle heartbeat: with no message for three times this
+/// long, the consumer is taken as lost and made again from the last
+/// sequence taken.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Re-reads one feed runs at once: a full re-read after an unrecoverable
