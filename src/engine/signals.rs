@@ -13,7 +13,7 @@
 //! the apply, and the commit leaves the outbox only once its signals are
 //! stored. The writer publishes at once; every other instance that applied
 //! it publishes it after [`crate::engine::EngineConfig::republish_delay`]
-//! unless the stream already holds it ([`Delivery`], the republisher in
+//! unless the stream already holds it (`Delivery`, the republisher in
 //! `background.rs`); a restarted instance publishes what its outbox holds.
 //! The event id as message id makes a second publish within
 //! [`DUPLICATE_WINDOW`] a no-op.
