@@ -64,10 +64,10 @@ impl Instance {
         self.engine.log().last_position().await.unwrap()
     }
 
-    /// Waits (at most 10 s) until this instance's projection has applied the
-    /// whole log.
+    /// Waits (at most 30 s: a reconnect on two busy cores can take a while)
+    /// until this instance's projection has applied the whole log.
     pub async fn caught_up(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !self
             .engine
             .health()
