@@ -32,8 +32,8 @@
 //!   of every guard's chain (its `not_after`) is one timer heap per feed.
 //!
 //! In process (an embedded engine), the engine's own bus takes the place of
-//! the consumer, one channel per mandate subject, and there is no lease to
-//! keep: the engine is in the process.
+//! the consumer, one channel per tenant, and there is no lease to keep: the
+//! engine is in the process.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -127,8 +127,6 @@ pub(crate) struct Feed {
     beacon: AtomicU64,
     /// Guards by the mandates of their chains.
     listeners: Mutex<HashMap<MandateId, Listeners>>,
-    /// In process: the task forwarding each mandate's channel.
-    local_subjects: Mutex<HashMap<MandateId, tokio::task::AbortHandle>>,
     /// Guards waiting for a re-read, each at most once.
     queue: Mutex<VecDeque<Weak<Inner>>>,
     queued: Notify,
@@ -156,14 +154,6 @@ impl Drop for Feed {
         for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             t.abort();
         }
-        for t in self
-            .local_subjects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
-            t.abort();
-        }
     }
 }
 
@@ -185,9 +175,6 @@ impl Drop for Attachment {
                     l.remove(&self.guard);
                     if l.is_empty() {
                         listeners.remove(m);
-                        if let Some(t) = self.feed.lock_local().remove(m) {
-                            t.abort();
-                        }
                     }
                 }
             }
@@ -275,18 +262,12 @@ impl GuardHub {
                     .insert(guard.number, Arc::downgrade(guard));
             }
         }
-        let attachment = Attachment {
+        Ok(Attachment {
             hub: Arc::downgrade(&self.feeds),
             feed: feed.clone(),
             guard: guard.number,
             mandates: mandates.to_vec(),
-        };
-        if feed.local {
-            for m in mandates {
-                feed.listen_locally(*m).await?;
-            }
-        }
-        Ok(attachment)
+        })
     }
 
     /// The feed for `key`, started (and following) if it was not.
@@ -306,7 +287,9 @@ impl GuardHub {
             client.clone(),
             local,
         ));
-        if !local {
+        if local {
+            feed.listen_locally()?;
+        } else {
             feed.start_following().await?;
         }
         feed.start_workers();
@@ -347,7 +330,6 @@ impl Feed {
             local,
             beacon: AtomicU64::new(0),
             listeners: Mutex::new(HashMap::new()),
-            local_subjects: Mutex::new(HashMap::new()),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             timers: Mutex::new(BinaryHeap::new()),
@@ -367,14 +349,6 @@ impl Feed {
 
     fn lock_listeners(&self) -> std::sync::MutexGuard<'_, HashMap<MandateId, Listeners>> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_local(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<MandateId, tokio::task::AbortHandle>> {
-        self.local_subjects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn stats(&self) -> FeedStats {
@@ -514,26 +488,14 @@ impl Feed {
         }
     }
 
-    /// In process: forwards `mandate`'s channel of the engine's bus to the
-    /// feed, once per mandate.
-    async fn listen_locally(self: &Arc<Self>, mandate: MandateId) -> Result<(), ClientError> {
-        if self.lock_local().contains_key(&mandate) {
-            return Ok(());
-        }
-        let Some(source) = self
+    /// In process: follows the tenant's channel of the engine's bus, one
+    /// task for the feed.
+    fn listen_locally(self: &Arc<Self>) -> Result<(), ClientError> {
+        let source = self
             .client
-            .in_process_signals(&self.key.tenant, mandate)
-            .await
-        else {
-            return Err(ClientError::Nats("no transport".into()));
-        };
-        let source = source?;
-        let mut local = self.lock_local();
-        if local.contains_key(&mandate) {
-            return Ok(());
-        }
-        let task = tokio::spawn(forward_local(source, Arc::downgrade(self), mandate));
-        local.insert(mandate, task.abort_handle());
+            .in_process_signals(&self.key.tenant)
+            .ok_or_else(|| ClientError::Nats("no transport".into()))?;
+        self.spawn(forward_local(source, Arc::downgrade(self)));
         Ok(())
     }
 
@@ -587,18 +549,15 @@ impl Feed {
     }
 }
 
-/// In process: one mandate's channel into the feed.
-async fn forward_local(
-    mut source: BoxStream<'static, Heard>,
-    feed: Weak<Feed>,
-    mandate: MandateId,
-) {
+/// In process: the tenant's channel into the feed. Falling behind it (or
+/// its end) is a loss the feed cannot replay: every guard re-reads.
+async fn forward_local(mut source: BoxStream<'static, Heard>, feed: Weak<Feed>) {
     while let Some(heard) = source.next().await {
         let Some(feed) = feed.upgrade() else { return };
-        if matches!(heard, Heard::Signal(_)) {
-            feed.signals.fetch_add(1, Ordering::Relaxed);
+        match heard {
+            Heard::Signal(signal) => feed.take_signal(Signal::clone(&signal)),
+            Heard::Missed => feed.lost_everything("the guards fell behind the engine's signals"),
         }
-        feed.deliver(mandate, &heard);
     }
 }
 

@@ -181,25 +181,18 @@ impl Client {
         }
     }
 
-    /// The signals of `mandate` straight from the in-process engine's bus,
-    /// when this client is in-process; `None` over NATS. All the guard
-    /// knows of the engine goes through here.
-    async fn in_process_signals(
+    /// The signals of `tenant` straight from the in-process engine's bus,
+    /// when this client is in-process; `None` over NATS. All an in-process
+    /// guard knows of the engine's signals comes through here.
+    fn in_process_signals(
         &self,
         tenant: &TenantId,
-        mandate: MandateId,
-    ) -> Option<Result<futures::stream::BoxStream<'static, guard::Heard>, ClientError>> {
+    ) -> Option<futures::stream::BoxStream<'static, guard::Heard>> {
         match &self.transport {
             #[cfg(feature = "engine")]
-            Transport::Local(engine) => Some(
-                engine
-                    .bus()
-                    .guard_signals(tenant, mandate)
-                    .await
-                    .map_err(|e| ClientError::Engine(e.to_body())),
-            ),
+            Transport::Local(engine) => engine.bus().guard_signals(tenant),
             Transport::Nats(_) => {
-                let _ = (tenant, mandate);
+                let _ = tenant;
                 None
             }
         }

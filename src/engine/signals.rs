@@ -39,7 +39,9 @@ use crate::domain::command::Resolution;
 use crate::domain::{
     Actor, Event, EventBody, EventId, MandateId, Quarantine, TenantId, Tree, SCHEMA_VERSION,
 };
-use crate::protocol::{beacon_subject, signal_subject, Beacon, Signal, SignalKind};
+use crate::protocol::{
+    beacon_subject, signal_subject, tenant_signals_subject, Beacon, Signal, SignalKind,
+};
 use crate::store::OutboxEntry;
 
 use super::EngineError;
@@ -260,10 +262,15 @@ impl LocalHub {
 
     fn send(&self, subject: &str, signal: Arc<Signal>) {
         let mut subjects = self.lock();
-        if let Some(tx) = subjects.channels.get(subject) {
-            // No receiver left: nobody listens on this subject any more.
-            if tx.send(signal).is_err() {
-                subjects.channels.remove(subject);
+        // The mandate's own subject, and the tenant's (what a process's
+        // guards follow as one).
+        let tenant = tenant_signals_subject(&signal.tenant);
+        for subject in [subject, tenant.as_str()] {
+            if let Some(tx) = subjects.channels.get(subject) {
+                // No receiver left: nobody listens on this subject any more.
+                if tx.send(signal.clone()).is_err() {
+                    subjects.channels.remove(subject);
+                }
             }
         }
     }
@@ -473,26 +480,16 @@ impl SignalBus {
         }
     }
 
-    /// What an in-process guard hears of one mandate: its signals, and
-    /// whether it fell behind them (so it re-reads). Subscribe *before*
-    /// reading state.
-    pub(crate) async fn guard_signals(
-        &self,
-        tenant: &TenantId,
-        mandate: MandateId,
-    ) -> Result<BoxStream<'static, Heard>, EngineError> {
+    /// What the in-process guards of a tenant hear, as one: every signal of
+    /// the tenant, and whether they fell behind (so they re-read).
+    /// Subscribe *before* reading state. `None` over NATS, where a process
+    /// follows the signal stream instead.
+    pub(crate) fn guard_signals(&self, tenant: &TenantId) -> Option<BoxStream<'static, Heard>> {
         match self {
             SignalBus::Local(hub) => {
-                Ok(heard_stream(hub.receiver(&signal_subject(tenant, mandate))))
+                Some(heard_stream(hub.receiver(&tenant_signals_subject(tenant))))
             }
-            SignalBus::Nats { .. } => {
-                let signals = self.subscribe(tenant, mandate).await?;
-                // The subscription ending means the guard hears no more.
-                Ok(signals
-                    .map(|s| Heard::Signal(Arc::new(s)))
-                    .chain(futures::stream::once(async { Heard::Missed }))
-                    .boxed())
-            }
+            SignalBus::Nats { .. } => None,
         }
     }
 }
