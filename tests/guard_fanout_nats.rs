@@ -100,22 +100,27 @@ async fn five_hundred_guards_on_one_client_all_stop_when_their_root_is_revoked()
         .revoke(root, None)
         .await
         .expect("revoke the root");
+    all_stop(&guards, PATIENCE, || "after their root was revoked".into()).await;
+    assert!(guards
+        .iter()
+        .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));
+}
+
+/// Waits until every guard's cancellation has fired, for at most `within`;
+/// otherwise fails saying how many still run, and why they should not
+/// (`why`, asked only then).
+async fn all_stop(guards: &[Guard], within: Duration, why: impl Fn() -> String) {
     let stopped = futures::future::join_all(guards.iter().map(|g| {
         let cancel = g.cancellation();
         async move { cancel.cancelled().await }
     }));
-    tokio::time::timeout(PATIENCE, stopped)
-        .await
-        .unwrap_or_else(|_| {
-            let running = guards
-                .iter()
-                .filter(|g| !g.cancellation().is_cancelled())
-                .count();
-            panic!("{running} of 500 guards still run after their root was revoked")
-        });
-    assert!(guards
-        .iter()
-        .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));
+    if tokio::time::timeout(within, stopped).await.is_err() {
+        let running = guards
+            .iter()
+            .filter(|g| !g.cancellation().is_cancelled())
+            .count();
+        panic!("{running} of {} guards still run {}", guards.len(), why());
+    }
 }
 
 /// An engine on `server`, a tree of `mids` × `leaves`, and a guard of each
@@ -288,23 +293,10 @@ async fn a_revoke_made_while_the_server_restarts_reaches_every_guard() {
     }
     // No guard reads on its own (leases of ten minutes): only the signal,
     // replayed to a consumer made again after the restart, can stop them.
-    let stopped = futures::future::join_all(guards.iter().map(|g| {
-        let cancel = g.cancellation();
-        async move { cancel.cancelled().await }
-    }));
-    tokio::time::timeout(Duration::from_secs(30), stopped)
-        .await
-        .unwrap_or_else(|_| {
-            let running = guards
-                .iter()
-                .filter(|g| !g.cancellation().is_cancelled())
-                .count();
-            panic!(
-                "{running} of {} guards still run after a revoke made during the restart ({:?})",
-                guards.len(),
-                hub.stats()
-            )
-        });
+    all_stop(&guards, Duration::from_secs(30), || {
+        format!("after a revoke made during the restart ({:?})", hub.stats())
+    })
+    .await;
     assert!(guards
         .iter()
         .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));

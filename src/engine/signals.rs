@@ -367,35 +367,11 @@ impl SignalBus {
         let SignalBus::Nats { js, .. } = self else {
             return Vec::new();
         };
-        let mut failed = Vec::new();
-        // In parts: the context lets a bounded number of acknowledgements
-        // be awaited at once, and a publish past it would wait for one of
-        // its own part's.
-        for part in beacons.chunks(ACKS_AT_ONCE) {
-            let mut acks = Vec::with_capacity(part.len());
-            for beacon in part {
-                let payload = serde_json::to_vec(beacon).expect("beacons serialize");
-                match js
-                    .publish(beacon_subject(&beacon.tenant), payload.into())
-                    .await
-                {
-                    Ok(ack) => acks.push((beacon, ack)),
-                    Err(e) => failed.push((
-                        beacon,
-                        EngineError::unavailable(format!("beacon publish failed: {e}")),
-                    )),
-                }
-            }
-            for (beacon, ack) in acks {
-                if let Err(e) = ack.await {
-                    failed.push((
-                        beacon,
-                        EngineError::unavailable(format!("beacon not stored: {e}")),
-                    ));
-                }
-            }
-        }
-        failed
+        publish_in_parts(js, beacons, "beacon", |beacon| {
+            let payload = serde_json::to_vec(beacon).expect("beacons serialize");
+            (beacon_subject(&beacon.tenant), None, payload)
+        })
+        .await
     }
 
     /// Publishes one signal on its mandate's subject.
@@ -413,48 +389,28 @@ impl SignalBus {
     /// per signal. Guards hear each signal as the server takes it; the
     /// acknowledgement only says the stream kept it for catch-up.
     pub async fn publish_all<'a>(&self, signals: &'a [Signal]) -> Vec<(&'a Signal, EngineError)> {
-        let mut failed = Vec::new();
         match self {
             SignalBus::Nats { js, .. } => {
-                // In parts, as beacons are (see `publish_beacons`).
-                for part in signals.chunks(ACKS_AT_ONCE) {
-                    let mut acks = Vec::with_capacity(part.len());
-                    for signal in part {
-                        let subject = signal_subject(&signal.tenant, signal.mandate);
-                        let payload = serde_json::to_vec(signal).expect("signals serialize");
-                        let mut headers = async_nats::HeaderMap::new();
-                        headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
-                        match js
-                            .publish_with_headers(subject, headers, payload.into())
-                            .await
-                        {
-                            Ok(ack) => acks.push((signal, ack)),
-                            Err(e) => failed.push((
-                                signal,
-                                EngineError::unavailable(format!("signal publish failed: {e}")),
-                            )),
-                        }
-                    }
-                    // All of the part are on the wire: the acknowledgements
-                    // come back in about one round trip, whatever their number.
-                    for (signal, ack) in acks {
-                        if let Err(e) = ack.await {
-                            failed.push((
-                                signal,
-                                EngineError::unavailable(format!("signal not stored: {e}")),
-                            ));
-                        }
-                    }
-                }
+                publish_in_parts(js, signals, "signal", |signal| {
+                    let payload = serde_json::to_vec(signal).expect("signals serialize");
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", signal.event_id.to_string().as_str());
+                    (
+                        signal_subject(&signal.tenant, signal.mandate),
+                        Some(headers),
+                        payload,
+                    )
+                })
+                .await
             }
             SignalBus::Local(hub) => {
                 for signal in signals {
                     let subject = signal_subject(&signal.tenant, signal.mandate);
                     hub.send(&subject, Arc::new(signal.clone()));
                 }
+                Vec::new()
             }
         }
-        failed
     }
 
     /// Live signals of one mandate. Subscribe *before* reading state.
@@ -492,4 +448,48 @@ impl SignalBus {
             SignalBus::Nats { .. } => None,
         }
     }
+}
+
+/// Publishes each of `items` into the stream (`what` names them in errors),
+/// in parts: every publish of a part is sent before any acknowledgement is
+/// awaited, so a part costs about one round trip, and a part stays under the
+/// JetStream context's bound on acknowledgements awaited at once, past
+/// which a publish would wait for one of its own part's. Returns the items
+/// that were not sent or not stored.
+async fn publish_in_parts<'a, T>(
+    js: &async_nats::jetstream::Context,
+    items: &'a [T],
+    what: &str,
+    message: impl Fn(&T) -> (String, Option<async_nats::HeaderMap>, Vec<u8>),
+) -> Vec<(&'a T, EngineError)> {
+    let mut failed = Vec::new();
+    for part in items.chunks(ACKS_AT_ONCE) {
+        let mut acks = Vec::with_capacity(part.len());
+        for item in part {
+            let (subject, headers, payload) = message(item);
+            let sent = match headers {
+                Some(headers) => {
+                    js.publish_with_headers(subject, headers, payload.into())
+                        .await
+                }
+                None => js.publish(subject, payload.into()).await,
+            };
+            match sent {
+                Ok(ack) => acks.push((item, ack)),
+                Err(e) => failed.push((
+                    item,
+                    EngineError::unavailable(format!("{what} publish failed: {e}")),
+                )),
+            }
+        }
+        for (item, ack) in acks {
+            if let Err(e) = ack.await {
+                failed.push((
+                    item,
+                    EngineError::unavailable(format!("{what} not stored: {e}")),
+                ));
+            }
+        }
+    }
+    failed
 }
