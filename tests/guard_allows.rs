@@ -146,3 +146,79 @@ async fn allows_answers_what_check_answers_through_pause_resume_and_revoke() {
     drop(guard);
     background.stop().await.unwrap();
 }
+
+/// `wait_active` sits out a pause: it is waiting while the pause and the
+/// resume arrive, returns `Ok` on the resume, and `Err` with the status when
+/// the mandate is revoked while it waits. Every change wakes the waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_active_sits_out_a_pause_and_returns_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let background = engine.start();
+    let tenant = TenantId::new("acme").unwrap();
+    let cfo = PrincipalId::new("cfo").unwrap();
+    let principal = Client::local(engine.clone(), tenant, Actor::Principal(cfo.clone()));
+    let root = principal
+        .issue(Issue {
+            principal: cfo,
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "quarterly close".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(["finance:* on reports/**"]).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth: 1,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let guard = Guard::start(
+        principal.as_actor(agent("lead")),
+        &GuardHub::new(),
+        root,
+        GuardConfig::default(),
+    )
+    .await
+    .unwrap();
+    let guard = std::sync::Arc::new(guard);
+    assert_eq!(guard.wait_active().await, Ok(()), "active from the start");
+
+    principal.pause(root, None).await.unwrap();
+    until_state(&guard, |s| s == GuardState::Paused).await;
+    let waiting = {
+        let guard = guard.clone();
+        tokio::spawn(async move { guard.wait_active().await })
+    };
+    // The waiter is waiting: a pause does not end by itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "wait_active returned during the pause");
+    principal.resume(root, None).await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("wait_active did not return after the resume")
+        .expect("the waiting task failed");
+    assert_eq!(woke, Ok(()));
+
+    principal.pause(root, None).await.unwrap();
+    until_state(&guard, |s| s == GuardState::Paused).await;
+    let waiting = {
+        let guard = guard.clone();
+        tokio::spawn(async move { guard.wait_active().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    principal.revoke(root, None).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("wait_active did not return after the revoke")
+        .expect("the waiting task failed");
+    assert_eq!(ended, Err(mandate::domain::Status::Revoked));
+
+    drop(guard);
+    background.stop().await.unwrap();
+}

@@ -478,7 +478,7 @@ impl Inner {
     /// when no one waits (a cascade over many guards skips the work).
     fn tell_changed(&self) {
         if self.changed.receiver_count() > 0 {
-            self.tell_changed();
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
