@@ -197,7 +197,10 @@ async fn wait_active_sits_out_a_pause_and_returns_the_end() {
     };
     // The waiter is waiting: a pause does not end by itself.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "wait_active returned during the pause");
+    assert!(
+        !waiting.is_finished(),
+        "wait_active returned during the pause"
+    );
     principal.resume(root, None).await.unwrap();
     let woke = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -339,6 +339,61 @@ async fn signals_lost_beyond_what_the_stream_keeps_make_every_guard_re_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_purged_from_the_stream_while_cut_off_make_every_guard_re_read() {
+    // The stream keeps an hour of signals, so age cannot explain a gap: an
+    // operator's purge (or any other deletion) while the process was cut
+    // off must still count as a loss. Beacons stored after the purge must
+    // not let the guard carry on as if nothing was missed.
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        beacon_interval: Duration::from_millis(200),
+        ..EngineConfig::default()
+    };
+    let instance = Instance::start_with(&server.url(), dir.path(), config).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    serving(&nc, "acme").await;
+    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+    let relay = Relay::start(server.port()).await;
+    let hub = GuardHub::new();
+    let guard = Guard::start(
+        client(&relay.url(), agent("a3")).await,
+        &hub,
+        ids[3],
+        guard_config(QUIET),
+    )
+    .await
+    .unwrap();
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+    relay.sever();
+    let cfo = client(&server.url(), principal("cfo")).await;
+    cfo.revoke(ids[2], Some("while cut off".into()))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(nc.clone());
+    let purged = js
+        .get_stream("MANDATE_SIGNALS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap()
+        .purged;
+    assert!(purged >= 1, "the revoke's signal was in the stream");
+    // Beacons go on being stored after the purge.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.restore();
+    eventually("the guard reflects the revoke that was purged", || {
+        ready(guard.state() == GuardState::Terminated(Status::Revoked))
+    })
+    .await;
+    assert!(hub.stats().full_rereads >= 1, "{:?}", hub.stats());
+    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_engine_stopped_the_guard_denies_after_its_lease() {
     let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
     let lease = Duration::from_millis(1500);

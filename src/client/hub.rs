@@ -57,6 +57,11 @@ const SIGNAL_STREAM: &str = "MANDATE_SIGNALS";
 /// long, the consumer is taken as lost and made again from the last
 /// sequence taken.
 const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a feed asks the stream whether anything after its last
+/// message was deleted (a purge, a limit): a push consumer moves past such
+/// a gap without a skip in its own sequence. One request per feed, not per
+/// guard.
+const STREAM_CHECK: Duration = Duration::from_secs(5);
 
 /// Re-reads one feed runs at once: a full re-read after an unrecoverable
 /// gap goes through the same queue, so it reaches the engine a few at a time.
@@ -720,9 +725,22 @@ impl Follower {
         Ok((sub, name))
     }
 
+    /// Whether the stream still holds everything after the last message
+    /// taken (same stream, nothing deleted past it). A stream that cannot
+    /// be asked counts as whole: the lease covers an unreachable server.
+    async fn nothing_deleted(&self) -> bool {
+        match self.stream_info().await {
+            Ok(info) => {
+                self.created == Some(info.created.unix_timestamp_nanos())
+                    && info.state.first_sequence <= self.last + 1
+            }
+            Err(_) => true,
+        }
+    }
+
     /// After a loss: can the stream still replay everything after the last
-    /// message taken? `Ok(false)` when it cannot (retention ran out, or the
-    /// stream was recreated): what was missed is gone.
+    /// message taken? `Ok(false)` when it cannot (retention ran out, a purge,
+    /// or the stream was recreated): what was missed is gone.
     async fn replayable(&mut self) -> Result<bool, String> {
         let info = self.stream_info().await?;
         let created = info.created.unix_timestamp_nanos();
@@ -735,23 +753,11 @@ impl Follower {
             self.last = 0;
             return Ok(false);
         }
-        if state.first_sequence <= self.last + 1 {
-            return Ok(true);
-        }
-        // The stream's first message is past ours: everything between was
-        // deleted. Beacons replaced by a newer one of their tenant are (the
-        // engine publishes them as rollups), and do not matter; signals are
-        // only when the stream's limits removed them, which its age limit
-        // can have done only if the last message taken is older than it.
-        let config = &info.config;
-        if config.max_messages > 0 || config.max_bytes > 0 || config.max_age.is_zero() {
-            // Other limits (or none) the feed cannot reason about: assume
-            // the worst.
-            return Ok(false);
-        }
-        let margin = IDLE_HEARTBEAT.as_nanos() as i128 * 5;
-        let age = unix_nanos() - self.last_stored;
-        Ok(age + margin < config.max_age.as_nanos() as i128)
+        // Replayable only when nothing after ours was deleted. If the
+        // stream's first message is past ours, the stream's age limit,
+        // another limit or a purge removed what lay between; beacons are
+        // never rolled up, so that cannot be harmless: it is lost.
+        Ok(state.first_sequence <= self.last + 1)
     }
 }
 
@@ -871,13 +877,35 @@ async fn take_until_lost(
     feed: &Weak<Feed>,
 ) -> bool {
     let mut consumer_seq = 0u64;
+    let stats = f.nats.statistics();
+    let mut connects = stats.connects.load(Ordering::Relaxed);
+    let mut next_check = tokio::time::Instant::now() + STREAM_CHECK;
     loop {
-        let msg = match tokio::time::timeout(IDLE_HEARTBEAT * 3, sub.next()).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return true,
-            // Heartbeats stopped: the consumer (or the connection) is gone.
-            Err(_) => return false,
+        let msg = tokio::select! {
+            m = tokio::time::timeout(IDLE_HEARTBEAT * 3, sub.next()) => match m {
+                Ok(Some(m)) => m,
+                Ok(None) => return true,
+                // Heartbeats stopped: the consumer (or the connection) is gone.
+                Err(_) => return false,
+            },
+            _ = tokio::time::sleep_until(next_check) => {
+                next_check = tokio::time::Instant::now() + STREAM_CHECK;
+                if !f.nothing_deleted().await {
+                    return false;
+                }
+                continue;
+            }
         };
+        // A consumer resumes after a reconnect without a gap in its own
+        // sequence even when the stream lost messages meanwhile (a purge
+        // moves it past them): ask the stream before taking anything more.
+        let now = stats.connects.load(Ordering::Relaxed);
+        if now != connects {
+            connects = now;
+            if !f.nothing_deleted().await {
+                return false;
+            }
+        }
         match classify(&f.nats, msg) {
             Taken::Nothing => {}
             Taken::Heartbeat { last_consumer } => {
