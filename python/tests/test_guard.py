@@ -1,0 +1,265 @@
+"""The guard against a real engine: revocation cancels, expiry is local,
+the lease fails closed, a cut-off is caught up, guards share one consumer
+and idle guards send nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+import pytest
+
+from conftest import LEASE, Proxy, Stack, eventually, in_
+from mandate_guard import (
+    Client,
+    EngineError,
+    Guard,
+    GuardHub,
+    GuardState,
+    InvalidArgument,
+    Status,
+    connect,
+    guarded,
+)
+
+
+async def _tree(cfo: Client, depth: int = 2, not_after: float = 3600) -> list[str]:
+    """A chain root -> ... of `depth` mandates (agents a0, a1, ...)."""
+    res = await cfo.issue("a0", ["work:* on jobs/**"], in_(not_after), purpose="guard test")
+    ids = [res.mandate or ""]
+    for i in range(1, depth):
+        sub = await cfo.as_actor(f"agent:a{i - 1}").delegate(ids[-1], f"a{i}", ["work:* on jobs/**"])
+        ids.append(sub.mandate or "")
+    return ids
+
+
+async def test_revoking_an_ancestor_cancels_the_guarded_task(make_client: Callable[..., Client], hub: GuardHub) -> None:
+    cfo = make_client("principal:cfo")
+    root, mid, leaf = await _tree(cfo, 3)
+    guard = await Guard.start(cfo.as_actor("agent:a2"), hub, leaf, lease=LEASE)
+    assert guard.state is GuardState.ACTIVE and guard.check("work:run", "jobs/1").allowed
+    assert guard.check("work:run", "other/1").reason_kind == "out_of_scope"
+
+    started = asyncio.Event()
+
+    async def work() -> None:
+        async with guard.guarding():
+            started.set()
+            await asyncio.sleep(60)
+
+    @guarded(guard)
+    async def other_work() -> str:
+        await asyncio.sleep(60)
+        return "never"
+
+    task = asyncio.create_task(work())
+    task2 = asyncio.create_task(other_work())
+    await started.wait()
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await cfo.revoke(root, "stop everything")
+    with pytest.raises(asyncio.CancelledError) as cancelled:
+        await asyncio.wait_for(task, 10)
+    took = time.monotonic() - t0
+    assert "revoked" in str(cancelled.value) and root in str(cancelled.value), str(cancelled.value)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task2, 10)
+    assert guard.cancelled.is_set() and guard.status is Status.REVOKED and guard.ended_by == "signal"
+    assert guard.state is GuardState.TERMINATED
+    assert guard.check("work:run", "jobs/1").reason == {"kind": "not_active", "status": "revoked", "cause": None} or (
+        guard.check("work:run", "jobs/1").reason_kind == "not_active"
+    )
+    print(f"revoke to cancellation: {took * 1000:.0f} ms")
+    # A guarded block entered on an ended guard does not run.
+    ran = False
+    with pytest.raises(asyncio.CancelledError):
+        async with guard.guarding():
+            ran = True
+    assert not ran
+
+
+async def test_pause_denies_and_resume_allows_again_by_signals_alone(
+    make_client: Callable[..., Client], hub: GuardHub
+) -> None:
+    cfo = make_client("principal:cfo")
+    root, leaf = await _tree(cfo, 2)
+    guard = await Guard.start(cfo, hub, leaf, lease=LEASE)
+    await cfo.pause(root, "hold on")
+    await eventually(lambda: guard.state is GuardState.PAUSED, what="paused after the pause signal")
+    d = guard.check("work:run", "jobs/1")
+    assert d.reason_kind == "not_active" and (d.reason or {})["status"] == "paused"
+    assert not guard.cancelled.is_set()
+    await cfo.resume(root)
+    await eventually(lambda: guard.check("work:run", "jobs/1").allowed, what="allowed after the resume signal")
+    # wait_active returns at once on an active guard.
+    await asyncio.wait_for(guard.wait_active(), 5)
+    await cfo.narrow(leaf, ["work:read on jobs/**"])
+    await eventually(lambda: guard.check("work:run", "jobs/1").reason_kind == "out_of_scope", what="narrowed")
+    assert guard.check("work:read", "jobs/1").allowed
+
+
+async def test_expiry_is_enforced_by_the_local_clock_without_any_signal(
+    stack: Stack, make_client: Callable[..., Client], hub: GuardHub, proxy: Proxy
+) -> None:
+    cfo = make_client("principal:cfo")
+    (leaf,) = await _tree(cfo, 1, not_after=1.2)
+    conn = await connect(proxy.url)
+    try:
+        guard = await Guard.start(Client(conn, cfo.tenant, "agent:a0"), hub, leaf, lease=LEASE)
+        assert guard.check("work:run", "jobs/1").allowed
+
+        async def work() -> None:
+            async with guard.guarding():
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(0.1)
+        # Cut off: nothing the engine says can reach the guard now.
+        signals_before = hub.stats().signals
+        await proxy.cut()
+        with pytest.raises(asyncio.CancelledError) as cancelled:
+            await asyncio.wait_for(task, 5)
+        assert "expired" in str(cancelled.value), str(cancelled.value)
+        assert guard.ended_by == "clock" and guard.status is Status.EXPIRED
+        assert hub.stats().signals == signals_before
+        assert guard.check("work:run", "jobs/1").reason_kind == "not_active"
+    finally:
+        await proxy.restore()
+        await conn.close()
+
+
+async def test_a_lapsed_lease_fails_closed_and_recovers(own_stack: Stack, tenant: str) -> None:
+    conn = await connect(own_stack.url)
+    hub = GuardHub()
+    try:
+        cfo = Client(conn, tenant, "principal:cfo")
+        (leaf,) = await _tree(cfo, 1)
+        guard = await Guard.start(cfo, hub, leaf, lease=LEASE)
+        await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
+
+        async def work() -> None:
+            async with guard.guarding():
+                await asyncio.sleep(60)
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(0.5)
+        assert not task.done() and guard.check("work:run", "jobs/1").allowed
+        own_stack.stop_engine()
+        t0 = time.monotonic()
+        with pytest.raises(asyncio.CancelledError) as cancelled:
+            await asyncio.wait_for(task, LEASE + 5)
+        assert "lease" in str(cancelled.value)
+        assert time.monotonic() - t0 <= LEASE + 1.0
+        d = guard.check("work:run", "jobs/1")
+        assert not d.allowed and d.reason_kind == "unverified" and "lease" in (d.reason or {})["reason"]
+        assert guard.state is GuardState.STALE and not guard.cancelled.is_set()
+        own_stack.start_engine()
+        await eventually(lambda: guard.check("work:run", "jobs/1").allowed, 15, "allowed again after the restart")
+        assert guard.state is GuardState.ACTIVE
+    finally:
+        await hub.close()
+        await conn.close()
+
+
+async def test_a_revoke_made_while_cut_off_is_caught_up(
+    make_client: Callable[..., Client], hub: GuardHub, proxy: Proxy
+) -> None:
+    cfo = make_client("principal:cfo")
+    root, leaf = await _tree(cfo, 2)
+    conn = await connect(proxy.url)
+    try:
+        guard = await Guard.start(Client(conn, cfo.tenant, "agent:a1"), hub, leaf, lease=30)
+        await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
+        await proxy.cut()
+        await cfo.revoke(root, "while cut off")
+        await asyncio.sleep(0.5)
+        assert not guard.cancelled.is_set(), "a cut-off guard cannot have heard the revoke"
+        await proxy.restore()
+        await asyncio.wait_for(guard.cancelled.wait(), 15)
+        assert guard.status is Status.REVOKED and guard.ended_by == "signal"
+        assert "while cut off" in (guard.reason or "")
+    finally:
+        await conn.close()
+
+
+async def test_guards_share_one_consumer_and_idle_guards_send_nothing(
+    stack: Stack, nc: Any, make_client: Callable[..., Client], tenant: str
+) -> None:
+    cfo = make_client("principal:cfo")
+    leaves = []
+    for i in range(12):
+        res = await cfo.issue(f"agent{i}", ["work:* on jobs/**"], in_(3600), purpose=f"idle {i}")
+        leaves.append(res.mandate or "")
+    prefix = f"_INBOX_IDLE{uuid.uuid4().hex[:8]}"
+    conn = await connect(stack.url, inbox_prefix=prefix)
+    hub = GuardHub()
+    try:
+        client = Client(conn, tenant, "agent:agent0")
+        guards = [await Guard.start(client, hub, m, lease=LEASE) for m in leaves]
+        assert hub.subscriptions() == 1
+
+        async def consumers_of_tenant() -> list[str]:
+            msg = await nc.request("$JS.API.CONSUMER.LIST.MANDATE_SIGNALS", b"{}", timeout=5)
+            infos = json.loads(msg.data)["consumers"]
+            return [c["name"] for c in infos if c["config"].get("filter_subject") == f"mandate.sig.{tenant}.>"]
+
+        assert len(await consumers_of_tenant()) == 1
+
+        # Idle: watch every request the guards' connection could make.
+        asked: list[str] = []
+
+        def watch(msg: Any) -> None:
+            if (msg.reply or "").startswith(prefix):
+                asked.append(msg.subject)
+
+        subs = [await nc.subscribe(s, cb=watch) for s in ("mandate.q.>", "mandate.cmd.>", "$JS.API.>")]
+        await nc.flush()
+        # The watch sees the guards' requests: one re-read on demand is seen.
+        await guards[0].refresh()
+        await nc.flush()
+        await eventually(lambda: len(asked) == 1, 5, "the watch to see a guard's request")
+        asked.clear()
+        beacons = hub.stats().beacons
+        await asyncio.sleep(3)
+        await nc.flush()
+        assert asked == [], f"idle guards sent requests: {asked}"
+        assert hub.stats().beacons > beacons, "the feed heard beacons meanwhile"
+        assert all(g.check("work:run", "jobs/1").allowed for g in guards), "beacons kept every lease"
+        for s in subs:
+            await s.unsubscribe()
+
+        # A signal reaches exactly the guards of its chain.
+        await cfo.revoke(leaves[3])
+        await asyncio.wait_for(guards[3].cancelled.wait(), 10)
+        await asyncio.sleep(0.2)
+        assert [g.cancelled.is_set() for g in guards].count(True) == 1
+
+        # The last guard out ends the feed and deletes its consumer.
+        for g in guards:
+            g.close()
+        assert hub.subscriptions() == 0
+        await eventually(lambda: True)
+        deadline = time.monotonic() + 5
+        while await consumers_of_tenant():
+            assert time.monotonic() < deadline, "the feed's consumer outlived its last guard"
+            await asyncio.sleep(0.1)
+        assert guards[0].state is GuardState.STALE and not guards[0].check("work:run", "jobs/1").allowed
+    finally:
+        await hub.close()
+        await conn.close()
+
+
+async def test_start_refuses_what_it_cannot_guard(make_client: Callable[..., Client], hub: GuardHub) -> None:
+    cfo = make_client("principal:cfo")
+    with pytest.raises(EngineError) as missing:
+        await Guard.start(cfo, hub, str(uuid.uuid4()))
+    assert missing.value.code == "not_found"
+    (leaf,) = await _tree(cfo, 1)
+    with pytest.raises(InvalidArgument):
+        await Guard.start(cfo, hub, leaf, lease=0)
+    await cfo.revoke(leaf)
+    guard = await Guard.start(cfo, hub, leaf)
+    assert guard.cancelled.is_set() and guard.ended_by == "read" and guard.status is Status.REVOKED
