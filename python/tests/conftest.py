@@ -187,6 +187,16 @@ class Schemas:
         self.root = root
         self._v: dict[str, jsonschema.Draft202012Validator] = {}
         self.validated: dict[str, int] = {}
+        self.expect_invalid = False
+        """Set while a test sends requests the schemas refuse, on purpose."""
+        self.invalid_sent = 0
+
+    def request(self, name: str, doc: object, what: str) -> None:
+        """Validates a request; one sent invalid on purpose is counted."""
+        if self.expect_invalid and list(self.validator(name).iter_errors(doc)):
+            self.invalid_sent += 1
+            return
+        self.validate(name, doc, what)
 
     def validator(self, name: str) -> jsonschema.Draft202012Validator:
         if name not in self._v:
@@ -222,11 +232,11 @@ def validating_trace(schemas: Schemas) -> Callable[[str, JSON, Any], None]:
         kind, verb = parts[1], parts[3]
         if kind == "cmd":
             bulk = verb in ("revoke_agent", "revoke_principal")
-            schemas.validate("bulk-command" if bulk else "command", body, f"{verb} command")
+            schemas.request("bulk-command" if bulk else "command", body, f"{verb} command")
             schemas.validate("reply-command", reply, f"reply on {subject}")
         else:
             if schemas.has(f"query-{verb}"):
-                schemas.validate(f"query-{verb}", body, f"{verb} query")
+                schemas.request(f"query-{verb}", body, f"{verb} query")
             schemas.validate(f"reply-{verb}", reply, f"reply on {subject}")
 
     return trace

@@ -47,7 +47,8 @@ async def test_local_checks_decide_as_the_engine(make_client: Callable[..., Clie
     root = (
         await cfo.issue(
             "lead",
-            ["finance:* on reports/**", "tickets:read on tickets/*/comments", "* on public/*", "hr:read on reports/q3/*"],
+            ["finance:* on reports/**", "tickets:read on tickets/*/comments", "* on public/*", "hr:read on reports/q3/*",
+             "x.y@z+w=v-u_t:ok on reports/**"],
             in_(3600),
             purpose="parity",
             step_up=["finance:write", "finance:approve:*"],

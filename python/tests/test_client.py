@@ -102,10 +102,13 @@ async def test_every_command_and_query_round_trips(make_client: Callable[..., Cl
     assert (await cfo.health())["position"] >= issued.position
 
     # A retried command id is a duplicate naming the same mandate.
-    cid = str(uuid.uuid4())
-    first = await cfo.issue("lead", ["x:y on z"], in_(60), purpose="retry", command_id=cid)
-    again = await cfo.issue("lead", ["x:y on z"], in_(60), purpose="retry", command_id=cid)
+    cid, until = str(uuid.uuid4()), in_(60)
+    first = await cfo.issue("lead", ["x:y on z"], until, purpose="retry", command_id=cid)
+    again = await cfo.issue("lead", ["x:y on z"], until, purpose="retry", command_id=cid)
     assert again.duplicate and again.mandate == first.mandate
+    with pytest.raises(EngineError) as reused:
+        await cfo.issue("lead", ["x:y on z"], in_(90), purpose="retry", command_id=cid)
+    assert (reused.value.code, reused.value.reason) == ("conflict", "command_id_reused")
 
     await cfo.complete(child, "done")
     assert (await cfo.status(child))["effective"]["status"] == "completed"
@@ -130,7 +133,9 @@ async def test_every_command_and_query_round_trips(make_client: Callable[..., Cl
         assert schemas.validated.get(name, 0) > before.get(name, 0), f"nothing was validated against {name}"
 
 
-async def test_refusals_carry_the_engines_code_and_reason(make_client: Callable[..., Client]) -> None:
+async def test_refusals_carry_the_engines_code_and_reason(
+    make_client: Callable[..., Client], schemas: Schemas
+) -> None:
     cfo = make_client("principal:cfo")
     root = (await cfo.issue("lead", ["finance:read on reports/**"], in_(600), purpose="refusals")).mandate
     assert root is not None
@@ -141,8 +146,13 @@ async def test_refusals_carry_the_engines_code_and_reason(make_client: Callable[
     with pytest.raises(EngineError) as stranger:
         await cfo.as_actor("agent:stranger").revoke(root)
     assert stranger.value.code == "forbidden" and stranger.value.reason
-    with pytest.raises(EngineError) as bad:
-        await cfo.issue("lead", ["finance:read on reports/../x"], in_(600), purpose="bad pattern")
+    schemas.expect_invalid, sent = True, schemas.invalid_sent
+    try:
+        with pytest.raises(EngineError) as bad:
+            await cfo.issue("lead", ["finance:read on reports/../x"], in_(600), purpose="bad pattern")
+    finally:
+        schemas.expect_invalid = False
+    assert schemas.invalid_sent == sent + 1, "the schema refuses the pattern too"
     assert bad.value.code == "invalid_input" and "relative path step" in bad.value.message
     with pytest.raises(EngineError) as missing:
         await cfo.status(str(uuid.uuid4()))
@@ -201,7 +211,11 @@ async def test_signals_and_beacons_match_their_schemas(
     nc: Any, make_client: Callable[..., Client], tenant: str, schemas: Schemas
 ) -> None:
     seen: list[tuple[str, Any]] = []
-    sub = await nc.subscribe(f"mandate.sig.{tenant}.>", cb=lambda m: seen.append((m.subject, json.loads(m.data))))
+
+    async def on_msg(m: Any) -> None:
+        seen.append((m.subject, json.loads(m.data)))
+
+    sub = await nc.subscribe(f"mandate.sig.{tenant}.>", cb=on_msg)
     cfo = make_client("principal:cfo")
     root = (await cfo.issue("lead", ["a:b on c"], in_(600), purpose="signals")).mandate
     assert root

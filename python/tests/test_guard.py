@@ -211,7 +211,7 @@ async def test_guards_share_one_consumer_and_idle_guards_send_nothing(
         # Idle: watch every request the guards' connection could make.
         asked: list[str] = []
 
-        def watch(msg: Any) -> None:
+        async def watch(msg: Any) -> None:
             if (msg.reply or "").startswith(prefix):
                 asked.append(msg.subject)
 
