@@ -263,3 +263,42 @@ async def test_start_refuses_what_it_cannot_guard(make_client: Callable[..., Cli
     await cfo.revoke(leaf)
     guard = await Guard.start(cfo, hub, leaf)
     assert guard.cancelled.is_set() and guard.ended_by == "read" and guard.status is Status.REVOKED
+
+
+async def test_a_gap_the_stream_cannot_replay_makes_every_guard_deny_and_re_read(
+    own_stack: Stack, tenant: str
+) -> None:
+    direct = await connect(own_stack.url)
+    proxy = Proxy(own_stack.port)
+    await proxy.start()
+    conn = await connect(proxy.url)
+    hub = GuardHub()
+    try:
+        cfo = Client(direct, tenant, "principal:cfo")
+        (doomed,) = await _tree(cfo, 1)
+        (kept,) = await _tree(cfo, 1)
+        client = Client(conn, tenant, "agent:a0")
+        g_doomed = await Guard.start(client, hub, doomed, lease=30)
+        g_kept = await Guard.start(client, hub, kept, lease=30)
+        await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
+        await proxy.cut()
+        # The stream is lost while the guards are cut off: the engine makes
+        # a new one, and the revoke goes there.
+        own_stack.stop_engine()
+        deleted = json.loads((await direct.request("$JS.API.STREAM.DELETE.MANDATE_SIGNALS", b"", timeout=5)).data)
+        assert deleted.get("success") is True, deleted
+        own_stack.start_engine()
+        await cfo.revoke(doomed, "lost with the stream")
+        rereads = hub.stats().rereads
+        await proxy.restore()
+        await asyncio.wait_for(g_doomed.cancelled.wait(), 20)
+        assert g_doomed.status is Status.REVOKED
+        await eventually(lambda: hub.stats().full_rereads >= 1, 10, "the loss noticed")
+        await eventually(lambda: hub.stats().rereads >= rereads + 1, 10, "the untouched guard re-read")
+        await eventually(lambda: g_kept.check("work:run", "jobs/1").allowed, 10, "the untouched guard allows again")
+        assert not g_kept.cancelled.is_set()
+    finally:
+        await hub.close()
+        await conn.close()
+        await proxy.close()
+        await direct.close()

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
@@ -84,11 +85,20 @@ def _time(t: dt.datetime | str, what: str) -> str:
     return format_time(t)
 
 
+_log = logging.getLogger("mandate_guard")
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    # nats-py's default prints a traceback per failed reconnect attempt.
+    _log.warning("nats: %s", exc or type(exc).__name__)
+
+
 async def connect(url: str | list[str], *, name: str = "mandate-guard", **options: Any) -> NatsClient:
     """A NATS connection with settings fit for a guard: it reconnects for
     ever (the guards deny while it is down and catch up after). Credentials
     pass through to `nats.connect` (`user_credentials=`, `nkeys_seed=`,
     `user=`/`password=`, `token=`, `tls=`)."""
+    options.setdefault("error_cb", _log_nats_error)
     options.setdefault("max_reconnect_attempts", -1)
     options.setdefault("reconnect_time_wait", 0.25)
     options.setdefault("connect_timeout", 5)

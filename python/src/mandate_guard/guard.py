@@ -137,7 +137,8 @@ class Guard:
         feed = await hub.attach(client, guard, links)
         guard._feed = feed
         guard._links = links
-        weakref.finalize(guard, feed.detach, guard.number, links)
+        # A guard dropped without close() leaves the feed when collected.
+        weakref.finalize(guard, feed.detach, guard.number, links).atexit = False
         try:
             await guard._refresh("fresh")
         except BaseException:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import json
@@ -230,17 +231,26 @@ class Feed:
             return
         self.ended = True
         self.hub._leave(self)
-        current = asyncio.current_task()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # Outside the loop (a guard collected after it stopped): the
+            # tasks went with the loop; the server drops the consumer once
+            # nobody listens.
+            loop = None
+        current = asyncio.current_task() if loop is not None else None
         for t in self._tasks:
-            if t is not current:
-                t.cancel()
-        if self._fast is not None:
-            fast, self._fast = self._fast, None
-            if not self.nc.is_closed:
-                asyncio.get_running_loop().create_task(_quietly(fast.unsubscribe()))
+            if t is not current and not t.done():
+                with contextlib.suppress(RuntimeError):
+                    t.cancel()
+        fast, self._fast = self._fast, None
         name, self.consumer = self.consumer, None
-        if name is not None and not self.nc.is_closed:
-            asyncio.get_running_loop().create_task(_quietly(self._delete_consumer(name)))
+        if loop is None or self.nc.is_closed:
+            return
+        if fast is not None:
+            _background(loop, fast.unsubscribe())
+        if name is not None:
+            _background(loop, self._delete_consumer(name))
 
     def detach(self, number: int, mandates: list[str]) -> None:
         """Takes guard `number` off the feed; the last one out ends it."""
@@ -495,7 +505,7 @@ class Feed:
                 continue
             old, self.consumer = self.consumer, name
             if old is not None:
-                asyncio.get_running_loop().create_task(_quietly(self._delete_consumer(old)))
+                _background(asyncio.get_running_loop(), self._delete_consumer(old))
             if not first:
                 self.stats.resumes += 1
             backoff = 0.05
@@ -553,6 +563,16 @@ class Feed:
             self._last = stream_seq
             self._last_stored = stored
             self._take(msg, stored)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _background(loop: asyncio.AbstractEventLoop, aw: Any) -> None:
+    """Runs `aw` to its end, best effort, holding its task meanwhile."""
+    task = loop.create_task(_quietly(aw))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 async def _quietly(aw: Any) -> None:
