@@ -72,7 +72,9 @@ async def test_local_checks_decide_as_the_engine(make_client: Callable[..., Clie
     async def run(label: str) -> None:
         for action, resource in itertools.product(ACTIONS, RESOURCES):
             engine = await cfo.check(child, action, resource)
-            _same(engine, guard.check(action, resource), f"[{label}] {action!r} on {resource!r}")
+            local = guard.check(action, resource)
+            _same(engine, local, f"[{label}] {action!r} on {resource!r}")
+            assert guard.allows(action, resource) == local.allowed, f"[{label}] allows() {action!r} {resource!r}"
             seen[engine.outcome.value] += 1
 
     await run("active")

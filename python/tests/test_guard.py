@@ -302,3 +302,28 @@ async def test_a_gap_the_stream_cannot_replay_makes_every_guard_deny_and_re_read
         await conn.close()
         await proxy.close()
         await direct.close()
+
+
+async def test_a_closed_connection_makes_its_guards_deny(stack: Stack, make_client: Callable[..., Client]) -> None:
+    cfo = make_client("principal:cfo")
+    (leaf,) = await _tree(cfo, 1)
+    conn = await connect(stack.url)
+    hub = GuardHub()
+    try:
+        guard = await Guard.start(Client(conn, cfo.tenant, "agent:a0"), hub, leaf, lease=30)
+
+        @guarded(guard)
+        async def step(x: int) -> int:
+            await asyncio.sleep(0)
+            return x + 1
+
+        assert await step(1) == 2, "a guarded call on a live mandate runs to its end"
+        assert guard.check("work:run", "jobs/1").allowed
+        await conn.close()
+        await eventually(lambda: not guard.check("work:run", "jobs/1").allowed, 10, "denied once the connection closed")
+        assert guard.check("work:run", "jobs/1").reason_kind == "unverified"
+        assert hub.subscriptions() == 0, "the feed of a closed connection left the hub"
+    finally:
+        await hub.close()
+        if not conn.is_closed:
+            await conn.close()

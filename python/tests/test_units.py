@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from mandate_guard import DecodeError, Mandate, Outcome, authorize, parse_request, parse_time
+from mandate_guard.authorize import is_concrete_request
 from mandate_guard.hub import ack_info
 
 UTC = dt.timezone.utc
@@ -54,6 +55,9 @@ def test_bad_requests_are_named_in_the_engines_words() -> None:
     assert parse_request("a", "x" * 300) is not None and "longer than 256 bytes" in (parse_request("a", "x" * 300) or "")
     assert parse_request("fïnance", "x") is not None
     assert parse_request("a:b", ".hidden/..x") is None
+    for action, resource in [("a:b", "c/d"), ("a:*", "c"), ("a", "c/*"), ("a", "c/**"), ("", "c"), ("a", ""),
+                             ("a", "c/./d"), ("a", "c/../d"), ("a::b", "c"), ("a", "c//d"), ("é", "c"), ("a", "x" * 257)]:
+        assert is_concrete_request(action, resource) == (parse_request(action, resource) is None), (action, resource)
 
 
 def test_the_earliest_end_on_the_chain_is_the_effective_one() -> None:
@@ -83,3 +87,18 @@ def test_wire_times_and_ack_subjects() -> None:
     assert ack_info("$JS.ACK.MANDATE_SIGNALS.c1.1.42.7.1700000000000000000.0") == (42, 7, 1700000000000000000)
     assert ack_info("$JS.ACK.dom.hash.MANDATE_SIGNALS.c1.1.42.7.1700000000000000000.0.tok") == (42, 7, 1700000000000000000)
     assert ack_info("_INBOX.x") is None and ack_info("$JS.ACK.S.c.1.x.7.1.0") is None
+
+
+def test_the_compiled_scope_matches_segment_by_segment() -> None:
+    import itertools
+
+    from mandate_guard.authorize import _PreparedScope
+
+    actions = ["*", "a:*", "a:b", "a:b:*", "a.b:c", "x"]
+    resources = ["**", "r/**", "r/*", "r/*/c", "r", "r/b/**", "*", "*/b", "r.x/*"]
+    requests_a = ["a", "a:b", "a:b:c", "a:bc", "a.b:c", "x", "x:y", "ab:c"]
+    requests_r = ["r", "r/b", "r/b/c", "r/b/c/d", "rr/b", "r.x/y", "q/b", "r/x/c"]
+    for a, r in itertools.product(actions, resources):
+        scope = _PreparedScope(mandate("m", None, [(a, r)]))
+        for ra, rr in itertools.product(requests_a, requests_r):
+            assert scope.allows(ra, rr) == scope.allows_slowly(ra, rr), (a, r, ra, rr)

@@ -22,15 +22,13 @@ digits and `-_.@+=`, at most 256 bytes in all.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
 from .types import JSON, Decision, Mandate, Outcome, Status, format_time
 
 MAX_PATTERN_LEN = 256
-_SEGMENT_BYTES = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.@+="
-)
 
 
 class PatternError(ValueError):
@@ -76,9 +74,14 @@ def _invalid(pattern: str, reason: str) -> PatternError:
     return PatternError(f"invalid scope pattern {_debug(_truncate(pattern))}: {reason}")
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9._@+=-]+")
+_CONCRETE_ACTION = re.compile(r"[A-Za-z0-9._@+=-]+(?::[A-Za-z0-9._@+=-]+)*")
+_RESOURCE_SEGMENT = r"(?!\.\.?(?:/|\Z))[A-Za-z0-9._@+=-]+"
+_CONCRETE_RESOURCE = re.compile(f"{_RESOURCE_SEGMENT}(?:/{_RESOURCE_SEGMENT})*")
+
+
 def _valid_segment(s: str) -> bool:
-    raw = s.encode()
-    return bool(raw) and all(b in _SEGMENT_BYTES for b in raw)
+    return _SEGMENT.fullmatch(s) is not None
 
 
 def _segments(s: str, kind: str, sep: str) -> list[str]:
@@ -164,6 +167,19 @@ class ResourcePattern:
         return self.rest or len(segs) == len(self.segs)
 
 
+def is_concrete_request(action: str, resource: str) -> bool:
+    """True when `action` on `resource` is a concrete request (what
+    :func:`parse_request` accepts), without building patterns."""
+
+    # Both patterns admit ASCII only, so characters are bytes.
+    return (
+        len(action) <= MAX_PATTERN_LEN
+        and len(resource) <= MAX_PATTERN_LEN
+        and _CONCRETE_ACTION.fullmatch(action) is not None
+        and _CONCRETE_RESOURCE.fullmatch(resource) is not None
+    )
+
+
 def parse_request(action: str, resource: str) -> str | None:
     """Why `action` on `resource` is not a concrete request, or `None` when
     it is one (the engine's wording)."""
@@ -180,15 +196,40 @@ def parse_request(action: str, resource: str) -> str | None:
     return None
 
 
+def _action_regex(a: ActionPattern) -> str:
+    prefix = ":".join(re.escape(p) for p in a.prefix)
+    if not a.wildcard:
+        return prefix
+    return f"{prefix}:[^:\n]+(?::[^:\n]+)*" if prefix else "[^:\n]+(?::[^:\n]+)*"
+
+
+def _resource_regex(r: ResourcePattern) -> str:
+    segs = "/".join("[^/\n]+" if s is _ANY else re.escape(s) for s in r.segs)
+    if not r.rest:
+        return segs
+    return f"{segs}(?:/[^/\n]+)*" if segs else "[^/\n]+(?:/[^/\n]+)*"
+
+
 class _PreparedScope:
-    __slots__ = ("grants",)
+    """One mandate's scope as one regular expression over
+    `action "\n" resource`, for concrete requests (which hold no newline)."""
+
+    __slots__ = ("grants", "_regex")
 
     def __init__(self, mandate: Mandate) -> None:
         self.grants = [
             (ActionPattern.parse(g.action), ResourcePattern.parse(g.resource)) for g in mandate.scope
         ]
+        self._regex = re.compile(
+            "|".join(f"(?:{_action_regex(a)})\n(?:{_resource_regex(r)})" for a, r in self.grants)
+        )
 
     def allows(self, action: str, resource: str) -> bool:
+        """For a concrete request: does a grant cover it?"""
+        return self._regex.fullmatch(f"{action}\n{resource}") is not None
+
+    def allows_slowly(self, action: str, resource: str) -> bool:
+        """The same, segment by segment (the engine's way; for tests)."""
         return any(a.covers_concrete(action) and r.covers_concrete(resource) for a, r in self.grants)
 
 
@@ -255,6 +296,27 @@ class PreparedChain:
         self._step_up = [ActionPattern.parse(p) for m in self.chain for p in m.step_up]
         self._links = [chain_link(m) for m in self.chain]
         self.deadline = min((m.not_after for m in self.chain), default=None)
+        # Until the earliest `not_after`, a chain with no pause or end of its
+        # own is active: worked out once, not per check.
+        self._active_until = (
+            self.deadline if self.chain and all(m.transition is None for m in self.chain) else None
+        )
+
+    def _effective(self, now: dt.datetime) -> tuple[Status, JSON | None]:
+        if self._active_until is not None and now < self._active_until:
+            return Status.ACTIVE, None
+        return effective(self.chain, now)
+
+    def allows(self, action: str, resource: str, now: dt.datetime) -> bool:
+        """Exactly `self.authorize(...).outcome is Outcome.ALLOW`, without
+        building the decision."""
+        if not self.chain or self._effective(now)[0] is not Status.ACTIVE:
+            return False
+        if not is_concrete_request(action, resource):
+            return False
+        return all(s.allows(action, resource) for s in self._scopes) and not any(
+            p.covers_concrete(action) for p in self._step_up
+        )
 
     def authorize(self, action: str, resource: str, now: dt.datetime, mandate: str | None = None) -> Decision:
         d = Decision(
@@ -274,9 +336,9 @@ class PreparedChain:
             d.tree = None
             d.chain = []
             return d
-        status, cause = effective(self.chain, now)
+        status, cause = self._effective(now)
         d.effective = {"status": status.value} if cause is None else {"status": status.value, "cause": cause}
-        bad = parse_request(action, resource)
+        bad = None if is_concrete_request(action, resource) else parse_request(action, resource)
         if bad is not None:
             d.reason = {"kind": "invalid_request", "reason": bad}
             return d
