@@ -347,3 +347,33 @@ async def proxy(stack: Stack) -> AsyncIterator[Proxy]:
         yield p
     finally:
         await p.close()
+
+
+class GuardedTask:
+    """Runs `body()` under `guard.guarding()` in a task of its own and keeps
+    the message of the `CancelledError` the body saw: the reason (Python
+    3.10 drops it on the way out of the task; 3.11 keeps it)."""
+
+    def __init__(self, guard: Any, body: Callable[[], Any]) -> None:
+        self.guard = guard
+        self.body = body
+        self.seen: list[str] = []
+        self.started = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async with self.guard.guarding():
+                self.started.set()
+                await self.body()
+        except asyncio.CancelledError as exc:
+            self.seen.append(str(exc))
+            raise
+
+    async def cancelled_with(self, seconds: float) -> str:
+        """Waits for the task to end cancelled; returns the reason it saw."""
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, seconds)
+        assert self.task.cancelled(), "the task ended, but not cancelled"
+        assert self.seen, "the body saw no CancelledError"
+        return self.seen[0]

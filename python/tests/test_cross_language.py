@@ -8,9 +8,7 @@ import json
 import subprocess
 from typing import Callable
 
-import pytest
-
-from conftest import LEASE, Stack, in_
+from conftest import LEASE, GuardedTask, Stack, in_
 from mandate_guard import Client, Guard, GuardHub, Status
 
 
@@ -38,18 +36,15 @@ async def test_a_rust_orchestrator_revokes_and_the_python_task_is_cancelled(
     assert guard.check("tickets:read", "tickets/42").allowed
 
     progress: list[int] = []
-    running = asyncio.Event()
 
     async def worker() -> None:
-        async with guard.guarding():
-            running.set()
-            for i in range(10_000):
-                assert guard.check("tickets:read", f"tickets/{i}").allowed
-                progress.append(i)
-                await asyncio.sleep(0.01)
+        for i in range(10_000):
+            assert guard.check("tickets:read", f"tickets/{i}").allowed
+            progress.append(i)
+            await asyncio.sleep(0.01)
 
-    task = asyncio.create_task(worker())
-    await running.wait()
+    work = GuardedTask(guard, worker)
+    await work.started.wait()
     revoked = await asyncio.to_thread(
         subprocess.run,
         stack.cli("--actor", "principal:cfo", "revoke", root, "--reason", "rust says stop", tenant=tenant),
@@ -57,9 +52,7 @@ async def test_a_rust_orchestrator_revokes_and_the_python_task_is_cancelled(
         text=True,
     )
     assert revoked.returncode == 0, revoked.stderr
-    with pytest.raises(asyncio.CancelledError) as cancelled:
-        await asyncio.wait_for(task, 10)
-    reason = str(cancelled.value)
+    reason = await work.cancelled_with(10)
     assert "revoked" in reason and "rust says stop" in reason and root in reason, reason
     assert guard.status is Status.REVOKED and guard.ended_by == "signal"
     done = len(progress)
