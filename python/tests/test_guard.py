@@ -307,3 +307,26 @@ async def test_a_closed_connection_makes_its_guards_deny(stack: Stack, make_clie
         await hub.close()
         if not conn.is_closed:
             await conn.close()
+
+
+async def test_the_guard_fails_closed_across_a_server_restart_and_follows_after(own_stack: Stack, tenant: str) -> None:
+    conn = await connect(own_stack.url)
+    hub = GuardHub()
+    try:
+        cfo = Client(conn, tenant, "principal:cfo")
+        root, leaf = await _tree(cfo, 2)
+        guard = await Guard.start(cfo.as_actor("agent:a1"), hub, leaf, lease=LEASE)
+        await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
+        own_stack.nats.stop()
+        await eventually(
+            lambda: guard.check("work:run", "jobs/1").reason_kind == "unverified", LEASE + 5, "denied while down"
+        )
+        assert guard.state is GuardState.STALE
+        own_stack.nats.start()
+        await eventually(lambda: guard.check("work:run", "jobs/1").allowed, 30, "allowed once the engine is heard again")
+        await cfo.revoke(root, "after the restart")
+        await asyncio.wait_for(guard.cancelled.wait(), 15)
+        assert guard.status is Status.REVOKED and "after the restart" in (guard.reason or "")
+    finally:
+        await hub.close()
+        await conn.close()
