@@ -17,6 +17,9 @@ say() { printf '[python] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 [ -n "${PYTHON:-}" ] || die "set PYTHON to a virtualenv's python (python3 -m venv .ci-cache/venv)"
+# A relative path is made absolute (not resolved: a venv's python is a
+# symlink), as the checks below run from another directory.
+case "$PYTHON" in /*) ;; */*) PYTHON="$PWD/$PYTHON" ;; esac
 "$PYTHON" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' \
   || die "$PYTHON is not in a virtualenv: this script installs packages, and only into one"
 export MANDATE_BIN="${MANDATE_BIN:-$repo/target/debug/mandate}"

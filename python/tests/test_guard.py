@@ -166,6 +166,32 @@ async def test_a_revoke_made_while_cut_off_is_caught_up(
         await conn.close()
 
 
+async def test_a_revoke_purged_from_the_stream_while_cut_off_is_not_missed(
+    make_client: Callable[..., Client], nc: Any, hub: GuardHub, proxy: Proxy
+) -> None:
+    # The stream keeps an hour, so its age limit cannot explain a gap: a purge
+    # while the guard was cut off must count as a loss, and the beacons stored
+    # after it must not let the guard carry on as if nothing was missed.
+    cfo = make_client("principal:cfo")
+    root, leaf = await _tree(cfo, 2)
+    conn = await connect(proxy.url)
+    try:
+        guard = await Guard.start(Client(conn, cfo.tenant, "agent:a1"), hub, leaf, lease=30)
+        await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
+        await proxy.cut()
+        await cfo.revoke(root, "purged while cut off")
+        purged = json.loads((await nc.request("$JS.API.STREAM.PURGE.MANDATE_SIGNALS", b"", timeout=5)).data)
+        assert purged.get("success") is True and purged.get("purged", 0) >= 1, purged
+        await asyncio.sleep(1.0)  # beacons are stored after the purge
+        await proxy.restore()
+        await asyncio.wait_for(guard.cancelled.wait(), 20)
+        assert guard.status is Status.REVOKED
+        assert hub.stats().full_rereads >= 1, hub.stats()
+        assert not guard.check("work:run", "jobs/1").allowed
+    finally:
+        await conn.close()
+
+
 async def test_guards_share_one_consumer_and_idle_guards_send_nothing(
     stack: Stack, nc: Any, make_client: Callable[..., Client], tenant: str
 ) -> None:

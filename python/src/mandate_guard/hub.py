@@ -59,6 +59,10 @@ log = logging.getLogger("mandate_guard")
 
 SIGNAL_STREAM = "MANDATE_SIGNALS"
 IDLE_HEARTBEAT = 1.0
+# How often a feed asks the stream whether anything after its last message
+# was deleted (a purge, a limit): a push consumer moves past such a gap with
+# no skip in its own sequence. One request per feed, not per guard.
+STREAM_CHECK = 5.0
 """The consumer's idle heartbeat (s); silence for three of them is a loss."""
 REREADS_IN_FLIGHT = 8
 SEEN_CAPACITY = 4096
@@ -461,14 +465,22 @@ class Feed:
             self._created = created
             self._last = 0
             return False
-        if int(state.get("first_seq", 0)) <= self._last + 1:
+        # Replayable only when nothing after ours was deleted: if the
+        # stream's first message is past ours, its age limit, another limit
+        # or a purge removed what lay between, and beacons are never rolled
+        # up, so that is a loss.
+        return int(state.get("first_seq", 0)) <= self._last + 1
+
+    async def _nothing_deleted(self) -> bool:
+        """Whether the stream still holds everything after the last message
+        taken (same stream, nothing deleted past it). A stream that cannot
+        be asked counts as whole: the lease covers an unreachable server."""
+        try:
+            info = await self._stream_info()
+        except MandateError:
             return True
-        config = info.get("config", {})
-        max_age = int(config.get("max_age", 0))
-        if int(config.get("max_msgs", -1)) > 0 or int(config.get("max_bytes", -1)) > 0 or max_age == 0:
-            return False
-        margin = int(IDLE_HEARTBEAT * 5e9)
-        return time.time_ns() - self._last_stored + margin < max_age
+        state = info.get("state", {})
+        return str(info.get("created")) == self._created and int(state.get("first_seq", 0)) <= self._last + 1
 
     async def _follow(self, ready: asyncio.Future[None]) -> None:
         first = True
@@ -531,13 +543,36 @@ class Feed:
         """Takes messages until the consumer is lost; True when the
         connection is closed for good."""
         consumer_seq = 0
+        reconnects = self.nc.stats.get("reconnects", 0)
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + STREAM_CHECK
         while True:
+            wait = min(IDLE_HEARTBEAT * 3, max(next_check - loop.time(), 0.0))
             try:
-                msg = await sub.next_msg(timeout=IDLE_HEARTBEAT * 3)
+                msg = await sub.next_msg(timeout=wait)
             except nats.errors.TimeoutError:
-                return self.nc.is_closed
+                if self.nc.is_closed:
+                    return True
+                if loop.time() < next_check:
+                    return False  # heartbeats stopped: the consumer is gone
+                next_check = loop.time() + STREAM_CHECK
+                if not await self._nothing_deleted():
+                    return False
+                continue
             except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
                 return True
+            # A consumer resumes after a reconnect with no gap in its own
+            # sequence even when the stream lost messages meanwhile (a purge
+            # moves it past them): ask the stream before taking anything.
+            now = self.nc.stats.get("reconnects", 0)
+            if now != reconnects:
+                reconnects = now
+                if not await self._nothing_deleted():
+                    return False
+            if loop.time() >= next_check:
+                next_check = loop.time() + STREAM_CHECK
+                if not await self._nothing_deleted():
+                    return False
             headers = msg.headers or {}
             status = headers.get("Status")
             if status == "100":
