@@ -64,7 +64,9 @@ struct Shared {
 
 /// How a wait for the server's answer ended.
 enum Waited {
-    Answered(Result<Result<ServerResult, ServiceError>, tokio::sync::oneshot::error::RecvError>),
+    Answered(
+        Box<Result<Result<ServerResult, ServiceError>, tokio::sync::oneshot::error::RecvError>>,
+    ),
     MandateEnded,
     AgentCancelled,
 }
@@ -217,7 +219,7 @@ impl Gateway {
             biased;
             _ = s.end.cancelled() => Waited::MandateEnded,
             _ = agent_ct.cancelled() => Waited::AgentCancelled,
-            r = &mut handle.rx => Waited::Answered(r),
+            r = &mut handle.rx => Waited::Answered(Box::new(r)),
         };
         match waited {
             Waited::MandateEnded => {
@@ -248,16 +250,16 @@ impl Gateway {
                     None,
                 ))
             }
-            Waited::Answered(Ok(Ok(result))) => Ok(result),
-            Waited::Answered(Ok(Err(ServiceError::McpError(e)))) => Err(e),
-            Waited::Answered(Ok(Err(e))) => {
-                Err(refusal::upstream(method, s.mandate, &e.to_string()))
-            }
-            Waited::Answered(Err(_)) => Err(refusal::upstream(
-                method,
-                s.mandate,
-                "the connection to the server closed",
-            )),
+            Waited::Answered(answer) => match *answer {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(ServiceError::McpError(e))) => Err(e),
+                Ok(Err(e)) => Err(refusal::upstream(method, s.mandate, &e.to_string())),
+                Err(_) => Err(refusal::upstream(
+                    method,
+                    s.mandate,
+                    "the connection to the server closed",
+                )),
+            },
         }
     }
 }
