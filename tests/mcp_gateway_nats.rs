@@ -12,7 +12,9 @@
 //!   error and the server gets `notifications/cancelled` for that call's
 //!   request id; after the end nothing passes, list calls included;
 //! - a pause refuses new calls, a resume lets them through again; an
-//!   expiry cancels the call in flight like a revoke.
+//!   expiry cancels the call in flight like a revoke;
+//! - an unknown mandate or bad options stop the gateway before any server
+//!   starts.
 //!
 //! Python: `MANDATE_TEST_PYTHON`, else `<repo>/.ci-cache/venv/bin/python`;
 //! without the `mcp` package there the tests fail and say `pip install mcp`.
@@ -609,4 +611,40 @@ async fn over_streamable_http_calls_are_checked_the_same() {
     let calls = tool_calls(&record);
     assert_eq!(calls.len(), 1, "{calls:?}");
     gateway.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_invocation_is_refused_before_any_server_starts() {
+    let world = World::start().await;
+    let root = world.root(Utc::now() + chrono::Duration::hours(1)).await;
+    let record_dir = tempfile::tempdir().unwrap();
+    let record = record_dir.path().join("record.jsonl");
+    let unknown = MandateId::generate();
+    for (mandate, extra, code, says) in [
+        (unknown, vec![], 3, "not found"),
+        (
+            root,
+            vec!["--resource-arg", "a", "--resource-arg", "b"],
+            2,
+            "given twice",
+        ),
+        (
+            root,
+            vec!["--resource-arg", "read:file=path"],
+            2,
+            "TOOL=ARG",
+        ),
+        (root, vec!["--lease", "0s"], 2, "duration \"0s\""),
+    ] {
+        let out = gateway_command(&world.server.url(), mandate, &record, &extra)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+    // The server never ran.
+    assert!(records(&record).is_empty(), "{:?}", records(&record));
 }
