@@ -7,7 +7,8 @@
 //! - out of scope, needs approval, a missing resource argument and a bad
 //!   tool name are refused with structured errors, and the server never
 //!   sees them;
-//! - `resources/read` and `prompts/get` are checked;
+//! - `resources/read` and `prompts/get` are checked; the agent's own
+//!   cancellation of a call is passed on;
 //! - a revoke of the root while a call is in flight: the agent gets an
 //!   error and the server gets `notifications/cancelled` for that call's
 //!   request id; after the end nothing passes, list calls included;
@@ -33,8 +34,11 @@ use common::NatsServer;
 use mandate::client::Client;
 use mandate::domain::command::Issue;
 use mandate::domain::{ActionPattern, MandateId};
-use rmcp::model::{CallToolRequestParams, GetPromptRequestParams, ReadResourceRequestParams};
-use rmcp::service::{RoleClient, RunningService};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientRequest, GetPromptRequestParams,
+    ReadResourceRequestParams,
+};
+use rmcp::service::{PeerRequestOptions, RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ErrorData, ServiceError, ServiceExt};
 use serde_json::{json, Value};
@@ -343,6 +347,31 @@ async fn calls_in_scope_pass_and_every_other_request_is_refused_with_its_reason(
     let count = |m: &str| methods.iter().filter(|x| *x == m).count();
     assert_eq!(count("resources/read"), 1, "{methods:?}");
     assert_eq!(count("prompts/get"), 1, "{methods:?}");
+
+    // The agent's own cancellation of a call in flight is passed on.
+    let handle = peer
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(call(
+                "slow",
+                json!({"path": "reports/agent", "seconds": 60}),
+            ))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let upstream = recorded(&record, "the agent's slow call", |r| {
+        r["event"] == "tools/call" && r["arguments"]["path"] == "reports/agent"
+    })
+    .await["request_id"]
+        .clone();
+    handle
+        .cancel(Some("the agent changed its mind".into()))
+        .await
+        .unwrap();
+    recorded(&record, "the agent's cancel, passed on", |r| {
+        r["event"] == "cancelled" && r["request_id"] == upstream
+    })
+    .await;
     agent.cancel().await.unwrap();
 }
 
