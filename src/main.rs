@@ -5,10 +5,12 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = mandate::cli::Cli::parse();
-    let default = if matches!(cli.command, mandate::cli::Cmd::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
+    let default = match cli.command {
+        mandate::cli::Cmd::Serve { .. } => "info",
+        // The MCP SDK logs every error reply as a warning; the gateway's
+        // refusals are answers, not faults (it logs its cancellations).
+        mandate::cli::Cmd::McpGateway(_) => "warn,rmcp=error",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

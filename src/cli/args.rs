@@ -258,6 +258,10 @@ pub enum Cmd {
     },
     /// Engine health.
     Health,
+    /// Guard an MCP server: a proxy between an agent and the server's
+    /// command (after `--`) that checks every tool call, resource read and
+    /// prompt against --mandate.
+    McpGateway(super::mcp::GatewayArgs),
     /// Restore a quarantined tree (administrators): the bad record at
     /// --position (as `health` lists it) is skipped, stays in the log, and
     /// the tree grants again from its last good state.
@@ -373,7 +377,8 @@ impl Cmd {
             | Cmd::Check { .. }
             | Cmd::Watch { .. }
             | Cmd::Rebuild { .. }
-            | Cmd::Health => None,
+            | Cmd::Health
+            | Cmd::McpGateway(_) => None,
         }
     }
 }

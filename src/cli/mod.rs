@@ -1,5 +1,6 @@
 //! The `mandate` binary: serve, issue, delegate, pause, resume, revoke,
-//! complete, status, tree, history, check, watch, rebuild, demo.
+//! complete, status, tree, history, check, watch, rebuild, demo,
+//! mcp-gateway.
 //!
 //! With `--nats` commands talk to `mandate serve` on that server. Without
 //! it, `serve` runs a private nats-server and announces it in `--data`;
@@ -25,6 +26,7 @@
 //! - `render`: text and `--json` output; `exit`: the exit-code table.
 //! - `serve` (and `rebuild`), beside `bootstrap` (`serve` without `--nats`).
 //! - `demo`: the ghost-execution story.
+//! - `mcp`: `mcp-gateway`, the MCP proxy that guards an MCP server.
 
 /// Prints a line on stdout. A reader gone away (`mandate status X | head
 /// -1`) is not an error of the command: the rest of the output is dropped
@@ -42,6 +44,7 @@ mod commands;
 pub mod connect;
 pub mod demo;
 mod exit;
+mod mcp;
 mod parse;
 mod queries;
 mod render;

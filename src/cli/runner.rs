@@ -6,7 +6,7 @@ use super::args::{Cli, Cmd};
 use super::bootstrap::{self, BootstrapError, Discovered, PrivateServer};
 use super::exit::{invalid, Exit, Failure};
 use super::parse::{self, mandate_id, parse_actor};
-use super::{commands, demo, queries, serve, watch};
+use super::{commands, demo, mcp, queries, serve, watch};
 use crate::client::{Client, ClientError, MissionPublisher};
 use crate::domain::{Actor, AgentId, TenantId};
 use crate::engine::{Engine, EngineConfig};
@@ -196,6 +196,7 @@ async fn command(
             )
             .await
         }
+        Cmd::McpGateway(args) => mcp::gateway(client, args).await,
         Cmd::Issue(args) => commands::issue(&client, args, cli.json).await,
         Cmd::Delegate(args) => commands::delegate(&client, args, cli.json).await,
         cmd if cmd.changes_authority().is_some() => commands::change(&client, cmd, cli.json).await,

@@ -14,6 +14,7 @@ mod gen;
 mod growth;
 mod harness;
 mod idle;
+mod mcp;
 mod rebuild;
 mod report;
 
@@ -35,10 +36,11 @@ enum Scenario {
     Rebuild,
     Memory,
     IdleGuards,
+    McpCancel,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 8] = [
+    const EACH: [Scenario; 9] = [
         Scenario::Growth,
         Scenario::Cascade,
         Scenario::CheckRemote,
@@ -47,6 +49,7 @@ impl Scenario {
         Scenario::Rebuild,
         Scenario::Memory,
         Scenario::IdleGuards,
+        Scenario::McpCancel,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Scenario {
             Scenario::Rebuild => "rebuild",
             Scenario::Memory => "memory",
             Scenario::IdleGuards => "idle-guards",
+            Scenario::McpCancel => "mcp-cancel",
         }
     }
 }
@@ -133,6 +137,10 @@ struct Args {
     /// idle-guards: seconds the guards run before the window opens.
     #[arg(long, default_value_t = 5)]
     settle: u64,
+    /// mcp-cancel: tool calls cancelled by a revoke, one after another,
+    /// each under a fresh mandate and its own gateway.
+    #[arg(long, default_value_t = 20)]
+    mcp_calls: usize,
     /// Internal (memory, idle-guards): serve one engine with its projection here, on the
     /// server `--nats` names, until stdin closes.
     #[arg(long, hide = true, requires = "nats")]
@@ -159,6 +167,7 @@ impl Args {
         self.load_seconds = 1;
         self.window = 2;
         self.settle = 1;
+        self.mcp_calls = 2;
         self
     }
 }
@@ -194,6 +203,9 @@ async fn run(args: &Args) -> BenchResult<()> {
     }
     if args.guards.contains(&0) {
         return Err("--guards takes counts of at least 1".into());
+    }
+    if args.mcp_calls == 0 {
+        return Err("--mcp-calls needs at least 1".into());
     }
     if args.window == 0 {
         return Err("--window needs at least 1 second".into());
@@ -277,6 +289,12 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
                 settle: std::time::Duration::from_secs(args.settle),
             };
             idle::run(env, &sizes, out).await
+        }
+        Scenario::McpCancel => {
+            let sizes = mcp::Sizes {
+                calls: args.mcp_calls,
+            };
+            mcp::run(env, &sizes, out).await
         }
     }
 }

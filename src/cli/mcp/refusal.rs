@@ -1,0 +1,153 @@
+//! The errors the gateway answers with instead of passing a request on: a
+//! JSON-RPC error whose message says why in words and whose `data` is
+//! structured, so an agent (or the approval flow) can act on it.
+//!
+//! `data` always holds `reason` (a code, below), `mandate`, and `chain` (the
+//! mandate ids from the root's grant down to the gateway's mandate, when
+//! known); with them, what was asked: `action`, `resource`, and, for a
+//! decision of the guard, `decision` (the guard's whole decision: outcome,
+//! reason and chain links). Reason codes:
+//!
+//! | code | JSON-RPC code | when |
+//! |---|---|---|
+//! | `out_of_scope`, `not_active`, `unverified`, `quarantined`, ... | -32010 | the guard denied (its deny reason's `kind`) |
+//! | `needs_approval` | -32011 | in scope, but a step-up approval is needed: `approval_request` is a fresh UUID v7 naming this request, `step_up` the patterns that matched |
+//! | `mandate_ended` | -32012 | the mandate ended while the call was in flight (the server got `notifications/cancelled`), or before the request arrived |
+//! | `invalid_request` | -32602 | the request has no valid action or resource (a bad tool name, a missing resource argument) |
+//! | `upstream_unavailable` | -32603 | the MCP server behind the gateway has gone away |
+
+use rmcp::model::ErrorCode;
+use rmcp::ErrorData;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::cli::render::deny_text;
+use crate::domain::{Decision, DenyReason, MandateId, Outcome};
+
+/// A guard's deny.
+pub(super) const DENIED: ErrorCode = ErrorCode(-32010);
+/// A step-up approval is needed first.
+pub(super) const NEEDS_APPROVAL: ErrorCode = ErrorCode(-32011);
+/// The mandate has ended.
+pub(super) const MANDATE_ENDED: ErrorCode = ErrorCode(-32012);
+
+/// The reason code of a guard's deny: its reason's `kind`.
+fn deny_code(reason: Option<&DenyReason>) -> String {
+    reason
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.get("kind").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "denied".into())
+}
+
+/// The mandate ids of a decision's chain, root first.
+fn chain_ids(d: &Decision) -> Vec<String> {
+    d.chain.iter().map(|l| l.mandate.to_string()).collect()
+}
+
+/// The error for a decision that is not an allow.
+pub(super) fn refused(d: &Decision, method: &str) -> ErrorData {
+    let chain = chain_ids(d);
+    if d.outcome == Outcome::NeedsApproval {
+        let request = Uuid::now_v7();
+        let step_up: Vec<String> = d.approval.iter().map(|p| p.to_string()).collect();
+        return ErrorData::new(
+            NEEDS_APPROVAL,
+            format!(
+                "{method}: {} on {} needs step-up approval first (approval request {request}; mandate {}, chain {})",
+                d.action,
+                d.resource,
+                d.mandate,
+                chain.join(" > ")
+            ),
+            Some(json!({
+                "reason": "needs_approval",
+                "mandate": d.mandate,
+                "chain": chain,
+                "action": d.action,
+                "resource": d.resource,
+                "approval_request": request,
+                "step_up": step_up,
+                "decision": d,
+            })),
+        );
+    }
+    let code = deny_code(d.reason.as_ref());
+    ErrorData::new(
+        DENIED,
+        format!(
+            "{method}: denied by mandate {}: {} (chain {})",
+            d.mandate,
+            deny_text(d),
+            chain.join(" > ")
+        ),
+        Some(json!({
+            "reason": code,
+            "mandate": d.mandate,
+            "chain": chain,
+            "action": d.action,
+            "resource": d.resource,
+            "decision": d,
+        })),
+    )
+}
+
+/// The error for a request without a valid action or resource.
+pub(super) fn invalid(method: &str, mandate: MandateId, chain: &[String], why: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode::INVALID_PARAMS,
+        format!("{method}: {why}"),
+        Some(json!({
+            "reason": "invalid_request",
+            "mandate": mandate,
+            "chain": chain,
+            "detail": why,
+        })),
+    )
+}
+
+/// The error for a request the mandate's end stopped, `in_flight` when it
+/// had reached the server (which was told to cancel it).
+pub(super) fn ended(
+    method: &str,
+    mandate: MandateId,
+    chain: &[String],
+    why: &str,
+    in_flight: bool,
+    checked: Option<(&str, &str)>,
+) -> ErrorData {
+    let what = if in_flight {
+        "cancelled in flight: the server was told to stop"
+    } else {
+        "refused"
+    };
+    let (action, resource) = checked.unzip();
+    ErrorData::new(
+        MANDATE_ENDED,
+        format!(
+            "{method}: {what}, mandate {mandate} has ended: {why} (chain {})",
+            chain.join(" > ")
+        ),
+        Some(json!({
+            "reason": "mandate_ended",
+            "mandate": mandate,
+            "chain": chain,
+            "detail": why,
+            "in_flight": in_flight,
+            "action": action,
+            "resource": resource,
+        })),
+    )
+}
+
+/// The error for a server that can no longer be reached.
+pub(super) fn upstream(method: &str, mandate: MandateId, why: &str) -> ErrorData {
+    ErrorData::new(
+        ErrorCode::INTERNAL_ERROR,
+        format!("{method}: the MCP server behind the gateway failed: {why}"),
+        Some(json!({
+            "reason": "upstream_unavailable",
+            "mandate": mandate,
+            "detail": why,
+        })),
+    )
+}
