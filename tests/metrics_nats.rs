@@ -225,47 +225,60 @@ fn free_port() -> u16 {
 struct Metered {
     child: Child,
     addr: String,
-    _data: tempfile::TempDir,
+    /// The data directory and the log, under one temporary directory.
+    _dir: tempfile::TempDir,
 }
 
 impl Metered {
     /// Starts it on `server` and waits until it answers requests and scrapes.
+    /// A port taken between the choice and the bind (another test's) makes
+    /// the process exit: then it starts again on another.
     async fn start(server: &NatsServer, nc: &async_nats::Client) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let log = std::fs::File::create(data.path().with_extension("log")).unwrap();
-        let child = mandate_cmd(
-            data.path(),
-            &[
-                "--nats",
-                &server.url(),
-                "serve",
-                "--allow-open-tenants",
-                "--metrics",
-                &addr,
-            ],
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start mandate serve");
-        let metered = Metered {
-            child,
-            addr,
-            _data: data,
-        };
-        serving(nc, "acme").await;
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(&metered.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the metrics endpoint never listened"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (data, log) = (dir.path().join("data"), dir.path().join("serve.log"));
+        for _attempt in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut child = mandate_cmd(
+                &data,
+                &[
+                    "--nats",
+                    &server.url(),
+                    "serve",
+                    "--allow-open-tenants",
+                    "--metrics",
+                    &addr,
+                ],
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start mandate serve");
+            let deadline = Instant::now() + PATIENCE;
+            let mut ended = child.try_wait().unwrap().is_some();
+            while !ended && TcpStream::connect(&addr).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the metrics endpoint never listened"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                ended = child.try_wait().unwrap().is_some();
+            }
+            if ended {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(said.contains("cannot listen there"), "serve ended: {said}");
+                continue;
+            }
+            let metered = Metered {
+                child,
+                addr,
+                _dir: dir,
+            };
+            serving(nc, "acme").await;
+            return metered;
         }
-        metered
+        panic!("no free port for the metrics endpoint in five attempts");
     }
 
     async fn scrape(&self) -> Scrape {
