@@ -836,3 +836,96 @@ async fn a_bad_metrics_address_stops_the_start_and_names_it() {
         "no stream was made"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_is_counted_until_the_background_tasks_take_it() {
+    use chrono::Utc;
+    use mandate::engine::{Clock, Engine, EngineConfig};
+    use mandate::log::JetStreamConfig;
+
+    let server = NatsServer::start();
+    let nc = connect(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(Utc::now());
+    let config = EngineConfig {
+        allow_open_tenants: true,
+        clock: clock.clone(),
+        expiry_tick: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    // Opened, not started: nothing follows the log, expires or reads the
+    // mission stream yet.
+    let engine = Engine::nats(nc.clone(), dir.path(), JetStreamConfig::default(), config)
+        .await
+        .expect("open the engine");
+    let scrape = || async { Scrape::parse(&engine.metrics().await.expect("metrics")) };
+    let grants = &["finance:read on reports/**"];
+    let cfo = Client::local(engine.clone(), tenant("acme"), principal("cfo"));
+    let not_after = clock.now() + chrono::Duration::minutes(30);
+    let root = issued(
+        &cfo,
+        Issue {
+            not_after,
+            ..root_issue("cfo", "lead", None, grants)
+        },
+    )
+    .await;
+    let lead = Client::local(engine.clone(), tenant("acme"), agent("lead"));
+    lead.delegate(delegation(root, "ana", grants))
+        .await
+        .expect("delegate");
+    let js = async_nats::jetstream::new(nc.clone());
+    let subject = mandate::protocol::mission_subject(&tenant("acme"), &mission("jira:FIN-7"));
+    js.publish(subject, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .expect("the completion is stored");
+    clock.advance(chrono::Duration::hours(1));
+
+    let waiting = scrape().await;
+    // The writer applied its two commits, but the in-order checkpoint only
+    // moves with the follower.
+    assert_eq!(waiting.only("mandate_projection_lag"), Some(2.0));
+    assert_eq!(waiting.only("mandate_projection_position"), Some(0.0));
+    assert_eq!(
+        waiting.only("mandate_expiry_backlog"),
+        Some(2.0),
+        "root and ana are due"
+    );
+    assert_eq!(waiting.only("mandate_mission_marks_lag"), Some(1.0));
+    // The in-process client's requests are counted like any others.
+    assert_eq!(
+        moved(
+            &Scrape::parse("# EOF\n"),
+            &waiting,
+            "mandate_commands_total",
+            &["type", "outcome"]
+        ),
+        expect(&[
+            (&["issue", "applied"], 1.0),
+            (&["delegate", "applied"], 1.0)
+        ])
+    );
+
+    let background = engine.start();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = scrape().await;
+        let figures = [
+            "mandate_projection_lag",
+            "mandate_expiry_backlog",
+            "mandate_mission_marks_lag",
+            "mandate_mission_intake_pending",
+        ]
+        .map(|g| (g, s.only(g)));
+        if figures.iter().all(|(_, v)| *v == Some(0.0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never drained: {figures:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = cfo.status(root, None).await.expect("status");
+    assert_eq!(status.mandate.status(), Status::Expired);
+    background.stop().await.expect("the background tasks stop");
+}
