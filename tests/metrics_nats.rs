@@ -1,7 +1,8 @@
 //! `mandate serve --metrics`: a real nats-server and a real `mandate serve`
 //! process, scraped over HTTP. The counters move by exactly the commands
 //! and checks sent, and nothing else; a revoke's cascade is counted by its
-//! descendants; the backlogs return to zero; the dashboard in `examples/`
+//! descendants; the backlogs count what waits while an engine's background
+//! tasks are stopped, and return to zero; the dashboard in `examples/`
 //! names only what the endpoint exports, and everything it exports; a bad
 //! address stops the start with a clear error; other paths are 404.
 
