@@ -87,15 +87,7 @@ impl Engine {
             return;
         };
         if let Some(signal) = quarantine_signal(&snap.tree, q, self.now()) {
-            let published = self.inner.bus.publish(&signal).await;
-            let failed: &[_] = match &published {
-                Ok(()) => &[],
-                Err(_) => &[signal.event_id],
-            };
-            self.inner
-                .metrics
-                .signals(std::slice::from_ref(&signal), failed);
-            if let Err(e) = published {
+            if let Err(e) = self.publish_counted(&signal).await {
                 // Guards still learn it on their next re-read.
                 tracing::error!(%tenant, %tree, error = %e, "quarantine signal not published");
             }
@@ -312,15 +304,7 @@ impl Engine {
             if bus.stored_already(&signal).await? {
                 continue;
             }
-            let published = bus.publish(&signal).await;
-            let failed: &[_] = match &published {
-                Ok(()) => &[],
-                Err(_) => &[signal.event_id],
-            };
-            self.inner
-                .metrics
-                .signals(std::slice::from_ref(&signal), failed);
-            published?;
+            self.publish_counted(&signal).await?;
             tracing::info!(tenant = %signal.tenant, mandate = %signal.mandate, event = %signal.event_id, "published a signal its writer had not stored");
         }
         Ok(())

@@ -491,6 +491,20 @@ impl Engine {
         Ok(info.state.last_sequence.saturating_sub(seen))
     }
 
+    /// Publishes one signal on the bus, and counts it
+    /// ([`Metrics::signals`]).
+    pub(super) async fn publish_counted(&self, signal: &Signal) -> Result<(), EngineError> {
+        let published = self.inner.bus.publish(signal).await;
+        let failed: &[_] = match &published {
+            Ok(()) => &[],
+            Err(_) => &[signal.event_id],
+        };
+        self.inner
+            .metrics
+            .signals(std::slice::from_ref(signal), failed);
+        published
+    }
+
     /// Counts, off the reply's path, the descendants each terminating event
     /// of a commit this instance wrote ended ([`Metrics::cascade`]).
     pub(super) fn count_cascade(&self, tenant: &TenantId, tree: TreeId, events: &[Event]) {
