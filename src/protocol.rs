@@ -72,7 +72,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Query verbs.
 pub const QUERY_VERBS: &[&str] = &[
-    "status", "tree", "chain", "history", "list", "check", "audit", "health",
+    "status", "tree", "chain", "history", "verify", "list", "check", "audit", "health",
 ];
 /// Bulk command verbs.
 pub const BULK_VERBS: &[&str] = &["revoke_agent", "revoke_principal"];

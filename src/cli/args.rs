@@ -74,6 +74,12 @@ pub enum Cmd {
         /// their lease, which must be several times longer.
         #[arg(long, value_name = "DURATION", default_value = "1s")]
         beacon_interval: String,
+        /// Serve this instance's metrics in the Prometheus text format on
+        /// `http://ADDR/metrics` (e.g. 127.0.0.1:9464): commands, checks and
+        /// queries with their latency, cascade fan-out, projection lag,
+        /// expiry backlog, mission intake backlog. Off by default.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,

@@ -37,6 +37,15 @@ pub(super) async fn serve(
             .map_err(|e| invalid(format!("--beacon-interval: {}", e.message)))?,
         _ => EngineConfig::default().beacon_interval,
     };
+    // Bound before the engine opens: a taken or malformed address fails
+    // the start at once, naming it.
+    let metrics = match &cli.command {
+        Cmd::Serve {
+            metrics: Some(addr),
+            ..
+        } => Some(bind_metrics(addr).await?),
+        _ => None,
+    };
     let config = EngineConfig {
         tenants,
         beacon_interval,
@@ -52,6 +61,7 @@ pub(super) async fn serve(
     };
     let Some(server) = private else {
         let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
+        let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
         tracing::info!(data = %cli.data.display(), "engine starting");
         engine.serve(shutdown_signal()).await?;
         return Ok(Exit::Ok);
@@ -59,9 +69,78 @@ pub(super) async fn serve(
     let probe = config.tenants.first().cloned().unwrap_or(tenant);
     let dir = bootstrap::engine_dir(&cli.data);
     let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
+    let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
     server.run(&engine, nc, probe).await?;
     Ok(Exit::Ok)
+}
+
+/// The content type of [`Engine::metrics`]: the OpenMetrics text format
+/// (Prometheus negotiates it; its `info` type and `# EOF` need it).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `--metrics ADDR`: an IP address and a port.
+async fn bind_metrics(addr: &str) -> Result<tokio::net::TcpListener, Failure> {
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
+        invalid(format!(
+            "--metrics {addr:?}: not an address to listen on; give an IP address and a port, e.g. 127.0.0.1:9464"
+        ))
+    })?;
+    tokio::net::TcpListener::bind(parsed).await.map_err(|e| {
+        Failure::new(
+            Exit::Unavailable,
+            format!("--metrics {parsed}: cannot listen there: {e}"),
+        )
+    })
+}
+
+/// `GET /metrics` over HTTP/1, for as long as `serve` runs (the task ends
+/// when this is dropped); every other path is 404.
+struct MetricsEndpoint(tokio::task::JoinHandle<()>);
+
+impl MetricsEndpoint {
+    fn spawn(listener: tokio::net::TcpListener, engine: Engine) -> Self {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(
+                    |axum::extract::State(engine): axum::extract::State<Engine>| async move {
+                        match engine.metrics().await {
+                            Ok(text) => {
+                                ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+                            }
+                            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+                                .into_response(),
+                        }
+                    },
+                ),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found; the metrics are at /metrics\n",
+                )
+            })
+            .with_state(engine);
+        tracing::info!("metrics served on http://{addr}/metrics");
+        MetricsEndpoint(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        }))
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Rebuilds the projection from the log and compares it with the live one:

@@ -87,7 +87,7 @@ impl Engine {
             return;
         };
         if let Some(signal) = quarantine_signal(&snap.tree, q, self.now()) {
-            if let Err(e) = self.inner.bus.publish(&signal).await {
+            if let Err(e) = self.publish_counted(&signal).await {
                 // Guards still learn it on their next re-read.
                 tracing::error!(%tenant, %tree, error = %e, "quarantine signal not published");
             }
@@ -304,7 +304,7 @@ impl Engine {
             if bus.stored_already(&signal).await? {
                 continue;
             }
-            bus.publish(&signal).await?;
+            self.publish_counted(&signal).await?;
             tracing::info!(tenant = %signal.tenant, mandate = %signal.mandate, event = %signal.event_id, "published a signal its writer had not stored");
         }
         Ok(())

@@ -134,8 +134,16 @@ impl EngineError {
     /// The wire form. Its code follows the kind (for a rejection, the
     /// domain's own code).
     pub fn to_body(&self) -> ErrorBody {
-        let rejection = self.rejection();
-        let code = match (self.kind, rejection) {
+        ErrorBody {
+            code: self.code(),
+            message: self.to_string(),
+            reason: self.rejection().map(|d| d.reason().to_string()),
+        }
+    }
+
+    /// The wire code alone (what [`EngineError::to_body`] puts in the body).
+    pub(crate) fn code(&self) -> ErrorCode {
+        match (self.kind, self.rejection()) {
             (EngineErrorKind::Rejected, Some(d)) => d.code(),
             (EngineErrorKind::NotFound, _) => ErrorCode::NotFound,
             (EngineErrorKind::Invalid, _) => ErrorCode::InvalidInput,
@@ -145,11 +153,6 @@ impl EngineError {
                 EngineErrorKind::Rejected | EngineErrorKind::Corrupt | EngineErrorKind::Internal,
                 _,
             ) => ErrorCode::Internal,
-        };
-        ErrorBody {
-            code,
-            message: self.to_string(),
-            reason: rejection.map(|d| d.reason().to_string()),
         }
     }
 }

@@ -56,6 +56,7 @@ impl Engine {
                 conflicts: Default::default(),
                 audit,
                 delivery: Default::default(),
+                metrics: Default::default(),
             }),
         })
     }

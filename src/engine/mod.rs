@@ -30,6 +30,7 @@
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
 //! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
 //! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
+//! | Metrics | [`Engine::metrics`] (Prometheus text exposition) | `metrics.rs` |
 //!
 //! Errors are [`EngineError`]s: branch on [`EngineError::kind`] (and
 //! [`EngineError::rejection`] for the domain's reason), never on the
@@ -47,6 +48,9 @@
 //!   scheduler, the republisher of signals and the beacons.
 //! - `read.rs`: resolving trees and mandates for queries, summaries, audit
 //!   records of checks.
+//! - `metrics.rs` also holds what the request path and the write path
+//!   count (commands, checks, queries, cascades, signals), and the walk
+//!   that counts a cascade, off the reply's path.
 //! - [`missions`]: the mission-complete intake; [`audit`]: the audit stream;
 //!   [`signals`]: the signal bus; [`auth`]: request signatures.
 
@@ -60,6 +64,7 @@ mod commands;
 mod continuity;
 mod error;
 mod lifecycle;
+mod metrics;
 pub mod missions;
 mod queries;
 mod read;
@@ -178,6 +183,8 @@ pub(crate) struct Inner {
     /// Commits whose signals wait to be published by this instance, and
     /// the beacons it sent (`signals.rs`).
     pub(crate) delivery: signals::Delivery,
+    /// What this instance counts as it goes (`metrics.rs`).
+    pub(crate) metrics: metrics::Metrics,
 }
 
 /// One engine instance. Cheap to clone.

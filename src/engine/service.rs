@@ -4,7 +4,7 @@
 //! [`crate::protocol`]; every failure becomes a typed error reply.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -13,10 +13,11 @@ use tokio::sync::Semaphore;
 use crate::domain::command::{refuse_reserved_actor, refuse_reserved_command_id};
 use crate::domain::{Actor, DomainError, ExternalCommand, TenantId};
 use crate::protocol::{
-    AuditQuery, BulkEnvelope, CheckQuery, HealthQuery, ListQuery, MandateQuery, Reply, TreeQuery,
-    BULK_VERBS, MAX_REQUEST_BYTES, QUERY_VERBS,
+    AuditQuery, BulkEnvelope, CheckQuery, CommandResult, HealthQuery, ListQuery, MandateQuery,
+    Reply, TreeQuery, BULK_VERBS, MAX_REQUEST_BYTES, QUERY_VERBS,
 };
 
+use super::metrics::{command_type, query_kind};
 use super::{same_tenant, Engine, EngineError};
 
 /// The queue group every engine instance joins.
@@ -63,6 +64,8 @@ struct Request<'a> {
     subject: &'a str,
     body: &'a [u8],
     origin: Origin<'a>,
+    /// When the request came in: its latency is measured from here.
+    started: Instant,
 }
 
 /// Refuses a command whose subject names another verb than its body.
@@ -141,6 +144,7 @@ impl Engine {
     }
 
     async fn handle_request(&self, subject: &str, body: &[u8], origin: Origin<'_>) -> Vec<u8> {
+        let started = Instant::now();
         let parts: Vec<&str> = subject.split('.').collect();
         let (kind, tenant, verb) = match parts.as_slice() {
             ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
@@ -150,22 +154,37 @@ impl Engine {
                 ))))
             }
         };
-        let tenant = match TenantId::new(tenant) {
+        let tenant = TenantId::new(tenant)
+            .map_err(EngineError::from)
+            .and_then(|t| {
+                if body.len() > MAX_REQUEST_BYTES {
+                    return Err(EngineError::invalid(format!(
+                        "request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
+                        body.len()
+                    )));
+                }
+                Ok(t)
+            });
+        let tenant = match tenant {
             Ok(t) => t,
-            Err(e) => return encode::<()>(Err(e.into())),
+            // Refused before it is read: counted all the same.
+            Err(e) => {
+                let (metrics, took) = (&self.inner.metrics, started.elapsed());
+                match (kind, verb) {
+                    ("cmd", _) => metrics.command(command_type(verb), Err(&e), took),
+                    (_, "check") => metrics.check(None, Err(&e), took),
+                    _ => metrics.query(query_kind(verb), Some(&e), took),
+                }
+                return encode::<()>(Err(e));
+            }
         };
-        if body.len() > MAX_REQUEST_BYTES {
-            return encode::<()>(Err(EngineError::invalid(format!(
-                "request body of {} bytes exceeds the limit of {MAX_REQUEST_BYTES} bytes",
-                body.len()
-            ))));
-        }
         let request = Request {
             tenant: &tenant,
             verb,
             subject,
             body,
             origin,
+            started,
         };
         if kind == "cmd" {
             self.handle_command(request).await
@@ -175,8 +194,18 @@ impl Engine {
     }
 
     async fn handle_command(&self, req: Request<'_>) -> Vec<u8> {
+        let r = self.command_of(req).await;
+        self.inner.metrics.command(
+            command_type(req.verb),
+            r.as_ref().map(|c| c.duplicate),
+            req.started.elapsed(),
+        );
+        encode(r)
+    }
+
+    async fn command_of(&self, req: Request<'_>) -> Result<CommandResult, EngineError> {
         if BULK_VERBS.contains(&req.verb) {
-            let r = async {
+            return async {
                 let bulk = BulkEnvelope::from_json(req.body)?;
                 same_tenant(req.tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
@@ -190,84 +219,138 @@ impl Engine {
                 self.execute_bulk(bulk).await
             }
             .await;
-            return encode(r);
         }
-        let r = async {
-            // A command from outside never carries the engine's own actor.
-            let external = ExternalCommand::from_json(req.body)?;
-            let cmd = external.envelope();
-            same_tenant(req.tenant, &cmd.tenant)?;
-            self.authenticate(req.origin, req.tenant, &cmd.actor, req.subject, req.body)?;
-            same_verb(req.verb, cmd.command.verb())?;
-            self.execute(external).await
-        }
-        .await;
-        encode(r)
+        // A command from outside never carries the engine's own actor.
+        let external = ExternalCommand::from_json(req.body)?;
+        let cmd = external.envelope();
+        same_tenant(req.tenant, &cmd.tenant)?;
+        self.authenticate(req.origin, req.tenant, &cmd.actor, req.subject, req.body)?;
+        same_verb(req.verb, cmd.command.verb())?;
+        self.execute(external).await
     }
 
     async fn handle_query(&self, req: Request<'_>) -> Vec<u8> {
+        if req.verb == "check" {
+            return self.handle_check(req).await;
+        }
+        let kind = query_kind(req.verb);
+        // Each answer is counted as it is encoded.
+        let at = req.started;
         // Each read brings its tree up to the log first, as far as its
         // consistency level asks (`Engine::freshen`).
         match req.verb {
-            "status" => encode(match parse::<MandateQuery>("status query", req.body) {
-                Ok(q) => self.status_of(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "chain" => encode(match parse::<MandateQuery>("chain query", req.body) {
-                Ok(q) => self.chain_of(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "tree" => encode(match parse::<TreeQuery>("tree query", req.body) {
-                Ok(q) => self.tree(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "history" => encode(match parse::<TreeQuery>("history query", req.body) {
-                Ok(q) => self.history(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "verify" => encode(match parse::<TreeQuery>("verify query", req.body) {
-                Ok(q) => self.verify(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "list" => encode(match parse::<ListQuery>("list query", req.body) {
-                Ok(q) => self.list(req.tenant, &q).await,
-                Err(e) => Err(e),
-            }),
-            "check" => {
-                let r = match parse::<CheckQuery>("check query", req.body) {
-                    Ok(mut q) => {
-                        // The audit names who asked only if that is proven
-                        // (where the req.tenant requires proof).
-                        let proven = q.actor.as_ref().is_some_and(|a| {
-                            self.authenticate(req.origin, req.tenant, a, req.subject, req.body)
-                                .is_ok()
-                        });
-                        if !proven {
-                            q.actor = None;
-                        }
-                        self.check(req.tenant, &q).await
-                    }
+            "status" => self.answered(
+                kind,
+                at,
+                match parse::<MandateQuery>("status query", req.body) {
+                    Ok(q) => self.status_of(req.tenant, &q).await,
                     Err(e) => Err(e),
-                };
-                encode(r)
-            }
+                },
+            ),
+            "chain" => self.answered(
+                kind,
+                at,
+                match parse::<MandateQuery>("chain query", req.body) {
+                    Ok(q) => self.chain_of(req.tenant, &q).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            "tree" => self.answered(
+                kind,
+                at,
+                match parse::<TreeQuery>("tree query", req.body) {
+                    Ok(q) => self.tree(req.tenant, &q).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            "history" => self.answered(
+                kind,
+                at,
+                match parse::<TreeQuery>("history query", req.body) {
+                    Ok(q) => self.history(req.tenant, &q).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            "verify" => self.answered(
+                kind,
+                at,
+                match parse::<TreeQuery>("verify query", req.body) {
+                    Ok(q) => self.verify(req.tenant, &q).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            "list" => self.answered(
+                kind,
+                at,
+                match parse::<ListQuery>("list query", req.body) {
+                    Ok(q) => self.list(req.tenant, &q).await,
+                    Err(e) => Err(e),
+                },
+            ),
             "audit" => {
                 let r = match parse::<AuditQuery>("audit query", req.body) {
                     Ok(q) => self.audit(req.tenant, q.mandate, q.limit).await,
                     Err(e) => Err(e),
                 };
-                encode(r)
+                self.answered(kind, at, r)
             }
-            "health" => encode(match parse::<HealthQuery>("health query", req.body) {
-                Ok(HealthQuery {}) => self.health_of(req.tenant).await,
-                Err(e) => Err(e),
-            }),
-            other => encode::<()>(Err(EngineError::invalid(format!(
-                "unknown query verb {:?}; known: {}",
-                crate::domain::ids::truncate_for_error(other),
-                QUERY_VERBS.join(", ")
-            )))),
+            "health" => self.answered(
+                kind,
+                at,
+                match parse::<HealthQuery>("health query", req.body) {
+                    Ok(HealthQuery {}) => self.health_of(req.tenant).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            other => self.answered(
+                kind,
+                at,
+                Err::<(), _>(EngineError::invalid(format!(
+                    "unknown query verb {:?}; known: {}",
+                    crate::domain::ids::truncate_for_error(other),
+                    QUERY_VERBS.join(", ")
+                ))),
+            ),
         }
+    }
+
+    /// Counts a query's answer, then encodes it.
+    fn answered<T: Serialize>(
+        &self,
+        kind: &'static str,
+        started: Instant,
+        r: Result<T, EngineError>,
+    ) -> Vec<u8> {
+        self.inner
+            .metrics
+            .query(kind, r.as_ref().err(), started.elapsed());
+        encode(r)
+    }
+
+    async fn handle_check(&self, req: Request<'_>) -> Vec<u8> {
+        let mut consistency = None;
+        let r = match parse::<CheckQuery>("check query", req.body) {
+            Ok(mut q) => {
+                consistency = Some(q.consistency);
+                // The audit names who asked only if that is proven
+                // (where the req.tenant requires proof).
+                let proven = q.actor.as_ref().is_some_and(|a| {
+                    self.authenticate(req.origin, req.tenant, a, req.subject, req.body)
+                        .is_ok()
+                });
+                if !proven {
+                    q.actor = None;
+                }
+                self.check(req.tenant, &q).await
+            }
+            Err(e) => Err(e),
+        };
+        self.inner.metrics.check(
+            consistency,
+            r.as_ref().map(|d| d.outcome),
+            req.started.elapsed(),
+        );
+        encode(r)
     }
 
     /// Says at start, loudly, whether tenants without authentication are

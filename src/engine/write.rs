@@ -296,6 +296,7 @@ impl Engine {
                     // republish delay if they are not.
                     self.publish_signals(tenant, tree, appended.position, &events)
                         .await;
+                    self.count_cascade(tenant, tree, &events);
                     return Ok((
                         CommitInfo {
                             tree,
@@ -430,6 +431,8 @@ impl Engine {
             return;
         }
         let failed = self.inner.bus.publish_all(&signals).await;
+        let failed_ids: Vec<_> = failed.iter().map(|(s, _)| s.event_id).collect();
+        self.inner.metrics.signals(&signals, &failed_ids);
         for (signal, err) in &failed {
             tracing::error!(error = %err, mandate = %signal.mandate, "signal publish failed; the republisher tries again");
         }

@@ -54,6 +54,22 @@ impl Store {
             .collect()
     }
 
+    /// How many commits are in the outbox, counted up to `limit` (keys
+    /// only: nothing is decoded).
+    pub fn outbox_len(&self, limit: usize) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .projection
+            .scan_prefix([OUTBOX, SEP])
+            .keys()
+            .take(limit)
+        {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Removes a commit from the outbox: its signals are stored.
     pub fn outbox_done(
         &self,

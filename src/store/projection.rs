@@ -538,6 +538,68 @@ impl Store {
         Ok(())
     }
 
+    /// How many mandates below `mandate` (not itself) an end of `mandate`
+    /// at `now` ends: every descendant not already ended on its own (its
+    /// status terminal, or its `not_after` passed), and nothing below one
+    /// that is (that one ended them before). Paused ones count: an end is
+    /// more than a pause. Reads the child entries and mandates straight from
+    /// sled, past the caches, so a walk of a large subtree evicts nothing a
+    /// command or a check needs; its cost is the subtree's size, so it is
+    /// for the metrics (`Engine::metrics`), off every reply's path.
+    pub fn descendants_ended_by(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        mandate: MandateId,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut ended = 0;
+        let mut stack = vec![mandate];
+        while let Some(parent) = stack.pop() {
+            let mut children = of_tree(CHILD, tenant, tree, parent);
+            children.push(SEP);
+            for kv in self.projection.scan_prefix(&children) {
+                let (k, v) = kv?;
+                let (_, child) = child_entry(&k, &v)?;
+                let node: Option<Mandate> =
+                    read(&self.projection, &of_tree(NODE, tenant, tree, child))?;
+                match node {
+                    Some(m) if !m.status().is_terminal() && m.not_after() > now => {
+                        ended += 1;
+                        stack.push(child);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    /// How many expiries are due at `now` in tenants `serves` accepts,
+    /// counted up to `limit` (the queue's first entries; past the limit, the
+    /// count stops there).
+    pub fn due_expiry_count(
+        &self,
+        now: DateTime<Utc>,
+        serves: impl Fn(&TenantId) -> bool,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        const PAGE: usize = 1024;
+        let mut count = 0;
+        let mut seen = 0;
+        let mut after: Option<DueExpiry> = None;
+        while seen < limit {
+            let due = self.due_expiries(now, after.as_ref(), PAGE.min(limit - seen))?;
+            seen += due.len();
+            count += due.iter().filter(|e| serves(&e.tenant)).count() as u64;
+            match due.last() {
+                Some(last) if due.len() == PAGE => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        Ok(count)
+    }
+
     fn last_parts(&self, p: Vec<u8>) -> Result<Vec<TreeId>, StoreError> {
         self.projection
             .scan_prefix(&p)
