@@ -10,7 +10,7 @@ use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig, GuardState};
 use mandate::domain::command::{Delegate, Issue};
 use mandate::domain::{Actor, AgentId, MandateId, Mission, PrincipalId, Scope, TenantId};
-use mandate::engine::{Engine, EngineConfig};
+use mandate::engine::{BackgroundGuard, Engine, EngineConfig};
 
 const REQUESTS: &[(&str, &str)] = &[
     ("finance:read", "reports/q3/summary"),
@@ -35,6 +35,42 @@ fn delegation(parent: MandateId, grantee: &str, scope: &[&str], step_up: &[&str]
         step_up: step_up.iter().map(|s| s.parse().unwrap()).collect(),
         supervisors: vec![],
     }
+}
+
+/// An embedded engine for tenant `acme` (running its background tasks),
+/// principal `cfo`'s client on it, and a root mandate for the quarterly
+/// close issued by `cfo` to agent `lead` for an hour.
+async fn engine_with_lead(
+    scope: &[&str],
+    depth: u32,
+) -> (tempfile::TempDir, BackgroundGuard, Client, MandateId) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let background = engine.start();
+    let tenant = TenantId::new("acme").unwrap();
+    let cfo = PrincipalId::new("cfo").unwrap();
+    let principal = Client::local(engine.clone(), tenant, Actor::Principal(cfo.clone()));
+    let root = principal
+        .issue(Issue {
+            principal: cfo,
+            grantee: AgentId::new("lead").unwrap(),
+            mission: Mission {
+                purpose: "quarterly close".into(),
+                mission_ref: None,
+            },
+            scope: Scope::parse(scope.iter().copied()).unwrap(),
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            depth,
+            step_up: vec![],
+            supervisors: vec![],
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    (dir, background, principal, root)
 }
 
 /// Every request: `allows` says what `check` says. Returns how many allow.
@@ -69,32 +105,8 @@ async fn until_state(guard: &Guard, want: impl Fn(GuardState) -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allows_answers_what_check_answers_through_pause_resume_and_revoke() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
-    let background = engine.start();
-    let tenant = TenantId::new("acme").unwrap();
-    let cfo = PrincipalId::new("cfo").unwrap();
-    let principal = Client::local(engine.clone(), tenant, Actor::Principal(cfo.clone()));
-    let root = principal
-        .issue(Issue {
-            principal: cfo,
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "quarterly close".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:* on reports/**", "deals:* on deals/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 3,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (_dir, background, principal, root) =
+        engine_with_lead(&["finance:* on reports/**", "deals:* on deals/**"], 3).await;
     let mid = principal
         .as_actor(agent("lead"))
         .delegate(delegation(
@@ -152,32 +164,8 @@ async fn allows_answers_what_check_answers_through_pause_resume_and_revoke() {
 /// the mandate is revoked while it waits. Every change wakes the waiter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_active_sits_out_a_pause_and_returns_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
-    let background = engine.start();
-    let tenant = TenantId::new("acme").unwrap();
-    let cfo = PrincipalId::new("cfo").unwrap();
-    let principal = Client::local(engine.clone(), tenant, Actor::Principal(cfo.clone()));
-    let root = principal
-        .issue(Issue {
-            principal: cfo,
-            grantee: AgentId::new("lead").unwrap(),
-            mission: Mission {
-                purpose: "quarterly close".into(),
-                mission_ref: None,
-            },
-            scope: Scope::parse(["finance:* on reports/**"]).unwrap(),
-            not_after: Utc::now() + chrono::Duration::hours(1),
-            depth: 1,
-            step_up: vec![],
-            supervisors: vec![],
-        })
-        .await
-        .unwrap()
-        .mandate
-        .unwrap();
+    let (_dir, background, principal, root) =
+        engine_with_lead(&["finance:* on reports/**"], 1).await;
     let guard = Guard::start(
         principal.as_actor(agent("lead")),
         &GuardHub::new(),

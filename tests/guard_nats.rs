@@ -292,50 +292,84 @@ async fn signals_published_while_cut_off_arrive_on_reconnect_and_only_their_chai
     served.stop().await;
 }
 
+/// A guard on the leaf of a chain of four, following through a relay, cut
+/// off by it, and the chain revoked (at `ids[2]`) while it was: what the
+/// signal stream still holds decides how the guard learns of it.
+struct CutOffRevoke {
+    server: NatsServer,
+    instance: Instance,
+    relay: Relay,
+    hub: GuardHub,
+    guard: Guard,
+    revoked: MandateId,
+    _dir: tempfile::TempDir,
+}
+
+impl CutOffRevoke {
+    async fn start(signal_retention: Duration) -> Self {
+        let server = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            allow_open_tenants: true,
+            signal_retention,
+            beacon_interval: Duration::from_millis(200),
+            ..EngineConfig::default()
+        };
+        let instance = Instance::start_with(&server.url(), dir.path(), config).await;
+        serving(&async_nats::connect(server.url()).await.unwrap(), "acme").await;
+        let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
+        let relay = Relay::start(server.port()).await;
+        let hub = GuardHub::new();
+        let guard = Guard::start(
+            client(&relay.url(), agent("a3")).await,
+            &hub,
+            ids[3],
+            guard_config(QUIET),
+        )
+        .await
+        .unwrap();
+        assert!(guard.check("finance:read", "reports/q3").is_allowed());
+        relay.sever();
+        let cfo = client(&server.url(), principal("cfo")).await;
+        cfo.revoke(ids[2], Some("while cut off".into()))
+            .await
+            .unwrap();
+        CutOffRevoke {
+            server,
+            instance,
+            relay,
+            hub,
+            guard,
+            revoked: ids[2],
+            _dir: dir,
+        }
+    }
+
+    /// Restores the relay; the guard must notice that signals were lost,
+    /// deny, and re-read: the revoke it never heard is in the chain it
+    /// reads.
+    async fn restore_and_expect_the_revoke_re_read(self) {
+        self.relay.restore();
+        eventually("the guard reflects the revoke it never heard", || {
+            ready(self.guard.state() == GuardState::Terminated(Status::Revoked))
+        })
+        .await;
+        let stats = self.hub.stats();
+        assert!(stats.full_rereads >= 1, "{stats:?}");
+        assert!(stats.rereads >= 1, "{stats:?}");
+        assert!(!self.guard.check("finance:read", "reports/q3").is_allowed());
+        self.instance.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_lost_beyond_what_the_stream_keeps_make_every_guard_re_read() {
     // The signal stream keeps two seconds of signals: a process cut off for
     // longer cannot have them replayed.
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        allow_open_tenants: true,
-        signal_retention: Duration::from_secs(2),
-        beacon_interval: Duration::from_millis(200),
-        ..EngineConfig::default()
-    };
-    let instance = Instance::start_with(&server.url(), dir.path(), config).await;
-    serving(&async_nats::connect(server.url()).await.unwrap(), "acme").await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
-    let relay = Relay::start(server.port()).await;
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&relay.url(), agent("a3")).await,
-        &hub,
-        ids[3],
-        guard_config(QUIET),
-    )
-    .await
-    .unwrap();
-    assert!(guard.check("finance:read", "reports/q3").is_allowed());
-    relay.sever();
-    let cfo = client(&server.url(), principal("cfo")).await;
-    cfo.revoke(ids[2], Some("while cut off".into()))
-        .await
-        .unwrap();
+    let cut = CutOffRevoke::start(Duration::from_secs(2)).await;
     // Cut off until the revoke's signal has aged out of the stream.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    relay.restore();
-    // It notices the loss, denies, and re-reads: the revoke it never heard
-    // is in the chain it reads.
-    eventually("the guard reflects the revoke it never heard", || {
-        ready(guard.state() == GuardState::Terminated(Status::Revoked))
-    })
-    .await;
-    assert!(hub.stats().full_rereads >= 1, "{:?}", hub.stats());
-    assert!(hub.stats().rereads >= 1, "{:?}", hub.stats());
-    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
-    instance.stop().await;
+    cut.restore_and_expect_the_revoke_re_read().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,53 +378,32 @@ async fn signals_purged_from_the_stream_while_cut_off_make_every_guard_re_read()
     // operator's purge (or any other deletion) while the process was cut
     // off must still count as a loss. Beacons stored after the purge must
     // not let the guard carry on as if nothing was missed.
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        allow_open_tenants: true,
-        beacon_interval: Duration::from_millis(200),
-        ..EngineConfig::default()
-    };
-    let instance = Instance::start_with(&server.url(), dir.path(), config).await;
-    let nc = async_nats::connect(server.url()).await.unwrap();
-    serving(&nc, "acme").await;
-    let ids = chain_of_four(&server.url(), chrono::Duration::hours(1)).await;
-    let relay = Relay::start(server.port()).await;
-    let hub = GuardHub::new();
-    let guard = Guard::start(
-        client(&relay.url(), agent("a3")).await,
-        &hub,
-        ids[3],
-        guard_config(QUIET),
-    )
-    .await
-    .unwrap();
-    assert!(guard.check("finance:read", "reports/q3").is_allowed());
-    relay.sever();
-    let cfo = client(&server.url(), principal("cfo")).await;
-    cfo.revoke(ids[2], Some("while cut off".into()))
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(nc.clone());
-    let purged = js
+    let cut = CutOffRevoke::start(Duration::from_secs(3600)).await;
+    let nc = async_nats::connect(cut.server.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(nc)
         .get_stream("MANDATE_SIGNALS")
         .await
-        .unwrap()
-        .purge()
-        .await
-        .unwrap()
-        .purged;
+        .unwrap();
+    // The revoke's signal is stored before it is purged.
+    let subject = format!("mandate.sig.acme.{}", cut.revoked);
+    let mut stored = false;
+    for _ in 0..100 {
+        if stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_ok()
+        {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored, "the revoke's signal never reached the stream");
+    let purged = stream.purge().await.unwrap().purged;
     assert!(purged >= 1, "the revoke's signal was in the stream");
     // Beacons go on being stored after the purge.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    relay.restore();
-    eventually("the guard reflects the revoke that was purged", || {
-        ready(guard.state() == GuardState::Terminated(Status::Revoked))
-    })
-    .await;
-    assert!(hub.stats().full_rereads >= 1, "{:?}", hub.stats());
-    assert!(!guard.check("finance:read", "reports/q3").is_allowed());
-    instance.stop().await;
+    cut.restore_and_expect_the_revoke_re_read().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

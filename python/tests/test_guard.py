@@ -180,6 +180,21 @@ async def test_a_revoke_purged_from_the_stream_while_cut_off_is_not_missed(
         await eventually(lambda: hub.stats().beacons > 0, what="a beacon taken")
         await proxy.cut()
         await cfo.revoke(root, "purged while cut off")
+
+        async def signal_stored() -> bool:
+            got = await nc.request(
+                "$JS.API.STREAM.MSG.GET.MANDATE_SIGNALS",
+                json.dumps({"last_by_subj": f"mandate.sig.{cfo.tenant}.{root}"}).encode(),
+                timeout=5,
+            )
+            return "message" in json.loads(got.data)
+
+        for _ in range(100):  # the revoke's signal is stored before it is purged
+            if await signal_stored():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the revoke's signal never reached the stream")
         purged = json.loads((await nc.request("$JS.API.STREAM.PURGE.MANDATE_SIGNALS", b"", timeout=5)).data)
         assert purged.get("success") is True and purged.get("purged", 0) >= 1, purged
         await asyncio.sleep(1.0)  # beacons are stored after the purge
