@@ -25,6 +25,7 @@ case "$PYTHON" in /*) ;; */*) PYTHON="$PWD/$PYTHON" ;; esac
 export MANDATE_BIN="${MANDATE_BIN:-$repo/target/debug/mandate}"
 export NATS_SERVER_BIN="${NATS_SERVER_BIN:-/usr/sbin/nats-server}"
 case "$MANDATE_BIN" in /*) ;; *) MANDATE_BIN="$PWD/$MANDATE_BIN" ;; esac
+case "$NATS_SERVER_BIN" in /*) ;; */*) NATS_SERVER_BIN="$PWD/$NATS_SERVER_BIN" ;; esac
 [ -x "$MANDATE_BIN" ] || die "no engine binary at $MANDATE_BIN (cargo build --bin mandate, or set MANDATE_BIN)"
 [ -x "$NATS_SERVER_BIN" ] || die "no nats-server at $NATS_SERVER_BIN (set NATS_SERVER_BIN)"
 
