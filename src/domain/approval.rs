@@ -29,6 +29,10 @@ pub const MAX_APPROVAL_TTL_SECS: u32 = 24 * 60 * 60;
 /// The JSON Schema pattern of a parameters hash: lowercase hex SHA-256.
 pub(crate) const PARAMS_HASH_PATTERN: &str = r"^[0-9a-f]{64}$";
 
+/// The JSON Schema pattern of a new approval's id: a version 7 UUID.
+pub(crate) const APPROVAL_ID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
 /// Where an approval stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -74,6 +78,7 @@ pub struct Approval {
 pub struct RequestApproval {
     pub mandate: MandateId,
     /// The approval's id, chosen by the requester: a time-ordered (v7) UUID.
+    #[schemars(extend("pattern" = APPROVAL_ID_PATTERN))]
     pub approval: Uuid,
     pub action: String,
     pub resource: String,
