@@ -470,3 +470,40 @@ async fn malformed_approval_commands_are_refused_over_the_wire_and_change_nothin
     );
     instance.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_projections_of_approvals_equal_a_rebuild_from_the_log() {
+    let two = Two::start().await;
+    let used = two.granted().await;
+    two.on_a(agent("support-bot"))
+        .use_approval(two.m, used, REFUND, TICKET, &amount(4999))
+        .await
+        .unwrap();
+    let (denied, _) = two
+        .on_b(agent("support-bot"))
+        .request_approval(two.m, REFUND, TICKET, &amount(1), Some(60), None)
+        .await
+        .unwrap();
+    two.on_a(principal("carol"))
+        .deny_approval(two.m, denied, Some("not this one".into()))
+        .await
+        .unwrap();
+    let _pending = two.granted().await;
+    for instance in [&two.a, &two.b] {
+        instance.caught_up().await;
+        let tree = instance
+            .engine
+            .store()
+            .tree(&acme(), TreeId(two.m.0))
+            .unwrap()
+            .expect("the tree is projected")
+            .tree;
+        assert_eq!(tree.approvals().len(), 3);
+        let report = instance.engine.rebuild_check().await.unwrap();
+        assert!(
+            report.equal,
+            "the live projection differs from a rebuild: {report:?}"
+        );
+    }
+    two.stop().await;
+}
