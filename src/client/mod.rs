@@ -362,6 +362,20 @@ impl Client {
         ttl_seconds: Option<u32>,
         reason: Option<String>,
     ) -> Result<(uuid::Uuid, CommandResult), ClientError> {
+        let hash = crate::domain::approval::params_hash(params);
+        self.request_approval_hashed(mandate, action, resource, hash, ttl_seconds, reason)
+            .await
+    }
+    /// [`Client::request_approval`] with the parameters hash given as is.
+    pub async fn request_approval_hashed(
+        &self,
+        mandate: MandateId,
+        action: &str,
+        resource: &str,
+        params_hash: String,
+        ttl_seconds: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<(uuid::Uuid, CommandResult), ClientError> {
         let approval = uuid::Uuid::now_v7();
         let result = self
             .command(Command::RequestApproval(
@@ -370,7 +384,7 @@ impl Client {
                     approval,
                     action: action.to_string(),
                     resource: resource.to_string(),
-                    params_hash: crate::domain::approval::params_hash(params),
+                    params_hash,
                     ttl_seconds,
                     reason,
                 },
