@@ -389,9 +389,9 @@ impl<'s> Pending<'s> {
                 }
             }
             if let Some(id) = e.body.approval() {
-                if !tree.approvals.contains_key(&id) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = tree.approvals.entry(id) {
                     if let Some(a) = self.approval(&tenant, tree_id, id)? {
-                        tree.approvals.insert(id, a);
+                        slot.insert(a);
                     }
                 }
             }
