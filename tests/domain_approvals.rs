@@ -435,3 +435,45 @@ fn approval_commands_route_to_the_tree_of_the_mandate_they_name() {
     assert_eq!(c.command.target(), Some(w.root));
     assert!(matches!(c.actor, Actor::Agent(_)));
 }
+
+#[test]
+fn a_delegate_requests_under_its_own_mandate_and_the_root_principal_approves() {
+    let mut w = World::new();
+    let child = w.accept(cmd(
+        bot(),
+        json!({"type": "delegate", "parent": w.root, "grantee": "refund-helper",
+               "scope": [{"action": "payments:refund", "resource": "tickets/**"}]}),
+    ))[0]
+        .body
+        .mandate();
+    let helper = json!({"kind": "agent", "id": "refund-helper"});
+    let id = Uuid::now_v7();
+    let request = json!({"type": "request_approval", "mandate": child, "approval": id,
+        "action": "payments:refund", "resource": "tickets/T-1",
+        "params_hash": params_hash(&refund())});
+    // The root's step-up pattern covers the delegation too.
+    let d = authorize(&w.tree, child, "payments:refund", "tickets/T-1", w.now);
+    assert_eq!(d.outcome, Outcome::NeedsApproval);
+    // The holder above is not the grantee of the child: it may not ask for it.
+    let e = w.refuse(cmd(bot(), request.clone()));
+    assert_eq!(e.reason(), "not_authorized");
+    w.accept(cmd(helper.clone(), request));
+    // Nor decide it: only the root's principal does.
+    let e = w.refuse(cmd(
+        bot(),
+        json!({"type": "approve", "mandate": child, "approval": id}),
+    ));
+    assert_eq!(e.reason(), "not_authorized");
+    w.accept(cmd(
+        principal(),
+        json!({"type": "approve", "mandate": child, "approval": id}),
+    ));
+    let use_it = json!({"type": "use_approval", "mandate": child, "approval": id,
+        "action": "payments:refund", "resource": "tickets/T-1",
+        "params_hash": params_hash(&refund())});
+    let e = w.refuse(cmd(bot(), use_it.clone()));
+    assert_eq!(e.reason(), "not_authorized");
+    w.accept(cmd(helper.clone(), use_it.clone()));
+    let e = w.refuse(cmd(helper, use_it));
+    assert_eq!(e, DomainError::ApprovalUsed { approval: id });
+}
