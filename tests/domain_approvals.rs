@@ -477,3 +477,15 @@ fn a_delegate_requests_under_its_own_mandate_and_the_root_principal_approves() {
     let e = w.refuse(cmd(helper, use_it));
     assert_eq!(e, DomainError::ApprovalUsed { approval: id });
 }
+
+/// The parameters hash of a fixed value: the vector the Python client's
+/// `params_hash` is checked against too (canonical JSON: sorted keys, no
+/// whitespace, non-ASCII as is).
+#[test]
+fn the_parameters_hash_of_a_fixed_value_does_not_drift() {
+    let v = json!({"b": [1, "é\n", {"z": null, "a": true}], "a": -2.5, "amount_cents": 4999});
+    assert_eq!(
+        params_hash(&v),
+        "3798b6c329b25ddd93118b1ad1e7c5c2fcdd66ac2c147e99e8c7850b905cc930"
+    );
+}
