@@ -793,3 +793,112 @@ fn serve_writes_no_colour_codes_into_a_redirected_log() {
         "colour codes in the log: {first:?}"
     );
 }
+
+#[test]
+fn approvals_by_command_are_used_once_and_refusals_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let issued = ok_json(&mandate(
+        d,
+        &[
+            "--json",
+            "--actor",
+            "principal:carol",
+            "issue",
+            "--principal",
+            "carol",
+            "--agent",
+            "support-bot",
+            "--purpose",
+            "Answer tickets",
+            "--grant",
+            "payments:refund on tickets/**",
+            "--step-up",
+            "payments:refund",
+            "--ttl",
+            "8h",
+        ],
+    ));
+    let m = issued["mandate"].as_str().unwrap().to_string();
+    let bot = ["--actor", "agent:support-bot"];
+    let request = [
+        "--action",
+        "payments:refund",
+        "--resource",
+        "tickets/T-1",
+        "--params",
+        r#"{"cents": 4999}"#,
+    ];
+    // Without approval: the check needs one (exit 1, as denied).
+    says(
+        &mandate(d, &["check", &m, "payments:refund", "tickets/T-1"]),
+        1,
+        &[],
+    );
+    let mut args = vec!["--json"];
+    args.extend(bot);
+    args.extend(["request-approval", &m]);
+    args.extend(request);
+    let requested = ok_json(&mandate(d, &args));
+    let approval = requested["commits"][0]["events"][0]["approval"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let use_it = |params: &str| {
+        let mut args = bot.to_vec();
+        args.extend(["use-approval", &approval, "--mandate", &m]);
+        args.extend(&request[..4]);
+        args.extend(["--params", params]);
+        mandate(d, &args)
+    };
+    says(&use_it(r#"{"cents": 4999}"#), 5, &["pending"]);
+    says(
+        &mandate(
+            d,
+            &[
+                "--actor",
+                "agent:support-bot",
+                "approve",
+                &approval,
+                "--mandate",
+                &m,
+            ],
+        ),
+        5,
+        &["may not approve"],
+    );
+    says(
+        &mandate(
+            d,
+            &[
+                "--actor",
+                "principal:carol",
+                "approve",
+                &approval,
+                "--mandate",
+                &m,
+            ],
+        ),
+        0,
+        &["approval_granted"],
+    );
+    says(&use_it(r#"{"cents": 9999}"#), 5, &["params_hash"]);
+    says(&use_it(r#"{"cents":4999}"#), 0, &["approval_used"]);
+    says(&use_it(r#"{"cents": 4999}"#), 5, &["already used"]);
+    says(&use_it("not json"), 2, &["--params"]);
+    says(
+        &mandate(
+            d,
+            &[
+                "--actor",
+                "principal:carol",
+                "deny-approval",
+                "nope",
+                "--mandate",
+                &m,
+            ],
+        ),
+        2,
+        &["approval id"],
+    );
+}

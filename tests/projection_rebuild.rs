@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use chrono::Utc;
 use common::fixtures::{admin, envelope, ext, mission, principal, root_issue};
+use mandate::domain::approval::{DecideApproval, RequestApproval, UseApproval};
 use mandate::domain::command::{Change, CompleteMission, Delegate, Issue, Narrow, Renew};
 use mandate::domain::{
     decide, root_tree_id, verify_chain_with_head, Actor, AgentId, Command, Event, Facts, MandateId,
@@ -30,14 +31,30 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Issue { mission: u8 },
-    Delegate { parent: u8, agent: u8, narrow: bool },
+    Issue {
+        mission: u8,
+    },
+    Delegate {
+        parent: u8,
+        agent: u8,
+        narrow: bool,
+    },
     Pause(u8),
     Resume(u8),
-    Revoke { target: u8, by_grantee: bool },
+    Revoke {
+        target: u8,
+        by_grantee: bool,
+    },
     Narrow(u8),
     Renew(u8),
     CompleteMission(u8),
+    /// A step-up approval under a live mandate: requested by its grantee,
+    /// then granted (or denied) by the principal, then used (or not).
+    Approval {
+        target: u8,
+        deny: bool,
+        use_it: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -50,6 +67,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<u8>().prop_map(Step::Narrow),
         1 => any::<u8>().prop_map(Step::Renew),
         1 => (0u8..3).prop_map(Step::CompleteMission),
+        2 => (any::<u8>(), any::<bool>(), any::<bool>()).prop_map(|(target, deny, use_it)| Step::Approval { target, deny, use_it }),
     ]
 }
 
@@ -150,11 +168,15 @@ async fn run(engine: &Engine, tenant: &TenantId, steps: &[Step]) -> Tally {
                             MissionRef::new(format!("m:{tenant}-{mission}")).unwrap(),
                         ),
                     },
-                    scope: Scope::parse(["finance:* on reports/**", "deals:read on deals/*"])
-                        .unwrap(),
+                    scope: Scope::parse([
+                        "finance:* on reports/**",
+                        "deals:read on deals/*",
+                        "finance:pay on reports/**",
+                    ])
+                    .unwrap(),
                     not_after: Utc::now() + chrono::Duration::hours(1),
                     depth: 3,
-                    step_up: vec![],
+                    step_up: vec!["finance:pay".parse().unwrap()],
                     supervisors: vec![],
                 }),
             ),
@@ -251,6 +273,76 @@ async fn run(engine: &Engine, tenant: &TenantId, steps: &[Step]) -> Tally {
             Step::CompleteMission(i) => by_admin(Command::CompleteMission(CompleteMission {
                 mission_ref: MissionRef::new(format!("m:{tenant}-{i}")).unwrap(),
             })),
+            Step::Approval {
+                target,
+                deny,
+                use_it,
+            } => {
+                let Some(Held { id: m, grantee, .. }) =
+                    model.pick(*target, |m| !model.paused_above_or_here(m))
+                else {
+                    continue;
+                };
+                let approval = uuid::Uuid::now_v7();
+                let params_hash = "ab".repeat(32);
+                let (action, resource) = ("finance:pay".to_string(), "reports/q3/x".to_string());
+                let mut cmds = vec![
+                    envelope(
+                        tenant.as_str(),
+                        Actor::Agent(grantee.clone()),
+                        Command::RequestApproval(RequestApproval {
+                            mandate: m,
+                            approval,
+                            action: action.clone(),
+                            resource: resource.clone(),
+                            params_hash: params_hash.clone(),
+                            ttl_seconds: None,
+                            reason: None,
+                        }),
+                    ),
+                    envelope(tenant.as_str(), principal("cfo"), {
+                        let d = DecideApproval {
+                            mandate: m,
+                            approval,
+                            reason: None,
+                        };
+                        if *deny {
+                            Command::DenyApproval(d)
+                        } else {
+                            Command::Approve(d)
+                        }
+                    }),
+                ];
+                if *use_it {
+                    cmds.push(envelope(
+                        tenant.as_str(),
+                        Actor::Agent(grantee),
+                        Command::UseApproval(UseApproval {
+                            mandate: m,
+                            approval,
+                            action,
+                            resource,
+                            params_hash,
+                        }),
+                    ));
+                }
+                // A use after a denial is refused, as it must be: not counted.
+                let expect_refused = usize::from(*deny && *use_it);
+                for (i, c) in cmds.into_iter().enumerate() {
+                    let c = mandate::domain::ExternalCommand::new(c).expect("no engine actor");
+                    let ok = engine.execute(c).await.is_ok();
+                    if i == 2 && expect_refused == 1 {
+                        assert!(!ok, "a denied approval was used");
+                        continue;
+                    }
+                    tally.sent += 1;
+                    if !ok {
+                        break;
+                    }
+                    tally.accepted += 1;
+                }
+                continue;
+            }
         };
         let command = cmd.command.clone();
         tally.sent += 1;

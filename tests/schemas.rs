@@ -130,3 +130,80 @@ fn real_documents_validate() {
     broken.as_object_mut().unwrap().remove("outcome");
     assert!(!validator("decision").is_valid(&broken));
 }
+
+/// Every approval event the domain writes validates against the event and
+/// commit schemas, and the approval commands against the command schema.
+#[test]
+fn approval_documents_validate() {
+    let tenant = TenantId::new("acme").unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+    let command = |actor: Value, body: Value| {
+        let mut v = serde_json::json!({"command_id": CommandId::generate(), "tenant": "acme", "actor": actor});
+        v.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        assert!(validator("command").is_valid(&v), "{v}");
+        ExternalCommand::from_json(v.to_string().as_bytes())
+            .unwrap()
+            .into_envelope()
+    };
+    let carol = serde_json::json!({"kind": "principal", "id": "carol"});
+    let bot = serde_json::json!({"kind": "agent", "id": "bot"});
+    let issue = command(
+        carol.clone(),
+        serde_json::json!({"type": "issue", "principal": "carol", "grantee": "bot",
+            "mission": {"purpose": "support"},
+            "scope": [{"action": "payments:refund", "resource": "tickets/**"}],
+            "not_after": "2026-01-01T20:00:00Z", "step_up": ["payments:refund"]}),
+    );
+    let mut tree = Tree::empty(tenant.clone(), root_tree_id(&tenant, issue.command_id));
+    let root = tree.id().0;
+    let approval = uuid::Uuid::now_v7();
+    let hash = mandate::domain::approval::params_hash(&serde_json::json!({"cents": 10}));
+    let cmds = [
+        issue,
+        command(
+            bot.clone(),
+            serde_json::json!({"type": "request_approval", "mandate": root,
+            "approval": approval, "action": "payments:refund", "resource": "tickets/T-1",
+            "params_hash": hash, "reason": "double charge"}),
+        ),
+        command(
+            carol.clone(),
+            serde_json::json!({"type": "approve", "mandate": root,
+            "approval": approval, "reason": "ok"}),
+        ),
+        command(
+            bot.clone(),
+            serde_json::json!({"type": "use_approval", "mandate": root,
+            "approval": approval, "action": "payments:refund", "resource": "tickets/T-1",
+            "params_hash": hash}),
+        ),
+    ];
+    let mut types = Vec::new();
+    for c in &cmds {
+        let events = decide(&tree, c, &Facts::default(), now).unwrap();
+        let commit = serde_json::to_value(&events).unwrap();
+        assert!(validator("commit").is_valid(&commit), "{commit}");
+        for e in &events {
+            assert!(validator("event").is_valid(&serde_json::to_value(e).unwrap()));
+            types.push(e.body.type_name());
+            mandate::domain::apply(&mut tree, e);
+        }
+    }
+    assert_eq!(
+        types,
+        [
+            "mandate_issued",
+            "approval_requested",
+            "approval_granted",
+            "approval_used"
+        ]
+    );
+    let deny = command(
+        carol,
+        serde_json::json!({"type": "deny_approval", "mandate": root,
+        "approval": approval}),
+    );
+    assert!(decide(&tree, &deny, &Facts::default(), now).is_err());
+}

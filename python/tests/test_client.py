@@ -22,7 +22,9 @@ from mandate_guard import (
     TimedOut,
     connect,
     mission_token,
+    params_hash,
     sign,
+    uuid7,
 )
 
 
@@ -131,6 +133,55 @@ async def test_every_command_and_query_round_trips(make_client: Callable[..., Cl
     for name in ("command", "reply-command", "reply-chain", "reply-status", "reply-tree", "reply-verify",
                  "reply-list", "reply-check", "reply-history", "reply-audit", "reply-health", "bulk-command"):
         assert schemas.validated.get(name, 0) > before.get(name, 0), f"nothing was validated against {name}"
+
+
+def test_the_parameters_hash_matches_the_engines_vector() -> None:
+    # The vector of tests/domain_approvals.rs, computed by the engine's code.
+    value = {"b": [1, "é\n", {"z": None, "a": True}], "a": -2.5, "amount_cents": 4999}
+    assert params_hash(value) == "3798b6c329b25ddd93118b1ad1e7c5c2fcdd66ac2c147e99e8c7850b905cc930"
+    ids = {uuid.UUID(uuid7()) for _ in range(100)}
+    assert len(ids) == 100 and {i.version for i in ids} == {7}
+
+
+async def test_an_approval_is_used_once_through_the_engine(make_client: Callable[..., Client], schemas: Schemas) -> None:
+    carol = make_client("principal:carol")
+    bot = carol.as_actor("agent:support-bot")
+    refund = {"amount_cents": 4999, "currency": "EUR"}
+    root = (
+        await carol.issue(
+            "support-bot",
+            ["payments:refund on tickets/**"],
+            in_(600),
+            purpose="refunds",
+            step_up=["payments:refund"],
+        )
+    ).mandate
+    assert root is not None
+    assert (await bot.check(root, "payments:refund", "tickets/T-1")).outcome is Outcome.NEEDS_APPROVAL
+    approval, requested = await bot.request_approval(root, "payments:refund", "tickets/T-1", refund, reason="twice")
+    assert requested.position > 0
+    with pytest.raises(EngineError) as pending:
+        await bot.use_approval(root, approval, "payments:refund", "tickets/T-1", refund)
+    assert pending.value.reason == "approval_pending"
+    with pytest.raises(EngineError) as not_approver:
+        await bot.approve(root, approval)
+    assert not_approver.value.reason == "not_authorized"
+    await carol.approve(root, approval, "ok")
+    with pytest.raises(EngineError) as other:
+        await bot.use_approval(root, approval, "payments:refund", "tickets/T-1", {**refund, "amount_cents": 1})
+    assert other.value.reason == "approval_mismatch"
+    used = await bot.use_approval(root, approval, "payments:refund", "tickets/T-1", params_hash=params_hash(refund))
+    assert not used.duplicate
+    with pytest.raises(EngineError) as replay:
+        await bot.use_approval(root, approval, "payments:refund", "tickets/T-1", refund)
+    assert (replay.value.code, replay.value.reason) == ("invalid_state", "approval_used")
+    denied, _ = await bot.request_approval(root, "payments:refund", "tickets/T-2", refund)
+    await carol.deny_approval(root, denied, "no")
+    with pytest.raises(EngineError) as refused:
+        await bot.use_approval(root, denied, "payments:refund", "tickets/T-2", refund)
+    assert refused.value.reason == "approval_denied"
+    with pytest.raises(InvalidArgument):
+        await bot.use_approval(root, denied, "payments:refund", "tickets/T-2", refund, params_hash="ab" * 32)
 
 
 async def test_refusals_carry_the_engines_code_and_reason(

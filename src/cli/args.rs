@@ -153,6 +153,55 @@ pub enum Cmd {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+    /// Ask for step-up approval of one request under a mandate (as its
+    /// grantee: --actor agent:<id>). Prints the approval's id.
+    RequestApproval {
+        /// The mandate's id (a UUID).
+        mandate: String,
+        #[command(flatten)]
+        request: ApprovalRequestArgs,
+        /// How long the approval stays usable, e.g. 10m, 1h (default 15m,
+        /// at most 1d; never past the mandate's end).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Why, shown to the approver.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Grant a pending approval (as the tree's principal: --actor principal:<id>).
+    Approve {
+        /// The approval's id (a UUID).
+        approval: String,
+        /// The mandate it was requested under.
+        #[arg(long, value_name = "ID")]
+        mandate: String,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Deny a pending approval (as the tree's principal).
+    DenyApproval {
+        /// The approval's id (a UUID).
+        approval: String,
+        /// The mandate it was requested under.
+        #[arg(long, value_name = "ID")]
+        mandate: String,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Use a granted approval, once, for exactly the request it was granted
+    /// for (as the mandate's grantee). Exit 0 is the one allow it gives;
+    /// any further use is refused.
+    UseApproval {
+        /// The approval's id (a UUID).
+        approval: String,
+        /// The mandate it was requested under.
+        #[arg(long, value_name = "ID")]
+        mandate: String,
+        #[command(flatten)]
+        request: ApprovalRequestArgs,
+    },
     /// A mandate's own and effective status.
     Status {
         /// The mandate's id (a UUID).
@@ -354,6 +403,24 @@ pub struct DelegateArgs {
     pub depth: Option<u32>,
 }
 
+/// The request an approval is bound to.
+#[derive(Args, Debug)]
+pub struct ApprovalRequestArgs {
+    /// The action, e.g. payments:refund.
+    #[arg(long, value_name = "ACTION")]
+    pub action: String,
+    /// The resource, e.g. tickets/T-1042.
+    #[arg(long, value_name = "RESOURCE")]
+    pub resource: String,
+    /// The action's parameters as JSON; the approval is bound to the SHA-256
+    /// of their canonical form (keys sorted, no whitespace).
+    #[arg(long, value_name = "JSON", conflicts_with = "params_hash")]
+    pub params: Option<String>,
+    /// The parameters' hash as is: 64 lowercase hex digits.
+    #[arg(long, value_name = "HEX")]
+    pub params_hash: Option<String>,
+}
+
 impl Cmd {
     /// The name of a command that changes authority (and so must name its
     /// actor); `None` for queries, `serve`, `rebuild` and the self-contained
@@ -372,6 +439,10 @@ impl Cmd {
             Cmd::UnblockPrincipal { .. } => Some("unblock-principal"),
             Cmd::Restore { .. } => Some("restore"),
             Cmd::Seal { .. } => Some("seal"),
+            Cmd::RequestApproval { .. } => Some("request-approval"),
+            Cmd::Approve { .. } => Some("approve"),
+            Cmd::DenyApproval { .. } => Some("deny-approval"),
+            Cmd::UseApproval { .. } => Some("use-approval"),
             Cmd::Serve { .. }
             | Cmd::Demo
             | Cmd::Status { .. }

@@ -1,9 +1,9 @@
 //! The commands that change authority: each builds its command from the
 //! arguments, sends it as `--actor`, and prints what it wrote.
 
-use super::args::{Cmd, DelegateArgs, IssueArgs};
+use super::args::{ApprovalRequestArgs, Cmd, DelegateArgs, IssueArgs};
 use super::exit::{invalid, Exit, Failure};
-use super::parse::{agent, deadline, mandate_id, mission, principal, scope, valid};
+use super::parse::{agent, deadline, mandate_id, mission, parse_ttl, principal, scope, valid};
 use super::render::show;
 use crate::client::{Client, ClientError};
 use crate::domain::command::{Delegate, Issue, Resolution};
@@ -70,6 +70,67 @@ pub(super) async fn change(client: &Client, cmd: &Cmd, json: bool) -> Result<Exi
                 .resolve_quarantine(m, *position, action, reason.clone())
                 .await
         }
+        Cmd::RequestApproval {
+            mandate,
+            request,
+            ttl,
+            reason,
+        } => {
+            let ttl_seconds = ttl
+                .as_deref()
+                .map(|t| {
+                    let secs = parse_ttl(t)?.num_seconds();
+                    u32::try_from(secs).map_err(|_| invalid(format!("duration {t:?} is too long")))
+                })
+                .transpose()?;
+            let (approval, result) = client
+                .request_approval_hashed(
+                    mandate_id(mandate)?,
+                    &request.action,
+                    &request.resource,
+                    params_hash_of(request)?,
+                    ttl_seconds,
+                    reason.clone(),
+                )
+                .await?;
+            if !json {
+                println!("approval {approval}");
+            }
+            Ok(result)
+        }
+        Cmd::Approve {
+            approval,
+            mandate,
+            reason,
+        } => {
+            client
+                .approve(mandate_id(mandate)?, approval_id(approval)?, reason.clone())
+                .await
+        }
+        Cmd::DenyApproval {
+            approval,
+            mandate,
+            reason,
+        } => {
+            client
+                .deny_approval(mandate_id(mandate)?, approval_id(approval)?, reason.clone())
+                .await
+        }
+        Cmd::UseApproval {
+            approval,
+            mandate,
+            request,
+        } => {
+            client
+                .use_approval_hashed(
+                    mandate_id(mandate)?,
+                    approval_id(approval)?,
+                    &request.action,
+                    &request.resource,
+                    params_hash_of(request)?,
+                )
+                .await
+        }
         // `runner` sends only the commands `changes_authority` names here.
         other => unreachable!("{other:?} changes no authority"),
     };
@@ -117,6 +178,27 @@ pub(super) async fn delegate(
         supervisors: vec![],
     };
     shown(client.delegate(delegation).await, json)
+}
+
+/// The hash an approval is bound to: of `--params`, or `--params-hash` as
+/// given (the engine checks its form); one of them is required.
+fn params_hash_of(args: &ApprovalRequestArgs) -> Result<String, Failure> {
+    match (&args.params, &args.params_hash) {
+        (Some(p), None) => {
+            let value: serde_json::Value = serde_json::from_str(p)
+                .map_err(|e| invalid(format!("--params is not JSON: {e}")))?;
+            Ok(crate::domain::approval::params_hash(&value))
+        }
+        (None, Some(h)) => Ok(h.clone()),
+        _ => Err(invalid(
+            "give the action's parameters: --params JSON or --params-hash HEX",
+        )),
+    }
+}
+
+/// Parses an approval id (a UUID).
+fn approval_id(s: &str) -> Result<uuid::Uuid, Failure> {
+    uuid::Uuid::parse_str(s).map_err(|e| invalid(format!("approval id {s:?}: {e}")))
 }
 
 /// Prints what a command wrote.

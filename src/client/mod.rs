@@ -349,6 +349,119 @@ impl Client {
         .await
     }
 
+    /// Asks for step-up approval of one request under `mandate` (as its
+    /// grantee): the approval is bound to the action, the resource and the
+    /// hash of `params` ([`crate::domain::approval::params_hash`]). Returns
+    /// the new approval's id with the command's result.
+    pub async fn request_approval(
+        &self,
+        mandate: MandateId,
+        action: &str,
+        resource: &str,
+        params: &serde_json::Value,
+        ttl_seconds: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<(uuid::Uuid, CommandResult), ClientError> {
+        let hash = crate::domain::approval::params_hash(params);
+        self.request_approval_hashed(mandate, action, resource, hash, ttl_seconds, reason)
+            .await
+    }
+    /// [`Client::request_approval`] with the parameters hash given as is.
+    pub async fn request_approval_hashed(
+        &self,
+        mandate: MandateId,
+        action: &str,
+        resource: &str,
+        params_hash: String,
+        ttl_seconds: Option<u32>,
+        reason: Option<String>,
+    ) -> Result<(uuid::Uuid, CommandResult), ClientError> {
+        let approval = uuid::Uuid::now_v7();
+        let result = self
+            .command(Command::RequestApproval(
+                crate::domain::approval::RequestApproval {
+                    mandate,
+                    approval,
+                    action: action.to_string(),
+                    resource: resource.to_string(),
+                    params_hash,
+                    ttl_seconds,
+                    reason,
+                },
+            ))
+            .await?;
+        Ok((approval, result))
+    }
+    /// Grants a pending approval (as the tree's principal).
+    pub async fn approve(
+        &self,
+        mandate: MandateId,
+        approval: uuid::Uuid,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::Approve(crate::domain::approval::DecideApproval {
+            mandate,
+            approval,
+            reason,
+        }))
+        .await
+    }
+    /// Denies a pending approval (as the tree's principal).
+    pub async fn deny_approval(
+        &self,
+        mandate: MandateId,
+        approval: uuid::Uuid,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::DenyApproval(
+            crate::domain::approval::DecideApproval {
+                mandate,
+                approval,
+                reason,
+            },
+        ))
+        .await
+    }
+    /// Uses a granted approval for exactly the request it was granted for
+    /// (as the mandate's grantee). `Ok` is the one allow the approval gives:
+    /// the engine wrote its use, and any further use is refused
+    /// (`approval_used`) on every instance.
+    pub async fn use_approval(
+        &self,
+        mandate: MandateId,
+        approval: uuid::Uuid,
+        action: &str,
+        resource: &str,
+        params: &serde_json::Value,
+    ) -> Result<CommandResult, ClientError> {
+        self.use_approval_hashed(
+            mandate,
+            approval,
+            action,
+            resource,
+            crate::domain::approval::params_hash(params),
+        )
+        .await
+    }
+    /// [`Client::use_approval`] with the parameters hash given as is.
+    pub async fn use_approval_hashed(
+        &self,
+        mandate: MandateId,
+        approval: uuid::Uuid,
+        action: &str,
+        resource: &str,
+        params_hash: String,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::UseApproval(crate::domain::approval::UseApproval {
+            mandate,
+            approval,
+            action: action.to_string(),
+            resource: resource.to_string(),
+            params_hash,
+        }))
+        .await
+    }
+
     async fn bulk(&self, bulk: Bulk, verb: &str) -> Result<CommandResult, ClientError> {
         let env = BulkEnvelope {
             command_id: CommandId::generate(),

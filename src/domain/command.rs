@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::approval::{DecideApproval, RequestApproval, UseApproval};
 use super::error::DomainError;
 use super::event::{check_type, check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
@@ -89,6 +90,14 @@ pub enum Command {
     BlockPrincipal(PrincipalBlock),
     /// Tenant registry: lift a principal's block. Administrators only.
     UnblockPrincipal(PrincipalBlock),
+    /// A mandate's grantee asks for step-up approval of one request.
+    RequestApproval(RequestApproval),
+    /// The tree's principal grants a pending approval.
+    Approve(DecideApproval),
+    /// The tree's principal denies a pending approval.
+    DenyApproval(DecideApproval),
+    /// The grantee uses a granted approval, once: the engine writes the use.
+    UseApproval(UseApproval),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -254,6 +263,10 @@ wire_names! {
         BlockPrincipal => "block_principal",
         UnblockPrincipal => "unblock_principal",
         ResolveQuarantine => "resolve_quarantine",
+        RequestApproval => "request_approval",
+        Approve => "approve",
+        DenyApproval => "deny_approval",
+        UseApproval => "use_approval",
     }
 }
 
@@ -275,6 +288,19 @@ impl Command {
             | Command::BlockPrincipal(_)
             | Command::UnblockPrincipal(_) => None,
             Command::ResolveQuarantine(r) => Some(r.mandate),
+            Command::RequestApproval(r) => Some(r.mandate),
+            Command::Approve(d) | Command::DenyApproval(d) => Some(d.mandate),
+            Command::UseApproval(u) => Some(u.mandate),
+        }
+    }
+
+    /// The approval this command names, if it is an approval command.
+    pub fn approval(&self) -> Option<uuid::Uuid> {
+        match self {
+            Command::RequestApproval(r) => Some(r.approval),
+            Command::Approve(d) | Command::DenyApproval(d) => Some(d.approval),
+            Command::UseApproval(u) => Some(u.approval),
+            _ => None,
         }
     }
 }
@@ -386,6 +412,11 @@ impl CommandEnvelope {
                     check_text("reason", reason, false)?;
                 }
             }
+            Command::RequestApproval(c) => super::approval::validate_request(c)?,
+            Command::Approve(c) | Command::DenyApproval(c) => {
+                super::approval::validate_decision(c)?
+            }
+            Command::UseApproval(c) => super::approval::validate_use(c)?,
             Command::Expire(_)
             | Command::CompleteMission(_)
             | Command::Narrow(_)

@@ -8,7 +8,7 @@ use super::error::DomainError;
 use super::event::{Event, EventBody, SCHEMA_VERSION};
 use super::ids::{EventId, PrincipalId, TreeId};
 use super::model::{Actor, Mandate, Tree};
-use super::{amend, issue, lifecycle, quarantine, registry};
+use super::{amend, approval, issue, lifecycle, quarantine, registry};
 
 /// What a per-command rule returns: the event bodies to write, or why not.
 pub(crate) type Ruling = Result<Vec<EventBody>, DomainError>;
@@ -102,6 +102,10 @@ pub fn decide(
         | Command::BlockPrincipal(_)
         | Command::UnblockPrincipal(_) => unreachable_registry(),
         Command::ResolveQuarantine(c) => quarantine::resolve(tree, &cmd.actor, c)?,
+        Command::RequestApproval(c) => approval::request(tree, &cmd.actor, c, now)?,
+        Command::Approve(c) => approval::decide_approval(tree, &cmd.actor, c, true, now)?,
+        Command::DenyApproval(c) => approval::decide_approval(tree, &cmd.actor, c, false, now)?,
+        Command::UseApproval(c) => approval::use_approval(tree, &cmd.actor, c, now)?,
     };
     match &cmd.command {
         Command::Issue(c) if facts.principal_blocked => {

@@ -208,6 +208,59 @@ pub enum DomainError {
         subject_tenant: TenantId,
         body_tenant: TenantId,
     },
+    /// An approval request for an action that needs none: the check allows it.
+    #[error("action {action:?} under mandate {mandate} needs no approval: no step-up pattern of its chain covers it")]
+    ApprovalNotRequired { mandate: MandateId, action: String },
+    /// A request some link of the chain does not allow.
+    #[error(
+        "action {action:?} on resource {resource:?} is outside the scope of mandate {mandate}"
+    )]
+    OutOfScope {
+        mandate: MandateId,
+        action: String,
+        resource: String,
+    },
+    /// The mandate is not effectively active (paused or ended), so nothing
+    /// under it may be approved or used.
+    #[error("mandate {mandate} is {status}, not active{}", cause_suffix(*mandate, *cause))]
+    NotActive {
+        mandate: MandateId,
+        status: Status,
+        cause: Option<MandateId>,
+    },
+    /// No such approval under this mandate.
+    #[error("approval {approval} not found under this mandate")]
+    UnknownApproval { approval: uuid::Uuid },
+    /// An approval id already requested in this tree.
+    #[error("approval {approval} already exists")]
+    ApprovalExists { approval: uuid::Uuid },
+    /// A decision on an approval that is already decided.
+    #[error("approval {approval} is already {state}")]
+    ApprovalDecided {
+        approval: uuid::Uuid,
+        state: &'static str,
+    },
+    /// The approval has not been granted (yet).
+    #[error("approval {approval} is pending: the approver has not granted it")]
+    ApprovalPending { approval: uuid::Uuid },
+    /// The approver denied the approval: it can never be used.
+    #[error("approval {approval} was denied")]
+    ApprovalDenied { approval: uuid::Uuid },
+    /// The approval was used once already: it is single-use.
+    #[error("approval {approval} was already used: an approval is single-use")]
+    ApprovalUsed { approval: uuid::Uuid },
+    /// The approval's lifetime is over.
+    #[error("approval {approval} expired at {expires_at}")]
+    ApprovalExpired {
+        approval: uuid::Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    /// The approval was granted for another request.
+    #[error("approval {approval} was granted for another {field}")]
+    ApprovalMismatch {
+        approval: uuid::Uuid,
+        field: &'static str,
+    },
 }
 
 fn cause_suffix(mandate: MandateId, cause: Option<MandateId>) -> String {
@@ -279,6 +332,16 @@ impl DomainError {
             }
             NotBlocked { .. } => ErrorCode::InvalidState,
             TenantMismatch { .. } => ErrorCode::Forbidden,
+            OutOfScope { .. } | ApprovalMismatch { .. } => ErrorCode::Forbidden,
+            UnknownApproval { .. } => ErrorCode::NotFound,
+            ApprovalExists { .. } => ErrorCode::Conflict,
+            ApprovalNotRequired { .. }
+            | NotActive { .. }
+            | ApprovalDecided { .. }
+            | ApprovalPending { .. }
+            | ApprovalDenied { .. }
+            | ApprovalUsed { .. }
+            | ApprovalExpired { .. } => ErrorCode::InvalidState,
         }
     }
 
@@ -329,6 +392,17 @@ impl DomainError {
             LogWentBackwards { .. } => "log_went_backwards",
             ReservedCommandId { .. } => "reserved_command_id",
             TenantMismatch { .. } => "tenant_mismatch",
+            ApprovalNotRequired { .. } => "approval_not_required",
+            OutOfScope { .. } => "out_of_scope",
+            NotActive { .. } => "not_active",
+            UnknownApproval { .. } => "unknown_approval",
+            ApprovalExists { .. } => "approval_exists",
+            ApprovalDecided { .. } => "approval_decided",
+            ApprovalPending { .. } => "approval_pending",
+            ApprovalDenied { .. } => "approval_denied",
+            ApprovalUsed { .. } => "approval_used",
+            ApprovalExpired { .. } => "approval_expired",
+            ApprovalMismatch { .. } => "approval_mismatch",
         }
     }
 }

@@ -111,6 +111,48 @@ pub enum EventBody {
     PrincipalBlocked(PrincipalBlockChanged),
     /// Registry: the principal's block was lifted.
     PrincipalUnblocked(PrincipalBlockChanged),
+    /// A mandate's grantee asked for step-up approval of one request.
+    ApprovalRequested(Box<ApprovalRequested>),
+    /// The approver granted a pending approval.
+    ApprovalGranted(ApprovalDecided),
+    /// The approver denied a pending approval.
+    ApprovalDenied(ApprovalDecided),
+    /// The grantee used a granted approval: its one allow.
+    ApprovalUsed(ApprovalUsed),
+}
+
+/// An approval request: bound to one mandate, action, resource and
+/// parameters hash, usable until `expires_at`. Who asked is the event's
+/// actor, named again as `requested_by`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalRequested {
+    /// The approval's id (a version 7 UUID).
+    pub approval: uuid::Uuid,
+    pub mandate: MandateId,
+    pub action: String,
+    pub resource: String,
+    /// Lowercase hex SHA-256 of the canonical JSON of the parameters.
+    pub params_hash: String,
+    pub requested_by: AgentId,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The approver's decision (who decided is the event's actor).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalDecided {
+    pub approval: uuid::Uuid,
+    pub mandate: MandateId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The one use of an approval (who used it is the event's actor).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalUsed {
+    pub approval: uuid::Uuid,
+    pub mandate: MandateId,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -203,6 +245,10 @@ wire_names! {
         PrincipalBlocked => "principal_blocked",
         PrincipalUnblocked => "principal_unblocked",
         QuarantineResolved => "quarantine_resolved",
+        ApprovalRequested => "approval_requested",
+        ApprovalGranted => "approval_granted",
+        ApprovalDenied => "approval_denied",
+        ApprovalUsed => "approval_used",
     }
 }
 
@@ -225,6 +271,19 @@ impl EventBody {
             | EventBody::PrincipalBlocked(_)
             | EventBody::PrincipalUnblocked(_) => MandateId(uuid::Uuid::nil()),
             EventBody::QuarantineResolved(q) => q.mandate,
+            EventBody::ApprovalRequested(r) => r.mandate,
+            EventBody::ApprovalGranted(d) | EventBody::ApprovalDenied(d) => d.mandate,
+            EventBody::ApprovalUsed(u) => u.mandate,
+        }
+    }
+
+    /// The approval the event is about, if it is an approval event.
+    pub fn approval(&self) -> Option<uuid::Uuid> {
+        match self {
+            EventBody::ApprovalRequested(r) => Some(r.approval),
+            EventBody::ApprovalGranted(d) | EventBody::ApprovalDenied(d) => Some(d.approval),
+            EventBody::ApprovalUsed(u) => Some(u.approval),
+            _ => None,
         }
     }
 }
@@ -832,6 +891,12 @@ pub fn apply_hashed(tree: &mut Tree, event: &Event, hash: String) {
                 ));
                 set(tree, q.mandate, transition(Status::Revoked, &reason));
             }
+        }
+        EventBody::ApprovalRequested(_)
+        | EventBody::ApprovalGranted(_)
+        | EventBody::ApprovalDenied(_)
+        | EventBody::ApprovalUsed(_) => {
+            super::approval::fold(tree, event.seq, event.time, &event.actor, &event.body)
         }
     }
     tree.version = event.seq;

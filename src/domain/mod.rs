@@ -7,6 +7,7 @@
 //! [`Tree`] and can't fail.
 
 mod amend;
+pub mod approval;
 pub mod authorize;
 pub mod command;
 mod decide;

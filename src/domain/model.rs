@@ -387,6 +387,10 @@ pub struct Tree {
     /// [`TreeId::registry`]), which holds no mandate.
     #[serde(default, skip_serializing_if = "Registry::is_empty")]
     pub(crate) registry: Registry,
+    /// Step-up approvals requested under the tree's mandates, by id. A view
+    /// holds only those its command names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) approvals: BTreeMap<uuid::Uuid, super::approval::Approval>,
 }
 
 /// A tenant's registry: blocks that outlive any one tree. A blocked agent may
@@ -537,6 +541,10 @@ impl Tree {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+    /// Step-up approvals of the tree, by id.
+    pub fn approvals(&self) -> &BTreeMap<uuid::Uuid, super::approval::Approval> {
+        &self.approvals
+    }
 
     /// A tree holding one chain, root first, as a `chain` reply carries it:
     /// what a guard holds. Effective status and `authorize` look only at a
@@ -615,6 +623,7 @@ impl Tree {
             commands: BTreeMap::new(),
             registry: Registry::default(),
             quarantine: None,
+            approvals: BTreeMap::new(),
         }
     }
 

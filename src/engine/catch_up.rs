@@ -244,12 +244,19 @@ impl Engine {
             }
             None => view,
         };
-        Ok(view.unwrap_or_else(|| {
+        let mut view = view.unwrap_or_else(|| {
             Arc::new(TreeSnapshot {
                 position: 0,
                 tree: Tree::empty(tenant.clone(), tree),
             })
-        }))
+        });
+        // An approval command reads the one approval it names, as stored.
+        if let Some(id) = cmd.command.approval() {
+            if let Some(a) = store.load_approval(tenant, tree, id)? {
+                Arc::make_mut(&mut view).tree.approvals.insert(id, a);
+            }
+        }
+        Ok(view)
     }
 
     /// Applies to the projection every commit of the tree past our snapshot.

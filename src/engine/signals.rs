@@ -66,6 +66,12 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
         | EventBody::AgentUnblocked(_)
         | EventBody::PrincipalBlocked(_)
         | EventBody::PrincipalUnblocked(_) => return None,
+        // Approvals change no mandate's status or scope: a guard's decisions
+        // stay what they were (a step-up action stays `needs_approval`).
+        EventBody::ApprovalRequested(_)
+        | EventBody::ApprovalGranted(_)
+        | EventBody::ApprovalDenied(_)
+        | EventBody::ApprovalUsed(_) => return None,
         EventBody::QuarantineResolved(q) => (
             match q.action {
                 Resolution::Restore => SignalKind::Restored,
@@ -114,6 +120,10 @@ pub(crate) fn may_signal(event: &Event) -> bool {
             | EventBody::AgentUnblocked(_)
             | EventBody::PrincipalBlocked(_)
             | EventBody::PrincipalUnblocked(_)
+            | EventBody::ApprovalRequested(_)
+            | EventBody::ApprovalGranted(_)
+            | EventBody::ApprovalDenied(_)
+            | EventBody::ApprovalUsed(_)
     )
 }
 

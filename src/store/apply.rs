@@ -17,9 +17,11 @@ use crate::domain::{
     Quarantine, TenantId, Tree, TreeId,
 };
 
+use crate::domain::approval::Approval;
+
 use super::keys::{
-    self, of_tenant, of_tree, APPLIED, CHECKPOINT, CHILD, COMPLETED, EVENT, GRANTED_BY, HELD_BY,
-    MANDATE, NODE, QUARANTINE, SERVES_MISSION, SNAPSHOT, TOO_NEW,
+    self, of_tenant, of_tree, APPLIED, APPROVAL, CHECKPOINT, CHILD, COMPLETED, EVENT, GRANTED_BY,
+    HELD_BY, MANDATE, NODE, QUARANTINE, SERVES_MISSION, SNAPSHOT, TOO_NEW,
 };
 use super::projection::{Applied, TreeSnapshot, Unsupported};
 use super::{Store, StoreError};
@@ -44,6 +46,7 @@ pub(super) struct Pending<'s> {
     heads: HashMap<TreeKey, Arc<TreeSnapshot>>,
     nodes: HashMap<NodeKey, Arc<Mandate>>,
     commands: HashMap<(TenantId, TreeId, CommandId), AppliedCommand>,
+    approvals: HashMap<(TenantId, TreeId, uuid::Uuid), Approval>,
     too_new: HashMap<TreeKey, Option<Unsupported>>,
     /// Which applied commits go into the outbox (see `outbox.rs`); none
     /// without it.
@@ -112,6 +115,7 @@ impl<'s> Pending<'s> {
             heads: HashMap::new(),
             nodes: HashMap::new(),
             commands: HashMap::new(),
+            approvals: HashMap::new(),
             too_new: HashMap::new(),
             note: None,
         }
@@ -170,6 +174,18 @@ impl<'s> Pending<'s> {
         match self.commands.get(&(tenant.clone(), tree, id)) {
             Some(c) => Ok(Some(c.clone())),
             None => self.store.applied_command(tenant, tree, id),
+        }
+    }
+
+    fn approval(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        id: uuid::Uuid,
+    ) -> Result<Option<Approval>, StoreError> {
+        match self.approvals.get(&(tenant.clone(), tree, id)) {
+            Some(a) => Ok(Some(a.clone())),
+            None => self.store.load_approval(tenant, tree, id),
         }
     }
 
@@ -372,6 +388,13 @@ impl<'s> Pending<'s> {
                     tree.mandates.insert(id, (*m).clone());
                 }
             }
+            if let Some(id) = e.body.approval() {
+                if let std::collections::btree_map::Entry::Vacant(slot) = tree.approvals.entry(id) {
+                    if let Some(a) = self.approval(&tenant, tree_id, id)? {
+                        slot.insert(a);
+                    }
+                }
+            }
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 tree.commands.entry(e.command_id)
             {
@@ -382,6 +405,7 @@ impl<'s> Pending<'s> {
         }
         let before_mandates: BTreeMap<MandateId, Mandate> = tree.mandates.clone();
         let before_commands: Vec<CommandId> = tree.commands.keys().copied().collect();
+        let before_approvals = tree.approvals.clone();
         let was_quarantined = tree.quarantine.is_some();
         let parts = tree_parts(&tenant, tree_id);
         for (e, hash) in events.iter().zip(hashes) {
@@ -432,6 +456,16 @@ impl<'s> Pending<'s> {
                 );
                 self.commands
                     .insert((tenant.clone(), tree_id, *id), c.clone());
+            }
+        }
+        for (id, a) in &tree.approvals {
+            if before_approvals.get(id) != Some(a) {
+                self.batch.insert(
+                    of_tree(APPROVAL, &tenant, tree_id, id),
+                    serde_json::to_vec(a).expect("approvals serialize"),
+                );
+                self.approvals
+                    .insert((tenant.clone(), tree_id, *id), a.clone());
             }
         }
         self.write_head(position, &tree);

@@ -14,6 +14,7 @@
 //! - `h/<tenant>/<tree>/<parent>/<seq be64>` → child mandate id (a parent's
 //!   children in the order they were issued; `seq` is the issuing event's)
 //! - `d/<tenant>/<tree>/<command>` → `AppliedCommand` JSON (command ids applied)
+//! - `g/<tenant>/<tree>/<approval>` → `Approval` JSON (step-up approvals)
 //! - `e/<tenant>/<tree>/<seq be64>` → event JSON (history)
 //! - `m/<tenant>/<mandate>` → tree id
 //! - `a/<tenant>/<agent>/<mandate>` → tree id (mandates held by an agent)
@@ -60,6 +61,8 @@ pub(super) const NODE: u8 = b'n';
 pub(super) const CHILD: u8 = b'h';
 /// One command id a tree applied.
 pub(super) const APPLIED: u8 = b'd';
+/// One step-up approval of a tree.
+pub(super) const APPROVAL: u8 = b'g';
 /// One event of a tree's history.
 pub(super) const EVENT: u8 = b'e';
 /// A mandate's tree.

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::approval::Approval;
 use crate::domain::{
     AgentId, AppliedCommand, CommandId, Event, Mandate, MandateId, MissionRef, PrincipalId,
     Quarantine, TenantId, Tree, TreeId,
@@ -32,8 +33,8 @@ use crate::domain::{
 use super::apply::{decode_all, Commit, Pending};
 use super::keys::{
     self, be64, decode_tree_id, of_tenant, of_tree, parse_last, prefix, read, read_all,
-    under_tenant, APPLIED, CHECKPOINT, CHILD, COMPLETED, EVENT, EXPIRY, GRANTED_BY, HELD_BY,
-    LAYOUT, MANDATE, NODE, OUTBOX, QUARANTINE, SEP, SERVES_MISSION, SNAPSHOT, TOO_NEW,
+    under_tenant, APPLIED, APPROVAL, CHECKPOINT, CHILD, COMPLETED, EVENT, EXPIRY, GRANTED_BY,
+    HELD_BY, LAYOUT, MANDATE, NODE, OUTBOX, QUARANTINE, SEP, SERVES_MISSION, SNAPSHOT, TOO_NEW,
 };
 use super::{Store, StoreError};
 
@@ -260,6 +261,11 @@ impl Store {
             let c: AppliedCommand = keys::decode(&k, &v)?;
             snap.tree.commands.insert(CommandId(parse_last(&k)?), c);
         }
+        for kv in self.projection.scan_prefix(prefix(APPROVAL, &parts)) {
+            let (k, v) = kv?;
+            let a: Approval = keys::decode(&k, &v)?;
+            snap.tree.approvals.insert(a.id, a);
+        }
         Ok(Some(snap))
     }
 
@@ -300,6 +306,16 @@ impl Store {
         command: CommandId,
     ) -> Result<Option<AppliedCommand>, StoreError> {
         read(&self.projection, &of_tree(APPLIED, tenant, tree, command))
+    }
+
+    /// One step-up approval of a tree, as stored.
+    pub fn load_approval(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        id: uuid::Uuid,
+    ) -> Result<Option<Approval>, StoreError> {
+        read(&self.projection, &of_tree(APPROVAL, tenant, tree, id))
     }
 
     /// The cached or stored head of a tree.

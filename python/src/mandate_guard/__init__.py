@@ -14,7 +14,7 @@ mandate ends, and a client for every command and query of the engine.
 """
 
 from .authorize import PatternError, PreparedChain, authorize, effective, parse_request
-from .client import AUTH_HEADER, Client, GrantLike, connect, grant, mission_token, sign
+from .client import AUTH_HEADER, Client, GrantLike, connect, grant, mission_token, params_hash, sign, uuid7
 from .errors import (
     DecodeError,
     EngineError,
@@ -85,7 +85,9 @@ __all__ = [
     "grant",
     "guarded",
     "mission_token",
+    "params_hash",
     "parse_request",
     "parse_time",
     "sign",
+    "uuid7",
 ]

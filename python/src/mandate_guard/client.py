@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
@@ -321,6 +322,84 @@ class Client:
             cmd["reason"] = reason
         return await self._command(cmd, command_id)
 
+    # -- step-up approvals -------------------------------------------------
+
+    async def request_approval(
+        self,
+        mandate: str,
+        action: str,
+        resource: str,
+        params: Any = None,
+        *,
+        params_hash: str | None = None,
+        ttl_seconds: int | None = None,
+        reason: str | None = None,
+        approval: str | None = None,
+        command_id: str | None = None,
+    ) -> tuple[str, CommandResult]:
+        """The grantee of `mandate` asks for step-up approval of one request,
+        bound to the hash of `params` (or `params_hash` as given). Returns the
+        approval's id (a new UUID v7 unless `approval` names one) and the
+        result."""
+        approval_id = check_uuid(approval, "approval") if approval else uuid7()
+        cmd: JSON = {
+            "type": "request_approval",
+            "mandate": mandate,
+            "approval": approval_id,
+            "action": action,
+            "resource": resource,
+            "params_hash": _hash_of(params, params_hash),
+        }
+        if ttl_seconds is not None:
+            cmd["ttl_seconds"] = ttl_seconds
+        if reason is not None:
+            cmd["reason"] = reason
+        return approval_id, await self._command(cmd, command_id)
+
+    async def approve(
+        self, mandate: str, approval: str, reason: str | None = None, *, command_id: str | None = None
+    ) -> CommandResult:
+        """The tree's principal grants a pending approval."""
+        return await self._decide_approval("approve", mandate, approval, reason, command_id)
+
+    async def deny_approval(
+        self, mandate: str, approval: str, reason: str | None = None, *, command_id: str | None = None
+    ) -> CommandResult:
+        """The tree's principal denies a pending approval."""
+        return await self._decide_approval("deny_approval", mandate, approval, reason, command_id)
+
+    async def _decide_approval(
+        self, verb: str, mandate: str, approval: str, reason: str | None, command_id: str | None
+    ) -> CommandResult:
+        cmd: JSON = {"type": verb, "mandate": mandate, "approval": approval}
+        if reason is not None:
+            cmd["reason"] = reason
+        return await self._command(cmd, command_id)
+
+    async def use_approval(
+        self,
+        mandate: str,
+        approval: str,
+        action: str,
+        resource: str,
+        params: Any = None,
+        *,
+        params_hash: str | None = None,
+        command_id: str | None = None,
+    ) -> CommandResult:
+        """The grantee uses a granted approval for exactly the request it was
+        granted for. Success is the one allow it gives; a second use raises
+        :class:`EngineError` with reason `approval_used`."""
+        cmd: JSON = {
+            "type": "use_approval",
+            "mandate": mandate,
+            "approval": approval,
+            "action": action,
+            "resource": resource,
+            "params_hash": _hash_of(params, params_hash),
+        }
+        return await self._command(cmd, command_id)
+
     async def _block(self, verb: str, field: str, who: str, reason: str | None, command_id: str | None) -> CommandResult:
         cmd: JSON = {"type": verb, field: who}
         if reason is not None:
@@ -489,6 +568,31 @@ class Client:
             await self.nc.jetstream().publish(subject, body, headers=headers, timeout=self.timeout)
         except nats.errors.Error as exc:
             raise TransportError(f"{subject}: {exc or type(exc).__name__}") from exc
+
+
+def params_hash(params: Any) -> str:
+    """The hash an approval is bound to: lowercase hex SHA-256 of the
+    canonical JSON of `params` (keys sorted, no whitespace, non-ASCII as is),
+    as the engine's `params_hash` computes it."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _hash_of(params: Any, given: str | None) -> str:
+    if given is not None:
+        if params is not None:
+            raise InvalidArgument("give params or params_hash, not both")
+        return given
+    return params_hash(params)
+
+
+def uuid7() -> str:
+    """A new time-ordered (version 7) UUID."""
+    ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    raw = bytearray(ms.to_bytes(6, "big") + secrets.token_bytes(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return str(uuid.UUID(bytes=bytes(raw)))
 
 
 def mission_token(ref: str) -> str:
