@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+#[cfg(feature = "engine")]
 use futures::stream::{BoxStream, StreamExt};
 #[cfg(feature = "engine")]
 use tokio::sync::broadcast;
