@@ -445,7 +445,9 @@ async fn a_revoke_cancels_the_call_in_flight_upstream_and_toward_the_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_refuses_new_calls_and_an_expiry_cancels_like_a_revoke() {
     let world = World::start().await;
-    let root = world.root(Utc::now() + chrono::Duration::seconds(12)).await;
+    // An hour: however slowly the gateway starts on a loaded machine, the
+    // pause comes first. The expiry is brought forward later, mid-call.
+    let root = world.root(Utc::now() + chrono::Duration::hours(1)).await;
     let record_dir = tempfile::tempdir().unwrap();
     let record = record_dir.path().join("record.jsonl");
     let agent = agent_over_stdio(&world.server.url(), root, &record).await;
@@ -479,10 +481,25 @@ async fn a_pause_refuses_new_calls_and_an_expiry_cancels_like_a_revoke() {
     }
     assert_eq!(tool_calls(&record).len(), before + 1);
 
-    // A call longer than the mandate's life: the expiry cancels it.
-    let slow = peer
-        .call_tool(call("slow", json!({"path": "reports/big", "seconds": 60})))
-        .await;
+    // A call longer than the mandate's life: its end is brought forward to
+    // two seconds from now while the call runs, and the expiry cancels it.
+    let in_flight = tokio::spawn(async move {
+        peer.call_tool(call("slow", json!({"path": "reports/big", "seconds": 60})))
+            .await
+    });
+    recorded(&record, "the slow call", |r| {
+        r["event"] == "tools/call" && r["tool"] == "slow"
+    })
+    .await;
+    world
+        .cfo
+        .renew(root, Utc::now() + chrono::Duration::seconds(2))
+        .await
+        .unwrap();
+    let slow = tokio::time::timeout(PATIENCE, in_flight)
+        .await
+        .expect("the expiry ends the call without waiting for the tool")
+        .unwrap();
     let e = mcp_error("a call past the expiry", slow);
     assert_eq!(e.data.as_ref().unwrap()["reason"], "mandate_ended", "{e:?}");
     assert!(e.message.contains("expired"), "{}", e.message);
