@@ -77,6 +77,19 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Asserts `doc` validates against `schemas/<name>.json`.
+fn conforms(name: &str, doc: &serde_json::Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/{name}.json"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap();
+    let errors: Vec<String> = validator.iter_errors(doc).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{name}: {errors:?} in {doc}");
+}
+
 fn refusal(e: &ClientError) -> (ErrorCode, Option<String>) {
     (code_of(e), e.reason().map(str::to_string))
 }
@@ -91,6 +104,29 @@ async fn claims_name_the_chain_and_never_outlive_it() {
     let verifier = TokenVerifier::from_engine(&analyst).await.unwrap();
 
     let reply = analyst.token(child, None, None).await.expect("a token");
+    // The raw replies follow their schemas.
+    let body = serde_json::json!({"mandate": child, "actor": {"kind": "agent", "id": "analyst"}, "ttl": 60, "aud": "x"});
+    conforms("query-token", &body);
+    let raw_token = raw(
+        &nc,
+        "mandate.q.acme.token".into(),
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(raw_token["ok"], true, "{raw_token}");
+    conforms("reply-token", &raw_token);
+    let raw_jwks = raw(&nc, "mandate.q.acme.jwks".into(), b"{}".to_vec()).await;
+    conforms("reply-jwks", &raw_jwks);
+    let refused = raw(
+        &nc,
+        "mandate.q.acme.token".into(),
+        serde_json::to_vec(
+            &serde_json::json!({"mandate": child, "actor": {"kind": "agent", "id": "lead"}}),
+        )
+        .unwrap(),
+    )
+    .await;
+    conforms("reply-token", &refused);
     let header = header_of(&reply.token);
     assert_eq!(header["alg"], "EdDSA");
     assert_eq!(header["typ"], "JWT");
