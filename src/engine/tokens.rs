@@ -262,7 +262,7 @@ impl Engine {
                 act,
             }));
         }
-        let act = *act.ok_or_else(|| DomainError::MandateNotFound { mandate: q.mandate })?;
+        let act = *act.ok_or(DomainError::MandateNotFound { mandate: q.mandate })?;
         let claims = TokenClaims {
             iss: format!("{}/{tenant}", self.inner.config.token_issuer),
             sub: mandate.principal().to_string(),
