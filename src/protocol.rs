@@ -712,5 +712,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-health", schema_for!(Reply<Health>)),
         ("reply-token", schema_for!(Reply<token::TokenReply>)),
         ("reply-jwks", schema_for!(Reply<token::Jwks>)),
+        ("token-claims", schema_for!(token::TokenClaims)),
+        ("jwks", schema_for!(token::Jwks)),
     ]
 }

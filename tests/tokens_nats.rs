@@ -117,6 +117,20 @@ async fn claims_name_the_chain_and_never_outlive_it() {
     conforms("reply-token", &raw_token);
     let raw_jwks = raw(&nc, "mandate.q.acme.jwks".into(), b"{}".to_vec()).await;
     conforms("reply-jwks", &raw_jwks);
+    conforms("jwks", &raw_jwks["result"]);
+    let payload = raw_token["result"]["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert_eq!(
+        payload, raw_token["result"]["claims"],
+        "the reply's claims are the payload"
+    );
+    conforms("token-claims", &payload);
     let refused = raw(
         &nc,
         "mandate.q.acme.token".into(),
@@ -839,6 +853,7 @@ async fn serve_publishes_the_keys_over_http_and_the_cli_gets_tokens() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(content_type, "application/json");
     let over_http: Jwks = serde_json::from_str(&body).unwrap();
+    conforms("jwks", &serde_json::from_str(&body).unwrap());
     let lead = acme_as(&nc, agent("lead"));
     assert_eq!(
         over_http,

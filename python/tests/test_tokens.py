@@ -9,13 +9,14 @@ import base64
 import json
 import subprocess
 import time
+import urllib.request
 from typing import Any
 
 import jwt
 import pytest
 from jwt import PyJWKClient
 
-from conftest import Stack
+from conftest import Schemas, Stack
 
 
 def run(stack: Stack, *args: str, tenant: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +77,7 @@ def unb64(part: str) -> bytes:
 
 
 async def test_a_python_resource_server_verifies_tokens_with_pyjwt_and_the_http_jwks(
-    stack: Stack, tenant: str
+    stack: Stack, tenant: str, schemas: Schemas
 ) -> None:
     root, child = await asyncio.to_thread(issue_chain, stack, tenant)
     token = await asyncio.to_thread(
@@ -85,6 +86,12 @@ async def test_a_python_resource_server_verifies_tokens_with_pyjwt_and_the_http_
     server = ResourceServer(stack.jwks_url, f"mandate/{tenant}", "reports-api")
     claims = await asyncio.to_thread(server.verify, token)
 
+    schemas.validate("token-claims", claims, "a token's claims")
+    with urllib.request.urlopen(stack.jwks_url, timeout=10) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        jwks = json.load(r)
+    schemas.validate("jwks", jwks, "the HTTP JWKS")
+    assert [k["kid"] for k in jwks["keys"]] == [stack.token_kid]
     assert jwt.get_unverified_header(token)["kid"] == stack.token_kid
     assert claims["sub"] == "cfo"
     assert claims["tenant"] == tenant
