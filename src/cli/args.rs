@@ -297,9 +297,6 @@ pub enum Cmd {
         /// The audience (`aud`): the service the token is for.
         #[arg(long, value_name = "AUD")]
         aud: Option<String>,
-        /// How fresh the read of the mandate's liveness must be.
-        #[arg(long, value_name = "LEVEL", default_value = "fresh", long_help = CONSISTENCY_HELP)]
-        consistency: Consistency,
     },
     /// The engine's token verification keys, as a JWK set.
     Jwks,

@@ -84,12 +84,7 @@ pub(super) async fn query(
             return Ok(exit_of_decision(&d));
         }
         Cmd::Health => show(&client.health().await?, json)?,
-        Cmd::Token {
-            mandate,
-            ttl,
-            aud,
-            consistency,
-        } => {
+        Cmd::Token { mandate, ttl, aud } => {
             let ttl = ttl
                 .as_deref()
                 .map(|t| {
@@ -103,7 +98,7 @@ pub(super) async fn query(
                 actor: client.actor().clone(),
                 ttl,
                 aud: aud.clone(),
-                consistency: *consistency,
+                consistency: Consistency::Fresh,
             };
             let reply = client.token_with(q).await?;
             if json {

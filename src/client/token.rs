@@ -77,6 +77,10 @@ pub enum TokenError {
         mandate: crate::domain::MandateId,
         status: String,
     },
+    /// The token is for another mandate or tree than the one it is checked
+    /// against.
+    #[error("token mismatch: {0}")]
+    Mismatch(String),
     /// The liveness read failed: refused, since liveness is unknown.
     #[error("liveness of the token's mandate unknown: {0}")]
     Unreachable(#[from] ClientError),
@@ -287,7 +291,7 @@ impl TokenVerifier {
         }
         let chain = client.chain(claims.mandate, None).await?;
         if chain.tree != claims.tree {
-            return Err(TokenError::Malformed(format!(
+            return Err(TokenError::Mismatch(format!(
                 "mandate {} is in tree {}, the token says {}",
                 claims.mandate, chain.tree, claims.tree
             )));
@@ -307,7 +311,7 @@ impl TokenVerifier {
     pub fn verify_with_guard(&self, token: &str, guard: &Guard) -> Result<TokenClaims, TokenError> {
         let claims = self.verify(token)?;
         if guard.mandate() != claims.mandate {
-            return Err(TokenError::Malformed(format!(
+            return Err(TokenError::Mismatch(format!(
                 "token is for mandate {}, the guard holds {}",
                 claims.mandate,
                 guard.mandate()

@@ -13,7 +13,7 @@
 //! Who may get a token for a mandate: its grantee, its principal, or an
 //! administrator of the tenant; where the tenant requires authentication,
 //! proven as for a command. Only for a mandate that is effectively active,
-//! read `fresh` by default.
+//! always read `fresh`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +25,7 @@ use crate::client::token::{b64, jwk_of};
 use crate::domain::command::refuse_reserved_actor;
 use crate::domain::{Actor, DomainError, Status, TenantId};
 use crate::protocol::token::{ActClaim, Jwks, TokenClaims, TokenQuery, TokenReply, TOKEN_ALG};
+use crate::protocol::Consistency;
 
 use super::{Engine, EngineError};
 
@@ -198,8 +199,17 @@ impl Engine {
                 .into());
             }
         }
+        if !q.consistency.is_fresh() {
+            return Err(DomainError::InvalidField {
+                field: "consistency",
+                reason:
+                    "a token is issued only on a fresh read of its chain: omit it or send \"fresh\""
+                        .into(),
+            }
+            .into());
+        }
         let (snap, now) = self
-            .mandate_tree(tenant, q.mandate, None, q.consistency)
+            .mandate_tree(tenant, q.mandate, None, Consistency::Fresh)
             .await?;
         let tree = &snap.tree;
         let mandate = tree.get(q.mandate)?;

@@ -42,7 +42,10 @@ pub struct TokenQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub aud: Option<String>,
-    /// How fresh the liveness read must be (`"fresh"` when absent).
+    /// `"fresh"` (the default) and nothing else: a token is a credential
+    /// shown to others, so it is issued only after reading its chain's head
+    /// from the log; a weaker level (which a lagging instance could answer
+    /// from before a revoke) is refused.
     #[serde(default, skip_serializing_if = "Consistency::is_fresh")]
     pub consistency: Consistency,
 }
