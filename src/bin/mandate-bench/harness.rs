@@ -207,6 +207,10 @@ impl Served {
             // remote check's figure includes sending its record.
             EngineConfig {
                 allow_open_tenants: true,
+                // For the `tokens` scenario; nothing else asks for one.
+                tokens: Some(std::sync::Arc::new(
+                    mandate::engine::tokens::TokenKeys::ephemeral()?,
+                )),
                 ..EngineConfig::default()
             },
         )
