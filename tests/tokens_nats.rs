@@ -934,3 +934,45 @@ async fn serve_publishes_the_keys_over_http_and_the_cli_gets_tokens() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_loading_the_same_key_issues_tokens_one_jwks_verifies() {
+    let server = NatsServer::start();
+    let nc = connect(&server).await;
+    let keys = tempfile::tempdir().unwrap();
+    let (file, kid) = key_file(keys.path(), "shared.pem");
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = Instance::start_with(
+        &server.url(),
+        a.path(),
+        config(TokenKeys::load(std::slice::from_ref(&file)).unwrap()),
+    )
+    .await;
+    let two = Instance::start_with(
+        &server.url(),
+        b.path(),
+        config(TokenKeys::load(std::slice::from_ref(&file)).unwrap()),
+    )
+    .await;
+    all_serving(&nc, "acme", &[&one, &two]).await;
+    // Each instance's own key set is the same set.
+    assert_eq!(one.engine.jwks().unwrap(), two.engine.jwks().unwrap());
+    let root = issue(&nc, root_issue("cfo", "lead", None, &["a on b"])).await;
+    let lead = acme_as(&nc, agent("lead"));
+    let verifier = TokenVerifier::from_engine(&lead).await.unwrap();
+    // The queue group spreads the requests over both instances.
+    for _ in 0..20 {
+        let t = lead.token(root, None, None).await.unwrap();
+        assert_eq!(t.kid, kid);
+        verifier.verify(&t.token).unwrap();
+    }
+    // Asked of each instance directly, in process.
+    for i in [&one, &two] {
+        let local = Client::local(i.engine.clone(), tenant("acme"), agent("lead"));
+        verifier
+            .verify(&local.token(root, None, None).await.unwrap().token)
+            .unwrap();
+    }
+    one.stop().await;
+    two.stop().await;
+}
