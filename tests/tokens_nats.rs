@@ -676,6 +676,25 @@ async fn verify_live_refuses_a_token_once_its_root_is_revoked() {
         Err(TokenError::Tenant { .. })
     ));
 
+    // A narrowing of the mandate: the token claims a grant it lost.
+    let wide = analyst.token(child, None, None).await.unwrap().token;
+    acme_as(&nc, agent("lead"))
+        .narrow(child, scope(&["finance:read on reports/q3/summary"]))
+        .await
+        .unwrap();
+    match verifier.verify_live(&wide, &server_side).await {
+        Err(TokenError::Narrowed { mandate, grant }) => {
+            assert_eq!(mandate, child);
+            assert_eq!(grant, "finance:read on reports/q3/*");
+        }
+        other => panic!("verify_live after a narrowing: {other:?}"),
+    }
+    let narrow = analyst.token(child, None, None).await.unwrap().token;
+    verifier
+        .verify_live(&narrow, &server_side)
+        .await
+        .expect("a token issued after the narrowing");
+
     acme_as(&nc, principal("cfo"))
         .revoke(root, Some("stop".into()))
         .await

@@ -81,6 +81,13 @@ pub enum TokenError {
     /// against.
     #[error("token mismatch: {0}")]
     Mismatch(String),
+    /// The mandate's scope was narrowed since the token was issued: the
+    /// token claims a grant the mandate no longer holds.
+    #[error("mandate {mandate} no longer holds grant {grant:?} the token claims")]
+    Narrowed {
+        mandate: crate::domain::MandateId,
+        grant: String,
+    },
     /// The liveness read failed: refused, since liveness is unknown.
     #[error("liveness of the token's mandate unknown: {0}")]
     Unreachable(#[from] ClientError),
@@ -275,8 +282,9 @@ impl TokenVerifier {
     /// Checks `token` offline, then asks the engine (a `fresh` chain read
     /// through `client`) whether its mandate is still active: a token whose
     /// mandate, or any mandate above it, was revoked, expired, completed or
-    /// paused since it was issued is refused. Any failure of that read
-    /// refuses too.
+    /// paused since it was issued is refused, and so is one claiming a grant
+    /// a narrowing has since taken away. Any failure of that read refuses
+    /// too.
     pub async fn verify_live(
         &self,
         token: &str,
@@ -302,12 +310,33 @@ impl TokenVerifier {
                 status: chain.effective.status.to_string(),
             });
         }
+        let held = chain
+            .mandates
+            .iter()
+            .find(|m| m.id() == claims.mandate)
+            .ok_or_else(|| {
+                TokenError::Mismatch(format!("the chain read does not hold {}", claims.mandate))
+            })?;
+        let grants: Vec<String> = held
+            .scope()
+            .grants()
+            .iter()
+            .map(|g| g.to_string())
+            .collect();
+        if let Some(lost) = claims.scope.iter().find(|g| !grants.contains(g)) {
+            return Err(TokenError::Narrowed {
+                mandate: claims.mandate,
+                grant: lost.clone(),
+            });
+        }
         Ok(claims)
     }
 
     /// Checks `token` offline, then against a [`Guard`] held for its
     /// mandate: refused unless the guard holds that very mandate and
-    /// believes it active (a stale or quarantined guard refuses too).
+    /// believes it active (a stale or quarantined guard refuses too). The
+    /// token's `scope` is as issued: check the request itself with
+    /// [`Guard::check`], which reads the current scope.
     pub fn verify_with_guard(&self, token: &str, guard: &Guard) -> Result<TokenClaims, TokenError> {
         let claims = self.verify(token)?;
         if guard.mandate() != claims.mandate {
