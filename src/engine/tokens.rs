@@ -256,6 +256,8 @@ impl Engine {
         let exp = iat
             .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))
             .min(earliest_end.timestamp());
+        // The chain ends within this second: no token could be valid for
+        // any of it, and the mandate is expired by the time one is shown.
         if exp <= iat {
             return Err(DomainError::Terminal {
                 mandate: q.mandate,
