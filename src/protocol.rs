@@ -19,6 +19,7 @@
 //! Request signing (the `Mandate-Auth` header) is in [`auth`].
 
 pub mod auth;
+pub mod token;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -72,7 +73,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Query verbs.
 pub const QUERY_VERBS: &[&str] = &[
-    "status", "tree", "chain", "history", "verify", "list", "check", "audit", "health",
+    "status", "tree", "chain", "history", "verify", "list", "check", "audit", "health", "token",
+    "jwks",
 ];
 /// Bulk command verbs.
 pub const BULK_VERBS: &[&str] = &["revoke_agent", "revoke_principal"];
@@ -696,6 +698,8 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("query-check", schema_for!(CheckQuery)),
         ("query-audit", schema_for!(AuditQuery)),
         ("query-health", schema_for!(HealthQuery)),
+        ("query-token", schema_for!(token::TokenQuery)),
+        ("query-jwks", schema_for!(token::JwksQuery)),
         ("reply-command", schema_for!(Reply<CommandResult>)),
         ("reply-status", schema_for!(Reply<StatusReply>)),
         ("reply-chain", schema_for!(Reply<ChainReply>)),
@@ -706,5 +710,9 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-check", schema_for!(Reply<Decision>)),
         ("reply-audit", schema_for!(Reply<AuditReply>)),
         ("reply-health", schema_for!(Reply<Health>)),
+        ("reply-token", schema_for!(Reply<token::TokenReply>)),
+        ("reply-jwks", schema_for!(Reply<token::Jwks>)),
+        ("token-claims", schema_for!(token::TokenClaims)),
+        ("jwks", schema_for!(token::Jwks)),
     ]
 }

@@ -104,10 +104,22 @@ class Stack:
         )
         auth = self.dir / "auth.json"
         auth.write_text(json.dumps({"tenants": {SECURE_TENANT: {"keys": SECRETS}}}))
+        # The engine signs mandate tokens with a key of its own, and serves
+        # their verification keys over HTTP (JWKS).
+        self.token_key = self.dir / "token.pem"
+        made = subprocess.run(
+            [MANDATE_BIN, "token-keygen", "--out", str(self.token_key)], capture_output=True, text=True
+        )
+        if made.returncode != 0:
+            raise RuntimeError(f"mandate token-keygen failed: {made.stderr}")
+        self.token_kid = made.stdout.strip()
+        self.jwks_port = free_port()
+        self.jwks_url = f"http://127.0.0.1:{self.jwks_port}/.well-known/jwks.json"
         self.engine = Process(
             [
                 MANDATE_BIN, "serve", "--nats", self.url, "--data", str(self.dir / "data"),
                 "--allow-open-tenants", "--auth", str(auth), "--beacon-interval", BEACON_INTERVAL,
+                "--token-key", str(self.token_key), "--jwks-http", f"127.0.0.1:{self.jwks_port}",
             ],
             self.dir / "engine.log",
         )

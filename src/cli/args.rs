@@ -80,6 +80,25 @@ pub enum Cmd {
         /// expiry backlog, mission intake backlog. Off by default.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// An Ed25519 private key (PKCS#8 PEM, from `mandate token-keygen`)
+        /// that signs mandate tokens. Repeatable: the first signs, every one
+        /// listed verifies and is published in the JWK set (to rotate, put
+        /// the new key first and keep the old one until its tokens expired).
+        /// Every instance loads the same files. Without one, tokens are
+        /// refused.
+        #[arg(long = "token-key", value_name = "FILE")]
+        token_keys: Vec<PathBuf>,
+        /// Longest lifetime of a mandate token.
+        #[arg(long, value_name = "DURATION", default_value = "5m")]
+        token_max_ttl: String,
+        /// The tokens' issuer: their `iss` is `<ISSUER>/<tenant>`.
+        #[arg(long, value_name = "ISSUER", default_value = crate::engine::tokens::DEFAULT_ISSUER)]
+        token_issuer: String,
+        /// Serve the token verification keys (JWK set) over HTTP at
+        /// `http://ADDR/.well-known/jwks.json` (e.g. 127.0.0.1:8443), for
+        /// services that verify tokens with an ordinary JWT library.
+        #[arg(long, value_name = "ADDR")]
+        jwks_http: Option<String>,
     },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,
@@ -313,6 +332,30 @@ pub enum Cmd {
     },
     /// Engine health.
     Health,
+    /// A short-lived signed token (JWT, EdDSA) for a live mandate, for its
+    /// grantee, its principal or an administrator (--actor). A service
+    /// verifies it offline with the engine's JWK set; offline it cannot
+    /// learn of a revoke before the token's `exp`.
+    Token {
+        /// The mandate.
+        mandate: String,
+        /// Wanted lifetime (e.g. 60s); the engine's maximum caps it, and the
+        /// chain's earliest not_after always does.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// The audience (`aud`): the service the token is for.
+        #[arg(long, value_name = "AUD")]
+        aud: Option<String>,
+    },
+    /// The engine's token verification keys, as a JWK set.
+    Jwks,
+    /// Write a new Ed25519 token signing key (PKCS#8 PEM, owner-readable
+    /// only) for `mandate serve --token-key`; prints its key id.
+    TokenKeygen {
+        /// The file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Guard an MCP server: a proxy between an agent and the server's
     /// command (after `--`) that checks every tool call, resource read and
     /// prompt against --mandate.
@@ -455,6 +498,9 @@ impl Cmd {
             | Cmd::Watch { .. }
             | Cmd::Rebuild { .. }
             | Cmd::Health
+            | Cmd::Token { .. }
+            | Cmd::Jwks
+            | Cmd::TokenKeygen { .. }
             | Cmd::McpGateway(_) => None,
         }
     }

@@ -84,6 +84,31 @@ pub(super) async fn query(
             return Ok(exit_of_decision(&d));
         }
         Cmd::Health => show(&client.health().await?, json)?,
+        Cmd::Token { mandate, ttl, aud } => {
+            let ttl = ttl
+                .as_deref()
+                .map(|t| {
+                    super::parse::parse_interval(t)
+                        .map(|d| d.as_secs().max(1))
+                        .map_err(|e| super::exit::invalid(format!("--ttl: {}", e.message)))
+                })
+                .transpose()?;
+            let q = crate::protocol::token::TokenQuery {
+                mandate: mandate_id(mandate)?,
+                actor: client.actor().clone(),
+                ttl,
+                aud: aud.clone(),
+                consistency: Consistency::Fresh,
+            };
+            let reply = client.token_with(q).await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                // The token alone, so `$(mandate token …)` is the token.
+                say!("{}", reply.token);
+            }
+        }
+        Cmd::Jwks => say!("{}", serde_json::to_string_pretty(&client.jwks().await?)?),
         // `runner` sends only the reads here.
         other => unreachable!("{other:?} is not a read"),
     }

@@ -26,6 +26,15 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_inner(cli: Cli) -> Result<Exit, Failure> {
+    if let Cmd::TokenKeygen { out } = &cli.command {
+        let kid = crate::engine::tokens::write_new_key(out).map_err(|e| invalid(e.to_string()))?;
+        if cli.json {
+            say!("{}", serde_json::json!({"file": out, "kid": kid}));
+        } else {
+            say!("{kid}");
+        }
+        return Ok(Exit::Ok);
+    }
     let tenant = acting_tenant(&cli)?;
     let actor = actor(&cli)?;
     match reach(&cli).await? {
@@ -52,6 +61,9 @@ fn actor(cli: &Cli) -> Result<Actor, Failure> {
         (None, Some(name)) => Err(invalid(format!(
             "{name} changes authority: say who acts with --actor <principal|agent|admin>:<id> or set MANDATE_ACTOR"
         ))),
+        (None, None) if matches!(cli.command, Cmd::Token { .. }) => Err(invalid(
+            "a token goes to the mandate's grantee, its principal or an administrator: say who asks with --actor <agent|principal|admin>:<id> or set MANDATE_ACTOR",
+        )),
         // A query without an actor: it reads, and never acts, as this
         // caller. The demo's steps each act as their own party.
         (None, None) => Ok(Actor::Agent(parse::valid(AgentId::new(UNNAMED_CALLER))?)),
@@ -146,7 +158,17 @@ async fn in_process(cli: &Cli, tenant: TenantId, actor: Actor) -> Result<Exit, F
         std::env::temp_dir().join(format!("mandate-demo-{}", uuid::Uuid::new_v4().simple()))
     });
     let dir = demo_dir.clone().unwrap_or_else(|| cli.data.clone());
-    let engine = Engine::embedded(&dir, EngineConfig::default())
+    // The demo signs its tokens with a key that dies with it.
+    let config = match cli.command {
+        Cmd::Demo => EngineConfig {
+            tokens: Some(std::sync::Arc::new(
+                crate::engine::tokens::TokenKeys::ephemeral()?,
+            )),
+            ..EngineConfig::default()
+        },
+        _ => EngineConfig::default(),
+    };
+    let engine = Engine::embedded(&dir, config)
         .await
         .map_err(|e| bootstrap::explain_open_error(&dir, e))?;
     if let Cmd::Rebuild { accept_log_loss } = cli.command {

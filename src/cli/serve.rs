@@ -10,6 +10,7 @@ use super::parse;
 use super::render;
 use crate::domain::TenantId;
 use crate::engine::auth::AuthConfig;
+use crate::engine::tokens::TokenKeys;
 use crate::engine::{Engine, EngineConfig};
 
 /// Serves the engine on `nc` until Ctrl-C or SIGTERM: on the server of
@@ -43,10 +44,54 @@ pub(super) async fn serve(
         Cmd::Serve {
             metrics: Some(addr),
             ..
-        } => Some(bind_metrics(addr).await?),
+        } => Some(bind_http("--metrics", addr).await?),
         _ => None,
     };
+    let (tokens, token_max_ttl, token_issuer, jwks_http) = match &cli.command {
+        Cmd::Serve {
+            token_keys,
+            token_max_ttl,
+            token_issuer,
+            jwks_http,
+            ..
+        } => {
+            let keys = if token_keys.is_empty() {
+                None
+            } else {
+                let keys = TokenKeys::load(token_keys).map_err(|e| invalid(e.to_string()))?;
+                tracing::info!(kids = ?keys.kids(), "token keys loaded; the first signs");
+                Some(std::sync::Arc::new(keys))
+            };
+            let max = parse::parse_interval(token_max_ttl)
+                .map_err(|e| invalid(format!("--token-max-ttl: {}", e.message)))?;
+            if max < std::time::Duration::from_secs(1) {
+                return Err(invalid("--token-max-ttl: must be at least 1s"));
+            }
+            if token_issuer.is_empty() {
+                return Err(invalid("--token-issuer: must not be empty"));
+            }
+            if jwks_http.is_some() && keys.is_none() {
+                return Err(invalid(
+                    "--jwks-http serves the token keys: give at least one --token-key FILE",
+                ));
+            }
+            let listener = match jwks_http {
+                Some(addr) => Some(bind_http("--jwks-http", addr).await?),
+                None => None,
+            };
+            (keys, max, token_issuer.clone(), listener)
+        }
+        _ => (
+            None,
+            crate::engine::tokens::DEFAULT_MAX_TTL,
+            crate::engine::tokens::DEFAULT_ISSUER.to_string(),
+            None,
+        ),
+    };
     let config = EngineConfig {
+        tokens,
+        token_max_ttl,
+        token_issuer,
         tenants,
         beacon_interval,
         auth: auth
@@ -62,6 +107,7 @@ pub(super) async fn serve(
     let Some(server) = private else {
         let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
         let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
+        let _jwks = jwks_http.map(|l| MetricsEndpoint::jwks(l, engine.clone()));
         tracing::info!(data = %cli.data.display(), "engine starting");
         engine.serve(shutdown_signal()).await?;
         return Ok(Exit::Ok);
@@ -70,6 +116,7 @@ pub(super) async fn serve(
     let dir = bootstrap::engine_dir(&cli.data);
     let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
     let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
+    let _jwks = jwks_http.map(|l| MetricsEndpoint::jwks(l, engine.clone()));
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
     server.run(&engine, nc, probe).await?;
     Ok(Exit::Ok)
@@ -79,20 +126,25 @@ pub(super) async fn serve(
 /// (Prometheus negotiates it; its `info` type and `# EOF` need it).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Binds `--metrics ADDR`: an IP address and a port.
-async fn bind_metrics(addr: &str) -> Result<tokio::net::TcpListener, Failure> {
+/// Binds `--metrics ADDR` or `--jwks-http ADDR` (`flag`): an IP address and
+/// a port.
+async fn bind_http(flag: &str, addr: &str) -> Result<tokio::net::TcpListener, Failure> {
     let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
         invalid(format!(
-            "--metrics {addr:?}: not an address to listen on; give an IP address and a port, e.g. 127.0.0.1:9464"
+            "{flag} {addr:?}: not an address to listen on; give an IP address and a port, e.g. 127.0.0.1:9464"
         ))
     })?;
     tokio::net::TcpListener::bind(parsed).await.map_err(|e| {
         Failure::new(
             Exit::Unavailable,
-            format!("--metrics {parsed}: cannot listen there: {e}"),
+            format!("{flag} {parsed}: cannot listen there: {e}"),
         )
     })
 }
+
+/// Where every JWT library looks for an issuer's keys (RFC 8414 names the
+/// directory; the file name is the common convention).
+const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// `GET /metrics` over HTTP/1, for as long as `serve` runs (the task ends
 /// when this is dropped); every other path is 404.
@@ -132,6 +184,56 @@ impl MetricsEndpoint {
         MetricsEndpoint(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the metrics endpoint stopped");
+            }
+        }))
+    }
+}
+
+impl MetricsEndpoint {
+    /// `GET /.well-known/jwks.json`: the token verification keys, for as
+    /// long as `serve` runs; every other path is 404.
+    fn jwks(listener: tokio::net::TcpListener, engine: Engine) -> Self {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let app = axum::Router::new()
+            .route(
+                JWKS_PATH,
+                axum::routing::get(
+                    |axum::extract::State(engine): axum::extract::State<Engine>| async move {
+                        match engine.jwks().and_then(|k| {
+                            serde_json::to_string(&k)
+                                .map_err(|e| crate::engine::EngineError::invalid(e.to_string()))
+                        }) {
+                            Ok(body) => (
+                                [
+                                    (header::CONTENT_TYPE, "application/json"),
+                                    (header::CACHE_CONTROL, "max-age=60"),
+                                ],
+                                body,
+                            )
+                                .into_response(),
+                            Err(e) => {
+                                (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response()
+                            }
+                        }
+                    },
+                ),
+            )
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    "not found; the token keys are at /.well-known/jwks.json\n",
+                )
+            })
+            .with_state(engine);
+        tracing::info!("token keys served on http://{addr}{JWKS_PATH}");
+        MetricsEndpoint(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the JWKS endpoint stopped");
             }
         }))
     }

@@ -14,6 +14,7 @@
 pub mod connect;
 pub mod guard;
 mod hub;
+pub mod token;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ use crate::protocol::{
 pub use crate::protocol::Consistency;
 pub use connect::{ConnectError, NatsAuth, NatsConnect, TlsSettings};
 pub use guard::{Guard, GuardConfig, GuardState};
+pub use token::{TokenError, TokenVerifier};
 
 /// Client failures. "Engine down" and "engine slow" are told apart.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -612,6 +614,35 @@ impl Client {
     }
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.query("health", &serde_json::json!({})).await
+    }
+    /// A signed token for `mandate`, asked as this client's actor (its
+    /// grantee, its principal or an administrator), read `fresh`: `ttl` in
+    /// seconds (the engine's maximum when `None`), `aud` its audience.
+    pub async fn token(
+        &self,
+        mandate: MandateId,
+        ttl: Option<u64>,
+        aud: Option<String>,
+    ) -> Result<crate::protocol::token::TokenReply, ClientError> {
+        self.token_with(crate::protocol::token::TokenQuery {
+            mandate,
+            actor: self.actor.clone(),
+            ttl,
+            aud,
+            consistency: Consistency::Fresh,
+        })
+        .await
+    }
+    /// Sends a token query as built.
+    pub async fn token_with(
+        &self,
+        q: crate::protocol::token::TokenQuery,
+    ) -> Result<crate::protocol::token::TokenReply, ClientError> {
+        self.query("token", &q).await
+    }
+    /// The engine's token verification keys (a JWK set, signing key first).
+    pub async fn jwks(&self) -> Result<crate::protocol::token::Jwks, ClientError> {
+        self.query("jwks", &serde_json::json!({})).await
     }
 }
 

@@ -100,6 +100,15 @@ pub enum DomainError {
         /// The ancestor whose end made this one terminal, when not itself.
         cause: Option<MandateId>,
     },
+    /// A token (or other credential) asked for a mandate that is not
+    /// effectively active but not ended either: paused, here or above.
+    #[error("mandate {mandate} is {status}, not active{}", cause_suffix(*mandate, *cause))]
+    NotActive {
+        mandate: MandateId,
+        status: Status,
+        /// The ancestor whose status makes this one inactive, when not itself.
+        cause: Option<MandateId>,
+    },
     /// Pause of a mandate that is already paused.
     #[error("mandate {mandate} is already paused")]
     AlreadyPaused { mandate: MandateId },
@@ -321,6 +330,7 @@ impl DomainError {
             | DepthExhausted { .. }
             | AlreadyPaused { .. }
             | NotPaused { .. }
+            | NotActive { .. }
             | NotYetExpired { .. }
             | MissionMismatch { .. }
             | MissionCompleted { .. }
@@ -372,6 +382,7 @@ impl DomainError {
             Terminal { .. } => "terminal",
             AlreadyPaused { .. } => "already_paused",
             NotPaused { .. } => "not_paused",
+            NotActive { .. } => "not_active",
             NotYetExpired { .. } => "not_yet_expired",
             MissionMismatch { .. } => "mission_mismatch",
             MissionCompleted { .. } => "mission_completed",

@@ -70,6 +70,7 @@ mod queries;
 mod read;
 pub mod service;
 pub mod signals;
+pub mod tokens;
 mod write;
 
 use std::sync::Arc;
@@ -139,6 +140,14 @@ pub struct EngineConfig {
     /// its append and its publish. Under a minute (the signal stream
     /// deduplicates by event id over [`signals::DUPLICATE_WINDOW`]).
     pub republish_delay: Duration,
+    /// The keys that sign mandate tokens (the first) and verify them (all):
+    /// `mandate serve --token-key`. Without them, tokens are refused.
+    pub tokens: Option<Arc<tokens::TokenKeys>>,
+    /// Longest lifetime of a mandate token (`mandate serve --token-max-ttl`).
+    pub token_max_ttl: Duration,
+    /// The tokens' issuer, before `/<tenant>` (`mandate serve
+    /// --token-issuer`).
+    pub token_issuer: String,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +166,9 @@ impl Default for EngineConfig {
             clock: Clock::system(),
             beacon_interval: Duration::from_secs(1),
             republish_delay: Duration::from_millis(400),
+            tokens: None,
+            token_max_ttl: tokens::DEFAULT_MAX_TTL,
+            token_issuer: tokens::DEFAULT_ISSUER.to_string(),
         }
     }
 }

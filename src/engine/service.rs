@@ -294,6 +294,32 @@ impl Engine {
                 };
                 self.answered(kind, at, r)
             }
+            "token" => {
+                let r = match parse::<crate::protocol::token::TokenQuery>("token query", req.body) {
+                    // A token is a credential: its asker is proven as for a
+                    // command, never taken on the body's word.
+                    Ok(q) => match self.authenticate(
+                        req.origin,
+                        req.tenant,
+                        &q.actor,
+                        req.subject,
+                        req.body,
+                    ) {
+                        Ok(()) => self.token(req.tenant, &q).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                self.answered(kind, at, r)
+            }
+            "jwks" => self.answered(
+                kind,
+                at,
+                match parse::<crate::protocol::token::JwksQuery>("jwks query", req.body) {
+                    Ok(crate::protocol::token::JwksQuery {}) => self.jwks(),
+                    Err(e) => Err(e),
+                },
+            ),
             "health" => self.answered(
                 kind,
                 at,

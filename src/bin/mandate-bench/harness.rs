@@ -207,6 +207,10 @@ impl Served {
             // remote check's figure includes sending its record.
             EngineConfig {
                 allow_open_tenants: true,
+                // For the `tokens` scenario; nothing else asks for one.
+                tokens: Some(std::sync::Arc::new(
+                    mandate::engine::tokens::TokenKeys::ephemeral()?,
+                )),
                 ..EngineConfig::default()
             },
         )
@@ -220,6 +224,25 @@ impl Served {
                 })
                 .await
         });
+        // Serving starts in the task: wait until it answers, so a
+        // scenario's first command does not find no one subscribed.
+        let probe = env.connect().await?;
+        let subject = format!("mandate.q.{}.health", crate::gen::tenant());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let asked = tokio::time::timeout(
+                Duration::from_millis(500),
+                probe.request(subject.clone(), "{}".into()),
+            )
+            .await;
+            match asked {
+                Ok(Ok(_)) => break,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => return fail("the engine did not answer within 10 s of starting"),
+            }
+        }
         Ok(Self {
             engine,
             stop: Some(tx),

@@ -17,6 +17,7 @@ mod idle;
 mod mcp;
 mod rebuild;
 mod report;
+mod tokens;
 
 use std::time::Instant;
 
@@ -37,10 +38,11 @@ enum Scenario {
     Memory,
     IdleGuards,
     McpCancel,
+    Tokens,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 9] = [
+    const EACH: [Scenario; 10] = [
         Scenario::Growth,
         Scenario::Cascade,
         Scenario::CheckRemote,
@@ -50,6 +52,7 @@ impl Scenario {
         Scenario::Memory,
         Scenario::IdleGuards,
         Scenario::McpCancel,
+        Scenario::Tokens,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::IdleGuards => "idle-guards",
             Scenario::McpCancel => "mcp-cancel",
+            Scenario::Tokens => "tokens",
         }
     }
 }
@@ -295,6 +299,13 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
                 calls: args.mcp_calls,
             };
             mcp::run(env, &sizes, out).await
+        }
+        Scenario::Tokens => {
+            let sizes = tokens::Sizes {
+                requests: args.requests,
+                calls: (args.calls / 10).max(1),
+            };
+            tokens::run(env, &sizes, out).await
         }
     }
 }
