@@ -100,8 +100,9 @@ pub enum DomainError {
         /// The ancestor whose end made this one terminal, when not itself.
         cause: Option<MandateId>,
     },
-    /// A token (or other credential) asked for a mandate that is not
-    /// effectively active but not ended either: paused, here or above.
+    /// The mandate is not effectively active: a token asked for one that is
+    /// paused (here or above), or an approval requested, decided or used
+    /// under one that is paused or ended.
     #[error("mandate {mandate} is {status}, not active{}", cause_suffix(*mandate, *cause))]
     NotActive {
         mandate: MandateId,
@@ -229,14 +230,6 @@ pub enum DomainError {
         action: String,
         resource: String,
     },
-    /// The mandate is not effectively active (paused or ended), so nothing
-    /// under it may be approved or used.
-    #[error("mandate {mandate} is {status}, not active{}", cause_suffix(*mandate, *cause))]
-    NotActive {
-        mandate: MandateId,
-        status: Status,
-        cause: Option<MandateId>,
-    },
     /// No such approval under this mandate.
     #[error("approval {approval} not found under this mandate")]
     UnknownApproval { approval: uuid::Uuid },
@@ -346,7 +339,6 @@ impl DomainError {
             UnknownApproval { .. } => ErrorCode::NotFound,
             ApprovalExists { .. } => ErrorCode::Conflict,
             ApprovalNotRequired { .. }
-            | NotActive { .. }
             | ApprovalDecided { .. }
             | ApprovalPending { .. }
             | ApprovalDenied { .. }
@@ -405,7 +397,6 @@ impl DomainError {
             TenantMismatch { .. } => "tenant_mismatch",
             ApprovalNotRequired { .. } => "approval_not_required",
             OutOfScope { .. } => "out_of_scope",
-            NotActive { .. } => "not_active",
             UnknownApproval { .. } => "unknown_approval",
             ApprovalExists { .. } => "approval_exists",
             ApprovalDecided { .. } => "approval_decided",
