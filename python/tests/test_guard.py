@@ -225,7 +225,8 @@ async def test_guards_share_one_consumer_and_idle_guards_send_nothing(
 
         async def consumers_of_tenant() -> list[str]:
             msg = await nc.request("$JS.API.CONSUMER.LIST.MANDATE_SIGNALS", b"{}", timeout=5)
-            infos = json.loads(msg.data)["consumers"]
+            # A consumer being deleted meanwhile can be listed as null.
+            infos = [c for c in json.loads(msg.data)["consumers"] or [] if c and c.get("config")]
             return [c["name"] for c in infos if c["config"].get("filter_subject") == f"mandate.sig.{tenant}.>"]
 
         assert len(await consumers_of_tenant()) == 1
@@ -245,9 +246,15 @@ async def test_guards_share_one_consumer_and_idle_guards_send_nothing(
         await eventually(lambda: len(asked) == 1, 5, "the watch to see a guard's request")
         asked.clear()
         beacons = hub.stats().beacons
-        await asyncio.sleep(3)
+        await asyncio.sleep(6)
         await nc.flush()
-        assert asked == [], f"idle guards sent requests: {asked}"
+        # Nothing to the engine, and nothing per guard: the feed's own check
+        # that the stream lost nothing (one stream-info request every 5 s per
+        # feed, whatever the number of guards) is all that crosses the wire.
+        stream_checks = [s for s in asked if s == "$JS.API.STREAM.INFO.MANDATE_SIGNALS"]
+        others = [s for s in asked if s != "$JS.API.STREAM.INFO.MANDATE_SIGNALS"]
+        assert others == [], f"idle guards sent requests: {others}"
+        assert len(stream_checks) <= 2, f"more than one feed's stream checks: {asked}"
         assert hub.stats().beacons > beacons, "the feed heard beacons meanwhile"
         assert all(g.check("work:run", "jobs/1").allowed for g in guards), "beacons kept every lease"
         for s in subs:
