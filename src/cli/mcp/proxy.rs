@@ -154,7 +154,7 @@ impl Gateway {
             return Err(self.refused_after_end(method, None));
         }
         let checked = mapped.map_err(|u| refusal::invalid(method, s.mandate, &s.chain, &u.0))?;
-        let approval = approval_of(asked.meta.as_ref())
+        let approval = approval_of(&asked.meta)
             .map_err(|why| refusal::invalid(method, s.mandate, &s.chain, &why))?;
         let decision = s.guard.check(&checked.action, &checked.resource);
         if decision.outcome == Outcome::NeedsApproval {
@@ -368,13 +368,13 @@ impl Gateway {
 /// `_meta`, which may carry the approval to use (it is never passed on).
 struct Asked {
     params: Value,
-    meta: Option<RequestMetaObject>,
+    meta: RequestMetaObject,
 }
 
 /// The approval a request's `_meta` names, if any; a value that is not an
 /// approval id (a UUID) is an invalid request.
-fn approval_of(meta: Option<&RequestMetaObject>) -> Result<Option<Uuid>, String> {
-    match meta.and_then(|m| m.get(APPROVAL_META)) {
+fn approval_of(meta: &RequestMetaObject) -> Result<Option<Uuid>, String> {
+    match meta.get(APPROVAL_META) {
         None => Ok(None),
         Some(Value::String(s)) => s.parse::<Uuid>().map(Some).map_err(|e| {
             format!("_meta[\"{APPROVAL_META}\"] {s:?} is not an approval id (a UUID): {e}; refused")
@@ -402,16 +402,18 @@ impl ServerHandler for Gateway {
     async fn call_tool(
         &self,
         mut request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         const METHOD: &str = "tools/call";
         let mapped = self
             .shared
             .mapping
             .tool_call(&request.name, request.arguments.as_ref());
+        request.meta = None;
         let asked = Asked {
             params: Value::Object(request.arguments.clone().unwrap_or_default()),
-            meta: request.meta.take(),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
         };
         let forwarded = ClientRequest::CallToolRequest(CallToolRequest::new(request));
         match self
@@ -434,13 +436,15 @@ impl ServerHandler for Gateway {
     async fn read_resource(
         &self,
         mut request: ReadResourceRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         const METHOD: &str = "resources/read";
         let mapped = self.shared.mapping.resource_read(&request.uri);
+        request.meta = None;
         let asked = Asked {
             params: serde_json::json!({ "uri": request.uri }),
-            meta: request.meta.take(),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
         };
         let forwarded = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
         match self
@@ -456,13 +460,15 @@ impl ServerHandler for Gateway {
     async fn get_prompt(
         &self,
         mut request: GetPromptRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         const METHOD: &str = "prompts/get";
         let mapped = self.shared.mapping.prompt_get(&request.name);
+        request.meta = None;
         let asked = Asked {
             params: Value::Object(request.arguments.clone().unwrap_or_default()),
-            meta: request.meta.take(),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
         };
         let forwarded = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
         match self
