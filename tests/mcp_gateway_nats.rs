@@ -687,7 +687,7 @@ async fn a_gateway_acting_as_another_than_the_grantee_cannot_request_approval() 
     assert_eq!(e.code.0, -32011, "{e:?}");
     assert_eq!(data["reason"], "needs_approval", "{data}");
     assert!(data["approval_request"].is_null(), "{data}");
-    assert!(data["approval_error"]["reason"].is_string(), "{data}");
+    assert_eq!(data["approval_error"]["reason"], "not_authorized", "{data}");
     assert!(
         e.message.contains("did not take the request"),
         "{}",
