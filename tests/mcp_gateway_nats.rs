@@ -7,6 +7,11 @@
 //! - out of scope, needs approval, a missing resource argument and a bad
 //!   tool name are refused with structured errors, and the server never
 //!   sees them;
+//! - a call under step-up gets a request for approval made to the engine;
+//!   with the approval granted it passes once, bound to its parameters,
+//!   and a replay, a pending, denied or unknown approval, or a malformed
+//!   approval id is refused before the server sees it; a gateway whose
+//!   actor is not the grantee cannot request one, and says so;
 //! - `resources/read` and `prompts/get` are checked; the agent's own
 //!   cancellation of a call is passed on;
 //! - a revoke of the root while a call is in flight: the agent gets an
@@ -257,7 +262,8 @@ async fn calls_in_scope_pass_and_every_other_request_is_refused_with_its_reason(
     assert_eq!(data["resource"], "hr/salaries.txt", "{data}");
     assert!(e.message.contains("outside the scope"), "{}", e.message);
 
-    // Needs approval: the action to approve and a request id (UUID v7).
+    // Needs approval: the action to approve and the id (UUID v7) of the
+    // approval the gateway requested.
     let e = mcp_error(
         "needs approval",
         peer.call_tool(call("delete_file", json!({"path": "reports/old.txt"})))
@@ -507,6 +513,204 @@ async fn a_pause_refuses_new_calls_and_an_expiry_cancels_like_a_revoke() {
         r["event"] == "cancelled"
     })
     .await;
+    agent.cancel().await.unwrap();
+}
+
+/// `call` carrying `approval` under `_meta["mandate/approval"]`.
+fn with_approval(mut params: CallToolRequestParams, approval: Value) -> CallToolRequestParams {
+    let mut meta = serde_json::Map::new();
+    meta.insert("mandate/approval".into(), approval);
+    params.meta = Some(meta.into());
+    params
+}
+
+/// The `delete_file` calls the server received, as their paths.
+fn deletes(record: &Path) -> Vec<Value> {
+    records(record)
+        .into_iter()
+        .filter(|r| r["event"] == "tools/call" && r["tool"] == "delete_file")
+        .map(|r| r["arguments"]["path"].clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_up_call_passes_once_with_its_approval_and_never_again() {
+    let world = World::start().await;
+    let root = world.root(Utc::now() + chrono::Duration::hours(1)).await;
+    let record_dir = tempfile::tempdir().unwrap();
+    let record = record_dir.path().join("record.jsonl");
+    let agent = agent_over_stdio(&world.server.url(), root, &record).await;
+    let peer = agent.peer();
+    let delete = |path: &str| call("delete_file", json!({ "path": path }));
+    let params = json!({"path": "reports/old.txt"});
+
+    // Without an approval: refused, and the gateway asked the engine for
+    // one, bound to the call's action, resource and parameters.
+    let e = mcp_error(
+        "needs approval",
+        peer.call_tool(delete("reports/old.txt")).await,
+    );
+    let data = e.data.clone().expect("structured data");
+    assert_eq!(e.code.0, -32011, "{e:?}");
+    assert_eq!(data["reason"], "needs_approval", "{data}");
+    assert_eq!(
+        data["params_hash"],
+        mandate::domain::approval::params_hash(&params),
+        "{data}"
+    );
+    assert!(data["expires_at"].is_string(), "{data}");
+    let approval: uuid::Uuid = data["approval_request"]
+        .as_str()
+        .expect("approval_request")
+        .parse()
+        .expect("a UUID");
+    assert!(e.message.contains("mandate/approval"), "{}", e.message);
+    // The engine holds that request: the principal can decide it, once.
+    let refuse = |what: &str, r| {
+        let e = mcp_error(what, r);
+        assert_eq!(e.code.0, -32010, "{what}: {e:?}");
+        e.data.expect("structured data")
+    };
+
+    // Not yet granted.
+    let data = refuse(
+        "pending",
+        peer.call_tool(with_approval(delete("reports/old.txt"), json!(approval)))
+            .await,
+    );
+    assert_eq!(data["reason"], "approval_pending", "{data}");
+    assert_eq!(data["approval"], json!(approval), "{data}");
+
+    world.cfo.approve(root, approval, None).await.unwrap();
+    let twice = world.cfo.approve(root, approval, None).await;
+    assert!(twice.is_err(), "an approval is decided once: {twice:?}");
+
+    // Bound to the resource and to the parameters: other ones are refused,
+    // and the approval stays usable.
+    let data = refuse(
+        "other resource",
+        peer.call_tool(with_approval(delete("reports/new.txt"), json!(approval)))
+            .await,
+    );
+    assert_eq!(data["reason"], "approval_mismatch", "{data}");
+    let data = refuse(
+        "other parameters",
+        peer.call_tool(with_approval(
+            call(
+                "delete_file",
+                json!({"path": "reports/old.txt", "force": true}),
+            ),
+            json!(approval),
+        ))
+        .await,
+    );
+    assert_eq!(data["reason"], "approval_mismatch", "{data}");
+    assert!(deletes(&record).is_empty(), "{:?}", records(&record));
+
+    // The approved call passes, once.
+    let ok = peer
+        .call_tool(with_approval(delete("reports/old.txt"), json!(approval)))
+        .await
+        .expect("the approved call passes");
+    assert!(!ok.is_error.unwrap_or(false), "{ok:?}");
+    assert_eq!(deletes(&record), vec![json!("reports/old.txt")]);
+    let data = refuse(
+        "replay",
+        peer.call_tool(with_approval(delete("reports/old.txt"), json!(approval)))
+            .await,
+    );
+    assert_eq!(data["reason"], "approval_used", "{data}");
+    // Without the approval it is back to needing one (a new request).
+    let e = mcp_error(
+        "again without approval",
+        peer.call_tool(delete("reports/old.txt")).await,
+    );
+    assert_eq!(e.code.0, -32011, "{e:?}");
+    let second: uuid::Uuid = e.data.unwrap()["approval_request"]
+        .as_str()
+        .expect("a second request")
+        .parse()
+        .unwrap();
+    assert_ne!(second, approval);
+
+    // Denied by the principal: refused for good.
+    world.cfo.deny_approval(root, second, None).await.unwrap();
+    let data = refuse(
+        "denied",
+        peer.call_tool(with_approval(delete("reports/old.txt"), json!(second)))
+            .await,
+    );
+    assert_eq!(data["reason"], "approval_denied", "{data}");
+
+    // An approval the engine never heard of.
+    let data = refuse(
+        "unknown",
+        peer.call_tool(with_approval(
+            delete("reports/old.txt"),
+            json!(uuid::Uuid::now_v7()),
+        ))
+        .await,
+    );
+    assert_eq!(data["reason"], "unknown_approval", "{data}");
+
+    // A value that is no approval id: invalid, whatever the call.
+    for bad in [json!("not-an-id"), json!(7), json!(null)] {
+        for tool in ["delete_file", "read_file"] {
+            let e = mcp_error(
+                "bad approval id",
+                peer.call_tool(with_approval(
+                    call(tool, json!({"path": "reports/old.txt"})),
+                    bad.clone(),
+                ))
+                .await,
+            );
+            assert_eq!(e.code.0, -32602, "{bad} {tool}: {e:?}");
+            assert_eq!(e.data.as_ref().unwrap()["reason"], "invalid_request");
+            assert!(e.message.contains("mandate/approval"), "{}", e.message);
+        }
+    }
+
+    // The server saw the one approved delete and nothing else.
+    assert_eq!(deletes(&record), vec![json!("reports/old.txt")]);
+    assert!(tool_calls(&record).len() == 1, "{:?}", records(&record));
+    agent.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_acting_as_another_than_the_grantee_cannot_request_approval() {
+    let world = World::start().await;
+    let root = world.root(Utc::now() + chrono::Duration::hours(1)).await;
+    let record_dir = tempfile::tempdir().unwrap();
+    let record = record_dir.path().join("record.jsonl");
+    let transport = TokioChildProcess::new(gateway_command(
+        &world.server.url(),
+        root,
+        &record,
+        &["--actor", "agent:mallory"],
+    ))
+    .expect("spawn the gateway");
+    let agent = tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+        .await
+        .expect("the gateway answers the handshake within 30 s")
+        .expect("the MCP handshake through the gateway");
+    let e = mcp_error(
+        "needs approval, not requested",
+        agent
+            .peer()
+            .call_tool(call("delete_file", json!({"path": "reports/old.txt"})))
+            .await,
+    );
+    let data = e.data.clone().expect("structured data");
+    assert_eq!(e.code.0, -32011, "{e:?}");
+    assert_eq!(data["reason"], "needs_approval", "{data}");
+    assert!(data["approval_request"].is_null(), "{data}");
+    assert_eq!(data["approval_error"]["reason"], "not_authorized", "{data}");
+    assert!(
+        e.message.contains("did not take the request"),
+        "{}",
+        e.message
+    );
+    assert!(deletes(&record).is_empty(), "{:?}", records(&record));
     agent.cancel().await.unwrap();
 }
 

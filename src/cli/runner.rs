@@ -218,7 +218,7 @@ async fn command(
             )
             .await
         }
-        Cmd::McpGateway(args) => mcp::gateway(client, args).await,
+        Cmd::McpGateway(args) => mcp::gateway(client, args, cli.actor.is_some()).await,
         Cmd::Issue(args) => commands::issue(&client, args, cli.json).await,
         Cmd::Delegate(args) => commands::delegate(&client, args, cli.json).await,
         cmd if cmd.changes_authority().is_some() => commands::change(&client, cmd, cli.json).await,

@@ -30,6 +30,7 @@ use super::parse::{mandate_id, parse_interval};
 use super::serve::shutdown_signal;
 use crate::client::guard::GuardHub;
 use crate::client::{Client, Guard, GuardConfig};
+use crate::domain::Actor;
 use mapping::{derive_server_name, Mapping};
 use proxy::Gateway;
 
@@ -67,7 +68,15 @@ pub struct GatewayArgs {
 /// Runs the gateway until the agent goes away (stdio) or Ctrl-C / SIGTERM
 /// (HTTP). A mandate that ends does not stop it: from then on it refuses
 /// every request, so the agent learns why.
-pub(super) async fn gateway(client: Client, args: &GatewayArgs) -> Result<Exit, Failure> {
+///
+/// `actor_named` says whether the caller named an actor (`--actor`): the
+/// gateway requests and uses step-up approvals as that actor, else as the
+/// mandate's grantee (the agent it serves).
+pub(super) async fn gateway(
+    client: Client,
+    args: &GatewayArgs,
+    actor_named: bool,
+) -> Result<Exit, Failure> {
     let mandate = mandate_id(&args.mandate)?;
     let server = match &args.server_name {
         Some(name) => name.clone(),
@@ -82,13 +91,13 @@ pub(super) async fn gateway(client: Client, args: &GatewayArgs) -> Result<Exit, 
     let lease = parse_interval(&args.lease)?;
 
     // The chain first: an unknown mandate is refused before any server runs.
-    let chain: Vec<String> = client
-        .chain(mandate, None)
-        .await?
-        .mandates
-        .iter()
-        .map(|m| m.id().to_string())
-        .collect();
+    let mandates = client.chain(mandate, None).await?.mandates;
+    let chain: Vec<String> = mandates.iter().map(|m| m.id().to_string()).collect();
+    // Approvals are requested and used by the mandate's grantee.
+    let approvals = match mandates.last() {
+        Some(held) if !actor_named => client.as_actor(Actor::Agent(held.grantee().clone())),
+        _ => client.clone(),
+    };
     let hub = GuardHub::new();
     let config = GuardConfig {
         lease,
@@ -113,7 +122,7 @@ pub(super) async fn gateway(client: Client, args: &GatewayArgs) -> Result<Exit, 
             ),
         )
     })?;
-    let gateway = Gateway::new(guard, chain, mapping, upstream.peer().clone());
+    let gateway = Gateway::new(guard, approvals, chain, mapping, upstream.peer().clone());
     tracing::info!(%mandate, server = %server, "MCP gateway ready");
 
     // Say once, on stderr, when the mandate ends.

@@ -15,6 +15,16 @@
 //!   waits, each woken by the token itself, so none is missed and none
 //!   waits for another: no registry has to be walked, and none can miss a
 //!   request sent while it is walked.
+//! - A call whose action needs step-up approval is refused with a request
+//!   for approval the gateway made to the engine as the mandate's grantee,
+//!   bound to the action, the resource and the hash of the call's
+//!   parameters: a tool call's or a prompt's `arguments` object (`{}` when
+//!   absent), a resource read's `{"uri": ...}`. The agent calls again with
+//!   the approved id under `_meta["mandate/approval"]`; the gateway sends
+//!   `use_approval` to the engine, which writes the use in the tree's log,
+//!   and only its success lets the call through, once. The guard's local
+//!   check never consumes an approval, and an approval on a call that needs
+//!   none is not used.
 //! - Once the mandate has ended, every request is refused; nothing reaches
 //!   the server again.
 //! - A guard that fails closed without an end (paused, lease lapsed, cut
@@ -39,9 +49,12 @@ use rmcp::{ErrorData, Peer, ServerHandler, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 use super::mapping::{Checked, Mapping, Unmappable};
-use super::refusal;
-use crate::client::{Guard, GuardState};
-use crate::domain::MandateId;
+use super::refusal::{self, Requested, APPROVAL_META};
+use crate::client::{Client, Guard, GuardState};
+use crate::domain::{Decision, MandateId, Outcome};
+use rmcp::model::RequestMetaObject;
+use serde_json::Value;
+use uuid::Uuid;
 
 /// The gateway, shared by every agent session (one on stdio; one per
 /// session over streamable HTTP).
@@ -52,6 +65,8 @@ pub(super) struct Gateway {
 
 struct Shared {
     guard: Guard,
+    /// The engine, as the actor that requests and uses approvals.
+    approvals: Client,
     /// The guard's cancellation token: fires when the mandate ends.
     end: CancellationToken,
     mandate: MandateId,
@@ -74,6 +89,7 @@ enum Waited {
 impl Gateway {
     pub(super) fn new(
         guard: Guard,
+        approvals: Client,
         chain: Vec<String>,
         mapping: Mapping,
         upstream: Peer<RoleClient>,
@@ -101,6 +117,7 @@ impl Gateway {
                 end: guard.cancellation(),
                 mandate: guard.mandate(),
                 guard,
+                approvals,
                 chain,
                 mapping,
                 upstream,
@@ -122,11 +139,13 @@ impl Gateway {
         }
     }
 
-    /// A checked request: mapped, allowed by the guard, then sent on.
+    /// A checked request: mapped, allowed by the guard (or by the use of
+    /// its approval, through the engine), then sent on.
     async fn guarded(
         &self,
         method: &str,
         mapped: Result<Checked, Unmappable>,
+        asked: Asked,
         request: ClientRequest,
         agent_ct: CancellationToken,
     ) -> Result<ServerResult, ErrorData> {
@@ -135,8 +154,22 @@ impl Gateway {
             return Err(self.refused_after_end(method, None));
         }
         let checked = mapped.map_err(|u| refusal::invalid(method, s.mandate, &s.chain, &u.0))?;
+        let approval = approval_of(&asked.meta)
+            .map_err(|why| refusal::invalid(method, s.mandate, &s.chain, &why))?;
         let decision = s.guard.check(&checked.action, &checked.resource);
-        if !decision.is_allowed() {
+        if decision.outcome == Outcome::NeedsApproval {
+            match approval {
+                None => {
+                    return Err(self
+                        .request_approval(method, &decision, &asked.params)
+                        .await)
+                }
+                Some(id) => {
+                    self.use_approval(method, &decision, id, &asked.params)
+                        .await?
+                }
+            }
+        } else if !decision.is_allowed() {
             tracing::info!(
                 method,
                 action = %checked.action,
@@ -148,6 +181,72 @@ impl Gateway {
         }
         self.forward(method, request, agent_ct, Some(&checked))
             .await
+    }
+
+    /// Asks the engine for approval of a call the guard found in scope but
+    /// under step-up; the answer is the agent's refusal either way.
+    async fn request_approval(&self, method: &str, d: &Decision, params: &Value) -> ErrorData {
+        let s = &self.shared;
+        let asked = s
+            .approvals
+            .request_approval(
+                s.mandate,
+                &d.action,
+                &d.resource,
+                params,
+                None,
+                Some(format!("requested through the MCP gateway ({method})")),
+            )
+            .await;
+        let requested = match asked {
+            Ok((approval, result)) => {
+                // The request's event, as the engine wrote it.
+                let expires_at = result
+                    .commits
+                    .iter()
+                    .flat_map(|c| &c.events)
+                    .filter_map(|e| serde_json::to_value(&e.body).ok())
+                    .find(|b| b["approval"] == serde_json::json!(approval))
+                    .map(|b| b["expires_at"].clone());
+                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, "approval requested");
+                Requested::Made {
+                    approval,
+                    params_hash: crate::domain::approval::params_hash(params),
+                    expires_at,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(method, action = %d.action, resource = %d.resource, error = %e, "the engine did not take the request for approval");
+                Requested::Failed(e)
+            }
+        };
+        refusal::needs_approval(d, method, &requested)
+    }
+
+    /// Uses the call's approval through the engine: `Ok` is the one allow
+    /// it gives (the engine wrote the use); anything else refuses the call.
+    async fn use_approval(
+        &self,
+        method: &str,
+        d: &Decision,
+        approval: Uuid,
+        params: &Value,
+    ) -> Result<(), ErrorData> {
+        let s = &self.shared;
+        match s
+            .approvals
+            .use_approval(s.mandate, approval, &d.action, &d.resource, params)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, "approval used");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, error = %e, "approval refused");
+                Err(refusal::approval_refused(d, method, approval, &e))
+            }
+        }
     }
 
     /// A list request: sent on while the mandate is live.
@@ -264,6 +363,28 @@ impl Gateway {
     }
 }
 
+/// What a checked request asks besides its action and resource: the
+/// parameters an approval is bound to (by their hash), and the agent's
+/// `_meta`, which may carry the approval to use (it is never passed on).
+struct Asked {
+    params: Value,
+    meta: RequestMetaObject,
+}
+
+/// The approval a request's `_meta` names, if any; a value that is not an
+/// approval id (a UUID) is an invalid request.
+fn approval_of(meta: &RequestMetaObject) -> Result<Option<Uuid>, String> {
+    match meta.get(APPROVAL_META) {
+        None => Ok(None),
+        Some(Value::String(s)) => s.parse::<Uuid>().map(Some).map_err(|e| {
+            format!("_meta[\"{APPROVAL_META}\"] {s:?} is not an approval id (a UUID): {e}; refused")
+        }),
+        Some(other) => Err(format!(
+            "_meta[\"{APPROVAL_META}\"] must be an approval id (a UUID string), not {other}; refused"
+        )),
+    }
+}
+
 /// An answer of the server that is not of the kind asked for.
 fn unexpected(method: &str) -> ErrorData {
     ErrorData::new(
@@ -281,7 +402,7 @@ impl ServerHandler for Gateway {
     async fn call_tool(
         &self,
         mut request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         const METHOD: &str = "tools/call";
         let mapped = self
@@ -289,8 +410,16 @@ impl ServerHandler for Gateway {
             .mapping
             .tool_call(&request.name, request.arguments.as_ref());
         request.meta = None;
+        let asked = Asked {
+            params: Value::Object(request.arguments.clone().unwrap_or_default()),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
+        };
         let forwarded = ClientRequest::CallToolRequest(CallToolRequest::new(request));
-        match self.guarded(METHOD, mapped, forwarded, context.ct).await? {
+        match self
+            .guarded(METHOD, mapped, asked, forwarded, context.ct)
+            .await?
+        {
             ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
             ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
             ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
@@ -307,13 +436,21 @@ impl ServerHandler for Gateway {
     async fn read_resource(
         &self,
         mut request: ReadResourceRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         const METHOD: &str = "resources/read";
         let mapped = self.shared.mapping.resource_read(&request.uri);
         request.meta = None;
+        let asked = Asked {
+            params: serde_json::json!({ "uri": request.uri }),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
+        };
         let forwarded = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(request));
-        match self.guarded(METHOD, mapped, forwarded, context.ct).await? {
+        match self
+            .guarded(METHOD, mapped, asked, forwarded, context.ct)
+            .await?
+        {
             ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
             ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
             _ => Err(unexpected(METHOD)),
@@ -323,13 +460,21 @@ impl ServerHandler for Gateway {
     async fn get_prompt(
         &self,
         mut request: GetPromptRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         const METHOD: &str = "prompts/get";
         let mapped = self.shared.mapping.prompt_get(&request.name);
         request.meta = None;
+        let asked = Asked {
+            params: Value::Object(request.arguments.clone().unwrap_or_default()),
+            // The SDK moves a request's `_meta` into its context.
+            meta: std::mem::take(&mut context.meta),
+        };
         let forwarded = ClientRequest::GetPromptRequest(GetPromptRequest::new(request));
-        match self.guarded(METHOD, mapped, forwarded, context.ct).await? {
+        match self
+            .guarded(METHOD, mapped, asked, forwarded, context.ct)
+            .await?
+        {
             ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
             _ => Err(unexpected(METHOD)),

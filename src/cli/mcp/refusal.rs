@@ -11,18 +11,31 @@
 //! | code | JSON-RPC code | when |
 //! |---|---|---|
 //! | `out_of_scope`, `not_active`, `unverified`, `quarantined`, ... | -32010 | the guard denied (its deny reason's `kind`) |
-//! | `needs_approval` | -32011 | in scope, but a step-up approval is needed: `approval_request` is a fresh UUID v7 naming this request, `step_up` the patterns that matched |
+//! | `needs_approval` | -32011 | in scope, but a step-up approval is needed: the gateway asked the engine for one (below); `step_up` the patterns that matched |
+//! | `unknown_approval`, `approval_pending`, `approval_denied`, `approval_used`, `approval_expired`, `approval_mismatch`, `not_active`, ... | -32010 | the request carried an approval (`_meta["mandate/approval"]`) and the engine refused to use it (its refusal's `reason`); `approval` names it |
 //! | `mandate_ended` | -32012 | the mandate ended while the call was in flight (the server got `notifications/cancelled`), or before the request arrived |
 //! | `invalid_request` | -32602 | the request has no valid action or resource (a bad tool name, a missing resource argument) |
 //! | `upstream_unavailable` | -32603 | the MCP server behind the gateway has gone away |
+//!
+//! A `needs_approval` error is a request for approval already made: the
+//! gateway sent `request_approval` to the engine as the mandate's grantee,
+//! bound to the action, the resource and the hash of the request's
+//! parameters. `approval_request` is that approval's id (a UUID v7, for
+//! `mandate approve <id> --mandate <mandate>`), with `params_hash` and
+//! `expires_at`. When the engine refused the request (the gateway's actor is
+//! not the grantee, the engine cannot be reached), `approval_request` is
+//! null and `approval_error` says why (`reason`, `message`): the call stays
+//! refused either way.
 
 use rmcp::model::ErrorCode;
 use rmcp::ErrorData;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::client::ClientError;
+
 use crate::cli::render::deny_text;
-use crate::domain::{Decision, DenyReason, MandateId, Outcome};
+use crate::domain::{Decision, DenyReason, MandateId};
 
 /// A guard's deny.
 pub(super) const DENIED: ErrorCode = ErrorCode(-32010);
@@ -47,30 +60,6 @@ fn chain_ids(d: &Decision) -> Vec<String> {
 /// The error for a decision that is not an allow.
 pub(super) fn refused(d: &Decision, method: &str) -> ErrorData {
     let chain = chain_ids(d);
-    if d.outcome == Outcome::NeedsApproval {
-        let request = Uuid::now_v7();
-        let step_up: Vec<String> = d.approval.iter().map(|p| p.to_string()).collect();
-        return ErrorData::new(
-            NEEDS_APPROVAL,
-            format!(
-                "{method}: {} on {} needs step-up approval first (approval request {request}; mandate {}, chain {})",
-                d.action,
-                d.resource,
-                d.mandate,
-                chain.join(" > ")
-            ),
-            Some(json!({
-                "reason": "needs_approval",
-                "mandate": d.mandate,
-                "chain": chain,
-                "action": d.action,
-                "resource": d.resource,
-                "approval_request": request,
-                "step_up": step_up,
-                "decision": d,
-            })),
-        );
-    }
     let code = deny_code(d.reason.as_ref());
     ErrorData::new(
         DENIED,
@@ -90,6 +79,99 @@ pub(super) fn refused(d: &Decision, method: &str) -> ErrorData {
         })),
     )
 }
+
+/// What came of the gateway's request for approval of a call.
+pub(super) enum Requested {
+    /// The engine recorded the request: the approval's id, the parameters
+    /// hash it is bound to, and when it expires (as the engine wrote it).
+    Made {
+        approval: Uuid,
+        params_hash: String,
+        expires_at: Option<Value>,
+    },
+    /// The engine refused it, or could not be asked.
+    Failed(ClientError),
+}
+
+/// The error for a call that needs step-up approval first.
+pub(super) fn needs_approval(d: &Decision, method: &str, requested: &Requested) -> ErrorData {
+    let chain = chain_ids(d);
+    let step_up: Vec<String> = d.approval.iter().map(|p| p.to_string()).collect();
+    let mut data = json!({
+        "reason": "needs_approval",
+        "mandate": d.mandate,
+        "chain": chain,
+        "action": d.action,
+        "resource": d.resource,
+        "step_up": step_up,
+        "decision": d,
+    });
+    let next = match requested {
+        Requested::Made {
+            approval,
+            params_hash,
+            expires_at,
+        } => {
+            data["approval_request"] = json!(approval);
+            data["params_hash"] = json!(params_hash);
+            data["expires_at"] = expires_at.clone().unwrap_or(Value::Null);
+            format!(
+                "approval {approval} was requested; once the principal approves it, call again with _meta {{\"{APPROVAL_META}\": \"{approval}\"}}"
+            )
+        }
+        Requested::Failed(e) => {
+            data["approval_request"] = Value::Null;
+            data["approval_error"] = json!({"reason": e.reason(), "message": e.to_string()});
+            format!("the engine did not take the request for approval: {e}")
+        }
+    };
+    ErrorData::new(
+        NEEDS_APPROVAL,
+        format!(
+            "{method}: {} on {} needs step-up approval first: {next} (mandate {}, chain {})",
+            d.action,
+            d.resource,
+            d.mandate,
+            chain.join(" > ")
+        ),
+        Some(data),
+    )
+}
+
+/// The error for a call whose approval the engine would not use.
+pub(super) fn approval_refused(
+    d: &Decision,
+    method: &str,
+    approval: Uuid,
+    e: &ClientError,
+) -> ErrorData {
+    let chain = chain_ids(d);
+    // A refusal of the engine carries its reason; anything else (no engine,
+    // no answer in time) leaves the call refused, failing closed.
+    let reason = e.reason().unwrap_or("approval_unconfirmed");
+    ErrorData::new(
+        DENIED,
+        format!(
+            "{method}: approval {approval} cannot be used for {} on {}: {e} (mandate {}, chain {})",
+            d.action,
+            d.resource,
+            d.mandate,
+            chain.join(" > ")
+        ),
+        Some(json!({
+            "reason": reason,
+            "mandate": d.mandate,
+            "chain": chain,
+            "action": d.action,
+            "resource": d.resource,
+            "approval": approval,
+            "detail": e.to_string(),
+        })),
+    )
+}
+
+/// The `_meta` key under which a request carries the approval to use.
+pub(super) const APPROVAL_META: &str = "mandate/approval";
 
 /// The error for a request without a valid action or resource.
 pub(super) fn invalid(method: &str, mandate: MandateId, chain: &[String], why: &str) -> ErrorData {
