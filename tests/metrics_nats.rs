@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -17,6 +16,7 @@ use std::time::Instant;
 
 use common::cli::{mandate, mandate_cmd, says};
 use common::prelude::*;
+use common::{free_port, http_get};
 use mandate::domain::command::Change;
 use mandate::domain::Outcome;
 use mandate::protocol::{CheckQuery, Consistency};
@@ -177,49 +177,6 @@ fn parse_sample(line: &str) -> (Series, f64) {
         .parse()
         .unwrap_or_else(|_| panic!("value {value:?} of {line:?} is not a number"));
     ((name, labels), value)
-}
-
-/// An HTTP/1.1 GET of `path` on `addr`: the status code, headers (lower-case
-/// names) and body.
-fn http_get(addr: &str, path: &str) -> (u16, BTreeMap<String, String>, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the response");
-    let raw = String::from_utf8(raw).expect("a UTF-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<BTreeMap<_, _>>();
-    assert!(
-        !headers
-            .get("transfer-encoding")
-            .is_some_and(|t| t.contains("chunked")),
-        "the endpoint sends a sized body"
-    );
-    (status, headers, body.to_string())
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// `mandate serve --metrics` on its own data directory, killed when dropped.

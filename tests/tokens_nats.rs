@@ -10,7 +10,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,6 +21,7 @@ use base64::Engine as _;
 use chrono::Utc;
 use common::cli::{mandate, mandate_cmd, says, stdout};
 use common::prelude::*;
+use common::{free_port, http_get};
 use mandate::client::{TokenError, TokenVerifier};
 use mandate::engine::auth::{AuthConfig, TenantKeys};
 use mandate::engine::tokens::{write_new_key, TokenKeys};
@@ -732,42 +732,6 @@ fn ok_out(out: &std::process::Output) -> String {
     stdout(out)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// An HTTP/1.1 GET: status, content type, body.
-fn http_get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("a status line");
-    let content_type = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_publishes_the_keys_over_http_and_the_cli_gets_tokens() {
     let server = NatsServer::start();
@@ -881,12 +845,12 @@ async fn serve_publishes_the_keys_over_http_and_the_cli_gets_tokens() {
     serving(&nc, "acme").await;
 
     let a = addr.clone();
-    let (status, content_type, body) =
+    let (status, headers, body) =
         tokio::task::spawn_blocking(move || http_get(&a, "/.well-known/jwks.json"))
             .await
             .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(content_type, "application/json");
+    assert_eq!(headers["content-type"], "application/json");
     let over_http: Jwks = serde_json::from_str(&body).unwrap();
     conforms("jwks", &serde_json::from_str(&body).unwrap());
     let lead = acme_as(&nc, agent("lead"));

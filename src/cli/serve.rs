@@ -106,8 +106,8 @@ pub(super) async fn serve(
     };
     let Some(server) = private else {
         let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
-        let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
-        let _jwks = jwks_http.map(|l| MetricsEndpoint::jwks(l, engine.clone()));
+        let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
+        let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
         tracing::info!(data = %cli.data.display(), "engine starting");
         engine.serve(shutdown_signal()).await?;
         return Ok(Exit::Ok);
@@ -115,8 +115,8 @@ pub(super) async fn serve(
     let probe = config.tenants.first().cloned().unwrap_or(tenant);
     let dir = bootstrap::engine_dir(&cli.data);
     let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
-    let _metrics = metrics.map(|l| MetricsEndpoint::spawn(l, engine.clone()));
-    let _jwks = jwks_http.map(|l| MetricsEndpoint::jwks(l, engine.clone()));
+    let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
+    let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
     server.run(&engine, nc, probe).await?;
     Ok(Exit::Ok)
@@ -146,18 +146,16 @@ async fn bind_http(flag: &str, addr: &str) -> Result<tokio::net::TcpListener, Fa
 /// directory; the file name is the common convention).
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
-/// `GET /metrics` over HTTP/1, for as long as `serve` runs (the task ends
-/// when this is dropped); every other path is 404.
-struct MetricsEndpoint(tokio::task::JoinHandle<()>);
+/// One HTTP/1 endpoint of `serve` (`--metrics`, `--jwks-http`), for as long
+/// as `serve` runs (the task ends when this is dropped); every path but its
+/// own is 404.
+struct HttpEndpoint(tokio::task::JoinHandle<()>);
 
-impl MetricsEndpoint {
-    fn spawn(listener: tokio::net::TcpListener, engine: Engine) -> Self {
+impl HttpEndpoint {
+    /// `GET /metrics`: the engine's metrics in the exposition format.
+    fn metrics(listener: tokio::net::TcpListener, engine: Engine) -> Self {
         use axum::http::{header, StatusCode};
         use axum::response::IntoResponse;
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let app = axum::Router::new()
             .route(
                 "/metrics",
@@ -173,32 +171,14 @@ impl MetricsEndpoint {
                     },
                 ),
             )
-            .fallback(|| async {
-                (
-                    StatusCode::NOT_FOUND,
-                    "not found; the metrics are at /metrics\n",
-                )
-            })
             .with_state(engine);
-        tracing::info!("metrics served on http://{addr}/metrics");
-        MetricsEndpoint(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the metrics endpoint stopped");
-            }
-        }))
+        Self::spawn(listener, app, "metrics", "/metrics")
     }
-}
 
-impl MetricsEndpoint {
-    /// `GET /.well-known/jwks.json`: the token verification keys, for as
-    /// long as `serve` runs; every other path is 404.
+    /// `GET /.well-known/jwks.json`: the token verification keys.
     fn jwks(listener: tokio::net::TcpListener, engine: Engine) -> Self {
         use axum::http::{header, StatusCode};
         use axum::response::IntoResponse;
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
         let app = axum::Router::new()
             .route(
                 JWKS_PATH,
@@ -223,23 +203,37 @@ impl MetricsEndpoint {
                     },
                 ),
             )
-            .fallback(|| async {
-                (
-                    StatusCode::NOT_FOUND,
-                    "not found; the token keys are at /.well-known/jwks.json\n",
-                )
-            })
             .with_state(engine);
-        tracing::info!("token keys served on http://{addr}{JWKS_PATH}");
-        MetricsEndpoint(tokio::spawn(async move {
+        Self::spawn(listener, app, "token keys", JWKS_PATH)
+    }
+
+    /// Serves `app` on `listener`, answering 404 (naming `path`) elsewhere.
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        what: &'static str,
+        path: &'static str,
+    ) -> Self {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let app = app.fallback(move || async move {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                format!("not found; the {what} are at {path}\n"),
+            )
+        });
+        tracing::info!("{what} served on http://{addr}{path}");
+        HttpEndpoint(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the JWKS endpoint stopped");
+                tracing::error!(error = %e, "the {what} endpoint stopped");
             }
         }))
     }
 }
 
-impl Drop for MetricsEndpoint {
+impl Drop for HttpEndpoint {
     fn drop(&mut self) {
         self.0.abort();
     }

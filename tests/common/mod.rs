@@ -247,9 +247,51 @@ fn print_version_once(bin: &Path) {
 
 /// A port that was free a moment ago. Binding port 0 lets the kernel choose;
 /// the listener is closed again so the server can take the port.
-fn free_port() -> u16 {
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("find a free local port")
+}
+
+/// An HTTP/1.1 GET of `path` on `addr` (one of `serve`'s endpoints): the
+/// status code, the headers (lower-case names) and the body. The endpoints
+/// send sized bodies, never chunked ones.
+#[allow(dead_code)]
+pub fn http_get(
+    addr: &str,
+    path: &str,
+) -> (u16, std::collections::BTreeMap<String, String>, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("connect to the endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the response");
+    let raw = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    assert!(
+        !headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked")),
+        "the endpoint sends a sized body"
+    );
+    (status, headers, body.to_string())
 }
