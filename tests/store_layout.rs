@@ -141,7 +141,18 @@ async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_
     // What a build of the earlier layout left: its tree snapshot under the
     // head's key, and no layout mark.
     {
-        let db = sled::open(dir.path().join("projection")).unwrap();
+        // sled lets go of its lock a moment after the engine's last handle
+        // is dropped (a background task may still hold one briefly).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::open(dir.path().join("projection")) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => panic!("open the projection directly: {e}"),
+            }
+        };
         let projection = db.open_tree("projection").unwrap();
         assert!(
             projection.remove(b"V").unwrap().is_some(),
