@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig};
 use mandate::domain::{Actor, MandateId, Scope};
@@ -21,7 +20,7 @@ use mandate::engine::{Engine, EngineConfig};
 use serde_json::{json, Value};
 
 use crate::gen;
-use crate::harness::{progress, BenchResult, Env, Served};
+use crate::harness::{progress, BenchResult, Echo, Env, Served};
 use crate::report::{per_second, Printer, Row, Samples, Target};
 
 pub struct Sizes {
@@ -97,17 +96,8 @@ async fn three_links(
 pub async fn remote(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     const S: &str = "check-remote";
     let target = chain_of_three(env).await?;
-    let echo = env.connect().await?;
-    let echo_subject = format!("bench.echo.{}", uuid::Uuid::new_v4().simple());
-    let mut sub = echo.subscribe(echo_subject.clone()).await?;
-    let responder = echo.clone();
-    let echo_task = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
-            }
-        }
-    });
+    let echo = Echo::start(&env.connect().await?).await?;
+    let echo_subject = echo.subject().to_string();
     let nc = env.connect().await?;
     // The echo answers once its subscription is registered.
     wait_answered(&nc, &echo_subject, b"{}").await?;
@@ -206,7 +196,7 @@ pub async fn remote(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> 
             .target(Target::RatioAtLeast(0.7)),
         );
     }
-    echo_task.abort();
+    drop(echo);
     target.served.stop().await
 }
 

@@ -187,6 +187,45 @@ impl Env {
     }
 }
 
+/// The raw request-reply baseline: a trivial responder that answers every
+/// request on a subject of its own with the request's payload, over the
+/// connection it is given, until dropped.
+pub struct Echo {
+    subject: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    /// Subscribes on `nc` and answers in a task. A request sent on the same
+    /// connection afterwards reaches it; one sent on another connection
+    /// may arrive before the subscription is registered.
+    pub async fn start(nc: &async_nats::Client) -> BenchResult<Self> {
+        use futures::StreamExt;
+        let subject = format!("bench.echo.{}", uuid::Uuid::new_v4().simple());
+        let mut sub = nc.subscribe(subject.clone()).await?;
+        let responder = nc.clone();
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = responder.publish(reply, m.payload).await;
+                }
+            }
+        });
+        Ok(Self { subject, task })
+    }
+
+    /// The subject it answers on.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// One engine instance serving over NATS in a task, as `mandate serve` does,
 /// until stopped. Open tenants, no audit of checks: the bench measures the
 /// authority path, not the audit stream.

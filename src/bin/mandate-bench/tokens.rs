@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardConfig, TokenVerifier};
 use mandate::domain::Actor;
@@ -16,7 +15,7 @@ use serde_json::json;
 
 use crate::check::chain_of_three;
 use crate::gen;
-use crate::harness::{progress, BenchResult, Env};
+use crate::harness::{progress, BenchResult, Echo, Env};
 use crate::report::{Printer, Row, Samples, Target};
 
 pub struct Sizes {
@@ -28,16 +27,8 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     const S: &str = "tokens";
     let target = chain_of_three(env).await?;
     let nc = env.connect().await?;
-    let echo_subject = format!("bench.echo.{}", uuid::Uuid::new_v4().simple());
-    let mut sub = nc.subscribe(echo_subject.clone()).await?;
-    let responder = nc.clone();
-    let echo_task = tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, m.payload).await;
-            }
-        }
-    });
+    let echo = Echo::start(&nc).await?;
+    let echo_subject = echo.subject().to_string();
     let leaf = Client::nats(
         nc.clone(),
         gen::tenant(),
@@ -122,6 +113,6 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
         "one token, chain depth 3",
     ));
     drop(guard);
-    echo_task.abort();
+    drop(echo);
     target.served.stop().await
 }
