@@ -9,14 +9,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Instant;
 
-use common::cli::{mandate, mandate_cmd, says};
+use common::cli::{mandate, says, serve_listening};
+use common::http_get;
 use common::prelude::*;
-use common::{free_port, http_get};
 use mandate::domain::command::Change;
 use mandate::domain::Outcome;
 use mandate::protocol::{CheckQuery, Consistency};
@@ -189,54 +188,24 @@ struct Metered {
 
 impl Metered {
     /// Starts it on `server` and waits until it answers requests and scrapes.
-    /// A port taken between the choice and the bind (another test's) makes
-    /// the process exit: then it starts again on another.
     async fn start(server: &NatsServer, nc: &async_nats::Client) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (data, log) = (dir.path().join("data"), dir.path().join("serve.log"));
-        for _attempt in 0..5 {
-            let addr = format!("127.0.0.1:{}", free_port());
-            let mut child = mandate_cmd(
-                &data,
-                &[
-                    "--nats",
-                    &server.url(),
-                    "serve",
-                    "--allow-open-tenants",
-                    "--metrics",
-                    &addr,
-                ],
-            )
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start mandate serve");
-            let deadline = Instant::now() + PATIENCE;
-            let mut ended = child.try_wait().unwrap().is_some();
-            while !ended && TcpStream::connect(&addr).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "the metrics endpoint never listened"
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                ended = child.try_wait().unwrap().is_some();
-            }
-            if ended {
-                let said = std::fs::read_to_string(&log).unwrap_or_default();
-                assert!(said.contains("cannot listen there"), "serve ended: {said}");
-                continue;
-            }
-            let metered = Metered {
-                child,
-                addr,
-                _dir: dir,
-            };
-            serving(nc, "acme").await;
-            return metered;
-        }
-        panic!("no free port for the metrics endpoint in five attempts");
+        let url = server.url();
+        let (child, addr) = serve_listening(
+            &data,
+            &["--nats", &url, "serve", "--allow-open-tenants"],
+            "--metrics",
+            &log,
+        )
+        .await;
+        let metered = Metered {
+            child,
+            addr,
+            _dir: dir,
+        };
+        serving(nc, "acme").await;
+        metered
     }
 
     async fn scrape(&self) -> Scrape {

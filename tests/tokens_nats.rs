@@ -10,18 +10,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::Utc;
-use common::cli::{mandate, mandate_cmd, says, stdout};
+use common::cli::{mandate, says, serve_listening, stdout};
+use common::http_get;
 use common::prelude::*;
-use common::{free_port, http_get};
 use mandate::client::{TokenError, TokenVerifier};
 use mandate::engine::auth::{AuthConfig, TenantKeys};
 use mandate::engine::tokens::{write_new_key, TokenKeys};
@@ -798,50 +795,21 @@ async fn serve_publishes_the_keys_over_http_and_the_cli_gets_tokens() {
     says(&bad, 2, &["--token-max-ttl"]);
 
     let log = dir.path().join("serve.log");
-    let mut started = None;
-    for _ in 0..5 {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = mandate_cmd(
-            &data,
-            &[
-                "--nats",
-                &server.url(),
-                "serve",
-                "--allow-open-tenants",
-                "--token-key",
-                key.to_str().unwrap(),
-                "--jwks-http",
-                &addr,
-            ],
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start mandate serve");
-        let deadline = Instant::now() + PATIENCE;
-        let mut ended = false;
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the JWKS endpoint never listened"
-            );
-            if child.try_wait().unwrap().is_some() {
-                ended = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        if ended {
-            let said = std::fs::read_to_string(&log).unwrap_or_default();
-            assert!(said.contains("cannot listen there"), "serve ended: {said}");
-            continue;
-        }
-        started = Some((child, addr));
-        break;
-    }
-    let (mut child, addr) = started.expect("a free port in five attempts");
+    let url = server.url();
+    let (mut child, addr) = serve_listening(
+        &data,
+        &[
+            "--nats",
+            &url,
+            "serve",
+            "--allow-open-tenants",
+            "--token-key",
+            key.to_str().unwrap(),
+        ],
+        "--jwks-http",
+        &log,
+    )
+    .await;
     serving(&nc, "acme").await;
 
     let a = addr.clone();

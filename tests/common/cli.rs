@@ -214,3 +214,46 @@ pub fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `mandate serve` on `data` with `args` and then `listen_flag ADDR`, ADDR
+/// a free local address for one of its HTTP listeners, its stderr written to
+/// `log`; returned (the process and ADDR) once ADDR accepts connections. A
+/// port taken between the choice and the bind (another test's) makes the
+/// process exit saying it cannot listen there: then it starts again on
+/// another port, five times at most. Any other exit fails the test.
+pub async fn serve_listening(
+    data: &Path,
+    args: &[&str],
+    listen_flag: &str,
+    log: &Path,
+) -> (Child, String) {
+    for _attempt in 0..5 {
+        let addr = format!("127.0.0.1:{}", super::free_port());
+        let mut all = args.to_vec();
+        all.extend_from_slice(&[listen_flag, &addr]);
+        let mut child = mandate_cmd(data, &all)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("start mandate serve");
+        let deadline = Instant::now() + super::fixtures::PATIENCE;
+        let mut ended = child.try_wait().unwrap().is_some();
+        while !ended && std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{listen_flag} {addr} never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            ended = child.try_wait().unwrap().is_some();
+        }
+        if ended {
+            let said = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(said.contains("cannot listen there"), "serve ended: {said}");
+            continue;
+        }
+        return (child, addr);
+    }
+    panic!("no free port for {listen_flag} in five attempts");
+}
