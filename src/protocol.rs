@@ -149,7 +149,8 @@ impl From<&DomainError> for ErrorBody {
     }
 }
 
-/// One commit the command wrote (or, for a duplicate, had written).
+/// One commit the command wrote (or, for a duplicate, the one it answers
+/// with).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CommitInfo {
     pub tree: TreeId,
@@ -162,8 +163,11 @@ pub struct CommitInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CommandResult {
     pub command_id: CommandId,
-    /// True when this command id had already been applied: the commits are
-    /// the original ones and nothing new was written.
+    /// True when nothing new was written: this command id had already been
+    /// applied, and the commits are the original ones; or, for
+    /// `request_approval`, an equal request (same mandate, action, resource
+    /// and parameters hash) is still pending, and the commit is that
+    /// request's, naming the approval to wait for and use.
     pub duplicate: bool,
     /// The mandate issued or delegated, or the one acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

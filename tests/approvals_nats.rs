@@ -342,6 +342,86 @@ async fn bound_to_params_action_and_resource_and_refused_when_denied() {
     two.stop().await;
 }
 
+/// The approval a request's reply names, and when it expires.
+fn requested(reply: &mandate::protocol::CommandResult) -> (Uuid, chrono::DateTime<Utc>) {
+    match &reply.commits[..] {
+        [c] => match &c.events[..] {
+            [e] => match &e.body {
+                EventBody::ApprovalRequested(r) => (r.approval, r.expires_at),
+                other => panic!("not a request: {other:?}"),
+            },
+            other => panic!("not one event: {other:?}"),
+        },
+        other => panic!("not one commit: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_equal_to_one_still_pending_answers_with_it_on_either_instance() {
+    let two = Two::start().await;
+    let bot_a = two.on_a(agent("support-bot"));
+    let bot_b = two.on_b(agent("support-bot"));
+    let (first, made) = bot_a
+        .request_approval(two.m, REFUND, TICKET, &amount(4999), None, None)
+        .await
+        .unwrap();
+    assert!(!made.duplicate);
+    assert_eq!(requested(&made).0, first);
+    let before = two.log_position().await;
+    for c in [&bot_a, &bot_b, &bot_a] {
+        let (again, reply) = c
+            .request_approval(
+                two.m,
+                REFUND,
+                TICKET,
+                &amount(4999),
+                Some(60),
+                Some("asked again".into()),
+            )
+            .await
+            .expect("a repeated request is answered");
+        assert_eq!(again, first, "the pending approval, not a new one");
+        assert!(reply.duplicate, "the reply says nothing new was written");
+        assert_eq!(
+            reply.commits[0].events, made.commits[0].events,
+            "the first request's event, as written"
+        );
+        assert_eq!(
+            two.log_position().await,
+            before,
+            "a repeated request wrote to the log"
+        );
+    }
+    // Other parameters are another request.
+    let (other, reply) = bot_b
+        .request_approval(two.m, REFUND, TICKET, &amount(1), None, None)
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    assert!(!reply.duplicate);
+    // Once granted, an equal request is a new one.
+    two.on_b(principal("carol"))
+        .approve(two.m, first, None)
+        .await
+        .unwrap();
+    let (after_grant, reply) = bot_a
+        .request_approval(two.m, REFUND, TICKET, &amount(4999), None, None)
+        .await
+        .unwrap();
+    assert_ne!(after_grant, first);
+    assert!(!reply.duplicate);
+    // And once the pending one has expired.
+    two.clock.advance(chrono::Duration::minutes(15));
+    let (after_expiry, reply) = bot_b
+        .request_approval(two.m, REFUND, TICKET, &amount(4999), None, None)
+        .await
+        .unwrap();
+    assert_ne!(after_expiry, after_grant);
+    assert!(!reply.duplicate);
+    assert_eq!(requested(&reply).0, after_expiry);
+    two.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_approval_is_refused() {
     let two = Two::start().await;

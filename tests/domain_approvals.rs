@@ -489,3 +489,56 @@ fn the_parameters_hash_of_a_fixed_value_does_not_drift() {
         "3798b6c329b25ddd93118b1ad1e7c5c2fcdd66ac2c147e99e8c7850b905cc930"
     );
 }
+
+#[test]
+fn a_request_equal_to_one_still_pending_writes_nothing() {
+    let mut w = World::new();
+    let first = w.request(bot(), &refund()).unwrap();
+    let written = w.log.len();
+    // The same mandate, action, resource and parameters: nothing written,
+    // whatever the new request's id, lifetime or reason.
+    let id = Uuid::now_v7();
+    let again = w.accept(cmd(
+        bot(),
+        json!({"type": "request_approval", "mandate": w.root, "approval": id,
+               "action": "payments:refund", "resource": "tickets/T-1",
+               "params_hash": params_hash(&refund()), "ttl_seconds": 60,
+               "reason": "asked again"}),
+    ));
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(w.log.len(), written);
+    assert_eq!(w.tree.approvals().len(), 1);
+    assert!(!w.tree.approvals().contains_key(&id));
+    // A stranger is still refused while one is pending.
+    let e = w
+        .request(json!({"kind": "agent", "id": "helper"}), &refund())
+        .unwrap_err();
+    assert_eq!(e.reason(), "not_authorized");
+    // Other parameters, or another resource, are another request.
+    let other = w.request(bot(), &json!({"amount_cents": 1})).unwrap();
+    assert!(w.tree.approvals().contains_key(&other));
+    let elsewhere = Uuid::now_v7();
+    w.accept(cmd(
+        bot(),
+        json!({"type": "request_approval", "mandate": w.root, "approval": elsewhere,
+               "action": "payments:refund", "resource": "tickets/T-2",
+               "params_hash": params_hash(&refund())}),
+    ));
+    assert!(w.tree.approvals().contains_key(&elsewhere));
+    // Once decided, an equal request is new again.
+    w.accept(w.decide_cmd(principal(), "deny_approval", first));
+    let after_denial = w.request(bot(), &refund()).unwrap();
+    assert!(w.tree.approvals().contains_key(&after_denial));
+    // And once the pending one has expired.
+    w.now = w.tree.approvals()[&after_denial].expires_at;
+    let after_expiry = w.request(bot(), &refund()).unwrap();
+    assert!(w.tree.approvals().contains_key(&after_expiry));
+    assert_eq!(w.tree.approvals().len(), 5);
+    // A mandate no longer active refuses, pending or not.
+    w.accept(cmd(
+        principal(),
+        json!({"type": "pause", "mandate": w.root}),
+    ));
+    let e = w.request(bot(), &refund()).unwrap_err();
+    assert_eq!(e.reason(), "not_active");
+}

@@ -572,6 +572,38 @@ async fn a_step_up_call_passes_once_with_its_approval_and_never_again() {
         e.data.expect("structured data")
     };
 
+    assert_eq!(data["approval_existing"], json!(false), "{data}");
+    // The same call again while that request is pending: the engine answers
+    // with it and writes no other.
+    let e = mcp_error(
+        "needs approval again",
+        peer.call_tool(delete("reports/old.txt")).await,
+    );
+    let again = e.data.expect("structured data");
+    assert_eq!(again["approval_request"], json!(approval), "{again}");
+    assert_eq!(again["approval_existing"], json!(true), "{again}");
+    assert_eq!(again["expires_at"], data["expires_at"], "{again}");
+    assert!(e.message.contains("still pending"), "{}", e.message);
+    let history = world
+        .cfo
+        .history(mandate::protocol::TreeQuery {
+            tree: None,
+            mandate: Some(root),
+            at: None,
+            consistency: Default::default(),
+        })
+        .await
+        .expect("the tree's history");
+    assert_eq!(
+        history
+            .events
+            .iter()
+            .filter(|e| matches!(e.body, mandate::domain::EventBody::ApprovalRequested(_)))
+            .count(),
+        1,
+        "one request written for two calls"
+    );
+
     // Not yet granted.
     let data = refuse(
         "pending",

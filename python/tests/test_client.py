@@ -160,6 +160,9 @@ async def test_an_approval_is_used_once_through_the_engine(make_client: Callable
     assert (await bot.check(root, "payments:refund", "tickets/T-1")).outcome is Outcome.NEEDS_APPROVAL
     approval, requested = await bot.request_approval(root, "payments:refund", "tickets/T-1", refund, reason="twice")
     assert requested.position > 0
+    # An equal request while it is pending answers with it and writes nothing.
+    again, repeated = await bot.request_approval(root, "payments:refund", "tickets/T-1", refund)
+    assert (again, repeated.duplicate) == (approval, True)
     with pytest.raises(EngineError) as pending:
         await bot.use_approval(root, approval, "payments:refund", "tickets/T-1", refund)
     assert pending.value.reason == "approval_pending"

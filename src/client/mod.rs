@@ -354,7 +354,9 @@ impl Client {
     /// Asks for step-up approval of one request under `mandate` (as its
     /// grantee): the approval is bound to the action, the resource and the
     /// hash of `params` ([`crate::domain::approval::params_hash`]). Returns
-    /// the new approval's id with the command's result.
+    /// the approval's id with the command's result: a new one, or, while an
+    /// equal request is still pending, that one (the result is then a
+    /// `duplicate` whose commit is that request's).
     pub async fn request_approval(
         &self,
         mandate: MandateId,
@@ -392,6 +394,15 @@ impl Client {
                 },
             ))
             .await?;
+        let approval = result
+            .commits
+            .iter()
+            .flat_map(|c| &c.events)
+            .find_map(|e| match &e.body {
+                crate::domain::EventBody::ApprovalRequested(r) => Some(r.approval),
+                _ => None,
+            })
+            .unwrap_or(approval);
         Ok((approval, result))
     }
     /// Grants a pending approval (as the tree's principal).

@@ -254,9 +254,32 @@ fn find(tree: &Tree, mandate: MandateId, id: Uuid) -> Result<&Approval, DomainEr
         .ok_or(DomainError::UnknownApproval { approval: id })
 }
 
+/// An approval still pending at `now` (undecided, unexpired) for the same
+/// mandate, action, resource and parameters hash as `c`, the earliest
+/// requested if several: what a repeated request answers with instead of
+/// writing another. Its lifetime and reason are the first request's.
+pub(crate) fn pending_equal<'a>(
+    tree: &'a Tree,
+    c: &RequestApproval,
+    now: DateTime<Utc>,
+) -> Option<&'a Approval> {
+    tree.approvals
+        .values()
+        .filter(|a| {
+            a.state == ApprovalState::Pending
+                && now < a.expires_at
+                && a.mandate == c.mandate
+                && a.action == c.action
+                && a.resource == c.resource
+                && a.params_hash == c.params_hash
+        })
+        .min_by_key(|a| (a.requested_at, a.id))
+}
+
 /// `request_approval`: by the mandate's grantee, for a request its chain
 /// allows but for step-up. Expires after its lifetime, and never after the
-/// chain's earliest `not_after`.
+/// chain's earliest `not_after`. While an equal request is still pending
+/// ([`pending_equal`]) nothing is written: the engine answers with that one.
 pub(crate) fn request(
     tree: &Tree,
     actor: &Actor,
@@ -270,6 +293,9 @@ pub(crate) fn request(
         });
     }
     require_step_up(tree, c.mandate, &c.action, &c.resource, now)?;
+    if pending_equal(tree, c, now).is_some() {
+        return Ok(Vec::new());
+    }
     let ttl = c.ttl_seconds.unwrap_or(DEFAULT_APPROVAL_TTL_SECS);
     let chain_end = tree
         .chain(c.mandate)

@@ -35,6 +35,8 @@ pub struct Facts {
 /// - A command of another tenant is refused with `CrossTenant`.
 /// - A command id the tree has already applied yields no events (idempotent:
 ///   the caller answers with the original result).
+/// - So does a `request_approval` equal to one still pending (see
+///   `approval::pending_equal`): the caller answers with that one.
 /// - Otherwise the events returned, applied in order, take the tree to the
 ///   new state; every refusal is a typed [`DomainError`] and nothing changes.
 /// - Registry commands act only on the tenant's registry

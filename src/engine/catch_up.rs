@@ -256,6 +256,20 @@ impl Engine {
                 Arc::make_mut(&mut view).tree.approvals.insert(id, a);
             }
         }
+        // A request reads the pending approvals it may repeat: an approval
+        // lives a day at most, so none older than that by its id.
+        if let crate::domain::Command::RequestApproval(r) = &cmd.command {
+            let since = self.now()
+                - chrono::Duration::seconds(i64::from(
+                    crate::domain::approval::MAX_APPROVAL_TTL_SECS,
+                ));
+            let since = uuid::Uuid::from_u128(
+                u128::from(u64::try_from(since.timestamp_millis()).unwrap_or(0)) << 80,
+            );
+            for a in store.pending_approvals_since(tenant, tree, r.mandate, since)? {
+                Arc::make_mut(&mut view).tree.approvals.insert(a.id, a);
+            }
+        }
         Ok(view)
     }
 

@@ -243,7 +243,7 @@ impl Engine {
                 }
             };
             if events.is_empty() {
-                return Ok((self.original(tenant, &snap, cmd.command_id)?, true));
+                return Ok((self.unchanged(tenant, &snap, cmd, now)?, true));
             }
             let payload = Event::encode_commit(&events);
             match self
@@ -358,6 +358,41 @@ impl Engine {
     }
 
     /// The commit a command id wrote earlier, from the tree's history.
+    /// The answer to a command that wrote nothing: the original commit of
+    /// its id, or, for a request for approval equal to one still pending,
+    /// the commit of that request (its `approval_requested` event).
+    fn unchanged(
+        &self,
+        tenant: &TenantId,
+        snap: &TreeSnapshot,
+        cmd: &CommandEnvelope,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<CommitInfo, EngineError> {
+        if let (false, Command::RequestApproval(r)) = (
+            snap.tree.commands.contains_key(&cmd.command_id),
+            &cmd.command,
+        ) {
+            if let Some(pending) = crate::domain::approval::pending_equal(&snap.tree, r, now) {
+                let event = self
+                    .inner
+                    .store
+                    .event_at(tenant, snap.tree.id, pending.seq)?
+                    .ok_or_else(|| {
+                        EngineError::unavailable(format!(
+                            "the request of approval {} is not in the projection",
+                            pending.id
+                        ))
+                    })?;
+                return Ok(CommitInfo {
+                    tree: snap.tree.id,
+                    position: snap.position,
+                    events: vec![event],
+                });
+            }
+        }
+        self.original(tenant, snap, cmd.command_id)
+    }
+
     pub(super) fn original(
         &self,
         tenant: &TenantId,

@@ -298,6 +298,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The event of a tree at per-tree sequence `seq`, from its history.
+    pub fn event_at(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        seq: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        let tree_s = tree.to_string();
+        let k = keys::key(
+            EVENT,
+            &[
+                tenant.as_str().as_bytes(),
+                tree_s.as_bytes(),
+                &seq.to_be_bytes(),
+            ],
+        );
+        read(&self.projection, &k)
+    }
+
     /// The record of a command id a tree applied.
     pub(super) fn applied_command(
         &self,
@@ -316,6 +335,36 @@ impl Store {
         id: uuid::Uuid,
     ) -> Result<Option<Approval>, StoreError> {
         read(&self.projection, &of_tree(APPROVAL, tenant, tree, id))
+    }
+
+    /// The pending approvals of `mandate` in a tree whose ids (time-ordered
+    /// UUIDs, by key order) are no older than `since`: the ones a new
+    /// request may repeat, read without going over the tree's older ones.
+    pub fn pending_approvals_since(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        mandate: crate::domain::MandateId,
+        since: uuid::Uuid,
+    ) -> Result<Vec<Approval>, StoreError> {
+        let _consistent = self.read_lock();
+        let tree_s = tree.to_string();
+        let end = prefix(APPROVAL, &[tenant.as_str().as_bytes(), tree_s.as_bytes()]);
+        let mut out = Vec::new();
+        for kv in self
+            .projection
+            .range(of_tree(APPROVAL, tenant, tree, since)..)
+        {
+            let (k, v) = kv?;
+            if !k.starts_with(&end) {
+                break;
+            }
+            let a: Approval = keys::decode(&k, &v)?;
+            if a.mandate == mandate && a.state == crate::domain::approval::ApprovalState::Pending {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     /// The cached or stored head of a tree.

@@ -339,8 +339,9 @@ class Client:
     ) -> tuple[str, CommandResult]:
         """The grantee of `mandate` asks for step-up approval of one request,
         bound to the hash of `params` (or `params_hash` as given). Returns the
-        approval's id (a new UUID v7 unless `approval` names one) and the
-        result."""
+        approval's id (a new UUID v7 unless `approval` names one; while an
+        equal request is still pending, that one's, the result then being a
+        duplicate) and the result."""
         approval_id = check_uuid(approval, "approval") if approval else uuid7()
         cmd: JSON = {
             "type": "request_approval",
@@ -354,7 +355,12 @@ class Client:
             cmd["ttl_seconds"] = ttl_seconds
         if reason is not None:
             cmd["reason"] = reason
-        return approval_id, await self._command(cmd, command_id)
+        result = await self._command(cmd, command_id)
+        for commit in result.commits:
+            for event in commit.get("events", []):
+                if event.get("type") == "approval_requested":
+                    approval_id = str(event["approval"])
+        return approval_id, result
 
     async def approve(
         self, mandate: str, approval: str, reason: str | None = None, *, command_id: str | None = None

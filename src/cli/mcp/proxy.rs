@@ -208,11 +208,12 @@ impl Gateway {
                     .filter_map(|e| serde_json::to_value(&e.body).ok())
                     .find(|b| b["approval"] == serde_json::json!(approval))
                     .map(|b| b["expires_at"].clone());
-                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, "approval requested");
+                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, existing = result.duplicate, "approval requested");
                 Requested::Made {
                     approval,
                     params_hash: crate::domain::approval::params_hash(params),
                     expires_at,
+                    existing: result.duplicate,
                 }
             }
             Err(e) => {

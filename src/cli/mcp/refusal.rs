@@ -22,7 +22,10 @@
 //! bound to the action, the resource and the hash of the request's
 //! parameters. `approval_request` is that approval's id (a UUID v7, for
 //! `mandate approve <id> --mandate <mandate>`), with `params_hash` and
-//! `expires_at`. When the engine refused the request (the gateway's actor is
+//! `expires_at`. While an equal request (same action, resource and
+//! parameters hash) is still pending, the engine writes no new one and
+//! answers with it: `approval_request` is then that earlier approval's id,
+//! and `approval_existing` is true (false for a new one). When the engine refused the request (the gateway's actor is
 //! not the grantee, the engine cannot be reached), `approval_request` is
 //! null and `approval_error` says why (`reason`, `message`): the call stays
 //! refused either way.
@@ -83,11 +86,14 @@ pub(super) fn refused(d: &Decision, method: &str) -> ErrorData {
 /// What came of the gateway's request for approval of a call.
 pub(super) enum Requested {
     /// The engine recorded the request: the approval's id, the parameters
-    /// hash it is bound to, and when it expires (as the engine wrote it).
+    /// hash it is bound to, when it expires (as the engine wrote it), and
+    /// whether it is an equal request made earlier and still pending (the
+    /// engine answered with that one and wrote nothing).
     Made {
         approval: Uuid,
         params_hash: String,
         expires_at: Option<Value>,
+        existing: bool,
     },
     /// The engine refused it, or could not be asked.
     Failed(ClientError),
@@ -111,12 +117,19 @@ pub(super) fn needs_approval(d: &Decision, method: &str, requested: &Requested) 
             approval,
             params_hash,
             expires_at,
+            existing,
         } => {
             data["approval_request"] = json!(approval);
+            data["approval_existing"] = json!(existing);
             data["params_hash"] = json!(params_hash);
             data["expires_at"] = expires_at.clone().unwrap_or(Value::Null);
+            let asked = if *existing {
+                "was requested earlier and is still pending"
+            } else {
+                "was requested"
+            };
             format!(
-                "approval {approval} was requested; once the principal approves it, call again with _meta {{\"{APPROVAL_META}\": \"{approval}\"}}"
+                "approval {approval} {asked}; once the principal approves it, call again with _meta {{\"{APPROVAL_META}\": \"{approval}\"}}"
             )
         }
         Requested::Failed(e) => {
