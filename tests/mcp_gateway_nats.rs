@@ -930,3 +930,102 @@ async fn a_bad_invocation_is_refused_before_any_server_starts() {
     // The server never ran.
     assert!(records(&record).is_empty(), "{:?}", records(&record));
 }
+
+/// The `approval_used` events of the tree of `root`.
+async fn uses_written(cfo: &Client, root: MandateId) -> usize {
+    cfo.history(mandate::protocol::TreeQuery {
+        tree: None,
+        mandate: Some(root),
+        at: None,
+        consistency: Default::default(),
+    })
+    .await
+    .expect("the tree's history")
+    .events
+    .iter()
+    .filter(|e| matches!(e.body, mandate::domain::EventBody::ApprovalUsed(_)))
+    .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_the_engine_wrote_but_never_answered_passes_on_the_next_call() {
+    // The gateway reaches NATS through a relay that drops its connection
+    // right after its `use_approval` has gone out: the engine writes the use,
+    // and its answer is lost. The engine then stops, so the gateway's resend
+    // finds no engine and the call is refused, unconfirmed.
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    serving(&nc, "acme").await;
+    let cfo = client_at(&server.url(), principal("cfo")).await;
+    let root = cfo
+        .issue(Issue {
+            not_after: Utc::now() + chrono::Duration::hours(1),
+            step_up: vec![ActionPattern::parse("mcp:files:delete_file").unwrap()],
+            ..root_issue("cfo", "a0", None, GRANTS)
+        })
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let relay = common::relay::Relay::start(server.port()).await;
+    let record_dir = tempfile::tempdir().unwrap();
+    let record = record_dir.path().join("record.jsonl");
+    let agent = agent_over_stdio(&relay.url(), root, &record).await;
+    let peer = agent.peer().clone();
+    let delete = || call("delete_file", json!({"path": "reports/old.txt"}));
+    let e = mcp_error("needs approval", peer.call_tool(delete()).await);
+    let approval: uuid::Uuid = e.data.unwrap()["approval_request"]
+        .as_str()
+        .expect("approval_request")
+        .parse()
+        .unwrap();
+    cfo.approve(root, approval, None).await.unwrap();
+
+    relay.cut_after(b"mandate.cmd.acme.use_approval");
+    let first = tokio::spawn({
+        let peer = peer.clone();
+        async move {
+            peer.call_tool(with_approval(delete(), json!(approval)))
+                .await
+        }
+    });
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while uses_written(&cfo, root).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the engine never wrote the use"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    instance.stop().await;
+    let e = mcp_error("unanswered use", first.await.unwrap());
+    let data = e.data.expect("structured data");
+    assert_eq!(data["reason"], "approval_unconfirmed", "{data}");
+    assert!(deletes(&record).is_empty(), "nothing reached the server");
+
+    // The engine is back: the same call again gets the use it wrote, once.
+    let instance = Instance::start(&server.url(), dir.path()).await;
+    serving(&nc, "acme").await;
+    let ok = tokio::time::timeout(
+        PATIENCE,
+        peer.call_tool(with_approval(delete(), json!(approval))),
+    )
+    .await
+    .expect("an answer")
+    .expect("the use written before passes the call");
+    assert!(!ok.is_error.unwrap_or(false), "{ok:?}");
+    assert_eq!(deletes(&record), vec![json!("reports/old.txt")]);
+    assert_eq!(uses_written(&cfo, root).await, 1, "one use for one call");
+    // And never again.
+    let e = mcp_error(
+        "replay",
+        peer.call_tool(with_approval(delete(), json!(approval)))
+            .await,
+    );
+    assert_eq!(e.data.unwrap()["reason"], "approval_used");
+    assert_eq!(deletes(&record), vec![json!("reports/old.txt")]);
+    agent.cancel().await.unwrap();
+    instance.stop().await;
+}

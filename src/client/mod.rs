@@ -258,6 +258,14 @@ impl Client {
         }
     }
 
+    /// `command` in an envelope with a new command id, as this client would
+    /// send it: send it with [`Client::send`], and again, unchanged, when a
+    /// send ends without the engine's answer (the engine answers a command
+    /// id it applied with the original result).
+    pub fn prepare(&self, command: Command) -> CommandEnvelope {
+        self.envelope(command)
+    }
+
     /// Sends a prepared command (keep its id to retry it safely).
     pub async fn send(&self, cmd: &CommandEnvelope) -> Result<CommandResult, ClientError> {
         self.request(command_subject(&self.tenant, cmd.command.verb()), cmd)

@@ -34,6 +34,7 @@
 //!   subscriptions) is refused as unknown: the gateway passes on only what
 //!   it checks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -50,8 +51,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::mapping::{Checked, Mapping, Unmappable};
 use super::refusal::{self, Requested, APPROVAL_META};
-use crate::client::{Client, Guard, GuardState};
-use crate::domain::{Decision, MandateId, Outcome};
+use crate::client::{Client, ClientError, Guard, GuardState};
+use crate::domain::approval::UseApproval;
+use crate::domain::{Command, CommandEnvelope, Decision, MandateId, Outcome};
 use rmcp::model::RequestMetaObject;
 use serde_json::Value;
 use uuid::Uuid;
@@ -67,6 +69,12 @@ struct Shared {
     guard: Guard,
     /// The engine, as the actor that requests and uses approvals.
     approvals: Client,
+    /// Uses of approvals whose outcome is unknown (the engine did not
+    /// answer: it may have written the use), by approval: the agent's next
+    /// call with that approval and the same request sends the same command
+    /// again, so a use the engine wrote comes back as its original result
+    /// instead of `approval_used`.
+    unsettled: std::sync::Mutex<HashMap<Uuid, CommandEnvelope>>,
     /// The guard's cancellation token: fires when the mandate ends.
     end: CancellationToken,
     mandate: MandateId,
@@ -75,6 +83,16 @@ struct Shared {
     mapping: Mapping,
     upstream: Peer<RoleClient>,
     info: ServerConfig,
+}
+
+/// The most uses of unknown outcome kept for a resend (each is a call the
+/// engine did not answer; past this, further ones are not kept).
+const MAX_UNSETTLED: usize = 1024;
+
+impl Shared {
+    fn unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CommandEnvelope>> {
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// How a wait for the server's answer ended.
@@ -118,6 +136,7 @@ impl Gateway {
                 mandate: guard.mandate(),
                 guard,
                 approvals,
+                unsettled: Default::default(),
                 chain,
                 mapping,
                 upstream,
@@ -226,6 +245,13 @@ impl Gateway {
 
     /// Uses the call's approval through the engine: `Ok` is the one allow
     /// it gives (the engine wrote the use); anything else refuses the call.
+    ///
+    /// A use the engine did not answer (timed out, no engine, NATS failed)
+    /// may have been written all the same. Its command is kept, and the
+    /// agent's next call with the same approval and request sends it again
+    /// with the same command id: a use written before comes back as the
+    /// original result, not `approval_used`. Such an allow is given only if
+    /// a fresh check still finds the mandate live and the action in scope.
     async fn use_approval(
         &self,
         method: &str,
@@ -234,13 +260,56 @@ impl Gateway {
         params: &Value,
     ) -> Result<(), ErrorData> {
         let s = &self.shared;
-        match s
-            .approvals
-            .use_approval(s.mandate, approval, &d.action, &d.resource, params)
-            .await
+        let command = UseApproval {
+            mandate: s.mandate,
+            approval,
+            action: d.action.clone(),
+            resource: d.resource.clone(),
+            params_hash: crate::domain::approval::params_hash(params),
+        };
+        let kept = s
+            .unsettled()
+            .get(&approval)
+            .filter(|e| matches!(&e.command, Command::UseApproval(u) if *u == command))
+            .cloned();
+        let resent = kept.is_some();
+        let envelope = kept.unwrap_or_else(|| s.approvals.prepare(Command::UseApproval(command)));
+        let sent = s.approvals.send(&envelope).await;
         {
-            Ok(_) => {
-                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, "approval used");
+            let mut unsettled = s.unsettled();
+            match &sent {
+                Err(ClientError::TimedOut(_) | ClientError::NoEngine(_) | ClientError::Nats(_)) => {
+                    if unsettled.len() < MAX_UNSETTLED || unsettled.contains_key(&approval) {
+                        unsettled.insert(approval, envelope);
+                    }
+                }
+                // The engine answered this command: its outcome is known.
+                _ => {
+                    if unsettled
+                        .get(&approval)
+                        .is_some_and(|e| e.command_id == envelope.command_id)
+                    {
+                        unsettled.remove(&approval);
+                    }
+                }
+            }
+        }
+        match sent {
+            Ok(used) => {
+                if resent && used.duplicate {
+                    // Written by an earlier call: the mandate must still be
+                    // live for this one, as the engine sees it now.
+                    match s
+                        .approvals
+                        .check(s.mandate, &d.action, &d.resource, None)
+                        .await
+                    {
+                        Ok(now) if now.outcome != Outcome::Deny => {}
+                        Ok(now) => return Err(refusal::refused(&now, method)),
+                        Err(e) => return Err(refusal::approval_refused(d, method, approval, &e)),
+                    }
+                }
+                tracing::info!(method, action = %d.action, resource = %d.resource, %approval, resent, "approval used");
                 Ok(())
             }
             Err(e) => {
