@@ -542,3 +542,41 @@ fn a_request_equal_to_one_still_pending_writes_nothing() {
     let e = w.request(bot(), &refund()).unwrap_err();
     assert_eq!(e.reason(), "not_active");
 }
+
+#[test]
+fn numbers_hash_as_sent_so_an_integer_and_a_float_differ() {
+    use sha2::{Digest, Sha256};
+    let sha = |canonical: &str| format!("{:x}", Sha256::digest(canonical.as_bytes()));
+    let parsed = |text: &str| params_hash(&serde_json::from_str(text).unwrap());
+    // An integer (no fraction, no exponent) is written as an integer...
+    assert_eq!(parsed(r#"{"n": 1}"#), sha(r#"{"n":1}"#));
+    assert_eq!(params_hash(&json!({"n": 1})), sha(r#"{"n":1}"#));
+    // ...any other number as a float: the shortest text that reads back as
+    // the same double, with `.0` when it is whole.
+    for text in [
+        r#"{"n": 1.0}"#,
+        r#"{"n": 1.00}"#,
+        r#"{"n": 1e0}"#,
+        r#"{"n": 10E-1}"#,
+    ] {
+        assert_eq!(parsed(text), sha(r#"{"n":1.0}"#), "{text}");
+    }
+    assert_eq!(parsed(r#"{"n": 0.50}"#), sha(r#"{"n":0.5}"#));
+    assert_ne!(
+        params_hash(&json!({"n": 1})),
+        params_hash(&json!({"n": 1.0}))
+    );
+    // So an approval granted for `1` is not one for `1.0`.
+    let mut w = World::new();
+    let id = w.request(bot(), &json!({"n": 1})).unwrap();
+    w.accept(w.decide_cmd(principal(), "approve", id));
+    let e = w.refuse(w.use_cmd(id, "payments:refund", "tickets/T-1", &json!({"n": 1.0})));
+    assert_eq!(
+        e,
+        DomainError::ApprovalMismatch {
+            approval: id,
+            field: "params_hash"
+        }
+    );
+    w.accept(w.use_cmd(id, "payments:refund", "tickets/T-1", &json!({"n": 1})));
+}

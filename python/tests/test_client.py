@@ -4,6 +4,7 @@ against `schemas/`; errors typed with the engine's code and reason."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import secrets
 import uuid
@@ -139,6 +140,10 @@ def test_the_parameters_hash_matches_the_engines_vector() -> None:
     # The vector of tests/domain_approvals.rs, computed by the engine's code.
     value = {"b": [1, "é\n", {"z": None, "a": True}], "a": -2.5, "amount_cents": 4999}
     assert params_hash(value) == "3798b6c329b25ddd93118b1ad1e7c5c2fcdd66ac2c147e99e8c7850b905cc930"
+    # Numbers hash as sent: an integer and a float differ, as in the engine.
+    assert params_hash({"n": 1}) == hashlib.sha256(b'{"n":1}').hexdigest()
+    assert params_hash({"n": 1.0}) == hashlib.sha256(b'{"n":1.0}').hexdigest()
+    assert params_hash({"n": 0.50}) == hashlib.sha256(b'{"n":0.5}').hexdigest()
     ids = {uuid.UUID(uuid7()) for _ in range(100)}
     assert len(ids) == 100 and {i.version for i in ids} == {7}
 

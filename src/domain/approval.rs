@@ -82,7 +82,10 @@ pub struct RequestApproval {
     pub approval: Uuid,
     pub action: String,
     pub resource: String,
-    /// Lowercase hex SHA-256 of the canonical JSON of the parameters.
+    /// Lowercase hex SHA-256 of the canonical JSON of the parameters
+    /// (object keys sorted, no whitespace, non-ASCII as is; numbers as
+    /// sent: an integer as an integer, any number with a fraction or an
+    /// exponent as the shortest float text, `1.0` not `1`).
     #[schemars(regex(pattern = PARAMS_HASH_PATTERN))]
     pub params_hash: String,
     /// Lifetime in seconds (default 900, at most 86400); never past the
@@ -121,7 +124,15 @@ pub struct UseApproval {
 }
 
 /// Lowercase hex SHA-256 of the canonical JSON (object keys sorted, no
-/// whitespace) of an action's parameters: what an approval is bound to.
+/// whitespace, non-ASCII as is) of an action's parameters: what an approval
+/// is bound to.
+///
+/// Numbers hash as sent, not by value: an integer (no fraction, no
+/// exponent) is written as one, any other number as the shortest text that
+/// reads back as the same double, with `.0` when whole. So `1` and `1.0`
+/// (or `1e0`) hash apart: an approval binds the request the tool will
+/// receive, and a tool may take an integer and a float differently. A
+/// caller hashing its own parameters writes them the same way.
 pub fn params_hash(params: &serde_json::Value) -> String {
     // `Value`'s map is a BTreeMap: keys come out sorted.
     super::event::hex_sha256(&serde_json::to_vec(params).expect("values serialize"))

@@ -578,8 +578,9 @@ class Client:
 
 def params_hash(params: Any) -> str:
     """The hash an approval is bound to: lowercase hex SHA-256 of the
-    canonical JSON of `params` (keys sorted, no whitespace, non-ASCII as is),
-    as the engine's `params_hash` computes it."""
+    canonical JSON of `params` (keys sorted, no whitespace, non-ASCII as is;
+    numbers as given, so `1` and `1.0` hash apart), as the engine's
+    `params_hash` computes it."""
     text = json.dumps(params, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
