@@ -26,7 +26,10 @@ impl Engine {
             Command::BlockAgent(_)
             | Command::UnblockAgent(_)
             | Command::BlockPrincipal(_)
-            | Command::UnblockPrincipal(_) => return Ok(TreeId::registry(&cmd.tenant)),
+            | Command::UnblockPrincipal(_)
+            | Command::RegisterKey(_)
+            | Command::RevokeKey(_)
+            | Command::RotateKey(_) => return Ok(TreeId::registry(&cmd.tenant)),
             _ => {}
         }
         let mandate = cmd.command.target().ok_or_else(|| {
