@@ -188,7 +188,9 @@ impl Engine {
         let completions = trees
             .into_iter()
             .map(|tree| (tree, tree_command(tenant, mission, actor, base, tree)));
-        let (commits, duplicate) = self.execute_each(completions).await?;
+        let (commits, duplicate) = self
+            .execute_each(completions, &crate::domain::Facts::default())
+            .await?;
         Ok(CommandResult {
             command_id: base,
             duplicate: duplicate && !commits.is_empty(),
