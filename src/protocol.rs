@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::command::EXTERNAL_COMMAND_ID_PATTERN;
 use crate::domain::{
     Actor, AgentId, ChainFault, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode,
-    Event, KeyId, KeyOwner, Mandate, MandateId, RegisteredKey, MissionRef, PrincipalId, Quarantine, Status, TenantId, Tree, TreeId,
-    SCHEMA_VERSION,
+    Event, KeyId, KeyOwner, Mandate, MandateId, MissionRef, PrincipalId, Quarantine, RegisteredKey,
+    Status, TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 
 /// Subject of a command verb.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::approval::{DecideApproval, RequestApproval, UseApproval};
 use super::error::DomainError;
 use super::event::{check_type, check_version, SCHEMA_VERSION};
-use super::keys::{RegisterKey, RevokeKey, RotateKey};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
+use super::keys::{RegisterKey, RevokeKey, RotateKey};
 use super::model::{check_text, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
 use super::scope::{ActionPattern, Scope};
 

@@ -83,15 +83,8 @@ pub fn decide(
         }
     }
     let is_registry = tree.id == TreeId::registry(&tree.tenant);
-    let decided = registry::decide(tree, &cmd.actor, &cmd.command).or_else(|| {
-        keys::decide(
-            tree,
-            &cmd.actor,
-            &cmd.command,
-            facts.key_id_configured,
-            now,
-        )
-    });
+    let decided = registry::decide(tree, &cmd.actor, &cmd.command)
+        .or_else(|| keys::decide(tree, &cmd.actor, &cmd.command, facts.key_id_configured, now));
     if let Some(decided) = decided {
         if !is_registry {
             return Err(DomainError::TreeNotFound { tree: tree.id });

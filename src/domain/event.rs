@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use super::command::{wire_names, Resolution};
 use super::error::DomainError;
-use super::keys::{CommandSignature, KeyRegistered, KeyRevoked};
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
+use super::keys::{CommandSignature, KeyRegistered, KeyRevoked};
 use super::model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
 use super::scope::{ActionPattern, Scope};
 use super::status::Status;

@@ -20,9 +20,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::command::Command;
 use super::error::DomainError;
+use super::event::EventBody;
 use super::ids::PrincipalId;
 use super::model::{check_text, Actor, Registry, Tree};
-use super::event::EventBody;
 
 /// A key id: `[A-Za-z0-9._-]{1,64}`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
@@ -231,10 +231,12 @@ pub struct KeyRevocation {
 
 impl RegisteredKey {
     /// Whether the key was valid at `at`: registered at or before it, not
-    /// revoked at or before it, and not past its `not_after`.
+    /// revoked before it, and not past its `not_after`. A key revoked at
+    /// `at` itself was still valid then: the rotation or revocation that a
+    /// key signs itself is written in the same instant as its revocation.
     pub fn valid_at(&self, at: DateTime<Utc>) -> bool {
         self.registered_at <= at
-            && self.revoked.as_ref().is_none_or(|r| r.at > at)
+            && self.revoked.as_ref().is_none_or(|r| r.at >= at)
             && self.not_after.is_none_or(|n| at <= n)
     }
 }

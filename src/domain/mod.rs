@@ -15,8 +15,8 @@ pub mod effective;
 pub mod error;
 pub mod event;
 pub mod ids;
-pub mod keys;
 mod issue;
+pub mod keys;
 mod lifecycle;
 pub mod model;
 mod quarantine;
@@ -33,9 +33,9 @@ pub use event::{
     apply, apply_hashed, replay, verify_chain, verify_chain_with_head, verify_log, ChainFault,
     Event, EventBody, LogBreak, LoggedCommit, RecordedHead, VerifiedLog, SCHEMA_VERSION,
 };
-pub use keys::{CommandSignature, KeyId, KeyOwner, RegisteredKey};
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
+pub use keys::{CommandSignature, KeyId, KeyOwner, RegisteredKey};
 pub use model::{
     Actor, AppliedCommand, Block, Grantor, Mandate, Mission, MissionRef, Quarantine, Registry, Tree,
 };

@@ -53,8 +53,8 @@ use serde::Deserialize;
 
 use crate::domain::keys::{decode_public_key, SignatureAlg};
 use crate::domain::{Actor, CommandSignature, DomainError, KeyId, KeyOwner, TenantId};
-use crate::protocol::signature::{self, SIGNATURE_HEADER};
 use crate::protocol::auth::ProofError;
+use crate::protocol::signature::{self, SIGNATURE_HEADER};
 // The signing format is part of the wire contract; re-exported here, where
 // the engine's callers have always found it.
 pub use crate::protocol::auth::{actor_key, sign, sign_as, AUTH_HEADER, TICKETING_PREFIX};
@@ -260,7 +260,8 @@ impl super::Engine {
         body: &[u8],
         header: &str,
     ) -> Result<CommandSignature, EngineError> {
-        let (key_id, sig) = signature::parse_header(header).map_err(|e| forbidden(e.to_string()))?;
+        let (key_id, sig) =
+            signature::parse_header(header).map_err(|e| forbidden(e.to_string()))?;
         let configured = self
             .inner
             .config

@@ -4,8 +4,8 @@
 
 use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
-    delegated_id, CommandSignature, Command, CommandEnvelope, CommandId, DomainError, EventBody, ExternalCommand,
-    Facts, MandateId, TreeId,
+    delegated_id, Command, CommandEnvelope, CommandId, CommandSignature, DomainError, EventBody,
+    ExternalCommand, Facts, MandateId, TreeId,
 };
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult};
 

@@ -12,12 +12,12 @@ use crate::domain::{
     LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId,
 };
 use crate::log::{AnyLog, EventLog, LogError};
+use crate::protocol::signature::verify_event;
 use crate::protocol::{
-    AuditReply, ChainReply, CheckQuery, Consistency, Health, HistoryReply, ListQuery, ListReply,
-    KeyInfo, KeySource, KeyStatus, KeysReply, MandateQuery, QuarantinedTree, SignatureFailure,
+    AuditReply, ChainReply, CheckQuery, Consistency, Health, HistoryReply, KeyInfo, KeySource,
+    KeyStatus, KeysReply, ListQuery, ListReply, MandateQuery, QuarantinedTree, SignatureFailure,
     StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
-use crate::protocol::signature::verify_event;
 use crate::store::TreeSnapshot;
 
 use super::read::summary;
@@ -289,7 +289,11 @@ impl Engine {
             if let Err(reason) = verify_event(e, &registry, &configured) {
                 failures.push(SignatureFailure {
                     seq: e.seq,
-                    key_id: e.signature.as_ref().map(|s| s.key_id.clone()).expect("signed"),
+                    key_id: e
+                        .signature
+                        .as_ref()
+                        .map(|s| s.key_id.clone())
+                        .expect("signed"),
                     reason,
                 });
             }

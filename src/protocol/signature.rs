@@ -133,7 +133,10 @@ fn verify_message(
 
 /// Re-verifies a signature recorded in an event under `public_key`
 /// (base64url): the message is rebuilt from its subject and command.
-pub fn verify_recorded(recorded: &CommandSignature, public_key: &str) -> Result<(), SignatureError> {
+pub fn verify_recorded(
+    recorded: &CommandSignature,
+    public_key: &str,
+) -> Result<(), SignatureError> {
     let bytes: [u8; 64] = URL_SAFE_NO_PAD
         .decode(&recorded.value)
         .ok()
@@ -224,8 +227,7 @@ pub fn verify_event(
                     key.revoked
                         .as_ref()
                         .map_or("never".to_string(), |r| r.at.to_string()),
-                    key.not_after
-                        .map_or("unset".to_string(), |n| n.to_string()),
+                    key.not_after.map_or("unset".to_string(), |n| n.to_string()),
                 ));
             }
             key.public_key.clone()
@@ -278,7 +280,9 @@ mod tests {
         );
         assert_eq!(
             verify(&pk, &id, subject, b"not json", &sig),
-            Err(SignatureError::Body("expected ident at line 1 column 2".into()))
+            Err(SignatureError::Body(
+                "expected ident at line 1 column 2".into()
+            ))
         );
     }
 
