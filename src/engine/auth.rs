@@ -42,7 +42,7 @@
 //! "<base64url>"}}` (always valid for the tenant: removing one from the file
 //! retires it) and `"require_signatures": true` (default false). Other keys
 //! are registered in the tenant's registry (`register_key`). A command that
-//! carries a signature must verify ([`Engine::verify_signature`]), never
+//! carries a signature must verify (`Engine::verify_signature`), never
 //! falling back to the HMAC; on a tenant that requires signatures, a command
 //! without one is refused. Mission completions and queries keep the HMAC.
 

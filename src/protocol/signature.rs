@@ -14,7 +14,7 @@
 //! gives the same bytes for commands). The key's owner must be the body's
 //! actor. The engine records the signature, the subject and the body in
 //! every event the command writes
-//! ([`CommandSignature`](crate::domain::CommandSignature)), so anyone with
+//! ([`CommandSignature`]), so anyone with
 //! the key ring re-verifies it ([`verify_recorded`]).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
