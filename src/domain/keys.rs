@@ -467,3 +467,250 @@ pub(crate) fn fold(ring: &mut Registry, seq: u64, at: DateTime<Utc>, by: &Actor,
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{decide, CommandEnvelope, CommandId, Facts, TenantId, TreeId};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+    }
+
+    fn pk(n: u8) -> String {
+        URL_SAFE_NO_PAD.encode(
+            ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+    }
+
+    fn actor(s: &str) -> Actor {
+        let (kind, id) = s.split_once(':').unwrap();
+        serde_json::from_value(serde_json::json!({"kind": kind, "id": id})).unwrap()
+    }
+
+    fn cmd(by: &str, body: serde_json::Value) -> CommandEnvelope {
+        let mut v = serde_json::json!({"command_id": CommandId::generate(), "tenant": "acme",
+            "actor": actor(by)});
+        v.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn register(by: &str, key_id: &str, owner: &str, n: u8) -> CommandEnvelope {
+        cmd(
+            by,
+            serde_json::json!({"type": "register_key", "key_id": key_id, "owner": owner,
+                "public_key": pk(n)}),
+        )
+    }
+
+    fn registry() -> Tree {
+        let t = TenantId::new("acme").unwrap();
+        Tree::empty(t.clone(), TreeId::registry(&t))
+    }
+
+    /// Decides and applies `c`; the refusal's reason if refused.
+    fn run(
+        tree: &mut Tree,
+        c: &CommandEnvelope,
+        facts: &Facts,
+    ) -> Result<Vec<&'static str>, &'static str> {
+        let events = decide(tree, c, facts, now()).map_err(|e| e.reason())?;
+        for e in &events {
+            crate::domain::apply(tree, e);
+        }
+        Ok(events.iter().map(|e| e.body.type_name()).collect())
+    }
+
+    #[test]
+    fn who_may_register_and_revoke_which_key() {
+        let mut t = registry();
+        let f = Facts::default();
+        assert_eq!(
+            run(
+                &mut t,
+                &register("admin:sec", "lead-1", "agent:lead", 1),
+                &f
+            ),
+            Ok(vec!["key_registered"])
+        );
+        assert_eq!(
+            run(
+                &mut t,
+                &register("principal:cfo", "cfo-1", "principal:cfo", 2),
+                &f
+            ),
+            Ok(vec!["key_registered"])
+        );
+        assert_eq!(
+            run(&mut t, &register("principal:cfo", "x", "agent:lead", 3), &f),
+            Err("key_forbidden")
+        );
+        assert_eq!(
+            run(&mut t, &register("agent:lead", "x", "admin:lead", 3), &f),
+            Err("key_forbidden")
+        );
+        let revoke =
+            |by: &str, id: &str| cmd(by, serde_json::json!({"type": "revoke_key", "key_id": id}));
+        assert_eq!(
+            run(&mut t, &revoke("principal:cfo", "lead-1"), &f),
+            Err("key_forbidden")
+        );
+        assert_eq!(
+            run(&mut t, &revoke("agent:lead", "lead-1"), &f),
+            Ok(vec!["key_revoked"])
+        );
+        assert_eq!(
+            run(&mut t, &revoke("admin:sec", "lead-1"), &f),
+            Err("key_already_revoked")
+        );
+        assert_eq!(
+            run(&mut t, &revoke("admin:sec", "nope"), &f),
+            Err("key_not_found")
+        );
+        let configured = Facts {
+            key_id_configured: true,
+            ..Facts::default()
+        };
+        assert_eq!(
+            run(&mut t, &revoke("admin:sec", "root"), &configured),
+            Err("key_configured")
+        );
+        // Ids are never reused: revoked, registered, or configured.
+        assert_eq!(
+            run(
+                &mut t,
+                &register("admin:sec", "lead-1", "agent:lead", 4),
+                &f
+            ),
+            Err("key_id_taken")
+        );
+        assert_eq!(
+            run(
+                &mut t,
+                &register("admin:sec", "cfo-1", "principal:cfo", 4),
+                &f
+            ),
+            Err("key_id_taken")
+        );
+        assert_eq!(
+            run(
+                &mut t,
+                &register("admin:sec", "root", "admin:sec", 4),
+                &configured
+            ),
+            Err("key_id_taken")
+        );
+        let ring = &t.registry().keys;
+        assert_eq!(ring.len(), 2);
+        let lead = &ring[&KeyId::new("lead-1").unwrap()];
+        assert_eq!(lead.registered_seq, 1);
+        assert_eq!(lead.revoked.as_ref().map(|r| r.seq), Some(3));
+    }
+
+    #[test]
+    fn a_rotation_registers_and_revokes_in_one_commit() {
+        let mut t = registry();
+        let f = Facts::default();
+        run(
+            &mut t,
+            &register("admin:sec", "cfo-1", "principal:cfo", 1),
+            &f,
+        )
+        .unwrap();
+        let rotate = |by: &str, new: &str| {
+            cmd(
+                by,
+                serde_json::json!({"type": "rotate_key", "key_id": "cfo-1",
+                "new_key_id": new, "public_key": pk(2)}),
+            )
+        };
+        assert_eq!(
+            run(&mut t, &rotate("agent:lead", "cfo-2"), &f),
+            Err("key_forbidden")
+        );
+        assert_eq!(
+            run(&mut t, &rotate("principal:cfo", "cfo-1"), &f),
+            Err("key_id_taken")
+        );
+        assert_eq!(
+            run(&mut t, &rotate("principal:cfo", "cfo-2"), &f),
+            Ok(vec!["key_registered", "key_revoked"])
+        );
+        assert_eq!(
+            run(&mut t, &rotate("principal:cfo", "cfo-3"), &f),
+            Err("key_already_revoked")
+        );
+        let new = &t.registry().keys[&KeyId::new("cfo-2").unwrap()];
+        assert_eq!(new.owner.as_str(), "principal:cfo");
+        assert!(new.revoked.is_none());
+    }
+
+    #[test]
+    fn bad_keys_owners_and_times_are_refused_at_the_door() {
+        let mut t = registry();
+        let f = Facts::default();
+        // The identity point (small order) and a non-point.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        for bad in [identity, not_a_point] {
+            let c = cmd(
+                "admin:sec",
+                serde_json::json!({"type": "register_key", "key_id": "k",
+                "owner": "principal:cfo", "public_key": URL_SAFE_NO_PAD.encode(bad)}),
+            );
+            assert_eq!(run(&mut t, &c, &f), Err("invalid_field"));
+        }
+        let past = cmd(
+            "admin:sec",
+            serde_json::json!({"type": "register_key", "key_id": "k",
+            "owner": "principal:cfo", "public_key": pk(1), "not_after": "2025-01-01T00:00:00Z"}),
+        );
+        assert_eq!(run(&mut t, &past, &f), Err("not_after_in_past"));
+        assert!(KeyOwner::new("system:expiry").is_err());
+        assert!(KeyOwner::new("ticketing:jira").is_err());
+        assert!(KeyOwner::new("principal:").is_err());
+        assert!(KeyId::new("a/b").is_err());
+        assert!(KeyId::new("a".repeat(65)).is_err());
+        assert!(KeyId::new("cfo-2026.1_a").is_ok());
+        assert!(t.registry().keys.is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn a_key_is_valid_from_its_registration_until_its_revocation() {
+        let key = RegisteredKey {
+            owner: KeyOwner::new("principal:cfo").unwrap(),
+            public_key: pk(1),
+            not_after: Some(now() + chrono::Duration::hours(2)),
+            registered_seq: 1,
+            registered_at: now(),
+            registered_by: actor("admin:sec"),
+            revoked: Some(KeyRevocation {
+                seq: 2,
+                at: now() + chrono::Duration::hours(1),
+                by: actor("admin:sec"),
+                reason: None,
+            }),
+        };
+        let at = |m: i64| now() + chrono::Duration::minutes(m);
+        assert!(!key.valid_at(at(-1)), "before its registration");
+        assert!(key.valid_at(at(0)));
+        assert!(
+            key.valid_at(at(60)),
+            "the command that revoked it, signed by it"
+        );
+        assert!(!key.valid_at(at(61)), "after its revocation");
+        let unrevoked = RegisteredKey {
+            revoked: None,
+            ..key
+        };
+        assert!(unrevoked.valid_at(at(120)));
+        assert!(!unrevoked.valid_at(at(121)), "past its not_after");
+    }
+}

@@ -403,4 +403,46 @@ mod tests {
             .verify_completion(&open, "mission.globex.x.completed", b"{}", None)
             .is_ok());
     }
+
+    #[test]
+    fn signing_keys_are_checked_when_the_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            let path = dir.path().join("auth.json");
+            std::fs::write(&path, text).unwrap();
+            AuthConfig::load(&path)
+        };
+        let pk = crate::protocol::signature::public_key_text(
+            &ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        );
+        // Signing keys alone are enough for a tenant.
+        let ok = write(&format!(
+            r#"{{"tenants":{{"acme":{{"signing_keys":{{"root":{{"owner":"admin:sec","public_key":"{pk}"}}}},"require_signatures":true}}}}}}"#
+        ))
+        .unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        assert!(ok.requires(&acme) && ok.requires_signatures(&acme));
+        assert!(ok
+            .configured_key(&acme, &KeyId::new("root").unwrap())
+            .is_some());
+        let bad = write(
+            r#"{"tenants":{"acme":{"signing_keys":{"root":{"owner":"admin:sec","public_key":"AAAA"}}}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("signing key root: public_key is 3 bytes"),
+            "{bad}"
+        );
+        let none = write(r#"{"tenants":{"acme":{}}}"#).unwrap_err();
+        assert!(
+            none.to_string()
+                .contains("lists no keys and no signing keys"),
+            "{none}"
+        );
+        assert!(write(&format!(
+            r#"{{"tenants":{{"acme":{{"signing_keys":{{"root":{{"owner":"system:expiry","public_key":"{pk}"}}}}}}}}}}"#
+        ))
+        .is_err());
+    }
 }
