@@ -601,3 +601,111 @@ async fn a_tenant_migrates_from_hmac_to_required_signatures_and_completions_keep
     .await;
     instance.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_generates_registers_and_signs_with_keys() {
+    use common::cli::{mandate, ok_json, says};
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let data = files.path().join("cli-data");
+    let (sec_pem, cfo_pem) = (files.path().join("sec.pem"), files.path().join("cfo.pem"));
+    let keygen = |file: &std::path::Path| {
+        let out = mandate(&data, &["keys", "keygen", "--out", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", common::cli::text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let sec_pk = keygen(&sec_pem);
+    let cfo_pk = keygen(&cfo_pem);
+    // Never overwritten.
+    let again = mandate(
+        &data,
+        &["keys", "keygen", "--out", sec_pem.to_str().unwrap()],
+    );
+    assert!(!again.status.success());
+    let auth: AuthConfig = serde_json::from_value(json!({"tenants": {"acme": {
+        "signing_keys": {"security-root": {"owner": "admin:security", "public_key": sec_pk}},
+        "require_signatures": true}}}))
+    .unwrap();
+    let instance = Instance::start_with(
+        &server.url(),
+        dir.path(),
+        EngineConfig {
+            auth: Some(Arc::new(auth)),
+            ..EngineConfig::default()
+        },
+    )
+    .await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    let url = server.url();
+    let run = move |args: Vec<String>| {
+        let data = data.clone();
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut all = vec!["--nats".to_string(), url, "--tenant".into(), "acme".into()];
+                all.extend(args);
+                let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                mandate(&data, &all)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let (sec, cfo) = (sec_pem.to_str().unwrap(), cfo_pem.to_str().unwrap());
+
+    let out = run(args(&[
+        "--actor",
+        "admin:security",
+        "--signing-key",
+        sec,
+        "--key-id",
+        "security-root",
+        "keys",
+        "register",
+        "cfo-cli",
+        "--owner",
+        "principal:cfo",
+        "--public-key-of",
+        cfo,
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", common::cli::text(&out));
+    // Unsigned, on a tenant that requires signatures: refused.
+    let issue = [
+        "issue",
+        "--principal",
+        "cfo",
+        "--agent",
+        "lead",
+        "--purpose",
+        "cli",
+        "--grant",
+        "finance:read on reports/**",
+    ];
+    let mut unsigned = args(&["--actor", "principal:cfo"]);
+    unsigned.extend(args(&issue));
+    says(&run(unsigned).await, 5, &["requires a Mandate-Signature"]);
+    let mut signed = args(&[
+        "--json",
+        "--actor",
+        "principal:cfo",
+        "--signing-key",
+        cfo,
+        "--key-id",
+        "cfo-cli",
+    ]);
+    signed.extend(args(&issue));
+    let out = run(signed).await;
+    let reply = ok_json(&out);
+    assert_eq!(
+        reply["commits"][0]["events"][0]["signature"]["key_id"], "cfo-cli",
+        "{reply}"
+    );
+    let ring = ok_json(&run(args(&["--json", "keys", "list"])).await);
+    assert_eq!(ring["keys"][1]["public_key"], json!(cfo_pk), "{ring}");
+    assert_eq!(ring["require_signatures"], true);
+    instance.stop().await;
+}

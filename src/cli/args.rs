@@ -421,7 +421,8 @@ pub enum KeysCmd {
     /// for itself).
     Register {
         /// The key's id, never reused in the tenant: [A-Za-z0-9._-], 1 to 64.
-        key_id: String,
+        #[arg(value_name = "KEY_ID")]
+        id: String,
         /// Who signs with it: principal:<id>, agent:<id> or admin:<id>.
         #[arg(long, value_name = "ACTOR")]
         owner: String,
@@ -433,7 +434,9 @@ pub enum KeysCmd {
     },
     /// Revoke a registered key for good.
     Revoke {
-        key_id: String,
+        /// The key's id.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
         /// Why, recorded in the event.
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
@@ -441,7 +444,9 @@ pub enum KeysCmd {
     /// Register a new key for the owner of KEY_ID and revoke KEY_ID, in one
     /// commit.
     Rotate {
-        key_id: String,
+        /// The key's id.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
         /// The new key's id.
         #[arg(long, value_name = "ID")]
         new_key_id: String,

@@ -73,7 +73,7 @@ pub(super) async fn change(client: &Client, cmd: &Cmd, json: bool) -> Result<Exi
                 .await
         }
         Cmd::Keys(KeysCmd::Register {
-            key_id,
+            id: key_id,
             owner,
             public_key,
             not_after,
@@ -87,11 +87,11 @@ pub(super) async fn change(client: &Client, cmd: &Cmd, json: bool) -> Result<Exi
                 )
                 .await
         }
-        Cmd::Keys(KeysCmd::Revoke { key_id, reason }) => {
+        Cmd::Keys(KeysCmd::Revoke { id: key_id, reason }) => {
             client.revoke_key(key_id_of(key_id)?, reason.clone()).await
         }
         Cmd::Keys(KeysCmd::Rotate {
-            key_id,
+            id: key_id,
             new_key_id,
             public_key,
             not_after,
