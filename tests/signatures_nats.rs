@@ -709,3 +709,74 @@ async fn the_cli_generates_registers_and_signs_with_keys() {
     assert_eq!(ring["require_signatures"], true);
     instance.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_bulk_command_and_mission_completion_record_their_signature_in_every_event() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = start(&server, dir.path(), false).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
+    let cfo = signed(&nc, principal("cfo"), "cfo-1", key(10));
+    let done = cfo
+        .issue(ticket_issue("jira:BULK-1"))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+    let swept = cfo
+        .issue(root_issue(
+            "cfo",
+            "lead",
+            None,
+            &["finance:read on reports/**"],
+        ))
+        .await
+        .unwrap()
+        .mandate
+        .unwrap();
+
+    // The cfo completes the mission: each tree's completion carries the
+    // signature of the command it serves.
+    let completed = cfo.complete_mission(mission("jira:BULK-1")).await.unwrap();
+    let events: Vec<_> = completed.commits.iter().flat_map(|c| &c.events).collect();
+    assert!(!events.is_empty());
+    for e in &events {
+        let sig = e
+            .signature
+            .as_ref()
+            .expect("a completion records its signature");
+        assert_eq!(sig.command["command_id"], json!(completed.command_id));
+    }
+    // The administrator deprovisions the lead: the block and every revoke.
+    let swept_by = security(&nc)
+        .revoke_agent(mandate::domain::AgentId::new("lead").unwrap(), None)
+        .await
+        .unwrap();
+    let types: Vec<&str> = swept_by
+        .commits
+        .iter()
+        .flat_map(|c| &c.events)
+        .map(|e| {
+            assert_eq!(
+                e.signature.as_ref().map(|s| s.key_id.as_str()),
+                Some("security-root"),
+                "{e:?}"
+            );
+            e.body.type_name()
+        })
+        .collect();
+    assert_eq!(types, ["agent_blocked", "mandate_revoked"]);
+    for (what, q) in [
+        ("completed tree", of_mandate(done)),
+        ("swept tree", of_mandate(swept)),
+        ("registry", of_registry()),
+    ] {
+        let v = cfo.verify(q).await.unwrap();
+        assert!(v.intact, "{what}: {v:?}");
+        assert!(v.signatures >= 2, "{what}: {v:?}");
+        assert!(v.signature_failures.is_empty(), "{what}: {v:?}");
+    }
+    instance.stop().await;
+}

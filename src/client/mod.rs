@@ -795,7 +795,7 @@ impl MissionPublisher {
             }
             #[cfg(feature = "engine")]
             MissionPublisher::Local(engine) => engine
-                .complete_mission(tenant, mission, Actor::mission_intake(), None)
+                .complete_mission(tenant, mission, Actor::mission_intake(), None, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| ClientError::Engine(e.to_body())),

@@ -38,6 +38,7 @@ impl Engine {
                     &mission,
                     cmd.actor.clone(),
                     Some(cmd.command_id),
+                    signature,
                 )
                 .await;
         }
