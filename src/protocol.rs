@@ -16,9 +16,11 @@
 //!   the reason) and counted in [`Health`].
 //! - `mandate.audit.<tenant>.<mandate>`: [`AuditRecord`]s of answered checks.
 //!
-//! Request signing (the `Mandate-Auth` header) is in [`auth`].
+//! Request signing (the `Mandate-Auth` header) is in [`auth`]; signed
+//! commands (the `Mandate-Signature` header) in [`signature`].
 
 pub mod auth;
+pub mod signature;
 pub mod token;
 
 use chrono::{DateTime, Utc};
@@ -28,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::domain::command::EXTERNAL_COMMAND_ID_PATTERN;
 use crate::domain::{
     Actor, AgentId, ChainFault, ChainLink, CommandId, Decision, DomainError, Effective, ErrorCode,
-    Event, Mandate, MandateId, MissionRef, PrincipalId, Quarantine, Status, TenantId, Tree, TreeId,
-    SCHEMA_VERSION,
+    Event, KeyId, KeyOwner, Mandate, MandateId, MissionRef, PrincipalId, Quarantine, RegisteredKey,
+    Status, TenantId, Tree, TreeId, SCHEMA_VERSION,
 };
 
 /// Subject of a command verb.
@@ -74,7 +76,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Query verbs.
 pub const QUERY_VERBS: &[&str] = &[
     "status", "tree", "chain", "history", "verify", "list", "check", "audit", "health", "token",
-    "jwks",
+    "jwks", "keys",
 ];
 /// Bulk command verbs.
 pub const BULK_VERBS: &[&str] = &["revoke_agent", "revoke_principal"];
@@ -496,6 +498,72 @@ pub struct VerifyReply {
     /// administrator's resolution of a quarantine skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<u64>,
+    /// Events of the log that record a command signature: each was
+    /// re-verified against the key ring as of the event (the key configured,
+    /// or registered before it and not revoked before it).
+    #[serde(default)]
+    pub signatures: u64,
+    /// The recorded signatures that do not verify, by event. `intact` is
+    /// about the chain; an auditor reads both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signature_failures: Vec<SignatureFailure>,
+}
+
+/// A recorded signature that does not verify.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SignatureFailure {
+    pub seq: u64,
+    pub key_id: KeyId,
+    pub reason: String,
+}
+
+/// `keys`: no fields (an empty object, or an empty body).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeysQuery {}
+
+/// Reply to `keys`: the tenant's key ring, the operator's configured keys
+/// first, then the registered ones (revoked ones included), by key id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeysReply {
+    pub tenant: TenantId,
+    /// Whether every command of the tenant must be signed.
+    pub require_signatures: bool,
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Where a key of the ring comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// The operator's auth configuration: valid while it lists the key.
+    Configured,
+    /// A `key_registered` event of the tenant's registry.
+    Registered,
+}
+
+/// Whether a key signs commands now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    /// Past its `not_after`.
+    Expired,
+}
+
+/// One key of a tenant's ring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyInfo {
+    pub key_id: KeyId,
+    pub owner: KeyOwner,
+    /// Ed25519, base64url without padding.
+    pub public_key: String,
+    pub source: KeySource,
+    pub status: KeyStatus,
+    /// Registration, revocation and expiry, for a registered key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<RegisteredKey>,
 }
 
 /// One mandate in a list.
@@ -704,6 +772,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("query-health", schema_for!(HealthQuery)),
         ("query-token", schema_for!(token::TokenQuery)),
         ("query-jwks", schema_for!(token::JwksQuery)),
+        ("query-keys", schema_for!(KeysQuery)),
         ("reply-command", schema_for!(Reply<CommandResult>)),
         ("reply-status", schema_for!(Reply<StatusReply>)),
         ("reply-chain", schema_for!(Reply<ChainReply>)),
@@ -716,6 +785,7 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-health", schema_for!(Reply<Health>)),
         ("reply-token", schema_for!(Reply<token::TokenReply>)),
         ("reply-jwks", schema_for!(Reply<token::Jwks>)),
+        ("reply-keys", schema_for!(Reply<KeysReply>)),
         ("token-claims", schema_for!(token::TokenClaims)),
         ("jwks", schema_for!(token::Jwks)),
     ]

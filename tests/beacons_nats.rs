@@ -215,6 +215,7 @@ async fn more_tenants_than_acknowledgements_awaited_at_once_all_keep_getting_bea
     let tenants = 6_000;
     let keys = TenantKeys {
         keys: [("principal:cfo".to_string(), "s".repeat(32))].into(),
+        ..TenantKeys::default()
     };
     let auth = AuthConfig {
         tenants: (0..tenants)

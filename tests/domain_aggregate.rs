@@ -1776,6 +1776,7 @@ fn golden_event() -> Event {
         command_digest: "ab".repeat(32),
         correlation_id: Some("ticket-7".into()),
         prev_hash: Some("cd".repeat(32)),
+        signature: None,
         body: EventBody::MandateIssued(Box::new(mandate::domain::event::MandateIssued {
             mandate: MandateId(Uuid::from_u128(0x3)),
             parent: Some(root()),

@@ -207,3 +207,92 @@ fn approval_documents_validate() {
     );
     assert!(decide(&tree, &deny, &Facts::default(), now).is_err());
 }
+
+/// A rotation signed with the key it rotates: its events (each carrying the
+/// recorded signature), the key ring in a `keys` reply and a `verify` reply
+/// naming a signature failure validate against their schemas.
+#[test]
+fn key_events_signed_commands_and_the_key_ring_validate() {
+    use mandate::domain::keys::{CommandSignature, SignatureAlg};
+    use mandate::domain::{KeyId, KeyOwner, TreeId};
+    use mandate::protocol::signature::{public_key_text, sign};
+    use mandate::protocol::{KeyInfo, KeySource, KeyStatus, KeysReply, VerifyReply};
+
+    let tenant = TenantId::new("acme").unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[10; 32]);
+    let mut tree = Tree::empty(tenant.clone(), TreeId::registry(&tenant));
+    let command = |body: Value| -> CommandEnvelope {
+        let mut v = serde_json::json!({
+            "command_id": CommandId::generate(), "tenant": "acme",
+            "actor": {"kind": "principal", "id": "cfo"}});
+        v.as_object_mut()
+            .unwrap()
+            .extend(body.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    };
+    let register = command(
+        serde_json::json!({"type": "register_key", "key_id": "cfo-1",
+        "owner": "principal:cfo", "public_key": public_key_text(&key)}),
+    );
+    let rotate = command(serde_json::json!({"type": "rotate_key", "key_id": "cfo-1",
+        "new_key_id": "cfo-2", "public_key": public_key_text(&ed25519_dalek::SigningKey::from_bytes(&[11; 32]))}));
+    let subject = "mandate.cmd.acme.rotate_key";
+    let body = serde_json::to_vec(&rotate).unwrap();
+    let header = sign(&key, &KeyId::new("cfo-1").unwrap(), subject, &body).unwrap();
+    let signed = Facts {
+        signature: Some(Box::new(CommandSignature {
+            key_id: KeyId::new("cfo-1").unwrap(),
+            owner: KeyOwner::new("principal:cfo").unwrap(),
+            alg: SignatureAlg::EdDSA,
+            value: header.rsplit(' ').next().unwrap().into(),
+            subject: subject.into(),
+            command: serde_json::from_slice(&body).unwrap(),
+        })),
+        ..Facts::default()
+    };
+    let mut types = Vec::new();
+    for (c, facts) in [(&register, Facts::default()), (&rotate, signed)] {
+        let events = decide(&tree, c, &facts, now).unwrap();
+        let commit = serde_json::to_value(&events).unwrap();
+        assert!(validator("commit").is_valid(&commit), "{commit}");
+        for e in &events {
+            assert!(validator("event").is_valid(&serde_json::to_value(e).unwrap()));
+            assert_eq!(e.signature.is_some(), facts.signature.is_some());
+            types.push(e.body.type_name());
+            mandate::domain::apply(&mut tree, e);
+        }
+    }
+    assert_eq!(types, ["key_registered", "key_registered", "key_revoked"]);
+    let keys: Vec<KeyInfo> = tree
+        .registry()
+        .keys
+        .iter()
+        .map(|(id, k)| KeyInfo {
+            key_id: id.clone(),
+            owner: k.owner.clone(),
+            public_key: k.public_key.clone(),
+            source: KeySource::Registered,
+            status: if k.revoked.is_some() {
+                KeyStatus::Revoked
+            } else {
+                KeyStatus::Active
+            },
+            registered: Some(k.clone()),
+        })
+        .collect();
+    let reply = serde_json::to_value(Reply::ok(KeysReply {
+        tenant: tenant.clone(),
+        require_signatures: true,
+        keys,
+    }))
+    .unwrap();
+    assert!(validator("reply-keys").is_valid(&reply), "{reply}");
+    let verify: VerifyReply = serde_json::from_value(serde_json::json!({
+        "tree": tree.id(), "events": 3, "head_hash": null, "intact": true,
+        "signatures": 1, "signature_failures": [{"seq": 2, "key_id": "cfo-1",
+        "reason": "key cfo-1 was not valid"}]}))
+    .unwrap();
+    let reply = serde_json::to_value(Reply::ok(verify)).unwrap();
+    assert!(validator("reply-verify").is_valid(&reply), "{reply}");
+}

@@ -530,7 +530,13 @@ async fn a_tenant_that_requires_proof_gives_tokens_only_to_proven_callers() {
         ("agent:lead".to_string(), "lead-secret".to_string()),
     ]);
     let auth = AuthConfig {
-        tenants: BTreeMap::from([("acme".to_string(), TenantKeys { keys })]),
+        tenants: BTreeMap::from([(
+            "acme".to_string(),
+            TenantKeys {
+                keys,
+                ..TenantKeys::default()
+            },
+        )]),
     };
     let (_server, _dir, _i, nc) = serve_one_with(
         "acme",

@@ -41,6 +41,18 @@ LEASE = 1.5
 """The guards' lease in the suite: several beacon intervals."""
 SECURE_TENANT = "pysecure"
 SECRETS = {"principal:cfo": "s3cret-cfo", "agent:lead": "s3cret-lead"}
+SIGNED_TENANT = "pysigned"
+"""A tenant that requires signed commands; its administrator's key is
+configured (`ADMIN_KEY_SEED`, key id `admin-root`)."""
+ADMIN_KEY_SEED = bytes(range(32))
+
+
+def admin_public_key() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mandate_guard import public_key
+
+    return public_key(Ed25519PrivateKey.from_private_bytes(ADMIN_KEY_SEED))
 
 
 def free_port() -> int:
@@ -103,7 +115,19 @@ class Stack:
             self.dir / "nats.log",
         )
         auth = self.dir / "auth.json"
-        auth.write_text(json.dumps({"tenants": {SECURE_TENANT: {"keys": SECRETS}}}))
+        auth.write_text(
+            json.dumps(
+                {
+                    "tenants": {
+                        SECURE_TENANT: {"keys": SECRETS},
+                        SIGNED_TENANT: {
+                            "signing_keys": {"admin-root": {"owner": "admin:security", "public_key": admin_public_key()}},
+                            "require_signatures": True,
+                        },
+                    }
+                }
+            )
+        )
         # The engine signs mandate tokens with a key of its own, and serves
         # their verification keys over HTTP (JWKS).
         self.token_key = self.dir / "token.pem"

@@ -44,6 +44,27 @@ pub struct Cli {
     /// actors (signs every request).
     #[arg(long, global = true, env = "MANDATE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// The actor's Ed25519 signing key (PKCS#8 PEM, as `mandate keys
+    /// keygen` writes it): every command is signed with it
+    /// (`Mandate-Signature`), under --key-id.
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_SIGNING_KEY",
+        value_name = "FILE",
+        requires = "key_id"
+    )]
+    pub signing_key: Option<PathBuf>,
+    /// The id under which --signing-key is registered in the tenant (or
+    /// configured by the operator).
+    #[arg(
+        long,
+        global = true,
+        env = "MANDATE_KEY_ID",
+        value_name = "ID",
+        requires = "signing_key"
+    )]
+    pub key_id: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -356,6 +377,10 @@ pub enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Signing keys of the tenant: list the ring, register, revoke or rotate
+    /// a key, or write a new one.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Guard an MCP server: a proxy between an agent and the server's
     /// command (after `--`) that checks every tool call, resource read and
     /// prompt against --mandate.
@@ -385,6 +410,72 @@ pub enum Cmd {
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },
+}
+
+/// `mandate keys …`.
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// The tenant's key ring: configured and registered keys, with status.
+    List,
+    /// Register a signing key (administrators for anyone, any other actor
+    /// for itself).
+    Register {
+        /// The key's id, never reused in the tenant: [A-Za-z0-9._-], 1 to 64.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
+        /// Who signs with it: principal:<id>, agent:<id> or admin:<id>.
+        #[arg(long, value_name = "ACTOR")]
+        owner: String,
+        #[command(flatten)]
+        public_key: PublicKeyArgs,
+        /// After this moment the key signs nothing, RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        not_after: Option<DateTime<Utc>>,
+    },
+    /// Revoke a registered key for good.
+    Revoke {
+        /// The key's id.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
+        /// Why, recorded in the event.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// Register a new key for the owner of KEY_ID and revoke KEY_ID, in one
+    /// commit.
+    Rotate {
+        /// The key's id.
+        #[arg(value_name = "KEY_ID")]
+        id: String,
+        /// The new key's id.
+        #[arg(long, value_name = "ID")]
+        new_key_id: String,
+        #[command(flatten)]
+        public_key: PublicKeyArgs,
+        /// After this moment the new key signs nothing, RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        not_after: Option<DateTime<Utc>>,
+    },
+    /// Write a new Ed25519 signing key (PKCS#8 PEM, owner-readable only,
+    /// the format of `token-keygen`); prints its public key (base64url),
+    /// for `keys register`.
+    Keygen {
+        /// The file to create (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// The public key of `keys register` and `keys rotate`.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct PublicKeyArgs {
+    /// The Ed25519 public key, base64url without padding.
+    #[arg(long, value_name = "B64")]
+    pub public_key: Option<String>,
+    /// Or the private key file (PKCS#8 PEM) whose public key it is.
+    #[arg(long, value_name = "FILE")]
+    pub public_key_of: Option<PathBuf>,
 }
 
 /// The arguments of `issue`.
@@ -486,6 +577,10 @@ impl Cmd {
             Cmd::Approve { .. } => Some("approve"),
             Cmd::DenyApproval { .. } => Some("deny-approval"),
             Cmd::UseApproval { .. } => Some("use-approval"),
+            Cmd::Keys(KeysCmd::Register { .. }) => Some("keys register"),
+            Cmd::Keys(KeysCmd::Revoke { .. }) => Some("keys revoke"),
+            Cmd::Keys(KeysCmd::Rotate { .. }) => Some("keys rotate"),
+            Cmd::Keys(KeysCmd::List | KeysCmd::Keygen { .. }) => None,
             Cmd::Serve { .. }
             | Cmd::Demo
             | Cmd::Status { .. }

@@ -1,13 +1,15 @@
 //! The commands that change authority: each builds its command from the
 //! arguments, sends it as `--actor`, and prints what it wrote.
 
-use super::args::{ApprovalRequestArgs, Cmd, DelegateArgs, IssueArgs};
+use std::path::Path;
+
+use super::args::{ApprovalRequestArgs, Cmd, DelegateArgs, IssueArgs, KeysCmd, PublicKeyArgs};
 use super::exit::{invalid, Exit, Failure};
 use super::parse::{agent, deadline, mandate_id, mission, parse_ttl, principal, scope, valid};
 use super::render::show;
 use crate::client::{Client, ClientError};
 use crate::domain::command::{Delegate, Issue, Resolution};
-use crate::domain::Mission;
+use crate::domain::{KeyId, KeyOwner, Mission};
 use crate::protocol::CommandResult;
 
 /// Sends `cmd`, one of the commands [`Cmd::changes_authority`] names but
@@ -68,6 +70,39 @@ pub(super) async fn change(client: &Client, cmd: &Cmd, json: bool) -> Result<Exi
             let m = mandate_id(mandate)?;
             client
                 .resolve_quarantine(m, *position, action, reason.clone())
+                .await
+        }
+        Cmd::Keys(KeysCmd::Register {
+            id: key_id,
+            owner,
+            public_key,
+            not_after,
+        }) => {
+            client
+                .register_key(
+                    key_id_of(key_id)?,
+                    valid(KeyOwner::new(owner.as_str()))?,
+                    public_key_of(public_key)?,
+                    *not_after,
+                )
+                .await
+        }
+        Cmd::Keys(KeysCmd::Revoke { id: key_id, reason }) => {
+            client.revoke_key(key_id_of(key_id)?, reason.clone()).await
+        }
+        Cmd::Keys(KeysCmd::Rotate {
+            id: key_id,
+            new_key_id,
+            public_key,
+            not_after,
+        }) => {
+            client
+                .rotate_key(
+                    key_id_of(key_id)?,
+                    key_id_of(new_key_id)?,
+                    public_key_of(public_key)?,
+                    *not_after,
+                )
                 .await
         }
         Cmd::RequestApproval {
@@ -205,4 +240,46 @@ fn approval_id(s: &str) -> Result<uuid::Uuid, Failure> {
 fn shown(sent: Result<CommandResult, ClientError>, json: bool) -> Result<Exit, Failure> {
     show(&sent?, json)?;
     Ok(Exit::Ok)
+}
+
+fn key_id_of(id: &str) -> Result<KeyId, Failure> {
+    valid(KeyId::new(id))
+}
+
+/// The public key given as base64url, or that of a private key file.
+fn public_key_of(args: &PublicKeyArgs) -> Result<String, Failure> {
+    match (&args.public_key, &args.public_key_of) {
+        (Some(b64), _) => Ok(b64.clone()),
+        (None, Some(file)) => Ok(crate::protocol::signature::public_key_text(
+            &read_signing_key(file)?,
+        )),
+        (None, None) => Err(invalid("give --public-key B64 or --public-key-of FILE")),
+    }
+}
+
+/// Reads an Ed25519 private key in PKCS#8 PEM (as `keys keygen` and
+/// `token-keygen` write it).
+pub(super) fn read_signing_key(file: &Path) -> Result<ed25519_dalek::SigningKey, Failure> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        invalid(format!(
+            "signing key {}: cannot read it: {e}",
+            file.display()
+        ))
+    })?;
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+        invalid(format!(
+            "signing key {}: not an Ed25519 private key in PKCS#8 PEM (BEGIN PRIVATE KEY), as `mandate keys keygen` writes: {e}",
+            file.display()
+        ))
+    })
+}
+
+/// Writes a new signing key to `out` (never overwriting a file) in the
+/// format of `token-keygen`; returns its public key, base64url.
+pub(super) fn keygen(out: &Path) -> Result<String, Failure> {
+    crate::engine::tokens::write_new_key(out).map_err(|e| invalid(e.to_string()))?;
+    Ok(crate::protocol::signature::public_key_text(
+        &read_signing_key(out)?,
+    ))
 }

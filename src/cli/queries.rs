@@ -109,6 +109,32 @@ pub(super) async fn query(
             }
         }
         Cmd::Jwks => say!("{}", serde_json::to_string_pretty(&client.jwks().await?)?),
+        Cmd::Keys(super::args::KeysCmd::List) => {
+            let ring = client.keys().await?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&ring)?);
+            } else {
+                say!(
+                    "tenant {}: signatures {}",
+                    ring.tenant,
+                    if ring.require_signatures {
+                        "required"
+                    } else {
+                        "optional"
+                    }
+                );
+                for k in &ring.keys {
+                    say!(
+                        "{}  {}  {:?}  {:?}  {}",
+                        k.key_id,
+                        k.owner,
+                        k.source,
+                        k.status,
+                        k.public_key
+                    );
+                }
+            }
+        }
         // `runner` sends only the reads here.
         other => unreachable!("{other:?} is not a read"),
     }

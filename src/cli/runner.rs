@@ -26,6 +26,18 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn run_inner(cli: Cli) -> Result<Exit, Failure> {
+    if let Cmd::Keys(super::args::KeysCmd::Keygen { out }) = &cli.command {
+        let public_key = commands::keygen(out)?;
+        if cli.json {
+            say!(
+                "{}",
+                serde_json::json!({"file": out, "public_key": public_key})
+            );
+        } else {
+            say!("{public_key}");
+        }
+        return Ok(Exit::Ok);
+    }
     if let Cmd::TokenKeygen { out } = &cli.command {
         let kid = crate::engine::tokens::write_new_key(out).map_err(|e| invalid(e.to_string()))?;
         if cli.json {
@@ -146,6 +158,13 @@ async fn over_nats(
     let client = match &cli.secret {
         Some(secret) => client.with_secret(secret.as_bytes()),
         None => client,
+    };
+    let client = match (&cli.signing_key, &cli.key_id) {
+        (Some(file), Some(id)) => client.with_signing_key(
+            parse::valid(crate::domain::KeyId::new(id.as_str()))?,
+            commands::read_signing_key(file)?,
+        ),
+        _ => client,
     };
     let missions = MissionPublisher::Nats(Box::new(async_nats::jetstream::new(nc)));
     command(cli, &tenant, client, missions).await

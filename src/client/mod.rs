@@ -21,6 +21,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::domain::keys::{KeyId, KeyOwner, RegisterKey, RevokeKey, RotateKey};
 use crate::domain::{
     command::{
         AgentBlock, Change, CompleteMission, Delegate, Issue, Narrow, PrincipalBlock, Renew,
@@ -31,6 +32,7 @@ use crate::domain::{
 #[cfg(feature = "engine")]
 use crate::engine::Engine;
 use crate::protocol::auth::{sign, sign_as, AUTH_HEADER};
+use crate::protocol::signature::SIGNATURE_HEADER;
 use crate::protocol::{
     command_subject, mission_subject, query_subject, AuditQuery, AuditReply, Bulk, BulkEnvelope,
     ChainReply, CheckQuery, CommandResult, ErrorBody, Health, HistoryReply, ListQuery, ListReply,
@@ -103,6 +105,8 @@ pub struct Client {
     retries: u32,
     /// The actor's secret, for tenants that require authenticated actors.
     secret: Option<std::sync::Arc<Vec<u8>>>,
+    /// The actor's signing key and its id, to sign every command.
+    signing: Option<std::sync::Arc<(KeyId, ed25519_dalek::SigningKey)>>,
 }
 
 impl Client {
@@ -115,6 +119,7 @@ impl Client {
             timeout: Duration::from_secs(5),
             retries: 2,
             secret: None,
+            signing: None,
         }
     }
 
@@ -128,17 +133,29 @@ impl Client {
             timeout: Duration::from_secs(5),
             retries: 0,
             secret: None,
+            signing: None,
         }
     }
 
     /// The same client acting as someone else (without the previous
-    /// actor's secret).
+    /// actor's secret or signing key).
     pub fn as_actor(&self, actor: Actor) -> Self {
         Self {
             actor,
             secret: None,
+            signing: None,
             ..self.clone()
         }
+    }
+
+    /// Signs every command with the actor's Ed25519 key, registered in the
+    /// tenant (or configured by the operator) as `key_id`: the
+    /// `Mandate-Signature` header ([`crate::protocol::signature`]). The
+    /// engine records the signature in the command's events. Queries are
+    /// not signed. In-process clients are trusted and send no header.
+    pub fn with_signing_key(mut self, key_id: KeyId, key: ed25519_dalek::SigningKey) -> Self {
+        self.signing = Some(std::sync::Arc::new((key_id, key)));
+        self
     }
 
     /// Signs every request with the actor's secret (`Mandate-Auth` header),
@@ -214,6 +231,13 @@ impl Client {
                 if let Some(secret) = &self.secret {
                     if let Some(v) = sign(secret, &self.actor, &subject, &payload) {
                         headers.insert(AUTH_HEADER, v.as_str());
+                    }
+                }
+                if let Some((key_id, key)) = self.signing.as_deref() {
+                    if subject.starts_with("mandate.cmd.") {
+                        let v = crate::protocol::signature::sign(key, key_id, &subject, &payload)
+                            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                        headers.insert(SIGNATURE_HEADER, v.as_str());
                     }
                 }
                 let mut attempt = 0;
@@ -663,6 +687,58 @@ impl Client {
     pub async fn jwks(&self) -> Result<crate::protocol::token::Jwks, ClientError> {
         self.query("jwks", &serde_json::json!({})).await
     }
+
+    /// The tenant's key ring: configured and registered signing keys, with
+    /// their status.
+    pub async fn keys(&self) -> Result<crate::protocol::KeysReply, ClientError> {
+        self.query("keys", &serde_json::json!({})).await
+    }
+
+    /// Registers `owner`'s Ed25519 public key (base64url) as `key_id` (an
+    /// administrator for anyone, any other actor for itself).
+    pub async fn register_key(
+        &self,
+        key_id: KeyId,
+        owner: KeyOwner,
+        public_key: String,
+        not_after: Option<DateTime<Utc>>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::RegisterKey(RegisterKey {
+            key_id,
+            owner,
+            public_key,
+            not_after,
+        }))
+        .await
+    }
+
+    /// Revokes a registered key for good.
+    pub async fn revoke_key(
+        &self,
+        key_id: KeyId,
+        reason: Option<String>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::RevokeKey(RevokeKey { key_id, reason }))
+            .await
+    }
+
+    /// Registers `new_key_id` for the owner of `key_id` and revokes
+    /// `key_id`, in one commit.
+    pub async fn rotate_key(
+        &self,
+        key_id: KeyId,
+        new_key_id: KeyId,
+        public_key: String,
+        not_after: Option<DateTime<Utc>>,
+    ) -> Result<CommandResult, ClientError> {
+        self.command(Command::RotateKey(RotateKey {
+            key_id,
+            new_key_id,
+            public_key,
+            not_after,
+        }))
+        .await
+    }
 }
 
 /// A `status` or `chain` query read `fresh`.
@@ -738,7 +814,7 @@ impl MissionPublisher {
             }
             #[cfg(feature = "engine")]
             MissionPublisher::Local(engine) => engine
-                .complete_mission(tenant, mission, Actor::mission_intake(), None)
+                .complete_mission(tenant, mission, Actor::mission_intake(), None, None)
                 .await
                 .map(|_| ())
                 .map_err(|e| ClientError::Engine(e.to_body())),

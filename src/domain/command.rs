@@ -9,6 +9,7 @@ use super::approval::{DecideApproval, RequestApproval, UseApproval};
 use super::error::DomainError;
 use super::event::{check_type, check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
+use super::keys::{RegisterKey, RevokeKey, RotateKey};
 use super::model::{check_text, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
 use super::scope::{ActionPattern, Scope};
 
@@ -90,6 +91,15 @@ pub enum Command {
     BlockPrincipal(PrincipalBlock),
     /// Tenant registry: lift a principal's block. Administrators only.
     UnblockPrincipal(PrincipalBlock),
+    /// Tenant registry: register a signing key. An administrator registers
+    /// any actor's key; any other actor only its own.
+    RegisterKey(RegisterKey),
+    /// Tenant registry: revoke a signing key for good (its owner or an
+    /// administrator).
+    RevokeKey(RevokeKey),
+    /// Tenant registry: register a new key for the owner of a key and revoke
+    /// the old one, in one commit (its owner or an administrator).
+    RotateKey(RotateKey),
     /// A mandate's grantee asks for step-up approval of one request.
     RequestApproval(RequestApproval),
     /// The tree's principal grants a pending approval.
@@ -262,6 +272,9 @@ wire_names! {
         UnblockAgent => "unblock_agent",
         BlockPrincipal => "block_principal",
         UnblockPrincipal => "unblock_principal",
+        RegisterKey => "register_key",
+        RevokeKey => "revoke_key",
+        RotateKey => "rotate_key",
         ResolveQuarantine => "resolve_quarantine",
         RequestApproval => "request_approval",
         Approve => "approve",
@@ -286,7 +299,10 @@ impl Command {
             Command::BlockAgent(_)
             | Command::UnblockAgent(_)
             | Command::BlockPrincipal(_)
-            | Command::UnblockPrincipal(_) => None,
+            | Command::UnblockPrincipal(_)
+            | Command::RegisterKey(_)
+            | Command::RevokeKey(_)
+            | Command::RotateKey(_) => None,
             Command::ResolveQuarantine(r) => Some(r.mandate),
             Command::RequestApproval(r) => Some(r.mandate),
             Command::Approve(d) | Command::DenyApproval(d) => Some(d.mandate),
@@ -417,6 +433,9 @@ impl CommandEnvelope {
                 super::approval::validate_decision(c)?
             }
             Command::UseApproval(c) => super::approval::validate_use(c)?,
+            Command::RegisterKey(_) | Command::RevokeKey(_) | Command::RotateKey(_) => {
+                super::keys::validate(&self.command)?
+            }
             Command::Expire(_)
             | Command::CompleteMission(_)
             | Command::Narrow(_)

@@ -7,8 +7,9 @@ use super::command::{Command, CommandEnvelope};
 use super::error::DomainError;
 use super::event::{Event, EventBody, SCHEMA_VERSION};
 use super::ids::{EventId, PrincipalId, TreeId};
+use super::keys::CommandSignature;
 use super::model::{Actor, Mandate, Tree};
-use super::{amend, approval, issue, lifecycle, quarantine, registry};
+use super::{amend, approval, issue, keys, lifecycle, quarantine, registry};
 
 /// What a per-command rule returns: the event bodies to write, or why not.
 pub(crate) type Ruling = Result<Vec<EventBody>, DomainError>;
@@ -28,6 +29,13 @@ pub struct Facts {
     pub grantee_blocked: bool,
     /// The principal of an `issue` is blocked (offboarded) in the tenant.
     pub principal_blocked: bool,
+    /// The key id a key command registers (`register_key`'s, `rotate_key`'s
+    /// new one) or revokes is one the operator configured: it may not be
+    /// registered, nor revoked through the registry.
+    pub key_id_configured: bool,
+    /// The verified signature of the command, recorded in every event it
+    /// writes.
+    pub signature: Option<Box<CommandSignature>>,
 }
 
 /// Decides what `cmd` means for `tree` at `now`, given `facts`.
@@ -77,12 +85,14 @@ pub fn decide(
         }
     }
     let is_registry = tree.id == TreeId::registry(&tree.tenant);
-    if let Some(decided) = registry::decide(tree, &cmd.actor, &cmd.command) {
+    let decided = registry::decide(tree, &cmd.actor, &cmd.command)
+        .or_else(|| keys::decide(tree, &cmd.actor, &cmd.command, facts.key_id_configured, now));
+    if let Some(decided) = decided {
         if !is_registry {
             return Err(DomainError::TreeNotFound { tree: tree.id });
         }
         let (bodies, admin) = decided?;
-        return Ok(envelop(tree, cmd, now, bodies, Some(admin)));
+        return Ok(envelop(tree, cmd, facts, now, bodies, Some(admin)));
     }
     if tree.id.is_registry_of(&tree.tenant) {
         // The registry holds no mandate: no mandate command addresses it.
@@ -102,7 +112,10 @@ pub fn decide(
         Command::BlockAgent(_)
         | Command::UnblockAgent(_)
         | Command::BlockPrincipal(_)
-        | Command::UnblockPrincipal(_) => unreachable_registry(),
+        | Command::UnblockPrincipal(_)
+        | Command::RegisterKey(_)
+        | Command::RevokeKey(_)
+        | Command::RotateKey(_) => unreachable_registry(),
         Command::ResolveQuarantine(c) => quarantine::resolve(tree, &cmd.actor, c)?,
         Command::RequestApproval(c) => approval::request(tree, &cmd.actor, c, now)?,
         Command::Approve(c) => approval::decide_approval(tree, &cmd.actor, c, true, now)?,
@@ -127,7 +140,7 @@ pub fn decide(
         }
         _ => {}
     }
-    Ok(envelop(tree, cmd, now, bodies, None))
+    Ok(envelop(tree, cmd, facts, now, bodies, None))
 }
 
 /// Wraps bodies in envelopes: sequence numbers and the hash chain continue
@@ -136,6 +149,7 @@ pub fn decide(
 fn envelop(
     tree: &Tree,
     cmd: &CommandEnvelope,
+    facts: &Facts,
     now: DateTime<Utc>,
     bodies: Vec<EventBody>,
     on_behalf_of: Option<PrincipalId>,
@@ -170,6 +184,7 @@ fn envelop(
             command_digest: digest.clone(),
             correlation_id: cmd.correlation_id.clone(),
             prev_hash,
+            signature: facts.signature.clone(),
             body,
         });
     }

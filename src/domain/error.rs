@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId, TreeId};
+use super::keys::{KeyId, KeyOwner};
 use super::status::Status;
 
 /// A refused command or invalid input. `Clone + PartialEq` so tests can
@@ -175,6 +176,29 @@ pub enum DomainError {
     /// administrator.
     #[error("{actor} may not {verb}: only a tenant administrator may")]
     RegistryForbidden { actor: String, verb: &'static str },
+    /// A key command on a key the actor does not own, by an actor who is
+    /// not a tenant administrator.
+    #[error("{actor} may not {verb} key {key_id} of {owner}: only its owner or a tenant administrator may")]
+    KeyForbidden {
+        actor: String,
+        verb: &'static str,
+        key_id: KeyId,
+        owner: KeyOwner,
+    },
+    /// A key id already registered in the tenant (even if since revoked),
+    /// or configured by the operator: key ids are never reused.
+    #[error("key id {key_id} is already taken in this tenant (key ids are never reused)")]
+    KeyIdTaken { key_id: KeyId },
+    /// No key of that id is registered in the tenant.
+    #[error("no key {key_id} is registered in this tenant")]
+    KeyNotFound { key_id: KeyId },
+    /// The key is configured by the operator (the auth file), not
+    /// registered: it is retired by removing it from the configuration.
+    #[error("key {key_id} is configured by the operator, not registered: remove it from the auth configuration to retire it")]
+    KeyConfigured { key_id: KeyId },
+    /// Revoking (or rotating) a key that is already revoked.
+    #[error("key {key_id} is already revoked")]
+    KeyAlreadyRevoked { key_id: KeyId },
     /// Lifting a block that is not in place.
     #[error("{kind} {id} is not blocked")]
     NotBlocked { kind: &'static str, id: String },
@@ -334,6 +358,10 @@ impl DomainError {
                 ErrorCode::Forbidden
             }
             NotBlocked { .. } => ErrorCode::InvalidState,
+            KeyForbidden { .. } => ErrorCode::Forbidden,
+            KeyIdTaken { .. } => ErrorCode::Conflict,
+            KeyNotFound { .. } => ErrorCode::NotFound,
+            KeyConfigured { .. } | KeyAlreadyRevoked { .. } => ErrorCode::InvalidState,
             TenantMismatch { .. } => ErrorCode::Forbidden,
             OutOfScope { .. } | ApprovalMismatch { .. } => ErrorCode::Forbidden,
             UnknownApproval { .. } => ErrorCode::NotFound,
@@ -389,6 +417,11 @@ impl DomainError {
             PrincipalBlocked { .. } => "principal_blocked",
             RegistryForbidden { .. } => "registry_forbidden",
             NotBlocked { .. } => "not_blocked",
+            KeyForbidden { .. } => "key_forbidden",
+            KeyIdTaken { .. } => "key_id_taken",
+            KeyNotFound { .. } => "key_not_found",
+            KeyConfigured { .. } => "key_configured",
+            KeyAlreadyRevoked { .. } => "key_already_revoked",
             Quarantined { .. } => "quarantined",
             NotQuarantined { .. } => "not_quarantined",
             TreeTooNew { .. } => "tree_too_new",

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::command::{wire_names, Resolution};
 use super::error::DomainError;
 use super::ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
+use super::keys::{CommandSignature, KeyRegistered, KeyRevoked};
 use super::model::{Actor, Block, Grantor, Mandate, Mission, MissionRef, Transition, Tree};
 use super::scope::{ActionPattern, Scope};
 use super::status::Status;
@@ -81,6 +82,11 @@ pub struct Event {
     pub correlation_id: Option<String>,
     /// Hex SHA-256 of the previous event's canonical encoding; `None` for the first.
     pub prev_hash: Option<String>,
+    /// The signature of the command that wrote the event, when it was
+    /// signed with a key of the tenant's ring; absent (never null) for an
+    /// unsigned command, so events written before signatures hash the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Box<CommandSignature>>,
     #[serde(flatten)]
     pub body: EventBody,
 }
@@ -111,6 +117,10 @@ pub enum EventBody {
     PrincipalBlocked(PrincipalBlockChanged),
     /// Registry: the principal's block was lifted.
     PrincipalUnblocked(PrincipalBlockChanged),
+    /// Registry: a signing key was registered.
+    KeyRegistered(KeyRegistered),
+    /// Registry: a signing key was revoked for good.
+    KeyRevoked(KeyRevoked),
     /// A mandate's grantee asked for step-up approval of one request.
     ApprovalRequested(Box<ApprovalRequested>),
     /// The approver granted a pending approval.
@@ -244,6 +254,8 @@ wire_names! {
         AgentUnblocked => "agent_unblocked",
         PrincipalBlocked => "principal_blocked",
         PrincipalUnblocked => "principal_unblocked",
+        KeyRegistered => "key_registered",
+        KeyRevoked => "key_revoked",
         QuarantineResolved => "quarantine_resolved",
         ApprovalRequested => "approval_requested",
         ApprovalGranted => "approval_granted",
@@ -269,7 +281,9 @@ impl EventBody {
             EventBody::AgentBlocked(_)
             | EventBody::AgentUnblocked(_)
             | EventBody::PrincipalBlocked(_)
-            | EventBody::PrincipalUnblocked(_) => MandateId(uuid::Uuid::nil()),
+            | EventBody::PrincipalUnblocked(_)
+            | EventBody::KeyRegistered(_)
+            | EventBody::KeyRevoked(_) => MandateId(uuid::Uuid::nil()),
             EventBody::QuarantineResolved(q) => q.mandate,
             EventBody::ApprovalRequested(r) => r.mandate,
             EventBody::ApprovalGranted(d) | EventBody::ApprovalDenied(d) => d.mandate,
@@ -877,6 +891,13 @@ pub fn apply_hashed(tree: &mut Tree, event: &Event, hash: String) {
         EventBody::PrincipalUnblocked(b) => {
             set_block(&mut tree.registry.blocked_principals, &b.principal, None)
         }
+        EventBody::KeyRegistered(_) | EventBody::KeyRevoked(_) => super::keys::fold(
+            &mut tree.registry,
+            event.seq,
+            event.time,
+            &event.actor,
+            &event.body,
+        ),
         EventBody::QuarantineResolved(q) => {
             tree.quarantine = None;
             // Terminal is absorbing: a root that already ended keeps its end.

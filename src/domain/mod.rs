@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 mod issue;
+pub mod keys;
 mod lifecycle;
 pub mod model;
 mod quarantine;
@@ -34,6 +35,7 @@ pub use event::{
 };
 pub use ids::{AgentId, CommandId, EventId, MandateId, PrincipalId, TenantId, TreeId};
 pub use issue::{delegated_id, root_tree_id};
+pub use keys::{CommandSignature, KeyId, KeyOwner, RegisteredKey};
 pub use model::{
     Actor, AppliedCommand, Block, Grantor, Mandate, Mission, MissionRef, Quarantine, Registry, Tree,
 };

@@ -402,12 +402,16 @@ pub struct Registry {
     pub blocked_agents: BTreeMap<AgentId, Block>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub blocked_principals: BTreeMap<PrincipalId, Block>,
+    /// The tenant's registered signing keys, revoked ones included (their
+    /// ids are never reused).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<super::keys::KeyId, super::keys::RegisteredKey>,
 }
 
 impl Registry {
     /// True when nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.blocked_agents.is_empty() && self.blocked_principals.is_empty()
+        self.blocked_agents.is_empty() && self.blocked_principals.is_empty() && self.keys.is_empty()
     }
 }
 

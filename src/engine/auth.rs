@@ -35,14 +35,26 @@
 //! Configuration (`mandate serve --auth FILE`):
 //! `{"tenants": {"acme": {"keys": {"principal:cfo": "<secret>",
 //! "admin:security": "<secret>", "ticketing:jira": "<secret>", …}}}}`.
+//!
+//! Signed commands (`Mandate-Signature`, format in
+//! [`crate::protocol::signature`]): a tenant may also list
+//! `"signing_keys": {"<key_id>": {"owner": "admin:security", "public_key":
+//! "<base64url>"}}` (always valid for the tenant: removing one from the file
+//! retires it) and `"require_signatures": true` (default false). Other keys
+//! are registered in the tenant's registry (`register_key`). A command that
+//! carries a signature must verify (`Engine::verify_signature`), never
+//! falling back to the HMAC; on a tenant that requires signatures, a command
+//! without one is refused. Mission completions and queries keep the HMAC.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::domain::{Actor, DomainError, TenantId};
+use crate::domain::keys::{decode_public_key, SignatureAlg};
+use crate::domain::{Actor, CommandSignature, DomainError, KeyId, KeyOwner, TenantId};
 use crate::protocol::auth::ProofError;
+use crate::protocol::signature::{self, SIGNATURE_HEADER};
 // The signing format is part of the wire contract; re-exported here, where
 // the engine's callers have always found it.
 pub use crate::protocol::auth::{actor_key, sign, sign_as, AUTH_HEADER, TICKETING_PREFIX};
@@ -56,11 +68,30 @@ pub struct AuthConfig {
     pub tenants: BTreeMap<String, TenantKeys>,
 }
 
-/// The secrets of one tenant's actors, by `<kind>:<id>`.
+/// The secrets of one tenant's actors, by `<kind>:<id>`, and its
+/// operator-configured signing keys.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantKeys {
+    #[serde(default)]
     pub keys: BTreeMap<String, String>,
+    /// Ed25519 keys the operator configured, by key id: always valid for
+    /// this tenant, and their ids may not be registered.
+    #[serde(default)]
+    pub signing_keys: BTreeMap<KeyId, ConfiguredKey>,
+    /// Every command must carry a valid `Mandate-Signature`: the HMAC alone
+    /// no longer suffices (mission completions keep it).
+    #[serde(default)]
+    pub require_signatures: bool,
+}
+
+/// A signing key from the configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfiguredKey {
+    pub owner: KeyOwner,
+    /// Ed25519 public key, base64url without padding.
+    pub public_key: String,
 }
 
 fn forbidden(reason: String) -> EngineError {
@@ -78,10 +109,17 @@ impl AuthConfig {
         for (tenant, keys) in &config.tenants {
             TenantId::new(tenant.as_str())
                 .map_err(|e| EngineError::invalid(format!("auth file: {e}")))?;
-            if keys.keys.is_empty() {
+            if keys.keys.is_empty() && keys.signing_keys.is_empty() {
                 return Err(EngineError::invalid(format!(
-                    "auth file: tenant {tenant} lists no keys"
+                    "auth file: tenant {tenant} lists no keys and no signing keys"
                 )));
+            }
+            for (id, key) in &keys.signing_keys {
+                decode_public_key(&key.public_key).map_err(|e| {
+                    EngineError::invalid(format!(
+                        "auth file: tenant {tenant}: signing key {id}: public_key {e}"
+                    ))
+                })?;
             }
         }
         Ok(config)
@@ -90,6 +128,18 @@ impl AuthConfig {
     /// Whether `tenant` requires authenticated actors.
     pub fn requires(&self, tenant: &TenantId) -> bool {
         self.tenants.contains_key(tenant.as_str())
+    }
+
+    /// Whether `tenant` requires a signature on every command.
+    pub fn requires_signatures(&self, tenant: &TenantId) -> bool {
+        self.tenants
+            .get(tenant.as_str())
+            .is_some_and(|t| t.require_signatures)
+    }
+
+    /// The signing key `id` the configuration gives `tenant`, if any.
+    pub fn configured_key(&self, tenant: &TenantId, id: &KeyId) -> Option<&ConfiguredKey> {
+        self.tenants.get(tenant.as_str())?.signing_keys.get(id)
     }
 
     /// Checks that `header` proves `actor` sent `body` on `subject`. A tenant
@@ -189,6 +239,88 @@ fn check_mac(
     })
 }
 
+/// A key as the verification of a signature needs it.
+struct KeyFound {
+    owner: KeyOwner,
+    public_key: String,
+}
+
+impl super::Engine {
+    /// Verifies a command's `Mandate-Signature` `header`: the key is
+    /// configured for the tenant or registered in its ring (read fresh), not
+    /// revoked, not past its `not_after`, owned by the body's `actor`, and
+    /// the signature is that of `body` on `subject`. Returns the signature
+    /// to record in the command's events; any failure is `not_authenticated`
+    /// naming what failed.
+    pub(crate) async fn verify_signature(
+        &self,
+        tenant: &TenantId,
+        actor: &Actor,
+        subject: &str,
+        body: &[u8],
+        header: &str,
+    ) -> Result<CommandSignature, EngineError> {
+        let (key_id, sig) =
+            signature::parse_header(header).map_err(|e| forbidden(e.to_string()))?;
+        let configured = self
+            .inner
+            .config
+            .auth
+            .as_ref()
+            .and_then(|c| c.configured_key(tenant, &key_id));
+        let key = match configured {
+            Some(k) => KeyFound {
+                owner: k.owner.clone(),
+                public_key: k.public_key.clone(),
+            },
+            None => {
+                let registry = self.fresh_registry(tenant).await?;
+                let Some(k) = registry
+                    .as_ref()
+                    .and_then(|r| r.tree.registry().keys.get(&key_id))
+                else {
+                    return Err(forbidden(format!(
+                        "{SIGNATURE_HEADER} names key {key_id}, which tenant {tenant} neither configures nor registers"
+                    )));
+                };
+                if let Some(r) = &k.revoked {
+                    return Err(forbidden(format!(
+                        "{SIGNATURE_HEADER} names key {key_id}, revoked at {} by {}",
+                        r.at, r.by
+                    )));
+                }
+                if let Some(n) = k.not_after.filter(|n| *n < self.now()) {
+                    return Err(forbidden(format!(
+                        "{SIGNATURE_HEADER} names key {key_id}, which expired at {n}"
+                    )));
+                }
+                KeyFound {
+                    owner: k.owner.clone(),
+                    public_key: k.public_key.clone(),
+                }
+            }
+        };
+        if !key.owner.is(actor) {
+            return Err(forbidden(format!(
+                "{SIGNATURE_HEADER} key {key_id} belongs to {}, but the body's actor is {actor}",
+                key.owner
+            )));
+        }
+        signature::verify(&key.public_key, &key_id, subject, body, &sig)
+            .map_err(|e| forbidden(format!("{SIGNATURE_HEADER}: {e}")))?;
+        let command = serde_json::from_slice(body)
+            .map_err(|e| forbidden(format!("{SIGNATURE_HEADER}: the body is not JSON: {e}")))?;
+        Ok(CommandSignature {
+            key_id,
+            owner: key.owner,
+            alg: SignatureAlg::EdDSA,
+            value: header.rsplit(' ').next().unwrap_or_default().to_string(),
+            subject: subject.to_string(),
+            command,
+        })
+    }
+}
+
 /// The refusal of a command of a tenant that requires no proof, when open
 /// tenants are not allowed: names the tenant and the two ways to serve it.
 pub fn refuse_closed_tenant(tenant: &TenantId) -> EngineError {
@@ -270,5 +402,47 @@ mod tests {
         assert!(c
             .verify_completion(&open, "mission.globex.x.completed", b"{}", None)
             .is_ok());
+    }
+
+    #[test]
+    fn signing_keys_are_checked_when_the_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            let path = dir.path().join("auth.json");
+            std::fs::write(&path, text).unwrap();
+            AuthConfig::load(&path)
+        };
+        let pk = crate::protocol::signature::public_key_text(
+            &ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        );
+        // Signing keys alone are enough for a tenant.
+        let ok = write(&format!(
+            r#"{{"tenants":{{"acme":{{"signing_keys":{{"root":{{"owner":"admin:sec","public_key":"{pk}"}}}},"require_signatures":true}}}}}}"#
+        ))
+        .unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        assert!(ok.requires(&acme) && ok.requires_signatures(&acme));
+        assert!(ok
+            .configured_key(&acme, &KeyId::new("root").unwrap())
+            .is_some());
+        let bad = write(
+            r#"{"tenants":{"acme":{"signing_keys":{"root":{"owner":"admin:sec","public_key":"AAAA"}}}}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("signing key root: public_key is 3 bytes"),
+            "{bad}"
+        );
+        let none = write(r#"{"tenants":{"acme":{}}}"#).unwrap_err();
+        assert!(
+            none.to_string()
+                .contains("lists no keys and no signing keys"),
+            "{none}"
+        );
+        assert!(write(&format!(
+            r#"{{"tenants":{{"acme":{{"signing_keys":{{"root":{{"owner":"system:expiry","public_key":"{pk}"}}}}}}}}}}"#
+        ))
+        .is_err());
     }
 }

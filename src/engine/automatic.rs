@@ -17,6 +17,8 @@ impl Engine {
     /// completed so later issues for it are refused.
     /// Crate-private: `actor` may be the engine's own mission intake, so only
     /// the engine's paths (a checked command, the intake) call this.
+    /// `signature`, a signed command's, is recorded in the events this call
+    /// writes.
     #[tracing::instrument(skip(self, actor, command), fields(tenant = %tenant, mission = %mission))]
     pub(crate) async fn complete_mission(
         &self,
@@ -24,6 +26,7 @@ impl Engine {
         mission: &MissionRef,
         actor: Actor,
         command: Option<CommandId>,
+        signature: Option<crate::domain::CommandSignature>,
     ) -> Result<CommandResult, EngineError> {
         let cmd = mission_command(tenant, mission, &actor, command);
         // Whether the actor may close the mission ahead of any tree: the
@@ -57,7 +60,7 @@ impl Engine {
             self.inner.store.mark_mission_completed(tenant, mission)?;
         }
         let mut result = self
-            .complete_mission_trees(tenant, mission, &actor, cmd.command_id)
+            .complete_mission_trees(tenant, mission, &actor, cmd.command_id, signature)
             .await;
         // Such a completion is also recorded on the mission stream, which
         // every instance reads (the intake's came from there): the mark alone
@@ -182,13 +185,22 @@ impl Engine {
         mission: &MissionRef,
         actor: &Actor,
         base: CommandId,
+        signature: Option<crate::domain::CommandSignature>,
     ) -> Result<CommandResult, EngineError> {
         self.catch_up_to_log_head().await?;
         let trees = self.inner.store.trees_for_mission(tenant, mission)?;
         let completions = trees
             .into_iter()
             .map(|tree| (tree, tree_command(tenant, mission, actor, base, tree)));
-        let (commits, duplicate) = self.execute_each(completions).await?;
+        let (commits, duplicate) = self
+            .execute_each(
+                completions,
+                &Facts {
+                    signature: signature.map(Box::new),
+                    ..Facts::default()
+                },
+            )
+            .await?;
         Ok(CommandResult {
             command_id: base,
             duplicate: duplicate && !commits.is_empty(),

@@ -4,8 +4,8 @@
 
 use crate::domain::command::{AgentBlock, PrincipalBlock};
 use crate::domain::{
-    delegated_id, Command, CommandEnvelope, CommandId, DomainError, EventBody, ExternalCommand,
-    Facts, MandateId, TreeId,
+    delegated_id, Command, CommandEnvelope, CommandId, CommandSignature, DomainError, EventBody,
+    ExternalCommand, Facts, MandateId, TreeId,
 };
 use crate::protocol::{Bulk, BulkEnvelope, CommandResult};
 
@@ -18,6 +18,16 @@ impl Engine {
     /// returns the original result with `duplicate: true` and writes nothing.
     #[tracing::instrument(skip_all, fields(tenant = %cmd.envelope().tenant, command_id = %cmd.envelope().command_id, verb = cmd.envelope().command.verb()))]
     pub async fn execute(&self, cmd: ExternalCommand) -> Result<CommandResult, EngineError> {
+        self.execute_signed(cmd, None).await
+    }
+
+    /// [`Engine::execute`] of a command whose signature was verified: it is
+    /// recorded in every event the command writes.
+    pub(crate) async fn execute_signed(
+        &self,
+        cmd: ExternalCommand,
+        signature: Option<CommandSignature>,
+    ) -> Result<CommandResult, EngineError> {
         let cmd = cmd.into_envelope();
         cmd.validate()?;
         if let Command::CompleteMission(c) = &cmd.command {
@@ -28,6 +38,7 @@ impl Engine {
                     &mission,
                     cmd.actor.clone(),
                     Some(cmd.command_id),
+                    signature,
                 )
                 .await;
         }
@@ -42,7 +53,11 @@ impl Engine {
             other => other?,
         };
         // A grant reads the tenant's blocks fresh before deciding...
-        let facts = self.grant_facts(&cmd).await?.0;
+        let facts = Facts {
+            key_id_configured: self.key_id_configured(&cmd),
+            signature: signature.map(Box::new),
+            ..self.grant_facts(&cmd).await?.0
+        };
         let commit = self.execute_on(tree, &cmd, &facts).await?;
         if let Command::Issue(i) = &cmd.command {
             if let Some(r) = &i.mission.mission_ref {
@@ -93,6 +108,21 @@ impl Engine {
     /// A bulk command only ever comes from outside the engine, so it may
     /// not name an actor reserved for the engine itself.
     pub async fn execute_bulk(&self, bulk: BulkEnvelope) -> Result<CommandResult, EngineError> {
+        self.execute_bulk_signed(bulk, None).await
+    }
+
+    /// [`Engine::execute_bulk`] of a command whose signature was verified:
+    /// it is recorded in every event the command writes (its block and each
+    /// of its revokes).
+    pub(crate) async fn execute_bulk_signed(
+        &self,
+        bulk: BulkEnvelope,
+        signature: Option<CommandSignature>,
+    ) -> Result<CommandResult, EngineError> {
+        let signed = Facts {
+            signature: signature.map(Box::new),
+            ..Facts::default()
+        };
         crate::domain::command::refuse_reserved_actor(&bulk.actor)?;
         crate::domain::command::refuse_reserved_command_id(bulk.command_id)?;
         let (block, reason) = match &bulk.bulk {
@@ -125,7 +155,7 @@ impl Engine {
         // it (and is in the log the sweep reads) or reads the block after its
         // own append and revokes itself (see `execute`).
         let blocked = match self
-            .execute_on(TreeId::registry(&bulk.tenant), &block, &Facts::default())
+            .execute_on(TreeId::registry(&bulk.tenant), &block, &signed)
             .await
         {
             Ok(commit) => Ok(commit),
@@ -177,7 +207,7 @@ impl Engine {
                 );
                 (tree, cmd)
             });
-        let (mut commits, duplicate) = self.execute_each(revokes).await?;
+        let (mut commits, duplicate) = self.execute_each(revokes, &signed).await?;
         let (block_commit, block_duplicate) = blocked?;
         commits.insert(0, block_commit);
         Ok(CommandResult {

@@ -436,7 +436,7 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
                 }
             }
             match engine
-                .complete_mission(&tenant, &mission, Actor::mission_intake(), None)
+                .complete_mission(&tenant, &mission, Actor::mission_intake(), None, None)
                 .await
             {
                 Ok(res) => {

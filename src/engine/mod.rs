@@ -28,8 +28,8 @@
 //! | Projection | [`Engine::catch_up`], [`Engine::rebuild_check`] (and [`replay_log`]) | `lifecycle.rs` |
 //! | The instance | [`Engine::store`], [`Engine::log`], [`Engine::bus`], [`Engine::instance`], [`Engine::clock`], [`Engine::now`], [`Engine::serves`], [`Engine::append_conflicts`], [`Engine::beacons_sent`] | `lifecycle.rs` |
 //! | Commands | [`Engine::execute`], [`Engine::execute_bulk`] | `commands.rs` |
-//! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`] | `queries.rs` |
-//! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`] (and [`service::round_trip`]) | `service.rs` |
+//! | Queries | [`Engine::status`], [`Engine::status_of`], [`Engine::chain`], [`Engine::chain_of`], [`Engine::tree`], [`Engine::tree_at`], [`Engine::history`], [`Engine::verify`], [`Engine::list`], [`Engine::check`], [`Engine::audit`], [`Engine::health`], [`Engine::health_of`], [`Engine::keys`] | `queries.rs` |
+//! | Request-reply | [`Engine::serve`], [`Engine::handle`], [`Engine::handle_remote`], [`Engine::handle_remote_signed`] (and [`service::round_trip`]) | `service.rs` |
 //! | Metrics | [`Engine::metrics`] (Prometheus text exposition) | `metrics.rs` |
 //!
 //! Errors are [`EngineError`]s: branch on [`EngineError::kind`] (and

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    authorize, replay, verify_log, ChainLink, Decision, DenyReason, DomainError, Event,
+    authorize, replay, verify_log, ChainLink, Decision, DenyReason, DomainError, Event, KeyId,
     LoggedCommit, MandateId, Outcome, RecordedHead, TenantId, Tree, TreeId,
 };
 use crate::log::{AnyLog, EventLog, LogError};
+use crate::protocol::signature::verify_event;
 use crate::protocol::{
-    AuditReply, ChainReply, CheckQuery, Consistency, Health, HistoryReply, ListQuery, ListReply,
-    MandateQuery, QuarantinedTree, StatusReply, TreeQuery, TreeReply, VerifyReply,
+    AuditReply, ChainReply, CheckQuery, Consistency, Health, HistoryReply, KeyInfo, KeySource,
+    KeyStatus, KeysReply, ListQuery, ListReply, MandateQuery, QuarantinedTree, SignatureFailure,
+    StatusReply, TreeQuery, TreeReply, VerifyReply,
 };
 use crate::store::TreeSnapshot;
 
@@ -225,6 +227,7 @@ impl Engine {
         });
         let result = verify_log(tenant, tree, &commits, &projected, head.as_ref());
         let broken = result.as_ref().err();
+        let (signatures, signature_failures) = self.verify_signatures(tenant, &commits)?;
         Ok(VerifyReply {
             tree,
             events: commits
@@ -244,6 +247,104 @@ impl Engine {
                 .as_ref()
                 .map(|v| v.skipped.clone())
                 .unwrap_or_default(),
+            signatures,
+            signature_failures,
+        })
+    }
+
+    /// Re-verifies every signature the log's `commits` record against the
+    /// tenant's key ring (configured keys and the registry as this instance
+    /// holds it, with each key's registration and revocation times): the
+    /// number of signed events, and those whose signature fails.
+    fn verify_signatures(
+        &self,
+        tenant: &TenantId,
+        commits: &[LoggedCommit],
+    ) -> Result<(u64, Vec<SignatureFailure>), EngineError> {
+        let signed = || {
+            commits
+                .iter()
+                .filter_map(|c| c.events.as_ref().ok())
+                .flatten()
+                .filter(|e| e.signature.is_some())
+        };
+        if signed().next().is_none() {
+            return Ok((0, Vec::new()));
+        }
+        let registry = self
+            .inner
+            .store
+            .head(tenant, TreeId::registry(tenant))?
+            .map(|s| s.tree.registry().clone())
+            .unwrap_or_default();
+        let auth = self.inner.config.auth.as_ref();
+        let configured = |id: &KeyId| {
+            auth.and_then(|a| a.configured_key(tenant, id))
+                .map(|k| (k.owner.clone(), k.public_key.clone()))
+        };
+        let mut count = 0;
+        let mut failures = Vec::new();
+        for e in signed() {
+            count += 1;
+            if let Err(reason) = verify_event(e, &registry, &configured) {
+                failures.push(SignatureFailure {
+                    seq: e.seq,
+                    key_id: e
+                        .signature
+                        .as_ref()
+                        .map(|s| s.key_id.clone())
+                        .expect("signed"),
+                    reason,
+                });
+            }
+        }
+        Ok((count, failures))
+    }
+
+    /// The tenant's key ring: the keys the operator configures for it, then
+    /// those its registry holds (read fresh), each with its status now.
+    pub async fn keys(&self, tenant: &TenantId) -> Result<KeysReply, EngineError> {
+        let auth = self.inner.config.auth.as_ref();
+        let tenant_keys = auth.and_then(|a| a.tenants.get(tenant.as_str()));
+        let mut keys: Vec<KeyInfo> = tenant_keys
+            .map(|t| {
+                t.signing_keys
+                    .iter()
+                    .map(|(id, k)| KeyInfo {
+                        key_id: id.clone(),
+                        owner: k.owner.clone(),
+                        public_key: k.public_key.clone(),
+                        source: KeySource::Configured,
+                        status: KeyStatus::Active,
+                        registered: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = self.now();
+        if let Some(registry) = self.fresh_registry(tenant).await? {
+            for (id, k) in &registry.tree.registry().keys {
+                let status = if k.revoked.is_some() {
+                    KeyStatus::Revoked
+                } else if k.not_after.is_some_and(|n| n < now) {
+                    KeyStatus::Expired
+                } else {
+                    KeyStatus::Active
+                };
+                keys.push(KeyInfo {
+                    key_id: id.clone(),
+                    owner: k.owner.clone(),
+                    public_key: k.public_key.clone(),
+                    source: KeySource::Registered,
+                    status,
+                    registered: Some(k.clone()),
+                });
+            }
+        }
+        Ok(KeysReply {
+            tenant: tenant.clone(),
+            require_signatures: tenant_keys.is_some_and(|t| t.require_signatures),
+            keys,
         })
     }
 

@@ -11,7 +11,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::domain::command::{refuse_reserved_actor, refuse_reserved_command_id};
-use crate::domain::{Actor, DomainError, ExternalCommand, TenantId};
+use crate::domain::{Actor, CommandSignature, DomainError, ExternalCommand, TenantId};
+use crate::protocol::signature::SIGNATURE_HEADER;
 use crate::protocol::{
     AuditQuery, BulkEnvelope, CheckQuery, CommandResult, HealthQuery, ListQuery, MandateQuery,
     Reply, TreeQuery, BULK_VERBS, MAX_REQUEST_BYTES, QUERY_VERBS,
@@ -52,8 +53,12 @@ pub async fn round_trip(client: &async_nats::Client, timeout: Duration) -> Resul
 enum Origin<'a> {
     /// This process (the in-process client): trusted.
     InProcess,
-    /// Over NATS, with the `Mandate-Auth` header if one was sent.
-    Remote { auth: Option<&'a str> },
+    /// Over NATS, with the `Mandate-Auth` and `Mandate-Signature` headers
+    /// if they were sent.
+    Remote {
+        auth: Option<&'a str>,
+        signature: Option<&'a str>,
+    },
 }
 
 /// One request, its subject taken apart: `mandate.<cmd|q>.<tenant>.<verb>`.
@@ -116,8 +121,57 @@ impl Engine {
     /// Handles one request that came over NATS, with its `Mandate-Auth`
     /// header if any: commands of tenants that require it are authenticated.
     pub async fn handle_remote(&self, subject: &str, auth: Option<&str>, body: &[u8]) -> Vec<u8> {
-        self.handle_request(subject, body, Origin::Remote { auth })
+        self.handle_remote_signed(subject, auth, None, body).await
+    }
+
+    /// [`Engine::handle_remote`] with the `Mandate-Signature` header too,
+    /// if any: a command that carries one must verify.
+    pub async fn handle_remote_signed(
+        &self,
+        subject: &str,
+        auth: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Vec<u8> {
+        self.handle_request(subject, body, Origin::Remote { auth, signature })
             .await
+    }
+
+    /// Refuses a remote command whose actor is not proven, and returns its
+    /// verified signature, if it carries one. A signature, when present,
+    /// must verify (never falling back to the HMAC); a tenant that requires
+    /// signatures refuses a command without one; otherwise the HMAC proves
+    /// the actor as before ([`Engine::authenticate`]).
+    async fn authenticate_command(
+        &self,
+        req: &Request<'_>,
+        actor: &Actor,
+    ) -> Result<Option<CommandSignature>, EngineError> {
+        let Origin::Remote { signature, .. } = req.origin else {
+            return Ok(None);
+        };
+        let auth = self.inner.config.auth.as_ref();
+        if !auth.is_some_and(|a| a.requires(req.tenant)) && !self.inner.config.allow_open_tenants {
+            return Err(super::auth::refuse_closed_tenant(req.tenant));
+        }
+        if let Some(header) = signature {
+            return self
+                .verify_signature(req.tenant, actor, req.subject, req.body, header)
+                .await
+                .map(Some);
+        }
+        if auth.is_some_and(|a| a.requires_signatures(req.tenant)) {
+            return Err(DomainError::NotAuthenticated {
+                reason: format!(
+                    "tenant {} requires a {SIGNATURE_HEADER} header on every command: the {} header alone no longer suffices",
+                    req.tenant,
+                    super::auth::AUTH_HEADER
+                ),
+            }
+            .into());
+        }
+        self.authenticate(req.origin, req.tenant, actor, req.subject, req.body)?;
+        Ok(None)
     }
 
     /// Refuses a remote command whose actor is not proven: a listed tenant
@@ -131,7 +185,7 @@ impl Engine {
         subject: &str,
         body: &[u8],
     ) -> Result<(), EngineError> {
-        let Origin::Remote { auth } = origin else {
+        let Origin::Remote { auth, .. } = origin else {
             return Ok(());
         };
         match &self.inner.config.auth {
@@ -210,13 +264,13 @@ impl Engine {
                 same_tenant(req.tenant, &bulk.tenant)?;
                 refuse_reserved_actor(&bulk.actor)?;
                 refuse_reserved_command_id(bulk.command_id)?;
-                self.authenticate(req.origin, req.tenant, &bulk.actor, req.subject, req.body)?;
+                let signature = self.authenticate_command(&req, &bulk.actor).await?;
                 let body_verb = match bulk.bulk {
                     crate::protocol::Bulk::RevokeAgent { .. } => "revoke_agent",
                     crate::protocol::Bulk::RevokePrincipal { .. } => "revoke_principal",
                 };
                 same_verb(req.verb, body_verb)?;
-                self.execute_bulk(bulk).await
+                self.execute_bulk_signed(bulk, signature).await
             }
             .await;
         }
@@ -224,9 +278,9 @@ impl Engine {
         let external = ExternalCommand::from_json(req.body)?;
         let cmd = external.envelope();
         same_tenant(req.tenant, &cmd.tenant)?;
-        self.authenticate(req.origin, req.tenant, &cmd.actor, req.subject, req.body)?;
+        let signature = self.authenticate_command(&req, &cmd.actor).await?;
         same_verb(req.verb, cmd.command.verb())?;
-        self.execute(external).await
+        self.execute_signed(external, signature).await
     }
 
     async fn handle_query(&self, req: Request<'_>) -> Vec<u8> {
@@ -317,6 +371,14 @@ impl Engine {
                 at,
                 match parse::<crate::protocol::token::JwksQuery>("jwks query", req.body) {
                     Ok(crate::protocol::token::JwksQuery {}) => self.jwks(),
+                    Err(e) => Err(e),
+                },
+            ),
+            "keys" => self.answered(
+                kind,
+                at,
+                match parse::<crate::protocol::KeysQuery>("keys query", req.body) {
+                    Ok(crate::protocol::KeysQuery {}) => self.keys(req.tenant).await,
                     Err(e) => Err(e),
                 },
             ),
@@ -486,8 +548,18 @@ impl Engine {
                     .as_ref()
                     .and_then(|h| h.get(super::auth::AUTH_HEADER))
                     .map(|v| v.as_str().to_string());
+                let signature = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(SIGNATURE_HEADER))
+                    .map(|v| v.as_str().to_string());
                 let body = me
-                    .handle_remote(msg.subject.as_str(), auth.as_deref(), &msg.payload)
+                    .handle_remote_signed(
+                        msg.subject.as_str(),
+                        auth.as_deref(),
+                        signature.as_deref(),
+                        &msg.payload,
+                    )
                     .await;
                 if let Err(e) = client.publish(reply_to, body.into()).await {
                     tracing::warn!(error = %e, "reply not sent");

@@ -65,7 +65,9 @@ pub fn signal_for(event: &Event, tree_after: &Tree) -> Option<Signal> {
         EventBody::AgentBlocked(_)
         | EventBody::AgentUnblocked(_)
         | EventBody::PrincipalBlocked(_)
-        | EventBody::PrincipalUnblocked(_) => return None,
+        | EventBody::PrincipalUnblocked(_)
+        | EventBody::KeyRegistered(_)
+        | EventBody::KeyRevoked(_) => return None,
         // Approvals change no mandate's status or scope: a guard's decisions
         // stay what they were (a step-up action stays `needs_approval`).
         EventBody::ApprovalRequested(_)
@@ -120,6 +122,8 @@ pub(crate) fn may_signal(event: &Event) -> bool {
             | EventBody::AgentUnblocked(_)
             | EventBody::PrincipalBlocked(_)
             | EventBody::PrincipalUnblocked(_)
+            | EventBody::KeyRegistered(_)
+            | EventBody::KeyRevoked(_)
             | EventBody::ApprovalRequested(_)
             | EventBody::ApprovalGranted(_)
             | EventBody::ApprovalDenied(_)

@@ -26,7 +26,10 @@ impl Engine {
             Command::BlockAgent(_)
             | Command::UnblockAgent(_)
             | Command::BlockPrincipal(_)
-            | Command::UnblockPrincipal(_) => return Ok(TreeId::registry(&cmd.tenant)),
+            | Command::UnblockPrincipal(_)
+            | Command::RegisterKey(_)
+            | Command::RevokeKey(_)
+            | Command::RotateKey(_) => return Ok(TreeId::registry(&cmd.tenant)),
             _ => {}
         }
         let mandate = cmd.command.target().ok_or_else(|| {
@@ -327,12 +330,13 @@ impl Engine {
     pub(super) async fn execute_each(
         &self,
         cmds: impl IntoIterator<Item = (TreeId, CommandEnvelope)> + Send,
+        facts: &Facts,
     ) -> Result<(Vec<CommitInfo>, bool), EngineError> {
         let mut commits = Vec::new();
         let mut duplicate = true;
         let mut held = Held::default();
         for (tree, cmd) in cmds {
-            match self.execute_on(tree, &cmd, &Facts::default()).await {
+            match self.execute_on(tree, &cmd, facts).await {
                 Ok((commit, dup)) => {
                     duplicate &= dup;
                     commits.push(commit);
@@ -344,6 +348,22 @@ impl Engine {
         }
         held.result()?;
         Ok((commits, duplicate))
+    }
+
+    /// Whether the key id a key command registers (or revokes) is one the
+    /// operator configured for the tenant.
+    pub(super) fn key_id_configured(&self, cmd: &CommandEnvelope) -> bool {
+        let id = match &cmd.command {
+            Command::RegisterKey(c) => &c.key_id,
+            Command::RotateKey(c) => &c.new_key_id,
+            Command::RevokeKey(c) => &c.key_id,
+            _ => return false,
+        };
+        self.inner
+            .config
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.configured_key(&cmd.tenant, id).is_some())
     }
 
     /// What `decide` needs to know beyond the tree for `cmd`, read fresh.

@@ -14,7 +14,21 @@ mandate ends, and a client for every command and query of the engine.
 """
 
 from .authorize import PatternError, PreparedChain, authorize, effective, parse_request
-from .client import AUTH_HEADER, Client, GrantLike, connect, grant, mission_token, params_hash, sign, uuid7
+from .client import (
+    AUTH_HEADER,
+    SIGNATURE_HEADER,
+    Client,
+    GrantLike,
+    canonical,
+    connect,
+    grant,
+    mission_token,
+    params_hash,
+    public_key,
+    sign,
+    sign_command,
+    uuid7,
+)
 from .errors import (
     DecodeError,
     EngineError,
@@ -50,6 +64,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AUTH_HEADER",
     "JSON",
+    "SIGNATURE_HEADER",
     "Actor",
     "AtLeast",
     "Beacon",
@@ -79,6 +94,7 @@ __all__ = [
     "TimedOut",
     "TransportError",
     "authorize",
+    "canonical",
     "connect",
     "effective",
     "format_time",
@@ -88,6 +104,8 @@ __all__ = [
     "params_hash",
     "parse_request",
     "parse_time",
+    "public_key",
     "sign",
+    "sign_command",
     "uuid7",
 ]

@@ -17,7 +17,8 @@ import json
 import logging
 import secrets
 import uuid
-from typing import Any, Callable, Iterable, Sequence
+from base64 import urlsafe_b64encode
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -25,6 +26,9 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from .errors import DecodeError, EngineError, InvalidArgument, NoEngine, TimedOut, TransportError
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from .types import (
     JSON,
     Actor,
@@ -42,6 +46,10 @@ from .types import (
 AUTH_HEADER = "Mandate-Auth"
 """The header a signed request carries (see :func:`sign`)."""
 
+SIGNATURE_HEADER = "Mandate-Signature"
+"""The header a command signed with a registered Ed25519 key carries (see
+:func:`sign_command`)."""
+
 GrantLike = Grant | tuple[str, str] | dict[str, str] | str
 """A grant: `Grant(action, resource)`, `(action, resource)`,
 `{"action": ..., "resource": ...}` or `"ACTION on RESOURCE"`."""
@@ -53,6 +61,43 @@ def sign(secret: bytes, key: str, subject: str, body: bytes) -> str:
     `v1 <key> <hex HMAC-SHA256(secret, subject "\\n" body)>`."""
     mac = hmac.new(secret, subject.encode() + b"\n" + body, hashlib.sha256).hexdigest()
     return f"v1 {key} {mac}"
+
+
+def canonical(body: Any) -> bytes:
+    """`body` as the engine hashes and signs JSON: object keys sorted, no
+    whitespace, UTF-8."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _b64(raw: bytes) -> str:
+    return urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def sign_command(key: "Ed25519PrivateKey", key_id: str, subject: str, body: Any) -> str:
+    """The `Mandate-Signature` header value signing the command `body` (a
+    JSON value, or its bytes) sent on `subject` with `key`, registered in
+    the tenant as `key_id`:
+    `ed25519 <key_id> <base64url Ed25519 signature>` over
+    `b"mandate-command-v1\\n" + subject + b"\\n" + canonical(body)`.
+    Needs the `cryptography` package (the `signing` extra)."""
+    if isinstance(body, (bytes, bytearray)):
+        body = json.loads(body)
+    message = b"mandate-command-v1\n" + subject.encode() + b"\n" + canonical(body)
+    return f"ed25519 {check_key_id(key_id)} {_b64(key.sign(message))}"
+
+
+def public_key(key: "Ed25519PrivateKey") -> str:
+    """The public key of `key`, base64url without padding, as `register_key` takes it."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return _b64(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def check_key_id(key_id: str) -> str:
+    """A key id: 1 to 64 of `A-Z a-z 0-9 . _ -`."""
+    if not (1 <= len(key_id) <= 64) or not all(c.isascii() and (c.isalnum() or c in "._-") for c in key_id):
+        raise InvalidArgument(f"key id {key_id!r} must be 1 to 64 of A-Z a-z 0-9 . _ -")
+    return key_id
 
 
 def grant(g: GrantLike) -> Grant:
@@ -111,6 +156,9 @@ class Client:
 
     `secret`: the actor's secret, for tenants whose engine requires
     authenticated actors; each command is then signed (`Mandate-Auth`).
+    `signing_key`: `(key_id, Ed25519PrivateKey)`, the actor's key registered
+    in the tenant; each command is then signed with it (`Mandate-Signature`,
+    recorded by the engine in the command's events).
     `timeout`: seconds to wait for each reply; a timed-out request is sent
     again `retries` times with the same body (same command id: safe).
     """
@@ -122,6 +170,7 @@ class Client:
         actor: Actor | str | None = None,
         *,
         secret: bytes | str | None = None,
+        signing_key: "tuple[str, Ed25519PrivateKey] | None" = None,
         timeout: float = 5.0,
         retries: int = 2,
         trace: Callable[[str, JSON, Any], None] | None = None,
@@ -136,6 +185,9 @@ class Client:
             actor = Actor.parse(actor)
         self.actor = actor
         self.secret = secret.encode() if isinstance(secret, str) else secret
+        if signing_key is not None:
+            check_key_id(signing_key[0])
+        self.signing_key = signing_key
         if timeout <= 0:
             raise InvalidArgument(f"timeout {timeout!r} must be positive")
         self.timeout = timeout
@@ -154,6 +206,9 @@ class Client:
         headers: dict[str, str] | None = None
         if signed and self.secret is not None and self.actor is not None:
             headers = {AUTH_HEADER: sign(self.secret, self.actor.key, subject, payload)}
+        if signed and self.signing_key is not None:
+            key_id, key = self.signing_key
+            headers = {**(headers or {}), SIGNATURE_HEADER: sign_command(key, key_id, subject, body)}
         attempt = 0
         while True:
             try:
@@ -411,6 +466,48 @@ class Client:
         if reason is not None:
             cmd["reason"] = reason
         return await self._command(cmd, command_id)
+
+    async def register_key(
+        self,
+        key_id: str,
+        owner: str,
+        public_key: str,
+        not_after: dt.datetime | str | None = None,
+        *,
+        command_id: str | None = None,
+    ) -> CommandResult:
+        """Registers `owner`'s (`principal:x`, `agent:x`, `admin:x`) Ed25519
+        public key (base64url) as `key_id`: an administrator for anyone,
+        any other actor for itself."""
+        cmd: JSON = {"type": "register_key", "key_id": check_key_id(key_id), "owner": owner, "public_key": public_key}
+        if not_after is not None:
+            cmd["not_after"] = _time(not_after, "not_after")
+        return await self._command(cmd, command_id)
+
+    async def revoke_key(self, key_id: str, reason: str | None = None, *, command_id: str | None = None) -> CommandResult:
+        """Revokes a registered key for good."""
+        cmd: JSON = {"type": "revoke_key", "key_id": check_key_id(key_id)}
+        if reason is not None:
+            cmd["reason"] = reason
+        return await self._command(cmd, command_id)
+
+    async def rotate_key(
+        self, key_id: str, new_key_id: str, public_key: str, *, command_id: str | None = None
+    ) -> CommandResult:
+        """Registers `new_key_id` for the owner of `key_id` and revokes
+        `key_id`, in one commit."""
+        cmd: JSON = {
+            "type": "rotate_key",
+            "key_id": check_key_id(key_id),
+            "new_key_id": check_key_id(new_key_id),
+            "public_key": public_key,
+        }
+        return await self._command(cmd, command_id)
+
+    async def keys(self) -> JSON:
+        """The tenant's key ring: configured and registered keys, with status."""
+        result: JSON = await self.query("keys", {})
+        return result
 
     async def block_agent(self, agent: str, reason: str | None = None, *, command_id: str | None = None) -> CommandResult:
         return await self._block("block_agent", "agent", agent, reason, command_id)
