@@ -19,6 +19,7 @@
 //! Request signing (the `Mandate-Auth` header) is in [`auth`].
 
 pub mod auth;
+pub mod set;
 pub mod token;
 
 use chrono::{DateTime, Utc};
@@ -714,5 +715,6 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-jwks", schema_for!(Reply<token::Jwks>)),
         ("token-claims", schema_for!(token::TokenClaims)),
         ("jwks", schema_for!(token::Jwks)),
+        ("set", schema_for!(set::SetClaims)),
     ]
 }

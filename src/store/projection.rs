@@ -269,6 +269,29 @@ impl Store {
         Ok(Some(snap))
     }
 
+    /// The event at `seq` of a tree, from its history (`None` before this
+    /// projection applied it).
+    pub fn event_at(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        seq: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        let tree_s = tree.to_string();
+        let k = keys::key(
+            EVENT,
+            &[
+                tenant.as_str().as_bytes(),
+                tree_s.as_bytes(),
+                &seq.to_be_bytes(),
+            ],
+        );
+        match self.projection.get(&k)? {
+            Some(v) => Ok(Some(keys::decode(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The events one command wrote to a tree, from its history.
     pub fn events_of_command(
         &self,
