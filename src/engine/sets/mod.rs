@@ -241,9 +241,15 @@ impl Engine {
             .set_push
             .iter()
             .map(|r| push::pusher(self.clone(), js.clone(), keys.clone(), r.clone()));
+        let pushers = async {
+            // No receiver: nothing to wait for, and nothing may end the
+            // background tasks.
+            futures::future::try_join_all(pushers).await?;
+            std::future::pending::<Result<(), EngineError>>().await
+        };
         tokio::select! {
             r = self.generate_sets(&js, &keys) => r,
-            r = futures::future::try_join_all(pushers) => r.map(|_| ()),
+            r = pushers => r,
         }
     }
 
