@@ -66,6 +66,11 @@ pub struct SetClaims {
     pub sub_id: SubjectId,
     /// One event, keyed by its type URI ([`SESSION_REVOKED`] or
     /// [`TOKEN_CLAIMS_CHANGE`]).
+    #[schemars(extend(
+        "minProperties" = 1,
+        "maxProperties" = 1,
+        "propertyNames" = {"enum": [SESSION_REVOKED, TOKEN_CLAIMS_CHANGE]}
+    ))]
     pub events: BTreeMap<String, CaepEvent>,
     /// Mandate's own claim: which mandate, and what changed.
     pub mandate: MandateClaim,
@@ -75,6 +80,7 @@ pub struct SetClaims {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubjectId {
     /// Always `complex`.
+    #[schemars(extend("const" = "complex"))]
     pub format: String,
     /// `{"format": "opaque", "id": "<mandate id>"}`.
     pub session: OpaqueId,
@@ -86,6 +92,7 @@ pub struct SubjectId {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OpaqueId {
     /// Always `opaque`.
+    #[schemars(extend("const" = "opaque"))]
     pub format: String,
     pub id: String,
 }
