@@ -337,11 +337,14 @@ async fn without_a_signing_key_no_set_is_made() {
     assert!(stored_sets(&nc).await.is_empty());
 }
 
+/// One request a receiver got: its headers (lower-case names) and body.
+type Request = (BTreeMap<String, String>, String);
+
 /// A push receiver in the test: it records each request and answers the
 /// next of its answers (the last one again once they run out).
 #[derive(Clone)]
 struct Receiver {
-    got: Arc<Mutex<Vec<(BTreeMap<String, String>, String)>>>,
+    got: Arc<Mutex<Vec<Request>>>,
     answers: Arc<Vec<(u16, &'static str)>>,
 }
 
@@ -520,7 +523,9 @@ async fn a_receiver_down_across_a_restart_gets_its_set_once_up() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(rx.count(), 1);
-    let c = verified(&rx.got.lock().unwrap()[0].1, &jwks_of(&nc).await);
+    let jwks = jwks_of(&nc).await;
+    let body = rx.got.lock().unwrap()[0].1.clone();
+    let c = verified(&body, &jwks);
     assert_eq!(c.mandate.id, root);
     i.stop().await;
 }
