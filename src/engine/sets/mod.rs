@@ -19,7 +19,8 @@
 //!
 //! Without a signing key no SET is made (an unsigned one would be worth
 //! nothing to a receiver), and the embedded engine, which has no NATS,
-//! makes none. Pushes to receivers (RFC 8935) are in [`push`].
+//! makes none. Pushes to receivers (RFC 8935) are in `push.rs`
+//! ([`SetReceiver`]).
 
 mod push;
 
