@@ -565,3 +565,58 @@ fn set_push_is_refused_without_a_token_key_or_an_http_url() {
         says(&out, 2, &["--set-push", bad]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_permissions_let_the_engine_make_sets() {
+    use common::secured::{connect_recording, example_config};
+    use mandate::client::{NatsAuth, NatsConnect};
+    let server = NatsServer::start_with_config(|store| example_config(store, ""));
+    let user = |name: &str, password: &str, inbox: &str| {
+        NatsConnect::new(server.url())
+            .name(name)
+            .auth(NatsAuth::UserPassword {
+                user: name.into(),
+                password: password.into(),
+            })
+            .inbox_prefix(inbox)
+    };
+    let (engine_nc, errors) =
+        connect_recording(&user("engine", "engine-secret", "_INBOX_engine")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        mandate::engine::Engine::nats(engine_nc.clone(), dir.path(), Default::default(), keyed())
+            .await
+            .expect("open the engine with its own user");
+    let (stop, task) = common::served::serve_in_task(&engine);
+    let (orch, _) = connect_recording(&user(
+        "orchestrator-acme",
+        "orch-acme-secret",
+        "_INBOX_orch_acme",
+    ))
+    .await;
+    let cfo = Client::nats(orch, tenant("acme"), principal("cfo"));
+    let mut root = None;
+    for _ in 0..100 {
+        match cfo
+            .issue(root_issue("cfo", "lead", None, &["x:read on y/*"]))
+            .await
+        {
+            Ok(r) => {
+                root = r.mandate;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let root = root.expect("the engine answers");
+    cfo.revoke(root, None).await.unwrap();
+    let sets = sets_settled(&engine_nc, 1).await;
+    assert_eq!(sets.len(), 1);
+    assert_eq!(
+        errors.all(),
+        Vec::<String>::new(),
+        "the engine was refused something"
+    );
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+}
