@@ -620,3 +620,80 @@ async fn the_example_permissions_let_the_engine_make_sets() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
 }
+
+/// An instance that took a signal from the shared consumer and died before
+/// acknowledging it (here: the test takes it and never answers) does not
+/// cost its SET: the signal goes to another instance once its ack wait
+/// (30 s) has passed, and that one makes the SET, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_taken_by_an_instance_that_died_still_gives_its_set() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+    use futures::StreamExt;
+    // An instance without a key serves the commands; no SET is made yet.
+    let (server, _dir, i, nc) = serve_one_with("acme", config(None)).await;
+    let root = issue(&nc, root_issue("cfo", "lead", None, &["x:read on y/*"])).await;
+    acme_as(&nc, principal("cfo"))
+        .revoke(root, None)
+        .await
+        .unwrap();
+    let signal = eventually_one_signal(&nc).await;
+    // The "instance" that dies: binds the shared consumer as an engine
+    // does, takes every signal up to the revoke's, and never acknowledges.
+    let js = async_nats::jetstream::new(nc.clone());
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .create_consumer_on_stream(
+            pull::Config {
+                durable_name: Some(SET_CONSUMER.into()),
+                filter_subject: "mandate.sig.>".into(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: mandate::engine::sets::ACK_WAIT,
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            },
+            "MANDATE_SIGNALS",
+        )
+        .await
+        .unwrap();
+    let mut taken = consumer
+        .fetch()
+        .max_messages(1000)
+        .messages()
+        .await
+        .unwrap();
+    let mut took_it = false;
+    while let Some(m) = taken.next().await {
+        if m.unwrap().subject.as_str() == format!("mandate.sig.acme.{}", signal.mandate) {
+            took_it = true;
+            break;
+        }
+    }
+    assert!(took_it, "the dying instance took the revoke's signal");
+    drop(taken);
+    i.stop().await;
+
+    // Another instance, with a key, binds the same consumer: the signal
+    // comes to it once the dead one's ack wait has passed.
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let other = Instance::start_with(&server.url(), dir.path(), keyed()).await;
+    let deadline = mandate::engine::sets::ACK_WAIT + Duration::from_secs(15);
+    while stored_sets(&nc).await.is_empty() {
+        assert!(started.elapsed() < deadline, "no SET within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sets = stored_sets(&nc).await;
+    assert_eq!(sets.len(), 1, "one SET");
+    let c = verified(&sets[0].1, &jwks_of(&nc).await);
+    assert_eq!(c.jti, signal.event_id.to_string());
+    assert_eq!(c.mandate.id, root);
+    other.stop().await;
+}
+
+async fn eventually_one_signal(nc: &async_nats::Client) -> Signal {
+    eventually("the revoke's signal is stored", || async {
+        !stored_signals(nc).await.is_empty()
+    })
+    .await;
+    stored_signals(nc).await.remove(0)
+}
