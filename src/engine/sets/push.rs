@@ -301,7 +301,14 @@ impl Http {
         let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
             .await
             .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        let request = hyper::Request::post(self.uri.clone())
+        // Origin form (`/path?query`), as a client speaking to the origin
+        // sends it; the authority goes in `Host`.
+        let target = self
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let request = hyper::Request::post(target)
             .header(hyper::header::HOST, self.authority())
             .header(hyper::header::CONTENT_TYPE, SET_CONTENT_TYPE)
             .header(hyper::header::ACCEPT, "application/json")
