@@ -519,6 +519,12 @@ async fn a_receiver_down_across_a_restart_gets_its_set_once_up() {
         .await
         .unwrap();
     let _serving = rx.serve(l);
+    // Restarted with another bound on attempts: the receiver's consumer
+    // is the same one, its settings updated.
+    let config = EngineConfig {
+        set_push: vec![receiver(&url, 500)],
+        ..config
+    };
     let i = Instance::start_with(&server.url(), dir.path(), config).await;
     eventually("the receiver gets the SET after the restart", || async {
         rx.count() >= 1
