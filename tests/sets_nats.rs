@@ -1,5 +1,6 @@
 //! Security Event Tokens against a real nats-server: a revoke, a pause, a
-//! resume, a narrowing and a delegated child's end each give one signed SET
+//! resume, a narrowing, a renewal, a delegated child's end, a quarantine
+//! and its restoration each give one signed SET
 //! on `mandate.set.<tenant>`, verifiable with the JWK set, its `jti` the
 //! event's id; two instances still give one SET per event; a signal taken
 //! by an instance that died unacknowledged still gives its one SET, through
@@ -186,6 +187,8 @@ async fn every_authority_change_gives_one_signed_set() {
         .narrow(child, scope(&["finance:read on reports/q3/summary"]))
         .await
         .unwrap();
+    let shorter = chrono::Utc::now() + chrono::Duration::minutes(30);
+    let renew = cfo.renew(child, shorter).await.unwrap();
     let end_child = acme_as(&nc, agent("lead"))
         .revoke(child, Some("no longer needed".into()))
         .await
@@ -195,10 +198,10 @@ async fn every_authority_change_gives_one_signed_set() {
         .await
         .unwrap();
 
-    let sets = sets_settled(&nc, 5).await;
+    let sets = sets_settled(&nc, 6).await;
     let signals = stored_signals(&nc).await;
-    assert_eq!(signals.len(), 5, "{signals:?}");
-    assert_eq!(sets.len(), 5, "one SET per signal, no more: {sets:?}");
+    assert_eq!(signals.len(), 6, "{signals:?}");
+    assert_eq!(sets.len(), 6, "one SET per signal, no more: {sets:?}");
     let jwks = jwks_of(&nc).await;
     let by_jti: BTreeMap<String, SetClaims> = sets
         .iter()
@@ -208,7 +211,7 @@ async fn every_authority_change_gives_one_signed_set() {
             (c.jti.clone(), c)
         })
         .collect();
-    assert_eq!(by_jti.len(), 5, "five distinct jti");
+    assert_eq!(by_jti.len(), 6, "six distinct jti");
     // Each SET's jti is its signal's event id, and says the same thing.
     let of = |command: CommandId| -> (&Signal, &SetClaims) {
         let signal = signals
@@ -225,6 +228,7 @@ async fn every_authority_change_gives_one_signed_set() {
         (pause.command_id, root, TOKEN_CLAIMS_CHANGE, "paused"),
         (resume.command_id, root, TOKEN_CLAIMS_CHANGE, "active"),
         (narrow.command_id, child, TOKEN_CLAIMS_CHANGE, "active"),
+        (renew.command_id, child, TOKEN_CLAIMS_CHANGE, "active"),
         (end_child.command_id, child, SESSION_REVOKED, "revoked"),
         (revoke.command_id, root, SESSION_REVOKED, "revoked"),
     ] {
@@ -254,6 +258,11 @@ async fn every_authority_change_gives_one_signed_set() {
         event(narrowed).1.claims.as_ref().unwrap()["scope"],
         serde_json::json!(["finance:read on reports/q3/summary"])
     );
+    let (_, renewed) = of(renew.command_id);
+    let not_after: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(event(renewed).1.claims.as_ref().unwrap()["not_after"].clone())
+            .unwrap();
+    assert_eq!(not_after, shorter);
     let (_, paused) = of(pause.command_id);
     assert_eq!(event(paused).1.initiating_entity, "user");
     assert_eq!(
@@ -705,4 +714,53 @@ async fn eventually_one_signal(nc: &async_nats::Client) -> Signal {
     })
     .await;
     stored_signals(nc).await.remove(0)
+}
+
+/// A quarantined tree is told as a claims change of its root, `status`
+/// `quarantined`; its restoration as another, the root's status again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantine_and_its_restoration_give_claims_changes() {
+    let (_server, _dir, _i, nc) = serve_one_with("acme", keyed()).await;
+    let (root, _child) = chain_of_two(&nc).await;
+    let tree = acme_as(&nc, principal("cfo"))
+        .chain(root, None)
+        .await
+        .unwrap()
+        .tree;
+    let js = async_nats::jetstream::new(nc.clone());
+    let position = js
+        .publish(format!("mandate.evt.acme.{tree}"), "{ not a commit".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let sets = sets_settled(&nc, 1).await;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let jwks = jwks_of(&nc).await;
+    let held = verified(&sets[0].1, &jwks);
+    assert_eq!(held.mandate.id, root);
+    assert_eq!(held.txn, None, "no command caused it");
+    let (kind, body) = event(&held);
+    assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
+    assert_eq!(body.claims.as_ref().unwrap()["status"], "quarantined");
+    assert_eq!(body.initiating_entity, "system");
+
+    acme_as(&nc, admin("security"))
+        .resolve_quarantine(
+            root,
+            position,
+            mandate::domain::command::Resolution::Restore,
+            Some("checked".into()),
+        )
+        .await
+        .unwrap();
+    let sets = sets_settled(&nc, 2).await;
+    assert_eq!(sets.len(), 2, "{sets:?}");
+    let restored = verified(&sets[1].1, &jwks);
+    assert_eq!(restored.mandate.id, root);
+    let (kind, body) = event(&restored);
+    assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
+    assert_eq!(body.claims.as_ref().unwrap()["status"], "active");
+    assert_eq!(body.initiating_entity, "admin");
 }
