@@ -6,7 +6,8 @@
 //! by an instance that died unacknowledged still gives its one SET, through
 //! another; an engine without a signing key gives none; the example NATS
 //! permissions let the engine make them; and RFC 8935 push to a receiver in
-//! the test retries a 503 with backoff and is acknowledged once, reaches a
+//! the test retries a 503 with backoff and is acknowledged once, gives up
+//! after its last attempt, reaches a
 //! receiver that was down across an engine's restart, and does not retry a
 //! 400. `serve --set-push` is refused without `--token-key` and for a URL
 //! that is not http(s).
@@ -763,4 +764,27 @@ async fn a_quarantine_and_its_restoration_give_claims_changes() {
     assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
     assert_eq!(body.claims.as_ref().unwrap()["status"], "active");
     assert_eq!(body.initiating_entity, "admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_given_up_after_its_last_attempt() {
+    let rx = Receiver::new(vec![(503, "down for maintenance")]);
+    let (l, url) = listener().await;
+    let _serving = rx.serve(l);
+    let config = EngineConfig {
+        set_push: vec![receiver(&url, 3)],
+        ..keyed()
+    };
+    let (_server, _dir, i, nc) = serve_one_with("acme", config).await;
+    let root = issue(&nc, root_issue("cfo", "lead", None, &["x:read on y/*"])).await;
+    acme_as(&nc, principal("cfo"))
+        .revoke(root, None)
+        .await
+        .unwrap();
+    eventually("three attempts", || async { rx.count() >= 3 }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rx.count(), 3, "no attempt after the last");
+    assert_eq!(counter(&i.engine, "set_push_retries").await, 2);
+    assert_eq!(counter(&i.engine, "sets_dropped").await, 1);
+    assert_eq!(counter(&i.engine, "sets_pushed").await, 0);
 }
