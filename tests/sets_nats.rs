@@ -1,16 +1,15 @@
 //! Security Event Tokens against a real nats-server: a revoke, a pause, a
 //! resume, a narrowing, a renewal, a delegated child's end, a quarantine
-//! and its restoration each give one signed SET
-//! on `mandate.set.<tenant>`, verifiable with the JWK set, its `jti` the
-//! event's id; two instances still give one SET per event; a signal taken
-//! by an instance that died unacknowledged still gives its one SET, through
-//! another; an engine without a signing key gives none; the example NATS
-//! permissions let the engine make them; and RFC 8935 push to a receiver in
-//! the test retries a 503 with backoff and is acknowledged once, gives up
-//! after its last attempt, reaches a
-//! receiver that was down across an engine's restart, and does not retry a
-//! 400. `serve --set-push` is refused without `--token-key` and for a URL
-//! that is not http(s).
+//! and its restoration each give one signed SET on `mandate.set.<tenant>`,
+//! verifiable with the JWK set, its `jti` the event's id; two instances
+//! still give one SET per event; a signal taken by an instance that died
+//! unacknowledged still gives its one SET, through another; an engine
+//! without a signing key gives none; the example NATS permissions let the
+//! engine make them. RFC 8935 push to a receiver served by the test retries
+//! a 503 with backoff and is acknowledged once, gives up after its last
+//! attempt, reaches a receiver that was down across an engine's restart,
+//! and does not retry a 400. `serve --set-push` is refused without
+//! `--token-key` and for a URL that is not http(s).
 
 mod common;
 
