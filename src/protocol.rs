@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod signature;
+pub mod set;
 pub mod token;
 
 use chrono::{DateTime, Utc};
@@ -788,5 +789,6 @@ pub fn schemas() -> Vec<(&'static str, schemars::Schema)> {
         ("reply-keys", schema_for!(Reply<KeysReply>)),
         ("token-claims", schema_for!(token::TokenClaims)),
         ("jwks", schema_for!(token::Jwks)),
+        ("set", schema_for!(set::SetClaims)),
     ]
 }

@@ -120,6 +120,17 @@ pub enum Cmd {
         /// services that verify tokens with an ordinary JWT library.
         #[arg(long, value_name = "ADDR")]
         jwks_http: Option<String>,
+        /// Push the security events (SETs, signed with the first
+        /// --token-key) to this RFC 8935 receiver: an http or https URL,
+        /// optionally followed by `#aud=AUDIENCE` (the SETs' `aud`; the URL
+        /// by default) and `&tenant=TENANT` (that tenant's only).
+        /// Repeatable. Needs --token-key.
+        #[arg(long = "set-push", value_name = "URL")]
+        set_push: Vec<String>,
+        /// Attempts at pushing one SET before it is given up on (retries
+        /// wait 1 s, doubling up to 60 s).
+        #[arg(long, value_name = "N", default_value_t = crate::engine::sets::DEFAULT_MAX_DELIVERIES)]
+        set_push_max_deliveries: i64,
     },
     /// The ghost-execution story on the real engine, with a timeline.
     Demo,

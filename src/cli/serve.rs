@@ -10,6 +10,7 @@ use super::parse;
 use super::render;
 use crate::domain::TenantId;
 use crate::engine::auth::AuthConfig;
+use crate::engine::sets::SetReceiver;
 use crate::engine::tokens::TokenKeys;
 use crate::engine::{Engine, EngineConfig};
 
@@ -88,7 +89,16 @@ pub(super) async fn serve(
             None,
         ),
     };
+    let set_push = match &cli.command {
+        Cmd::Serve {
+            set_push,
+            set_push_max_deliveries,
+            ..
+        } => set_receivers(set_push, *set_push_max_deliveries, tokens.is_some())?,
+        _ => Vec::new(),
+    };
     let config = EngineConfig {
+        set_push,
         tokens,
         token_max_ttl,
         token_issuer,
@@ -120,6 +130,36 @@ pub(super) async fn serve(
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");
     server.run(&engine, nc, probe).await?;
     Ok(Exit::Ok)
+}
+
+/// The receivers of `--set-push`, each attempted up to `max_deliveries`
+/// times; refused without a token key (`has_key`), naming the flag.
+fn set_receivers(
+    urls: &[String],
+    max_deliveries: i64,
+    has_key: bool,
+) -> Result<Vec<SetReceiver>, Failure> {
+    if urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !has_key {
+        return Err(invalid(
+            "--set-push sends security events signed with the token key: give at least one --token-key FILE",
+        ));
+    }
+    if max_deliveries < 1 {
+        return Err(invalid("--set-push-max-deliveries: must be at least 1"));
+    }
+    urls.iter()
+        .map(|url| {
+            let receiver =
+                SetReceiver::parse(url).map_err(|e| invalid(format!("--set-push {url}: {e}")))?;
+            Ok(SetReceiver {
+                max_deliveries,
+                ..receiver
+            })
+        })
+        .collect()
 }
 
 /// The content type of [`Engine::metrics`]: the OpenMetrics text format

@@ -30,6 +30,11 @@ impl Engine {
                 super::signals::DUPLICATE_WINDOW / 2
             )));
         }
+        if !config.set_push.is_empty() && config.tokens.is_none() {
+            return Err(EngineError::invalid(
+                "security events are pushed only signed: a receiver needs a token signing key",
+            ));
+        }
         if config.beacon_interval.is_zero() {
             return Err(EngineError::invalid("beacon interval must be above zero"));
         }
@@ -57,6 +62,7 @@ impl Engine {
                 audit,
                 delivery: Default::default(),
                 metrics: Default::default(),
+                sets: Default::default(),
             }),
         })
     }
@@ -205,6 +211,7 @@ impl Engine {
             r = projector => r,
             r = self.republisher() => r,
             r = self.beacons() => r,
+            r = self.security_events() => r,
             r = expiry => r,
             r = intake => r,
             r = marks => r,

@@ -361,7 +361,7 @@ impl Engine {
                 inner.audit.failures(),
             ),
         ];
-        for (name, help, value) in counters {
+        for (name, help, value) in counters.into_iter().chain(inner.sets.read()) {
             r.register(name, help, ConstCounter::new(value));
         }
         for (name, help, value) in self.scraped_gauges().await {

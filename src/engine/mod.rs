@@ -52,7 +52,8 @@
 //!   count (commands, checks, queries, cascades, signals), and the walk
 //!   that counts a cascade, off the reply's path.
 //! - [`missions`]: the mission-complete intake; [`audit`]: the audit stream;
-//!   [`signals`]: the signal bus; [`auth`]: request signatures.
+//!   [`signals`]: the signal bus; [`auth`]: request signatures; [`sets`]:
+//!   security event tokens, published and pushed.
 
 pub mod audit;
 pub mod auth;
@@ -69,6 +70,7 @@ pub mod missions;
 mod queries;
 mod read;
 pub mod service;
+pub mod sets;
 pub mod signals;
 pub mod tokens;
 mod write;
@@ -148,6 +150,10 @@ pub struct EngineConfig {
     /// The tokens' issuer, before `/<tenant>` (`mandate serve
     /// --token-issuer`).
     pub token_issuer: String,
+    /// Receivers the security events are pushed to (RFC 8935, `mandate
+    /// serve --set-push`); they need [`EngineConfig::tokens`] (see
+    /// [`sets`]).
+    pub set_push: Vec<sets::SetReceiver>,
 }
 
 impl Default for EngineConfig {
@@ -169,6 +175,7 @@ impl Default for EngineConfig {
             tokens: None,
             token_max_ttl: tokens::DEFAULT_MAX_TTL,
             token_issuer: tokens::DEFAULT_ISSUER.to_string(),
+            set_push: Vec::new(),
         }
     }
 }
@@ -197,6 +204,8 @@ pub(crate) struct Inner {
     pub(crate) delivery: signals::Delivery,
     /// What this instance counts as it goes (`metrics.rs`).
     pub(crate) metrics: metrics::Metrics,
+    /// The security events it published and pushed ([`sets`]).
+    pub(crate) sets: sets::SetCounters,
 }
 
 /// One engine instance. Cheap to clone.

@@ -102,9 +102,20 @@ impl TokenKeys {
 
     /// Signs `claims` with the first key: the compact JWS and its `kid`.
     fn sign(&self, claims: &TokenClaims) -> Result<(String, String), EngineError> {
+        self.sign_typed("JWT", claims)
+    }
+
+    /// Signs `claims` with the first key, the header's `typ` being `typ`
+    /// (`JWT` for a mandate token, `secevent+jwt` for a security event):
+    /// the compact JWS and its `kid`.
+    pub(crate) fn sign_typed(
+        &self,
+        typ: &str,
+        claims: &impl serde::Serialize,
+    ) -> Result<(String, String), EngineError> {
         use ed25519_dalek::Signer;
         let (kid, key) = &self.keys[0];
-        let header = serde_json::json!({"alg": TOKEN_ALG, "typ": "JWT", "kid": kid});
+        let header = serde_json::json!({"alg": TOKEN_ALG, "typ": typ, "kid": kid});
         let internal = |e: serde_json::Error| {
             EngineError::message(super::EngineErrorKind::Internal, e.to_string())
         };
