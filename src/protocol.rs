@@ -20,8 +20,8 @@
 //! commands (the `Mandate-Signature` header) in [`signature`].
 
 pub mod auth;
-pub mod signature;
 pub mod set;
+pub mod signature;
 pub mod token;
 
 use chrono::{DateTime, Utc};

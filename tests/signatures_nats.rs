@@ -780,3 +780,49 @@ async fn a_signed_bulk_command_and_mission_completion_record_their_signature_in_
     }
     instance.stop().await;
 }
+
+/// A token is a credential, so its query is authenticated as a command is:
+/// where signatures are required, an HMAC alone gets no token, a signed
+/// query does, and a forged signature is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_signatures_are_required_a_token_query_must_be_signed_too() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let nc = connect(&server).await;
+    let instance = Instance::start_with(
+        &server.url(),
+        dir.path(),
+        EngineConfig {
+            auth: Some(Arc::new(auth(true))),
+            tokens: Some(Arc::new(
+                mandate::engine::tokens::TokenKeys::ephemeral().unwrap(),
+            )),
+            ..EngineConfig::default()
+        },
+    )
+    .await;
+    serving(&nc, "acme").await;
+    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
+    let cfo = signed(&nc, principal("cfo"), "cfo-1", key(10));
+    let root = cfo
+        .issue(ticket_issue("jira:TOK-1"))
+        .await
+        .expect("a signed issue")
+        .mandate
+        .unwrap();
+
+    let hmac = Client::nats(nc.clone(), tenant("acme"), principal("cfo"))
+        .with_secret("cfo-secret")
+        .with_timeout(Duration::from_secs(2));
+    let (reason, message) = refusal(hmac.token(root, None, None).await);
+    assert_eq!(reason, "not_authenticated");
+    assert!(message.contains("token query"), "{message}");
+
+    let forged = signed(&nc, principal("cfo"), "cfo-1", key(11));
+    let (reason, _) = refusal(forged.token(root, None, None).await);
+    assert_eq!(reason, "not_authenticated");
+
+    let token = cfo.token(root, None, None).await.expect("a signed query");
+    assert!(token.token.split('.').count() == 3, "{}", token.token);
+    instance.stop().await;
+}

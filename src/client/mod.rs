@@ -234,7 +234,11 @@ impl Client {
                     }
                 }
                 if let Some((key_id, key)) = self.signing.as_deref() {
-                    if subject.starts_with("mandate.cmd.") {
+                    // Commands, and the token query, whose asker is
+                    // proven as for a command.
+                    if subject.starts_with("mandate.cmd.")
+                        || (subject.starts_with("mandate.q.") && subject.ends_with(".token"))
+                    {
                         let v = crate::protocol::signature::sign(key, key_id, &subject, &payload)
                             .map_err(|e| ClientError::Invalid(e.to_string()))?;
                         headers.insert(SIGNATURE_HEADER, v.as_str());

@@ -163,7 +163,7 @@ impl Engine {
         if auth.is_some_and(|a| a.requires_signatures(req.tenant)) {
             return Err(DomainError::NotAuthenticated {
                 reason: format!(
-                    "tenant {} requires a {SIGNATURE_HEADER} header on every command: the {} header alone no longer suffices",
+                    "tenant {} requires a {SIGNATURE_HEADER} header on every command and token query: the {} header alone no longer suffices",
                     req.tenant,
                     super::auth::AUTH_HEADER
                 ),
@@ -352,14 +352,11 @@ impl Engine {
                 let r = match parse::<crate::protocol::token::TokenQuery>("token query", req.body) {
                     // A token is a credential: its asker is proven as for a
                     // command, never taken on the body's word.
-                    Ok(q) => match self.authenticate(
-                        req.origin,
-                        req.tenant,
-                        &q.actor,
-                        req.subject,
-                        req.body,
-                    ) {
-                        Ok(()) => self.token(req.tenant, &q).await,
+                    // A signed token query is verified as a signed
+                    // command is, and a tenant that requires signatures
+                    // requires one here too.
+                    Ok(q) => match self.authenticate_command(&req, &q.actor).await {
+                        Ok(_) => self.token(req.tenant, &q).await,
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),

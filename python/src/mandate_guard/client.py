@@ -243,8 +243,9 @@ class Client:
         raise EngineError(err["code"], str(err.get("message", "")), err.get("reason"))
 
     async def query(self, verb: str, body: JSON) -> Any:
-        """A raw query: the `result` of `mandate.q.<tenant>.<verb>`."""
-        return await self._request(f"mandate.q.{self.tenant}.{verb}", body, signed=False)
+        """A raw query: the `result` of `mandate.q.<tenant>.<verb>`. The
+        token query is signed as a command is: its asker is proven."""
+        return await self._request(f"mandate.q.{self.tenant}.{verb}", body, signed=verb == "token")
 
     def envelope(self, command: JSON, command_id: str | None = None, correlation_id: str | None = None) -> JSON:
         """A command with its envelope (a fresh command id unless given)."""
