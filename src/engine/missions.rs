@@ -374,35 +374,19 @@ async fn intake_one(engine: Engine, tenant: Option<TenantId>) -> Result<(), Engi
         ),
     };
     loop {
-        let consumer = js
-            .create_consumer_on_stream(
-                pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: filter.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-                MISSION_STREAM,
-            )
-            .await;
-        let what = "mission intake: cannot bind consumer";
-        let Some(consumer) = or_pause(consumer, what, RESUBSCRIBE).await else {
-            continue;
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: filter.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
         };
-        let what = "mission intake: cannot pull";
-        let Some(mut messages) = or_pause(consumer.messages().await, what, RESUBSCRIBE).await
+        let what = "mission intake";
+        let Some(mut messages) = pull_durable(&js, MISSION_STREAM, config, what, RESUBSCRIBE).await
         else {
             continue;
         };
         while let Some(msg) = messages.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "mission intake interrupted");
-                    break;
-                }
-            };
             let (tenant, mission) = match parse_mission_subject(msg.subject.as_str()) {
                 Ok(parsed) => parsed,
                 Err(reason) => {
@@ -558,6 +542,33 @@ pub(crate) async fn follow_marks(engine: Engine) -> Result<(), EngineError> {
 /// with U+FFFD in place of its bad bytes.
 pub(crate) fn deliverable(subject: &str) -> bool {
     !subject.contains(char::REPLACEMENT_CHARACTER)
+}
+
+/// Binds (creating it if need be) the durable pull consumer `config` on
+/// `stream` and pulls from it: its messages until the first pull error,
+/// logged with `what`. `None`, after a pause, when the consumer cannot be
+/// bound or pulled; the caller then tries again.
+pub(crate) async fn pull_durable(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+    what: &'static str,
+    pause: Duration,
+) -> Option<futures::stream::BoxStream<'static, jetstream::Message>> {
+    let consumer = js.create_consumer_on_stream(config, stream).await;
+    let consumer = or_pause(consumer, &format!("{what}: cannot bind consumer"), pause).await?;
+    let messages = consumer.messages().await;
+    let messages = or_pause(messages, &format!("{what}: cannot pull"), pause).await?;
+    let until_error = messages.scan((), move |_, m| {
+        futures::future::ready(match m {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: pull interrupted");
+                None
+            }
+        })
+    });
+    Some(until_error.boxed())
 }
 
 /// `attempt`'s value; or, when it failed, `None` once the failure is logged

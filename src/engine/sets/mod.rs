@@ -38,7 +38,7 @@ use crate::protocol::set::{
 };
 use crate::protocol::{Signal, SignalKind};
 
-use super::missions::or_pause;
+use super::missions::{or_pause, pull_durable};
 use super::signals::SIGNAL_STREAM;
 use super::tokens::TokenKeys;
 use super::{Engine, EngineError};
@@ -261,35 +261,20 @@ impl Engine {
         keys: &TokenKeys,
     ) -> Result<(), EngineError> {
         loop {
-            let consumer = js
-                .create_consumer_on_stream(
-                    pull::Config {
-                        durable_name: Some(SET_CONSUMER.into()),
-                        filter_subject: "mandate.sig.>".into(),
-                        ack_policy: AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
-                        deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                        ..Default::default()
-                    },
-                    SIGNAL_STREAM,
-                )
-                .await;
-            let what = "security events: cannot bind the signal consumer";
-            let Some(consumer) = or_pause(consumer, what, REBIND).await else {
-                continue;
+            let config = pull::Config {
+                durable_name: Some(SET_CONSUMER.into()),
+                filter_subject: "mandate.sig.>".into(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
             };
-            let what = "security events: cannot pull signals";
-            let Some(mut messages) = or_pause(consumer.messages().await, what, REBIND).await else {
+            let what = "security events: signals";
+            let Some(mut messages) = pull_durable(js, SIGNAL_STREAM, config, what, REBIND).await
+            else {
                 continue;
             };
             while let Some(msg) = messages.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "security events: signal pull interrupted");
-                        break;
-                    }
-                };
                 // Beacons share the stream; they change no authority.
                 if msg.subject.as_str().ends_with(".beacon") {
                     let _ = msg.ack().await;

@@ -27,7 +27,7 @@ use hyper::Uri;
 
 use crate::protocol::set::{SetClaims, SET_CONTENT_TYPE};
 
-use super::super::missions::or_pause;
+use super::super::missions::pull_durable;
 use super::super::tokens::TokenKeys;
 use super::super::{Engine, EngineError};
 use super::{sign_set, SET_STREAM};
@@ -158,38 +158,21 @@ pub(super) async fn pusher(
     let name = receiver.consumer_name();
     tracing::info!(url = %receiver.url, audience = %receiver.audience, consumer = %name, "pushing security events");
     loop {
-        let consumer = js
-            .create_consumer_on_stream(
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("SET push to {}", receiver.url)),
-                    filter_subject: filter.clone(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: receiver.timeout + Duration::from_secs(20),
-                    max_deliver: receiver.max_deliveries,
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-                SET_STREAM,
-            )
-            .await;
-        let what = "SET push: cannot bind the receiver's consumer";
-        let Some(consumer) = or_pause(consumer, what, REBIND).await else {
-            continue;
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            description: Some(format!("SET push to {}", receiver.url)),
+            filter_subject: filter.clone(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: receiver.timeout + Duration::from_secs(20),
+            max_deliver: receiver.max_deliveries,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
         };
-        let Some(mut messages) =
-            or_pause(consumer.messages().await, "SET push: cannot pull", REBIND).await
-        else {
+        let what = "SET push: the receiver's consumer";
+        let Some(mut messages) = pull_durable(&js, SET_STREAM, config, what, REBIND).await else {
             continue;
         };
         while let Some(msg) = messages.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "SET push: pull interrupted");
-                    break;
-                }
-            };
             let attempt = msg.info().map_or(1, |i| i.delivered);
             let counters = &engine.inner.sets;
             let body = match for_receiver(&keys, &msg.payload, &receiver.audience) {
