@@ -17,6 +17,7 @@ mod idle;
 mod mcp;
 mod rebuild;
 mod report;
+mod sets;
 mod tokens;
 
 use std::time::Instant;
@@ -39,10 +40,11 @@ enum Scenario {
     IdleGuards,
     McpCancel,
     Tokens,
+    Sets,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 10] = [
+    const EACH: [Scenario; 11] = [
         Scenario::Growth,
         Scenario::Cascade,
         Scenario::CheckRemote,
@@ -53,6 +55,7 @@ impl Scenario {
         Scenario::IdleGuards,
         Scenario::McpCancel,
         Scenario::Tokens,
+        Scenario::Sets,
     ];
 
     fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Scenario {
             Scenario::IdleGuards => "idle-guards",
             Scenario::McpCancel => "mcp-cancel",
             Scenario::Tokens => "tokens",
+            Scenario::Sets => "sets",
         }
     }
 }
@@ -145,6 +149,9 @@ struct Args {
     /// each under a fresh mandate and its own gateway.
     #[arg(long, default_value_t = 20)]
     mcp_calls: usize,
+    /// sets: roots revoked one at a time, one SET each.
+    #[arg(long, default_value_t = 200)]
+    set_revokes: usize,
     /// Internal (memory, idle-guards): serve one engine with its projection here, on the
     /// server `--nats` names, until stdin closes.
     #[arg(long, hide = true, requires = "nats")]
@@ -172,6 +179,7 @@ impl Args {
         self.window = 2;
         self.settle = 1;
         self.mcp_calls = 2;
+        self.set_revokes = 2;
         self
     }
 }
@@ -306,6 +314,12 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
                 calls: (args.calls / 10).max(1),
             };
             tokens::run(env, &sizes, out).await
+        }
+        Scenario::Sets => {
+            let sizes = sets::Sizes {
+                revokes: args.set_revokes,
+            };
+            sets::run(env, &sizes, out).await
         }
     }
 }
