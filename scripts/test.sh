@@ -188,7 +188,7 @@ cargo run -q -- demo
 # it still runs and prints a row for each; no timing is checked.
 log "mandate-bench all --tiny --json (a row from every scenario; timings not checked)"
 bench_rows=$(NATS_SERVER_BIN="$debian_server" cargo run -q --bin mandate-bench -- all --tiny --json)
-for s in growth cascade check-remote check-local commands rebuild memory idle-guards mcp-cancel tokens; do
+for s in growth cascade check-remote check-local commands rebuild memory idle-guards mcp-cancel tokens sets; do
   grep -q "\"scenario\":\"$s\"" <<<"$bench_rows" || { echo "error: mandate-bench printed no row for $s" >&2; exit 1; }
 done
 
