@@ -148,6 +148,15 @@ pub struct EngineConfig {
     /// The tokens' issuer, before `/<tenant>` (`mandate serve
     /// --token-issuer`).
     pub token_issuer: String,
+    /// Over NATS, the replicas of every stream the engine creates or opens
+    /// (events, signals, missions, dead letters, audit): 1 on a single
+    /// server, 3 on a cluster (`mandate serve --replicas`). A stream with
+    /// another number is changed to it if the server allows, else the
+    /// engine refuses to start, naming the stream and both numbers. Must
+    /// equal the event log's [`JetStreamConfig::replicas`].
+    ///
+    /// [`JetStreamConfig::replicas`]: crate::log::JetStreamConfig::replicas
+    pub replicas: usize,
 }
 
 impl Default for EngineConfig {
@@ -169,6 +178,7 @@ impl Default for EngineConfig {
             tokens: None,
             token_max_ttl: tokens::DEFAULT_MAX_TTL,
             token_issuer: tokens::DEFAULT_ISSUER.to_string(),
+            replicas: 1,
         }
     }
 }

@@ -300,7 +300,12 @@ impl SignalBus {
     /// Ensures the signal stream exists (NATS only), with the duplicate
     /// window republishing relies on: a stream made by an older build is
     /// updated to it.
-    pub async fn setup(&self, max_age: std::time::Duration) -> Result<(), EngineError> {
+    /// Its replicas are made `replicas` (see [`crate::log::ensure_replicas`]).
+    pub async fn setup(
+        &self,
+        max_age: std::time::Duration,
+        replicas: usize,
+    ) -> Result<(), EngineError> {
         if let SignalBus::Nats { js, .. } = self {
             let window = DUPLICATE_WINDOW.min(max_age);
             let mut stream = js
@@ -310,6 +315,7 @@ impl SignalBus {
                     storage: async_nats::jetstream::stream::StorageType::File,
                     max_age,
                     duplicate_window: window,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
@@ -335,6 +341,7 @@ impl SignalBus {
                     ))
                 })?;
             }
+            crate::log::ensure_replicas(js, SIGNAL_STREAM, replicas).await?;
         }
         Ok(())
     }
