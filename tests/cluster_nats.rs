@@ -53,41 +53,61 @@ fn trees() -> usize {
         .unwrap_or(DEFAULT_TREES)
 }
 
+/// `mandate serve --replicas 3` on node `i`'s URL.
+fn engine_on_node(cluster: &Cluster, dir: &std::path::Path, i: usize) -> ServedEngine {
+    ServedEngine::start_with(
+        &cluster.url(i),
+        &dir.join(format!("engine{i}")),
+        &["--replicas", "3"],
+    )
+}
+
 /// One `mandate serve --replicas 3` per node, each on its own node's URL.
 fn engines_on_every_node(cluster: &Cluster, dir: &std::path::Path) -> Vec<ServedEngine> {
     (0..NODES)
-        .map(|i| {
-            ServedEngine::start_with(
-                &cluster.url(i),
-                &dir.join(format!("engine{i}")),
-                &["--replicas", "3"],
-            )
-        })
+        .map(|i| engine_on_node(cluster, dir, i))
         .collect()
 }
 
-/// Waits (up to [`SETTLE`]) until an engine answers requests of acme.
-async fn serving_soon(nc: &async_nats::Client) {
+/// Waits (up to [`SETTLE`]) until `n` distinct engine instances have
+/// answered health requests of acme (the queue group spreads them); on
+/// timeout, shows the engines' logs under `dir`.
+async fn serving_soon(nc: &async_nats::Client, n: usize, dir: &std::path::Path) {
     let c = client(nc, "acme", principal("probe")).with_timeout(Duration::from_secs(2));
     let deadline = tokio::time::Instant::now() + SETTLE;
-    while c.health().await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no engine served within {SETTLE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        if tokio::time::Instant::now() >= deadline {
+            for i in 0..NODES {
+                let log = std::fs::read_to_string(dir.join(format!("engine{i}.log")));
+                eprintln!("engine {i}'s log: {}", log.unwrap_or_default());
+            }
+            panic!("{} of {n} engines served within {SETTLE:?}", seen.len());
+        }
+        match c.health().await {
+            Ok(h) => {
+                seen.insert(h.instance);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 
 /// Every stream of the account with its replicas.
 async fn replicas_of_every_stream(nc: &async_nats::Client) -> HashMap<String, usize> {
     let js = async_nats::jetstream::new(nc.clone());
-    let mut streams = js.streams();
+    let names: Vec<String> = js
+        .stream_names()
+        .map(|n| n.expect("list the streams"))
+        .collect()
+        .await;
     let mut found = HashMap::new();
-    while let Some(info) = streams.next().await {
-        let info = info.expect("list the streams");
-        found.insert(info.config.name.clone(), info.config.num_replicas);
+    for name in names {
+        let mut stream = js.get_stream(&name).await.expect("a listed stream");
+        let replicas = stream.info().await.expect("its info").config.num_replicas;
+        found.insert(name, replicas);
     }
+    assert!(!found.is_empty(), "the account has streams");
     found
 }
 
@@ -222,11 +242,11 @@ async fn racing_revokes(url: String, races: usize) -> Vec<MandateId> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut engines = engines_on_every_node(&cluster, tmp.path());
     let nc = cluster.connect().await;
-    serving_soon(&nc).await;
+    serving_soon(&nc, NODES, tmp.path()).await;
 
     let batches = trees().div_ceil(TASKS * 10);
     let total = TASKS * batches * 61;
@@ -269,7 +289,7 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_with_commands_in_flight_leaves_the_others_serving() {
-    let cluster = Cluster::start();
+    let cluster = Cluster::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let nc = cluster.connect().await;
 
@@ -279,8 +299,13 @@ async fn an_engine_killed_with_commands_in_flight_leaves_the_others_serving() {
     let before = replicas_of_every_stream(&nc).await;
     assert!(before.values().all(|r| *r == 1), "{before:?}");
 
-    let mut engines = engines_on_every_node(&cluster, tmp.path());
-    serving_soon(&nc).await;
+    // The first new instance raises them (while a stream moves, the
+    // cluster's API times out, and an instance starting then exits
+    // unavailable: a rolling start avoids that), then the others start.
+    let mut engines = vec![engine_on_node(&cluster, tmp.path(), 0)];
+    serving_soon(&nc, 1, tmp.path()).await;
+    engines.extend((1..NODES).map(|i| engine_on_node(&cluster, tmp.path(), i)));
+    serving_soon(&nc, NODES, tmp.path()).await;
     let after = replicas_of_every_stream(&nc).await;
     assert!(
         after.len() >= 5,

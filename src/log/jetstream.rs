@@ -322,46 +322,56 @@ pub async fn ensure_replicas(
     check_replicas(replicas)?;
     let unavailable =
         |e: &dyn std::fmt::Display| LogError::Unavailable(format!("stream {name}: {e}"));
-    let mut stream = js.get_stream(name).await.map_err(|e| unavailable(&e))?;
-    let stored = stream
-        .info()
-        .await
-        .map_err(|e| unavailable(&e))?
-        .config
-        .clone();
-    let had = stored.num_replicas;
-    let refused = |why: String| {
-        LogError::Backend(format!(
-            "stream {name} has {had} replica(s), {replicas} configured, and the server cannot give them ({why}); change the stream or the setting"
-        ))
-    };
-    // 2.9 outside a cluster accepts the update and stores the number, yet
-    // keeps one copy: more than one replica needs a server in a cluster.
-    if replicas > 1 && js.client().server_info().cluster.is_none() {
-        return Err(refused(
-            "the server is not in a cluster, so it keeps one copy".into(),
-        ));
+    let mut last_refusal = String::new();
+    for attempt in 1..=REPLICA_ATTEMPTS {
+        let mut stream = js.get_stream(name).await.map_err(|e| unavailable(&e))?;
+        let stored = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .config
+            .clone();
+        let had = stored.num_replicas;
+        let refused = |why: &str| {
+            LogError::Backend(format!(
+                "stream {name} has {had} replica(s), {replicas} configured, and the server cannot give them ({why}); change the stream or the setting"
+            ))
+        };
+        // 2.9 outside a cluster accepts the update and stores the number,
+        // yet keeps one copy: more than one replica needs a cluster.
+        if replicas > 1 && js.client().server_info().cluster.is_none() {
+            return Err(refused(
+                "the server is not in a cluster, so it keeps one copy",
+            ));
+        }
+        if had == replicas {
+            return Ok(());
+        }
+        if attempt == REPLICA_ATTEMPTS {
+            return Err(refused(&last_refusal));
+        }
+        tracing::warn!(stream = %name, had, wanted = replicas, "changing the stream's replicas");
+        let update = stream::Config {
+            num_replicas: replicas,
+            ..stored
+        };
+        // Instances starting together may each ask for the change; while
+        // one is under way another's request can time out. So the stream
+        // is read again (and the change asked again) before giving up.
+        match js.update_stream(update).await {
+            Ok(info) if info.config.num_replicas == replicas => return Ok(()),
+            Ok(info) => last_refusal = format!("it stored {} replica(s)", info.config.num_replicas),
+            Err(e) => last_refusal = e.to_string(),
+        }
+        tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
     }
-    if had == replicas {
-        return Ok(());
-    }
-    tracing::warn!(stream = %name, had, wanted = replicas, "changing the stream's replicas");
-    let update = stream::Config {
-        num_replicas: replicas,
-        ..stored
-    };
-    let info = js
-        .update_stream(update)
-        .await
-        .map_err(|e| refused(e.to_string()))?;
-    if info.config.num_replicas != replicas {
-        return Err(refused(format!(
-            "it stored {} replica(s)",
-            info.config.num_replicas
-        )));
-    }
-    Ok(())
+    unreachable!("the last attempt returns")
 }
+
+/// Looks at a stream whose replicas are being changed before giving up.
+const REPLICA_ATTEMPTS: u32 = 6;
+/// Pause between them.
+const REPLICA_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl EventLog for JetStreamLog {
     #[tracing::instrument(level = "debug", skip(self, payload), fields(%tenant, %tree))]

@@ -29,7 +29,7 @@ impl Cluster {
     /// Starts three routed nodes and waits until the cluster can create a
     /// stream of three replicas (a meta leader is elected and every peer
     /// is known to it).
-    pub fn start() -> Self {
+    pub async fn start() -> Self {
         let name = format!("mandate-test-{}", std::process::id());
         let routes: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
         let nodes = (0..NODES)
@@ -39,7 +39,7 @@ impl Cluster {
             })
             .collect();
         let cluster = Cluster { nodes };
-        cluster.wait_until_replicated_streams_can_be_made();
+        cluster.wait_until_replicated_streams_can_be_made().await;
         cluster
     }
 
@@ -98,24 +98,20 @@ impl Cluster {
 
     /// Polls (through node 0) until an R3 stream can be created and
     /// deleted again: the meta leader is elected and sees all three peers.
-    fn wait_until_replicated_streams_can_be_made(&self) {
+    async fn wait_until_replicated_streams_can_be_made(&self) {
         let url = self.url(0);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let deadline = Instant::now() + READY_TIMEOUT;
-            let mut last = String::new();
-            while Instant::now() < deadline {
-                match probe(&url).await {
-                    Ok(()) => return,
-                    Err(e) => last = e,
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match probe(&url).await {
+                Ok(()) => return,
+                Err(e) => last = e,
             }
-            panic!("the cluster could not place a stream of three replicas within {READY_TIMEOUT:?}: {last}");
-        });
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "the cluster could not place a stream of three replicas within {READY_TIMEOUT:?}: {last}"
+        );
     }
 }
 
