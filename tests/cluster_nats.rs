@@ -184,15 +184,16 @@ async fn assert_nothing_live_under_an_ended_mandate(
 
 /// `races` trees on their own connection to `url`: a root and a lead under
 /// it, then the root's revoke sent at once with a delegation by the lead
-/// (each retried with its own id until answered). Returns the roots.
-async fn racing_revokes(url: String, races: usize) -> Vec<MandateId> {
+/// (each retried with its own id until answered). Every answer goes into
+/// `ledger`'s answers (not its count of burst answers). Returns the roots.
+async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<MandateId> {
     let nc = async_nats::connect(&url).await.expect("connect a client");
     let grant = "fin:read on ledger/*";
     let mut roots = Vec::new();
     for r in 0..races {
         let holder = format!("race-{r}");
         let send = |actor: Actor, command: Command| {
-            let nc = nc.clone();
+            let (nc, ledger) = (nc.clone(), ledger.clone());
             async move {
                 let cmd = CommandEnvelope {
                     command_id: CommandId::generate(),
@@ -203,7 +204,14 @@ async fn racing_revokes(url: String, races: usize) -> Vec<MandateId> {
                     command,
                 };
                 let subject = command_subject(&cmd.tenant, cmd.command.verb());
-                send_until_answered(&nc, &subject, serde_json::to_vec(&cmd).unwrap()).await
+                let answer =
+                    send_until_answered(&nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
+                ledger
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .push((cmd.command_id, false, answer.clone()));
+                answer
             }
         };
         let root = send(
@@ -253,7 +261,7 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     let ledger = Arc::new(Ledger::default());
     let urls = (0..NODES).map(|i| cluster.url(i)).collect();
     let driver = tokio::spawn(burst_on(urls, TASKS, batches, ledger.clone()));
-    let racer = tokio::spawn(racing_revokes(cluster.url(2), RACES));
+    let racer = tokio::spawn(racing_revokes(cluster.url(2), RACES, ledger.clone()));
 
     answered_at_least(&ledger, total / 3).await;
     // The node that leads the event stream: its loss forces an election.
@@ -273,6 +281,7 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
         ledger.answered.load(std::sync::atomic::Ordering::SeqCst),
         total
     );
+    assert_eq!(ledger.answers.lock().unwrap().len(), total + 4 * RACES);
 
     assert_each_command_once(&nc, &ledger).await;
     assert_outcome(&nc, &ledger).await;

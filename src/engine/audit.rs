@@ -33,14 +33,17 @@ pub(crate) async fn setup_stream(
     replicas: usize,
 ) -> Result<(), EngineError> {
     let js = jetstream::new(client.clone());
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: AUDIT_STREAM.into(),
-        subjects: vec!["mandate.audit.>".into()],
-        storage: jetstream::stream::StorageType::File,
-        max_age: retention,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    crate::log::get_or_create_stream(
+        &js,
+        jetstream::stream::Config {
+            name: AUDIT_STREAM.into(),
+            subjects: vec!["mandate.audit.>".into()],
+            storage: jetstream::stream::StorageType::File,
+            max_age: retention,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| EngineError::unavailable(format!("cannot create the audit stream: {e}")))?;
     crate::log::ensure_replicas(&js, AUDIT_STREAM, replicas).await?;

@@ -308,8 +308,9 @@ impl SignalBus {
     ) -> Result<(), EngineError> {
         if let SignalBus::Nats { js, .. } = self {
             let window = DUPLICATE_WINDOW.min(max_age);
-            let mut stream = js
-                .get_or_create_stream(async_nats::jetstream::stream::Config {
+            let mut stream = crate::log::get_or_create_stream(
+                js,
+                async_nats::jetstream::stream::Config {
                     name: SIGNAL_STREAM.into(),
                     subjects: vec!["mandate.sig.>".into()],
                     storage: async_nats::jetstream::stream::StorageType::File,
@@ -317,11 +318,12 @@ impl SignalBus {
                     duplicate_window: window,
                     num_replicas: replicas,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
-                })?;
+                },
+            )
+            .await
+            .map_err(|e| {
+                EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
+            })?;
             let have = stream
                 .info()
                 .await

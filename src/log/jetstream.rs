@@ -174,7 +174,7 @@ impl JetStreamLog {
             max_message_size: stream_message_limit(config.max_message_size)?,
             ..Default::default()
         };
-        let stream = match js.get_or_create_stream(wanted.clone()).await {
+        let stream = match get_or_create_stream(&js, wanted.clone()).await {
             Ok(stream) => stream,
             // Another instance created it between our lookup and our create.
             Err(e)
@@ -288,6 +288,35 @@ fn check_stored(wanted: &stream::Config, stored: &stream::Config) -> Result<(), 
         );
     }
     Ok(())
+}
+
+/// `get_or_create_stream`, asked again while the cluster times out: on a
+/// cluster, instances starting together create the same replicated stream
+/// at once, and while one creation (or a change of replicas) is under way
+/// the others' requests can time out. Other errors, and the last timeout,
+/// are the caller's.
+pub async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(e)
+                if attempt < REPLICA_ATTEMPTS
+                    && matches!(
+                        e.kind(),
+                        CreateStreamErrorKind::TimedOut
+                            | CreateStreamErrorKind::JetStreamUnavailable
+                    ) =>
+            {
+                tracing::warn!(stream = %config.name, "cannot get or create the stream yet; retrying: {e}");
+                attempt += 1;
+                tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Most replicas a JetStream stream may have.
