@@ -97,8 +97,23 @@ pub(super) async fn serve(
         } => set_receivers(set_push, *set_push_max_deliveries, tokens.is_some())?,
         _ => Vec::new(),
     };
+    let replicas = match &cli.command {
+        Cmd::Serve { replicas, .. } => *replicas,
+        _ => EngineConfig::default().replicas,
+    };
+    if !(1..=crate::log::MAX_REPLICAS).contains(&replicas) {
+        return Err(invalid(format!(
+            "--replicas: must be 1 to {}, not {replicas}",
+            crate::log::MAX_REPLICAS
+        )));
+    }
+    let log_config = crate::log::JetStreamConfig {
+        replicas,
+        ..Default::default()
+    };
     let config = EngineConfig {
         set_push,
+        replicas,
         tokens,
         token_max_ttl,
         token_issuer,
@@ -115,7 +130,7 @@ pub(super) async fn serve(
         ..EngineConfig::default()
     };
     let Some(server) = private else {
-        let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
+        let engine = Engine::nats(nc, &cli.data, log_config, config).await?;
         let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
         let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
         tracing::info!(data = %cli.data.display(), "engine starting");
@@ -124,7 +139,7 @@ pub(super) async fn serve(
     };
     let probe = config.tenants.first().cloned().unwrap_or(tenant);
     let dir = bootstrap::engine_dir(&cli.data);
-    let engine = Engine::nats(nc.clone(), &dir, Default::default(), config).await?;
+    let engine = Engine::nats(nc.clone(), &dir, log_config, config).await?;
     let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
     let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");

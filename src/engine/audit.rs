@@ -26,21 +26,27 @@ fn unavailable(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Creates the audit stream if it is not there, keeping records for
-/// `retention`.
+/// `retention`, on `replicas` replicas.
 pub(crate) async fn setup_stream(
     client: &async_nats::Client,
     retention: Duration,
+    replicas: usize,
 ) -> Result<(), EngineError> {
-    jetstream::new(client.clone())
-        .get_or_create_stream(jetstream::stream::Config {
+    let js = jetstream::new(client.clone());
+    crate::log::get_or_create_stream(
+        &js,
+        jetstream::stream::Config {
             name: AUDIT_STREAM.into(),
             subjects: vec!["mandate.audit.>".into()],
             storage: jetstream::stream::StorageType::File,
             max_age: retention,
+            num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| EngineError::unavailable(format!("cannot create the audit stream: {e}")))?;
+        },
+    )
+    .await
+    .map_err(|e| EngineError::unavailable(format!("cannot create the audit stream: {e}")))?;
+    crate::log::ensure_replicas(&js, AUDIT_STREAM, replicas).await?;
     Ok(())
 }
 

@@ -38,11 +38,12 @@ impl Engine {
         if config.beacon_interval.is_zero() {
             return Err(EngineError::invalid("beacon interval must be above zero"));
         }
-        bus.setup(config.signal_retention).await?;
+        crate::log::check_replicas(config.replicas)?;
+        bus.setup(config.signal_retention, config.replicas).await?;
         let mission_state = match &nats {
             Some(client) => {
-                audit::setup_stream(client, config.audit_retention).await?;
-                missions::setup_streams(client).await?
+                audit::setup_stream(client, config.audit_retention, config.replicas).await?;
+                missions::setup_streams(client, config.replicas).await?
             }
             None => missions::MissionState::default(),
         };
@@ -95,6 +96,12 @@ impl Engine {
         log_config: crate::log::JetStreamConfig,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
+        if log_config.replicas != config.replicas {
+            return Err(EngineError::invalid(format!(
+                "the event stream is configured with {} replica(s) and the engine's other streams with {}: give both the same number",
+                log_config.replicas, config.replicas
+            )));
+        }
         let js = async_nats::jetstream::new(client.clone());
         let log = crate::log::JetStreamLog::open(client.clone(), log_config).await?;
         std::fs::create_dir_all(dir).map_err(|e| {

@@ -79,29 +79,39 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::unavailable(format!("{what}: {e}"))
 }
 
-/// Creates the mission and dead-letter streams if they are not there.
+/// Creates the mission and dead-letter streams if they are not there, on
+/// `replicas` replicas.
 pub(crate) async fn setup_streams(
     client: &async_nats::Client,
+    replicas: usize,
 ) -> Result<MissionState, EngineError> {
     let js = jetstream::new(client.clone());
-    let stream = js
-        .get_or_create_stream(jetstream::stream::Config {
+    let stream = crate::log::get_or_create_stream(
+        &js,
+        jetstream::stream::Config {
             name: MISSION_STREAM.into(),
             subjects: vec![MISSION_FILTER.into()],
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable("cannot create the mission stream", e))?;
-    let dead = js
-        .get_or_create_stream(jetstream::stream::Config {
+        },
+    )
+    .await
+    .map_err(|e| unavailable("cannot create the mission stream", e))?;
+    let dead = crate::log::get_or_create_stream(
+        &js,
+        jetstream::stream::Config {
             name: DEAD_LETTER_STREAM.into(),
             subjects: vec![DEAD_LETTER_SUBJECT.into()],
             storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
+        },
+    )
+    .await
+    .map_err(|e| unavailable("cannot create the dead-letter stream", e))?;
+    crate::log::ensure_replicas(&js, MISSION_STREAM, replicas).await?;
+    crate::log::ensure_replicas(&js, DEAD_LETTER_STREAM, replicas).await?;
     Ok(MissionState {
         stream: Some(stream),
         dead: Some(dead),

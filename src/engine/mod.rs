@@ -154,6 +154,15 @@ pub struct EngineConfig {
     /// serve --set-push`); they need [`EngineConfig::tokens`] (see
     /// [`sets`]).
     pub set_push: Vec<sets::SetReceiver>,
+    /// Over NATS, the replicas of every stream the engine creates or opens
+    /// (events, signals, missions, dead letters, audit): 1 on a single
+    /// server, 3 on a cluster (`mandate serve --replicas`). A stream with
+    /// another number is changed to it if the server allows, else the
+    /// engine refuses to start, naming the stream and both numbers. Must
+    /// equal the event log's [`JetStreamConfig::replicas`].
+    ///
+    /// [`JetStreamConfig::replicas`]: crate::log::JetStreamConfig::replicas
+    pub replicas: usize,
 }
 
 impl Default for EngineConfig {
@@ -176,6 +185,7 @@ impl Default for EngineConfig {
             token_max_ttl: tokens::DEFAULT_MAX_TTL,
             token_issuer: tokens::DEFAULT_ISSUER.to_string(),
             set_push: Vec::new(),
+            replicas: 1,
         }
     }
 }

@@ -304,22 +304,30 @@ impl SignalBus {
     /// Ensures the signal stream exists (NATS only), with the duplicate
     /// window republishing relies on: a stream made by an older build is
     /// updated to it.
-    pub async fn setup(&self, max_age: std::time::Duration) -> Result<(), EngineError> {
+    /// Its replicas are made `replicas` (see [`crate::log::ensure_replicas`]).
+    pub async fn setup(
+        &self,
+        max_age: std::time::Duration,
+        replicas: usize,
+    ) -> Result<(), EngineError> {
         if let SignalBus::Nats { js, .. } = self {
             let window = DUPLICATE_WINDOW.min(max_age);
-            let mut stream = js
-                .get_or_create_stream(async_nats::jetstream::stream::Config {
+            let mut stream = crate::log::get_or_create_stream(
+                js,
+                async_nats::jetstream::stream::Config {
                     name: SIGNAL_STREAM.into(),
                     subjects: vec!["mandate.sig.>".into()],
                     storage: async_nats::jetstream::stream::StorageType::File,
                     max_age,
                     duplicate_window: window,
+                    num_replicas: replicas,
                     ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
-                })?;
+                },
+            )
+            .await
+            .map_err(|e| {
+                EngineError::unavailable(format!("cannot create stream {SIGNAL_STREAM}: {e}"))
+            })?;
             let have = stream
                 .info()
                 .await
@@ -339,6 +347,7 @@ impl SignalBus {
                     ))
                 })?;
             }
+            crate::log::ensure_replicas(js, SIGNAL_STREAM, replicas).await?;
         }
         Ok(())
     }

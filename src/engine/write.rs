@@ -42,8 +42,11 @@ impl Engine {
     }
 
     /// Waits until the projection has applied everything the log held when
-    /// called (in-order follower), for at most [`LAG_WAIT`]; after that the
-    /// caller answers from what it has.
+    /// called (in-order follower), for at most [`LAG_WAIT`]; after that it
+    /// reads and applies the rest itself. A follower cut off for longer (its
+    /// NATS node died and it is reconnecting) must not make a mandate
+    /// another instance created look "not found": a revoke refused so would
+    /// leave it live.
     pub(super) async fn wait_for_log(&self) -> Result<(), EngineError> {
         let target = self.inner.log.last_position().await?;
         let deadline = tokio::time::Instant::now() + LAG_WAIT;
@@ -54,7 +57,7 @@ impl Engine {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Ok(());
+                return self.catch_up_until(Some(target)).await;
             }
         }
     }
@@ -568,8 +571,8 @@ impl TreeWriters {
     }
 }
 
-/// Longest wait for this instance's projection to reach the log before a
-/// command answers that its mandate is not found.
+/// Longest wait for this instance's follower to reach the log before a
+/// command that found no mandate catches up itself.
 const LAG_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Trees a command over many trees could not change because they are held

@@ -99,8 +99,10 @@ pub struct JetStreamConfig {
     /// Name of the stream that holds every tree. Created on first use.
     /// Default `MANDATE_EVENTS`.
     pub stream_name: String,
-    /// Replicas of the stream when this log creates it: 1 on a single server,
-    /// usually 3 in a cluster. An existing stream is left as it is. Default 1.
+    /// Replicas of the stream: 1 on a single server, usually 3 in a
+    /// cluster (at most 5). An existing stream with another number is
+    /// changed to it if the server allows, else opening fails naming both
+    /// numbers (see [`ensure_replicas`]). Default 1.
     pub replicas: usize,
     /// How long the server remembers a command id to deduplicate retries.
     /// Default 2 minutes (the server's own default).
@@ -172,7 +174,7 @@ impl JetStreamLog {
             max_message_size: stream_message_limit(config.max_message_size)?,
             ..Default::default()
         };
-        let stream = match js.get_or_create_stream(wanted.clone()).await {
+        let stream = match get_or_create_stream(&js, wanted.clone()).await {
             Ok(stream) => stream,
             // Another instance created it between our lookup and our create.
             Err(e)
@@ -193,6 +195,7 @@ impl JetStreamLog {
             }
         };
         check_stored(&wanted, &stream.cached_info().config)?;
+        ensure_replicas(&js, &config.stream_name, config.replicas).await?;
         Ok(JetStreamLog {
             inner: Arc::new(Inner {
                 js,
@@ -226,6 +229,7 @@ fn validate(config: &JetStreamConfig, server_max_payload: usize) -> Result<(), L
             "stream_name {name:?} may contain only ASCII letters, digits, '-' and '_'"
         ));
     }
+    check_replicas(config.replicas)?;
     if config.max_in_flight == 0 {
         return bad("max_in_flight must be at least 1".to_string());
     }
@@ -283,16 +287,120 @@ fn check_stored(wanted: &stream::Config, stored: &stream::Config) -> Result<(), 
             "stream keeps a different duplicate window than configured"
         );
     }
-    if stored.num_replicas != wanted.num_replicas {
-        tracing::warn!(
-            stream = %name,
-            stored = stored.num_replicas,
-            wanted = wanted.num_replicas,
-            "stream has a different number of replicas than configured"
-        );
-    }
     Ok(())
 }
+
+/// `get_or_create_stream`, asked again while the cluster times out: on a
+/// cluster, instances starting together create the same replicated stream
+/// at once, and while one creation (or a change of replicas) is under way
+/// the others' requests can time out. Other errors, and the last timeout,
+/// are the caller's.
+pub async fn get_or_create_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let mut attempt = 1;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(e)
+                if attempt < REPLICA_ATTEMPTS
+                    && matches!(
+                        e.kind(),
+                        CreateStreamErrorKind::TimedOut
+                            | CreateStreamErrorKind::JetStreamUnavailable
+                    ) =>
+            {
+                tracing::warn!(stream = %config.name, "cannot get or create the stream yet; retrying: {e}");
+                attempt += 1;
+                tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Most replicas a JetStream stream may have.
+pub const MAX_REPLICAS: usize = 5;
+
+/// Refuses a number of replicas no stream can have (0, or above
+/// [`MAX_REPLICAS`]).
+pub fn check_replicas(replicas: usize) -> Result<(), LogError> {
+    if (1..=MAX_REPLICAS).contains(&replicas) {
+        Ok(())
+    } else {
+        Err(LogError::Backend(format!(
+            "invalid JetStream config: replicas must be 1 to {MAX_REPLICAS}, not {replicas}"
+        )))
+    }
+}
+
+/// Makes the existing stream `name` have `replicas` replicas, whoever made
+/// it and however: unchanged if it has them; else updated to them, if the
+/// server allows (a cluster moves a stream between R1 and R3 online);
+/// else an error naming the stream and both numbers, so that an engine
+/// configured for replicated streams never runs on a single copy unawares,
+/// nor one configured for a single server on a stream it cannot shrink.
+/// What the server stored is read back, not trusted from the request, and
+/// more than one replica is refused outright on a server that is not in a
+/// cluster (2.9 would store the number and keep one copy).
+pub async fn ensure_replicas(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<(), LogError> {
+    check_replicas(replicas)?;
+    let unavailable =
+        |e: &dyn std::fmt::Display| LogError::Unavailable(format!("stream {name}: {e}"));
+    let mut last_refusal = String::new();
+    for attempt in 1..=REPLICA_ATTEMPTS {
+        let mut stream = js.get_stream(name).await.map_err(|e| unavailable(&e))?;
+        let stored = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .config
+            .clone();
+        let had = stored.num_replicas;
+        let refused = |why: &str| {
+            LogError::Backend(format!(
+                "stream {name} has {had} replica(s), {replicas} configured, and the server cannot give them ({why}); change the stream or the setting"
+            ))
+        };
+        // 2.9 outside a cluster accepts the update and stores the number,
+        // yet keeps one copy: more than one replica needs a cluster.
+        if replicas > 1 && js.client().server_info().cluster.is_none() {
+            return Err(refused(
+                "the server is not in a cluster, so it keeps one copy",
+            ));
+        }
+        if had == replicas {
+            return Ok(());
+        }
+        if attempt == REPLICA_ATTEMPTS {
+            return Err(refused(&last_refusal));
+        }
+        tracing::warn!(stream = %name, had, wanted = replicas, "changing the stream's replicas");
+        let update = stream::Config {
+            num_replicas: replicas,
+            ..stored
+        };
+        // Instances starting together may each ask for the change; while
+        // one is under way another's request can time out. So the stream
+        // is read again (and the change asked again) before giving up.
+        match js.update_stream(update).await {
+            Ok(info) if info.config.num_replicas == replicas => return Ok(()),
+            Ok(info) => last_refusal = format!("it stored {} replica(s)", info.config.num_replicas),
+            Err(e) => last_refusal = e.to_string(),
+        }
+        tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Looks at a stream whose replicas are being changed before giving up.
+const REPLICA_ATTEMPTS: u32 = 6;
+/// Pause between them.
+const REPLICA_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 impl EventLog for JetStreamLog {
     #[tracing::instrument(level = "debug", skip(self, payload), fields(%tenant, %tree))]

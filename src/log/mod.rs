@@ -49,7 +49,10 @@ mod embedded;
 mod jetstream;
 
 pub use embedded::{EmbeddedConfig, EmbeddedLog};
-pub use jetstream::{JetStreamConfig, JetStreamLog};
+pub use jetstream::{
+    check_replicas, ensure_replicas, get_or_create_stream, JetStreamConfig, JetStreamLog,
+    MAX_REPLICAS,
+};
 
 /// The tenant and tree a record's subject names, when it is a tree's event
 /// subject (`mandate.evt.<tenant>.<tree>`): lets a record the log cannot

@@ -159,15 +159,24 @@ pub struct ServedEngine {
     child: Option<Child>,
     data: PathBuf,
     url: String,
+    /// More arguments of `serve`.
+    args: Vec<String>,
 }
 
 impl ServedEngine {
     /// Starts the binary; it serves once it answers (see `wire::serving`).
     pub fn start(url: &str, data: &Path) -> Self {
+        Self::start_with(url, data, &[])
+    }
+
+    /// As [`ServedEngine::start`], with more arguments of `serve` (kept for
+    /// its restarts).
+    pub fn start_with(url: &str, data: &Path, args: &[&str]) -> Self {
         let mut engine = ServedEngine {
             child: None,
             data: data.to_path_buf(),
             url: url.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         engine.spawn();
         engine
@@ -183,6 +192,7 @@ impl ServedEngine {
             .arg("--data")
             .arg(&self.data)
             .args(["--nats", &self.url, "serve", "--allow-open-tenants"])
+            .args(&self.args)
             .env_remove("MANDATE_NATS")
             .env_remove("MANDATE_TENANT")
             .env_remove("MANDATE_ACTOR")
@@ -254,7 +264,7 @@ pub struct Ledger {
 /// Sends one command body until an engine gives an answer other than
 /// `unavailable`: through timeouts, no responders and restarts, always the
 /// same bytes (the same command id), as a client that retries does.
-async fn send_until_answered(
+pub async fn send_until_answered(
     nc: &async_nats::Client,
     subject: &str,
     body: Vec<u8>,
@@ -323,9 +333,15 @@ fn mandate_of(what: &str, r: Result<CommandResult, ErrorBody>) -> MandateId {
 /// (`revoke_agent`). Every command is retried with its own id until an
 /// engine answers. `tasks × batches × 61` commands in all.
 pub async fn burst(url: String, tasks: usize, batches: usize, ledger: Arc<Ledger>) {
+    burst_on(vec![url], tasks, batches, ledger).await
+}
+
+/// As [`burst`], client `k` connected to `urls[k % urls.len()]` (a URL may
+/// list several servers, comma-separated).
+pub async fn burst_on(urls: Vec<String>, tasks: usize, batches: usize, ledger: Arc<Ledger>) {
     let mut handles = Vec::new();
     for k in 0..tasks {
-        let (url, ledger) = (url.clone(), ledger.clone());
+        let (url, ledger) = (urls[k % urls.len()].clone(), ledger.clone());
         handles.push(tokio::spawn(async move {
             let nc = async_nats::connect(&url).await.expect("connect a client");
             let grant = "fin:read on ledger/*";
@@ -428,9 +444,15 @@ pub async fn answered_at_least(ledger: &Ledger, n: usize) {
     }
 }
 
-/// How many records of the event stream carry each command id.
+/// How many records of the event stream carry each command id. The log is
+/// opened with the replicas the stream has (opening it with others would
+/// change them).
 pub async fn records_per_command(nc: &async_nats::Client) -> HashMap<CommandId, usize> {
-    let log = JetStreamLog::open(nc.clone(), JetStreamConfig::default())
+    let config = JetStreamConfig {
+        replicas: event_stream_replicas(nc).await,
+        ..JetStreamConfig::default()
+    };
+    let log = JetStreamLog::open(nc.clone(), config)
         .await
         .expect("open the log");
     let mut per_command: HashMap<CommandId, usize> = HashMap::new();
@@ -444,6 +466,19 @@ pub async fn records_per_command(nc: &async_nats::Client) -> HashMap<CommandId, 
         }
     }
     per_command
+}
+
+/// The replicas the event stream has now.
+pub async fn event_stream_replicas(nc: &async_nats::Client) -> usize {
+    async_nats::jetstream::new(nc.clone())
+        .get_stream("MANDATE_EVENTS")
+        .await
+        .expect("the event stream")
+        .info()
+        .await
+        .expect("the event stream's info")
+        .config
+        .num_replicas
 }
 
 /// Checks the log after a burst: every record's command id is unique (no

@@ -4,6 +4,7 @@
 //! every helper, hence the `dead_code` allowances.
 
 pub mod cli;
+pub mod cluster;
 pub mod faults;
 pub mod fixtures;
 pub mod prelude;

@@ -1,0 +1,399 @@
+//! Mandate on a three-node JetStream cluster: real `nats-server` processes
+//! routed on loopback (2.9 by default, any other with `NATS_SERVER_BIN`),
+//! real `mandate serve --replicas 3` processes, each connected to its own
+//! node (and failing over to the others the cluster advertises).
+//!
+//! - (a) a burst of commands over many trees from clients on every node,
+//!   with revokes racing delegations, while the event stream's leader node
+//!   is killed and later restarted: every acknowledged command is in the
+//!   stream exactly once, no mandate is live under an ended one, and every
+//!   engine's projection equals a rebuild;
+//! - (c) an engine killed (SIGKILL) while it holds in-flight commands: the
+//!   others keep serving, and clients retrying with the same command id get
+//!   one answer each, each command in the log once; and streams an older
+//!   instance made with one replica are raised to three;
+//! - a single server refuses three replicas, naming the stream and both
+//!   numbers.
+//!
+//! Elections on two busy cores are slow: outcomes are asserted with
+//! generous deadlines, never timings. `MANDATE_CLUSTER_TREES` raises the
+//! size of (a) (200 trees by default; 1,000 is reachable).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::cluster::{Cluster, NODES};
+use common::faults::{
+    answered_at_least, assert_each_command_once, assert_outcome, burst_on, send_until_answered,
+    Ledger, ServedEngine,
+};
+use common::prelude::*;
+use futures::StreamExt;
+use mandate::domain::command::Change;
+use mandate::domain::SCHEMA_VERSION;
+use mandate::engine::{Engine, EngineConfig};
+use mandate::log::JetStreamConfig;
+use mandate::protocol::command_subject;
+
+/// Clients of a burst, spread over the nodes.
+const TASKS: usize = 6;
+/// Trees of (a) unless `MANDATE_CLUSTER_TREES` says otherwise.
+const DEFAULT_TREES: usize = 200;
+/// Trees of (a) where a root's revoke races a delegation under it.
+const RACES: usize = 20;
+/// How long engines may take to serve on a cluster that is still settling.
+const SETTLE: Duration = Duration::from_secs(90);
+
+fn trees() -> usize {
+    std::env::var("MANDATE_CLUSTER_TREES")
+        .ok()
+        .map(|v| v.parse().expect("MANDATE_CLUSTER_TREES is a number"))
+        .unwrap_or(DEFAULT_TREES)
+}
+
+/// `mandate serve --replicas 3` on node `i`'s URL.
+fn engine_on_node(cluster: &Cluster, dir: &std::path::Path, i: usize) -> ServedEngine {
+    ServedEngine::start_with(
+        &cluster.url(i),
+        &dir.join(format!("engine{i}")),
+        &["--replicas", "3"],
+    )
+}
+
+/// One `mandate serve --replicas 3` per node, each on its own node's URL.
+fn engines_on_every_node(cluster: &Cluster, dir: &std::path::Path) -> Vec<ServedEngine> {
+    (0..NODES)
+        .map(|i| engine_on_node(cluster, dir, i))
+        .collect()
+}
+
+/// Waits (up to [`SETTLE`]) until `n` distinct engine instances have
+/// answered health requests of acme (the queue group spreads them); on
+/// timeout, shows the engines' logs under `dir`.
+async fn serving_soon(nc: &async_nats::Client, n: usize, dir: &std::path::Path) {
+    let c = client(nc, "acme", principal("probe")).with_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        if tokio::time::Instant::now() >= deadline {
+            for i in 0..NODES {
+                let log = std::fs::read_to_string(dir.join(format!("engine{i}.log")));
+                eprintln!("engine {i}'s log: {}", log.unwrap_or_default());
+            }
+            panic!("{} of {n} engines served within {SETTLE:?}", seen.len());
+        }
+        match c.health().await {
+            Ok(h) => {
+                seen.insert(h.instance);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Every stream of the account with its replicas.
+async fn replicas_of_every_stream(nc: &async_nats::Client) -> HashMap<String, usize> {
+    let js = async_nats::jetstream::new(nc.clone());
+    let names: Vec<String> = js
+        .stream_names()
+        .map(|n| n.expect("list the streams"))
+        .collect()
+        .await;
+    let mut found = HashMap::new();
+    for name in names {
+        let mut stream = js.get_stream(&name).await.expect("a listed stream");
+        let replicas = stream.info().await.expect("its info").config.num_replicas;
+        found.insert(name, replicas);
+    }
+    assert!(!found.is_empty(), "the account has streams");
+    found
+}
+
+/// An engine over the cluster with streams of `replicas`, opened (not
+/// serving) on `dir`.
+async fn open_with_replicas(
+    nc: async_nats::Client,
+    dir: &std::path::Path,
+    replicas: usize,
+) -> Engine {
+    Engine::nats(
+        nc,
+        dir,
+        JetStreamConfig {
+            replicas,
+            ..JetStreamConfig::default()
+        },
+        EngineConfig {
+            replicas,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("open the engine")
+}
+
+/// Stops every engine process and checks, on each one's data directory
+/// opened again, that its projection equals a rebuild from the log.
+async fn assert_projections_equal_rebuilds(
+    nc: &async_nats::Client,
+    engines: &mut [ServedEngine],
+    dir: &std::path::Path,
+) {
+    for (i, engine) in engines.iter_mut().enumerate() {
+        engine.stop();
+        let opened = open_with_replicas(nc.clone(), &dir.join(format!("engine{i}")), 3).await;
+        let report = opened.rebuild_check().await.expect("rebuild");
+        assert!(report.equal, "engine {i}'s projection equals a rebuild");
+    }
+}
+
+/// No mandate of the trees holding `mandates` is effectively active while
+/// it, or any mandate above it, is ended (revoked, expired, completed).
+async fn assert_nothing_live_under_an_ended_mandate(
+    nc: &async_nats::Client,
+    mandates: &[MandateId],
+) {
+    let c = client(nc, "acme", principal("auditor"));
+    for m in mandates {
+        let reply = c.tree(of_mandate(*m)).await.expect("read the tree");
+        let by_id: HashMap<MandateId, _> = reply.effective.iter().map(|s| (s.mandate, s)).collect();
+        for summary in &reply.effective {
+            let mut ended = None;
+            let mut at = Some(summary.mandate);
+            while let Some(id) = at {
+                let node = by_id[&id];
+                if node.status.is_terminal() {
+                    ended = Some(id);
+                    break;
+                }
+                at = node.parent;
+            }
+            if let Some(ended) = ended {
+                assert_ne!(
+                    summary.effective.status,
+                    Status::Active,
+                    "{} is live while {ended} above it (or itself) is ended",
+                    summary.mandate
+                );
+            }
+        }
+    }
+}
+
+/// `races` trees on their own connection to `url`: a root and a lead under
+/// it, then the root's revoke sent at once with a delegation by the lead
+/// (each retried with its own id until answered). Every answer goes into
+/// `ledger`'s answers (not its count of burst answers). Returns the roots.
+async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<MandateId> {
+    let nc = async_nats::connect(&url).await.expect("connect a client");
+    let grant = "fin:read on ledger/*";
+    let mut roots = Vec::new();
+    for r in 0..races {
+        let holder = format!("race-{r}");
+        let send = |actor: Actor, command: Command| {
+            let (nc, ledger) = (nc.clone(), ledger.clone());
+            async move {
+                let cmd = CommandEnvelope {
+                    command_id: CommandId::generate(),
+                    tenant: acme(),
+                    actor,
+                    correlation_id: None,
+                    schema_version: SCHEMA_VERSION,
+                    command,
+                };
+                let subject = command_subject(&cmd.tenant, cmd.command.verb());
+                let answer =
+                    send_until_answered(&nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
+                ledger
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .push((cmd.command_id, false, answer.clone()));
+                answer
+            }
+        };
+        let root = send(
+            principal("cfo"),
+            Command::Issue(root_issue("cfo", &holder, None, &[grant])),
+        )
+        .await
+        .expect("issue")
+        .mandate
+        .expect("a root");
+        let lead = send(
+            agent(&holder),
+            Command::Delegate(delegation(root, &format!("lead-{r}"), &[grant])),
+        )
+        .await
+        .expect("delegate")
+        .mandate
+        .expect("a lead");
+        let revoke = send(
+            principal("cfo"),
+            Command::Revoke(Change {
+                mandate: root,
+                reason: None,
+            }),
+        );
+        let under = send(
+            agent(&format!("lead-{r}")),
+            Command::Delegate(delegation(lead, &format!("leaf-{r}"), &[grant])),
+        );
+        let (revoked, _delegated) = tokio::join!(revoke, under);
+        assert!(revoked.is_ok(), "the revoke is accepted: {revoked:?}");
+        roots.push(root);
+    }
+    roots
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
+    let mut cluster = Cluster::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut engines = engines_on_every_node(&cluster, tmp.path());
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES, tmp.path()).await;
+
+    let batches = trees().div_ceil(TASKS * 10);
+    let total = TASKS * batches * 61;
+    let ledger = Arc::new(Ledger::default());
+    let urls = (0..NODES).map(|i| cluster.url(i)).collect();
+    let driver = tokio::spawn(burst_on(urls, TASKS, batches, ledger.clone()));
+    let racer = tokio::spawn(racing_revokes(cluster.url(2), RACES, ledger.clone()));
+
+    answered_at_least(&ledger, total / 3).await;
+    // The node that leads the event stream: its loss forces an election.
+    let victim = cluster
+        .stream_leader(0, "MANDATE_EVENTS")
+        .await
+        .expect("the event stream has a leader");
+    eprintln!("killing node {victim}, the event stream's leader");
+    cluster.kill(victim);
+    answered_at_least(&ledger, 2 * total / 3).await;
+    cluster.restart(victim);
+
+    driver.await.expect("the burst completes");
+    let raced = racer.await.expect("the races complete");
+    eprintln!("{}", ledger.summary());
+    assert_eq!(
+        ledger.answered.load(std::sync::atomic::Ordering::SeqCst),
+        total
+    );
+    assert_eq!(ledger.answers.lock().unwrap().len(), total + 4 * RACES);
+
+    assert_each_command_once(&nc, &ledger).await;
+    assert_outcome(&nc, &ledger).await;
+    let mut roots = ledger.roots.lock().unwrap().clone();
+    assert_eq!(roots.len(), trees().div_ceil(TASKS * 10) * TASKS * 10);
+    roots.extend(&raced);
+    assert_nothing_live_under_an_ended_mandate(&nc, &roots).await;
+    let c = client(&nc, "acme", principal("auditor"));
+    for root in &raced {
+        assert_eq!(own(&c, *root).await, Status::Revoked, "raced root {root}");
+    }
+    assert_projections_equal_rebuilds(&nc, &mut engines, tmp.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_killed_with_commands_in_flight_leaves_the_others_serving() {
+    let cluster = Cluster::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let nc = cluster.connect().await;
+
+    // An older instance made every stream with one replica.
+    let older = open_with_replicas(nc.clone(), &tmp.path().join("older"), 1).await;
+    drop(older);
+    let before = replicas_of_every_stream(&nc).await;
+    assert!(before.values().all(|r| *r == 1), "{before:?}");
+
+    // The first new instance raises them (while a stream moves, the
+    // cluster's API times out, and an instance starting then exits
+    // unavailable: a rolling start avoids that), then the others start.
+    let mut engines = vec![engine_on_node(&cluster, tmp.path(), 0)];
+    serving_soon(&nc, 1, tmp.path()).await;
+    engines.extend((1..NODES).map(|i| engine_on_node(&cluster, tmp.path(), i)));
+    serving_soon(&nc, NODES, tmp.path()).await;
+    let after = replicas_of_every_stream(&nc).await;
+    assert!(
+        after.len() >= 5,
+        "events, signals, missions, dead letters, audit: {after:?}"
+    );
+    assert!(
+        after.values().all(|r| *r == 3),
+        "every stream is raised to three replicas: {after:?}"
+    );
+
+    // 6 clients × 2 batches × 61 commands; engine 0 dies once a third are
+    // answered (clients send to the queue group, so it holds some of them).
+    let (tasks, batches) = (TASKS, 2);
+    let total = tasks * batches * 61;
+    let ledger = Arc::new(Ledger::default());
+    let urls = (0..NODES).map(|i| cluster.url(i)).collect();
+    let driver = tokio::spawn(burst_on(urls, tasks, batches, ledger.clone()));
+    answered_at_least(&ledger, total / 3).await;
+    engines[0].kill9();
+    driver.await.expect("the burst completes without engine 0");
+    eprintln!("{}", ledger.summary());
+
+    // One answer per command: no command id answered twice.
+    let answers = ledger.answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), total);
+    let mut ids: Vec<CommandId> = answers.iter().map(|(id, _, _)| *id).collect();
+    ids.sort_by_key(|id| id.to_string());
+    ids.dedup();
+    assert_eq!(ids.len(), total, "each command answered once");
+    assert_each_command_once(&nc, &ledger).await;
+    assert_outcome(&nc, &ledger).await;
+
+    // The survivors' projections (and the dead one's, caught up) equal a
+    // rebuild.
+    assert_projections_equal_rebuilds(&nc, &mut engines, tmp.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_server_refuses_three_replicas_naming_the_stream_and_both_numbers() {
+    let server = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let nc = connect(&server).await;
+    // Streams made with one replica, then an engine asking for three.
+    drop(open_with_replicas(nc.clone(), &tmp.path().join("one"), 1).await);
+    let refused = Engine::nats(
+        nc.clone(),
+        &tmp.path().join("three"),
+        JetStreamConfig {
+            replicas: 3,
+            ..JetStreamConfig::default()
+        },
+        EngineConfig {
+            replicas: 3,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .err()
+    .expect("three replicas on a single server are refused");
+    let text = refused.to_string();
+    for needle in ["MANDATE_EVENTS", "1 replica", "3 configured"] {
+        assert!(text.contains(needle), "{needle:?} in {text:?}");
+    }
+    // Nothing changed.
+    let now = replicas_of_every_stream(&nc).await;
+    assert!(now.values().all(|r| *r == 1), "{now:?}");
+
+    // The log's and the engine's replicas must agree.
+    let mismatch = Engine::nats(
+        nc.clone(),
+        &tmp.path().join("mixed"),
+        JetStreamConfig::default(),
+        EngineConfig {
+            replicas: 3,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .err()
+    .expect("different replicas for the log and the engine are refused");
+    assert!(mismatch.to_string().contains("replica"), "{mismatch}");
+}

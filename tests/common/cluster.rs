@@ -1,0 +1,153 @@
+//! A three-node `nats-server` cluster on loopback: routes between the nodes,
+//! JetStream on each with its own store directory, nodes that can be killed
+//! (SIGKILL) and restarted on the same ports and stores. The binary is the
+//! one [`super::server_binary`] picks (`NATS_SERVER_BIN` honoured).
+//!
+//! Each node is a [`NatsServer`] started with a configuration file naming
+//! the node (`server_name`, stable across restarts as JetStream needs), its
+//! store, its route port and the route ports of all three. Client ports are
+//! chosen by [`NatsServer`] as for a single server.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::NatsServer;
+
+/// Nodes in the cluster.
+pub const NODES: usize = 3;
+/// How long the cluster may take to elect a JetStream meta leader and
+/// place a replicated stream, on two busy cores.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running three-node cluster; every node is killed when it is dropped.
+pub struct Cluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl Cluster {
+    /// Starts three routed nodes and waits until the cluster can create a
+    /// stream of three replicas (a meta leader is elected and every peer
+    /// is known to it).
+    pub async fn start() -> Self {
+        let name = format!("mandate-test-{}", std::process::id());
+        let routes: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
+        let nodes = (0..NODES)
+            .map(|i| {
+                let (name, routes) = (name.clone(), routes.clone());
+                NatsServer::start_with_config(move |store| node_config(store, &name, i, &routes))
+            })
+            .collect();
+        let cluster = Cluster { nodes };
+        cluster.wait_until_replicated_streams_can_be_made().await;
+        cluster
+    }
+
+    /// The client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Every node's client URL, comma-separated (the form `--nats` and
+    /// `async_nats::connect` take).
+    pub fn urls(&self) -> String {
+        (0..NODES)
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A connection that knows every node (and fails over between them).
+    pub async fn connect(&self) -> async_nats::Client {
+        let urls: Vec<String> = (0..NODES).map(|i| self.url(i)).collect();
+        async_nats::connect(urls)
+            .await
+            .expect("connect to the cluster")
+    }
+
+    /// The `server_name` of node `i` (what stream info names as leader).
+    pub fn name(&self, i: usize) -> String {
+        format!("n{i}")
+    }
+
+    /// Node `i`'s index from its `server_name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        (0..NODES).find(|&i| self.name(i) == name)
+    }
+
+    /// SIGKILLs node `i`; its store stays.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].stop();
+    }
+
+    /// Starts node `i` again on its ports and store (killing it first if it
+    /// runs).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+    }
+
+    /// The node that leads `stream` now, asked through node `via`.
+    pub async fn stream_leader(&self, via: usize, stream: &str) -> Option<usize> {
+        let nc = async_nats::connect(self.url(via)).await.ok()?;
+        let js = async_nats::jetstream::new(nc);
+        let mut s = js.get_stream(stream).await.ok()?;
+        let info = s.info().await.ok()?;
+        let leader = info.cluster.as_ref()?.leader.clone()?;
+        self.index_of(&leader)
+    }
+
+    /// Polls (through node 0) until an R3 stream can be created and
+    /// deleted again: the meta leader is elected and sees all three peers.
+    async fn wait_until_replicated_streams_can_be_made(&self) {
+        let url = self.url(0);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match probe(&url).await {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "the cluster could not place a stream of three replicas within {READY_TIMEOUT:?}: {last}"
+        );
+    }
+}
+
+/// One attempt at creating (and deleting) a stream of three replicas.
+async fn probe(url: &str) -> Result<(), String> {
+    let nc = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(nc);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CLUSTER_PROBE".into(),
+        subjects: vec!["cluster.probe".into()],
+        num_replicas: NODES,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.delete_stream("CLUSTER_PROBE")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Writes node `i`'s configuration file into its store directory.
+fn node_config(store: &Path, cluster: &str, i: usize, route_ports: &[u16]) -> PathBuf {
+    let routes = route_ports
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "server_name: n{i}\n\
+         jetstream {{ store_dir: {js:?} }}\n\
+         cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n",
+        js = store.join("js"),
+        port = route_ports[i],
+    );
+    let path = store.join("node.conf");
+    std::fs::write(&path, text).expect("write a node's configuration");
+    path
+}
