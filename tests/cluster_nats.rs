@@ -46,6 +46,44 @@ const RACES: usize = 20;
 /// How long engines may take to serve on a cluster that is still settling.
 const SETTLE: Duration = Duration::from_secs(90);
 
+/// Whether the cluster's servers are trusted with replicated streams (2.10
+/// and later). Older ones (2.9) can store two appends made on one tree head
+/// (`racing_appends_on_a_replicated_stream_store_one_per_head` shows it when
+/// the check is lifted): there, every cluster test instead shows that `serve
+/// --replicas 3` refuses to start, naming the version, and changes nothing.
+async fn trusted_with_replicas(cluster: &Cluster) -> bool {
+    let nc = cluster.connect().await;
+    let version = nc.server_info().version.clone();
+    if mandate::log::check_server_for_replicas(&version, 3).is_ok() {
+        return true;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(tmp.path().join("engine"))
+        .args(["--nats", &cluster.url(0), "serve", "--allow-open-tenants"])
+        .args(["--replicas", "3"])
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_TENANT")
+        .output()
+        .expect("run mandate serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "serve --replicas 3 on {version} must refuse"
+    );
+    for needle in ["3 replicas", "2.10", &version] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    let js = async_nats::jetstream::new(nc);
+    assert!(
+        js.get_stream("MANDATE_EVENTS").await.is_err(),
+        "no stream was made"
+    );
+    eprintln!("server {version} is not trusted with replicated streams: refused as expected");
+    false
+}
+
 fn trees() -> usize {
     std::env::var("MANDATE_CLUSTER_TREES")
         .ok()
@@ -251,6 +289,9 @@ async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<M
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut engines = engines_on_every_node(&cluster, tmp.path());
     let nc = cluster.connect().await;
@@ -299,6 +340,9 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_with_commands_in_flight_leaves_the_others_serving() {
     let cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let nc = cluster.connect().await;
 
@@ -396,4 +440,67 @@ async fn a_single_server_refuses_three_replicas_naming_the_stream_and_both_numbe
     .err()
     .expect("different replicas for the log and the engine are refused");
     assert!(mismatch.to_string().contains("replica"), "{mismatch}");
+}
+
+/// The optimistic concurrency every tree relies on, on an R3 stream:
+/// appends racing from clients on every node with the same expected head
+/// (the shape of two instances deciding on one tree at once). At most one
+/// may be stored per head; a second would fork the tree's hash chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_appends_on_a_replicated_stream_store_one_per_head() {
+    use mandate::log::{EventLog, JetStreamLog, LogError};
+    let cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let mut logs = Vec::new();
+    for i in 0..NODES {
+        let nc = async_nats::connect(cluster.url(i)).await.unwrap();
+        let config = JetStreamConfig {
+            replicas: 3,
+            ..JetStreamConfig::default()
+        };
+        logs.push(JetStreamLog::open(nc, config).await.expect("open the log"));
+    }
+    let tenant = acme();
+    let (mut stored, mut refused) = (0, 0);
+    let mut forked = Vec::new();
+    for _ in 0..30 {
+        let tree = TreeId::generate();
+        let first = logs[0]
+            .append(&tenant, tree, 0, CommandId::generate(), "first".into())
+            .await
+            .expect("the first record");
+        let racers = (0..6).map(|k| {
+            let (log, tenant) = (logs[k % NODES].clone(), tenant.clone());
+            tokio::spawn(async move {
+                log.append(
+                    &tenant,
+                    tree,
+                    first.position,
+                    CommandId::generate(),
+                    "next".into(),
+                )
+                .await
+            })
+        });
+        let mut won = 0;
+        for racer in futures::future::join_all(racers).await {
+            match racer.unwrap() {
+                Ok(a) if !a.duplicate => won += 1,
+                Ok(a) => panic!("a duplicate of a fresh command id: {a:?}"),
+                Err(LogError::Conflict { .. }) => refused += 1,
+                Err(e) => panic!("neither stored nor a conflict: {e}"),
+            }
+        }
+        stored += won;
+        if won != 1 {
+            forked.push((tree, won));
+        }
+    }
+    eprintln!("{stored} stored, {refused} refused as conflicts");
+    assert!(
+        forked.is_empty(),
+        "trees where racing appends on one expected head were not stored exactly once: {forked:?}"
+    );
 }
