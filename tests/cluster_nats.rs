@@ -511,3 +511,26 @@ async fn racing_appends_on_a_replicated_stream_store_one_per_head() {
         "trees where racing appends on one expected head were not stored exactly once: {forked:?}"
     );
 }
+
+#[test]
+fn replicas_outside_one_to_five_are_refused_naming_the_flag() {
+    let server = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["0", "6"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+            .arg("--data")
+            .arg(tmp.path().join("engine"))
+            .args(["--nats", &server.url(), "serve", "--allow-open-tenants"])
+            .args(["--replicas", bad])
+            .env_remove("MANDATE_NATS")
+            .env_remove("MANDATE_TENANT")
+            .output()
+            .expect("run mandate serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--replicas {bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--replicas: must be 1 to 5, not {bad}")),
+            "{stderr}"
+        );
+    }
+}
