@@ -12,8 +12,14 @@
 //!   others keep serving, and clients retrying with the same command id get
 //!   one answer each, each command in the log once; and streams an older
 //!   instance made with one replica are raised to three;
+//! - (b) a guard on the node that dies reconnects, catches up, and never
+//!   allows under a mandate revoked meanwhile beyond its lease;
+//! - appends racing on one tree head from every node: one stored per head;
 //! - a single server refuses three replicas, naming the stream and both
-//!   numbers.
+//!   numbers (on 2.9, the version first); `--replicas` outside 1..5 exits 2.
+//!
+//! On servers older than 2.10 (2.9.10 here) each cluster scenario instead
+//! checks that `serve --replicas 3` refuses to start, naming the version.
 //!
 //! Elections on two busy cores are slow: outcomes are asserted with
 //! generous deadlines, never timings. `MANDATE_CLUSTER_TREES` raises the
@@ -533,4 +539,77 @@ fn replicas_outside_one_to_five_are_refused_naming_the_flag() {
             "{stderr}"
         );
     }
+}
+
+/// (b) A guard connected to the node that dies: it reconnects to another
+/// node (the cluster advertises them), catches up from the signal stream,
+/// and never allows a check under a mandate revoked while it was
+/// reconnecting, beyond its lease (the bound a guard cut off from every
+/// engine has by design); then it denies as revoked for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
+    use mandate::client::GuardState;
+    let mut cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _engines: Vec<ServedEngine> = (1..NODES)
+        .map(|i| engine_on_node(&cluster, tmp.path(), i))
+        .collect();
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES - 1, tmp.path()).await;
+
+    let grant = "fin:read on ledger/*";
+    let root = issue(&nc, root_issue("cfo", "lead", None, &[grant])).await;
+    let leaf = delegate(&nc, "lead", root, "worker", &[grant]).await;
+    let on_node0 = async_nats::connect(cluster.url(0)).await.unwrap();
+    let lease = Duration::from_secs(2);
+    let guard = start_guard(client(&on_node0, "acme", agent("worker")), leaf, lease).await;
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    cluster.kill(0);
+    // Sent until answered, always with the same command id: while the
+    // stream elects a leader the engine answers `unavailable`.
+    let revoke = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: acme(),
+        actor: principal("cfo"),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Revoke(Change {
+            mandate: root,
+            reason: Some("while the guard's node was down".into()),
+        }),
+    };
+    let subject = command_subject(&revoke.tenant, revoke.command.verb());
+    send_until_answered(&nc, &subject, serde_json::to_vec(&revoke).unwrap())
+        .await
+        .expect("the revoke is accepted");
+    let revoked_at = std::time::Instant::now();
+    let deadline = revoked_at + SETTLE;
+    loop {
+        let d = guard.check("fin:read", "ledger/q3");
+        if d.is_allowed() {
+            assert!(
+                revoked_at.elapsed() < lease,
+                "allowed {:?} after the root's revoke, beyond its lease of {lease:?}",
+                revoked_at.elapsed()
+            );
+        }
+        if guard.state() == GuardState::Terminated(Status::Revoked) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard never learned the revoke: {:?}",
+            guard.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_denied_as(&guard.check("fin:read", "ledger/q3"), Status::Revoked);
+    // Its node back, it stays denied.
+    cluster.restart(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_denied_as(&guard.check("fin:read", "ledger/q3"), Status::Revoked);
 }
