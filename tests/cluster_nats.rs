@@ -12,8 +12,14 @@
 //!   others keep serving, and clients retrying with the same command id get
 //!   one answer each, each command in the log once; and streams an older
 //!   instance made with one replica are raised to three;
+//! - (b) a guard on the node that dies reconnects, catches up, and never
+//!   allows under a mandate revoked meanwhile beyond its lease;
+//! - appends racing on one tree head from every node: one stored per head;
 //! - a single server refuses three replicas, naming the stream and both
-//!   numbers.
+//!   numbers (on 2.9, the version first); `--replicas` outside 1..5 exits 2.
+//!
+//! On servers older than 2.10 (2.9.10 here) each cluster scenario instead
+//! checks that `serve --replicas 3` refuses to start, naming the version.
 //!
 //! Elections on two busy cores are slow: outcomes are asserted with
 //! generous deadlines, never timings. `MANDATE_CLUSTER_TREES` raises the
@@ -45,6 +51,44 @@ const DEFAULT_TREES: usize = 200;
 const RACES: usize = 20;
 /// How long engines may take to serve on a cluster that is still settling.
 const SETTLE: Duration = Duration::from_secs(90);
+
+/// Whether the cluster's servers are trusted with replicated streams (2.10
+/// and later). Older ones (2.9) can store two appends made on one tree head
+/// (`racing_appends_on_a_replicated_stream_store_one_per_head` shows it when
+/// the check is lifted): there, every cluster test instead shows that `serve
+/// --replicas 3` refuses to start, naming the version, and changes nothing.
+async fn trusted_with_replicas(cluster: &Cluster) -> bool {
+    let nc = cluster.connect().await;
+    let version = nc.server_info().version.clone();
+    if mandate::log::check_server_for_replicas(&version, 3).is_ok() {
+        return true;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .arg("--data")
+        .arg(tmp.path().join("engine"))
+        .args(["--nats", &cluster.url(0), "serve", "--allow-open-tenants"])
+        .args(["--replicas", "3"])
+        .env_remove("MANDATE_NATS")
+        .env_remove("MANDATE_TENANT")
+        .output()
+        .expect("run mandate serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "serve --replicas 3 on {version} must refuse"
+    );
+    for needle in ["3 replicas", "2.10", &version] {
+        assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+    }
+    let js = async_nats::jetstream::new(nc);
+    assert!(
+        js.get_stream("MANDATE_EVENTS").await.is_err(),
+        "no stream was made"
+    );
+    eprintln!("server {version} is not trusted with replicated streams: refused as expected");
+    false
+}
 
 fn trees() -> usize {
     std::env::var("MANDATE_CLUSTER_TREES")
@@ -251,6 +295,9 @@ async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<M
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut engines = engines_on_every_node(&cluster, tmp.path());
     let nc = cluster.connect().await;
@@ -299,6 +346,9 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_killed_with_commands_in_flight_leaves_the_others_serving() {
     let cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let nc = cluster.connect().await;
 
@@ -375,7 +425,14 @@ async fn a_single_server_refuses_three_replicas_naming_the_stream_and_both_numbe
     .err()
     .expect("three replicas on a single server are refused");
     let text = refused.to_string();
-    for needle in ["MANDATE_EVENTS", "1 replica", "3 configured"] {
+    // 2.10+: the stream cannot get them; 2.9: the version is refused first.
+    let version = nc.server_info().version.clone();
+    let needles = if mandate::log::check_server_for_replicas(&version, 3).is_ok() {
+        ["MANDATE_EVENTS", "1 replica", "3 configured"]
+    } else {
+        ["3 replicas", "2.10", version.as_str()]
+    };
+    for needle in needles {
         assert!(text.contains(needle), "{needle:?} in {text:?}");
     }
     // Nothing changed.
@@ -396,4 +453,163 @@ async fn a_single_server_refuses_three_replicas_naming_the_stream_and_both_numbe
     .err()
     .expect("different replicas for the log and the engine are refused");
     assert!(mismatch.to_string().contains("replica"), "{mismatch}");
+}
+
+/// The optimistic concurrency every tree relies on, on an R3 stream:
+/// appends racing from clients on every node with the same expected head
+/// (the shape of two instances deciding on one tree at once). At most one
+/// may be stored per head; a second would fork the tree's hash chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_appends_on_a_replicated_stream_store_one_per_head() {
+    use mandate::log::{EventLog, JetStreamLog, LogError};
+    let cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let mut logs = Vec::new();
+    for i in 0..NODES {
+        let nc = async_nats::connect(cluster.url(i)).await.unwrap();
+        let config = JetStreamConfig {
+            replicas: 3,
+            ..JetStreamConfig::default()
+        };
+        logs.push(JetStreamLog::open(nc, config).await.expect("open the log"));
+    }
+    let tenant = acme();
+    let (mut stored, mut refused) = (0, 0);
+    let mut forked = Vec::new();
+    for _ in 0..30 {
+        let tree = TreeId::generate();
+        let first = logs[0]
+            .append(&tenant, tree, 0, CommandId::generate(), "first".into())
+            .await
+            .expect("the first record");
+        let racers = (0..6).map(|k| {
+            let (log, tenant) = (logs[k % NODES].clone(), tenant.clone());
+            tokio::spawn(async move {
+                log.append(
+                    &tenant,
+                    tree,
+                    first.position,
+                    CommandId::generate(),
+                    "next".into(),
+                )
+                .await
+            })
+        });
+        let mut won = 0;
+        for racer in futures::future::join_all(racers).await {
+            match racer.unwrap() {
+                Ok(a) if !a.duplicate => won += 1,
+                Ok(a) => panic!("a duplicate of a fresh command id: {a:?}"),
+                Err(LogError::Conflict { .. }) => refused += 1,
+                Err(e) => panic!("neither stored nor a conflict: {e}"),
+            }
+        }
+        stored += won;
+        if won != 1 {
+            forked.push((tree, won));
+        }
+    }
+    eprintln!("{stored} stored, {refused} refused as conflicts");
+    assert!(
+        forked.is_empty(),
+        "trees where racing appends on one expected head were not stored exactly once: {forked:?}"
+    );
+}
+
+#[test]
+fn replicas_outside_one_to_five_are_refused_naming_the_flag() {
+    let server = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["0", "6"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mandate"))
+            .arg("--data")
+            .arg(tmp.path().join("engine"))
+            .args(["--nats", &server.url(), "serve", "--allow-open-tenants"])
+            .args(["--replicas", bad])
+            .env_remove("MANDATE_NATS")
+            .env_remove("MANDATE_TENANT")
+            .output()
+            .expect("run mandate serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--replicas {bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--replicas: must be 1 to 5, not {bad}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// (b) A guard connected to the node that dies: it reconnects to another
+/// node (the cluster advertises them), catches up from the signal stream,
+/// and never allows a check under a mandate revoked while it was
+/// reconnecting, beyond its lease (the bound a guard cut off from every
+/// engine has by design); then it denies as revoked for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
+    use mandate::client::GuardState;
+    let mut cluster = Cluster::start().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _engines: Vec<ServedEngine> = (1..NODES)
+        .map(|i| engine_on_node(&cluster, tmp.path(), i))
+        .collect();
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES - 1, tmp.path()).await;
+
+    let grant = "fin:read on ledger/*";
+    let root = issue(&nc, root_issue("cfo", "lead", None, &[grant])).await;
+    let leaf = delegate(&nc, "lead", root, "worker", &[grant]).await;
+    let on_node0 = async_nats::connect(cluster.url(0)).await.unwrap();
+    let lease = Duration::from_secs(2);
+    let guard = start_guard(client(&on_node0, "acme", agent("worker")), leaf, lease).await;
+    assert!(guard.check("fin:read", "ledger/q3").is_allowed());
+
+    cluster.kill(0);
+    // Sent until answered, always with the same command id: while the
+    // stream elects a leader the engine answers `unavailable`.
+    let revoke = CommandEnvelope {
+        command_id: CommandId::generate(),
+        tenant: acme(),
+        actor: principal("cfo"),
+        correlation_id: None,
+        schema_version: SCHEMA_VERSION,
+        command: Command::Revoke(Change {
+            mandate: root,
+            reason: Some("while the guard's node was down".into()),
+        }),
+    };
+    let subject = command_subject(&revoke.tenant, revoke.command.verb());
+    send_until_answered(&nc, &subject, serde_json::to_vec(&revoke).unwrap())
+        .await
+        .expect("the revoke is accepted");
+    let revoked_at = std::time::Instant::now();
+    let deadline = revoked_at + SETTLE;
+    loop {
+        let d = guard.check("fin:read", "ledger/q3");
+        if d.is_allowed() {
+            assert!(
+                revoked_at.elapsed() < lease,
+                "allowed {:?} after the root's revoke, beyond its lease of {lease:?}",
+                revoked_at.elapsed()
+            );
+        }
+        if guard.state() == GuardState::Terminated(Status::Revoked) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard never learned the revoke: {:?}",
+            guard.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_denied_as(&guard.check("fin:read", "ledger/q3"), Status::Revoked);
+    // Its node back, it stays denied.
+    cluster.restart(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_denied_as(&guard.check("fin:read", "ledger/q3"), Status::Revoked);
 }

@@ -160,6 +160,7 @@ impl JetStreamLog {
         config: JetStreamConfig,
     ) -> Result<Self, LogError> {
         validate(&config, client.server_info().max_payload)?;
+        check_server_for_replicas(&client.server_info().version, config.replicas)?;
         let js = ContextBuilder::new()
             .timeout(config.ack_timeout)
             .max_ack_inflight(config.max_in_flight)
@@ -373,6 +374,7 @@ pub async fn ensure_replicas(
                 "the server is not in a cluster, so it keeps one copy",
             ));
         }
+        check_server_for_replicas(&js.client().server_info().version, replicas)?;
         if had == replicas {
             return Ok(());
         }
@@ -441,8 +443,11 @@ impl EventLog for JetStreamLog {
                             duplicate: ack.duplicate,
                         })
                     }
-                    // Error code 10071: the tree's head is not `expected`.
-                    Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => break,
+                    // Error code 10071: the tree's head is not `expected`;
+                    // on a cluster (2.10+) also 10164 (another append on
+                    // the subject is in flight) and 10163 (the check is not
+                    // ready yet): decided again on a fresh head either way.
+                    Err(e) if refused_on_head(&e) => break,
                     Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                         if attempt >= inner.config.publish_attempts {
                             return Err(LogError::TimedOut);
@@ -664,7 +669,6 @@ impl Inner {
         target: usize,
         items: &mut Vec<Result<Record, LogError>>,
     ) -> Result<Drained, LogError> {
-        let unavailable = |what: String| LogError::Unavailable(format!("reading {filter}: {what}"));
         let mut read = 0;
         // A healthy server answers a fetch at once; one that has not within
         // this is taken for stalled, and the read goes on with a new consumer.
@@ -676,14 +680,29 @@ impl Inner {
             else {
                 return Ok(Drained::Stalled);
             };
-            let mut batch = batch.map_err(|e| unavailable(e.to_string()))?;
+            // On a cluster a fetch from a consumer just made can be answered
+            // 503 (its replica is not ready yet): a stall, read on with a
+            // fresh consumer, like a fetch never answered.
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::debug!(filter, "read fetch failed: {e}");
+                    return Ok(Drained::Stalled);
+                }
+            };
             let mut received = 0;
             loop {
                 let Ok(next) = tokio::time::timeout(timeout, batch.next()).await else {
                     return Ok(Drained::Stalled);
                 };
                 let Some(message) = next else { break };
-                let message = message.map_err(|e| unavailable(e.to_string()))?;
+                let message = match message {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::debug!(filter, "read message failed: {e}");
+                        return Ok(Drained::Stalled);
+                    }
+                };
                 received += 1;
                 read += 1;
                 let info = message
@@ -990,6 +1009,44 @@ fn decode(
     })
 }
 
+/// Whether a publish was refused because of its expected head (see
+/// `append`), as opposed to failing.
+fn refused_on_head(error: &PublishError) -> bool {
+    let server_code = std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    error.kind() == PublishErrorKind::WrongLastSequence
+        || server_code == Some(ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+        || server_code == Some(ErrorCode::STREAM_EXPECTED_LAST_SEQ_PER_SUBJECT_NOT_READY)
+}
+
+/// The oldest server trusted with replicated streams: before it, a
+/// clustered stream checks the expected last subject sequence only before
+/// proposing, so appends racing on one tree head can all be stored
+/// (measured on 2.9.10 by the cluster tests: up to six of six), forking a
+/// tree. 2.10 is also the first with `sync_interval: always`.
+pub const MIN_CLUSTER_SERVER: (u64, u64) = (2, 10);
+
+/// Refuses more than one replica on a server older than
+/// [`MIN_CLUSTER_SERVER`], naming its version and why.
+pub fn check_server_for_replicas(version: &str, replicas: usize) -> Result<(), LogError> {
+    if replicas <= 1 {
+        return Ok(());
+    }
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().ok());
+    let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+    match (major, minor) {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_CLUSTER_SERVER => Ok(()),
+        _ => Err(LogError::Backend(format!(
+            "{replicas} replicas need nats-server {}.{} or later, this server is {version:?}: older clustered streams can store two appends made on one tree head, so two instances could both write a tree at once",
+            MIN_CLUSTER_SERVER.0, MIN_CLUSTER_SERVER.1
+        ))),
+    }
+}
+
 fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) -> LogError {
     let server_code = std::error::Error::source(&error)
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
@@ -1012,6 +1069,18 @@ fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicated_streams_need_a_server_that_serializes_appends() {
+        for ok in ["2.10.0", "2.15.1", "v2.11.3", "3.0.0-beta"] {
+            assert!(check_server_for_replicas(ok, 3).is_ok(), "{ok}");
+        }
+        for old in ["2.9.10", "2.9.25", "1.4.0", "", "garbage"] {
+            let e = check_server_for_replicas(old, 3).unwrap_err().to_string();
+            assert!(e.contains("2.10") && e.contains("3 replicas"), "{old}: {e}");
+        }
+        assert!(check_server_for_replicas("2.9.10", 1).is_ok());
+    }
 
     #[test]
     fn subjects_round_trip() {

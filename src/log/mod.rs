@@ -50,8 +50,8 @@ mod jetstream;
 
 pub use embedded::{EmbeddedConfig, EmbeddedLog};
 pub use jetstream::{
-    check_replicas, ensure_replicas, get_or_create_stream, JetStreamConfig, JetStreamLog,
-    MAX_REPLICAS,
+    check_replicas, check_server_for_replicas, ensure_replicas, get_or_create_stream,
+    JetStreamConfig, JetStreamLog, MAX_REPLICAS, MIN_CLUSTER_SERVER,
 };
 
 /// The tenant and tree a record's subject names, when it is a tree's event
