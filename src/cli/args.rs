@@ -132,7 +132,7 @@ pub enum Cmd {
         #[arg(long, value_name = "N", default_value_t = crate::engine::sets::DEFAULT_MAX_DELIVERIES)]
         set_push_max_deliveries: i64,
         /// Replicas of every stream the engine creates or opens (events,
-        /// signals, missions, dead letters, audit): 1 on a single server, 3
+        /// signals, missions, dead letters, audit, security events): 1 on a single server, 3
         /// on a JetStream cluster. A stream with another number is changed
         /// if the server allows, else serve refuses to start, naming it.
         #[arg(long, value_name = "N", default_value_t = 1)]

@@ -155,7 +155,7 @@ pub struct EngineConfig {
     /// [`sets`]).
     pub set_push: Vec<sets::SetReceiver>,
     /// Over NATS, the replicas of every stream the engine creates or opens
-    /// (events, signals, missions, dead letters, audit): 1 on a single
+    /// (events, signals, missions, dead letters, audit, security events): 1 on a single
     /// server, 3 on a cluster (`mandate serve --replicas`). A stream with
     /// another number is changed to it if the server allows, else the
     /// engine refuses to start, naming the stream and both numbers. Must

@@ -192,18 +192,27 @@ pub(crate) fn sign_set(keys: &TokenKeys, claims: &SetClaims) -> Result<String, E
 }
 
 /// Creates the SET stream if it is missing: file storage, [`SET_RETENTION`]
-/// and [`SET_DUPLICATE_WINDOW`], explicitly.
-pub(crate) async fn setup_stream(js: &jetstream::Context) -> Result<(), EngineError> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: SET_STREAM.into(),
-        subjects: vec!["mandate.set.>".into()],
-        storage: jetstream::stream::StorageType::File,
-        max_age: SET_RETENTION,
-        duplicate_window: SET_DUPLICATE_WINDOW,
-        ..Default::default()
-    })
+/// and [`SET_DUPLICATE_WINDOW`], explicitly, on `replicas` replicas (see
+/// [`crate::log::ensure_replicas`]).
+pub(crate) async fn setup_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<(), EngineError> {
+    crate::log::get_or_create_stream(
+        js,
+        jetstream::stream::Config {
+            name: SET_STREAM.into(),
+            subjects: vec!["mandate.set.>".into()],
+            storage: jetstream::stream::StorageType::File,
+            max_age: SET_RETENTION,
+            duplicate_window: SET_DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| EngineError::unavailable(format!("cannot create stream {SET_STREAM}: {e}")))?;
+    crate::log::ensure_replicas(js, SET_STREAM, replicas).await?;
     Ok(())
 }
 
@@ -232,7 +241,8 @@ impl Engine {
             return std::future::pending().await;
         };
         let js = jetstream::new(client);
-        while or_pause(setup_stream(&js).await, "SET stream", REBIND)
+        let replicas = self.inner.config.replicas;
+        while or_pause(setup_stream(&js, replicas).await, "SET stream", REBIND)
             .await
             .is_none()
         {}
