@@ -354,13 +354,26 @@ pub async fn ensure_replicas(
         |e: &dyn std::fmt::Display| LogError::Unavailable(format!("stream {name}: {e}"));
     let mut last_refusal = String::new();
     for attempt in 1..=REPLICA_ATTEMPTS {
-        let mut stream = js.get_stream(name).await.map_err(|e| unavailable(&e))?;
-        let stored = stream
-            .info()
-            .await
-            .map_err(|e| unavailable(&e))?
-            .config
-            .clone();
+        // Just made by another instance, a stream can be unknown for a
+        // moment to the node this one asks (seen as a 404 under load): read
+        // again before giving up.
+        let read = match js.get_stream(name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map(|i| i.config.clone())
+                .map_err(|e| unavailable(&e)),
+            Err(e) => Err(unavailable(&e)),
+        };
+        let stored = match read {
+            Ok(read) => read,
+            Err(e) if attempt < REPLICA_ATTEMPTS => {
+                tracing::warn!(stream = %name, "cannot read the stream yet; retrying: {e}");
+                tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let had = stored.num_replicas;
         let refused = |why: &str| {
             LogError::Backend(format!(
@@ -556,6 +569,9 @@ impl EventLog for JetStreamLog {
             Ok(message) => Ok(message.sequence),
             Err(e) => match e.kind() {
                 LastRawMessageErrorKind::NoMessageFound => Ok(0),
+                LastRawMessageErrorKind::JetStream(j) if at_server_unavailable(&j) => {
+                    Err(LogError::Unavailable(format!("head of {subject}: {e}")))
+                }
                 LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
                     Err(LogError::Backend(format!("head of {subject}: {e}")))
                 }
@@ -754,6 +770,9 @@ impl Inner {
                 let message = format!("cannot read {filter}: {e}");
                 match e.kind() {
                     ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+                        LogError::Unavailable(message)
+                    }
+                    ConsumerErrorKind::JetStream(j) if at_server_unavailable(&j) => {
                         LogError::Unavailable(message)
                     }
                     _ => LogError::Backend(message),
@@ -1009,6 +1028,14 @@ fn decode(
     })
 }
 
+/// Whether the JetStream API answered "temporarily unavailable" (status
+/// 503: no stream or meta leader while a cluster elects one, or JetStream
+/// not ready): worth the same request again shortly, never a failure of the
+/// request itself.
+fn at_server_unavailable(error: &jetstream::Error) -> bool {
+    error.code() == 503
+}
+
 /// Whether a publish was refused because of its expected head (see
 /// `append`), as opposed to failing.
 fn refused_on_head(error: &PublishError) -> bool {
@@ -1062,6 +1089,12 @@ fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) ->
         PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
             LogError::Unavailable(format!("publishing on {subject}: {error}"))
         }
+        _ if std::error::Error::source(&error)
+            .and_then(|s| s.downcast_ref::<jetstream::Error>())
+            .is_some_and(at_server_unavailable) =>
+        {
+            LogError::Unavailable(format!("publishing on {subject}: {error}"))
+        }
         _ => LogError::Backend(format!("publishing on {subject}: {error}")),
     }
 }
@@ -1069,6 +1102,20 @@ fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jetstream_answer_of_503_is_unavailable_and_others_are_not() {
+        let answer = |code: u64, err_code: u64| -> jetstream::Error {
+            serde_json::from_value(serde_json::json!({
+                "code": code, "err_code": err_code, "description": "as the server says"
+            }))
+            .unwrap()
+        };
+        // During an election: "JetStream system temporarily unavailable".
+        assert!(at_server_unavailable(&answer(503, 10008)));
+        assert!(!at_server_unavailable(&answer(400, 10071)), "a wrong head");
+        assert!(!at_server_unavailable(&answer(404, 10059)), "no stream");
+    }
 
     #[test]
     fn replicated_streams_need_a_server_that_serializes_appends() {
