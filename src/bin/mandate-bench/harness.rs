@@ -157,8 +157,12 @@ const CLUSTER_READY: Duration = Duration::from_secs(60);
 /// store two appends made on one tree head: see
 /// [`mandate::log::MIN_CLUSTER_SERVER`]), naming the binary and its version.
 pub fn check_cluster_server(bin: &Path) -> BenchResult<String> {
-    let line = server_version(bin);
-    // "nats-server: v2.15.1"
+    Ok(cluster_version(bin, &server_version(bin))?)
+}
+
+/// The version in `line` (what `nats-server --version` printed for `bin`,
+/// "nats-server: v2.15.1") if it may run a cluster, else why not.
+fn cluster_version(bin: &Path, line: &str) -> Result<String, String> {
     let version = line
         .split_whitespace()
         .last()
@@ -640,5 +644,31 @@ pub async fn engine_caught_up(
             said = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_needs_a_server_of_2_10_or_later() {
+        let bin = Path::new("nats-server");
+        for ok in ["nats-server: v2.10.0", "nats-server: v2.15.1"] {
+            assert_eq!(
+                cluster_version(bin, ok).as_deref(),
+                Ok(&ok["nats-server: v".len()..])
+            );
+        }
+        for old in [
+            "nats-server: v2.9.10",
+            "nats-server: v1.4.1",
+            "unknown (no such file)",
+            "",
+        ] {
+            let e = cluster_version(bin, old).unwrap_err();
+            assert!(e.starts_with("--cluster cannot run on nats-server"), "{e}");
+            assert!(e.contains("2.10 or later"), "{e}");
+        }
     }
 }
