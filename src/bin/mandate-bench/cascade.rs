@@ -3,6 +3,9 @@
 //! hold leaves three levels below the root; they live in one process on one
 //! connection, or spread over many connections. The baseline is one core
 //! publish reaching as many plain subscribers over the same connections.
+//! With `--cluster`, connection c goes to node c of the three (the engine
+//! and the revoking principal on the first), every stream on three
+//! replicas; the baseline's subscribers sit on the same connections.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,8 @@ use crate::harness::{progress, BenchResult, Env, Served};
 use crate::report::{Printer, Row, Samples, Target};
 
 const S: &str = "cascade";
+/// The rows of a `--cluster` run.
+const S_CLUSTER: &str = "cascade-cluster";
 
 pub struct Sizes {
     /// Guard counts, one run of rounds each.
@@ -56,7 +61,18 @@ async fn one_layout(
         ));
         revoke.push(one_round(env, served, log, guards, conns).await?);
     }
-    let size = format!("{guards} guards, depth 3, {conns} conn");
+    let (scenario, size) = if env.nodes() > 1 {
+        (
+            S_CLUSTER,
+            format!(
+                "{guards} guards, depth 3, {conns} conn over {} nodes, R{}",
+                env.nodes(),
+                env.replicas()
+            ),
+        )
+    } else {
+        (S, format!("{guards} guards, depth 3, {conns} conn"))
+    };
     let (shape, target) = if conns == 1 {
         ("one process", 0.5)
     } else {
@@ -65,7 +81,7 @@ async fn one_layout(
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
         out.print(
             &Row::new(
-                S,
+                scenario,
                 format!("revoke to last guard, {shape}, {name}"),
                 revoke.quantile_us(q),
                 Some(raw.quantile_us(q)),
@@ -95,8 +111,8 @@ async fn one_round(
         ..GuardConfig::default()
     };
     let mut clients = Vec::new();
-    for _ in 0..conns {
-        let nc = env.connect().await?;
+    for c in 0..conns {
+        let nc = env.connect_to(c).await?;
         clients.push((
             Client::nats(nc, gen::tenant(), Actor::Agent(gen::agent_id("sub")?)),
             GuardHub::new(),
@@ -143,8 +159,8 @@ async fn baseline(
     let mut keep = Vec::new();
     let per = subscribers.div_ceil(conns);
     let mut left = subscribers;
-    for _ in 0..conns {
-        let nc = env.connect().await?;
+    for c in 0..conns {
+        let nc = env.connect_to(c).await?;
         for _ in 0..per.min(left) {
             let mut sub = nc.subscribe(subject.clone()).await?;
             let (tx, id) = (tx.clone(), tasks.len());

@@ -3,7 +3,10 @@
 //!
 //! Each scenario gets a fresh server and store, so a figure never depends on
 //! what ran before it; with `--nats` they share the given server and the
-//! figures then include whatever else that server holds.
+//! figures then include whatever else that server holds. With `--cluster`
+//! the scenario gets a fresh three-node cluster instead (routes on
+//! loopback, a store per node) and every stream is made with three
+//! replicas, as `mandate serve --replicas 3` makes them.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -48,7 +51,8 @@ impl Drop for TempDir {
 /// (`NATS_SERVER_BIN`, else `nats-server` on `PATH`, else Debian's
 /// `/usr/sbin/nats-server`).
 pub fn server_binary() -> BenchResult<PathBuf> {
-    mandate::cli::bootstrap::server_binary().map_err(|e| format!("{e} (or pass --nats URL)").into())
+    mandate::cli::bootstrap::server_binary()
+        .map_err(|e| format!("{e} (or pass --nats URL or --nats-server PATH)").into())
 }
 
 /// The version line of a nats-server binary.
@@ -70,6 +74,11 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start(bin: &Path) -> BenchResult<Self> {
+        Self::start_with(bin, &[])
+    }
+
+    /// As [`NatsServer::start`], with `extra` arguments after the usual ones.
+    fn start_with(bin: &Path, extra: &[String]) -> BenchResult<Self> {
         let mut last = String::new();
         // A port free a moment ago may be taken when the server binds it.
         for _ in 0..5 {
@@ -78,6 +87,7 @@ impl NatsServer {
             let child = Command::new(bin)
                 .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(store.path())
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -133,38 +143,187 @@ fn free_port() -> BenchResult<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Where one scenario runs: its NATS server, and scratch space.
+/// Nodes of a `--cluster` run.
+pub const CLUSTER_NODES: usize = 3;
+
+/// The replicas of every stream on a `--cluster` run: one per node.
+pub const CLUSTER_REPLICAS: usize = CLUSTER_NODES;
+
+/// How long a fresh cluster may take to elect a JetStream meta leader and
+/// place a stream of three replicas, on two busy cores.
+const CLUSTER_READY: Duration = Duration::from_secs(60);
+
+/// Refuses a server binary too old for replicated streams (2.9 clusters can
+/// store two appends made on one tree head: see
+/// [`mandate::log::MIN_CLUSTER_SERVER`]), naming the binary and its version.
+pub fn check_cluster_server(bin: &Path) -> BenchResult<String> {
+    Ok(cluster_version(bin, &server_version(bin))?)
+}
+
+/// The version in `line` (what `nats-server --version` printed for `bin`,
+/// "nats-server: v2.15.1") if it may run a cluster, else why not.
+fn cluster_version(bin: &Path, line: &str) -> Result<String, String> {
+    let version = line
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .trim_start_matches('v')
+        .to_string();
+    mandate::log::check_server_for_replicas(&version, CLUSTER_REPLICAS).map_err(|e| {
+        format!(
+            "--cluster cannot run on {} ({line}): {e}; give a newer one with --nats-server PATH or NATS_SERVER_BIN",
+            bin.display()
+        )
+    })?;
+    Ok(version)
+}
+
+/// Three routed nodes on loopback, JetStream on each with its own store,
+/// started from `bin`; ready once a stream of three replicas can be made.
+async fn start_cluster(bin: &Path) -> BenchResult<Vec<NatsServer>> {
+    let mut last = String::new();
+    // A route port free a moment ago may be taken when a node binds it.
+    for _ in 0..3 {
+        let name = format!("mandate-bench-{}", uuid::Uuid::new_v4().simple());
+        let routes = (0..CLUSTER_NODES)
+            .map(|_| free_port())
+            .collect::<BenchResult<Vec<u16>>>()?;
+        let all = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::with_capacity(CLUSTER_NODES);
+        for (i, port) in routes.iter().enumerate() {
+            let extra = [
+                "--server_name".to_string(),
+                format!("n{i}"),
+                "--cluster_name".to_string(),
+                name.clone(),
+                "--cluster".to_string(),
+                format!("nats://127.0.0.1:{port}"),
+                "--routes".to_string(),
+                all.clone(),
+            ];
+            nodes.push(NatsServer::start_with(bin, &extra)?);
+        }
+        let deadline = Instant::now() + CLUSTER_READY;
+        while Instant::now() < deadline {
+            match probe_replicated(&nodes[0].url()).await {
+                Ok(()) => return Ok(nodes),
+                Err(e) => last = e,
+            }
+            if let Some(exited) = nodes
+                .iter_mut()
+                .find_map(|n| n.child.try_wait().ok().flatten())
+            {
+                last = format!("a node exited with {exited}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    fail(format!(
+        "the cluster could not place a stream of {CLUSTER_REPLICAS} replicas: {last}"
+    ))
+}
+
+/// One attempt at making (and deleting) a stream of three replicas.
+async fn probe_replicated(url: &str) -> Result<(), String> {
+    let nc = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+    let js = async_nats::jetstream::new(nc);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_CLUSTER_PROBE".into(),
+        subjects: vec!["bench.cluster.probe".into()],
+        num_replicas: CLUSTER_REPLICAS,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    js.delete_stream("BENCH_CLUSTER_PROBE")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Where one scenario runs: its NATS server (or cluster nodes), and scratch
+/// space.
 pub struct Env {
-    url: String,
-    _server: Option<NatsServer>,
+    /// One client URL per node (one without `--cluster`).
+    urls: Vec<String>,
+    servers: Vec<NatsServer>,
+    /// The replicas of every stream made or opened.
+    replicas: usize,
     scratch: TempDir,
 }
 
 impl Env {
-    /// A fresh private server, or the one at `nats`.
-    pub fn new(nats: Option<&str>) -> BenchResult<Self> {
-        let (url, server) = match nats {
-            Some(url) => (url.to_string(), None),
+    /// A fresh private server started from `bin`, or the one at `nats`.
+    pub fn new(nats: Option<&str>, bin: Option<&Path>) -> BenchResult<Self> {
+        let (url, servers) = match nats {
+            Some(url) => (url.to_string(), vec![]),
             None => {
-                let server = NatsServer::start(&server_binary()?)?;
-                (server.url(), Some(server))
+                let bin = match bin {
+                    Some(bin) => bin.to_path_buf(),
+                    None => server_binary()?,
+                };
+                let server = NatsServer::start(&bin)?;
+                (server.url(), vec![server])
             }
         };
         Ok(Self {
-            url,
-            _server: server,
+            urls: vec![url],
+            servers,
+            replicas: 1,
             scratch: TempDir::new("mandate-bench")?,
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// A fresh three-node cluster started from `bin` (checked with
+    /// [`check_cluster_server`] first), every stream on three replicas.
+    pub async fn cluster(bin: &Path) -> BenchResult<Self> {
+        check_cluster_server(bin)?;
+        let servers = start_cluster(bin).await?;
+        Ok(Self {
+            urls: servers.iter().map(NatsServer::url).collect(),
+            servers,
+            replicas: CLUSTER_REPLICAS,
+            scratch: TempDir::new("mandate-bench")?,
+        })
     }
 
-    /// The process id of the nats-server this scenario started (none with
-    /// `--nats`).
+    /// The first node's URL.
+    pub fn url(&self) -> &str {
+        &self.urls[0]
+    }
+
+    /// The nodes connections can go to (1 without `--cluster`).
+    pub fn nodes(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// The process id of the (first) nats-server this scenario started
+    /// (none with `--nats`).
     pub fn server_pid(&self) -> Option<u32> {
-        self._server.as_ref().map(NatsServer::pid)
+        self.servers.first().map(NatsServer::pid)
+    }
+
+    /// The process ids of every nats-server this scenario started.
+    pub fn server_pids(&self) -> Vec<u32> {
+        self.servers.iter().map(NatsServer::pid).collect()
+    }
+
+    /// The event log's configuration: the default, on this run's replicas.
+    pub fn log_config(&self) -> JetStreamConfig {
+        JetStreamConfig {
+            replicas: self.replicas,
+            ..JetStreamConfig::default()
+        }
+    }
+
+    /// The replicas of every stream this run makes.
+    pub fn replicas(&self) -> usize {
+        self.replicas
     }
 
     /// A fresh directory under this scenario's scratch space.
@@ -172,18 +331,25 @@ impl Env {
         self.scratch.path().join(name)
     }
 
-    /// A new connection of its own.
+    /// A new connection of its own (to the first node).
     pub async fn connect(&self) -> BenchResult<async_nats::Client> {
+        self.connect_to(0).await
+    }
+
+    /// A new connection of its own to node `node` (modulo the nodes there
+    /// are).
+    pub async fn connect_to(&self, node: usize) -> BenchResult<async_nats::Client> {
+        let url = &self.urls[node % self.urls.len()];
         Ok(async_nats::ConnectOptions::new()
             .subscription_capacity(1 << 20)
-            .connect(&self.url)
+            .connect(url)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.url))?)
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?)
     }
 
     /// The event log, opened over a connection of its own.
     pub async fn log(&self) -> BenchResult<JetStreamLog> {
-        Ok(JetStreamLog::open(self.connect().await?, JetStreamConfig::default()).await?)
+        Ok(JetStreamLog::open(self.connect().await?, self.log_config()).await?)
     }
 }
 
@@ -238,14 +404,21 @@ pub struct Served {
 impl Served {
     /// Opens an engine with its projection under `dir` and serves it.
     pub async fn start(env: &Env, dir: &Path) -> BenchResult<Self> {
+        Self::start_on(env, dir, 0).await
+    }
+
+    /// As [`Served::start`], connected to node `node` of a cluster (modulo
+    /// its nodes), with every stream on the run's replicas.
+    pub async fn start_on(env: &Env, dir: &Path, node: usize) -> BenchResult<Self> {
         let engine = Engine::nats(
-            env.connect().await?,
+            env.connect_to(node).await?,
             dir,
-            JetStreamConfig::default(),
+            env.log_config(),
             // The audit of checks stays on, as `mandate serve` runs it: a
             // remote check's figure includes sending its record.
             EngineConfig {
                 allow_open_tenants: true,
+                replicas: env.replicas(),
                 // For the `tokens` scenario; nothing else asks for one.
                 tokens: Some(std::sync::Arc::new(
                     mandate::engine::tokens::TokenKeys::ephemeral()?,
@@ -265,7 +438,7 @@ impl Served {
         });
         // Serving starts in the task: wait until it answers, so a
         // scenario's first command does not find no one subscribed.
-        let probe = env.connect().await?;
+        let probe = env.connect_to(node).await?;
         let subject = format!("mandate.q.{}.health", crate::gen::tenant());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -471,5 +644,31 @@ pub async fn engine_caught_up(
             said = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_needs_a_server_of_2_10_or_later() {
+        let bin = Path::new("nats-server");
+        for ok in ["nats-server: v2.10.0", "nats-server: v2.15.1"] {
+            assert_eq!(
+                cluster_version(bin, ok).as_deref(),
+                Ok(&ok["nats-server: v".len()..])
+            );
+        }
+        for old in [
+            "nats-server: v2.9.10",
+            "nats-server: v1.4.1",
+            "unknown (no such file)",
+            "",
+        ] {
+            let e = cluster_version(bin, old).unwrap_err();
+            assert!(e.starts_with("--cluster cannot run on nats-server"), "{e}");
+            assert!(e.contains("2.10 or later"), "{e}");
+        }
     }
 }

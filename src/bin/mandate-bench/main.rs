@@ -58,6 +58,9 @@ impl Scenario {
         Scenario::Sets,
     ];
 
+    /// The scenarios `--cluster` runs.
+    const CLUSTERED: [Scenario; 2] = [Scenario::Commands, Scenario::Cascade];
+
     fn name(self) -> &'static str {
         match self {
             Scenario::All => "all",
@@ -87,8 +90,18 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Use this NATS server (JetStream on) instead of starting one per scenario.
-    #[arg(long, env = "MANDATE_BENCH_NATS")]
+    #[arg(long, env = "MANDATE_BENCH_NATS", conflicts_with = "cluster")]
     nats: Option<String>,
+    /// The nats-server binary the scenarios start (else `NATS_SERVER_BIN`,
+    /// `nats-server` on `PATH`, `/usr/sbin/nats-server`).
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<std::path::PathBuf>,
+    /// commands, cascade: run on a fresh three-node cluster (routes on
+    /// loopback, a store per node), every stream on three replicas and the
+    /// engines, guards and callers spread over the nodes. Needs
+    /// nats-server 2.10 or later.
+    #[arg(long)]
+    cluster: bool,
     /// Every scenario once at a tiny size (for CI: proves it runs, times nothing).
     #[arg(long, env = "MANDATE_BENCH_TINY")]
     tiny: bool,
@@ -115,8 +128,9 @@ struct Args {
     /// cascade: rounds (each a fresh tree and its guards).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
-    /// cascade: connection layouts the guards are spread over.
-    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    /// cascade: connection layouts the guards are spread over (default
+    /// 1,100; 3,99 with --cluster, a third of the connections on each node).
+    #[arg(long, value_delimiter = ',')]
     connections: Vec<usize>,
     /// check-remote: requests per level for the latencies (four times that for throughput).
     #[arg(long, default_value_t = 2000)]
@@ -130,6 +144,10 @@ struct Args {
     /// commands: trees (one issue, one delegate and one revoke each).
     #[arg(long, default_value_t = 2000)]
     trees: usize,
+    /// commands: engine instances serving at once, one run each (default
+    /// 1,2; 1,2,4 with --cluster, each instance on the next node).
+    #[arg(long, value_delimiter = ',')]
+    instances: Vec<usize>,
     /// rebuild: commits in the log rebuilt.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
@@ -168,7 +186,8 @@ impl Args {
         self.swarm_each = 2;
         self.guards = vec![10];
         self.rounds = 1;
-        self.connections = vec![1, 2];
+        self.connections = if self.cluster { vec![3] } else { vec![1, 2] };
+        self.instances = vec![1, 2];
         self.requests = 20;
         self.callers = 4;
         self.calls = 10_000;
@@ -210,8 +229,11 @@ async fn run(args: &Args) -> BenchResult<()> {
     if let (Some(dir), Some(url)) = (&args.engine_process, &args.nats) {
         return rebuild::engine_process(url, dir).await;
     }
-    if args.sizes.is_empty() || args.connections.is_empty() || args.callers == 0 {
-        return Err("--sizes, --connections and --callers need at least one".into());
+    if args.sizes.is_empty() || args.callers == 0 {
+        return Err("--sizes and --callers need at least one".into());
+    }
+    if args.connections.contains(&0) || args.instances.contains(&0) {
+        return Err("--connections and --instances take counts of at least 1".into());
     }
     if args.guards.contains(&0) {
         return Err("--guards takes counts of at least 1".into());
@@ -222,26 +244,59 @@ async fn run(args: &Args) -> BenchResult<()> {
     if args.window == 0 {
         return Err("--window needs at least 1 second".into());
     }
-    let out = Printer::new(args.json);
-    match &args.nats {
-        Some(url) => eprintln!("mandate-bench: against {url}"),
-        None => {
-            let bin = harness::server_binary()?;
-            eprintln!(
-                "mandate-bench: nats-server {} ({})",
-                bin.display(),
-                harness::server_version(&bin)
-            );
-        }
-    }
     let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All if args.cluster => Scenario::CLUSTERED.to_vec(),
         Scenario::All => Scenario::EACH.to_vec(),
+        one if args.cluster && !Scenario::CLUSTERED.contains(&one) => {
+            return Err(format!(
+                "--cluster runs only commands and cascade (or all, meaning those two), not {}",
+                one.name()
+            )
+            .into())
+        }
         one => vec![one],
     };
+    let bin = match (&args.nats, &args.nats_server) {
+        (Some(url), _) => {
+            eprintln!("mandate-bench: against {url}");
+            None
+        }
+        (None, Some(bin)) if !bin.is_file() => {
+            return Err(format!("--nats-server {}: no such file", bin.display()).into())
+        }
+        (None, given) => {
+            let bin = match given {
+                Some(bin) => bin.clone(),
+                None => harness::server_binary()?,
+            };
+            if args.cluster {
+                harness::check_cluster_server(&bin)?;
+            }
+            eprintln!(
+                "mandate-bench: nats-server {} ({}){}",
+                bin.display(),
+                harness::server_version(&bin),
+                if args.cluster {
+                    format!(
+                        ", a cluster of {} nodes, streams on {} replicas",
+                        harness::CLUSTER_NODES,
+                        harness::CLUSTER_REPLICAS
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            Some(bin)
+        }
+    };
+    let out = Printer::new(args.json);
     for scenario in scenarios {
         eprintln!("== {}", scenario.name());
         let t = Instant::now();
-        let env = Env::new(args.nats.as_deref())?;
+        let env = match &bin {
+            Some(bin) if args.cluster => Env::cluster(bin).await?,
+            _ => Env::new(args.nats.as_deref(), bin.as_deref())?,
+        };
         one(scenario, args, &env, &out)
             .await
             .map_err(|e| format!("{}: {e}", scenario.name()))?;
@@ -269,9 +324,9 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
         }
         Scenario::Cascade => {
             let sizes = cascade::Sizes {
-                guards: guards_or(&args.guards, &[2000]),
+                guards: or_default(&args.guards, &[2000]),
                 rounds: args.rounds,
-                connections: args.connections.clone(),
+                connections: or_default(&args.connections, &cascade_connections(args.cluster)),
             };
             cascade::run(env, &sizes, out).await
         }
@@ -287,6 +342,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
             let sizes = commands::Sizes {
                 trees: args.trees,
                 callers: args.callers,
+                instances: or_default(&args.instances, &commands_instances(args.cluster)),
             };
             commands::run(env, &sizes, out).await
         }
@@ -296,7 +352,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
         }
         Scenario::IdleGuards => {
             let sizes = idle::Sizes {
-                guards: guards_or(&args.guards, &[1000, 10_000]),
+                guards: or_default(&args.guards, &[1000, 10_000]),
                 window: std::time::Duration::from_secs(args.window),
                 settle: std::time::Duration::from_secs(args.settle),
             };
@@ -324,8 +380,27 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
     }
 }
 
-/// The guard counts given with `--guards`, or the scenario's own.
-fn guards_or(given: &[usize], default: &[usize]) -> Vec<usize> {
+/// `--connections`' default: with `--cluster`, three (one per node) and
+/// 99 (a third on each).
+fn cascade_connections(cluster: bool) -> Vec<usize> {
+    if cluster {
+        vec![3, 99]
+    } else {
+        vec![1, 100]
+    }
+}
+
+/// `--instances`' default.
+fn commands_instances(cluster: bool) -> Vec<usize> {
+    if cluster {
+        vec![1, 2, 4]
+    } else {
+        vec![1, 2]
+    }
+}
+
+/// The counts given with a flag, or the scenario's own.
+fn or_default(given: &[usize], default: &[usize]) -> Vec<usize> {
     if given.is_empty() {
         default.to_vec()
     } else {

@@ -208,7 +208,7 @@ async fn raw_appends(env: &Env, n: usize, tasks: usize) -> BenchResult<f64> {
 /// the engine's and nothing else's: says `serving` on stdout, and stops when
 /// stdin closes.
 pub async fn engine_process(url: &str, dir: &std::path::Path) -> BenchResult<()> {
-    let env = Env::new(Some(url))?;
+    let env = Env::new(Some(url), None)?;
     let served = Served::start(&env, dir).await?;
     println!("serving");
     tokio::task::spawn_blocking(|| {
