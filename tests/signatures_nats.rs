@@ -161,6 +161,18 @@ fn header(key: &SigningKey, key_id: &str, subject: &str, body: &Value) -> String
     .unwrap()
 }
 
+/// Asserts that `verify` finds `what` intact, with exactly `signatures`
+/// recorded signatures and none failing.
+async fn verified(client: &Client, what: &str, q: TreeQuery, signatures: u64) {
+    let v = client.verify(q).await.unwrap();
+    assert!(v.intact, "{what}: {v:?}");
+    assert_eq!(
+        (v.signatures, v.signature_failures.len()),
+        (signatures, 0),
+        "{what}: {v:?}"
+    );
+}
+
 /// Asserts `reply` is a `not_authenticated` refusal whose message holds
 /// every one of `mentions`.
 fn not_authenticated(what: &str, reply: &Value, mentions: &[&str]) {
@@ -232,15 +244,8 @@ async fn a_configured_key_bootstraps_registration_and_signed_commands_are_record
     let raw = serde_json::to_value(&hmac.history(of_mandate(m)).await.unwrap().events[1]).unwrap();
     assert!(raw.get("signature").is_none(), "{raw}");
 
-    let v = cfo.verify(of_mandate(m)).await.unwrap();
-    assert!(v.intact, "{v:?}");
-    assert_eq!((v.signatures, v.signature_failures.len()), (1, 0), "{v:?}");
-    let reg = cfo.verify(of_registry()).await.unwrap();
-    assert_eq!(
-        (reg.signatures, reg.signature_failures.len()),
-        (1, 0),
-        "{reg:?}"
-    );
+    verified(&cfo, "the tree", of_mandate(m), 1).await;
+    verified(&cfo, "the registry", of_registry(), 1).await;
 
     // The ring: the configured key, then the registered one.
     let ring = cfo.keys().await.unwrap();
@@ -506,15 +511,8 @@ async fn rotation_refuses_the_old_key_accepts_the_new_and_history_still_verifies
 
     // The issue signed before the rotation still verifies (the key was
     // valid then), and so does the pause signed after it.
-    let v = new.verify(of_mandate(m)).await.unwrap();
-    assert!(v.intact, "{v:?}");
-    assert_eq!((v.signatures, v.signature_failures.len()), (2, 0), "{v:?}");
-    let reg = new.verify(of_registry()).await.unwrap();
-    assert_eq!(
-        (reg.signatures, reg.signature_failures.len()),
-        (3, 0),
-        "{reg:?}"
-    );
+    verified(&new, "the tree", of_mandate(m), 2).await;
+    verified(&new, "the registry", of_registry(), 3).await;
     let ring = new.keys().await.unwrap();
     let status = |k: &str| {
         ring.keys
