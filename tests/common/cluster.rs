@@ -79,10 +79,14 @@ impl Cluster {
         cluster
     }
 
-    /// A connection of the harness to `url` (anonymous, or as its user).
+    /// A connection of the harness to `url` (one or more, comma-separated;
+    /// anonymous, or as its user).
     async fn harness_connect(&self, url: &str) -> Result<async_nats::Client, String> {
         match &self.harness {
-            None => async_nats::connect(url).await.map_err(|e| e.to_string()),
+            None => {
+                let urls: Vec<&str> = url.split(',').collect();
+                async_nats::connect(urls).await.map_err(|e| e.to_string())
+            }
             Some(settings) => {
                 let mut settings = settings.clone();
                 settings.url = url.to_string();
