@@ -144,6 +144,28 @@ async fn serving_soon(nc: &async_nats::Client, n: usize, dir: &std::path::Path) 
     }
 }
 
+/// Each of `n` engine instances' `health` (asked until the queue group
+/// has spread the requests over all of them), by instance.
+async fn health_of_every_instance(
+    nc: &async_nats::Client,
+    n: usize,
+) -> HashMap<String, mandate::protocol::Health> {
+    let c = client(nc, "acme", principal("probe")).with_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut seen = HashMap::new();
+    while seen.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} instances answered health within {SETTLE:?}",
+            seen.len()
+        );
+        if let Ok(h) = c.health().await {
+            seen.insert(h.instance.clone(), h);
+        }
+    }
+    seen
+}
+
 /// Every stream of the account with its replicas.
 async fn replicas_of_every_stream(nc: &async_nats::Client) -> HashMap<String, usize> {
     let js = async_nats::jetstream::new(nc.clone());
@@ -318,6 +340,10 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     let racer = tokio::spawn(racing_revokes(cluster.url(2), RACES, ledger.clone()));
 
     answered_at_least(&ledger, total / 3).await;
+    let before = health_of_every_instance(&nc, NODES).await;
+    for (instance, h) in &before {
+        eprintln!("{instance} before the kill: {:?}", h.elections);
+    }
     // The node that leads the event stream: its loss forces an election.
     let victim = cluster
         .stream_leader(0, "MANDATE_EVENTS")
@@ -331,6 +357,29 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     driver.await.expect("the burst completes");
     let raced = racer.await.expect("the races complete");
     eprintln!("{}", ledger.summary());
+
+    // The election shows in health: appends that waited out the lost
+    // leader were sent again, or given up unavailable, on some instance.
+    let after = health_of_every_instance(&nc, NODES).await;
+    let count =
+        |h: &mandate::protocol::Health| h.elections.append_retries + h.elections.unavailable;
+    for (instance, h) in &after {
+        eprintln!("{instance} after the kill: {:?}", h.elections);
+        let was = before.get(instance).map_or(0, count);
+        assert!(count(h) >= was, "{instance}'s counts never go down");
+    }
+    let rose: Vec<_> = after
+        .iter()
+        .filter(|(i, h)| count(h) > before.get(*i).map_or(0, count))
+        .collect();
+    assert!(
+        !rose.is_empty(),
+        "no instance counted the event stream leader's loss in health"
+    );
+    for (instance, h) in rose {
+        let last = h.elections.last_at.expect("a count comes with its time");
+        assert!(last <= h.time, "{instance}: {last} after its reply's time");
+    }
     assert_eq!(
         ledger.answered.load(std::sync::atomic::Ordering::SeqCst),
         total

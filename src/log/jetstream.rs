@@ -47,6 +47,7 @@
 //! anything goes wrong (a missed heartbeat, a server restart), so nothing is
 //! lost or repeated.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +151,57 @@ struct Inner {
     stream: stream::Stream,
     config: JetStreamConfig,
     in_flight: Semaphore,
+    stalls: Stalls,
+}
+
+/// What the log met of a stream without a leader (an election under way,
+/// or too few nodes to hold one), since it was opened: see [`LeaderStalls`].
+#[derive(Default)]
+struct Stalls {
+    append_retries: AtomicU64,
+    unavailable: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last one; 0 for none.
+    last_ms: AtomicI64,
+}
+
+impl Stalls {
+    fn note(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    fn retry(&self) {
+        self.note(&self.append_retries);
+    }
+
+    /// Counts `e` if it says the stream did not answer; passes it on.
+    fn unavailable(&self, e: LogError) -> LogError {
+        if matches!(e, LogError::Unavailable(_) | LogError::TimedOut) {
+            self.note(&self.unavailable);
+        }
+        e
+    }
+}
+
+/// What a log met of a stream without a leader since it was opened: on a
+/// cluster, the stream's leader node lost and an election under way (or
+/// too few nodes to hold one). The engine retries across it (an append is
+/// sent again with the same message id; a command or read given up is
+/// answered `unavailable`, retried by its client with the same command
+/// id); these are the counts an operator sees in `health` and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderStalls {
+    /// Appends sent again, with the same message id, after their
+    /// acknowledgement timed out (what a stream without a leader does).
+    pub append_retries: u64,
+    /// Appends given up (every attempt timed out, or no stream answered)
+    /// and the leader's reads (a tree's head, the last position) that no
+    /// leader answered: each failed `unavailable`.
+    pub unavailable: u64,
+    /// When the last of either happened, in milliseconds since the Unix
+    /// epoch.
+    pub last_at_ms: Option<i64>,
 }
 
 impl JetStreamLog {
@@ -203,6 +255,7 @@ impl JetStreamLog {
                 stream,
                 in_flight: Semaphore::new(config.max_in_flight),
                 config,
+                stalls: Stalls::default(),
             }),
         })
     }
@@ -210,6 +263,17 @@ impl JetStreamLog {
     /// The stream's name.
     pub fn stream_name(&self) -> &str {
         &self.inner.config.stream_name
+    }
+
+    /// What this log met of a stream without a leader since it was opened.
+    pub fn leader_stalls(&self) -> LeaderStalls {
+        let stalls = &self.inner.stalls;
+        let last = stalls.last_ms.load(Ordering::Relaxed);
+        LeaderStalls {
+            append_retries: stalls.append_retries.load(Ordering::Relaxed),
+            unavailable: stalls.unavailable.load(Ordering::Relaxed),
+            last_at_ms: (last != 0).then_some(last),
+        }
     }
 }
 
@@ -450,12 +514,20 @@ impl EventLog for JetStreamLog {
                     Err(e) if refused_on_head(&e) => break,
                     Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                         if attempt >= inner.config.publish_attempts {
-                            return Err(LogError::TimedOut);
+                            return Err(inner.stalls.unavailable(LogError::TimedOut));
                         }
                         tracing::debug!(attempt, %command_id, "publish ack timed out, sending again");
+                        inner.stalls.retry();
                         attempt += 1;
                     }
-                    Err(e) => return Err(publish_error(&subject, e, payload.len(), max)),
+                    Err(e) => {
+                        return Err(inner.stalls.unavailable(publish_error(
+                            &subject,
+                            e,
+                            payload.len(),
+                            max,
+                        )))
+                    }
                 }
             }
         }
@@ -540,7 +612,10 @@ impl EventLog for JetStreamLog {
 
     async fn last_position(&self) -> Result<u64, LogError> {
         let info = self.inner.stream.get_info().await.map_err(|e| {
-            LogError::Unavailable(format!("stream {}: {e}", self.inner.config.stream_name))
+            self.inner.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: {e}",
+                self.inner.config.stream_name
+            )))
         })?;
         Ok(info.state.last_sequence)
     }
@@ -559,9 +634,10 @@ impl EventLog for JetStreamLog {
                 LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
                     Err(LogError::Backend(format!("head of {subject}: {e}")))
                 }
-                LastRawMessageErrorKind::Other => {
-                    Err(LogError::Unavailable(format!("head of {subject}: {e}")))
-                }
+                LastRawMessageErrorKind::Other => Err(self
+                    .inner
+                    .stalls
+                    .unavailable(LogError::Unavailable(format!("head of {subject}: {e}")))),
             },
         }
     }
