@@ -358,8 +358,9 @@ fn check_stored(wanted: &stream::Config, stored: &stream::Config) -> Result<(), 
 /// `get_or_create_stream`, asked again while the cluster times out: on a
 /// cluster, instances starting together create the same replicated stream
 /// at once, and while one creation (or a change of replicas) is under way
-/// the others' requests can time out. Other errors, and the last timeout,
-/// are the caller's.
+/// the others' requests can time out, and a stream just made by another
+/// may not answer its info yet. Other errors, and the last attempt's, are
+/// the caller's.
 pub async fn get_or_create_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -379,6 +380,18 @@ pub async fn get_or_create_stream(
                 attempt += 1;
                 tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
             }
+            // Made a moment ago by another instance, the stream may not be
+            // found yet through this node (the cluster test saw 10059
+            // "stream not found" on the next info request): asked again
+            // until its info answers, as callers read it next.
+            Ok(mut stream) if attempt < REPLICA_ATTEMPTS => match stream.info().await {
+                Ok(_) => return Ok(stream),
+                Err(e) => {
+                    tracing::warn!(stream = %config.name, "the stream does not answer yet; retrying: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+                }
+            },
             other => return other,
         }
     }
@@ -418,13 +431,26 @@ pub async fn ensure_replicas(
         |e: &dyn std::fmt::Display| LogError::Unavailable(format!("stream {name}: {e}"));
     let mut last_refusal = String::new();
     for attempt in 1..=REPLICA_ATTEMPTS {
-        let mut stream = js.get_stream(name).await.map_err(|e| unavailable(&e))?;
-        let stored = stream
-            .info()
-            .await
-            .map_err(|e| unavailable(&e))?
-            .config
-            .clone();
+        // A stream another instance made a moment ago may not be found yet
+        // through this node (the cluster test saw 10059 "stream not found"
+        // right after the create): looked up again before giving up.
+        let stored = match js.get_stream(name).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .map(|i| i.config.clone())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) if attempt < REPLICA_ATTEMPTS => {
+                tracing::warn!(stream = %name, "cannot read the stream yet; retrying: {e}");
+                tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+                continue;
+            }
+            Err(e) => return Err(unavailable(&e)),
+        };
         let had = stored.num_replicas;
         let refused = |why: &str| {
             LogError::Backend(format!(
