@@ -617,6 +617,11 @@ pub struct Health {
     /// dead-letter stream, by all instances.
     #[serde(default)]
     pub rejected_mission_completions: u64,
+    /// What this instance's event log met of a stream without a leader
+    /// (on a cluster: its leader node lost, an election under way), since
+    /// the instance started. Always zero on the embedded log.
+    #[serde(default)]
+    pub elections: Elections,
     /// The asking tenant's quarantined trees on this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedTree>,
@@ -625,6 +630,22 @@ pub struct Health {
     /// denies, every command refuses) until an operator accepts the loss.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_went_backwards: Vec<LostTree>,
+}
+
+/// Stream leader elections as one instance met them, in `health`: each
+/// was retried (an append sent again with its message id) or answered
+/// `unavailable` (for its client to retry with the same command id).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Elections {
+    /// Appends sent again, with the same message id, after their
+    /// acknowledgement timed out (a stream without a leader).
+    pub append_retries: u64,
+    /// Appends given up and leader reads (a tree's head, the log's last
+    /// position) not answered: each failed `unavailable`.
+    pub unavailable: u64,
+    /// When the last of either happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 /// A tree the event log went backwards on, as `health` lists it.

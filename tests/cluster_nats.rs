@@ -14,12 +14,19 @@
 //!   instance made with one replica are raised to three;
 //! - (b) a guard on the node that dies reconnects, catches up, and never
 //!   allows under a mandate revoked meanwhile beyond its lease;
+//! - the roles of `examples/nats-cluster-node.conf` (the least-privilege
+//!   users of `examples/nats-server.conf`, routes that authenticate) on the
+//!   cluster, each role on another node: an agent follows its tenant's
+//!   signals, another tenant's agent is refused them, and signals an agent
+//!   redirects to the engine's revoke subject change nothing;
 //! - appends racing on one tree head from every node: one stored per head;
 //! - a single server refuses three replicas, naming the stream and both
 //!   numbers (on 2.9, the version first); `--replicas` outside 1..5 exits 2.
 //!
 //! On servers older than 2.10 (2.9.10 here) each cluster scenario instead
-//! checks that `serve --replicas 3` refuses to start, naming the version.
+//! checks that `serve --replicas 3` refuses to start, naming the version;
+//! the secured one is skipped, saying so (its configuration sets
+//! `sync_interval`, which 2.9 refuses to start with).
 //!
 //! Elections on two busy cores are slow: outcomes are asserted with
 //! generous deadlines, never timings. `MANDATE_CLUSTER_TREES` raises the
@@ -135,6 +142,28 @@ async fn serving_soon(nc: &async_nats::Client, n: usize, dir: &std::path::Path) 
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// Each of `n` engine instances' `health` (asked until the queue group
+/// has spread the requests over all of them), by instance.
+async fn health_of_every_instance(
+    nc: &async_nats::Client,
+    n: usize,
+) -> HashMap<String, mandate::protocol::Health> {
+    let c = client(nc, "acme", principal("probe")).with_timeout(Duration::from_secs(2));
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut seen = HashMap::new();
+    while seen.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} instances answered health within {SETTLE:?}",
+            seen.len()
+        );
+        if let Ok(h) = c.health().await {
+            seen.insert(h.instance.clone(), h);
+        }
+    }
+    seen
 }
 
 /// Every stream of the account with its replicas.
@@ -311,6 +340,10 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     let racer = tokio::spawn(racing_revokes(cluster.url(2), RACES, ledger.clone()));
 
     answered_at_least(&ledger, total / 3).await;
+    let before = health_of_every_instance(&nc, NODES).await;
+    for (instance, h) in &before {
+        eprintln!("{instance} before the kill: {:?}", h.elections);
+    }
     // The node that leads the event stream: its loss forces an election.
     let victim = cluster
         .stream_leader(0, "MANDATE_EVENTS")
@@ -324,6 +357,29 @@ async fn a_node_killed_mid_burst_loses_nothing_acknowledged() {
     driver.await.expect("the burst completes");
     let raced = racer.await.expect("the races complete");
     eprintln!("{}", ledger.summary());
+
+    // The election shows in health: appends that waited out the lost
+    // leader were sent again, or given up unavailable, on some instance.
+    let after = health_of_every_instance(&nc, NODES).await;
+    let count =
+        |h: &mandate::protocol::Health| h.elections.append_retries + h.elections.unavailable;
+    for (instance, h) in &after {
+        eprintln!("{instance} after the kill: {:?}", h.elections);
+        let was = before.get(instance).map_or(0, count);
+        assert!(count(h) >= was, "{instance}'s counts never go down");
+    }
+    let rose: Vec<_> = after
+        .iter()
+        .filter(|(i, h)| count(h) > before.get(*i).map_or(0, count))
+        .collect();
+    assert!(
+        !rose.is_empty(),
+        "no instance counted the event stream leader's loss in health"
+    );
+    for (instance, h) in rose {
+        let last = h.elections.last_at.expect("a count comes with its time");
+        assert!(last <= h.time, "{instance}: {last} after its reply's time");
+    }
     assert_eq!(
         ledger.answered.load(std::sync::atomic::Ordering::SeqCst),
         total
@@ -612,4 +668,212 @@ async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
     cluster.restart(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_denied_as(&guard.check("fin:read", "ledger/q3"), Status::Revoked);
+}
+
+/// The roles of `examples/nats-server.conf` hold on a cluster configured
+/// by `examples/nats-cluster-node.conf`, with every role on another node:
+/// the engine (streams of three replicas) on node 0, acme's orchestrator
+/// and globex's agent on node 1, acme's agent on node 2. Permissions are
+/// checked where a client connects, so each node must enforce them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_hold_on_a_cluster_of_secured_nodes() {
+    use common::secured::{
+        connect_recording, ordered_signal_consumer, server_minor, settings_for, AGENT_ACME,
+        AGENT_GLOBEX, ENGINE, ORCH_ACME, SIGNAL_STREAM,
+    };
+    use mandate::client::GuardState;
+    use mandate::protocol::{tenant_signals_subject, Signal, SignalKind};
+
+    let minor = server_minor();
+    if minor < 10 {
+        eprintln!(
+            "skipped: nats-server 2.{minor} cannot run examples/nats-cluster-node.conf \
+             (it refuses `sync_interval`, and Mandate refuses replicated streams below 2.10)"
+        );
+        return;
+    }
+    let cluster = Cluster::start_secured(|url| settings_for(url, &ENGINE)).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The engine, as the engine user, on node 0, every stream on three
+    // replicas.
+    let (engine_nc, engine_errors) =
+        connect_recording(&settings_for(&cluster.url(0), &ENGINE)).await;
+    let engine = Engine::nats(
+        engine_nc.clone(),
+        tmp.path(),
+        JetStreamConfig {
+            replicas: 3,
+            ..JetStreamConfig::default()
+        },
+        EngineConfig {
+            replicas: 3,
+            allow_open_tenants: true,
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .expect("the engine opens its streams with its own user");
+    let (stop, served) = common::served::serve_in_task(&engine);
+
+    // Acme's orchestrator on node 1 makes a tree: the cfo's root to a1,
+    // a1's delegation to a2.
+    let (orch_nc, orch_errors) =
+        connect_recording(&settings_for(&cluster.url(1), &ORCH_ACME)).await;
+    let patient = Duration::from_secs(30);
+    let cfo = Client::nats(orch_nc.clone(), acme(), principal("cfo")).with_timeout(patient);
+    eventually("the engine answers on the cluster", || {
+        let cfo = cfo.clone();
+        async move { cfo.health().await.is_ok() }
+    })
+    .await;
+    let grants = ["finance:read on reports/**"];
+    let issue_root = |holder: &'static str| {
+        let cfo = cfo.clone();
+        async move {
+            cfo.issue(root_issue("cfo", holder, None, &grants))
+                .await
+                .expect("the orchestrator issues")
+                .mandate
+                .unwrap()
+        }
+    };
+    let root = issue_root("a1").await;
+    let as_a1 = Client::nats(orch_nc.clone(), acme(), agent("a1")).with_timeout(patient);
+    let child = as_a1
+        .delegate(delegation(root, "a2", &grants))
+        .await
+        .expect("the orchestrator delegates for a1")
+        .mandate
+        .unwrap();
+
+    // Acme's agent on node 2: its hub's consumer on acme's signals, and a
+    // guard on a2's mandate.
+    let (agent_nc, agent_errors) =
+        connect_recording(&settings_for(&cluster.url(2), &AGENT_ACME)).await;
+    let acme_signals = tenant_signals_subject(&acme());
+    let (_, made) = ordered_signal_consumer(&agent_nc, &acme_signals).await;
+    let mut signals = made
+        .expect("acme's agent may follow acme's signals on the cluster")
+        .messages()
+        .await
+        .expect("the consumer delivers to the agent's own inbox");
+    let a2 = Client::nats(agent_nc.clone(), acme(), agent("a2")).with_timeout(patient);
+    let guard = start_guard(a2, child, Duration::from_secs(30)).await;
+    assert!(guard.check("finance:read", "reports/q3").is_allowed());
+
+    // Globex's agent on node 1 may not follow acme's signals.
+    let (globex_nc, globex_errors) =
+        connect_recording(&settings_for(&cluster.url(1), &AGENT_GLOBEX)).await;
+    let (name, made) = ordered_signal_consumer(&globex_nc, &acme_signals).await;
+    assert!(
+        made.is_err(),
+        "globex's agent made a consumer on {acme_signals}"
+    );
+    globex_errors
+        .publish_refused(&format!(
+            "$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme_signals}"
+        ))
+        .await;
+
+    // Acme's agent redirects acme's signals to the engine's revoke subject
+    // (the deliver subject is in the request's body, which permissions do
+    // not read). A copy of what arrives there, on node 0 (a connection of
+    // its own as the engine user):
+    let (spy_nc, _) = connect_recording(&settings_for(&cluster.url(0), &ENGINE)).await;
+    let mut revokes = spy_nc.subscribe("mandate.cmd.acme.revoke").await.unwrap();
+    spy_nc.flush().await.unwrap();
+    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+    let config = serde_json::json!({
+        "name": name,
+        "filter_subject": acme_signals,
+        "deliver_subject": "mandate.cmd.acme.revoke",
+        "deliver_policy": "new",
+        "ack_policy": "none",
+    });
+    let reply = agent_nc
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme_signals}"),
+            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("the server answers the create");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    let redirected = !reply["error"].is_object();
+    if !redirected {
+        eprintln!("this server checks the deliver subject: nothing to redirect ({reply})");
+    }
+    // A pause of the root: its signal reaches the engine as a "revoke"
+    // (where the redirect was taken), and nothing is revoked.
+    cfo.pause(root, None)
+        .await
+        .expect("the orchestrator pauses");
+    if redirected {
+        tokio::time::timeout(SETTLE, async {
+            while let Some(m) = revokes.next().await {
+                match serde_json::from_slice::<Signal>(&m.payload) {
+                    Ok(s) if s.mandate == root && s.kind == SignalKind::Suspended => return,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("the pause's signal is delivered on the revoke subject");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in [root, child] {
+        let status = cfo.status(m, None).await.unwrap();
+        assert_eq!(status.effective.status, Status::Paused, "{m}");
+    }
+
+    // The revoke: its signal reaches acme's agent's consumer, on another
+    // node than the engine's, and the guard ends.
+    if let Err(e) = cfo.revoke(root, Some("closed".into())).await {
+        let ended = if served.is_finished() {
+            format!("{:?}", served.await)
+        } else {
+            "still serving".into()
+        };
+        panic!(
+            "the orchestrator's revoke failed: {e}; the engine: {ended}; it was refused {:?}",
+            engine_errors.all()
+        );
+    }
+    let terminated = tokio::time::timeout(SETTLE, async {
+        while let Some(m) = signals.next().await {
+            let m = m.expect("the ordered consumer delivers without a gap");
+            // The tenant's stream carries more than signals (the engine's
+            // policy announcement, for one).
+            let Ok(signal) = serde_json::from_slice::<Signal>(&m.payload) else {
+                continue;
+            };
+            if signal.mandate == root && signal.kind == SignalKind::Terminated {
+                return signal;
+            }
+        }
+        panic!("the consumer ended");
+    })
+    .await
+    .expect("the revoke's signal reaches the agent's consumer");
+    assert_eq!(terminated.tenant, acme());
+    tokio::time::timeout(SETTLE, guard.cancellation().cancelled())
+        .await
+        .expect("the guard learns the revoke");
+    assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
+
+    for (who, errors) in [
+        ("the engine", &engine_errors),
+        ("acme's orchestrator", &orch_errors),
+        ("acme's agent", &agent_errors),
+    ] {
+        assert_eq!(errors.violations(), Vec::<String>::new(), "{who}");
+    }
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), served)
+        .await
+        .expect("the engine stops")
+        .expect("the engine task does not panic")
+        .expect("the engine stops cleanly");
 }

@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
 use common::secured::{
-    connect_recording, example_config, ordered_signal_consumer, server_minor, ServedOn,
-    ServerErrors, SIGNAL_STREAM,
+    connect_recording, example_config, ordered_signal_consumer, server_minor, settings_for,
+    ServedOn, ServerErrors, User, AGENT_ACME, ENGINE, ORCH_ACME, ORCH_GLOBEX, SIGNAL_STREAM,
+    TICKETING_ACME,
 };
 use common::wire::start_guard;
 use common::{server_binary, NatsServer};
@@ -40,19 +41,6 @@ use mandate::protocol::{
     mission_subject, signal_subject, tenant_signals_subject, MissionCompletedNotice, Signal,
     SignalKind,
 };
-
-/// A user of `examples/nats-server.conf`: name, password, inbox prefix.
-struct User(&'static str, &'static str, &'static str);
-
-const ENGINE: User = User("engine", "engine-secret", "_INBOX_engine");
-const ORCH_ACME: User = User("orchestrator-acme", "orch-acme-secret", "_INBOX_orch_acme");
-const ORCH_GLOBEX: User = User(
-    "orchestrator-globex",
-    "orch-globex-secret",
-    "_INBOX_orch_globex",
-);
-const AGENT_ACME: User = User("agent-acme", "agent-acme-secret", "_INBOX_agent_acme");
-const TICKETING_ACME: User = User("ticketing-acme", "ticket-acme-secret", "_INBOX_ticket_acme");
 
 /// How long a test waits to be sure something does NOT arrive.
 const QUIET: Duration = Duration::from_millis(500);
@@ -98,13 +86,7 @@ impl Secured {
 }
 
 fn settings(server: &NatsServer, user: &User) -> NatsConnect {
-    NatsConnect::new(server.url())
-        .name(user.0)
-        .auth(NatsAuth::UserPassword {
-            user: user.0.into(),
-            password: user.1.into(),
-        })
-        .inbox_prefix(user.2)
+    settings_for(&server.url(), user)
 }
 
 /// A secured server with its engine, acme's orchestrator acting as the cfo,
@@ -232,17 +214,6 @@ async fn an_agent_cannot_revoke_nor_write_the_event_stream() {
     }
 }
 
-/// The permission violations among what the server sent a connection (it
-/// also sends `Invalid Publish Subject` for a request whose subject holds a
-/// wildcard, as the named create form's does, and serves it all the same).
-fn violations(errors: &ServerErrors) -> Vec<String> {
-    errors
-        .all()
-        .into_iter()
-        .filter(|e| e.contains("Permissions Violation"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_follows_its_tenant_signals_with_one_ordered_consumer() {
     let (s, cfo, root, _) = secured_with_tree("FIN-9").await;
@@ -291,7 +262,7 @@ async fn an_agent_follows_its_tenant_signals_with_one_ordered_consumer() {
         .await
         .expect("the agent may delete its consumer");
 
-    assert_eq!(violations(&errors), Vec::<String>::new());
+    assert_eq!(errors.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +302,7 @@ async fn an_agents_consumer_keeps_up_with_a_burst_under_flow_control() {
     })
     .await
     .unwrap_or_else(|_| panic!("the agent's consumer got {got} of {count}"));
-    assert_eq!(violations(&errors), Vec::<String>::new());
+    assert_eq!(errors.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

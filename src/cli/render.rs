@@ -395,6 +395,15 @@ impl Text for Health {
             "rejected mission completions: {}",
             self.rejected_mission_completions
         );
+        let e = &self.elections;
+        if e.append_retries + e.unavailable > 0 {
+            say!(
+                "stream leader elections: {} appends sent again, {} unavailable (last {})",
+                e.append_retries,
+                e.unavailable,
+                e.last_at.map_or_else(|| "unknown".into(), local_and_utc)
+            );
+        }
         if self.quarantined.is_empty() {
             say!("quarantined trees: none");
         }

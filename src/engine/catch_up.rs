@@ -182,7 +182,12 @@ impl Engine {
     }
 
     /// Catches one tree up if the log's head for it is past this instance's
-    /// snapshot (one cheap log read when it is not).
+    /// snapshot (one cheap log read when it is not), and makes sure it got
+    /// there: the head is the stream leader's answer, while the tree's
+    /// records come through a consumer the cluster may place on a replica
+    /// that lags. A read that stops short is read again
+    /// ([`read_until_head`]); one that stays short is `unavailable`, never
+    /// an answer from the short state.
     pub(super) async fn catch_up_tree_to_head(
         &self,
         tenant: &TenantId,
@@ -194,10 +199,27 @@ impl Engine {
             .store
             .head(tenant, tree)?
             .map_or(0, |s| s.position);
-        if self.checked_head(tenant, tree, position).await? > position {
-            self.catch_up_tree(tenant, tree, position).await?;
+        let head = self.checked_head(tenant, tree, position).await?;
+        if head <= position {
+            return Ok(());
         }
-        Ok(())
+        let applied = || -> Result<Option<u64>, EngineError> {
+            // A held tree (quarantined, too new, the log went backwards) is
+            // refused by the read that follows: nothing more to reach.
+            if self.hold(tenant, tree)?.is_some() {
+                return Ok(None);
+            }
+            Ok(Some(
+                self.inner
+                    .store
+                    .head(tenant, tree)?
+                    .map_or(0, |s| s.position),
+            ))
+        };
+        read_until_head(tree, head, applied, |after| {
+            self.catch_up_tree(tenant, tree, after)
+        })
+        .await
     }
 
     /// What `decide` reads of a tree for `cmd`: the tree's head, the chain
@@ -334,6 +356,137 @@ impl Engine {
     }
 }
 
+/// Reads of one tree before a fresh read gives up on reaching the head
+/// the log's leader answered.
+const SHORT_READ_ATTEMPTS: u32 = 5;
+/// The pause before the second read of a tree that stopped short (then
+/// twice as long, and so on): a lagging replica catches up in moments.
+const SHORT_READ_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Reads a tree (`read`, from the position `applied` says this instance
+/// has reached) until the applied head is at or past `head`, the head the
+/// log's leader answered. A read can stop short of it on a cluster: the
+/// records come through a consumer that may run on a replica that has not
+/// applied all the leader committed. Then the tree is read again, after a
+/// pause, up to [`SHORT_READ_ATTEMPTS`] reads; still short, the read is
+/// `unavailable` (retryable), never answered from what it has. `applied`
+/// returning `None` (a held tree, which the read refuses anyway) ends it.
+pub(super) async fn read_until_head<A, R, F>(
+    tree: TreeId,
+    head: u64,
+    mut applied: A,
+    mut read: R,
+) -> Result<(), EngineError>
+where
+    A: FnMut() -> Result<Option<u64>, EngineError>,
+    R: FnMut(u64) -> F,
+    F: std::future::Future<Output = Result<(), EngineError>>,
+{
+    for attempt in 0..SHORT_READ_ATTEMPTS {
+        let Some(at) = applied()? else { return Ok(()) };
+        if at >= head {
+            return Ok(());
+        }
+        if attempt > 0 {
+            tracing::warn!(
+                %tree, head, at, attempt,
+                "a read of the tree stopped short of the head the log's leader gave; reading again"
+            );
+            tokio::time::sleep(SHORT_READ_PAUSE * (1 << (attempt - 1))).await;
+        }
+        read(at).await?;
+    }
+    match applied()? {
+        Some(at) if at < head => Err(EngineError::unavailable(format!(
+            "tree {tree}: the event log's leader has the tree's head at position {head}, but \
+             {SHORT_READ_ATTEMPTS} reads of the tree stopped at {at} (a replica behind the \
+             leader?); not answered from that; retry"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// How long a read at `at_least` waits for the follower to apply the
 /// position it names before reading the log itself.
 const AT_LEAST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::engine::EngineErrorKind;
+
+    /// A read that stops short of the leader's head once (a lagging
+    /// replica) is read again, and answered only once it got there.
+    #[tokio::test]
+    async fn a_short_read_is_read_again_until_it_reaches_the_head() {
+        let at = Cell::new(3u64);
+        let reads = Cell::new(Vec::new());
+        // The first read stops at 5 (the replica's end), the second gets
+        // to the leader's head, 7.
+        let served = [5u64, 7];
+        read_until_head(
+            TreeId::generate(),
+            7,
+            || Ok(Some(at.get())),
+            |after| {
+                let mut r = reads.take();
+                r.push(after);
+                at.set(served[r.len() - 1]);
+                reads.set(r);
+                async { Ok(()) }
+            },
+        )
+        .await
+        .expect("reached on the second read");
+        assert_eq!(reads.take(), vec![3, 5], "read again from where it stopped");
+        assert_eq!(at.get(), 7);
+    }
+
+    /// A read that stays short is `unavailable`, naming both positions:
+    /// never an answer from the short state.
+    #[tokio::test]
+    async fn a_read_that_stays_short_is_unavailable() {
+        let reads = Cell::new(0);
+        let tree = TreeId::generate();
+        let e = read_until_head(
+            tree,
+            9,
+            || Ok(Some(4)),
+            |_| {
+                reads.set(reads.get() + 1);
+                async { Ok(()) }
+            },
+        )
+        .await
+        .expect_err("a read short of the leader's head is not answered");
+        assert_eq!(e.kind(), EngineErrorKind::Unavailable, "{e}");
+        let text = e.to_string();
+        for needle in [tree.to_string(), "position 9".into(), "stopped at 4".into()] {
+            assert!(text.contains(&needle), "{needle:?} in {text}");
+        }
+        assert_eq!(reads.get(), SHORT_READ_ATTEMPTS);
+    }
+
+    /// Nothing to read when the tree is already at the head, and a held
+    /// tree (refused by the read itself) ends the reading.
+    #[tokio::test]
+    async fn at_the_head_or_held_nothing_more_is_read() {
+        for applied in [Some(7u64), Some(8), None] {
+            let reads = Cell::new(0);
+            read_until_head(
+                TreeId::generate(),
+                7,
+                || Ok(applied),
+                |_| {
+                    reads.set(reads.get() + 1);
+                    async { Ok(()) }
+                },
+            )
+            .await
+            .expect("nothing to reach");
+            assert_eq!(reads.get(), 0, "{applied:?}");
+        }
+    }
+}

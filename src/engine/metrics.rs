@@ -11,7 +11,7 @@
 //!   caller wrote, so a hostile caller cannot grow the series.
 //! - **Read when scraped**: projection lag, expiry backlog, outbox depth,
 //!   mission intake backlog, and the counters the engine keeps anyway
-//!   (append conflicts, beacons, audit failures). A figure that cannot be
+//!   (append conflicts, beacons, audit failures, stream leader elections). A figure that cannot be
 //!   read (NATS down) is left out of that scrape and logged, never
 //!   reported as zero.
 
@@ -321,7 +321,9 @@ impl Engine {
     /// exposition format, every name prefixed `mandate_`: commands, checks
     /// and queries with their latency, cascade fan-out, signals, projection
     /// lag, expiry backlog, outbox depth, mission intake backlog, append
-    /// conflicts, beacons, audit failures, and the engine's version and
+    /// conflicts, beacons, audit failures, stream leader elections met
+    /// (appends sent again, appends and reads unavailable), and the
+    /// engine's version and
     /// instance. Commands, checks and queries are those that came as
     /// requests ([`Engine::handle`], [`Engine::handle_remote`]), not direct
     /// calls of [`Engine::execute`] or [`Engine::check`]. A figure read from
@@ -339,6 +341,7 @@ impl Engine {
         );
         inner.metrics.register(&mut r);
         let (beacons_sent, beacons_failed) = self.beacons_sent();
+        let elections = self.elections();
         let counters = [
             (
                 "append_conflicts",
@@ -359,6 +362,16 @@ impl Engine {
                 "audit_failures",
                 "Check records the audit stream refused or never confirmed",
                 inner.audit.failures(),
+            ),
+            (
+                "election_append_retries",
+                "Appends sent again (same message id) after their acknowledgement timed out: a stream without a leader",
+                elections.append_retries,
+            ),
+            (
+                "election_unavailable",
+                "Appends given up and leader reads not answered (no stream leader): each failed unavailable",
+                elections.unavailable,
             ),
         ];
         for (name, help, value) in counters.into_iter().chain(inner.sets.read()) {

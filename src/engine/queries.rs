@@ -490,10 +490,27 @@ impl Engine {
             lag: log_position.saturating_sub(position),
             audit_failures: self.inner.audit.failures(),
             time: self.now(),
+            elections: self.elections(),
             quarantined: Vec::new(),
             log_went_backwards: Vec::new(),
             rejected_mission_completions: self.rejected_completions().await?,
         })
+    }
+
+    /// What the event log met of a stream without a leader since this
+    /// instance opened it (zero on the embedded log, which has none).
+    pub fn elections(&self) -> crate::protocol::Elections {
+        let stalls = match &self.inner.log {
+            AnyLog::Nats(log) => log.leader_stalls(),
+            AnyLog::Embedded(_) => crate::log::LeaderStalls::default(),
+        };
+        crate::protocol::Elections {
+            append_retries: stalls.append_retries,
+            unavailable: stalls.unavailable,
+            last_at: stalls
+                .last_at_ms
+                .and_then(chrono::DateTime::<chrono::Utc>::from_timestamp_millis),
+        }
     }
 
     /// The instance's health as one tenant sees it: with that tenant's

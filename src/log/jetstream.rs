@@ -47,6 +47,7 @@
 //! anything goes wrong (a missed heartbeat, a server restart), so nothing is
 //! lost or repeated.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +151,57 @@ struct Inner {
     stream: stream::Stream,
     config: JetStreamConfig,
     in_flight: Semaphore,
+    stalls: Stalls,
+}
+
+/// What the log met of a stream without a leader (an election under way,
+/// or too few nodes to hold one), since it was opened: see [`LeaderStalls`].
+#[derive(Default)]
+struct Stalls {
+    append_retries: AtomicU64,
+    unavailable: AtomicU64,
+    /// Milliseconds since the Unix epoch of the last one; 0 for none.
+    last_ms: AtomicI64,
+}
+
+impl Stalls {
+    fn note(&self, counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_ms
+            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    fn retry(&self) {
+        self.note(&self.append_retries);
+    }
+
+    /// Counts `e` if it says the stream did not answer; passes it on.
+    fn unavailable(&self, e: LogError) -> LogError {
+        if matches!(e, LogError::Unavailable(_) | LogError::TimedOut) {
+            self.note(&self.unavailable);
+        }
+        e
+    }
+}
+
+/// What a log met of a stream without a leader since it was opened: on a
+/// cluster, the stream's leader node lost and an election under way (or
+/// too few nodes to hold one). The engine retries across it (an append is
+/// sent again with the same message id; a command or read given up is
+/// answered `unavailable`, retried by its client with the same command
+/// id); these are the counts an operator sees in `health` and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeaderStalls {
+    /// Appends sent again, with the same message id, after their
+    /// acknowledgement timed out (what a stream without a leader does).
+    pub append_retries: u64,
+    /// Appends given up (every attempt timed out, or no stream answered)
+    /// and the leader's reads (a tree's head, the last position) that no
+    /// leader answered: each failed `unavailable`.
+    pub unavailable: u64,
+    /// When the last of either happened, in milliseconds since the Unix
+    /// epoch.
+    pub last_at_ms: Option<i64>,
 }
 
 impl JetStreamLog {
@@ -203,6 +255,7 @@ impl JetStreamLog {
                 stream,
                 in_flight: Semaphore::new(config.max_in_flight),
                 config,
+                stalls: Stalls::default(),
             }),
         })
     }
@@ -210,6 +263,17 @@ impl JetStreamLog {
     /// The stream's name.
     pub fn stream_name(&self) -> &str {
         &self.inner.config.stream_name
+    }
+
+    /// What this log met of a stream without a leader since it was opened.
+    pub fn leader_stalls(&self) -> LeaderStalls {
+        let stalls = &self.inner.stalls;
+        let last = stalls.last_ms.load(Ordering::Relaxed);
+        LeaderStalls {
+            append_retries: stalls.append_retries.load(Ordering::Relaxed),
+            unavailable: stalls.unavailable.load(Ordering::Relaxed),
+            last_at_ms: (last != 0).then_some(last),
+        }
     }
 }
 
@@ -294,8 +358,9 @@ fn check_stored(wanted: &stream::Config, stored: &stream::Config) -> Result<(), 
 /// `get_or_create_stream`, asked again while the cluster times out: on a
 /// cluster, instances starting together create the same replicated stream
 /// at once, and while one creation (or a change of replicas) is under way
-/// the others' requests can time out. Other errors, and the last timeout,
-/// are the caller's.
+/// the others' requests can time out, and a stream just made by another
+/// may not answer its info yet. Other errors, and the last attempt's, are
+/// the caller's.
 pub async fn get_or_create_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -315,6 +380,18 @@ pub async fn get_or_create_stream(
                 attempt += 1;
                 tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
             }
+            // Made a moment ago by another instance, the stream may not be
+            // found yet through this node (the cluster test saw 10059
+            // "stream not found" on the next info request): asked again
+            // until its info answers, as callers read it next.
+            Ok(mut stream) if attempt < REPLICA_ATTEMPTS => match stream.info().await {
+                Ok(_) => return Ok(stream),
+                Err(e) => {
+                    tracing::warn!(stream = %config.name, "the stream does not answer yet; retrying: {e}");
+                    attempt += 1;
+                    tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
+                }
+            },
             other => return other,
         }
     }
@@ -354,25 +431,25 @@ pub async fn ensure_replicas(
         |e: &dyn std::fmt::Display| LogError::Unavailable(format!("stream {name}: {e}"));
     let mut last_refusal = String::new();
     for attempt in 1..=REPLICA_ATTEMPTS {
-        // Just made by another instance, a stream can be unknown for a
-        // moment to the node this one asks (seen as a 404 under load): read
-        // again before giving up.
-        let read = match js.get_stream(name).await {
+        // A stream another instance made a moment ago may not be found yet
+        // through this node (the cluster test saw 10059 "stream not found"
+        // right after the create): looked up again before giving up.
+        let stored = match js.get_stream(name).await {
             Ok(mut stream) => stream
                 .info()
                 .await
                 .map(|i| i.config.clone())
-                .map_err(|e| unavailable(&e)),
-            Err(e) => Err(unavailable(&e)),
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let stored = match read {
-            Ok(read) => read,
+        let stored = match stored {
+            Ok(stored) => stored,
             Err(e) if attempt < REPLICA_ATTEMPTS => {
                 tracing::warn!(stream = %name, "cannot read the stream yet; retrying: {e}");
                 tokio::time::sleep(REPLICA_RETRY_PAUSE).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(unavailable(&e)),
         };
         let had = stored.num_replicas;
         let refused = |why: &str| {
@@ -463,12 +540,20 @@ impl EventLog for JetStreamLog {
                     Err(e) if refused_on_head(&e) => break,
                     Err(e) if e.kind() == PublishErrorKind::TimedOut => {
                         if attempt >= inner.config.publish_attempts {
-                            return Err(LogError::TimedOut);
+                            return Err(inner.stalls.unavailable(LogError::TimedOut));
                         }
                         tracing::debug!(attempt, %command_id, "publish ack timed out, sending again");
+                        inner.stalls.retry();
                         attempt += 1;
                     }
-                    Err(e) => return Err(publish_error(&subject, e, payload.len(), max)),
+                    Err(e) => {
+                        return Err(inner.stalls.unavailable(publish_error(
+                            &subject,
+                            e,
+                            payload.len(),
+                            max,
+                        )))
+                    }
                 }
             }
         }
@@ -553,7 +638,10 @@ impl EventLog for JetStreamLog {
 
     async fn last_position(&self) -> Result<u64, LogError> {
         let info = self.inner.stream.get_info().await.map_err(|e| {
-            LogError::Unavailable(format!("stream {}: {e}", self.inner.config.stream_name))
+            self.inner.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: {e}",
+                self.inner.config.stream_name
+            )))
         })?;
         Ok(info.state.last_sequence)
     }
@@ -575,9 +663,10 @@ impl EventLog for JetStreamLog {
                 LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
                     Err(LogError::Backend(format!("head of {subject}: {e}")))
                 }
-                LastRawMessageErrorKind::Other => {
-                    Err(LogError::Unavailable(format!("head of {subject}: {e}")))
-                }
+                LastRawMessageErrorKind::Other => Err(self
+                    .inner
+                    .stalls
+                    .unavailable(LogError::Unavailable(format!("head of {subject}: {e}")))),
             },
         }
     }

@@ -51,7 +51,7 @@ mod jetstream;
 pub use embedded::{EmbeddedConfig, EmbeddedLog};
 pub use jetstream::{
     check_replicas, check_server_for_replicas, ensure_replicas, get_or_create_stream,
-    JetStreamConfig, JetStreamLog, MAX_REPLICAS, MIN_CLUSTER_SERVER,
+    JetStreamConfig, JetStreamLog, LeaderStalls, MAX_REPLICAS, MIN_CLUSTER_SERVER,
 };
 
 /// The tenant and tree a record's subject names, when it is a tree's event

@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mandate::client::NatsConnect;
+
 use super::NatsServer;
 
 /// Nodes in the cluster.
@@ -23,6 +25,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running three-node cluster; every node is killed when it is dropped.
 pub struct Cluster {
     nodes: Vec<NatsServer>,
+    /// How the harness itself connects (probe, leader look-ups,
+    /// [`Cluster::connect`]): anonymously, or as a user of the secured
+    /// configuration.
+    harness: Option<NatsConnect>,
 }
 
 impl Cluster {
@@ -38,9 +44,55 @@ impl Cluster {
                 NatsServer::start_with_config(move |store| node_config(store, &name, i, &routes))
             })
             .collect();
-        let cluster = Cluster { nodes };
+        let cluster = Cluster {
+            nodes,
+            harness: None,
+        };
         cluster.wait_until_replicated_streams_can_be_made().await;
         cluster
+    }
+
+    /// Starts three nodes configured as `examples/nats-cluster-node.conf`
+    /// says (which includes the least-privilege users of
+    /// `examples/nats-server.conf` and `sync_interval: always`, so servers
+    /// 2.10 and later only), moved to loopback ports and private stores.
+    /// The harness connects as `harness` (its settings, given a URL), a
+    /// user allowed to manage streams (the engine's).
+    pub async fn start_secured(harness: impl Fn(&str) -> NatsConnect) -> Self {
+        let name = format!("mandate-secured-{}", std::process::id());
+        let routes: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
+        let nodes = (0..NODES)
+            .map(|i| {
+                let (name, routes) = (name.clone(), routes.clone());
+                NatsServer::start_with_config(move |store| {
+                    secured_node_config(store, &name, i, &routes)
+                })
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            harness: None,
+        };
+        // Every node's URL: the harness fails over as clients do.
+        cluster.harness = Some(harness(&cluster.urls()));
+        cluster.wait_until_replicated_streams_can_be_made().await;
+        cluster
+    }
+
+    /// A connection of the harness to `url` (one or more, comma-separated;
+    /// anonymous, or as its user).
+    async fn harness_connect(&self, url: &str) -> Result<async_nats::Client, String> {
+        match &self.harness {
+            None => {
+                let urls: Vec<&str> = url.split(',').collect();
+                async_nats::connect(urls).await.map_err(|e| e.to_string())
+            }
+            Some(settings) => {
+                let mut settings = settings.clone();
+                settings.url = url.to_string();
+                settings.connect().await.map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// The client URL of node `i`.
@@ -59,8 +111,7 @@ impl Cluster {
 
     /// A connection that knows every node (and fails over between them).
     pub async fn connect(&self) -> async_nats::Client {
-        let urls: Vec<String> = (0..NODES).map(|i| self.url(i)).collect();
-        async_nats::connect(urls)
+        self.harness_connect(&self.urls())
             .await
             .expect("connect to the cluster")
     }
@@ -88,7 +139,7 @@ impl Cluster {
 
     /// The node that leads `stream` now, asked through node `via`.
     pub async fn stream_leader(&self, via: usize, stream: &str) -> Option<usize> {
-        let nc = async_nats::connect(self.url(via)).await.ok()?;
+        let nc = self.harness_connect(&self.url(via)).await.ok()?;
         let js = async_nats::jetstream::new(nc);
         let mut s = js.get_stream(stream).await.ok()?;
         let info = s.info().await.ok()?;
@@ -103,7 +154,11 @@ impl Cluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match probe(&url).await {
+            let probe = match self.harness_connect(&url).await {
+                Ok(nc) => probe(nc).await,
+                Err(e) => Err(e),
+            };
+            match probe {
                 Ok(()) => return,
                 Err(e) => last = e,
             }
@@ -116,8 +171,7 @@ impl Cluster {
 }
 
 /// One attempt at creating (and deleting) a stream of three replicas.
-async fn probe(url: &str) -> Result<(), String> {
-    let nc = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+async fn probe(nc: async_nats::Client) -> Result<(), String> {
     let js = async_nats::jetstream::new(nc);
     js.create_stream(async_nats::jetstream::stream::Config {
         name: "CLUSTER_PROBE".into(),
@@ -147,6 +201,40 @@ fn node_config(store: &Path, cluster: &str, i: usize, route_ports: &[u16]) -> Pa
         js = store.join("js"),
         port = route_ports[i],
     );
+    let path = store.join("node.conf");
+    std::fs::write(&path, text).expect("write a node's configuration");
+    path
+}
+
+/// Writes node `i`'s configuration into its store directory: the example
+/// users' files as [`super::secured::example_config`] copies them (store
+/// moved into `store`), and `examples/nats-cluster-node.conf` with the
+/// node's name, the cluster's name and the loopback route ports put in
+/// (the client port is the harness's, given on the command line).
+fn secured_node_config(store: &Path, cluster: &str, i: usize, route_ports: &[u16]) -> PathBuf {
+    super::secured::example_config(store, "");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nats-cluster-node.conf");
+    let mut text = std::fs::read_to_string(&example).expect("read examples/nats-cluster-node.conf");
+    let mut replace = |from: &str, to: &str| {
+        assert!(
+            text.contains(from),
+            "examples/nats-cluster-node.conf no longer has {from:?}, which this harness replaces"
+        );
+        text = text.replace(from, to);
+    };
+    replace("server_name: node1", &format!("server_name: n{i}"));
+    replace("listen: 0.0.0.0:4222\n", "");
+    replace("name: mandate\n", &format!("name: {cluster}\n"));
+    replace(
+        "listen: 0.0.0.0:6222",
+        &format!("listen: 127.0.0.1:{}", route_ports[i]),
+    );
+    for (k, port) in route_ports.iter().enumerate() {
+        replace(
+            &format!("@node{}:6222", k + 1),
+            &format!("@127.0.0.1:{port}"),
+        );
+    }
     let path = store.join("node.conf");
     std::fs::write(&path, text).expect("write a node's configuration");
     path

@@ -8,12 +8,38 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mandate::client::NatsConnect;
+use mandate::client::{NatsAuth, NatsConnect};
 use mandate::engine::{Engine, EngineConfig, EngineError};
 use mandate::log::JetStreamConfig;
 
 use super::fixtures::PATIENCE;
 use super::server_binary;
+
+/// A user of `examples/nats-server.conf`: name, password, inbox prefix.
+pub struct User(pub &'static str, pub &'static str, pub &'static str);
+
+pub const ENGINE: User = User("engine", "engine-secret", "_INBOX_engine");
+pub const ORCH_ACME: User = User("orchestrator-acme", "orch-acme-secret", "_INBOX_orch_acme");
+pub const ORCH_GLOBEX: User = User(
+    "orchestrator-globex",
+    "orch-globex-secret",
+    "_INBOX_orch_globex",
+);
+pub const AGENT_ACME: User = User("agent-acme", "agent-acme-secret", "_INBOX_agent_acme");
+pub const AGENT_GLOBEX: User = User("agent-globex", "agent-globex-secret", "_INBOX_agent_globex");
+pub const TICKETING_ACME: User = User("ticketing-acme", "ticket-acme-secret", "_INBOX_ticket_acme");
+
+/// The settings of a connection to `url` (one or more, comma-separated)
+/// as `user`, with its inbox prefix.
+pub fn settings_for(url: &str, user: &User) -> NatsConnect {
+    NatsConnect::new(url)
+        .name(user.0)
+        .auth(NatsAuth::UserPassword {
+            user: user.0.into(),
+            password: user.1.into(),
+        })
+        .inbox_prefix(user.2)
+}
 
 /// The minor version of the nats-server under test (`9` for 2.9.10).
 pub fn server_minor() -> u32 {
@@ -76,6 +102,17 @@ pub struct ServerErrors(Arc<Mutex<Vec<String>>>);
 impl ServerErrors {
     pub fn all(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
+    }
+
+    /// The permissions violations among them (a server 2.10 and later also
+    /// sends `Invalid Publish Subject` for a request whose subject holds a
+    /// wildcard, as the named consumer create form's does, and serves it
+    /// all the same).
+    pub fn violations(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .filter(|e| e.contains("Permissions Violation"))
+            .collect()
     }
 
     /// Waits until the server has sent an error containing every one of
