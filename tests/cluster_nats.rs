@@ -45,7 +45,6 @@ use common::faults::{
 use common::prelude::*;
 use futures::StreamExt;
 use mandate::domain::command::Change;
-use mandate::domain::SCHEMA_VERSION;
 use mandate::engine::{Engine, EngineConfig};
 use mandate::log::JetStreamConfig;
 use mandate::protocol::command_subject;
@@ -268,14 +267,7 @@ async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<M
         let send = |actor: Actor, command: Command| {
             let (nc, ledger) = (nc.clone(), ledger.clone());
             async move {
-                let cmd = CommandEnvelope {
-                    command_id: CommandId::generate(),
-                    tenant: acme(),
-                    actor,
-                    correlation_id: None,
-                    schema_version: SCHEMA_VERSION,
-                    command,
-                };
+                let cmd = envelope("acme", actor, command);
                 let subject = command_subject(&cmd.tenant, cmd.command.verb());
                 let answer =
                     send_until_answered(&nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
@@ -627,17 +619,14 @@ async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
     cluster.kill(0);
     // Sent until answered, always with the same command id: while the
     // stream elects a leader the engine answers `unavailable`.
-    let revoke = CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: acme(),
-        actor: principal("cfo"),
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command: Command::Revoke(Change {
+    let revoke = envelope(
+        "acme",
+        principal("cfo"),
+        Command::Revoke(Change {
             mandate: root,
             reason: Some("while the guard's node was down".into()),
         }),
-    };
+    );
     let subject = command_subject(&revoke.tenant, revoke.command.verb());
     send_until_answered(&nc, &subject, serde_json::to_vec(&revoke).unwrap())
         .await

@@ -22,6 +22,11 @@ use mandate::protocol::{command_subject, Bulk, BulkEnvelope, CommandResult, Erro
 
 use super::fixtures::{acme, admin, agent, agent_id, delegation, principal, root_issue};
 
+/// A command of acme with a fresh id.
+fn envelope(actor: Actor, command: Cmd) -> CommandEnvelope {
+    super::fixtures::envelope("acme", actor, command)
+}
+
 /// The event stream's name (the engine's default).
 pub const EVENTS: &str = "MANDATE_EVENTS";
 
@@ -289,17 +294,6 @@ pub async fn send_until_answered(
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn envelope(actor: Actor, command: Cmd) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: CommandId::generate(),
-        tenant: acme(),
-        actor,
-        correlation_id: None,
-        schema_version: SCHEMA_VERSION,
-        command,
     }
 }
 
