@@ -290,59 +290,10 @@ async fn a_signature_that_does_not_verify_is_refused_by_name_and_writes_nothing(
     // Tampered body: another grantee after signing.
     let mut tampered = body.clone();
     tampered["grantee"] = json!("analyst");
-    not_authenticated(
-        "tampered body",
-        &send(&nc, ISSUE, &tampered, None, Some(&good)).await,
-        &["does not match", "cfo-1"],
-    );
-    // Signed for another subject (another tenant's), sent on this one.
-    let elsewhere = header(&key(10), "cfo-1", "mandate.cmd.globex.issue", &body);
-    not_authenticated(
-        "wrong subject",
-        &send(&nc, ISSUE, &body, None, Some(&elsewhere)).await,
-        &["does not match"],
-    );
-    // Another private key under the cfo's key id.
-    let forged = header(&key(99), "cfo-1", ISSUE, &body);
-    not_authenticated(
-        "wrong key",
-        &send(&nc, ISSUE, &body, None, Some(&forged)).await,
-        &["does not match", "cfo-1"],
-    );
-    // A key id the tenant does not know.
-    let unknown = header(&key(10), "cfo-9", ISSUE, &body);
-    not_authenticated(
-        "unknown key",
-        &send(&nc, ISSUE, &body, None, Some(&unknown)).await,
-        &["cfo-9", "neither configures nor registers"],
-    );
-    // A revoked key, signing after its revocation.
-    let revoked = header(&key(12), "cfo-old", ISSUE, &body);
-    not_authenticated(
-        "revoked key",
-        &send(&nc, ISSUE, &body, None, Some(&revoked)).await,
-        &["cfo-old", "revoked"],
-    );
-    // The lead's key on the cfo's command.
-    let lead = header(&key(20), "lead-1", ISSUE, &body);
-    not_authenticated(
-        "key of another actor",
-        &send(&nc, ISSUE, &body, None, Some(&lead)).await,
-        &["lead-1 belongs to agent:lead", "principal cfo"],
-    );
     // Another tenant's configured key (globex's administrator's).
     let mut as_security = body.clone();
     as_security["actor"] = json!({"kind": "admin", "id": "security"});
-    let globex = header(&globex_key(), "globex-root", ISSUE, &as_security);
-    not_authenticated(
-        "another tenant's key",
-        &send(&nc, ISSUE, &as_security, None, Some(&globex)).await,
-        &[
-            "globex-root",
-            "tenant acme neither configures nor registers",
-        ],
-    );
-    // A bad signature never falls back to a valid HMAC.
+    let forged = header(&key(99), "cfo-1", ISSUE, &body);
     let hmac = sign(
         b"cfo-secret",
         &principal("cfo"),
@@ -350,17 +301,88 @@ async fn a_signature_that_does_not_verify_is_refused_by_name_and_writes_nothing(
         &serde_json::to_vec(&body).unwrap(),
     )
     .unwrap();
-    not_authenticated(
-        "bad signature with a good HMAC",
-        &send(&nc, ISSUE, &body, Some(&hmac), Some(&forged)).await,
-        &["does not match"],
-    );
-    // A malformed header.
-    not_authenticated(
-        "malformed header",
-        &send(&nc, ISSUE, &body, Some(&hmac), Some("ed25519 cfo-1")).await,
-        &["Mandate-Signature must be"],
-    );
+    // What, the body sent, its HMAC, its signature header, what the refusal names.
+    type BadSignature<'a> = (&'a str, &'a Value, Option<&'a str>, String, &'a [&'a str]);
+    let cases: Vec<BadSignature> = vec![
+        (
+            "tampered body",
+            &tampered,
+            None,
+            good.clone(),
+            &["does not match", "cfo-1"],
+        ),
+        (
+            // Signed for another subject (another tenant's), sent on this one.
+            "wrong subject",
+            &body,
+            None,
+            header(&key(10), "cfo-1", "mandate.cmd.globex.issue", &body),
+            &["does not match"],
+        ),
+        // Another private key under the cfo's key id.
+        (
+            "wrong key",
+            &body,
+            None,
+            forged.clone(),
+            &["does not match", "cfo-1"],
+        ),
+        (
+            "unknown key",
+            &body,
+            None,
+            header(&key(10), "cfo-9", ISSUE, &body),
+            &["cfo-9", "neither configures nor registers"],
+        ),
+        (
+            // Signing after its revocation.
+            "revoked key",
+            &body,
+            None,
+            header(&key(12), "cfo-old", ISSUE, &body),
+            &["cfo-old", "revoked"],
+        ),
+        (
+            // The lead's key on the cfo's command.
+            "key of another actor",
+            &body,
+            None,
+            header(&key(20), "lead-1", ISSUE, &body),
+            &["lead-1 belongs to agent:lead", "principal cfo"],
+        ),
+        (
+            "another tenant's key",
+            &as_security,
+            None,
+            header(&globex_key(), "globex-root", ISSUE, &as_security),
+            &[
+                "globex-root",
+                "tenant acme neither configures nor registers",
+            ],
+        ),
+        // A bad signature never falls back to a valid HMAC.
+        (
+            "bad signature with a good HMAC",
+            &body,
+            Some(&hmac),
+            forged.clone(),
+            &["does not match"],
+        ),
+        (
+            "malformed header",
+            &body,
+            Some(&hmac),
+            "ed25519 cfo-1".to_string(),
+            &["Mandate-Signature must be"],
+        ),
+    ];
+    for (what, sent, hmac, signature, names) in cases {
+        not_authenticated(
+            what,
+            &send(&nc, ISSUE, sent, hmac, Some(&signature)).await,
+            names,
+        );
+    }
     assert_eq!(
         instance.engine.log().last_position().await.unwrap(),
         before,
