@@ -473,24 +473,53 @@ async fn a_push_is_retried_after_503_and_acknowledged_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_refusing_with_400_is_not_retried() {
-    let rx = Receiver::new(vec![(
-        400,
-        r#"{"err":"invalid_request","description":"not for us"}"#,
-    )]);
+/// An engine pushing SETs to a receiver, after a root was issued and
+/// revoked through it.
+struct Pushed {
+    rx: Receiver,
+    instance: Instance,
+    /// Alive while the test runs: the server, the engine's directory, the
+    /// receiver's server.
+    _keep: (NatsServer, tempfile::TempDir, tokio::task::JoinHandle<()>),
+}
+
+/// [`Pushed`] to a receiver that answers `answers` in turn (the last one
+/// from then on), at most `tries` times a SET.
+async fn revoked_with_push(answers: Vec<(u16, &'static str)>, tries: i64) -> Pushed {
+    let rx = Receiver::new(answers);
     let (l, url) = listener().await;
-    let _serving = rx.serve(l);
+    let serving = rx.serve(l);
     let config = EngineConfig {
-        set_push: vec![receiver(&url, 10)],
+        set_push: vec![receiver(&url, tries)],
         ..keyed()
     };
-    let (_server, _dir, i, nc) = serve_one_with("acme", config).await;
+    let (server, dir, instance, nc) = serve_one_with("acme", config).await;
     let root = issue(&nc, root_issue("cfo", "lead", None, &["x:read on y/*"])).await;
     acme_as(&nc, principal("cfo"))
         .revoke(root, None)
         .await
         .unwrap();
+    Pushed {
+        rx,
+        instance,
+        _keep: (server, dir, serving),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refusing_with_400_is_not_retried() {
+    let Pushed {
+        rx,
+        instance: i,
+        _keep,
+    } = revoked_with_push(
+        vec![(
+            400,
+            r#"{"err":"invalid_request","description":"not for us"}"#,
+        )],
+        10,
+    )
+    .await;
     eventually("the receiver is asked", || async { rx.count() >= 1 }).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rx.count(), 1, "a 400 is not retried");
@@ -767,19 +796,11 @@ async fn a_quarantine_and_its_restoration_give_claims_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_is_given_up_after_its_last_attempt() {
-    let rx = Receiver::new(vec![(503, "down for maintenance")]);
-    let (l, url) = listener().await;
-    let _serving = rx.serve(l);
-    let config = EngineConfig {
-        set_push: vec![receiver(&url, 3)],
-        ..keyed()
-    };
-    let (_server, _dir, i, nc) = serve_one_with("acme", config).await;
-    let root = issue(&nc, root_issue("cfo", "lead", None, &["x:read on y/*"])).await;
-    acme_as(&nc, principal("cfo"))
-        .revoke(root, None)
-        .await
-        .unwrap();
+    let Pushed {
+        rx,
+        instance: i,
+        _keep,
+    } = revoked_with_push(vec![(503, "down for maintenance")], 3).await;
     eventually("three attempts", || async { rx.count() >= 3 }).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(rx.count(), 3, "no attempt after the last");
