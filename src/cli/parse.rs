@@ -48,7 +48,9 @@ pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
     let (num, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
     let n: i64 = num.parse().map_err(|_| bad())?;
     if n <= 0 {
-        return Err(bad());
+        return Err(invalid(format!(
+            "duration {s:?} must be more than zero (e.g. 8h)"
+        )));
     }
     let d = match unit {
         "s" => chrono::Duration::try_seconds(n),
@@ -137,4 +139,30 @@ pub(super) fn list_query(
         mission_ref: mission_ref.map(mission).transpose()?,
         consistency: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<chrono::Duration, Failure>) -> String {
+        let f = r.expect_err("refused");
+        assert_eq!(f.code, 2, "{}", f.message);
+        f.message
+    }
+
+    #[test]
+    fn a_duration_of_zero_or_less_is_refused_as_such() {
+        for s in ["0s", "0d", "-5h", "-9223372036854775808s"] {
+            let m = message(parse_ttl(s));
+            assert!(m.contains("more than zero"), "{s}: {m}");
+            assert!(m.contains(s), "{s}: {m}");
+        }
+        for s in ["", "h", "5", "1y", "5 h", "x5h"] {
+            let m = message(parse_ttl(s));
+            assert!(m.contains("a number followed by"), "{s}: {m}");
+        }
+        assert_eq!(parse_ttl("90s").unwrap(), chrono::Duration::seconds(90));
+        assert_eq!(parse_ttl("2d").unwrap(), chrono::Duration::days(2));
+    }
 }
