@@ -133,6 +133,17 @@ pub(super) fn list_query(
     principal_id: Option<&str>,
     mission_ref: Option<&str>,
 ) -> Result<ListQuery, Failure> {
+    // Said here in the flags' names: the engine's refusal names the wire
+    // fields (`mission_ref`), which the command line spells `--mission`.
+    let given = [agent_id, principal_id, mission_ref]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    if given != 1 {
+        return Err(invalid(
+            "list takes exactly one of --agent, --principal, --mission",
+        ));
+    }
     Ok(ListQuery {
         agent: agent_id.map(agent).transpose()?,
         principal: principal_id.map(principal).transpose()?,
@@ -164,5 +175,24 @@ mod tests {
         }
         assert_eq!(parse_ttl("90s").unwrap(), chrono::Duration::seconds(90));
         assert_eq!(parse_ttl("2d").unwrap(), chrono::Duration::days(2));
+    }
+
+    #[test]
+    fn list_names_its_flags_when_not_given_exactly_one() {
+        for (a, p, m) in [
+            (None, None, None),
+            (Some("lead"), Some("cfo"), None),
+            (Some("lead"), Some("cfo"), Some("jira:FIN-42")),
+        ] {
+            let f = list_query(a, p, m).expect_err("refused");
+            assert_eq!(f.code, 2, "{}", f.message);
+            assert!(
+                f.message.contains("--agent") && f.message.contains("--mission"),
+                "{}",
+                f.message
+            );
+        }
+        let q = list_query(None, None, Some("jira:FIN-42")).unwrap();
+        assert_eq!(q.mission_ref.unwrap().as_str(), "jira:FIN-42");
     }
 }
