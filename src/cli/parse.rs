@@ -120,10 +120,16 @@ pub(super) fn by_mandate(s: &str) -> Result<TreeQuery, Failure> {
 
 /// The grants of `--grant`, saying how to write one when one is wrong.
 pub(super) fn scope(grants: &[String]) -> Result<Scope, Failure> {
+    const EXAMPLE: &str = "e.g. 'finance:read on reports/q3/*'";
     Scope::parse(grants.iter().map(String::as_str)).map_err(|e| {
-        invalid(format!(
-            "{e} (write a grant as 'ACTION on RESOURCE', e.g. 'finance:read on reports/q3/*')"
-        ))
+        let e = e.to_string();
+        if e.contains("'ACTION on RESOURCE'") {
+            invalid(format!("{e}, {EXAMPLE}"))
+        } else {
+            invalid(format!(
+                "{e} (write a grant as 'ACTION on RESOURCE', {EXAMPLE})"
+            ))
+        }
     })
 }
 
@@ -175,6 +181,25 @@ mod tests {
         }
         assert_eq!(parse_ttl("90s").unwrap(), chrono::Duration::seconds(90));
         assert_eq!(parse_ttl("2d").unwrap(), chrono::Duration::days(2));
+    }
+
+    #[test]
+    fn a_grant_without_on_says_how_to_write_one_once() {
+        let f = scope(&["x:y".to_string()]).expect_err("refused");
+        assert_eq!(f.code, 2, "{}", f.message);
+        assert_eq!(
+            f.message.matches("'ACTION on RESOURCE'").count(),
+            1,
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message.contains("e.g. 'finance:read on reports/q3/*'"),
+            "{}",
+            f.message
+        );
+        let f = scope(&["x:y on ../r".to_string()]).expect_err("refused");
+        assert!(f.message.contains("'ACTION on RESOURCE'"), "{}", f.message);
     }
 
     #[test]
