@@ -340,7 +340,8 @@ pub struct MandateQuery {
 
 /// `tree`, `history`, `verify`: a tree named by its id or by any of its
 /// mandates. For `history`, naming only a mandate returns that mandate's own
-/// events; name the tree for all of them.
+/// events; name the tree for all of them. A query naming both names a
+/// mandate of that tree, or is refused (`invalid_input`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TreeQuery {

@@ -416,6 +416,17 @@ async fn tokens_are_refused_for_dead_paused_unknown_mandates_and_strangers() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("aud"), "{e}");
+    // An audience is an identifier: a control character in it (a terminal
+    // escape, a line break) is refused, not signed into the token.
+    for aud in ["reports\u{1b}[2J", "reports\napi", "reports\tapi"] {
+        let e = analyst
+            .token(child, None, Some(aud.to_string()))
+            .await
+            .unwrap_err();
+        assert_eq!(code_of(&e), ErrorCode::InvalidInput, "{aud:?}: {e}");
+        assert!(e.to_string().contains("aud"), "{aud:?}: {e}");
+        assert!(e.to_string().contains("control character"), "{aud:?}: {e}");
+    }
     // Unknown fields and a missing actor, on the raw subject.
     let reply = raw(
         &nc,

@@ -1,7 +1,8 @@
 //! Replies an outside client reads, over a real nats-server and raw NATS: a
 //! body of another tenant than its subject is refused naming both tenants
 //! (also for an issue, whose tree does not exist yet), and a check of an
-//! unknown mandate names no tree.
+//! unknown mandate names no tree. A tree query naming a tree and a mandate
+//! outside it is refused, naming both.
 
 mod common;
 
@@ -53,5 +54,65 @@ async fn a_tenant_mismatch_names_both_tenants_and_an_unknown_check_names_no_tree
     assert_eq!(decision["reason"]["kind"], "unknown_mandate", "{reply}");
     assert_eq!(decision["mandate"], unknown, "{reply}");
     assert!(decision.get("tree").is_none(), "{reply}");
+    instance.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_query_naming_a_mandate_outside_its_tree_is_refused() {
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let acme = TenantId::new("acme").unwrap();
+    let mut roots = Vec::new();
+    for agent in ["lead", "other"] {
+        let grants = ["finance:read on reports/**"];
+        let issue = envelope(
+            "acme",
+            principal("cfo"),
+            Command::Issue(root_issue("cfo", agent, None, &grants)),
+        );
+        let reply = raw(
+            &nc,
+            command_subject(&acme, "issue"),
+            serde_json::to_vec(&issue).unwrap(),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        roots.push(reply["result"]["mandate"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (&roots[0], &roots[1]);
+    for verb in ["tree", "history", "verify"] {
+        // The tree of a and the mandate b: refused, naming both.
+        let reply = raw(
+            &nc,
+            query_subject(&acme, verb),
+            serde_json::to_vec(&serde_json::json!({"tree": a, "mandate": b})).unwrap(),
+        )
+        .await;
+        assert_eq!(reply["ok"], false, "{verb}: {reply}");
+        assert_eq!(reply["error"]["code"], "invalid_input", "{verb}: {reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(a.as_str()) && message.contains(b.as_str()),
+            "{verb}: {message}"
+        );
+        // The tree of a and its own root: answered.
+        let reply = raw(
+            &nc,
+            query_subject(&acme, verb),
+            serde_json::to_vec(&serde_json::json!({"tree": a, "mandate": a})).unwrap(),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{verb}: {reply}");
+    }
+    let history = raw(
+        &nc,
+        query_subject(&acme, "history"),
+        serde_json::to_vec(&serde_json::json!({"tree": a, "mandate": a})).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        history["result"]["events"].as_array().unwrap().len(),
+        1,
+        "{history}"
+    );
     instance.stop().await;
 }

@@ -48,7 +48,9 @@ pub fn parse_ttl(s: &str) -> Result<chrono::Duration, Failure> {
     let (num, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
     let n: i64 = num.parse().map_err(|_| bad())?;
     if n <= 0 {
-        return Err(bad());
+        return Err(invalid(format!(
+            "duration {s:?} must be more than zero (e.g. 8h)"
+        )));
     }
     let d = match unit {
         "s" => chrono::Duration::try_seconds(n),
@@ -118,10 +120,16 @@ pub(super) fn by_mandate(s: &str) -> Result<TreeQuery, Failure> {
 
 /// The grants of `--grant`, saying how to write one when one is wrong.
 pub(super) fn scope(grants: &[String]) -> Result<Scope, Failure> {
+    const EXAMPLE: &str = "e.g. 'finance:read on reports/q3/*'";
     Scope::parse(grants.iter().map(String::as_str)).map_err(|e| {
-        invalid(format!(
-            "{e} (write a grant as 'ACTION on RESOURCE', e.g. 'finance:read on reports/q3/*')"
-        ))
+        let e = e.to_string();
+        if e.contains("'ACTION on RESOURCE'") {
+            invalid(format!("{e}, {EXAMPLE}"))
+        } else {
+            invalid(format!(
+                "{e} (write a grant as 'ACTION on RESOURCE', {EXAMPLE})"
+            ))
+        }
     })
 }
 
@@ -131,10 +139,85 @@ pub(super) fn list_query(
     principal_id: Option<&str>,
     mission_ref: Option<&str>,
 ) -> Result<ListQuery, Failure> {
+    // Said here in the flags' names: the engine's refusal names the wire
+    // fields (`mission_ref`), which the command line spells `--mission`.
+    let given = [agent_id, principal_id, mission_ref]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    if given != 1 {
+        return Err(invalid(
+            "list takes exactly one of --agent, --principal, --mission",
+        ));
+    }
     Ok(ListQuery {
         agent: agent_id.map(agent).transpose()?,
         principal: principal_id.map(principal).transpose()?,
         mission_ref: mission_ref.map(mission).transpose()?,
         consistency: Default::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<chrono::Duration, Failure>) -> String {
+        let f = r.expect_err("refused");
+        assert_eq!(f.code, 2, "{}", f.message);
+        f.message
+    }
+
+    #[test]
+    fn a_duration_of_zero_or_less_is_refused_as_such() {
+        for s in ["0s", "0d", "-5h", "-9223372036854775808s"] {
+            let m = message(parse_ttl(s));
+            assert!(m.contains("more than zero"), "{s}: {m}");
+            assert!(m.contains(s), "{s}: {m}");
+        }
+        for s in ["", "h", "5", "1y", "5 h", "x5h"] {
+            let m = message(parse_ttl(s));
+            assert!(m.contains("a number followed by"), "{s}: {m}");
+        }
+        assert_eq!(parse_ttl("90s").unwrap(), chrono::Duration::seconds(90));
+        assert_eq!(parse_ttl("2d").unwrap(), chrono::Duration::days(2));
+    }
+
+    #[test]
+    fn a_grant_without_on_says_how_to_write_one_once() {
+        let f = scope(&["x:y".to_string()]).expect_err("refused");
+        assert_eq!(f.code, 2, "{}", f.message);
+        assert_eq!(
+            f.message.matches("'ACTION on RESOURCE'").count(),
+            1,
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message.contains("e.g. 'finance:read on reports/q3/*'"),
+            "{}",
+            f.message
+        );
+        let f = scope(&["x:y on ../r".to_string()]).expect_err("refused");
+        assert!(f.message.contains("'ACTION on RESOURCE'"), "{}", f.message);
+    }
+
+    #[test]
+    fn list_names_its_flags_when_not_given_exactly_one() {
+        for (a, p, m) in [
+            (None, None, None),
+            (Some("lead"), Some("cfo"), None),
+            (Some("lead"), Some("cfo"), Some("jira:FIN-42")),
+        ] {
+            let f = list_query(a, p, m).expect_err("refused");
+            assert_eq!(f.code, 2, "{}", f.message);
+            assert!(
+                f.message.contains("--agent") && f.message.contains("--mission"),
+                "{}",
+                f.message
+            );
+        }
+        let q = list_query(None, None, Some("jira:FIN-42")).unwrap();
+        assert_eq!(q.mission_ref.unwrap().as_str(), "jira:FIN-42");
+    }
 }

@@ -10,7 +10,7 @@ use super::error::DomainError;
 use super::event::{check_type, check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
 use super::keys::{RegisterKey, RevokeKey, RotateKey};
-use super::model::{check_text, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
+use super::model::{check_text, check_time, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
 use super::scope::{ActionPattern, Scope};
 
 fn default_version() -> u32 {
@@ -397,6 +397,7 @@ impl CommandEnvelope {
         match &self.command {
             Command::Issue(i) => {
                 check_text("mission.purpose", &i.mission.purpose, true)?;
+                check_time("not_after", i.not_after)?;
                 if i.depth > MAX_DEPTH {
                     return Err(DomainError::InvalidField {
                         field: "depth",
@@ -407,6 +408,9 @@ impl CommandEnvelope {
                 check_list("supervisors", &i.supervisors)?;
             }
             Command::Delegate(d) => {
+                if let Some(t) = d.not_after {
+                    check_time("not_after", t)?;
+                }
                 check_list("step_up", &d.step_up)?;
                 check_list("supervisors", &d.supervisors)?;
             }
@@ -436,10 +440,8 @@ impl CommandEnvelope {
             Command::RegisterKey(_) | Command::RevokeKey(_) | Command::RotateKey(_) => {
                 super::keys::validate(&self.command)?
             }
-            Command::Expire(_)
-            | Command::CompleteMission(_)
-            | Command::Narrow(_)
-            | Command::Renew(_) => {}
+            Command::Renew(r) => check_time("not_after", r.not_after)?,
+            Command::Expire(_) | Command::CompleteMission(_) | Command::Narrow(_) => {}
         }
         Ok(())
     }

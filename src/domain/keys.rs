@@ -417,9 +417,9 @@ fn rotate(
 /// Checks what serde does not: the public key is an Ed25519 point, the
 /// reason's text.
 pub(crate) fn validate(command: &Command) -> Result<(), DomainError> {
-    let public_key = match command {
-        Command::RegisterKey(c) => &c.public_key,
-        Command::RotateKey(c) => &c.public_key,
+    let (public_key, not_after) = match command {
+        Command::RegisterKey(c) => (&c.public_key, c.not_after),
+        Command::RotateKey(c) => (&c.public_key, c.not_after),
         Command::RevokeKey(c) => {
             if let Some(r) = &c.reason {
                 check_text("reason", r, false)?;
@@ -428,6 +428,9 @@ pub(crate) fn validate(command: &Command) -> Result<(), DomainError> {
         }
         _ => return Ok(()),
     };
+    if let Some(t) = not_after {
+        super::model::check_time("not_after", t)?;
+    }
     decode_public_key(public_key)
         .map(|_| ())
         .map_err(|reason| DomainError::InvalidField {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -274,6 +274,25 @@ pub struct Mission {
     /// External reference whose completion ends the mission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mission_ref: Option<MissionRef>,
+}
+
+/// Checks that a time given from outside can be written back as RFC 3339,
+/// whose years have four digits (0000 to 9999). The JSON decoder also reads
+/// signed and longer years (`+10000-01-01T00:00:00Z`, `-0001-…`) and writes
+/// them back the same way: kept, such a time would reach the log, replies and
+/// signals in a form the schemas' `date-time` and readers in other languages
+/// refuse.
+pub fn check_time(field: &'static str, t: DateTime<Utc>) -> Result<(), DomainError> {
+    if (0..=9999).contains(&t.year()) {
+        return Ok(());
+    }
+    Err(DomainError::InvalidField {
+        field,
+        reason: format!(
+            "{} (UTC) is not an RFC 3339 date-time: its year must be 0000 to 9999",
+            t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        ),
+    })
 }
 
 /// Checks a free-text field's length, and that it holds no control

@@ -83,7 +83,18 @@ impl Engine {
         q: &TreeQuery,
     ) -> Result<TreeId, EngineError> {
         match (q.tree, q.mandate) {
-            (Some(t), _) => Ok(t),
+            (Some(t), None) => Ok(t),
+            // Both named: they must agree, or the answer would be about the
+            // tree while the caller asked about a mandate outside it (a
+            // history of no events, for one).
+            (Some(t), Some(m)) => {
+                if self.tree_id_of(tenant, m)? != t {
+                    return Err(EngineError::invalid(format!(
+                        "mandate {m} is not in tree {t}: name the tree, the mandate, or both of one tree"
+                    )));
+                }
+                Ok(t)
+            }
             (None, Some(m)) => self.tree_id_of(tenant, m),
             (None, None) => Err(EngineError::invalid("name a tree or a mandate")),
         }

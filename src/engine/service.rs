@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use crate::domain::command::{refuse_reserved_actor, refuse_reserved_command_id};
+use crate::domain::model::check_time;
 use crate::domain::{Actor, CommandSignature, DomainError, ExternalCommand, TenantId};
 use crate::protocol::signature::SIGNATURE_HEADER;
 use crate::protocol::{
@@ -109,6 +110,12 @@ fn parse<T: for<'de> serde::Deserialize<'de>>(
             reason: e.to_string(),
         })
     })
+}
+
+/// A query's `at` must be a time RFC 3339 can write: the reply repeats it.
+fn at_in_range(at: Option<chrono::DateTime<chrono::Utc>>) -> Result<(), EngineError> {
+    at.map_or(Ok(()), |t| check_time("at", t))
+        .map_err(EngineError::from)
 }
 
 impl Engine {
@@ -296,7 +303,9 @@ impl Engine {
             "status" => self.answered(
                 kind,
                 at,
-                match parse::<MandateQuery>("status query", req.body) {
+                match parse::<MandateQuery>("status query", req.body)
+                    .and_then(|q| at_in_range(q.at).map(|()| q))
+                {
                     Ok(q) => self.status_of(req.tenant, &q).await,
                     Err(e) => Err(e),
                 },
@@ -304,7 +313,9 @@ impl Engine {
             "chain" => self.answered(
                 kind,
                 at,
-                match parse::<MandateQuery>("chain query", req.body) {
+                match parse::<MandateQuery>("chain query", req.body)
+                    .and_then(|q| at_in_range(q.at).map(|()| q))
+                {
                     Ok(q) => self.chain_of(req.tenant, &q).await,
                     Err(e) => Err(e),
                 },
@@ -312,7 +323,9 @@ impl Engine {
             "tree" => self.answered(
                 kind,
                 at,
-                match parse::<TreeQuery>("tree query", req.body) {
+                match parse::<TreeQuery>("tree query", req.body)
+                    .and_then(|q| at_in_range(q.at).map(|()| q))
+                {
                     Ok(q) => self.tree(req.tenant, &q).await,
                     Err(e) => Err(e),
                 },
@@ -320,7 +333,9 @@ impl Engine {
             "history" => self.answered(
                 kind,
                 at,
-                match parse::<TreeQuery>("history query", req.body) {
+                match parse::<TreeQuery>("history query", req.body)
+                    .and_then(|q| at_in_range(q.at).map(|()| q))
+                {
                     Ok(q) => self.history(req.tenant, &q).await,
                     Err(e) => Err(e),
                 },
@@ -328,7 +343,9 @@ impl Engine {
             "verify" => self.answered(
                 kind,
                 at,
-                match parse::<TreeQuery>("verify query", req.body) {
+                match parse::<TreeQuery>("verify query", req.body)
+                    .and_then(|q| at_in_range(q.at).map(|()| q))
+                {
                     Ok(q) => self.verify(req.tenant, &q).await,
                     Err(e) => Err(e),
                 },
@@ -414,7 +431,9 @@ impl Engine {
 
     async fn handle_check(&self, req: Request<'_>) -> Vec<u8> {
         let mut consistency = None;
-        let r = match parse::<CheckQuery>("check query", req.body) {
+        let r = match parse::<CheckQuery>("check query", req.body)
+            .and_then(|q| at_in_range(q.at).map(|()| q))
+        {
             Ok(mut q) => {
                 consistency = Some(q.consistency);
                 // The audit names who asked only if that is proven

@@ -209,6 +209,13 @@ impl Engine {
                 }
                 .into());
             }
+            if let Some(c) = aud.chars().find(|c| c.is_control()) {
+                return Err(DomainError::InvalidField {
+                    field: "aud",
+                    reason: format!("holds the control character {c:?}"),
+                }
+                .into());
+            }
         }
         if !q.consistency.is_fresh() {
             return Err(DomainError::InvalidField {

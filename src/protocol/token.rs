@@ -38,7 +38,8 @@ pub struct TokenQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub ttl: Option<u64>,
-    /// The token's audience (`aud`): the service it is meant for.
+    /// The token's audience (`aud`): the service it is meant for. No control
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub aud: Option<String>,
