@@ -27,7 +27,9 @@ pub(super) async fn watch(
     until_ended: bool,
 ) -> Result<Exit, Failure> {
     let streams = subscribe(client, tenant, mandate).await?;
-    eprintln!("watching {} mandates; Ctrl-C to stop", streams.len());
+    let n = streams.len();
+    let plural = if n == 1 { "" } else { "s" };
+    eprintln!("watching {n} mandate{plural}; Ctrl-C to stop");
     let mut all = futures::stream::select_all(streams);
     let stop = shutdown_signal();
     tokio::pin!(stop);
