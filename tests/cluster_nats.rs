@@ -928,7 +928,7 @@ async fn routed_peers_become(cluster: &Cluster, peers: [usize; NODES]) {
 /// server version: no replicated stream is needed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_of_a_relayed_cluster_goes_through_its_relays() {
-    let cluster = Cluster::start_with_route_relays().await;
+    let cluster = Cluster::start_with_route_relays_and_monitoring().await;
     routed_peers_become(&cluster, [2, 2, 2]).await;
     cluster.sever(0);
     routed_peers_become(&cluster, [0, 1, 1]).await;
@@ -1030,9 +1030,10 @@ async fn sent(
 }
 
 /// A fresh check of `leaf` through `c`, which must never allow: denied as
-/// `status`, refused `unavailable`, or not answered within `c`'s timeout
-/// (NATS spreads a queue group's requests over every member, so some go to
-/// an engine across a cut route and are lost). Returns which (`"denied"`,
+/// `status`, refused `unavailable`, or not answered (within `c`'s timeout:
+/// NATS spreads a queue group's requests over every member, so some go to
+/// an engine across a cut route and are lost; or no responders, while a
+/// healed node's routes and subscriptions are set up again). Returns which (`"denied"`,
 /// `"unavailable"` or `"no answer"`).
 async fn check_never_allows(c: &Client, leaf: MandateId, status: Status) -> &'static str {
     match c.check(leaf, "fin:read", "ledger/q3", None).await {
@@ -1041,7 +1042,7 @@ async fn check_never_allows(c: &Client, leaf: MandateId, status: Status) -> &'st
             assert_denied_as(&d, status);
             "denied"
         }
-        Err(ClientError::TimedOut(_)) => "no answer",
+        Err(ClientError::TimedOut(_) | ClientError::NoEngine(_)) => "no answer",
         Err(e) => {
             assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
             "unavailable"
@@ -1409,7 +1410,7 @@ async fn with_two_nodes_lost_nothing_is_answered_from_a_stale_copy() {
     for m in [live, under_doomed, live, under_doomed] {
         let outcome = match worker.check(m, "fin:read", "ledger/q3", None).await {
             Ok(d) => panic!("a fresh check answered with two of three nodes lost: {d:?}"),
-            Err(ClientError::TimedOut(_)) => "no answer".to_string(),
+            Err(ClientError::TimedOut(_) | ClientError::NoEngine(_)) => "no answer".to_string(),
             Err(e) => {
                 assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
                 "unavailable".to_string()

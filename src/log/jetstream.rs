@@ -661,6 +661,16 @@ impl EventLog for JetStreamLog {
                 self.inner.config.stream_name
             )))
         })?;
+        // While a replicated stream has no leader, each replica answers its
+        // info with its own state, which may lag: not the log's last
+        // position. Only the leader's answer names a leader.
+        let led = info.cluster.as_ref().is_some_and(|c| c.leader.is_some());
+        if self.inner.config.replicas > 1 && !led {
+            return Err(self.inner.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: no leader answered its info (an election under way?)",
+                self.inner.config.stream_name
+            ))));
+        }
         Ok(info.state.last_sequence)
     }
 

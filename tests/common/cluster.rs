@@ -66,12 +66,27 @@ impl Cluster {
     /// while it and its clients keep running. A node learns its peers'
     /// route addresses from each other too (gossip) and would dial them
     /// directly: each advertises a closed port instead, so only the
-    /// configured routes, through the relays, connect. Each node has a
-    /// monitoring port ([`Cluster::routez`]).
+    /// configured routes, through the relays, connect.
     pub async fn start_with_route_relays() -> Self {
+        Self::start_relayed(false).await
+    }
+
+    /// As [`Cluster::start_with_route_relays`], each node with a monitoring
+    /// port as well ([`Cluster::routez`]): one more port chosen ahead of
+    /// the start, which another test's server may take meanwhile, so only
+    /// where it is read.
+    pub async fn start_with_route_relays_and_monitoring() -> Self {
+        Self::start_relayed(true).await
+    }
+
+    async fn start_relayed(monitored: bool) -> Self {
         let name = format!("mandate-relayed-{}", std::process::id());
         let routes: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
-        let monitoring: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
+        let monitoring: Vec<u16> = if monitored {
+            (0..NODES).map(|_| super::free_port()).collect()
+        } else {
+            Vec::new()
+        };
         let mut relays = Vec::new();
         for i in 0..NODES {
             let mut row = Vec::new();
@@ -89,7 +104,7 @@ impl Cluster {
                 let name = name.clone();
                 let listen = routes[i];
                 let through: Vec<u16> = relays[i].iter().flatten().map(|r| r.port()).collect();
-                let http = monitoring[i];
+                let http = monitoring.get(i).copied();
                 NatsServer::start_with_config(move |store| {
                     relayed_node_config(store, &name, i, listen, &through, http)
                 })
@@ -145,6 +160,10 @@ impl Cluster {
 
     /// Node `i`'s `/routez` (its monitoring port), as JSON.
     pub fn routez(&self, i: usize) -> serde_json::Value {
+        assert!(
+            !self.monitoring.is_empty(),
+            "the cluster was not started with monitoring"
+        );
         use std::io::{Read, Write};
         // HTTP/1.0: the answer comes whole (not chunked), then the close.
         let addr = format!("127.0.0.1:{}", self.monitoring[i]);
@@ -339,14 +358,14 @@ fn node_config(store: &Path, cluster: &str, i: usize, route_ports: &[u16]) -> Pa
 /// through relays: it listens for routes on `listen`, dials its peers at
 /// the relay ports `through`, advertises a closed route port (so that its
 /// peers never learn a way around the relays), and serves monitoring on
-/// `http`.
+/// `http` if given.
 fn relayed_node_config(
     store: &Path,
     cluster: &str,
     i: usize,
     listen: u16,
     through: &[u16],
-    http: u16,
+    http: Option<u16>,
 ) -> PathBuf {
     let routes = through
         .iter()
@@ -356,11 +375,12 @@ fn relayed_node_config(
     let closed = super::free_port();
     let text = format!(
         "server_name: n{i}\n\
-         http: 127.0.0.1:{http}\n\
+         {http}\
          jetstream {{ store_dir: {js:?} }}\n\
          cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{listen}\n  \
          advertise: 127.0.0.1:{closed}\n  routes: [{routes}]\n}}\n",
         js = store.join("js"),
+        http = http.map_or(String::new(), |p| format!("http: 127.0.0.1:{p}\n")),
     );
     let path = store.join("node.conf");
     std::fs::write(&path, text).expect("write a node's configuration");
