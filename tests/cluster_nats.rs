@@ -20,6 +20,17 @@
 //!   signals, another tenant's agent is refused them, and signals an agent
 //!   redirects to the engine's revoke subject change nothing;
 //! - appends racing on one tree head from every node: one stored per head;
+//! - through route relays the test controls (every route goes through
+//!   them): (d) a node isolated (its routes carry nothing, nothing is
+//!   closed) lags; fresh checks through its engine never allow under a
+//!   mandate revoked meanwhile, while a direct get of an `allow_direct`
+//!   control stream through it answers the old value; (e) the event
+//!   stream leader's node isolated mid-burst: the majority elects a leader
+//!   and keeps acknowledging, nothing acknowledged is lost or stored twice,
+//!   nothing is live under an ended mandate, projections equal rebuilds;
+//!   (f) two nodes killed after the survivor lagged: checks and commands
+//!   are refused `unavailable` (never answered from its stale copy), and
+//!   service resumes when the nodes return, nothing acknowledged lost;
 //! - a single server refuses three replicas, naming the stream and both
 //!   numbers (on 2.9, the version first); `--replicas` outside 1..5 exits 2.
 //!
@@ -865,4 +876,609 @@ async fn roles_hold_on_a_cluster_of_secured_nodes() {
         .expect("the engine stops")
         .expect("the engine task does not panic")
         .expect("the engine stops cleanly");
+}
+
+/// How long a partitioned or killed cluster may take to show what a test
+/// waits for (routes dropped, a leader elected, a node caught up).
+const PATIENT: Duration = Duration::from_secs(90);
+
+/// How long a test's client waits for a check's answer through a node cut
+/// off from the others: the engine there answers within its JetStream
+/// timeout (5 s); a request NATS passed to another engine's member of the
+/// queue group, across the cut, is never answered.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// Polls `f` until it holds, for at most [`PATIENT`].
+async fn patiently<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {PATIENT:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits (up to [`PATIENT`]) until node `i` routes to `peers[i]` distinct
+/// peers, for every node.
+async fn routed_peers_become(cluster: &Cluster, peers: [usize; NODES]) {
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    loop {
+        let now: Vec<usize> = (0..NODES).map(|i| cluster.routed_peers(i)).collect();
+        if now == peers {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "routed peers by node: {now:?}, not {peers:?} within {PATIENT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The cluster harness's route relays carry every route: each node
+/// advertises a closed route port, so no node dials another around them.
+/// With node 0's relays severed it has no route and the others route only
+/// to each other; restored, every node routes to both others again. (Any
+/// server version: no replicated stream is needed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_a_relayed_cluster_goes_through_its_relays() {
+    let cluster = Cluster::start_with_route_relays_and_monitoring().await;
+    routed_peers_become(&cluster, [2, 2, 2]).await;
+    cluster.sever(0);
+    routed_peers_become(&cluster, [0, 1, 1]).await;
+    cluster.heal(0);
+    routed_peers_become(&cluster, [2, 2, 2]).await;
+}
+
+/// A request on `subject` with `body` through `nc`, waited for at most
+/// `within`: the reply, or why there is none.
+async fn request_within(
+    nc: &async_nats::Client,
+    subject: String,
+    body: Vec<u8>,
+    within: Duration,
+) -> Result<async_nats::Message, String> {
+    match tokio::time::timeout(within, nc.request(subject, body.into())).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no reply within {within:?}")),
+    }
+}
+
+/// Moves the leadership of every stream of the account off node `off`
+/// (asking its leader to step down until another node leads it), through
+/// node `via`.
+async fn lead_every_stream_elsewhere(cluster: &Cluster, via: usize, off: usize) {
+    let nc = async_nats::connect(cluster.url(via)).await.unwrap();
+    let js = async_nats::jetstream::new(nc.clone());
+    let names: Vec<String> = js
+        .stream_names()
+        .map(|n| n.expect("list the streams"))
+        .collect()
+        .await;
+    for name in names {
+        let deadline = tokio::time::Instant::now() + PATIENT;
+        loop {
+            match cluster.stream_leader(via, &name).await {
+                Some(leader) if leader != off => break,
+                Some(_) => {
+                    let _ = request_within(
+                        &nc,
+                        format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"),
+                        Vec::new(),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                }
+                None => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is still led by node {off} after {PATIENT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// The last message on `subject` of `stream` by the direct-get API (any
+/// replica may answer), as text, or why there is none (within a second).
+async fn direct_get_last(
+    nc: &async_nats::Client,
+    stream: &str,
+    subject: &str,
+) -> Result<String, String> {
+    let body = serde_json::json!({ "last_by_subj": subject }).to_string();
+    let m = request_within(
+        nc,
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        body.into_bytes(),
+        Duration::from_secs(1),
+    )
+    .await?;
+    if let Some(status) = m.status {
+        if status != async_nats::StatusCode::OK {
+            return Err(format!("status {status}: {:?}", m.description));
+        }
+    }
+    Ok(String::from_utf8_lossy(&m.payload).into_owned())
+}
+
+/// `command` as `actor`, sent through `nc` until an engine answers (always
+/// with the same command id), its answer recorded in `ledger`.
+async fn sent(
+    nc: &async_nats::Client,
+    ledger: &Ledger,
+    actor: Actor,
+    command: Command,
+) -> Result<mandate::protocol::CommandResult, mandate::protocol::ErrorBody> {
+    let cmd = envelope("acme", actor, command);
+    let subject = command_subject(&cmd.tenant, cmd.command.verb());
+    let answer = send_until_answered(nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
+    ledger
+        .answers
+        .lock()
+        .unwrap()
+        .push((cmd.command_id, false, answer.clone()));
+    answer
+}
+
+/// A fresh check of `leaf` through `c`, which must never allow: denied as
+/// `status`, refused `unavailable`, or not answered (within `c`'s timeout:
+/// NATS spreads a queue group's requests over every member, so some go to
+/// an engine across a cut route and are lost; or no responders, while a
+/// healed node's routes and subscriptions are set up again). Returns which (`"denied"`,
+/// `"unavailable"` or `"no answer"`).
+async fn check_never_allows(c: &Client, leaf: MandateId, status: Status) -> &'static str {
+    match c.check(leaf, "fin:read", "ledger/q3", None).await {
+        Ok(d) => {
+            assert!(!d.is_allowed(), "allowed under a revoked mandate: {d:?}");
+            assert_denied_as(&d, status);
+            "denied"
+        }
+        Err(ClientError::TimedOut(_) | ClientError::NoEngine(_)) => "no answer",
+        Err(e) => {
+            assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
+            "unavailable"
+        }
+    }
+}
+
+/// (d) A fresh check through an engine whose node lags. Node `lagging`
+/// (none of whose streams it leads) is isolated: its routes carry nothing,
+/// it and its engine stay up and connected. A revoke goes through another
+/// engine and is stored by the other two nodes. Checks through the lagging
+/// node (only its own engine can answer them while it is cut off) never
+/// allow: each reads the tree's head from the event stream's leader
+/// (`STREAM.MSG.GET`), which the lagging node cannot reach, so each is
+/// refused `unavailable` (or, passed by NATS to an engine across the cut,
+/// not answered); a deny as revoked would do too. Once healed, they deny
+/// as revoked. The control shows the replica really lagged and a direct
+/// read would have answered stale: an R3 stream with `allow_direct`,
+/// written while the node lags, answers a direct get through that node
+/// with the value from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_check_through_a_lagging_replica_never_allows_a_revoked_mandate() {
+    let cluster = Cluster::start_with_route_relays().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _engines = engines_on_every_node(&cluster, tmp.path());
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES, tmp.path()).await;
+
+    let grant = "fin:read on ledger/*";
+    let root = issue(&nc, root_issue("cfo", "lead", None, &[grant])).await;
+    let leaf = delegate(&nc, "lead", root, "worker", &[grant]).await;
+
+    // The control: a replicated stream that allows direct gets.
+    let js = async_nats::jetstream::new(nc.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "LAG_PROBE".into(),
+        subjects: vec!["lag.probe".into()],
+        num_replicas: NODES,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("create the control stream");
+    js.publish("lag.probe", "before".into())
+        .await
+        .unwrap()
+        .await
+        .expect("the control's first value is stored");
+
+    let leader = cluster
+        .stream_leader(0, "MANDATE_EVENTS")
+        .await
+        .expect("the event stream has a leader");
+    let lagging = (leader + 1) % NODES;
+    lead_every_stream_elsewhere(&cluster, leader, lagging).await;
+    let on_lagging = async_nats::connect(cluster.url(lagging)).await.unwrap();
+    let on_leader = async_nats::connect(cluster.url(leader)).await.unwrap();
+    let worker = client(&on_lagging, "acme", agent("worker")).with_timeout(CHECK_TIMEOUT);
+    assert!(worker
+        .check(leaf, "fin:read", "ledger/q3", None)
+        .await
+        .expect("a check before the partition")
+        .is_allowed());
+    patiently(
+        "the lagging node's replica holds the control's value",
+        || {
+            let on_lagging = on_lagging.clone();
+            async move {
+                direct_get_last(&on_lagging, "LAG_PROBE", "lag.probe").await == Ok("before".into())
+            }
+        },
+    )
+    .await;
+
+    eprintln!("isolating node {lagging}; the event stream's leader is node {leader}");
+    cluster.isolate(lagging);
+    let revoke = envelope(
+        "acme",
+        principal("cfo"),
+        Command::Revoke(Change {
+            mandate: root,
+            reason: Some("while a replica lags".into()),
+        }),
+    );
+    let subject = command_subject(&revoke.tenant, revoke.command.verb());
+    send_until_answered(&on_leader, &subject, serde_json::to_vec(&revoke).unwrap())
+        .await
+        .expect("the revoke is accepted by the majority");
+    let js_leader = async_nats::jetstream::new(on_leader.clone());
+    js_leader
+        .publish("lag.probe", "after".into())
+        .await
+        .unwrap()
+        .await
+        .expect("the control's second value is stored by the majority");
+
+    // NATS passes each direct get to one member of the replicas' queue
+    // group, at random: the lagging node's own answers at once, one across
+    // the cut route is lost. Asked until the lagging replica answers (40
+    // times at most: all lost by chance is (2/3)^40).
+    let mut control: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        let got = direct_get_last(&on_lagging, "LAG_PROBE", "lag.probe")
+            .await
+            .unwrap_or_else(|_| "no reply".into());
+        assert_ne!(
+            got, "after",
+            "the isolated replica cannot hold the new value"
+        );
+        *control.entry(got).or_insert(0) += 1;
+        if control.contains_key("before") {
+            break;
+        }
+    }
+    eprintln!("direct gets through the lagging node: {control:?}");
+    assert!(
+        control.contains_key("before"),
+        "the lagging replica answers a direct get with the value from before: {control:?}"
+    );
+
+    let mut outcomes = HashMap::new();
+    for _ in 0..3 {
+        *outcomes
+            .entry(check_never_allows(&worker, leaf, Status::Revoked).await)
+            .or_insert(0) += 1;
+    }
+    eprintln!("fresh checks through the lagging node's engine: {outcomes:?}");
+
+    cluster.heal(lagging);
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while check_never_allows(&worker, leaf, Status::Revoked).await != "denied" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lagging node's engine never denied as revoked after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    patiently("the healed node's replica catches up", || {
+        let on_lagging = on_lagging.clone();
+        async move { direct_get_last(&on_lagging, "LAG_PROBE", "lag.probe").await == Ok("after".into()) }
+    })
+    .await;
+}
+
+/// (e) The event stream leader's node partitioned away (isolated, not
+/// killed) in the middle of a burst from clients on every node: the other
+/// two elect a leader and their engines keep acknowledging; the cut-off
+/// node's engine acknowledges nothing that is lost (every acknowledged
+/// command is in the stream exactly once after the heal); fresh checks
+/// through it never allow under a mandate the majority revoked meanwhile;
+/// nothing is live under an ended mandate; every projection equals a
+/// rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_node_acknowledges_nothing_that_is_lost() {
+    let cluster = Cluster::start_with_route_relays().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut engines = engines_on_every_node(&cluster, tmp.path());
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES, tmp.path()).await;
+
+    let grant = "fin:read on ledger/*";
+    let ledger = Arc::new(Ledger::default());
+    let mandate_of = |r: Result<mandate::protocol::CommandResult, _>| {
+        r.expect("accepted").mandate.expect("a mandate")
+    };
+    let root = mandate_of(
+        sent(
+            &nc,
+            &ledger,
+            principal("cfo"),
+            Command::Issue(root_issue("cfo", "lead", None, &[grant])),
+        )
+        .await,
+    );
+    let leaf = mandate_of(
+        sent(
+            &nc,
+            &ledger,
+            agent("lead"),
+            Command::Delegate(delegation(root, "worker", &[grant])),
+        )
+        .await,
+    );
+    let cut = cluster
+        .stream_leader(0, "MANDATE_EVENTS")
+        .await
+        .expect("the event stream has a leader");
+    let majority = (cut + 1) % NODES;
+    let on_cut = async_nats::connect(cluster.url(cut)).await.unwrap();
+    let on_majority = async_nats::connect(cluster.url(majority)).await.unwrap();
+    let worker = client(&on_cut, "acme", agent("worker")).with_timeout(CHECK_TIMEOUT);
+    assert!(worker
+        .check(leaf, "fin:read", "ledger/q3", None)
+        .await
+        .expect("a check before the partition")
+        .is_allowed());
+
+    // One client per node, one batch each.
+    let (tasks, batches) = (NODES, 1);
+    let total = tasks * batches * 61;
+    let urls = (0..NODES).map(|i| cluster.url(i)).collect();
+    let driver = tokio::spawn(burst_on(urls, tasks, batches, ledger.clone()));
+    answered_at_least(&ledger, total / 4).await;
+
+    eprintln!("isolating node {cut}, the event stream's leader");
+    cluster.isolate(cut);
+    let at_cut = ledger.answered.load(std::sync::atomic::Ordering::SeqCst);
+    let revoked = sent(
+        &on_majority,
+        &ledger,
+        principal("cfo"),
+        Command::Revoke(Change {
+            mandate: root,
+            reason: Some("while the old leader is cut off".into()),
+        }),
+    )
+    .await;
+    assert!(
+        revoked.is_ok(),
+        "the majority accepts the revoke: {revoked:?}"
+    );
+    let mut outcomes = HashMap::new();
+    for _ in 0..3 {
+        *outcomes
+            .entry(check_never_allows(&worker, leaf, Status::Revoked).await)
+            .or_insert(0) += 1;
+    }
+    eprintln!("fresh checks through the cut-off node's engine: {outcomes:?}");
+
+    patiently("the majority elects a leader of its own", || {
+        let cluster = &cluster;
+        async move {
+            cluster
+                .stream_leader(majority, "MANDATE_EVENTS")
+                .await
+                .is_some_and(|l| l != cut)
+        }
+    })
+    .await;
+    // Clients of the majority's nodes keep being answered.
+    answered_at_least(&ledger, at_cut + 30).await;
+    cluster.heal(cut);
+    driver.await.expect("the burst completes");
+    eprintln!("{}", ledger.summary());
+
+    assert_each_command_once(&nc, &ledger).await;
+    assert_outcome(&nc, &ledger).await;
+    let mut roots = ledger.roots.lock().unwrap().clone();
+    roots.push(root);
+    assert_nothing_live_under_an_ended_mandate(&nc, &roots).await;
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while check_never_allows(&worker, leaf, Status::Revoked).await != "denied" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healed node's engine never denied as revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_projections_equal_rebuilds(&nc, &mut engines, tmp.path()).await;
+}
+
+/// (f) Two of three nodes lost (killed). The survivor lagged first: it
+/// was isolated while the other two stored a revoke, so its copy of the
+/// stream is stale. With the other two dead no leader can be elected:
+/// fresh checks through the survivor never allow (neither under the
+/// revoked mandate nor under a live one: they are refused `unavailable`,
+/// or reach no engine), and a command is refused `unavailable`. When the
+/// nodes come back, service resumes: the command, sent again with its
+/// id, is accepted; the revoke holds on the survivor; nothing acknowledged
+/// was lost and nothing was stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_nodes_lost_nothing_is_answered_from_a_stale_copy() {
+    let mut cluster = Cluster::start_with_route_relays().await;
+    if !trusted_with_replicas(&cluster).await {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let _engines = engines_on_every_node(&cluster, tmp.path());
+    let nc = cluster.connect().await;
+    serving_soon(&nc, NODES, tmp.path()).await;
+
+    let grant = "fin:read on ledger/*";
+    let ledger = Arc::new(Ledger::default());
+    let mandate_of = |r: Result<mandate::protocol::CommandResult, _>| {
+        r.expect("accepted").mandate.expect("a mandate")
+    };
+    let tree = |lead: &'static str, worker: &'static str| {
+        let (nc, ledger) = (nc.clone(), ledger.clone());
+        async move {
+            let root = mandate_of(
+                sent(
+                    &nc,
+                    &ledger,
+                    principal("cfo"),
+                    Command::Issue(root_issue("cfo", lead, None, &[grant])),
+                )
+                .await,
+            );
+            let leaf = mandate_of(
+                sent(
+                    &nc,
+                    &ledger,
+                    agent(lead),
+                    Command::Delegate(delegation(root, worker, &[grant])),
+                )
+                .await,
+            );
+            (root, leaf)
+        }
+    };
+    let (_, live) = tree("lead", "worker").await;
+    let (doomed, under_doomed) = tree("lead2", "worker").await;
+
+    let leader = cluster
+        .stream_leader(0, "MANDATE_EVENTS")
+        .await
+        .expect("the event stream has a leader");
+    let survivor = (leader + 1) % NODES;
+    lead_every_stream_elsewhere(&cluster, leader, survivor).await;
+    let on_survivor = async_nats::connect(cluster.url(survivor)).await.unwrap();
+    let on_leader = async_nats::connect(cluster.url(leader)).await.unwrap();
+    let worker = client(&on_survivor, "acme", agent("worker")).with_timeout(CHECK_TIMEOUT);
+    for m in [live, under_doomed] {
+        patiently("the survivor's engine allows before the loss", || {
+            let worker = worker.clone();
+            async move {
+                worker
+                    .check(m, "fin:read", "ledger/q3", None)
+                    .await
+                    .is_ok_and(|d| d.is_allowed())
+            }
+        })
+        .await;
+    }
+
+    cluster.isolate(survivor);
+    let revoked = sent(
+        &on_leader,
+        &ledger,
+        principal("cfo"),
+        Command::Revoke(Change {
+            mandate: doomed,
+            reason: Some("stored by two nodes".into()),
+        }),
+    )
+    .await;
+    assert!(
+        revoked.is_ok(),
+        "the two connected nodes store the revoke: {revoked:?}"
+    );
+    let lost: Vec<usize> = (0..NODES).filter(|&i| i != survivor).collect();
+    eprintln!("killing nodes {lost:?}; node {survivor} survives with a stale copy");
+    for &i in &lost {
+        cluster.kill(i);
+    }
+    cluster.heal(survivor);
+
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for m in [live, under_doomed, live, under_doomed] {
+        let outcome = match worker.check(m, "fin:read", "ledger/q3", None).await {
+            Ok(d) => panic!("a fresh check answered with two of three nodes lost: {d:?}"),
+            Err(ClientError::TimedOut(_) | ClientError::NoEngine(_)) => "no answer".to_string(),
+            Err(e) => {
+                assert_eq!(code_of(&e), ErrorCode::Unavailable, "{e:?}");
+                "unavailable".to_string()
+            }
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    let late = envelope(
+        "acme",
+        principal("cfo"),
+        Command::Issue(root_issue("cfo", "late", None, &[grant])),
+    );
+    let subject = command_subject(&late.tenant, late.command.verb());
+    let body = serde_json::to_vec(&late).unwrap();
+    match request_within(
+        &on_survivor,
+        subject.clone(),
+        body.clone(),
+        Duration::from_secs(30),
+    )
+    .await
+    {
+        Ok(m) => {
+            let reply: mandate::protocol::Reply<mandate::protocol::CommandResult> =
+                serde_json::from_slice(&m.payload).expect("a reply decodes");
+            let e = reply
+                .into_result()
+                .expect_err("a command accepted with two of three nodes lost");
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            *outcomes.entry("command unavailable".into()).or_insert(0) += 1;
+        }
+        Err(why) => {
+            *outcomes.entry(format!("command: {why}")).or_insert(0) += 1;
+        }
+    }
+    eprintln!("with two nodes lost: {outcomes:?}");
+
+    for &i in &lost {
+        cluster.restart(i);
+    }
+    let answer = send_until_answered(&on_survivor, &subject, body).await;
+    assert!(
+        answer.is_ok(),
+        "the command is accepted once the nodes are back: {answer:?}"
+    );
+    ledger
+        .answers
+        .lock()
+        .unwrap()
+        .push((late.command_id, false, answer));
+    let deadline = tokio::time::Instant::now() + PATIENT;
+    while check_never_allows(&worker, under_doomed, Status::Revoked).await != "denied" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the survivor's engine never denied as revoked"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    patiently("a check under the live mandate allows again", || {
+        let worker = worker.clone();
+        async move {
+            worker
+                .check(live, "fin:read", "ledger/q3", None)
+                .await
+                .is_ok_and(|d| d.is_allowed())
+        }
+    })
+    .await;
+    let nc = cluster.connect().await;
+    assert_each_command_once(&nc, &ledger).await;
 }

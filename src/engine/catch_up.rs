@@ -26,13 +26,41 @@ impl Engine {
     /// Applies the log's records past the checkpoint, in order, until the
     /// checkpoint reaches `target` or (without one, or when the tail was
     /// deleted) the log has nothing more to read.
+    ///
+    /// On a cluster the records come through a consumer that may run on a
+    /// replica behind the leader, so a read that returns nothing short of
+    /// `target` is checked with the leader: if it holds a record there, the
+    /// log is read again after a pause ([`SHORT_READ_ATTEMPTS`] reads in
+    /// all), and still short the catch-up is `unavailable`, never taken as
+    /// the end of the log (a command would then answer "not found" for a
+    /// mandate another instance acknowledged).
     pub(super) async fn catch_up_until(&self, target: Option<u64>) -> Result<(), EngineError> {
         let mut after = self.inner.store.checkpoint()?;
+        let mut short = 0;
         while target.is_none_or(|t| after < t) {
             match self.inner.log.read_all(None, after, 1024).await {
                 Ok(records) => {
                     let Some(last) = records.last().map(|r| r.position) else {
-                        break;
+                        let Some(target) = target else { break };
+                        match self.inner.log.first_position_after(after).await? {
+                            Some(next) if next <= target => {}
+                            // The tail up to `target` was deleted.
+                            _ => break,
+                        }
+                        short += 1;
+                        if short >= SHORT_READ_ATTEMPTS {
+                            return Err(EngineError::unavailable(format!(
+                                "the event log's leader holds records past position {after} up \
+                                 to {target}, but {short} reads of the log stopped at {after} (a \
+                                 replica behind the leader?); not answered from that; retry"
+                            )));
+                        }
+                        tracing::warn!(
+                            after, target, attempt = short,
+                            "a read of the log stopped short of a record the leader holds; reading again"
+                        );
+                        tokio::time::sleep(SHORT_READ_PAUSE * (1 << (short - 1))).await;
+                        continue;
                     };
                     self.apply_all_logged(&records, true).await?;
                     after = last;

@@ -546,6 +546,24 @@ impl EventLog for JetStreamLog {
                         inner.stalls.retry();
                         attempt += 1;
                     }
+                    // Error code 10158: an earlier attempt with this message
+                    // id is proposed and not yet committed (a leader cut off
+                    // from its peers holds it until it steps down): its
+                    // outcome is not known yet, so this is no failure of the
+                    // command. Sent again after a pause; still so, the append
+                    // is given up `unavailable`, and the client's retry with
+                    // the same command id finds it stored or not.
+                    Err(e) if earlier_attempt_in_process(&e) => {
+                        if attempt >= inner.config.publish_attempts {
+                            return Err(inner.stalls.unavailable(LogError::Unavailable(format!(
+                                "publishing on {subject}: {e}"
+                            ))));
+                        }
+                        tracing::debug!(attempt, %command_id, "an earlier attempt is in process, sending again");
+                        inner.stalls.retry();
+                        attempt += 1;
+                        tokio::time::sleep(IN_PROCESS_PAUSE).await;
+                    }
                     Err(e) => {
                         return Err(inner.stalls.unavailable(publish_error(
                             &subject,
@@ -643,7 +661,38 @@ impl EventLog for JetStreamLog {
                 self.inner.config.stream_name
             )))
         })?;
+        // While a replicated stream has no leader, each replica answers its
+        // info with its own state, which may lag: not the log's last
+        // position. Only the leader's answer names a leader.
+        let led = info.cluster.as_ref().is_some_and(|c| c.leader.is_some());
+        if self.inner.config.replicas > 1 && !led {
+            return Err(self.inner.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: no leader answered its info (an election under way?)",
+                self.inner.config.stream_name
+            ))));
+        }
         Ok(info.state.last_sequence)
+    }
+
+    async fn first_position_after(&self, after: u64) -> Result<Option<u64>, LogError> {
+        // The non-direct message get: only the stream's leader answers.
+        match self
+            .inner
+            .stream
+            .get_first_raw_message_by_subject(filter(None), after + 1)
+            .await
+        {
+            Ok(message) => Ok(Some(message.sequence)),
+            Err(e) => match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                LastRawMessageErrorKind::JetStream(j) if !at_server_unavailable(&j) => Err(
+                    LogError::Backend(format!("first record after {after}: {e}")),
+                ),
+                _ => Err(self.inner.stalls.unavailable(LogError::Unavailable(format!(
+                    "first record after {after}: {e}"
+                )))),
+            },
+        }
     }
 
     async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
@@ -1125,6 +1174,23 @@ fn at_server_unavailable(error: &jetstream::Error) -> bool {
     error.code() == 503
 }
 
+/// How long an append waits before sending again a message whose earlier
+/// attempt the leader holds in process (error 10158).
+const IN_PROCESS_PAUSE: Duration = Duration::from_millis(500);
+
+/// Whether a publish was refused because an earlier publish with the same
+/// message id is proposed and not yet committed (409, error code 10158,
+/// "duplicate message id is in process"): its outcome is undecided.
+fn earlier_attempt_in_process(error: &PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(in_process_code)
+}
+
+fn in_process_code(error: &jetstream::Error) -> bool {
+    error.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+}
+
 /// Whether a publish was refused because of its expected head (see
 /// `append`), as opposed to failing.
 fn refused_on_head(error: &PublishError) -> bool {
@@ -1204,6 +1270,11 @@ mod tests {
         assert!(at_server_unavailable(&answer(503, 10008)));
         assert!(!at_server_unavailable(&answer(400, 10071)), "a wrong head");
         assert!(!at_server_unavailable(&answer(404, 10059)), "no stream");
+        // An earlier attempt with the message id not yet committed (a
+        // leader cut off from its peers): undecided, not a failure.
+        assert!(in_process_code(&answer(409, 10158)));
+        assert!(!in_process_code(&answer(400, 10071)), "a wrong head");
+        assert!(!in_process_code(&answer(503, 10008)));
     }
 
     #[test]

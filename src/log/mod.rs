@@ -292,6 +292,15 @@ pub trait EventLog: Send + Sync + 'static {
         tenant: &TenantId,
         tree: TreeId,
     ) -> impl Future<Output = Result<u64, LogError>> + Send;
+
+    /// The position of the first record past `after`, as the log's leader
+    /// holds it (`None` when there is none: the records up to the last
+    /// position were deleted). Tells a read that stopped short (a replica
+    /// behind the leader answered it) from a tail that is gone.
+    fn first_position_after(
+        &self,
+        after: u64,
+    ) -> impl Future<Output = Result<Option<u64>, LogError>> + Send;
 }
 
 /// Either backend, chosen at run time; every call is delegated.
@@ -339,4 +348,5 @@ delegate_to_backend! {
     fn follow(&self, tenant: Option<&TenantId>, after: u64) -> Result<BoxStream<'static, Result<Record, LogError>>, LogError>;
     fn last_position(&self) -> Result<u64, LogError>;
     fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError>;
+    fn first_position_after(&self, after: u64) -> Result<Option<u64>, LogError>;
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mandate::client::NatsConnect;
 
+use super::relay::{Passage, RouteRelay};
 use super::NatsServer;
 
 /// Nodes in the cluster.
@@ -29,6 +30,11 @@ pub struct Cluster {
     /// [`Cluster::connect`]): anonymously, or as a user of the secured
     /// configuration.
     harness: Option<NatsConnect>,
+    /// Route relays, when the routes go through them: `relays[i][j]` carries
+    /// node `i`'s routes to node `j` (none for `i == j`).
+    relays: Vec<Vec<Option<RouteRelay>>>,
+    /// Each node's monitoring port (relayed clusters only).
+    monitoring: Vec<u16>,
 }
 
 impl Cluster {
@@ -47,9 +53,149 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             harness: None,
+            relays: Vec::new(),
+            monitoring: Vec::new(),
         };
         cluster.wait_until_replicated_streams_can_be_made().await;
         cluster
+    }
+
+    /// Starts three nodes whose routes all go through [`RouteRelay`]s the
+    /// test controls, one per ordered pair of nodes, so that a node can be
+    /// cut off from the others ([`Cluster::isolate`], [`Cluster::sever`])
+    /// while it and its clients keep running. A node learns its peers'
+    /// route addresses from each other too (gossip) and would dial them
+    /// directly: each advertises a closed port instead, so only the
+    /// configured routes, through the relays, connect.
+    pub async fn start_with_route_relays() -> Self {
+        Self::start_relayed(false).await
+    }
+
+    /// As [`Cluster::start_with_route_relays`], each node with a monitoring
+    /// port as well ([`Cluster::routez`]): one more port chosen ahead of
+    /// the start, which another test's server may take meanwhile, so only
+    /// where it is read.
+    pub async fn start_with_route_relays_and_monitoring() -> Self {
+        Self::start_relayed(true).await
+    }
+
+    async fn start_relayed(monitored: bool) -> Self {
+        let name = format!("mandate-relayed-{}", std::process::id());
+        let routes: Vec<u16> = (0..NODES).map(|_| super::free_port()).collect();
+        let monitoring: Vec<u16> = if monitored {
+            (0..NODES).map(|_| super::free_port()).collect()
+        } else {
+            Vec::new()
+        };
+        let mut relays = Vec::new();
+        for i in 0..NODES {
+            let mut row = Vec::new();
+            for (j, &port) in routes.iter().enumerate() {
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(RouteRelay::start(port).await)
+                });
+            }
+            relays.push(row);
+        }
+        let nodes = (0..NODES)
+            .map(|i| {
+                let name = name.clone();
+                let listen = routes[i];
+                let through: Vec<u16> = relays[i].iter().flatten().map(|r| r.port()).collect();
+                let http = monitoring.get(i).copied();
+                NatsServer::start_with_config(move |store| {
+                    relayed_node_config(store, &name, i, listen, &through, http)
+                })
+            })
+            .collect();
+        let cluster = Cluster {
+            nodes,
+            harness: None,
+            relays,
+            monitoring,
+        };
+        cluster.wait_until_replicated_streams_can_be_made().await;
+        cluster
+    }
+
+    /// Every relay that carries a route of node `i` (to it or from it).
+    fn relays_of(&self, i: usize) -> impl Iterator<Item = &RouteRelay> {
+        assert!(
+            !self.relays.is_empty(),
+            "the cluster was not started with route relays"
+        );
+        (0..NODES).flat_map(move |k| {
+            [self.relays[i][k].as_ref(), self.relays[k][i].as_ref()]
+                .into_iter()
+                .flatten()
+        })
+    }
+
+    /// Node `i`'s routes stop carrying anything, both ways, without being
+    /// closed: neither it nor its peers see a connection end, and its
+    /// clients stay connected to it. It lags from now on.
+    pub fn isolate(&self, i: usize) {
+        for relay in self.relays_of(i) {
+            relay.set(Passage::Blackhole);
+        }
+    }
+
+    /// Node `i`'s routes are closed and refused: it and its peers see them
+    /// end at once.
+    pub fn sever(&self, i: usize) {
+        for relay in self.relays_of(i) {
+            relay.set(Passage::Severed);
+        }
+    }
+
+    /// Node `i`'s routes carry again (routes that lost bytes while isolated
+    /// are closed, and the nodes route again).
+    pub fn heal(&self, i: usize) {
+        for relay in self.relays_of(i) {
+            relay.set(Passage::Open);
+        }
+    }
+
+    /// Node `i`'s `/routez` (its monitoring port), as JSON.
+    pub fn routez(&self, i: usize) -> serde_json::Value {
+        assert!(
+            !self.monitoring.is_empty(),
+            "the cluster was not started with monitoring"
+        );
+        use std::io::{Read, Write};
+        // HTTP/1.0: the answer comes whole (not chunked), then the close.
+        let addr = format!("127.0.0.1:{}", self.monitoring[i]);
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect to /routez");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(b"GET /routez HTTP/1.0\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).expect("read /routez");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "/routez of node {i}: {head}"
+        );
+        serde_json::from_str(body).expect("/routez answers JSON")
+    }
+
+    /// How many distinct peers node `i` has a route to now (by server id,
+    /// from its `/routez`: a pair of nodes may share several connections).
+    pub fn routed_peers(&self, i: usize) -> usize {
+        let routez = self.routez(i);
+        let ids: std::collections::BTreeSet<&str> = routez["routes"]
+            .as_array()
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter_map(|r| r["remote_id"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.len()
     }
 
     /// Starts three nodes configured as `examples/nats-cluster-node.conf`
@@ -72,6 +218,8 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes,
             harness: None,
+            relays: Vec::new(),
+            monitoring: Vec::new(),
         };
         // Every node's URL: the harness fails over as clients do.
         cluster.harness = Some(harness(&cluster.urls()));
@@ -200,6 +348,39 @@ fn node_config(store: &Path, cluster: &str, i: usize, route_ports: &[u16]) -> Pa
          cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n",
         js = store.join("js"),
         port = route_ports[i],
+    );
+    let path = store.join("node.conf");
+    std::fs::write(&path, text).expect("write a node's configuration");
+    path
+}
+
+/// Writes node `i`'s configuration file for a cluster whose routes go
+/// through relays: it listens for routes on `listen`, dials its peers at
+/// the relay ports `through`, advertises a closed route port (so that its
+/// peers never learn a way around the relays), and serves monitoring on
+/// `http` if given.
+fn relayed_node_config(
+    store: &Path,
+    cluster: &str,
+    i: usize,
+    listen: u16,
+    through: &[u16],
+    http: Option<u16>,
+) -> PathBuf {
+    let routes = through
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let closed = super::free_port();
+    let text = format!(
+        "server_name: n{i}\n\
+         {http}\
+         jetstream {{ store_dir: {js:?} }}\n\
+         cluster {{\n  name: {cluster}\n  listen: 127.0.0.1:{listen}\n  \
+         advertise: 127.0.0.1:{closed}\n  routes: [{routes}]\n}}\n",
+        js = store.join("js"),
+        http = http.map_or(String::new(), |p| format!("http: 127.0.0.1:{p}\n")),
     );
     let path = store.join("node.conf");
     std::fs::write(&path, text).expect("write a node's configuration");

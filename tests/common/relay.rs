@@ -108,3 +108,122 @@ impl Relay {
         self.open.store(true, Ordering::SeqCst);
     }
 }
+
+/// What a [`RouteRelay`] does with the bytes it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Passage {
+    /// Forwards both ways.
+    Open,
+    /// Keeps every connection open and accepts new ones, but forwards
+    /// nothing either way (what it reads is dropped): neither end sees a
+    /// close, as across a network that lost its packets. Leaving it closes
+    /// the connections it held (their streams lost bytes), and the ends
+    /// connect again.
+    Blackhole,
+    /// Closes every connection and refuses new ones (closes them at once).
+    Severed,
+}
+
+/// A TCP relay in front of one node's route port, for one other node's
+/// routes to it: the test controls the [`Passage`] of every connection it
+/// carries, to partition a cluster without stopping a server.
+pub struct RouteRelay {
+    port: u16,
+    passage: Arc<tokio::sync::watch::Sender<Passage>>,
+}
+
+impl RouteRelay {
+    /// Listens on a free loopback port, forwarding to `target_port`.
+    pub async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let passage = Arc::new(tokio::sync::watch::channel(Passage::Open).0);
+        let p = passage.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let watch = p.subscribe();
+                tokio::spawn(carry(inbound, target_port, watch));
+            }
+        });
+        Self { port, passage }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn set(&self, passage: Passage) {
+        self.passage.send_replace(passage);
+    }
+
+    pub fn passage(&self) -> Passage {
+        *self.passage.borrow()
+    }
+}
+
+/// One connection through a [`RouteRelay`], until the passage ends it.
+async fn carry(
+    inbound: TcpStream,
+    target_port: u16,
+    mut watch: tokio::sync::watch::Receiver<Passage>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let at_start = *watch.borrow_and_update();
+    let (mut ri, mut wi) = inbound.into_split();
+    match at_start {
+        Passage::Severed => return,
+        Passage::Blackhole => {
+            // Held open, read and dropped, never connected onward.
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                tokio::select! {
+                    r = ri.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { return },
+                    c = watch.changed() => if c.is_err() || *watch.borrow_and_update() != Passage::Blackhole { return },
+                }
+            }
+        }
+        Passage::Open => {}
+    }
+    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+        return;
+    };
+    let (mut ro, mut wo) = outbound.into_split();
+    let mut to_target = vec![0u8; 64 * 1024];
+    let mut to_source = vec![0u8; 64 * 1024];
+    let mut passage = *watch.borrow_and_update();
+    let mut lost_bytes = false;
+    loop {
+        tokio::select! {
+            r = ri.read(&mut to_target) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                if passage == Passage::Open {
+                    if wo.write_all(&to_target[..n]).await.is_err() { return }
+                } else {
+                    lost_bytes = true;
+                }
+            }
+            r = ro.read(&mut to_source) => {
+                let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
+                if passage == Passage::Open {
+                    if wi.write_all(&to_source[..n]).await.is_err() { return }
+                } else {
+                    lost_bytes = true;
+                }
+            }
+            c = watch.changed() => {
+                if c.is_err() { return }
+                passage = *watch.borrow_and_update();
+                match passage {
+                    Passage::Severed => return,
+                    // A stream that lost bytes cannot be parsed on: closed,
+                    // and the ends connect again.
+                    Passage::Open if lost_bytes => return,
+                    Passage::Open | Passage::Blackhole => {}
+                }
+            }
+        }
+    }
+}
