@@ -246,14 +246,45 @@ fn print_version_once(bin: &Path) {
     });
 }
 
-/// A port that was free a moment ago. Binding port 0 lets the kernel choose;
-/// the listener is closed again so the server can take the port.
+/// A port that was free a moment ago, for a server to take.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`), so
+/// that no outgoing connection (a route dial, a client) can take it between
+/// this choice and the server's bind, and never handed out twice in one test
+/// process, so that two tests running side by side do not pick the same one
+/// (a cluster's route ports go into its nodes' configuration files, where a
+/// clash cannot be retried on another port). Falls back on the kernel's
+/// choice (port 0) if no such port is free.
 #[allow(dead_code)]
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    if ephemeral_from > 11_000 {
+        for _ in 0..500 {
+            let draw = u16::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..2].try_into().unwrap());
+            let port = 10_000 + draw % (ephemeral_from - 10_000);
+            if given.contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return port;
+            }
+        }
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("find a free local port")
+        .expect("find a free local port");
+    given.insert(port);
+    port
 }
 
 /// An HTTP/1.1 GET of `path` on `addr` (one of `serve`'s endpoints): the
