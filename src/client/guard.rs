@@ -5,8 +5,10 @@
 //! - `check(action, resource)` is answered locally with the domain's own
 //!   `authorize` on the tree it holds; expiry is enforced by the local clock.
 //!   The tree is held as a [`PreparedChain`], worked out once per state, and
-//!   the guard's own reasons to deny are mirrored in one atomic word, so a
-//!   check costs a lock read, two clock reads and pattern matching;
+//!   the guard's own reasons to deny are mirrored in one atomic word (and a
+//!   termination its hub heard for a mandate of the chain in that
+//!   mandate's shared cell), so a check costs a lock read, a few atomic
+//!   loads, two clock reads and pattern matching;
 //!   `allows` answers the same yes or no without building a decision.
 //! - Its [`CancellationToken`] fires on termination (a signal, a re-read that
 //!   finds the chain ended, or the chain's `not_after` passing).

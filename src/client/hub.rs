@@ -7,7 +7,9 @@
 //!   own: a named ephemeral consumer, created with the named create form so
 //!   that a tenant-filtered permission admits it on server 2.9). Each signal
 //!   is handed to the guards whose chain holds its mandate, on the feed's
-//!   task: a termination cancels each of them there and then.
+//!   task. A termination is one store in the mandate's cell, which every
+//!   guard of the chain reads on each check, and then one cancellation per
+//!   guard, there and then.
 //! - **Fast, then sure.** The feed also holds one core subscription to the
 //!   tenant's signal subjects, which brings each signal as the server relays
 //!   its publish, before the stream has stored it and pushed it to the
