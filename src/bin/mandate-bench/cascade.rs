@@ -46,10 +46,10 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
 /// The rounds of one guard count on one connection layout, and their rows.
 ///
 /// The baseline's subscribers are made once and kept. By default each
-/// round is one baseline publish followed by one revoke, so both figures of
-/// a round see the same moment of a machine others share; with
-/// `baseline_first`, every baseline round comes before the first revoke
-/// (the order of earlier runs).
+/// round times one baseline publish once its guards have started, then the
+/// revoke, so both figures of a round see the same moment of a machine
+/// others share; with `baseline_first`, every baseline round comes before
+/// the first tree (the order of earlier runs).
 async fn one_layout(
     env: &Env,
     served: &Served,
@@ -74,10 +74,18 @@ async fn one_layout(
             sizes.rounds,
             guards
         ));
-        if !sizes.baseline_first {
-            raw.push(base.round().await?);
+        let paired = (!sizes.baseline_first).then_some(&mut base);
+        let (took, base_took) = one_round(env, served, log, guards, conns, paired).await?;
+        progress(&format!(
+            "cascade: round {}: revoke to last guard {} us, baseline {}",
+            round + 1,
+            took.as_micros(),
+            base_took.map_or("before".into(), |b| format!("{} us", b.as_micros()))
+        ));
+        revoke.push(took);
+        if let Some(b) = base_took {
+            raw.push(b);
         }
-        revoke.push(one_round(env, served, log, guards, conns).await?);
     }
     base.stop();
     let (scenario, size) = if env.nodes() > 1 {
@@ -116,13 +124,16 @@ async fn one_layout(
 
 /// One fresh tree (root, two levels, `guards` leaves), its guards, and the
 /// revoke of its root: the time from sending it to the last cancellation.
+/// With `base`, one baseline round is timed first, once the guards have
+/// started (so both see the same process and server, just apart).
 async fn one_round(
     env: &Env,
     served: &Served,
     log: &mandate::log::JetStreamLog,
     guards: usize,
     conns: usize,
-) -> BenchResult<Duration> {
+    base: Option<&mut Baseline>,
+) -> BenchResult<(Duration, Option<Duration>)> {
     let (root, leaves) = gen::tree_of_leaves(log, guards).await?;
     served.settled("cascade").await?;
     let config = GuardConfig {
@@ -152,6 +163,10 @@ async fn one_round(
     }
     let tokens: Vec<_> = started.iter().map(Guard::cancellation).collect();
     let principal = Client::nats(env.connect().await?, gen::tenant(), gen::principal());
+    let base_took = match base {
+        Some(b) => Some(b.round().await?),
+        None => None,
+    };
     // Timed from sending the revoke until every guard's cancellation has
     // been seen, one token after another; the reply is awaited beside it
     // (a failed revoke fails the round) but is not what is timed.
@@ -169,7 +184,8 @@ async fn one_round(
         tokio::time::timeout(Duration::from_secs(120), all)
     );
     revoked?;
-    elapsed.map_err(|_| "not every guard was cancelled within 120 s of the revoke".into())
+    let took = elapsed.map_err(|_| "not every guard was cancelled within 120 s of the revoke")?;
+    Ok((took, base_took))
 }
 
 /// Plain subscribers of one subject, spread over connections as the guards
