@@ -20,7 +20,7 @@ use futures::TryStreamExt;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Client, Guard, GuardState};
 use mandate::domain::command::Issue;
-use mandate::domain::MandateId;
+use mandate::domain::{DenyReason, MandateId, Status};
 
 /// A lease far beyond a test's patience: only a signal can stop a guard
 /// while the test runs.
@@ -104,6 +104,78 @@ async fn five_hundred_guards_on_one_client_all_stop_when_their_root_is_revoked()
     assert!(guards
         .iter()
         .all(|g| !g.check("finance:read", "reports/q3").is_allowed()));
+}
+
+/// A termination heard for a mandate makes every guard below it deny at
+/// once, before any of their cancellations fires: a thread watching the
+/// tokens sees the first one fire, and from then on no guard of the tree
+/// whose own cancellation has not fired yet may allow. Afterwards each one
+/// stays terminated, through a re-read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_any_guard_below_a_revoked_root_stops_none_below_it_allows() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let g = guarded(&server, dir.path(), (4, 250)).await;
+    let tokens: Vec<_> = g.guards.iter().map(Guard::cancellation).collect();
+
+    let cfo = client(&g.nc, "acme", principal("cfo"));
+    let (not_yet_stopped, allowing) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            // Spins until some guard's cancellation has fired (the hub's
+            // pass over them has begun), then asks each guard whose own
+            // cancellation has not fired yet.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while !tokens.iter().any(|t| t.is_cancelled()) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no guard stopped after their root was revoked"
+                );
+                std::hint::spin_loop();
+            }
+            let (mut pending, mut allowing) = (0, 0);
+            for (guard, token) in g.guards.iter().zip(&tokens) {
+                if !token.is_cancelled() {
+                    pending += 1;
+                    if guard.allows("finance:read", "reports/q3") {
+                        allowing += 1;
+                    }
+                }
+            }
+            (pending, allowing)
+        });
+        let revoked = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(cfo.revoke(g.root, None))
+        });
+        revoked.expect("revoke the root");
+        watcher.join().expect("the watching thread")
+    });
+    assert_eq!(
+        allowing, 0,
+        "{allowing} of the {not_yet_stopped} guards not stopped yet when the first of {} stopped still allowed",
+        g.guards.len()
+    );
+    all_stop(&g.guards, PATIENCE, || {
+        "after their root was revoked".into()
+    })
+    .await;
+    for guard in &g.guards {
+        assert_eq!(guard.state(), GuardState::Terminated(Status::Revoked));
+        let d = guard.check("finance:read", "reports/q3");
+        assert!(
+            matches!(
+                d.reason,
+                Some(DenyReason::NotActive {
+                    status: Status::Revoked,
+                    ..
+                })
+            ),
+            "a guard below the revoked root decided {d:?}"
+        );
+    }
+    // A re-read of one of them does not bring it back.
+    g.guards[0].refresh().await.expect("re-read");
+    assert_eq!(g.guards[0].state(), GuardState::Terminated(Status::Revoked));
+    assert!(!g.guards[0].allows("finance:read", "reports/q3"));
 }
 
 /// Waits until every guard's cancellation has fired, for at most `within`;

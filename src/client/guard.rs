@@ -5,8 +5,10 @@
 //! - `check(action, resource)` is answered locally with the domain's own
 //!   `authorize` on the tree it holds; expiry is enforced by the local clock.
 //!   The tree is held as a [`PreparedChain`], worked out once per state, and
-//!   the guard's own reasons to deny are mirrored in one atomic word, so a
-//!   check costs a lock read, two clock reads and pattern matching;
+//!   the guard's own reasons to deny are mirrored in one atomic word (and a
+//!   termination its hub heard for a mandate of the chain in that
+//!   mandate's shared cell), so a check costs a lock read, a few atomic
+//!   loads, two clock reads and pattern matching;
 //!   `allows` answers the same yes or no without building a decision.
 //! - Its [`CancellationToken`] fires on termination (a signal, a re-read that
 //!   finds the chain ended, or the chain's `not_after` passing).
@@ -88,7 +90,7 @@ pub enum GuardState {
     Quarantined,
 }
 
-use super::hub::{mono_nanos, reread_level, Attachment, Feed};
+use super::hub::{mono_nanos, reread_level, Attachment, Ended, Feed};
 pub use super::hub::{FeedStats, GuardHub};
 
 /// Numbers guards, so a feed tells them apart.
@@ -151,6 +153,10 @@ pub(crate) struct Inner {
     held: RwLock<Held>,
     /// The process's follower of the tenant's signals, once attached.
     feed: OnceLock<Arc<Feed>>,
+    /// The feed's cells of the chain's mandates, once attached: a
+    /// termination heard for any of them is one store there, read here on
+    /// every check.
+    ended: OnceLock<Box<[Ended]>>,
     /// When a read of its own last heard the engine ([`mono_nanos`]).
     heard: AtomicU64,
     /// Which of `terminated`, `suspended`, `quarantined` and `missed` are
@@ -248,6 +254,7 @@ impl Guard {
             mandate,
             config,
             feed: OnceLock::new(),
+            ended: OnceLock::new(),
             heard: AtomicU64::new(0),
             blocked: AtomicU8::new(0),
             terminated: Mutex::new(None),
@@ -265,8 +272,9 @@ impl Guard {
         // On the process's feed before the state read: a signal stored
         // after the read was asked for reaches the guard.
         let links: Vec<MandateId> = chain.mandates.iter().map(|m| m.id()).collect();
-        let attachment = hub.attach(&client, &inner, &links).await?;
+        let (attachment, ended) = hub.attach(&client, &inner, &inner.cancel, &links).await?;
         let _ = inner.feed.set(attachment.feed().clone());
+        let _ = inner.ended.set(ended.into_boxed_slice());
         inner.refresh(Consistency::Fresh).await?;
         Ok(Self {
             inner,
@@ -342,9 +350,11 @@ impl Guard {
                 GuardState::Paused | GuardState::Stale | GuardState::Quarantined => {}
             }
             // Staleness comes and goes with time, not with a change: look
-            // again now and then.
+            // again now and then. A termination heard by the feed fires the
+            // cancellation (it tells no watch).
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(Status::Revoked) },
+                _ = self.inner.cancel.cancelled() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -397,8 +407,20 @@ fn chain_tree(
 }
 
 impl Inner {
+    /// Ended here (a re-read, the chain's expiry) or, as the feed heard, at
+    /// a mandate of the chain.
     fn terminated_status(&self) -> Option<Status> {
-        *self.terminated.lock().unwrap_or_else(|p| p.into_inner())
+        let own = *self.terminated.lock().unwrap_or_else(|p| p.into_inner());
+        own.or_else(|| self.chain_ended())
+    }
+
+    /// The status of the first mandate of the chain whose termination the
+    /// feed has heard.
+    fn chain_ended(&self) -> Option<Status> {
+        self.ended
+            .get()?
+            .iter()
+            .find_map(|cell| cell.get().copied())
     }
 
     fn quarantine(&self) -> Option<DenyReason> {
@@ -506,10 +528,11 @@ impl Inner {
     }
 
     /// True when nothing but the chain stands between a request and an
-    /// allow: no termination, suspension, quarantine or missed signal is
+    /// allow: no termination (the guard's own, or one the feed heard for a
+    /// mandate of the chain), suspension, quarantine or missed signal is
     /// noted, and the engine was heard within the lease.
     fn clear(&self) -> bool {
-        self.blocked.load(Ordering::SeqCst) == 0 && !self.stale()
+        self.blocked.load(Ordering::SeqCst) == 0 && self.chain_ended().is_none() && !self.stale()
     }
 
     fn allows(&self, action: &str, resource: &str) -> bool {

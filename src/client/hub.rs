@@ -7,7 +7,9 @@
 //!   own: a named ephemeral consumer, created with the named create form so
 //!   that a tenant-filtered permission admits it on server 2.9). Each signal
 //!   is handed to the guards whose chain holds its mandate, on the feed's
-//!   task: a termination cancels each of them there and then.
+//!   task. A termination is one store in the mandate's cell, which every
+//!   guard of the chain reads on each check, and then one cancellation per
+//!   guard, there and then.
 //! - **Fast, then sure.** The feed also holds one core subscription to the
 //!   tenant's signal subjects, which brings each signal as the server relays
 //!   its publish, before the stream has stored it and pushed it to the
@@ -43,9 +45,10 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
-use crate::domain::{MandateId, TenantId};
-use crate::protocol::{tenant_signals_subject, Beacon, Consistency, Signal};
+use crate::domain::{MandateId, Status, TenantId};
+use crate::protocol::{tenant_signals_subject, Beacon, Consistency, Signal, SignalKind};
 
 use super::guard::{Heard, Inner};
 use super::{Client, ClientError};
@@ -100,8 +103,21 @@ struct FeedKey {
     tenant: TenantId,
 }
 
-/// The guards listening on one mandate's signals, by guard number.
-type Listeners = HashMap<u64, Weak<Inner>>;
+/// Whether a mandate's termination has been heard, and with what status:
+/// shared by every guard of the feed whose chain holds the mandate, so one
+/// store makes all of them deny (see [`Feed::deliver`]). Set once; terminal
+/// is absorbing.
+pub(crate) type Ended = Arc<OnceLock<Status>>;
+
+/// The guards listening on one mandate's signals.
+#[derive(Default)]
+struct Listeners {
+    /// Set when the mandate's termination is heard.
+    ended: Ended,
+    /// By guard number: the guard, and its cancellation (held here so a
+    /// termination fires it without touching the guard).
+    guards: HashMap<u64, (Weak<Inner>, CancellationToken)>,
+}
 
 /// What a hub's feed has done, for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,8 +193,8 @@ impl Drop for Attachment {
             let mut listeners = self.feed.lock_listeners();
             for m in &self.mandates {
                 if let Some(l) = listeners.get_mut(m) {
-                    l.remove(&self.guard);
-                    if l.is_empty() {
+                    l.guards.remove(&self.guard);
+                    if l.guards.is_empty() {
                         listeners.remove(m);
                     }
                 }
@@ -246,33 +262,44 @@ impl GuardHub {
 
     /// Puts `guard` on the feed of its client's tenant for every mandate of
     /// its chain; the feed is following the stream when this returns, so a
-    /// state read that comes after misses nothing.
+    /// state read that comes after misses nothing. Returns the attachment
+    /// and the chain's [`Ended`] cells, which the guard reads on every
+    /// check. A mandate of the chain whose termination the feed has already
+    /// heard fires the guard's cancellation at once.
     pub(crate) async fn attach(
         &self,
         client: &Client,
         guard: &Arc<Inner>,
+        cancel: &CancellationToken,
         mandates: &[MandateId],
-    ) -> Result<Attachment, ClientError> {
+    ) -> Result<(Attachment, Vec<Ended>), ClientError> {
         let key = FeedKey {
             connection: connection_of(client)?,
             tenant: client.tenant().clone(),
         };
         let feed = self.feed(client, key).await?;
+        let mut cells = Vec::with_capacity(mandates.len());
         {
             let mut listeners = feed.lock_listeners();
             for m in mandates {
-                listeners
-                    .entry(*m)
-                    .or_default()
-                    .insert(guard.number, Arc::downgrade(guard));
+                let l = listeners.entry(*m).or_default();
+                l.guards
+                    .insert(guard.number, (Arc::downgrade(guard), cancel.clone()));
+                if l.ended.get().is_some() {
+                    cancel.cancel();
+                }
+                cells.push(l.ended.clone());
             }
         }
-        Ok(Attachment {
-            hub: Arc::downgrade(&self.feeds),
-            feed: feed.clone(),
-            guard: guard.number,
-            mandates: mandates.to_vec(),
-        })
+        Ok((
+            Attachment {
+                hub: Arc::downgrade(&self.feeds),
+                feed: feed.clone(),
+                guard: guard.number,
+                mandates: mandates.to_vec(),
+            },
+            cells,
+        ))
     }
 
     /// The feed for `key`, started (and following) if it was not.
@@ -432,23 +459,37 @@ impl Feed {
         let mut seen = std::collections::HashSet::new();
         listeners
             .values()
-            .flat_map(|l| l.iter())
+            .flat_map(|l| l.guards.iter())
             .filter(|(n, _)| seen.insert(**n))
-            .filter_map(|(_, g)| g.upgrade())
+            .filter_map(|(_, (g, _))| g.upgrade())
             .collect()
     }
 
     /// Hands a signal (or a loss) to the guards listening on `mandate`.
     ///
-    /// Each guard takes it on the spot, under the feed's lock of its
-    /// listeners: hearing never takes that lock (a re-read it asks for goes
-    /// on the queue), and a cascade over many guards is one pass.
+    /// A termination is one store: the mandate's [`Ended`] cell, which every
+    /// guard whose chain holds it reads on each check, so all of them deny
+    /// from that moment. Then each one's cancellation fires, and nothing
+    /// else is done per guard (no re-read: terminal is absorbing). Any other
+    /// signal is taken by each guard on the spot. Both under the feed's lock
+    /// of its listeners: hearing never takes that lock (a re-read it asks
+    /// for goes on the queue), and a cascade over many guards is one pass.
     fn deliver(&self, mandate: MandateId, heard: &Heard) {
         let listeners = self.lock_listeners();
         let Some(l) = listeners.get(&mandate) else {
             return;
         };
-        for g in l.values() {
+        if let Heard::Signal(signal) = heard {
+            if signal.kind == SignalKind::Terminated {
+                // The first termination heard stays (as a guard's own does).
+                let _ = l.ended.set(signal.status);
+                for (_, cancel) in l.guards.values() {
+                    cancel.cancel();
+                }
+                return;
+            }
+        }
+        for (g, _) in l.guards.values() {
             if let Some(g) = g.upgrade() {
                 g.hear(heard);
             }

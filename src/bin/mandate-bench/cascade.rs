@@ -27,6 +27,9 @@ pub struct Sizes {
     pub guards: Vec<usize>,
     pub rounds: usize,
     pub connections: Vec<usize>,
+    /// Every baseline round before the first revoke, instead of one
+    /// baseline round before each revoke.
+    pub baseline_first: bool,
 }
 
 pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
@@ -41,6 +44,12 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
 }
 
 /// The rounds of one guard count on one connection layout, and their rows.
+///
+/// The baseline's subscribers are made once and kept. By default each
+/// round times one baseline publish once its guards have started, then the
+/// revoke, so both figures of a round see the same moment of a machine
+/// others share; with `baseline_first`, every baseline round comes before
+/// the first tree (the order of earlier runs).
 async fn one_layout(
     env: &Env,
     served: &Served,
@@ -50,7 +59,13 @@ async fn one_layout(
     conns: usize,
     out: &Printer,
 ) -> BenchResult<()> {
-    let raw = baseline(env, guards, conns, sizes.rounds).await?;
+    let mut base = Baseline::start(env, guards, conns).await?;
+    let mut raw = Samples::default();
+    if sizes.baseline_first {
+        for _ in 0..sizes.rounds {
+            raw.push(base.round().await?);
+        }
+    }
     let mut revoke = Samples::default();
     for round in 0..sizes.rounds {
         progress(&format!(
@@ -59,8 +74,20 @@ async fn one_layout(
             sizes.rounds,
             guards
         ));
-        revoke.push(one_round(env, served, log, guards, conns).await?);
+        let paired = (!sizes.baseline_first).then_some(&mut base);
+        let (took, base_took) = one_round(env, served, log, guards, conns, paired).await?;
+        progress(&format!(
+            "cascade: round {}: revoke to last guard {} us, baseline {}",
+            round + 1,
+            took.as_micros(),
+            base_took.map_or("before".into(), |b| format!("{} us", b.as_micros()))
+        ));
+        revoke.push(took);
+        if let Some(b) = base_took {
+            raw.push(b);
+        }
     }
+    base.stop();
     let (scenario, size) = if env.nodes() > 1 {
         (
             S_CLUSTER,
@@ -97,13 +124,16 @@ async fn one_layout(
 
 /// One fresh tree (root, two levels, `guards` leaves), its guards, and the
 /// revoke of its root: the time from sending it to the last cancellation.
+/// With `base`, one baseline round is timed first, once the guards have
+/// started (so both see the same process and server, just apart).
 async fn one_round(
     env: &Env,
     served: &Served,
     log: &mandate::log::JetStreamLog,
     guards: usize,
     conns: usize,
-) -> BenchResult<Duration> {
+    base: Option<&mut Baseline>,
+) -> BenchResult<(Duration, Option<Duration>)> {
     let (root, leaves) = gen::tree_of_leaves(log, guards).await?;
     served.settled("cascade").await?;
     let config = GuardConfig {
@@ -133,86 +163,126 @@ async fn one_round(
     }
     let tokens: Vec<_> = started.iter().map(Guard::cancellation).collect();
     let principal = Client::nats(env.connect().await?, gen::tenant(), gen::principal());
+    let base_took = match base {
+        Some(b) => Some(b.round().await?),
+        None => None,
+    };
+    // Timed from sending the revoke until every guard's cancellation has
+    // been seen, one token after another; the reply is awaited beside it
+    // (a failed revoke fails the round) but is not what is timed.
     let t = Instant::now();
-    principal.revoke(root, None).await?;
-    let all = futures::future::join_all(tokens.iter().map(|t| t.cancelled()));
-    tokio::time::timeout(Duration::from_secs(120), all)
-        .await
-        .map_err(|_| "not every guard was cancelled within 120 s of the revoke")?;
-    Ok(t.elapsed())
+    let all = async {
+        for token in &tokens {
+            if !token.is_cancelled() {
+                token.cancelled().await;
+            }
+        }
+        t.elapsed()
+    };
+    let (revoked, elapsed) = tokio::join!(
+        principal.revoke(root, None),
+        tokio::time::timeout(Duration::from_secs(120), all)
+    );
+    revoked?;
+    let took = elapsed.map_err(|_| "not every guard was cancelled within 120 s of the revoke")?;
+    Ok((took, base_took))
 }
 
-/// One core publish reaching `subscribers` plain subscribers on one subject,
-/// spread over `conns` connections as the guards are; `rounds` times.
-async fn baseline(
-    env: &Env,
+/// Plain subscribers of one subject, spread over connections as the guards
+/// are, and a publisher: each round is one core publish, timed until every
+/// subscriber has it.
+struct Baseline {
+    subject: String,
     subscribers: usize,
-    conns: usize,
-    rounds: usize,
-) -> BenchResult<Samples> {
-    progress(&format!(
-        "cascade: baseline, one publish to {subscribers} subscribers on {conns} connection(s)"
-    ));
-    let subject = format!("bench.fanout.{}", uuid::Uuid::new_v4().simple());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
-    let mut tasks = Vec::new();
-    let mut keep = Vec::new();
-    let per = subscribers.div_ceil(conns);
-    let mut left = subscribers;
-    for c in 0..conns {
-        let nc = env.connect_to(c).await?;
-        for _ in 0..per.min(left) {
-            let mut sub = nc.subscribe(subject.clone()).await?;
-            let (tx, id) = (tx.clone(), tasks.len());
-            tasks.push(tokio::spawn(async move {
-                while let Some(m) = sub.next().await {
-                    let round = std::str::from_utf8(&m.payload)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0);
-                    if tx.send((id, round)).is_err() {
-                        return;
+    publisher: async_nats::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, u64)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _connections: Vec<async_nats::Client>,
+    rounds: u64,
+}
+
+impl Baseline {
+    /// Subscribes `subscribers` plain subscribers over `conns` connections,
+    /// and returns once the server delivers to every one of them.
+    async fn start(env: &Env, subscribers: usize, conns: usize) -> BenchResult<Self> {
+        progress(&format!(
+            "cascade: baseline, one publish to {subscribers} subscribers on {conns} connection(s)"
+        ));
+        let subject = format!("bench.fanout.{}", uuid::Uuid::new_v4().simple());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, u64)>();
+        let mut tasks = Vec::new();
+        let mut keep = Vec::new();
+        let per = subscribers.div_ceil(conns);
+        let mut left = subscribers;
+        for c in 0..conns {
+            let nc = env.connect_to(c).await?;
+            for _ in 0..per.min(left) {
+                let mut sub = nc.subscribe(subject.clone()).await?;
+                let (tx, id) = (tx.clone(), tasks.len());
+                tasks.push(tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        let round = std::str::from_utf8(&m.payload)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        if tx.send((id, round)).is_err() {
+                            return;
+                        }
                     }
-                }
-            }));
+                }));
+            }
+            left = left.saturating_sub(per);
+            keep.push(nc);
         }
-        left = left.saturating_sub(per);
-        keep.push(nc);
-    }
-    let publisher = env.connect().await?;
-    // Round 0, published until every subscriber has seen it, only proves
-    // that every subscription is registered at the server.
-    let mut seen = vec![false; subscribers];
-    let mut missing = subscribers;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while missing > 0 {
-        if Instant::now() > deadline {
-            return Err("baseline subscriptions not all registered within 60 s".into());
-        }
-        publisher.publish(subject.clone(), "0".into()).await?;
-        let wait = tokio::time::sleep(Duration::from_millis(100));
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                _ = &mut wait => break,
-                m = rx.recv() => {
-                    let (id, _) = m.ok_or("baseline subscribers ended")?;
-                    if !std::mem::replace(&mut seen[id], true) {
-                        missing -= 1;
+        let publisher = env.connect().await?;
+        // Round 0, published until every subscriber has seen it, only proves
+        // that every subscription is registered at the server.
+        let mut seen = vec![false; subscribers];
+        let mut missing = subscribers;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while missing > 0 {
+            if Instant::now() > deadline {
+                return Err("baseline subscriptions not all registered within 60 s".into());
+            }
+            publisher.publish(subject.clone(), "0".into()).await?;
+            let wait = tokio::time::sleep(Duration::from_millis(100));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    m = rx.recv() => {
+                        let (id, _) = m.ok_or("baseline subscribers ended")?;
+                        if !std::mem::replace(&mut seen[id], true) {
+                            missing -= 1;
+                        }
                     }
                 }
             }
         }
+        // What is still on its way from round 0 is drained before round 1.
+        while rx.try_recv().is_ok() {}
+        Ok(Self {
+            subject,
+            subscribers,
+            publisher,
+            rx,
+            tasks,
+            _connections: keep,
+            rounds: 0,
+        })
     }
-    let mut samples = Samples::default();
-    for round in 1..=rounds as u64 {
+
+    /// One publish, from sending it until every subscriber has it.
+    async fn round(&mut self) -> BenchResult<Duration> {
+        self.rounds += 1;
+        let round = self.rounds;
         let t = Instant::now();
-        publisher
-            .publish(subject.clone(), round.to_string().into())
+        self.publisher
+            .publish(self.subject.clone(), round.to_string().into())
             .await?;
         let mut got = 0;
-        while got < subscribers {
-            let r = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        while got < self.subscribers {
+            let r = tokio::time::timeout(Duration::from_secs(60), self.rx.recv())
                 .await
                 .map_err(|_| "a baseline publish did not reach every subscriber within 60 s")?
                 .ok_or("baseline subscribers ended")?;
@@ -220,10 +290,12 @@ async fn baseline(
                 got += 1;
             }
         }
-        samples.push(t.elapsed());
+        Ok(t.elapsed())
     }
-    for t in tasks {
-        t.abort();
+
+    fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
     }
-    Ok(samples)
 }

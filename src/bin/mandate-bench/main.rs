@@ -132,6 +132,10 @@ struct Args {
     /// 1,100; 3,99 with --cluster, a third of the connections on each node).
     #[arg(long, value_delimiter = ',')]
     connections: Vec<usize>,
+    /// cascade: time every baseline round before the first revoke (the
+    /// order of earlier runs) instead of one baseline round before each.
+    #[arg(long)]
+    baseline_first: bool,
     /// check-remote: requests per level for the latencies (four times that for throughput).
     #[arg(long, default_value_t = 2000)]
     requests: usize,
@@ -327,6 +331,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
                 guards: or_default(&args.guards, &[2000]),
                 rounds: args.rounds,
                 connections: or_default(&args.connections, &cascade_connections(args.cluster)),
+                baseline_first: args.baseline_first,
             };
             cascade::run(env, &sizes, out).await
         }
