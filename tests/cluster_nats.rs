@@ -50,8 +50,8 @@ use std::sync::Arc;
 
 use common::cluster::{Cluster, NODES};
 use common::faults::{
-    answered_at_least, assert_each_command_once, assert_outcome, burst_on, send_until_answered,
-    Ledger, ServedEngine,
+    answered_at_least, assert_each_command_once, assert_outcome, burst_on,
+    send_envelope_until_answered, send_until_answered, Ledger, ServedEngine,
 };
 use common::prelude::*;
 use futures::StreamExt;
@@ -277,18 +277,7 @@ async fn racing_revokes(url: String, races: usize, ledger: Arc<Ledger>) -> Vec<M
         let holder = format!("race-{r}");
         let send = |actor: Actor, command: Command| {
             let (nc, ledger) = (nc.clone(), ledger.clone());
-            async move {
-                let cmd = envelope("acme", actor, command);
-                let subject = command_subject(&cmd.tenant, cmd.command.verb());
-                let answer =
-                    send_until_answered(&nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
-                ledger
-                    .answers
-                    .lock()
-                    .unwrap()
-                    .push((cmd.command_id, false, answer.clone()));
-                answer
-            }
+            async move { sent(&nc, &ledger, actor, command).await }
         };
         let root = send(
             principal("cfo"),
@@ -638,8 +627,7 @@ async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
             reason: Some("while the guard's node was down".into()),
         }),
     );
-    let subject = command_subject(&revoke.tenant, revoke.command.verb());
-    send_until_answered(&nc, &subject, serde_json::to_vec(&revoke).unwrap())
+    send_envelope_until_answered(&nc, &revoke)
         .await
         .expect("the revoke is accepted");
     let revoked_at = std::time::Instant::now();
@@ -1019,8 +1007,7 @@ async fn sent(
     command: Command,
 ) -> Result<mandate::protocol::CommandResult, mandate::protocol::ErrorBody> {
     let cmd = envelope("acme", actor, command);
-    let subject = command_subject(&cmd.tenant, cmd.command.verb());
-    let answer = send_until_answered(nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
+    let answer = send_envelope_until_answered(nc, &cmd).await;
     ledger
         .answers
         .lock()
@@ -1130,8 +1117,7 @@ async fn a_fresh_check_through_a_lagging_replica_never_allows_a_revoked_mandate(
             reason: Some("while a replica lags".into()),
         }),
     );
-    let subject = command_subject(&revoke.tenant, revoke.command.verb());
-    send_until_answered(&on_leader, &subject, serde_json::to_vec(&revoke).unwrap())
+    send_envelope_until_answered(&on_leader, &revoke)
         .await
         .expect("the revoke is accepted by the majority");
     let js_leader = async_nats::jetstream::new(on_leader.clone());

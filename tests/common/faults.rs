@@ -297,14 +297,22 @@ pub async fn send_until_answered(
     }
 }
 
+/// [`send_until_answered`] for a whole command: its subject and bytes.
+pub async fn send_envelope_until_answered(
+    nc: &async_nats::Client,
+    cmd: &CommandEnvelope,
+) -> Result<CommandResult, ErrorBody> {
+    let subject = command_subject(&cmd.tenant, cmd.command.verb());
+    send_until_answered(nc, &subject, serde_json::to_vec(cmd).unwrap()).await
+}
+
 /// One command of the burst, retried until answered; recorded in `ledger`.
 async fn run(
     nc: &async_nats::Client,
     ledger: &Ledger,
     cmd: CommandEnvelope,
 ) -> Result<CommandResult, ErrorBody> {
-    let subject = command_subject(&cmd.tenant, cmd.command.verb());
-    let answer = send_until_answered(nc, &subject, serde_json::to_vec(&cmd).unwrap()).await;
+    let answer = send_envelope_until_answered(nc, &cmd).await;
     ledger
         .answers
         .lock()
