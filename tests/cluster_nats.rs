@@ -50,7 +50,7 @@ use std::sync::Arc;
 
 use common::cluster::{Cluster, NODES};
 use common::faults::{
-    answered_at_least, assert_each_command_once, assert_outcome, burst_on,
+    answered_at_least, assert_each_command_once, assert_outcome, burst_on, recorded,
     send_envelope_until_answered, send_until_answered, Ledger, ServedEngine,
 };
 use common::prelude::*;
@@ -619,15 +619,7 @@ async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
     cluster.kill(0);
     // Sent until answered, always with the same command id: while the
     // stream elects a leader the engine answers `unavailable`.
-    let revoke = envelope(
-        "acme",
-        principal("cfo"),
-        Command::Revoke(Change {
-            mandate: root,
-            reason: Some("while the guard's node was down".into()),
-        }),
-    );
-    send_envelope_until_answered(&nc, &revoke)
+    cfo_revokes_until_answered(&nc, root, "while the guard's node was down")
         .await
         .expect("the revoke is accepted");
     let revoked_at = std::time::Instant::now();
@@ -998,6 +990,41 @@ async fn direct_get_last(
     Ok(String::from_utf8_lossy(&m.payload).into_owned())
 }
 
+/// A root the cfo issues to `lead` and its delegation to `worker`, both
+/// with `grant`, sent through `nc` until answered and recorded in
+/// `ledger`: the root and the leaf.
+async fn recorded_tree(
+    nc: &async_nats::Client,
+    ledger: &Ledger,
+    lead: &str,
+    worker: &str,
+    grant: &str,
+) -> (MandateId, MandateId) {
+    let mandate_of = |r: Result<mandate::protocol::CommandResult, _>| {
+        r.expect("accepted").mandate.expect("a mandate")
+    };
+    let issue = Command::Issue(root_issue("cfo", lead, None, &[grant]));
+    let root = mandate_of(sent(nc, ledger, principal("cfo"), issue).await);
+    let delegate = Command::Delegate(delegation(root, worker, &[grant]));
+    let leaf = mandate_of(sent(nc, ledger, agent(lead), delegate).await);
+    (root, leaf)
+}
+
+/// The cfo's revoke of `mandate`, sent through `nc` until an engine
+/// answers (always with the same command id: while a stream elects a
+/// leader an engine answers `unavailable`).
+async fn cfo_revokes_until_answered(
+    nc: &async_nats::Client,
+    mandate: MandateId,
+    reason: &str,
+) -> Result<mandate::protocol::CommandResult, mandate::protocol::ErrorBody> {
+    let revoke = Command::Revoke(Change {
+        mandate,
+        reason: Some(reason.into()),
+    });
+    send_envelope_until_answered(nc, &envelope("acme", principal("cfo"), revoke)).await
+}
+
 /// `command` as `actor`, sent through `nc` until an engine answers (always
 /// with the same command id), its answer recorded in `ledger`.
 async fn sent(
@@ -1006,14 +1033,7 @@ async fn sent(
     actor: Actor,
     command: Command,
 ) -> Result<mandate::protocol::CommandResult, mandate::protocol::ErrorBody> {
-    let cmd = envelope("acme", actor, command);
-    let answer = send_envelope_until_answered(nc, &cmd).await;
-    ledger
-        .answers
-        .lock()
-        .unwrap()
-        .push((cmd.command_id, false, answer.clone()));
-    answer
+    recorded(nc, ledger, envelope("acme", actor, command)).await
 }
 
 /// A fresh check of `leaf` through `c`, which must never allow: denied as
@@ -1109,15 +1129,7 @@ async fn a_fresh_check_through_a_lagging_replica_never_allows_a_revoked_mandate(
 
     eprintln!("isolating node {lagging}; the event stream's leader is node {leader}");
     cluster.isolate(lagging);
-    let revoke = envelope(
-        "acme",
-        principal("cfo"),
-        Command::Revoke(Change {
-            mandate: root,
-            reason: Some("while a replica lags".into()),
-        }),
-    );
-    send_envelope_until_answered(&on_leader, &revoke)
+    cfo_revokes_until_answered(&on_leader, root, "while a replica lags")
         .await
         .expect("the revoke is accepted by the majority");
     let js_leader = async_nats::jetstream::new(on_leader.clone());
@@ -1197,27 +1209,7 @@ async fn a_partitioned_leader_node_acknowledges_nothing_that_is_lost() {
 
     let grant = "fin:read on ledger/*";
     let ledger = Arc::new(Ledger::default());
-    let mandate_of = |r: Result<mandate::protocol::CommandResult, _>| {
-        r.expect("accepted").mandate.expect("a mandate")
-    };
-    let root = mandate_of(
-        sent(
-            &nc,
-            &ledger,
-            principal("cfo"),
-            Command::Issue(root_issue("cfo", "lead", None, &[grant])),
-        )
-        .await,
-    );
-    let leaf = mandate_of(
-        sent(
-            &nc,
-            &ledger,
-            agent("lead"),
-            Command::Delegate(delegation(root, "worker", &[grant])),
-        )
-        .await,
-    );
+    let (root, leaf) = recorded_tree(&nc, &ledger, "lead", "worker", grant).await;
     let cut = cluster
         .stream_leader(0, "MANDATE_EVENTS")
         .await
@@ -1318,35 +1310,8 @@ async fn with_two_nodes_lost_nothing_is_answered_from_a_stale_copy() {
 
     let grant = "fin:read on ledger/*";
     let ledger = Arc::new(Ledger::default());
-    let mandate_of = |r: Result<mandate::protocol::CommandResult, _>| {
-        r.expect("accepted").mandate.expect("a mandate")
-    };
-    let tree = |lead: &'static str, worker: &'static str| {
-        let (nc, ledger) = (nc.clone(), ledger.clone());
-        async move {
-            let root = mandate_of(
-                sent(
-                    &nc,
-                    &ledger,
-                    principal("cfo"),
-                    Command::Issue(root_issue("cfo", lead, None, &[grant])),
-                )
-                .await,
-            );
-            let leaf = mandate_of(
-                sent(
-                    &nc,
-                    &ledger,
-                    agent(lead),
-                    Command::Delegate(delegation(root, worker, &[grant])),
-                )
-                .await,
-            );
-            (root, leaf)
-        }
-    };
-    let (_, live) = tree("lead", "worker").await;
-    let (doomed, under_doomed) = tree("lead2", "worker").await;
+    let (_, live) = recorded_tree(&nc, &ledger, "lead", "worker", grant).await;
+    let (doomed, under_doomed) = recorded_tree(&nc, &ledger, "lead2", "worker", grant).await;
 
     let leader = cluster
         .stream_leader(0, "MANDATE_EVENTS")

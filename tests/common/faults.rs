@@ -306,8 +306,9 @@ pub async fn send_envelope_until_answered(
     send_until_answered(nc, &subject, serde_json::to_vec(cmd).unwrap()).await
 }
 
-/// One command of the burst, retried until answered; recorded in `ledger`.
-async fn run(
+/// A command retried until answered, its answer recorded in `ledger`'s
+/// answers (not in its count of burst answers).
+pub async fn recorded(
     nc: &async_nats::Client,
     ledger: &Ledger,
     cmd: CommandEnvelope,
@@ -318,6 +319,17 @@ async fn run(
         .lock()
         .unwrap()
         .push((cmd.command_id, false, answer.clone()));
+    answer
+}
+
+/// One command of the burst, retried until answered; recorded in `ledger`
+/// and counted.
+async fn run(
+    nc: &async_nats::Client,
+    ledger: &Ledger,
+    cmd: CommandEnvelope,
+) -> Result<CommandResult, ErrorBody> {
+    let answer = recorded(nc, ledger, cmd).await;
     ledger.answered.fetch_add(1, Ordering::SeqCst);
     answer
 }
