@@ -608,10 +608,18 @@ pub struct Health {
     pub log_position: u64,
     /// `log_position - position`.
     pub lag: u64,
-    /// Check decisions this instance answered whose audit record the audit
-    /// stream did not confirm storing, since it started (each is logged).
+    /// Over NATS: attempts of this instance to store audit records that
+    /// the audit stream did not take, since it started (each is logged;
+    /// the records wait in the instance's outbox and are sent again). In
+    /// process: records the store did not take.
     #[serde(default)]
     pub audit_failures: u64,
+    /// Check decisions this instance answered whose audit record the audit
+    /// stream has not stored yet: they wait in the instance's outbox (on
+    /// disk, kept across restarts). A few while checks flow; a number that
+    /// grows means the audit stream cannot take them.
+    #[serde(default)]
+    pub audit_pending: u64,
     pub time: DateTime<Utc>,
     /// Mission completions refused (unauthenticated on a tenant that
     /// requires authentication, or on a malformed subject) and moved to the

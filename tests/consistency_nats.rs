@@ -305,12 +305,11 @@ async fn a_signal_names_the_position_its_holders_re_read_at() {
     a.stop().await;
 }
 
-/// A check's audit record goes out before its answer, on the engine's one
-/// connection: a subscriber to the mandate's audit subject on the caller's
-/// connection has the record by the time the answer arrives.
+/// A check's audit record is on disk, in the instance's outbox, before its
+/// answer: with the audit stream gone (nothing can be shipped), the record
+/// of every answered check is in the outbox file when the answer arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checks_audit_record_is_sent_before_its_answer() {
-    use futures::{FutureExt, StreamExt};
+async fn a_checks_audit_record_is_in_the_outbox_before_its_answer() {
     let OneRoot {
         server: _server,
         nc,
@@ -318,15 +317,17 @@ async fn a_checks_audit_record_is_sent_before_its_answer() {
         root,
         _dir,
     } = one_instance_with_a_root(&["finance:read on reports/**"]).await;
-    let mut records = nc
-        .subscribe(format!("mandate.audit.acme.{root}"))
+    async_nats::jetstream::new(nc.clone())
+        .delete_stream(mandate::engine::audit::AUDIT_STREAM)
         .await
         .unwrap();
-    mandate::engine::service::round_trip(&nc, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    let outbox = _dir.path().join(mandate::engine::audit::OUTBOX_FILE);
+    let subject = format!("mandate.audit.acme.{root} ");
     let cfo = client(&nc, "acme", principal("cfo"));
-    for consistency in [Consistency::Local, Consistency::Fresh] {
+    for (n, consistency) in [Consistency::Local, Consistency::Fresh]
+        .into_iter()
+        .enumerate()
+    {
         let d = cfo
             .check_with(mandate::protocol::CheckQuery {
                 mandate: root,
@@ -339,19 +340,20 @@ async fn a_checks_audit_record_is_sent_before_its_answer() {
             .await
             .unwrap();
         assert!(d.is_allowed(), "{d:?}");
-        let record = records
-            .next()
-            .now_or_never()
-            .flatten()
-            .expect("the record arrived before the answer");
-        let record: Value = serde_json::from_slice(&record.payload).unwrap();
+        let text = std::fs::read_to_string(&outbox).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&subject)).collect();
+        assert_eq!(lines.len(), n + 1, "{text}");
+        let record: Value = serde_json::from_str(&lines[n][subject.len()..]).unwrap();
         assert_eq!(record["decision"]["mandate"], json!(root), "{record}");
     }
     a.stop().await;
 }
 
+/// A record the audit stream cannot take waits in the outbox, counted as
+/// pending, and is stored once the stream can take it: nothing answered is
+/// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_whose_audit_record_is_not_stored_is_counted_in_health() {
+async fn a_check_whose_audit_record_cannot_be_stored_waits_and_is_stored_later() {
     let OneRoot {
         server: _server,
         nc,
@@ -374,23 +376,49 @@ async fn a_check_whose_audit_record_is_not_stored_is_counted_in_health() {
         }
     })
     .await;
-    assert_eq!(cfo.health().await.unwrap().audit_failures, 0);
-    // Without the audit stream, the record cannot be stored: the check is
-    // still answered, and the loss is counted.
-    async_nats::jetstream::new(nc.clone())
-        .delete_stream(mandate::engine::audit::AUDIT_STREAM)
+    let h = cfo.health().await.unwrap();
+    assert_eq!((h.audit_failures, h.audit_pending), (0, 0), "{h:?}");
+    // Without the audit stream, records cannot be stored: checks are still
+    // answered, the records wait, and the failed attempts are counted.
+    let js = async_nats::jetstream::new(nc.clone());
+    let config = js
+        .get_stream(mandate::engine::audit::AUDIT_STREAM)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    js.delete_stream(mandate::engine::audit::AUDIT_STREAM)
         .await
         .unwrap();
-    let d = cfo
-        .check(root, "finance:read", "reports/q3", None)
-        .await
-        .unwrap();
-    assert!(d.is_allowed(), "{d:?}");
-    eventually("the lost audit record is counted", || {
+    for _ in 0..3 {
+        let d = cfo
+            .check(root, "finance:read", "reports/q3", None)
+            .await
+            .unwrap();
+        assert!(d.is_allowed(), "{d:?}");
+    }
+    eventually(
+        "the failed attempts are counted, the records pending",
+        || {
+            let cfo = cfo.clone();
+            async move {
+                cfo.health()
+                    .await
+                    .is_ok_and(|h| h.audit_failures >= 1 && h.audit_pending == 3)
+            }
+        },
+    )
+    .await;
+    // The stream back: the waiting records are stored, each once.
+    js.create_stream(config).await.unwrap();
+    eventually("the waiting records are stored", || {
         let cfo = cfo.clone();
-        async move { cfo.health().await.is_ok_and(|h| h.audit_failures == 1) }
+        async move { cfo.health().await.is_ok_and(|h| h.audit_pending == 0) }
     })
     .await;
+    let records = cfo.audit(root, 100).await.unwrap().records;
+    assert_eq!(records.len(), 3, "{records:?}");
     a.stop().await;
 }
 

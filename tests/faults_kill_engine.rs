@@ -130,3 +130,45 @@ async fn a_bulk_revoke_cut_off_part_way_finishes_when_its_retry_arrives() {
         targets.len()
     );
 }
+
+/// Every check answered before a kill -9 has its audit record after the
+/// restart, once: the records the dead engine could not ship (its audit
+/// stream was gone) waited in its outbox on disk, and the restarted engine
+/// (which creates the stream again) ships them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_check_answered_before_a_kill_9_is_in_the_audit_after_the_restart() {
+    let mut rig = KillRig::start().await;
+    let nc = rig.nc.clone();
+    let root = issue(
+        &nc,
+        root_issue("cfo", "lead", None, &["finance:read on reports/**"]),
+    )
+    .await;
+    async_nats::jetstream::new(nc.clone())
+        .delete_stream(mandate::engine::audit::AUDIT_STREAM)
+        .await
+        .unwrap();
+    let cfo = client(&nc, "acme", principal("cfo"));
+    for _ in 0..25 {
+        let d = cfo
+            .check(root, "finance:read", "reports/q3", None)
+            .await
+            .unwrap();
+        assert!(d.is_allowed(), "{d:?}");
+    }
+    assert_eq!(cfo.health().await.unwrap().audit_pending, 25);
+    rig.engine.restart();
+    serving(&nc, "acme").await;
+    eventually("the dead engine's records are shipped", || {
+        let cfo = cfo.clone();
+        async move {
+            cfo.audit(root, 100)
+                .await
+                .is_ok_and(|a| a.records.len() >= 25)
+        }
+    })
+    .await;
+    let records = cfo.audit(root, 100).await.unwrap().records;
+    assert_eq!(records.len(), 25, "each record once");
+    assert_eq!(cfo.health().await.unwrap().audit_pending, 0);
+}

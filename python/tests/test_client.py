@@ -100,7 +100,12 @@ async def test_every_command_and_query_round_trips(make_client: Callable[..., Cl
     history = await cfo.history(tree=issued.tree)
     types = [e["type"] for e in history["events"]]
     assert types[:2] == ["mandate_issued", "mandate_issued"] and "mandate_paused" in types
-    audit = await cfo.audit(child)
+    # A record reaches the audit stream a few milliseconds after its answer.
+    for _ in range(100):
+        audit = await cfo.audit(child)
+        if audit["records"]:
+            break
+        await asyncio.sleep(0.05)
     assert [r["decision"]["outcome"] for r in audit["records"]] == ["allow"]
     assert (await cfo.health())["position"] >= issued.position
 

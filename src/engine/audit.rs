@@ -5,10 +5,10 @@
 //! instead (`store/audit.rs`). Decisions are not events: neither the log
 //! nor a rebuild holds them.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy};
 use futures::StreamExt;
@@ -17,6 +17,10 @@ use crate::domain::{MandateId, TenantId};
 use crate::protocol::{audit_subject, AuditRecord};
 
 use super::EngineError;
+
+mod outbox;
+
+pub use outbox::FILE as OUTBOX_FILE;
 
 /// Stream of recorded check decisions.
 pub const AUDIT_STREAM: &str = "MANDATE_AUDIT";
@@ -50,218 +54,59 @@ pub(crate) async fn setup_stream(
     Ok(())
 }
 
-/// How long a record's acknowledgement by the stream is awaited before
-/// the record is counted as lost.
-const ACK_WAIT: Duration = Duration::from_secs(5);
-
-/// Where this instance records the checks it answers, and how many
-/// records it lost.
+/// Where this instance records the checks it answers, how many records
+/// wait for the audit stream, and how many attempts to store them failed.
 #[derive(Default)]
 pub(crate) struct AuditSink {
-    /// Over NATS: where records are published and their acknowledgements
-    /// come back.
-    out: Option<Outbox>,
-    /// Records not stored since the instance started (for `health`).
+    /// Over NATS: the outbox records wait in until the stream stores them.
+    out: Option<outbox::Outbox>,
+    /// Over NATS: attempts at a batch the audit stream did not take. In
+    /// process: records the store did not take.
     failures: Arc<AtomicU64>,
 }
 
-/// Records go out as plain publishes to the audit stream's subjects, each
-/// with its own reply subject under one prefix this instance subscribes to;
-/// one task reads every acknowledgement, so a check costs one publish and
-/// one map entry, no task, timer or channel of its own.
-struct Outbox {
-    client: async_nats::Client,
-    /// `<inbox>.`: a record's acknowledgement comes on `<inbox>.<n>`.
-    prefix: String,
-    next: AtomicU64,
-    /// Records sent and not yet acknowledged: their mandate and when sent.
-    pending: Arc<Mutex<HashMap<u64, (MandateId, Instant)>>>,
-    /// Ends the acknowledgement task when the sink is dropped.
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
 impl AuditSink {
-    /// The sink of an instance over NATS (`client`) or in process (`None`,
-    /// where the store keeps the records and the sink only counts losses).
-    /// Over NATS, subscribes to the records' acknowledgements first.
-    pub(crate) async fn new(client: Option<&async_nats::Client>) -> Result<Self, EngineError> {
+    /// The sink of an instance over NATS (`client`, with the outbox in
+    /// `dir`) or in process (`None`, where the store keeps the records and
+    /// the sink only counts losses).
+    pub(crate) fn new(nats: Option<(&async_nats::Client, &Path)>) -> Result<Self, EngineError> {
         let failures = Arc::<AtomicU64>::default();
-        let Some(client) = client else {
-            return Ok(Self {
-                out: None,
-                failures,
-            });
+        let out = match nats {
+            Some((client, dir)) => Some(outbox::Outbox::open(dir, client, failures.clone())?),
+            None => None,
         };
-        let inbox = client.new_inbox();
-        let acks = client
-            .subscribe(format!("{inbox}.*"))
-            .await
-            .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?;
-        let pending = Arc::<Mutex<HashMap<u64, (MandateId, Instant)>>>::default();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(read_acks(
-            acks,
-            format!("{inbox}."),
-            pending.clone(),
-            failures.clone(),
-            stopped,
-        ));
-        Ok(Self {
-            out: Some(Outbox {
-                client: client.clone(),
-                prefix: format!("{inbox}."),
-                next: AtomicU64::new(0),
-                pending,
-                _stop: stop,
-            }),
-            failures,
-        })
+        Ok(Self { out, failures })
     }
 
-    /// Sends a check decision to the audit stream, on its mandate's
-    /// subject. It is sent before the check's reply, on the same
-    /// connection, so the server has the record before the caller has the
-    /// answer; the stream's acknowledgement is read in the background,
-    /// off the reply path, and a record it did not store (an error, no
-    /// stream, or no acknowledgement within [`ACK_WAIT`]) is counted.
-    pub(crate) async fn send(
-        &self,
-        tenant: &TenantId,
-        record: &AuditRecord,
-    ) -> Result<(), EngineError> {
+    /// Puts a check decision in the outbox, on its mandate's subject: it is
+    /// on disk before the check's reply is sent, and the audit stream gets
+    /// it within milliseconds (or, while the stream cannot take it, as soon
+    /// as it can, even after a restart).
+    pub(crate) fn send(&self, tenant: &TenantId, record: &AuditRecord) -> Result<(), EngineError> {
         let Some(out) = &self.out else {
             return Err(EngineError::unavailable("no audit stream in process"));
         };
         // An `AuditRecord` is plain data: encoding it cannot fail.
         let payload = serde_json::to_vec(record).expect("audit records serialize");
-        let n = out.next.fetch_add(1, Ordering::Relaxed);
-        let mandate = record.decision.mandate;
-        // Registered before the publish, so its acknowledgement finds it.
-        lock(&out.pending).insert(n, (mandate, Instant::now()));
-        let sent = out
-            .client
-            .publish_with_reply(
-                audit_subject(tenant, mandate),
-                format!("{}{n}", out.prefix),
-                payload.into(),
-            )
-            .await;
-        if let Err(e) = sent {
-            lock(&out.pending).remove(&n);
-            return Err(not_stored(&e));
-        }
-        Ok(())
+        out.append(&audit_subject(tenant, record.decision.mandate), &payload)
     }
 
     /// Counts a record that was not stored, and says so loudly.
     pub(crate) fn lost(&self, mandate: MandateId, error: &EngineError) {
-        lost(&self.failures, mandate, error);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%mandate, %error, "AUDIT RECORD LOST: a check was answered but its record is not stored");
     }
 
-    /// Records not stored since the instance started.
+    /// Over NATS, attempts to store records that failed (they are sent
+    /// again); in process, records lost; since the instance started.
     pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
-}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Reads the stream's acknowledgements of records until the sink is
-/// dropped (or the connection closes): an error or a "no responders"
-/// (no audit stream) counts the record as lost, and so does a record not
-/// acknowledged within [`ACK_WAIT`].
-async fn read_acks(
-    mut acks: async_nats::Subscriber,
-    prefix: String,
-    pending: Arc<Mutex<HashMap<u64, (MandateId, Instant)>>>,
-    failures: Arc<AtomicU64>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut sweep = tokio::time::interval(ACK_WAIT / 5);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            m = acks.next() => {
-                let Some(m) = m else { break };
-                let Some(n) = m
-                    .subject
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
-                    continue;
-                };
-                let Some((mandate, _)) = lock(&pending).remove(&n) else {
-                    // Already counted as lost when it was late.
-                    continue;
-                };
-                if let Some(e) = ack_error(&m) {
-                    lost(&failures, mandate, &not_stored(&e));
-                }
-            }
-            _ = sweep.tick() => {
-                let late: Vec<MandateId> = {
-                    let mut pending = lock(&pending);
-                    let mut late = Vec::new();
-                    pending.retain(|_, (mandate, sent)| {
-                        let keep = sent.elapsed() < ACK_WAIT;
-                        if !keep {
-                            late.push(*mandate);
-                        }
-                        keep
-                    });
-                    late
-                };
-                for mandate in late {
-                    lost(&failures, mandate, &not_stored(&"no acknowledgement from the audit stream in time"));
-                }
-            }
-            _ = &mut stopped => break,
-        }
+    /// Records answered and not yet stored by the audit stream.
+    pub(crate) fn pending(&self) -> u64 {
+        self.out.as_ref().map_or(0, outbox::Outbox::pending)
     }
-    // What is still awaited will not be confirmed any more.
-    let left: Vec<MandateId> = lock(&pending).drain().map(|(_, (m, _))| m).collect();
-    for mandate in left {
-        lost(
-            &failures,
-            mandate,
-            &not_stored(&"the instance stopped before the audit stream acknowledged it"),
-        );
-    }
-}
-
-/// Why an acknowledgement says the record was not stored, if it does.
-fn ack_error(m: &async_nats::Message) -> Option<String> {
-    if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
-        return Some("no audit stream answers (no responders)".into());
-    }
-    #[derive(serde::Deserialize)]
-    struct Ack {
-        #[serde(default)]
-        stream: Option<String>,
-        #[serde(default)]
-        error: Option<serde_json::Value>,
-    }
-    match serde_json::from_slice::<Ack>(&m.payload) {
-        Ok(Ack {
-            error: Some(error), ..
-        }) => Some(format!("the audit stream refused it: {error}")),
-        Ok(Ack {
-            stream: Some(_), ..
-        }) => None,
-        Ok(_) => Some("an acknowledgement that names no stream".into()),
-        Err(e) => Some(format!("an unreadable acknowledgement: {e}")),
-    }
-}
-
-fn lost(failures: &AtomicU64, mandate: MandateId, error: &EngineError) {
-    failures.fetch_add(1, Ordering::Relaxed);
-    tracing::error!(%mandate, %error, "AUDIT RECORD LOST: a check was answered but its record is not stored");
-}
-
-fn not_stored(e: &dyn std::fmt::Display) -> EngineError {
-    EngineError::unavailable(format!("cannot record the check in the audit stream: {e}"))
 }
 
 /// Reads a mandate's audit records from the audit stream, oldest first.
@@ -298,8 +143,11 @@ pub(crate) async fn read_audit(
         while let Some(m) = batch.next().await {
             let m = m.map_err(unavailable)?;
             got += 1;
-            if let Ok(r) = serde_json::from_slice::<AuditRecord>(&m.payload) {
-                out.push(r);
+            // One record or several, one a line (see `outbox`).
+            for line in m.payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if let Ok(r) = serde_json::from_slice::<AuditRecord>(line) {
+                    out.push(r);
+                }
             }
             if m.info().map(|i| i.pending == 0).unwrap_or(false) {
                 pending = 0;

@@ -15,12 +15,14 @@ use super::{audit, missions, Clock, Engine, EngineConfig, EngineError, Inner, Si
 
 impl Engine {
     /// An engine over a log, a projection and a signal bus. Call
-    /// [`Engine::start`] to run its background tasks.
+    /// [`Engine::start`] to run its background tasks. Over NATS, `dir` is
+    /// where the audit outbox is kept (the data directory).
     pub async fn new(
         log: AnyLog,
         store: Store,
         bus: SignalBus,
         nats: Option<async_nats::Client>,
+        dir: Option<&std::path::Path>,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
         if config.republish_delay >= super::signals::DUPLICATE_WINDOW / 2 {
@@ -47,7 +49,15 @@ impl Engine {
             }
             None => missions::MissionState::default(),
         };
-        let audit = audit::AuditSink::new(nats.as_ref()).await?;
+        let audit = match (&nats, dir) {
+            (Some(client), Some(dir)) => audit::AuditSink::new(Some((client, dir)))?,
+            (Some(_), None) => {
+                return Err(EngineError::invalid(
+                    "over NATS the engine needs a data directory (for its audit outbox)",
+                ))
+            }
+            (None, _) => audit::AuditSink::new(None)?,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
@@ -84,6 +94,7 @@ impl Engine {
             store,
             SignalBus::local(),
             None,
+            None,
             config,
         )
         .await
@@ -112,7 +123,15 @@ impl Engine {
             client: client.clone(),
             js: Box::new(js),
         };
-        Self::new(AnyLog::Nats(log), store, bus, Some(client), config).await
+        Self::new(
+            AnyLog::Nats(log),
+            store,
+            bus,
+            Some(client),
+            Some(dir),
+            config,
+        )
+        .await
     }
 
     /// The projection this instance reads.

@@ -320,7 +320,7 @@ impl Engine {
     /// This instance's metrics in the Prometheus (OpenMetrics) text
     /// exposition format, every name prefixed `mandate_`: commands, checks
     /// and queries with their latency, cascade fan-out, signals, projection
-    /// lag, expiry backlog, outbox depth, mission intake backlog, append
+    /// lag, expiry backlog, outbox depth, audit records pending, mission intake backlog, append
     /// conflicts, beacons, audit failures, stream leader elections met
     /// (appends sent again, appends and reads unavailable), and the
     /// engine's version and
@@ -360,7 +360,7 @@ impl Engine {
             ),
             (
                 "audit_failures",
-                "Check records the audit stream refused or never confirmed",
+                "Attempts to store check records that the audit stream did not take (the records wait in the outbox and are sent again)",
                 inner.audit.failures(),
             ),
             (
@@ -444,6 +444,11 @@ impl Engine {
             ),
         ];
         if self.inner.nats.is_some() {
+            gauges.push((
+                "audit_pending",
+                "Check records in this instance's audit outbox that the audit stream has not stored yet",
+                Ok(self.inner.audit.pending()),
+            ));
             gauges.push((
                 "mission_intake_pending",
                 "Mission completions in the mission stream that this instance's intake consumers have not yet acknowledged (not delivered, or delivered and in progress)",

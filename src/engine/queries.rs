@@ -489,6 +489,7 @@ impl Engine {
             log_position,
             lag: log_position.saturating_sub(position),
             audit_failures: self.inner.audit.failures(),
+            audit_pending: self.inner.audit.pending(),
             time: self.now(),
             elections: self.elections(),
             quarantined: Vec::new(),

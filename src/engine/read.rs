@@ -115,9 +115,9 @@ impl Engine {
             instance: self.inner.config.instance.clone(),
         };
         let result = match &self.inner.nats {
-            // Sent before the reply; its storage is confirmed off the
-            // reply path.
-            Some(_) => self.inner.audit.send(tenant, &record).await,
+            // In the outbox before the reply; the stream stores it off
+            // the reply path.
+            Some(_) => self.inner.audit.send(tenant, &record),
             None => self
                 .inner
                 .store

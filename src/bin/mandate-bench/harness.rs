@@ -393,8 +393,8 @@ impl Drop for Echo {
 }
 
 /// One engine instance serving over NATS in a task, as `mandate serve` does,
-/// until stopped. Open tenants, no audit of checks: the bench measures the
-/// authority path, not the audit stream.
+/// until stopped, as `mandate serve` runs it (with open tenants): every
+/// check it answers is recorded, through the instance's audit outbox.
 pub struct Served {
     pub engine: Engine,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
