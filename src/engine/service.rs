@@ -146,20 +146,29 @@ impl Engine {
 
     /// Refuses a remote command whose actor is not proven, and returns its
     /// verified signature, if it carries one. A signature, when present,
-    /// must verify (never falling back to the HMAC); a tenant that requires
-    /// signatures refuses a command without one; otherwise the HMAC proves
-    /// the actor as before ([`Engine::authenticate`]).
+    /// must verify (never falling back to the HMAC); a `Mandate-Auth`
+    /// header, when present, must be well formed, on an open tenant too
+    /// (where a well-formed one is not checked against any key); a tenant
+    /// that requires signatures refuses a command without one; otherwise
+    /// the HMAC proves the actor as before ([`Engine::authenticate`]).
     async fn authenticate_command(
         &self,
         req: &Request<'_>,
         actor: &Actor,
     ) -> Result<Option<CommandSignature>, EngineError> {
-        let Origin::Remote { signature, .. } = req.origin else {
+        let Origin::Remote {
+            auth: auth_header,
+            signature,
+        } = req.origin
+        else {
             return Ok(None);
         };
         let auth = self.inner.config.auth.as_ref();
         if !auth.is_some_and(|a| a.requires(req.tenant)) && !self.inner.config.allow_open_tenants {
             return Err(super::auth::refuse_closed_tenant(req.tenant));
+        }
+        if let Some(header) = auth_header {
+            super::auth::parse_header(header)?;
         }
         if let Some(header) = signature {
             return self
