@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
 use common::secured::{
-    connect_recording, example_config, ordered_signal_consumer, server_minor, settings_for,
-    ServedOn, ServerErrors, User, AGENT_ACME, ENGINE, ORCH_ACME, ORCH_GLOBEX, SIGNAL_STREAM,
-    TICKETING_ACME,
+    connect_recording, example_config, ordered_signal_consumer, redirect_signals, server_minor,
+    settings_for, ServedOn, ServerErrors, User, AGENT_ACME, ENGINE, ORCH_ACME, ORCH_GLOBEX,
+    SIGNAL_STREAM, TICKETING_ACME,
 };
 use common::wire::start_guard;
 use common::{server_binary, NatsServer};
@@ -392,25 +392,8 @@ async fn an_agent_redirecting_its_signals_to_the_engine_changes_nothing() {
     // what it delivers). Permissions read subjects, and the deliver subject
     // is in the body: the server takes it (2.9 and 2.15).
     let acme = tenant_signals_subject(&tenant("acme"));
-    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
-    let config = serde_json::json!({
-        "name": name,
-        "filter_subject": acme,
-        "deliver_subject": "mandate.cmd.acme.revoke",
-        "deliver_policy": "all",
-        "ack_policy": "none",
-    });
-    let reply = nc
-        .request(
-            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme}"),
-            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
-                .to_string()
-                .into(),
-        )
-        .await
-        .expect("the server answers the create");
-    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    if reply["error"].is_object() {
+    let (redirected, _) = redirect_signals(&nc, &acme, "mandate.cmd.acme.revoke", "all").await;
+    if !redirected {
         // A server that checks the deliver subject: nothing to redirect.
         return;
     }
