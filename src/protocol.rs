@@ -190,7 +190,10 @@ pub struct BulkEnvelope {
     pub command_id: CommandId,
     pub tenant: TenantId,
     pub actor: Actor,
+    /// Free correlation id, for tracing: at most 128 bytes, no control
+    /// characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub correlation_id: Option<String>,
     #[serde(default = "schema_version")]
     #[schemars(range(min = 1, max = 1))]

@@ -658,8 +658,8 @@ async fn a_guard_on_the_node_that_dies_never_allows_under_a_revoke_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_hold_on_a_cluster_of_secured_nodes() {
     use common::secured::{
-        connect_recording, ordered_signal_consumer, server_minor, settings_for, AGENT_ACME,
-        AGENT_GLOBEX, ENGINE, ORCH_ACME, SIGNAL_STREAM,
+        connect_recording, ordered_signal_consumer, redirect_signals, server_minor, settings_for,
+        AGENT_ACME, AGENT_GLOBEX, ENGINE, ORCH_ACME, SIGNAL_STREAM,
     };
     use mandate::client::GuardState;
     use mandate::protocol::{tenant_signals_subject, Signal, SignalKind};
@@ -763,25 +763,8 @@ async fn roles_hold_on_a_cluster_of_secured_nodes() {
     let (spy_nc, _) = connect_recording(&settings_for(&cluster.url(0), &ENGINE)).await;
     let mut revokes = spy_nc.subscribe("mandate.cmd.acme.revoke").await.unwrap();
     spy_nc.flush().await.unwrap();
-    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
-    let config = serde_json::json!({
-        "name": name,
-        "filter_subject": acme_signals,
-        "deliver_subject": "mandate.cmd.acme.revoke",
-        "deliver_policy": "new",
-        "ack_policy": "none",
-    });
-    let reply = agent_nc
-        .request(
-            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme_signals}"),
-            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
-                .to_string()
-                .into(),
-        )
-        .await
-        .expect("the server answers the create");
-    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    let redirected = !reply["error"].is_object();
+    let (redirected, reply) =
+        redirect_signals(&agent_nc, &acme_signals, "mandate.cmd.acme.revoke", "new").await;
     if !redirected {
         eprintln!("this server checks the deliver subject: nothing to redirect ({reply})");
     }

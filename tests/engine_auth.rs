@@ -17,6 +17,7 @@ use mandate::domain::{Actor, AgentId, ErrorCode, PrincipalId, TenantId};
 use mandate::engine::auth::{sign, AuthConfig, AUTH_HEADER};
 use mandate::engine::EngineConfig;
 use mandate::log::EventLog;
+use mandate::protocol::signature::SIGNATURE_HEADER;
 
 /// cfo grants lead a root, depth 2.
 fn issue() -> Issue {
@@ -220,5 +221,107 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     let err = unlisted.issue(issue()).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
 
+    instance.stop().await;
+}
+
+/// Sends `body` on `subject` with the headers given; the whole reply.
+async fn send_with(
+    nc: &async_nats::Client,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let mut h = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        h.insert(*name, *value);
+    }
+    let reply = nc
+        .request_with_headers(
+            subject.to_string(),
+            h,
+            serde_json::to_vec(body).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// On an open tenant (no authentication configured for it), a malformed
+/// `Mandate-Auth` header is refused by name, as a malformed
+/// `Mandate-Signature` is, and nothing is written; a well-formed one is not
+/// checked against any key there, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
+    let (_server, _dir, instance, nc) = common::wire::serve_one("acme").await;
+    let before = instance.log_position().await;
+    let cfo = Actor::Principal(PrincipalId::new("cfo").unwrap());
+    let issue_body = || {
+        let cmd = common::fixtures::envelope(
+            "acme",
+            cfo.clone(),
+            mandate::domain::Command::Issue(issue()),
+        );
+        serde_json::to_value(cmd).unwrap()
+    };
+    let subject = "mandate.cmd.acme.issue";
+    let shape = "Mandate-Auth must be 'v1 <kind>:<id> <hex mac>'";
+    let mac = "0".repeat(64);
+    let no_kind = format!("v1 cfo {mac}");
+    let v2 = format!("v2 principal:cfo {mac}");
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            SIGNATURE_HEADER,
+            "ed25519 cfo-1",
+            "Mandate-Signature must be".into(),
+        ),
+        (AUTH_HEADER, "", shape.into()),
+        (AUTH_HEADER, "Bearer abc", shape.into()),
+        (AUTH_HEADER, "v1 principal:cfo", shape.into()),
+        (AUTH_HEADER, &v2, shape.into()),
+        (AUTH_HEADER, &no_kind, shape.into()),
+        (
+            AUTH_HEADER,
+            "v1 principal:cfo zz",
+            "Mandate-Auth mac is not hex".into(),
+        ),
+        (
+            AUTH_HEADER,
+            "v1 principal:cfo 00",
+            "Mandate-Auth mac is 2 hex digits, not the 64 of an HMAC-SHA256".into(),
+        ),
+    ];
+    for (name, value, says) in &cases {
+        let reply = send_with(&nc, subject, &[(name, value)], &issue_body()).await;
+        let what = format!("{name}: {value:?}");
+        common::wire::assert_refused(&what, &reply, "forbidden", &[says]);
+        assert_eq!(
+            reply["error"]["reason"], "not_authenticated",
+            "{what}: {reply}"
+        );
+    }
+    // A token query is proven as a command is: refused the same way.
+    let token = serde_json::json!({
+        "mandate": uuid::Uuid::new_v4(), "actor": {"kind": "principal", "id": "cfo"}
+    });
+    let reply = send_with(
+        &nc,
+        "mandate.q.acme.token",
+        &[(AUTH_HEADER, "v1 principal:cfo")],
+        &token,
+    )
+    .await;
+    common::wire::assert_refused("token query", &reply, "forbidden", &[shape]);
+    assert_eq!(
+        instance.log_position().await,
+        before,
+        "a refused command wrote something"
+    );
+
+    // A well-formed header, which no key of this open tenant proves or
+    // disproves: served, as before.
+    let header = format!("v1 principal:cfo {mac}");
+    let reply = send_with(&nc, subject, &[(AUTH_HEADER, &header)], &issue_body()).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(instance.log_position().await > before);
     instance.stop().await;
 }

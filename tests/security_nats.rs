@@ -14,7 +14,9 @@
 //! - tenant A cannot touch tenant B: not its commands, signals, missions,
 //!   nor its replies; and no one reads the shared `_INBOX.>`;
 //! - on 2.10 and later the server fsyncs every write; 2.9 refuses that
-//!   setting, which is why it lives in a file 2.9 does not read.
+//!   setting, which is why it lives in a file 2.9 does not read;
+//! - an engine whose user kept the older permissions (no subscription to
+//!   the subjects of the wrong shape) serves all the same.
 //!
 //! A refused publish or subscription is answered by the server with a
 //! permissions violation, asynchronously: the tests wait for that error and
@@ -27,9 +29,9 @@ use std::time::Duration;
 
 use common::fixtures::{agent, delegation, mission, principal, root_issue, tenant};
 use common::secured::{
-    connect_recording, example_config, ordered_signal_consumer, server_minor, settings_for,
-    ServedOn, ServerErrors, User, AGENT_ACME, ENGINE, ORCH_ACME, ORCH_GLOBEX, SIGNAL_STREAM,
-    TICKETING_ACME,
+    connect_recording, example_config, ordered_signal_consumer, redirect_signals, server_minor,
+    settings_for, ServedOn, ServerErrors, User, AGENT_ACME, ENGINE, ORCH_ACME, ORCH_GLOBEX,
+    SIGNAL_STREAM, TICKETING_ACME,
 };
 use common::wire::start_guard;
 use common::{server_binary, NatsServer};
@@ -390,25 +392,8 @@ async fn an_agent_redirecting_its_signals_to_the_engine_changes_nothing() {
     // what it delivers). Permissions read subjects, and the deliver subject
     // is in the body: the server takes it (2.9 and 2.15).
     let acme = tenant_signals_subject(&tenant("acme"));
-    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
-    let config = serde_json::json!({
-        "name": name,
-        "filter_subject": acme,
-        "deliver_subject": "mandate.cmd.acme.revoke",
-        "deliver_policy": "all",
-        "ack_policy": "none",
-    });
-    let reply = nc
-        .request(
-            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{acme}"),
-            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
-                .to_string()
-                .into(),
-        )
-        .await
-        .expect("the server answers the create");
-    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-    if reply["error"].is_object() {
+    let (redirected, _) = redirect_signals(&nc, &acme, "mandate.cmd.acme.revoke", "all").await;
+    if !redirected {
         // A server that checks the deliver subject: nothing to redirect.
         return;
     }
@@ -535,6 +520,65 @@ async fn a_connection_on_the_default_inbox_gets_no_reply() {
     errors
         .wait_for(&["Permissions Violation for Subscription", "\"_INBOX."])
         .await;
+}
+
+/// A deployment that kept the engine's older permissions (commands and
+/// queries on `mandate.<kind>.*.*` only): the server refuses the engine's
+/// subscriptions to the subjects of the wrong shape, asynchronously, and
+/// the engine serves all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_with_the_older_permissions_serves_all_the_same() {
+    let wrong_shape = [
+        "mandate.cmd.*",
+        "mandate.cmd.*.*.>",
+        "mandate.q.*",
+        "mandate.q.*.*.>",
+    ];
+    let server =
+        NatsServer::start_with_config(|store| {
+            let top = example_config(store, "");
+            let conf = store.join("nats-server.conf");
+            let text = std::fs::read_to_string(&conf).unwrap();
+            let mut older = text.clone();
+            for subject in wrong_shape {
+                older = older.replace(&format!("\"{subject}\","), "");
+            }
+            assert!(
+            wrong_shape.iter().all(|s| !older.contains(&format!("\"{s}\""))),
+            "examples/nats-server.conf no longer lists the engine's subjects as this test expects"
+        );
+            std::fs::write(&conf, older).unwrap();
+            top
+        });
+    let (nc, errors) = connect_recording(&settings(&server, &ENGINE)).await;
+    let engine = ServedOn::start(nc).await;
+    for subject in wrong_shape {
+        errors.subscription_refused(subject).await;
+    }
+    // Refused those, and nothing else.
+    assert_eq!(
+        errors.violations().len(),
+        wrong_shape.len(),
+        "{:?}",
+        errors.all()
+    );
+    let (nc, _) = connect_recording(&settings(&server, &ORCH_ACME)).await;
+    let cfo =
+        Client::nats(nc, tenant("acme"), principal("cfo")).with_timeout(Duration::from_millis(700));
+    common::fixtures::eventually("the engine answers", || {
+        let cfo = cfo.clone();
+        async move { cfo.health().await.is_ok() }
+    })
+    .await;
+    let (root, child) = root_and_child(&cfo, "FIN-77").await;
+    cfo.revoke(root, None)
+        .await
+        .expect("the orchestrator revokes");
+    for m in [root, child] {
+        let status = cfo.status(m, None).await.unwrap();
+        assert_eq!(status.effective.status, Status::Revoked, "{m}");
+    }
+    engine.stop().await.expect("the engine ends cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,26 @@ async fn register(nc: &async_nats::Client, key_id: &str, who: &str, key: &Signin
         .unwrap_or_else(|e| panic!("register {key_id}: {e}"));
 }
 
+/// A server and an engine serving acme (signatures not yet required), the
+/// cfo's key registered as `cfo-1`: the server, the engine's directory and
+/// instance, a connection, and the cfo signing with that key.
+async fn signed_acme() -> (
+    NatsServer,
+    tempfile::TempDir,
+    Instance,
+    async_nats::Client,
+    Client,
+) {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let instance = start(&server, dir.path(), false).await;
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
+    let cfo = signed(&nc, principal("cfo"), "cfo-1", key(10));
+    (server, dir, instance, nc, cfo)
+}
+
 /// The engine's reason and message of a refusal; anything else fails.
 fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (String, String) {
     match r {
@@ -271,12 +291,7 @@ async fn a_configured_key_bootstraps_registration_and_signed_commands_are_record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_that_does_not_verify_is_refused_by_name_and_writes_nothing() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = start(&server, dir.path(), false).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
+    let (_server, _dir, instance, nc, _) = signed_acme().await;
     register(&nc, "lead-1", "agent:lead", &key(20)).await;
     register(&nc, "cfo-old", "principal:cfo", &key(12)).await;
     security(&nc)
@@ -397,14 +412,8 @@ async fn a_signature_that_does_not_verify_is_refused_by_name_and_writes_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_commands_follow_the_ring_rules_and_refusals_write_nothing() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = start(&server, dir.path(), false).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
+    let (_server, _dir, instance, nc, cfo) = signed_acme().await;
     let before = instance.engine.log().last_position().await.unwrap();
-    let cfo = signed(&nc, principal("cfo"), "cfo-1", key(10));
     let sec = security(&nc);
 
     // A non-administrator registers a key for someone else.
@@ -499,13 +508,7 @@ fn base64_url(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_refuses_the_old_key_accepts_the_new_and_history_still_verifies() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = start(&server, dir.path(), false).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
-    let old = signed(&nc, principal("cfo"), "cfo-1", key(10));
+    let (_server, _dir, instance, nc, old) = signed_acme().await;
     let m: MandateId = old
         .issue(ticket_issue("jira:ROT-1"))
         .await
@@ -732,13 +735,7 @@ async fn the_cli_generates_registers_and_signs_with_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_bulk_command_and_mission_completion_record_their_signature_in_every_event() {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let instance = start(&server, dir.path(), false).await;
-    let nc = connect(&server).await;
-    serving(&nc, "acme").await;
-    register(&nc, "cfo-1", "principal:cfo", &key(10)).await;
-    let cfo = signed(&nc, principal("cfo"), "cfo-1", key(10));
+    let (_server, _dir, instance, nc, cfo) = signed_acme().await;
     let done = cfo
         .issue(ticket_issue("jira:BULK-1"))
         .await

@@ -2,12 +2,14 @@
 //! body of another tenant than its subject is refused naming both tenants
 //! (also for an issue, whose tree does not exist yet), and a check of an
 //! unknown mandate names no tree. A tree query naming a tree and a mandate
-//! outside it is refused, naming both.
+//! outside it is refused, naming both. A request on a subject with a token
+//! too few or too many is answered, once, naming its expected shape.
 
 mod common;
 
 use common::fixtures::{envelope, principal, root_issue, with_depth};
-use common::wire::{raw, serve_one};
+use common::wire::{assert_refused, raw, serve_one};
+use futures::StreamExt;
 use mandate::domain::{Command, TenantId};
 use mandate::protocol::{command_subject, query_subject};
 
@@ -114,5 +116,83 @@ async fn a_tree_query_naming_a_mandate_outside_its_tree_is_refused() {
         1,
         "{history}"
     );
+    instance.stop().await;
+}
+
+/// Every reply to `body` sent on `subject` within half a second; fails
+/// the test if the server says no one subscribes to it.
+async fn replies(nc: &async_nats::Client, subject: &str, body: Vec<u8>) -> Vec<serde_json::Value> {
+    let inbox = nc.new_inbox();
+    let mut sub = nc.subscribe(inbox.clone()).await.unwrap();
+    nc.publish_with_reply(subject.to_string(), inbox, body.into())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let quiet = tokio::time::sleep(std::time::Duration::from_millis(500));
+    tokio::pin!(quiet);
+    loop {
+        tokio::select! {
+            m = sub.next() => {
+                let m = m.unwrap();
+                assert_ne!(
+                    m.status,
+                    Some(async_nats::StatusCode::NO_RESPONDERS),
+                    "no responders on {subject}"
+                );
+                all.push(serde_json::from_slice(&m.payload).unwrap());
+            }
+            _ = &mut quiet => return all,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_of_the_wrong_shape_is_answered_once_naming_its_shape() {
+    let (_server, _dir, instance, nc) = serve_one("acme").await;
+    let acme = TenantId::new("acme").unwrap();
+    let before = instance.log_position().await;
+    let grants = ["finance:read on reports/**"];
+    let issue = || {
+        let cmd = envelope(
+            "acme",
+            principal("cfo"),
+            Command::Issue(root_issue("cfo", "lead", None, &grants)),
+        );
+        serde_json::to_vec(&cmd).unwrap()
+    };
+    // An unknown query verb, for the shape of the reply.
+    let unknown = raw(&nc, query_subject(&acme, "frobnicate"), b"{}".to_vec()).await;
+    assert_refused("unknown verb", &unknown, "invalid_input", &["frobnicate"]);
+
+    let command = "mandate.cmd.<tenant>.<command>";
+    let query = "mandate.q.<tenant>.<query>";
+    for (subject, body, shape) in [
+        ("mandate.cmd.acme.issue.extra", issue(), command),
+        ("mandate.cmd.acme.issue.a.b", issue(), command),
+        ("mandate.cmd.acme", issue(), command),
+        ("mandate.q.acme", b"{}".to_vec(), query),
+        ("mandate.q.acme.health.now", b"{}".to_vec(), query),
+    ] {
+        let got = replies(&nc, subject, body).await;
+        assert_eq!(got.len(), 1, "{subject}: {got:?}");
+        let reply = &got[0];
+        let quoted = format!("{subject:?}");
+        assert_refused(subject, reply, "invalid_input", &[&quoted, shape]);
+        assert_eq!(
+            reply["error"].get("reason"),
+            unknown["error"].get("reason"),
+            "{subject}: {reply}"
+        );
+    }
+    instance.caught_up().await;
+    assert_eq!(instance.log_position().await, before, "a refusal wrote");
+
+    // Well-formed requests are still answered once each.
+    let got = replies(&nc, "mandate.q.acme.health", b"{}".to_vec()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["ok"], true, "{got:?}");
+    let got = replies(&nc, "mandate.cmd.acme.issue", issue()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["ok"], true, "{got:?}");
     instance.stop().await;
 }

@@ -10,7 +10,9 @@ use super::error::DomainError;
 use super::event::{check_type, check_version, SCHEMA_VERSION};
 use super::ids::{AgentId, CommandId, MandateId, PrincipalId, TenantId};
 use super::keys::{RegisterKey, RevokeKey, RotateKey};
-use super::model::{check_text, check_time, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN};
+use super::model::{
+    check_text, check_time, refuse_control, Actor, Mission, MissionRef, MAX_DEPTH, MAX_LIST_LEN,
+};
 use super::scope::{ActionPattern, Scope};
 
 fn default_version() -> u32 {
@@ -41,7 +43,8 @@ pub struct CommandEnvelope {
     /// Who asks. Taken from the authenticated connection where the tenant
     /// requires it.
     pub actor: Actor,
-    /// Free correlation id carried into the events, for tracing.
+    /// Free correlation id carried into the events, for tracing: at most
+    /// 128 bytes, no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub correlation_id: Option<String>,
@@ -386,14 +389,7 @@ impl CommandEnvelope {
                 supported: SCHEMA_VERSION,
             });
         }
-        if let Some(c) = &self.correlation_id {
-            if c.len() > 128 {
-                return Err(DomainError::InvalidField {
-                    field: "correlation_id",
-                    reason: "longer than 128 bytes".into(),
-                });
-            }
-        }
+        check_correlation_id(self.correlation_id.as_deref())?;
         match &self.command {
             Command::Issue(i) => {
                 check_text("mission.purpose", &i.mission.purpose, true)?;
@@ -487,6 +483,24 @@ impl TryFrom<CommandEnvelope> for ExternalCommand {
     fn try_from(cmd: CommandEnvelope) -> Result<Self, DomainError> {
         Self::new(cmd)
     }
+}
+
+/// Longest accepted correlation id, in bytes.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// Checks a command's or bulk command's correlation id: at most
+/// [`MAX_CORRELATION_ID_LEN`] bytes, no control characters.
+pub fn check_correlation_id(correlation_id: Option<&str>) -> Result<(), DomainError> {
+    let Some(c) = correlation_id else {
+        return Ok(());
+    };
+    if c.len() > MAX_CORRELATION_ID_LEN {
+        return Err(DomainError::InvalidField {
+            field: "correlation_id",
+            reason: format!("longer than {MAX_CORRELATION_ID_LEN} bytes"),
+        });
+    }
+    refuse_control("correlation_id", c)
 }
 
 /// Refuses an actor only the engine itself may use, in anything that comes

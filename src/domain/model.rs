@@ -295,6 +295,19 @@ pub fn check_time(field: &'static str, t: DateTime<Utc>) -> Result<(), DomainErr
     })
 }
 
+/// Refuses a control character, line breaks and tabs included, in an
+/// identifier that is free text (a token's audience, a correlation id): it
+/// is printed and logged on one line.
+pub(crate) fn refuse_control(field: &'static str, value: &str) -> Result<(), DomainError> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(DomainError::InvalidField {
+            field,
+            reason: format!("holds the control character {c:?}"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Checks a free-text field's length, and that it holds no control
 /// character but line breaks and tabs: a reason is printed by the CLI and
 /// shown to people, so it may not carry terminal escapes.

@@ -16,7 +16,9 @@
 //! the configuration are refused unless the operator opened such tenants
 //! explicitly (`mandate serve --allow-open-tenants`,
 //! `EngineConfig::allow_open_tenants`); an open tenant must then be protected
-//! with NATS permissions, as the mission subjects always are.
+//! with NATS permissions, as the mission subjects always are. A header that
+//! is sent must be well formed on every tenant ([`parse_header`]): on an
+//! open tenant a malformed one is refused, a well-formed one is not checked.
 //!
 //! Mission completions (`mission.<tenant>.<ref>.completed`, published on the
 //! mission stream) carry the same header over their subject and body. On a
@@ -212,10 +214,29 @@ impl AuthConfig {
     }
 }
 
-/// `v1 <kind>:<id> <hex mac>` → (`<kind>:<id>`, mac).
-fn parse_header(header: &str) -> Result<(&str, &str), EngineError> {
-    crate::protocol::auth::parse_header(header)
-        .ok_or_else(|| forbidden(format!("{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'")))
+/// The hex digits of an HMAC-SHA256.
+const MAC_HEX_DIGITS: usize = 64;
+
+/// `v1 <kind>:<id> <hex mac>` → (`<kind>:<id>`, mac), or the refusal naming
+/// what is wrong. A header that is sent must be well formed on every tenant,
+/// an open one included, as a `Mandate-Signature` must verify.
+pub(crate) fn parse_header(header: &str) -> Result<(&str, &str), EngineError> {
+    let (who, tag) = crate::protocol::auth::parse_header(header)
+        .filter(|(who, _)| {
+            who.split_once(':')
+                .is_some_and(|(kind, id)| !kind.is_empty() && !id.is_empty())
+        })
+        .ok_or_else(|| forbidden(format!("{AUTH_HEADER} must be 'v1 <kind>:<id> <hex mac>'")))?;
+    if !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(forbidden(format!("{AUTH_HEADER} mac is not hex")));
+    }
+    if tag.len() != MAC_HEX_DIGITS {
+        return Err(forbidden(format!(
+            "{AUTH_HEADER} mac is {} hex digits, not the {MAC_HEX_DIGITS} of an HMAC-SHA256",
+            tag.len()
+        )));
+    }
+    Ok((who, tag))
 }
 
 /// Checks that `tag` is the MAC of `subject` and `body` under `who`'s key.

@@ -144,6 +144,7 @@ impl Engine {
         if let Some(r) = &reason {
             crate::domain::model::check_text("reason", r, false)?;
         }
+        crate::domain::command::check_correlation_id(bulk.correlation_id.as_deref())?;
         let block = engine_command(
             CommandId::derived(&bulk.command_id.to_string(), "registry-block"),
             &bulk.tenant,

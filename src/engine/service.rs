@@ -146,20 +146,29 @@ impl Engine {
 
     /// Refuses a remote command whose actor is not proven, and returns its
     /// verified signature, if it carries one. A signature, when present,
-    /// must verify (never falling back to the HMAC); a tenant that requires
-    /// signatures refuses a command without one; otherwise the HMAC proves
-    /// the actor as before ([`Engine::authenticate`]).
+    /// must verify (never falling back to the HMAC); a `Mandate-Auth`
+    /// header, when present, must be well formed, on an open tenant too
+    /// (where a well-formed one is not checked against any key); a tenant
+    /// that requires signatures refuses a command without one; otherwise
+    /// the HMAC proves the actor as before ([`Engine::authenticate`]).
     async fn authenticate_command(
         &self,
         req: &Request<'_>,
         actor: &Actor,
     ) -> Result<Option<CommandSignature>, EngineError> {
-        let Origin::Remote { signature, .. } = req.origin else {
+        let Origin::Remote {
+            auth: auth_header,
+            signature,
+        } = req.origin
+        else {
             return Ok(None);
         };
         let auth = self.inner.config.auth.as_ref();
         if !auth.is_some_and(|a| a.requires(req.tenant)) && !self.inner.config.allow_open_tenants {
             return Err(super::auth::refuse_closed_tenant(req.tenant));
+        }
+        if let Some(header) = auth_header {
+            super::auth::parse_header(header)?;
         }
         if let Some(header) = signature {
             return self
@@ -210,9 +219,15 @@ impl Engine {
         let (kind, tenant, verb) = match parts.as_slice() {
             ["mandate", kind @ ("cmd" | "q"), tenant, verb] => (*kind, *tenant, *verb),
             _ => {
+                let shape = match parts.get(1) {
+                    Some(&"cmd") => "mandate.cmd.<tenant>.<command>",
+                    Some(&"q") => "mandate.q.<tenant>.<query>",
+                    _ => "mandate.cmd.<tenant>.<command> nor mandate.q.<tenant>.<query>",
+                };
                 return encode::<()>(Err(EngineError::invalid(format!(
-                    "subject {subject:?} is not mandate.cmd.<tenant>.<verb> or mandate.q.<tenant>.<verb>"
-                ))))
+                    "subject {:?} is not {shape}",
+                    crate::domain::ids::truncate_for_error(subject)
+                ))));
             }
         };
         let tenant = TenantId::new(tenant)
@@ -500,7 +515,15 @@ impl Engine {
             )
         })?;
         let mut background = self.start();
-        // One subscription per served tenant (or one for all), per kind.
+        // One subscription per served tenant (or one for all), per kind;
+        // beside each, the subjects of that kind with a token too few or too
+        // many (`mandate.cmd.<t>`, `mandate.cmd.<t>.<verb>.…`), so such a
+        // request is answered with an error naming the shape, not met with
+        // no responders. The three patterns never match the same subject, so
+        // no request is taken twice. Where NATS permissions still allow only
+        // `mandate.<kind>.*.*`, the server refuses the other two
+        // (asynchronously: a permissions violation, logged as a server
+        // error) and the engine serves all the same.
         let tenants: Vec<String> = match self.inner.config.tenants.as_slice() {
             [] => vec!["*".into()],
             some => some.iter().map(|t| t.to_string()).collect(),
@@ -509,12 +532,20 @@ impl Engine {
         let mut queries = Vec::new();
         for t in &tenants {
             for (kind, into) in [("cmd", &mut commands), ("q", &mut queries)] {
-                into.push(
-                    client
-                        .queue_subscribe(format!("mandate.{kind}.{t}.*"), QUEUE_GROUP.into())
-                        .await
-                        .map_err(|e| EngineError::unavailable(format!("cannot subscribe: {e}")))?,
-                );
+                for subject in [
+                    format!("mandate.{kind}.{t}.*"),
+                    format!("mandate.{kind}.{t}"),
+                    format!("mandate.{kind}.{t}.*.>"),
+                ] {
+                    into.push(
+                        client
+                            .queue_subscribe(subject, QUEUE_GROUP.into())
+                            .await
+                            .map_err(|e| {
+                                EngineError::unavailable(format!("cannot subscribe: {e}"))
+                            })?,
+                    );
+                }
             }
         }
         let mut commands = futures::stream::select_all(commands);

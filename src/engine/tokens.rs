@@ -209,13 +209,7 @@ impl Engine {
                 }
                 .into());
             }
-            if let Some(c) = aud.chars().find(|c| c.is_control()) {
-                return Err(DomainError::InvalidField {
-                    field: "aud",
-                    reason: format!("holds the control character {c:?}"),
-                }
-                .into());
-            }
+            crate::domain::model::refuse_control("aud", aud)?;
         }
         if !q.consistency.is_fresh() {
             return Err(DomainError::InvalidField {

@@ -58,7 +58,7 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{
-    self, ConsumerErrorKind, LastRawMessageErrorKind, StorageType,
+    self, ConsumerErrorKind, LastRawMessageError, LastRawMessageErrorKind, StorageType,
 };
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
@@ -683,15 +683,10 @@ impl EventLog for JetStreamLog {
             .await
         {
             Ok(message) => Ok(Some(message.sequence)),
-            Err(e) => match e.kind() {
-                LastRawMessageErrorKind::NoMessageFound => Ok(None),
-                LastRawMessageErrorKind::JetStream(j) if !at_server_unavailable(&j) => Err(
-                    LogError::Backend(format!("first record after {after}: {e}")),
-                ),
-                _ => Err(self.inner.stalls.unavailable(LogError::Unavailable(format!(
-                    "first record after {after}: {e}"
-                )))),
-            },
+            Err(e) => self
+                .inner
+                .message_get_failure(&format!("first record after {after}"), &e)
+                .map_or(Ok(None), Err),
         }
     }
 
@@ -704,24 +699,36 @@ impl EventLog for JetStreamLog {
             .await
         {
             Ok(message) => Ok(message.sequence),
-            Err(e) => match e.kind() {
-                LastRawMessageErrorKind::NoMessageFound => Ok(0),
-                LastRawMessageErrorKind::JetStream(j) if at_server_unavailable(&j) => {
-                    Err(LogError::Unavailable(format!("head of {subject}: {e}")))
-                }
-                LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::InvalidSubject => {
-                    Err(LogError::Backend(format!("head of {subject}: {e}")))
-                }
-                LastRawMessageErrorKind::Other => Err(self
-                    .inner
-                    .stalls
-                    .unavailable(LogError::Unavailable(format!("head of {subject}: {e}")))),
-            },
+            Err(e) => self
+                .inner
+                .message_get_failure(&format!("head of {subject}"), &e)
+                .map_or(Ok(0), Err),
         }
     }
 }
 
 impl Inner {
+    /// What a failed message get (`what`, for the message) means: `None`
+    /// when the stream holds no such message; a backend failure when
+    /// JetStream refused the request itself (or the client its subject);
+    /// otherwise unavailable (a 503 while a leader is elected, no answer in
+    /// time), counted as a leader stall.
+    fn message_get_failure(&self, what: &str, e: &LastRawMessageError) -> Option<LogError> {
+        match e.kind() {
+            LastRawMessageErrorKind::NoMessageFound => None,
+            LastRawMessageErrorKind::JetStream(j) if !at_server_unavailable(&j) => {
+                Some(LogError::Backend(format!("{what}: {e}")))
+            }
+            LastRawMessageErrorKind::InvalidSubject => {
+                Some(LogError::Backend(format!("{what}: {e}")))
+            }
+            LastRawMessageErrorKind::JetStream(_) | LastRawMessageErrorKind::Other => Some(
+                self.stalls
+                    .unavailable(LogError::Unavailable(format!("{what}: {e}"))),
+            ),
+        }
+    }
+
     /// The record after `after` on `filter` as a corrupt record (with its
     /// position), if its subject is not UTF-8: the NATS client drops its
     /// connection on such a delivery, so no consumer gets past it. Read

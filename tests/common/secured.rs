@@ -264,3 +264,35 @@ pub async fn ordered_signal_consumer(
         .await;
     (name, made)
 }
+
+/// Asks, on `nc`, for a consumer on the signal stream filtered to `filter`
+/// (named, in the create form an agent's permission admits) that delivers
+/// to `deliver` from `deliver_policy` on, without acks. The deliver subject
+/// is in the request's body, which permissions do not read. Returns whether
+/// the server took it, and its answer.
+pub async fn redirect_signals(
+    nc: &async_nats::Client,
+    filter: &str,
+    deliver: &str,
+    deliver_policy: &str,
+) -> (bool, serde_json::Value) {
+    let name = format!("mandate_hub_{}", uuid::Uuid::new_v4().simple());
+    let config = serde_json::json!({
+        "name": name,
+        "filter_subject": filter,
+        "deliver_subject": deliver,
+        "deliver_policy": deliver_policy,
+        "ack_policy": "none",
+    });
+    let reply = nc
+        .request(
+            format!("$JS.API.CONSUMER.CREATE.{SIGNAL_STREAM}.{name}.{filter}"),
+            serde_json::json!({"stream_name": SIGNAL_STREAM, "config": config})
+                .to_string()
+                .into(),
+        )
+        .await
+        .expect("the server answers the create");
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    (!reply["error"].is_object(), reply)
+}
