@@ -222,3 +222,26 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
 
     instance.stop().await;
 }
+
+/// An empty secret proves nothing (anyone can compute a MAC under the empty
+/// key), so an auth file holding one is refused when it is read, naming the
+/// tenant and the key, as `serve --auth` reads it before it starts.
+#[test]
+fn an_auth_file_with_an_empty_secret_is_refused_when_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let path = dir.path().join("auth.json");
+        std::fs::write(&path, text).unwrap();
+        AuthConfig::load(&path)
+    };
+    let err =
+        load(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "s", "ticketing:jira": ""}}}}"#)
+            .expect_err("an empty secret is refused");
+    let said = err.to_string();
+    assert!(
+        said.contains("acme") && said.contains("ticketing:jira") && said.contains("empty secret"),
+        "{said}"
+    );
+    load(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "s", "ticketing:jira": "j"}}}}"#)
+        .expect("non-empty secrets are read");
+}
