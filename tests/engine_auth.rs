@@ -324,4 +324,25 @@ async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
     assert_eq!(reply["ok"], true, "{reply}");
     assert!(instance.log_position().await > before);
     instance.stop().await;
+/// An empty secret proves nothing (anyone can compute a MAC under the empty
+/// key), so an auth file holding one is refused when it is read, naming the
+/// tenant and the key, as `serve --auth` reads it before it starts.
+#[test]
+fn an_auth_file_with_an_empty_secret_is_refused_when_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |text: &str| {
+        let path = dir.path().join("auth.json");
+        std::fs::write(&path, text).unwrap();
+        AuthConfig::load(&path)
+    };
+    let err =
+        load(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "s", "ticketing:jira": ""}}}}"#)
+            .expect_err("an empty secret is refused");
+    let said = err.to_string();
+    assert!(
+        said.contains("acme") && said.contains("ticketing:jira") && said.contains("empty secret"),
+        "{said}"
+    );
+    load(r#"{"tenants": {"acme": {"keys": {"principal:cfo": "s", "ticketing:jira": "j"}}}}"#)
+        .expect("non-empty secrets are read");
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::fixtures::{
-    agent, assert_denied_as, delegation, eventually, guard_config, principal, root_issue,
+    agent, assert_denied_as, delegation, eventually, guard_config, principal, root_issue, scope,
 };
 use common::relay::Relay;
 use common::served::Instance;
@@ -457,6 +457,40 @@ async fn an_older_reply_arriving_after_a_newer_one_does_not_undo_a_pause() {
         "an older answer undid the pause"
     );
     assert_denied_as(&guard.check("finance:read", "reports/q3"), Status::Paused);
+    served.stop().await;
+}
+
+/// A narrowing three levels up changes the root alone (the guarded
+/// mandate's own grants stay as they were delegated), and the guard's
+/// re-read chain then holds a link whose own grants exceed the root's: the
+/// guard takes it and denies what the root no longer grants, as the engine's
+/// check does, and keeps allowing what it still grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowing_three_levels_up_narrows_what_the_guard_allows() {
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
+    assert!(guard.check("finance:read", "reports/q4/x").is_allowed());
+    let cfo = client(&server.url(), principal("cfo")).await;
+    cfo.narrow(ids[0], scope(&["finance:read on reports/q3/*"]))
+        .await
+        .unwrap();
+    eventually("the guard denies what the root no longer grants", || {
+        ready(!guard.check("finance:read", "reports/q4/x").is_allowed())
+    })
+    .await;
+    let d = guard.check("finance:read", "reports/q4/x");
+    assert_eq!(
+        d.reason,
+        Some(DenyReason::OutOfScope { mandate: ids[0] }),
+        "{d:?}"
+    );
+    assert_eq!(guard.state(), GuardState::Active);
+    assert!(guard.check("finance:read", "reports/q3/x").is_allowed());
+    let engine = cfo
+        .check(ids[3], "finance:read", "reports/q4/x", None)
+        .await
+        .unwrap();
+    assert_eq!(engine.outcome, Outcome::Deny, "{engine:?}");
     served.stop().await;
 }
 

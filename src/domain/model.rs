@@ -589,9 +589,11 @@ impl Tree {
     /// Refused unless the chain is one the engine could have written: not
     /// empty; every link of `tenant` and tree `id`, with distinct ids; the
     /// first a root and every other delegated from the link before it; one
-    /// principal throughout; and every delegation within its parent (scope
-    /// covered, `not_after` no later, depth strictly below). Each link's
-    /// children are set to the next link alone.
+    /// principal throughout; and every delegation's depth strictly below its
+    /// parent's. A link's own scope or `not_after` may exceed an ancestor's
+    /// (narrowed or shortened after the delegation): every link counts in
+    /// `authorize` and the effective status. Each link's children are set to
+    /// the next link alone.
     pub fn from_chain(
         tenant: TenantId,
         id: TreeId,
@@ -706,25 +708,22 @@ impl Tree {
 }
 
 /// Why `child` cannot be the delegation of `parent` that the engine wrote:
-/// it must name `parent`, and lie within it (invariant 1).
+/// it must name `parent`, and may be delegated fewer levels (invariant 1).
+///
+/// Its own scope and `not_after` are not compared with the parent's: a
+/// delegation lay within its parent when it was written, but a later
+/// `narrow` or a shortening `renew` of an ancestor changes the ancestor
+/// alone, so the engine's chains legitimately hold links whose own grants or
+/// end exceed an ancestor's. That is sound, because every link counts:
+/// `authorize` requires every link's scope, and the effective status every
+/// link's `not_after`. Refusing such a chain would leave a reader on the
+/// state from before the narrowing.
 fn check_delegation(parent: &Mandate, child: &Mandate) -> Result<(), String> {
     let id = child.id;
     if child.parent != Some(parent.id) {
         return Err(format!(
             "mandate {id} does not follow from the mandate before it, {}",
             parent.id
-        ));
-    }
-    if let Some(grant) = parent.scope.first_uncovered(&child.scope) {
-        return Err(format!(
-            "mandate {id} holds {grant}, which its parent {} does not",
-            parent.id
-        ));
-    }
-    if child.not_after > parent.not_after {
-        return Err(format!(
-            "mandate {id} ends at {}, after its parent {} ({})",
-            child.not_after, parent.id, parent.not_after
         ));
     }
     if child.depth >= parent.depth {

@@ -116,6 +116,17 @@ impl AuthConfig {
                     "auth file: tenant {tenant} lists no keys and no signing keys"
                 )));
             }
+            // An empty secret is known to everyone: anyone could prove
+            // that actor with a MAC under the empty key.
+            if let Some(key) = keys
+                .keys
+                .iter()
+                .find_map(|(k, s)| s.is_empty().then_some(k))
+            {
+                return Err(EngineError::invalid(format!(
+                    "auth file: tenant {tenant}: key {key} has an empty secret, which anyone could sign with"
+                )));
+            }
             for (id, key) in &keys.signing_keys {
                 decode_public_key(&key.public_key).map_err(|e| {
                     EngineError::invalid(format!(
