@@ -324,6 +324,8 @@ async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
     assert_eq!(reply["ok"], true, "{reply}");
     assert!(instance.log_position().await > before);
     instance.stop().await;
+}
+
 /// An empty secret proves nothing (anyone can compute a MAC under the empty
 /// key), so an auth file holding one is refused when it is read, naming the
 /// tenant and the key, as `serve --auth` reads it before it starts.
