@@ -902,3 +902,24 @@ fn approvals_by_command_are_used_once_and_refusals_say_why() {
         &["approval id"],
     );
 }
+
+/// More replicas than the server can keep is a configuration the start
+/// refuses: invalid (2), naming it, not internal (6).
+#[test]
+fn serve_refuses_replicas_the_server_cannot_keep_as_invalid_input() {
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let refused = mandate(
+        dir.path(),
+        &[
+            "--nats",
+            &url,
+            "serve",
+            "--allow-open-tenants",
+            "--replicas",
+            "3",
+        ],
+    );
+    says(&refused, 2, &["replica", "configuration refused"]);
+}
