@@ -124,8 +124,9 @@ pub enum BootstrapError {
     PrivateNotRunning { dir: PathBuf },
     #[error(
         "data directory {dir} belongs to an engine served over NATS (`mandate serve --nats URL --data {dir}`), \
-         and without --nats no engine serving it runs here. Reach it with --nats URL (or MANDATE_NATS), or start \
-         it: `mandate serve --nats URL --data {dir}`. The in-process engine does not open this directory: \
+         and no engine serving it is running where a command without --nats can find it (such a serve announces \
+         no URL in the directory). Reach it with --nats URL (or MANDATE_NATS), or start it: \
+         `mandate serve --nats URL --data {dir}`. The in-process engine does not open this directory: \
          beside that engine's projection its own empty log would hold every tree"
     )]
     NatsNotReached { dir: PathBuf },
