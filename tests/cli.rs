@@ -902,3 +902,132 @@ fn approvals_by_command_are_used_once_and_refusals_say_why() {
         &["approval id"],
     );
 }
+
+/// `mandate serve --nats URL --allow-open-tenants` on `d`, once an engine
+/// answers on URL (at most 30 s).
+fn serve_over_nats(d: &Path, url: &str) -> std::process::Child {
+    let mut serve = mandate_cmd(d, &["--nats", url, "serve", "--allow-open-tenants"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run mandate serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while mandate(d, &["--nats", url, "health"]).status.code() != Some(0) {
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "mandate serve --nats exited"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mandate serve --nats never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    serve
+}
+
+/// Every file under `dir`, with its size and modification time.
+fn listing(dir: &Path) -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+    let mut all = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(entry.path());
+            }
+            all.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// A data directory served over NATS, once its `serve` has stopped: a
+/// command without `--nats` is unavailable (4), names the directory and how
+/// to reach its engine, and writes nothing into it (no in-process log, no
+/// holds in its projection), so the restarted `serve` answers as before.
+/// While it runs, a second `serve` on the directory is unavailable (4) too.
+#[test]
+fn a_directory_served_over_nats_is_never_opened_by_the_in_process_engine() {
+    let server = common::NatsServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let over = |args: &[&str]| {
+        let mut all = vec!["--nats", url.as_str()];
+        all.extend(args);
+        mandate(d, &all)
+    };
+    let mut serve = serve_over_nats(d, &url);
+    let root = mandate_in(&over(&[
+        "--actor",
+        "principal:cfo",
+        "--json",
+        "issue",
+        "--principal",
+        "cfo",
+        "--agent",
+        "research-lead",
+        "--purpose",
+        "Evaluate Acme",
+        "--grant",
+        "finance:read on reports/**",
+    ]));
+
+    let second = over(&["serve", "--allow-open-tenants"]);
+    says(
+        &second,
+        4,
+        &["is held by another process", "another --data"],
+    );
+
+    kill(&mut serve);
+    let before = listing(d);
+    let named = d.display().to_string();
+    for args in [
+        vec!["status", root.as_str()],
+        vec!["check", root.as_str(), "finance:read", "reports/q3/x"],
+        vec!["--actor", "principal:cfo", "revoke", root.as_str()],
+        vec!["rebuild"],
+    ] {
+        says(
+            &mandate(d, &args),
+            4,
+            &[&named, "served over NATS", "--nats URL"],
+        );
+    }
+    assert!(!d.join("log").exists(), "an in-process log was created");
+    assert_eq!(listing(d), before, "the data directory was written to");
+
+    let mut serve = serve_over_nats(d, &url);
+    says(
+        &over(&["check", &root, "finance:read", "reports/q3/x"]),
+        0,
+        &["ALLOW"],
+    );
+    let health = says(&over(&["health"]), 0, &[]);
+    assert!(!health.contains("BACKWARDS"), "{health}");
+    kill(&mut serve);
+}
+
+/// More replicas than the server can keep is a configuration the start
+/// refuses: invalid (2), naming it, not internal (6).
+#[test]
+fn serve_refuses_replicas_the_server_cannot_keep_as_invalid_input() {
+    let server = common::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url();
+    let refused = mandate(
+        dir.path(),
+        &[
+            "--nats",
+            &url,
+            "serve",
+            "--allow-open-tenants",
+            "--replicas",
+            "3",
+        ],
+    );
+    says(&refused, 2, &["replica", "configuration refused"]);
+}

@@ -163,8 +163,41 @@ fn serve_without_nats_lets_other_processes_watch_revoke_and_check() {
         "the private nats-server outlived serve"
     );
 
-    // Back to the in-process engine, a separate store.
-    says(&mandate(d, &["status", &kid]), 3, &[]);
+    // Not back to the in-process engine, a separate store where the
+    // served mandates are not found and new ones would land: the directory
+    // is served, by an engine that is not running now.
+    let named = d.display().to_string();
+    let stopped = [
+        &named,
+        "is not running",
+        "no `mandate serve` runs on",
+        &format!("Start `mandate serve --data {named}` again"),
+    ];
+    says(&mandate(d, &["status", &kid]), 4, &stopped);
+    says(&cfo_changes(d, "revoke", &kid, &[]), 4, &stopped);
+    let issued = mandate(
+        d,
+        &[
+            "--actor",
+            "principal:cfo",
+            "issue",
+            "--principal",
+            "cfo",
+            "--agent",
+            "lead",
+            "--purpose",
+            "p",
+            "--grant",
+            "a on b",
+            "--ttl",
+            "1h",
+        ],
+    );
+    says(&issued, 4, &stopped);
+    assert!(
+        !d.join("log").exists() && !d.join("projection").exists(),
+        "fell back to the in-process engine"
+    );
 }
 
 #[test]
@@ -194,7 +227,7 @@ fn a_crashed_serve_is_reported_not_bypassed_and_a_restart_keeps_its_mandates() {
         &[
             &format!("the served engine at {url}"),
             "is gone: no `mandate serve` runs on",
-            "Start `mandate serve` again",
+            "Start `mandate serve --data",
         ],
     );
     assert!(

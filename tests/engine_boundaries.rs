@@ -352,3 +352,80 @@ async fn bad_input_over_the_wire_is_refused_typed_and_changes_nothing() {
     assert_mission_open(&cfo, planner_root("jira:FIN-9")).await;
     instance.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Replies the server would not carry
+// ---------------------------------------------------------------------------
+
+/// A reply larger than the server's `max_payload` (here an `audit` with a
+/// huge `limit`) is answered at once with a typed error naming both sizes
+/// and what to ask instead, not left unsent for the caller to time out on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_servers_max_payload_is_an_error_not_a_silence() {
+    const MAX_PAYLOAD: usize = 32 * 1024;
+    let server = NatsServer::start_with_config(|store| {
+        let path = store.join("small-payload.conf");
+        let text = format!(
+            "jetstream {{ store_dir: \"{}\" }}\nmax_payload: {MAX_PAYLOAD}\n",
+            store.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let engine_nc = async_nats::connect(server.url()).await.unwrap();
+    let log = mandate::log::JetStreamConfig {
+        max_message_size: MAX_PAYLOAD / 2,
+        ..Default::default()
+    };
+    let config = mandate::engine::EngineConfig {
+        allow_open_tenants: true,
+        ..Default::default()
+    };
+    let engine = mandate::engine::Engine::nats(engine_nc, dir.path(), log, config)
+        .await
+        .expect("open the engine");
+    let (_stop, _task) = common::served::serve_in_task(&engine);
+    let nc = connect(&server).await;
+    serving(&nc, "acme").await;
+
+    let root = issue(
+        &nc,
+        root_issue("cfo", "lead", None, &["finance:read on reports/**"]),
+    )
+    .await;
+    let lead = client(&nc, "acme", agent("lead")).with_timeout(Duration::from_secs(5));
+    // About 300 bytes of audit record each: far more than MAX_PAYLOAD.
+    const CHECKS: usize = 200;
+    let padding = "x".repeat(200);
+    for i in 0..CHECKS {
+        let resource = format!("reports/{padding}{i}");
+        lead.check(root, "finance:read", &resource, None)
+            .await
+            .expect("check");
+    }
+    eventually("every check is in the audit", || {
+        let lead = lead.clone();
+        async move { matches!(lead.audit(root, 10).await, Ok(r) if r.records.len() == 10) }
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let refused = lead.audit(root, 1_000_000).await;
+    let took = started.elapsed();
+    let body = match refused {
+        Err(ClientError::Engine(body)) => body,
+        other => panic!("expected an error reply, got {other:?} after {took:?}"),
+    };
+    assert_eq!(body.code, ErrorCode::InvalidInput, "{body:?}");
+    assert!(
+        body.message
+            .contains(&format!("max_payload of {MAX_PAYLOAD} bytes"))
+            && body.message.contains("a smaller `limit`"),
+        "{}",
+        body.message
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    // A reply that fits still goes out.
+    assert_eq!(lead.audit(root, 10).await.unwrap().records.len(), 10);
+}

@@ -13,6 +13,14 @@
 //! whether its `serve` still holds the directory or is gone, never a silent
 //! switch to the in-process engine's separate store. A `serve` that starts
 //! on the directory replaces a stale file.
+//!
+//! Every `serve` (with or without `--nats`) also marks the directory as
+//! served, in `<data>/served-by`, and the mark stays after it stops: a
+//! command without `--nats` on a marked directory that no running `serve`
+//! announces is refused (exit 4), and the in-process engine never opens it.
+//! Its store would be another one (where the served mandates are "not
+//! found"), and beside a `serve --nats` projection it would compare that
+//! projection with its own empty log and hold every tree.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,6 +36,8 @@ use crate::engine::{Engine, EngineError, EngineErrorKind};
 pub const URL_FILE: &str = "serve.url";
 /// Held (an exclusive file lock) by the `serve` that owns the directory.
 const LOCK_FILE: &str = "serve.lock";
+/// Written by `serve` into its data directory: which engines serve it.
+const SERVED_BY_FILE: &str = "served-by";
 /// The private server's JetStream store.
 const NATS_DIR: &str = "nats";
 /// The served engine's projection.
@@ -89,8 +99,8 @@ pub enum BootstrapError {
     },
     #[error(
         "the served engine at {url} (from {file}) is gone: no `mandate serve` runs on {dir}. \
-         Start `mandate serve` again (it keeps its mandates in {dir}/nats), or delete {file} \
-         to use the in-process engine (a separate store)"
+         Start `mandate serve --data {dir}` again (it keeps its mandates in {dir}/nats), \
+         or pass a served engine's URL with --nats"
     )]
     ServeGone {
         url: String,
@@ -104,6 +114,27 @@ pub enum BootstrapError {
          or pass a served engine's URL with --nats (or MANDATE_NATS)"
     )]
     DataInUse(PathBuf),
+    #[error(
+        "the engine that serves data directory {dir} is not running: it is `mandate serve`'s, on a private \
+         nats-server (its mandates are in {dir}/nats), and no `mandate serve` runs on {dir} now. \
+         Start `mandate serve --data {dir}` again (commands without --nats then reach it), or pass a served \
+         engine's URL with --nats. The in-process engine does not open this directory: its store would be \
+         another one, without those mandates"
+    )]
+    PrivateNotRunning { dir: PathBuf },
+    #[error(
+        "data directory {dir} belongs to an engine served over NATS (`mandate serve --nats URL --data {dir}`), \
+         and no engine serving it is running where a command without --nats can find it (such a serve announces \
+         no URL in the directory). Reach it with --nats URL (or MANDATE_NATS), or start it: \
+         `mandate serve --nats URL --data {dir}`. The in-process engine does not open this directory: \
+         beside that engine's projection its own empty log would hold every tree"
+    )]
+    NatsNotReached { dir: PathBuf },
+    #[error(
+        "the projection in {dir} is held by another process: another `mandate serve` on this data directory, \
+         or a command on its in-process engine; stop that process, or give this one another --data"
+    )]
+    ProjectionInUse { dir: PathBuf },
     #[error(
         "`mandate serve` runs on {0} and holds the served projection; rebuild works on a projection \
          no engine holds: stop serve first, or run rebuild against its server with --nats and another --data"
@@ -168,6 +199,71 @@ fn try_lock(data: &Path) -> Result<Option<File>, BootstrapError> {
     }
 }
 
+/// Which engine serves a data directory, as its `served-by` file says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServedBy {
+    /// `mandate serve` without `--nats`: its private nats-server, its
+    /// projection in `<data>/engine`.
+    Private,
+    /// `mandate serve --nats URL`: an external NATS, its projection in
+    /// `<data>/projection`.
+    Nats,
+}
+
+impl ServedBy {
+    fn word(self) -> &'static str {
+        match self {
+            ServedBy::Private => "private-nats-server",
+            ServedBy::Nats => "nats",
+        }
+    }
+}
+
+/// Marks `data` as served by `by` (kept beside any other mark), so that no
+/// command ever opens the in-process engine on it. Written whole, then
+/// renamed.
+pub fn mark_served(data: &Path, by: ServedBy) -> Result<(), BootstrapError> {
+    let file = data.join(SERVED_BY_FILE);
+    let mut marks = served_by(data)?;
+    if marks.contains(&by) {
+        return Ok(());
+    }
+    marks.push(by);
+    let text: String = marks.iter().map(|m| format!("{}\n", m.word())).collect();
+    let tmp = data.join(format!("{SERVED_BY_FILE}.tmp"));
+    std::fs::write(&tmp, text).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io("write", &file))
+}
+
+/// The engines that served `data`: its `served-by` file; for a directory
+/// served before the file existed, what `serve` left in it (the private
+/// server's store, or a projection without the in-process engine's log).
+fn served_by(data: &Path) -> Result<Vec<ServedBy>, BootstrapError> {
+    let file = data.join(SERVED_BY_FILE);
+    let mut marks = match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .lines()
+            .filter_map(|line| match line.trim() {
+                "private-nats-server" => Some(ServedBy::Private),
+                "nats" => Some(ServedBy::Nats),
+                _ => None,
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io("read", &file)(e)),
+    };
+    if data.join(NATS_DIR).is_dir() && !marks.contains(&ServedBy::Private) {
+        marks.push(ServedBy::Private);
+    }
+    if data.join("projection").is_dir()
+        && !data.join("log").exists()
+        && !marks.contains(&ServedBy::Nats)
+    {
+        marks.push(ServedBy::Nats);
+    }
+    Ok(marks)
+}
+
 /// A running private `nats-server`, owned by this `serve`: stopped (and the
 /// URL file removed) on [`PrivateServer::stop`] or drop.
 pub struct PrivateServer {
@@ -190,6 +286,7 @@ impl PrivateServer {
         let bin = server_binary()?;
         std::fs::create_dir_all(data).map_err(io("create", data))?;
         let lock = try_lock(data)?.ok_or_else(|| BootstrapError::AlreadyServed(data.into()))?;
+        mark_served(data, ServedBy::Private)?;
         let url_file = data.join(URL_FILE);
         // Left by a `serve` that did not stop cleanly: we hold the lock, so
         // it is gone.
@@ -202,7 +299,8 @@ impl PrivateServer {
             tracing::warn!(
                 data = %data.display(),
                 "this directory also holds an in-process engine's log; the served engine keeps its own \
-                 (in {}/{NATS_DIR}) and does not see those mandates",
+                 (in {}/{NATS_DIR}) and does not see those mandates, and once served the directory is no \
+                 longer opened by the in-process engine",
                 data.display()
             );
         }
@@ -530,14 +628,26 @@ pub enum Discovered {
 
 /// Finds a served engine for `data`: its URL file, if the server answers.
 /// A file whose server does not answer is an error (exit 4), whether its
-/// `serve` still runs or is gone: the command never falls back to the
-/// in-process engine, a separate store, where a live mandate of the served
-/// one is not found and a revoke would land nowhere.
+/// `serve` still runs or is gone, and so is a directory marked as served
+/// without a URL file (its `serve` stopped, or it is served over an
+/// external NATS): the command never falls back to the in-process engine,
+/// a separate store, where a live mandate of the served one is not found
+/// and a revoke would land nowhere. Nothing is written to a served
+/// directory.
 pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
     let file = data.join(URL_FILE);
     let url = match std::fs::read_to_string(&file) {
         Ok(text) => text.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Discovered::InProcess),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let marks = served_by(data)?;
+            return if marks.contains(&ServedBy::Private) {
+                Err(BootstrapError::PrivateNotRunning { dir: data.into() })
+            } else if marks.contains(&ServedBy::Nats) {
+                Err(BootstrapError::NatsNotReached { dir: data.into() })
+            } else {
+                Ok(Discovered::InProcess)
+            };
+        }
         Err(e) => return Err(io("read", &file)(e)),
     };
     let reason = match async_nats::ConnectOptions::new()
@@ -562,6 +672,18 @@ pub async fn discover(data: &Path) -> Result<Discovered, BootstrapError> {
         dir: data.into(),
         reason,
     })
+}
+
+/// Says plainly what to do when a served engine cannot open its
+/// projection in `dir` because another process holds it; other errors pass
+/// unchanged.
+pub fn explain_serve_open_error(dir: &Path, e: EngineError) -> Failure {
+    // The projection's store reports a held lock only as an I/O error with
+    // this text (sled 0.34).
+    if e.to_string().contains("could not acquire lock") {
+        return BootstrapError::ProjectionInUse { dir: dir.into() }.into();
+    }
+    e.into()
 }
 
 /// Says plainly what to do when the in-process engine cannot open `data`

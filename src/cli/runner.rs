@@ -149,7 +149,9 @@ async fn over_nats(
         }
         Cmd::Rebuild { accept_log_loss } => {
             let config = EngineConfig::default();
-            let engine = Engine::nats(nc, &cli.data, Default::default(), config).await?;
+            let engine = Engine::nats(nc, &cli.data, Default::default(), config)
+                .await
+                .map_err(|e| bootstrap::explain_serve_open_error(&cli.data, e))?;
             return serve::rebuild(&engine, *accept_log_loss, cli.json).await;
         }
         _ => {}

@@ -130,7 +130,12 @@ pub(super) async fn serve(
         ..EngineConfig::default()
     };
     let Some(server) = private else {
-        let engine = Engine::nats(nc, &cli.data, log_config, config).await?;
+        let engine = Engine::nats(nc, &cli.data, log_config, config)
+            .await
+            .map_err(|e| bootstrap::explain_serve_open_error(&cli.data, e))?;
+        // Once opened (not before: a directory another process holds, or a
+        // refused configuration, is left as it was).
+        bootstrap::mark_served(&cli.data, bootstrap::ServedBy::Nats)?;
         let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
         let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
         tracing::info!(data = %cli.data.display(), "engine starting");
@@ -139,7 +144,9 @@ pub(super) async fn serve(
     };
     let probe = config.tenants.first().cloned().unwrap_or(tenant);
     let dir = bootstrap::engine_dir(&cli.data);
-    let engine = Engine::nats(nc.clone(), &dir, log_config, config).await?;
+    let engine = Engine::nats(nc.clone(), &dir, log_config, config)
+        .await
+        .map_err(|e| bootstrap::explain_serve_open_error(&dir, e))?;
     let _metrics = metrics.map(|l| HttpEndpoint::metrics(l, engine.clone()));
     let _jwks = jwks_http.map(|l| HttpEndpoint::jwks(l, engine.clone()));
     tracing::info!(data = %dir.display(), url = %server.url(), "engine starting");

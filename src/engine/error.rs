@@ -197,7 +197,7 @@ impl From<LogError> for EngineError {
             LogError::TimedOut => {
                 return Self::unavailable("event log did not acknowledge in time");
             }
-            LogError::TooLarge { .. } => EngineErrorKind::Invalid,
+            LogError::TooLarge { .. } | LogError::Config(_) => EngineErrorKind::Invalid,
             LogError::Locked { .. } => EngineErrorKind::Locked,
             LogError::Corrupt { .. } => EngineErrorKind::Corrupt,
             LogError::Conflict { .. } | LogError::Backend(_) => EngineErrorKind::Internal,

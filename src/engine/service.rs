@@ -95,6 +95,28 @@ fn encode<T: Serialize>(r: Result<T, EngineError>) -> Vec<u8> {
     serde_json::to_vec(&reply).expect("replies serialize")
 }
 
+/// `body`, if the server lets it through (its `max_payload`, `max`);
+/// otherwise an `invalid_input` error naming both sizes and how to ask for
+/// less, so the caller gets an answer instead of waiting for its timeout.
+fn fitting(body: Vec<u8>, subject: &str, max: usize) -> Vec<u8> {
+    if body.len() <= max {
+        return body;
+    }
+    let subject = crate::domain::ids::truncate_for_error(subject);
+    tracing::warn!(
+        subject = %subject,
+        bytes = body.len(),
+        max_payload = max,
+        "reply too large for the server; an error is sent instead"
+    );
+    encode::<()>(Err(EngineError::invalid(format!(
+        "the reply to {subject} is {} bytes, over the NATS server's max_payload of {max} bytes, \
+         so it cannot be sent: ask for less (a smaller `limit`, where the query \
+         takes one, as audit does)",
+        body.len()
+    ))))
+}
+
 fn parse<T: for<'de> serde::Deserialize<'de>>(
     what: &'static str,
     body: &[u8],
@@ -608,6 +630,7 @@ impl Engine {
                         &msg.payload,
                     )
                     .await;
+                let body = fitting(body, msg.subject.as_str(), client.max_payload());
                 if let Err(e) = client.publish(reply_to, body.into()).await {
                     tracing::warn!(error = %e, "reply not sent");
                 }

@@ -280,7 +280,7 @@ impl JetStreamLog {
 /// Refuses settings that could never work, before touching the server.
 fn validate(config: &JetStreamConfig, server_max_payload: usize) -> Result<(), LogError> {
     let bad = |reason: String| {
-        Err(LogError::Backend(format!(
+        Err(LogError::Config(format!(
             "invalid JetStream config: {reason}"
         )))
     };
@@ -313,7 +313,7 @@ fn validate(config: &JetStreamConfig, server_max_payload: usize) -> Result<(), L
 fn stream_message_limit(max_message_size: usize) -> Result<i32, LogError> {
     let limit = max_message_size.saturating_add(HEADER_ROOM);
     i32::try_from(limit).map_err(|_| {
-        LogError::Backend(format!(
+        LogError::Config(format!(
             "invalid JetStream config: max_message_size {max_message_size} does not fit a stream limit"
         ))
     })
@@ -406,7 +406,7 @@ pub fn check_replicas(replicas: usize) -> Result<(), LogError> {
     if (1..=MAX_REPLICAS).contains(&replicas) {
         Ok(())
     } else {
-        Err(LogError::Backend(format!(
+        Err(LogError::Config(format!(
             "invalid JetStream config: replicas must be 1 to {MAX_REPLICAS}, not {replicas}"
         )))
     }
@@ -460,9 +460,10 @@ pub async fn ensure_replicas(
         // 2.9 outside a cluster accepts the update and stores the number,
         // yet keeps one copy: more than one replica needs a cluster.
         if replicas > 1 && js.client().server_info().cluster.is_none() {
-            return Err(refused(
-                "the server is not in a cluster, so it keeps one copy",
-            ));
+            return Err(LogError::Config(format!(
+                "stream {name} has {had} replica(s), {replicas} configured, and the server cannot give them \
+                 (the server is not in a cluster, so it keeps one copy); change the stream or the setting"
+            )));
         }
         check_server_for_replicas(&js.client().server_info().version, replicas)?;
         if had == replicas {
@@ -1229,7 +1230,7 @@ pub fn check_server_for_replicas(version: &str, replicas: usize) -> Result<(), L
     let (major, minor) = (parts.next().flatten(), parts.next().flatten());
     match (major, minor) {
         (Some(major), Some(minor)) if (major, minor) >= MIN_CLUSTER_SERVER => Ok(()),
-        _ => Err(LogError::Backend(format!(
+        _ => Err(LogError::Config(format!(
             "{replicas} replicas need nats-server {}.{} or later, this server is {version:?}: older clustered streams can store two appends made on one tree head, so two instances could both write a tree at once",
             MIN_CLUSTER_SERVER.0, MIN_CLUSTER_SERVER.1
         ))),

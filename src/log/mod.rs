@@ -128,6 +128,12 @@ pub enum LogError {
     /// Any other failure of the store, with its message.
     #[error("event log backend error: {0}")]
     Backend(String),
+    /// The log's configuration cannot work with this store (settings out of
+    /// range, more replicas than the server can keep): nothing was changed.
+    /// Handling: change the configuration or the server; retrying the same
+    /// is refused the same way.
+    #[error("event log configuration refused: {0}")]
+    Config(String),
     /// The embedded log's directory is held by another process (sled keeps
     /// one process per database). Handling: stop that process, or reach the
     /// engine it serves instead.
@@ -151,6 +157,8 @@ pub enum LogErrorKind {
     Corrupt,
     /// [`LogError::Backend`].
     Backend,
+    /// [`LogError::Config`].
+    Config,
     /// [`LogError::Locked`].
     Locked,
 }
@@ -165,6 +173,7 @@ impl LogError {
             LogError::TimedOut => LogErrorKind::TimedOut,
             LogError::Corrupt { .. } => LogErrorKind::Corrupt,
             LogError::Backend(_) => LogErrorKind::Backend,
+            LogError::Config(_) => LogErrorKind::Config,
             LogError::Locked { .. } => LogErrorKind::Locked,
         }
     }
