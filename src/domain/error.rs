@@ -42,14 +42,17 @@ pub enum DomainError {
     /// A delegation from a parent that is not effectively active.
     #[error("parent mandate {parent} is {status}, not active")]
     ParentNotActive { parent: MandateId, status: Status },
-    /// A delegation whose scope asks for more than the parent holds.
-    #[error("delegated grant {grant:?} is not covered by the scope of parent {parent}")]
+    /// A delegation whose scope asks for more than the parent holds, or
+    /// than an ancestor of the parent still grants: `parent` names the
+    /// mandate of the chain that does not grant it.
+    #[error("delegated grant {grant:?} is not covered by the scope of mandate {parent} on the parent's chain")]
     ScopeWidens { parent: MandateId, grant: String },
     /// A narrowing that is not a narrowing.
     #[error("new grant {grant:?} is not covered by the current scope of mandate {mandate}")]
     NarrowWidens { mandate: MandateId, grant: String },
-    /// A `not_after` later than the parent's.
-    #[error("not_after {requested} is later than parent {parent}'s not_after {parent_not_after}")]
+    /// A `not_after` later than the parent's, or than an ancestor's:
+    /// `parent` names the mandate of the chain that ends first.
+    #[error("not_after {requested} is later than the not_after {parent_not_after} of mandate {parent} on the parent's chain")]
     NotAfterWidens {
         parent: MandateId,
         requested: DateTime<Utc>,
