@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::DomainError;
 use super::ids::MandateId;
-use super::model::{Actor, Tree};
+use super::model::{Actor, Mandate, Tree};
 use super::scope::{Grant, Scope};
 use super::status::Status;
 
@@ -142,34 +142,44 @@ impl Tree {
             })
     }
 
-    /// The grants `mandate` effectively holds: each of its own grants kept
-    /// only as far as every ancestor grants it. Conservative, never wider
-    /// than what a check on the chain allows: going up the chain, a grant
-    /// covered by one of the ancestor's grants is kept; otherwise the
-    /// ancestor's grants it covers are kept in its place (they are the
-    /// narrower); otherwise it is dropped. Sorted, without duplicates; empty
-    /// when the chain grants nothing the mandate holds, or the mandate is
-    /// unknown.
+    /// The grants `mandate` effectively holds ([`effective_grants`] of its
+    /// chain); empty for an unknown mandate.
     pub fn effective_scope(&self, mandate: MandateId) -> Vec<Grant> {
-        let chain = self.chain(mandate);
-        let Some((own, ancestors)) = chain.split_last() else {
-            return Vec::new();
-        };
-        let mut grants: Vec<Grant> = own.scope.grants().to_vec();
-        for ancestor in ancestors.iter().rev() {
-            let held = ancestor.scope.grants();
-            let mut kept = Vec::new();
-            for g in &grants {
-                if held.iter().any(|h| h.covers(g)) {
-                    kept.push(g.clone());
-                } else {
-                    kept.extend(held.iter().filter(|h| g.covers(h)).cloned());
-                }
-            }
-            kept.sort();
-            kept.dedup();
-            grants = kept;
-        }
-        grants
+        effective_grants(self.chain(mandate))
     }
+}
+
+/// The grants the last mandate of `chain` (root first) effectively holds:
+/// each of its own grants kept only as far as every mandate above it
+/// grants it. Conservative, never wider than what a check on the chain
+/// allows: going up the chain, a grant covered by one of the ancestor's
+/// grants is kept; otherwise the ancestor's grants it covers are kept in its
+/// place (they are the narrower); otherwise it is dropped. Sorted, without
+/// duplicates; empty when the chain grants nothing the mandate holds (or
+/// `chain` is empty).
+pub fn effective_grants<'a, I>(chain: I) -> Vec<Grant>
+where
+    I: IntoIterator<Item = &'a Mandate>,
+    I::IntoIter: DoubleEndedIterator,
+{
+    let mut up = chain.into_iter().rev();
+    let Some(own) = up.next() else {
+        return Vec::new();
+    };
+    let mut grants: Vec<Grant> = own.scope.grants().to_vec();
+    for ancestor in up {
+        let held = ancestor.scope.grants();
+        let mut kept = Vec::new();
+        for g in &grants {
+            if held.iter().any(|h| h.covers(g)) {
+                kept.push(g.clone());
+            } else {
+                kept.extend(held.iter().filter(|h| g.covers(h)).cloned());
+            }
+        }
+        kept.sort();
+        kept.dedup();
+        grants = kept;
+    }
+    grants
 }

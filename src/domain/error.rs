@@ -114,6 +114,10 @@ pub enum DomainError {
         /// The ancestor whose status makes this one inactive, when not itself.
         cause: Option<MandateId>,
     },
+    /// A token asked for a mandate none of whose grants every mandate above
+    /// it still grants (an ancestor was narrowed): it holds no authority.
+    #[error("mandate {mandate} holds no authority: none of its grants is still granted by every mandate above it")]
+    NoAuthority { mandate: MandateId },
     /// Pause of a mandate that is already paused.
     #[error("mandate {mandate} is already paused")]
     AlreadyPaused { mandate: MandateId },
@@ -351,6 +355,7 @@ impl DomainError {
             | AlreadyPaused { .. }
             | NotPaused { .. }
             | NotActive { .. }
+            | NoAuthority { .. }
             | NotYetExpired { .. }
             | MissionMismatch { .. }
             | MissionCompleted { .. }
@@ -406,6 +411,7 @@ impl DomainError {
             AlreadyPaused { .. } => "already_paused",
             NotPaused { .. } => "not_paused",
             NotActive { .. } => "not_active",
+            NoAuthority { .. } => "no_authority",
             NotYetExpired { .. } => "not_yet_expired",
             MissionMismatch { .. } => "mission_mismatch",
             MissionCompleted { .. } => "mission_completed",
