@@ -1349,10 +1349,7 @@ fn the_effective_scope_keeps_of_each_grant_what_every_ancestor_grants() {
             .collect::<Vec<_>>()
     };
     // Covered by an ancestor's grant: kept as it is.
-    assert_eq!(
-        grants(grandchild()),
-        ["finance:read on reports/q3/summary"]
-    );
+    assert_eq!(grants(grandchild()), ["finance:read on reports/q3/summary"]);
     // Wider than the ancestor's grant: the ancestor's, narrower, is kept;
     // the ancestor's grant the child's does not cover is not.
     assert_eq!(grants(child()), ["finance:read on reports/q3/summary"]);

@@ -745,7 +745,10 @@ async fn verify_live_refuses_a_token_once_its_root_is_revoked() {
 /// made a concrete segment.
 fn instance_of(g: &Grant) -> (String, String) {
     let concrete = |p: String| p.replace("**", "x/y").replace('*', "x");
-    (concrete(g.action.to_string()), concrete(g.resource.to_string()))
+    (
+        concrete(g.action.to_string()),
+        concrete(g.resource.to_string()),
+    )
 }
 
 /// After an ancestor's narrowing, a new token claims what the whole chain

@@ -45,9 +45,8 @@ pub(crate) fn renew(tree: &Tree, actor: &Actor, c: &Renew, now: DateTime<Utc>) -
     }
     // Every ancestor's, not the parent's alone: one shortened after the
     // parent was delegated ends everything below it.
-    if let Some((ends_first, chain_end)) = m
-        .parent
-        .and_then(|p| tree.earliest_not_after_on_chain(p))
+    if let Some((ends_first, chain_end)) =
+        m.parent.and_then(|p| tree.earliest_not_after_on_chain(p))
     {
         if c.not_after > chain_end {
             return Err(DomainError::NotAfterWidens {

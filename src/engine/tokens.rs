@@ -268,10 +268,7 @@ impl Engine {
         // engine's check denies.
         let scope = tree.effective_scope(q.mandate);
         if scope.is_empty() {
-            return Err(DomainError::NoAuthority {
-                mandate: q.mandate,
-            }
-            .into());
+            return Err(DomainError::NoAuthority { mandate: q.mandate }.into());
         }
         let chain = tree.chain(q.mandate);
         let earliest_end = chain
