@@ -1,5 +1,6 @@
 //! Authority on the wire, with a real nats-server and engine: refusals carry
-//! a machine-readable reason, widening has its own code, a resource with
+//! a machine-readable reason, widening has its own code (an ancestor's
+//! narrowing counts against a delegation below it), a resource with
 //! dot segments never escapes its pattern (engine and guard alike), and a
 //! grantee never holds authority over its own mandate.
 
@@ -139,6 +140,53 @@ async fn a_widening_delegation_is_refused_as_widens_not_as_bad_input() {
         )
         .await;
     assert_eq!(reply["error"]["code"], json!("invalid_input"), "{reply}");
+    w.stop().await;
+}
+
+/// An ancestor narrowed or shortened after a delegation limits what the
+/// delegated mandate may pass on: a delegation of a grant the root withdrew
+/// is refused as `widens` naming the root, and a delegation's default end is
+/// the root's earlier one, not its parent's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delegation_of_what_a_narrowed_ancestor_withdrew_is_refused_as_widens() {
+    let (w, root) = World::with_root(&["finance:read on reports/**"]).await;
+    let kid = w
+        .client(agent("planner"))
+        .delegate(delegation(root, "analyst", &["finance:read on reports/**"]))
+        .await
+        .expect("delegate")
+        .mandate
+        .unwrap();
+    let cfo = w.client(principal("cfo"));
+    cfo.narrow(root, scope(&["finance:read on reports/q3/*"]))
+        .await
+        .expect("narrow the root");
+    let root_end = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let root_end = chrono::DateTime::from_timestamp(root_end.timestamp(), 0).unwrap();
+    cfo.renew(root, root_end).await.expect("shorten the root");
+
+    let reply = w
+        .raw_delegate("analyst", kid, &["finance:read on reports/**"])
+        .await;
+    assert_refused_for(
+        "a delegation of what the root withdrew",
+        &reply,
+        "widens",
+        "scope_widens",
+    );
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&root.to_string()), "{reply}");
+
+    // What the root still grants passes, and ends with the root.
+    let analyst = w.client(agent("analyst"));
+    let helper = analyst
+        .delegate(delegation(kid, "helper", &["finance:read on reports/q3/*"]))
+        .await
+        .expect("a delegation within what the chain grants")
+        .mandate
+        .unwrap();
+    let held = analyst.status(helper, None).await.unwrap().mandate;
+    assert_eq!(held.not_after(), root_end);
     w.stop().await;
 }
 

@@ -1241,6 +1241,142 @@ fn renew_to_a_time_already_past_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
+// an ancestor's narrowing or shortening limits what a descendant passes on
+// ---------------------------------------------------------------------------
+
+/// The root narrowed to the Q3 summary after the child got `reports/q3/*`.
+fn child_under_a_narrowed_root() -> Given {
+    given([issue_root(), delegate_child()]).and(narrow(
+        alice(),
+        root(),
+        &["finance:read on reports/q3/summary"],
+    ))
+}
+
+#[test]
+fn delegate_of_a_grant_a_narrowed_ancestor_withdrew_is_refused_naming_it() {
+    child_under_a_narrowed_root()
+        .when(delegate(
+            researcher(),
+            delegation(child(), "summarizer", &["finance:read on reports/q3/*"]),
+        ))
+        .then_error(DomainError::ScopeWidens {
+            parent: root(),
+            grant: "finance:read on reports/q3/*".into(),
+        });
+}
+
+#[test]
+fn delegate_of_what_a_narrowed_ancestor_still_grants_is_accepted() {
+    child_under_a_narrowed_root()
+        .when(delegate(
+            researcher(),
+            delegation(
+                child(),
+                "summarizer",
+                &["finance:read on reports/q3/summary"],
+            ),
+        ))
+        .then_events(|events, _| {
+            assert!(matches!(only(events).body, EventBody::MandateIssued(_)));
+        });
+}
+
+#[test]
+fn delegate_under_a_shortened_ancestor_ends_with_it_by_default() {
+    let root_end = t0() + hours(2);
+    given([issue_root(), delegate_child()])
+        .and(renew(alice(), root(), root_end))
+        .when(delegate_grandchild())
+        .then_events(|_, after| {
+            assert_eq!(after.get(grandchild()).unwrap().not_after(), root_end);
+        });
+}
+
+#[test]
+fn delegate_past_a_shortened_ancestor_is_refused_naming_it() {
+    let root_end = t0() + hours(2);
+    let asked = t0() + hours(4);
+    given([issue_root(), delegate_child()])
+        .and(renew(alice(), root(), root_end))
+        .when(delegate(
+            researcher(),
+            Delegate {
+                not_after: Some(asked),
+                ..delegation(
+                    child(),
+                    "summarizer",
+                    &["finance:read on reports/q3/summary"],
+                )
+            },
+        ))
+        .then_error(DomainError::NotAfterWidens {
+            parent: root(),
+            requested: asked,
+            parent_not_after: root_end,
+        });
+}
+
+#[test]
+fn renew_past_a_shortened_ancestor_is_refused_naming_it() {
+    let root_end = t0() + hours(2);
+    let asked = t0() + hours(4);
+    three_levels()
+        .and(renew(alice(), root(), root_end))
+        .when(renew(researcher(), grandchild(), asked))
+        .then_error(DomainError::NotAfterWidens {
+            parent: root(),
+            requested: asked,
+            parent_not_after: root_end,
+        });
+}
+
+#[test]
+fn the_effective_scope_keeps_of_each_grant_what_every_ancestor_grants() {
+    let g = three_levels().and(narrow(
+        alice(),
+        root(),
+        &[
+            "finance:read on reports/q3/summary",
+            "finance:read on reports/q4/*",
+        ],
+    ));
+    let grants = |m| {
+        g.tree
+            .effective_scope(m)
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Covered by an ancestor's grant: kept as it is.
+    assert_eq!(grants(grandchild()), ["finance:read on reports/q3/summary"]);
+    // Wider than the ancestor's grant: the ancestor's, narrower, is kept;
+    // the ancestor's grant the child's does not cover is not.
+    assert_eq!(grants(child()), ["finance:read on reports/q3/summary"]);
+    assert_eq!(
+        grants(root()),
+        [
+            "finance:read on reports/q3/summary",
+            "finance:read on reports/q4/*"
+        ]
+    );
+    // Nothing in common: nothing held.
+    let g = g.and(narrow(alice(), root(), &["finance:read on reports/q4/*"]));
+    assert!(g.tree.effective_scope(child()).is_empty());
+    assert!(g.tree.effective_scope(grandchild()).is_empty());
+    // Whatever is kept, a check on the chain allows.
+    let g = three_levels().and(narrow(alice(), root(), &["finance:* on reports/q3/*"]));
+    for grant in g.tree.effective_scope(grandchild()) {
+        let (action, resource) = (grant.action.to_string(), grant.resource.to_string());
+        assert_eq!(
+            authorize(&g.tree, grandchild(), &action, &resource, t0()).outcome,
+            Outcome::Allow,
+            "{grant}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // idempotency
 // ---------------------------------------------------------------------------
 

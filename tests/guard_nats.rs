@@ -4,7 +4,9 @@
 //! - local expiry denies at `not_after` with no signal at all;
 //! - a guard cut off from NATS denies after its lease, and once it can reach
 //!   NATS again it reflects a revoke made while it was cut off;
-//! - with the server itself stopped, the guard fails closed, and recovers.
+//! - with the server itself stopped, the guard fails closed, and recovers;
+//! - told its chain changed, the guard denies until it holds the change,
+//!   however long its re-reads are refused.
 //!
 //! To cut off one guard without stopping the engine, the guard's connection
 //! goes through a small TCP relay the test can sever.
@@ -25,8 +27,11 @@ use common::NatsServer;
 use mandate::client::guard::GuardHub;
 use mandate::client::{Guard, GuardConfig, GuardState};
 use mandate::domain::command::Issue;
-use mandate::domain::{DenyReason, MandateId, Outcome, Status};
+use mandate::domain::{
+    CommandId, DenyReason, EventId, MandateId, Outcome, Status, TenantId, SCHEMA_VERSION,
+};
 use mandate::engine::EngineConfig;
+use mandate::protocol::{signal_subject, Signal, SignalKind};
 
 /// An engine serving on `url`, with its own data directory, once it answers.
 struct Served {
@@ -474,8 +479,13 @@ async fn a_narrowing_three_levels_up_narrows_what_the_guard_allows() {
     cfo.narrow(ids[0], scope(&["finance:read on reports/q3/*"]))
         .await
         .unwrap();
+    // From the signal on it denies; once it holds the re-read chain, it
+    // denies because the root no longer grants it.
     eventually("the guard denies what the root no longer grants", || {
-        ready(!guard.check("finance:read", "reports/q4/x").is_allowed())
+        ready(
+            guard.check("finance:read", "reports/q4/x").reason
+                == Some(DenyReason::OutOfScope { mandate: ids[0] }),
+        )
     })
     .await;
     let d = guard.check("finance:read", "reports/q4/x");
@@ -564,5 +574,74 @@ async fn a_reply_whose_chain_the_engine_could_not_have_written_is_refused_and_ch
     let mut reply = a3.chain(ids[3], None).await.unwrap();
     reply.version += 1;
     guard.apply_reply(reply).expect("a whole chain is taken");
+    served.stop().await;
+}
+
+/// A guard told its chain changed denies until it holds the change. Here
+/// every re-read is refused: the `narrowed` signal names the log position
+/// the change will be at, before it is written, so each re-read asked to
+/// include it is answered `unavailable`. The engine's beacons keep the
+/// guard's lease the whole time, so only the signal can make it deny; once
+/// the change is written, a re-read goes through and the guard answers by
+/// the new chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_told_its_chain_changed_denies_while_every_re_read_is_refused() {
+    let (server, served, ids) = chain_of_four_served(chrono::Duration::hours(1)).await;
+    let guard = guard_a3(&server.url(), ids[3], QUIET).await;
+    assert!(guard.check("finance:read", "reports/q4/x").is_allowed());
+    let a3 = client(&server.url(), agent("a3")).await;
+    let held = a3.chain(ids[3], None).await.unwrap();
+    let tenant = TenantId::new("acme").unwrap();
+    let signal = Signal {
+        schema_version: SCHEMA_VERSION,
+        kind: SignalKind::Narrowed,
+        tenant: tenant.clone(),
+        tree: held.tree,
+        mandate: ids[0],
+        status: Status::Active,
+        event_id: EventId::for_command(&tenant, CommandId::generate(), 0),
+        event_type: "scope_narrowed".into(),
+        seq: held.version + 1,
+        time: Utc::now(),
+        actor: principal("cfo"),
+        reason: None,
+        position: None,
+        head_position: Some(held.position + 1),
+    };
+    let nc = async_nats::connect(server.url()).await.unwrap();
+    nc.publish(
+        signal_subject(&tenant, ids[0]),
+        serde_json::to_vec(&signal).unwrap().into(),
+    )
+    .await
+    .unwrap();
+    nc.flush().await.unwrap();
+    eventually("the guard denies once told its chain changed", || {
+        ready(!guard.check("finance:read", "reports/q4/x").is_allowed())
+    })
+    .await;
+    // Several refused re-reads later (one a second), it still denies
+    // everything, and says why.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = guard.check("finance:read", "reports/q3/x");
+    assert!(
+        matches!(&d.reason, Some(DenyReason::Unverified { reason }) if reason.contains("has not read the change")),
+        "{d:?}"
+    );
+    assert_eq!(guard.state(), GuardState::Stale);
+    // The change is written: the re-read includes it.
+    let cfo = client(&server.url(), principal("cfo")).await;
+    cfo.narrow(ids[0], scope(&["finance:read on reports/q3/*"]))
+        .await
+        .unwrap();
+    eventually("the guard holds the change", || {
+        ready(guard.check("finance:read", "reports/q3/x").is_allowed())
+    })
+    .await;
+    assert_eq!(
+        guard.check("finance:read", "reports/q4/x").reason,
+        Some(DenyReason::OutOfScope { mandate: ids[0] })
+    );
+    assert_eq!(guard.state(), GuardState::Active);
     served.stop().await;
 }

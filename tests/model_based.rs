@@ -13,7 +13,10 @@
 //!   tree's principal, or the holder of a link above it on its chain (its
 //!   own grantee may only end it);
 //! - a delegation is made by the parent's grantee, from an effectively
-//!   active parent with depth left, never wider (scope, `not_after`, depth);
+//!   active parent with depth left, never wider (depth than the parent's;
+//!   scope and `not_after` than every link of the parent's chain, so an
+//!   ancestor narrowed or shortened since limits it; a renew, likewise,
+//!   never past any ancestor's `not_after`);
 //! - terminal is absorbing; a pause is taken over only from strictly above,
 //!   and lifted by its setter, by authority above it, or an administrator;
 //! - effective status: the earliest end on the chain (an event, or a
@@ -228,6 +231,22 @@ struct Model {
 type Verdict = Result<(), &'static str>;
 
 impl Model {
+    /// Does every link of the chain root → `m` cover `scope`?
+    fn chain_covers(&self, m: usize, scope: usize) -> bool {
+        self.chain(m)
+            .into_iter()
+            .all(|l| scope_covers(self.mandates[l].scope, scope))
+    }
+
+    /// The earliest `not_after` on the chain root → `m`.
+    fn chain_end(&self, m: usize) -> i64 {
+        self.chain(m)
+            .into_iter()
+            .map(|l| self.mandates[l].not_after)
+            .min()
+            .expect("a chain holds its mandate")
+    }
+
     /// Indices of the chain root → `m`.
     fn chain(&self, m: usize) -> Vec<usize> {
         let mut chain = vec![m];
@@ -369,10 +388,11 @@ impl Model {
                 if depth.unwrap_or(pm.depth - 1) >= pm.depth {
                     return Err("depth_widens");
                 }
-                if !scope_covers(pm.scope, scope) {
+                if !self.chain_covers(p, scope) {
                     return Err("scope_widens");
                 }
-                if hours.unwrap_or(pm.not_after) > pm.not_after {
+                let end = self.chain_end(p);
+                if hours.unwrap_or(end) > end {
                     return Err("not_after_widens");
                 }
                 Ok(())
@@ -423,7 +443,7 @@ impl Model {
                 let (m, _) = self.acting_on(i, by, false)?;
                 // Without supervisors, authority above may also extend.
                 if let Some(p) = self.mandates[m].parent {
-                    if hours > self.mandates[p].not_after {
+                    if hours > self.chain_end(p) {
                         return Err("not_after_widens");
                     }
                 }
@@ -639,7 +659,7 @@ async fn run(ops: &[Op]) -> Result<Vec<String>, String> {
                         parent: Some(p),
                         grantee,
                         scope,
-                        not_after: hours.unwrap_or(pm.not_after),
+                        not_after: hours.unwrap_or(model.chain_end(p)),
                         depth: depth.unwrap_or(pm.depth - 1),
                         status: Status::Active,
                         set_at: 0,

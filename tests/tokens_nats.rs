@@ -20,6 +20,7 @@ use common::cli::{mandate, says, serve_listening, stdout};
 use common::http_get;
 use common::prelude::*;
 use mandate::client::{TokenError, TokenVerifier};
+use mandate::domain::Grant;
 use mandate::engine::auth::{AuthConfig, TenantKeys};
 use mandate::engine::tokens::{write_new_key, TokenKeys};
 use mandate::engine::EngineConfig;
@@ -737,6 +738,83 @@ async fn verify_live_refuses_a_token_once_its_root_is_revoked() {
     assert_eq!(
         code_of(&analyst.token(child, None, None).await.unwrap_err()),
         ErrorCode::Terminal
+    );
+}
+
+/// A request the grant `g` (`ACTION on RESOURCE`) allows: each wildcard
+/// made a concrete segment.
+fn instance_of(g: &Grant) -> (String, String) {
+    let concrete = |p: String| p.replace("**", "x/y").replace('*', "x");
+    (
+        concrete(g.action.to_string()),
+        concrete(g.resource.to_string()),
+    )
+}
+
+/// After an ancestor's narrowing, a new token claims what the whole chain
+/// still grants, not the mandate's own wider grants: a service that reads
+/// the claim offline allows nothing the engine's check denies. Its `exp`
+/// never passes the chain's earliest `not_after`, and a mandate left with
+/// nothing gets no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_after_an_ancestors_narrowing_claims_only_what_the_chain_grants() {
+    let (_server, _dir, _i, nc) =
+        serve_one_with("acme", config(TokenKeys::ephemeral().unwrap())).await;
+    // The analyst holds `finance:read on reports/q3/*` under a root of
+    // `reports/**`.
+    let (root, child) = chain_of_two(&nc, None).await;
+    let cfo = acme_as(&nc, principal("cfo"));
+    cfo.narrow(
+        root,
+        scope(&[
+            "finance:read on reports/q3/summary",
+            "finance:read on reports/q4/*",
+        ]),
+    )
+    .await
+    .unwrap();
+    let root_end = Utc::now() + chrono::Duration::seconds(60);
+    cfo.renew(root, root_end).await.unwrap();
+    let analyst = acme_as(&nc, agent("analyst"));
+    let reply = analyst.token(child, None, None).await.expect("a token");
+    let verifier = TokenVerifier::from_engine(&analyst).await.unwrap();
+    let claims = verifier.verify(&reply.token).expect("a valid token");
+    assert_eq!(claims.scope, ["finance:read on reports/q3/summary"]);
+    // Every grant it claims, the engine allows...
+    for claimed in &claims.scope {
+        let (action, resource) = instance_of(&claimed.parse().unwrap());
+        let d = cfo.check(child, &action, &resource, None).await.unwrap();
+        assert!(d.is_allowed(), "{claimed}: {d:?}");
+    }
+    // ...and what the analyst's own grant names but the root withdrew, the
+    // engine denies and no claimed grant covers.
+    let d = cfo
+        .check(child, "finance:read", "reports/q3/other", None)
+        .await
+        .unwrap();
+    assert!(!d.is_allowed(), "{d:?}");
+    let withdrawn: Grant = "finance:read on reports/q3/other".parse().unwrap();
+    assert!(!claims
+        .scope
+        .iter()
+        .any(|c| c.parse::<Grant>().unwrap().covers(&withdrawn)));
+    // It ends with the root, before the maximum lifetime.
+    assert_eq!(claims.exp, root_end.timestamp());
+    // A liveness check reads the claim the way it was written.
+    verifier
+        .verify_live(&reply.token, &analyst)
+        .await
+        .expect("a token issued after the narrowing is live");
+
+    // Narrowed to nothing the analyst holds: no token at all.
+    cfo.narrow(root, scope(&["finance:read on reports/q4/*"]))
+        .await
+        .unwrap();
+    let refused = analyst.token(child, None, None).await.unwrap_err();
+    assert_eq!(
+        refusal(&refused),
+        (ErrorCode::InvalidState, Some("no_authority".into())),
+        "{refused}"
     );
 }
 

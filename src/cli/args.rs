@@ -538,14 +538,15 @@ pub struct DelegateArgs {
     #[arg(long, value_name = "ID")]
     pub agent: String,
     /// A grant, 'ACTION on RESOURCE' (repeat); each must be covered by
-    /// the parent's scope.
+    /// the scope of the parent and of every mandate above it.
     #[arg(long = "grant", required = true, value_name = "GRANT")]
     pub grants: Vec<String>,
-    /// Lifetime from now, e.g. 30m, 8h, 2d (default: the parent's end).
+    /// Lifetime from now, e.g. 30m, 8h, 2d (default: the parent's end, or
+    /// an earlier end above it).
     #[arg(long, value_name = "DURATION", conflicts_with = "not_after")]
     pub ttl: Option<String>,
     /// End at this moment, RFC 3339 (e.g. 2026-11-26T17:00:00Z); no
-    /// later than the parent's end.
+    /// later than the parent's end, nor than any end above it.
     #[arg(long, value_name = "TIME")]
     pub not_after: Option<DateTime<Utc>>,
     /// Levels of delegation that may follow below the new mandate

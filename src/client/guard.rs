@@ -27,6 +27,11 @@
 //! - It holds only a chain the engine could have written, ending at its own
 //!   mandate ([`Tree::from_chain`]): any other reply is refused, and counts
 //!   as not hearing the engine.
+//! - Once told its chain changed (a `narrowed` signal: a scope narrowed or a
+//!   `not_after` moved, here or above), it denies until it holds a chain
+//!   that includes the change: the chain it held may grant what was just
+//!   withdrawn. A re-read refused for any reason (the engine unreachable,
+//!   a reply it cannot take) leaves it denying while it tries again.
 //! - Guards of one process share one follower of their tenant's signals per
 //!   connection ([`GuardHub`]), which resumes after a cut-off where it
 //!   stopped. A guard whose signals may be lost beyond what the stream can
@@ -83,7 +88,8 @@ pub enum GuardState {
     Paused,
     /// Revoked, expired or completed, here or above: for good.
     Terminated(Status),
-    /// The engine has not been heard within the lease: denying.
+    /// The engine has not been heard within the lease, or the guard knows
+    /// its chain changed and has not read the change yet: denying.
     Stale,
     /// The tree is quarantined (a corrupt record in its stream): denying
     /// until a re-read succeeds, e.g. after an administrator restores it.
@@ -159,9 +165,9 @@ pub(crate) struct Inner {
     ended: OnceLock<Box<[Ended]>>,
     /// When a read of its own last heard the engine ([`mono_nanos`]).
     heard: AtomicU64,
-    /// Which of `terminated`, `suspended`, `quarantined` and `missed` are
-    /// set ([`Block`]), so that a check reads one word instead of four
-    /// locks. Each bit changes only under its own lock, together with what
+    /// Which of `terminated`, `suspended`, `quarantined`, `missed` and
+    /// `outdated` are set ([`Block`]), so that a check reads one word
+    /// instead of five locks. Each bit changes only under its own lock, together with what
     /// it mirrors.
     blocked: AtomicU8,
     /// Set by a terminating signal before the re-read lands: sticky.
@@ -175,6 +181,9 @@ pub(crate) struct Inner {
     /// Set when signals may have been missed (see [`Heard::Missed`]), to the
     /// count of misses so far; cleared by a re-read sent after it.
     missed: Mutex<Option<u64>>,
+    /// Set by a `narrowed` signal (to its event's sequence) the chain held
+    /// does not include yet; cleared by a re-read that includes that event.
+    outdated: Mutex<Option<u64>>,
     /// How many times signals may have been missed.
     misses: AtomicU64,
     cancel: CancellationToken,
@@ -218,6 +227,7 @@ enum Block {
     Suspended = 2,
     Quarantined = 4,
     Missed = 8,
+    Outdated = 16,
 }
 
 /// The agent's guard for one mandate. It has no task of its own; dropping
@@ -261,6 +271,7 @@ impl Guard {
             suspended: Mutex::new(None),
             quarantined: Mutex::new(None),
             missed: Mutex::new(None),
+            outdated: Mutex::new(None),
             misses: AtomicU64::new(0),
             cancel: CancellationToken::new(),
             changed: watch::channel(0).0,
@@ -313,7 +324,7 @@ impl Guard {
         if self.inner.quarantine().is_some() {
             return GuardState::Quarantined;
         }
-        if self.inner.stale() || self.inner.missed() {
+        if self.inner.stale() || self.inner.missed() || self.inner.outdated().is_some() {
             return GuardState::Stale;
         }
         let held = self.inner.held.read().unwrap_or_else(|p| p.into_inner());
@@ -467,6 +478,36 @@ impl Inner {
         self.tell_changed();
     }
 
+    /// The sequence of the newest change signalled that the chain held
+    /// does not include yet.
+    fn outdated(&self) -> Option<u64> {
+        *self.outdated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The chain changed with the event at `seq`: unless the chain held
+    /// already includes it, deny until a re-read that does.
+    fn note_outdated(&self, seq: u64) {
+        {
+            // Under the lock `install` clears it with, after reading the
+            // version held: a reply taken meanwhile either is seen here or
+            // clears what is set here.
+            let mut outdated = self.outdated.lock().unwrap_or_else(|p| p.into_inner());
+            let held = self
+                .held
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .chain
+                .tree()
+                .version();
+            if seq <= held {
+                return;
+            }
+            *outdated = Some(outdated.map_or(seq, |at| at.max(seq)));
+            self.mark(Block::Outdated, true);
+        }
+        self.tell_changed();
+    }
+
     /// A re-read sent after `misses` misses succeeded: what was missed
     /// before it is made up.
     fn made_up(&self, misses: u64) {
@@ -529,8 +570,9 @@ impl Inner {
 
     /// True when nothing but the chain stands between a request and an
     /// allow: no termination (the guard's own, or one the feed heard for a
-    /// mandate of the chain), suspension, quarantine or missed signal is
-    /// noted, and the engine was heard within the lease.
+    /// mandate of the chain), suspension, quarantine, missed signal or
+    /// change not yet read is noted, and the engine was heard within the
+    /// lease.
     fn clear(&self) -> bool {
         self.blocked.load(Ordering::SeqCst) == 0 && self.chain_ended().is_none() && !self.stale()
     }
@@ -571,6 +613,10 @@ impl Inner {
                 reason:
                     "the guard may have missed a signal: it denies until it has re-read its chain"
                         .into(),
+            })
+        } else if self.outdated().is_some() {
+            Some(DenyReason::Unverified {
+                reason: "the guard's chain changed (a scope narrowed or a not_after moved) and it has not read the change yet: it denies until it has".into(),
             })
         } else if self.stale() {
             Some(DenyReason::Unverified {
@@ -766,6 +812,14 @@ impl Inner {
                 self.mark(Block::Suspended, false);
             }
         }
+        {
+            // So does a change of the chain signalled for such an event.
+            let mut outdated = self.outdated.lock().unwrap_or_else(|p| p.into_inner());
+            if outdated.is_some_and(|seq| seq <= version) {
+                *outdated = None;
+                self.mark(Block::Outdated, false);
+            }
+        }
         self.note_clock(engine_time, sent);
         self.note_heard();
         self.settle();
@@ -840,7 +894,10 @@ impl Inner {
                 // would only confirm it.
                 return;
             }
-            SignalKind::Resumed | SignalKind::Narrowed | SignalKind::Restored => {}
+            // The chain held may grant what the change withdrew: deny
+            // until the re-read below (or a later one) brings the change.
+            SignalKind::Narrowed => self.note_outdated(signal.seq),
+            SignalKind::Resumed | SignalKind::Restored => {}
         }
         // Otherwise the signal is a hint; the state is the truth, re-read
         // at least as new as the commit it came from.

@@ -24,7 +24,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Status, TenantId};
+use crate::domain::effective::effective_grants;
+use crate::domain::{Grant, Status, TenantId};
 use crate::protocol::token::{Jwk, Jwks, TokenClaims, TOKEN_ALG};
 
 use super::guard::{Guard, GuardState};
@@ -81,8 +82,8 @@ pub enum TokenError {
     /// against.
     #[error("token mismatch: {0}")]
     Mismatch(String),
-    /// The mandate's scope was narrowed since the token was issued: the
-    /// token claims a grant the mandate no longer holds.
+    /// The mandate's scope, or an ancestor's, was narrowed since the token
+    /// was issued: the token claims a grant the chain no longer grants.
     #[error("mandate {mandate} no longer holds grant {grant:?} the token claims")]
     Narrowed {
         mandate: crate::domain::MandateId,
@@ -283,7 +284,7 @@ impl TokenVerifier {
     /// through `client`) whether its mandate is still active: a token whose
     /// mandate, or any mandate above it, was revoked, expired, completed or
     /// paused since it was issued is refused, and so is one claiming a grant
-    /// a narrowing has since taken away. Any failure of that read refuses
+    /// a narrowing (of the mandate or above it) has since taken away. Any failure of that read refuses
     /// too.
     pub async fn verify_live(
         &self,
@@ -310,20 +311,21 @@ impl TokenVerifier {
                 status: chain.effective.status.to_string(),
             });
         }
-        let held = chain
-            .mandates
-            .iter()
-            .find(|m| m.id() == claims.mandate)
-            .ok_or_else(|| {
-                TokenError::Mismatch(format!("the chain read does not hold {}", claims.mandate))
-            })?;
-        let grants: Vec<String> = held
-            .scope()
-            .grants()
-            .iter()
-            .map(|g| g.to_string())
-            .collect();
-        if let Some(lost) = claims.scope.iter().find(|g| !grants.contains(g)) {
+        if chain.mandates.last().map(|m| m.id()) != Some(claims.mandate) {
+            return Err(TokenError::Mismatch(format!(
+                "the chain read does not end at {}",
+                claims.mandate
+            )));
+        }
+        // What the chain grants now, as the engine put it in the claim: a
+        // claimed grant none of it covers was taken away since, here or above.
+        let grants = effective_grants(&chain.mandates);
+        let still_granted = |claimed: &String| {
+            claimed
+                .parse::<Grant>()
+                .is_ok_and(|c| grants.iter().any(|g| g.covers(&c)))
+        };
+        if let Some(lost) = claims.scope.iter().find(|g| !still_granted(g)) {
             return Err(TokenError::Narrowed {
                 mandate: claims.mandate,
                 grant: lost.clone(),

@@ -25,7 +25,7 @@ pub(crate) fn narrow(tree: &Tree, actor: &Actor, c: &Narrow, now: DateTime<Utc>)
     })])
 }
 
-/// A new `not_after`: in the future, never past the parent's. Moving it
+/// A new `not_after`: in the future, never past any ancestor's. Moving it
 /// later grants time, so only one who could have granted the mandate may: a
 /// supervisor may bring it forward, never push it back.
 pub(crate) fn renew(tree: &Tree, actor: &Actor, c: &Renew, now: DateTime<Utc>) -> Ruling {
@@ -43,12 +43,16 @@ pub(crate) fn renew(tree: &Tree, actor: &Actor, c: &Renew, now: DateTime<Utc>) -
             now,
         });
     }
-    if let Some(parent) = m.parent.and_then(|p| tree.mandates.get(&p)) {
-        if c.not_after > parent.not_after {
+    // Every ancestor's, not the parent's alone: one shortened after the
+    // parent was delegated ends everything below it.
+    if let Some((ends_first, chain_end)) =
+        m.parent.and_then(|p| tree.earliest_not_after_on_chain(p))
+    {
+        if c.not_after > chain_end {
             return Err(DomainError::NotAfterWidens {
-                parent: parent.id,
+                parent: ends_first,
                 requested: c.not_after,
-                parent_not_after: parent.not_after,
+                parent_not_after: chain_end,
             });
         }
     }

@@ -79,7 +79,7 @@ pub enum Command {
     CompleteMission(CompleteMission),
     /// Replace a mandate's scope by a narrower one.
     Narrow(Narrow),
-    /// Set a new `not_after`, never past the parent's.
+    /// Set a new `not_after`, never past any ancestor's.
     Renew(Renew),
     /// An administrator's decision on a quarantined tree: restore it or end
     /// it for good, skipping the bad record (which stays in the log).
@@ -157,7 +157,8 @@ pub struct Delegate {
     pub parent: MandateId,
     pub grantee: AgentId,
     pub scope: Scope,
-    /// Defaults to the parent's `not_after`.
+    /// Defaults to the earliest `not_after` on the parent's chain (the
+    /// parent's, unless an ancestor of it ends sooner), never past it.
     #[serde(default)]
     pub not_after: Option<DateTime<Utc>>,
     /// Defaults to one less than the parent's remaining depth.

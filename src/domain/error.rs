@@ -42,14 +42,17 @@ pub enum DomainError {
     /// A delegation from a parent that is not effectively active.
     #[error("parent mandate {parent} is {status}, not active")]
     ParentNotActive { parent: MandateId, status: Status },
-    /// A delegation whose scope asks for more than the parent holds.
-    #[error("delegated grant {grant:?} is not covered by the scope of parent {parent}")]
+    /// A delegation whose scope asks for more than the parent holds, or
+    /// than an ancestor of the parent still grants: `parent` names the
+    /// mandate of the chain that does not grant it.
+    #[error("delegated grant {grant:?} is not covered by the scope of mandate {parent} on the parent's chain")]
     ScopeWidens { parent: MandateId, grant: String },
     /// A narrowing that is not a narrowing.
     #[error("new grant {grant:?} is not covered by the current scope of mandate {mandate}")]
     NarrowWidens { mandate: MandateId, grant: String },
-    /// A `not_after` later than the parent's.
-    #[error("not_after {requested} is later than parent {parent}'s not_after {parent_not_after}")]
+    /// A `not_after` later than the parent's, or than an ancestor's:
+    /// `parent` names the mandate of the chain that ends first.
+    #[error("not_after {requested} is later than the not_after {parent_not_after} of mandate {parent} on the parent's chain")]
     NotAfterWidens {
         parent: MandateId,
         requested: DateTime<Utc>,
@@ -111,6 +114,10 @@ pub enum DomainError {
         /// The ancestor whose status makes this one inactive, when not itself.
         cause: Option<MandateId>,
     },
+    /// A token asked for a mandate none of whose grants every mandate above
+    /// it still grants (an ancestor was narrowed): it holds no authority.
+    #[error("mandate {mandate} holds no authority: none of its grants is still granted by every mandate above it")]
+    NoAuthority { mandate: MandateId },
     /// Pause of a mandate that is already paused.
     #[error("mandate {mandate} is already paused")]
     AlreadyPaused { mandate: MandateId },
@@ -348,6 +355,7 @@ impl DomainError {
             | AlreadyPaused { .. }
             | NotPaused { .. }
             | NotActive { .. }
+            | NoAuthority { .. }
             | NotYetExpired { .. }
             | MissionMismatch { .. }
             | MissionCompleted { .. }
@@ -403,6 +411,7 @@ impl DomainError {
             AlreadyPaused { .. } => "already_paused",
             NotPaused { .. } => "not_paused",
             NotActive { .. } => "not_active",
+            NoAuthority { .. } => "no_authority",
             NotYetExpired { .. } => "not_yet_expired",
             MissionMismatch { .. } => "mission_mismatch",
             MissionCompleted { .. } => "mission_completed",

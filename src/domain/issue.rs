@@ -97,7 +97,8 @@ pub fn delegated_id(tenant: &TenantId, tree: TreeId, command: CommandId) -> Mand
     ))
 }
 
-/// A delegation never widens: scope ⊆ parent's, `not_after` ≤ parent's,
+/// A delegation never widens: scope ⊆ the scope of every mandate on the
+/// parent's chain, `not_after` ≤ the earliest `not_after` on it (its default),
 /// depth strictly below, same tenant and mission (it lives in the parent's
 /// tree), parent effectively active, delegator the parent's grantee.
 pub(crate) fn delegate(
@@ -140,18 +141,24 @@ pub(crate) fn delegate(
             parent_depth: parent.depth,
         });
     }
-    if let Some(g) = parent.scope.first_uncovered(&c.scope) {
+    // Every link of the parent's chain, not the parent alone: an ancestor
+    // narrowed or shortened after the parent was delegated limits what the
+    // parent may pass on, as it limits every check under it.
+    if let Some((holder, g)) = tree.first_uncovered_on_chain(parent.id, &c.scope) {
         return Err(DomainError::ScopeWidens {
-            parent: parent.id,
+            parent: holder,
             grant: g.to_string(),
         });
     }
-    let not_after = c.not_after.unwrap_or(parent.not_after);
-    if not_after > parent.not_after {
+    let (ends_first, chain_end) = tree
+        .earliest_not_after_on_chain(parent.id)
+        .unwrap_or((parent.id, parent.not_after));
+    let not_after = c.not_after.unwrap_or(chain_end);
+    if not_after > chain_end {
         return Err(DomainError::NotAfterWidens {
-            parent: parent.id,
+            parent: ends_first,
             requested: not_after,
-            parent_not_after: parent.not_after,
+            parent_not_after: chain_end,
         });
     }
     if not_after <= now {

@@ -256,6 +256,14 @@ impl Engine {
             }
             .into());
         }
+        // What the whole chain still grants, not the mandate's own grants:
+        // an ancestor narrowed since the delegation withdrew the rest, and a
+        // service reading the claim offline must not allow what the
+        // engine's check denies.
+        let scope = tree.effective_scope(q.mandate);
+        if scope.is_empty() {
+            return Err(DomainError::NoAuthority { mandate: q.mandate }.into());
+        }
         let chain = tree.chain(q.mandate);
         let earliest_end = chain
             .iter()
@@ -298,12 +306,7 @@ impl Engine {
             tenant: tenant.clone(),
             mandate: q.mandate,
             tree: tree.id,
-            scope: mandate
-                .scope()
-                .grants()
-                .iter()
-                .map(|g| g.to_string())
-                .collect(),
+            scope: scope.iter().map(|g| g.to_string()).collect(),
             act,
         };
         let (token, kid) = keys.sign(&claims)?;

@@ -6,7 +6,9 @@
 //! claims say who holds which authority for whom: `sub` is the principal on
 //! whose behalf the chain acts, `act` (RFC 8693 §4.1) the agents of the
 //! chain, the holder of the mandate outermost and the root's grantee
-//! innermost, `scope` what the mandate allows. `exp` is never later than the
+//! innermost, `scope` what the mandate allows: its own grants, each kept only
+//! as far as every mandate above it still grants it (an ancestor narrowed
+//! since the delegation narrows the claim too). `exp` is never later than the
 //! earliest `not_after` of the chain, nor than the engine's maximum lifetime.
 //!
 //! The engine's public keys are a JWK set (RFC 7517): on the `jwks` query and
@@ -85,7 +87,9 @@ pub struct TokenClaims {
     pub tenant: TenantId,
     pub mandate: MandateId,
     pub tree: TreeId,
-    /// The mandate's grants, each `ACTION on RESOURCE`.
+    /// The mandate's effective grants, each `ACTION on RESOURCE`: its own
+    /// grants, each kept only as far as every mandate above it grants it,
+    /// never wider than what the engine's check allows.
     pub scope: Vec<String>,
     /// The acting agent (the mandate's grantee), and nested in it the agent
     /// that delegated to it, up to the root's grantee (RFC 8693 §4.1).
