@@ -656,22 +656,8 @@ impl EventLog for JetStreamLog {
     }
 
     async fn last_position(&self) -> Result<u64, LogError> {
-        let info = self.inner.stream.get_info().await.map_err(|e| {
-            self.inner.stalls.unavailable(LogError::Unavailable(format!(
-                "stream {}: {e}",
-                self.inner.config.stream_name
-            )))
-        })?;
-        // While a replicated stream has no leader, each replica answers its
-        // info with its own state, which may lag: not the log's last
-        // position. Only the leader's answer names a leader.
-        let led = info.cluster.as_ref().is_some_and(|c| c.leader.is_some());
-        if self.inner.config.replicas > 1 && !led {
-            return Err(self.inner.stalls.unavailable(LogError::Unavailable(format!(
-                "stream {}: no leader answered its info (an election under way?)",
-                self.inner.config.stream_name
-            ))));
-        }
+        let info = self.inner.info().await?;
+        self.inner.leader_in_contact(&info)?;
         Ok(info.state.last_sequence)
     }
 
@@ -693,12 +679,17 @@ impl EventLog for JetStreamLog {
 
     async fn tree_head(&self, tenant: &TenantId, tree: TreeId) -> Result<u64, LogError> {
         let subject = tree_subject(tenant, tree);
-        match self
-            .inner
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
+        let head = self.inner.stream.get_last_raw_message_by_subject(&subject);
+        let head = if self.inner.config.replicas > 1 {
+            // Asked together: the head counts only from a leader in
+            // contact with its majority at that moment.
+            let (info, head) = tokio::join!(self.inner.info(), head);
+            self.inner.leader_in_contact(&info?)?;
+            head
+        } else {
+            head.await
+        };
+        match head {
             Ok(message) => Ok(message.sequence),
             Err(e) => self
                 .inner
@@ -708,7 +699,40 @@ impl EventLog for JetStreamLog {
     }
 }
 
+/// How long the leader of a replicated stream may go without hearing from
+/// a majority of its replicas and still be taken for the leader. NATS has
+/// no leader lease: a leader cut off from its peers answers as leader until
+/// it notices. Its followers elect another only after an election timeout
+/// without its heartbeats (at least 4 s in nats-server 2.10 to 2.15), and
+/// a healthy leader hears from each follower about once a second, so a
+/// leader that has not heard from a majority for this long is not trusted
+/// (its answer may be older than a commit of the new leader).
+const LEADER_CONTACT: Duration = Duration::from_millis(2500);
+
 impl Inner {
+    async fn info(&self) -> Result<stream::Info, LogError> {
+        self.stream.get_info().await.map_err(|e| {
+            self.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: {e}",
+                self.config.stream_name
+            )))
+        })
+    }
+
+    /// On a replicated stream, unavailable unless `info` comes from a
+    /// leader that heard from a majority of the stream's replicas (itself
+    /// included) within [`LEADER_CONTACT`]. While a stream has no leader,
+    /// each replica answers its info with its own state, which may lag: an
+    /// answer that names no leader is refused too.
+    fn leader_in_contact(&self, info: &stream::Info) -> Result<(), LogError> {
+        majority_heard(info.cluster.as_ref(), self.config.replicas).map_err(|why| {
+            self.stalls.unavailable(LogError::Unavailable(format!(
+                "stream {}: {why}",
+                self.config.stream_name
+            )))
+        })
+    }
+
     /// What a failed message get (`what`, for the message) means: `None`
     /// when the stream holds no such message; a backend failure when
     /// JetStream refused the request itself (or the client its subject);
@@ -1178,6 +1202,30 @@ fn decode(
 /// 503: no stream or meta leader while a cluster elects one, or JetStream
 /// not ready): worth the same request again shortly, never a failure of the
 /// request itself.
+/// Whether a stream of `replicas` replicas answered through a leader that
+/// heard from a majority of them (itself included) within
+/// [`LEADER_CONTACT`]; if not, why.
+fn majority_heard(cluster: Option<&stream::ClusterInfo>, replicas: usize) -> Result<(), String> {
+    if replicas <= 1 {
+        return Ok(());
+    }
+    let Some(cluster) = cluster.filter(|c| c.leader.is_some()) else {
+        return Err("no leader answered its info (an election under way?)".into());
+    };
+    let heard = 1 + cluster
+        .replicas
+        .iter()
+        .filter(|p| !p.offline && p.active <= LEADER_CONTACT)
+        .count();
+    if heard * 2 > replicas {
+        return Ok(());
+    }
+    Err(format!(
+        "its leader {} has heard from {heard} of its {replicas} replicas (itself included) within {LEADER_CONTACT:?}: cut off from the others, it may no longer lead",
+        cluster.leader.as_deref().unwrap_or("?")
+    ))
+}
+
 fn at_server_unavailable(error: &jetstream::Error) -> bool {
     error.code() == 503
 }
@@ -1265,6 +1313,35 @@ fn publish_error(subject: &str, error: PublishError, size: usize, max: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_that_has_not_heard_from_a_majority_lately_is_not_trusted() {
+        let cluster = |leader: Option<&str>, active_ms: [u64; 2], offline: [bool; 2]| {
+            let peer = |i: usize| {
+                serde_json::json!({
+                    "name": format!("n{}", i + 1), "current": true,
+                    "active": active_ms[i] * 1_000_000, "offline": offline[i]
+                })
+            };
+            serde_json::from_value::<stream::ClusterInfo>(serde_json::json!({
+                "name": "c", "leader": leader, "replicas": [peer(0), peer(1)]
+            }))
+            .unwrap()
+        };
+        let heard = |c: &stream::ClusterInfo| majority_heard(Some(c), 3);
+        assert_eq!(heard(&cluster(Some("n0"), [900, 60_000], [false; 2])), Ok(()));
+        assert_eq!(heard(&cluster(Some("n0"), [2_500, 3_000], [false; 2])), Ok(()));
+        // Cut off: neither follower heard from for longer than the bound.
+        let cut = heard(&cluster(Some("n0"), [2_600, 9_000], [false; 2])).unwrap_err();
+        assert!(cut.contains("heard from 1 of its 3"), "{cut}");
+        // An offline follower does not count, however recent.
+        assert!(heard(&cluster(Some("n0"), [10, 9_000], [true, false])).is_err());
+        // No leader named: a replica's own, possibly lagging, state.
+        assert!(heard(&cluster(None, [10, 10], [false; 2])).is_err());
+        assert!(majority_heard(None, 3).is_err());
+        // One replica: nothing to ask.
+        assert_eq!(majority_heard(None, 1), Ok(()));
+    }
 
     #[test]
     fn a_jetstream_answer_of_503_is_unavailable_and_others_are_not() {
