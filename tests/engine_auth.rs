@@ -224,28 +224,6 @@ async fn commands_of_a_tenant_that_requires_it_must_prove_their_actor() {
     instance.stop().await;
 }
 
-/// Sends `body` on `subject` with the headers given; the whole reply.
-async fn send_with(
-    nc: &async_nats::Client,
-    subject: &str,
-    headers: &[(&str, &str)],
-    body: &serde_json::Value,
-) -> serde_json::Value {
-    let mut h = async_nats::HeaderMap::new();
-    for (name, value) in headers {
-        h.insert(*name, *value);
-    }
-    let reply = nc
-        .request_with_headers(
-            subject.to_string(),
-            h,
-            serde_json::to_vec(body).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    serde_json::from_slice(&reply.payload).unwrap()
-}
-
 /// On an open tenant (no authentication configured for it), a malformed
 /// `Mandate-Auth` header is refused by name, as a malformed
 /// `Mandate-Signature` is, and nothing is written; a well-formed one is not
@@ -291,7 +269,8 @@ async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
         ),
     ];
     for (name, value, says) in &cases {
-        let reply = send_with(&nc, subject, &[(name, value)], &issue_body()).await;
+        let reply =
+            common::wire::raw_with_headers(&nc, subject, &[(name, value)], &issue_body()).await;
         let what = format!("{name}: {value:?}");
         common::wire::assert_refused(&what, &reply, "forbidden", &[says]);
         assert_eq!(
@@ -303,7 +282,7 @@ async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
     let token = serde_json::json!({
         "mandate": uuid::Uuid::new_v4(), "actor": {"kind": "principal", "id": "cfo"}
     });
-    let reply = send_with(
+    let reply = common::wire::raw_with_headers(
         &nc,
         "mandate.q.acme.token",
         &[(AUTH_HEADER, "v1 principal:cfo")],
@@ -320,7 +299,9 @@ async fn a_malformed_auth_header_is_refused_on_an_open_tenant_too() {
     // A well-formed header, which no key of this open tenant proves or
     // disproves: served, as before.
     let header = format!("v1 principal:cfo {mac}");
-    let reply = send_with(&nc, subject, &[(AUTH_HEADER, &header)], &issue_body()).await;
+    let reply =
+        common::wire::raw_with_headers(&nc, subject, &[(AUTH_HEADER, &header)], &issue_body())
+            .await;
     assert_eq!(reply["ok"], true, "{reply}");
     assert!(instance.log_position().await > before);
     instance.stop().await;

@@ -126,22 +126,11 @@ async fn send(
     auth: Option<&str>,
     sig: Option<&str>,
 ) -> Value {
-    let mut h = async_nats::HeaderMap::new();
-    if let Some(a) = auth {
-        h.insert(AUTH_HEADER, a);
-    }
-    if let Some(s) = sig {
-        h.insert(SIGNATURE_HEADER, s);
-    }
-    let reply = nc
-        .request_with_headers(
-            subject.to_string(),
-            h,
-            serde_json::to_vec(body).unwrap().into(),
-        )
-        .await
-        .unwrap();
-    serde_json::from_slice(&reply.payload).unwrap()
+    let headers: Vec<(&str, &str)> = [(AUTH_HEADER, auth), (SIGNATURE_HEADER, sig)]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect();
+    common::wire::raw_with_headers(nc, subject, &headers, body).await
 }
 
 /// A raw issue by the cfo, as JSON.

@@ -418,6 +418,16 @@ fn chain_tree(
 }
 
 impl Inner {
+    /// The version of the tree the held chain was read at.
+    fn held_version(&self) -> u64 {
+        self.held
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .chain
+            .tree()
+            .version()
+    }
+
     /// Ended here (a re-read, the chain's expiry) or, as the feed heard, at
     /// a mandate of the chain.
     fn terminated_status(&self) -> Option<Status> {
@@ -492,13 +502,7 @@ impl Inner {
             // version held: a reply taken meanwhile either is seen here or
             // clears what is set here.
             let mut outdated = self.outdated.lock().unwrap_or_else(|p| p.into_inner());
-            let held = self
-                .held
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .chain
-                .tree()
-                .version();
+            let held = self.held_version();
             if seq <= held {
                 return;
             }
@@ -760,13 +764,7 @@ impl Inner {
         let reply_position = reply.position;
         let engine_time = reply.engine_time;
         {
-            let held_version = self
-                .held
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .chain
-                .tree()
-                .version();
+            let held_version = self.held_version();
             if version < held_version {
                 tracing::debug!(
                     mandate = %self.mandate,

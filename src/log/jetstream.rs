@@ -1329,8 +1329,14 @@ mod tests {
             .unwrap()
         };
         let heard = |c: &stream::ClusterInfo| majority_heard(Some(c), 3);
-        assert_eq!(heard(&cluster(Some("n0"), [900, 60_000], [false; 2])), Ok(()));
-        assert_eq!(heard(&cluster(Some("n0"), [2_500, 3_000], [false; 2])), Ok(()));
+        assert_eq!(
+            heard(&cluster(Some("n0"), [900, 60_000], [false; 2])),
+            Ok(())
+        );
+        assert_eq!(
+            heard(&cluster(Some("n0"), [2_500, 3_000], [false; 2])),
+            Ok(())
+        );
         // Cut off: neither follower heard from for longer than the bound.
         let cut = heard(&cluster(Some("n0"), [2_600, 9_000], [false; 2])).unwrap_err();
         assert!(cut.contains("heard from 1 of its 3"), "{cut}");

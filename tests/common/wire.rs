@@ -191,6 +191,32 @@ pub async fn raw(nc: &async_nats::Client, subject: String, body: Vec<u8>) -> Val
         .unwrap_or_else(|e| panic!("reply on {subject} is not JSON ({e}): {:?}", msg.payload))
 }
 
+/// As [`raw`], `body` sent with the headers given (name, value).
+pub async fn raw_with_headers(
+    nc: &async_nats::Client,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Value {
+    let mut h = async_nats::HeaderMap::new();
+    for (name, value) in headers {
+        h.insert(*name, *value);
+    }
+    let msg = tokio::time::timeout(
+        PATIENCE,
+        nc.request_with_headers(
+            subject.to_string(),
+            h,
+            serde_json::to_vec(body).unwrap().into(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no reply on {subject} in time"))
+    .unwrap_or_else(|e| panic!("request on {subject}: {e}"));
+    serde_json::from_slice(&msg.payload)
+        .unwrap_or_else(|e| panic!("reply on {subject} is not JSON ({e}): {:?}", msg.payload))
+}
+
 /// Asserts a raw reply to `what` is `{"ok":false,"error":{"code":<code>,..}}`
 /// whose message contains every one of `mentions`; returns the message.
 pub fn assert_refused(what: &str, reply: &Value, code: &str, mentions: &[&str]) -> String {
