@@ -17,7 +17,7 @@
 //! explicitly (`mandate serve --allow-open-tenants`,
 //! `EngineConfig::allow_open_tenants`); an open tenant must then be protected
 //! with NATS permissions, as the mission subjects always are. A header that
-//! is sent must be well formed on every tenant ([`parse_header`]): on an
+//! is sent must be well formed on every tenant (`parse_header`): on an
 //! open tenant a malformed one is refused, a well-formed one is not checked.
 //!
 //! Mission completions (`mission.<tenant>.<ref>.completed`, published on the
