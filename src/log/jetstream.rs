@@ -238,6 +238,16 @@ impl JetStreamLog {
                     LogError::Unavailable(format!("stream {}: {e}", config.stream_name))
                 })?
             }
+            // A server outside a cluster (2.10 and later) refuses replicas.
+            Err(e)
+                if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED) =>
+            {
+                return Err(LogError::Config(format!(
+                    "stream {} with {} replicas: this server is not in a cluster ({e})",
+                    config.stream_name, config.replicas
+                )));
+            }
             Err(e) => {
                 let message = format!("cannot get or create stream {}: {e}", config.stream_name);
                 return Err(match e.kind() {
