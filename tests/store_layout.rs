@@ -276,3 +276,38 @@ fn a_corrupt_commit_inside_a_batch_quarantines_its_tree_only_and_the_checkpoint_
         assert!(store.quarantined(&acme, *tree).unwrap().is_none());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_count_of_a_cascade_reads_no_more_than_its_limit_whatever_the_trees_size() {
+    use mandate::store::CASCADE_COUNT_LIMIT;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    let (tree, root) = root(&engine).await;
+    let acme = tenant("acme");
+    let count = |engine: &Engine, m: MandateId| {
+        engine
+            .store()
+            .descendants_ended_by(&acme, tree, m, chrono::Utc::now())
+            .unwrap()
+    };
+    // root → 60 workers, the first with one below it; one worker revoked.
+    let mut workers = Vec::new();
+    for _ in 0..60 {
+        workers.push(delegate(&engine, root, "lead", "worker").await);
+    }
+    delegate(&engine, workers[0], "worker", "helper").await;
+    let revoke = Command::Revoke(change(workers[1]));
+    engine
+        .execute(ext(envelope("acme", principal("cfo"), revoke)))
+        .await
+        .unwrap();
+    assert_eq!(count(&engine, root), 60, "59 live workers and the helper");
+    assert_eq!(count(&engine, workers[0]), 1);
+    // Past the limit, the count stops there and says "more".
+    for _ in 0..60 {
+        delegate(&engine, root, "lead", "worker").await;
+    }
+    assert_eq!(count(&engine, root), CASCADE_COUNT_LIMIT + 1);
+}

@@ -42,9 +42,9 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// Buckets of the cascade fan-out: descendants one terminating event ended.
-const FANOUT_BUCKETS: [f64; 12] = [
-    0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1_000.0, 10_000.0, 100_000.0,
-];
+/// The last is the count's limit ([`crate::store::CASCADE_COUNT_LIMIT`]):
+/// an end with more than that below it falls in `+Inf`.
+const FANOUT_BUCKETS: [f64; 8] = [0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0];
 
 /// The most queue or outbox entries a scrape counts: past it, the figure
 /// stops there (a backlog that large is an alert already).
@@ -559,6 +559,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_fan_out_bucket_is_the_counts_limit() {
+        assert_eq!(
+            FANOUT_BUCKETS.last().copied(),
+            Some(crate::store::CASCADE_COUNT_LIMIT as f64)
+        );
+    }
 
     #[test]
     fn labels_come_from_fixed_lists() {

@@ -48,6 +48,7 @@ use crate::domain::{TenantId, TreeId};
 pub use apply::{Commit, Note};
 pub use continuity::LogLoss;
 pub use outbox::OutboxEntry;
+pub use projection::CASCADE_COUNT_LIMIT;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
 
 /// sled's page cache, in bytes (its default is 1 GiB): the engine's memory

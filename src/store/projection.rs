@@ -89,6 +89,9 @@ const HEAD_CACHE: usize = 16_384;
 /// Most mandates kept decoded in memory.
 const NODE_CACHE: usize = 65_536;
 
+/// The most mandates [`Store::descendants_ended_by`] reads for one end.
+pub const CASCADE_COUNT_LIMIT: u64 = 100;
+
 /// Decoded heads and mandates, kept equal to the stored ones: only a
 /// committed batch ([`Pending::commit`]) and a read under the read lock put
 /// entries in. Bounded: full, a map starts over rather than track recency.
@@ -608,9 +611,14 @@ impl Store {
     /// status terminal, or its `not_after` passed), and nothing below one
     /// that is (that one ended them before). Paused ones count: an end is
     /// more than a pause. Reads the child entries and mandates straight from
-    /// sled, past the caches, so a walk of a large subtree evicts nothing a
-    /// command or a check needs; its cost is the subtree's size, so it is
-    /// for the metrics (`Engine::metrics`), off every reply's path.
+    /// sled, past the caches, so a walk evicts nothing a command or a check
+    /// needs.
+    ///
+    /// The walk reads at most [`CASCADE_COUNT_LIMIT`] mandates, so what it
+    /// costs does not grow with the tree: ending the root of a tree of
+    /// 100,000 costs the count no more than ending one of 101. Where more
+    /// than that hang below `mandate`, it stops there and answers
+    /// `CASCADE_COUNT_LIMIT + 1`, "more than the limit".
     pub fn descendants_ended_by(
         &self,
         tenant: &TenantId,
@@ -619,11 +627,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let mut ended = 0;
+        let mut visited = 0;
         let mut stack = vec![mandate];
         while let Some(parent) = stack.pop() {
             let mut children = of_tree(CHILD, tenant, tree, parent);
             children.push(SEP);
             for kv in self.projection.scan_prefix(&children) {
+                if visited == CASCADE_COUNT_LIMIT {
+                    return Ok(CASCADE_COUNT_LIMIT + 1);
+                }
+                visited += 1;
                 let (k, v) = kv?;
                 let (_, child) = child_entry(&k, &v)?;
                 let node: Option<Mandate> =
