@@ -2,7 +2,16 @@
 //! of its own under one root, grown through the log; then `ops` delegations
 //! under the root and `ops` checks on a child are timed through a served
 //! engine, and the revokes of the roots of `revokes` more trees of the same
-//! size (one each). The baseline is the same at the smallest size. Then the swarm: many agents delegating under one root at once.
+//! size (one each). The baseline is the same at the smallest size. Then the
+//! swarm: many agents delegating under one root at once.
+//!
+//! A revoke is an append naming the last sequence of its tree's subject,
+//! which the server reads from the block holding that subject's last
+//! message. Had the trees been grown one after the other, the first tree's
+//! last commit would sit further back in the stream the larger the trees,
+//! in a block the server no longer holds in memory: a cost of how much was
+//! written since, not of the tree's size. So each tree's last delegation is
+//! held back and appended after every tree is grown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,13 +51,19 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     for &size in &sizes.sizes {
         progress(&format!(
             "growth: growing {} trees to {size} mandates",
-            1 + sizes.revokes
+            1 + sizes.revokes.max(1)
         ));
         let (root, child) = grow(&log, size).await?;
-        // The others only to be revoked, each at exactly this size.
-        let mut doomed = Vec::new();
+        // Trees only to be revoked, each of exactly this size, each with its
+        // last delegation held back, then appended one tree after another:
+        // at every size, each tree's last commit is among the stream's
+        // newest.
+        let mut recent = Vec::new();
         for _ in 0..sizes.revokes.max(1) {
-            doomed.push(grow(&log, size).await?.0);
+            recent.push(grow_but_last(&log, size).await?);
+        }
+        for w in &mut recent {
+            w.flush().await?;
         }
         served.settled("growth").await?;
         progress(&format!(
@@ -75,7 +90,7 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
         }
         let principal = lead.as_actor(gen::principal());
         let mut revoke = Samples::default();
-        for root in doomed {
+        for root in recent.iter().map(TreeWriter::root) {
             let t = Instant::now();
             principal.revoke(root, None).await?;
             revoke.push(t.elapsed());
@@ -90,6 +105,21 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     report(&measured, out);
     swarm(&served, env, sizes, out).await?;
     served.stop().await
+}
+
+/// A tree of `size` mandates: a root and its children, written to the log
+/// but for the last child, which the writer holds until its `flush`.
+async fn grow_but_last(log: &JetStreamLog, size: usize) -> BenchResult<TreeWriter> {
+    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
+    let root = writer.root();
+    for i in 1..size.max(2) - 1 {
+        let d = gen::delegation(root, &format!("w{i}"), gen::worker_scope(), Some(0))?;
+        writer.delegate("lead", d).await?;
+    }
+    writer.flush().await?;
+    let d = gen::delegation(root, "last", gen::worker_scope(), Some(0))?;
+    writer.delegate("lead", d).await?;
+    Ok(writer)
 }
 
 /// A tree of `size` mandates: a root and its children, written to the log;
@@ -147,7 +177,7 @@ fn report(measured: &[AtSize], out: &Printer) {
                 &size,
             )
             .target(Target::RatioAtMost(1.5))
-            .note("the root of a tree of this size, one revoke per tree"),
+            .note("the root of a tree of this size, its last commit among the stream's newest, one revoke per tree"),
         );
     }
 }
