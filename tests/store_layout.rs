@@ -12,6 +12,16 @@ use common::fixtures::{agent, change, delegation, envelope, ext, principal, root
 use mandate::domain::{Command, MandateId, TreeId};
 use mandate::engine::{Engine, EngineConfig};
 
+/// An embedded engine with defaults, in a fresh directory (kept while the
+/// directory lives).
+async fn embedded() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::embedded(dir.path(), EngineConfig::default())
+        .await
+        .unwrap();
+    (dir, engine)
+}
+
 /// cfo's root for lead, with room for four levels below it.
 async fn root(engine: &Engine) -> (TreeId, MandateId) {
     let issue = Command::Issue(root_issue(
@@ -57,10 +67,7 @@ async fn growth_of_one_delegation(engine: &Engine, root: MandateId) -> (usize, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delegation_writes_as_much_under_a_root_of_ten_children_as_under_one_of_four_hundred() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
+    let (_dir, engine) = embedded().await;
     let (_, root) = root(&engine).await;
     for _ in 0..10 {
         delegate(&engine, root, "lead", "worker").await;
@@ -86,10 +93,7 @@ async fn a_delegation_writes_as_much_under_a_root_of_ten_children_as_under_one_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_holds_the_chain_and_the_head_holds_no_mandate() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
+    let (_dir, engine) = embedded().await;
     let (tree, root) = root(&engine).await;
     for _ in 0..50 {
         delegate(&engine, root, "lead", "worker").await;
@@ -193,10 +197,7 @@ async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swarm_delegating_under_one_root_on_one_instance_meets_no_conflict() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
+    let (_dir, engine) = embedded().await;
     let (tree, root) = root(&engine).await;
     let swarm: Vec<_> = (0..32)
         .map(|i| {
@@ -280,10 +281,7 @@ fn a_corrupt_commit_inside_a_batch_quarantines_its_tree_only_and_the_checkpoint_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_count_of_a_cascade_reads_no_more_than_its_limit_whatever_the_trees_size() {
     use mandate::store::CASCADE_COUNT_LIMIT;
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::embedded(dir.path(), EngineConfig::default())
-        .await
-        .unwrap();
+    let (_dir, engine) = embedded().await;
     let (tree, root) = root(&engine).await;
     let acme = tenant("acme");
     let count = |engine: &Engine, m: MandateId| {

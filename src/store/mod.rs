@@ -52,8 +52,13 @@ pub use projection::CASCADE_COUNT_LIMIT;
 pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
 
 /// sled's page cache, in bytes (its default is 1 GiB): the engine's memory
-/// stays bounded whatever the number of mandates on disk.
-const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+/// stays bounded whatever the number of mandates on disk. A command on a
+/// tree whose pages are not in it reads them from disk first: at 128 MiB, a
+/// revoke of a cold root took up to twice as long once the projection held
+/// some 67,000 mandates (`mandate-bench growth`); at 192 MiB it did not, and
+/// an engine holding 1,000,000 live mandates stays under 1 GiB (at 256 MiB
+/// it came within 60 MiB of it). BENCHMARKS.md has the runs.
+const SLED_CACHE_BYTES: u64 = 192 * 1024 * 1024;
 
 /// Failures of the store.
 #[derive(Debug, thiserror::Error)]
