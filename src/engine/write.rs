@@ -249,6 +249,17 @@ impl Engine {
                 }
             };
             if events.is_empty() {
+                // Nothing to write because of what the tree holds (a request
+                // equal to one still pending), not because this command id
+                // was applied before: like a refusal, that must not rest on
+                // a stale snapshot (another instance may have granted that
+                // approval, and our follower not have applied it yet).
+                if !snap.tree.commands.contains_key(&cmd.command_id)
+                    && self.checked_head(tenant, tree, snap.position).await? > snap.position
+                {
+                    self.catch_up_tree(tenant, tree, snap.position).await?;
+                    continue;
+                }
                 return Ok((self.unchanged(tenant, &snap, cmd, now)?, true));
             }
             let payload = Event::encode_commit(&events);
