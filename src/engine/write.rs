@@ -241,8 +241,10 @@ impl Engine {
                     // rest on a stale snapshot: another instance may have
                     // written this tree (e.g. the pause a resume needs) and
                     // our follower not have applied it yet.
-                    if self.checked_head(tenant, tree, snap.position).await? > snap.position {
-                        self.catch_up_tree(tenant, tree, snap.position).await?;
+                    if self
+                        .caught_up_if_behind(tenant, tree, snap.position)
+                        .await?
+                    {
                         continue;
                     }
                     return Err(refusal.into());
@@ -255,9 +257,10 @@ impl Engine {
                 // a stale snapshot (another instance may have granted that
                 // approval, and our follower not have applied it yet).
                 if !snap.tree.commands.contains_key(&cmd.command_id)
-                    && self.checked_head(tenant, tree, snap.position).await? > snap.position
+                    && self
+                        .caught_up_if_behind(tenant, tree, snap.position)
+                        .await?
                 {
-                    self.catch_up_tree(tenant, tree, snap.position).await?;
                     continue;
                 }
                 return Ok((self.unchanged(tenant, &snap, cmd, now)?, true));
@@ -334,6 +337,23 @@ impl Engine {
             }
         }
         Err(EngineError::contended(self.inner.config.max_attempts))
+    }
+
+    /// For an outcome no append checks (a refusal, or nothing to write):
+    /// whether the log holds the tree past `position`, the snapshot's, in
+    /// which case the tree is caught up and the command must be decided
+    /// again.
+    async fn caught_up_if_behind(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        position: u64,
+    ) -> Result<bool, EngineError> {
+        if self.checked_head(tenant, tree, position).await? > position {
+            self.catch_up_tree(tenant, tree, position).await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Runs one command on each of many trees (a bulk command's revokes, a

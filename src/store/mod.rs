@@ -48,8 +48,7 @@ use crate::domain::{TenantId, TreeId};
 pub use apply::{Commit, Note};
 pub use continuity::LogLoss;
 pub use outbox::OutboxEntry;
-pub use projection::CASCADE_COUNT_LIMIT;
-pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported};
+pub use projection::{Applied, DueExpiry, TreeSnapshot, Unsupported, CASCADE_COUNT_LIMIT};
 
 /// sled's page cache, in bytes (its default is 1 GiB): the engine's memory
 /// stays bounded whatever the number of mandates on disk. A command on a

@@ -60,7 +60,7 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
         // newest.
         let mut recent = Vec::new();
         for _ in 0..sizes.revokes.max(1) {
-            recent.push(grow_but_last(&log, size).await?);
+            recent.push(grow_but_last(&log, size).await?.0);
         }
         for w in &mut recent {
             w.flush().await?;
@@ -108,33 +108,29 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
 }
 
 /// A tree of `size` mandates: a root and its children, written to the log
-/// but for the last child, which the writer holds until its `flush`.
-async fn grow_but_last(log: &JetStreamLog, size: usize) -> BenchResult<TreeWriter> {
+/// but for the last child, which the writer holds until its `flush`; and
+/// the first child.
+async fn grow_but_last(log: &JetStreamLog, size: usize) -> BenchResult<(TreeWriter, MandateId)> {
     let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
     let root = writer.root();
-    for i in 1..size.max(2) - 1 {
+    let mut first = None;
+    for i in 1..size.max(2) {
+        if i == size.max(2) - 1 {
+            writer.flush().await?;
+        }
         let d = gen::delegation(root, &format!("w{i}"), gen::worker_scope(), Some(0))?;
-        writer.delegate("lead", d).await?;
+        let child = writer.delegate("lead", d).await?;
+        first.get_or_insert(child);
     }
-    writer.flush().await?;
-    let d = gen::delegation(root, "last", gen::worker_scope(), Some(0))?;
-    writer.delegate("lead", d).await?;
-    Ok(writer)
+    Ok((writer, first.ok_or("a grown tree has a child")?))
 }
 
 /// A tree of `size` mandates: a root and its children, written to the log;
 /// the root and its first child.
 async fn grow(log: &JetStreamLog, size: usize) -> BenchResult<(MandateId, MandateId)> {
-    let mut writer = TreeWriter::issue(log, "lead", 4, 500).await?;
-    let root = writer.root();
-    let mut first = None;
-    for i in 1..size.max(2) {
-        let d = gen::delegation(root, &format!("w{i}"), gen::worker_scope(), Some(0))?;
-        let child = writer.delegate("lead", d).await?;
-        first.get_or_insert(child);
-    }
+    let (mut writer, first) = grow_but_last(log, size).await?;
     writer.flush().await?;
-    Ok((root, first.ok_or("a grown tree has a child")?))
+    Ok((writer.root(), first))
 }
 
 fn report(measured: &[AtSize], out: &Printer) {
