@@ -950,9 +950,11 @@ async fn uses_written(cfo: &Client, root: MandateId) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_use_the_engine_wrote_but_never_answered_passes_on_the_next_call() {
     // The gateway reaches NATS through a relay that drops its connection
-    // right after its `use_approval` has gone out: the engine writes the use,
-    // and its answer is lost. The engine then stops, so the gateway's resend
-    // finds no engine and the call is refused, unconfirmed.
+    // right after its `use_approval` has gone out, and lets no connection
+    // through until the test restores it: the engine writes the use, and
+    // its answer is lost. The engine then stops before the relay opens
+    // again, so the gateway's resend finds no engine and the call is
+    // refused, unconfirmed.
     let server = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let instance = Instance::start(&server.url(), dir.path()).await;
@@ -983,7 +985,7 @@ async fn a_use_the_engine_wrote_but_never_answered_passes_on_the_next_call() {
         .unwrap();
     cfo.approve(root, approval, None).await.unwrap();
 
-    relay.cut_after(b"mandate.cmd.acme.use_approval");
+    relay.sever_after(b"mandate.cmd.acme.use_approval");
     let first = tokio::spawn({
         let peer = peer.clone();
         async move {
@@ -1000,6 +1002,7 @@ async fn a_use_the_engine_wrote_but_never_answered_passes_on_the_next_call() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     instance.stop().await;
+    relay.restore();
     let e = mcp_error("unanswered use", first.await.unwrap());
     let data = e.data.expect("structured data");
     assert_eq!(data["reason"], "approval_unconfirmed", "{data}");

@@ -14,8 +14,9 @@ pub struct Relay {
     port: u16,
     open: Arc<AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Bytes whose passage toward the server severs every connection once.
-    cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+    /// Bytes whose passage toward the server severs every connection once,
+    /// and whether the relay then refuses new ones until [`Relay::restore`].
+    cut_after: Arc<std::sync::Mutex<Option<(Vec<u8>, bool)>>>,
 }
 
 impl Relay {
@@ -24,7 +25,7 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let cut_after: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let cut_after: Arc<std::sync::Mutex<Option<(Vec<u8>, bool)>>> = Arc::default();
         let (o, g, c) = (open.clone(), generation.clone(), cut_after.clone());
         tokio::spawn(async move {
             loop {
@@ -36,7 +37,7 @@ impl Relay {
                     continue;
                 }
                 let mut cut = g.subscribe();
-                let (g, c) = (g.clone(), c.clone());
+                let (g, c, o) = (g.clone(), c.clone(), o.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
@@ -46,6 +47,9 @@ impl Relay {
                     let toward_server = async {
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         let mut buf = vec![0u8; 64 * 1024];
+                        // The end of what passed before, so that a needle
+                        // split across two reads is found too.
+                        let mut seen: Vec<u8> = Vec::new();
                         loop {
                             let n = match ri.read(&mut buf).await {
                                 Ok(0) | Err(_) => return,
@@ -54,18 +58,25 @@ impl Relay {
                             if wo.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
+                            seen.extend_from_slice(&buf[..n]);
                             let hit = {
                                 let mut needle = c.lock().unwrap();
-                                let hit = needle
-                                    .as_ref()
-                                    .is_some_and(|k| buf[..n].windows(k.len()).any(|w| w == k));
-                                if hit {
+                                let hit = needle.as_ref().and_then(|(k, refuse)| {
+                                    seen.windows(k.len()).any(|w| w == k).then_some(*refuse)
+                                });
+                                let keep = needle.as_ref().map_or(0, |(k, _)| k.len());
+                                let drop_to = seen.len().saturating_sub(keep);
+                                seen.drain(..drop_to);
+                                if hit.is_some() {
                                     *needle = None;
                                 }
                                 hit
                             };
-                            if hit {
+                            if let Some(refuse) = hit {
                                 let _ = wo.flush().await;
+                                if refuse {
+                                    o.store(false, Ordering::SeqCst);
+                                }
                                 g.send_modify(|g| *g += 1);
                                 return;
                             }
@@ -101,7 +112,14 @@ impl Relay {
     /// server sends back on those connections is lost. New connections are
     /// carried as before.
     pub fn cut_after(&self, needle: &[u8]) {
-        *self.cut_after.lock().unwrap() = Some(needle.to_vec());
+        *self.cut_after.lock().unwrap() = Some((needle.to_vec(), false));
+    }
+
+    /// As [`Relay::cut_after`], but the relay then refuses new connections
+    /// until [`Relay::restore`], as [`Relay::sever`] does: nothing the
+    /// clients send again reaches the server before the test allows it.
+    pub fn sever_after(&self, needle: &[u8]) {
+        *self.cut_after.lock().unwrap() = Some((needle.to_vec(), true));
     }
 
     pub fn restore(&self) {
