@@ -23,22 +23,25 @@ const S: &str = "cascade";
 const S_CLUSTER: &str = "cascade-cluster";
 
 pub struct Sizes {
-    /// Guard counts, one run of rounds each.
-    pub guards: Vec<usize>,
-    pub rounds: usize,
-    pub connections: Vec<usize>,
+    /// The runs, one after the other.
+    pub layouts: Vec<Layout>,
     /// Every baseline round before the first revoke, instead of one
     /// baseline round before each revoke.
     pub baseline_first: bool,
 }
 
+/// One run of rounds: so many guards over so many connections.
+pub struct Layout {
+    pub guards: usize,
+    pub connections: usize,
+    pub rounds: usize,
+}
+
 pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     let served = Served::start(env, &env.dir("engine")).await?;
     let log = env.log().await?;
-    for &guards in &sizes.guards {
-        for &conns in &sizes.connections {
-            one_layout(env, &served, &log, sizes, guards, conns, out).await?;
-        }
+    for layout in &sizes.layouts {
+        one_layout(env, &served, &log, sizes.baseline_first, layout, out).await?;
     }
     served.stop().await
 }
@@ -54,27 +57,27 @@ async fn one_layout(
     env: &Env,
     served: &Served,
     log: &mandate::log::JetStreamLog,
-    sizes: &Sizes,
-    guards: usize,
-    conns: usize,
+    baseline_first: bool,
+    layout: &Layout,
     out: &Printer,
 ) -> BenchResult<()> {
+    let (guards, conns, rounds) = (layout.guards, layout.connections, layout.rounds);
     let mut base = Baseline::start(env, guards, conns).await?;
     let mut raw = Samples::default();
-    if sizes.baseline_first {
-        for _ in 0..sizes.rounds {
+    if baseline_first {
+        for _ in 0..rounds {
             raw.push(base.round().await?);
         }
     }
     let mut revoke = Samples::default();
-    for round in 0..sizes.rounds {
+    for round in 0..rounds {
         progress(&format!(
             "cascade: round {} of {} with {} guards on {conns} connection(s)",
             round + 1,
-            sizes.rounds,
+            rounds,
             guards
         ));
-        let paired = (!sizes.baseline_first).then_some(&mut base);
+        let paired = (!baseline_first).then_some(&mut base);
         let (took, base_took) = one_round(env, served, log, guards, conns, paired).await?;
         progress(&format!(
             "cascade: round {}: revoke to last guard {} us, baseline {}",

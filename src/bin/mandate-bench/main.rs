@@ -120,14 +120,16 @@ struct Args {
     /// growth: delegations each swarm agent makes.
     #[arg(long, default_value_t = 10)]
     swarm_each: usize,
-    /// cascade: live guards under the revoked root (default 2000);
-    /// idle-guards: guards idling in one process (default 1000,10000).
-    /// Several counts, comma-separated, run one after the other.
+    /// cascade: live guards under the revoked root (default: 10000 in one
+    /// process, 2000 spread over 100 connections; 2000 with --cluster or
+    /// --connections); idle-guards: guards idling in one process (default
+    /// 1000,10000). Several counts, comma-separated, run one after the other.
     #[arg(long, value_delimiter = ',')]
     guards: Vec<usize>,
-    /// cascade: rounds (each a fresh tree and its guards).
-    #[arg(long, default_value_t = 10)]
-    rounds: usize,
+    /// cascade: rounds (each a fresh tree and its guards; default 20 for
+    /// the default 10000 guards in one process, 10 otherwise).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// cascade: connection layouts the guards are spread over (default
     /// 1,100; 3,99 with --cluster, a third of the connections on each node).
     #[arg(long, value_delimiter = ',')]
@@ -189,7 +191,7 @@ impl Args {
         self.swarm = 4;
         self.swarm_each = 2;
         self.guards = vec![10];
-        self.rounds = 1;
+        self.rounds = Some(1);
         self.connections = if self.cluster { vec![3] } else { vec![1, 2] };
         self.instances = vec![1, 2];
         self.requests = 20;
@@ -328,9 +330,7 @@ async fn one(scenario: Scenario, args: &Args, env: &Env, out: &Printer) -> Bench
         }
         Scenario::Cascade => {
             let sizes = cascade::Sizes {
-                guards: or_default(&args.guards, &[2000]),
-                rounds: args.rounds,
-                connections: or_default(&args.connections, &cascade_connections(args.cluster)),
+                layouts: cascade_layouts(args),
                 baseline_first: args.baseline_first,
             };
             cascade::run(env, &sizes, out).await
@@ -393,6 +393,39 @@ fn cascade_connections(cluster: bool) -> Vec<usize> {
     } else {
         vec![1, 100]
     }
+}
+
+/// What `cascade` runs: by default, on one node, the size (10,000
+/// guards, 20 rounds) in one process, where its gate is, and 2,000 guards
+/// over 100 connections, where 10,000 would take six minutes of the run;
+/// otherwise every guard count given (default 2,000) on every connection
+/// layout, 10 rounds unless `--rounds` says.
+fn cascade_layouts(args: &Args) -> Vec<cascade::Layout> {
+    if args.guards.is_empty() && args.connections.is_empty() && !args.cluster {
+        return vec![
+            cascade::Layout {
+                guards: 10_000,
+                connections: 1,
+                rounds: args.rounds.unwrap_or(20),
+            },
+            cascade::Layout {
+                guards: 2_000,
+                connections: 100,
+                rounds: args.rounds.unwrap_or(10),
+            },
+        ];
+    }
+    let conns = or_default(&args.connections, &cascade_connections(args.cluster));
+    or_default(&args.guards, &[2000])
+        .into_iter()
+        .flat_map(|guards| {
+            conns.iter().map(move |&connections| cascade::Layout {
+                guards,
+                connections,
+                rounds: args.rounds.unwrap_or(10),
+            })
+        })
+        .collect()
 }
 
 /// `--instances`' default.
