@@ -16,8 +16,11 @@ pub struct Relay {
     generation: Arc<tokio::sync::watch::Sender<u64>>,
     /// Bytes whose passage toward the server severs every connection once,
     /// and whether the relay then refuses new ones until [`Relay::restore`].
-    cut_after: Arc<std::sync::Mutex<Option<(Vec<u8>, bool)>>>,
+    cut_after: Arc<std::sync::Mutex<Option<Cut>>>,
 }
+
+/// The bytes a cut waits for, and whether the relay then stays closed.
+type Cut = (Vec<u8>, bool);
 
 impl Relay {
     pub async fn start(target_port: u16) -> Self {
@@ -25,7 +28,7 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let open = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
-        let cut_after: Arc<std::sync::Mutex<Option<(Vec<u8>, bool)>>> = Arc::default();
+        let cut_after: Arc<std::sync::Mutex<Option<Cut>>> = Arc::default();
         let (o, g, c) = (open.clone(), generation.clone(), cut_after.clone());
         tokio::spawn(async move {
             loop {
