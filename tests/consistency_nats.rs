@@ -323,28 +323,48 @@ async fn a_checks_audit_record_is_in_the_outbox_before_its_answer() {
         .unwrap();
     let outbox = _dir.path().join(mandate::engine::audit::OUTBOX_FILE);
     let subject = format!("mandate.audit.acme.{root} ");
-    let cfo = client(&nc, "acme", principal("cfo"));
     for (n, consistency) in [Consistency::Local, Consistency::Fresh]
         .into_iter()
         .enumerate()
     {
-        let d = cfo
-            .check_with(mandate::protocol::CheckQuery {
-                mandate: root,
-                action: "finance:read".into(),
-                resource: "reports/q3".into(),
-                at: None,
-                actor: None,
-                consistency,
-            })
+        // The second asks as someone: the record names them.
+        let actor = (n == 1).then(|| principal("auditor"));
+        let query = mandate::protocol::CheckQuery {
+            mandate: root,
+            action: "finance:read".into(),
+            resource: "reports/q3".into(),
+            at: None,
+            actor: actor.clone(),
+            consistency,
+        };
+        let reply = nc
+            .request(
+                "mandate.q.acme.check",
+                serde_json::to_vec(&query).unwrap().into(),
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .payload;
+        let answer: mandate::protocol::Reply<mandate::domain::Decision> =
+            serde_json::from_slice(&reply).unwrap();
+        let d = answer.result.clone().expect("a decision");
         assert!(d.is_allowed(), "{d:?}");
+        // The reply is exactly what the typed reply encodes to.
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            serde_json::to_string(&answer).unwrap()
+        );
         let text = std::fs::read_to_string(&outbox).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&subject)).collect();
         assert_eq!(lines.len(), n + 1, "{text}");
-        let record: Value = serde_json::from_str(&lines[n][subject.len()..]).unwrap();
-        assert_eq!(record["decision"]["mandate"], json!(root), "{record}");
+        let line = &lines[n][subject.len()..];
+        let record: mandate::protocol::AuditRecord = serde_json::from_str(line).unwrap();
+        // The record holds the decision answered, the one who asked and the
+        // root's principal, and is exactly what the typed record encodes to.
+        assert_eq!(record.decision, d);
+        assert_eq!(record.actor, actor);
+        assert_eq!(record.principal, Some(principal_id("cfo")));
+        assert_eq!(line, serde_json::to_string(&record).unwrap());
     }
     a.stop().await;
 }

@@ -82,13 +82,16 @@ impl AuditSink {
     /// on disk before the check's reply is sent, and the audit stream gets
     /// it within milliseconds (or, while the stream cannot take it, as soon
     /// as it can, even after a restart).
-    pub(crate) fn send(&self, tenant: &TenantId, record: &AuditRecord) -> Result<(), EngineError> {
+    pub(crate) fn send<R: serde::Serialize>(
+        &self,
+        tenant: &TenantId,
+        mandate: MandateId,
+        record: &R,
+    ) -> Result<(), EngineError> {
         let Some(out) = &self.out else {
             return Err(EngineError::unavailable("no audit stream in process"));
         };
-        // An `AuditRecord` is plain data: encoding it cannot fail.
-        let payload = serde_json::to_vec(record).expect("audit records serialize");
-        out.append(&audit_subject(tenant, record.decision.mandate), &payload)
+        out.append(&audit_subject(tenant, mandate), record)
     }
 
     /// Counts a record that was not stored, and says so loudly.

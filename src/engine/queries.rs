@@ -399,6 +399,33 @@ impl Engine {
     /// engine asked.
     #[tracing::instrument(skip_all, fields(tenant = %tenant, mandate = %q.mandate))]
     pub async fn check(&self, tenant: &TenantId, q: &CheckQuery) -> Result<Decision, EngineError> {
+        let decision = self.decide(tenant, q).await?;
+        if self.inner.config.audit {
+            let json = super::read::decision_json(&decision);
+            self.record_audit(tenant, &decision, &json, q.actor.as_ref());
+        }
+        Ok(decision)
+    }
+
+    /// [`Engine::check`] for a reply on the wire: the decision, and the
+    /// reply's bytes, encoded from the same JSON of the decision as its
+    /// audit record (the decision is written once, not twice).
+    pub(super) async fn check_for_reply(
+        &self,
+        tenant: &TenantId,
+        q: &CheckQuery,
+    ) -> Result<(Decision, Vec<u8>), EngineError> {
+        let decision = self.decide(tenant, q).await?;
+        let json = super::read::decision_json(&decision);
+        if self.inner.config.audit {
+            self.record_audit(tenant, &decision, &json, q.actor.as_ref());
+        }
+        let reply = super::read::check_reply(&json);
+        Ok((decision, reply))
+    }
+
+    /// A check's decision, not yet recorded.
+    async fn decide(&self, tenant: &TenantId, q: &CheckQuery) -> Result<Decision, EngineError> {
         if let Some(actor) = &q.actor {
             crate::domain::command::refuse_reserved_actor(actor)?;
         }
@@ -450,9 +477,6 @@ impl Engine {
                 now,
             ),
         };
-        if self.inner.config.audit {
-            self.record_audit(tenant, &decision, q.actor.clone()).await;
-        }
         Ok(decision)
     }
 

@@ -6,7 +6,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Decision, DomainError, MandateId, TenantId, Tree, TreeId, SCHEMA_VERSION};
-use crate::protocol::{AuditRecord, Consistency, MandateSummary, TreeQuery};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+#[cfg(doc)]
+use crate::protocol::AuditRecord;
+use crate::protocol::{Consistency, MandateSummary, TreeQuery};
 use crate::store::TreeSnapshot;
 
 use super::{Engine, EngineError};
@@ -100,24 +105,28 @@ impl Engine {
         }
     }
 
-    pub(super) async fn record_audit(
+    /// Records a check's decision in the audit, `json` being the decision
+    /// as [`decision_json`] wrote it: over NATS in the outbox, before the
+    /// answer; in process in the store.
+    pub(super) fn record_audit(
         &self,
         tenant: &TenantId,
         decision: &Decision,
-        actor: Option<crate::domain::Actor>,
+        json: &RawValue,
+        actor: Option<&crate::domain::Actor>,
     ) {
-        let record = AuditRecord {
+        let record = AuditRecordOut {
             schema_version: SCHEMA_VERSION,
-            principal: decision.chain.first().map(|l| l.on_behalf_of.clone()),
-            decision: decision.clone(),
+            decision: json,
             actor,
+            principal: decision.chain.first().map(|l| &l.on_behalf_of),
             recorded_at: self.now(),
-            instance: self.inner.config.instance.clone(),
+            instance: &self.inner.config.instance,
         };
         let result = match &self.inner.nats {
             // In the outbox before the reply; the stream stores it off
             // the reply path.
-            Some(_) => self.inner.audit.send(tenant, &record),
+            Some(_) => self.inner.audit.send(tenant, decision.mandate, &record),
             None => self
                 .inner
                 .store
@@ -128,6 +137,38 @@ impl Engine {
             self.inner.audit.lost(decision.mandate, &e);
         }
     }
+}
+
+/// An [`AuditRecord`] as it is written: the same fields in the same order,
+/// with the decision already encoded (the reply to the check carries the
+/// same bytes).
+#[derive(Serialize)]
+pub(super) struct AuditRecordOut<'a> {
+    schema_version: u32,
+    decision: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<&'a crate::domain::Actor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: Option<&'a crate::domain::PrincipalId>,
+    recorded_at: DateTime<Utc>,
+    instance: &'a str,
+}
+
+/// A decision's JSON, once, for both its audit record and its reply.
+pub(super) fn decision_json(decision: &Decision) -> Box<RawValue> {
+    // A `Decision` is plain data: encoding it cannot fail.
+    serde_json::value::to_raw_value(decision).expect("decisions serialize")
+}
+
+/// The reply to a check whose decision is `json`: what
+/// `Reply::ok(decision)` encodes to.
+pub(super) fn check_reply(json: &RawValue) -> Vec<u8> {
+    let json = json.get();
+    let mut out = Vec::with_capacity(json.len() + 24);
+    out.extend_from_slice(b"{\"ok\":true,\"result\":");
+    out.extend_from_slice(json.as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// One mandate as a list or a tree shows it, effective at `now`.

@@ -482,16 +482,19 @@ impl Engine {
                 if !proven {
                     q.actor = None;
                 }
-                self.check(req.tenant, &q).await
+                self.check_for_reply(req.tenant, &q).await
             }
             Err(e) => Err(e),
         };
         self.inner.metrics.check(
             consistency,
-            r.as_ref().map(|d| d.outcome),
+            r.as_ref().map(|(d, _)| d.outcome),
             req.started.elapsed(),
         );
-        encode(r)
+        match r {
+            Ok((_, reply)) => reply,
+            Err(e) => encode::<()>(Err(e)),
+        }
     }
 
     /// Says at start, loudly, whether tenants without authentication are

@@ -154,11 +154,16 @@ impl Outbox {
     }
 
     /// Appends one record for `subject`; returns once it is in the file.
-    pub(crate) fn append(&self, subject: &str, record: &[u8]) -> Result<(), EngineError> {
-        let mut line = Vec::with_capacity(subject.len() + record.len() + 2);
+    pub(crate) fn append<R: serde::Serialize>(
+        &self,
+        subject: &str,
+        record: &R,
+    ) -> Result<(), EngineError> {
+        let mut line = Vec::with_capacity(subject.len() + 1024);
         line.extend_from_slice(subject.as_bytes());
         line.push(b' ');
-        line.extend_from_slice(record);
+        // A record is plain data: encoding it cannot fail.
+        serde_json::to_writer(&mut line, record).expect("audit records serialize");
         line.push(b'\n');
         let mut w = lock(&self.shared.writer);
         if let Err(e) = w.file.write_all(&line) {
