@@ -72,6 +72,7 @@ pub struct ChainLink {
     pub grantee: AgentId,
     pub on_behalf_of: PrincipalId,
     pub scope: Scope,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub not_after: DateTime<Utc>,
     /// The link's own status.
     pub status: Status,
@@ -108,6 +109,7 @@ pub struct Decision {
     pub action: String,
     pub resource: String,
     /// The moment the decision is for.
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effective: Option<Effective>,
@@ -117,6 +119,45 @@ pub struct Decision {
     #[serde(with = "shared_chain")]
     #[schemars(with = "Vec<ChainLink>")]
     pub chain: Arc<[ChainLink]>,
+}
+
+/// A moment written as chrono writes it (RFC 3339, `Z`, the fraction of a
+/// second as its precision needs), in one string: chrono's own `Serialize`
+/// goes through the formatter a character at a time, and a decision writes
+/// one moment per link of its chain.
+pub(crate) mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use chrono::{DateTime, TimeZone, Utc};
+        use proptest::prelude::*;
+
+        #[derive(serde::Serialize)]
+        struct Ours(#[serde(serialize_with = "super::serialize")] DateTime<Utc>);
+
+        proptest! {
+            /// Byte for byte what chrono's own `Serialize` writes, at every
+            /// precision of the fraction (none, milli, micro, nano).
+            #[test]
+            fn writes_what_chrono_writes(
+                secs in -62_135_596_800i64..253_402_300_799,
+                nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|m| m * 1_000_000),
+                    (0u32..1_000_000).prop_map(|u| u * 1000), 0u32..1_000_000_000],
+            ) {
+                let t = Utc.timestamp_opt(secs, nanos).single().expect("in range");
+                prop_assert_eq!(
+                    serde_json::to_string(&Ours(t)).unwrap(),
+                    serde_json::to_string(&t).unwrap()
+                );
+            }
+        }
+    }
 }
 
 /// A shared chain reads and writes as the plain list it is.

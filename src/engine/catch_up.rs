@@ -182,6 +182,10 @@ impl Engine {
                 None => false,
             })
         };
+        // Already applied (the common case): no clock read, no waiter.
+        if reached(self)? {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + AT_LEAST_WAIT;
         loop {
             // Registered before the look, so no wake-up falls in between.

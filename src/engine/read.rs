@@ -150,6 +150,7 @@ pub(super) struct AuditRecordOut<'a> {
     actor: Option<&'a crate::domain::Actor>,
     #[serde(skip_serializing_if = "Option::is_none")]
     principal: Option<&'a crate::domain::PrincipalId>,
+    #[serde(serialize_with = "crate::domain::authorize::rfc3339::serialize")]
     recorded_at: DateTime<Utc>,
     instance: &'a str,
 }
