@@ -1235,3 +1235,37 @@ async fn nats_an_unacknowledged_append_is_retried_with_the_same_id() {
     assert_eq!(ids, [first.command_id, command_id], "written exactly once");
     assert_eq!(records[1].position, appended.position);
 }
+
+/// A record the server counted as delivered to a follow's consumer, but
+/// which its client never got (lost with its connection in delivery, as a
+/// slow consumer's are), is handed out all the same: a follow quiet with a
+/// record after its last one follows again from there. Before, it waited
+/// for the next append, and an engine's projection stayed behind the log
+/// for as long as nothing more was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_gets_a_record_its_connection_lost_in_delivery() {
+    let server = NatsServer::start();
+    let relay = common::relay::Relay::start(server.port()).await;
+    let open = |url: String| async move {
+        JetStreamLog::open(
+            async_nats::connect(url).await.expect("connect"),
+            JetStreamConfig::default(),
+        )
+        .await
+        .expect("open the log")
+    };
+    let writer = open(server.url()).await;
+    let reader = open(relay.url()).await;
+    let acme = tenant("acme");
+    let tree = TreeId::generate();
+    let first = write(&writer, &acme, tree, "first").await;
+    let mut follow = reader.follow(None, 0).await.expect("follow");
+    assert_eq!(next_record(&mut follow).await.position, first.position);
+
+    relay.lose_toward_client(b"lost in delivery");
+    let second = write(&writer, &acme, tree, "lost in delivery").await;
+    let record = next_record(&mut follow).await;
+    assert_eq!(record.position, second.position, "{record:?}");
+    assert_eq!(record.payload, second.payload);
+    assert_quiet(&mut follow).await;
+}

@@ -764,28 +764,30 @@ impl Inner {
         }
     }
 
-    /// The record after `after` on `filter` as a corrupt record (with its
-    /// position), if its subject is not UTF-8: the NATS client drops its
-    /// connection on such a delivery, so no consumer gets past it. Read
-    /// through the message-get API (the server's JSON answer shows the bad
-    /// bytes as U+FFFD). `None` when it is deliverable, absent, or cannot be
-    /// read now.
-    async fn undeliverable_after(&self, filter: &str, after: u64) -> Option<(u64, LogError)> {
-        let next = self
+    /// What follows `after` on `filter`, read through the message-get API:
+    /// a record the client can take, or one it cannot (as a corrupt record,
+    /// with its position) because its subject is not UTF-8: the NATS client
+    /// drops its connection on such a delivery, so no consumer gets past it
+    /// (the server's JSON answer shows the bad bytes as U+FFFD).
+    /// [`After::Nothing`] when there is none, or it cannot be read now.
+    async fn after(&self, filter: &str, after: u64) -> After {
+        let Ok(next) = self
             .stream
             .get_first_raw_message_by_subject(filter, after + 1)
             .await
-            .ok()?;
+        else {
+            return After::Nothing;
+        };
         let subject = next.subject.as_str();
         if !subject.contains(char::REPLACEMENT_CHARACTER) {
-            return None;
+            return After::Deliverable(next.sequence);
         }
         let corrupt = LogError::Corrupt {
             position: next.sequence,
             subject_or_key: subject.escape_default().collect(),
             reason: "its subject is not UTF-8 (the NATS client cannot take it)".into(),
         };
-        Some((next.sequence, corrupt))
+        After::Undeliverable(next.sequence, corrupt)
     }
 
     /// Everything on `filter` after `after`, up to `max` messages, decoded
@@ -829,7 +831,7 @@ impl Inner {
             });
             if !matches!(drained, Ok(Drained::Complete)) {
                 let at = items.last().and_then(item_position).unwrap_or(from);
-                if let Some((position, passed)) = self.undeliverable_after(filter, at).await {
+                if let After::Undeliverable(position, passed) = self.after(filter, at).await {
                     from = position;
                     items.push(Err(passed));
                     continue;
@@ -982,6 +984,16 @@ fn item_position(item: &Result<Record, LogError>) -> Option<u64> {
 }
 
 /// The state of one `follow` stream.
+/// What the log holds after a follower's last record ([`Inner::after`]).
+enum After {
+    /// Nothing, or nothing readable now.
+    Nothing,
+    /// A record the client can take, at this position.
+    Deliverable(u64),
+    /// A record no consumer can deliver to this client, as a corrupt one.
+    Undeliverable(u64, LogError),
+}
+
 struct Follow {
     inner: Arc<Inner>,
     filter: String,
@@ -1004,10 +1016,8 @@ impl Cursor for Follow {
                     self.backoff().await;
                     // A record the client cannot take would end the new
                     // consumer as it did the last one: passed over here.
-                    if let Some((position, passed)) = self
-                        .inner
-                        .undeliverable_after(&self.filter, self.last)
-                        .await
+                    if let After::Undeliverable(position, passed) =
+                        self.inner.after(&self.filter, self.last).await
                     {
                         self.last = position;
                         return Err(passed);
@@ -1027,14 +1037,28 @@ impl Cursor for Follow {
             let next = match tokio::time::timeout(FOLLOW_IDLE_PROBE, messages.next()).await {
                 Ok(next) => next,
                 Err(_idle) => {
-                    if let Some((position, passed)) = self
-                        .inner
-                        .undeliverable_after(&self.filter, self.last)
-                        .await
-                    {
-                        self.last = position;
-                        self.reset();
-                        return Err(passed);
+                    match self.inner.after(&self.filter, self.last).await {
+                        After::Undeliverable(position, passed) => {
+                            self.last = position;
+                            self.reset();
+                            return Err(passed);
+                        }
+                        // Quiet with a record after the last one handed out:
+                        // the consumer counts it delivered and the client
+                        // never had it (lost with a dropped connection, or
+                        // a slow consumer's), and nothing would bring it:
+                        // a fresh consumer from the last record reads it.
+                        After::Deliverable(position) => {
+                            tracing::warn!(
+                                filter = %self.filter,
+                                last = self.last,
+                                next = position,
+                                "the log's follower went quiet with a record after its last; following again from its last"
+                            );
+                            self.reset();
+                            self.failures += 1;
+                        }
+                        After::Nothing => {}
                     }
                     continue;
                 }

@@ -17,6 +17,9 @@ pub struct Relay {
     /// Bytes whose passage toward the server severs every connection once,
     /// and whether the relay then refuses new ones until [`Relay::restore`].
     cut_after: Arc<std::sync::Mutex<Option<Cut>>>,
+    /// Bytes whose passage toward the client is dropped, with every
+    /// connection, once.
+    lose: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 /// The bytes a cut waits for, and whether the relay then stays closed.
@@ -29,7 +32,13 @@ impl Relay {
         let open = Arc::new(AtomicBool::new(true));
         let generation = Arc::new(tokio::sync::watch::channel(0u64).0);
         let cut_after: Arc<std::sync::Mutex<Option<Cut>>> = Arc::default();
-        let (o, g, c) = (open.clone(), generation.clone(), cut_after.clone());
+        let lose: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (o, g, c, l) = (
+            open.clone(),
+            generation.clone(),
+            cut_after.clone(),
+            lose.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -40,7 +49,7 @@ impl Relay {
                     continue;
                 }
                 let mut cut = g.subscribe();
-                let (g, c, o) = (g.clone(), c.clone(), o.clone());
+                let (g, c, o, l) = (g.clone(), c.clone(), o.clone(), l.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
@@ -85,9 +94,36 @@ impl Relay {
                             }
                         }
                     };
+                    let toward_client = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match ro.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let lost = {
+                                let mut needle = l.lock().unwrap();
+                                let hit = needle
+                                    .as_ref()
+                                    .is_some_and(|k| buf[..n].windows(k.len()).any(|w| w == k));
+                                if hit {
+                                    *needle = None;
+                                }
+                                hit
+                            };
+                            if lost {
+                                g.send_modify(|g| *g += 1);
+                                return;
+                            }
+                            if wi.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = toward_server => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = toward_client => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -98,6 +134,7 @@ impl Relay {
             open,
             generation,
             cut_after,
+            lose,
         }
     }
 
@@ -123,6 +160,14 @@ impl Relay {
     /// clients send again reaches the server before the test allows it.
     pub fn sever_after(&self, needle: &[u8]) {
         *self.cut_after.lock().unwrap() = Some((needle.to_vec(), true));
+    }
+
+    /// The next read from the server holding `needle` is not passed on,
+    /// and every connection is dropped with it, once: the server counts it
+    /// delivered, and the client never sees it. New connections are carried
+    /// as before.
+    pub fn lose_toward_client(&self, needle: &[u8]) {
+        *self.lose.lock().unwrap() = Some(needle.to_vec());
     }
 
     pub fn restore(&self) {
