@@ -475,9 +475,35 @@ impl Served {
     /// it is on stderr every few seconds.
     pub async fn caught_up(&self, what: &str) -> BenchResult<()> {
         let mut said = Instant::now();
+        // A server ingesting a bulk load (the 100,000-mandate trees of
+        // `growth`) may answer a stream request after its timeout: such a
+        // read is asked again, until they fail for this long in a row.
+        const UNANSWERED_FOR: Duration = Duration::from_secs(120);
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let h = self.engine.health().await?;
-            if h.lag == 0 && h.position >= self.engine.log().last_position().await? {
+            let read = async {
+                let h = self.engine.health().await?;
+                let last = self.engine.log().last_position().await?;
+                BenchResult::Ok((h, last))
+            };
+            let (h, last) = match read.await {
+                Ok(read) => {
+                    failing_since = None;
+                    read
+                }
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > UNANSWERED_FOR {
+                        return Err(e);
+                    }
+                    progress(&format!(
+                        "{what}: the engine's position not read ({e}); asking again"
+                    ));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if h.lag == 0 && h.position >= last {
                 return Ok(());
             }
             if said.elapsed() > Duration::from_secs(5) {
