@@ -407,21 +407,20 @@ impl Engine {
         Ok(decision)
     }
 
-    /// [`Engine::check`] for a reply on the wire: the decision, and the
-    /// reply's bytes, encoded from the same JSON of the decision as its
-    /// audit record (the decision is written once, not twice).
+    /// [`Engine::check`] for a reply on the wire: the decision, and its
+    /// JSON, which its audit record holds too (the decision is written
+    /// once, not twice).
     pub(super) async fn check_for_reply(
         &self,
         tenant: &TenantId,
         q: &CheckQuery,
-    ) -> Result<(Decision, Vec<u8>), EngineError> {
+    ) -> Result<(Decision, Box<serde_json::value::RawValue>), EngineError> {
         let decision = self.decide(tenant, q).await?;
         let json = super::read::decision_json(&decision);
         if self.inner.config.audit {
             self.record_audit(tenant, &decision, &json, q.actor.as_ref());
         }
-        let reply = super::read::check_reply(&json);
-        Ok((decision, reply))
+        Ok((decision, json))
     }
 
     /// A check's decision, not yet recorded.

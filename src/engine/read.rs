@@ -161,17 +161,6 @@ pub(super) fn decision_json(decision: &Decision) -> Box<RawValue> {
     serde_json::value::to_raw_value(decision).expect("decisions serialize")
 }
 
-/// The reply to a check whose decision is `json`: what
-/// `Reply::ok(decision)` encodes to.
-pub(super) fn check_reply(json: &RawValue) -> Vec<u8> {
-    let json = json.get();
-    let mut out = Vec::with_capacity(json.len() + 24);
-    out.extend_from_slice(b"{\"ok\":true,\"result\":");
-    out.extend_from_slice(json.as_bytes());
-    out.push(b'}');
-    out
-}
-
 /// One mandate as a list or a tree shows it, effective at `now`.
 pub(super) fn summary(
     tree: &Tree,

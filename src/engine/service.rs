@@ -491,10 +491,8 @@ impl Engine {
             r.as_ref().map(|(d, _)| d.outcome),
             req.started.elapsed(),
         );
-        match r {
-            Ok((_, reply)) => reply,
-            Err(e) => encode::<()>(Err(e)),
-        }
+        // The decision's JSON as written for its audit record.
+        encode(r.map(|(_, json)| json))
     }
 
     /// Says at start, loudly, whether tenants without authentication are

@@ -983,7 +983,6 @@ fn item_position(item: &Result<Record, LogError>) -> Option<u64> {
     }
 }
 
-/// The state of one `follow` stream.
 /// What the log holds after a follower's last record ([`Inner::after`]).
 enum After {
     /// Nothing, or nothing readable now.
@@ -994,6 +993,7 @@ enum After {
     Undeliverable(u64, LogError),
 }
 
+/// The state of one `follow` stream.
 struct Follow {
     inner: Arc<Inner>,
     filter: String,
