@@ -251,6 +251,24 @@ fn moved(before: &Scrape, after: &Scrape, name: &str, keep: &[&str]) -> BTreeMap
     delta
 }
 
+/// The nice value of the thread of process `pid` named `name`, if there is
+/// one (Linux: `/proc/<pid>/task/<tid>/stat`, whose 19th field is it).
+fn thread_nice(pid: u32, name: &str) -> Option<i64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // The fields after the command's closing parenthesis start at the
+        // 3rd (state); the nice value is the 19th.
+        let after = &stat[stat.rfind(')')? + 2..];
+        return after.split(' ').nth(19 - 3)?.parse().ok();
+    }
+    None
+}
+
 fn expect(entries: &[(&[&str], f64)]) -> BTreeMap<Vec<String>, f64> {
     entries
         .iter()
@@ -548,6 +566,17 @@ async fn a_revoke_counts_its_descendants_and_the_backlogs_return_to_zero() {
     assert_eq!(bucket(&after, "0.0") - bucket(&before, "0.0"), 1.0);
     assert_eq!(bucket(&after, "2.0") - bucket(&before, "2.0"), 1.0);
     assert_eq!(bucket(&after, "5.0") - bucket(&before, "5.0"), 2.0);
+    // Counted on the engine's counting thread, at the lowest priority, and
+    // none skipped.
+    assert_eq!(
+        after.only("mandate_cascade_counts_skipped_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        thread_nice(engine.child.id(), "cascade-count"),
+        Some(19),
+        "the cascade counts run at nice 19"
+    );
     assert_eq!(
         moved(
             &before,
