@@ -35,11 +35,77 @@ pub struct Sizes {
     pub swarm_each: usize,
 }
 
+/// What was timed at one size.
 struct AtSize {
     size: usize,
     delegate: Samples,
     check: Samples,
     revoke: Samples,
+    /// The same operations on trees of the smallest size, one for one in
+    /// turn with these (none at the smallest size itself).
+    paired: Option<Box<AtSize>>,
+}
+
+impl AtSize {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            delegate: Samples::default(),
+            check: Samples::default(),
+            revoke: Samples::default(),
+            paired: None,
+        }
+    }
+
+    /// Where a sample of the large tree (`false`) or of the paired small
+    /// one (`true`) goes.
+    fn side(&mut self, small: bool) -> &mut AtSize {
+        if small && self.paired.is_some() {
+            return self.paired.as_deref_mut().expect("paired is some");
+        }
+        self
+    }
+}
+
+/// One tree a size's operations run on.
+struct Trees {
+    root: MandateId,
+    child: MandateId,
+    /// Trees of the same size whose roots are revoked, one each.
+    revoked: Vec<MandateId>,
+}
+
+/// Grows the tree the operations run on and the trees to be revoked, each
+/// of `size` mandates, the last delegation of each of the latter held
+/// back; the held-back ones are appended by the caller ([`TreeWriter::flush`]).
+async fn targets(
+    log: &JetStreamLog,
+    size: usize,
+    revokes: usize,
+    held: &mut Vec<TreeWriter>,
+) -> BenchResult<Trees> {
+    let (root, child) = grow(log, size).await?;
+    let mut revoked = Vec::new();
+    for _ in 0..revokes.max(1) {
+        let (w, _) = grow_but_last(log, size).await?;
+        revoked.push(w.root());
+        held.push(w);
+    }
+    Ok(Trees {
+        root,
+        child,
+        revoked,
+    })
+}
+
+/// The order of a round's two operations (`true`: the paired small
+/// tree's), swapped every other round so that neither always goes first.
+fn order(round: usize, paired: bool) -> &'static [bool] {
+    match (paired, round % 2) {
+        (false, _) => &[false],
+        (true, 0) => &[false, true],
+        (true, _) => &[true, false],
+    }
 }
 
 pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
@@ -47,66 +113,88 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
     let log = env.log().await?;
     let nc = env.connect().await?;
     let lead = Client::nats(nc, gen::tenant(), Actor::Agent(gen::agent_id("lead")?));
+    let principal = lead.as_actor(gen::principal());
+    let base = *sizes.sizes.first().ok_or("growth needs a size")?;
     let mut measured: Vec<AtSize> = Vec::new();
     for &size in &sizes.sizes {
+        let pair = size != base;
         progress(&format!(
-            "growth: growing {} trees to {size} mandates",
-            1 + sizes.revokes.max(1)
+            "growth: growing {} trees to {size} mandates{}",
+            1 + sizes.revokes.max(1),
+            if pair {
+                format!(" and as many to {base}, timed in turn with them")
+            } else {
+                String::new()
+            }
         ));
-        let (root, child) = grow(&log, size).await?;
-        // Trees only to be revoked, each of exactly this size, each with its
-        // last delegation held back, then appended one tree after another:
-        // at every size, each tree's last commit is among the stream's
-        // newest.
-        let mut recent = Vec::new();
-        for _ in 0..sizes.revokes.max(1) {
-            recent.push(grow_but_last(&log, size).await?.0);
-        }
-        for w in &mut recent {
+        // Trees only to be revoked, each with its last delegation held
+        // back, then appended one tree after another, the paired small
+        // ones in turn with the large: at every size, each tree's last
+        // commit is among the stream's newest.
+        let mut held = Vec::new();
+        let large = targets(&log, size, sizes.revokes, &mut held).await?;
+        let mut small_held = Vec::new();
+        let small_t = if pair {
+            Some(targets(&log, base, sizes.revokes, &mut small_held).await?)
+        } else {
+            None
+        };
+        for (i, w) in held.iter_mut().enumerate() {
             w.flush().await?;
+            if let Some(s) = small_held.get_mut(i) {
+                s.flush().await?;
+            }
         }
         served.settled("growth").await?;
         progress(&format!(
             "growth: timing {} delegations, checks and a revoke at {size}",
             sizes.ops
         ));
-        let mut delegate = Samples::default();
+        let mut at = AtSize::new(size);
+        at.paired = pair.then(|| Box::new(AtSize::new(base)));
+        let on = |small: bool| match (small, &small_t) {
+            (true, Some(t)) => t,
+            _ => &large,
+        };
         for i in 0..sizes.ops {
-            let d = gen::delegation(root, &format!("t{i}"), gen::worker_scope(), Some(0))?;
-            let t = Instant::now();
-            lead.delegate(d).await?;
-            delegate.push(t.elapsed());
-        }
-        let mut check = Samples::default();
-        for _ in 0..sizes.ops {
-            let t = Instant::now();
-            let d = lead
-                .check(child, "finance:read", "reports/q3/x", None)
-                .await?;
-            check.push(t.elapsed());
-            if !d.is_allowed() {
-                return Err(format!("check on a live child denied: {:?}", d.reason).into());
+            for &small in order(i, pair) {
+                let d = gen::delegation(
+                    on(small).root,
+                    &format!("t{i}"),
+                    gen::worker_scope(),
+                    Some(0),
+                )?;
+                let t = Instant::now();
+                lead.delegate(d).await?;
+                at.side(small).delegate.push(t.elapsed());
             }
         }
-        let principal = lead.as_actor(gen::principal());
-        let mut revoke = Samples::default();
-        for root in recent.iter().map(TreeWriter::root) {
-            let t = Instant::now();
-            principal.revoke(root, None).await?;
-            revoke.push(t.elapsed());
+        for i in 0..sizes.ops {
+            for &small in order(i, pair) {
+                let t = Instant::now();
+                let d = lead
+                    .check(on(small).child, "finance:read", "reports/q3/x", None)
+                    .await?;
+                at.side(small).check.push(t.elapsed());
+                if !d.is_allowed() {
+                    return Err(format!("check on a live child denied: {:?}", d.reason).into());
+                }
+            }
         }
-        measured.push(AtSize {
-            size,
-            delegate,
-            check,
-            revoke,
-        });
+        for i in 0..large.revoked.len() {
+            for &small in order(i, pair) {
+                let root = on(small).revoked[i];
+                let t = Instant::now();
+                principal.revoke(root, None).await?;
+                at.side(small).revoke.push(t.elapsed());
+            }
+        }
+        measured.push(at);
     }
     report(&measured, out);
     swarm(&served, env, sizes, out).await?;
     served.stop().await
 }
-
 /// A tree of `size` mandates: a root and its children, written to the log
 /// but for the last child, which the writer holds until its `flush`; and
 /// the first child.
@@ -133,9 +221,14 @@ async fn grow(log: &JetStreamLog, size: usize) -> BenchResult<(MandateId, Mandat
     Ok((writer.root(), first))
 }
 
+/// How each row's baseline was measured.
+const PAIRED: &str = "baseline: the same on trees of the smallest size, one for one in turn";
+
 fn report(measured: &[AtSize], out: &Printer) {
-    let Some(base) = measured.first() else { return };
     for m in measured {
+        // The baseline of each row: its paired operations on trees of the
+        // smallest size (itself at the smallest size).
+        let base = m.paired.as_deref().unwrap_or(m);
         let size = format!("{} mandates (base {})", m.size, base.size);
         out.print(
             &Row::new(
@@ -147,7 +240,8 @@ fn report(measured: &[AtSize], out: &Printer) {
                 m.delegate.len(),
                 &size,
             )
-            .target(Target::RatioAtMost(1.5)),
+            .target(Target::RatioAtMost(1.5))
+            .note(PAIRED),
         );
         out.print(
             &Row::new(
@@ -160,7 +254,9 @@ fn report(measured: &[AtSize], out: &Printer) {
                 &size,
             )
             .target(Target::RatioAtMost(1.5))
-            .note("engine check over NATS of a child of the root"),
+            .note(format!(
+                "engine check over NATS of a child of the root; {PAIRED}"
+            )),
         );
         out.print(
             &Row::new(
@@ -173,7 +269,7 @@ fn report(measured: &[AtSize], out: &Printer) {
                 &size,
             )
             .target(Target::RatioAtMost(1.5))
-            .note("the root of a tree of this size, its last commit among the stream's newest, one revoke per tree"),
+            .note(format!("the root of a tree of this size, its last commit among the stream's newest, one revoke per tree; {PAIRED}")),
         );
     }
 }
