@@ -2,7 +2,12 @@
 //! of its own under one root, grown through the log; then `ops` delegations
 //! under the root and `ops` checks on a child are timed through a served
 //! engine, and the revokes of the roots of `revokes` more trees of the same
-//! size (one each). The baseline is the same at the smallest size. Then the
+//! size (one each). Beside each larger size, the same trees are grown at
+//! the smallest size, and each operation is timed one for one in turn on
+//! both (the order swapped every other round): the baseline of a row is its
+//! pairs. A run at the full sizes lasts minutes, over which the machine and
+//! the whole store drift; paired, that drift is in both figures and not in
+//! their ratio, which is then the cost of the tree's size alone. Then the
 //! swarm: many agents delegating under one root at once.
 //!
 //! A revoke is an append naming the last sequence of its tree's subject,
