@@ -121,6 +121,68 @@ async fn a_view_holds_the_chain_and_the_head_holds_no_mandate() {
     assert_eq!(whole.tree.get(b).unwrap().children(), &[c]);
 }
 
+/// A root is found in its tree through the decoded heads, and every
+/// mandate through the index: from a cold start as from a warm one, and
+/// never from another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandate_is_found_in_its_tree_and_only_in_its_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, root, child, grandchild) = {
+        let engine = Engine::embedded(dir.path(), EngineConfig::default())
+            .await
+            .unwrap();
+        let (tree, root) = root(&engine).await;
+        let child = delegate(&engine, root, "lead", "a").await;
+        let grandchild = delegate(&engine, child, "a", "b").await;
+        (tree, root, child, grandchild)
+    };
+    let (acme, other) = (tenant("acme"), tenant("globex"));
+    // Reopened: the heads are decoded again only as they are read. sled
+    // lets go of its lock a moment after the last handle is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let engine = loop {
+        match Engine::embedded(dir.path(), EngineConfig::default()).await {
+            Ok(engine) => break engine,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("reopen the engine: {e}"),
+        }
+    };
+    let store = engine.store();
+    for warm in [false, true] {
+        for m in [root, child, grandchild] {
+            assert_eq!(
+                store.tree_of(&acme, m).unwrap(),
+                Some(tree),
+                "{m} (warm: {warm})"
+            );
+            assert_eq!(
+                store.tree_of(&other, m).unwrap(),
+                None,
+                "{m} from another tenant"
+            );
+        }
+        // A mandate id no tree has.
+        assert_eq!(store.tree_of(&acme, MandateId::generate()).unwrap(), None);
+        // Warm: the tree's head decoded and cached.
+        assert_eq!(
+            store.head(&acme, tree).unwrap().unwrap().tree.root(),
+            Some(root)
+        );
+    }
+    // The root's revoke finds its tree through the cached head.
+    engine
+        .execute(ext(envelope(
+            "acme",
+            principal("cfo"),
+            Command::Revoke(change(root)),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(store.tree_of(&acme, root).unwrap(), Some(tree));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_starts() {
     let dir = tempfile::tempdir().unwrap();

@@ -436,11 +436,30 @@ impl Store {
     }
 
     /// The tree a mandate lives in, within one tenant.
+    ///
+    /// A root's id is its tree's (both are the derived id): when
+    /// the decoded heads hold a tree of that id whose root is `mandate`,
+    /// that is the answer, without the index. The index entry of a root
+    /// issued long ago is on a page sled's cache may no longer hold, and a
+    /// command on a root (its revoke) would read it from disk first. Only
+    /// the cached heads are asked: reading a stored head for every mandate
+    /// id would cost a child's check a lookup of a key that is not there.
     pub fn tree_of(
         &self,
         tenant: &TenantId,
         mandate: MandateId,
     ) -> Result<Option<TreeId>, StoreError> {
+        let own = TreeId(mandate.0);
+        let rooted_here = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heads
+            .get(&(tenant.clone(), own))
+            .is_some_and(|h| h.tree.root == Some(mandate));
+        if rooted_here {
+            return Ok(Some(own));
+        }
         let k = of_tenant(MANDATE, tenant, mandate);
         self.projection
             .get(&k)?
