@@ -92,7 +92,7 @@ async fn a_delegation_writes_as_much_under_a_root_of_ten_children_as_under_one_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_view_holds_the_chain_and_the_head_holds_no_mandate() {
+async fn a_view_holds_the_chain_and_the_head_holds_the_root_alone() {
     let (_dir, engine) = embedded().await;
     let (tree, root) = root(&engine).await;
     for _ in 0..50 {
@@ -105,7 +105,14 @@ async fn a_view_holds_the_chain_and_the_head_holds_no_mandate() {
     let store = engine.store();
 
     let head = store.head(&acme, tree).unwrap().unwrap();
-    assert!(head.tree.mandates().is_empty() && head.tree.commands().is_empty());
+    let in_head: Vec<MandateId> = head.tree.mandates().keys().copied().collect();
+    assert_eq!(
+        in_head,
+        vec![root],
+        "the head holds its root and no other mandate"
+    );
+    assert!(head.tree.get(root).unwrap().children().is_empty());
+    assert!(head.tree.commands().is_empty());
     assert_eq!(head.tree.root(), Some(root));
 
     let view = store.view(&acme, tree, &[c], None).unwrap().unwrap();
@@ -370,4 +377,124 @@ async fn the_count_of_a_cascade_reads_no_more_than_its_limit_whatever_the_trees_
         delegate(&engine, root, "lead", "worker").await;
     }
     assert_eq!(count(&engine, root), CASCADE_COUNT_LIMIT + 1);
+}
+
+/// The kinds (first byte) of the keys a step added, removed or changed.
+fn kinds_changed(
+    before: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    after: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> std::collections::BTreeMap<char, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    let keys: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    for k in keys {
+        if before.get(k) != after.get(k) {
+            *kinds.entry(k[0] as char).or_insert(0) += 1;
+        }
+    }
+    kinds
+}
+
+/// Ending a root writes its head, its event and its command id, and no
+/// mandate's key nor the expiry queue: under a root of 300 children as
+/// under one of 3. (The root's key and its expiry entry sit on pages a
+/// large tree's growth pushes out of sled's cache, which a revoke would
+/// read back before writing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_root_writes_its_head_event_and_command_id_whatever_hangs_below_it() {
+    let (_dir, engine) = embedded().await;
+    let mut changed = Vec::new();
+    for children in [3, 300] {
+        let (_, root) = root(&engine).await;
+        for _ in 0..children {
+            delegate(&engine, root, "lead", "worker").await;
+        }
+        let before = engine.store().dump().unwrap();
+        engine
+            .execute(ext(envelope(
+                "acme",
+                principal("cfo"),
+                Command::Revoke(change(root)),
+            )))
+            .await
+            .unwrap();
+        let after = engine.store().dump().unwrap();
+        changed.push(kinds_changed(&before, &after));
+    }
+    let expected: std::collections::BTreeMap<char, usize> =
+        [('d', 1), ('e', 1), ('t', 1)].into_iter().collect();
+    assert_eq!(
+        changed[0], expected,
+        "keys a root's revoke wrote, 3 children"
+    );
+    assert_eq!(
+        changed[1], expected,
+        "keys a root's revoke wrote, 300 children"
+    );
+}
+
+/// The expiry entries a revoke leaves (the revoked root's and its
+/// children's) are dropped when they come due, and no `expired` event is
+/// written for an ended mandate; a live mandate due at the same time is
+/// expired as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_a_revoke_leaves_in_the_expiry_queue_are_dropped_when_due_without_an_event() {
+    use mandate::domain::EventBody;
+    use mandate::engine::Clock;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(chrono::Utc::now());
+    let engine = Engine::embedded(
+        dir.path(),
+        EngineConfig {
+            clock: clock.clone(),
+            expiry_tick: std::time::Duration::from_secs(3600),
+            ..EngineConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let acme = tenant("acme");
+    let (ended_tree, ended) = root(&engine).await;
+    let child = delegate(&engine, ended, "lead", "worker").await;
+    let (live_tree, live) = root(&engine).await;
+    engine
+        .execute(ext(envelope(
+            "acme",
+            principal("cfo"),
+            Command::Revoke(change(ended)),
+        )))
+        .await
+        .unwrap();
+    let due = engine
+        .store()
+        .due_expiries(clock.now() + chrono::Duration::hours(2), None, 10)
+        .unwrap();
+    let queued: Vec<MandateId> = due.iter().map(|d| d.mandate).collect();
+    for m in [ended, child, live] {
+        assert!(queued.contains(&m), "{m} is queued: {queued:?}");
+    }
+
+    let background = engine.start();
+    clock.advance(chrono::Duration::hours(2));
+    common::fixtures::eventually("the queue is empty", || {
+        let empty = engine.store().next_expiry().unwrap().is_none();
+        async move { empty }
+    })
+    .await;
+    let expired = |tree: TreeId| {
+        engine
+            .store()
+            .history(&acme, tree)
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.body, EventBody::MandateExpired(_)))
+            .map(|e| e.body.mandate())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        expired(ended_tree),
+        Vec::<MandateId>::new(),
+        "nothing expires in the revoked tree"
+    );
+    assert_eq!(expired(live_tree), vec![live], "the live root expires");
+    background.stop().await.unwrap();
 }

@@ -211,12 +211,22 @@ impl<'s> Pending<'s> {
         self.too_new.insert((tenant.clone(), tree), mark);
     }
 
-    /// Writes a tree's head: its snapshot without mandates and commands.
+    /// Writes a tree's head: its snapshot with its root (children left
+    /// out) and no other mandate and no command. The root lives in the head
+    /// and nowhere else: every command and check on the tree reads the head
+    /// anyway, so the root's page is the head's, which they keep in sled's
+    /// cache, and ending a root writes the head and its event, not a page of
+    /// the tree's mandates that a large tree's growth has long pushed out.
     fn write_head(&mut self, position: u64, tree: &Tree) {
         let mut head = Tree::empty(tree.tenant.clone(), tree.id);
         head.version = tree.version;
         head.head_hash = tree.head_hash.clone();
         head.root = tree.root;
+        if let Some(root) = tree.root.and_then(|r| tree.mandates.get(&r)) {
+            let mut stored = root.clone();
+            stored.children.clear();
+            head.mandates.insert(stored.id, stored);
+        }
         head.mission = tree.mission.clone();
         head.principal = tree.principal.clone();
         head.quarantine = tree.quarantine.clone();
@@ -444,7 +454,8 @@ impl<'s> Pending<'s> {
                 None => true,
                 Some(old) => !same_but_children(old, m),
             };
-            if changed {
+            // The root is written with the head (`write_head`).
+            if changed && tree.root != Some(*id) {
                 self.write_node(m);
             }
         }
@@ -542,6 +553,12 @@ fn check_commit(
 /// left in the queue, so that ending a root costs one write whatever hangs
 /// below it: when one comes due, the scheduler finds the mandate ended and
 /// drops the entry without writing anything ([`Store::remove_expiry`]).
+/// The entry of the mandate a revoke or a completion ends is left the same
+/// way: it sits where its `not_after` sorts, on a page the queue's newer
+/// entries have long pushed out of sled's cache, and removing it would read
+/// that page back first (the root of a large tree, revoked). An expiry
+/// removes its own entry: the scheduler has just read that page, and the
+/// entry is due.
 fn index_changes(
     batch: &mut sled::Batch,
     before: &BTreeMap<MandateId, Mandate>,
@@ -606,9 +623,8 @@ fn index_changes(
                     of_tenant(COMPLETED, &after.tenant, m.mission_ref.as_str()),
                     &[],
                 );
-                batch.remove(keys::expiry(new.not_after, &after.tenant, id));
             }
-            _ if new.status.is_terminal() => {
+            EventBody::MandateExpired(_) => {
                 batch.remove(keys::expiry(new.not_after, &after.tenant, id));
             }
             _ => {}

@@ -8,9 +8,11 @@
 //! tree is kept in parts, so that a command reads its chain and writes only
 //! what it changes, whatever the size of its tree:
 //! - `t/<tenant>/<tree>` → the tree's head: `TreeSnapshot` JSON whose tree
-//!   holds no mandate and no command (position, version, head hash, root,
-//!   mission, principal, quarantine, registry)
-//! - `n/<tenant>/<tree>/<mandate>` → `Mandate` JSON, children left out
+//!   holds its root mandate (children left out) and no other mandate and no
+//!   command (position, version, head hash, root, mission, principal,
+//!   quarantine, registry)
+//! - `n/<tenant>/<tree>/<mandate>` → `Mandate` JSON, children left out;
+//!   every mandate but the root, which its head holds
 //! - `h/<tenant>/<tree>/<parent>/<seq be64>` → child mandate id (a parent's
 //!   children in the order they were issued; `seq` is the issuing event's)
 //! - `d/<tenant>/<tree>/<command>` → `AppliedCommand` JSON (command ids applied)
@@ -21,7 +23,9 @@
 //! - `p/<tenant>/<principal>/<tree>` → () (roots granted by a principal)
 //! - `r/<tenant>/<mission_ref>/<tree>` → () (trees serving a mission)
 //! - `c/<tenant>/<mission_ref>` → () (missions a tree's event completed)
-//! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue)
+//! - `x/<not_after ms be64>/<tenant>/<mandate>` → tree id (expiry queue;
+//!   an ended mandate's entry stays until it comes due, when the scheduler
+//!   drops it)
 //! - `z/<tenant>/<tree>` → `Quarantine` JSON (a tree whose stream is corrupt)
 //! - `v/<tenant>/<tree>` → `Unsupported` JSON (a tree with events newer than this build)
 //! - `o/<tenant>/<tree>/<position be64>` → command id (UTF-8): a commit

@@ -82,7 +82,7 @@ pub struct DueExpiry {
 /// The version of the projection's key layout this build writes. A store
 /// whose projection holds another (or none, with data in it: the layout that
 /// kept a whole tree in one snapshot) is cleared and rebuilt from the log.
-pub(super) const LAYOUT_VERSION: u64 = 2;
+pub(super) const LAYOUT_VERSION: u64 = 3;
 
 /// Most tree heads kept decoded in memory.
 const HEAD_CACHE: usize = 16_384;

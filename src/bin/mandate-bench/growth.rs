@@ -187,12 +187,32 @@ pub async fn run(env: &Env, sizes: &Sizes, out: &Printer) -> BenchResult<()> {
             }
         }
         for i in 0..large.revoked.len() {
+            let mut took = [None, None];
             for &small in order(i, pair) {
                 let root = on(small).revoked[i];
                 let t = Instant::now();
                 principal.revoke(root, None).await?;
-                at.side(small).revoke.push(t.elapsed());
+                let elapsed = t.elapsed();
+                at.side(small).revoke.push(elapsed);
+                took[usize::from(small)] = Some(elapsed);
             }
+            // Each revoke (and its pair) on stderr: five samples make the
+            // row's median, and a reader can see how they spread.
+            let ms = |d: Option<std::time::Duration>| {
+                d.map_or(String::new(), |d| {
+                    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+                })
+            };
+            progress(&format!(
+                "growth: revoke {} at {size}: {}{}",
+                i + 1,
+                ms(took[0]),
+                if pair {
+                    format!(", paired at {base}: {}", ms(took[1]))
+                } else {
+                    String::new()
+                }
+            ));
         }
         measured.push(at);
     }
