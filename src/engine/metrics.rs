@@ -15,9 +15,10 @@
 //!   read (NATS down) is left out of that scrape and logged, never
 //!   reported as zero.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
@@ -76,7 +77,7 @@ pub(crate) struct Metrics {
     query_seconds: Timings<1>,
     cascade: Histogram,
     /// The cascade counts' thread and queue.
-    counts: Counts,
+    pub(super) counts: Counts,
     signals: Family<Labels<1>, Counter>,
     signal_failures: Counter,
 }
@@ -575,19 +576,71 @@ struct CountJob {
 /// the reply it follows and the next request, and on a 2-core machine the
 /// revoke of the root of a tree of 100,000 took up to four times as long
 /// with it as without it (BENCHMARKS.md). At nice 19 it runs on what the
-/// request path leaves. Under a load that leaves nothing, the queue fills
-/// and further counts are skipped, and counted as skipped: the histogram
-/// then says less, and the request path pays nothing for it.
+/// request path leaves. Under a load that leaves nothing (or writes that
+/// never pause for [`QUIET`], below), the queue fills and further counts are
+/// skipped, and counted as skipped: the histogram then says less, and the
+/// request path pays nothing for it.
+///
+/// Low priority is not enough on its own: sled's reads and its batches
+/// share one process-wide lock, so a count preempted inside a read holds
+/// the next command's apply up until the scheduler gives it a core again,
+/// which at nice 19 on a busy machine can take milliseconds. So a count
+/// reads only when no write has started for [`QUIET`], and looks again
+/// before each read: a command's apply never waits for more than the one
+/// read in flight when it began.
 #[derive(Default)]
 pub(super) struct Counts {
     queue: OnceLock<SyncSender<CountJob>>,
     skipped: Counter,
+    /// When the last write began, in microseconds since [`epoch`] (0: none
+    /// yet).
+    last_write: AtomicU64,
 }
 
 /// Counts waiting for the counting thread at most.
 const COUNT_QUEUE: usize = 1024;
 
+/// How long after a write began the counts keep off sled. A command's
+/// apply follows its append's acknowledgement, a fraction of a millisecond
+/// after the write began; back-to-back commands come closer than this.
+pub(super) const QUIET: Duration = Duration::from_millis(5);
+
+/// The instant [`Counts::last_write`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// How much longer to keep off sled, `since` after the last write began.
+fn still_quiet_for(since: Duration) -> Option<Duration> {
+    QUIET.checked_sub(since).filter(|d| !d.is_zero())
+}
+
 impl Counts {
+    /// A write is about to begin.
+    pub(super) fn writing(&self) {
+        let micros = epoch().elapsed().as_micros().max(1);
+        self.last_write
+            .store(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Returns once no write has begun for [`QUIET`].
+    fn wait_quiet(&self) {
+        loop {
+            let last = self.last_write.load(Ordering::Relaxed);
+            if last == 0 {
+                return;
+            }
+            let since = epoch()
+                .elapsed()
+                .saturating_sub(Duration::from_micros(last));
+            match still_quiet_for(since) {
+                Some(wait) => std::thread::sleep(wait),
+                None => return,
+            }
+        }
+    }
+
     fn send(&self, job: CountJob) {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = sync_channel(COUNT_QUEUE);
@@ -614,11 +667,15 @@ fn count_each(jobs: Receiver<CountJob>) {
         let Some(inner) = job.inner.upgrade() else {
             continue;
         };
+        let counts = &inner.metrics.counts;
         for mandate in job.ended {
-            match inner
-                .store
-                .descendants_ended_by(&job.tenant, job.tree, mandate, job.now)
-            {
+            match inner.store.descendants_ended_by_pausing(
+                &job.tenant,
+                job.tree,
+                mandate,
+                job.now,
+                || counts.wait_quiet(),
+            ) {
                 Ok(n) => inner.metrics.cascade(n),
                 Err(e) => {
                     tracing::warn!(tenant = %job.tenant, tree = %job.tree, %mandate, error = %e, "cascade not counted")
@@ -646,6 +703,27 @@ fn lowest_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_keep_off_sled_until_no_write_has_begun_for_a_while() {
+        assert_eq!(still_quiet_for(Duration::ZERO), Some(QUIET));
+        assert_eq!(
+            still_quiet_for(Duration::from_millis(1)),
+            Some(QUIET - Duration::from_millis(1))
+        );
+        assert_eq!(still_quiet_for(QUIET), None);
+        assert_eq!(still_quiet_for(QUIET * 2), None);
+
+        let counts = Counts::default();
+        counts.writing();
+        let t = Instant::now();
+        counts.wait_quiet();
+        assert!(
+            t.elapsed() >= QUIET - Duration::from_micros(1),
+            "waited {:?}",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn the_last_fan_out_bucket_is_the_counts_limit() {

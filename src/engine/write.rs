@@ -266,6 +266,8 @@ impl Engine {
                 return Ok((self.unchanged(tenant, &snap, cmd, now)?, true));
             }
             let payload = Event::encode_commit(&events);
+            // A write is coming: the cascade counts hold back their reads.
+            self.inner.metrics.counts.writing();
             match self
                 .inner
                 .log

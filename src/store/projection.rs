@@ -645,12 +645,28 @@ impl Store {
         mandate: MandateId,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        self.descendants_ended_by_pausing(tenant, tree, mandate, now, || {})
+    }
+
+    /// [`Store::descendants_ended_by`], calling `pause` before each read,
+    /// outside any read of sled: a caller of low priority waits there for
+    /// the writes it must not hold up (sled's reads and batches share one
+    /// lock, and a reader preempted inside a read holds a batch up).
+    pub fn descendants_ended_by_pausing(
+        &self,
+        tenant: &TenantId,
+        tree: TreeId,
+        mandate: MandateId,
+        now: DateTime<Utc>,
+        mut pause: impl FnMut(),
+    ) -> Result<u64, StoreError> {
         let mut ended = 0;
         let mut visited = 0;
         let mut stack = vec![mandate];
         while let Some(parent) = stack.pop() {
             let mut children = of_tree(CHILD, tenant, tree, parent);
             children.push(SEP);
+            pause();
             for kv in self.projection.scan_prefix(&children) {
                 if visited == CASCADE_COUNT_LIMIT {
                     return Ok(CASCADE_COUNT_LIMIT + 1);
@@ -658,6 +674,7 @@ impl Store {
                 visited += 1;
                 let (k, v) = kv?;
                 let (_, child) = child_entry(&k, &v)?;
+                pause();
                 let node: Option<Mandate> =
                     read(&self.projection, &of_tree(NODE, tenant, tree, child))?;
                 match node {
