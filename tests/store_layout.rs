@@ -48,6 +48,18 @@ async fn delegate(engine: &Engine, parent: MandateId, by: &str, to: &str) -> Man
         .unwrap()
 }
 
+/// The cfo revokes `m`.
+async fn revoke(engine: &Engine, m: MandateId) {
+    engine
+        .execute(ext(envelope(
+            "acme",
+            principal("cfo"),
+            Command::Revoke(change(m)),
+        )))
+        .await
+        .unwrap();
+}
+
 /// Keys and bytes of the whole projection.
 fn size(engine: &Engine) -> (usize, usize) {
     let dump = engine.store().dump().unwrap();
@@ -179,14 +191,7 @@ async fn a_mandate_is_found_in_its_tree_and_only_in_its_tenant() {
         );
     }
     // The root's revoke finds its tree through the cached head.
-    engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            Command::Revoke(change(root)),
-        )))
-        .await
-        .unwrap();
+    revoke(&engine, root).await;
     assert_eq!(store.tree_of(&acme, root).unwrap(), Some(tree));
 }
 
@@ -200,14 +205,7 @@ async fn a_projection_in_another_layout_is_rebuilt_from_the_log_when_the_engine_
             .unwrap();
         let (tree, root) = root(&engine).await;
         let child = delegate(&engine, root, "lead", "worker").await;
-        engine
-            .execute(ext(envelope(
-                "acme",
-                principal("cfo"),
-                Command::Revoke(change(child)),
-            )))
-            .await
-            .unwrap();
+        revoke(&engine, child).await;
         engine.store().flush().await.unwrap();
         (tree, child)
     };
@@ -365,11 +363,7 @@ async fn the_count_of_a_cascade_reads_no_more_than_its_limit_whatever_the_trees_
         workers.push(delegate(&engine, root, "lead", "worker").await);
     }
     delegate(&engine, workers[0], "worker", "helper").await;
-    let revoke = Command::Revoke(change(workers[1]));
-    engine
-        .execute(ext(envelope("acme", principal("cfo"), revoke)))
-        .await
-        .unwrap();
+    revoke(&engine, workers[1]).await;
     assert_eq!(count(&engine, root), 60, "59 live workers and the helper");
     assert_eq!(count(&engine, workers[0]), 1);
     // Past the limit, the count stops there and says "more".
@@ -409,14 +403,7 @@ async fn ending_a_root_writes_its_head_event_and_command_id_whatever_hangs_below
             delegate(&engine, root, "lead", "worker").await;
         }
         let before = engine.store().dump().unwrap();
-        engine
-            .execute(ext(envelope(
-                "acme",
-                principal("cfo"),
-                Command::Revoke(change(root)),
-            )))
-            .await
-            .unwrap();
+        revoke(&engine, root).await;
         let after = engine.store().dump().unwrap();
         changed.push(kinds_changed(&before, &after));
     }
@@ -456,14 +443,7 @@ async fn entries_a_revoke_leaves_in_the_expiry_queue_are_dropped_when_due_withou
     let (ended_tree, ended) = root(&engine).await;
     let child = delegate(&engine, ended, "lead", "worker").await;
     let (live_tree, live) = root(&engine).await;
-    engine
-        .execute(ext(envelope(
-            "acme",
-            principal("cfo"),
-            Command::Revoke(change(ended)),
-        )))
-        .await
-        .unwrap();
+    revoke(&engine, ended).await;
     let due = engine
         .store()
         .due_expiries(clock.now() + chrono::Duration::hours(2), None, 10)
