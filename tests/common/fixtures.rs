@@ -19,19 +19,28 @@ use mandate::protocol::TreeQuery;
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Polls `f` until it holds, for at most [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    eventually_within(what, PATIENCE, f).await;
+}
+
+/// Polls `f` until it holds, for at most `patience`.
+pub async fn eventually_within<F, Fut>(what: &str, patience: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if f().await {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out after {PATIENCE:?} waiting until {what}"
+            "timed out after {patience:?} waiting until {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
