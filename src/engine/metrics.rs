@@ -77,7 +77,7 @@ pub(crate) struct Metrics {
     query_seconds: Timings<1>,
     cascade: Histogram,
     /// The cascade counts' thread and queue.
-    pub(super) counts: Counts,
+    counts: Counts,
     signals: Family<Labels<1>, Counter>,
     signal_failures: Counter,
 }
@@ -212,6 +212,12 @@ impl Metrics {
         self.query_seconds
             .get_or_create(&[("kind", kind)])
             .observe(took.as_secs_f64());
+    }
+
+    /// A write is about to begin: the cascade counts keep off sled for a
+    /// while ([`Counts`]).
+    pub(crate) fn writing(&self) {
+        self.counts.writing();
     }
 
     /// One terminating event and the descendants it ended.
@@ -603,7 +609,7 @@ const COUNT_QUEUE: usize = 1024;
 /// How long after a write began the counts keep off sled. A command's
 /// apply follows its append's acknowledgement, a fraction of a millisecond
 /// after the write began; back-to-back commands come closer than this.
-pub(super) const QUIET: Duration = Duration::from_millis(5);
+const QUIET: Duration = Duration::from_millis(5);
 
 /// The instant [`Counts::last_write`] counts from.
 fn epoch() -> Instant {
@@ -618,7 +624,7 @@ fn still_quiet_for(since: Duration) -> Option<Duration> {
 
 impl Counts {
     /// A write is about to begin.
-    pub(super) fn writing(&self) {
+    fn writing(&self) {
         let micros = epoch().elapsed().as_micros().max(1);
         self.last_write
             .store(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);

@@ -267,7 +267,7 @@ impl Engine {
             }
             let payload = Event::encode_commit(&events);
             // A write is coming: the cascade counts hold back their reads.
-            self.inner.metrics.counts.writing();
+            self.inner.metrics.writing();
             match self
                 .inner
                 .log
