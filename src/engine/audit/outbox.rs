@@ -2,8 +2,15 @@
 //! before its answer until the audit stream has stored it.
 //!
 //! A record is appended to `audit-outbox` in the instance's data directory
-//! (one `write`, no fsync: it survives the engine's process dying, as the
-//! server's own unsynced writes do) before the check is answered. One task
+//! before the check is answered: a copy into the file's shared memory map,
+//! no fsync. The map's pages are the kernel's page cache, so the record
+//! survives the engine's process dying, as the server's own unsynced
+//! writes do (a `write` per check, the same promise, cost the reply several
+//! microseconds more). The file is made [`CAPACITY`] long: its records, one
+//! JSON object a line, then zeros to its end; it grows when they do not
+//! fit. A record's bytes go in before its line end, so after a crash every
+//! line that ends is whole, and the records end at the last line end
+//! before the first zero. One task
 //! ships what the file holds to the audit stream in batches: every few
 //! milliseconds, the records gathered since, one stream message per
 //! mandate's subject (its records one JSON object a line), each with a
@@ -21,7 +28,6 @@
 //! emptied, and the segment moves on so message ids are never reused.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +39,9 @@ use tokio::sync::Notify;
 
 use crate::engine::EngineError;
 
+/// The outbox file's length when it is made or emptied (records, then
+/// zeros): what the map holds before it must grow.
+const CAPACITY: u64 = 4 * 1024 * 1024;
 /// Records gathered after the first one before a batch is cut.
 const GATHER: Duration = Duration::from_millis(5);
 /// Largest batch read from the file at once.
@@ -67,7 +76,84 @@ struct Shared {
 
 struct Writer {
     file: File,
+    /// The whole file, shared with the page cache.
+    map: memmap2::MmapMut,
+    /// Where the records end (the zeros begin).
     len: u64,
+}
+
+impl Writer {
+    /// Maps `file`, whose records end at `len` and whose bytes after them
+    /// are zeros.
+    fn map(file: File, len: u64) -> Result<Self, EngineError> {
+        // SAFETY: the file is this instance's alone (its data directory is
+        // locked by the open store), and is only ever made shorter under
+        // the writer's lock, with the map dropped first (`Writer::empty`).
+        let mut map =
+            unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| io("map the file", e))?;
+        // Its pages in now, at start, not one by one on the reply path: a
+        // page first written faults in (several microseconds, a block to
+        // allocate).
+        let warm = (CAPACITY as usize).clamp(len as usize, map.len());
+        map[len as usize..warm].fill(0);
+        Ok(Self { file, map, len })
+    }
+
+    /// Appends `line` (ending in its line end), growing the file if need
+    /// be. The line end goes in last: a crash part way leaves a line
+    /// without one, which recovery cuts off.
+    fn append(&mut self, line: &[u8]) -> Result<(), EngineError> {
+        let end = self.len + line.len() as u64;
+        if end > self.map.len() as u64 {
+            self.grow(end)?;
+        }
+        let (at, body) = (self.len as usize, &line[..line.len() - 1]);
+        self.map[at..at + body.len()].copy_from_slice(body);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.map[at + body.len()] = b'\n';
+        self.len = end;
+        Ok(())
+    }
+
+    /// Makes the file at least `need` long (twice as long at least), and
+    /// maps it whole again.
+    fn grow(&mut self, need: u64) -> Result<(), EngineError> {
+        let len = need.max(2 * self.map.len() as u64);
+        self.file
+            .set_len(len)
+            .map_err(|e| io("make the file longer", e))?;
+        // SAFETY: as in `Writer::map`; the file only grew.
+        self.map =
+            unsafe { memmap2::MmapMut::map_mut(&self.file) }.map_err(|e| io("map the file", e))?;
+        Ok(())
+    }
+
+    /// Empties the file so that a crash finds it either whole or empty:
+    /// its first byte is made zero first, then the rest of its records.
+    /// The pages stay, so the next records do not fault new ones in. A file
+    /// that grew past [`CAPACITY`] is cut back to it.
+    fn empty(&mut self) -> Result<(), EngineError> {
+        let len = self.len as usize;
+        self.len = 0;
+        if self.map.len() as u64 > CAPACITY {
+            // The map must not outlive the bytes it covers.
+            self.map = memmap2::MmapMut::map_anon(1).map_err(|e| io("unmap the file", e))?;
+            self.file
+                .set_len(0)
+                .and_then(|()| self.file.set_len(CAPACITY))
+                .map_err(|e| io("empty the shipped file", e))?;
+            // SAFETY: as in `Writer::map`.
+            self.map = unsafe { memmap2::MmapMut::map_mut(&self.file) }
+                .map_err(|e| io("map the file", e))?;
+            return Ok(());
+        }
+        if len > 0 {
+            self.map[0] = 0;
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.map[1..len].fill(0);
+        }
+        Ok(())
+    }
 }
 
 /// The shipping task's place in the file.
@@ -165,15 +251,7 @@ impl Outbox {
         // A record is plain data: encoding it cannot fail.
         serde_json::to_writer(&mut line, record).expect("audit records serialize");
         line.push(b'\n');
-        let mut w = lock(&self.shared.writer);
-        if let Err(e) = w.file.write_all(&line) {
-            // A torn line would spoil the next one: cut it off.
-            let len = w.len;
-            let _ = w.file.set_len(len);
-            return Err(io("append a record", e));
-        }
-        w.len += line.len() as u64;
-        drop(w);
+        lock(&self.shared.writer).append(&line)?;
         self.shared.pending.fetch_add(1, Ordering::Relaxed);
         self.shared.wake.notify_one();
         Ok(())
@@ -186,13 +264,17 @@ impl Outbox {
 }
 
 /// Opens the file and its mark as a crash may have left them: a mark past
-/// the file's end (emptied before the mark moved) starts a new segment; a
-/// torn last line is cut off. Returns the count of records not shipped.
+/// the records' end (emptied before the mark moved) starts a new segment; a
+/// torn last line is cut off, and everything after the records made zeros.
+/// Returns the count of records not shipped. A file an older version wrote
+/// (its records alone, no zeros after them) reads the same.
 fn recover(dir: &Path) -> Result<(Writer, File, File, Mark, u64), EngineError> {
     let path = dir.join(FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
-        .append(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
         .open(&path)
         .map_err(|e| io(&format!("open {}", path.display()), e))?;
     let reader = File::open(&path).map_err(|e| io("open the outbox to read", e))?;
@@ -206,7 +288,23 @@ fn recover(dir: &Path) -> Result<(Writer, File, File, Mark, u64), EngineError> {
         .map_err(|e| io(&format!("open {}", mark_path.display()), e))?;
     let mut buf = vec![0u8; Mark::LEN];
     let read = mark_file.read_at(&mut buf, 0).unwrap_or(0);
-    let len = file.metadata().map_err(|e| io("read its length", e))?.len();
+    let size = file.metadata().map_err(|e| io("read its length", e))?.len();
+    // The records end at the last line end before the first zero.
+    let (mut zeros, mut len) = (size, 0);
+    scan(&reader, 0, size, |at, chunk| {
+        let upto = chunk.iter().position(|b| *b == 0);
+        let records = &chunk[..upto.unwrap_or(chunk.len())];
+        if let Some(i) = records.iter().rposition(|b| *b == b'\n') {
+            len = at + i as u64 + 1;
+        }
+        match upto {
+            Some(i) => {
+                zeros = at + i as u64;
+                false
+            }
+            None => true,
+        }
+    })?;
     let mut mark = match Mark::decode(&String::from_utf8_lossy(&buf[..read])) {
         Some(m) => m,
         None => {
@@ -230,25 +328,48 @@ fn recover(dir: &Path) -> Result<(Writer, File, File, Mark, u64), EngineError> {
             ..mark
         };
     }
-    let mut rest = vec![0u8; (len - mark.shipped) as usize];
-    reader
-        .read_exact_at(&mut rest, mark.shipped)
-        .map_err(|e| io("read what is not shipped", e))?;
-    let whole = rest.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let len = mark.shipped + whole as u64;
-    if whole < rest.len() {
+    if zeros > len {
         tracing::warn!(
-            bytes = rest.len() - whole,
+            bytes = zeros - len,
             "audit outbox: a torn last record (cut off by a crash before its answer) is dropped"
         );
-        file.set_len(len).map_err(|e| io("cut a torn record", e))?;
     }
+    // Zeros after the records, whatever a crash left there.
+    file.set_len(len)
+        .and_then(|()| file.set_len(size.max(CAPACITY)))
+        .map_err(|e| io("cut the file after its records", e))?;
     if mark.end > len {
         mark.end = mark.shipped;
     }
     write_mark(&mark_file, &mark)?;
-    let pending = rest[..whole].iter().filter(|b| **b == b'\n').count() as u64;
-    Ok((Writer { file, len }, reader, mark_file, mark, pending))
+    let mut pending = 0;
+    scan(&reader, mark.shipped, len, |_, chunk| {
+        pending += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        true
+    })?;
+    Ok((Writer::map(file, len)?, reader, mark_file, mark, pending))
+}
+
+/// Reads `file` from `from` to `to` a chunk at a time, handing each to
+/// `each` with its offset, until `each` says to stop.
+fn scan(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> Result<(), EngineError> {
+    let mut buf = vec![0u8; (to.saturating_sub(from)).min(MAX_BATCH) as usize];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| io("read the file", e))?;
+        if !each(at, &buf[..n]) {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn write_mark(file: &File, mark: &Mark) -> Result<(), EngineError> {
@@ -422,10 +543,7 @@ impl Shipper {
         if w.len != self.mark.shipped {
             return Ok(());
         }
-        w.file
-            .set_len(0)
-            .map_err(|e| io("empty the shipped file", e))?;
-        w.len = 0;
+        w.empty()?;
         self.mark = Mark {
             segment: self.mark.segment + 1,
             shipped: 0,
@@ -468,8 +586,114 @@ mod tests {
         let (w, _, _, mark, pending) = recover(dir.path()).unwrap();
         assert_eq!(pending, 2);
         assert_eq!(w.len, 24);
-        assert_eq!(std::fs::metadata(dir.path().join(FILE)).unwrap().len(), 24);
         assert_eq!((mark.shipped, mark.end), (0, 0));
+        // The file is made its capacity long: the records, then zeros.
+        let file = std::fs::read(dir.path().join(FILE)).unwrap();
+        assert_eq!(file.len() as u64, CAPACITY);
+        assert_eq!(&file[..24], b"s.a {\"x\":1}\ns.b {\"x\":2}\n");
+        assert!(file[24..].iter().all(|b| *b == 0));
+    }
+
+    /// The file as `recover` leaves it: its records, then zeros.
+    fn records_then_zeros(dir: &Path) -> (Vec<u8>, bool) {
+        let file = std::fs::read(dir.join(FILE)).unwrap();
+        let end = file.iter().position(|b| *b == 0).unwrap_or(file.len());
+        let zeros = file[end..].iter().all(|b| *b == 0);
+        (file[..end].to_vec(), zeros)
+    }
+
+    /// A crash part way through a record's copy leaves some of its bytes
+    /// and not others, never its line end (written last): the bytes it
+    /// left, holes and all, are cut off and made zeros.
+    #[test]
+    fn a_record_cut_off_part_way_through_its_copy_is_dropped_holes_and_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = b"s.a {\"x\":1}\ns.b {\"x\":".to_vec();
+        file.extend_from_slice(&[0; 5]);
+        file.extend_from_slice(b"22222}");
+        file.resize(4096, 0);
+        std::fs::write(dir.path().join(FILE), &file).unwrap();
+        let (w, _, _, _, pending) = recover(dir.path()).unwrap();
+        assert_eq!((w.len, pending), (12, 1));
+        drop(w);
+        assert_eq!(
+            records_then_zeros(dir.path()),
+            (b"s.a {\"x\":1}\n".to_vec(), true)
+        );
+    }
+
+    /// Appends go into the map, the page cache: a reader of the file (the
+    /// shipper, or the next start after the process died) has them at once.
+    #[test]
+    fn appended_records_are_in_the_file_for_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, reader, _, _, _) = recover(dir.path()).unwrap();
+        w.append(b"s.a {\"x\":1}\n").unwrap();
+        w.append(b"s.b {\"x\":2}\n").unwrap();
+        let mut seen = vec![0u8; 24];
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert_eq!(&seen, b"s.a {\"x\":1}\ns.b {\"x\":2}\n");
+        // Dropped without any flush, as a killed process leaves it.
+        std::mem::forget(w);
+        let (w, _, _, mark, pending) = recover(dir.path()).unwrap();
+        assert_eq!((w.len, pending, mark.shipped), (24, 2, 0));
+    }
+
+    /// A record longer than the file grows it; the next start reads it.
+    #[test]
+    fn a_record_longer_than_the_file_grows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _, _, _, _) = recover(dir.path()).unwrap();
+        let mut long = b"s.a ".to_vec();
+        long.resize(CAPACITY as usize + 100, b'x');
+        long.push(b'\n');
+        w.append(b"s.b {}\n").unwrap();
+        w.append(&long).unwrap();
+        assert!(w.map.len() >= 7 + long.len());
+        drop(w);
+        let (w, _, _, _, pending) = recover(dir.path()).unwrap();
+        assert_eq!((w.len, pending), (7 + long.len() as u64, 2));
+    }
+
+    /// Emptying makes the first byte zero before the rest: a crash in
+    /// between, or after, finds an empty file and starts a new segment (its
+    /// records are shipped already: the mark says so), never a record
+    /// twice.
+    #[test]
+    fn an_emptied_file_is_empty_at_the_next_start_even_when_emptying_was_cut_short() {
+        for cut_short in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut w, _, mark_file, mark, _) = recover(dir.path()).unwrap();
+            w.append(b"s.a {\"x\":1}\n").unwrap();
+            w.append(b"s.b {\"x\":2}\n").unwrap();
+            let shipped = Mark {
+                shipped: 24,
+                end: 24,
+                ..mark
+            };
+            write_mark(&mark_file, &shipped).unwrap();
+            if cut_short {
+                // Only the first byte made zero when the process died.
+                w.map[0] = 0;
+            } else {
+                w.empty().unwrap();
+                assert_eq!(w.len, 0);
+            }
+            std::mem::forget(w);
+            let (w, _, _, mark, pending) = recover(dir.path()).unwrap();
+            assert_eq!((w.len, pending), (0, 0), "cut short: {cut_short}");
+            assert_eq!(
+                mark,
+                Mark {
+                    segment: shipped.segment + 1,
+                    shipped: 0,
+                    end: 0,
+                    ..shipped
+                }
+            );
+            drop(w);
+            assert_eq!(records_then_zeros(dir.path()), (Vec::new(), true));
+        }
     }
 
     #[test]
