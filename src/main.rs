@@ -1,5 +1,9 @@
 //! The `mandate` binary; see [`mandate::cli`].
 
+/// The allocator of Mandate's binaries (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

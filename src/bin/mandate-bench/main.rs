@@ -7,6 +7,10 @@
 //! noisy, which is why ratios against a same-run baseline are what count.
 //! BENCHMARKS.md gives the method and the figures.
 
+/// The allocator of Mandate's binaries (Cargo.toml says why).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cascade;
 mod check;
 mod commands;
