@@ -86,11 +86,7 @@ impl Writer {
     /// Maps `file`, whose records end at `len` and whose bytes after them
     /// are zeros.
     fn map(file: File, len: u64) -> Result<Self, EngineError> {
-        // SAFETY: the file is this instance's alone (its data directory is
-        // locked by the open store), and is only ever made shorter under
-        // the writer's lock, with the map dropped first (`Writer::empty`).
-        let mut map =
-            unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| io("map the file", e))?;
+        let mut map = map_whole(&file)?;
         // Its pages in now, at start, not one by one on the reply path: a
         // page first written faults in (several microseconds, a block to
         // allocate).
@@ -122,9 +118,7 @@ impl Writer {
         self.file
             .set_len(len)
             .map_err(|e| io("make the file longer", e))?;
-        // SAFETY: as in `Writer::map`; the file only grew.
-        self.map =
-            unsafe { memmap2::MmapMut::map_mut(&self.file) }.map_err(|e| io("map the file", e))?;
+        self.map = map_whole(&self.file)?;
         Ok(())
     }
 
@@ -133,20 +127,30 @@ impl Writer {
     /// The pages stay, so the next records do not fault new ones in. A file
     /// that grew past [`CAPACITY`] is cut back to it.
     fn empty(&mut self) -> Result<(), EngineError> {
-        let len = self.len as usize;
-        self.len = 0;
         if self.map.len() as u64 > CAPACITY {
-            // The map must not outlive the bytes it covers.
+            // The map must not outlive the bytes it covers: a page of
+            // memory stands in for it until the file is mapped again. If
+            // the file cannot be mapped again, the next append grows it
+            // from there, as it grows a full one.
             self.map = memmap2::MmapMut::map_anon(1).map_err(|e| io("unmap the file", e))?;
             self.file
                 .set_len(0)
-                .and_then(|()| self.file.set_len(CAPACITY))
                 .map_err(|e| io("empty the shipped file", e))?;
-            // SAFETY: as in `Writer::map`.
-            self.map = unsafe { memmap2::MmapMut::map_mut(&self.file) }
-                .map_err(|e| io("map the file", e))?;
+            self.len = 0;
+            match self
+                .file
+                .set_len(CAPACITY)
+                .map_err(|e| io("make the emptied file its length", e))
+                .and_then(|()| map_whole(&self.file))
+            {
+                Ok(map) => self.map = map,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit outbox: emptied; the next record grows the file")
+                }
+            }
             return Ok(());
         }
+        let len = std::mem::take(&mut self.len) as usize;
         if len > 0 {
             self.map[0] = 0;
             std::sync::atomic::fence(Ordering::SeqCst);
@@ -154,6 +158,15 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The whole of `file`, mapped shared.
+fn map_whole(file: &File) -> Result<memmap2::MmapMut, EngineError> {
+    // SAFETY: the file is this instance's alone (its data directory is
+    // locked by the open store), and is only made shorter at open, before
+    // it is mapped, or under the writer's lock with its map dropped first
+    // (`Writer::empty`).
+    unsafe { memmap2::MmapMut::map_mut(file) }.map_err(|e| io("map the file", e))
 }
 
 /// The shipping task's place in the file.
@@ -651,8 +664,17 @@ mod tests {
         w.append(&long).unwrap();
         assert!(w.map.len() >= 7 + long.len());
         drop(w);
-        let (w, _, _, _, pending) = recover(dir.path()).unwrap();
+        let (mut w, _, _, _, pending) = recover(dir.path()).unwrap();
         assert_eq!((w.len, pending), (7 + long.len() as u64, 2));
+        // Emptied, a grown file is cut back to its first length, and takes
+        // records again.
+        w.empty().unwrap();
+        assert_eq!((w.len, w.map.len() as u64), (0, CAPACITY));
+        w.append(b"s.c {}\n").unwrap();
+        drop(w);
+        let file = std::fs::read(dir.path().join(FILE)).unwrap();
+        assert_eq!(file.len() as u64, CAPACITY);
+        assert_eq!(records_then_zeros(dir.path()), (b"s.c {}\n".to_vec(), true));
     }
 
     /// Emptying makes the first byte zero before the rest: a crash in
